@@ -1,0 +1,1 @@
+//! Ponte wire formats (no I/O).

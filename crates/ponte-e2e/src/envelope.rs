@@ -1,0 +1,279 @@
+//! The plaintext envelope inside every Olm ciphertext.
+//!
+//! ```text
+//! +---------+------+------------+-------------+------------------+---------+
+//! | version | kind | message id | sent_at ms  | body             | padding |
+//! |  0x01   | u8   | 16 bytes   | u64 BE      | see below        | 0x00 .. |
+//! +---------+------+------------+-------------+------------------+---------+
+//! kind 1 (text):         u32 BE length, then that many bytes of UTF-8
+//! kind 2 (read receipt): u16 BE count (<= MAX_RECEIPT_IDS), then count ids
+//! ```
+//!
+//! The whole envelope is zero-padded to a multiple of [`PADDING_BLOCK`] bytes
+//! so the server learns message lengths only to that granularity. Decoding
+//! rejects non-zero padding, unknown versions and kinds, and lengths beyond
+//! the caps, before allocating.
+
+use crate::{Error, Result};
+
+/// Longest text accepted, in bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// Most message ids in one read receipt.
+pub const MAX_RECEIPT_IDS: usize = 256;
+/// Envelopes are padded to a multiple of this many bytes.
+pub const PADDING_BLOCK: usize = 64;
+
+const VERSION: u8 = 1;
+const KIND_TEXT: u8 = 1;
+const KIND_READ: u8 = 2;
+const HEADER: usize = 2 + 16 + 8;
+
+/// A 16-byte random message id chosen by the sender; the key for
+/// deduplication (exactly once on screen) and for receipts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// Lower-case hex (32 characters).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parse 32 hex characters.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+
+    /// From raw bytes (hostile input: exactly 16 bytes).
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Self(bytes.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MessageId({})", self.to_hex())
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// What an envelope carries.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Payload {
+    /// A text message.
+    Text(String),
+    /// The recipient displayed these messages (end-to-end read receipt).
+    ReadReceipt(Vec<MessageId>),
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Message text stays out of logs and debug output.
+        match self {
+            Payload::Text(t) => write!(f, "Text({} bytes)", t.len()),
+            Payload::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
+        }
+    }
+}
+
+/// The decrypted content of one end-to-end message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Sender-chosen id.
+    pub id: MessageId,
+    /// Sender's clock when written, milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// The content.
+    pub payload: Payload,
+}
+
+impl Envelope {
+    /// Encode, checking caps, and pad.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(HEADER + 64);
+        out.push(VERSION);
+        match &self.payload {
+            Payload::Text(_) => out.push(KIND_TEXT),
+            Payload::ReadReceipt(_) => out.push(KIND_READ),
+        }
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
+        match &self.payload {
+            Payload::Text(text) => {
+                if text.len() > MAX_TEXT_BYTES {
+                    return Err(Error::TextTooLong(text.len()));
+                }
+                // Cannot truncate: bounded by MAX_TEXT_BYTES above.
+                out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+            Payload::ReadReceipt(ids) => {
+                if ids.len() > MAX_RECEIPT_IDS {
+                    return Err(Error::MalformedEnvelope("too many ids in receipt"));
+                }
+                out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+                for id in ids {
+                    out.extend_from_slice(&id.0);
+                }
+            }
+        }
+        let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
+        out.resize(padded, 0);
+        Ok(out)
+    }
+
+    /// Decode (hostile input).
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < HEADER {
+            return Err(Error::MalformedEnvelope("truncated header"));
+        }
+        if bytes[0] != VERSION {
+            return Err(Error::MalformedEnvelope("unknown version"));
+        }
+        let kind = bytes[1];
+        let id = MessageId::from_slice(&bytes[2..18])
+            .ok_or(Error::MalformedEnvelope("bad message id"))?;
+        let mut sent = [0u8; 8];
+        sent.copy_from_slice(&bytes[18..26]);
+        let sent_at_ms = u64::from_be_bytes(sent);
+        let rest = &bytes[HEADER..];
+        let (payload, used) = match kind {
+            KIND_TEXT => {
+                let len_bytes: [u8; 4] = rest
+                    .get(..4)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(Error::MalformedEnvelope("truncated text length"))?;
+                let len = u32::from_be_bytes(len_bytes) as usize;
+                if len > MAX_TEXT_BYTES {
+                    return Err(Error::MalformedEnvelope("text too long"));
+                }
+                let text = rest
+                    .get(4..4 + len)
+                    .ok_or(Error::MalformedEnvelope("truncated text"))?;
+                let text = std::str::from_utf8(text)
+                    .map_err(|_| Error::MalformedEnvelope("text is not UTF-8"))?;
+                (Payload::Text(text.to_owned()), 4 + len)
+            }
+            KIND_READ => {
+                let count_bytes: [u8; 2] = rest
+                    .get(..2)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(Error::MalformedEnvelope("truncated receipt count"))?;
+                let count = u16::from_be_bytes(count_bytes) as usize;
+                if count > MAX_RECEIPT_IDS {
+                    return Err(Error::MalformedEnvelope("too many ids in receipt"));
+                }
+                let raw = rest
+                    .get(2..2 + 16 * count)
+                    .ok_or(Error::MalformedEnvelope("truncated receipt"))?;
+                let ids = raw
+                    .chunks_exact(16)
+                    .filter_map(MessageId::from_slice)
+                    .collect();
+                (Payload::ReadReceipt(ids), 2 + 16 * count)
+            }
+            _ => return Err(Error::MalformedEnvelope("unknown kind")),
+        };
+        if rest[used..].iter().any(|&b| b != 0) {
+            return Err(Error::MalformedEnvelope("non-zero padding"));
+        }
+        Ok(Self {
+            id,
+            sent_at_ms,
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn text_roundtrip_and_padding() {
+        let env = Envelope {
+            id: MessageId::random(),
+            sent_at_ms: 1_700_000_000_123,
+            payload: Payload::Text("olá, ponte".into()),
+        };
+        let bytes = env.encode().unwrap();
+        assert_eq!(bytes.len() % PADDING_BLOCK, 0);
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn receipt_roundtrip() {
+        let ids: Vec<_> = (0..3).map(|_| MessageId::random()).collect();
+        let env = Envelope {
+            id: MessageId::random(),
+            sent_at_ms: 5,
+            payload: Payload::ReadReceipt(ids),
+        };
+        assert_eq!(Envelope::decode(&env.encode().unwrap()).unwrap(), env);
+    }
+
+    #[test]
+    fn rejects_hostile_input() {
+        let env = Envelope {
+            id: MessageId([1; 16]),
+            sent_at_ms: 1,
+            payload: Payload::Text("hi".into()),
+        };
+        let good = env.encode().unwrap();
+        for len in 0..good.len() {
+            // Any truncation that cuts into the content fails; cutting padding is fine.
+            let cut = &good[..len];
+            if len < HEADER + 4 + 2 {
+                assert!(Envelope::decode(cut).is_err(), "len {len}");
+            }
+        }
+        let mut bad = good.clone();
+        bad[0] = 9;
+        assert!(Envelope::decode(&bad).is_err());
+        let mut bad = good.clone();
+        bad[1] = 77;
+        assert!(Envelope::decode(&bad).is_err());
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] = 1;
+        assert!(matches!(
+            Envelope::decode(&bad),
+            Err(Error::MalformedEnvelope("non-zero padding"))
+        ));
+        let mut huge = good[..HEADER].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Envelope::decode(&huge).is_err());
+        let too_long = Envelope {
+            payload: Payload::Text("x".repeat(MAX_TEXT_BYTES + 1)),
+            ..env
+        };
+        assert!(matches!(too_long.encode(), Err(Error::TextTooLong(_))));
+    }
+
+    #[test]
+    fn message_id_hex() {
+        let id = MessageId::random();
+        assert_eq!(MessageId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(MessageId::from_hex("zz"), None);
+        assert_eq!(MessageId::from_hex(&"é".repeat(16)), None);
+    }
+}

@@ -1,0 +1,62 @@
+//! Ponte end-to-end encryption, pure and without I/O.
+//!
+//! What lives where:
+//! - [`identity`]: a device identity ([`Identity`], a vodozemac Olm account:
+//!   Curve25519 identity key + Ed25519 signing key), signed one-time and
+//!   fallback keys ([`SignedPreKey`]) for upload to the server's directory,
+//!   and session creation (outbound from a claimed pre-key, inbound from a
+//!   pre-key message).
+//! - [`session`]: an Olm [`Session`] (double ratchet) and the [`Ciphertext`]
+//!   that travels through the server.
+//! - [`envelope`]: the versioned, padded plaintext [`Envelope`] inside each
+//!   ciphertext (message id, sent_at, text or read receipt).
+//! - [`safety`]: 60-digit [`SafetyNumber`]s and their QR payload.
+//!
+//! Secrets leave this crate only as vodozemac pickles encrypted with a
+//! 32-byte key the caller supplies (the client derives it from its profile
+//! key). Nothing here logs, reads files or opens sockets.
+
+#![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod identity;
+pub mod safety;
+pub mod session;
+
+pub use envelope::{Envelope, MessageId, Payload, MAX_TEXT_BYTES};
+pub use identity::{Identity, PublicIdentity, SignedPreKey};
+pub use safety::SafetyNumber;
+pub use session::{Ciphertext, Session, MAX_CIPHERTEXT_BYTES};
+
+/// Errors from the end-to-end layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A public key had the wrong length or was not a valid point.
+    #[error("invalid public key")]
+    InvalidKey,
+    /// A pre-key's signature does not verify against the owner's signing key.
+    #[error("pre-key signature does not verify against the contact's signing key")]
+    BadSignature,
+    /// A ciphertext could not be parsed (truncated, unknown version or type, too long).
+    #[error("malformed ciphertext: {0}")]
+    MalformedCiphertext(&'static str),
+    /// Decryption failed: the ciphertext was forged, replayed or belongs to another session.
+    #[error("decryption failed: {0}")]
+    Decryption(String),
+    /// An inbound session could not be created from a pre-key message.
+    #[error("cannot create inbound session: {0}")]
+    SessionCreation(String),
+    /// A decrypted plaintext is not a valid envelope.
+    #[error("malformed envelope: {0}")]
+    MalformedEnvelope(&'static str),
+    /// A text message exceeds [`MAX_TEXT_BYTES`].
+    #[error("message text too long ({0} bytes, at most {MAX_TEXT_BYTES})")]
+    TextTooLong(usize),
+    /// A pickle could not be decrypted or parsed (wrong key or corrupted).
+    #[error("cannot unpickle: {0}")]
+    Pickle(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

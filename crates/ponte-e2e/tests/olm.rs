@@ -1,0 +1,154 @@
+//! End-to-end session tests: two identities talk through serialized
+//! ciphertexts, as they would through the server.
+#![allow(clippy::unwrap_used)]
+
+use ponte_e2e::{Ciphertext, Envelope, Identity, MessageId, Payload, Session};
+
+fn roundtrip(c: &Ciphertext) -> Ciphertext {
+    Ciphertext::from_bytes(&c.to_bytes()).unwrap()
+}
+
+fn text(s: &str) -> Vec<u8> {
+    Envelope {
+        id: MessageId::random(),
+        sent_at_ms: 1,
+        payload: Payload::Text(s.into()),
+    }
+    .encode()
+    .unwrap()
+}
+
+fn open(bytes: &[u8]) -> String {
+    match Envelope::decode(bytes).unwrap().payload {
+        Payload::Text(t) => t,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn outbound_inbound_and_reply() {
+    let alice = Identity::generate();
+    let mut bob = Identity::generate();
+    let prekey = bob.generate_one_time_keys(1).remove(0);
+    bob.mark_published();
+
+    let mut a_sess = alice
+        .create_outbound_session(&bob.public(), &prekey)
+        .unwrap();
+    let c1 = roundtrip(&a_sess.encrypt(&text("first")));
+    let c2 = roundtrip(&a_sess.encrypt(&text("second")));
+    assert!(c1.is_prekey() && c2.is_prekey());
+    assert_eq!(
+        Identity::prekey_sender(&c1),
+        Some(alice.public().curve25519)
+    );
+
+    let (mut b_sess, plain) = bob.create_inbound_session(&alice.public(), &c1).unwrap();
+    assert_eq!(open(&plain), "first");
+    // The second pre-key message belongs to the same session.
+    assert!(b_sess.matches_prekey(&c2));
+    assert_eq!(open(&b_sess.decrypt(&c2).unwrap()), "second");
+    // The one-time key is used up: a second inbound session from it fails.
+    assert!(bob.create_inbound_session(&alice.public(), &c1).is_err());
+
+    let reply = roundtrip(&b_sess.encrypt(&text("hello alice")));
+    assert_eq!(open(&a_sess.decrypt(&reply).unwrap()), "hello alice");
+    let c3 = a_sess.encrypt(&text("third"));
+    assert!(!c3.is_prekey());
+    assert_eq!(open(&b_sess.decrypt(&c3).unwrap()), "third");
+}
+
+#[test]
+fn fallback_key_works_when_one_time_keys_run_out() {
+    let alice = Identity::generate();
+    let carol = Identity::generate();
+    let mut bob = Identity::generate();
+    let fallback = bob.rotate_fallback_key();
+    bob.mark_published();
+    let mut a = alice
+        .create_outbound_session(&bob.public(), &fallback)
+        .unwrap();
+    let mut c = carol
+        .create_outbound_session(&bob.public(), &fallback)
+        .unwrap();
+    let (_, pa) = bob
+        .create_inbound_session(&alice.public(), &a.encrypt(&text("a")))
+        .unwrap();
+    let (_, pc) = bob
+        .create_inbound_session(&carol.public(), &c.encrypt(&text("c")))
+        .unwrap();
+    assert_eq!((open(&pa), open(&pc)), ("a".into(), "c".into()));
+}
+
+#[test]
+fn forged_prekey_and_wrong_sender_rejected() {
+    let alice = Identity::generate();
+    let mallory = Identity::generate();
+    let mut bob = Identity::generate();
+    let prekey = bob.generate_one_time_keys(1).remove(0);
+    // A pre-key substituted by the server (signed by someone else) is refused.
+    let mut forged = mallory.clone_prekey_for_test();
+    forged.signature = prekey.signature;
+    assert!(alice
+        .create_outbound_session(&bob.public(), &forged)
+        .is_err());
+    // A pre-key message claimed to come from someone else is refused.
+    let mut sess = alice
+        .create_outbound_session(&bob.public(), &prekey)
+        .unwrap();
+    let c = sess.encrypt(&text("x"));
+    assert!(bob.create_inbound_session(&mallory.public(), &c).is_err());
+}
+
+trait ForgeHelper {
+    fn clone_prekey_for_test(&self) -> ponte_e2e::SignedPreKey;
+}
+
+impl ForgeHelper for Identity {
+    fn clone_prekey_for_test(&self) -> ponte_e2e::SignedPreKey {
+        ponte_e2e::SignedPreKey {
+            public_key: self.public().curve25519,
+            signature: [0; 64],
+        }
+    }
+}
+
+#[test]
+fn tampered_ciphertext_and_pickles() {
+    let alice = Identity::generate();
+    let mut bob = Identity::generate();
+    let prekey = bob.generate_one_time_keys(1).remove(0);
+    let mut a = alice
+        .create_outbound_session(&bob.public(), &prekey)
+        .unwrap();
+    let c = a.encrypt(&text("secret"));
+    let mut bytes = c.to_bytes();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    let tampered = Ciphertext::from_bytes(&bytes).unwrap();
+    assert!(bob
+        .create_inbound_session(&alice.public(), &tampered)
+        .is_err());
+    // Bob's one-time key survived the failed attempt.
+    let (b, plain) = bob.create_inbound_session(&alice.public(), &c).unwrap();
+    assert_eq!(open(&plain), "secret");
+
+    let key = [9u8; 32];
+    let pickled = b.pickle(&key);
+    assert!(!pickled.contains("secret"));
+    let mut b2 = Session::from_pickle(&pickled, &key).unwrap();
+    assert_eq!(b2.session_id(), a.session_id());
+    let next = a.encrypt(&text("after restore"));
+    assert_eq!(open(&b2.decrypt(&next).unwrap()), "after restore");
+    assert!(Session::from_pickle(&pickled, &[1u8; 32]).is_err());
+}
+
+#[test]
+fn ciphertext_parser_rejects_garbage() {
+    assert!(Ciphertext::from_bytes(&[]).is_err());
+    assert!(Ciphertext::from_bytes(&[1]).is_err());
+    assert!(Ciphertext::from_bytes(&[2, 0, 1, 2, 3]).is_err());
+    assert!(Ciphertext::from_bytes(&[1, 7, 1, 2, 3]).is_err());
+    assert!(Ciphertext::from_bytes(&[1, 0, 1, 2, 3]).is_err());
+    assert!(Ciphertext::from_bytes(&vec![1u8; ponte_e2e::MAX_CIPHERTEXT_BYTES + 1]).is_err());
+}

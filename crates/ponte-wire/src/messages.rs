@@ -1,0 +1,174 @@
+//! Protobuf messages of the client ⇄ server protocol (generated from
+//! `proto/ponte.proto` by prost) and the small pure helpers both sides need:
+//! handle syntax, the exact strings that devices sign, decoding with limits.
+//!
+//! Bytes fields are [`bytes::Bytes`]; build them with `Bytes::from(vec)` or
+//! `Bytes::copy_from_slice(slice)`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use thiserror::Error;
+
+/// The generated protobuf types (package `ponte.v1`).
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/ponte.v1.rs"));
+}
+
+pub use pb::{
+    client_frame, server_frame, Ack, ClaimKey, ClaimedKey, ClientFrame, Close, CloseReason,
+    Deliver, DeliveryReceipt, DeviceKeys, Error as ErrorFrame, ErrorCode, ExpiredNotice,
+    IdentityKeys, KeyCount, KeysUploaded, LoggedIn, Login, LookupIdentity, Ping, Pong, Register,
+    Registered, SendAck, SendMessage, ServerFrame, SignedKey, UploadKeys,
+};
+
+/// Length of a message id (client-generated random bytes).
+pub const MESSAGE_ID_LEN: usize = 16;
+/// Length of Curve25519 / Ed25519 public keys and Ed25519 signature halves.
+pub const KEY_LEN: usize = 32;
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// Shortest handle.
+pub const HANDLE_MIN: usize = 3;
+/// Longest handle.
+pub const HANDLE_MAX: usize = 32;
+/// Longest one-time key id accepted.
+pub const KEY_ID_MAX: usize = 64;
+
+/// Why a handle is not acceptable.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandleError {
+    /// Fewer than [`HANDLE_MIN`] or more than [`HANDLE_MAX`] characters.
+    #[error("a handle has 3 to 32 characters")]
+    Length,
+    /// A character outside `a-z`, `0-9`, `_`.
+    #[error("a handle uses only a-z, 0-9 and _")]
+    Character,
+}
+
+/// Checks handle syntax: 3 to 32 characters of `a-z`, `0-9`, `_`.
+pub fn validate_handle(handle: &str) -> Result<(), HandleError> {
+    if handle.len() < HANDLE_MIN || handle.len() > HANDLE_MAX {
+        return Err(HandleError::Length);
+    }
+    if !handle
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(HandleError::Character);
+    }
+    Ok(())
+}
+
+/// The exact UTF-8 string a device signs (Ed25519, with its identity signing
+/// key) to register `handle`:
+///
+/// ```text
+/// ponte-register-v1\n<handle>\n<b64(curve25519)>\n<b64(ed25519)>\n<b64(noise_static)>
+/// ```
+///
+/// `b64` is base64url without padding. Binding the Noise static key proves
+/// the identity key holder chose this transport key for this handle.
+pub fn registration_signing_string(
+    handle: &str,
+    curve25519: &[u8],
+    ed25519: &[u8],
+    noise_static: &[u8],
+) -> String {
+    format!(
+        "ponte-register-v1\n{handle}\n{}\n{}\n{}",
+        URL_SAFE_NO_PAD.encode(curve25519),
+        URL_SAFE_NO_PAD.encode(ed25519),
+        URL_SAFE_NO_PAD.encode(noise_static),
+    )
+}
+
+/// The exact UTF-8 string a device signs for each uploaded key:
+///
+/// ```text
+/// ponte-key-v1\n<"one-time" | "fallback">\n<b64(key_id)>\n<b64(public_key)>
+/// ```
+pub fn key_signing_string(key_id: &[u8], public_key: &[u8], fallback: bool) -> String {
+    format!(
+        "ponte-key-v1\n{}\n{}\n{}",
+        if fallback { "fallback" } else { "one-time" },
+        URL_SAFE_NO_PAD.encode(key_id),
+        URL_SAFE_NO_PAD.encode(public_key),
+    )
+}
+
+/// A protobuf payload that is not a valid frame message.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// Not valid protobuf for the expected message.
+    #[error("malformed protobuf: {0}")]
+    Malformed(String),
+    /// Valid protobuf but the `body` oneof is missing (or an unknown case).
+    #[error("frame has no known body")]
+    MissingBody,
+}
+
+/// Decodes a client frame payload (the bytes after the length prefix).
+pub fn decode_client_frame(payload: &[u8]) -> Result<ClientFrame, MessageError> {
+    let frame = <ClientFrame as prost::Message>::decode(payload)
+        .map_err(|e| MessageError::Malformed(e.to_string()))?;
+    if frame.body.is_none() {
+        return Err(MessageError::MissingBody);
+    }
+    Ok(frame)
+}
+
+/// Decodes a server frame payload (the bytes after the length prefix).
+pub fn decode_server_frame(payload: &[u8]) -> Result<ServerFrame, MessageError> {
+    let frame = <ServerFrame as prost::Message>::decode(payload)
+        .map_err(|e| MessageError::Malformed(e.to_string()))?;
+    if frame.body.is_none() {
+        return Err(MessageError::MissingBody);
+    }
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use prost::Message as _;
+
+    #[test]
+    fn handles() {
+        assert!(validate_handle("bob").is_ok());
+        assert!(validate_handle("alice_2026").is_ok());
+        assert_eq!(validate_handle("ab"), Err(HandleError::Length));
+        assert_eq!(validate_handle(&"a".repeat(33)), Err(HandleError::Length));
+        assert!(validate_handle(&"a".repeat(32)).is_ok());
+        assert_eq!(validate_handle("Bob"), Err(HandleError::Character));
+        assert_eq!(validate_handle("bo b"), Err(HandleError::Character));
+        assert_eq!(validate_handle("böb"), Err(HandleError::Character));
+    }
+
+    #[test]
+    fn signing_strings_are_stable() {
+        let s = registration_signing_string("bob", &[1; 32], &[2; 32], &[3; 32]);
+        assert!(s.starts_with("ponte-register-v1\nbob\nAQEB"));
+        assert_eq!(s.lines().count(), 5);
+        let k = key_signing_string(b"AAAAAQ", &[4; 32], true);
+        assert!(k.starts_with("ponte-key-v1\nfallback\n"));
+    }
+
+    #[test]
+    fn frame_round_trip_and_garbage() {
+        let f = ClientFrame {
+            request_id: 7,
+            body: Some(client_frame::Body::Ping(Ping { nonce: 9 })),
+        };
+        let bytes = f.encode_to_vec();
+        assert_eq!(decode_client_frame(&bytes).unwrap(), f);
+        assert_eq!(decode_client_frame(&[]), Err(MessageError::MissingBody));
+        assert!(matches!(
+            decode_client_frame(&[0xff, 0xff, 0xff]),
+            Err(MessageError::Malformed(_))
+        ));
+    }
+}

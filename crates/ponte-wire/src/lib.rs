@@ -2,6 +2,13 @@
 //!
 //! - [`proxy_header`]: the PROXY protocol header (v1 text, v2 binary) that a
 //!   relay writes before the upstream stream.
+//! - [`frame`]: length-prefixed application frames carried inside Noise.
+//! - [`messages`]: the client ⇄ server protobuf messages (`proto/ponte.proto`)
+//!   and the strings devices sign.
+//! - [`address`]: the server address `ponte://HOST:PORT#KEY`.
 #![forbid(unsafe_code)]
 
+pub mod address;
+pub mod frame;
+pub mod messages;
 pub mod proxy_header;

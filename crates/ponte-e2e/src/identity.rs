@@ -5,20 +5,19 @@
 //! signing key. Its public half is a [`PublicIdentity`], which is what the
 //! server's directory hands out and what safety numbers are computed from.
 //!
-//! One-time keys and the fallback key are uploaded as [`SignedPreKey`]s:
-//! the Curve25519 public key plus an Ed25519 signature over
-//! `b"ponte/prekey/v1" || public_key`. A client that claims a pre-key checks
-//! the signature against the owner's signing key before using it, so the
-//! server cannot substitute a pre-key of its own without also substituting the
-//! whole identity (which safety numbers reveal).
+//! One-time keys and the fallback key are handed out as [`PreKey`]s. What
+//! exactly a device signs for each pre-key (and for its registration) is the
+//! protocol's business (`ponte_wire::messages::key_signing_string`): this
+//! crate provides [`Identity::sign`] and [`PublicIdentity::verify`], and the
+//! client checks a claimed pre-key's signature before
+//! [`Identity::create_outbound_session`]. A server cannot substitute a
+//! pre-key without also substituting the whole identity, which safety numbers
+//! reveal.
 
 use crate::session::{Ciphertext, Session};
 use crate::{Error, Result};
 use vodozemac::olm::{Account, AccountPickle, OlmMessage, SessionConfig};
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey, Ed25519Signature};
-
-/// Domain separation prefix of the bytes signed for each pre-key.
-pub const PREKEY_SIGNATURE_CONTEXT: &[u8] = b"ponte/prekey/v1";
 
 /// The public half of an identity: 32-byte Curve25519 and Ed25519 keys.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,50 +62,35 @@ impl PublicIdentity {
         out
     }
 
-    /// Verify a signed pre-key claimed for this identity.
-    pub fn verify_prekey(&self, prekey: &SignedPreKey) -> Result<()> {
+    /// Verify an Ed25519 signature made by this identity's signing key.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<()> {
         let signing = Ed25519PublicKey::from_slice(&self.ed25519).map_err(|_| Error::InvalidKey)?;
-        let signature =
-            Ed25519Signature::from_slice(&prekey.signature).map_err(|_| Error::BadSignature)?;
+        let signature = Ed25519Signature::from_slice(signature).map_err(|_| Error::BadSignature)?;
         signing
-            .verify(&prekey_signed_bytes(&prekey.public_key), &signature)
+            .verify(message, &signature)
             .map_err(|_| Error::BadSignature)
     }
 }
 
-/// A one-time or fallback key with its owner's signature, ready for upload
-/// (or as claimed from the server).
+/// A one-time or fallback public key of this device, for upload.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SignedPreKey {
+pub struct PreKey {
+    /// The device's id for the key (vodozemac key id, base64 text as bytes).
+    pub key_id: Vec<u8>,
     /// Curve25519 public key.
     pub public_key: [u8; 32],
-    /// Ed25519 signature over `PREKEY_SIGNATURE_CONTEXT || public_key`.
-    pub signature: [u8; 64],
+    /// Whether this is the fallback key (used when one-time keys run out).
+    pub fallback: bool,
 }
 
-impl std::fmt::Debug for SignedPreKey {
+impl std::fmt::Debug for PreKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignedPreKey")
+        f.debug_struct("PreKey")
+            .field("key_id", &String::from_utf8_lossy(&self.key_id))
             .field("public_key", &hex(&self.public_key))
+            .field("fallback", &self.fallback)
             .finish()
     }
-}
-
-impl SignedPreKey {
-    /// Build from raw bytes as received from the network, checking lengths.
-    pub fn from_slices(public_key: &[u8], signature: &[u8]) -> Result<Self> {
-        Ok(Self {
-            public_key: public_key.try_into().map_err(|_| Error::InvalidKey)?,
-            signature: signature.try_into().map_err(|_| Error::BadSignature)?,
-        })
-    }
-}
-
-fn prekey_signed_bytes(public_key: &[u8; 32]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(PREKEY_SIGNATURE_CONTEXT.len() + 32);
-    msg.extend_from_slice(PREKEY_SIGNATURE_CONTEXT);
-    msg.extend_from_slice(public_key);
-    msg
 }
 
 /// A device identity: the private keys of one device (a vodozemac account).
@@ -149,43 +133,49 @@ impl Identity {
         self.account.max_number_of_one_time_keys()
     }
 
-    /// Generate `count` new one-time keys and return them signed. They stay
-    /// "unpublished" until [`Identity::mark_published`] is called after a
-    /// successful upload; calling this again before that returns the older
-    /// unpublished keys too, so a failed upload is simply retried.
-    pub fn generate_one_time_keys(&mut self, count: usize) -> Vec<SignedPreKey> {
+    /// Generate `count` new one-time keys and return every unpublished one.
+    /// They stay "unpublished" until [`Identity::mark_published`] is called
+    /// after a successful upload, so a failed upload is simply retried.
+    pub fn generate_one_time_keys(&mut self, count: usize) -> Vec<PreKey> {
         self.account.generate_one_time_keys(count);
         self.unpublished_one_time_keys()
     }
 
-    /// The one-time keys generated but not yet marked published, signed.
-    pub fn unpublished_one_time_keys(&self) -> Vec<SignedPreKey> {
-        let mut keys: Vec<_> = self.account.one_time_keys().into_iter().collect();
-        keys.sort_by_key(|(id, _)| id.to_base64());
-        keys.into_iter()
-            .map(|(_, key)| self.sign_prekey(key))
-            .collect()
+    /// The one-time keys generated but not yet marked published.
+    pub fn unpublished_one_time_keys(&self) -> Vec<PreKey> {
+        let mut keys: Vec<PreKey> = self
+            .account
+            .one_time_keys()
+            .into_iter()
+            .map(|(id, key)| PreKey {
+                key_id: id.to_base64().into_bytes(),
+                public_key: key.to_bytes(),
+                fallback: false,
+            })
+            .collect();
+        keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        keys
     }
 
-    /// Generate a new fallback key (used when one-time keys run out) and
-    /// return it signed. The previous fallback key stays usable until the next
-    /// rotation, so in-flight pre-key messages still decrypt.
-    pub fn rotate_fallback_key(&mut self) -> SignedPreKey {
+    /// Generate a new fallback key and return it. The previous fallback key
+    /// stays usable until the next rotation, so in-flight pre-key messages
+    /// still decrypt.
+    pub fn rotate_fallback_key(&mut self) -> Option<PreKey> {
         self.account.generate_fallback_key();
-        self.unpublished_fallback_key().unwrap_or_else(|| {
-            // generate_fallback_key always leaves an unpublished key; this is
-            // unreachable, but stay total without panicking.
-            self.sign_prekey(self.account.curve25519_key())
-        })
+        self.unpublished_fallback_key()
     }
 
-    /// The current fallback key if it has not been marked published, signed.
-    pub fn unpublished_fallback_key(&self) -> Option<SignedPreKey> {
+    /// The current fallback key if it has not been marked published.
+    pub fn unpublished_fallback_key(&self) -> Option<PreKey> {
         self.account
             .fallback_key()
-            .into_values()
+            .into_iter()
             .next()
-            .map(|key| self.sign_prekey(key))
+            .map(|(id, key)| PreKey {
+                key_id: id.to_base64().into_bytes(),
+                public_key: key.to_bytes(),
+                fallback: true,
+            })
     }
 
     /// Mark every generated one-time key and the fallback key as published.
@@ -193,28 +183,15 @@ impl Identity {
         self.account.mark_keys_as_published();
     }
 
-    fn sign_prekey(&self, key: Curve25519PublicKey) -> SignedPreKey {
-        let public_key = key.to_bytes();
-        let signature = self
-            .account
-            .sign(prekey_signed_bytes(&public_key))
-            .to_bytes();
-        SignedPreKey {
-            public_key,
-            signature,
-        }
-    }
-
     /// Start a session with a contact from one of their pre-keys (claimed from
-    /// the server). The pre-key's signature is checked first.
+    /// the server). The caller checks the pre-key's signature first.
     pub fn create_outbound_session(
         &self,
         their_identity: &PublicIdentity,
-        their_prekey: &SignedPreKey,
+        their_prekey: &[u8; 32],
     ) -> Result<Session> {
-        their_identity.verify_prekey(their_prekey)?;
         let identity_key = Curve25519PublicKey::from_bytes(their_identity.curve25519);
-        let one_time_key = Curve25519PublicKey::from_bytes(their_prekey.public_key);
+        let one_time_key = Curve25519PublicKey::from_bytes(*their_prekey);
         let session = self.account.create_outbound_session(
             SessionConfig::version_2(),
             identity_key,
@@ -273,21 +250,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prekeys_are_signed_and_verify() {
-        let mut bob = Identity::generate();
-        let keys = bob.generate_one_time_keys(5);
-        assert_eq!(keys.len(), 5);
-        for key in &keys {
-            bob.public().verify_prekey(key).unwrap();
-        }
-        let mut forged = keys[0].clone();
-        forged.public_key[0] ^= 1;
+    fn signatures_verify() {
+        let bob = Identity::generate();
+        let sig = bob.sign(b"hello");
+        bob.public().verify(b"hello", &sig).unwrap();
         assert!(matches!(
-            bob.public().verify_prekey(&forged),
+            bob.public().verify(b"hellO", &sig),
             Err(Error::BadSignature)
         ));
-        let other = Identity::generate();
-        assert!(other.public().verify_prekey(&keys[0]).is_err());
+        assert!(bob.public().verify(b"hello", &sig[..63]).is_err());
+        assert!(Identity::generate()
+            .public()
+            .verify(b"hello", &sig)
+            .is_err());
     }
 
     #[test]
@@ -295,9 +270,11 @@ mod tests {
         let mut bob = Identity::generate();
         assert_eq!(bob.generate_one_time_keys(3).len(), 3);
         // Not yet published: a retry returns the same keys plus new ones.
-        assert_eq!(bob.generate_one_time_keys(2).len(), 5);
-        let fallback = bob.rotate_fallback_key();
-        bob.public().verify_prekey(&fallback).unwrap();
+        let keys = bob.generate_one_time_keys(2);
+        assert_eq!(keys.len(), 5);
+        assert!(keys.iter().all(|k| !k.fallback && !k.key_id.is_empty()));
+        let fallback = bob.rotate_fallback_key().unwrap();
+        assert!(fallback.fallback);
         bob.mark_published();
         assert!(bob.unpublished_one_time_keys().is_empty());
         assert!(bob.unpublished_fallback_key().is_none());

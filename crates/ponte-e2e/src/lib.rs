@@ -2,8 +2,8 @@
 //!
 //! What lives where:
 //! - [`identity`]: a device identity ([`Identity`], a vodozemac Olm account:
-//!   Curve25519 identity key + Ed25519 signing key), signed one-time and
-//!   fallback keys ([`SignedPreKey`]) for upload to the server's directory,
+//!   Curve25519 identity key + Ed25519 signing key), one-time and fallback
+//!   keys ([`PreKey`]) for upload to the server's directory, signatures,
 //!   and session creation (outbound from a claimed pre-key, inbound from a
 //!   pre-key message).
 //! - [`session`]: an Olm [`Session`] (double ratchet) and the [`Ciphertext`]
@@ -24,7 +24,7 @@ pub mod safety;
 pub mod session;
 
 pub use envelope::{Envelope, MessageId, Payload, MAX_TEXT_BYTES};
-pub use identity::{Identity, PublicIdentity, SignedPreKey};
+pub use identity::{Identity, PreKey, PublicIdentity};
 pub use safety::SafetyNumber;
 pub use session::{Ciphertext, Session, MAX_CIPHERTEXT_BYTES};
 
@@ -35,8 +35,8 @@ pub enum Error {
     /// A public key had the wrong length or was not a valid point.
     #[error("invalid public key")]
     InvalidKey,
-    /// A pre-key's signature does not verify against the owner's signing key.
-    #[error("pre-key signature does not verify against the contact's signing key")]
+    /// A signature does not verify against the signer's Ed25519 key.
+    #[error("signature does not verify")]
     BadSignature,
     /// A ciphertext could not be parsed (truncated, unknown version or type, too long).
     #[error("malformed ciphertext: {0}")]

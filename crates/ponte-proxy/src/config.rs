@@ -1,0 +1,987 @@
+//! Relay configuration: the TOML schema, the presets, and validation.
+//!
+//! The file is parsed once into these types; every value that can be wrong is
+//! a small newtype whose `Deserialize` checks it, so a bad address or duration
+//! is reported by the TOML parser with its line and column. Cross references
+//! (a listener naming an upstream) keep their source span ([`toml::Spanned`])
+//! so that they too are reported at the right line. Unknown keys are refused.
+//!
+//! The same types serialize back to TOML (`ponte proxy --print-config`), and a
+//! printed config loads back to an equal value.
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Official WhatsApp proxy connection cap (HAProxy `maxconn`).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 27_500;
+/// Official WhatsApp proxy buffer size (HAProxy `tune.bufsize`).
+pub const DEFAULT_BUFFER_SIZE: usize = 4096;
+/// Default admin endpoint (loopback only).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8199";
+
+/// A configuration error, located in its file when it came from one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{key}: {message}", location(.file, *.line, *.column))]
+pub struct ConfigError {
+    /// The file, when the config came from one.
+    pub file: Option<PathBuf>,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// The key in dotted form (`listener[2].upstream`), empty when unknown.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn location(file: &Option<PathBuf>, line: usize, column: usize) -> String {
+    let mut s = String::new();
+    if let Some(f) = file {
+        s.push_str(&f.display().to_string());
+        s.push(':');
+    }
+    if line > 0 {
+        s.push_str(&format!("{line}:{column}: "));
+    } else if file.is_some() {
+        s.push(' ');
+    }
+    s
+}
+
+/// The whole relay configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Status page, `/metrics` and `/healthz`. Absent: no admin endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    /// Connection limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Data path tuning.
+    #[serde(default)]
+    pub tuning: TuningConfig,
+    /// Logging (privacy) switches.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// TLS settings shared by the listeners that terminate TLS.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Named upstreams, the only places the relay ever forwards to.
+    #[serde(default)]
+    pub upstream: BTreeMap<String, UpstreamConfig>,
+    /// Listeners (`[[listener]]`).
+    #[serde(default)]
+    pub listener: Vec<ListenerConfig>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP endpoint.
+    pub listen: Spanned<ListenAddr>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open connections across all listeners.
+    pub max_connections: u32,
+    /// Open connections from one source address (IPv6: one /64); 0 = no cap.
+    pub per_source_connections: u32,
+    /// New connections per second from one source (IPv6: one /64); 0 = no cap.
+    pub per_source_rate: u32,
+    /// Burst allowance on top of `per_source_rate`.
+    pub per_source_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            per_source_connections: 0,
+            per_source_rate: 0,
+            per_source_burst: 20,
+        }
+    }
+}
+
+/// `[timeouts]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// Connecting to one upstream server.
+    pub connect: Dur,
+    /// No bytes in either direction for this long closes the connection.
+    pub idle: Dur,
+    /// After one side has finished sending, how long the other may go on.
+    pub half_close: Dur,
+    /// Inbound PROXY header plus TLS handshake must complete within this.
+    pub handshake: Dur,
+    /// On SIGTERM/SIGINT, how long open connections may drain.
+    pub drain: Dur,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect: Dur(Duration::from_secs(5)),
+            idle: Dur(Duration::from_secs(200)),
+            half_close: Dur(Duration::from_secs(1)),
+            handshake: Dur(Duration::from_secs(5)),
+            drain: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[tuning]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TuningConfig {
+    /// Size of the first read buffer per direction. Buffers exist only while
+    /// bytes are in flight; an idle connection holds none.
+    pub buffer_size: usize,
+    /// Largest buffer a busy direction grows to.
+    pub max_buffer_size: usize,
+    /// Zero-copy `splice(2)` for plain TCP legs (Linux).
+    pub splice: bool,
+}
+
+impl Default for TuningConfig {
+    fn default() -> Self {
+        Self {
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            max_buffer_size: 64 * 1024,
+            splice: cfg!(target_os = "linux"),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Write client IP addresses into logs. Off by default: relay users may be at risk.
+    pub client_addresses: bool,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// DNS names and IP addresses written into the self-signed certificate.
+    pub self_signed_names: Vec<String>,
+    /// How often PEM files are checked for changes (they also reload on SIGHUP).
+    pub reload_interval: Dur,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            self_signed_names: vec!["localhost".to_owned()],
+            reload_interval: Dur(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// `[upstream.NAME]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Servers in order of preference (`host:port`); later ones are failovers.
+    pub servers: Spanned<Vec<HostPort>>,
+    /// PROXY header written at the start of each upstream connection.
+    #[serde(default)]
+    pub send_proxy: SendProxy,
+    /// Layer-4 health check interval; `0s` disables it.
+    #[serde(default = "default_health_interval")]
+    pub health_check_interval: Dur,
+    /// How often host names are resolved again (also on every failure).
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: Dur,
+}
+
+fn default_health_interval() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_resolve_interval() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+/// Which PROXY protocol header to send upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxy {
+    /// No header.
+    #[default]
+    None,
+    /// Text header, version 1.
+    V1,
+    /// Binary header, version 2.
+    V2,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name, used in metrics and logs.
+    pub name: Spanned<String>,
+    /// Addresses to bind (`0.0.0.0:443`, `[::]:443`).
+    pub listen: Spanned<Vec<ListenAddr>>,
+    /// TLS termination.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Expect a PROXY v1/v2 header from a load balancer before anything else.
+    #[serde(default)]
+    pub accept_proxy: bool,
+    /// The upstream this listener forwards to.
+    pub upstream: Spanned<String>,
+    /// Open connections on this listener; absent = only the global cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+/// TLS mode of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Plain TCP.
+    #[default]
+    None,
+    /// A certificate made at start.
+    SelfSigned,
+    /// The operator's PEM files, reloaded on change.
+    Files {
+        /// Certificate chain, PEM.
+        cert: PathBuf,
+        /// Private key, PEM.
+        key: PathBuf,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Serialize for TlsMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TlsMode::None => s.serialize_str("none"),
+            TlsMode::SelfSigned => s.serialize_str("self-signed"),
+            TlsMode::Files { cert, key } => TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TlsMode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#""none", "self-signed" or { cert = "x.pem", key = "y.pem" }"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TlsMode, E> {
+                match v {
+                    "none" => Ok(TlsMode::None),
+                    "self-signed" => Ok(TlsMode::SelfSigned),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TlsMode, A::Error> {
+                let f = TlsFiles::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(TlsMode::Files {
+                    cert: f.cert,
+                    key: f.key,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration written as an integer and a unit: `250ms`, `5s`, `3m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration `{s}` needs a unit (ms, s, m, h)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("duration `{s}` must start with a whole number"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => {
+                return Err(format!(
+                    "duration `{s}`: unknown unit `{unit}` (ms, s, m, h)"
+                ))
+            }
+        };
+        Ok(Dur(d))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if !ms.is_multiple_of(1000) {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+/// A socket address to bind: an IP literal and a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<SocketAddr>().map(ListenAddr).map_err(|_| {
+            format!("`{s}` is not an IP address and port (like 0.0.0.0:443 or [::]:443)")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An upstream server: a host name or IP literal, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// The IP address, when the host is a literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(HostPort {
+                host: sa.ip().to_string(),
+                port: sa.port(),
+            });
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` needs a port (host:port)"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{s}`: port must be 1-65535"))?;
+        if !valid_hostname(host) {
+            return Err(format!(
+                "`{s}`: `{host}` is not a valid host name or IP address"
+            ));
+        }
+        Ok(HostPort {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+/// RFC 1123 host name check (letters, digits, hyphens, dots; labels 1-63; total <= 253).
+pub fn valid_hostname(h: &str) -> bool {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip() {
+            Some(IpAddr::V6(_)) => write!(f, "[{}]:{}", self.host, self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+macro_rules! string_serde {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(de::Error::custom)
+            }
+        }
+    };
+}
+string_serde!(Dur);
+string_serde!(ListenAddr);
+string_serde!(HostPort);
+
+fn sp<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+/// The built-in layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// WhatsApp's official proxy layout.
+    Whatsapp,
+    /// The front door of a Ponte server.
+    Ponte,
+}
+
+impl FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "whatsapp" => Ok(Preset::Whatsapp),
+            "ponte" => Ok(Preset::Ponte),
+            _ => Err(format!("unknown preset `{s}` (whatsapp, ponte)")),
+        }
+    }
+}
+
+fn listener(
+    name: &str,
+    port: u16,
+    tls: TlsMode,
+    accept_proxy: bool,
+    upstream: &str,
+) -> ListenerConfig {
+    ListenerConfig {
+        name: sp(name.to_owned()),
+        listen: sp(vec![
+            ListenAddr(SocketAddr::from(([0, 0, 0, 0], port))),
+            ListenAddr(SocketAddr::from(([0u16; 8], port))),
+        ]),
+        tls,
+        accept_proxy,
+        upstream: sp(upstream.to_owned()),
+        max_connections: None,
+    }
+}
+
+fn upstream(servers: &[HostPort], send_proxy: SendProxy) -> UpstreamConfig {
+    UpstreamConfig {
+        servers: sp(servers.to_vec()),
+        send_proxy,
+        health_check_interval: default_health_interval(),
+        resolve_interval: default_resolve_interval(),
+    }
+}
+
+fn hp(host: &str, port: u16) -> HostPort {
+    HostPort {
+        host: host.to_owned(),
+        port,
+    }
+}
+
+impl Config {
+    /// The configuration of a preset. `ponte` needs the server's address.
+    pub fn preset(preset: Preset, ponte_upstream: Option<HostPort>) -> Result<Config, ConfigError> {
+        let admin = Some(AdminConfig {
+            listen: sp(ListenAddr(SocketAddr::from(([127, 0, 0, 1], 8199)))),
+        });
+        let mut cfg = Config {
+            admin,
+            limits: LimitsConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            tuning: TuningConfig::default(),
+            log: LogConfig::default(),
+            tls: TlsConfig::default(),
+            upstream: BTreeMap::new(),
+            listener: Vec::new(),
+        };
+        match preset {
+            Preset::Whatsapp => {
+                let chat = hp("g.whatsapp.net", 5222);
+                cfg.upstream.insert(
+                    "web".into(),
+                    upstream(&[hp("g.whatsapp.net", 80)], SendProxy::V1),
+                );
+                cfg.upstream
+                    .insert("chat".into(), upstream(&[chat], SendProxy::V1));
+                cfg.upstream.insert(
+                    "media".into(),
+                    upstream(&[hp("whatsapp.net", 443)], SendProxy::None),
+                );
+                cfg.listener = vec![
+                    listener("http", 80, TlsMode::None, false, "web"),
+                    listener("https", 443, TlsMode::SelfSigned, false, "chat"),
+                    listener("chat", 5222, TlsMode::None, false, "chat"),
+                    listener("http-lb", 8080, TlsMode::None, true, "web"),
+                    listener("https-lb", 8443, TlsMode::SelfSigned, true, "chat"),
+                    listener("chat-lb", 8222, TlsMode::None, true, "chat"),
+                    listener("media", 587, TlsMode::None, false, "media"),
+                    listener("media-alt", 7777, TlsMode::None, false, "media"),
+                ];
+            }
+            Preset::Ponte => {
+                let server = ponte_upstream.ok_or_else(|| ConfigError {
+                    file: None,
+                    line: 0,
+                    column: 0,
+                    key: "upstream".into(),
+                    message: "the ponte preset needs the server address: --upstream HOST:PORT"
+                        .into(),
+                })?;
+                cfg.upstream
+                    .insert("server".into(), upstream(&[server], SendProxy::V1));
+                cfg.listener = vec![
+                    listener("tls", 443, TlsMode::SelfSigned, false, "server"),
+                    listener("plain", 5222, TlsMode::None, false, "server"),
+                    listener("http", 80, TlsMode::None, false, "server"),
+                ];
+            }
+        }
+        cfg.validate(None, None)?;
+        Ok(cfg)
+    }
+
+    /// Parse and validate TOML text. `file` is used in error messages.
+    pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError {
+                file: file.map(Path::to_path_buf),
+                line,
+                column,
+                key: String::new(),
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        cfg.validate(Some(text), file)?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::from_toml(&text, Some(path))
+    }
+
+    /// The config as TOML that [`Config::from_toml`] loads back unchanged.
+    pub fn to_toml(&self) -> String {
+        // Serialization of these types cannot fail: every map key is a string
+        // and no value is a bare None.
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// Cross-field checks. `text` (the source) locates spans.
+    pub fn validate(&self, text: Option<&str>, file: Option<&Path>) -> Result<(), ConfigError> {
+        let err = |span: std::ops::Range<usize>, key: String, message: String| {
+            let (line, column) = match text {
+                Some(t) if span.end > 0 => line_col(t, span.start),
+                _ => (0, 0),
+            };
+            ConfigError {
+                file: file.map(Path::to_path_buf),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        if self.listener.is_empty() {
+            return Err(err(
+                0..0,
+                "listener".into(),
+                "no [[listener]] configured".into(),
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(err(
+                0..0,
+                "limits.max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        let t = &self.tuning;
+        if !(512..=1 << 20).contains(&t.buffer_size) {
+            return Err(err(
+                0..0,
+                "tuning.buffer_size".into(),
+                "must be between 512 and 1048576 bytes".into(),
+            ));
+        }
+        if t.max_buffer_size < t.buffer_size || t.max_buffer_size > 1 << 20 {
+            return Err(err(
+                0..0,
+                "tuning.max_buffer_size".into(),
+                "must be between buffer_size and 1048576 bytes".into(),
+            ));
+        }
+        for (field, d) in [
+            ("connect", self.timeouts.connect),
+            ("idle", self.timeouts.idle),
+            ("half_close", self.timeouts.half_close),
+            ("handshake", self.timeouts.handshake),
+        ] {
+            if d.0.is_zero() {
+                return Err(err(
+                    0..0,
+                    format!("timeouts.{field}"),
+                    "must be longer than 0".into(),
+                ));
+            }
+        }
+        for (name, u) in &self.upstream {
+            if u.servers.get_ref().is_empty() {
+                return Err(err(
+                    u.servers.span(),
+                    format!("upstream.{name}.servers"),
+                    "at least one server is needed".into(),
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut addrs: HashSet<SocketAddr> = HashSet::new();
+        if let Some(a) = &self.admin {
+            addrs.insert(a.listen.get_ref().0);
+        }
+        for (i, l) in self.listener.iter().enumerate() {
+            let name = l.name.get_ref();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(err(
+                    l.name.span(),
+                    format!("listener[{i}].name"),
+                    format!("`{name}`: use letters, digits, - and _"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(err(
+                    l.name.span(),
+                    format!("listener[{i}].name"),
+                    format!("listener name `{name}` is used twice"),
+                ));
+            }
+            if l.listen.get_ref().is_empty() {
+                return Err(err(
+                    l.listen.span(),
+                    format!("listener[{i}].listen"),
+                    "at least one address is needed".into(),
+                ));
+            }
+            for a in l.listen.get_ref() {
+                if a.0.port() != 0 && !addrs.insert(a.0) {
+                    return Err(err(
+                        l.listen.span(),
+                        format!("listener[{i}].listen"),
+                        format!("address {a} is used twice"),
+                    ));
+                }
+            }
+            if !self.upstream.contains_key(l.upstream.get_ref()) {
+                let known: Vec<&str> = self.upstream.keys().map(String::as_str).collect();
+                return Err(err(
+                    l.upstream.span(),
+                    format!("listener[{i}].upstream"),
+                    format!(
+                        "no upstream named `{}` (defined: {})",
+                        l.upstream.get_ref(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            if l.max_connections == Some(0) {
+                return Err(err(
+                    0..0,
+                    format!("listener[{i}].max_connections"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The listeners' first TLS port and first plain media port, for share links.
+    pub fn port_of(&self, name: &str) -> Option<u16> {
+        self.listener
+            .iter()
+            .find(|l| l.name.get_ref() == name)
+            .and_then(|l| l.listen.get_ref().first())
+            .map(|a| a.0.port())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let col = offset
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"
+[admin]
+listen = "127.0.0.1:8199"          # "/" status page, "/metrics" Prometheus, "/healthz"
+
+[upstream.chat]
+servers = ["g.whatsapp.net:5222", "g-fallback.whatsapp.net:5222"]
+send_proxy = "v1"                  # "v1" | "v2" | "none"
+
+[[listener]]
+name = "chat-tls"
+listen = ["0.0.0.0:443", "[::]:443"]
+tls = "self-signed"                # "none" (default) | "self-signed" | { cert = "x.pem", key = "y.pem" }
+accept_proxy = false               # expect a PROXY v1/v2 header from a load balancer
+upstream = "chat"
+"#;
+
+    #[test]
+    fn issue_schema_parses() {
+        let c = Config::from_toml(ISSUE_EXAMPLE, None).unwrap();
+        assert_eq!(c.listener.len(), 1);
+        assert_eq!(c.listener[0].tls, TlsMode::SelfSigned);
+        let ups = &c.upstream["chat"];
+        assert_eq!(ups.send_proxy, SendProxy::V1);
+        assert_eq!(ups.servers.get_ref()[1].host, "g-fallback.whatsapp.net");
+        assert_eq!(c.limits.max_connections, 27_500);
+    }
+
+    #[test]
+    fn presets_round_trip_through_toml() {
+        for (p, up) in [
+            (Preset::Whatsapp, None),
+            (Preset::Ponte, Some("server.example:5222".parse().unwrap())),
+        ] {
+            let c = Config::preset(p, up).unwrap();
+            let text = c.to_toml();
+            let back = Config::from_toml(&text, None).unwrap();
+            assert_eq!(c, back, "{text}");
+            assert_eq!(back.to_toml(), text);
+        }
+    }
+
+    #[test]
+    fn whatsapp_preset_has_the_official_layout() {
+        let c = Config::preset(Preset::Whatsapp, None).unwrap();
+        let ports: Vec<(u16, bool, bool, &str)> = c
+            .listener
+            .iter()
+            .map(|l| {
+                (
+                    l.listen.get_ref()[0].0.port(),
+                    l.tls != TlsMode::None,
+                    l.accept_proxy,
+                    l.upstream.get_ref().as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (80, false, false, "web"),
+                (443, true, false, "chat"),
+                (5222, false, false, "chat"),
+                (8080, false, true, "web"),
+                (8443, true, true, "chat"),
+                (8222, false, true, "chat"),
+                (587, false, false, "media"),
+                (7777, false, false, "media"),
+            ]
+        );
+        assert_eq!(c.upstream["media"].send_proxy, SendProxy::None);
+        assert_eq!(c.upstream["chat"].send_proxy, SendProxy::V1);
+        assert_eq!(
+            c.upstream["web"].servers.get_ref()[0].to_string(),
+            "g.whatsapp.net:80"
+        );
+        assert_eq!(
+            c.admin.unwrap().listen.get_ref().to_string(),
+            "127.0.0.1:8199"
+        );
+    }
+
+    #[test]
+    fn ponte_preset_needs_upstream() {
+        let e = Config::preset(Preset::Ponte, None).unwrap_err();
+        assert!(e.message.contains("--upstream"), "{e}");
+    }
+
+    fn err_of(text: &str) -> ConfigError {
+        Config::from_toml(text, Some(Path::new("relay.toml"))).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = ISSUE_EXAMPLE.replace("accept_proxy = false", "acept_proxy = false");
+        let e = err_of(&text);
+        assert_eq!(e.line, 13, "{e}");
+        assert!(e.to_string().starts_with("relay.toml:13:"), "{e}");
+        assert!(e.message.contains("acept_proxy"), "{e}");
+    }
+
+    #[test]
+    fn unknown_top_level_section_is_refused() {
+        let e = err_of("[admn]\nlisten = \"127.0.0.1:1\"\n");
+        assert!(e.message.contains("admn"), "{e}");
+        assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn bad_listen_address_is_located() {
+        let text = ISSUE_EXAMPLE.replace("\"[::]:443\"", "\"localhost:443\"");
+        let e = err_of(&text);
+        assert_eq!(e.line, 11, "{e}");
+        assert!(e.message.contains("localhost:443"), "{e}");
+    }
+
+    #[test]
+    fn bad_upstream_server_is_located() {
+        let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222\"", "g.whatsapp.net\"");
+        let e = err_of(&text);
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("needs a port"), "{e}");
+        let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222\"", "bad host!:5222\"");
+        assert!(err_of(&text).message.contains("not a valid host"));
+        let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222\"", "g.whatsapp.net:0\"");
+        assert!(err_of(&text).message.contains("1-65535"));
+    }
+
+    #[test]
+    fn dangling_upstream_is_located() {
+        let text = ISSUE_EXAMPLE.replace("upstream = \"chat\"", "upstream = \"chatt\"");
+        let e = err_of(&text);
+        assert_eq!(e.line, 14, "{e}");
+        assert_eq!(e.key, "listener[0].upstream");
+        assert!(
+            e.message.contains("chatt") && e.message.contains("defined: chat"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_tls_and_durations() {
+        let text = ISSUE_EXAMPLE.replace("\"self-signed\"", "\"selfsigned\"");
+        assert_eq!(err_of(&text).line, 12);
+        let text = ISSUE_EXAMPLE.replace(
+            "tls = \"self-signed\"",
+            "tls = { cert = \"a.pem\", key = \"b.pem\", extra = 1 }",
+        );
+        assert!(err_of(&text).message.contains("extra"));
+        let e = err_of(&format!(
+            "[timeouts]\nidle = \"5 minutes\"\n{ISSUE_EXAMPLE}"
+        ));
+        assert_eq!(e.line, 2, "{e}");
+        let e = err_of(&format!("[timeouts]\nidle = \"0s\"\n{ISSUE_EXAMPLE}"));
+        assert_eq!(e.key, "timeouts.idle");
+    }
+
+    #[test]
+    fn duplicate_listen_addresses_and_names() {
+        let twice = format!(
+            "{ISSUE_EXAMPLE}\n[[listener]]\nname = \"chat-tls\"\nlisten = [\"127.0.0.1:1\"]\nupstream = \"chat\"\n"
+        );
+        assert!(err_of(&twice).message.contains("used twice"));
+        let same_addr = format!(
+            "{ISSUE_EXAMPLE}\n[[listener]]\nname = \"b\"\nlisten = [\"0.0.0.0:443\"]\nupstream = \"chat\"\n"
+        );
+        let e = err_of(&same_addr);
+        assert!(e.message.contains("0.0.0.0:443"), "{e}");
+        assert_eq!(e.line, 18, "{e}");
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        for (s, d) in [
+            ("250ms", Duration::from_millis(250)),
+            ("5s", Duration::from_secs(5)),
+            ("3m", Duration::from_secs(180)),
+            ("1h", Duration::from_secs(3600)),
+        ] {
+            assert_eq!(s.parse::<Dur>().unwrap().0, d);
+        }
+        assert_eq!(Dur(Duration::from_secs(180)).to_string(), "180s");
+        assert!("5".parse::<Dur>().is_err());
+        assert!("s".parse::<Dur>().is_err());
+        assert!("5d".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn hostports() {
+        let h: HostPort = "[::1]:5222".parse().unwrap();
+        assert_eq!(h.host, "::1");
+        assert_eq!(h.to_string(), "[::1]:5222");
+        let h: HostPort = "Example.ORG:80".parse().unwrap();
+        assert_eq!(h.to_string(), "example.org:80");
+        assert!("::1:80".parse::<HostPort>().is_err());
+    }
+}

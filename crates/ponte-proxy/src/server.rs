@@ -1,0 +1,680 @@
+//! The running relay: bound listeners, the accept loops, and the life of one
+//! connection (limits -> PROXY header in -> TLS -> upstream -> PROXY header
+//! out -> data path).
+
+use crate::admin;
+use crate::config::{Config, SendProxy, TlsMode};
+use crate::limits::{Counter, Limits};
+use crate::metrics::{HandshakeFailure, ListenerMetrics, Metrics, Refusal, ResultLabel};
+use crate::relay::{self, ByteCounters, Outcome, RelayOptions};
+use crate::tls::{CertStore, TlsError};
+use crate::upstream::Upstream;
+use ponte_wire::proxy_header::{self, Parsed, ProxyHeader, MAX_V2_LEN};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// The relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// A listen address could not be bound.
+    #[error("listener `{listener}`: cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: io::Error,
+        /// Advice (privileged ports).
+        hint: &'static str,
+    },
+    /// A TLS certificate could not be made or loaded.
+    #[error("listener `{listener}`: {source}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// Cause.
+        source: TlsError,
+    },
+    /// The configuration is inconsistent (should have been caught by validation).
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Shared, per-listener state.
+struct ListenerShared {
+    name: String,
+    tls: Option<TlsAcceptor>,
+    accept_proxy: bool,
+    upstream: Arc<Upstream>,
+    metrics: ListenerMetrics,
+    counters: ByteCounters,
+    open: Arc<Counter>,
+    max: Option<u32>,
+}
+
+impl std::fmt::Debug for ListenerShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerShared")
+            .field("name", &self.name)
+            .field("tls", &self.tls.is_some())
+            .field("accept_proxy", &self.accept_proxy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a connection task needs.
+#[derive(Debug)]
+struct Shared {
+    limits: Arc<Limits>,
+    relay: RelayOptions,
+    handshake: Duration,
+    log_addresses: bool,
+    next_id: AtomicU64,
+}
+
+/// A relay with its sockets bound, ready to [`Proxy::run`].
+#[derive(Debug)]
+pub struct Proxy {
+    config: Config,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    upstreams: BTreeMap<String, Arc<Upstream>>,
+    listeners: Vec<(Arc<ListenerShared>, Vec<TcpListener>)>,
+    admin: Option<TcpListener>,
+    certs: Vec<Arc<CertStore>>,
+    reload: Arc<tokio::sync::Notify>,
+}
+
+/// Ask a running relay to reload its certificate files now (SIGHUP).
+#[derive(Debug, Clone)]
+pub struct ReloadHandle(Arc<tokio::sync::Notify>);
+
+impl ReloadHandle {
+    /// Reload every file-backed certificate.
+    pub fn reload(&self) {
+        self.0.notify_one();
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // `[::]` and `0.0.0.0` are separate listeners in the config.
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}
+
+/// True when `e` means "this host has no IPv6" for an IPv6 wildcard bind.
+fn no_ipv6(addr: &SocketAddr, e: &io::Error) -> bool {
+    addr.is_ipv6()
+        && matches!(
+            e.raw_os_error(),
+            Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+        )
+}
+
+impl Proxy {
+    /// Bind every listener and the admin endpoint, make certificates.
+    pub async fn bind(config: Config) -> Result<Proxy, ProxyError> {
+        let metrics = Arc::new(Metrics::new());
+        let upstreams: BTreeMap<String, Arc<Upstream>> = config
+            .upstream
+            .iter()
+            .map(|(name, u)| {
+                (
+                    name.clone(),
+                    Arc::new(Upstream::new(name, u, config.timeouts.connect.0, &metrics)),
+                )
+            })
+            .collect();
+        let mut self_signed: Option<Arc<CertStore>> = None;
+        let mut certs: Vec<Arc<CertStore>> = Vec::new();
+        let mut listeners = Vec::new();
+        for l in &config.listener {
+            let name = l.name.get_ref().clone();
+            let tls_err = |source| ProxyError::Tls {
+                listener: name.clone(),
+                source,
+            };
+            let store = match &l.tls {
+                TlsMode::None => None,
+                TlsMode::SelfSigned => {
+                    if self_signed.is_none() {
+                        let s = Arc::new(
+                            CertStore::self_signed(&config.tls.self_signed_names)
+                                .map_err(tls_err)?,
+                        );
+                        certs.push(Arc::clone(&s));
+                        self_signed = Some(s);
+                    }
+                    self_signed.clone()
+                }
+                TlsMode::Files { cert, key } => {
+                    let s = Arc::new(CertStore::from_files(cert, key).map_err(tls_err)?);
+                    certs.push(Arc::clone(&s));
+                    Some(s)
+                }
+            };
+            let tls = match store {
+                Some(s) => Some(TlsAcceptor::from(s.server_config().map_err(tls_err)?)),
+                None => None,
+            };
+            let upstream = upstreams
+                .get(l.upstream.get_ref())
+                .cloned()
+                .ok_or_else(|| {
+                    ProxyError::Config(format!("no upstream `{}`", l.upstream.get_ref()))
+                })?;
+            let lm = metrics.listener(&name);
+            let shared = Arc::new(ListenerShared {
+                counters: ByteCounters {
+                    up: lm.bytes_up.clone(),
+                    down: lm.bytes_down.clone(),
+                },
+                metrics: lm,
+                name: name.clone(),
+                tls,
+                accept_proxy: l.accept_proxy,
+                upstream,
+                open: Arc::new(Counter::default()),
+                max: l.max_connections,
+            });
+            let mut sockets = Vec::new();
+            for addr in l.listen.get_ref() {
+                match bind(addr.0) {
+                    Ok(s) => sockets.push(s),
+                    Err(e) if no_ipv6(&addr.0, &e) => {
+                        tracing::warn!(listener = %name, %addr, "no IPv6 on this host; skipping");
+                    }
+                    Err(source) => {
+                        let hint = if addr.0.port() < 1024
+                            && source.kind() == io::ErrorKind::PermissionDenied
+                        {
+                            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; see docs/OPERATIONS.md)"
+                        } else {
+                            ""
+                        };
+                        return Err(ProxyError::Bind {
+                            listener: name,
+                            addr: addr.0,
+                            source,
+                            hint,
+                        });
+                    }
+                }
+            }
+            if sockets.is_empty() {
+                return Err(ProxyError::Config(format!(
+                    "listener `{name}`: no address could be bound"
+                )));
+            }
+            listeners.push((shared, sockets));
+        }
+        let admin = match &config.admin {
+            Some(a) => {
+                let addr = a.listen.get_ref().0;
+                Some(bind(addr).map_err(|source| ProxyError::Bind {
+                    listener: "admin".into(),
+                    addr,
+                    source,
+                    hint: "",
+                })?)
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            limits: Limits::new(config.limits.clone()),
+            relay: RelayOptions {
+                idle: config.timeouts.idle.0,
+                half_close: config.timeouts.half_close.0,
+                buffer_size: config.tuning.buffer_size,
+                max_buffer_size: config.tuning.max_buffer_size,
+                splice: config.tuning.splice,
+            },
+            handshake: config.timeouts.handshake.0,
+            log_addresses: config.log.client_addresses,
+            next_id: AtomicU64::new(1),
+        });
+        Ok(Proxy {
+            config,
+            metrics,
+            shared,
+            upstreams,
+            listeners,
+            admin,
+            certs,
+            reload: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// Bound addresses per listener (after port 0 was resolved).
+    pub fn listener_addrs(&self) -> Vec<(String, Vec<SocketAddr>)> {
+        self.listeners
+            .iter()
+            .map(|(l, socks)| {
+                (
+                    l.name.clone(),
+                    socks.iter().filter_map(|s| s.local_addr().ok()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Bound address of one listener's first socket.
+    pub fn addr_of(&self, listener: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(l, _)| l.name == listener)
+            .and_then(|(_, s)| s.first())
+            .and_then(|s| s.local_addr().ok())
+    }
+
+    /// Bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// A handle that reloads certificate files.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(Arc::clone(&self.reload))
+    }
+
+    /// Serve until `shutdown` completes; then stop accepting, let open
+    /// connections drain for the configured grace period, and return.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let stop = CancellationToken::new();
+        let conns = TaskTracker::new();
+        let background = TaskTracker::new();
+        for u in self.upstreams.values() {
+            background.spawn(Arc::clone(u).start(stop.child_token()));
+        }
+        if let Some(admin) = self.admin {
+            let state = admin::AdminState {
+                metrics: Arc::clone(&self.metrics),
+                upstreams: self.upstreams.values().cloned().collect(),
+                listeners: self
+                    .listeners
+                    .iter()
+                    .map(|(l, _)| admin::ListenerView {
+                        name: l.name.clone(),
+                        upstream: Arc::clone(&l.upstream),
+                        metrics: l.metrics.clone(),
+                    })
+                    .collect(),
+            };
+            background.spawn(admin::serve(admin, state, stop.child_token()));
+        }
+        if !self.certs.iter().any(|c| c.is_file_backed()) {
+            // Nothing to reload.
+        } else {
+            let certs = self.certs.clone();
+            let metrics = Arc::clone(&self.metrics);
+            let every = self
+                .config
+                .tls
+                .reload_interval
+                .0
+                .max(Duration::from_millis(100));
+            let notify = Arc::clone(&self.reload);
+            let stop = stop.child_token();
+            background.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    let force = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => false,
+                        _ = notify.notified() => true,
+                    };
+                    for c in certs.iter().filter(|c| c.is_file_backed()) {
+                        match c.reload(force) {
+                            Ok(true) => {
+                                tracing::info!("TLS certificate reloaded");
+                                metrics
+                                    .cert_reloads
+                                    .get_or_create(&ResultLabel { result: "ok" })
+                                    .inc();
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::error!(
+                                    "TLS certificate reload failed, keeping the old one: {e}"
+                                );
+                                metrics
+                                    .cert_reloads
+                                    .get_or_create(&ResultLabel { result: "error" })
+                                    .inc();
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        for (l, sockets) in self.listeners {
+            for s in sockets {
+                background.spawn(accept_loop(
+                    s,
+                    Arc::clone(&l),
+                    Arc::clone(&self.shared),
+                    Arc::clone(&self.metrics),
+                    conns.clone(),
+                    stop.child_token(),
+                ));
+            }
+        }
+        shutdown.await;
+        let open = self.shared.limits.open();
+        tracing::info!(open, "shutting down: no new connections; draining");
+        stop.cancel();
+        background.close();
+        background.wait().await;
+        conns.close();
+        let drain = self.config.timeouts.drain.0;
+        if tokio::time::timeout(drain, conns.wait()).await.is_err() {
+            tracing::warn!(
+                open = self.shared.limits.open(),
+                "drain period over; closing the remaining connections"
+            );
+        }
+    }
+}
+
+/// Accept until cancelled. Errors from accept(2) (out of descriptors, …)
+/// back off briefly instead of spinning.
+async fn accept_loop(
+    listener: TcpListener,
+    l: Arc<ListenerShared>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    conns: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(5);
+                a
+            }
+            Err(e) => {
+                metrics.accept_errors.inc();
+                tracing::warn!(listener = %l.name, "accept failed: {e}");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        l.metrics.total.inc();
+        let mut permit = match shared.limits.admit(&l.open, l.max) {
+            Ok(p) => p,
+            Err(r) => {
+                l.metrics.refuse(r);
+                reset(stream);
+                continue;
+            }
+        };
+        if !l.accept_proxy {
+            if let Err(r) = shared.limits.admit_source(&mut permit, peer.ip()) {
+                l.metrics.refuse(r);
+                reset(stream);
+                continue;
+            }
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = if shared.log_addresses {
+            tracing::debug_span!("conn", id, listener = %l.name, client = %peer)
+        } else {
+            tracing::debug_span!("conn", id, listener = %l.name)
+        };
+        let (l, shared) = (Arc::clone(&l), Arc::clone(&shared));
+        conns.spawn(
+            async move {
+                l.metrics.open.inc();
+                handle(stream, peer, &l, &shared, &mut permit).await;
+                l.metrics.open.dec();
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Close at once with a reset: the client learns immediately, and the
+/// socket does not linger in TIME_WAIT on our side.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Read an inbound PROXY header. Returns it and any payload bytes read past it.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+) -> Result<(ProxyHeader, Vec<u8>), HandshakeFailure> {
+    let mut buf = vec![0u8; MAX_V2_LEN];
+    let mut len = 0;
+    loop {
+        let n = stream
+            .read(&mut buf[len..])
+            .await
+            .map_err(|_| HandshakeFailure::Closed)?;
+        if n == 0 {
+            return Err(HandshakeFailure::Closed);
+        }
+        len += n;
+        match proxy_header::parse(&buf[..len]) {
+            Ok(Parsed::Complete {
+                header, consumed, ..
+            }) => {
+                buf.truncate(len);
+                buf.drain(..consumed);
+                return Ok((header, buf));
+            }
+            Ok(Parsed::Incomplete) if len < buf.len() => continue,
+            _ => return Err(HandshakeFailure::Invalid),
+        }
+    }
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    l: &ListenerShared,
+    shared: &Shared,
+    permit: &mut crate::limits::Permit,
+) {
+    let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + shared.handshake;
+    let local = stream.local_addr().unwrap_or(peer);
+    let (mut source, mut destination) = (peer, local);
+    let mut early = Vec::new();
+    if l.accept_proxy {
+        match timeout_at(deadline, read_proxy_header(&mut stream)).await {
+            Ok(Ok((header, rest))) => {
+                if let Some((s, d)) = header
+                    .addresses
+                    .tcp()
+                    .filter(|_| header.tcp_source().is_some())
+                {
+                    source = s;
+                    destination = d;
+                }
+                early = rest;
+            }
+            Ok(Err(kind)) => {
+                l.metrics.proxy_failed(kind);
+                return;
+            }
+            Err(_) => {
+                l.metrics.proxy_failed(HandshakeFailure::Timeout);
+                return;
+            }
+        }
+        if let Err(r) = shared.limits.admit_source(permit, source.ip()) {
+            l.metrics.refuse(r);
+            return reset(stream);
+        }
+        if shared.log_addresses {
+            tracing::debug!(client = %source, "PROXY header");
+        }
+    }
+    let mut header = Vec::new();
+    match l.upstream.send_proxy {
+        SendProxy::None => {}
+        SendProxy::V1 => proxy_header::encode_v1(source, destination, &mut header),
+        SendProxy::V2 => proxy_header::encode_v2(source, destination, &mut header),
+    }
+    match &l.tls {
+        None => {
+            let Some(mut up) = connect(l).await else {
+                return;
+            };
+            header.extend_from_slice(&early);
+            if !header.is_empty() && up.write_all(&header).await.is_err() {
+                return;
+            }
+            let out = relay::relay_tcp(stream, up, shared.relay, &l.counters).await;
+            finish(l, out);
+        }
+        Some(acceptor) => {
+            let inner = Prefixed {
+                prefix: early,
+                pos: 0,
+                inner: stream,
+            };
+            let tls = match timeout_at(deadline, acceptor.accept(inner)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    let kind = match e.kind() {
+                        io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe => HandshakeFailure::Closed,
+                        _ => HandshakeFailure::Invalid,
+                    };
+                    l.metrics.tls_failed(kind);
+                    return;
+                }
+                Err(_) => {
+                    l.metrics.tls_failed(HandshakeFailure::Timeout);
+                    return;
+                }
+            };
+            let Some(mut up) = connect(l).await else {
+                return;
+            };
+            if !header.is_empty() && up.write_all(&header).await.is_err() {
+                return;
+            }
+            let out = relay::relay_stream(tls, up, shared.relay, &l.counters).await;
+            finish(l, out);
+        }
+    }
+}
+
+async fn connect(l: &ListenerShared) -> Option<TcpStream> {
+    match l.upstream.connect().await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            l.metrics.refuse(Refusal::UpstreamUnavailable);
+            tracing::debug!("{e}");
+            None
+        }
+    }
+}
+
+fn finish(l: &ListenerShared, out: Outcome) {
+    match out {
+        Outcome::IdleTimeout => {
+            l.metrics.idle_timeouts.inc();
+        }
+        Outcome::Error(e) => tracing::trace!("connection ended: {e}"),
+        _ => {}
+    }
+}
+
+/// A stream that first yields bytes already read (after a PROXY header).
+#[derive(Debug)]
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

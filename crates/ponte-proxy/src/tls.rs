@@ -1,0 +1,264 @@
+//! Inbound TLS: a self-signed certificate made at start, or the operator's
+//! PEM files reloaded without a restart.
+//!
+//! TLS here is camouflage (the relay should look like any HTTPS server), not
+//! the users' security: Ponte's Noise layer and WhatsApp's own encryption run
+//! inside it. So any SNI is accepted and the same certificate is served to all.
+//!
+//! Reloading swaps the certificate used for *new* handshakes; established
+//! connections keep theirs and are never dropped. Files are checked on a
+//! timer (modification time and size) and on SIGHUP. A timer rather than
+//! inotify: it works the same on bind mounts, network file systems and the
+//! symlink swaps that certbot and Kubernetes secrets do.
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+/// A certificate could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// Reading a PEM file failed or it holds no usable item.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The private key is not one rustls can sign with, or does not match.
+    #[error("{path}: unusable private key: {source}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// rustls' reason.
+        source: rustls::Error,
+    },
+    /// The self-signed certificate could not be generated.
+    #[error("cannot generate the self-signed certificate: {0}")]
+    Generate(String),
+    /// rustls refused the server configuration.
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+#[derive(Debug)]
+enum Source {
+    SelfSigned,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        seen: Mutex<(Stamp, Stamp)>,
+    },
+}
+
+/// The certificate in use, swappable at run time.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<CertifiedKey>>,
+    source: Source,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn stamp(p: &Path) -> Stamp {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl CertStore {
+    /// A fresh self-signed certificate for `names` (DNS names or IP addresses).
+    pub fn self_signed(names: &[String]) -> Result<CertStore, TlsError> {
+        let ck = rcgen::generate_simple_self_signed(names.to_vec())
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let der = PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let key = provider()
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let certified = CertifiedKey::new(vec![ck.cert.der().clone()], key);
+        Ok(CertStore {
+            current: RwLock::new(Arc::new(certified)),
+            source: Source::SelfSigned,
+        })
+    }
+
+    /// Load the operator's PEM files.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<CertStore, TlsError> {
+        let seen = (stamp(cert), stamp(key));
+        let certified = load_files(cert, key)?;
+        Ok(CertStore {
+            current: RwLock::new(Arc::new(certified)),
+            source: Source::Files {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                seen: Mutex::new(seen),
+            },
+        })
+    }
+
+    /// The certificate new handshakes get.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Reload the files if they changed since last time (or always, with
+    /// `force`). Returns `Ok(true)` when a new certificate is in use. A broken
+    /// new file leaves the old certificate in place.
+    pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
+        let Source::Files { cert, key, seen } = &self.source else {
+            return Ok(false);
+        };
+        let now = (stamp(cert), stamp(key));
+        {
+            let seen = match seen.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if !force && *seen == now {
+                return Ok(false);
+            }
+        }
+        let certified = load_files(cert, key)?;
+        match self.current.write() {
+            Ok(mut g) => *g = Arc::new(certified),
+            Err(p) => *p.into_inner() = Arc::new(certified),
+        }
+        if let Ok(mut s) = seen.lock() {
+            *s = now;
+        }
+        Ok(true)
+    }
+
+    /// True when backed by files (so reloading means something).
+    pub fn is_file_backed(&self) -> bool {
+        matches!(self.source, Source::Files { .. })
+    }
+
+    /// A rustls server config serving this store's certificate for any SNI.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(Arc::clone(self))));
+        // Resumption makes reconnecting clients cheap.
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        Ok(Arc::new(cfg))
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<CertStore>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+}
+
+fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn load_files(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_err(cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_err(cert, "no CERTIFICATE in the file"));
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|source| TlsError::Key {
+            path: key.to_path_buf(),
+            source,
+        })?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match().map_err(|source| TlsError::Key {
+        path: key.to_path_buf(),
+        source,
+    })?;
+    Ok(ck)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let c = dir.join(format!("{name}.crt"));
+        let k = dir.join(format!("{name}.key"));
+        std::fs::write(&c, ck.cert.pem()).unwrap();
+        std::fs::write(&k, ck.key_pair.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn loads_and_reloads_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_pair(dir.path(), "one.example");
+        let store = CertStore::from_files(&c, &k).unwrap();
+        let first = store.current();
+        assert!(
+            !store.reload(false).unwrap(),
+            "unchanged files do not reload"
+        );
+        let (c2, k2) = write_pair(dir.path(), "two.example");
+        std::fs::rename(&c2, &c).unwrap();
+        std::fs::rename(&k2, &k).unwrap();
+        assert!(store.reload(true).unwrap());
+        assert_ne!(first.cert[0], store.current().cert[0]);
+    }
+
+    #[test]
+    fn broken_reload_keeps_old_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_pair(dir.path(), "one.example");
+        let store = CertStore::from_files(&c, &k).unwrap();
+        let first = store.current();
+        std::fs::write(&c, "not a pem").unwrap();
+        assert!(store.reload(true).is_err());
+        assert_eq!(first.cert[0], store.current().cert[0]);
+    }
+
+    #[test]
+    fn mismatched_or_missing_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c1, _) = write_pair(dir.path(), "one.example");
+        let (_, k2) = write_pair(dir.path(), "two.example");
+        let e = CertStore::from_files(&c1, &k2).unwrap_err();
+        assert!(e.to_string().contains("two.example.key"), "{e}");
+        let e = CertStore::from_files(&dir.path().join("nope.crt"), &k2).unwrap_err();
+        assert!(e.to_string().contains("nope.crt"), "{e}");
+        std::fs::write(dir.path().join("empty.crt"), "").unwrap();
+        let e = CertStore::from_files(&dir.path().join("empty.crt"), &k2).unwrap_err();
+        assert!(e.to_string().contains("no CERTIFICATE"), "{e}");
+    }
+
+    #[test]
+    fn self_signed_has_the_names() {
+        let s = CertStore::self_signed(&["relay.example".into(), "192.0.2.1".into()]).unwrap();
+        assert_eq!(s.current().cert.len(), 1);
+        assert!(!s.is_file_backed());
+    }
+}

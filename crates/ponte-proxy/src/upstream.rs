@@ -1,0 +1,261 @@
+//! Upstreams: the fixed set of places the relay forwards to.
+//!
+//! Each upstream has servers in order of preference. Host names are resolved
+//! at start, again on a timer, and again whenever a connect fails. A layer-4
+//! health check (connect, then close) runs on an interval; connects try the
+//! healthy servers first and fall over to the next on failure, so a client
+//! whose upstream cannot be reached is closed promptly.
+
+use crate::config::{HostPort, SendProxy, UpstreamConfig};
+use crate::metrics::{Metrics, ServerMetrics, UpstreamMetrics};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Why no upstream connection could be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// Every server was tried and none answered in time.
+    #[error("no server of upstream `{0}` could be reached")]
+    Unavailable(String),
+}
+
+/// How long a DNS lookup may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Re-resolution after failures happens at most this often per server.
+const MIN_RERESOLVE_GAP: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Server {
+    spec: HostPort,
+    addrs: RwLock<Arc<[SocketAddr]>>,
+    healthy: AtomicBool,
+    last_resolve: std::sync::Mutex<Option<Instant>>,
+    metrics: ServerMetrics,
+}
+
+impl Server {
+    fn addrs(&self) -> Arc<[SocketAddr]> {
+        match self.addrs.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_healthy(&self, ok: bool) {
+        self.healthy.store(ok, Ordering::Relaxed);
+        self.metrics.healthy.set(i64::from(ok));
+    }
+
+    /// Resolve the host again; keeps the previous answer when the lookup fails.
+    async fn resolve(&self) {
+        if let Some(ip) = self.spec.ip() {
+            self.set_addrs(vec![SocketAddr::new(ip, self.spec.port)]);
+            return;
+        }
+        {
+            let mut last = match self.last_resolve.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if let Some(t) = *last {
+                if t.elapsed() < MIN_RERESOLVE_GAP {
+                    return;
+                }
+            }
+            *last = Some(Instant::now());
+        }
+        let host = (self.spec.host.as_str(), self.spec.port);
+        match timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(host)).await {
+            Ok(Ok(it)) => {
+                let addrs: Vec<SocketAddr> = it.take(16).collect();
+                if !addrs.is_empty() {
+                    self.set_addrs(addrs);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(server = %self.spec, "cannot resolve: {e}"),
+            Err(_) => tracing::warn!(server = %self.spec, "DNS lookup timed out"),
+        }
+    }
+
+    fn set_addrs(&self, addrs: Vec<SocketAddr>) {
+        let mut g = match self.addrs.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = addrs.into();
+    }
+}
+
+/// One configured upstream.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its name in the config.
+    pub name: String,
+    /// Header to write first on each upstream connection.
+    pub send_proxy: SendProxy,
+    servers: Vec<Arc<Server>>,
+    connect_timeout: Duration,
+    health_interval: Duration,
+    resolve_interval: Duration,
+    metrics: UpstreamMetrics,
+}
+
+impl Upstream {
+    /// Build from config; resolution happens in [`Upstream::start`].
+    pub fn new(
+        name: &str,
+        cfg: &UpstreamConfig,
+        connect_timeout: Duration,
+        metrics: &Metrics,
+    ) -> Upstream {
+        let servers = cfg
+            .servers
+            .get_ref()
+            .iter()
+            .map(|spec| {
+                let m = metrics.server(name, &spec.to_string());
+                m.healthy.set(1);
+                Arc::new(Server {
+                    spec: spec.clone(),
+                    addrs: RwLock::new(Arc::from(Vec::new())),
+                    healthy: AtomicBool::new(true),
+                    last_resolve: std::sync::Mutex::new(None),
+                    metrics: m,
+                })
+            })
+            .collect();
+        Upstream {
+            name: name.to_owned(),
+            send_proxy: cfg.send_proxy,
+            servers,
+            connect_timeout,
+            health_interval: cfg.health_check_interval.0,
+            resolve_interval: cfg.resolve_interval.0,
+            metrics: metrics.upstream(name),
+        }
+    }
+
+    /// Resolve every server once, then run the health and re-resolve timers
+    /// until `shutdown`.
+    pub async fn start(self: Arc<Self>, shutdown: CancellationToken) {
+        for s in &self.servers {
+            s.resolve().await;
+        }
+        self.check_all().await;
+        let mut health = (!self.health_interval.is_zero()).then(|| {
+            tokio::time::interval_at(Instant::now() + self.health_interval, self.health_interval)
+        });
+        let mut resolve = tokio::time::interval_at(
+            Instant::now() + self.resolve_interval.max(Duration::from_secs(1)),
+            self.resolve_interval.max(Duration::from_secs(1)),
+        );
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = async { match &mut health { Some(h) => { h.tick().await; } None => std::future::pending().await } } => {
+                    self.check_all().await;
+                }
+                _ = resolve.tick() => {
+                    for s in &self.servers {
+                        if let Ok(mut g) = s.last_resolve.lock() { *g = None; }
+                        s.resolve().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Layer-4 check of every server: connect, then close.
+    pub async fn check_all(&self) {
+        for s in &self.servers {
+            let mut ok = false;
+            for addr in s.addrs().iter() {
+                if let Ok(Ok(_)) = timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                    ok = true;
+                    break;
+                }
+            }
+            if !ok {
+                s.resolve().await;
+            }
+            if ok != s.healthy.load(Ordering::Relaxed) {
+                tracing::info!(upstream = %self.name, server = %s.spec, healthy = ok, "upstream health changed");
+            }
+            s.set_healthy(ok);
+        }
+    }
+
+    /// True when at least one server passed its last check.
+    pub fn is_healthy(&self) -> bool {
+        self.servers
+            .iter()
+            .any(|s| s.healthy.load(Ordering::Relaxed))
+    }
+
+    /// Each server and its health, for the status page.
+    pub fn server_health(&self) -> Vec<(String, bool)> {
+        self.servers
+            .iter()
+            .map(|s| (s.spec.to_string(), s.healthy.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Connect to the first server that answers: healthy servers first, in
+    /// config order, then the others.
+    pub async fn connect(&self) -> Result<TcpStream, UpstreamError> {
+        let healthy = self
+            .servers
+            .iter()
+            .filter(|s| s.healthy.load(Ordering::Relaxed));
+        let unhealthy = self
+            .servers
+            .iter()
+            .filter(|s| !s.healthy.load(Ordering::Relaxed));
+        for s in healthy.chain(unhealthy) {
+            let mut addrs = s.addrs();
+            if addrs.is_empty() {
+                s.resolve().await;
+                addrs = s.addrs();
+            }
+            let mut failed = addrs.is_empty();
+            for addr in addrs.iter() {
+                let start = Instant::now();
+                match timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => {
+                        self.metrics
+                            .connect_seconds
+                            .observe(start.elapsed().as_secs_f64());
+                        let _ = stream.set_nodelay(true);
+                        if !s.healthy.load(Ordering::Relaxed) {
+                            s.set_healthy(true);
+                        }
+                        return Ok(stream);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(upstream = %self.name, server = %s.spec, "connect failed: {e}");
+                        failed = true;
+                    }
+                    Err(_) => {
+                        tracing::debug!(upstream = %self.name, server = %s.spec, "connect timed out");
+                        failed = true;
+                    }
+                }
+                s.metrics.connect_failures.inc();
+            }
+            if failed {
+                s.set_healthy(false);
+                // Look the name up again in the background: this client is
+                // served by the next server (or closed) without waiting for DNS.
+                let s = Arc::clone(s);
+                tokio::spawn(async move { s.resolve().await });
+            }
+        }
+        Err(UpstreamError::Unavailable(self.name.clone()))
+    }
+}

@@ -1,0 +1,61 @@
+//! `ponte-bench`: load generators and the relay comparison harness.
+//!
+//! - `ponte-bench relay …`    — one run comparing direct, HAProxy (official and
+//!   tuned) and `ponte proxy`; prints a Markdown table (`relay.rs`, `report.rs`).
+//! - `ponte-bench upstream …` — the sink/echo/hold server relays forward to
+//!   (`upstream.rs`, PROXY header handling in `proxy_header.rs`).
+//! - `ponte-bench client …`   — one load-generator process (`client.rs`).
+//!
+//! Systems under test are child processes (`systems.rs`); TLS material and
+//! client config live in `tls.rs`; percentiles in `stats.rs`.
+//! See docs/BENCHMARKS.md for what is measured and how.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod proxy_header;
+mod relay;
+mod report;
+mod stats;
+mod systems;
+mod tls;
+mod upstream;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ponte-bench",
+    about = "Relay benchmark harness: ponte proxy vs HAProxy vs direct."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the full comparison and print a Markdown report.
+    Relay(relay::RelayArgs),
+    /// Run the bench upstream (started by `relay`).
+    Upstream(upstream::UpstreamArgs),
+    /// Run one load-generator process (started by `relay`).
+    Client(client::ClientArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Relay(a) => relay::run(a),
+        Command::Upstream(a) => upstream::run(a),
+        Command::Client(a) => client::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ponte-bench: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,979 @@
+//! The client operations behind the CLI: register, send, sync, listen,
+//! history, contacts, verify.
+//!
+//! The flow on every connection: connect over the routes, Noise handshake
+//! against the key in the server address, `Login`, top up one-time keys if
+//! the server is low, flush the outbox (texts, then read receipts), then
+//! process pushes: deliveries are decrypted, deduplicated by message id and
+//! committed before they are acknowledged; delivery receipts and expiry
+//! notices move ticks. What became new is reported as [`Event`]s; reporting an
+//! incoming message counts as displaying it, which queues its read receipt.
+//!
+//! Identity keys: the first identity seen for a contact is trusted on first
+//! use (unverified). If the server later announces a different one, the
+//! contact is flagged, the new key is never used to send, and sending to
+//! that contact is refused until the user compares safety numbers and runs
+//! `verify --confirm`. Messages that arrive under the new key are still shown,
+//! marked with a warning.
+
+use crate::connection::{Connection, REQUEST_TIMEOUT};
+use crate::profile::{KeySource, Profile};
+use crate::route::{DirectRoute, Route};
+use crate::store::{
+    Contact, IdentityCheck, Incoming, IncomingContent, MessageView, OutboxKind, Store, Update,
+};
+use crate::{ClientError, Result};
+use bytes::Bytes;
+use ponte_e2e::{
+    Ciphertext, Envelope, Identity, MessageId, Payload, PublicIdentity, SafetyNumber, Session,
+};
+use ponte_transport::Keypair;
+use ponte_wire::address::ServerAddress;
+use ponte_wire::messages::{
+    client_frame, key_signing_string, registration_signing_string, server_frame, validate_handle,
+    Ack, ClaimKey, DeviceKeys, Login, LookupIdentity, Ping, Register, SendMessage, SignedKey,
+    UploadKeys,
+};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+/// One-time keys kept on the server (vodozemac's recommendation).
+pub const TARGET_ONE_TIME_KEYS: u32 = 50;
+/// Upload more when the server holds fewer than this (the protocol's mark).
+pub const LOW_WATER_MARK: u32 = 10;
+/// How long `sync` waits for the mailbox to drain.
+const SYNC_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Keep-alive period for `listen` (the server's idle timeout is 300 s).
+const PING_EVERY: Duration = Duration::from_secs(60);
+/// Reconnect backoff bounds for `listen`.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Something to show the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A new incoming message or a tick change.
+    Update(Update),
+    /// Connection state, for `listen` (connected, lost, retrying).
+    Connection(String),
+    /// Something the user must know (identity key change, undecryptable message).
+    Warning(String),
+}
+
+/// The outcome of `send`.
+#[derive(Debug, Clone)]
+pub struct SendOutcome {
+    /// The message as stored (status queued, sent...).
+    pub message: MessageView,
+    /// Why it is still queued, if it is.
+    pub note: Option<String>,
+}
+
+/// An open profile with its identity, ready to talk to its server.
+pub struct Client {
+    profile: Profile,
+    identity: Identity,
+    device: Keypair,
+    server: ServerAddress,
+    handle: String,
+    routes: Vec<Box<dyn Route>>,
+    connect_timeout: Duration,
+    /// Contacts whose held messages were already reported (once per process).
+    warned_held: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("handle", &self.handle)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+fn direct_routes(server: &ServerAddress) -> Vec<Box<dyn Route>> {
+    vec![Box::new(DirectRoute {
+        target: server.socket_addr_string(),
+    })]
+}
+
+fn parse_address(address: &str) -> Result<ServerAddress> {
+    address
+        .trim()
+        .parse::<ServerAddress>()
+        .map_err(|e| ClientError::Address(e.to_string()))
+}
+
+fn device_keys(identity: &Identity) -> DeviceKeys {
+    let public = identity.public();
+    DeviceKeys {
+        curve25519: Bytes::copy_from_slice(&public.curve25519),
+        ed25519: Bytes::copy_from_slice(&public.ed25519),
+    }
+}
+
+fn unexpected(what: &str) -> ClientError {
+    ClientError::Protocol(format!("unexpected response to {what}"))
+}
+
+impl Client {
+    /// Create a profile in `dir` (or reuse one whose registration did not
+    /// finish), register `handle` on the server and upload keys.
+    pub async fn register(
+        dir: &Path,
+        source: KeySource,
+        passphrase: impl FnOnce() -> Result<String>,
+        address: &str,
+        handle: &str,
+        invite: Option<&str>,
+        connect_timeout: Duration,
+    ) -> Result<Self> {
+        let server = parse_address(address)?;
+        validate_handle(handle)
+            .map_err(|e| ClientError::Invalid(format!("handle {handle:?}: {e}")))?;
+        let profile = if Profile::exists(dir) {
+            let profile = Profile::open(dir, passphrase)?;
+            if let Some(existing) = profile.store().meta("handle")? {
+                return Err(ClientError::AlreadyRegistered(
+                    dir.display().to_string(),
+                    existing,
+                ));
+            }
+            profile
+        } else {
+            Profile::create(dir, source)?
+        };
+        let store = profile.store();
+        let identity = match store.identity()? {
+            Some(i) => i,
+            None => {
+                let i = Identity::generate();
+                store.save_identity(&i)?;
+                i
+            }
+        };
+        let device = match store.secret("noise")? {
+            Some(secret) => Keypair::from_secret(
+                secret
+                    .try_into()
+                    .map_err(|_| ClientError::Corrupt("noise key"))?,
+            ),
+            None => {
+                let kp = Keypair::generate();
+                store.set_secret("noise", kp.secret())?;
+                kp
+            }
+        };
+        store.set_meta("server", &server.to_string())?;
+        let routes = direct_routes(&server);
+        let mut client = Self {
+            profile,
+            identity,
+            device,
+            server,
+            handle: handle.to_owned(),
+            routes,
+            connect_timeout,
+            warned_held: BTreeSet::new(),
+        };
+        let mut conn = client.open_connection().await?;
+        let public = client.identity.public();
+        let signing = registration_signing_string(
+            handle,
+            &public.curve25519,
+            &public.ed25519,
+            &client.device.public(),
+        );
+        let body = client_frame::Body::Register(Register {
+            handle: handle.to_owned(),
+            keys: Some(device_keys(&client.identity)),
+            signature: Bytes::copy_from_slice(&client.identity.sign(signing.as_bytes())),
+            invite: invite.unwrap_or_default().to_owned(),
+        });
+        match conn.request(body, REQUEST_TIMEOUT).await? {
+            server_frame::Body::Registered(_) => {}
+            _ => return Err(unexpected("Register")),
+        }
+        client.profile.store().set_meta("handle", handle)?;
+        client.upload_keys(&mut conn, 0, false).await?;
+        Ok(client)
+    }
+
+    /// Open a registered profile.
+    pub fn open(dir: &Path, passphrase: impl FnOnce() -> Result<String>) -> Result<Self> {
+        let profile = Profile::open(dir, passphrase)?;
+        let store = profile.store();
+        let not_registered = || ClientError::NotRegistered(dir.display().to_string());
+        let handle = store.meta("handle")?.ok_or_else(not_registered)?;
+        let server = parse_address(&store.meta("server")?.ok_or_else(not_registered)?)?;
+        let identity = store.identity()?.ok_or_else(not_registered)?;
+        let secret = store.secret("noise")?.ok_or_else(not_registered)?;
+        let device = Keypair::from_secret(
+            secret
+                .try_into()
+                .map_err(|_| ClientError::Corrupt("noise key"))?,
+        );
+        let routes = direct_routes(&server);
+        Ok(Self {
+            profile,
+            identity,
+            device,
+            server,
+            handle,
+            routes,
+            connect_timeout: Duration::from_secs(5),
+            warned_held: BTreeSet::new(),
+        })
+    }
+
+    /// Own handle.
+    pub fn handle(&self) -> &str {
+        &self.handle
+    }
+
+    /// The server address.
+    pub fn server(&self) -> &ServerAddress {
+        &self.server
+    }
+
+    /// The local database.
+    pub fn store(&self) -> &Store {
+        self.profile.store()
+    }
+
+    /// Bound on reaching the server (TCP connect, then the handshake).
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.connect_timeout = timeout;
+    }
+
+    /// Replace the routes to the server (default: direct TCP).
+    pub fn set_routes(&mut self, routes: Vec<Box<dyn Route>>) {
+        self.routes = routes;
+    }
+
+    async fn open_connection(&self) -> Result<Connection> {
+        Connection::open(
+            &self.routes,
+            self.server.key,
+            self.device.clone(),
+            self.connect_timeout,
+        )
+        .await
+    }
+
+    /// Connect and log in; returns the connection and the login summary.
+    async fn login(&mut self) -> Result<(Connection, ponte_wire::messages::LoggedIn)> {
+        let mut conn = self.open_connection().await?;
+        match conn
+            .request(client_frame::Body::Login(Login {}), REQUEST_TIMEOUT)
+            .await?
+        {
+            server_frame::Body::LoggedIn(l) => {
+                if l.handle != self.handle {
+                    return Err(ClientError::Protocol(format!(
+                        "logged in as {:?}, expected {:?}",
+                        l.handle, self.handle
+                    )));
+                }
+                Ok((conn, l))
+            }
+            _ => Err(unexpected("Login")),
+        }
+    }
+
+    // ------------------------------------------------------------ keys
+
+    /// Upload one-time keys up to the target (the server holds `on_server`),
+    /// and a fallback key if the server has none.
+    async fn upload_keys(
+        &mut self,
+        conn: &mut Connection,
+        on_server: u32,
+        has_fallback: bool,
+    ) -> Result<()> {
+        let want = TARGET_ONE_TIME_KEYS.saturating_sub(on_server) as usize;
+        let pending = self.identity.unpublished_one_time_keys().len();
+        let mut keys = self
+            .identity
+            .generate_one_time_keys(want.saturating_sub(pending));
+        keys.truncate(100);
+        let fallback = if has_fallback {
+            None
+        } else {
+            self.identity
+                .unpublished_fallback_key()
+                .or_else(|| self.identity.rotate_fallback_key())
+        };
+        if keys.is_empty() && fallback.is_none() {
+            return Ok(());
+        }
+        // Private halves are saved before the public halves leave.
+        self.store().save_identity(&self.identity)?;
+        let sign = |k: &ponte_e2e::PreKey| SignedKey {
+            key_id: Bytes::copy_from_slice(&k.key_id),
+            public_key: Bytes::copy_from_slice(&k.public_key),
+            signature: Bytes::copy_from_slice(
+                &self
+                    .identity
+                    .sign(key_signing_string(&k.key_id, &k.public_key, k.fallback).as_bytes()),
+            ),
+        };
+        let body = client_frame::Body::UploadKeys(UploadKeys {
+            one_time_keys: keys.iter().map(sign).collect(),
+            fallback_key: fallback.as_ref().map(sign),
+        });
+        match conn.request(body, REQUEST_TIMEOUT).await? {
+            server_frame::Body::KeysUploaded(_) => {
+                self.identity.mark_published();
+                self.store().save_identity(&self.identity)?;
+                tracing::debug!(count = keys.len(), "uploaded one-time keys");
+                Ok(())
+            }
+            _ => Err(unexpected("UploadKeys")),
+        }
+    }
+
+    // ------------------------------------------------------------ identities
+
+    /// Fetch a handle's identity from the server and check the registration
+    /// signature binds it to the handle.
+    async fn lookup_identity(&self, conn: &mut Connection, handle: &str) -> Result<PublicIdentity> {
+        let body = client_frame::Body::LookupIdentity(LookupIdentity {
+            handle: handle.to_owned(),
+        });
+        let server_frame::Body::IdentityKeys(ik) = conn.request(body, REQUEST_TIMEOUT).await?
+        else {
+            return Err(unexpected("LookupIdentity"));
+        };
+        let keys = ik
+            .keys
+            .ok_or_else(|| ClientError::Protocol("identity without keys".into()))?;
+        let identity = PublicIdentity::from_slices(&keys.curve25519, &keys.ed25519)?;
+        let signing = registration_signing_string(
+            handle,
+            &identity.curve25519,
+            &identity.ed25519,
+            &ik.noise_static_key,
+        );
+        identity
+            .verify(signing.as_bytes(), &ik.registration_signature)
+            .map_err(|_| {
+                ClientError::Protocol(format!("{handle}'s registration signature does not verify"))
+            })?;
+        Ok(identity)
+    }
+
+    /// Refuse to send to a contact whose identity changed unverified.
+    fn check_not_changed(&self, peer: &str) -> Result<()> {
+        match self.store().contact(peer)? {
+            Some(Contact {
+                changed_identity: Some(_),
+                ..
+            }) => Err(ClientError::KeyChanged(peer.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    // ------------------------------------------------------------ sending
+
+    /// Write a message into the outbox (works offline).
+    pub fn queue_text(&self, peer: &str, text: &str) -> Result<MessageId> {
+        validate_handle(peer)
+            .map_err(|e| ClientError::Invalid(format!("recipient {peer:?}: {e}")))?;
+        if text.is_empty() {
+            return Err(ClientError::Invalid("empty message".into()));
+        }
+        if text.len() > ponte_e2e::MAX_TEXT_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "message too long ({} bytes, at most {})",
+                text.len(),
+                ponte_e2e::MAX_TEXT_BYTES
+            )));
+        }
+        self.check_not_changed(peer)?;
+        self.store().queue_text(peer, text)
+    }
+
+    /// The session to encrypt to `peer` with: the most recent one, or a new
+    /// one from a claimed pre-key.
+    async fn outbound_session(&mut self, conn: &mut Connection, peer: &str) -> Result<Session> {
+        if let Some(s) = self.store().sessions(peer)?.into_iter().next() {
+            return Ok(s);
+        }
+        let body = client_frame::Body::ClaimKey(ClaimKey {
+            handle: peer.to_owned(),
+        });
+        let server_frame::Body::ClaimedKey(claimed) = conn.request(body, REQUEST_TIMEOUT).await?
+        else {
+            return Err(unexpected("ClaimKey"));
+        };
+        let keys = claimed
+            .identity
+            .ok_or_else(|| ClientError::Protocol("claimed key without identity".into()))?;
+        let identity = PublicIdentity::from_slices(&keys.curve25519, &keys.ed25519)?;
+        let key = claimed
+            .key
+            .ok_or_else(|| ClientError::Protocol("claimed key missing".into()))?;
+        let public_key: [u8; 32] = key
+            .public_key
+            .as_ref()
+            .try_into()
+            .map_err(|_| ponte_e2e::Error::InvalidKey)?;
+        identity.verify(
+            key_signing_string(&key.key_id, &public_key, claimed.fallback).as_bytes(),
+            &key.signature,
+        )?;
+        if self.store().observe_identity(peer, &identity)? == IdentityCheck::Changed {
+            return Err(ClientError::KeyChanged(peer.to_owned()));
+        }
+        let session = self
+            .identity
+            .create_outbound_session(&identity, &public_key)?;
+        self.store().save_session(peer, &session)?;
+        Ok(session)
+    }
+
+    /// Send everything in the outbox. Items for contacts whose key changed
+    /// are held (reported once); a temporary server refusal stops the flush
+    /// (the rest stays queued); a permanent one marks the message failed.
+    async fn flush_outbox(
+        &mut self,
+        conn: &mut Connection,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<()> {
+        let mut held = BTreeSet::new();
+        let mut failed_peers = BTreeSet::new();
+        for item in self.store().outbox()? {
+            if held.contains(&item.peer) || failed_peers.contains(&item.peer) {
+                continue;
+            }
+            let ciphertext = match item.ciphertext.clone() {
+                Some(c) => c,
+                None => {
+                    let changed = self.check_not_changed(&item.peer).err();
+                    let session = match changed {
+                        Some(e) => Err(e),
+                        None => self.outbound_session(conn, &item.peer).await,
+                    };
+                    let mut session = match session {
+                        Ok(s) => s,
+                        Err(ClientError::KeyChanged(p)) => {
+                            if self.warned_held.insert(p.clone()) {
+                                events(Event::Warning(
+                                    ClientError::KeyChanged(p.clone()).to_string(),
+                                ));
+                            }
+                            held.insert(p);
+                            continue;
+                        }
+                        Err(ClientError::Server { code, detail }) if code == "UNKNOWN_HANDLE" => {
+                            events(Event::Warning(format!(
+                                "{}: no such user on the server ({detail})",
+                                item.peer
+                            )));
+                            self.store().mark_failed(&item.peer, &item.id)?;
+                            failed_peers.insert(item.peer.clone());
+                            continue;
+                        }
+                        Err(ClientError::Server { code, detail }) if code == "NO_KEYS" => {
+                            events(Event::Warning(format!(
+                                "{} has no keys on the server yet ({detail}); kept queued",
+                                item.peer
+                            )));
+                            failed_peers.insert(item.peer.clone());
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let payload = match &item.kind {
+                        OutboxKind::Text(t) => Payload::Text(t.clone()),
+                        OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
+                    };
+                    let envelope = Envelope {
+                        id: item.id,
+                        sent_at_ms: item.sent_at_ms,
+                        payload,
+                    };
+                    let ct = session.encrypt(&envelope.encode()?).to_bytes();
+                    self.store()
+                        .save_encrypted(&item.id, &item.peer, &session, &ct)?;
+                    ct
+                }
+            };
+            let body = client_frame::Body::Send(SendMessage {
+                message_id: Bytes::copy_from_slice(&item.id.0),
+                recipient: item.peer.clone(),
+                body: Bytes::from(ciphertext),
+            });
+            match conn.request(body, REQUEST_TIMEOUT).await {
+                Ok(server_frame::Body::SendAck(_)) => {
+                    self.store().mark_sent(&item.peer, &item.id)?
+                }
+                Ok(_) => return Err(unexpected("SendMessage")),
+                Err(ClientError::Server { code, detail })
+                    if matches!(
+                        code.as_str(),
+                        "UNKNOWN_RECIPIENT" | "TOO_LARGE" | "INVALID_ARGUMENT"
+                    ) =>
+                {
+                    events(Event::Warning(format!(
+                        "message to {} refused by the server: {code} ({detail})",
+                        item.peer
+                    )));
+                    self.store().mark_failed(&item.peer, &item.id)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue a message and try to deliver it to the server right away. If
+    /// the server cannot be reached, the message stays queued (not an
+    /// error): the outcome says so.
+    pub async fn send(&mut self, peer: &str, text: &str) -> Result<SendOutcome> {
+        let id = self.queue_text(peer, text)?;
+        let mut warnings = Vec::new();
+        let note = match self.login().await {
+            Ok((mut conn, _)) => {
+                let mut sink = |e: Event| {
+                    if let Event::Warning(w) = e {
+                        warnings.push(w);
+                    }
+                };
+                match self.flush_outbox(&mut conn, &mut sink).await {
+                    Ok(()) => None,
+                    Err(e @ (ClientError::Disconnected(_) | ClientError::Server { .. })) => {
+                        Some(format!("kept in the outbox: {e}"))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e @ (ClientError::Unreachable(_) | ClientError::Disconnected(_))) => Some(format!(
+                "server unreachable, message queued for the next connection ({e})"
+            )),
+            Err(e) => return Err(e),
+        };
+        let note = match (note, warnings.is_empty()) {
+            (n, true) => n,
+            (None, false) => Some(warnings.join("; ")),
+            (Some(n), false) => Some(format!("{n}; {}", warnings.join("; "))),
+        };
+        let message = self
+            .store()
+            .message(peer, true, &id)?
+            .ok_or(ClientError::Corrupt("sent message vanished"))?;
+        self.store().mark_status_shown(peer, &id)?;
+        Ok(SendOutcome { message, note })
+    }
+
+    // ------------------------------------------------------------ receiving
+
+    /// Handle one push; returns the mailbox seq to acknowledge, if any.
+    async fn handle_push(
+        &mut self,
+        conn: &mut Connection,
+        push: server_frame::Body,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Option<u64>> {
+        match push {
+            server_frame::Body::Deliver(d) => {
+                self.handle_deliver(conn, &d.sender, &d.message_id, &d.body, events)
+                    .await?;
+                Ok(Some(d.seq))
+            }
+            server_frame::Body::DeliveryReceipt(r) => {
+                if let Some(id) = MessageId::from_slice(&r.message_id) {
+                    self.store().mark_delivered(&r.recipient, &id)?;
+                }
+                Ok(Some(r.seq))
+            }
+            server_frame::Body::ExpiredNotice(n) => {
+                if let Some(id) = MessageId::from_slice(&n.message_id) {
+                    self.store().mark_expired(&n.recipient, &id)?;
+                }
+                Ok(Some(n.seq))
+            }
+            server_frame::Body::KeyCount(k) => {
+                let mark = if k.low_water_mark == 0 {
+                    LOW_WATER_MARK
+                } else {
+                    k.low_water_mark
+                };
+                if k.one_time_keys < mark || !k.has_fallback_key {
+                    self.upload_keys(conn, k.one_time_keys, k.has_fallback_key)
+                        .await?;
+                }
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn handle_deliver(
+        &mut self,
+        conn: &mut Connection,
+        sender: &str,
+        message_id: &[u8],
+        body: &[u8],
+        events: &mut dyn FnMut(Event),
+    ) -> Result<()> {
+        if let Some(id) = MessageId::from_slice(message_id) {
+            if self.store().seen(sender, &id)? {
+                return Ok(());
+            }
+        }
+        let ciphertext = match Ciphertext::from_bytes(body) {
+            Ok(c) => c,
+            Err(e) => {
+                events(Event::Warning(format!(
+                    "dropped a malformed message from {sender}: {e}"
+                )));
+                return Ok(());
+            }
+        };
+        let contact = self.store().contact(sender)?;
+        let mut key_changed = contact
+            .as_ref()
+            .is_some_and(|c| c.changed_identity.is_some());
+        let mut sessions = self.store().sessions(sender)?;
+        let mut opened: Option<(Session, Vec<u8>, bool)> = None;
+        if ciphertext.is_prekey() {
+            if let Some(pos) = sessions.iter().position(|s| s.matches_prekey(&ciphertext)) {
+                let mut s = sessions.swap_remove(pos);
+                if let Ok(p) = s.decrypt(&ciphertext) {
+                    opened = Some((s, p, false));
+                }
+            } else {
+                let claimed = Identity::prekey_sender(&ciphertext);
+                let known = contact.as_ref().and_then(|c| {
+                    if Some(c.identity.curve25519) == claimed {
+                        Some((c.identity, false))
+                    } else {
+                        c.changed_identity
+                            .filter(|n| Some(n.curve25519) == claimed)
+                            .map(|n| (n, true))
+                    }
+                });
+                let their = match known {
+                    Some((identity, changed)) => {
+                        key_changed = changed;
+                        Some(identity)
+                    }
+                    None => {
+                        let looked_up = self.lookup_identity(conn, sender).await?;
+                        if Some(looked_up.curve25519) != claimed {
+                            None
+                        } else {
+                            if self.store().observe_identity(sender, &looked_up)?
+                                == IdentityCheck::Changed
+                            {
+                                key_changed = true;
+                                events(Event::Warning(
+                                    ClientError::KeyChanged(sender.to_owned()).to_string(),
+                                ));
+                            }
+                            Some(looked_up)
+                        }
+                    }
+                };
+                match their {
+                    Some(their) => {
+                        match self.identity.create_inbound_session(&their, &ciphertext) {
+                            Ok((s, p)) => opened = Some((s, p, true)),
+                            Err(e) => tracing::debug!(error = %e, "inbound session failed"),
+                        }
+                    }
+                    None => {
+                        events(Event::Warning(format!(
+                            "dropped a message claiming to be from {sender}: its key is not {sender}'s"
+                        )));
+                        return Ok(());
+                    }
+                }
+            }
+        } else {
+            for mut s in sessions {
+                if let Ok(p) = s.decrypt(&ciphertext) {
+                    opened = Some((s, p, false));
+                    break;
+                }
+            }
+        }
+        let Some((session, plaintext, new_session)) = opened else {
+            events(Event::Warning(format!(
+                "could not decrypt a message from {sender}; dropped"
+            )));
+            return Ok(());
+        };
+        let envelope = match Envelope::decode(&plaintext) {
+            Ok(e) => e,
+            Err(e) => {
+                events(Event::Warning(format!(
+                    "dropped an unreadable message from {sender}: {e}"
+                )));
+                // Keep the ratchet state anyway: the ciphertext was genuine.
+                self.store().save_session(sender, &session)?;
+                return Ok(());
+            }
+        };
+        let content = match &envelope.payload {
+            Payload::Text(t) => IncomingContent::Text(t),
+            Payload::ReadReceipt(ids) => IncomingContent::ReadReceipt(ids),
+            _ => IncomingContent::ReadReceipt(&[]),
+        };
+        self.store().commit_incoming(&Incoming {
+            peer: sender,
+            id: envelope.id,
+            sent_at_ms: envelope.sent_at_ms,
+            session: &session,
+            identity: new_session.then_some(&self.identity),
+            key_changed,
+            content,
+        })?;
+        Ok(())
+    }
+
+    /// Process pushes until none arrives within `quiet`, acknowledging each
+    /// after it is committed. At most `limit` pushes (a bound per call).
+    async fn drain(
+        &mut self,
+        conn: &mut Connection,
+        quiet: Duration,
+        limit: usize,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<usize> {
+        let mut handled = 0;
+        while handled < limit {
+            let Some(push) = conn.next_push(quiet).await? else {
+                break;
+            };
+            handled += 1;
+            if let Some(seq) = self.handle_push(conn, push, events).await? {
+                conn.notify(client_frame::Body::Ack(Ack { seqs: vec![seq] }))
+                    .await?;
+            }
+        }
+        Ok(handled)
+    }
+
+    fn report_updates(&self, events: &mut dyn FnMut(Event)) -> Result<()> {
+        for u in self.store().take_updates()? {
+            events(Event::Update(u));
+        }
+        Ok(())
+    }
+
+    /// Connect, flush the outbox, receive everything pending, report what is
+    /// new, send the read receipts this display causes, and return.
+    pub async fn sync(&mut self, events: &mut dyn FnMut(Event)) -> Result<()> {
+        let (mut conn, logged_in) = self.login().await?;
+        if logged_in.one_time_keys < LOW_WATER_MARK || !logged_in.has_fallback_key {
+            self.upload_keys(
+                &mut conn,
+                logged_in.one_time_keys,
+                logged_in.has_fallback_key,
+            )
+            .await?;
+        }
+        self.flush_outbox(&mut conn, events).await?;
+        // Everything pending at login is pushed right after LoggedIn (at most
+        // 64 in flight, more as we acknowledge). Drain until that many were
+        // handled or the deadline passes, then a ping round trip makes sure
+        // nothing pushed before it is left.
+        let deadline = tokio::time::Instant::now() + SYNC_DRAIN_TIMEOUT;
+        let mut handled = 0usize;
+        let pending = logged_in.pending as usize;
+        while handled < pending && tokio::time::Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let n = self
+                .drain(
+                    &mut conn,
+                    left.min(Duration::from_secs(2)),
+                    pending - handled,
+                    events,
+                )
+                .await?;
+            if n == 0 {
+                break;
+            }
+            handled += n;
+        }
+        conn.request(client_frame::Body::Ping(Ping { nonce: 1 }), REQUEST_TIMEOUT)
+            .await?;
+        self.drain(&mut conn, Duration::from_millis(200), 10_000, events)
+            .await?;
+        self.report_updates(events)?;
+        if self.store().outbox_len()? > 0 {
+            self.flush_outbox(&mut conn, events).await?;
+            self.report_updates(events)?;
+        }
+        Ok(())
+    }
+
+    /// Stay connected: report messages and tick changes as they happen,
+    /// flush what is written meanwhile, keep the connection alive, and
+    /// reconnect with exponential backoff (0.5 s doubling to 30 s, with
+    /// ±20 % jitter; back to 0.5 s after a successful login) until
+    /// `shutdown` completes. Errors that retrying cannot fix (wrong server
+    /// key, account unknown, local database trouble) end it.
+    pub async fn listen(
+        &mut self,
+        events: &mut dyn FnMut(Event),
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        tokio::pin!(shutdown);
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let mut connected = false;
+            let result = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                r = self.listen_once(events, &mut connected) => r,
+            };
+            let err = match result {
+                Ok(()) => return Ok(()),
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => e,
+            };
+            if connected {
+                backoff = BACKOFF_MIN;
+            }
+            let jitter = 0.8 + rand::random::<f64>() * 0.4;
+            let wait = backoff.mul_f64(jitter);
+            events(Event::Connection(format!(
+                "disconnected ({err}); reconnecting in {:.1} s",
+                wait.as_secs_f64()
+            )));
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn listen_once(
+        &mut self,
+        events: &mut dyn FnMut(Event),
+        connected: &mut bool,
+    ) -> Result<()> {
+        let (mut conn, logged_in) = self.login().await?;
+        *connected = true;
+        events(Event::Connection(format!(
+            "connected to {}:{} as {}",
+            self.server.host, self.server.port, self.handle
+        )));
+        if logged_in.one_time_keys < LOW_WATER_MARK || !logged_in.has_fallback_key {
+            self.upload_keys(
+                &mut conn,
+                logged_in.one_time_keys,
+                logged_in.has_fallback_key,
+            )
+            .await?;
+        }
+        self.flush_outbox(&mut conn, events).await?;
+        let mut last_ping = tokio::time::Instant::now();
+        let mut last_flush = tokio::time::Instant::now();
+        let mut last_outbox = self.store().outbox_len()?;
+        loop {
+            self.drain(&mut conn, Duration::from_millis(500), 64, events)
+                .await?;
+            self.report_updates(events)?;
+            // Flush when the outbox changed (receipts just queued, or a
+            // message written by another process) or every 30 s for what
+            // is waiting (e.g. a contact with no keys yet).
+            let outbox = self.store().outbox_len()?;
+            if outbox > 0
+                && (outbox != last_outbox || last_flush.elapsed() >= Duration::from_secs(30))
+            {
+                self.flush_outbox(&mut conn, events).await?;
+                self.report_updates(events)?;
+                last_flush = tokio::time::Instant::now();
+            }
+            last_outbox = self.store().outbox_len()?;
+            if last_ping.elapsed() >= PING_EVERY {
+                conn.request(client_frame::Body::Ping(Ping { nonce: 2 }), REQUEST_TIMEOUT)
+                    .await?;
+                last_ping = tokio::time::Instant::now();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ local views
+
+    /// The conversation with `peer` (printing it counts as displaying it).
+    pub fn history(&self, peer: &str) -> Result<Vec<MessageView>> {
+        self.store().history(peer)
+    }
+
+    /// All contacts.
+    pub fn contacts(&self) -> Result<Vec<Contact>> {
+        self.store().contacts()
+    }
+
+    /// The safety number with `peer`, computed from the identity that
+    /// `verify --confirm` would trust (a changed one if waiting). If the
+    /// contact is unknown locally, or `refresh` is set, its identity is
+    /// fetched from the server first (a change is flagged as usual).
+    pub async fn safety_number(
+        &mut self,
+        peer: &str,
+        refresh: bool,
+    ) -> Result<(SafetyNumber, Contact)> {
+        validate_handle(peer).map_err(|e| ClientError::Invalid(format!("{peer:?}: {e}")))?;
+        let known = self.store().contact(peer)?;
+        if known.is_none() || refresh {
+            match self.login().await {
+                Ok((mut conn, _)) => {
+                    let identity = self.lookup_identity(&mut conn, peer).await?;
+                    self.store().observe_identity(peer, &identity)?;
+                }
+                Err(e)
+                    if known.is_some()
+                        && matches!(
+                            e,
+                            ClientError::Unreachable(_) | ClientError::Disconnected(_)
+                        ) =>
+                {
+                    tracing::debug!(error = %e, "offline; using the stored identity");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let contact = self
+            .store()
+            .contact(peer)?
+            .ok_or_else(|| ClientError::UnknownContact(peer.to_owned()))?;
+        let theirs = contact.changed_identity.unwrap_or(contact.identity);
+        let number =
+            SafetyNumber::compute((&self.identity.public(), &self.handle), (&theirs, peer));
+        Ok((number, contact))
+    }
+
+    /// Mark `peer` verified (after comparing safety numbers); a waiting
+    /// changed identity becomes the trusted one.
+    pub fn confirm(&self, peer: &str) -> Result<PublicIdentity> {
+        self.store().confirm_contact(peer)
+    }
+
+    /// This device's public identity.
+    pub fn public_identity(&self) -> PublicIdentity {
+        self.identity.public()
+    }
+}
+
+fn is_fatal(e: &ClientError) -> bool {
+    match e {
+        ClientError::ServerKeyMismatch(_)
+        | ClientError::NotRegistered(_)
+        | ClientError::Corrupt(_)
+        | ClientError::Db(_)
+        | ClientError::WrongPassphrase
+        | ClientError::PassphraseRequired => true,
+        ClientError::Server { code, .. } => code == "NOT_REGISTERED",
+        _ => false,
+    }
+}

@@ -1,0 +1,211 @@
+//! One authenticated connection to a Ponte server.
+//!
+//! [`Connection::open`] reaches the server over the given routes, runs the
+//! Noise handshake against the key from the server address (refusing a
+//! server that does not hold it), and then offers:
+//!
+//! - [`Connection::request`]: send a request and wait for the response with
+//!   the same `request_id`; server pushes that arrive meanwhile are queued;
+//! - [`Connection::next_push`]: the next queued or incoming push (deliveries,
+//!   receipts, notices, key counts), with a timeout;
+//! - [`Connection::notify`]: send a frame that has no response (`Ack`).
+//!
+//! Every wait is bounded by a timeout; a `Close` from the server ends the
+//! connection with [`ClientError::Disconnected`].
+
+use crate::route::{connect_any, BoxStream, Route};
+use crate::{ClientError, Result};
+use ponte_transport::{Channel, ClientConfig, Keypair, TransportError};
+use ponte_wire::messages::{
+    client_frame, server_frame, ClientFrame, CloseReason, ErrorCode, ServerFrame,
+};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Most pushes buffered while waiting for a response. The server keeps at
+/// most 64 unacknowledged pushes in flight, so this is never reached by an
+/// honest server; a dishonest one gets disconnected.
+const MAX_QUEUED_PUSHES: usize = 1024;
+
+/// Default bound on one request's round trip.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An open Noise channel to the server.
+pub struct Connection {
+    chan: Channel<BoxStream>,
+    next_id: u64,
+    pushes: VecDeque<server_frame::Body>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("queued_pushes", &self.pushes.len())
+            .finish()
+    }
+}
+
+fn transport_err(e: TransportError) -> ClientError {
+    match e {
+        TransportError::ServerKeyMismatch { expected, actual } => {
+            let expected = ponte_wire::address::encode_key(&expected);
+            ClientError::ServerKeyMismatch(match actual {
+                Some(a) => format!(
+                    "expected key {expected}, the server presented {}",
+                    ponte_wire::address::encode_key(&a)
+                ),
+                None => format!("the server could not complete the handshake for key {expected}"),
+            })
+        }
+        TransportError::HandshakeTimeout => {
+            ClientError::Unreachable("Noise handshake timed out".into())
+        }
+        other => ClientError::Disconnected(other.to_string()),
+    }
+}
+
+/// Name of an error code for messages.
+pub fn error_code_name(code: i32) -> String {
+    ErrorCode::try_from(code)
+        .map(|c| c.as_str_name().trim_start_matches("ERROR_CODE_").to_owned())
+        .unwrap_or_else(|_| format!("code {code}"))
+}
+
+impl Connection {
+    /// Connect over the first route that answers and authenticate the
+    /// server against `server_key`.
+    pub async fn open(
+        routes: &[Box<dyn Route>],
+        server_key: [u8; 32],
+        device: Keypair,
+        connect_timeout: Duration,
+    ) -> Result<Self> {
+        let stream = connect_any(routes, connect_timeout).await?;
+        let mut cfg = ClientConfig::new(device, server_key);
+        cfg.handshake_timeout = connect_timeout;
+        let chan = ponte_transport::connect(stream, &cfg)
+            .await
+            .map_err(transport_err)?;
+        Ok(Self {
+            chan,
+            next_id: 1,
+            pushes: VecDeque::new(),
+        })
+    }
+
+    async fn recv(&mut self, timeout: Duration) -> Result<Option<ServerFrame>> {
+        match tokio::time::timeout(timeout, self.chan.recv::<ServerFrame>()).await {
+            Err(_) => Ok(None),
+            Ok(Ok(Some(frame))) => Ok(Some(frame)),
+            Ok(Ok(None)) => Err(ClientError::Disconnected(
+                "the server closed the connection".into(),
+            )),
+            Ok(Err(e)) => Err(transport_err(e)),
+        }
+    }
+
+    fn closed(close: &ponte_wire::messages::Close) -> ClientError {
+        let reason = CloseReason::try_from(close.reason)
+            .map(|r| {
+                r.as_str_name()
+                    .trim_start_matches("CLOSE_REASON_")
+                    .to_owned()
+            })
+            .unwrap_or_else(|_| format!("reason {}", close.reason));
+        ClientError::Disconnected(format!(
+            "server closed the connection: {reason} {}",
+            close.detail
+        ))
+    }
+
+    /// Send a request and wait (at most `timeout`) for its response. An
+    /// `Error` response becomes [`ClientError::Server`].
+    pub async fn request(
+        &mut self,
+        body: client_frame::Body,
+        timeout: Duration,
+    ) -> Result<server_frame::Body> {
+        let request_id = self.next_id;
+        self.next_id += 1;
+        self.chan
+            .send(&ClientFrame {
+                request_id,
+                body: Some(body),
+            })
+            .await
+            .map_err(transport_err)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(frame) = self.recv(left).await? else {
+                return Err(ClientError::Disconnected(format!(
+                    "no response within {timeout:?}"
+                )));
+            };
+            let Some(body) = frame.body else { continue };
+            if let server_frame::Body::Close(close) = &body {
+                return Err(Self::closed(close));
+            }
+            if frame.request_id == request_id {
+                if let server_frame::Body::Error(e) = body {
+                    return Err(ClientError::Server {
+                        code: error_code_name(e.code),
+                        detail: e.detail,
+                    });
+                }
+                return Ok(body);
+            }
+            if frame.request_id == 0 {
+                if self.pushes.len() >= MAX_QUEUED_PUSHES {
+                    return Err(ClientError::Protocol(
+                        "too many unacknowledged pushes".into(),
+                    ));
+                }
+                self.pushes.push_back(body);
+            }
+            // A response to an older, abandoned request: ignore it.
+        }
+    }
+
+    /// Send a frame that gets no response (e.g. `Ack`).
+    pub async fn notify(&mut self, body: client_frame::Body) -> Result<()> {
+        let request_id = self.next_id;
+        self.next_id += 1;
+        self.chan
+            .send(&ClientFrame {
+                request_id,
+                body: Some(body),
+            })
+            .await
+            .map_err(transport_err)
+    }
+
+    /// The next push: a queued one, or one arriving within `timeout`
+    /// (`Ok(None)` if none did).
+    pub async fn next_push(&mut self, timeout: Duration) -> Result<Option<server_frame::Body>> {
+        if let Some(p) = self.pushes.pop_front() {
+            return Ok(Some(p));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(frame) = self.recv(left).await? else {
+                return Ok(None);
+            };
+            match frame.body {
+                Some(server_frame::Body::Close(close)) => return Err(Self::closed(&close)),
+                Some(body) if frame.request_id == 0 => return Ok(Some(body)),
+                _ => {
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether pushes are waiting in the local queue.
+    pub fn has_queued_pushes(&self) -> bool {
+        !self.pushes.is_empty()
+    }
+}

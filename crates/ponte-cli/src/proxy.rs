@@ -1,10 +1,264 @@
-//! `ponte proxy`: argument parsing over `ponte-proxy`.
-use clap::Args;
+//! `ponte proxy`: run a relay, check or print its config, print a share link.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ponte_proxy::config::{HostPort, ListenAddr, TlsMode};
+use ponte_proxy::link;
+use ponte_proxy::{Config, Preset, Proxy};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
-pub struct ProxyArgs {}
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    command: Option<ProxyCommand>,
+    #[command(flatten)]
+    source: ConfigSource,
+    /// Check the configuration and exit (0 when valid).
+    #[arg(long)]
+    check_config: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
 
-pub fn run(_args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+#[derive(Debug, Args)]
+struct ConfigSource {
+    /// Built-in layout: `whatsapp` (WhatsApp's official proxy) or `ponte`
+    /// (in front of a Ponte server; needs --upstream).
+    #[arg(long, value_name = "NAME", conflicts_with = "config")]
+    preset: Option<Preset>,
+    /// A TOML configuration file (see examples/).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The Ponte server to front (preset `ponte`): HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    upstream: Option<HostPort>,
+    /// Admin endpoint address (status page, /metrics, /healthz).
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_admin")]
+    admin: Option<ListenAddr>,
+    /// Run without the admin endpoint.
+    #[arg(long)]
+    no_admin: bool,
+    /// Name (DNS or IP) to put in the self-signed certificate; repeatable.
+    #[arg(long = "tls-name", value_name = "NAME")]
+    tls_names: Vec<String>,
+    /// Global connection cap.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
+    /// Write client IP addresses into the logs (off by default: your users may be at risk).
+    #[arg(long)]
+    log_client_addresses: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProxyCommand {
+    /// Print the share link users open to use this relay, with a QR code.
+    Link(LinkArgs),
+}
+
+#[derive(Debug, Args)]
+struct LinkArgs {
+    /// The relay's public host name or IP address, as users will reach it.
+    #[arg(long)]
+    host: String,
+    #[command(flatten)]
+    source: ConfigSource,
+    /// Draw the QR code for a terminal with dark text on a light background.
+    #[arg(long)]
+    light: bool,
+    /// Print only the link, without the QR code.
+    #[arg(long)]
+    no_qr: bool,
+}
+
+impl ConfigSource {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = match (&self.config, self.preset) {
+            (Some(path), _) => {
+                if self.upstream.is_some() {
+                    bail!("--upstream goes with --preset ponte; with --config, set upstreams in the file");
+                }
+                Config::load(path)?
+            }
+            (None, preset) => {
+                let preset = preset.unwrap_or(if self.upstream.is_some() {
+                    Preset::Ponte
+                } else {
+                    Preset::Whatsapp
+                });
+                if preset == Preset::Whatsapp && self.upstream.is_some() {
+                    bail!(
+                        "--upstream is for --preset ponte; the whatsapp preset has fixed upstreams"
+                    );
+                }
+                Config::preset(preset, self.upstream.clone())?
+            }
+        };
+        if let Some(a) = self.admin {
+            cfg.admin = Some(ponte_proxy::config::AdminConfig::new(a.0));
+        }
+        if self.no_admin {
+            cfg.admin = None;
+        }
+        if !self.tls_names.is_empty() {
+            cfg.tls.self_signed_names = self.tls_names.clone();
+        }
+        if let Some(n) = self.max_connections {
+            cfg.limits.max_connections = n;
+        }
+        if self.log_client_addresses {
+            cfg.log.client_addresses = true;
+        }
+        cfg.validate(None, self.config.as_deref())?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    if let Some(ProxyCommand::Link(l)) = args.command {
+        return print_link(l);
+    }
+    let cfg = args.source.load()?;
+    if args.print_config {
+        crate::write_stdout(&cfg.to_toml())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.check_config {
+        let n = cfg.listener.len();
+        let what = args
+            .source
+            .config
+            .as_ref()
+            .map_or_else(|| "preset".to_owned(), |p| p.display().to_string());
+        crate::write_stdout(&format!(
+            "{what}: ok ({n} listeners, {} upstreams)\n",
+            cfg.upstream.len()
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(cfg))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let needed = u64::from(cfg.limits.max_connections) * 2 + 64;
+    match ponte_proxy::raise_nofile_limit() {
+        Ok(n) if n < needed => tracing::warn!(
+            limit = n,
+            needed,
+            "the open-file limit is below what max_connections needs; raise it (systemd: LimitNOFILE) or lower max_connections"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let proxy = Proxy::bind(cfg).await?;
+    for (name, addrs) in proxy.listener_addrs() {
+        let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        tracing::info!(listener = %name, "listening on {}", list.join(", "));
+    }
+    if let Some(a) = proxy.admin_addr() {
+        tracing::info!("status page http://{a}/ (metrics at /metrics)");
+    }
+    let reload = proxy.reload_handle();
+    proxy.run(shutdown_signal(reload)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT; SIGHUP reloads certificates meanwhile.
+async fn shutdown_signal(reload: ponte_proxy::ReloadHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading certificates");
+                    reload.reload();
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reload;
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The listener a WhatsApp client uses for chat (TLS preferred) and for media.
+fn whatsapp_ports(cfg: &Config) -> Option<(u16, u16, bool)> {
+    let direct = || cfg.listener.iter().filter(|l| !l.accept_proxy);
+    let port =
+        |l: &ponte_proxy::config::ListenerConfig| l.listen.get_ref().first().map(|a| a.0.port());
+    let is_media = |l: &ponte_proxy::config::ListenerConfig| {
+        cfg.upstream
+            .get(l.upstream.get_ref())
+            .is_some_and(|u| u.send_proxy == ponte_proxy::config::SendProxy::None)
+    };
+    let media = direct().find(|l| is_media(l)).and_then(port)?;
+    let tls_chat = direct().find(|l| l.tls != TlsMode::None && !is_media(l));
+    let (chat, tls) = match tls_chat {
+        Some(l) => (port(l)?, true),
+        None => (direct().find(|l| !is_media(l)).and_then(port)?, false),
+    };
+    Some((chat, media, tls))
+}
+
+fn print_link(args: LinkArgs) -> anyhow::Result<ExitCode> {
+    link::validate_host(&args.host)?;
+    let cfg = args.source.load()?;
+    let Some((chat, media, tls)) = whatsapp_ports(&cfg) else {
+        bail!(
+            "this configuration has no WhatsApp layout (a chat listener and a media listener whose \
+             upstream takes no PROXY header); links for Ponte relays are not available yet"
+        );
+    };
+    let url = link::whatsapp_link(&args.host, chat, media, tls);
+    let mut out = format!("{url}\n");
+    if !args.no_qr {
+        let theme = if args.light {
+            link::QrTheme::LightTerminal
+        } else {
+            link::QrTheme::DarkTerminal
+        };
+        out.push('\n');
+        out.push_str(&link::qr_terminal_themed(&url, theme)?);
+        out.push_str(
+            "\nWhatsApp users: open the link, or Settings > Storage and data > Proxy > Use proxy.\n",
+        );
+    }
+    crate::write_stdout(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn whatsapp_preset_ports() {
+        let cfg = Config::preset(Preset::Whatsapp, None).unwrap();
+        assert_eq!(whatsapp_ports(&cfg), Some((443, 587, true)));
+        let cfg = Config::preset(Preset::Ponte, Some("s.example:5222".parse().unwrap())).unwrap();
+        assert_eq!(whatsapp_ports(&cfg), None);
+    }
 }

@@ -94,6 +94,15 @@ pub struct AdminConfig {
     pub listen: Spanned<ListenAddr>,
 }
 
+impl AdminConfig {
+    /// An admin endpoint on `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        AdminConfig {
+            listen: sp(ListenAddr(addr)),
+        }
+    }
+}
+
 /// `[limits]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

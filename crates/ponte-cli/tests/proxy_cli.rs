@@ -1,0 +1,228 @@
+//! `ponte proxy` as a real process: config checking, printing, share links,
+//! relaying, and a clean exit on SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn ponte() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ponte"))
+}
+
+#[test]
+fn check_config_reports_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "[upstream.a]\nservers = [\"x.example:1\"]\n\n[[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"b\"\n",
+    )
+    .unwrap();
+    let out = ponte()
+        .args(["proxy", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("relay.toml:7:12: listener[0].upstream"),
+        "{err}"
+    );
+    assert!(err.contains("no upstream named `b`"), "{err}");
+
+    std::fs::write(&path, "[[listener]]\nname = \"l\"\nlisen = []\n").unwrap();
+    let out = ponte()
+        .args(["proxy", "--check-config", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("relay.toml:3:1") && err.contains("lisen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn printed_presets_load_back() {
+    for args in [
+        vec!["--preset", "whatsapp"],
+        vec!["--preset", "ponte", "--upstream", "server.example:5222"],
+    ] {
+        let out = ponte()
+            .arg("proxy")
+            .args(&args)
+            .arg("--print-config")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("printed.toml");
+        std::fs::write(&path, &out.stdout).unwrap();
+        let check = ponte()
+            .args(["proxy", "--check-config", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let again = ponte()
+            .args(["proxy", "--print-config", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(again.stdout, out.stdout, "printing is a fixed point");
+    }
+    let out = ponte()
+        .args(["proxy", "--preset", "ponte", "--check-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+}
+
+#[test]
+fn share_link_honours_configured_ports() {
+    let out = ponte()
+        .args(["proxy", "link", "--host", "relay.example.org", "--no-qr"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "https://wa.me/proxy?host=relay.example.org&chatPort=443&mediaPort=587&chatTLS=true\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/relay-whatsapp.toml"
+    ))
+    .unwrap()
+    .replace("0.0.0.0:443\"", "0.0.0.0:4443\"")
+    .replace("0.0.0.0:587\"", "0.0.0.0:5870\"");
+    std::fs::write(&path, text).unwrap();
+    let out = ponte()
+        .args(["proxy", "link", "--host", "203.0.113.5", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        s.starts_with(
+            "https://wa.me/proxy?host=203.0.113.5&chatPort=4443&mediaPort=5870&chatTLS=true\n"
+        ),
+        "{s}"
+    );
+    assert!(s.contains('█'), "QR code drawn");
+    let bad = ponte()
+        .args(["proxy", "link", "--host", "http://x/"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+/// Run the relay binary with a loopback config, relay bytes, then SIGTERM.
+#[test]
+fn runs_relays_and_exits_cleanly_on_sigterm() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[upstream.u]\nservers = [\"{up_addr}\"]\nsend_proxy = \"v1\"\nhealth_check_interval = \"0s\"\n\
+             [timeouts]\ndrain = \"2s\"\n\
+             [[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"u\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = ponte()
+        .args(["proxy", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut port = None;
+    let mut log = String::new();
+    for _ in 0..50 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        log.push_str(&line);
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            port = rest
+                .trim()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse::<u16>().ok());
+            break;
+        }
+    }
+    let port = port.unwrap_or_else(|| panic!("no listening line in: {log}"));
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"ping").unwrap();
+    // Skip the health check connection (none: interval 0s, but the start check connects once).
+    let mut server = loop {
+        let (mut s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut first = [0u8; 1];
+        if s.read(&mut first).unwrap_or(0) == 1 {
+            let mut rest = vec![0u8; 256];
+            let n = s.read(&mut rest).unwrap();
+            let mut all = vec![first[0]];
+            all.extend_from_slice(&rest[..n]);
+            let text = String::from_utf8_lossy(&all).into_owned();
+            assert!(
+                text.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "),
+                "{text}"
+            );
+            if !text.ends_with("ping") {
+                let mut p = [0u8; 4];
+                s.read_exact(&mut p).unwrap();
+                assert_eq!(&p, b"ping");
+            }
+            break s;
+        }
+    };
+    server.write_all(b"pong").unwrap();
+    let mut back = [0u8; 4];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"pong");
+    drop(c);
+    drop(server);
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = status.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("did not exit after SIGTERM")
+    });
+    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    assert!(
+        !rest.contains("127.0.0.1:") || !rest.contains("client"),
+        "no client address logged: {rest}"
+    );
+}

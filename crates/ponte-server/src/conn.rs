@@ -1,0 +1,1016 @@
+//! One connection: optional PROXY header, Noise handshake, then the request
+//! loop.
+//!
+//! Tasks per connection: this one (reads requests, runs them, pushes the
+//! mailbox) and a writer task that drains a bounded queue of frames into the
+//! socket. Writes to the database run concurrently (up to
+//! `max_requests_in_flight` per connection) and answer as they commit; reads
+//! are awaited in place. Mailbox pushes are pulled from the database, at
+//! most `delivery_window` unacknowledged at a time, so a slow reader never
+//! makes the server buffer its mailbox.
+
+use crate::registry::Online;
+use crate::store::{
+    AccountInfo, ClaimOutcome, ItemKind, KeyRecord, MailItem, NewAccount, NewMessage,
+    RegisterOutcome, SendOutcome, UploadOutcome,
+};
+use crate::{duration_ms, now_ms, Shared};
+use bytes::{Bytes, BytesMut};
+use ed25519_dalek::{Signature, VerifyingKey};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt as _;
+use ponte_transport::{ChannelReader, ChannelWriter, TransportError};
+use ponte_wire::messages::{
+    self, client_frame, server_frame, ClientFrame, Close, CloseReason, Deliver, DeliveryReceipt,
+    DeviceKeys, ErrorCode, ErrorFrame, ExpiredNotice, KeyCount, MessageError, ServerFrame,
+    SignedKey,
+};
+use ponte_wire::proxy_header::{self, Parsed};
+use prost::Message as _;
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt as _, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::timeout_at;
+
+/// Largest PROXY header read (v2 with TLVs as accepted by the parser).
+const MAX_PROXY_HEADER: usize = 1024;
+/// Most seqs in one Ack.
+const MAX_ACK_SEQS: usize = 1024;
+/// Longest invite token accepted.
+const MAX_INVITE_LEN: usize = 128;
+
+type Reader = ChannelReader<ReadHalf<TcpStream>>;
+type Writer = ChannelWriter<WriteHalf<TcpStream>>;
+type Pending = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+
+/// How a connection ends: a metrics label and, inside Noise, a close frame.
+#[derive(Debug)]
+struct Exit {
+    reason: &'static str,
+    close: Option<CloseReason>,
+}
+
+impl Exit {
+    fn quiet(reason: &'static str) -> Self {
+        Self {
+            reason,
+            close: None,
+        }
+    }
+
+    fn close(reason: &'static str, close: CloseReason) -> Self {
+        Self {
+            reason,
+            close: Some(close),
+        }
+    }
+}
+
+/// Runs one accepted TCP connection to its end.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    shared.metrics.connections_open.inc();
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let reason = run(&shared, sock, peer, conn_id).await;
+    tracing::debug!(conn = conn_id, reason, "connection closed");
+    shared.metrics.connections_open.dec();
+    shared.metrics.closed(reason);
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+) -> &'static str {
+    let _ = sock.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.cfg.handshake_timeout;
+    let stop = shared.stop.clone();
+    let header = tokio::select! {
+        _ = stop.cancelled() => return "shutdown",
+        r = timeout_at(deadline, read_proxy_header(&mut sock)) => r,
+    };
+    let (prefix, claimed) = match header {
+        Err(_) => return "handshake_timeout",
+        Ok(Err(reason)) => return reason,
+        Ok(Ok(v)) => v,
+    };
+    let mut tcfg = ponte_transport::ServerConfig::new(shared.keypair.clone());
+    tcfg.handshake_timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+    tcfg.max_frame_len = shared.cfg.max_frame_len;
+    let accepted = tokio::select! {
+        _ = stop.cancelled() => return "shutdown",
+        r = ponte_transport::accept_with_prefix(sock, &prefix, &tcfg) => r,
+    };
+    let channel = match accepted {
+        Ok(c) => c,
+        Err(TransportError::HandshakeTimeout) => return "handshake_timeout",
+        Err(TransportError::UnexpectedEof) => return "handshake_eof",
+        Err(_) => return "handshake_failed",
+    };
+    shared.metrics.sessions_open.inc();
+    let device_key = channel.remote_static();
+    let (reader, writer) = channel.split();
+    let (out, rx) = mpsc::channel(shared.cfg.outbound_queue.max(1));
+    let writer_task = tokio::spawn(write_loop(writer, rx));
+    let mut session = Session {
+        shared: Arc::clone(shared),
+        conn_id,
+        device_key,
+        source_ip: claimed.unwrap_or(peer.ip()),
+        peer_ip: peer.ip(),
+        out,
+        account: None,
+        last_sent_seq: 0,
+        inflight: HashSet::new(),
+        has_more: false,
+        writes: FuturesUnordered::new(),
+    };
+    let exit = session.serve(reader).await;
+    if let Some(close) = exit.close {
+        let frame = push(server_frame::Body::Close(Close {
+            reason: close as i32,
+            detail: exit.reason.to_owned(),
+        }));
+        let _ = session.out.try_send(frame);
+    }
+    session.logout();
+    drop(session);
+    // Let the writer flush (the Close frame included), briefly.
+    let grace = tokio::time::Duration::from_secs(2);
+    if tokio::time::timeout(grace, writer_task).await.is_err() {
+        tracing::debug!(conn = conn_id, "writer did not finish in time");
+    }
+    shared.metrics.sessions_open.dec();
+    exit.reason
+}
+
+/// Reads a PROXY header if the stream starts with one. Returns the bytes
+/// read past it and the advisory client address.
+async fn read_proxy_header(
+    sock: &mut TcpStream,
+) -> Result<(BytesMut, Option<IpAddr>), &'static str> {
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        let n = sock.read_buf(&mut buf).await.map_err(|_| "read_error")?;
+        if n == 0 {
+            return Err("handshake_eof");
+        }
+        // Our preamble starts with the version byte 0x01; a PROXY header
+        // starts with 'P' (v1) or '\r' (v2).
+        if buf[0] != b'P' && buf[0] != b'\r' {
+            return Ok((buf, None));
+        }
+        match proxy_header::parse(&buf) {
+            Ok(Parsed::Complete {
+                header, consumed, ..
+            }) => {
+                let rest = buf.split_off(consumed);
+                return Ok((rest, header.tcp_source().map(|a| a.ip())));
+            }
+            Ok(Parsed::Incomplete) if buf.len() < MAX_PROXY_HEADER => continue,
+            Ok(Parsed::Incomplete) | Err(_) => return Err("proxy_header_invalid"),
+        }
+    }
+}
+
+/// Drains the outbound queue into the socket, several frames per write.
+async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<ServerFrame>) {
+    let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(64);
+    while let Some(first) = rx.recv().await {
+        encoded.clear();
+        encoded.push(first.encode_to_vec());
+        while encoded.len() < 64 {
+            match rx.try_recv() {
+                Ok(f) => encoded.push(f.encode_to_vec()),
+                Err(_) => break,
+            }
+        }
+        let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        if let Err(e) = w.send_frames(&refs).await {
+            tracing::debug!("write failed: {e}");
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+fn push(body: server_frame::Body) -> ServerFrame {
+    ServerFrame {
+        request_id: 0,
+        body: Some(body),
+    }
+}
+
+fn reply(request_id: u64, body: server_frame::Body) -> ServerFrame {
+    ServerFrame {
+        request_id,
+        body: Some(body),
+    }
+}
+
+fn code_label(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Unspecified => "unspecified",
+        ErrorCode::Malformed => "malformed",
+        ErrorCode::NotAuthenticated => "not_authenticated",
+        ErrorCode::NotRegistered => "not_registered",
+        ErrorCode::HandleTaken => "handle_taken",
+        ErrorCode::InvalidHandle => "invalid_handle",
+        ErrorCode::InviteRequired => "invite_required",
+        ErrorCode::InviteInvalid => "invite_invalid",
+        ErrorCode::RateLimited => "rate_limited",
+        ErrorCode::BadSignature => "bad_signature",
+        ErrorCode::UnknownRecipient => "unknown_recipient",
+        ErrorCode::UnknownHandle => "unknown_handle",
+        ErrorCode::NoKeys => "no_keys",
+        ErrorCode::MailboxFull => "mailbox_full",
+        ErrorCode::TooLarge => "too_large",
+        ErrorCode::InvalidArgument => "invalid_argument",
+        ErrorCode::AlreadyRegistered => "already_registered",
+        ErrorCode::LimitExceeded => "limit_exceeded",
+        ErrorCode::Unsupported => "unsupported",
+        ErrorCode::Unavailable => "unavailable",
+        ErrorCode::Internal => "internal",
+    }
+}
+
+fn error_frame(
+    shared: &Shared,
+    request_id: u64,
+    code: ErrorCode,
+    detail: &str,
+    message_id: Option<Bytes>,
+) -> ServerFrame {
+    shared.metrics.error(code_label(code));
+    reply(
+        request_id,
+        server_frame::Body::Error(ErrorFrame {
+            code: code as i32,
+            detail: detail.to_owned(),
+            message_id: message_id.unwrap_or_default(),
+        }),
+    )
+}
+
+fn arr<const N: usize>(b: &[u8]) -> Option<[u8; N]> {
+    b.try_into().ok()
+}
+
+fn verify(ed25519: &[u8; 32], message: &str, signature: &[u8]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(ed25519) else {
+        return false;
+    };
+    let Some(sig) = arr::<64>(signature) else {
+        return false;
+    };
+    key.verify_strict(message.as_bytes(), &Signature::from_bytes(&sig))
+        .is_ok()
+}
+
+fn signed_key(k: &KeyRecord) -> SignedKey {
+    SignedKey {
+        key_id: Bytes::copy_from_slice(&k.key_id),
+        public_key: Bytes::copy_from_slice(&k.public_key),
+        signature: Bytes::copy_from_slice(&k.signature),
+    }
+}
+
+fn device_keys(a: &AccountInfo) -> DeviceKeys {
+    DeviceKeys {
+        curve25519: Bytes::copy_from_slice(&a.curve25519),
+        ed25519: Bytes::copy_from_slice(&a.ed25519),
+    }
+}
+
+fn item_frame(item: MailItem) -> ServerFrame {
+    let at = u64::try_from(item.at_ms).unwrap_or(0);
+    push(match item.kind {
+        ItemKind::Message => server_frame::Body::Deliver(Deliver {
+            seq: item.seq,
+            message_id: item.message_id,
+            sender: item.peer_handle,
+            body: item.body,
+            accepted_at_ms: at,
+        }),
+        ItemKind::Receipt => server_frame::Body::DeliveryReceipt(DeliveryReceipt {
+            seq: item.seq,
+            message_id: item.message_id,
+            recipient: item.peer_handle,
+            delivered_at_ms: at,
+        }),
+        ItemKind::Expired => server_frame::Body::ExpiredNotice(ExpiredNotice {
+            seq: item.seq,
+            message_id: item.message_id,
+            recipient: item.peer_handle,
+            expired_at_ms: at,
+        }),
+    })
+}
+
+/// The logged-in account of a connection.
+#[derive(Debug)]
+struct Account {
+    info: AccountInfo,
+    online: Arc<Online>,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    conn_id: u64,
+    device_key: [u8; 32],
+    /// The client address for rate limiting (PROXY-reported when present).
+    source_ip: IpAddr,
+    /// The socket's peer (a relay, or the client itself).
+    peer_ip: IpAddr,
+    out: mpsc::Sender<ServerFrame>,
+    account: Option<Account>,
+    /// Highest seq pushed on this connection.
+    last_sent_seq: u64,
+    /// Pushed, not yet acknowledged.
+    inflight: HashSet<u64>,
+    /// The mailbox may hold items past `last_sent_seq`.
+    has_more: bool,
+    /// Database writes in flight, each yielding its response.
+    writes: FuturesUnordered<Pending>,
+}
+
+impl Session {
+    async fn serve(&mut self, mut reader: Reader) -> Exit {
+        let cfg = self.shared.cfg.clone();
+        let stop = self.shared.stop.clone();
+        let auth_deadline = tokio::time::Instant::now() + cfg.unauthenticated_timeout;
+        let mut last_activity = tokio::time::Instant::now();
+        loop {
+            let online = self.account.as_ref().map(|a| Arc::clone(&a.online));
+            let deadline = if online.is_some() {
+                last_activity + cfg.idle_timeout
+            } else {
+                auth_deadline
+            };
+            let can_read = self.writes.len() < cfg.max_requests_in_flight;
+            let wake = async {
+                match &online {
+                    Some(o) => o.wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let kicked = async {
+                match &online {
+                    Some(o) => o.kicked.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let step = tokio::select! {
+                biased;
+                _ = stop.cancelled() => Err(Exit::close("shutdown", CloseReason::Shutdown)),
+                _ = kicked => Err(Exit::close("replaced", CloseReason::Replaced)),
+                Some(done) = self.writes.next(), if !self.writes.is_empty() => match done {
+                    Some(frame) => self.send(frame).await,
+                    None => Ok(()),
+                },
+                _ = wake => self.on_wake().await,
+                r = reader.recv_frame(), if can_read => match r {
+                    Ok(Some(payload)) => {
+                        last_activity = tokio::time::Instant::now();
+                        self.on_frame(&payload).await
+                    }
+                    Ok(None) => Err(Exit::quiet("client_closed")),
+                    Err(TransportError::Frame(_)) => {
+                        Err(Exit::close("frame_too_large", CloseReason::FrameTooLarge))
+                    }
+                    Err(TransportError::Decrypt) => Err(Exit::quiet("decrypt_failed")),
+                    Err(TransportError::UnexpectedEof) => Err(Exit::quiet("client_eof_mid_frame")),
+                    Err(_) => Err(Exit::quiet("read_error")),
+                },
+                _ = tokio::time::sleep_until(deadline) => Err(if online.is_some() {
+                    Exit::close("idle", CloseReason::Idle)
+                } else {
+                    Exit::close("unauthenticated_timeout", CloseReason::UnauthenticatedTimeout)
+                }),
+            };
+            if let Err(exit) = step {
+                return exit;
+            }
+        }
+    }
+
+    fn logout(&mut self) {
+        if let Some(a) = self.account.take() {
+            self.shared.registry.logout(a.info.id, self.conn_id);
+            self.shared.metrics.online_devices.dec();
+        }
+    }
+
+    /// Queues a frame for the socket; a client that does not read for
+    /// `slow_consumer_timeout` is disconnected.
+    async fn send(&mut self, frame: ServerFrame) -> Result<(), Exit> {
+        match tokio::time::timeout(self.shared.cfg.slow_consumer_timeout, self.out.send(frame))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::quiet("write_failed")),
+            Err(_) => Err(Exit::close("slow_consumer", CloseReason::SlowConsumer)),
+        }
+    }
+
+    async fn error(
+        &mut self,
+        request_id: u64,
+        code: ErrorCode,
+        detail: &str,
+        message_id: Option<Bytes>,
+    ) -> Result<(), Exit> {
+        self.send(error_frame(
+            &self.shared,
+            request_id,
+            code,
+            detail,
+            message_id,
+        ))
+        .await
+    }
+
+    async fn on_frame(&mut self, payload: &[u8]) -> Result<(), Exit> {
+        self.shared.metrics.frames_in.inc();
+        let frame: ClientFrame = match messages::decode_client_frame(payload) {
+            Ok(f) => f,
+            Err(MessageError::MissingBody) => {
+                // An empty frame, or a request type this server does not know.
+                let rid = <ClientFrame as prost::Message>::decode(payload)
+                    .map(|f| f.request_id)
+                    .unwrap_or(0);
+                return self
+                    .error(rid, ErrorCode::Unsupported, "unknown request", None)
+                    .await;
+            }
+            Err(_) => return Err(Exit::close("malformed_frame", CloseReason::MalformedFrame)),
+        };
+        let rid = frame.request_id;
+        let Some(body) = frame.body else {
+            return Ok(());
+        };
+        match body {
+            client_frame::Body::Ping(p) => {
+                let pong = server_frame::Body::Pong(messages::Pong {
+                    nonce: p.nonce,
+                    server_time_ms: u64::try_from(now_ms()).unwrap_or(0),
+                });
+                self.send(reply(rid, pong)).await
+            }
+            client_frame::Body::Register(r) => self.on_register(rid, r).await,
+            client_frame::Body::Login(_) => self.on_login(rid).await,
+            body => {
+                let Some(acc) = self.account.as_ref() else {
+                    return self
+                        .error(rid, ErrorCode::NotAuthenticated, "log in first", None)
+                        .await;
+                };
+                let info = acc.info.clone();
+                match body {
+                    client_frame::Body::UploadKeys(u) => self.on_upload(rid, &info, u).await,
+                    client_frame::Body::ClaimKey(c) => self.on_claim(rid, c.handle).await,
+                    client_frame::Body::LookupIdentity(l) => self.on_lookup(rid, l.handle).await,
+                    client_frame::Body::Send(s) => self.on_send(rid, &info, s).await,
+                    client_frame::Body::Ack(a) => self.on_ack(rid, &info, a.seqs).await,
+                    client_frame::Body::Ping(_)
+                    | client_frame::Body::Register(_)
+                    | client_frame::Body::Login(_) => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Marks the connection logged in as `info` and pushes what waits.
+    async fn become_online(&mut self, info: AccountInfo) -> Result<(), Exit> {
+        let online = self.shared.registry.login(info.id, self.conn_id);
+        self.shared.metrics.online_devices.inc();
+        self.account = Some(Account { info, online });
+        Ok(())
+    }
+
+    async fn on_register(&mut self, rid: u64, r: messages::Register) -> Result<(), Exit> {
+        let shared = Arc::clone(&self.shared);
+        if self.account.is_some() {
+            return self
+                .error(rid, ErrorCode::AlreadyRegistered, "already logged in", None)
+                .await;
+        }
+        if messages::validate_handle(&r.handle).is_err() {
+            return self
+                .error(rid, ErrorCode::InvalidHandle, "3-32 of a-z, 0-9, _", None)
+                .await;
+        }
+        let keys = r.keys.unwrap_or_default();
+        let (Some(curve), Some(ed)) = (arr::<32>(&keys.curve25519), arr::<32>(&keys.ed25519))
+        else {
+            return self
+                .error(
+                    rid,
+                    ErrorCode::InvalidArgument,
+                    "keys must be 32 bytes",
+                    None,
+                )
+                .await;
+        };
+        if r.signature.len() != messages::SIGNATURE_LEN || r.invite.len() > MAX_INVITE_LEN {
+            return self
+                .error(
+                    rid,
+                    ErrorCode::InvalidArgument,
+                    "bad signature or invite length",
+                    None,
+                )
+                .await;
+        }
+        let signed =
+            messages::registration_signing_string(&r.handle, &curve, &ed, &self.device_key);
+        if !verify(&ed, &signed, &r.signature) {
+            return self
+                .error(rid, ErrorCode::BadSignature, "registration signature", None)
+                .await;
+        }
+        let now = Instant::now();
+        let allowed = shared.register_by_source.check(self.source_ip, now)
+            && shared.register_by_peer.check(self.peer_ip, now)
+            && shared.register_by_source.take(self.source_ip, now)
+            && shared.register_by_peer.take(self.peer_ip, now);
+        if !allowed {
+            return self
+                .error(rid, ErrorCode::RateLimited, "too many registrations", None)
+                .await;
+        }
+        let outcome = shared
+            .store
+            .register(NewAccount {
+                handle: r.handle.clone(),
+                noise_key: self.device_key,
+                curve25519: curve,
+                ed25519: ed,
+                signature: r.signature.to_vec(),
+                invite: (!r.invite.is_empty()).then(|| r.invite.clone()),
+                invite_required: shared.cfg.invite_only,
+                now_ms: now_ms(),
+            })
+            .await;
+        let (code, detail) = match outcome {
+            Ok(RegisterOutcome::Created(id)) => {
+                shared.metrics.registrations.inc();
+                let info = AccountInfo {
+                    id,
+                    handle: r.handle.clone(),
+                    noise_key: self.device_key,
+                    curve25519: curve,
+                    ed25519: ed,
+                    signature: r.signature.to_vec(),
+                };
+                self.become_online(info).await?;
+                self.send(reply(
+                    rid,
+                    server_frame::Body::Registered(messages::Registered { handle: r.handle }),
+                ))
+                .await?;
+                self.push_key_count().await?;
+                self.has_more = true;
+                return self.pump().await;
+            }
+            Ok(RegisterOutcome::HandleTaken) => (ErrorCode::HandleTaken, "handle taken"),
+            Ok(RegisterOutcome::DeviceTaken) => {
+                (ErrorCode::AlreadyRegistered, "device already registered")
+            }
+            Ok(RegisterOutcome::InviteRequired) => (ErrorCode::InviteRequired, "invite required"),
+            Ok(RegisterOutcome::InviteInvalid) => (ErrorCode::InviteInvalid, "invite invalid"),
+            Err(e) => {
+                tracing::warn!("register failed: {e}");
+                (ErrorCode::Unavailable, "try again later")
+            }
+        };
+        self.error(rid, code, detail, None).await
+    }
+
+    async fn on_login(&mut self, rid: u64) -> Result<(), Exit> {
+        let shared = Arc::clone(&self.shared);
+        let info = match &self.account {
+            Some(a) => a.info.clone(),
+            None => match shared.store.account_by_noise_key(self.device_key).await {
+                Ok(Some(info)) => {
+                    self.become_online(info.clone()).await?;
+                    info
+                }
+                Ok(None) => {
+                    return self
+                        .error(
+                            rid,
+                            ErrorCode::NotRegistered,
+                            "no account for this device",
+                            None,
+                        )
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!("login lookup failed: {e}");
+                    return self
+                        .error(rid, ErrorCode::Unavailable, "try again later", None)
+                        .await;
+                }
+            },
+        };
+        let counts = shared.store.key_counts(info.id).await;
+        let pending = shared.store.mailbox_len(info.id).await.unwrap_or(0);
+        let (otk, fb) = counts
+            .map(|c| (c.one_time_keys, c.has_fallback))
+            .unwrap_or((0, false));
+        self.send(reply(
+            rid,
+            server_frame::Body::LoggedIn(messages::LoggedIn {
+                handle: info.handle.clone(),
+                one_time_keys: otk,
+                has_fallback_key: fb,
+                pending,
+            }),
+        ))
+        .await?;
+        self.push_key_count().await?;
+        self.has_more = true;
+        self.pump().await
+    }
+
+    async fn push_key_count(&mut self) -> Result<(), Exit> {
+        let Some(acc) = &self.account else {
+            return Ok(());
+        };
+        let counts = match self.shared.store.key_counts(acc.info.id).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("key count failed: {e}");
+                return Ok(());
+            }
+        };
+        self.send(push(server_frame::Body::KeyCount(KeyCount {
+            one_time_keys: counts.one_time_keys,
+            has_fallback_key: counts.has_fallback,
+            low_water_mark: self.shared.cfg.one_time_key_low_water,
+        })))
+        .await
+    }
+
+    async fn on_wake(&mut self) -> Result<(), Exit> {
+        let low = self
+            .account
+            .as_ref()
+            .is_some_and(|a| a.online.key_count_low.swap(false, Ordering::AcqRel));
+        if low {
+            self.push_key_count().await?;
+        }
+        self.has_more = true;
+        self.pump().await
+    }
+
+    /// Pushes mailbox items past `last_sent_seq` while the window has room.
+    async fn pump(&mut self) -> Result<(), Exit> {
+        let Some(id) = self.account.as_ref().map(|a| a.info.id) else {
+            return Ok(());
+        };
+        let window = self.shared.cfg.delivery_window.max(1);
+        while self.has_more {
+            let room = window.saturating_sub(self.inflight.len());
+            if room == 0 {
+                return Ok(());
+            }
+            let items = match self
+                .shared
+                .store
+                .fetch_mailbox(id, self.last_sent_seq, room)
+                .await
+            {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::warn!("mailbox fetch failed: {e}");
+                    return Ok(());
+                }
+            };
+            self.has_more = items.len() == room;
+            for item in items {
+                self.last_sent_seq = self.last_sent_seq.max(item.seq);
+                self.inflight.insert(item.seq);
+                self.shared.metrics.items_pushed.inc();
+                self.send(item_frame(item)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_upload(
+        &mut self,
+        rid: u64,
+        info: &AccountInfo,
+        u: messages::UploadKeys,
+    ) -> Result<(), Exit> {
+        let total = u.one_time_keys.len() + usize::from(u.fallback_key.is_some());
+        if total > self.shared.cfg.max_keys_per_upload {
+            return self
+                .error(
+                    rid,
+                    ErrorCode::InvalidArgument,
+                    "too many keys in one upload",
+                    None,
+                )
+                .await;
+        }
+        let check =
+            |k: &SignedKey, fallback: bool| -> Result<KeyRecord, (ErrorCode, &'static str)> {
+                if k.key_id.is_empty() || k.key_id.len() > messages::KEY_ID_MAX {
+                    return Err((ErrorCode::InvalidArgument, "key id must be 1-64 bytes"));
+                }
+                let pk = arr::<32>(&k.public_key)
+                    .ok_or((ErrorCode::InvalidArgument, "public key must be 32 bytes"))?;
+                let signed = messages::key_signing_string(&k.key_id, &pk, fallback);
+                if !verify(&info.ed25519, &signed, &k.signature) {
+                    return Err((ErrorCode::BadSignature, "key signature"));
+                }
+                Ok(KeyRecord {
+                    key_id: k.key_id.to_vec(),
+                    public_key: pk,
+                    signature: k.signature.to_vec(),
+                })
+            };
+        let mut one_time = Vec::with_capacity(u.one_time_keys.len());
+        for k in &u.one_time_keys {
+            match check(k, false) {
+                Ok(r) => one_time.push(r),
+                Err((code, d)) => return self.error(rid, code, d, None).await,
+            }
+        }
+        let fallback = match &u.fallback_key {
+            Some(k) => match check(k, true) {
+                Ok(r) => Some(r),
+                Err((code, d)) => return self.error(rid, code, d, None).await,
+            },
+            None => None,
+        };
+        let shared = Arc::clone(&self.shared);
+        let account = info.id;
+        self.writes.push(Box::pin(async move {
+            let max = shared.cfg.max_one_time_keys;
+            Some(
+                match shared
+                    .store
+                    .upload_keys(account, one_time, fallback, max)
+                    .await
+                {
+                    Ok(UploadOutcome::Stored(c)) => reply(
+                        rid,
+                        server_frame::Body::KeysUploaded(messages::KeysUploaded {
+                            one_time_keys: c.one_time_keys,
+                            has_fallback_key: c.has_fallback,
+                        }),
+                    ),
+                    Ok(UploadOutcome::LimitExceeded) => error_frame(
+                        &shared,
+                        rid,
+                        ErrorCode::LimitExceeded,
+                        "too many one-time keys stored",
+                        None,
+                    ),
+                    Err(e) => {
+                        tracing::warn!("key upload failed: {e}");
+                        error_frame(
+                            &shared,
+                            rid,
+                            ErrorCode::Unavailable,
+                            "try again later",
+                            None,
+                        )
+                    }
+                },
+            )
+        }));
+        Ok(())
+    }
+
+    async fn on_claim(&mut self, rid: u64, handle: String) -> Result<(), Exit> {
+        if messages::validate_handle(&handle).is_err() {
+            return self
+                .error(rid, ErrorCode::UnknownHandle, "no such handle", None)
+                .await;
+        }
+        let shared = Arc::clone(&self.shared);
+        self.writes.push(Box::pin(async move {
+            Some(match shared.store.claim(handle).await {
+                Ok(ClaimOutcome::Claimed(c)) => {
+                    shared.metrics.keys_claimed.inc();
+                    if c.remaining < shared.cfg.one_time_key_low_water {
+                        shared.registry.key_count_low(c.owner.id);
+                    }
+                    reply(
+                        rid,
+                        server_frame::Body::ClaimedKey(messages::ClaimedKey {
+                            handle: c.owner.handle.clone(),
+                            identity: Some(device_keys(&c.owner)),
+                            key: Some(signed_key(&c.key)),
+                            fallback: c.fallback,
+                        }),
+                    )
+                }
+                Ok(ClaimOutcome::UnknownHandle) => error_frame(
+                    &shared,
+                    rid,
+                    ErrorCode::UnknownHandle,
+                    "no such handle",
+                    None,
+                ),
+                Ok(ClaimOutcome::NoKeys) => {
+                    error_frame(&shared, rid, ErrorCode::NoKeys, "no keys on file", None)
+                }
+                Err(e) => {
+                    tracing::warn!("claim failed: {e}");
+                    error_frame(
+                        &shared,
+                        rid,
+                        ErrorCode::Unavailable,
+                        "try again later",
+                        None,
+                    )
+                }
+            })
+        }));
+        Ok(())
+    }
+
+    async fn on_lookup(&mut self, rid: u64, handle: String) -> Result<(), Exit> {
+        if messages::validate_handle(&handle).is_err() {
+            return self
+                .error(rid, ErrorCode::UnknownHandle, "no such handle", None)
+                .await;
+        }
+        match self.shared.store.account_by_handle(handle).await {
+            Ok(Some(a)) => {
+                self.send(reply(
+                    rid,
+                    server_frame::Body::IdentityKeys(messages::IdentityKeys {
+                        handle: a.handle.clone(),
+                        keys: Some(device_keys(&a)),
+                        registration_signature: Bytes::from(a.signature.clone()),
+                        noise_static_key: Bytes::copy_from_slice(&a.noise_key),
+                    }),
+                ))
+                .await
+            }
+            Ok(None) => {
+                self.error(rid, ErrorCode::UnknownHandle, "no such handle", None)
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!("lookup failed: {e}");
+                self.error(rid, ErrorCode::Unavailable, "try again later", None)
+                    .await
+            }
+        }
+    }
+
+    async fn on_send(
+        &mut self,
+        rid: u64,
+        info: &AccountInfo,
+        s: messages::SendMessage,
+    ) -> Result<(), Exit> {
+        let Some(message_id) = arr::<16>(&s.message_id) else {
+            return self
+                .error(
+                    rid,
+                    ErrorCode::InvalidArgument,
+                    "message id must be 16 bytes",
+                    None,
+                )
+                .await;
+        };
+        if s.body.len() > self.shared.cfg.max_body_len {
+            return self
+                .error(
+                    rid,
+                    ErrorCode::TooLarge,
+                    "body too large",
+                    Some(s.message_id),
+                )
+                .await;
+        }
+        if messages::validate_handle(&s.recipient).is_err() {
+            return self
+                .error(
+                    rid,
+                    ErrorCode::UnknownRecipient,
+                    "no such recipient",
+                    Some(s.message_id),
+                )
+                .await;
+        }
+        let shared = Arc::clone(&self.shared);
+        let now = now_ms();
+        let msg = NewMessage {
+            sender: info.id,
+            message_id,
+            recipient: s.recipient,
+            body: s.body,
+            now_ms: now,
+            expires_at_ms: now.saturating_add(duration_ms(shared.cfg.retention)),
+            max_pending: shared.cfg.max_pending_per_mailbox,
+        };
+        let id_bytes = s.message_id;
+        self.writes.push(Box::pin(async move {
+            let ack = |accepted_at_ms: i64, duplicate: bool| {
+                reply(
+                    rid,
+                    server_frame::Body::SendAck(messages::SendAck {
+                        message_id: id_bytes.clone(),
+                        accepted_at_ms: u64::try_from(accepted_at_ms).unwrap_or(0),
+                        duplicate,
+                    }),
+                )
+            };
+            Some(match shared.store.send(msg).await {
+                Ok(SendOutcome::Accepted {
+                    recipient,
+                    accepted_at_ms,
+                    ..
+                }) => {
+                    shared.metrics.messages_accepted.inc();
+                    shared.registry.wake(recipient);
+                    ack(accepted_at_ms, false)
+                }
+                Ok(SendOutcome::Duplicate { accepted_at_ms }) => {
+                    shared.metrics.messages_duplicate.inc();
+                    ack(accepted_at_ms, true)
+                }
+                Ok(SendOutcome::UnknownRecipient) => error_frame(
+                    &shared,
+                    rid,
+                    ErrorCode::UnknownRecipient,
+                    "no such recipient",
+                    Some(id_bytes.clone()),
+                ),
+                Ok(SendOutcome::MailboxFull) => error_frame(
+                    &shared,
+                    rid,
+                    ErrorCode::MailboxFull,
+                    "recipient mailbox full",
+                    Some(id_bytes.clone()),
+                ),
+                Err(e) => {
+                    tracing::warn!("send failed: {e}");
+                    error_frame(
+                        &shared,
+                        rid,
+                        ErrorCode::Unavailable,
+                        "try again later",
+                        Some(id_bytes.clone()),
+                    )
+                }
+            })
+        }));
+        Ok(())
+    }
+
+    async fn on_ack(&mut self, rid: u64, info: &AccountInfo, seqs: Vec<u64>) -> Result<(), Exit> {
+        if seqs.len() > MAX_ACK_SEQS {
+            return self
+                .error(
+                    rid,
+                    ErrorCode::InvalidArgument,
+                    "too many seqs in one ack",
+                    None,
+                )
+                .await;
+        }
+        for s in &seqs {
+            self.inflight.remove(s);
+        }
+        let shared = Arc::clone(&self.shared);
+        let account = info.id;
+        self.writes.push(Box::pin(async move {
+            let now = now_ms();
+            let expires = now.saturating_add(duration_ms(shared.cfg.notice_retention));
+            match shared.store.ack(account, seqs, now, expires).await {
+                Ok(out) => {
+                    shared.metrics.messages_acked.inc_by(out.messages);
+                    for peer in out.notify {
+                        shared.registry.wake(peer);
+                    }
+                }
+                Err(e) => tracing::warn!("ack failed: {e}"),
+            }
+            None
+        }));
+        self.pump().await
+    }
+}

@@ -1,0 +1,279 @@
+//! Test support: a server on 127.0.0.1:0 over a temp data directory, and a
+//! minimal protocol client (Noise IK, Ed25519-signed registration and keys).
+#![allow(clippy::unwrap_used, dead_code)]
+
+use bytes::Bytes;
+use ed25519_dalek::{Signer as _, SigningKey};
+use ponte_server::{Server, ServerConfig};
+use ponte_transport::{connect, Channel, ClientConfig, Keypair};
+use ponte_wire::messages::{
+    self, client_frame, server_frame, ClientFrame, DeviceKeys, ErrorCode, ServerFrame, SignedKey,
+};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Generous bound on any single wait in tests (never reached when things work).
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub key: [u8; 32],
+    pub dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_with_admin(dir, tweak, false).await
+    }
+
+    pub async fn start_with_admin(
+        dir: &Path,
+        tweak: impl FnOnce(&mut ServerConfig),
+        admin: bool,
+    ) -> Self {
+        let mut cfg = ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap());
+        tweak(&mut cfg);
+        let admin_addr = admin.then(|| "127.0.0.1:0".parse().unwrap());
+        let server = Server::bind(cfg, admin_addr).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let admin = server.admin_addr();
+        let key = server.public_key();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            admin,
+            key,
+            dir: dir.to_owned(),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits until its database is closed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A device: Noise key, Ed25519 signing key, Curve25519 identity (random
+/// bytes: the server treats it as opaque).
+#[derive(Clone)]
+pub struct Device {
+    pub noise: Keypair,
+    pub signing: SigningKey,
+    pub curve: [u8; 32],
+}
+
+impl Device {
+    pub fn new() -> Self {
+        let mut curve = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut curve);
+        Self {
+            noise: Keypair::generate(),
+            signing: SigningKey::generate(&mut rand::rngs::OsRng),
+            curve,
+        }
+    }
+
+    pub fn ed(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    pub fn register_frame(&self, handle: &str, invite: &str) -> client_frame::Body {
+        let s = messages::registration_signing_string(
+            handle,
+            &self.curve,
+            &self.ed(),
+            &self.noise.public(),
+        );
+        client_frame::Body::Register(messages::Register {
+            handle: handle.into(),
+            keys: Some(DeviceKeys {
+                curve25519: Bytes::copy_from_slice(&self.curve),
+                ed25519: Bytes::copy_from_slice(&self.ed()),
+            }),
+            signature: Bytes::copy_from_slice(&self.signing.sign(s.as_bytes()).to_bytes()),
+            invite: invite.into(),
+        })
+    }
+
+    pub fn signed_key(&self, id: u32, fallback: bool) -> SignedKey {
+        let key_id = id.to_be_bytes();
+        let pk = [id as u8; 32];
+        let s = messages::key_signing_string(&key_id, &pk, fallback);
+        SignedKey {
+            key_id: Bytes::copy_from_slice(&key_id),
+            public_key: Bytes::copy_from_slice(&pk),
+            signature: Bytes::copy_from_slice(&self.signing.sign(s.as_bytes()).to_bytes()),
+        }
+    }
+}
+
+pub struct Client {
+    pub ch: Channel<TcpStream>,
+    pub device: Device,
+    next_rid: u64,
+    pub pushes: VecDeque<ServerFrame>,
+}
+
+impl Client {
+    pub async fn connect(server: &TestServer, device: &Device) -> Self {
+        let sock = TcpStream::connect(server.addr).await.unwrap();
+        let ch = connect(sock, &ClientConfig::new(device.noise.clone(), server.key))
+            .await
+            .unwrap();
+        Self {
+            ch,
+            device: device.clone(),
+            next_rid: 1,
+            pushes: VecDeque::new(),
+        }
+    }
+
+    pub async fn recv(&mut self) -> Option<ServerFrame> {
+        tokio::time::timeout(WAIT, self.ch.recv::<ServerFrame>())
+            .await
+            .expect("timed out waiting for a frame")
+            .unwrap()
+    }
+
+    /// Sends a request and returns its response; pushes seen meanwhile are queued.
+    pub async fn request(&mut self, body: client_frame::Body) -> server_frame::Body {
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        self.ch
+            .send(&ClientFrame {
+                request_id: rid,
+                body: Some(body),
+            })
+            .await
+            .unwrap();
+        loop {
+            let f = self.recv().await.expect("connection closed");
+            if f.request_id == rid {
+                return f.body.unwrap();
+            }
+            assert_eq!(f.request_id, 0, "response to an unknown request");
+            self.pushes.push_back(f);
+        }
+    }
+
+    /// Sends without waiting (for Ack).
+    pub async fn fire(&mut self, body: client_frame::Body) {
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        self.ch
+            .send(&ClientFrame {
+                request_id: rid,
+                body: Some(body),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The next push matching `pred` (others are kept in order).
+    pub async fn push_where(
+        &mut self,
+        pred: impl Fn(&server_frame::Body) -> bool,
+    ) -> server_frame::Body {
+        if let Some(i) = self
+            .pushes
+            .iter()
+            .position(|f| f.body.as_ref().is_some_and(&pred))
+        {
+            return self.pushes.remove(i).unwrap().body.unwrap();
+        }
+        loop {
+            let f = self.recv().await.expect("connection closed");
+            let b = f.body.clone().unwrap();
+            if pred(&b) {
+                return b;
+            }
+            self.pushes.push_back(f);
+        }
+    }
+
+    pub async fn register(&mut self, handle: &str) -> server_frame::Body {
+        let body = self.device.register_frame(handle, "");
+        self.request(body).await
+    }
+
+    pub async fn login(&mut self) -> server_frame::Body {
+        self.request(client_frame::Body::Login(messages::Login {}))
+            .await
+    }
+
+    pub async fn send_msg(&mut self, to: &str, id: [u8; 16], body: &[u8]) -> server_frame::Body {
+        self.request(client_frame::Body::Send(messages::SendMessage {
+            message_id: Bytes::copy_from_slice(&id),
+            recipient: to.into(),
+            body: Bytes::copy_from_slice(body),
+        }))
+        .await
+    }
+
+    pub async fn ack(&mut self, seqs: Vec<u64>) {
+        self.fire(client_frame::Body::Ack(messages::Ack { seqs }))
+            .await;
+    }
+
+    pub async fn next_deliver(&mut self) -> messages::Deliver {
+        match self
+            .push_where(|b| matches!(b, server_frame::Body::Deliver(_)))
+            .await
+        {
+            server_frame::Body::Deliver(d) => d,
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn next_receipt(&mut self) -> messages::DeliveryReceipt {
+        match self
+            .push_where(|b| matches!(b, server_frame::Body::DeliveryReceipt(_)))
+            .await
+        {
+            server_frame::Body::DeliveryReceipt(d) => d,
+            _ => unreachable!(),
+        }
+    }
+}
+
+pub fn error_code(body: &server_frame::Body) -> ErrorCode {
+    match body {
+        server_frame::Body::Error(e) => ErrorCode::try_from(e.code).unwrap(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Registers `handle` on a fresh device and returns the logged-in client.
+pub async fn registered(server: &TestServer, handle: &str) -> Client {
+    let device = Device::new();
+    let mut c = Client::connect(server, &device).await;
+    let r = c.register(handle).await;
+    assert!(
+        matches!(r, server_frame::Body::Registered(_)),
+        "register {handle}: {r:?}"
+    );
+    c
+}

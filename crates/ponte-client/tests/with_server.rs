@@ -1,0 +1,316 @@
+//! The client library against a real `ponte-server` on 127.0.0.1 (in
+//! process): registration, offline send, sync, ticks, read receipts, key
+//! replenishment, a wrong server key, and key-change refusal.
+#![allow(clippy::unwrap_used)]
+
+use ponte_client::client::Event;
+use ponte_client::profile::KeySource;
+use ponte_client::{Client, ClientError, Status, Update};
+use std::path::Path;
+use std::time::Duration;
+use tokio_util_free::Stop;
+
+/// A tiny stop signal (a oneshot) so the test owns the server's lifetime.
+mod tokio_util_free {
+    pub struct Stop(pub Option<tokio::sync::oneshot::Sender<()>>);
+    impl Stop {
+        pub fn stop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+async fn start_server(data: &Path) -> (String, Stop, tokio::task::JoinHandle<()>) {
+    let mut cfg = ponte_server::ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
+    cfg.register_limit = ponte_server::RateLimit {
+        burst: 100,
+        per_hour: 1000,
+    };
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let address = server.address("127.0.0.1").to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (address, Stop(Some(tx)), task)
+}
+
+async fn register(dir: &Path, address: &str, handle: &str) -> Client {
+    Client::register(
+        dir,
+        KeySource::KeyFile,
+        || panic!("no passphrase"),
+        address,
+        handle,
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+async fn sync(client: &mut Client) -> Vec<Update> {
+    let mut events = Vec::new();
+    client.sync(&mut |e| events.push(e)).await.unwrap();
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Update(u) => Some(u),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn offline_send_sync_ticks_and_read_receipts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (address, mut stop, task) = start_server(&tmp.path().join("server")).await;
+    let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
+    let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
+
+    // Bob is offline (not connected); alice sends twice.
+    let first = alice.send("bob", "hello bob, first").await.unwrap();
+    assert_eq!(first.message.status, Status::Sent, "{:?}", first.note);
+    let second = alice.send("bob", "second one").await.unwrap();
+    assert_eq!(second.message.status, Status::Sent);
+
+    // Bob syncs: both texts, in order, once.
+    let updates = sync(&mut bob).await;
+    let texts: Vec<_> = updates
+        .iter()
+        .filter_map(|u| match u {
+            Update::Message(m) => Some(m.text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["hello bob, first", "second one"]);
+    assert!(
+        sync(&mut bob)
+            .await
+            .iter()
+            .all(|u| !matches!(u, Update::Message(_))),
+        "shown once"
+    );
+
+    // Alice syncs: delivered and (bob's sync displayed them) read.
+    let updates = sync(&mut alice).await;
+    let statuses: Vec<_> = updates
+        .iter()
+        .filter_map(|u| match u {
+            Update::Status(m) => Some((m.id, m.status)),
+            _ => None,
+        })
+        .collect();
+    for id in [first.message.id, second.message.id] {
+        let final_status = statuses
+            .iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, s)| *s)
+            .max();
+        assert_eq!(final_status, Some(Status::Read), "{statuses:?}");
+    }
+    // The history agrees.
+    let h = alice.history("bob").unwrap();
+    assert!(h.iter().all(|m| m.outgoing && m.status == Status::Read));
+
+    // A reply travels the other way on the established session.
+    bob.send("alice", "hi alice").await.unwrap();
+    let got = sync(&mut alice).await;
+    assert!(got
+        .iter()
+        .any(|u| matches!(u, Update::Message(m) if m.text == "hi alice")));
+
+    // Server down: send queues (not an error), then goes out later.
+    stop.stop();
+    task.await.unwrap();
+    let queued = alice.send("bob", "while the server is down").await.unwrap();
+    assert_eq!(queued.message.status, Status::Queued);
+    assert!(queued.note.unwrap().contains("queued"));
+    let err = bob.sync(&mut |_| {}).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unreachable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn restart_between_send_and_receive_and_wrong_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let (address, mut stop, task) = start_server(&data).await;
+    let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
+    let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
+    stop.stop();
+    task.await.unwrap();
+
+    // Written offline.
+    let out = alice.send("bob", "survives restarts").await.unwrap();
+    assert_eq!(out.message.status, Status::Queued);
+
+    // The server comes back on another port: reopen the profiles pointing
+    // at it is not possible (the address is pinned), so restart on the same
+    // port instead.
+    let port: u16 = address
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cfg = ponte_server::ServerConfig::new(&data, format!("127.0.0.1:{port}").parse().unwrap());
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let updates = sync(&mut alice).await;
+    assert!(updates
+        .iter()
+        .any(|u| matches!(u, Update::Status(m) if m.status == Status::Sent)));
+    let updates = sync(&mut bob).await;
+    assert!(updates
+        .iter()
+        .any(|u| matches!(u, Update::Message(m) if m.text == "survives restarts")));
+    let _ = tx.send(());
+    task.await.unwrap();
+
+    // A different server (new key) on the same port is refused.
+    let other = tmp.path().join("other-server");
+    let cfg = ponte_server::ServerConfig::new(&other, format!("127.0.0.1:{port}").parse().unwrap());
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let err = bob.sync(&mut |_| {}).await.unwrap_err();
+    assert!(matches!(err, ClientError::ServerKeyMismatch(_)), "{err}");
+    let _ = tx.send(());
+    task.await.unwrap();
+}
+
+/// A raw protocol client (not the library) that registers and claims keys,
+/// to drain another user's one-time keys quickly.
+async fn raw_claimer(
+    address: &str,
+    handle: &str,
+) -> ponte_transport::Channel<tokio::net::TcpStream> {
+    use ponte_wire::messages::{
+        client_frame, registration_signing_string, ClientFrame, DeviceKeys, Register, ServerFrame,
+    };
+    let addr: ponte_wire::address::ServerAddress = address.parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr.socket_addr_string())
+        .await
+        .unwrap();
+    let kp = ponte_transport::Keypair::generate();
+    let mut ch = ponte_transport::connect(
+        tcp,
+        &ponte_transport::ClientConfig::new(kp.clone(), addr.key),
+    )
+    .await
+    .unwrap();
+    let id = ponte_e2e::Identity::generate();
+    let p = id.public();
+    let sig = id.sign(
+        registration_signing_string(handle, &p.curve25519, &p.ed25519, &kp.public()).as_bytes(),
+    );
+    let body = client_frame::Body::Register(Register {
+        handle: handle.into(),
+        keys: Some(DeviceKeys {
+            curve25519: p.curve25519.to_vec().into(),
+            ed25519: p.ed25519.to_vec().into(),
+        }),
+        signature: sig.to_vec().into(),
+        invite: String::new(),
+    });
+    ch.send(&ClientFrame {
+        request_id: 1,
+        body: Some(body),
+    })
+    .await
+    .unwrap();
+    let resp: ServerFrame = ch.recv().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            resp.body,
+            Some(ponte_wire::messages::server_frame::Body::Registered(_))
+        ),
+        "{resp:?}"
+    );
+    ch
+}
+
+/// Claim one key of `handle`; returns whether it was the fallback key.
+async fn raw_claim(
+    ch: &mut ponte_transport::Channel<tokio::net::TcpStream>,
+    handle: &str,
+    request_id: u64,
+) -> bool {
+    use ponte_wire::messages::{client_frame, server_frame, ClaimKey, ClientFrame, ServerFrame};
+    let body = client_frame::Body::ClaimKey(ClaimKey {
+        handle: handle.into(),
+    });
+    ch.send(&ClientFrame {
+        request_id,
+        body: Some(body),
+    })
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        let frame: ServerFrame = ch.recv().await.unwrap().unwrap();
+        if frame.request_id == request_id {
+            match frame.body {
+                Some(server_frame::Body::ClaimedKey(k)) => return k.fallback,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    panic!("no answer to claim");
+}
+
+#[tokio::test]
+async fn one_time_keys_are_replenished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (address, mut stop, task) = start_server(&tmp.path().join("server")).await;
+    let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
+    // Someone claims 45 of bob's 50 one-time keys (below the mark of 10).
+    let mut claimer = raw_claimer(&address, "claimer").await;
+    for i in 0..45 {
+        assert!(
+            !raw_claim(&mut claimer, "bob", 10 + i).await,
+            "claim {i} got the fallback key"
+        );
+    }
+    // Bob connects: the server reports the low count, bob uploads more.
+    sync(&mut bob).await;
+    for i in 0..20 {
+        assert!(
+            !raw_claim(&mut claimer, "bob", 100 + i).await,
+            "after replenishing, claim {i} got the fallback"
+        );
+    }
+    // And a real sender still reaches bob.
+    let mut late = register(&tmp.path().join("late"), &address, "late").await;
+    late.send("bob", "late hello").await.unwrap();
+    let updates = sync(&mut bob).await;
+    assert!(updates
+        .iter()
+        .any(|u| matches!(u, Update::Message(m) if m.text == "late hello")));
+    stop.stop();
+    task.await.unwrap();
+}

@@ -10,6 +10,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod client;
 mod proxy;
 
 #[derive(Debug, Parser)]
@@ -23,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run a volunteer relay (drop-in for WhatsApp's proxy, front door of a Ponte server).
     Proxy(proxy::ProxyArgs),
+    /// Client commands: register, send, sync, listen, history, contacts, verify.
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 /// Log to stderr; `RUST_LOG` filters (default `info`). Client addresses are
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Proxy(args) => proxy::run(args),
+        Command::Client(cmd) => client::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -151,6 +151,15 @@ impl Client {
         }
     }
 
+    pub fn from_channel(ch: Channel<TcpStream>, device: &Device) -> Self {
+        Self {
+            ch,
+            device: device.clone(),
+            next_rid: 1,
+            pushes: VecDeque::new(),
+        }
+    }
+
     pub async fn recv(&mut self) -> Option<ServerFrame> {
         tokio::time::timeout(WAIT, self.ch.recv::<ServerFrame>())
             .await

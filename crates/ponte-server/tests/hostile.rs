@@ -1,0 +1,262 @@
+//! Bad input and load the server must survive: malformed and oversize
+//! frames, garbage, half handshakes, idle connections by the thousand, wrong
+//! server keys, PROXY headers. After each, other clients are still served.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use ponte_transport::{connect, ClientConfig, Keypair, Pattern, TransportError};
+use ponte_wire::messages::{self, client_frame, server_frame, CloseReason, ErrorCode};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until EOF or error; true if the server closed the connection.
+async fn closed_by_server(sock: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    for _ in 0..1000 {
+        match tokio::time::timeout(WAIT, sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+async fn expect_close(c: &mut Client, reason: CloseReason) {
+    let f = c.recv().await.expect("a Close frame before EOF");
+    match f.body {
+        Some(server_frame::Body::Close(cl)) => assert_eq!(cl.reason, reason as i32),
+        other => panic!("expected Close, got {other:?}"),
+    }
+    assert!(c.recv().await.is_none(), "EOF after Close");
+}
+
+async fn still_serves(server: &TestServer) {
+    let mut c = Client::connect(server, &Device::new()).await;
+    let r = c
+        .request(client_frame::Body::Ping(messages::Ping { nonce: 5 }))
+        .await;
+    assert!(matches!(r, server_frame::Body::Pong(p) if p.nonce == 5));
+}
+
+#[tokio::test]
+async fn malformed_and_oversize_frames_close_with_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    // Not protobuf at all.
+    let mut c = Client::connect(&server, &Device::new()).await;
+    c.ch.send_frame(&[0xff, 0xff, 0xff, 0xff, 0x0f])
+        .await
+        .unwrap();
+    expect_close(&mut c, CloseReason::MalformedFrame).await;
+    // Valid protobuf, no known body: an error, and the connection stays.
+    let mut c = Client::connect(&server, &Device::new()).await;
+    c.ch.send(&messages::ClientFrame {
+        request_id: 42,
+        body: None,
+    })
+    .await
+    .unwrap();
+    let f = c.recv().await.unwrap();
+    assert_eq!(f.request_id, 42);
+    assert_eq!(error_code(&f.body.unwrap()), ErrorCode::Unsupported);
+    // A frame over the server's cap (the client allows itself more).
+    let sock = TcpStream::connect(server.addr).await.unwrap();
+    let mut cfg = ClientConfig::new(Keypair::generate(), server.key);
+    cfg.max_frame_len = 1 << 20;
+    let mut ch = connect(sock, &cfg).await.unwrap();
+    ch.send_frame(&vec![0u8; 200_000]).await.unwrap();
+    let f: messages::ServerFrame = tokio::time::timeout(WAIT, ch.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        f.body,
+        Some(server_frame::Body::Close(c)) if c.reason == CloseReason::FrameTooLarge as i32
+    ));
+    still_serves(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_and_half_handshakes_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| {
+        c.handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let probes: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01],
+        vec![1, 2, 0, 96, 1, 2, 3, 4], // half an IK message
+        vec![1, 2, 0xff, 0xff],        // oversize handshake length
+        vec![1, 2, 0, 96].into_iter().chain([0x42; 96]).collect(), // undecryptable
+        b"PROXY TCP4 garbage\r\n".to_vec(),
+        vec![], // silent
+    ];
+    for p in &probes {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(p).await.unwrap();
+        assert!(closed_by_server(&mut s).await, "probe {p:?} not closed");
+    }
+    still_serves(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_sessions_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| {
+        c.unauthenticated_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut c = Client::connect(&server, &Device::new()).await;
+    expect_close(&mut c, CloseReason::UnauthenticatedTimeout).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn thousands_of_idle_connections_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    const IDLE: usize = 2000;
+    let server = TestServer::start_with_admin(
+        dir.path(),
+        |c| {
+            c.max_connections = IDLE + 2;
+            c.handshake_timeout = Duration::from_secs(120);
+        },
+        true,
+    )
+    .await;
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Registered users still talk while the idle ones sit there.
+    let mut bob = registered(&server, "bob").await;
+    let mut alice = registered(&server, "alice").await;
+    let r = alice.send_msg("bob", [1; 16], b"hi").await;
+    assert!(matches!(r, server_frame::Body::SendAck(_)));
+    let d = bob.next_deliver().await;
+    assert_eq!(&d.body[..], b"hi");
+    // Beyond the cap, connections are closed at once.
+    let mut refused = 0;
+    let mut extra = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await {
+            refused += 1;
+        }
+        extra.push(s);
+    }
+    assert!(
+        refused >= 18,
+        "only {refused} of 20 over-cap connections refused"
+    );
+    let metrics = http_get(server.admin.unwrap(), "/metrics").await;
+    assert!(metrics.contains("ponte_server_connections_closed_total{reason=\"overloaded\"}"));
+    drop(idle);
+    drop(extra);
+    still_serves(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_server_key_is_refused_by_the_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let expected = Keypair::generate().public();
+    for pattern in [Pattern::Ik, Pattern::Xx] {
+        let sock = TcpStream::connect(server.addr).await.unwrap();
+        let mut cfg = ClientConfig::new(Keypair::generate(), expected);
+        cfg.pattern = pattern;
+        match connect(sock, &cfg).await {
+            Err(TransportError::ServerKeyMismatch {
+                expected: e,
+                actual,
+            }) => {
+                assert_eq!(e, expected);
+                if pattern == Pattern::Xx {
+                    assert_eq!(actual, Some(server.key));
+                }
+            }
+            other => panic!("{pattern:?}: expected ServerKeyMismatch, got {other:?}"),
+        }
+    }
+    // XX with the right key works too.
+    let sock = TcpStream::connect(server.addr).await.unwrap();
+    let mut cfg = ClientConfig::new(Keypair::generate(), server.key);
+    cfg.pattern = Pattern::Xx;
+    assert!(connect(sock, &cfg).await.is_ok());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_header_before_noise_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    for header in [
+        b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 5222\r\n".to_vec(),
+        {
+            let mut v = Vec::new();
+            ponte_wire::proxy_header::encode_v2(
+                "[2001:db8::7]:40000".parse().unwrap(),
+                "[2001:db8::1]:5222".parse().unwrap(),
+                &mut v,
+            );
+            v
+        },
+    ] {
+        let mut sock = TcpStream::connect(server.addr).await.unwrap();
+        sock.write_all(&header).await.unwrap();
+        let dev = Device::new();
+        let ch = connect(sock, &ClientConfig::new(dev.noise.clone(), server.key))
+            .await
+            .unwrap();
+        let mut c = Client::from_channel(ch, &dev);
+        let r = c
+            .request(client_frame::Body::Ping(messages::Ping { nonce: 9 }))
+            .await;
+        assert!(matches!(r, server_frame::Body::Pong(_)));
+    }
+    server.stop().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn admin_serves_metrics_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with_admin(dir.path(), |_| {}, true).await;
+    let mut bob = registered(&server, "bob").await;
+    let mut alice = registered(&server, "alice").await;
+    alice.send_msg("bob", [3; 16], b"m").await;
+    let d = bob.next_deliver().await;
+    bob.ack(vec![d.seq]).await;
+    alice.next_receipt().await;
+    let admin = server.admin.unwrap();
+    let h = http_get(admin, "/healthz").await;
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    let m = http_get(admin, "/metrics").await;
+    assert!(m.contains("ponte_server_messages_accepted_total 1"), "{m}");
+    assert!(m.contains("ponte_server_messages_acked_total 1"), "{m}");
+    assert!(m.contains("ponte_server_registrations_total 2"), "{m}");
+    assert!(m.contains("ponte_server_online_devices 2"), "{m}");
+    server.stop().await;
+}

@@ -412,3 +412,71 @@ fn merge(into: &mut ClientReport, from: ClientReport) {
 fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::upstream::{accept_loop, bind};
+
+    /// An in-process upstream: plain (no header) and TLS listeners.
+    async fn upstream() -> (SocketAddr, SocketAddr) {
+        let plain = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let tls = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addrs = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
+        let cert = crate::tls::SelfSigned::generate().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(cert.cert_der, cert.key_der).unwrap(),
+        );
+        tokio::spawn(accept_loop(plain, false, None));
+        tokio::spawn(accept_loop(tls, false, Some(acceptor)));
+        addrs
+    }
+
+    // These check that each generator completes and counts what the upstream
+    // confirmed; they assert nothing about speed.
+    #[tokio::test]
+    async fn throughput_counts_confirmed_bytes_plain_and_tls() {
+        let (plain, tls) = upstream().await;
+        for (addr, is_tls) in [(plain, false), (tls, true)] {
+            let conn = Arc::new(Connector::new(addr, is_tls).unwrap());
+            let r = throughput(conn, 2, Duration::from_millis(50))
+                .await
+                .unwrap();
+            assert_eq!((r.ok, r.errors), (2, 0), "{r:?}");
+            // At least one chunk per connection was written and confirmed.
+            assert!(r.bytes >= 2 * CHUNK as u64, "{r:?}");
+            assert_eq!(r.tls_suite.is_some(), is_tls);
+        }
+    }
+
+    #[tokio::test]
+    async fn connrate_and_latency_complete_operations() {
+        let (plain, tls) = upstream().await;
+        for (addr, is_tls) in [(plain, false), (tls, true)] {
+            let conn = Arc::new(Connector::new(addr, is_tls).unwrap());
+            let r = connrate(conn.clone(), 2, Duration::from_millis(50))
+                .await
+                .unwrap();
+            assert!(r.ok >= 2 && r.errors == 0, "{r:?}");
+            assert_eq!(r.latency.count, r.ok);
+            let r = latency(conn, 3, Duration::from_millis(50), 64)
+                .await
+                .unwrap();
+            assert!(r.ops >= 3 && r.errors == 0, "{r:?}");
+            assert!(r.latency.p50_us <= r.latency.p99_us);
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_target_is_reported_not_panicked() {
+        let addr = bind("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .local_addr()
+            .unwrap(); // listener dropped: nothing listens there any more
+        let conn = Arc::new(Connector::new(addr, false).unwrap());
+        assert!(throughput(conn, 1, Duration::from_millis(10))
+            .await
+            .is_err());
+    }
+}

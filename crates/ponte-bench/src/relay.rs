@@ -57,6 +57,9 @@ pub struct RelayArgs {
     /// Also measure idle memory over TLS.
     #[arg(long)]
     pub idle_tls: bool,
+    /// Repeat the timed tests this many times (interleaved) and report medians.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// Runs the whole comparison.
@@ -70,6 +73,7 @@ pub fn run(args: RelayArgs) -> Result<()> {
 
 struct Plan {
     duration: Duration,
+    rounds: usize,
     idle: Vec<usize>,
     kinds: Vec<Kind>,
 }
@@ -110,8 +114,12 @@ fn plan(args: &RelayArgs) -> Result<Plan> {
             );
         }
     }
+    if !(1..=20).contains(&args.rounds) {
+        bail!("--rounds must be between 1 and 20");
+    }
     Ok(Plan {
         duration: Duration::from_secs_f64(secs),
+        rounds: args.rounds,
         idle,
         kinds,
     })
@@ -175,13 +183,32 @@ async fn run_async(args: RelayArgs) -> Result<()> {
         upstream,
     };
     let mut results = Results::new(plan.kinds.clone(), plan.idle.clone(), args.idle_tls);
+    let load_before = loadavg();
+    let machine0 = systems::machine_ticks();
+    let own0 = systems::own_and_children_ticks();
     let outcome = measure(&plan, &env, &exe, &mut results).await;
     upstream_proc
         .close_stdin_and_wait(Duration::from_secs(5))
         .await?;
     outcome?;
+    // Every child has been waited for now, so its CPU time is in cutime/cstime.
+    let machine1 = systems::machine_ticks();
+    let own1 = systems::own_and_children_ticks();
+    let background = match (machine0, machine1, own0, own1) {
+        (Some((b0, t0)), Some((b1, t1)), Some(o0), Some(o1)) if t1 > t0 => {
+            let others = (b1 - b0).saturating_sub(o1.saturating_sub(o0));
+            format!(
+                "{:.0}% of the machine's CPU time during the run was not accounted to the \
+                 benchmark's processes (other programs, plus kernel interrupt work); \
+                 load average {load_before} before, {} after",
+                100.0 * others as f64 / (t1 - t0) as f64,
+                loadavg()
+            )
+        }
+        _ => "unknown".to_owned(),
+    };
 
-    let header = machine_header(&args, &plan, &env).await;
+    let header = machine_header(&args, &plan, &env, &background).await;
     let table = results.render();
     let doc = format!("{header}\n{table}");
     println!("{doc}");
@@ -198,7 +225,14 @@ async fn measure(plan: &Plan, env: &Env, exe: &PathBuf, results: &mut Results) -
     for &k in &plan.kinds {
         running.push(systems::start(k, env, "main").await?);
     }
-    let phase1 = timed_tests(plan, exe, &mut running, results).await;
+    let mut phase1 = Ok(());
+    for round in 1..=plan.rounds {
+        eprintln!("ponte-bench: timed tests, round {round} of {}", plan.rounds);
+        phase1 = timed_tests(plan, exe, &mut running, results).await;
+        if phase1.is_err() {
+            break;
+        }
+    }
     for r in running {
         r.stop().await?;
     }
@@ -478,7 +512,14 @@ async fn idle_memory(
     Ok((per, note))
 }
 
-async fn machine_header(args: &RelayArgs, plan: &Plan, env: &Env) -> String {
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+async fn machine_header(args: &RelayArgs, plan: &Plan, env: &Env, background: &str) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -505,10 +546,12 @@ async fn machine_header(args: &RelayArgs, plan: &Plan, env: &Env) -> String {
          - machine: {nproc} CPUs ({model}), Linux {kernel}, open-file limit {}\n\
          - haproxy: {haproxy}\n\
          - ponte: {ponte}\n\
-         - timed tests: {:.1} s each; idle counts: {:?}\n",
+         - timed tests: {:.1} s each, {} round(s) (median shown); idle counts: {:?}\n\
+         - background: {background}\n",
         argv.join(" "),
         nofile_limit().map_or_else(|| "?".to_owned(), |n| n.to_string()),
         plan.duration.as_secs_f64(),
+        plan.rounds,
         plan.idle,
     )
 }

@@ -125,7 +125,7 @@ pub struct Results {
     idle: Vec<usize>,
     /// Whether idle memory was also measured over TLS.
     pub idle_tls: bool,
-    values: BTreeMap<(Kind, Metric), f64>,
+    values: BTreeMap<(Kind, Metric), Vec<f64>>,
     notes: Vec<(Kind, Metric, String)>,
     suites: BTreeMap<Kind, String>,
 }
@@ -144,9 +144,9 @@ impl Results {
         }
     }
 
-    /// Records a figure.
+    /// Records a figure (one sample; with several rounds the median is shown).
     pub fn set(&mut self, kind: Kind, metric: Metric, value: f64) {
-        self.values.insert((kind, metric), value);
+        self.values.entry((kind, metric)).or_default().push(value);
     }
 
     /// Attaches a note (errors, failures) to a figure.
@@ -160,7 +160,7 @@ impl Results {
     }
 
     fn get(&self, kind: Kind, metric: Metric) -> Option<f64> {
-        self.values.get(&(kind, metric)).copied()
+        self.values.get(&(kind, metric)).and_then(|v| median(v))
     }
 
     fn rows(&self) -> Vec<Metric> {
@@ -294,6 +294,22 @@ impl Results {
     }
 }
 
+/// Median of the samples (mean of the middle two for an even count).
+#[must_use]
+pub fn median(samples: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
 fn verdict(v: Option<bool>) -> String {
     match v {
         Some(true) => "pass".to_owned(),
@@ -305,6 +321,15 @@ fn verdict(v: Option<bool>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_rounds() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 2.0]), Some(2.0));
+    }
 
     #[test]
     fn render_computes_ratios_and_verdicts() {

@@ -240,6 +240,35 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
         .context("malformed /proc/PID/stat")
 }
 
+/// CPU ticks of this process plus all the children it has waited for
+/// (utime + stime + cutime + cstime).
+pub fn own_and_children_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    (11..=14).map(|i| fields.get(i)?.parse::<u64>().ok()).sum()
+}
+
+/// Machine-wide (busy, total) CPU ticks from `/proc/stat`.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_ticks(stat.lines().next()?)
+}
+
+fn parse_machine_ticks(line: &str) -> Option<(u64, u64)> {
+    let mut it = line.split_whitespace();
+    if it.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = it.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if v.len() < 8 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    Some((busy, busy + v[3] + v[4]))
+}
+
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     // The command name may contain spaces or parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -409,6 +438,13 @@ mod tests {
         assert_eq!(parse_vmrss("Name: x\n"), None);
         let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 2 0";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(
+            parse_machine_ticks("cpu  10 1 5 100 4 1 2 3 0 0"),
+            Some((22, 126))
+        );
+        assert_eq!(parse_machine_ticks("cpu0 1 2"), None);
+        assert!(machine_ticks().is_some());
+        assert!(own_and_children_ticks().is_some());
         // Our own process has a readable RSS and CPU time.
         let me = std::process::id();
         assert!(rss_bytes(me).unwrap() > 0);

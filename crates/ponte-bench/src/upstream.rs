@@ -96,7 +96,7 @@ pub fn run(args: UpstreamArgs) -> Result<()> {
     })
 }
 
-async fn accept_loop(listener: TcpListener, want_proxy: bool, tls: Option<TlsAcceptor>) {
+pub(crate) async fn accept_loop(listener: TcpListener, want_proxy: bool, tls: Option<TlsAcceptor>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

@@ -756,6 +756,9 @@ impl Client {
                 conn.notify(client_frame::Body::Ack(Ack { seqs: vec![seq] }))
                     .await?;
             }
+            // Report as each push lands, so a "delivered" followed by a
+            // "read" in the same batch is still seen.
+            self.report_updates(events)?;
         }
         Ok(handled)
     }

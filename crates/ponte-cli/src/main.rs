@@ -1,6 +1,7 @@
 //! The `ponte` binary: one executable, a subcommand per role.
 //!
 //! - `ponte proxy …`  — run a volunteer relay (see `proxy.rs`, over `ponte-proxy`).
+//! - `ponte server …` — run the messaging service (see `server.rs`, over `ponte-server`).
 //!
 //! Each role lives in its own module here and stays thin over its library
 //! crate: argument parsing, terminal output and exit codes only.
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 
 mod client;
 mod proxy;
+mod server;
 
 #[derive(Debug, Parser)]
 #[command(name = "ponte", version, about = "Ponte: messaging that gets through.")]
@@ -24,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run a volunteer relay (drop-in for WhatsApp's proxy, front door of a Ponte server).
     Proxy(proxy::ProxyArgs),
+    /// Run the messaging service (`ponte server --data DIR`), or print its address / an invite.
+    Server(server::ServerArgs),
     /// Client commands: register, send, sync, listen, history, contacts, verify.
     #[command(flatten)]
     Client(client::ClientCommand),
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Proxy(args) => proxy::run(args),
+        Command::Server(args) => server::run(args),
         Command::Client(cmd) => client::run(cmd),
     };
     match result {

@@ -374,7 +374,25 @@ const READERS: usize = 4;
 /// Rows handled by one expiry sweep.
 const EXPIRE_BATCH: i64 = 2000;
 
+/// Creates the database file with mode 0600 if it does not exist yet
+/// (SQLite gives its WAL and shared-memory files the same mode).
+fn ensure_private_file(path: &Path) {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    // Already there (the usual case) or not creatable: SQLite reports the
+    // real problem when it opens the file.
+    let _ = opts.open(path);
+}
+
 fn open_conn(path: &Path, read_only: bool) -> Result<Connection, rusqlite::Error> {
+    if !read_only {
+        ensure_private_file(path);
+    }
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {

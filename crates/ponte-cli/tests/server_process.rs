@@ -1,0 +1,222 @@
+//! The real `ponte server` process: it prints its address, `address` and
+//! `invite` work, and a message acknowledged to the sender survives SIGKILL
+//! of the server and is delivered after restart.
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use ed25519_dalek::{Signer as _, SigningKey};
+use ponte_transport::{connect, Channel, ClientConfig, Keypair};
+use ponte_wire::address::ServerAddress;
+use ponte_wire::messages::{
+    self, client_frame, server_frame, ClientFrame, DeviceKeys, ServerFrame,
+};
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct ServerProcess {
+    child: Child,
+    address: ServerAddress,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path) -> ServerProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address: ServerAddress = line.trim().parse().expect("server prints its address");
+    ServerProcess { child, address }
+}
+
+struct Device {
+    noise: Keypair,
+    signing: SigningKey,
+}
+
+impl Device {
+    fn new() -> Self {
+        Self {
+            noise: Keypair::generate(),
+            signing: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
+    }
+}
+
+async fn open(addr: &ServerAddress, dev: &Device) -> Channel<TcpStream> {
+    let sock = TcpStream::connect(addr.socket_addr_string()).await.unwrap();
+    connect(sock, &ClientConfig::new(dev.noise.clone(), addr.key))
+        .await
+        .unwrap()
+}
+
+async fn call(
+    ch: &mut Channel<TcpStream>,
+    rid: u64,
+    body: client_frame::Body,
+) -> server_frame::Body {
+    ch.send(&ClientFrame {
+        request_id: rid,
+        body: Some(body),
+    })
+    .await
+    .unwrap();
+    loop {
+        let f: ServerFrame = tokio::time::timeout(WAIT, ch.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("connection closed");
+        if f.request_id == rid {
+            return f.body.unwrap();
+        }
+    }
+}
+
+async fn register(addr: &ServerAddress, dev: &Device, handle: &str) -> Channel<TcpStream> {
+    let mut ch = open(addr, dev).await;
+    let curve = [7u8; 32];
+    let ed = dev.signing.verifying_key().to_bytes();
+    let s = messages::registration_signing_string(handle, &curve, &ed, &dev.noise.public());
+    let body = client_frame::Body::Register(messages::Register {
+        handle: handle.into(),
+        keys: Some(DeviceKeys {
+            curve25519: Bytes::copy_from_slice(&curve),
+            ed25519: Bytes::copy_from_slice(&ed),
+        }),
+        signature: Bytes::copy_from_slice(&dev.signing.sign(s.as_bytes()).to_bytes()),
+        invite: String::new(),
+    });
+    let r = call(&mut ch, 1, body).await;
+    assert!(matches!(r, server_frame::Body::Registered(_)), "{r:?}");
+    ch
+}
+
+#[tokio::test]
+async fn acked_messages_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(&data);
+    let addr = server.address.clone();
+    assert_eq!(addr.host, "127.0.0.1");
+
+    let bob = Device::new();
+    drop(register(&addr, &bob, "bob").await);
+    let alice = Device::new();
+    let mut ach = register(&addr, &alice, "alice").await;
+    const N: u8 = 50;
+    for i in 0..N {
+        let r = call(
+            &mut ach,
+            100 + u64::from(i),
+            client_frame::Body::Send(messages::SendMessage {
+                message_id: Bytes::copy_from_slice(&[i; 16]),
+                recipient: "bob".into(),
+                body: Bytes::copy_from_slice(&[i; 40]),
+            }),
+        )
+        .await;
+        assert!(matches!(r, server_frame::Body::SendAck(_)), "{r:?}");
+    }
+    // SIGKILL right after the last ack: no chance to flush anything.
+    drop(server);
+    drop(ach);
+
+    let server = start(&data);
+    assert_eq!(server.address.key, addr.key, "same key after restart");
+    let mut bch = open(&server.address, &bob).await;
+    let r = call(&mut bch, 1, client_frame::Body::Login(messages::Login {})).await;
+    assert!(
+        matches!(&r, server_frame::Body::LoggedIn(l) if l.pending == u32::from(N)),
+        "{r:?}"
+    );
+    let mut got = Vec::new();
+    while got.len() < usize::from(N) {
+        let f: ServerFrame = tokio::time::timeout(WAIT, bch.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("connection closed");
+        if let Some(server_frame::Body::Deliver(d)) = f.body {
+            assert_eq!(d.sender, "alice");
+            got.push(d.body[0]);
+        }
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+}
+
+#[test]
+fn address_and_invite_subcommands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // No key yet: a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args(["server", "address", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("start the server once"));
+    // invite creates the data directory and key if needed.
+    let out = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args(["server", "invite", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.trim().len(), 22, "{token:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args([
+            "server",
+            "address",
+            "--host",
+            "chat.example.org",
+            "--port",
+            "443",
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let addr: ServerAddress = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(addr.host, "chat.example.org");
+    assert_eq!(addr.port, 443);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(data.join("server.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = std::fs::metadata(data.join("ponte.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

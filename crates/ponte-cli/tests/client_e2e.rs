@@ -1,0 +1,526 @@
+//! End-to-end tests with real processes: `ponte server` and the `ponte`
+//! client commands on two profiles in temp dirs, talking through a small
+//! recording TCP forwarder so the test can check what crossed the wire.
+//!
+//! Every wait is bounded; nothing leaves 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
+const WAIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- forwarder
+
+/// Accepts on 127.0.0.1 and relays each connection to the current target,
+/// recording every byte in both directions.
+struct Forwarder {
+    addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+    log: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Forwarder {
+    fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(Mutex::new(target));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, l, s) = (target.clone(), log.clone(), stop.clone());
+        thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let to = *t.lock().unwrap();
+                        let Ok(server) = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                        else {
+                            continue; // server down: the client sees a closed connection
+                        };
+                        for (mut from, mut into) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            let log = l.clone();
+                            thread::spawn(move || {
+                                let mut buf = [0u8; 16 * 1024];
+                                loop {
+                                    match from.read(&mut buf) {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => {
+                                            log.lock().unwrap().extend_from_slice(&buf[..n]);
+                                            if into.write_all(&buf[..n]).is_err() {
+                                                break;
+                                            }
+                                        }
+                                    }
+                                }
+                                let _ = into.shutdown(std::net::Shutdown::Write);
+                            });
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self {
+            addr,
+            target,
+            log,
+            stop,
+        }
+    }
+
+    fn retarget(&self, to: SocketAddr) {
+        *self.target.lock().unwrap() = to;
+    }
+
+    fn captured(&self) -> Vec<u8> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------- processes
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    key: String,
+}
+
+impl Server {
+    /// `ponte server` on a fresh port; waits for the address line.
+    fn start(data: &Path) -> Self {
+        let mut child = Command::new(PONTE)
+            .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("ponte://") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx.recv_timeout(WAIT).expect("server printed its address");
+        let rest = line.strip_prefix("ponte://").unwrap();
+        let (hostport, key) = rest.split_once('#').unwrap();
+        Self {
+            child,
+            addr: hostport.parse().unwrap(),
+            key: key.to_owned(),
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a client command with a deadline; no passphrase unless given.
+fn ponte(profile: &Path, args: &[&str], passphrase: Option<&str>) -> Output {
+    let mut cmd = Command::new(PONTE);
+    cmd.args(args)
+        .arg("--profile")
+        .arg(profile)
+        .env_remove("PONTE_PASSPHRASE")
+        .env_remove("PONTE_PROFILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = passphrase {
+        cmd.env("PONTE_PASSPHRASE", p);
+    }
+    let child = cmd.spawn().unwrap();
+    wait_output(child, WAIT)
+}
+
+fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("command did not finish within {limit:?}");
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn assert_nowhere_on_disk(dirs: &[&Path], secrets: &[&str]) {
+    let mut files = Vec::new();
+    for d in dirs {
+        files_under(d, &mut files);
+    }
+    assert!(
+        files.iter().any(|f| f.to_string_lossy().ends_with("-wal")),
+        "WAL files are checked too"
+    );
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        for s in secrets {
+            assert!(
+                !contains(&bytes, s.as_bytes()),
+                "{s:?} found in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+fn register(profile: &Path, address: &str, name: &str, passphrase: Option<&str>) {
+    let out = ponte(
+        profile,
+        &["register", "--server", address, name, "--json"],
+        passphrase,
+    );
+    let v = &json_lines(&ok(&out))[0];
+    assert_eq!(v["handle"], name);
+}
+
+fn messages_with_text<'a>(
+    lines: &'a [serde_json::Value],
+    text: &str,
+) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|v| v["text"] == text).collect()
+}
+
+// ---------------------------------------------------------------- tests
+
+const T1: &str = "rendezvous at the old mill 4a9c";
+const T2: &str = "bring the blue folder 77e1";
+const T3: &str = "understood, see you there b03d";
+
+#[test]
+fn client_offline_send_survives_sigkill_exactly_once_ticks_no_plaintext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    let server = Server::start(&data);
+    let fwd = Forwarder::start(server.addr);
+    let address = format!("ponte://127.0.0.1:{}#{}", fwd.addr.port(), server.key);
+
+    register(&alice, &address, "alice", None);
+    register(&bob, &address, "bob", Some("bob's long passphrase"));
+    assert!(alice.join("profile.key").exists());
+    assert!(!bob.join("profile.key").exists());
+    // Bob's profile does not open without its passphrase.
+    let out = ponte(&bob, &["contacts"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("passphrase"));
+
+    // Bob is offline; alice sends: durable on the server (one tick).
+    let v = json_lines(&ok(&ponte(&alice, &["send", "bob", T1, "--json"], None)));
+    assert_eq!(v[0]["status"], "sent");
+    assert_eq!(
+        (v[0]["from"].as_str(), v[0]["to"].as_str()),
+        (Some("alice"), Some("bob"))
+    );
+    let t1_id = v[0]["id"].as_str().unwrap().to_owned();
+
+    // The server dies hard; alice writes while it is down: queued, exit 0.
+    server.kill();
+    let out = ponte(
+        &alice,
+        &["send", "bob", T2, "--json", "--connect-timeout", "2"],
+        None,
+    );
+    let v = json_lines(&ok(&out));
+    assert_eq!(v[0]["status"], "queued");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queued"));
+
+    // Back up (same data, new port behind the same forwarder address).
+    let server = Server::start(&data);
+    fwd.retarget(server.addr);
+    let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"], None)));
+    assert!(
+        v.iter().any(|m| m["text"] == T2 && m["status"] == "sent"),
+        "{v:?}"
+    );
+
+    // SIGKILL again between send and receive.
+    server.kill();
+    let server = Server::start(&data);
+    fwd.retarget(server.addr);
+
+    // Bob syncs: each text exactly once.
+    let v = json_lines(&ok(&ponte(
+        &bob,
+        &["sync", "--json"],
+        Some("bob's long passphrase"),
+    )));
+    assert_eq!(messages_with_text(&v, T1).len(), 1, "{v:?}");
+    assert_eq!(messages_with_text(&v, T2).len(), 1, "{v:?}");
+    let m1 = messages_with_text(&v, T1)[0];
+    assert_eq!(
+        (m1["from"].as_str(), m1["to"].as_str()),
+        (Some("alice"), Some("bob"))
+    );
+    assert_eq!(m1["id"].as_str(), Some(t1_id.as_str()));
+    assert_eq!(m1["status"], "received");
+    // Nothing new the second time.
+    let v = json_lines(&ok(&ponte(
+        &bob,
+        &["sync", "--json"],
+        Some("bob's long passphrase"),
+    )));
+    assert!(v.iter().all(|m| m["from"] != "alice"), "shown twice: {v:?}");
+
+    // Alice sees delivered, then read (bob's sync displayed them).
+    let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"], None)));
+    for text in [T1, T2] {
+        let statuses: Vec<_> = messages_with_text(&v, text)
+            .iter()
+            .map(|m| m["status"].clone())
+            .collect();
+        assert_eq!(statuses, ["delivered", "read"], "{text}: {v:?}");
+    }
+    let h = json_lines(&ok(&ponte(&alice, &["history", "bob", "--json"], None)));
+    assert_eq!(h.len(), 2);
+    assert!(h.iter().all(|m| m["status"] == "read"));
+
+    // A reply, read by alice through `history` (offline display), whose
+    // read receipt goes out with alice's next sync.
+    ok(&ponte(
+        &bob,
+        &["send", "alice", T3],
+        Some("bob's long passphrase"),
+    ));
+    let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"], None)));
+    assert_eq!(messages_with_text(&v, T3).len(), 1);
+    let v = json_lines(&ok(&ponte(
+        &bob,
+        &["sync", "--json"],
+        Some("bob's long passphrase"),
+    )));
+    assert_eq!(
+        messages_with_text(&v, T3).last().unwrap()["status"],
+        "read",
+        "{v:?}"
+    );
+    let text = ok(&ponte(
+        &bob,
+        &["history", "alice"],
+        Some("bob's long passphrase"),
+    ));
+    assert!(text.contains(T1) && text.contains(T3), "{text}");
+
+    // The plaintext is nowhere: not on the wire, not in any file (server
+    // data, both profiles, WAL included).
+    let wire = fwd.captured();
+    assert!(wire.len() > 1000, "the forwarder saw the traffic");
+    for t in [T1, T2, T3] {
+        assert!(!contains(&wire, t.as_bytes()), "{t:?} on the wire");
+    }
+    assert_nowhere_on_disk(&[&data, &alice, &bob], &[T1, T2, T3]);
+    drop(server);
+    assert_nowhere_on_disk(&[&data, &alice, &bob], &[T1, T2, T3]);
+}
+
+#[test]
+fn client_refuses_a_server_with_another_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let fwd = Forwarder::start(server.addr);
+    let address = format!("ponte://127.0.0.1:{}#{}", fwd.addr.port(), server.key);
+    let alice = tmp.path().join("alice");
+    register(&alice, &address, "alice", None);
+    ok(&ponte(&alice, &["sync"], None));
+
+    // Another server (another key) now answers at the same address.
+    let impostor = Server::start(&tmp.path().join("impostor"));
+    assert_ne!(impostor.key, server.key);
+    fwd.retarget(impostor.addr);
+    for args in [&["sync"][..], &["send", "bob", "hello"][..]] {
+        let out = ponte(&alice, args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("does not hold the key"), "{args:?}: {err}");
+    }
+    // Registering against the impostor with the real key fails the same way.
+    let out = ponte(
+        &tmp.path().join("carol"),
+        &["register", "--server", &address, "carol"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not hold the key"));
+}
+
+#[test]
+fn client_verify_contacts_and_listen_reconnects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start(&data);
+    let fwd = Forwarder::start(server.addr);
+    let address = format!("ponte://127.0.0.1:{}#{}", fwd.addr.port(), server.key);
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    register(&alice, &address, "alice", None);
+    register(&bob, &address, "bob", None);
+
+    // Safety numbers: 60 digits, the same on both sides.
+    let a = json_lines(&ok(&ponte(&alice, &["verify", "bob", "--json"], None)))[0].clone();
+    let b = json_lines(&ok(&ponte(&bob, &["verify", "alice", "--json"], None)))[0].clone();
+    let digits = a["safety_number"].as_str().unwrap();
+    assert_eq!(digits.len(), 60);
+    assert!(digits.chars().all(|c| c.is_ascii_digit()));
+    assert_eq!(a["safety_number"], b["safety_number"]);
+    assert_eq!(a["verified"], false);
+    let text = ok(&ponte(&alice, &["verify", "bob"], None));
+    assert!(
+        text.contains(&digits[..5]) && (text.contains('▀') || text.contains('▄')),
+        "{text}"
+    );
+    ok(&ponte(&alice, &["verify", "bob", "--confirm"], None));
+    let c = json_lines(&ok(&ponte(&alice, &["contacts", "--json"], None)));
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0]["handle"].as_str(), c[0]["verified"].as_bool()),
+        (Some("bob"), Some(true))
+    );
+
+    // Bob listens; alice's message shows up; the server dies (SIGKILL) and
+    // comes back; listen reconnects on its own and shows the next one.
+    let mut listen = Command::new(PONTE)
+        .args(["listen", "--json", "--profile"])
+        .arg(&bob)
+        .env_remove("PONTE_PASSPHRASE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = listen.stdout.take().unwrap();
+    let tx2 = tx.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(format!("out:{line}"));
+        }
+    });
+    let stderr = listen.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx2.send(format!("err:{line}"));
+        }
+    });
+    let wait_for = |what: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if what(&line) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("listen did not print the expected line in time");
+    };
+    wait_for(&|l| l.starts_with("err:") && l.contains("connected to"));
+    ok(&ponte(
+        &alice,
+        &["send", "bob", "first while listening"],
+        None,
+    ));
+    let line = wait_for(&|l| l.contains("first while listening"));
+    let v: serde_json::Value = serde_json::from_str(line.strip_prefix("out:").unwrap()).unwrap();
+    assert_eq!(v["from"], "alice");
+
+    server.kill();
+    wait_for(&|l| l.starts_with("err:") && l.contains("reconnecting"));
+    let server = Server::start(&data);
+    fwd.retarget(server.addr);
+    wait_for(&|l| l.starts_with("err:") && l.contains("connected to"));
+    ok(&ponte(
+        &alice,
+        &["send", "bob", "second after restart"],
+        None,
+    ));
+    wait_for(&|l| l.contains("second after restart"));
+
+    // Alice sees both read (listen displayed them and sends the receipts
+    // within its next loop turn): poll a bounded number of times.
+    let mut h = Vec::new();
+    for _ in 0..40 {
+        ok(&ponte(&alice, &["sync"], None));
+        h = json_lines(&ok(&ponte(&alice, &["history", "bob", "--json"], None)));
+        if h.len() == 2 && h.iter().all(|m| m["status"] == "read") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        h.len() == 2 && h.iter().all(|m| m["status"] == "read"),
+        "{h:?}"
+    );
+    listen.kill().unwrap();
+    listen.wait().unwrap();
+    drop(server);
+}

@@ -446,7 +446,29 @@ impl Client {
     ) -> Result<()> {
         let mut held = BTreeSet::new();
         let mut failed_peers = BTreeSet::new();
-        for item in self.store().outbox()? {
+        let outbox = self.store().outbox()?;
+        // Before encrypting to a known contact over an existing session,
+        // ask the directory whether their identity is still the one we
+        // trust (once per contact and flush): a changed key must stop us
+        // even when no new session is needed.
+        let to_encrypt: BTreeSet<String> = outbox
+            .iter()
+            .filter(|i| i.ciphertext.is_none())
+            .map(|i| i.peer.clone())
+            .collect();
+        for peer in to_encrypt {
+            if self.store().contact(&peer)?.is_none() {
+                continue; // first contact: the claim below records it
+            }
+            match self.lookup_identity(conn, &peer).await {
+                Ok(identity) => {
+                    self.store().observe_identity(&peer, &identity)?;
+                }
+                Err(ClientError::Server { .. }) => {} // handled per item below
+                Err(e) => return Err(e),
+            }
+        }
+        for item in outbox {
             if held.contains(&item.peer) || failed_peers.contains(&item.peer) {
                 continue;
             }

@@ -314,3 +314,148 @@ async fn one_time_keys_are_replenished() {
     stop.stop();
     task.await.unwrap();
 }
+
+/// Start a server on a given port (after a restart: the address is pinned).
+async fn start_server_on(data: &Path, port: u16) -> (Stop, tokio::task::JoinHandle<()>) {
+    let mut cfg =
+        ponte_server::ServerConfig::new(data, format!("127.0.0.1:{port}").parse().unwrap());
+    cfg.register_limit = ponte_server::RateLimit {
+        burst: 100,
+        per_hour: 1000,
+    };
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (Stop(Some(tx)), task)
+}
+
+#[tokio::test]
+async fn identity_key_change_is_flagged_and_blocks_sending_until_confirmed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let (address, mut stop, task) = start_server(&data).await;
+    let port: u16 = address
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
+    let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
+    alice.send("bob", "before the change").await.unwrap();
+    assert!(sync(&mut bob)
+        .await
+        .iter()
+        .any(|u| matches!(u, Update::Message(m) if m.text == "before the change")));
+    sync(&mut alice).await;
+    let trusted = alice.contacts().unwrap()[0].identity;
+    // A new device for "bob" (registered as "bob" on a second server, so
+    // its registration signature is genuine for that handle).
+    let newbob_dir = tmp.path().join("newbob");
+    let data2 = tmp.path().join("server2");
+    let (address2, mut stop2, task2) = start_server(&data2).await;
+    drop(register(&newbob_dir, &address2, "bob").await);
+    stop2.stop();
+    task2.await.unwrap();
+    stop.stop();
+    task.await.unwrap();
+
+    // The server (its operator, or whoever controls it) now hands out the
+    // new device's keys for "bob".
+    let db = rusqlite::Connection::open(data.join("ponte.db")).unwrap();
+    db.execute(
+        "ATTACH DATABASE ?1 AS other",
+        [data2.join("ponte.db").to_str().unwrap()],
+    )
+    .unwrap();
+    db.execute_batch(
+        "DELETE FROM main.one_time_keys WHERE account = (SELECT id FROM main.accounts WHERE handle = 'bob');
+         DELETE FROM main.fallback_keys WHERE account = (SELECT id FROM main.accounts WHERE handle = 'bob');
+         DELETE FROM main.accounts WHERE handle = 'bob';
+         INSERT INTO main.accounts(handle, noise_key, curve25519, ed25519, signature, created_at)
+             SELECT handle, noise_key, curve25519, ed25519, signature, created_at
+             FROM other.accounts WHERE handle = 'bob';
+         INSERT INTO main.one_time_keys(account, key_id, public_key, signature)
+             SELECT (SELECT id FROM main.accounts WHERE handle = 'bob'), key_id, public_key, signature
+             FROM other.one_time_keys WHERE account = (SELECT id FROM other.accounts WHERE handle = 'bob');
+         INSERT INTO main.fallback_keys(account, key_id, public_key, signature)
+             SELECT (SELECT id FROM main.accounts WHERE handle = 'bob'), key_id, public_key, signature
+             FROM other.fallback_keys WHERE account = (SELECT id FROM other.accounts WHERE handle = 'bob');",
+    )
+    .unwrap();
+    drop(db);
+    // The new device talks to the first server from now on.
+    let prof = rusqlite::Connection::open(newbob_dir.join("ponte.db")).unwrap();
+    prof.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'server'",
+        [&address],
+    )
+    .unwrap();
+    drop(prof);
+    let (mut stop, task) = start_server_on(&data, port).await;
+    let mut newbob = Client::open(&newbob_dir, || panic!()).unwrap();
+    assert_ne!(newbob.public_identity(), trusted);
+
+    // Alice writes to bob over her existing session: the directory check
+    // before encrypting notices the change and holds the message.
+    let held = alice.send("bob", "should be held").await.unwrap();
+    assert_eq!(held.message.status, Status::Queued);
+    assert!(held.note.unwrap().contains("CHANGED"));
+    let c = &alice.contacts().unwrap()[0];
+    assert_eq!(c.identity, trusted, "never replaced silently");
+    assert_eq!(c.changed_identity, Some(newbob.public_identity()));
+    // Further sends are refused outright.
+    assert!(matches!(
+        alice.send("bob", "refused").await,
+        Err(ClientError::KeyChanged(_))
+    ));
+
+    // Messages from the new key are shown, flagged.
+    newbob
+        .send("alice", "hello from my new phone")
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    alice.sync(&mut |e| events.push(e)).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Update(Update::Message(m))
+        if m.text == "hello from my new phone" && m.key_changed)),
+        "{events:?}"
+    );
+    assert!(sync(&mut newbob)
+        .await
+        .iter()
+        .all(|u| !matches!(u, Update::Message(m) if m.text == "should be held")));
+
+    // Re-verification: both sides compute the same number for the new key.
+    let (a_num, contact) = alice.safety_number("bob", true).await.unwrap();
+    assert!(contact.changed_identity.is_some());
+    let (b_num, _) = newbob.safety_number("alice", false).await.unwrap();
+    assert_eq!(a_num, b_num);
+    assert_eq!(alice.confirm("bob").unwrap(), newbob.public_identity());
+    // The held message now goes out, encrypted to the new key, and sending works.
+    let out = alice.send("bob", "welcome back").await.unwrap();
+    assert_eq!(out.message.status, Status::Sent, "{:?}", out.note);
+    let got = sync(&mut newbob).await;
+    for text in ["should be held", "welcome back"] {
+        assert!(
+            got.iter()
+                .any(|u| matches!(u, Update::Message(m) if m.text == text)),
+            "{text}: {got:?}"
+        );
+    }
+    stop.stop();
+    task.await.unwrap();
+}

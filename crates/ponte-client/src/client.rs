@@ -383,6 +383,11 @@ impl Client {
     pub fn queue_text(&self, peer: &str, text: &str) -> Result<MessageId> {
         validate_handle(peer)
             .map_err(|e| ClientError::Invalid(format!("recipient {peer:?}: {e}")))?;
+        if peer == self.handle {
+            return Err(ClientError::Invalid(
+                "you cannot send a message to yourself".into(),
+            ));
+        }
         if text.is_empty() {
             return Err(ClientError::Invalid("empty message".into()));
         }
@@ -686,7 +691,20 @@ impl Client {
                         Some(identity)
                     }
                     None => {
-                        let looked_up = self.lookup_identity(conn, sender).await?;
+                        let looked_up = match self.lookup_identity(conn, sender).await {
+                            Ok(identity) => identity,
+                            Err(
+                                e @ (ClientError::Server { .. }
+                                | ClientError::Protocol(_)
+                                | ClientError::E2e(_)),
+                            ) => {
+                                events(Event::Warning(format!(
+                                    "dropped a message from {sender}: cannot check its identity ({e})"
+                                )));
+                                return Ok(());
+                            }
+                            Err(e) => return Err(e),
+                        };
                         if Some(looked_up.curve25519) != claimed {
                             None
                         } else {

@@ -459,3 +459,130 @@ async fn identity_key_change_is_flagged_and_blocks_sending_until_confirmed() {
     stop.stop();
     task.await.unwrap();
 }
+
+/// Send raw bytes as a message body through the protocol.
+async fn raw_send(
+    ch: &mut ponte_transport::Channel<tokio::net::TcpStream>,
+    recipient: &str,
+    body: Vec<u8>,
+    request_id: u64,
+) {
+    use ponte_wire::messages::{client_frame, server_frame, ClientFrame, SendMessage, ServerFrame};
+    let msg = client_frame::Body::Send(SendMessage {
+        message_id: ponte_e2e::MessageId::random().0.to_vec().into(),
+        recipient: recipient.into(),
+        body: body.into(),
+    });
+    ch.send(&ClientFrame {
+        request_id,
+        body: Some(msg),
+    })
+    .await
+    .unwrap();
+    for _ in 0..100 {
+        let frame: ServerFrame = ch.recv().await.unwrap().unwrap();
+        if frame.request_id == request_id {
+            assert!(
+                matches!(frame.body, Some(server_frame::Body::SendAck(_))),
+                "{frame:?}"
+            );
+            return;
+        }
+    }
+    panic!("no answer to send");
+}
+
+#[tokio::test]
+async fn hostile_messages_are_dropped_without_harm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (address, mut stop, task) = start_server(&tmp.path().join("server")).await;
+    let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
+    let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
+    let mut mallory = raw_claimer(&address, "mallory").await;
+    // Garbage, a truncated "ciphertext", a huge declared length, a forged
+    // pre-key message (valid shape, keys bob never made).
+    let forged = {
+        let eve = ponte_e2e::Identity::generate();
+        let mut s = eve
+            .create_outbound_session(&bob.public_identity(), &eve.public().curve25519)
+            .unwrap();
+        s.encrypt(b"forged").to_bytes()
+    };
+    let bodies: Vec<Vec<u8>> = vec![
+        vec![0xff; 100],
+        vec![1],
+        vec![1, 0, 0xff, 0xff, 0xff, 0xff],
+        vec![1, 1, 3, 10, 32],
+        forged,
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        raw_send(&mut mallory, "bob", body, 50 + i as u64).await;
+    }
+    alice.send("bob", "the real one").await.unwrap();
+    let mut events = Vec::new();
+    bob.sync(&mut |e| events.push(e)).await.unwrap();
+    let warnings = events
+        .iter()
+        .filter(|e| matches!(e, Event::Warning(_)))
+        .count();
+    assert!(warnings >= 5, "{events:?}");
+    let texts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Update(Update::Message(m)) => Some(m.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["the real one"]);
+    // Everything was acknowledged: nothing comes back.
+    let mut again = Vec::new();
+    bob.sync(&mut |e| again.push(e)).await.unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    stop.stop();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn undelivered_messages_expire_and_the_sender_learns_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let mut cfg = ponte_server::ServerConfig::new(&data, "127.0.0.1:0".parse().unwrap());
+    cfg.register_limit = ponte_server::RateLimit {
+        burst: 100,
+        per_hour: 1000,
+    };
+    cfg.retention = Duration::from_millis(300);
+    cfg.expiry_interval = Duration::from_millis(50);
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let address = server.address("127.0.0.1").to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
+    drop(register(&tmp.path().join("bob"), &address, "bob").await);
+    let out = alice.send("bob", "never read").await.unwrap();
+    assert_eq!(out.message.status, Status::Sent);
+    // Bounded polling: the server's sweep runs every 50 ms.
+    let mut expired = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let updates = sync(&mut alice).await;
+        if updates
+            .iter()
+            .any(|u| matches!(u, Update::Status(m) if m.status == Status::Expired))
+        {
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "alice learned that the message expired");
+    assert_eq!(alice.history("bob").unwrap()[0].status, Status::Expired);
+    let _ = tx.send(());
+    task.await.unwrap();
+}

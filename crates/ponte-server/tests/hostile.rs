@@ -260,3 +260,94 @@ async fn admin_serves_metrics_and_health() {
     assert!(m.contains("ponte_server_online_devices 2"), "{m}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn idle_logged_in_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| {
+        c.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = registered(&server, "idler").await;
+    // Skip the KeyCount push, then expect the idle close.
+    let close = c
+        .push_where(|b| matches!(b, server_frame::Body::Close(_)))
+        .await;
+    assert!(matches!(
+        close,
+        server_frame::Body::Close(cl) if cl.reason == CloseReason::Idle as i32
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn random_frames_inside_noise_never_break_the_server() {
+    use rand::{Rng as _, RngCore as _, SeedableRng as _};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| {
+        let many = ponte_server::RateLimit {
+            burst: 1000,
+            per_hour: 0,
+        };
+        c.register_limit = many;
+        c.register_limit_per_peer = many;
+    })
+    .await;
+    let mut bob = registered(&server, "bob").await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut closed = 0;
+    for round in 0..120u32 {
+        let mut c = registered(&server, &format!("fuzz_{round}")).await;
+        // Random bytes, or a valid frame with random mutations.
+        let payload: Vec<u8> = if rng.gen_bool(0.5) {
+            let mut v = vec![0u8; rng.gen_range(0..300)];
+            rng.fill_bytes(&mut v);
+            v
+        } else {
+            let mut v = prost::Message::encode_to_vec(&messages::ClientFrame {
+                request_id: 1,
+                body: Some(client_frame::Body::Send(messages::SendMessage {
+                    message_id: bytes::Bytes::copy_from_slice(&[round as u8; 16]),
+                    recipient: "bob".into(),
+                    body: bytes::Bytes::from_static(b"payload"),
+                })),
+            });
+            let n = v.len();
+            for _ in 0..rng.gen_range(1..4) {
+                v[rng.gen_range(0..n)] = rng.gen();
+            }
+            v
+        };
+        c.ch.send_frame(&payload).await.unwrap();
+        // Then a ping: either answered (frame tolerated) or the connection
+        // was closed with a reason.
+        let _ =
+            c.ch.send(&messages::ClientFrame {
+                request_id: 99,
+                body: Some(client_frame::Body::Ping(messages::Ping { nonce: 1 })),
+            })
+            .await;
+        loop {
+            match c.ch.recv::<messages::ServerFrame>().await {
+                Ok(Some(f)) if f.request_id == 99 => break,
+                Ok(Some(f)) => {
+                    if let Some(server_frame::Body::Close(cl)) = f.body {
+                        assert_eq!(cl.reason, CloseReason::MalformedFrame as i32);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    closed += 1;
+                    break;
+                }
+            }
+        }
+    }
+    assert!(closed > 0, "some random frames are malformed");
+    // Bob is still served, and whatever got through reached him intact.
+    let r = bob
+        .request(client_frame::Body::Ping(messages::Ping { nonce: 3 }))
+        .await;
+    assert!(matches!(r, server_frame::Body::Pong(_)));
+    still_serves(&server).await;
+    server.stop().await;
+}

@@ -107,9 +107,14 @@ struct Server {
 impl Server {
     /// `ponte server` on a fresh port; waits for the address line.
     fn start(data: &Path) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    fn start_with(data: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(PONTE)
             .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
             .arg(data)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -522,5 +527,72 @@ fn client_verify_contacts_and_listen_reconnects() {
     );
     listen.kill().unwrap();
     listen.wait().unwrap();
+    drop(server);
+}
+
+#[test]
+fn client_register_on_an_invite_only_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start_with(&data, &["--invite-only"]);
+    let address = format!("ponte://{}#{}", server.addr, server.key);
+    let carol = tmp.path().join("carol");
+
+    let out = ponte(&carol, &["register", "--server", &address, "carol"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("INVITE_REQUIRED"),
+        "{out:?}"
+    );
+
+    let invite = Command::new(PONTE)
+        .args(["server", "invite", "--data"])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let token = ok(&wait_output(invite, WAIT)).trim().to_owned();
+    assert!(!token.is_empty());
+
+    // The half-made profile from the refused attempt is reused.
+    let out = ponte(
+        &carol,
+        &[
+            "register", "--server", &address, "carol", "--invite", &token,
+        ],
+        None,
+    );
+    assert!(ok(&out).contains("registered as carol"));
+    // A second registration on the same profile is refused locally.
+    let out = ponte(&carol, &["register", "--server", &address, "carol2"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already registered"));
+    // The token was single-use.
+    let out = ponte(
+        &tmp.path().join("dave"),
+        &["register", "--server", &address, "dave", "--invite", &token],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("INVITE_INVALID"),
+        "{out:?}"
+    );
+    // Usage errors: bad handle, bad address.
+    let out = ponte(
+        &tmp.path().join("erin"),
+        &["register", "--server", &address, "Erin!"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out = ponte(
+        &tmp.path().join("erin"),
+        &["register", "--server", "http://x", "erin"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ponte://"));
     drop(server);
 }

@@ -351,3 +351,40 @@ async fn random_frames_inside_noise_never_break_the_server() {
     still_serves(&server).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn another_server_at_the_same_address_is_refused() {
+    let dir1 = tempfile::tempdir().unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let first = TestServer::start(dir1.path(), |_| {}).await;
+    let (addr, key) = (first.addr, first.key);
+    first.stop().await;
+    // A different server (another key) now answers on the same port.
+    let second = TestServer::start(dir2.path(), |c| c.listen = addr).await;
+    assert_eq!(second.addr, addr);
+    assert_ne!(second.key, key);
+    let sock = TcpStream::connect(addr).await.unwrap();
+    let err = connect(sock, &ClientConfig::new(Keypair::generate(), key))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::ServerKeyMismatch { expected, .. } if expected == key),
+        "{err:?}"
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut c = registered(&server, "leaver").await;
+    server.stop().await;
+    let close = c
+        .push_where(|b| matches!(b, server_frame::Body::Close(_)))
+        .await;
+    assert!(matches!(
+        close,
+        server_frame::Body::Close(cl) if cl.reason == CloseReason::Shutdown as i32
+    ));
+}

@@ -525,6 +525,22 @@ fn client_verify_contacts_and_listen_reconnects() {
         h.len() == 2 && h.iter().all(|m| m["status"] == "read"),
         "{h:?}"
     );
+
+    // `send` on the listening profile takes the connection over briefly;
+    // listen gets it back by itself and keeps printing.
+    ok(&ponte(
+        &bob,
+        &["send", "alice", "sent while listening"],
+        None,
+    ));
+    let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"], None)));
+    assert_eq!(
+        messages_with_text(&v, "sent while listening").len(),
+        1,
+        "{v:?}"
+    );
+    ok(&ponte(&alice, &["send", "bob", "still listening?"], None));
+    wait_for(&|l| l.starts_with("out:") && l.contains("still listening?"));
     listen.kill().unwrap();
     listen.wait().unwrap();
     drop(server);

@@ -50,6 +50,8 @@ const PING_EVERY: Duration = Duration::from_secs(60);
 /// Reconnect backoff bounds for `listen`.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Wait after another process of the same profile took over the connection.
+const REPLACED_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Something to show the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -881,7 +883,13 @@ impl Client {
                 Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => e,
             };
-            if connected {
+            let replaced = matches!(&err, ClientError::Disconnected(m) if m.contains("REPLACED"));
+            if replaced {
+                // Another process of this profile (a `send` or `sync`)
+                // connected as the same device: give it time to finish
+                // instead of taking the connection straight back.
+                backoff = backoff.max(REPLACED_BACKOFF);
+            } else if connected {
                 backoff = BACKOFF_MIN;
             }
             let jitter = 0.8 + rand::random::<f64>() * 0.4;

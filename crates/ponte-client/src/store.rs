@@ -901,7 +901,8 @@ fn insert_outbox(
     Ok(())
 }
 
-/// Queue one read receipt per peer (chunked to the envelope's cap).
+/// Queue one read receipt per peer (chunked to the envelope's cap),
+/// merged with the peer's receipts still waiting unencrypted.
 fn queue_receipts(
     tx: &Transaction<'_>,
     key: &ProfileKey,
@@ -911,7 +912,29 @@ fn queue_receipts(
     for (peer, id) in displayed {
         by_peer.entry(peer.as_str()).or_default().push(*id);
     }
-    for (peer, ids) in by_peer {
+    for (peer, mut ids) in by_peer {
+        // Merge with receipts for this peer that have not been encrypted
+        // yet, so a burst of displayed messages costs one receipt.
+        let pending: Vec<(i64, Vec<u8>, Vec<u8>)> = {
+            let mut stmt = tx.prepare(
+                "SELECT seq, id, payload FROM outbox
+                 WHERE peer = ?1 AND kind = 2 AND ciphertext IS NULL",
+            )?;
+            let rows = stmt
+                .query_map([peer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        let mut earlier = Vec::new();
+        for (seq, id, payload) in pending {
+            let Some(plain) = key.open(&aad("outbox", "payload", &id), &payload).ok() else {
+                continue; // leave an unreadable row alone
+            };
+            earlier.extend(plain.chunks_exact(16).filter_map(MessageId::from_slice));
+            tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+        }
+        earlier.append(&mut ids);
+        let ids = earlier;
         for chunk in ids.chunks(ponte_e2e::envelope::MAX_RECEIPT_IDS) {
             insert_outbox(
                 tx,

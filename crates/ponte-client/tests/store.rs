@@ -358,3 +358,32 @@ fn tampered_row_is_detected() {
         Err(ClientError::Corrupt(_))
     ));
 }
+
+#[test]
+fn receipts_for_a_burst_are_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = Profile::create(&dir.path().join("p"), KeySource::KeyFile).unwrap();
+    let store = profile.store();
+    let (_, session) = session_pair();
+    let mut ids = Vec::new();
+    for i in 0..5u64 {
+        let id = MessageId::random();
+        ids.push(id);
+        store
+            .commit_incoming(&Incoming {
+                peer: "alice",
+                id,
+                sent_at_ms: i,
+                session: &session,
+                identity: None,
+                key_changed: false,
+                content: IncomingContent::Text("x"),
+            })
+            .unwrap();
+        // Displayed one by one, as `listen` does.
+        assert_eq!(store.take_updates().unwrap().len(), 1);
+    }
+    let out = store.outbox().unwrap();
+    assert_eq!(out.len(), 1, "one receipt for the burst");
+    assert_eq!(out[0].kind, OutboxKind::ReadReceipt(ids));
+}

@@ -140,3 +140,54 @@ fn ciphertext_parser_rejects_garbage() {
     assert!(Ciphertext::from_bytes(&[1, 0, 1, 2, 3]).is_err());
     assert!(Ciphertext::from_bytes(&vec![1u8; ponte_e2e::MAX_CIPHERTEXT_BYTES + 1]).is_err());
 }
+
+#[test]
+fn random_and_mutated_input_never_panics() {
+    use rand::{Rng as _, SeedableRng as _};
+    // Deterministic: a fixed seed, a bounded number of cases.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9);
+    let alice = Identity::generate();
+    let mut bob = Identity::generate();
+    let prekey = bob.generate_one_time_keys(1).remove(0).public_key;
+    let mut a = alice
+        .create_outbound_session(&bob.public(), &prekey)
+        .unwrap();
+    let good_ct = a.encrypt(&text("seed")).to_bytes();
+    let good_env = text("a valid envelope");
+    let mut consumed = false;
+    for i in 0..3000 {
+        let len = rng.gen_range(0..300);
+        let mut buf: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        if i % 3 == 0 {
+            // Mutations of valid inputs reach deeper than pure noise.
+            buf = if i % 2 == 0 {
+                good_ct.clone()
+            } else {
+                good_env.clone()
+            };
+            for _ in 0..rng.gen_range(1..4) {
+                let at = rng.gen_range(0..buf.len());
+                buf[at] = rng.gen();
+            }
+            if rng.gen_bool(0.3) {
+                buf.truncate(rng.gen_range(0..buf.len()));
+            }
+        }
+        let _ = Envelope::decode(&buf);
+        if let Ok(c) = Ciphertext::from_bytes(&buf) {
+            let _ = Identity::prekey_sender(&c);
+            // Only an unmodified copy (a mutation that rewrote a byte with
+            // its own value) may open a session.
+            if bob.create_inbound_session(&alice.public(), &c).is_ok() {
+                assert_eq!(buf, good_ct);
+                consumed = true;
+            }
+        }
+    }
+    // Forgeries did not use up bob's one-time key.
+    if !consumed {
+        let fresh = a.encrypt(&text("still works"));
+        let (_, plain) = bob.create_inbound_session(&alice.public(), &fresh).unwrap();
+        assert_eq!(open(&plain), "still works");
+    }
+}

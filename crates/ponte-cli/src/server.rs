@@ -7,7 +7,9 @@
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use ponte_server::config::{DEFAULT_ADMIN, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use ponte_server::config::{
+    parse_duration, FileConfig, DEFAULT_ADMIN, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+};
 use ponte_server::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,15 +36,21 @@ enum ServerCommand {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Data directory: server.key (Noise static key, 0600) and ponte.db.
-    #[arg(long, env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
-    data: PathBuf,
-    /// Address to listen on for clients and relays.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// Admin endpoint (/metrics, /healthz); keep it on loopback.
-    #[arg(long, default_value = DEFAULT_ADMIN)]
-    admin: SocketAddr,
+    /// TOML config file (keys as the flags below, with underscores; unknown
+    /// keys are errors). Flags given on the command line win.
+    #[arg(long, env = "PONTE_SERVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory: server.key (Noise static key, 0600) and ponte.db
+    /// [default: ponte-data].
+    #[arg(long, env = "PONTE_DATA")]
+    data: Option<PathBuf>,
+    /// Address to listen on for clients and relays [default: 0.0.0.0:5222].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin endpoint (/metrics, /healthz); keep it on loopback
+    /// [default: 127.0.0.1:8299].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
     /// Do not serve the admin endpoint.
     #[arg(long)]
     no_admin: bool,
@@ -54,24 +62,24 @@ struct RunArgs {
     #[arg(long)]
     invite_only: bool,
     /// Keep undelivered messages this long, then tell the sender they
-    /// expired (e.g. 30d, 12h, 90m, 45s).
-    #[arg(long, default_value = "30d", value_parser = parse_duration)]
-    retention: Duration,
-    /// How often to look for expired messages.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    expiry_interval: Duration,
-    /// Most simultaneous connections.
-    #[arg(long, default_value_t = 10_000)]
-    max_connections: usize,
-    /// Most undelivered messages per recipient.
-    #[arg(long, default_value_t = 10_000)]
-    max_pending: u32,
-    /// Deadline for the PROXY header and Noise handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    handshake_timeout: Duration,
-    /// Close logged-in connections silent for this long.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    idle_timeout: Duration,
+    /// expired (e.g. 30d, 12h, 90m, 45s) [default: 30d].
+    #[arg(long, value_parser = parse_duration)]
+    retention: Option<Duration>,
+    /// How often to look for expired messages [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    expiry_interval: Option<Duration>,
+    /// Most simultaneous connections [default: 10000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most undelivered messages per recipient [default: 10000].
+    #[arg(long)]
+    max_pending: Option<u32>,
+    /// Deadline for the PROXY header and Noise handshake [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// Close logged-in connections silent for this long [default: 300s].
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -92,26 +100,6 @@ struct InviteArgs {
     /// Data directory of the server.
     #[arg(long, env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
     data: PathBuf,
-}
-
-/// Parses `500ms`, `45s`, `90m`, `12h`, `30d` (a bare number is seconds).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (ms, s, m, h, d)"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 fn machine_host_name() -> String {
@@ -162,15 +150,53 @@ fn invite(data: &Path) -> anyhow::Result<ExitCode> {
 
 fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging();
-    let mut cfg = ServerConfig::new(a.data.clone(), a.listen);
-    cfg.invite_only = a.invite_only;
-    cfg.retention = a.retention;
-    cfg.expiry_interval = a.expiry_interval.max(Duration::from_millis(10));
-    cfg.max_connections = a.max_connections;
-    cfg.max_pending_per_mailbox = a.max_pending;
-    cfg.handshake_timeout = a.handshake_timeout;
-    cfg.idle_timeout = a.idle_timeout;
-    let admin = (!a.no_admin).then_some(a.admin);
+    let file = match &a.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let default_listen: SocketAddr = DEFAULT_LISTEN.parse()?;
+    let mut cfg = ServerConfig::new(PathBuf::from(DEFAULT_DATA_DIR), default_listen);
+    file.apply(&mut cfg);
+    if let Some(v) = a.data {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if a.invite_only {
+        cfg.invite_only = true;
+    }
+    if let Some(v) = a.retention {
+        cfg.retention = v;
+    }
+    if let Some(v) = a.expiry_interval {
+        cfg.expiry_interval = v;
+    }
+    cfg.expiry_interval = cfg.expiry_interval.max(Duration::from_millis(10));
+    if let Some(v) = a.max_connections {
+        cfg.max_connections = v.max(1);
+    }
+    if let Some(v) = a.max_pending {
+        cfg.max_pending_per_mailbox = v;
+    }
+    if let Some(v) = a.handshake_timeout {
+        cfg.handshake_timeout = v;
+    }
+    if let Some(v) = a.idle_timeout {
+        cfg.idle_timeout = v;
+    }
+    let admin = if a.no_admin {
+        None
+    } else if let Some(v) = a.admin {
+        Some(v)
+    } else {
+        match file.admin_addr() {
+            Some(v) => v,
+            None => Some(DEFAULT_ADMIN.parse()?),
+        }
+    };
+    let host_arg = a.host.clone().or(file.host.clone());
+    let data = cfg.data_dir.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -178,20 +204,20 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let server = Server::bind(cfg, admin)
             .await
-            .with_context(|| format!("starting the server in {}", a.data.display()))?;
+            .with_context(|| format!("starting the server in {}", data.display()))?;
         let local = server.local_addr()?;
-        let host = display_host(a.host.as_deref(), local);
+        let host = display_host(host_arg.as_deref(), local);
         if server.key_created() {
             tracing::info!(
                 "created a new server key in {}",
-                a.data.join(ponte_server::keyfile::KEY_FILE).display()
+                data.join(ponte_server::keyfile::KEY_FILE).display()
             );
         }
         tracing::info!("listening on {local}");
         if let Some(admin) = server.admin_addr() {
             tracing::info!("admin endpoint on http://{admin}/metrics");
         }
-        if a.host.is_none() && local.ip().is_unspecified() {
+        if host_arg.is_none() && local.ip().is_unspecified() {
             tracing::info!("set --host to the name users reach this server by");
         }
         crate::write_stdout(&format!("{}\n", server.address(&host)))?;
@@ -223,23 +249,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("30d").unwrap(),
-            Duration::from_secs(30 * 86400)
-        );
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert!(parse_duration("5 weeks").is_err());
-        assert!(parse_duration("x").is_err());
     }
 }

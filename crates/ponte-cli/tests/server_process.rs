@@ -220,3 +220,47 @@ fn address_and_invite_subcommands() {
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+#[test]
+fn config_file_sets_options_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data = {:?}\nlisten = \"127.0.0.1:0\"\nadmin = \"off\"\nhost = \"cfg.example.org\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args(["server", "--host", "flag.example.org", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let addr: ServerAddress = line.trim().parse().unwrap();
+    assert_eq!(addr.host, "flag.example.org");
+    assert_ne!(addr.port, 0);
+    assert!(dir.path().join("data/server.key").exists());
+    // An unknown key is refused, naming the file and the key.
+    std::fs::write(&cfg, "retension = \"1d\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args(["server", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.toml") && err.contains("retension"),
+        "{err}"
+    );
+}

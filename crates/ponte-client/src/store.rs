@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS messages (
     flags INTEGER NOT NULL DEFAULT 0,
     UNIQUE (peer, outgoing, id)
 );
+-- What take_updates looks for (listen polls it): a partial index keeps the
+-- poll cheap however long the history grows.
+CREATE INDEX IF NOT EXISTS messages_unshown ON messages(seq) WHERE shown_status <> status;
+CREATE INDEX IF NOT EXISTS messages_by_peer ON messages(peer, seq);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id BLOB NOT NULL UNIQUE,

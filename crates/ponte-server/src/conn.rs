@@ -38,6 +38,7 @@ use tokio::io::{AsyncReadExt as _, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::timeout_at;
+use tracing::Instrument as _;
 
 /// Largest PROXY header read (v2 with TLVs as accepted by the parser).
 const MAX_PROXY_HEADER: usize = 1024;
@@ -82,7 +83,9 @@ pub(crate) async fn handle(
 ) {
     shared.metrics.connections_open.inc();
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let reason = run(&shared, sock, peer, conn_id).await;
+    // A span per connection: its number only, never the client's address.
+    let span = tracing::debug_span!("conn", id = conn_id);
+    let reason = run(&shared, sock, peer, conn_id).instrument(span).await;
     tracing::debug!(conn = conn_id, reason, "connection closed");
     shared.metrics.connections_open.dec();
     shared.metrics.closed(reason);

@@ -117,6 +117,14 @@ fn device_keys(identity: &Identity) -> DeviceKeys {
     }
 }
 
+/// The Noise device key pair from its stored 32-byte secret.
+fn device_keypair(secret: &[u8]) -> Result<Keypair> {
+    let bytes: [u8; 32] = secret
+        .try_into()
+        .map_err(|_| ClientError::Corrupt("noise key"))?;
+    Ok(Keypair::from_secret(bytes))
+}
+
 fn unexpected(what: &str) -> ClientError {
     ClientError::Protocol(format!("unexpected response to {what}"))
 }
@@ -158,11 +166,7 @@ impl Client {
             }
         };
         let device = match store.secret("noise")? {
-            Some(secret) => Keypair::from_secret(
-                secret
-                    .try_into()
-                    .map_err(|_| ClientError::Corrupt("noise key"))?,
-            ),
+            Some(secret) => device_keypair(&secret)?,
             None => {
                 let kp = Keypair::generate();
                 store.set_secret("noise", kp.secret())?;
@@ -213,11 +217,7 @@ impl Client {
         let server = parse_address(&store.meta("server")?.ok_or_else(not_registered)?)?;
         let identity = store.identity()?.ok_or_else(not_registered)?;
         let secret = store.secret("noise")?.ok_or_else(not_registered)?;
-        let device = Keypair::from_secret(
-            secret
-                .try_into()
-                .map_err(|_| ClientError::Corrupt("noise key"))?,
-        );
+        let device = device_keypair(&secret)?;
         let routes = direct_routes(&server);
         Ok(Self {
             profile,

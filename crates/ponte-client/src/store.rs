@@ -21,6 +21,7 @@ use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
 use ponte_e2e::{Identity, MessageId, PublicIdentity, Session};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use zeroize::Zeroizing;
 
 /// Current schema version.
 const SCHEMA_VERSION: i64 = 1;
@@ -293,7 +294,7 @@ impl Store {
     }
 
     /// A sealed secret.
-    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+    pub fn secret(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
         let sealed: Option<Vec<u8>> = self
             .conn
             .query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
@@ -304,6 +305,7 @@ impl Store {
             .map(|s| {
                 self.key
                     .open(&aad("secrets", "value", name.as_bytes()), &s)
+                    .map(Zeroizing::new)
                     .map_err(|_| ClientError::Corrupt("secret"))
             })
             .transpose()

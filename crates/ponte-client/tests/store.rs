@@ -72,8 +72,8 @@ fn keyfile_profile_roundtrip_and_permissions() {
     assert!(!Profile::needs_passphrase(&p).unwrap());
     let profile = Profile::open(&p, || panic!("no passphrase needed")).unwrap();
     assert_eq!(
-        profile.store().secret("noise").unwrap().unwrap(),
-        vec![42u8; 32]
+        profile.store().secret("noise").unwrap().unwrap().as_slice(),
+        &[42u8; 32]
     );
     let out = profile.store().outbox().unwrap();
     assert_eq!(out.len(), 1);

@@ -264,3 +264,51 @@ fn config_file_sets_options_and_flags_win() {
         "{err}"
     );
 }
+
+/// Resident memory of a process in KiB (Linux).
+#[cfg(target_os = "linux")]
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn idle_connections_keep_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"));
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let addr = server.address.socket_addr_string();
+    // 1,500 silent TCP connections and 300 finished handshakes that never log in.
+    let mut idle = Vec::new();
+    for _ in 0..1500 {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut sessions = Vec::new();
+    for _ in 0..300 {
+        sessions.push(open(&server.address, &Device::new()).await);
+    }
+    // Someone else is still served meanwhile.
+    let dev = Device::new();
+    let mut ch = register(&server.address, &dev, "still_here").await;
+    let r = call(
+        &mut ch,
+        2,
+        client_frame::Body::Ping(messages::Ping { nonce: 1 }),
+    )
+    .await;
+    assert!(matches!(r, server_frame::Body::Pong(_)));
+    let during = rss_kib(pid);
+    eprintln!("server RSS: {before} KiB idle, {during} KiB with 1,800 idle connections");
+    assert!(
+        during < before + 150 * 1024,
+        "RSS grew from {before} to {during} KiB"
+    );
+    drop(idle);
+    drop(sessions);
+}

@@ -158,6 +158,22 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_bytes() {
+        // docs/PROTOCOL.md, "Framing".
+        let f = ClientFrame {
+            request_id: 1,
+            body: Some(client_frame::Body::Ping(Ping { nonce: 7 })),
+        };
+        assert_eq!(
+            f.encode_to_vec(),
+            [0x08, 0x01, 0x8a, 0x01, 0x02, 0x08, 0x07]
+        );
+        let mut framed = Vec::new();
+        crate::frame::encode_message(&f, crate::frame::MAX_FRAME_LEN, &mut framed).unwrap();
+        assert_eq!(framed[..4], [0, 0, 0, 7]);
+    }
+
+    #[test]
     fn frame_round_trip_and_garbage() {
         let f = ClientFrame {
             request_id: 7,

@@ -218,6 +218,10 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("ponte: {note}");
             }
             print_message(&me, &message, common.json);
+            // Queued (server unreachable) is success; refused for good is not.
+            if message.status == Status::Failed {
+                return Ok(ExitCode::from(1));
+            }
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Sync { common } => {
@@ -345,6 +349,7 @@ fn ticks(status: Status) -> &'static str {
         Status::Delivered => "✓✓",
         Status::Read => "✓✓ read",
         Status::Expired => "✗ expired",
+        Status::Failed => "✗ failed",
         _ => "",
     }
 }

@@ -581,6 +581,13 @@ fn client_register_on_an_invite_only_server() {
         None,
     );
     assert!(ok(&out).contains("registered as carol"));
+    // Sending to a handle nobody has: exit 1, status failed.
+    let out = ponte(&carol, &["send", "nobody", "hello?", "--json"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        json_lines(&String::from_utf8_lossy(&out.stdout))[0]["status"],
+        "failed"
+    );
     // A second registration on the same profile is refused locally.
     let out = ponte(&carol, &["register", "--server", &address, "carol2"], None);
     assert_eq!(out.status.code(), Some(1));

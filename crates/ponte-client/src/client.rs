@@ -453,6 +453,7 @@ impl Client {
     ) -> Result<()> {
         let mut held = BTreeSet::new();
         let mut failed_peers = BTreeSet::new();
+        let mut unknown_peers = BTreeSet::new();
         let outbox = self.store().outbox()?;
         // Before encrypting to a known contact over an existing session,
         // ask the directory whether their identity is still the one we
@@ -476,6 +477,10 @@ impl Client {
             }
         }
         for item in outbox {
+            if unknown_peers.contains(&item.peer) {
+                self.store().mark_failed(&item.peer, &item.id)?;
+                continue;
+            }
             if held.contains(&item.peer) || failed_peers.contains(&item.peer) {
                 continue;
             }
@@ -504,7 +509,7 @@ impl Client {
                                 item.peer
                             )));
                             self.store().mark_failed(&item.peer, &item.id)?;
-                            failed_peers.insert(item.peer.clone());
+                            unknown_peers.insert(item.peer.clone());
                             continue;
                         }
                         Err(ClientError::Server { code, detail }) if code == "NO_KEYS" => {

@@ -97,6 +97,8 @@ pub enum Status {
     Read,
     /// The server dropped it undelivered after its retention period.
     Expired,
+    /// Refused for good (no such recipient, too large): never sent.
+    Failed,
     /// An incoming message.
     Received,
 }
@@ -108,6 +110,7 @@ impl Status {
             Status::Sent => 1,
             Status::Delivered => 2,
             Status::Read => 3,
+            Status::Failed => 7,
             Status::Expired => 8,
             Status::Received => 9,
         }
@@ -119,6 +122,7 @@ impl Status {
             1 => Status::Sent,
             2 => Status::Delivered,
             3 => Status::Read,
+            7 => Status::Failed,
             8 => Status::Expired,
             _ => Status::Received,
         }
@@ -132,6 +136,7 @@ impl Status {
             Status::Delivered => "delivered",
             Status::Read => "read",
             Status::Expired => "expired",
+            Status::Failed => "failed",
             Status::Received => "received",
         }
     }
@@ -611,13 +616,13 @@ impl Store {
     }
 
     /// Drop an outbox item the server refused for good (unknown recipient,
-    /// too large): it leaves the outbox and the message is marked expired.
+    /// too large): it leaves the outbox and the message is marked failed.
     pub fn mark_failed(&self, peer: &str, id: &MessageId) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute("DELETE FROM outbox WHERE id = ?1", [id.0.to_vec()])?;
         tx.execute(
             "UPDATE messages SET status = ?4 WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND status < ?3",
-            params![peer, id.0.to_vec(), Status::Delivered.to_i64(), Status::Expired.to_i64()],
+            params![peer, id.0.to_vec(), Status::Delivered.to_i64(), Status::Failed.to_i64()],
         )?;
         tx.commit()?;
         Ok(())

@@ -127,6 +127,12 @@ async fn offline_send_sync_ticks_and_read_receipts() {
         .iter()
         .any(|u| matches!(u, Update::Message(m) if m.text == "hi alice")));
 
+    // Nobody by that name: refused for good, not left queued.
+    let failed = alice.send("nobody", "into the void").await.unwrap();
+    assert_eq!(failed.message.status, Status::Failed);
+    assert!(failed.note.unwrap().contains("no such user"));
+    assert!(alice.store().outbox().unwrap().is_empty());
+
     // Server down: send queues (not an error), then goes out later.
     stop.stop();
     task.await.unwrap();

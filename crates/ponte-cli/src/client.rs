@@ -347,7 +347,7 @@ fn ticks(status: Status) -> &'static str {
         Status::Queued => "🕓",
         Status::Sent => "✓",
         Status::Delivered => "✓✓",
-        Status::Read => "✓✓ read",
+        Status::Read => "✓✓",
         Status::Expired => "✗ expired",
         Status::Failed => "✗ failed",
         _ => "",

@@ -1,8 +1,9 @@
 //! The Noise channel between a Ponte client and a Ponte server, over any
 //! tokio byte stream (TCP, TLS through a relay, an in-memory duplex).
 //!
-//! - [`connect`] (client) and [`accept`] / [`accept_with_prefix`] (server) run
-//!   the handshake under a timeout and return a [`Channel`].
+//! - [`connect`] / [`connect_tcp`] (client) and [`accept`] /
+//!   [`accept_with_prefix`] (server) run the handshake under a timeout and
+//!   return a [`Channel`].
 //! - A [`Channel`] sends and receives application frames (protobuf messages,
 //!   see `ponte_wire::frame`); [`Channel::split`] gives a reader and a writer
 //!   half for concurrent use.
@@ -292,6 +293,28 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match tokio::time::timeout(cfg.handshake_timeout, client_handshake(io, cfg)).await {
+        Ok(r) => r,
+        Err(_) => Err(TransportError::HandshakeTimeout),
+    }
+}
+
+/// Opens a TCP connection straight to the server named by `addr` (host,
+/// port and key from `ponte://HOST:PORT#KEY`) and runs the IK handshake as
+/// the device `keypair`. Connecting and the handshake share
+/// [`DEFAULT_HANDSHAKE_TIMEOUT`]. To go through a relay, open the stream
+/// yourself (TCP or TLS to the relay) and call [`connect`] with `addr.key`.
+pub async fn connect_tcp(
+    addr: &ponte_wire::address::ServerAddress,
+    keypair: Keypair,
+) -> Result<Channel<tokio::net::TcpStream>, TransportError> {
+    let cfg = ClientConfig::new(keypair, addr.key);
+    let target = addr.socket_addr_string();
+    let work = async {
+        let sock = tokio::net::TcpStream::connect(target.as_str()).await?;
+        let _ = sock.set_nodelay(true);
+        client_handshake(sock, &cfg).await
+    };
+    match tokio::time::timeout(cfg.handshake_timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(TransportError::HandshakeTimeout),
     }

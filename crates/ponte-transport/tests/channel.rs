@@ -266,3 +266,28 @@ async fn keypair_round_trips_and_hides_secret() {
     let dbg = format!("{kp:?}");
     assert!(dbg.contains("<hidden>"));
 }
+
+#[tokio::test]
+async fn connect_tcp_uses_the_server_address() {
+    let server_kp = Keypair::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let scfg = ServerConfig::new(server_kp.clone());
+    let server = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut ch = accept(sock, &scfg).await.unwrap();
+        let f = ch.recv_frame().await.unwrap().unwrap();
+        ch.send_frame(&f).await.unwrap();
+    });
+    let text = format!(
+        "ponte://127.0.0.1:{port}#{}",
+        ponte_wire::address::encode_key(&server_kp.public())
+    );
+    let addr: ponte_wire::address::ServerAddress = text.parse().unwrap();
+    let mut ch = ponte_transport::connect_tcp(&addr, Keypair::generate())
+        .await
+        .unwrap();
+    ch.send_frame(b"echo").await.unwrap();
+    assert_eq!(&ch.recv_frame().await.unwrap().unwrap()[..], b"echo");
+    server.await.unwrap();
+}

@@ -199,9 +199,25 @@ impl Client {
             signature: Bytes::copy_from_slice(&client.identity.sign(signing.as_bytes())),
             invite: invite.unwrap_or_default().to_owned(),
         });
-        match conn.request(body, REQUEST_TIMEOUT).await? {
-            server_frame::Body::Registered(_) => {}
-            _ => return Err(unexpected("Register")),
+        match conn.request(body, REQUEST_TIMEOUT).await {
+            Ok(server_frame::Body::Registered(_)) => {}
+            Ok(_) => return Err(unexpected("Register")),
+            // An earlier attempt registered this device but stopped before
+            // recording it (crash, lost response): log in to confirm.
+            Err(ClientError::Server { code, detail }) if code == "ALREADY_REGISTERED" => match conn
+                .request(client_frame::Body::Login(Login {}), REQUEST_TIMEOUT)
+                .await?
+            {
+                server_frame::Body::LoggedIn(l) if l.handle == handle => {}
+                server_frame::Body::LoggedIn(l) => {
+                    return Err(ClientError::AlreadyRegistered(
+                        dir.display().to_string(),
+                        l.handle,
+                    ))
+                }
+                _ => return Err(ClientError::Server { code, detail }),
+            },
+            Err(e) => return Err(e),
         }
         client.profile.store().set_meta("handle", handle)?;
         client.upload_keys(&mut conn, 0, false).await?;

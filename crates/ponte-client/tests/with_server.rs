@@ -592,3 +592,42 @@ async fn undelivered_messages_expire_and_the_sender_learns_it() {
     let _ = tx.send(());
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn registration_interrupted_before_it_was_recorded_is_resumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (address, mut stop, task) = start_server(&tmp.path().join("server")).await;
+    let dir = tmp.path().join("alice");
+    drop(register(&dir, &address, "alice").await);
+    // Simulate a crash right after the server accepted the registration:
+    // the profile does not know its handle.
+    let db = rusqlite::Connection::open(dir.join("ponte.db")).unwrap();
+    db.execute("DELETE FROM meta WHERE key = 'handle'", [])
+        .unwrap();
+    drop(db);
+    let mut alice = register(&dir, &address, "alice").await;
+    assert_eq!(alice.handle(), "alice");
+    sync(&mut alice).await;
+    // Asking for another name with the same device is refused clearly.
+    let db = rusqlite::Connection::open(dir.join("ponte.db")).unwrap();
+    db.execute("DELETE FROM meta WHERE key = 'handle'", [])
+        .unwrap();
+    drop(db);
+    let err = Client::register(
+        &dir,
+        KeySource::KeyFile,
+        || panic!(),
+        &address,
+        "alice2",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ClientError::AlreadyRegistered(_, ref h) if h == "alice"),
+        "{err}"
+    );
+    stop.stop();
+    task.await.unwrap();
+}

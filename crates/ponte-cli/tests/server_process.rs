@@ -312,3 +312,106 @@ async fn idle_connections_keep_memory_bounded() {
     drop(idle);
     drop(sessions);
 }
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Alice reaches the server only through a `ponte proxy` relay (which adds a
+/// PROXY v2 header); Bob connects directly. The Noise channel is end to end,
+/// so the relay cannot pose as the server.
+#[tokio::test]
+async fn messages_flow_through_a_ponte_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"));
+    let relay_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let relay_cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &relay_cfg,
+        format!(
+            "[upstream.server]\nservers = [\"{}\"]\nsend_proxy = \"v2\"\n\n\
+             [[listener]]\nname = \"plain\"\nlisten = [\"127.0.0.1:{relay_port}\"]\nupstream = \"server\"\n",
+            server.address.socket_addr_string()
+        ),
+    )
+    .unwrap();
+    let _relay = Killed(
+        Command::new(env!("CARGO_BIN_EXE_ponte"))
+            .args(["proxy", "--no-admin", "--config"])
+            .arg(&relay_cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The server address as a user of this relay would be given it.
+    let via_relay = ServerAddress {
+        host: "127.0.0.1".into(),
+        port: relay_port,
+        key: server.address.key,
+    };
+    let mut ready = false;
+    for _ in 0..200 {
+        if TcpStream::connect(via_relay.socket_addr_string())
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "relay did not start");
+
+    let bob = Device::new();
+    let mut bch = register(&server.address, &bob, "bob").await;
+    let alice = Device::new();
+    let mut ach = register(&via_relay, &alice, "alice").await;
+    let r = call(
+        &mut ach,
+        2,
+        client_frame::Body::Send(messages::SendMessage {
+            message_id: Bytes::copy_from_slice(&[5; 16]),
+            recipient: "bob".into(),
+            body: Bytes::from_static(b"through the bridge"),
+        }),
+    )
+    .await;
+    assert!(matches!(r, server_frame::Body::SendAck(_)), "{r:?}");
+    let deliver = loop {
+        let f: ServerFrame = tokio::time::timeout(WAIT, bch.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("connection closed");
+        if let Some(server_frame::Body::Deliver(d)) = f.body {
+            break d;
+        }
+    };
+    assert_eq!(deliver.sender, "alice");
+    assert_eq!(&deliver.body[..], b"through the bridge");
+
+    // Expecting another key through the same relay: refused.
+    let sock = TcpStream::connect(via_relay.socket_addr_string())
+        .await
+        .unwrap();
+    let err = connect(sock, &ClientConfig::new(Keypair::generate(), [9; 32]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ponte_transport::TransportError::ServerKeyMismatch { .. }
+        ),
+        "{err:?}"
+    );
+}

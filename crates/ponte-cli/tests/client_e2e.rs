@@ -672,3 +672,56 @@ fn client_reaches_the_server_through_a_ponte_relay() {
     relay.wait().unwrap();
     drop(server);
 }
+
+#[test]
+fn client_profile_location_follows_flag_env_and_xdg() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |envs: &[(&str, &Path)], args: &[&str]| -> String {
+        let mut cmd = Command::new(PONTE);
+        cmd.arg("contacts")
+            .args(args)
+            .env_remove("PONTE_PROFILE")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("PONTE_PASSPHRASE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = wait_output(cmd.spawn().unwrap(), WAIT);
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let home = tmp.path().join("home");
+    let xdg = tmp.path().join("xdg");
+    let env_dir = tmp.path().join("env-profile");
+    let flag_dir = tmp.path().join("flag-profile");
+    let err = run(&[("HOME", &home)], &[]);
+    assert!(
+        err.contains(&format!("{}", home.join(".local/share/ponte").display())),
+        "{err}"
+    );
+    let err = run(&[("HOME", &home), ("XDG_DATA_HOME", &xdg)], &[]);
+    assert!(
+        err.contains(&format!("{}", xdg.join("ponte").display())),
+        "{err}"
+    );
+    let err = run(
+        &[
+            ("HOME", &home),
+            ("XDG_DATA_HOME", &xdg),
+            ("PONTE_PROFILE", &env_dir),
+        ],
+        &[],
+    );
+    assert!(err.contains(&format!("{}", env_dir.display())), "{err}");
+    let flag = flag_dir.to_str().unwrap();
+    let err = run(&[("PONTE_PROFILE", &env_dir)], &["--profile", flag]);
+    assert!(
+        err.contains(flag) && err.contains("ponte register"),
+        "{err}"
+    );
+    // Looking did not create anything.
+    assert!(!home.exists() && !xdg.exists() && !env_dir.exists() && !flag_dir.exists());
+}

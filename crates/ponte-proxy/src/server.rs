@@ -459,15 +459,8 @@ async fn accept_loop(
         } else {
             tracing::debug_span!("conn", id, listener = %l.name)
         };
-        let (l, shared) = (Arc::clone(&l), Arc::clone(&shared));
         conns.spawn(
-            async move {
-                l.metrics.open.inc();
-                handle(stream, peer, &l, &shared, &mut permit).await;
-                l.metrics.open.dec();
-                drop(permit);
-            }
-            .instrument(span),
+            connection(stream, peer, Arc::clone(&l), Arc::clone(&shared), permit).instrument(span),
         );
     }
 }
@@ -508,13 +501,75 @@ async fn read_proxy_header(
     }
 }
 
-async fn handle(
+/// A client after its handshakes.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>),
+}
+
+/// The task of one connection. The handshakes run in their own heap
+/// allocation, freed before the data path starts: an established connection
+/// keeps only the relay state (async fn arguments would stay in the task for
+/// its whole life, hence the split).
+fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    l: Arc<ListenerShared>,
+    shared: Arc<Shared>,
+    permit: crate::limits::Permit,
+) -> impl Future<Output = ()> + Send {
+    l.metrics.open.inc();
+    let setup = Box::pin(setup(
+        stream,
+        peer,
+        Arc::clone(&l),
+        Arc::clone(&shared),
+        permit,
+    ));
+    established(setup, l, shared)
+}
+
+type Setup =
+    Pin<Box<dyn Future<Output = (crate::limits::Permit, Option<(Client, TcpStream)>)> + Send>>;
+
+async fn established(setup: Setup, l: Arc<ListenerShared>, shared: Arc<Shared>) {
+    let (permit, ready) = setup.await;
+    if let Some((client, up)) = ready {
+        let out = match client {
+            Client::Plain(c) => relay::relay_tcp(c, up, &shared.relay, &l.counters).await,
+            Client::Tls(t) => relay::relay_stream(t, up, &shared.relay, &l.counters).await,
+        };
+        match out {
+            Outcome::IdleTimeout => {
+                l.metrics.idle_timeouts.inc();
+            }
+            Outcome::Error(e) => tracing::trace!("connection ended: {e}"),
+            _ => {}
+        }
+    }
+    l.metrics.open.dec();
+    drop(permit);
+}
+
+/// PROXY header in, TLS, upstream connect, PROXY header out.
+async fn setup(
+    stream: TcpStream,
+    peer: SocketAddr,
+    l: Arc<ListenerShared>,
+    shared: Arc<Shared>,
+    mut permit: crate::limits::Permit,
+) -> (crate::limits::Permit, Option<(Client, TcpStream)>) {
+    let ready = handshakes(stream, peer, &l, &shared, &mut permit).await;
+    (permit, ready)
+}
+
+async fn handshakes(
     mut stream: TcpStream,
     peer: SocketAddr,
     l: &ListenerShared,
     shared: &Shared,
     permit: &mut crate::limits::Permit,
-) {
+) -> Option<(Client, TcpStream)> {
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + shared.handshake;
     let local = stream.local_addr().unwrap_or(peer);
@@ -535,16 +590,17 @@ async fn handle(
             }
             Ok(Err(kind)) => {
                 l.metrics.proxy_failed(kind);
-                return;
+                return None;
             }
             Err(_) => {
                 l.metrics.proxy_failed(HandshakeFailure::Timeout);
-                return;
+                return None;
             }
         }
         if let Err(r) = shared.limits.admit_source(permit, source.ip()) {
             l.metrics.refuse(r);
-            return reset(stream);
+            reset(stream);
+            return None;
         }
         if shared.log_addresses {
             tracing::debug!(client = %source, "PROXY header");
@@ -556,17 +612,10 @@ async fn handle(
         SendProxy::V1 => proxy_header::encode_v1(source, destination, &mut header),
         SendProxy::V2 => proxy_header::encode_v2(source, destination, &mut header),
     }
-    match &l.tls {
+    let client = match &l.tls {
         None => {
-            let Some(mut up) = connect(l).await else {
-                return;
-            };
             header.extend_from_slice(&early);
-            if !header.is_empty() && up.write_all(&header).await.is_err() {
-                return;
-            }
-            let out = relay::relay_tcp(stream, up, shared.relay, &l.counters).await;
-            finish(l, out);
+            Client::Plain(stream)
         }
         Some(acceptor) => {
             let inner = Prefixed {
@@ -574,8 +623,8 @@ async fn handle(
                 pos: 0,
                 inner: stream,
             };
-            let tls = match timeout_at(deadline, acceptor.accept(inner)).await {
-                Ok(Ok(t)) => t,
+            match timeout_at(deadline, acceptor.accept(inner)).await {
+                Ok(Ok(t)) => Client::Tls(Box::new(t)),
                 Ok(Err(e)) => {
                     let kind = match e.kind() {
                         io::ErrorKind::UnexpectedEof
@@ -584,23 +633,20 @@ async fn handle(
                         _ => HandshakeFailure::Invalid,
                     };
                     l.metrics.tls_failed(kind);
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     l.metrics.tls_failed(HandshakeFailure::Timeout);
-                    return;
+                    return None;
                 }
-            };
-            let Some(mut up) = connect(l).await else {
-                return;
-            };
-            if !header.is_empty() && up.write_all(&header).await.is_err() {
-                return;
             }
-            let out = relay::relay_stream(tls, up, shared.relay, &l.counters).await;
-            finish(l, out);
         }
+    };
+    let mut up = connect(l).await?;
+    if !header.is_empty() && up.write_all(&header).await.is_err() {
+        return None;
     }
+    Some((client, up))
 }
 
 async fn connect(l: &ListenerShared) -> Option<TcpStream> {
@@ -611,16 +657,6 @@ async fn connect(l: &ListenerShared) -> Option<TcpStream> {
             tracing::debug!("{e}");
             None
         }
-    }
-}
-
-fn finish(l: &ListenerShared, out: Outcome) {
-    match out {
-        Outcome::IdleTimeout => {
-            l.metrics.idle_timeouts.inc();
-        }
-        Outcome::Error(e) => tracing::trace!("connection ended: {e}"),
-        _ => {}
     }
 }
 
@@ -676,5 +712,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// What an established connection costs in the task is this future.
+    #[tokio::test]
+    async fn connection_future_is_small() {
+        let cfg = Config::from_toml(
+            "[upstream.u]\nservers = [\"127.0.0.1:9\"]\n[[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"u\"\n",
+            None,
+        )
+        .unwrap();
+        let proxy = Proxy::bind(cfg).await.unwrap();
+        let (l, socks) = &proxy.listeners[0];
+        let a = TcpStream::connect(socks[0].local_addr().unwrap())
+            .await
+            .unwrap();
+        let permit = proxy.shared.limits.admit(&l.open, None).unwrap();
+        let peer = a.local_addr().unwrap();
+        let f = connection(a, peer, Arc::clone(l), Arc::clone(&proxy.shared), permit);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 640, "connection future is {size} bytes");
     }
 }

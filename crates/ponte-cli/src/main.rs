@@ -2,6 +2,8 @@
 //!
 //! - `ponte proxy …`  — run a volunteer relay (see `proxy.rs`, over `ponte-proxy`).
 //! - `ponte server …` — run the messaging service (see `server.rs`, over `ponte-server`).
+//! - `ponte register | send | sync | listen | history | contacts | verify` — the
+//!   messaging client (see `client.rs`, over `ponte-client`).
 //!
 //! Each role lives in its own module here and stays thin over its library
 //! crate: argument parsing, terminal output and exit codes only.

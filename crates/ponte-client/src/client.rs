@@ -808,14 +808,15 @@ impl Client {
         quiet: Duration,
         limit: usize,
         events: &mut dyn FnMut(Event),
-    ) -> Result<usize> {
-        let mut handled = 0;
-        while handled < limit {
+    ) -> Result<Drained> {
+        let mut drained = Drained::default();
+        while drained.pushes < limit {
             let Some(push) = conn.next_push(quiet).await? else {
                 break;
             };
-            handled += 1;
+            drained.pushes += 1;
             if let Some(seq) = self.handle_push(conn, push, events).await? {
+                drained.mailbox += 1;
                 conn.notify(client_frame::Body::Ack(Ack { seqs: vec![seq] }))
                     .await?;
             }
@@ -823,7 +824,7 @@ impl Client {
             // "read" in the same batch is still seen.
             self.report_updates(events)?;
         }
-        Ok(handled)
+        Ok(drained)
     }
 
     fn report_updates(&self, events: &mut dyn FnMut(Event)) -> Result<()> {
@@ -837,14 +838,8 @@ impl Client {
     /// new, send the read receipts this display causes, and return.
     pub async fn sync(&mut self, events: &mut dyn FnMut(Event)) -> Result<()> {
         let (mut conn, logged_in) = self.login().await?;
-        if logged_in.one_time_keys < LOW_WATER_MARK || !logged_in.has_fallback_key {
-            self.upload_keys(
-                &mut conn,
-                logged_in.one_time_keys,
-                logged_in.has_fallback_key,
-            )
-            .await?;
-        }
+        // One-time keys: the server pushes a KeyCount right after LoggedIn;
+        // handle_push tops them up when it says they run low.
         self.flush_outbox(&mut conn, events).await?;
         // Everything pending at login is pushed right after LoggedIn (at most
         // 64 in flight, more as we acknowledge). Drain until that many were
@@ -855,18 +850,19 @@ impl Client {
         let pending = logged_in.pending as usize;
         while handled < pending && tokio::time::Instant::now() < deadline {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // A few extra pushes (key counts) may come between mailbox items.
             let n = self
                 .drain(
                     &mut conn,
                     left.min(Duration::from_secs(2)),
-                    pending - handled,
+                    pending - handled + 8,
                     events,
                 )
                 .await?;
-            if n == 0 {
+            if n.pushes == 0 {
                 break;
             }
-            handled += n;
+            handled += n.mailbox;
         }
         conn.request(client_frame::Body::Ping(Ping { nonce: 1 }), REQUEST_TIMEOUT)
             .await?;
@@ -932,20 +928,14 @@ impl Client {
         events: &mut dyn FnMut(Event),
         connected: &mut bool,
     ) -> Result<()> {
-        let (mut conn, logged_in) = self.login().await?;
+        let (mut conn, _) = self.login().await?;
         *connected = true;
         events(Event::Connection(format!(
             "connected to {}:{} as {}",
             self.server.host, self.server.port, self.handle
         )));
-        if logged_in.one_time_keys < LOW_WATER_MARK || !logged_in.has_fallback_key {
-            self.upload_keys(
-                &mut conn,
-                logged_in.one_time_keys,
-                logged_in.has_fallback_key,
-            )
-            .await?;
-        }
+        // One-time keys: the server pushes a KeyCount right after LoggedIn;
+        // handle_push tops them up when it says they run low.
         self.flush_outbox(&mut conn, events).await?;
         let mut last_ping = tokio::time::Instant::now();
         let mut last_flush = tokio::time::Instant::now();
@@ -1035,6 +1025,15 @@ impl Client {
     pub fn public_identity(&self) -> PublicIdentity {
         self.identity.public()
     }
+}
+
+/// What one [`Client::drain`] call handled.
+#[derive(Debug, Default, Clone, Copy)]
+struct Drained {
+    /// Pushes of any kind.
+    pushes: usize,
+    /// Mailbox items among them (acknowledged by seq).
+    mailbox: usize,
 }
 
 fn is_fatal(e: &ClientError) -> bool {

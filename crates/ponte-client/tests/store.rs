@@ -387,3 +387,32 @@ fn receipts_for_a_burst_are_merged() {
     assert_eq!(out.len(), 1, "one receipt for the burst");
     assert_eq!(out[0].kind, OutboxKind::ReadReceipt(ids));
 }
+
+#[test]
+fn debug_output_never_shows_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = Profile::create(&dir.path().join("p"), KeySource::KeyFile).unwrap();
+    let store = profile.store();
+    store.queue_text("bob", SECRET_TEXT).unwrap();
+    let (_, session) = session_pair();
+    let incoming = Incoming {
+        peer: "alice",
+        id: MessageId::random(),
+        sent_at_ms: 1,
+        session: &session,
+        identity: None,
+        key_changed: false,
+        content: IncomingContent::Text(SECRET_TEXT),
+    };
+    store.commit_incoming(&incoming).unwrap();
+    let dumps = [
+        format!("{:?}", store.outbox().unwrap()),
+        format!("{incoming:?}"),
+        format!("{:?}", store.take_updates().unwrap()),
+        format!("{:?}", store.history("bob").unwrap()),
+        format!("{profile:?}"),
+    ];
+    for d in dumps {
+        assert!(!d.contains("eagle"), "{d}");
+    }
+}

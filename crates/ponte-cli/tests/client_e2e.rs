@@ -403,7 +403,11 @@ fn client_refuses_a_server_with_another_key() {
     let impostor = Server::start(&tmp.path().join("impostor"));
     assert_ne!(impostor.key, server.key);
     fwd.retarget(impostor.addr);
-    for args in [&["sync"][..], &["send", "bob", "hello"][..]] {
+    for args in [
+        &["sync"][..],
+        &["send", "bob", "hello"][..],
+        &["listen"][..],
+    ] {
         let out = ponte(&alice, args, None);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);

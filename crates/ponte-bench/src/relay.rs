@@ -555,3 +555,52 @@ async fn machine_header(args: &RelayArgs, plan: &Plan, env: &Env, background: &s
         plan.idle,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: RelayArgs,
+    }
+
+    fn parse(argv: &[&str]) -> RelayArgs {
+        Wrap::parse_from(std::iter::once("relay").chain(argv.iter().copied())).args
+    }
+
+    #[test]
+    fn defaults_quick_and_explicit_idle() {
+        let p = plan(&parse(&[])).unwrap();
+        assert_eq!(p.idle, vec![3000, 9000]);
+        assert_eq!(p.duration, Duration::from_secs(5));
+        // Without --ponte, ponte is left out.
+        assert_eq!(
+            p.kinds,
+            vec![Kind::Direct, Kind::HaproxyOfficial, Kind::HaproxyTuned]
+        );
+        let q = plan(&parse(&["--quick"])).unwrap();
+        assert_eq!(
+            (q.idle.clone(), q.duration),
+            (vec![500], Duration::from_secs(1))
+        );
+        let e = plan(&parse(&["--quick", "--idle", "10,20", "--ponte", "/x"])).unwrap();
+        assert_eq!(e.idle, vec![10, 20]);
+        assert!(e.kinds.contains(&Kind::Ponte));
+    }
+
+    #[test]
+    fn refuses_impossible_plans() {
+        // A relay needs two descriptors per connection: 15,000 is over 20,000.
+        assert!(
+            plan(&parse(&["--idle", "15000"])).is_err() || nofile_limit().unwrap_or(0) > 30_200
+        );
+        assert!(plan(&parse(&["--systems", "ponte"])).is_err());
+        assert!(plan(&parse(&["--systems", "nginx"])).is_err());
+        assert!(plan(&parse(&["--rounds", "0"])).is_err());
+        assert!(plan(&parse(&["--duration", "0"])).is_err());
+    }
+}

@@ -1,5 +1,10 @@
 //! The client commands: `register`, `send`, `sync`, `listen`, `history`,
-//! `contacts`, `verify` (over `ponte-client`).
+//! `contacts`, `verify`, `status` and `via add|list|remove|clear` (over
+//! `ponte-client`).
+//!
+//! Routes: every command reaches the server directly or through relays
+//! given with `--via URL` (repeatable; `tls://HOST:PORT`, `tcp://HOST:PORT`
+//! or a share link) and those saved with `ponte via add`.
 //!
 //! Output: one line per message or tick change on stdout (`--json`: one JSON
 //! object per line with `id`, `from`, `to`, `text`, `sent_at`, `status`);
@@ -11,6 +16,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use ponte_client::client::{Event, SendOutcome};
 use ponte_client::profile::{self, KeySource};
+use ponte_client::route::RelayUrl;
 use ponte_client::{Client, ClientError, Contact, MessageView, Status, Update};
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -29,6 +35,47 @@ pub struct Common {
     /// Seconds to wait when connecting to the server.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     connect_timeout: u64,
+    /// Also try this relay (tls://HOST:PORT, tcp://HOST:PORT or a share link); repeatable.
+    #[arg(long = "via", value_name = "URL")]
+    via: Vec<String>,
+}
+
+impl Common {
+    fn vias(&self) -> anyhow::Result<Vec<RelayUrl>> {
+        self.via
+            .iter()
+            .map(|v| v.parse::<RelayUrl>().map_err(anyhow::Error::from))
+            .collect()
+    }
+}
+
+/// `ponte via …`: the relays saved in the profile.
+#[derive(Debug, Subcommand)]
+pub enum ViaCommand {
+    /// Save a relay: tls://HOST:PORT, tcp://HOST:PORT, or a share link.
+    Add {
+        /// The relay's URL or share link.
+        url: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List the saved relays.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Forget a saved relay.
+    Remove {
+        /// The relay's URL (or share link) as added.
+        url: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Forget every saved relay.
+    Clear {
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// Client commands.
@@ -81,6 +128,14 @@ pub enum ClientCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Show which route reaches the server now (direct or which relay), and each route's state.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Relays saved in the profile: add, list, remove, clear.
+    #[command(subcommand)]
+    Via(ViaCommand),
     /// Show the safety number (and QR code) to compare with a contact.
     Verify {
         /// Contact handle.
@@ -170,6 +225,7 @@ fn open_client(common: &Common) -> anyhow::Result<Client> {
     let dir = profile::resolve_dir(common.profile.clone())?;
     let mut client = Client::open(&dir, unlock_passphrase)?;
     client.set_connect_timeout(Duration::from_secs(common.connect_timeout.max(1)));
+    client.set_extra_vias(common.vias()?);
     Ok(client)
 }
 
@@ -186,7 +242,8 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let dir = profile::resolve_dir(common.profile.clone())?;
             let source = new_profile_key(no_passphrase)?;
             let timeout = Duration::from_secs(common.connect_timeout.max(1));
-            let client = runtime()?.block_on(Client::register(
+            let vias = common.vias()?;
+            let client = runtime()?.block_on(Client::register_via(
                 &dir,
                 source,
                 unlock_passphrase,
@@ -194,6 +251,7 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 &name,
                 invite.as_deref(),
                 timeout,
+                &vias,
             ))?;
             if common.json {
                 println!(
@@ -206,6 +264,9 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 );
             } else {
                 println!("registered as {} on {}", client.handle(), client.server());
+                if let Some(route) = client.route_in_use() {
+                    println!("reached over: {route}");
+                }
                 println!("profile: {}", dir.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -246,6 +307,17 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        ClientCommand::Status { common } => {
+            let mut client = open_client(&common)?;
+            let status = runtime()?.block_on(client.status())?;
+            print_status(&client, &status, common.json);
+            Ok(if status.in_use.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        ClientCommand::Via(cmd) => via(cmd),
         ClientCommand::History { name, common } => {
             let client = open_client(&common)?;
             let me = client.handle().to_owned();
@@ -315,6 +387,116 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_profile(common: &Common) -> anyhow::Result<profile::Profile> {
+    let dir = profile::resolve_dir(common.profile.clone())?;
+    if !profile::Profile::exists(&dir) {
+        anyhow::bail!(
+            "no profile in {} yet: run `ponte register --server ADDRESS [--via URL] NAME` first",
+            dir.display()
+        );
+    }
+    Ok(profile::Profile::open(&dir, unlock_passphrase)?)
+}
+
+fn via(cmd: ViaCommand) -> anyhow::Result<ExitCode> {
+    use ponte_client::client::{save_vias, saved_vias};
+    match cmd {
+        ViaCommand::Add { url, common } => {
+            let url: RelayUrl = url.parse()?;
+            let p = open_profile(&common)?;
+            let mut list = saved_vias(p.store())?;
+            if list.contains(&url) {
+                eprintln!("ponte: {url} is already saved");
+            } else {
+                list.push(url.clone());
+                save_vias(p.store(), &list)?;
+            }
+            if common.json {
+                println!("{}", serde_json::json!({ "added": url.to_string() }));
+            } else {
+                println!("saved relay {url}");
+            }
+        }
+        ViaCommand::List { common } => {
+            let p = open_profile(&common)?;
+            let last = ponte_client::client::last_route(p.store())?;
+            for url in saved_vias(p.store())? {
+                let used_last = last.as_deref() == Some(format!("relay {url}").as_str());
+                if common.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "via": url.to_string(), "worked_last": used_last })
+                    );
+                } else if used_last {
+                    println!("{url}  (worked last)");
+                } else {
+                    println!("{url}");
+                }
+            }
+        }
+        ViaCommand::Remove { url, common } => {
+            let url: RelayUrl = url.parse()?;
+            let p = open_profile(&common)?;
+            let mut list = saved_vias(p.store())?;
+            let before = list.len();
+            list.retain(|u| *u != url);
+            if list.len() == before {
+                anyhow::bail!("{url} is not a saved relay (see `ponte via list`)");
+            }
+            save_vias(p.store(), &list)?;
+            if !common.json {
+                println!("removed relay {url}");
+            }
+        }
+        ViaCommand::Clear { common } => {
+            let p = open_profile(&common)?;
+            let n = saved_vias(p.store())?.len();
+            save_vias(p.store(), &[])?;
+            if !common.json {
+                println!("removed {n} saved relays");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(client: &Client, s: &ponte_client::client::RouteStatus, json: bool) {
+    if json {
+        let probes: Vec<serde_json::Value> = s
+            .probes
+            .iter()
+            .map(|p| match &p.result {
+                Ok(ms) => serde_json::json!({ "route": p.route, "ok": true, "ms": ms }),
+                Err(e) => serde_json::json!({ "route": p.route, "ok": false, "error": e }),
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "handle": client.handle(),
+                "server": client.server().to_string(),
+                "in_use": s.in_use.as_ref().ok(),
+                "error": s.in_use.as_ref().err(),
+                "last_route": s.last_route,
+                "routes": probes,
+            })
+        );
+        return;
+    }
+    println!("{} on {}", client.handle(), client.server());
+    match &s.in_use {
+        Ok(route) => println!("in use: {route}"),
+        Err(e) => println!("in use: none: {e}"),
+    }
+    println!("routes, in the order they are tried:");
+    for p in &s.probes {
+        match &p.result {
+            Ok(ms) => println!("  ok    {}  ({ms} ms)", p.route),
+            Err(e) => println!("  FAIL  {}  ({e})", p.route),
         }
     }
 }

@@ -18,7 +18,7 @@
 
 use crate::connection::{Connection, REQUEST_TIMEOUT};
 use crate::profile::{KeySource, Profile};
-use crate::route::{DirectRoute, Route};
+use crate::route::{DirectRoute, RelayRoute, RelayUrl, Route, HEAD_START};
 use crate::store::{
     Contact, IdentityCheck, Incoming, IncomingContent, MessageView, OutboxKind, Store, Update,
 };
@@ -81,7 +81,14 @@ pub struct Client {
     device: Keypair,
     server: ServerAddress,
     handle: String,
-    routes: Vec<Box<dyn Route>>,
+    /// Routes set by [`Client::set_routes`] (tests, embedders); else built
+    /// from the server address and the relays.
+    custom_routes: Option<Vec<Box<dyn Route>>>,
+    /// Relays given for this process only (`--via`), tried before the saved ones.
+    extra_vias: Vec<RelayUrl>,
+    head_start: Duration,
+    direct_probe_every: Duration,
+    route_in_use: Option<String>,
     connect_timeout: Duration,
     /// Contacts whose held messages were already reported (once per process).
     warned_held: BTreeSet<String>,
@@ -96,10 +103,71 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn direct_routes(server: &ServerAddress) -> Vec<Box<dyn Route>> {
-    vec![Box::new(DirectRoute {
-        target: server.socket_addr_string(),
-    })]
+/// Profile meta key: the saved relays, one URL per line.
+const META_VIAS: &str = "vias";
+/// Profile meta key: the route that worked last ([`Route::describe`]).
+const META_LAST_ROUTE: &str = "last_route";
+/// How often `listen`, while on a relay, checks whether the direct route
+/// works again.
+pub const DIRECT_PROBE_EVERY: Duration = Duration::from_secs(60);
+/// Most relays saved in a profile.
+pub const MAX_SAVED_VIAS: usize = 32;
+
+/// The relays saved in a profile (`ponte via add`), in the order added.
+pub fn saved_vias(store: &Store) -> Result<Vec<RelayUrl>> {
+    let Some(text) = store.meta(META_VIAS)? else {
+        return Ok(Vec::new());
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.parse::<RelayUrl>()
+                .map_err(|_| ClientError::Corrupt("saved relay list"))
+        })
+        .collect()
+}
+
+/// Replace the relays saved in a profile (duplicates dropped, order kept).
+pub fn save_vias(store: &Store, vias: &[RelayUrl]) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    let list: Vec<String> = vias
+        .iter()
+        .filter(|v| seen.insert((*v).clone()))
+        .map(ToString::to_string)
+        .collect();
+    if list.len() > MAX_SAVED_VIAS {
+        return Err(ClientError::Invalid(format!(
+            "at most {MAX_SAVED_VIAS} relays can be saved"
+        )));
+    }
+    store.set_meta(META_VIAS, &list.join("\n"))
+}
+
+/// The route that worked last, as recorded in the profile.
+pub fn last_route(store: &Store) -> Result<Option<String>> {
+    Ok(store.meta(META_LAST_ROUTE)?.filter(|r| !r.is_empty()))
+}
+
+/// How `listen` and `status` describe where the client is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteProbe {
+    /// The route ([`Route::describe`]).
+    pub route: String,
+    /// `Ok(milliseconds to an authenticated channel)` or the reason it failed.
+    pub result: std::result::Result<u64, String>,
+}
+
+/// What `ponte status` shows.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RouteStatus {
+    /// The route the client would use now (the race's winner), or why none works.
+    pub in_use: std::result::Result<String, String>,
+    /// The route recorded as working last, before this check.
+    pub last_route: Option<String>,
+    /// Each route on its own, in the order they are tried.
+    pub probes: Vec<RouteProbe>,
 }
 
 fn parse_address(address: &str) -> Result<ServerAddress> {
@@ -141,6 +209,33 @@ impl Client {
         invite: Option<&str>,
         connect_timeout: Duration,
     ) -> Result<Self> {
+        Self::register_via(
+            dir,
+            source,
+            passphrase,
+            address,
+            handle,
+            invite,
+            connect_timeout,
+            &[],
+        )
+        .await
+    }
+
+    /// [`Client::register`], reaching the server directly or through the
+    /// relays `vias` (which are saved in the new profile: a user whose
+    /// server is blocked needs them for every later command too).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn register_via(
+        dir: &Path,
+        source: KeySource,
+        passphrase: impl FnOnce() -> Result<String>,
+        address: &str,
+        handle: &str,
+        invite: Option<&str>,
+        connect_timeout: Duration,
+        vias: &[RelayUrl],
+    ) -> Result<Self> {
         let server = parse_address(address)?;
         validate_handle(handle)
             .map_err(|e| ClientError::Invalid(format!("handle {handle:?}: {e}")))?;
@@ -174,14 +269,22 @@ impl Client {
             }
         };
         store.set_meta("server", &server.to_string())?;
-        let routes = direct_routes(&server);
+        if !vias.is_empty() {
+            let mut saved = saved_vias(store)?;
+            saved.extend(vias.iter().cloned());
+            save_vias(store, &saved)?;
+        }
         let mut client = Self {
             profile,
             identity,
             device,
             server,
             handle: handle.to_owned(),
-            routes,
+            custom_routes: None,
+            extra_vias: Vec::new(),
+            head_start: HEAD_START,
+            direct_probe_every: DIRECT_PROBE_EVERY,
+            route_in_use: None,
             connect_timeout,
             warned_held: BTreeSet::new(),
         };
@@ -234,14 +337,17 @@ impl Client {
         let identity = store.identity()?.ok_or_else(not_registered)?;
         let secret = store.secret("noise")?.ok_or_else(not_registered)?;
         let device = device_keypair(&secret)?;
-        let routes = direct_routes(&server);
         Ok(Self {
             profile,
             identity,
             device,
             server,
             handle,
-            routes,
+            custom_routes: None,
+            extra_vias: Vec::new(),
+            head_start: HEAD_START,
+            direct_probe_every: DIRECT_PROBE_EVERY,
+            route_in_use: None,
             connect_timeout: Duration::from_secs(5),
             warned_held: BTreeSet::new(),
         })
@@ -267,19 +373,145 @@ impl Client {
         self.connect_timeout = timeout;
     }
 
-    /// Replace the routes to the server (default: direct TCP).
+    /// Replace the routes to the server (default: direct TCP, then the
+    /// relays from `--via` and the profile).
     pub fn set_routes(&mut self, routes: Vec<Box<dyn Route>>) {
-        self.routes = routes;
+        self.custom_routes = Some(routes);
     }
 
-    async fn open_connection(&self) -> Result<Connection> {
-        Connection::open(
-            &self.routes,
+    /// Relays to use for this process only (before the saved ones).
+    pub fn set_extra_vias(&mut self, vias: Vec<RelayUrl>) {
+        self.extra_vias = vias;
+    }
+
+    /// Head start of each route in the race (default [`HEAD_START`]).
+    pub fn set_head_start(&mut self, head_start: Duration) {
+        self.head_start = head_start;
+    }
+
+    /// How often `listen` re-checks the direct route while on a relay
+    /// (default [`DIRECT_PROBE_EVERY`]).
+    pub fn set_direct_probe_interval(&mut self, every: Duration) {
+        self.direct_probe_every = every;
+    }
+
+    /// The relays this client tries: `--via` ones, then the saved ones.
+    pub fn vias(&self) -> Result<Vec<RelayUrl>> {
+        let mut all = self.extra_vias.clone();
+        for v in saved_vias(self.store())? {
+            if !all.contains(&v) {
+                all.push(v);
+            }
+        }
+        Ok(all)
+    }
+
+    /// The route of the last successful connection of this process.
+    pub fn route_in_use(&self) -> Option<&str> {
+        self.route_in_use.as_deref()
+    }
+
+    fn direct_route(&self) -> DirectRoute {
+        DirectRoute {
+            target: self.server.socket_addr_string(),
+        }
+    }
+
+    /// Routes in the order they are raced: direct first, then the relays,
+    /// the one that worked last leading.
+    fn build_routes(&self) -> Result<Vec<Box<dyn Route>>> {
+        let mut relays = Vec::new();
+        for v in self.vias()? {
+            relays.push(RelayRoute::new(v)?);
+        }
+        if let Some(last) = last_route(self.store())? {
+            if let Some(pos) = relays.iter().position(|r| r.describe() == last) {
+                let r = relays.remove(pos);
+                relays.insert(0, r);
+            }
+        }
+        let mut routes: Vec<Box<dyn Route>> = vec![Box::new(self.direct_route())];
+        routes.extend(relays.into_iter().map(|r| Box::new(r) as Box<dyn Route>));
+        Ok(routes)
+    }
+
+    async fn open_connection(&mut self) -> Result<Connection> {
+        let built;
+        let routes = match &self.custom_routes {
+            Some(r) => r,
+            None => {
+                built = self.build_routes()?;
+                &built
+            }
+        };
+        let conn = Connection::open_with_head_start(
+            routes,
             self.server.key,
             self.device.clone(),
             self.connect_timeout,
+            self.head_start,
+        )
+        .await?;
+        if last_route(self.store())?.as_deref() != Some(conn.route()) {
+            self.store().set_meta(META_LAST_ROUTE, conn.route())?;
+        }
+        self.route_in_use = Some(conn.route().to_owned());
+        Ok(conn)
+    }
+
+    /// Which route works now: the race's winner, and each route alone.
+    pub async fn status(&mut self) -> Result<RouteStatus> {
+        let last = last_route(self.store())?;
+        let built;
+        let routes = match &self.custom_routes {
+            Some(r) => r,
+            None => {
+                built = self.build_routes()?;
+                &built
+            }
+        };
+        let probes = futures::future::join_all(routes.iter().map(|r| {
+            let device = self.device.clone();
+            let (key, timeout) = (self.server.key, self.connect_timeout);
+            async move {
+                let t0 = tokio::time::Instant::now();
+                let result = Connection::open(std::slice::from_ref(r), key, device, timeout)
+                    .await
+                    .map(|_| u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX))
+                    .map_err(|e| match e {
+                        ClientError::Unreachable(m) => m,
+                        other => other.to_string(),
+                    });
+                RouteProbe {
+                    route: r.describe(),
+                    result,
+                }
+            }
+        }))
+        .await;
+        let in_use = Connection::open_with_head_start(
+            routes,
+            self.server.key,
+            self.device.clone(),
+            self.connect_timeout,
+            self.head_start,
         )
         .await
+        .map(|c| c.route().to_owned());
+        if let Ok(route) = &in_use {
+            self.store().set_meta(META_LAST_ROUTE, route)?;
+            self.route_in_use = Some(route.clone());
+        }
+        let in_use = match in_use {
+            Ok(r) => Ok(r),
+            Err(e) if crate::route::is_security_error(&e) => return Err(e),
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(RouteStatus {
+            in_use,
+            last_route: last,
+            probes,
+        })
     }
 
     /// Connect and log in; returns the connection and the login summary.
@@ -896,7 +1128,14 @@ impl Client {
                 r = self.listen_once(events, &mut connected) => r,
             };
             let err = match result {
-                Ok(()) => return Ok(()),
+                // The direct route works again: move back to it now.
+                Ok(()) => {
+                    events(Event::Connection(
+                        "the direct route to the server works again: moving back to it".into(),
+                    ));
+                    backoff = BACKOFF_MIN;
+                    continue;
+                }
                 Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => e,
             };
@@ -923,6 +1162,8 @@ impl Client {
         }
     }
 
+    /// One connection's life. Returns `Ok(())` only to move back to the
+    /// direct route (it answered a background probe while on a relay).
     async fn listen_once(
         &mut self,
         events: &mut dyn FnMut(Event),
@@ -931,9 +1172,14 @@ impl Client {
         let (mut conn, _) = self.login().await?;
         *connected = true;
         events(Event::Connection(format!(
-            "connected to {}:{} as {}",
-            self.server.host, self.server.port, self.handle
+            "connected to {}:{} as {} ({})",
+            self.server.host,
+            self.server.port,
+            self.handle,
+            conn.route()
         )));
+        let on_relay = !conn.is_direct() && self.custom_routes.is_none();
+        let mut last_probe = tokio::time::Instant::now();
         // One-time keys: the server pushes a KeyCount right after LoggedIn;
         // handle_push tops them up when it says they run low.
         self.flush_outbox(&mut conn, events).await?;
@@ -960,6 +1206,36 @@ impl Client {
                 conn.request(client_frame::Body::Ping(Ping { nonce: 2 }), REQUEST_TIMEOUT)
                     .await?;
                 last_ping = tokio::time::Instant::now();
+            }
+            if on_relay && last_probe.elapsed() >= self.direct_probe_every {
+                last_probe = tokio::time::Instant::now();
+                if self.direct_works().await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Whether the direct route reaches the server and completes the Noise
+    /// handshake now (a background probe; the probe connection is dropped).
+    async fn direct_works(&self) -> bool {
+        let direct: Vec<Box<dyn Route>> = vec![Box::new(self.direct_route())];
+        let probe = Connection::open(
+            &direct,
+            self.server.key,
+            self.device.clone(),
+            self.connect_timeout.min(Duration::from_secs(5)),
+        )
+        .await;
+        match probe {
+            Ok(_) => {
+                // The next connection should try direct first and keep it.
+                let _ = self.store().set_meta(META_LAST_ROUTE, "");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "direct route still unusable");
+                false
             }
         }
     }
@@ -1039,6 +1315,7 @@ struct Drained {
 fn is_fatal(e: &ClientError) -> bool {
     match e {
         ClientError::ServerKeyMismatch(_)
+        | ClientError::Tampered(_)
         | ClientError::NotRegistered(_)
         | ClientError::Corrupt(_)
         | ClientError::Db(_)

@@ -1,8 +1,12 @@
 //! One authenticated connection to a Ponte server.
 //!
-//! [`Connection::open`] reaches the server over the given routes, runs the
-//! Noise handshake against the key from the server address (refusing a
-//! server that does not hold it), and then offers:
+//! [`Connection::open`] races the given routes (happy eyeballs, see
+//! [`crate::route::race`]); each attempt is a TCP/TLS connect *and* the Noise
+//! handshake against the key from the server address, so a route that
+//! accepts and then stays silent (a black hole) loses like a refused one. A
+//! server that does not hold the key, or bytes that fail authentication,
+//! end the attempt with a security error and the client refuses to go on.
+//! The connection then offers:
 //!
 //! - [`Connection::request`]: send a request and wait for the response with
 //!   the same `request_id`; server pushes that arrive meanwhile are queued;
@@ -13,7 +17,7 @@
 //! Every wait is bounded by a timeout; a `Close` from the server ends the
 //! connection with [`ClientError::Disconnected`].
 
-use crate::route::{connect_any, BoxStream, Route};
+use crate::route::{race, BoxStream, Route, HEAD_START};
 use crate::{ClientError, Result};
 use ponte_transport::{Channel, ClientConfig, Keypair, TransportError};
 use ponte_wire::messages::{
@@ -33,6 +37,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// An open Noise channel to the server.
 pub struct Connection {
     chan: Channel<BoxStream>,
+    route: String,
+    direct: bool,
     next_id: u64,
     pushes: VecDeque<server_frame::Body>,
 }
@@ -40,6 +46,7 @@ pub struct Connection {
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
+            .field("route", &self.route)
             .field("queued_pushes", &self.pushes.len())
             .finish()
     }
@@ -54,9 +61,21 @@ fn transport_err(e: TransportError) -> ClientError {
                     "expected key {expected}, the server presented {}",
                     ponte_wire::address::encode_key(&a)
                 ),
-                None => format!("the server could not complete the handshake for key {expected}"),
+                None => format!(
+                    "the server (or a relay in between) could not complete the handshake for \
+                     key {expected}"
+                ),
             })
         }
+        TransportError::Handshake(e) => ClientError::Tampered(format!(
+            "the server's handshake did not authenticate ({e}): a relay or the network \
+             altered or replayed it"
+        )),
+        TransportError::Decrypt => ClientError::Tampered(
+            "an encrypted message from the server failed authentication: a relay or the network \
+             altered it"
+                .into(),
+        ),
         TransportError::HandshakeTimeout => {
             ClientError::Unreachable("Noise handshake timed out".into())
         }
@@ -72,7 +91,8 @@ pub fn error_code_name(code: i32) -> String {
 }
 
 impl Connection {
-    /// Connect over the first route that answers and authenticate the
+    /// Race the routes (each: connect, then the Noise handshake, bounded
+    /// by `connect_timeout`) and keep the first that authenticates the
     /// server against `server_key`.
     pub async fn open(
         routes: &[Box<dyn Route>],
@@ -80,17 +100,54 @@ impl Connection {
         device: Keypair,
         connect_timeout: Duration,
     ) -> Result<Self> {
-        let stream = connect_any(routes, connect_timeout).await?;
+        Self::open_with_head_start(routes, server_key, device, connect_timeout, HEAD_START).await
+    }
+
+    /// [`Connection::open`] with another head start per route.
+    pub async fn open_with_head_start(
+        routes: &[Box<dyn Route>],
+        server_key: [u8; 32],
+        device: Keypair,
+        connect_timeout: Duration,
+        head_start: Duration,
+    ) -> Result<Self> {
         let mut cfg = ClientConfig::new(device, server_key);
         cfg.handshake_timeout = connect_timeout;
-        let chan = ponte_transport::connect(stream, &cfg)
-            .await
-            .map_err(transport_err)?;
+        let cfg = &cfg;
+        let (i, chan) = race(routes, head_start, connect_timeout, |route| {
+            Box::pin(async move {
+                let stream = route
+                    .connect()
+                    .await
+                    .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+                ponte_transport::connect(stream, cfg)
+                    .await
+                    .map_err(|e| match transport_err(e) {
+                        ClientError::Disconnected(m) => ClientError::Unreachable(m),
+                        other => other,
+                    })
+            })
+        })
+        .await?;
+        let route = &routes[i];
+        tracing::debug!(route = %route.describe(), "connected");
         Ok(Self {
             chan,
+            route: route.describe(),
+            direct: route.is_direct(),
             next_id: 1,
             pushes: VecDeque::new(),
         })
+    }
+
+    /// The route this connection runs over ([`Route::describe`]).
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Whether it is the direct route.
+    pub fn is_direct(&self) -> bool {
+        self.direct
     }
 
     async fn recv(&mut self, timeout: Duration) -> Result<Option<ServerFrame>> {

@@ -6,8 +6,9 @@
 //! - [`atrest`]: the profile key and per-field encryption at rest;
 //! - [`store`]: the SQLite database: identity, contacts, sessions, history,
 //!   outbox, tick states, deduplication;
-//! - [`route`]: how bytes reach the server ([`route::Route`]; only the
-//!   direct TCP route exists today, relays plug in here later);
+//! - [`route`]: how bytes reach the server ([`route::Route`]: direct TCP,
+//!   or through a relay over `tcp://` / `tls://`), relay URLs and share
+//!   links, and the happy-eyeballs race between routes;
 //! - [`connection`]: one authenticated connection to a server over a route
 //!   (Noise transport, protobuf requests and pushes);
 //! - [`client`]: the operations the CLI exposes (register, send, sync,
@@ -94,6 +95,11 @@ pub enum ClientError {
     /// The server closed or broke the connection.
     #[error("connection lost: {0}")]
     Disconnected(String),
+    /// The encrypted bytes did not authenticate: something on the route (a
+    /// relay, or the network) altered, replayed or injected data. The
+    /// connection is dropped; nothing it carried was trusted.
+    #[error("TAMPERING: {0}")]
+    Tampered(String),
     /// The server broke the protocol.
     #[error("protocol violation by server: {0}")]
     Protocol(String),

@@ -222,23 +222,49 @@ fn whatsapp_ports(cfg: &Config) -> Option<(u16, u16, bool)> {
     Some((chat, media, tls))
 }
 
+/// The listener a Ponte client uses (TLS preferred): a layout without media
+/// listeners, where every listener's upstream takes a PROXY header.
+fn ponte_port(cfg: &Config) -> Option<(u16, bool)> {
+    let direct = || cfg.listener.iter().filter(|l| !l.accept_proxy);
+    let port =
+        |l: &ponte_proxy::config::ListenerConfig| l.listen.get_ref().first().map(|a| a.0.port());
+    let tls = direct().find(|l| l.tls != TlsMode::None);
+    match tls {
+        Some(l) => Some((port(l)?, true)),
+        None => Some((direct().next().and_then(port)?, false)),
+    }
+}
+
 fn print_link(args: LinkArgs) -> anyhow::Result<ExitCode> {
     link::validate_host(&args.host)?;
     let cfg = args.source.load()?;
+    let theme = if args.light {
+        link::QrTheme::LightTerminal
+    } else {
+        link::QrTheme::DarkTerminal
+    };
     let Some((chat, media, tls)) = whatsapp_ports(&cfg) else {
-        bail!(
-            "this configuration has no WhatsApp layout (a chat listener and a media listener whose \
-             upstream takes no PROXY header); links for Ponte relays are not available yet"
-        );
+        let Some((port, tls)) = ponte_port(&cfg) else {
+            bail!(
+                "this configuration has no listener a client can reach (all expect a PROXY header)"
+            );
+        };
+        let app = link::ponte_relay_link(&args.host, port, tls);
+        let web = link::ponte_relay_web_link(&args.host, port, tls);
+        let mut out = format!("{app}\n{web}\n");
+        if !args.no_qr {
+            out.push('\n');
+            out.push_str(&link::qr_terminal_themed(&web, theme)?);
+            out.push_str(
+                "\nPonte users: `ponte via add 'LINK'` (either link), or scan the code.\n",
+            );
+        }
+        crate::write_stdout(&out)?;
+        return Ok(ExitCode::SUCCESS);
     };
     let url = link::whatsapp_link(&args.host, chat, media, tls);
     let mut out = format!("{url}\n");
     if !args.no_qr {
-        let theme = if args.light {
-            link::QrTheme::LightTerminal
-        } else {
-            link::QrTheme::DarkTerminal
-        };
         out.push('\n');
         out.push_str(&link::qr_terminal_themed(&url, theme)?);
         out.push_str(
@@ -260,5 +286,6 @@ mod tests {
         assert_eq!(whatsapp_ports(&cfg), Some((443, 587, true)));
         let cfg = Config::preset(Preset::Ponte, Some("s.example:5222".parse().unwrap())).unwrap();
         assert_eq!(whatsapp_ports(&cfg), None);
+        assert_eq!(ponte_port(&cfg), Some((443, true)));
     }
 }

@@ -1,9 +1,26 @@
-//! The share link a WhatsApp user opens to use this relay, and a QR code of
-//! it drawn with Unicode characters for the terminal.
+//! The share links users open to use this relay, and a QR code of them
+//! drawn with Unicode characters for the terminal.
+//!
+//! For WhatsApp (preset `whatsapp`):
 //!
 //! ```text
 //! https://wa.me/proxy?host=HOST&chatPort=443&mediaPort=587&chatTLS=true
 //! ```
+//!
+//! For Ponte clients (preset `ponte`; [`ponte_relay_link`] and
+//! [`ponte_relay_web_link`]), one relay with its port and whether it speaks
+//! TLS — the `ponte` client's `ponte via add LINK` and `--via LINK` read both:
+//!
+//! ```text
+//! ponte://relay?host=HOST&port=443&tls=1
+//! https://ponte.link/relay#host=HOST&port=443&tls=1
+//! ```
+//!
+//! The `https://` form is the one a messenger renders as a link; its relay
+//! details sit after `#`, which browsers never send to the web server, so the
+//! page behind [`PONTE_WEB_LINK_BASE`] cannot learn or log which relay was
+//! shared. Neither form carries the server's key: the user's server address
+//! (`ponte://HOST:PORT#KEY`) already holds it, and a relay is untrusted.
 //!
 //! The host goes into a query value, so it is percent-encoded: everything
 //! but the URL's unreserved characters (`A-Z a-z 0-9 - . _ ~`) becomes `%XX`.
@@ -132,6 +149,41 @@ pub fn whatsapp_link(host: &str, chat_port: u16, media_port: u16, chat_tls: bool
     link
 }
 
+/// Where the `https://` form of a Ponte relay link points (a page that
+/// explains how to install Ponte and add the relay).
+pub const PONTE_WEB_LINK_BASE: &str = "https://ponte.link/relay";
+
+fn ponte_relay_params(host: &str, port: u16, tls: bool) -> String {
+    let mut out = String::with_capacity(32 + 3 * host.len());
+    out.push_str("host=");
+    match ipv6_literal(host) {
+        Some(ip) => percent_encode_into(&ip.to_string(), &mut out),
+        None => percent_encode_into(host, &mut out),
+    }
+    out.push_str("&port=");
+    out.push_str(&port.to_string());
+    out.push_str(if tls { "&tls=1" } else { "&tls=0" });
+    out
+}
+
+/// The `ponte://relay?host=…&port=…&tls=1|0` link for a Ponte relay (see
+/// the module docs). The host is percent-encoded as for [`whatsapp_link`];
+/// call [`validate_host`] on operator input first.
+#[must_use]
+pub fn ponte_relay_link(host: &str, port: u16, tls: bool) -> String {
+    format!("ponte://relay?{}", ponte_relay_params(host, port, tls))
+}
+
+/// The `https://ponte.link/relay#host=…&port=…&tls=1|0` form of
+/// [`ponte_relay_link`], for messengers that only make `https` clickable.
+#[must_use]
+pub fn ponte_relay_web_link(host: &str, port: u16, tls: bool) -> String {
+    format!(
+        "{PONTE_WEB_LINK_BASE}#{}",
+        ponte_relay_params(host, port, tls)
+    )
+}
+
 /// Appends `text` with every byte outside RFC 3986's unreserved set written
 /// as `%XX`.
 fn percent_encode_into(text: &str, out: &mut String) {
@@ -229,6 +281,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn ponte_relay_links_are_exactly_the_documented_ones() {
+        assert_eq!(
+            ponte_relay_link("relay.example.org", 443, true),
+            "ponte://relay?host=relay.example.org&port=443&tls=1"
+        );
+        assert_eq!(
+            ponte_relay_web_link("relay.example.org", 443, true),
+            "https://ponte.link/relay#host=relay.example.org&port=443&tls=1"
+        );
+        assert_eq!(
+            ponte_relay_link("[2001:db8::1]", 5222, false),
+            "ponte://relay?host=2001%3Adb8%3A%3A1&port=5222&tls=0"
+        );
+        // Unvalidated input cannot add parameters.
+        assert_eq!(
+            ponte_relay_link("a&port=1", 2, true),
+            "ponte://relay?host=a%26port%3D1&port=2&tls=1"
+        );
+    }
 
     #[test]
     fn default_link_is_exactly_the_documented_one() {

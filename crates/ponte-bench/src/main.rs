@@ -16,6 +16,7 @@ mod client;
 mod proxy_header;
 mod relay;
 mod report;
+mod server;
 mod stats;
 mod systems;
 mod tls;
@@ -42,6 +43,9 @@ enum Command {
     Upstream(upstream::UpstreamArgs),
     /// Run one load-generator process (started by `relay`).
     Client(client::ClientArgs),
+    /// Messaging-server benchmark: `server run` (ponte server vs nats-server)
+    /// and its load-generator processes (`server client`).
+    Server(server::ServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Relay(a) => relay::run(a),
         Command::Upstream(a) => upstream::run(a),
         Command::Client(a) => client::run(a),
+        Command::Server(a) => server::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,923 @@
+//! `ponte-bench server`: the messaging-server benchmark — `ponte server`
+//! and, in the same run, `nats-server` as the raw-routing reference.
+//!
+//! - `ponte-bench server run …` (this file) starts each system as a child
+//!   process, drives the phases below with load-generator processes, reads
+//!   the servers' memory and CPU time from /proc, and prints a Markdown
+//!   report.
+//! - `ponte-bench server client …` is one load-generator process
+//!   (`ponte_load.rs` speaks the ponte protocol, `nats.rs` the NATS one).
+//!
+//! Phases, per system: N idle logged-in clients (server RSS delta / N, the
+//! clients spread over processes of `--clients-per-proc` each), online
+//! one-to-one pairs at full speed (delivered messages/s), the same pairs
+//! paced at half that rate (one-way latency p50/p99), and for ponte durable
+//! sends to offline recipients (`SendAck`s per second).
+//! See docs/BENCHMARKS-server.md.
+
+mod common;
+mod nats;
+mod ponte_load;
+mod procs;
+mod stats;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand, ValueEnum};
+use common::LoadResult;
+use procs::Loader;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `ponte-bench server …`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(subcommand)]
+    command: ServerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Run the messaging benchmark (ponte server and nats-server) and print
+    /// a Markdown report.
+    Run(RunArgs),
+    /// One load-generator process (started by `run`).
+    Client(ClientArgs),
+}
+
+/// Settings of a benchmark run.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Smoke run under a minute: 200 idle clients, 4 pairs, 3 s phases.
+    #[arg(long)]
+    quick: bool,
+    /// Idle client counts to measure, comma-separated [default: 1000,15000].
+    #[arg(long, value_delimiter = ',')]
+    idle: Option<Vec<u32>>,
+    /// Idle clients per load-generator process (each stays under its
+    /// open-file limit).
+    #[arg(long, default_value_t = 4000)]
+    clients_per_proc: u32,
+    /// Sender/receiver pairs for the online and durable phases [default: 16].
+    #[arg(long)]
+    pairs: Option<u32>,
+    /// Load-generator processes for the online and durable phases.
+    #[arg(long, default_value_t = 2)]
+    load_procs: u32,
+    /// Message body (ponte) / payload (NATS) bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Messages a sender keeps unacknowledged (ponte: sends awaiting their
+    /// SendAck; NATS: published and not yet flushed by a PING/PONG).
+    #[arg(long, default_value_t = 128)]
+    window: usize,
+    /// Counted seconds per traffic phase [default: 10].
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Warm-up seconds before counting [default: 2].
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Offline recipients for the durable phase [default: 1000].
+    #[arg(long)]
+    offline: Option<u32>,
+    /// How many times to run everything (reports each run and the median).
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
+    /// The `ponte` binary [default: `ponte` next to this executable].
+    #[arg(long)]
+    ponte: Option<PathBuf>,
+    /// The `nats-server` binary.
+    #[arg(long, default_value = "/usr/sbin/nats-server")]
+    nats_server: PathBuf,
+    /// Skip the NATS reference.
+    #[arg(long)]
+    no_nats: bool,
+    /// Also write the report to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum System {
+    Ponte,
+    Nats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Register,
+    Idle,
+    Online,
+    Durable,
+}
+
+/// Arguments of one load-generator process.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[arg(long, value_enum)]
+    system: System,
+    /// `ponte://HOST:PORT#KEY` or the NATS `HOST:PORT`.
+    #[arg(long)]
+    addr: String,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    #[arg(long, default_value_t = 1)]
+    seed: u32,
+    /// First account (register/idle) or first pair account (online/durable).
+    #[arg(long, default_value_t = 0)]
+    first: u32,
+    /// Accounts (register/idle) or pairs (online/durable).
+    #[arg(long)]
+    count: u32,
+    #[arg(long, default_value_t = 0)]
+    offline_first: u32,
+    #[arg(long, default_value_t = 0)]
+    offline_count: u32,
+    /// Messages per second per sender; 0 for unpaced.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 128)]
+    window: usize,
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    #[arg(long, default_value_t = 2000)]
+    warmup_ms: u64,
+    #[arg(long, default_value_t = 10_000)]
+    duration_ms: u64,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+/// Runs `ponte-bench server …`.
+pub fn run(a: ServerArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match a.command {
+        ServerCommand::Run(r) => rt.block_on(orchestrate(r)),
+        ServerCommand::Client(c) => rt.block_on(client(c)),
+    }
+}
+
+async fn client(c: ClientArgs) -> anyhow::Result<()> {
+    let warmup = Duration::from_millis(c.warmup_ms);
+    let duration = Duration::from_millis(c.duration_ms);
+    match c.system {
+        System::Ponte => {
+            let addr: ponte_wire::address::ServerAddress =
+                c.addr.parse().context("server address")?;
+            match c.mode {
+                Mode::Register => {
+                    let n = ponte_load::register_range(
+                        &addr,
+                        c.seed,
+                        c.first,
+                        c.count,
+                        c.concurrency,
+                    )
+                    .await?;
+                    common::print_result(&LoadResult {
+                        acked: n as u64,
+                        ..LoadResult::default()
+                    })
+                }
+                Mode::Idle => {
+                    ponte_load::idle(&addr, c.seed, c.first, c.count, c.concurrency).await
+                }
+                Mode::Online | Mode::Durable => {
+                    let durable = c.mode == Mode::Durable;
+                    let plan = ponte_load::SendPlan {
+                        sender: 0,
+                        recipients: Vec::new(),
+                        rate: c.rate,
+                        window: c.window,
+                        size: c.size,
+                        count_acks: durable,
+                    };
+                    let r = ponte_load::traffic(
+                        &addr,
+                        c.seed,
+                        c.first,
+                        c.count,
+                        durable,
+                        (c.offline_first, c.offline_count),
+                        plan,
+                        warmup,
+                        duration,
+                    )
+                    .await?;
+                    common::print_result(&r)
+                }
+            }
+        }
+        System::Nats => match c.mode {
+            Mode::Idle => nats::idle(&c.addr, c.count, c.concurrency).await,
+            Mode::Online => {
+                let r = nats::traffic(
+                    &c.addr, c.first, c.count, c.rate, c.window, c.size, warmup, duration,
+                )
+                .await?;
+                common::print_result(&r)
+            }
+            Mode::Register | Mode::Durable => bail!("core NATS has no accounts or durability"),
+        },
+    }
+}
+
+/// Settled values of a run.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    idle: &'static [u32],
+    pairs: u32,
+    duration: u64,
+    warmup: u64,
+    offline: u32,
+}
+
+/// What one system measured in one run.
+#[derive(Debug, Clone, Default)]
+struct Measured {
+    online: Option<f64>,
+    online_cores: Option<f64>,
+    half_offered: Option<f64>,
+    half_achieved: Option<f64>,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    p999_us: Option<f64>,
+    durable: Option<f64>,
+    durable_cores: Option<f64>,
+    /// (N, bytes per idle client).
+    idle: Vec<(u32, Option<f64>)>,
+    errors: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct RunOut {
+    ponte: Measured,
+    nats: Option<Measured>,
+    load_before: String,
+    load_after: String,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+fn split(total: u32, parts: u32) -> Vec<(u32, u32)> {
+    let parts = parts.max(1).min(total.max(1));
+    let mut out = Vec::new();
+    let mut first = 0;
+    for k in 0..parts {
+        let n = total / parts + u32::from(k < total % parts);
+        if n > 0 {
+            out.push((first, n));
+        }
+        first += n;
+    }
+    out
+}
+
+fn log(msg: &str) {
+    eprintln!("[server-bench] {msg}");
+}
+
+async fn orchestrate(a: RunArgs) -> anyhow::Result<()> {
+    let idle: Vec<u32> = a
+        .idle
+        .clone()
+        .unwrap_or_else(|| if a.quick { vec![200] } else { vec![1000, 15_000] });
+    let plan = Plan {
+        idle: Box::leak(idle.into_boxed_slice()),
+        pairs: a.pairs.unwrap_or(if a.quick { 4 } else { 16 }),
+        duration: a.duration.unwrap_or(if a.quick { 3 } else { 10 }),
+        warmup: a.warmup.unwrap_or(if a.quick { 1 } else { 2 }),
+        offline: a.offline.unwrap_or(if a.quick { 100 } else { 1000 }).max(1),
+    };
+    let ponte_bin = match &a.ponte {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable directory")?
+            .join("ponte"),
+    };
+    if !ponte_bin.exists() {
+        bail!(
+            "{} not found: cargo build --release -p ponte-cli (or pass --ponte)",
+            ponte_bin.display()
+        );
+    }
+    let nats = !a.no_nats;
+    if nats && !a.nats_server.exists() {
+        bail!(
+            "{} not found: apt-get install -y nats-server (or pass --no-nats)",
+            a.nats_server.display()
+        );
+    }
+    let mut runs = Vec::new();
+    for k in 0..a.runs.max(1) {
+        log(&format!("run {} of {}", k + 1, a.runs.max(1)));
+        let load_before = loadavg();
+        let ponte = run_ponte(&a, &plan, &ponte_bin, k + 1).await?;
+        let nats = if nats {
+            Some(run_nats(&a, &plan).await?)
+        } else {
+            None
+        };
+        runs.push(RunOut {
+            ponte,
+            nats,
+            load_before,
+            load_after: loadavg(),
+        });
+    }
+    let report = report(&a, &plan, &ponte_bin, &runs).await;
+    print!("{report}");
+    if let Some(path) = &a.output {
+        std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn base_client_args(system: &str, addr: &str, mode: &str, seed: u32) -> Vec<String> {
+    vec![
+        "--system".into(),
+        system.into(),
+        "--addr".into(),
+        addr.into(),
+        "--mode".into(),
+        mode.into(),
+        "--seed".into(),
+        seed.to_string(),
+    ]
+}
+
+/// Spawns one loader per argument set, waits until all are ready and
+/// returns them.
+async fn spawn_ready(sets: Vec<Vec<String>>, within: Duration) -> anyhow::Result<Vec<Loader>> {
+    let mut loaders = Vec::new();
+    for s in &sets {
+        loaders.push(Loader::spawn(s)?);
+    }
+    let mut n = 0;
+    for l in &mut loaders {
+        n += l.ready(within).await?;
+    }
+    log(&format!("{n} connections ready"));
+    Ok(loaders)
+}
+
+/// Idle phase: returns server RSS growth per connected client.
+async fn idle_phase(
+    pid: u32,
+    sets: Vec<Vec<String>>,
+    n: u32,
+) -> anyhow::Result<Option<f64>> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = procs::rss_bytes(pid)?;
+    let loaders = spawn_ready(sets, Duration::from_secs(600)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = procs::rss_bytes(pid)?;
+    for l in loaders {
+        l.finish().await?;
+    }
+    log(&format!(
+        "idle {n}: RSS {} -> {} KiB",
+        before / 1024,
+        after / 1024
+    ));
+    Ok(Some(after.saturating_sub(before) as f64 / f64::from(n.max(1))))
+}
+
+/// Traffic phase: all loaders ready, `go`, results summed; also the
+/// server's CPU time (cores used over the phase).
+async fn traffic_phase(
+    pid: u32,
+    sets: Vec<Vec<String>>,
+    plan: &Plan,
+) -> anyhow::Result<(LoadResult, Option<f64>)> {
+    let mut loaders = spawn_ready(sets, Duration::from_secs(300)).await?;
+    let cpu0 = procs::cpu_secs(pid).ok();
+    let t0 = std::time::Instant::now();
+    for l in &mut loaders {
+        l.go().await?;
+    }
+    let within = Duration::from_secs(plan.warmup + plan.duration + 120);
+    let mut total = LoadResult::default();
+    for l in loaders {
+        total.merge(l.result(within).await?);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cores = match (cpu0, procs::cpu_secs(pid).ok()) {
+        (Some(a), Some(b)) if wall > 0.0 => Some((b - a) / wall),
+        _ => None,
+    };
+    Ok((total, cores))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn traffic_sets(
+    system: &str,
+    addr: &str,
+    mode: &str,
+    seed: u32,
+    a: &RunArgs,
+    plan: &Plan,
+    first_account: u32,
+    per_pair_accounts: u32,
+    rate_per_sender: f64,
+) -> Vec<Vec<String>> {
+    split(plan.pairs, a.load_procs)
+        .into_iter()
+        .map(|(first, n)| {
+            let mut v = base_client_args(system, addr, mode, seed);
+            v.extend([
+                "--first".into(),
+                (first_account + first * per_pair_accounts).to_string(),
+                "--count".into(),
+                n.to_string(),
+                "--offline-first".into(),
+                "0".into(),
+                "--offline-count".into(),
+                plan.offline.to_string(),
+                "--rate".into(),
+                format!("{rate_per_sender:.3}"),
+                "--window".into(),
+                a.window.to_string(),
+                "--size".into(),
+                a.size.to_string(),
+                "--warmup-ms".into(),
+                (plan.warmup * 1000).to_string(),
+                "--duration-ms".into(),
+                (plan.duration * 1000).to_string(),
+            ]);
+            v
+        })
+        .collect()
+}
+
+fn idle_sets(system: &str, addr: &str, seed: u32, n: u32, per_proc: u32) -> Vec<Vec<String>> {
+    let procs = n.div_ceil(per_proc.max(1));
+    split(n, procs)
+        .into_iter()
+        .map(|(first, count)| {
+            let mut v = base_client_args(system, addr, "idle", seed);
+            v.extend([
+                "--first".into(),
+                first.to_string(),
+                "--count".into(),
+                count.to_string(),
+            ]);
+            v
+        })
+        .collect()
+}
+
+fn latency(m: &mut Measured, r: &mut LoadResult) {
+    r.lat_us.sort_unstable();
+    m.p50_us = stats::percentile(&r.lat_us, 50.0).map(f64::from);
+    m.p99_us = stats::percentile(&r.lat_us, 99.0).map(f64::from);
+    m.p999_us = stats::percentile(&r.lat_us, 99.9).map(f64::from);
+}
+
+async fn run_ponte(
+    a: &RunArgs,
+    plan: &Plan,
+    bin: &Path,
+    seed: u32,
+) -> anyhow::Result<Measured> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("server.toml");
+    let logf = tmp.path().join("ponte-server.log");
+    std::fs::write(
+        &config,
+        "# ponte-bench: bulk registration from one address, many connections.\n\
+         max_connections = 60000\n\
+         max_pending = 1000000\n\
+         idle_timeout = \"1h\"\n\
+         [register_limit]\nburst = 1000000\nper_hour = 1000000000\n\
+         [register_limit_per_peer]\nburst = 1000000\nper_hour = 1000000000\n",
+    )?;
+    let max_idle = plan.idle.iter().copied().max().unwrap_or(0);
+    let singles = max_idle.max(plan.offline);
+    let pair_base = singles;
+    let total = singles + 2 * plan.pairs;
+    let mut m = Measured::default();
+
+    // Accounts.
+    let (sys, addr) = procs::start_ponte(bin, &data, &config, &logf).await?;
+    log(&format!("ponte server at {addr}: registering {total} accounts"));
+    let t = std::time::Instant::now();
+    let mut loaders = Vec::new();
+    for (first, n) in split(total, a.load_procs) {
+        let mut v = base_client_args("ponte", &addr, "register", seed);
+        v.extend([
+            "--first".into(),
+            first.to_string(),
+            "--count".into(),
+            n.to_string(),
+            "--concurrency".into(),
+            "32".into(),
+        ]);
+        loaders.push(Loader::spawn(&v)?);
+    }
+    for l in loaders {
+        l.result(Duration::from_secs(1800)).await?;
+    }
+    log(&format!(
+        "registered in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    sys.stop().await;
+
+    // Idle clients, each N on a freshly started server.
+    for &n in plan.idle {
+        let (sys, addr) = procs::start_ponte(bin, &data, &config, &logf).await?;
+        let sets = idle_sets("ponte", &addr, seed, n, a.clients_per_proc);
+        let per = idle_phase(sys.pid, sets, n).await?;
+        m.idle.push((n, per));
+        sys.stop().await;
+    }
+
+    // Online pairs, full speed then half rate; durable sends.
+    let (sys, addr) = procs::start_ponte(bin, &data, &config, &logf).await?;
+    let sets = traffic_sets("ponte", &addr, "online", seed, a, plan, pair_base, 2, 0.0);
+    let (r, cores) = traffic_phase(sys.pid, sets, plan).await?;
+    let rate = r.delivered as f64 / r.secs.max(1e-9);
+    log(&format!("ponte online: {rate:.0} msg/s ({} errors)", r.errors));
+    m.online = Some(rate);
+    m.online_cores = cores;
+    m.errors += r.errors;
+    let half = rate / 2.0;
+    m.half_offered = Some(half);
+    let sets = traffic_sets(
+        "ponte",
+        &addr,
+        "online",
+        seed,
+        a,
+        plan,
+        pair_base,
+        2,
+        half / f64::from(plan.pairs.max(1)),
+    );
+    let (mut r, _) = traffic_phase(sys.pid, sets, plan).await?;
+    m.half_achieved = Some(r.delivered as f64 / r.secs.max(1e-9));
+    m.errors += r.errors;
+    latency(&mut m, &mut r);
+    log(&format!(
+        "ponte half rate: p50 {:?} us, p99 {:?} us",
+        m.p50_us, m.p99_us
+    ));
+    let sets = traffic_sets("ponte", &addr, "durable", seed, a, plan, pair_base, 2, 0.0);
+    let (r, cores) = traffic_phase(sys.pid, sets, plan).await?;
+    let durable = r.acked as f64 / r.secs.max(1e-9);
+    log(&format!("ponte durable: {durable:.0} msg/s ({} errors)", r.errors));
+    m.durable = Some(durable);
+    m.durable_cores = cores;
+    m.errors += r.errors;
+    sys.stop().await;
+    Ok(m)
+}
+
+async fn run_nats(a: &RunArgs, plan: &Plan) -> anyhow::Result<Measured> {
+    let tmp = tempfile::tempdir()?;
+    let logf = tmp.path().join("nats-server.log");
+    let mut m = Measured::default();
+    for &n in plan.idle {
+        let (sys, addr) = procs::start_nats(&a.nats_server, &logf).await?;
+        let sets = idle_sets("nats", &addr, 0, n, a.clients_per_proc);
+        let per = idle_phase(sys.pid, sets, n).await?;
+        m.idle.push((n, per));
+        sys.stop().await;
+    }
+    let (sys, addr) = procs::start_nats(&a.nats_server, &logf).await?;
+    let sets = traffic_sets("nats", &addr, "online", 0, a, plan, 0, 1, 0.0);
+    let (r, cores) = traffic_phase(sys.pid, sets, plan).await?;
+    let rate = r.delivered as f64 / r.secs.max(1e-9);
+    log(&format!("nats online: {rate:.0} msg/s"));
+    m.online = Some(rate);
+    m.online_cores = cores;
+    let half = rate / 2.0;
+    m.half_offered = Some(half);
+    let sets = traffic_sets(
+        "nats",
+        &addr,
+        "online",
+        0,
+        a,
+        plan,
+        0,
+        1,
+        half / f64::from(plan.pairs.max(1)),
+    );
+    let (mut r, _) = traffic_phase(sys.pid, sets, plan).await?;
+    m.half_achieved = Some(r.delivered as f64 / r.secs.max(1e-9));
+    latency(&mut m, &mut r);
+    log(&format!(
+        "nats half rate: p50 {:?} us, p99 {:?} us",
+        m.p50_us, m.p99_us
+    ));
+    sys.stop().await;
+    Ok(m)
+}
+
+fn first_line(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn mem_total() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+async fn nats_version(bin: &Path) -> String {
+    match tokio::process::Command::new(bin).arg("--version").output().await {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        Err(_) => "?".to_owned(),
+    }
+}
+
+fn pass(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "—",
+    }
+}
+
+fn opt<T>(v: Option<f64>, f: T) -> String
+where
+    T: Fn(f64) -> String,
+{
+    v.map(f).unwrap_or_else(|| "—".to_owned())
+}
+
+/// One results table (a run, or the medians).
+fn table(out: &mut String, plan: &Plan, a: &RunArgs, p: &Measured, n: Option<&Measured>) {
+    let nv = |f: &dyn Fn(&Measured) -> Option<f64>| n.and_then(f);
+    let _ = writeln!(
+        out,
+        "| measure | ponte server | NATS core | ponte / NATS | target | ponte meets target |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|---|---|");
+    let row = |out: &mut String,
+               what: String,
+               pv: Option<f64>,
+               nvv: Option<f64>,
+               fmt: &dyn Fn(f64) -> String,
+               target: &str,
+               ok: Option<bool>| {
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} | {target} | {} |",
+            opt(pv, fmt),
+            opt(nvv, fmt),
+            stats::fmt_ratio(pv, nvv),
+            pass(ok)
+        );
+    };
+    row(
+        out,
+        format!(
+            "online messages/s ({} pairs, {} B, delivered and acked)",
+            plan.pairs, a.size
+        ),
+        p.online,
+        nv(&|m| m.online),
+        &stats::fmt_int,
+        "≥ 50,000",
+        p.online.map(|v| v >= 50_000.0),
+    );
+    row(
+        out,
+        "server CPU during that (cores busy)".into(),
+        p.online_cores,
+        nv(&|m| m.online_cores),
+        &|v| format!("{v:.2}"),
+        "",
+        None,
+    );
+    row(
+        out,
+        "half-rate load: offered msg/s (each system: half its own maximum)".into(),
+        p.half_offered,
+        nv(&|m| m.half_offered),
+        &stats::fmt_int,
+        "",
+        None,
+    );
+    row(
+        out,
+        "half-rate load: delivered msg/s".into(),
+        p.half_achieved,
+        nv(&|m| m.half_achieved),
+        &stats::fmt_int,
+        "",
+        None,
+    );
+    row(
+        out,
+        "latency p50 at half rate (send → receive)".into(),
+        p.p50_us,
+        nv(&|m| m.p50_us),
+        &stats::fmt_ms,
+        "",
+        None,
+    );
+    row(
+        out,
+        "latency p99 at half rate".into(),
+        p.p99_us,
+        nv(&|m| m.p99_us),
+        &stats::fmt_ms,
+        "< 20 ms",
+        p.p99_us.map(|v| v < 20_000.0),
+    );
+    row(
+        out,
+        "latency p99.9 at half rate".into(),
+        p.p999_us,
+        nv(&|m| m.p999_us),
+        &stats::fmt_ms,
+        "",
+        None,
+    );
+    let _ = writeln!(
+        out,
+        "| durable messages/s to offline recipients ({} senders → {} mailboxes) | {} | n/a (core NATS stores nothing) | — | ≥ 10,000 | {} |",
+        plan.pairs,
+        plan.offline,
+        opt(p.durable, stats::fmt_int),
+        pass(p.durable.map(|v| v >= 10_000.0))
+    );
+    row(
+        out,
+        "server CPU during that (cores busy)".into(),
+        p.durable_cores,
+        None,
+        &|v| format!("{v:.2}"),
+        "",
+        None,
+    );
+    for (i, (count, pv)) in p.idle.iter().enumerate() {
+        let nvv = n.and_then(|m| m.idle.get(i)).and_then(|x| x.1);
+        row(
+            out,
+            format!(
+                "server memory per idle connected client, N = {}",
+                stats::fmt_int(f64::from(*count))
+            ),
+            *pv,
+            nvv,
+            &stats::fmt_kib,
+            "≤ 8 KiB",
+            pv.map(|v| v <= 8192.0),
+        );
+    }
+}
+
+fn median_of(runs: &[RunOut], f: &dyn Fn(&Measured) -> Option<f64>, nats: bool) -> Option<f64> {
+    let v: Vec<Option<f64>> = runs
+        .iter()
+        .map(|r| if nats { r.nats.as_ref().and_then(f) } else { f(&r.ponte) })
+        .collect();
+    stats::median(&v)
+}
+
+fn medians(runs: &[RunOut], nats: bool) -> Measured {
+    let f = |g: &dyn Fn(&Measured) -> Option<f64>| median_of(runs, g, nats);
+    let idle_counts: Vec<u32> = runs
+        .first()
+        .map(|r| r.ponte.idle.iter().map(|x| x.0).collect())
+        .unwrap_or_default();
+    Measured {
+        online: f(&|m| m.online),
+        online_cores: f(&|m| m.online_cores),
+        half_offered: f(&|m| m.half_offered),
+        half_achieved: f(&|m| m.half_achieved),
+        p50_us: f(&|m| m.p50_us),
+        p99_us: f(&|m| m.p99_us),
+        p999_us: f(&|m| m.p999_us),
+        durable: f(&|m| m.durable),
+        durable_cores: f(&|m| m.durable_cores),
+        idle: idle_counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (*c, f(&|m| m.idle.get(i).and_then(|x| x.1))))
+            .collect(),
+        errors: runs
+            .iter()
+            .map(|r| r.ponte.errors)
+            .sum(),
+    }
+}
+
+async fn report(a: &RunArgs, plan: &Plan, ponte_bin: &Path, runs: &[RunOut]) -> String {
+    let mut out = String::new();
+    let cmd: Vec<String> = std::env::args().collect();
+    let _ = writeln!(out, "Command: `{}`\n", cmd.join(" "));
+    let _ = writeln!(
+        out,
+        "Machine: {} × {}, {} RAM, Linux {}; open-file limit per process {}.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        mem_total(),
+        first_line("/proc/sys/kernel/osrelease").unwrap_or_else(|| "?".into()),
+        procs_nofile()
+    );
+    let _ = writeln!(
+        out,
+        "Systems: `{}` (release build), `{}`{}.",
+        ponte_bin.display(),
+        a.nats_server.display(),
+        if a.no_nats {
+            " (skipped)".to_owned()
+        } else {
+            format!(" ({})", nats_version(&a.nats_server).await)
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Settings: {} pairs over {} load processes, window {} per sender, {} s warm-up + {} s counted per phase, idle clients ≤ {} per load process.\n",
+        plan.pairs, a.load_procs, a.window, plan.warmup, plan.duration, a.clients_per_proc
+    );
+    for (k, r) in runs.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "Run {} — load average before: {}, after: {}; errors answered by ponte: {}\n",
+            k + 1,
+            r.load_before,
+            r.load_after,
+            r.ponte.errors
+        );
+        table(&mut out, plan, a, &r.ponte, r.nats.as_ref());
+        let _ = writeln!(out);
+    }
+    if runs.len() > 1 {
+        let _ = writeln!(out, "Median of {} runs:\n", runs.len());
+        let p = medians(runs, false);
+        let n = runs.iter().all(|r| r.nats.is_some()).then(|| medians(runs, true));
+        table(&mut out, plan, a, &p, n.as_ref());
+        let _ = writeln!(out);
+    }
+    out
+}
+
+fn procs_nofile() -> String {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_everything_once() {
+        assert_eq!(split(10, 3), vec![(0, 4), (4, 3), (7, 3)]);
+        assert_eq!(split(2, 4), vec![(0, 1), (1, 1)]);
+        assert_eq!(split(15_000, 4).iter().map(|x| x.1).sum::<u32>(), 15_000);
+        assert_eq!(split(0, 2), Vec::<(u32, u32)>::new());
+    }
+
+    #[test]
+    fn idle_processes_stay_under_the_per_process_count() {
+        let sets = idle_sets("ponte", "a", 1, 15_000, 4000);
+        assert_eq!(sets.len(), 4);
+        let sets = idle_sets("ponte", "a", 1, 1000, 4000);
+        assert_eq!(sets.len(), 1);
+    }
+}

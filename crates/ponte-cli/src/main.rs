@@ -2,8 +2,9 @@
 //!
 //! - `ponte proxy …`  — run a volunteer relay (see `proxy.rs`, over `ponte-proxy`).
 //! - `ponte server …` — run the messaging service (see `server.rs`, over `ponte-server`).
-//! - `ponte register | send | sync | listen | history | contacts | verify` — the
-//!   messaging client (see `client.rs`, over `ponte-client`).
+//! - `ponte register | send | sync | listen | history | contacts | verify |
+//!   status | via` — the messaging client (see `client.rs`, over `ponte-client`).
+//! - `ponte demo` — server, relay and two users on loopback (see `demo.rs`).
 //!
 //! Each role lives in its own module here and stays thin over its library
 //! crate: argument parsing, terminal output and exit codes only.
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod client;
+mod demo;
 mod proxy;
 mod server;
 
@@ -30,7 +32,9 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Run the messaging service (`ponte server --data DIR`), or print its address / an invite.
     Server(server::ServerArgs),
-    /// Client commands: register, send, sync, listen, history, contacts, verify.
+    /// See it work: a server, a relay and two users chatting on this machine, then exit.
+    Demo,
+    /// Client commands: register, send, sync, listen, history, contacts, verify, status, via.
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Proxy(args) => proxy::run(args),
         Command::Server(args) => server::run(args),
+        Command::Demo => demo::run(),
         Command::Client(cmd) => client::run(cmd),
     };
     match result {

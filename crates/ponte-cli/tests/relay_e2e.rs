@@ -1,0 +1,717 @@
+//! End-to-end tests of routes through relays, with real processes: `ponte
+//! server`, `ponte proxy` relays (TLS and plain) and the `ponte` client
+//! commands on two profiles, the direct route blocked (refused, or a black
+//! hole that accepts and never answers). Between each relay and the server
+//! sits a small recording forwarder (the "tap"), so the tests can check what
+//! the relay carried; hostile forwarders in front of the server play a relay
+//! that tampers with bytes or replays a handshake.
+//!
+//! Every wait is bounded; nothing leaves 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
+const WAIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- forwarders
+
+/// What a forwarder does to the bytes going from the server to the client.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Forward and record.
+    Record,
+    /// Flip one byte at this offset of the server-to-client stream.
+    Flip(usize),
+    /// Flip one byte at this offset of the client-to-server stream.
+    FlipUp(usize),
+    /// Replay the first connection's first server bytes (its handshake
+    /// answer) on every later connection.
+    Replay,
+}
+
+/// Accepts on 127.0.0.1 and relays each connection to `target`, recording
+/// every byte (and misbehaving as `mode` says).
+struct Forwarder {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn pipe(
+    mut from: TcpStream,
+    mut into: TcpStream,
+    log: Arc<Mutex<Vec<u8>>>,
+    edit: impl Fn(usize, &mut [u8]),
+) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut offset = 0usize;
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                log.lock().unwrap().extend_from_slice(&buf[..n]);
+                edit(offset, &mut buf[..n]);
+                offset += n;
+                if into.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = into.shutdown(std::net::Shutdown::Write);
+}
+
+impl Forwarder {
+    fn start(target: SocketAddr, mode: Mode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (log.clone(), stop.clone());
+        let first_answer = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let conns = Arc::new(AtomicUsize::new(0));
+        thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
+                    continue;
+                };
+                let n = conns.fetch_add(1, Ordering::SeqCst);
+                let (up_from, up_into) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let log = l.clone();
+                thread::spawn(move || {
+                    pipe(up_from, up_into, log, |off, bytes| {
+                        if let Mode::FlipUp(at) = mode {
+                            if (off..off + bytes.len()).contains(&at) {
+                                bytes[at - off] ^= 0x01;
+                            }
+                        }
+                    })
+                });
+                let log = l.clone();
+                let first = first_answer.clone();
+                thread::spawn(move || {
+                    pipe(server, client, log, |off, bytes| match mode {
+                        Mode::Flip(at) if (off..off + bytes.len()).contains(&at) => {
+                            bytes[at - off] ^= 0x01;
+                        }
+                        Mode::Replay => {
+                            let mut first = first.lock().unwrap();
+                            for (i, b) in bytes.iter_mut().enumerate() {
+                                let pos = off + i;
+                                if pos >= 64 {
+                                    break;
+                                }
+                                if n == 0 {
+                                    first.push(*b);
+                                } else if let Some(old) = first.get(pos) {
+                                    *b = *old;
+                                }
+                            }
+                        }
+                        _ => {}
+                    })
+                });
+            }
+        });
+        Self { addr, log, stop }
+    }
+
+    fn captured(&self) -> Vec<u8> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Accepts TCP connections at the kernel level and never answers: the
+/// listening socket is never `accept`ed from.
+struct BlackHole {
+    _listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl BlackHole {
+    fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        Self {
+            _listener: listener,
+            addr,
+        }
+    }
+}
+
+/// A loopback port with nothing listening.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------- processes
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Server {
+    _child: Killed,
+    addr: SocketAddr,
+    key: String,
+}
+
+impl Server {
+    fn start(data: &Path) -> Self {
+        let mut child = Command::new(PONTE)
+            .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("ponte://") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let child = Killed(child);
+        let line = rx.recv_timeout(WAIT).expect("server printed its address");
+        let rest = line.strip_prefix("ponte://").unwrap();
+        let (hostport, key) = rest.split_once('#').unwrap();
+        Self {
+            _child: child,
+            addr: hostport.parse().unwrap(),
+            key: key.to_owned(),
+        }
+    }
+
+    /// The address users get when the direct route is `port`.
+    fn address_at(&self, port: u16) -> String {
+        format!("ponte://127.0.0.1:{port}#{}", self.key)
+    }
+}
+
+/// A `ponte proxy` relay with a TLS and a plain listener, forwarding to
+/// `upstream` with a PROXY v2 header.
+struct Relay {
+    child: Killed,
+    tls: u16,
+    plain: u16,
+}
+
+impl Relay {
+    fn start(dir: &Path, name: &str, upstream: SocketAddr) -> Self {
+        let (tls, plain) = (closed_port(), closed_port());
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[upstream.server]\nservers = [\"{upstream}\"]\nsend_proxy = \"v2\"\n\
+                 health_check_interval = \"0s\"\n\n\
+                 [[listener]]\nname = \"tls\"\nlisten = [\"127.0.0.1:{tls}\"]\ntls = \"self-signed\"\nupstream = \"server\"\n\n\
+                 [[listener]]\nname = \"plain\"\nlisten = [\"127.0.0.1:{plain}\"]\nupstream = \"server\"\n"
+            ),
+        )
+        .unwrap();
+        let child = Killed(
+            Command::new(PONTE)
+                .args(["proxy", "--no-admin", "--config"])
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        for port in [tls, plain] {
+            let start = Instant::now();
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(start.elapsed() < WAIT, "relay {name} did not start");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Self { child, tls, plain }
+    }
+
+    fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.tls)
+    }
+
+    fn plain_url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.plain)
+    }
+
+    fn kill(mut self) {
+        self.child.0.kill().unwrap();
+        self.child.0.wait().unwrap();
+    }
+}
+
+fn ponte(profile: &Path, args: &[&str]) -> Output {
+    let child = Command::new(PONTE)
+        .args(args)
+        .arg("--profile")
+        .arg(profile)
+        .env_remove("PONTE_PASSPHRASE")
+        .env_remove("PONTE_PROFILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child, WAIT)
+}
+
+fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("command did not finish within {limit:?}");
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn register(profile: &Path, address: &str, name: &str, vias: &[&str]) {
+    let mut args = vec!["register", "--server", address, name, "--json"];
+    for v in vias {
+        args.extend(["--via", v]);
+    }
+    let v = &json_lines(&ok(&ponte(profile, &args)))[0];
+    assert_eq!(v["handle"], name);
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Neither texts, nor handles, nor the users' identity keys in `bytes`.
+fn assert_only_ciphertext(bytes: &[u8], texts: &[&str], profiles: &[(&Path, &str)]) {
+    assert!(bytes.len() > 1000, "the tap saw the traffic");
+    let mut needles: Vec<(String, Vec<u8>)> = texts
+        .iter()
+        .map(|t| (format!("text {t:?}"), t.as_bytes().to_vec()))
+        .collect();
+    for (dir, handle) in profiles {
+        needles.push((format!("handle {handle}"), handle.as_bytes().to_vec()));
+        let client = ponte_client::Client::open(dir, || Ok(String::new())).unwrap();
+        let id = client.public_identity();
+        for (what, key) in [("curve25519", id.curve25519), ("ed25519", id.ed25519)] {
+            needles.push((format!("{handle}'s {what} key"), key.to_vec()));
+            let b64 = base64_url(&key);
+            needles.push((format!("{handle}'s {what} key (base64)"), b64.into_bytes()));
+        }
+    }
+    for (what, needle) in &needles {
+        assert!(
+            !contains(bytes, needle),
+            "{what} found in the relay's traffic"
+        );
+    }
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- tests
+
+const M1: &str = "meet at the north gate 5e1f";
+const M2: &str = "the north gate it is 0c77";
+
+/// Direct route refused; alice goes through the relay's TLS listener, bobby
+/// through its plain one. Messages flow both ways with ticks, `status` names
+/// the relay, and the relay's traffic holds only ciphertext.
+#[test]
+fn messages_flow_both_ways_through_tls_and_plain_relays_when_direct_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let tap = Forwarder::start(server.addr, Mode::Record);
+    let relay = Relay::start(tmp.path(), "relay", tap.addr);
+    let address = server.address_at(closed_port());
+    let (alice, bobby) = (tmp.path().join("alice"), tmp.path().join("bobby"));
+
+    register(&alice, &address, "alice", &[&relay.tls_url()]);
+    register(&bobby, &address, "bobby", &[&relay.plain_url()]);
+
+    let v = json_lines(&ok(&ponte(&alice, &["send", "bobby", M1, "--json"])));
+    assert_eq!(v[0]["status"], "sent", "{v:?}");
+    let v = json_lines(&ok(&ponte(&bobby, &["sync", "--json"])));
+    assert!(
+        v.iter().any(|m| m["text"] == M1 && m["from"] == "alice"),
+        "{v:?}"
+    );
+    let v = json_lines(&ok(&ponte(&bobby, &["send", "alice", M2, "--json"])));
+    assert_eq!(v[0]["status"], "sent", "{v:?}");
+    let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"])));
+    assert!(v.iter().any(|m| m["text"] == M2), "{v:?}");
+    assert!(
+        v.iter().any(|m| m["text"] == M1 && m["status"] == "read"),
+        "{v:?}"
+    );
+
+    // Which route is in use.
+    let s = &json_lines(&ok(&ponte(&alice, &["status", "--json"])))[0];
+    assert_eq!(s["in_use"], format!("relay {}", relay.tls_url()), "{s}");
+    assert_eq!(s["routes"][0]["ok"], false, "{s}");
+    assert!(
+        s["routes"][0]["route"]
+            .as_str()
+            .unwrap()
+            .starts_with("direct"),
+        "{s}"
+    );
+    assert_eq!(s["routes"][1]["ok"], true, "{s}");
+    let text = ok(&ponte(&bobby, &["status"]));
+    assert!(
+        text.contains(&format!("in use: relay {}", relay.plain_url())),
+        "{text}"
+    );
+
+    // The relay forwarded a PROXY v2 header carrying the client's address,
+    // then nothing but Noise ciphertext.
+    let carried = tap.captured();
+    assert!(
+        carried.starts_with(b"\r\n\r\n\x00\r\nQUIT\n"),
+        "PROXY v2 first"
+    );
+    assert_only_ciphertext(&carried, &[M1, M2], &[(&alice, "alice"), (&bobby, "bobby")]);
+}
+
+/// The direct route is a black hole (it accepts and never answers): the
+/// relay starts after its head start and wins. Relays saved with `ponte via`
+/// (a share link among them) are used, listed and removed.
+#[test]
+fn black_holed_direct_falls_back_to_saved_relays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let relay = Relay::start(tmp.path(), "relay", server.addr);
+    let hole = BlackHole::new();
+    let address = server.address_at(hole.addr.port());
+    let (alice, bobby) = (tmp.path().join("alice"), tmp.path().join("bobby"));
+
+    // Saved at registration.
+    register(&alice, &address, "alice", &[&relay.plain_url()]);
+    // Saved afterwards, from a share link.
+    register(&bobby, &address, "bobby", &[&relay.plain_url()]);
+    ok(&ponte(&bobby, &["via", "clear"]));
+    assert_eq!(ok(&ponte(&bobby, &["via", "list"])), "");
+    let link = format!("ponte://relay?host=127.0.0.1&port={}&tls=1", relay.tls);
+    let out = ok(&ponte(&bobby, &["via", "add", &link]));
+    assert!(out.contains(&relay.tls_url()), "{out}");
+    let out = ok(&ponte(&bobby, &["via", "add", &relay.plain_url()]));
+    assert!(out.contains("saved"), "{out}");
+    let list = ok(&ponte(&bobby, &["via", "list"]));
+    assert_eq!(
+        list.lines()
+            .map(|l| l.trim_end_matches("  (worked last)"))
+            .collect::<Vec<_>>(),
+        [relay.tls_url(), relay.plain_url()],
+        "{list}"
+    );
+    ok(&ponte(&bobby, &["via", "remove", &relay.plain_url()]));
+    let err = failed(&ponte(&bobby, &["via", "remove", &relay.plain_url()]));
+    assert!(err.contains("not a saved relay"), "{err}");
+    let err = failed(&ponte(&bobby, &["via", "add", "ftp://nowhere:1"]));
+    assert!(err.contains("unknown scheme"), "{err}");
+
+    let t0 = Instant::now();
+    let v = json_lines(&ok(&ponte(
+        &alice,
+        &["send", "bobby", M1, "--json", "--connect-timeout", "30"],
+    )));
+    assert_eq!(v[0]["status"], "sent", "{v:?}");
+    // It did not wait for the black hole's timeout.
+    assert!(t0.elapsed() < Duration::from_secs(25), "{:?}", t0.elapsed());
+    let v = json_lines(&ok(&ponte(&bobby, &["sync", "--json"])));
+    assert!(v.iter().any(|m| m["text"] == M1), "{v:?}");
+    let list = ok(&ponte(&bobby, &["via", "list"]));
+    assert!(list.contains("(worked last)"), "{list}");
+}
+
+/// `listen` survives its relay dying: it moves to the second relay, and every
+/// message is shown exactly once.
+#[test]
+fn listen_moves_to_a_second_relay_when_the_first_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let first = Relay::start(tmp.path(), "first", server.addr);
+    let second = Relay::start(tmp.path(), "second", server.addr);
+    let address = server.address_at(closed_port());
+    let (alice, bobby) = (tmp.path().join("alice"), tmp.path().join("bobby"));
+    register(
+        &alice,
+        &address,
+        "alice",
+        &[&first.tls_url(), &second.tls_url()],
+    );
+    register(&bobby, &address, "bobby", &[&first.plain_url()]);
+    ok(&ponte(&bobby, &["via", "add", &second.plain_url()]));
+
+    let mut listen = Command::new(PONTE)
+        .args(["listen", "--json", "--profile"])
+        .arg(&bobby)
+        .env_remove("PONTE_PASSPHRASE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = listen.stdout.take().unwrap();
+    let stderr = listen.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let notices = Arc::new(Mutex::new(String::new()));
+    let n2 = notices.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            n2.lock().unwrap().push_str(&line);
+            n2.lock().unwrap().push('\n');
+        }
+        drop(tx2);
+    });
+    let listen = Killed(listen);
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let wait_for = |text: &str, seen: &mut Vec<serde_json::Value>| {
+        let start = Instant::now();
+        while !seen.iter().any(|m| m["text"] == text) {
+            let left = WAIT.saturating_sub(start.elapsed());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("listen never showed {text:?}: {seen:?}"));
+            seen.push(serde_json::from_str(&line).unwrap());
+        }
+    };
+
+    let texts = ["before the cut 1a", "after the cut 2b", "still here 3c"];
+    ok(&ponte(&alice, &["send", "bobby", texts[0]]));
+    wait_for(texts[0], &mut seen);
+    let first_plain = first.plain_url();
+    first.kill();
+    ok(&ponte(&alice, &["send", "bobby", texts[1]]));
+    wait_for(texts[1], &mut seen);
+    ok(&ponte(&alice, &["send", "bobby", texts[2]]));
+    wait_for(texts[2], &mut seen);
+    // Give a duplicate a chance to show up, then stop listening.
+    thread::sleep(Duration::from_millis(700));
+    drop(listen);
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push(serde_json::from_str(&line).unwrap());
+    }
+    for t in texts {
+        let n = seen
+            .iter()
+            .filter(|m| m["text"] == t && m["from"] == "alice")
+            .count();
+        assert_eq!(n, 1, "{t:?} shown {n} times: {seen:?}");
+    }
+    let notices = notices.lock().unwrap().clone();
+    assert!(
+        notices.contains(&format!("relay {first_plain}")),
+        "{notices}"
+    );
+    assert!(
+        notices.contains(&format!("relay {}", second.plain_url())),
+        "{notices}"
+    );
+    // Alice's side: all three delivered.
+    let v = json_lines(&ok(&ponte(&alice, &["history", "bobby", "--json"])));
+    for t in texts {
+        assert!(
+            v.iter()
+                .any(|m| m["text"] == t && m["status"] != "queued" && m["status"] != "failed"),
+            "{v:?}"
+        );
+    }
+}
+
+/// A relay that flips one byte (in the handshake, after it, or on the way
+/// up), one that replays an old handshake answer, and one that forwards to
+/// an impostor server with another key: the client refuses, exit 1, with an
+/// error naming the cause, and never falls back to anything else silently.
+#[test]
+fn tampering_replaying_and_impostor_relays_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let good = Forwarder::start(server.addr, Mode::Record);
+    let address = server.address_at(closed_port());
+    let alice = tmp.path().join("alice");
+    register(
+        &alice,
+        &address,
+        "alice",
+        &[&format!("tcp://{}", good.addr)],
+    );
+    ok(&ponte(&alice, &["via", "clear"]));
+
+    let sync_via = |via: SocketAddr| ponte(&alice, &["sync", "--via", &format!("tcp://{via}")]);
+
+    // One byte of the server's handshake answer (u16 length, then 48 bytes).
+    let f = Forwarder::start(server.addr, Mode::Flip(10));
+    let err = failed(&sync_via(f.addr));
+    assert!(err.contains("TAMPERING"), "{err}");
+    assert!(err.contains("handshake"), "{err}");
+
+    // One byte of the first encrypted message after the handshake.
+    let f = Forwarder::start(server.addr, Mode::Flip(60));
+    let err = failed(&sync_via(f.addr));
+    assert!(err.contains("TAMPERING"), "{err}");
+    assert!(err.contains("altered"), "{err}");
+
+    // One byte of the client's first handshake message, on its way up.
+    let f = Forwarder::start(server.addr, Mode::FlipUp(20));
+    let err = failed(&sync_via(f.addr));
+    assert!(err.contains("could not complete the handshake"), "{err}");
+
+    // A replayed handshake answer: the first connection works, later ones
+    // get the old answer and are refused.
+    let f = Forwarder::start(server.addr, Mode::Replay);
+    ok(&sync_via(f.addr));
+    let err = failed(&sync_via(f.addr));
+    assert!(err.contains("TAMPERING"), "{err}");
+
+    // An impostor server behind a real relay.
+    let impostor = Server::start(&tmp.path().join("impostor"));
+    assert_ne!(impostor.key, server.key);
+    let relay = Relay::start(tmp.path(), "impostor-relay", impostor.addr);
+    let err = failed(&ponte(&alice, &["sync", "--via", &relay.tls_url()]));
+    assert!(err.contains("does not hold the key"), "{err}");
+    let err = failed(&ponte(&alice, &["status", "--via", &relay.plain_url()]));
+    assert!(err.contains("does not hold the key"), "{err}");
+
+    // `listen` stops too instead of retrying.
+    let out = wait_output(
+        Command::new(PONTE)
+            .args(["listen", "--via", &relay.plain_url(), "--profile"])
+            .arg(&alice)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        WAIT,
+    );
+    let err = failed(&out);
+    assert!(err.contains("does not hold the key"), "{err}");
+
+    // The honest path still works.
+    ok(&sync_via(good.addr));
+}
+
+/// The share link `ponte proxy link` prints for the `ponte` preset is read
+/// back by `ponte via add`.
+#[test]
+fn proxy_link_for_the_ponte_preset_round_trips_through_via_add() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(PONTE)
+        .args([
+            "proxy",
+            "link",
+            "--host",
+            "relay.example.org",
+            "--preset",
+            "ponte",
+            "--upstream",
+            "127.0.0.1:5222",
+        ])
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "ponte://relay?host=relay.example.org&port=443&tls=1"
+    );
+    assert_eq!(
+        lines[1],
+        "https://ponte.link/relay#host=relay.example.org&port=443&tls=1"
+    );
+    assert!(text.contains('█'), "QR code drawn");
+
+    // A profile to save them in (registration needs a server).
+    let server = Server::start(&tmp.path().join("server"));
+    let alice = tmp.path().join("alice");
+    register(&alice, &server.address_at(server.addr.port()), "alice", &[]);
+    for link in &lines[..2] {
+        ok(&ponte(&alice, &["via", "add", link]));
+    }
+    let list = ok(&ponte(&alice, &["via", "list"]));
+    assert_eq!(list.trim(), "tls://relay.example.org:443", "{list}");
+}

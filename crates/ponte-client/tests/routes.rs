@@ -1,0 +1,129 @@
+//! Routes against a real `ponte-server` on 127.0.0.1 (in process): a client
+//! whose direct route is blocked goes through a relay (a plain TCP forwarder
+//! here), remembers it in the profile, and `listen` moves back to the direct
+//! route as soon as a background probe finds it working again.
+#![allow(clippy::unwrap_used)]
+
+use ponte_client::client::{last_route, Event};
+use ponte_client::profile::KeySource;
+use ponte_client::route::RelayUrl;
+use ponte_client::Client;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Forward every connection accepted on `listener` to `target`.
+async fn forward(listener: TcpListener, target: SocketAddr) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+async fn wait_for(log: &Mutex<Vec<String>>, needle: &str) {
+    for _ in 0..600 {
+        if log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no event containing {needle:?}: {:?}", log.lock().unwrap());
+}
+
+#[tokio::test]
+async fn listen_moves_back_to_the_direct_route_when_it_works_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg =
+        ponte_server::ServerConfig::new(tmp.path().join("server"), "127.0.0.1:0".parse().unwrap());
+    cfg.register_limit = ponte_server::RateLimit {
+        burst: 100,
+        per_hour: 1000,
+    };
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let key = server.public_key();
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // The direct route: a loopback port with nothing on it (for now).
+    let direct_port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = ponte_wire::address::ServerAddress {
+        host: "127.0.0.1".into(),
+        port: direct_port,
+        key,
+    };
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let via: RelayUrl = format!("tcp://{}", relay.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    tokio::spawn(forward(relay, server_addr));
+
+    let mut alice = Client::register_via(
+        &tmp.path().join("alice"),
+        KeySource::KeyFile,
+        || panic!("no passphrase"),
+        &address.to_string(),
+        "alice",
+        None,
+        Duration::from_secs(5),
+        std::slice::from_ref(&via),
+    )
+    .await
+    .unwrap();
+    let through_relay = format!("relay {via}");
+    assert_eq!(alice.route_in_use(), Some(through_relay.as_str()));
+    // Remembered in the profile, and the relay saved with it.
+    assert_eq!(
+        last_route(alice.store()).unwrap().as_deref(),
+        Some(through_relay.as_str())
+    );
+    assert_eq!(alice.vias().unwrap(), vec![via.clone()]);
+
+    alice.set_direct_probe_interval(Duration::from_millis(200));
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (stop_listen, listen_stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = {
+        let log = Arc::clone(&log);
+        async move {
+            wait_for(&log, &format!("({through_relay})")).await;
+            // The block is lifted: the server's address answers again.
+            let direct = TcpListener::bind(("127.0.0.1", direct_port)).await.unwrap();
+            tokio::spawn(forward(direct, server_addr));
+            wait_for(&log, "moving back").await;
+            wait_for(&log, "(direct tcp 127.0.0.1:").await;
+            let _ = stop_listen.send(());
+        }
+    };
+    let sink = Arc::clone(&log);
+    let mut on_event = |e: Event| {
+        if let Event::Connection(c) = e {
+            sink.lock().unwrap().push(c);
+        }
+    };
+    let listen = alice.listen(&mut on_event, async move {
+        let _ = listen_stopped.await;
+    });
+    let (r, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(listen, driver)
+    })
+    .await
+    .unwrap();
+    r.unwrap();
+    assert!(last_route(alice.store())
+        .unwrap()
+        .unwrap()
+        .starts_with("direct tcp"));
+    let _ = stop_server.send(());
+    let _ = server_task.await;
+}

@@ -319,9 +319,19 @@ async fn timed_tests(
         for sys in running.iter_mut() {
             let target = if tls { sys.tls } else { sys.plain };
             let metric = Metric::ConnRate { tls };
-            match one_client(exe, target, tls, Test::Connrate, 32, ms).await {
+            let cpu0 = cpu_of(sys);
+            let rep = one_client(exe, target, tls, Test::Connrate, 32, ms).await;
+            let cpu1 = cpu_of(sys);
+            match rep {
                 Ok(r) => {
                     results.set(sys.kind, metric, r.ops as f64 / r.elapsed_s.max(1e-9));
+                    if let (Some(a), Some(b), true) = (cpu0, cpu1, r.ops > 0) {
+                        results.set(
+                            sys.kind,
+                            Metric::CpuPerConn { tls },
+                            (b - a) * 1e6 / r.ops as f64,
+                        );
+                    }
                     note_errors(results, sys.kind, metric, &r);
                 }
                 Err(e) => results.note(sys.kind, metric, format!("failed: {e:#}")),
@@ -340,8 +350,18 @@ async fn timed_tests(
         for sys in running.iter_mut() {
             let target = if tls { sys.tls } else { sys.plain };
             let metric = Metric::RoundTrips { tls };
-            match one_client(exe, target, tls, Test::Latency, 64, ms).await {
+            let cpu0 = cpu_of(sys);
+            let rep = one_client(exe, target, tls, Test::Latency, 64, ms).await;
+            let cpu1 = cpu_of(sys);
+            match rep {
                 Ok(r) => {
+                    if let (Some(a), Some(b), true) = (cpu0, cpu1, r.ops > 0) {
+                        results.set(
+                            sys.kind,
+                            Metric::CpuPerRt { tls },
+                            (b - a) * 1e6 / r.ops as f64,
+                        );
+                    }
                     results.set(sys.kind, metric, r.ops as f64 / r.elapsed_s.max(1e-9));
                     results.set(sys.kind, Metric::P50 { tls }, f64::from(r.latency.p50_us));
                     results.set(sys.kind, Metric::P99 { tls }, f64::from(r.latency.p99_us));

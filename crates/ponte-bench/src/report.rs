@@ -44,6 +44,16 @@ pub enum Metric {
         /// Over TLS.
         tls: bool,
     },
+    /// Relay CPU time per new connection, µs.
+    CpuPerConn {
+        /// Over TLS.
+        tls: bool,
+    },
+    /// Relay CPU time per round trip, µs.
+    CpuPerRt {
+        /// Over TLS.
+        tls: bool,
+    },
     /// Relay RSS growth per idle connection, bytes.
     IdleMem {
         /// Connections held.
@@ -87,6 +97,10 @@ impl Metric {
                 format!("relay CPU per GB, {conns} conns, {} (s/GB)", proto(tls))
             }
             Metric::ConnRate { tls } => format!("new connections/s, {}", proto(tls)),
+            Metric::CpuPerConn { tls } => {
+                format!("relay CPU per new connection, {} (µs)", proto(tls))
+            }
+            Metric::CpuPerRt { tls } => format!("relay CPU per round trip, {} (µs)", proto(tls)),
             Metric::RoundTrips { tls } => format!("round trips/s, 64 conns, {}", proto(tls)),
             Metric::P50 { tls } => format!("round trip p50, {} (µs)", proto(tls)),
             Metric::P99 { tls } => format!("round trip p99, {} (µs)", proto(tls)),
@@ -104,7 +118,10 @@ impl Metric {
             Metric::RoundTrips { .. } => Goal::AtLeast(1.2),
             Metric::P99 { .. } => Goal::AtMost(1.0),
             Metric::IdleMem { .. } => Goal::AtMost(0.5),
-            Metric::CpuPerGb { .. } | Metric::P50 { .. } => Goal::None,
+            Metric::CpuPerGb { .. }
+            | Metric::CpuPerConn { .. }
+            | Metric::CpuPerRt { .. }
+            | Metric::P50 { .. } => Goal::None,
         }
     }
 
@@ -182,9 +199,15 @@ impl Results {
             rows.push(Metric::ConnRate { tls });
         }
         for tls in [false, true] {
+            rows.push(Metric::CpuPerConn { tls });
+        }
+        for tls in [false, true] {
             rows.push(Metric::RoundTrips { tls });
             rows.push(Metric::P50 { tls });
             rows.push(Metric::P99 { tls });
+        }
+        for tls in [false, true] {
+            rows.push(Metric::CpuPerRt { tls });
         }
         let mut tls_modes = vec![false];
         if self.idle_tls {

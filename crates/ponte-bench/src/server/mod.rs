@@ -170,14 +170,9 @@ async fn client(c: ClientArgs) -> anyhow::Result<()> {
                 c.addr.parse().context("server address")?;
             match c.mode {
                 Mode::Register => {
-                    let n = ponte_load::register_range(
-                        &addr,
-                        c.seed,
-                        c.first,
-                        c.count,
-                        c.concurrency,
-                    )
-                    .await?;
+                    let n =
+                        ponte_load::register_range(&addr, c.seed, c.first, c.count, c.concurrency)
+                            .await?;
                     common::print_result(&LoadResult {
                         acked: n as u64,
                         ..LoadResult::default()
@@ -286,10 +281,13 @@ fn log(msg: &str) {
 }
 
 async fn orchestrate(a: RunArgs) -> anyhow::Result<()> {
-    let idle: Vec<u32> = a
-        .idle
-        .clone()
-        .unwrap_or_else(|| if a.quick { vec![200] } else { vec![1000, 15_000] });
+    let idle: Vec<u32> = a.idle.clone().unwrap_or_else(|| {
+        if a.quick {
+            vec![200]
+        } else {
+            vec![1000, 15_000]
+        }
+    });
     let plan = Plan {
         idle: Box::leak(idle.into_boxed_slice()),
         pairs: a.pairs.unwrap_or(if a.quick { 4 } else { 16 }),
@@ -371,11 +369,7 @@ async fn spawn_ready(sets: Vec<Vec<String>>, within: Duration) -> anyhow::Result
 }
 
 /// Idle phase: returns server RSS growth per connected client.
-async fn idle_phase(
-    pid: u32,
-    sets: Vec<Vec<String>>,
-    n: u32,
-) -> anyhow::Result<Option<f64>> {
+async fn idle_phase(pid: u32, sets: Vec<Vec<String>>, n: u32) -> anyhow::Result<Option<f64>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = procs::rss_bytes(pid)?;
     let loaders = spawn_ready(sets, Duration::from_secs(600)).await?;
@@ -389,7 +383,9 @@ async fn idle_phase(
         before / 1024,
         after / 1024
     ));
-    Ok(Some(after.saturating_sub(before) as f64 / f64::from(n.max(1))))
+    Ok(Some(
+        after.saturating_sub(before) as f64 / f64::from(n.max(1)),
+    ))
 }
 
 /// Traffic phase: all loaders ready, `go`, results summed; also the
@@ -483,12 +479,7 @@ fn latency(m: &mut Measured, r: &mut LoadResult) {
     m.p999_us = stats::percentile(&r.lat_us, 99.9).map(f64::from);
 }
 
-async fn run_ponte(
-    a: &RunArgs,
-    plan: &Plan,
-    bin: &Path,
-    seed: u32,
-) -> anyhow::Result<Measured> {
+async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::Result<Measured> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
     let config = tmp.path().join("server.toml");
@@ -510,7 +501,9 @@ async fn run_ponte(
 
     // Accounts.
     let (sys, addr) = procs::start_ponte(bin, &data, &config, &logf).await?;
-    log(&format!("ponte server at {addr}: registering {total} accounts"));
+    log(&format!(
+        "ponte server at {addr}: registering {total} accounts"
+    ));
     let t = std::time::Instant::now();
     let mut loaders = Vec::new();
     for (first, n) in split(total, a.load_procs) {
@@ -528,10 +521,7 @@ async fn run_ponte(
     for l in loaders {
         l.result(Duration::from_secs(1800)).await?;
     }
-    log(&format!(
-        "registered in {:.1} s",
-        t.elapsed().as_secs_f64()
-    ));
+    log(&format!("registered in {:.1} s", t.elapsed().as_secs_f64()));
     sys.stop().await;
 
     // Idle clients, each N on a freshly started server.
@@ -548,7 +538,10 @@ async fn run_ponte(
     let sets = traffic_sets("ponte", &addr, "online", seed, a, plan, pair_base, 2, 0.0);
     let (r, cores) = traffic_phase(sys.pid, sets, plan).await?;
     let rate = r.delivered as f64 / r.secs.max(1e-9);
-    log(&format!("ponte online: {rate:.0} msg/s ({} errors)", r.errors));
+    log(&format!(
+        "ponte online: {rate:.0} msg/s ({} errors)",
+        r.errors
+    ));
     m.online = Some(rate);
     m.online_cores = cores;
     m.errors += r.errors;
@@ -576,7 +569,10 @@ async fn run_ponte(
     let sets = traffic_sets("ponte", &addr, "durable", seed, a, plan, pair_base, 2, 0.0);
     let (r, cores) = traffic_phase(sys.pid, sets, plan).await?;
     let durable = r.acked as f64 / r.secs.max(1e-9);
-    log(&format!("ponte durable: {durable:.0} msg/s ({} errors)", r.errors));
+    log(&format!(
+        "ponte durable: {durable:.0} msg/s ({} errors)",
+        r.errors
+    ));
     m.durable = Some(durable);
     m.durable_cores = cores;
     m.errors += r.errors;
@@ -658,7 +654,11 @@ fn mem_total() -> String {
 }
 
 async fn nats_version(bin: &Path) -> String {
-    match tokio::process::Command::new(bin).arg("--version").output().await {
+    match tokio::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .await
+    {
         Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         Err(_) => "?".to_owned(),
     }
@@ -806,7 +806,13 @@ fn table(out: &mut String, plan: &Plan, a: &RunArgs, p: &Measured, n: Option<&Me
 fn median_of(runs: &[RunOut], f: &dyn Fn(&Measured) -> Option<f64>, nats: bool) -> Option<f64> {
     let v: Vec<Option<f64>> = runs
         .iter()
-        .map(|r| if nats { r.nats.as_ref().and_then(f) } else { f(&r.ponte) })
+        .map(|r| {
+            if nats {
+                r.nats.as_ref().and_then(f)
+            } else {
+                f(&r.ponte)
+            }
+        })
         .collect();
     stats::median(&v)
 }
@@ -832,10 +838,7 @@ fn medians(runs: &[RunOut], nats: bool) -> Measured {
             .enumerate()
             .map(|(i, c)| (*c, f(&|m| m.idle.get(i).and_then(|x| x.1))))
             .collect(),
-        errors: runs
-            .iter()
-            .map(|r| r.ponte.errors)
-            .sum(),
+        errors: runs.iter().map(|r| r.ponte.errors).sum(),
     }
 }
 
@@ -883,7 +886,10 @@ async fn report(a: &RunArgs, plan: &Plan, ponte_bin: &Path, runs: &[RunOut]) -> 
     if runs.len() > 1 {
         let _ = writeln!(out, "Median of {} runs:\n", runs.len());
         let p = medians(runs, false);
-        let n = runs.iter().all(|r| r.nats.is_some()).then(|| medians(runs, true));
+        let n = runs
+            .iter()
+            .all(|r| r.nats.is_some())
+            .then(|| medians(runs, true));
         table(&mut out, plan, a, &p, n.as_ref());
         let _ = writeln!(out);
     }

@@ -225,7 +225,12 @@ async fn subscriber(mut c: Conn, phase: Phase, latency: bool) -> anyhow::Result<
             let Some(r) = op.take() else { break };
             match r? {
                 (Op::Msg(_), payload) => {
-                    res.record(&phase, Instant::now(), common::read_stamp(&payload), latency);
+                    res.record(
+                        &phase,
+                        Instant::now(),
+                        common::read_stamp(&payload),
+                        latency,
+                    );
                 }
                 (Op::Ping, _) => pong = true,
                 (Op::Err(e), _) => bail!("NATS: {e}"),
@@ -288,8 +293,7 @@ async fn publisher(
                 continue;
             }
         }
-        let next_due =
-            (rate > 0.0).then(|| phase.go + Duration::from_secs_f64(sent as f64 / rate));
+        let next_due = (rate > 0.0).then(|| phase.go + Duration::from_secs_f64(sent as f64 / rate));
         let first = tokio::select! {
             r = c.next() => r?,
             _ = async { if let Some(t) = next_due { sleep_until(t).await } }, if next_due.is_some() => continue,

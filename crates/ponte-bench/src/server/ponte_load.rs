@@ -125,11 +125,7 @@ pub async fn register(addr: &ServerAddress, seed: u32, i: u32) -> anyhow::Result
 }
 
 /// Connects and logs in as account `i`.
-pub async fn login(
-    addr: &ServerAddress,
-    seed: u32,
-    i: u32,
-) -> anyhow::Result<Channel<TcpStream>> {
+pub async fn login(addr: &ServerAddress, seed: u32, i: u32) -> anyhow::Result<Channel<TcpStream>> {
     let a = account(seed, i);
     let mut ch = ponte_transport::connect_tcp(addr, a.noise).await?;
     match request(&mut ch, client_frame::Body::Login(Login {})).await? {
@@ -140,11 +136,7 @@ pub async fn login(
 
 /// Runs `f(i)` for every index with at most `concurrency` at once; retries
 /// a failed one twice. Returns the results in completion order.
-async fn for_each<T, F, Fut>(
-    indices: Vec<u32>,
-    concurrency: usize,
-    f: F,
-) -> anyhow::Result<Vec<T>>
+async fn for_each<T, F, Fut>(indices: Vec<u32>, concurrency: usize, f: F) -> anyhow::Result<Vec<T>>
 where
     F: Fn(u32) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,

@@ -139,7 +139,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     crate::init_logging();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // This runtime runs the control plane (admin, health checks, reloads);
+    // connections run on the relay's own worker threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

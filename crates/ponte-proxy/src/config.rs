@@ -167,6 +167,8 @@ pub struct TuningConfig {
     pub max_buffer_size: usize,
     /// Zero-copy `splice(2)` for plain TCP legs (Linux).
     pub splice: bool,
+    /// Worker threads, each with its own event loop; 0 = one per CPU.
+    pub workers: u32,
 }
 
 impl Default for TuningConfig {
@@ -175,6 +177,7 @@ impl Default for TuningConfig {
             buffer_size: DEFAULT_BUFFER_SIZE,
             max_buffer_size: 64 * 1024,
             splice: cfg!(target_os = "linux"),
+            workers: 0,
         }
     }
 }

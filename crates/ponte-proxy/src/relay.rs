@@ -211,6 +211,7 @@ impl Dir {
 
     /// Move bytes from `src` to `dst` until the source would block (Pending)
     /// or has ended and everything is written and shut down (Ready).
+    #[allow(clippy::too_many_arguments)] // the relay's fields, borrowed apart
     fn poll<A: Endpoint, B: Endpoint>(
         &mut self,
         cx: &mut Context<'_>,
@@ -219,6 +220,7 @@ impl Dir {
         opts: &RelayOptions,
         count: &Counter,
         last: &mut Instant,
+        other_done: bool,
     ) -> Poll<io::Result<()>> {
         let mut rounds = 0;
         loop {
@@ -258,6 +260,11 @@ impl Dir {
             }
             if self.eof {
                 self.release();
+                if other_done && dst.tcp().is_some() {
+                    // Both ways are finished: closing the socket sends the
+                    // FIN, a shutdown(2) first would be a wasted call.
+                    return Poll::Ready(Ok(()));
+                }
                 return dst.poll_shutdown(cx);
             }
             if rounds >= MAX_ROUNDS {
@@ -368,20 +375,30 @@ impl<C: Endpoint> Future for Relay<'_, C> {
         let mut me = self.project();
         let opts: &RelayOptions = me.opts;
         if !*me.up_done {
-            match me
-                .up
-                .poll(cx, me.client, me.upstream, opts, &me.counters.up, me.last)
-            {
+            match me.up.poll(
+                cx,
+                me.client,
+                me.upstream,
+                opts,
+                &me.counters.up,
+                me.last,
+                *me.down_done,
+            ) {
                 Poll::Ready(Ok(())) => *me.up_done = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Outcome::Error(e)),
                 Poll::Pending => {}
             }
         }
         if !*me.down_done {
-            match me
-                .down
-                .poll(cx, me.upstream, me.client, opts, &me.counters.down, me.last)
-            {
+            match me.down.poll(
+                cx,
+                me.upstream,
+                me.client,
+                opts,
+                &me.counters.down,
+                me.last,
+                *me.up_done,
+            ) {
                 Poll::Ready(Ok(())) => *me.down_done = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Outcome::Error(e)),
                 Poll::Pending => {}

@@ -32,24 +32,24 @@ use tracing::Instrument;
 #[non_exhaustive]
 pub enum ProxyError {
     /// A listen address could not be bound.
-    #[error("listener `{listener}`: cannot listen on {addr}: {source}{hint}")]
+    #[error("listener `{listener}`: cannot listen on {addr}: {error}{hint}")]
     Bind {
         /// Listener name.
         listener: String,
         /// Address.
         addr: SocketAddr,
         /// OS error.
-        source: io::Error,
+        error: io::Error,
         /// Advice (privileged ports).
         hint: &'static str,
     },
     /// A TLS certificate could not be made or loaded.
-    #[error("listener `{listener}`: {source}")]
+    #[error("listener `{listener}`: {error}")]
     Tls {
         /// Listener name.
         listener: String,
         /// Cause.
-        source: TlsError,
+        error: TlsError,
     },
     /// The configuration is inconsistent (should have been caught by validation).
     #[error("configuration: {0}")]
@@ -154,9 +154,9 @@ impl Proxy {
         let mut listeners = Vec::new();
         for l in &config.listener {
             let name = l.name.get_ref().clone();
-            let tls_err = |source| ProxyError::Tls {
+            let tls_err = |error| ProxyError::Tls {
                 listener: name.clone(),
-                source,
+                error,
             };
             let store = match &l.tls {
                 TlsMode::None => None,
@@ -208,9 +208,9 @@ impl Proxy {
                     Err(e) if no_ipv6(&addr.0, &e) => {
                         tracing::warn!(listener = %name, %addr, "no IPv6 on this host; skipping");
                     }
-                    Err(source) => {
+                    Err(error) => {
                         let hint = if addr.0.port() < 1024
-                            && source.kind() == io::ErrorKind::PermissionDenied
+                            && error.kind() == io::ErrorKind::PermissionDenied
                         {
                             " (ports below 1024 need root or CAP_NET_BIND_SERVICE; see docs/OPERATIONS.md)"
                         } else {
@@ -219,7 +219,7 @@ impl Proxy {
                         return Err(ProxyError::Bind {
                             listener: name,
                             addr: addr.0,
-                            source,
+                            error,
                             hint,
                         });
                     }
@@ -235,10 +235,10 @@ impl Proxy {
         let admin = match &config.admin {
             Some(a) => {
                 let addr = a.listen.get_ref().0;
-                Some(bind(addr).map_err(|source| ProxyError::Bind {
+                Some(bind(addr).map_err(|error| ProxyError::Bind {
                     listener: "admin".into(),
                     addr,
-                    source,
+                    error,
                     hint: "",
                 })?)
             }
@@ -376,32 +376,116 @@ impl Proxy {
                 }
             });
         }
-        for (l, sockets) in self.listeners {
-            for s in sockets {
-                background.spawn(accept_loop(
-                    s,
-                    Arc::clone(&l),
-                    Arc::clone(&self.shared),
-                    Arc::clone(&self.metrics),
-                    conns.clone(),
-                    stop.child_token(),
-                ));
+        // Worker threads, each with its own single-threaded event loop (as
+        // HAProxy's threads have their own pollers): a connection lives and
+        // dies on the thread that accepted it, so the data path never
+        // crosses threads or wakes another one. Every worker registers its
+        // own clone of every listening socket; the kernel hands each new
+        // connection to one of them.
+        let workers = match self.config.tuning.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        };
+        let mut sockets = Vec::new();
+        for (l, socks) in self.listeners {
+            for s in socks {
+                match s.into_std() {
+                    Ok(s) => sockets.push((Arc::clone(&l), s)),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, "cannot hand the socket to a worker: {e}")
+                    }
+                }
             }
         }
+        let drain = self.config.timeouts.drain.0;
+        let mut finished = Vec::new();
+        for i in 0..workers {
+            let mut mine = Vec::new();
+            for (l, s) in &sockets {
+                match s.try_clone() {
+                    Ok(c) => mine.push((Arc::clone(l), c)),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, "cannot share the socket with worker {i}: {e}")
+                    }
+                }
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let (shared, metrics, conns, stop) = (
+                Arc::clone(&self.shared),
+                Arc::clone(&self.metrics),
+                conns.clone(),
+                stop.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("ponte-worker-{i}"))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => {
+                            rt.block_on(worker(mine, shared, metrics, conns, stop, drain));
+                            // Dropping the runtime ends what outlived the drain period.
+                            drop(rt);
+                        }
+                        Err(e) => tracing::error!("worker {i}: cannot start its event loop: {e}"),
+                    }
+                    let _ = tx.send(());
+                });
+            match spawned {
+                Ok(_) => finished.push(rx),
+                Err(e) => tracing::error!("cannot start worker thread {i}: {e}"),
+            }
+        }
+        // The workers now hold the only copies of the listening sockets.
+        drop(sockets);
         shutdown.await;
         let open = self.shared.limits.open();
         tracing::info!(open, "shutting down: no new connections; draining");
         stop.cancel();
+        for rx in finished {
+            let _ = rx.await;
+        }
         background.close();
         background.wait().await;
-        conns.close();
-        let drain = self.config.timeouts.drain.0;
-        if tokio::time::timeout(drain, conns.wait()).await.is_err() {
-            tracing::warn!(
-                open = self.shared.limits.open(),
-                "drain period over; closing the remaining connections"
-            );
+    }
+}
+
+/// One worker: accept on its clones of the listening sockets until `stop`,
+/// then let its connections drain for at most `drain`.
+async fn worker(
+    sockets: Vec<(Arc<ListenerShared>, std::net::TcpListener)>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    conns: TaskTracker,
+    stop: CancellationToken,
+    drain: Duration,
+) {
+    let accepting = TaskTracker::new();
+    for (l, s) in sockets {
+        match TcpListener::from_std(s) {
+            Ok(s) => {
+                accepting.spawn(accept_loop(
+                    s,
+                    l,
+                    Arc::clone(&shared),
+                    Arc::clone(&metrics),
+                    conns.clone(),
+                    stop.child_token(),
+                ));
+            }
+            Err(e) => tracing::error!(listener = %l.name, "cannot register the socket: {e}"),
         }
+    }
+    stop.cancelled().await;
+    accepting.close();
+    accepting.wait().await;
+    conns.close();
+    if tokio::time::timeout(drain, conns.wait()).await.is_err() {
+        tracing::warn!(
+            open = shared.limits.open(),
+            "drain period over; closing the remaining connections"
+        );
     }
 }
 

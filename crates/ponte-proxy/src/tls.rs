@@ -32,12 +32,12 @@ pub enum TlsError {
         message: String,
     },
     /// The private key is not one rustls can sign with, or does not match.
-    #[error("{path}: unusable private key: {source}")]
+    #[error("{path}: unusable private key: {reason}")]
     Key {
         /// The key file.
         path: PathBuf,
         /// rustls' reason.
-        source: rustls::Error,
+        reason: rustls::Error,
     },
     /// The self-signed certificate could not be generated.
     #[error("cannot generate the self-signed certificate: {0}")]
@@ -187,14 +187,14 @@ fn load_files(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let signing = provider()
         .key_provider
         .load_private_key(der)
-        .map_err(|source| TlsError::Key {
+        .map_err(|reason| TlsError::Key {
             path: key.to_path_buf(),
-            source,
+            reason,
         })?;
     let ck = CertifiedKey::new(certs, signing);
-    ck.keys_match().map_err(|source| TlsError::Key {
+    ck.keys_match().map_err(|reason| TlsError::Key {
         path: key.to_path_buf(),
-        source,
+        reason,
     })?;
     Ok(ck)
 }

@@ -236,6 +236,15 @@ pub async fn closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
     false
 }
 
+/// True when a new connection is refused: reset during connect (the relay's
+/// reset can beat the end of `connect`), or closed right after.
+pub async fn refused(addr: SocketAddr) -> bool {
+    match TcpStream::connect(addr).await {
+        Err(_) => true,
+        Ok(mut c) => closed(&mut c).await,
+    }
+}
+
 #[derive(Debug)]
 struct AnyCert;
 

@@ -243,6 +243,9 @@ struct Measured {
     p999_us: Option<f64>,
     durable: Option<f64>,
     durable_cores: Option<f64>,
+    /// NATS only: latency when paced at ponte's half rate (same offered load).
+    same_p50_us: Option<f64>,
+    same_p99_us: Option<f64>,
     /// (N, bytes per idle client).
     idle: Vec<(u32, Option<f64>)>,
     errors: u64,
@@ -321,7 +324,7 @@ async fn orchestrate(a: RunArgs) -> anyhow::Result<()> {
         let load_before = loadavg();
         let ponte = run_ponte(&a, &plan, &ponte_bin, k + 1).await?;
         let nats = if nats {
-            Some(run_nats(&a, &plan).await?)
+            Some(run_nats(&a, &plan, ponte.half_offered).await?)
         } else {
             None
         };
@@ -580,7 +583,7 @@ async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::R
     Ok(m)
 }
 
-async fn run_nats(a: &RunArgs, plan: &Plan) -> anyhow::Result<Measured> {
+async fn run_nats(a: &RunArgs, plan: &Plan, same_rate: Option<f64>) -> anyhow::Result<Measured> {
     let tmp = tempfile::tempdir()?;
     let logf = tmp.path().join("nats-server.log");
     let mut m = Measured::default();
@@ -618,6 +621,28 @@ async fn run_nats(a: &RunArgs, plan: &Plan) -> anyhow::Result<Measured> {
         "nats half rate: p50 {:?} us, p99 {:?} us",
         m.p50_us, m.p99_us
     ));
+    if let Some(same) = same_rate {
+        let sets = traffic_sets(
+            "nats",
+            &addr,
+            "online",
+            0,
+            a,
+            plan,
+            0,
+            1,
+            same / f64::from(plan.pairs.max(1)),
+        );
+        let (mut r, _) = traffic_phase(sys.pid, sets, plan).await?;
+        let mut same_m = Measured::default();
+        latency(&mut same_m, &mut r);
+        m.same_p50_us = same_m.p50_us;
+        m.same_p99_us = same_m.p99_us;
+        log(&format!(
+            "nats at ponte's half rate ({same:.0} msg/s): p50 {:?} us, p99 {:?} us",
+            m.same_p50_us, m.same_p99_us
+        ));
+    }
     sys.stop().await;
     Ok(m)
 }
@@ -762,6 +787,24 @@ fn table(out: &mut String, plan: &Plan, a: &RunArgs, p: &Measured, n: Option<&Me
     );
     row(
         out,
+        "latency p50, both paced at ponte's half rate (same offered load)".into(),
+        p.p50_us,
+        nv(&|m| m.same_p50_us),
+        &stats::fmt_ms,
+        "",
+        None,
+    );
+    row(
+        out,
+        "latency p99, both paced at ponte's half rate".into(),
+        p.p99_us,
+        nv(&|m| m.same_p99_us),
+        &stats::fmt_ms,
+        "< 20 ms",
+        p.p99_us.map(|v| v < 20_000.0),
+    );
+    row(
+        out,
         "latency p99.9 at half rate".into(),
         p.p999_us,
         nv(&|m| m.p999_us),
@@ -833,6 +876,8 @@ fn medians(runs: &[RunOut], nats: bool) -> Measured {
         p999_us: f(&|m| m.p999_us),
         durable: f(&|m| m.durable),
         durable_cores: f(&|m| m.durable_cores),
+        same_p50_us: f(&|m| m.same_p50_us),
+        same_p99_us: f(&|m| m.same_p99_us),
         idle: idle_counts
             .iter()
             .enumerate()

@@ -15,16 +15,21 @@ use tokio::time::Instant;
 
 /// A source address as limits see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SourceKey(u128);
+pub enum SourceKey {
+    /// An IPv4 address.
+    V4(u32),
+    /// The /64 prefix of an IPv6 address.
+    V6(u64),
+}
 
 impl SourceKey {
     /// IPv4 (or IPv4-mapped) address as is; IPv6 by its /64.
     pub fn of(ip: IpAddr) -> SourceKey {
         match ip {
-            IpAddr::V4(v4) => SourceKey(u128::from(u32::from(v4))),
+            IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => SourceKey(u128::from(u32::from(v4))),
-                None => SourceKey((u128::from(v6) & !((1u128 << 64) - 1)) | 1 << 32),
+                Some(v4) => SourceKey::V4(u32::from(v4)),
+                None => SourceKey::V6((u128::from(v6) >> 64) as u64),
             },
         }
     }

@@ -182,7 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Endpoint for Stream<S> {
 struct Dir {
     /// Bytes read and not yet written are `buf[pos..]`. No capacity when idle.
     buf: Vec<u8>,
-    pos: usize,
+    pos: u32,
     /// Current buffer size.
     cur: u32,
     /// Written but not yet flushed (TLS).
@@ -224,12 +224,13 @@ impl Dir {
     ) -> Poll<io::Result<()>> {
         let mut rounds = 0;
         loop {
-            while self.pos < self.buf.len() {
-                let n = ready!(dst.poll_write(cx, &self.buf[self.pos..]))?;
+            while (self.pos as usize) < self.buf.len() {
+                let n = ready!(dst.poll_write(cx, &self.buf[self.pos as usize..]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                self.pos += n;
+                // At most the buffer's length (<= 1 MiB, checked in config).
+                self.pos += n as u32;
                 self.unflushed = true;
             }
             self.buf.clear();

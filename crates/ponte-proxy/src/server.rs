@@ -543,9 +543,13 @@ async fn accept_loop(
         } else {
             tracing::debug_span!("conn", id, listener = %l.name)
         };
-        conns.spawn(
-            connection(stream, peer, Arc::clone(&l), Arc::clone(&shared), permit).instrument(span),
-        );
+        let task = connection(stream, peer, Arc::clone(&l), Arc::clone(&shared), permit);
+        // A span costs memory in every connection's task: only when logged.
+        if span.is_disabled() {
+            conns.spawn(task);
+        } else {
+            conns.spawn(task.instrument(span));
+        }
     }
 }
 

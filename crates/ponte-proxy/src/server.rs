@@ -620,7 +620,23 @@ fn connection(
 type Setup =
     Pin<Box<dyn Future<Output = (crate::limits::Permit, Option<(Client, TcpStream)>)> + Send>>;
 
-async fn established(setup: Setup, l: Arc<ListenerShared>, shared: Arc<Shared>) {
+/// Counts a connection as open until dropped (also when its task panics).
+struct OpenGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenGuard {
+    fn new(g: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        OpenGuard(g.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn established(setup: Setup, l: Arc<ListenerShared>, shared: Arc<Shared>, open: OpenGuard) {
     let (permit, ready) = setup.await;
     if let Some((client, up)) = ready {
         let out = match client {
@@ -635,7 +651,7 @@ async fn established(setup: Setup, l: Arc<ListenerShared>, shared: Arc<Shared>) 
             _ => {}
         }
     }
-    l.metrics.open.dec();
+    drop(open);
     drop(permit);
 }
 

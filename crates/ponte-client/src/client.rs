@@ -1082,12 +1082,14 @@ impl Client {
         let pending = logged_in.pending as usize;
         while handled < pending && tokio::time::Instant::now() < deadline {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // A few extra pushes (key counts) may come between mailbox items.
+            // Stop as soon as that many pushes were handled (a key count
+            // among them takes a slot; the loop then asks for the rest)
+            // rather than waiting for a quiet period after the last one.
             let n = self
                 .drain(
                     &mut conn,
                     left.min(Duration::from_secs(2)),
-                    pending - handled + 8,
+                    pending - handled,
                     events,
                 )
                 .await?;

@@ -606,7 +606,7 @@ fn connection(
     shared: Arc<Shared>,
     permit: crate::limits::Permit,
 ) -> impl Future<Output = ()> + Send {
-    l.metrics.open.inc();
+    let open = OpenGuard::new(&l.metrics.open);
     let setup = Box::pin(setup(
         stream,
         peer,
@@ -614,7 +614,7 @@ fn connection(
         Arc::clone(&shared),
         permit,
     ));
-    established(setup, l, shared)
+    established(setup, l, shared, open)
 }
 
 type Setup =

@@ -187,9 +187,14 @@ struct Server {
 
 impl Server {
     fn start(data: &Path) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    fn start_with(data: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(PONTE)
             .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
             .arg(data)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -714,4 +719,89 @@ fn proxy_link_for_the_ponte_preset_round_trips_through_via_add() {
     }
     let list = ok(&ponte(&alice, &["via", "list"]));
     assert_eq!(list.trim(), "tls://relay.example.org:443", "{list}");
+}
+
+/// A route to a relay from a chosen loopback source address, so that
+/// clients behind one relay come from different addresses.
+#[derive(Debug)]
+struct FromSource {
+    source: std::net::IpAddr,
+    relay: SocketAddr,
+}
+
+impl ponte_client::route::Route for FromSource {
+    fn connect(
+        &self,
+    ) -> ponte_client::route::BoxFuture<'_, std::io::Result<ponte_client::route::BoxStream>> {
+        Box::pin(async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(self.source, 0))?;
+            let stream = socket.connect(self.relay).await?;
+            Ok(Box::new(stream) as ponte_client::route::BoxStream)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("relay tcp://{} from {}", self.relay, self.source)
+    }
+}
+
+/// The server counts registrations per *client* address, which it learns
+/// from the relay's PROXY header: with one registration allowed per source,
+/// two users behind the same relay (the same peer for the server) from two
+/// addresses both get in, and a second one from the first address is
+/// refused. Without the header both would count as the relay's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_rate_limits_by_the_client_address_the_relay_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        "register_limit = { burst = 1, per_hour = 1 }\n\
+         register_limit_per_peer = { burst = 100, per_hour = 1000 }\n",
+    )
+    .unwrap();
+    let cfg_arg = cfg.to_str().unwrap().to_owned();
+    let data = tmp.path().join("server");
+    let (server, relay) = tokio::task::spawn_blocking({
+        let tmp = tmp.path().to_owned();
+        move || {
+            let server = Server::start_with(&data, &["--config", &cfg_arg]);
+            let relay = Relay::start(&tmp, "relay", server.addr);
+            (server, relay)
+        }
+    })
+    .await
+    .unwrap();
+    let address = server.address_at(closed_port());
+    let relay_addr: SocketAddr = format!("127.0.0.1:{}", relay.plain).parse().unwrap();
+    let register_from = |source: [u8; 4], name: &'static str| {
+        let dir = tmp.path().join(name);
+        let address = address.clone();
+        async move {
+            ponte_client::Client::register_with_routes(
+                &dir,
+                ponte_client::profile::KeySource::KeyFile,
+                || Ok(String::new()),
+                &address,
+                name,
+                None,
+                Duration::from_secs(10),
+                vec![Box::new(FromSource {
+                    source: source.into(),
+                    relay: relay_addr,
+                })],
+            )
+            .await
+        }
+    };
+    register_from([127, 0, 0, 2], "first").await.unwrap();
+    register_from([127, 0, 0, 3], "second").await.unwrap();
+    let err = register_from([127, 0, 0, 2], "third").await.unwrap_err();
+    assert!(
+        matches!(&err, ponte_client::ClientError::Server { code, .. } if code == "RATE_LIMITED"),
+        "{err}"
+    );
+    drop(relay);
+    drop(server);
 }

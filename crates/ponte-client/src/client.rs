@@ -236,6 +236,60 @@ impl Client {
         connect_timeout: Duration,
         vias: &[RelayUrl],
     ) -> Result<Self> {
+        Self::register_inner(
+            dir,
+            source,
+            passphrase,
+            address,
+            handle,
+            invite,
+            connect_timeout,
+            vias,
+            None,
+        )
+        .await
+    }
+
+    /// [`Client::register`] over the given routes only (an embedder's own
+    /// transport, a test's); the client keeps using them, as after
+    /// [`Client::set_routes`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn register_with_routes(
+        dir: &Path,
+        source: KeySource,
+        passphrase: impl FnOnce() -> Result<String>,
+        address: &str,
+        handle: &str,
+        invite: Option<&str>,
+        connect_timeout: Duration,
+        routes: Vec<Box<dyn Route>>,
+    ) -> Result<Self> {
+        Self::register_inner(
+            dir,
+            source,
+            passphrase,
+            address,
+            handle,
+            invite,
+            connect_timeout,
+            &[],
+            Some(routes),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn register_inner(
+        dir: &Path,
+        source: KeySource,
+        passphrase: impl FnOnce() -> Result<String>,
+        address: &str,
+        handle: &str,
+        invite: Option<&str>,
+        connect_timeout: Duration,
+        vias: &[RelayUrl],
+        custom_routes: Option<Vec<Box<dyn Route>>>,
+    ) -> Result<Self> {
         let server = parse_address(address)?;
         validate_handle(handle)
             .map_err(|e| ClientError::Invalid(format!("handle {handle:?}: {e}")))?;
@@ -280,7 +334,7 @@ impl Client {
             device,
             server,
             handle: handle.to_owned(),
-            custom_routes: None,
+            custom_routes,
             extra_vias: Vec::new(),
             head_start: HEAD_START,
             direct_probe_every: DIRECT_PROBE_EVERY,

@@ -1236,6 +1236,9 @@ impl Client {
         )));
         let on_relay = !conn.is_direct() && self.custom_routes.is_none();
         let mut last_probe = tokio::time::Instant::now();
+        // The background probe of the direct route: a task of its own, so a
+        // silent direct route never holds up the messages on the relay.
+        let mut probe: Option<tokio::task::JoinHandle<bool>> = None;
         // One-time keys: the server pushes a KeyCount right after LoggedIn;
         // handle_push tops them up when it says they run low.
         self.flush_outbox(&mut conn, events).await?;
@@ -1263,35 +1266,37 @@ impl Client {
                     .await?;
                 last_ping = tokio::time::Instant::now();
             }
-            if on_relay && last_probe.elapsed() >= self.direct_probe_every {
+            if on_relay && probe.is_none() && last_probe.elapsed() >= self.direct_probe_every {
+                probe = Some(tokio::spawn(self.probe_direct()));
+            }
+            if probe.as_ref().is_some_and(|p| p.is_finished()) {
                 last_probe = tokio::time::Instant::now();
-                if self.direct_works().await {
+                let works = match probe.take() {
+                    Some(finished) => finished.await.unwrap_or(false),
+                    None => false,
+                };
+                if works {
+                    // The next connection tries direct first and keeps it.
+                    self.store().set_meta(META_LAST_ROUTE, "")?;
                     return Ok(());
                 }
             }
         }
     }
 
-    /// Whether the direct route reaches the server and completes the Noise
-    /// handshake now (a background probe; the probe connection is dropped).
-    async fn direct_works(&self) -> bool {
+    /// A future that tells whether the direct route reaches the server and
+    /// completes the Noise handshake now (the probe connection is dropped).
+    fn probe_direct(&self) -> impl Future<Output = bool> + Send + 'static {
         let direct: Vec<Box<dyn Route>> = vec![Box::new(self.direct_route())];
-        let probe = Connection::open(
-            &direct,
-            self.server.key,
-            self.device.clone(),
-            self.connect_timeout.min(Duration::from_secs(5)),
-        )
-        .await;
-        match probe {
-            Ok(_) => {
-                // The next connection should try direct first and keep it.
-                let _ = self.store().set_meta(META_LAST_ROUTE, "");
-                true
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "direct route still unusable");
-                false
+        let (key, device) = (self.server.key, self.device.clone());
+        let timeout = self.connect_timeout.min(Duration::from_secs(5));
+        async move {
+            match Connection::open(&direct, key, device, timeout).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "direct route still unusable");
+                    false
+                }
             }
         }
     }

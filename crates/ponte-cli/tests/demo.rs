@@ -32,12 +32,18 @@ fn demo_runs_a_conversation_through_the_relay_and_exits_0() {
     );
     // The direct route failed, the relay carried everything.
     assert!(stdout.contains("FAIL  direct tcp 127.0.0.1:"), "{stdout}");
-    assert!(stdout.contains("in use: relay tls://127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("in use: relay tls://127.0.0.1:"),
+        "{stdout}"
+    );
     // Both messages arrived, with their ticks.
     assert!(stdout.contains("(received)"), "{stdout}");
     assert!(stdout.contains("[✓✓ read]"), "{stdout}");
     // A sample of relay bytes, and nothing readable in them.
-    assert!(stdout.contains("000000  0d 0a 0d 0a 00 0d 0a 51"), "{stdout}");
+    assert!(
+        stdout.contains("000000  0d 0a 0d 0a 00 0d 0a 51"),
+        "{stdout}"
+    );
     assert_eq!(stdout.matches("not found").count(), 8, "{stdout}");
     assert!(!stdout.contains("FOUND"), "{stdout}");
     // The temporary directory is gone.

@@ -127,3 +127,136 @@ async fn listen_moves_back_to_the_direct_route_when_it_works_again() {
     let _ = stop_server.send(());
     let _ = server_task.await;
 }
+
+/// A relay stand-in: forwards to `target`, or, while `reset` is set,
+/// accepts and closes at once.
+async fn toggled_forwarder(
+    target: SocketAddr,
+    reset: Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if reset.load(std::sync::atomic::Ordering::SeqCst) {
+                drop(inbound);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Direct routes that are refused, reset (accept, then close) or black holes
+/// (accept, never answer) all lose to a relay; with two working relays the
+/// one that worked last is preferred.
+#[tokio::test]
+async fn fallback_from_refused_reset_and_black_holed_direct_and_remembered_relay() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg =
+        ponte_server::ServerConfig::new(tmp.path().join("server"), "127.0.0.1:0".parse().unwrap());
+    cfg.register_limit = ponte_server::RateLimit {
+        burst: 100,
+        per_hour: 1000,
+    };
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let key = server.public_key();
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // Three kinds of blocked direct route.
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let reset = toggled_forwarder(server_addr, Arc::new(AtomicBool::new(true))).await;
+    let reset: SocketAddr = reset.trim_start_matches("tcp://").parse().unwrap();
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap(); // never accepted
+    let hole_addr = hole.local_addr().unwrap();
+
+    let a_down = Arc::new(AtomicBool::new(false));
+    let relay_a: RelayUrl = toggled_forwarder(server_addr, Arc::clone(&a_down))
+        .await
+        .parse()
+        .unwrap();
+    let relay_b: RelayUrl = toggled_forwarder(server_addr, Arc::new(AtomicBool::new(false)))
+        .await
+        .parse()
+        .unwrap();
+
+    for (i, direct) in [refused, reset, hole_addr].into_iter().enumerate() {
+        let address = ponte_wire::address::ServerAddress {
+            host: "127.0.0.1".into(),
+            port: direct.port(),
+            key,
+        };
+        let name = format!("user{i}");
+        let started = tokio::time::Instant::now();
+        let client = Client::register_via(
+            &tmp.path().join(&name),
+            KeySource::KeyFile,
+            || panic!("no passphrase"),
+            &address.to_string(),
+            &name,
+            None,
+            Duration::from_secs(30),
+            &[relay_a.clone(), relay_b.clone()],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            client.route_in_use(),
+            Some(format!("relay {relay_a}").as_str()),
+            "direct {direct}"
+        );
+        // Not the 30 s connect timeout: the relay joined after its head start.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    // Relay A fails once: B takes over and is remembered, so when A is back
+    // B still leads.
+    let mut user = Client::open(&tmp.path().join("user0"), || panic!("no passphrase")).unwrap();
+    a_down.store(true, Ordering::SeqCst);
+    user.sync(&mut |_| {}).await.unwrap();
+    assert_eq!(
+        user.route_in_use(),
+        Some(format!("relay {relay_b}").as_str())
+    );
+    a_down.store(false, Ordering::SeqCst);
+    let mut user = Client::open(&tmp.path().join("user0"), || panic!("no passphrase")).unwrap();
+    user.sync(&mut |_| {}).await.unwrap();
+    assert_eq!(
+        user.route_in_use(),
+        Some(format!("relay {relay_b}").as_str())
+    );
+    let status = user.status().await.unwrap();
+    let order: Vec<&str> = status.probes.iter().map(|p| p.route.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "direct tcp 127.0.0.1:".to_owned() + &refused.port().to_string(),
+            format!("relay {relay_b}"),
+            format!("relay {relay_a}"),
+        ]
+    );
+    assert!(status.probes[0].result.is_err());
+    assert!(status.probes[1].result.is_ok() && status.probes[2].result.is_ok());
+
+    drop(hole);
+    let _ = stop_server.send(());
+    let _ = server_task.await;
+}

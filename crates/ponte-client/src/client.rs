@@ -148,7 +148,7 @@ pub fn last_route(store: &Store) -> Result<Option<String>> {
     Ok(store.meta(META_LAST_ROUTE)?.filter(|r| !r.is_empty()))
 }
 
-/// How `listen` and `status` describe where the client is connected.
+/// One route checked on its own (for `ponte status`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RouteProbe {

@@ -90,6 +90,10 @@ pub struct LoadResult {
     pub secs: f64,
     /// One-way latencies (send → receive), microseconds, when recorded.
     pub lat_us: Vec<u32>,
+    /// Send → `SendAck` (durably committed) latencies, microseconds, when
+    /// recorded.
+    #[serde(default)]
+    pub ack_lat_us: Vec<u32>,
 }
 
 impl LoadResult {
@@ -100,6 +104,7 @@ impl LoadResult {
         self.errors += other.errors;
         self.secs = self.secs.max(other.secs);
         self.lat_us.extend(other.lat_us);
+        self.ack_lat_us.extend(other.ack_lat_us);
     }
 
     /// Records a message received at `now` that was stamped `sent_ns`.

@@ -241,6 +241,9 @@ struct Measured {
     p50_us: Option<f64>,
     p99_us: Option<f64>,
     p999_us: Option<f64>,
+    /// ponte only: send → SendAck at half rate.
+    ack_p50_us: Option<f64>,
+    ack_p99_us: Option<f64>,
     durable: Option<f64>,
     durable_cores: Option<f64>,
     /// NATS only: latency when paced at ponte's half rate (same offered load).
@@ -480,6 +483,9 @@ fn latency(m: &mut Measured, r: &mut LoadResult) {
     m.p50_us = stats::percentile(&r.lat_us, 50.0).map(f64::from);
     m.p99_us = stats::percentile(&r.lat_us, 99.0).map(f64::from);
     m.p999_us = stats::percentile(&r.lat_us, 99.9).map(f64::from);
+    r.ack_lat_us.sort_unstable();
+    m.ack_p50_us = stats::percentile(&r.ack_lat_us, 50.0).map(f64::from);
+    m.ack_p99_us = stats::percentile(&r.ack_lat_us, 99.0).map(f64::from);
 }
 
 async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::Result<Measured> {
@@ -812,6 +818,24 @@ fn table(out: &mut String, plan: &Plan, a: &RunArgs, p: &Measured, n: Option<&Me
         "",
         None,
     );
+    row(
+        out,
+        "send → SendAck (durably committed), p50 at half rate".into(),
+        p.ack_p50_us,
+        None,
+        &stats::fmt_ms,
+        "",
+        None,
+    );
+    row(
+        out,
+        "send → SendAck, p99 at half rate".into(),
+        p.ack_p99_us,
+        None,
+        &stats::fmt_ms,
+        "",
+        None,
+    );
     let _ = writeln!(
         out,
         "| durable messages/s to offline recipients ({} senders → {} mailboxes) | {} | n/a (core NATS stores nothing) | — | ≥ 10,000 | {} |",
@@ -874,6 +898,8 @@ fn medians(runs: &[RunOut], nats: bool) -> Measured {
         p50_us: f(&|m| m.p50_us),
         p99_us: f(&|m| m.p99_us),
         p999_us: f(&|m| m.p999_us),
+        ack_p50_us: f(&|m| m.ack_p50_us),
+        ack_p99_us: f(&|m| m.ack_p99_us),
         durable: f(&|m| m.durable),
         durable_cores: f(&|m| m.durable_cores),
         same_p50_us: f(&|m| m.same_p50_us),

@@ -19,6 +19,7 @@ use ponte_wire::messages::{
 };
 use prost::Message as _;
 use rand::{RngCore as _, SeedableRng as _};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -267,7 +268,10 @@ pub async fn traffic(
     Ok(total)
 }
 
-/// What a frame from the server means to a bench connection.
+/// What a frame from the server means to a bench connection. `pending`
+/// holds the send time of each unacknowledged send (by its counter) when
+/// ack latency is recorded.
+#[allow(clippy::too_many_arguments)]
 fn on_frame(
     payload: &[u8],
     phase: &Phase,
@@ -276,6 +280,7 @@ fn on_frame(
     seqs: &mut Vec<u64>,
     inflight: &mut usize,
     count_acks: bool,
+    pending: &mut HashMap<u64, Instant>,
 ) -> anyhow::Result<()> {
     let f = ServerFrame::decode(payload)?;
     match f.body {
@@ -285,10 +290,22 @@ fn on_frame(
         }
         Some(server_frame::Body::DeliveryReceipt(r)) => seqs.push(r.seq),
         Some(server_frame::Body::ExpiredNotice(n)) => seqs.push(n.seq),
-        Some(server_frame::Body::SendAck(_)) => {
+        Some(server_frame::Body::SendAck(a)) => {
             *inflight = inflight.saturating_sub(1);
-            if count_acks && phase.counts(Instant::now()) {
+            let now = Instant::now();
+            if count_acks && phase.counts(now) {
                 res.acked += 1;
+            }
+            let counter = a
+                .message_id
+                .get(4..12)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes);
+            if let Some(sent_at) = counter.and_then(|c| pending.remove(&c)) {
+                if phase.counts(now) {
+                    let us = (now - sent_at).as_micros();
+                    res.ack_lat_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                }
             }
         }
         Some(server_frame::Body::Error(e)) => {
@@ -316,15 +333,20 @@ async fn absorb(
     inflight: &mut usize,
     count_acks: bool,
     rid: &mut u64,
+    pending: &mut HashMap<u64, Instant>,
 ) -> anyhow::Result<bool> {
     let Some(first) = first else { return Ok(false) };
     let mut seqs = Vec::new();
-    on_frame(&first, phase, latency, res, &mut seqs, inflight, count_acks)?;
+    on_frame(
+        &first, phase, latency, res, &mut seqs, inflight, count_acks, pending,
+    )?;
     for _ in 0..ACK_BATCH {
         // recv_frame is cancel-safe: polling it once loses nothing.
         match reader.recv_frame().now_or_never() {
             Some(Ok(Some(f))) => {
-                on_frame(&f, phase, latency, res, &mut seqs, inflight, count_acks)?;
+                on_frame(
+                    &f, phase, latency, res, &mut seqs, inflight, count_acks, pending,
+                )?;
             }
             Some(Ok(None)) => return Ok(false),
             Some(Err(e)) => return Err(e.into()),
@@ -353,6 +375,7 @@ async fn receiver(
     let mut res = LoadResult::default();
     let mut inflight = 0usize;
     let mut rid = 1u64;
+    let mut pending = HashMap::new();
     loop {
         let r = tokio::select! {
             r = reader.recv_frame() => r?,
@@ -368,6 +391,7 @@ async fn receiver(
             &mut inflight,
             false,
             &mut rid,
+            &mut pending,
         )
         .await?;
         if !open {
@@ -391,6 +415,9 @@ async fn sender(
     let mut rid = 1u64;
     let mut body = vec![0u8; plan.size.max(8)];
     let window = plan.window.max(1);
+    // Send times by counter, for the ack latency (paced runs only).
+    let mut pending: HashMap<u64, Instant> = HashMap::new();
+    let track = plan.rate > 0.0;
     loop {
         let now = Instant::now();
         if now >= phase.win_end {
@@ -424,6 +451,9 @@ async fn sender(
                     })),
                 };
                 frames.push(f.encode_to_vec());
+                if track {
+                    pending.insert(sent, Instant::now());
+                }
                 sent += 1;
             }
             let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
@@ -450,6 +480,7 @@ async fn sender(
             &mut inflight,
             plan.count_acks,
             &mut rid,
+            &mut pending,
         )
         .await?;
         if !open {

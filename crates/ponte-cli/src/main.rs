@@ -14,6 +14,13 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: a relay holds thousands of
+/// small, long-lived objects per worker (tokio aligns each socket's state to
+/// 128 bytes, which glibc's allocator pads heavily); measured in
+/// docs/BENCHMARKS.md as memory per idle connection.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod demo;
 mod proxy;

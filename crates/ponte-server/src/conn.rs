@@ -146,7 +146,7 @@ async fn run(
             reason: close as i32,
             detail: exit.reason.to_owned(),
         }));
-        let _ = session.out.try_send(frame);
+        let _ = session.out.try_send(frame.encode_to_vec());
     }
     session.logout();
     drop(session);
@@ -189,14 +189,15 @@ async fn read_proxy_header(
 }
 
 /// Drains the outbound queue into the socket, several frames per write.
-async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<ServerFrame>) {
-    let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(64);
+async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Vec<u8>>) {
+    // Grows only when frames queue up: an idle connection holds nothing here.
+    let mut encoded: Vec<Vec<u8>> = Vec::new();
     while let Some(first) = rx.recv().await {
         encoded.clear();
-        encoded.push(first.encode_to_vec());
+        encoded.push(first);
         while encoded.len() < 64 {
             match rx.try_recv() {
-                Ok(f) => encoded.push(f.encode_to_vec()),
+                Ok(f) => encoded.push(f),
                 Err(_) => break,
             }
         }
@@ -337,7 +338,10 @@ struct Session {
     source_ip: IpAddr,
     /// The socket's peer (a relay, or the client itself).
     peer_ip: IpAddr,
-    out: mpsc::Sender<ServerFrame>,
+    /// Encoded frames for the writer task. Encoded, not `ServerFrame`s: a
+    /// tokio channel allocates its first block of 32 slots up front, and 32
+    /// `ServerFrame`s would be kilobytes per idle connection.
+    out: mpsc::Sender<Vec<u8>>,
     account: Option<Account>,
     /// Highest seq pushed on this connection.
     last_sent_seq: u64,
@@ -419,8 +423,12 @@ impl Session {
     /// Queues a frame for the socket; a client that does not read for
     /// `slow_consumer_timeout` is disconnected.
     async fn send(&mut self, frame: ServerFrame) -> Result<(), Exit> {
-        match tokio::time::timeout(self.shared.cfg.slow_consumer_timeout, self.out.send(frame))
-            .await
+        let encoded = frame.encode_to_vec();
+        match tokio::time::timeout(
+            self.shared.cfg.slow_consumer_timeout,
+            self.out.send(encoded),
+        )
+        .await
         {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Exit::quiet("write_failed")),

@@ -919,7 +919,7 @@ async fn report(a: &RunArgs, plan: &Plan, ponte_bin: &Path, runs: &[RunOut]) -> 
     let _ = writeln!(out, "Command: `{}`\n", cmd.join(" "));
     let _ = writeln!(
         out,
-        "Machine: {} × {}, {} RAM, Linux {}; open-file limit per process {}.",
+        "Machine: {} × {}, {} RAM, Linux {}; open-file limit per process {}.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model(),
         mem_total(),
@@ -928,7 +928,7 @@ async fn report(a: &RunArgs, plan: &Plan, ponte_bin: &Path, runs: &[RunOut]) -> 
     );
     let _ = writeln!(
         out,
-        "Systems: `{}` (release build), `{}`{}.",
+        "Systems: `{}` (release build), `{}`{}.\n",
         ponte_bin.display(),
         a.nats_server.display(),
         if a.no_nats {

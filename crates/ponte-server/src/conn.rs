@@ -114,7 +114,7 @@ async fn run(
     tcfg.max_frame_len = shared.cfg.max_frame_len;
     let accepted = tokio::select! {
         _ = stop.cancelled() => return "shutdown",
-        r = ponte_transport::accept_with_prefix(sock, &prefix, &tcfg) => r,
+        r = Box::pin(ponte_transport::accept_with_prefix(sock, &prefix, &tcfg)) => r,
     };
     let channel = match accepted {
         Ok(c) => c,
@@ -387,11 +387,14 @@ impl Session {
                     Some(frame) => self.send(frame).await,
                     None => Ok(()),
                 },
-                _ = wake => self.on_wake().await,
+                // The handlers are boxed: inline, their state would sit in
+                // every connection's task for its whole life (kilobytes per
+                // idle client); boxed, it exists only while a frame is handled.
+                _ = wake => Box::pin(self.on_wake()).await,
                 r = reader.recv_frame(), if can_read => match r {
                     Ok(Some(payload)) => {
                         last_activity = tokio::time::Instant::now();
-                        self.on_frame(&payload).await
+                        Box::pin(self.on_frame(&payload)).await
                     }
                     Ok(None) => Err(Exit::quiet("client_closed")),
                     Err(TransportError::Frame(_)) => {

@@ -771,15 +771,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// The listeners' first TLS port and first plain media port, for share links.
-    pub fn port_of(&self, name: &str) -> Option<u16> {
-        self.listener
-            .iter()
-            .find(|l| l.name.get_ref() == name)
-            .and_then(|l| l.listen.get_ref().first())
-            .map(|a| a.0.port())
-    }
 }
 
 /// 1-based line and column of a byte offset.

@@ -10,7 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -330,11 +329,6 @@ impl ListenerMetrics {
             .unwrap_or(0);
         self.proxy[i].inc();
     }
-    /// Refusals so far for one reason (status page, tests).
-    pub fn refused(&self, r: Refusal) -> u64 {
-        let i = Refusal::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        self.refused[i].get()
-    }
 }
 
 /// Per-upstream handles.
@@ -348,10 +342,7 @@ pub struct UpstreamMetrics {
 #[derive(Debug, Clone)]
 pub struct ServerMetrics {
     /// 1 when healthy.
-    pub healthy: Gauge<i64, AtomicI64Compat>,
+    pub healthy: Gauge,
     /// Failed connects.
-    pub connect_failures: Counter<u64, AtomicU64>,
+    pub connect_failures: Counter,
 }
-
-/// The atomic behind an `i64` gauge.
-pub type AtomicI64Compat = std::sync::atomic::AtomicI64;

@@ -5,13 +5,15 @@
 //! mailbox) and a writer task that drains a bounded queue of frames into the
 //! socket. Writes to the database run concurrently (up to
 //! `max_requests_in_flight` per connection) and answer as they commit; reads
-//! are awaited in place. Mailbox pushes are pulled from the database, at
-//! most `delivery_window` unacknowledged at a time, so a slow reader never
-//! makes the server buffer its mailbox.
+//! are awaited in place. Mailbox pushes come from memory when they were
+//! committed while the device was online (the registry's inbox), else from
+//! the database (after login, or when the inbox overflowed), at most
+//! `delivery_window` unacknowledged at a time, so a slow reader never makes
+//! the server buffer its mailbox.
 
 use crate::registry::Online;
 use crate::store::{
-    AccountInfo, ClaimOutcome, ItemKind, KeyRecord, MailItem, NewAccount, NewMessage,
+    AccountInfo, AckOutcome, ClaimOutcome, ItemKind, KeyRecord, MailItem, NewAccount, NewMessage,
     RegisterOutcome, SendOutcome, UploadOutcome,
 };
 use crate::{duration_ms, now_ms, Shared};
@@ -135,7 +137,7 @@ async fn run(
         peer_ip: peer.ip(),
         out,
         account: None,
-        last_sent_seq: 0,
+        db_cursor: 0,
         inflight: HashSet::new(),
         has_more: false,
         writes: FuturesUnordered::new(),
@@ -343,11 +345,13 @@ struct Session {
     /// `ServerFrame`s would be kilobytes per idle connection.
     out: mpsc::Sender<Vec<u8>>,
     account: Option<Account>,
-    /// Highest seq pushed on this connection.
-    last_sent_seq: u64,
+    /// Highest seq read from the database on this connection: items handed
+    /// over in memory at or below it were already pushed.
+    db_cursor: u64,
     /// Pushed, not yet acknowledged.
     inflight: HashSet<u64>,
-    /// The mailbox may hold items past `last_sent_seq`.
+    /// The database may hold items past `db_cursor` that were not handed
+    /// over in memory: read it before the inbox.
     has_more: bool,
     /// Database writes in flight, each yielding its response.
     writes: FuturesUnordered<Pending>,
@@ -687,25 +691,48 @@ impl Session {
         if low {
             self.push_key_count().await?;
         }
-        self.has_more = true;
         self.pump().await
     }
 
-    /// Pushes mailbox items past `last_sent_seq` while the window has room.
+    /// Pushes mailbox items while the window has room: from the database
+    /// while `has_more`, else what was handed over in memory.
     async fn pump(&mut self) -> Result<(), Exit> {
-        let Some(id) = self.account.as_ref().map(|a| a.info.id) else {
+        let Some((id, online)) = self
+            .account
+            .as_ref()
+            .map(|a| (a.info.id, Arc::clone(&a.online)))
+        else {
             return Ok(());
         };
         let window = self.shared.cfg.delivery_window.max(1);
-        while self.has_more {
+        loop {
             let room = window.saturating_sub(self.inflight.len());
             if room == 0 {
                 return Ok(());
             }
+            if !self.has_more {
+                let (items, read_db) = online.take(room);
+                if read_db {
+                    self.has_more = true;
+                    continue;
+                }
+                if items.is_empty() {
+                    return Ok(());
+                }
+                for item in items {
+                    // At or below the cursor: the database read had it.
+                    if item.seq <= self.db_cursor || !self.inflight.insert(item.seq) {
+                        continue;
+                    }
+                    self.shared.metrics.items_pushed.inc();
+                    self.send(item_frame(item)).await?;
+                }
+                continue;
+            }
             let items = match self
                 .shared
                 .store
-                .fetch_mailbox(id, self.last_sent_seq, room)
+                .fetch_mailbox(id, self.db_cursor, room)
                 .await
             {
                 Ok(items) => items,
@@ -716,13 +743,15 @@ impl Session {
             };
             self.has_more = items.len() == room;
             for item in items {
-                self.last_sent_seq = self.last_sent_seq.max(item.seq);
-                self.inflight.insert(item.seq);
+                self.db_cursor = self.db_cursor.max(item.seq);
+                // Already pushed from memory and not yet acknowledged.
+                if !self.inflight.insert(item.seq) {
+                    continue;
+                }
                 self.shared.metrics.items_pushed.inc();
                 self.send(item_frame(item)).await?;
             }
         }
-        Ok(())
     }
 
     async fn on_upload(
@@ -941,6 +970,8 @@ impl Session {
             max_pending: shared.cfg.max_pending_per_mailbox,
         };
         let id_bytes = s.message_id;
+        let body = msg.body.clone();
+        let sender = info.handle.clone();
         self.writes.push(Box::pin(async move {
             let ack = |accepted_at_ms: i64, duplicate: bool| {
                 reply(
@@ -952,14 +983,33 @@ impl Session {
                     }),
                 )
             };
-            Some(match shared.store.send(msg).await {
-                Ok(SendOutcome::Accepted {
+            // Once durable, the message goes to the recipient's connection
+            // (in commit order, so a sender's messages stay in order).
+            let registry = Arc::clone(&shared);
+            let message_id = id_bytes.clone();
+            let handed = move |out: &SendOutcome| {
+                if let SendOutcome::Accepted {
                     recipient,
+                    seq,
                     accepted_at_ms,
-                    ..
-                }) => {
+                } = *out
+                {
+                    registry.registry.deliver(
+                        recipient,
+                        MailItem {
+                            seq,
+                            kind: ItemKind::Message,
+                            message_id,
+                            body,
+                            at_ms: accepted_at_ms,
+                            peer_handle: sender,
+                        },
+                    );
+                }
+            };
+            Some(match shared.store.send_then(msg, handed).await {
+                Ok(SendOutcome::Accepted { accepted_at_ms, .. }) => {
                     shared.metrics.messages_accepted.inc();
-                    shared.registry.wake(recipient);
                     ack(accepted_at_ms, false)
                 }
                 Ok(SendOutcome::Duplicate { accepted_at_ms }) => {
@@ -1011,15 +1061,33 @@ impl Session {
         }
         let shared = Arc::clone(&self.shared);
         let account = info.id;
+        let me = info.handle.clone();
         self.writes.push(Box::pin(async move {
             let now = now_ms();
             let expires = now.saturating_add(duration_ms(shared.cfg.notice_retention));
-            match shared.store.ack(account, seqs, now, expires).await {
+            let registry = Arc::clone(&shared);
+            let handed = move |out: &AckOutcome| {
+                for r in &out.receipts {
+                    registry.registry.deliver(
+                        r.owner,
+                        MailItem {
+                            seq: r.seq,
+                            kind: ItemKind::Receipt,
+                            message_id: r.message_id.clone(),
+                            body: Bytes::new(),
+                            at_ms: r.at_ms,
+                            peer_handle: me.clone(),
+                        },
+                    );
+                }
+            };
+            match shared
+                .store
+                .ack_then(account, seqs, now, expires, handed)
+                .await
+            {
                 Ok(out) => {
                     shared.metrics.messages_acked.inc_by(out.messages);
-                    for peer in out.notify {
-                        shared.registry.wake(peer);
-                    }
                 }
                 Err(e) => tracing::warn!("ack failed: {e}"),
             }

@@ -1,12 +1,30 @@
 //! Devices online now: one entry per logged-in account, so a committed
-//! message can wake the recipient's connection, and a second connection of
-//! the same device replaces (kicks) the first.
+//! message can be handed to the recipient's connection, and a second
+//! connection of the same device replaces (kicks) the first.
+//!
+//! Committed items go to the connection in memory (a small bounded inbox per
+//! device): the connection pushes them without reading them back from the
+//! database. When the inbox overflows, or an item was stored without being
+//! handed over (an expiry notice), the connection is told to read its
+//! mailbox from the database instead.
 
-use crate::store::AccountId;
-use std::collections::HashMap;
+use crate::store::{AccountId, MailItem};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
+
+/// Items held for one connection before it falls back to the database.
+pub(crate) const INBOX_CAP: usize = 256;
+
+/// Committed items waiting to be pushed by the connection.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    /// In hand-over order (not necessarily seq order).
+    pub items: VecDeque<MailItem>,
+    /// Items were stored that are not in `items`: read the database.
+    pub read_db: bool,
+}
 
 /// The wake-up handles of one logged-in connection.
 #[derive(Debug, Default)]
@@ -18,6 +36,45 @@ pub(crate) struct Online {
     pub kicked: Notify,
     /// The one-time key count fell below the low-water mark.
     pub key_count_low: AtomicBool,
+    /// Items handed over in memory.
+    inbox: Mutex<Inbox>,
+}
+
+impl Online {
+    /// Takes up to `max` items; the flag says the database must be read
+    /// (and clears it, dropping the held items, which the read covers).
+    pub fn take(&self, max: usize) -> (Vec<MailItem>, bool) {
+        let Ok(mut inbox) = self.inbox.lock() else {
+            return (Vec::new(), true);
+        };
+        if inbox.read_db {
+            inbox.read_db = false;
+            inbox.items = VecDeque::new();
+            return (Vec::new(), true);
+        }
+        let n = max.min(inbox.items.len());
+        let taken: Vec<MailItem> = inbox.items.drain(..n).collect();
+        if inbox.items.is_empty() && inbox.items.capacity() > 0 {
+            // An idle connection keeps no buffer.
+            inbox.items = VecDeque::new();
+        }
+        (taken, false)
+    }
+
+    fn hand_over(&self, item: Option<MailItem>) {
+        if let Ok(mut inbox) = self.inbox.lock() {
+            match item {
+                Some(item) if !inbox.read_db && inbox.items.len() < INBOX_CAP => {
+                    inbox.items.push_back(item);
+                }
+                _ => {
+                    inbox.read_db = true;
+                    inbox.items = VecDeque::new();
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
 }
 
 /// Online devices by account.
@@ -58,10 +115,17 @@ impl Registry {
         self.map.lock().ok()?.get(&account).cloned()
     }
 
-    /// Wakes the account's connection, if online.
+    /// Hands a committed item to the account's connection, if online.
+    pub fn deliver(&self, account: AccountId, item: MailItem) {
+        if let Some(o) = self.get(account) {
+            o.hand_over(Some(item));
+        }
+    }
+
+    /// Tells the account's connection, if online, to read its mailbox.
     pub fn wake(&self, account: AccountId) {
         if let Some(o) = self.get(account) {
-            o.wake.notify_one();
+            o.hand_over(None);
         }
     }
 
@@ -71,5 +135,66 @@ impl Registry {
             o.key_count_low.store(true, Ordering::Release);
             o.wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::ItemKind;
+    use bytes::Bytes;
+
+    fn item(seq: u64) -> MailItem {
+        MailItem {
+            seq,
+            kind: ItemKind::Message,
+            message_id: Bytes::from_static(&[0; 16]),
+            body: Bytes::new(),
+            at_ms: 0,
+            peer_handle: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn inbox_hands_over_in_order_then_falls_back_to_the_database() {
+        let reg = Registry::default();
+        let online = reg.login(7, 1);
+        reg.deliver(7, item(3));
+        reg.deliver(7, item(5));
+        reg.deliver(8, item(9)); // not online: dropped, the database has it
+        let (got, read_db) = online.take(10);
+        assert!(!read_db);
+        assert_eq!(got.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![3, 5]);
+        // Overflow: the held items are dropped and the database is read.
+        for seq in 0..=INBOX_CAP as u64 {
+            reg.deliver(7, item(100 + seq));
+        }
+        let (got, read_db) = online.take(10);
+        assert!(got.is_empty() && read_db);
+        let (got, read_db) = online.take(10);
+        assert!(got.is_empty() && !read_db);
+    }
+
+    #[test]
+    fn take_respects_the_limit_and_wake_means_read_the_database() {
+        let reg = Registry::default();
+        let online = reg.login(1, 1);
+        for seq in 1..=5 {
+            reg.deliver(1, item(seq));
+        }
+        assert_eq!(online.take(2).0.len(), 2);
+        reg.wake(1);
+        let (got, read_db) = online.take(10);
+        assert!(got.is_empty() && read_db);
+        // A newer connection of the same device kicks the old one and gets
+        // its own inbox.
+        let newer = reg.login(1, 2);
+        reg.deliver(1, item(9));
+        assert_eq!(newer.take(10).0.len(), 1);
+        assert!(online.take(10).0.is_empty());
+        reg.logout(1, 1); // stale logout: ignored
+        reg.deliver(1, item(10));
+        assert_eq!(newer.take(10).0.len(), 1);
     }
 }

@@ -3,26 +3,42 @@
 //! invite tokens.
 //!
 //! - **Writes** go to one writer thread that owns the only write connection.
-//!   It takes every job waiting in its queue (up to a batch limit), runs each
-//!   inside its own savepoint of one `BEGIN IMMEDIATE` transaction, commits
-//!   once (group commit: one fsync for many sends), and only then answers the
-//!   callers. With `journal_mode=WAL` and `synchronous=FULL` a committed
-//!   transaction survives SIGKILL and power loss, so "answered" implies
-//!   "durable".
+//!   It takes every job waiting in its queue (up to a batch limit), runs
+//!   them in one `BEGIN IMMEDIATE` transaction and commits once (group
+//!   commit). The commit writes the WAL without waiting for the disk
+//!   (`synchronous=NORMAL`); a second thread, the syncer, then calls
+//!   `fdatasync` on the WAL file and only after that answers the batch's
+//!   callers. So "answered" still means "durable" (the WAL survives SIGKILL
+//!   and power loss), and the writer runs the next batch while the disk
+//!   flushes the previous one. One `fdatasync` covers every batch committed
+//!   before it started.
+//! - **Checkpoints** (copying the WAL into the database file) run on their
+//!   own thread and connection, not inside a commit; the writer finishes a
+//!   checkpoint itself now and then (cheap by then) so the WAL can restart
+//!   from its beginning instead of growing.
 //! - **Reads** use a small pool of read-only connections on the blocking
 //!   thread pool; WAL lets them run while the writer commits.
 //!
-//! Mailbox items share one table and one sequence (`seq`, AUTOINCREMENT so a
-//! seq is never reused and a stale ack can never delete a newer item):
-//! kind 0 = message (owner = recipient, peer = sender), 1 = delivery receipt
-//! and 2 = expired notice (owner = original sender, peer = original recipient).
+//! Mailbox items of all kinds share one sequence (`seq`), allocated by the
+//! writer and never reused (the high-water mark is reserved in the `meta`
+//! table ahead of use), so a stale ack can never delete a newer item:
+//! messages live in `mailbox` (owner = recipient, peer = sender), delivery
+//! receipts (kind 1) and expired notices (kind 2) in `notices` (owner =
+//! original sender, peer = original recipient). Both are keyed by
+//! `(owner, seq)`: one B-tree insert to store an item, one delete to drop it
+//! (plus the expiry index for messages). The number of waiting messages per
+//! recipient (for `max_pending`) is kept in memory by the writer, counted
+//! from the table at start.
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -228,6 +244,20 @@ pub enum SendOutcome {
     MailboxFull,
 }
 
+/// A delivery receipt stored by an acknowledgement, for pushing it to its
+/// owner (the original sender) without reading it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    /// The original sender, who gets the receipt.
+    pub owner: AccountId,
+    /// The receipt's seq in the owner's mailbox.
+    pub seq: u64,
+    /// The delivered message's id.
+    pub message_id: Bytes,
+    /// Delivery time, ms.
+    pub at_ms: i64,
+}
+
 /// What an acknowledgement did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AckOutcome {
@@ -237,6 +267,8 @@ pub struct AckOutcome {
     pub notices: u64,
     /// Accounts that got a receipt.
     pub notify: Vec<AccountId>,
+    /// The receipts stored, in seq order.
+    pub receipts: Vec<StoredReceipt>,
 }
 
 /// What an expiry sweep did.
@@ -271,6 +303,10 @@ pub struct MailItem {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Runs on the sync thread once a job's result is durable, before its
+/// caller is answered, in commit order.
+pub type AfterCommit<T> = Box<dyn FnOnce(&T) + Send>;
+
 enum Job {
     Register(NewAccount, Reply<RegisterOutcome>),
     Upload {
@@ -281,24 +317,32 @@ enum Job {
         reply: Reply<UploadOutcome>,
     },
     Claim(String, Reply<ClaimOutcome>),
-    Send(NewMessage, Reply<SendOutcome>),
+    Send(
+        NewMessage,
+        Reply<SendOutcome>,
+        Option<AfterCommit<SendOutcome>>,
+    ),
     Ack {
         account: AccountId,
         seqs: Vec<u64>,
         now_ms: i64,
         notice_expires_at_ms: i64,
         reply: Reply<AckOutcome>,
+        after: Option<AfterCommit<AckOutcome>>,
     },
     Expire {
         now_ms: i64,
         retention_ms: i64,
         notice_ttl_ms: i64,
+        /// Notices a reader found past their deadline: `(owner, seq)`.
+        stale_notices: Vec<(AccountId, i64)>,
         reply: Reply<ExpireOutcome>,
     },
     AddInvite([u8; 32], Reply<()>),
 }
 
-/// The store: a writer thread and a pool of readers.
+/// The store: a writer thread (with its syncer and checkpointer) and a pool
+/// of readers.
 #[derive(Debug)]
 pub struct Store {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -314,6 +358,9 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 2;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
     id INTEGER PRIMARY KEY,
@@ -322,8 +369,7 @@ CREATE TABLE IF NOT EXISTS accounts (
     curve25519 BLOB NOT NULL,
     ed25519 BLOB NOT NULL,
     signature BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
-    pending INTEGER NOT NULL DEFAULT 0
+    created_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS one_time_keys (
     account INTEGER NOT NULL,
@@ -340,17 +386,26 @@ CREATE TABLE IF NOT EXISTS fallback_keys (
     signature BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mailbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     owner INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
     peer INTEGER NOT NULL,
     message_id BLOB NOT NULL,
     body BLOB NOT NULL,
     created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS mailbox_owner ON mailbox(owner, seq);
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, seq)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS mailbox_expiry ON mailbox(expires_at);
+CREATE TABLE IF NOT EXISTS notices (
+    owner INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    peer INTEGER NOT NULL,
+    message_id BLOB NOT NULL,
+    at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sent (
     sender INTEGER NOT NULL,
     message_id BLOB NOT NULL,
@@ -362,17 +417,40 @@ CREATE TABLE IF NOT EXISTS invites (
     token_hash BLOB PRIMARY KEY,
     created_at INTEGER NOT NULL
 );
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Schema 1 (one `mailbox` table with a `kind` column and AUTOINCREMENT
+/// seqs) to 2: messages and notices apart, seqs reserved in `meta`.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE mailbox RENAME TO mailbox_v1;
+DROP INDEX IF EXISTS mailbox_owner;
+DROP INDEX IF EXISTS mailbox_expiry;
 ";
 
 /// Largest number of jobs committed together.
-const BATCH_MAX: usize = 512;
+const BATCH_MAX: usize = 1024;
 /// Jobs that may wait for the writer (back-pressure beyond this).
-const QUEUE: usize = 4096;
+const QUEUE: usize = 8192;
 /// Read connections.
 const READERS: usize = 4;
 /// Rows handled by one expiry sweep.
 const EXPIRE_BATCH: i64 = 2000;
+/// Seqs reserved in `meta` at a time.
+const SEQ_RESERVE: i64 = 1 << 20;
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How often the writer completes a checkpoint itself, so the WAL restarts.
+const WRITER_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// WAL size kept after a checkpoint (larger WAL files are truncated to it).
+const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+/// Prepared statements kept per connection (more than the store uses).
+const STATEMENT_CACHE: usize = 64;
+/// Page cache of the write connection, KiB.
+const WRITER_CACHE_KIB: i64 = 16 << 10;
 
 /// Creates the database file with mode 0600 if it does not exist yet
 /// (SQLite gives its WAL and shared-memory files the same mode).
@@ -401,12 +479,52 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, rusqlite::Error
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
+}
+
+/// Creates the tables, or brings an older schema up to date.
+fn init_schema(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let legacy = version == 1
+        && tx
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mailbox'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+    if legacy {
+        tx.execute_batch(MIGRATE_1_TO_2)?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    if legacy {
+        tx.execute_batch(
+            "INSERT INTO mailbox (owner, seq, peer, message_id, body, created_at, expires_at)
+                 SELECT owner, seq, peer, message_id, body, created_at, expires_at
+                 FROM mailbox_v1 WHERE kind = 0;
+             INSERT INTO notices (owner, seq, kind, peer, message_id, at, expires_at)
+                 SELECT owner, seq, kind, peer, message_id, created_at, expires_at
+                 FROM mailbox_v1 WHERE kind <> 0;
+             INSERT OR REPLACE INTO meta (key, value)
+                 SELECT 'seq_reserved', MAX(
+                     (SELECT COALESCE(MAX(seq), 0) FROM mailbox_v1),
+                     (SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'mailbox')
+                 ) + 1;
+             DROP TABLE mailbox_v1;",
+        )?;
+    }
+    if version < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()
 }
 
 /// Hash under which an invite token is stored.
@@ -425,8 +543,8 @@ pub fn create_invite(data_dir: &Path, now_ms: i64) -> Result<String, StoreError>
     let mut raw = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    let conn = open_conn(&data_dir.join(DB_FILE), false)?;
-    conn.execute_batch(SCHEMA)?;
+    let mut conn = open_conn(&data_dir.join(DB_FILE), false)?;
+    init_schema(&mut conn)?;
     conn.execute(
         "INSERT INTO invites (token_hash, created_at) VALUES (?1, ?2)",
         params![&invite_hash(&token)[..], now_ms],
@@ -435,21 +553,30 @@ pub fn create_invite(data_dir: &Path, now_ms: i64) -> Result<String, StoreError>
 }
 
 impl Store {
-    /// Opens (creating if needed) `DIR/ponte.db` and starts the writer.
+    /// Opens (creating or upgrading if needed) `DIR/ponte.db` and starts the
+    /// writer.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
-        let conn = open_conn(&path, false)?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = open_conn(&path, false)?;
+        init_schema(&mut conn)?;
+        let state = WriterState::load(&conn)?;
+        // Durability comes from the syncer's fdatasync of the WAL before any
+        // answer (see the module docs); checkpoints run on their own thread.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        let checkpointer = open_conn(&path, false)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            let r = open_conn(&path, true)?;
-            r.pragma_update(None, "query_only", true)?;
-            readers.push(r);
+            readers.push(open_reader(&path)?);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
+        let wal_path = wal_path(&path);
+        let db_path = path.clone();
         let thread = std::thread::Builder::new()
             .name("ponte-db-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_main(conn, state, checkpointer, rx, wal_path, db_path))
             .map_err(|_| StoreError::Task)?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
@@ -521,7 +648,19 @@ impl Store {
 
     /// Stores a message (durable when this returns `Accepted`).
     pub async fn send(&self, m: NewMessage) -> Result<SendOutcome, StoreError> {
-        self.submit(|r| Job::Send(m, r)).await
+        self.submit(|r| Job::Send(m, r, None)).await
+    }
+
+    /// Like [`Store::send`], and runs `after` with the outcome once it is
+    /// durable: on the store's sync thread, in commit order (so a
+    /// sender's messages are handed on in the order they were stored).
+    pub async fn send_then(
+        &self,
+        m: NewMessage,
+        after: impl FnOnce(&SendOutcome) + Send + 'static,
+    ) -> Result<SendOutcome, StoreError> {
+        self.submit(|r| Job::Send(m, r, Some(Box::new(after))))
+            .await
     }
 
     /// Acknowledges mailbox items of `account` (unknown seqs are ignored);
@@ -539,6 +678,28 @@ impl Store {
             now_ms,
             notice_expires_at_ms,
             reply,
+            after: None,
+        })
+        .await
+    }
+
+    /// Like [`Store::ack`], and runs `after` with the outcome once it is
+    /// durable, on the sync thread in commit order.
+    pub async fn ack_then(
+        &self,
+        account: AccountId,
+        seqs: Vec<u64>,
+        now_ms: i64,
+        notice_expires_at_ms: i64,
+        after: impl FnOnce(&AckOutcome) + Send + 'static,
+    ) -> Result<AckOutcome, StoreError> {
+        self.submit(|reply| Job::Ack {
+            account,
+            seqs,
+            now_ms,
+            notice_expires_at_ms,
+            reply,
+            after: Some(Box::new(after)),
         })
         .await
     }
@@ -552,10 +713,25 @@ impl Store {
         retention_ms: i64,
         notice_ttl_ms: i64,
     ) -> Result<ExpireOutcome, StoreError> {
+        // Notices have no expiry index (they are written and deleted once per
+        // delivered message, and an index would double that): a reader scans
+        // for stale ones off the writer thread, and the writer deletes them.
+        let stale_notices = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT owner, seq FROM notices WHERE expires_at <= ?1 LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![now_ms, EXPIRE_BATCH], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
         self.submit(|reply| Job::Expire {
             now_ms,
             retention_ms,
             notice_ttl_ms,
+            stale_notices,
             reply,
         })
         .await
@@ -579,11 +755,7 @@ impl Store {
         let conn = self.readers.lock().map_err(|_| StoreError::Closed)?.pop();
         let conn = match conn {
             Some(c) => c,
-            None => {
-                let c = open_conn(&self.path, true)?;
-                c.pragma_update(None, "query_only", true)?;
-                c
-            }
+            None => open_reader(&self.path)?,
         };
         let (conn, res) = tokio::task::spawn_blocking(move || {
             let r = f(&conn);
@@ -620,11 +792,13 @@ impl Store {
         self.read(move |c| key_counts(c, account)).await
     }
 
-    /// Number of mailbox items waiting for `account`.
+    /// Number of mailbox items (messages, receipts, notices) waiting for
+    /// `account`.
     pub async fn mailbox_len(&self, account: AccountId) -> Result<u32, StoreError> {
         self.read(move |c| {
             c.query_row(
-                "SELECT COUNT(*) FROM mailbox WHERE owner = ?1",
+                "SELECT (SELECT COUNT(*) FROM mailbox WHERE owner = ?1)
+                      + (SELECT COUNT(*) FROM notices WHERE owner = ?1)",
                 [account],
                 |r| r.get::<_, u32>(0),
             )
@@ -639,43 +813,86 @@ impl Store {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<MailItem>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT m.seq, m.kind, m.message_id, m.body, m.created_at, a.handle
-                 FROM mailbox m JOIN accounts a ON a.id = m.peer
-                 WHERE m.owner = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3",
-            )?;
-            let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(params![owner, after, limit], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, kind, id, body, at, peer) = row?;
-                let Some(kind) = ItemKind::from_code(kind) else {
-                    continue;
-                };
-                out.push(MailItem {
-                    seq: u64::try_from(seq).unwrap_or(0),
-                    kind,
-                    message_id: Bytes::from(id),
-                    body: Bytes::from(body),
-                    at_ms: at,
-                    peer_handle: peer,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |c| fetch_mailbox(c, owner, after_seq, limit))
+            .await
     }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let c = open_conn(path, true)?;
+    c.pragma_update(None, "query_only", true)?;
+    Ok(c)
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// Messages and notices of `owner` after `after_seq`, merged in seq order.
+fn fetch_mailbox(
+    c: &Connection,
+    owner: AccountId,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<MailItem>, rusqlite::Error> {
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    {
+        let mut stmt = c.prepare_cached(
+            "SELECT m.seq, m.message_id, m.body, m.created_at, a.handle
+             FROM mailbox m JOIN accounts a ON a.id = m.peer
+             WHERE m.owner = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![owner, after, lim], |r| {
+            Ok(MailItem {
+                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                kind: ItemKind::Message,
+                message_id: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                body: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                at_ms: r.get(3)?,
+                peer_handle: r.get(4)?,
+            })
+        })?;
+        for row in rows {
+            out.push(row?);
+        }
+    }
+    {
+        let mut stmt = c.prepare_cached(
+            "SELECT n.seq, n.kind, n.message_id, n.at, a.handle
+             FROM notices n JOIN accounts a ON a.id = n.peer
+             WHERE n.owner = ?1 AND n.seq > ?2 ORDER BY n.seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![owner, after, lim], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (seq, kind, id, at, peer) = row?;
+            let Some(kind) = ItemKind::from_code(kind) else {
+                continue;
+            };
+            out.push(MailItem {
+                seq: u64::try_from(seq).unwrap_or(0),
+                kind,
+                message_id: Bytes::from(id),
+                body: Bytes::new(),
+                at_ms: at,
+                peer_handle: peer,
+            });
+        }
+    }
+    out.sort_by_key(|i| i.seq);
+    out.truncate(limit);
+    Ok(out)
 }
 
 impl Drop for Store {
@@ -729,57 +946,375 @@ fn key_counts(c: &Connection, account: AccountId) -> Result<KeyCounts, rusqlite:
     })
 }
 
-/// The writer thread: group commit of everything queued.
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(BATCH_MAX);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < BATCH_MAX {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        run_batch(&mut conn, &mut batch);
-    }
-    // Queue closed: checkpoint so the WAL does not grow forever.
-    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+/// What the writer keeps in memory next to its connection. Changes made by
+/// a batch are undone if the batch rolls back.
+struct WriterState {
+    /// Next mailbox seq to hand out.
+    next_seq: i64,
+    /// Seqs below this are reserved in `meta` (committed or in this batch).
+    reserved: i64,
+    /// Waiting messages per recipient (only non-zero counts).
+    pending: HashMap<AccountId, u32>,
+    /// This batch's changes to `pending`, to undo on rollback.
+    undo: Vec<(AccountId, bool)>,
 }
 
-type Finisher = Box<dyn FnOnce(Option<&str>)>;
+impl WriterState {
+    /// Reads the seq reservation and counts waiting messages.
+    fn load(conn: &Connection) -> Result<Self, rusqlite::Error> {
+        let reserved = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'seq_reserved'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .unwrap_or(1)
+            .max(1);
+        let mut pending = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT owner, COUNT(*) FROM mailbox GROUP BY owner")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)))?;
+            for row in rows {
+                let (owner, n) = row?;
+                pending.insert(owner, n);
+            }
+        }
+        Ok(Self {
+            next_seq: reserved,
+            reserved,
+            pending,
+            undo: Vec::new(),
+        })
+    }
 
-fn finisher<T: 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Finisher {
+    /// Hands out a seq, reserving a new range in `meta` when needed.
+    fn alloc_seq(&mut self, c: &Connection) -> Result<i64, rusqlite::Error> {
+        if self.next_seq >= self.reserved {
+            let upto = self.next_seq.saturating_add(SEQ_RESERVE);
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_reserved', ?1)",
+            )?
+            .execute([upto])?;
+            self.reserved = upto;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    fn pending(&self, account: AccountId) -> u32 {
+        self.pending.get(&account).copied().unwrap_or(0)
+    }
+
+    fn add_pending(&mut self, account: AccountId) {
+        *self.pending.entry(account).or_insert(0) += 1;
+        self.undo.push((account, true));
+    }
+
+    fn sub_pending(&mut self, account: AccountId) {
+        self.apply(account, false);
+        self.undo.push((account, false));
+    }
+
+    fn apply(&mut self, account: AccountId, add: bool) {
+        if add {
+            *self.pending.entry(account).or_insert(0) += 1;
+        } else if let Some(n) = self.pending.get_mut(&account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pending.remove(&account);
+            }
+        }
+    }
+
+    /// Forgets the batch's changes (they were committed).
+    fn commit(&mut self) {
+        self.undo.clear();
+    }
+
+    /// Reverts the batch's changes (it rolled back).
+    fn rollback(&mut self, c: &Connection) {
+        let undo = std::mem::take(&mut self.undo);
+        for (account, added) in undo.into_iter().rev() {
+            self.apply(account, !added);
+        }
+        // The reservation may have rolled back too; seqs handed out in the
+        // batch are simply skipped (next_seq never goes back).
+        self.reserved = c
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'seq_reserved'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_or(0);
+    }
+}
+
+/// A job's answer, sent once its batch is durable (or failed).
+type Finisher = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn finisher<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Finisher {
+    finisher_then(reply, result, None)
+}
+
+fn finisher_then<T: Send + 'static>(
+    reply: Reply<T>,
+    result: Result<T, StoreError>,
+    after: Option<AfterCommit<T>>,
+) -> Finisher {
     Box::new(move |commit_error: Option<&str>| {
         let r = match (commit_error, result) {
             (Some(e), Ok(_)) => Err(StoreError::CommitFailed(e.to_owned())),
             (_, r) => r,
         };
+        if let (Ok(v), Some(after)) = (&r, after) {
+            after(v);
+        }
         let _ = reply.send(r);
     })
 }
 
-fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
-    let mut finishers: Vec<Finisher> = Vec::with_capacity(batch.len());
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
+/// The writer thread: starts the syncer and the checkpointer, runs batches
+/// until the job queue closes, then stops them and checkpoints.
+fn writer_main(
+    conn: Connection,
+    state: WriterState,
+    checkpointer: Connection,
+    rx: mpsc::Receiver<Job>,
+    wal: PathBuf,
+    db: PathBuf,
+) {
+    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Vec<Finisher>>();
+    let failed = Arc::new(AtomicBool::new(false));
+    let syncer = {
+        let failed = Arc::clone(&failed);
+        std::thread::Builder::new()
+            .name("ponte-db-sync".into())
+            .spawn(move || syncer_loop(sync_rx, wal, db, failed))
+    };
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let ckpt = std::thread::Builder::new()
+        .name("ponte-db-ckpt".into())
+        .spawn(move || checkpoint_loop(checkpointer, stop_rx));
+    let mut w = Writer {
+        conn,
+        state,
+        failed,
+        last_checkpoint: Instant::now(),
+    };
+    match syncer {
+        Ok(syncer) => {
+            w.run(rx, &sync_tx);
+            drop(sync_tx);
+            let _ = syncer.join();
+        }
         Err(e) => {
+            tracing::error!("cannot start the database sync thread: {e}");
+            w.failed.store(true, Ordering::Release);
+            // Answer every job with an error until the store closes.
+            let (tx, _rx) = std::sync::mpsc::channel();
+            w.run(rx, &tx);
+        }
+    }
+    drop(stop_tx);
+    if let Ok(ckpt) = ckpt {
+        let _ = ckpt.join();
+    }
+    // Closing: copy the WAL into the database so it does not stay around.
+    let _ = w.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+/// Copies the WAL into the database file every `CHECKPOINT_EVERY` (passive:
+/// never waits for the writer or readers) until `stop` closes.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_EVERY) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!("checkpoint: {e}");
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Makes committed batches durable (`fdatasync` of the WAL) and answers
+/// their jobs. One sync covers every batch that arrived before it started.
+fn syncer_loop(
+    rx: std::sync::mpsc::Receiver<Vec<Finisher>>,
+    wal: PathBuf,
+    db: PathBuf,
+    failed: Arc<AtomicBool>,
+) {
+    let mut file: Option<std::fs::File> = None;
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batches.push(more);
+        }
+        let res = sync_wal(&mut file, &wal, &db);
+        let err = match res {
+            Ok(()) => None,
+            Err(e) => {
+                // After a failed fsync the kernel may have dropped the dirty
+                // pages: nothing written since can be trusted to be on disk.
+                tracing::error!(
+                    "fsync of {} failed: {e}; the store refuses writes until restarted",
+                    wal.display()
+                );
+                failed.store(true, Ordering::Release);
+                Some(format!("fsync failed: {e}"))
+            }
+        };
+        for f in batches.into_iter().flatten() {
+            f(err.as_deref());
+        }
+    }
+}
+
+/// `fdatasync` of the WAL file. The file is reopened if SQLite replaced it.
+/// Without a WAL file everything committed is in the database file.
+fn sync_wal(file: &mut Option<std::fs::File>, wal: &Path, db: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        match std::fs::metadata(wal) {
+            Ok(meta) => {
+                let same = match file {
+                    Some(f) => f.metadata().is_ok_and(|m| m.ino() == meta.ino()),
+                    None => false,
+                };
+                if !same {
+                    *file = Some(std::fs::File::open(wal)?);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return std::fs::File::open(db)?.sync_data();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    if file.is_none() {
+        *file = Some(std::fs::OpenOptions::new().write(true).open(wal)?);
+    }
+    match file {
+        Some(f) => f.sync_data(),
+        None => Ok(()),
+    }
+}
+
+/// The write connection and its in-memory state.
+struct Writer {
+    conn: Connection,
+    state: WriterState,
+    /// An fsync failed: every further write is refused.
+    failed: Arc<AtomicBool>,
+    last_checkpoint: Instant,
+}
+
+/// How a job ran inside the batch transaction.
+enum Ran {
+    /// Its answer, given once the batch is durable.
+    Done(Finisher),
+    /// A statement failed outside a savepoint: the whole batch rolls back.
+    Abort(Finisher, String),
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Job>, sync: &std::sync::mpsc::Sender<Vec<Finisher>>) {
+        let mut batch: Vec<Job> = Vec::with_capacity(64);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            if self.failed.load(Ordering::Acquire) {
+                for job in batch.drain(..) {
+                    fail_job(
+                        job,
+                        "storage failed earlier (fsync error); restart the server",
+                    );
+                }
+                continue;
+            }
+            if let Some(done) = self.run_batch(&mut batch) {
+                if let Err(std::sync::mpsc::SendError(done)) = sync.send(done) {
+                    for f in done {
+                        f(Some("store closing"));
+                    }
+                }
+            }
+            if self.last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY {
+                // The checkpointer has copied almost everything: this finishes
+                // the rest, so the next commit restarts the WAL at its start.
+                let _ = self
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                self.last_checkpoint = Instant::now();
+            }
+        }
+    }
+
+    /// Runs and commits a batch. Returns the answers to send once durable;
+    /// `None` when the batch failed (its jobs are already answered).
+    fn run_batch(&mut self, batch: &mut Vec<Job>) -> Option<Vec<Finisher>> {
+        let c = &self.conn;
+        if let Err(e) = c
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+        {
             let msg = e.to_string();
             for job in batch.drain(..) {
                 fail_job(job, &msg);
             }
-            return;
+            return None;
         }
-    };
-    let mut tx = tx;
-    for job in batch.drain(..) {
-        finishers.push(run_job(&mut tx, job));
-    }
-    let commit = tx.commit().err().map(|e| e.to_string());
-    if let Some(e) = &commit {
-        tracing::error!("group commit failed: {e}");
-    }
-    for f in finishers {
-        f(commit.as_deref());
+        let mut done: Vec<Finisher> = Vec::with_capacity(batch.len());
+        let mut abort: Option<String> = None;
+        let mut jobs = batch.drain(..);
+        for job in jobs.by_ref() {
+            match run_job(c, &mut self.state, job) {
+                Ran::Done(f) => done.push(f),
+                Ran::Abort(f, e) => {
+                    done.push(f);
+                    abort = Some(e);
+                    break;
+                }
+            }
+        }
+        let commit = match abort {
+            Some(e) => Err(e),
+            None => c
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match commit {
+            Ok(()) => {
+                self.state.commit();
+                drop(jobs);
+                Some(done)
+            }
+            Err(e) => {
+                tracing::error!("group commit failed: {e}");
+                let _ = c.execute_batch("ROLLBACK");
+                self.state.rollback(c);
+                for f in done {
+                    f(Some(&e));
+                }
+                for job in jobs {
+                    fail_job(job, &e);
+                }
+                None
+            }
+        }
     }
 }
 
@@ -789,85 +1324,100 @@ fn fail_job(job: Job, msg: &str) {
         Job::Register(_, r) => drop(r.send(Err(e()))),
         Job::Upload { reply, .. } => drop(reply.send(Err(e()))),
         Job::Claim(_, r) => drop(r.send(Err(e()))),
-        Job::Send(_, r) => drop(r.send(Err(e()))),
+        Job::Send(_, r, _) => drop(r.send(Err(e()))),
         Job::Ack { reply, .. } => drop(reply.send(Err(e()))),
         Job::Expire { reply, .. } => drop(reply.send(Err(e()))),
         Job::AddInvite(_, r) => drop(r.send(Err(e()))),
     }
 }
 
-/// Runs `f` in a savepoint: committed when it returns `Ok((_, true))`,
-/// rolled back otherwise.
+/// Runs `f` in a savepoint: kept when it returns `Ok((_, true))`, rolled
+/// back otherwise (for jobs that may write and then refuse).
 fn in_savepoint<T>(
-    tx: &mut rusqlite::Transaction<'_>,
+    c: &Connection,
     f: impl FnOnce(&Connection) -> Result<(T, bool), rusqlite::Error>,
 ) -> Result<T, StoreError> {
-    let sp = tx.savepoint()?;
-    match f(&sp) {
-        Ok((v, true)) => {
-            sp.commit()?;
-            Ok(v)
-        }
-        Ok((v, false)) => {
-            drop(sp);
-            Ok(v)
-        }
+    let exec = |sql: &str| c.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    exec("SAVEPOINT job")?;
+    let r = f(c);
+    let keep = matches!(r, Ok((_, true)));
+    if keep {
+        exec("RELEASE job")?;
+    } else {
+        exec("ROLLBACK TO job")?;
+        exec("RELEASE job")?;
+    }
+    Ok(r?.0)
+}
+
+/// Wraps the result of a job that runs without a savepoint: a statement
+/// error leaves the transaction half-changed, so it aborts the batch.
+fn direct<T: Send + 'static>(
+    reply: Reply<T>,
+    r: Result<T, rusqlite::Error>,
+    after: Option<AfterCommit<T>>,
+) -> Ran {
+    match r {
+        Ok(v) => Ran::Done(finisher_then(reply, Ok(v), after)),
         Err(e) => {
-            drop(sp);
-            Err(e.into())
+            let msg = e.to_string();
+            Ran::Abort(finisher(reply, Err(e.into())), msg)
         }
     }
 }
 
-fn run_job(tx: &mut rusqlite::Transaction<'_>, job: Job) -> Finisher {
+fn run_job(c: &Connection, st: &mut WriterState, job: Job) -> Ran {
     match job {
-        Job::Register(a, reply) => finisher(reply, in_savepoint(tx, |c| do_register(c, &a))),
+        Job::Register(a, reply) => {
+            Ran::Done(finisher(reply, in_savepoint(c, |c| do_register(c, &a))))
+        }
         Job::Upload {
             account,
             one_time,
             fallback,
             max_one_time,
             reply,
-        } => finisher(
+        } => Ran::Done(finisher(
             reply,
-            in_savepoint(tx, |c| {
+            in_savepoint(c, |c| {
                 do_upload(c, account, &one_time, fallback.as_ref(), max_one_time)
             }),
-        ),
-        Job::Claim(handle, reply) => finisher(reply, in_savepoint(tx, |c| do_claim(c, &handle))),
-        Job::Send(m, reply) => finisher(reply, in_savepoint(tx, |c| do_send(c, &m))),
+        )),
+        Job::Claim(handle, reply) => {
+            Ran::Done(finisher(reply, in_savepoint(c, |c| do_claim(c, &handle))))
+        }
+        Job::Send(m, reply, after) => direct(reply, do_send(c, st, &m), after),
         Job::Ack {
             account,
             seqs,
             now_ms,
             notice_expires_at_ms,
             reply,
-        } => finisher(
+            after,
+        } => direct(
             reply,
-            in_savepoint(tx, |c| {
-                do_ack(c, account, &seqs, now_ms, notice_expires_at_ms).map(|v| (v, true))
-            }),
+            do_ack(c, st, account, &seqs, now_ms, notice_expires_at_ms),
+            after,
         ),
         Job::Expire {
             now_ms,
             retention_ms,
             notice_ttl_ms,
+            stale_notices,
             reply,
-        } => finisher(
+        } => direct(
             reply,
-            in_savepoint(tx, |c| {
-                do_expire(c, now_ms, retention_ms, notice_ttl_ms).map(|v| (v, true))
-            }),
+            do_expire(c, st, now_ms, retention_ms, notice_ttl_ms, &stale_notices),
+            None,
         ),
-        Job::AddInvite(hash, reply) => finisher(
+        Job::AddInvite(hash, reply) => direct(
             reply,
-            in_savepoint(tx, |c| {
-                c.execute(
-                    "INSERT OR IGNORE INTO invites (token_hash, created_at) VALUES (?1, 0)",
-                    [&hash[..]],
-                )?;
-                Ok(((), true))
-            }),
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO invites (token_hash, created_at) VALUES (?1, 0)",
+            )
+            .and_then(|mut s| s.execute([&hash[..]]))
+            .map(|_| ()),
+            None,
         ),
     }
 }
@@ -1001,79 +1551,107 @@ fn do_claim(c: &Connection, handle: &str) -> Result<(ClaimOutcome, bool), rusqli
     ))
 }
 
-fn do_send(c: &Connection, m: &NewMessage) -> Result<(SendOutcome, bool), rusqlite::Error> {
-    let seen = c
-        .prepare_cached("SELECT accepted_at FROM sent WHERE sender = ?1 AND message_id = ?2")?
+/// The dedup log's accept time of `(sender, message_id)`, if it was seen.
+fn seen(c: &Connection, m: &NewMessage) -> Result<Option<i64>, rusqlite::Error> {
+    c.prepare_cached("SELECT accepted_at FROM sent WHERE sender = ?1 AND message_id = ?2")?
         .query_row(params![m.sender, &m.message_id[..]], |r| r.get::<_, i64>(0))
-        .optional()?;
-    if let Some(accepted_at_ms) = seen {
-        return Ok((SendOutcome::Duplicate { accepted_at_ms }, false));
-    }
+        .optional()
+}
+
+/// Stores a message. Checks come before writes, so a refused send changes
+/// nothing; three statements on the common path (recipient lookup, dedup
+/// insert, mailbox insert).
+fn do_send(
+    c: &Connection,
+    st: &mut WriterState,
+    m: &NewMessage,
+) -> Result<SendOutcome, rusqlite::Error> {
     let recipient = c
-        .prepare_cached("SELECT id, pending FROM accounts WHERE handle = ?1")?
-        .query_row([&m.recipient], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })
+        .prepare_cached("SELECT id FROM accounts WHERE handle = ?1")?
+        .query_row([&m.recipient], |r| r.get::<_, i64>(0))
         .optional()?;
-    let Some((recipient, pending)) = recipient else {
-        return Ok((SendOutcome::UnknownRecipient, false));
+    let refused = match recipient {
+        None => Some(SendOutcome::UnknownRecipient),
+        Some(r) if st.pending(r) >= m.max_pending => Some(SendOutcome::MailboxFull),
+        Some(_) => None,
     };
-    if pending >= i64::from(m.max_pending) {
-        return Ok((SendOutcome::MailboxFull, false));
+    // A retry of a message that was accepted is acknowledged again even if
+    // the mailbox filled up since.
+    if let Some(refused) = refused {
+        return Ok(match seen(c, m)? {
+            Some(accepted_at_ms) => SendOutcome::Duplicate { accepted_at_ms },
+            None => refused,
+        });
     }
+    let Some(recipient) = recipient else {
+        return Ok(SendOutcome::UnknownRecipient);
+    };
+    let fresh = c
+        .prepare_cached(
+            "INSERT INTO sent (sender, message_id, accepted_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![m.sender, &m.message_id[..], m.now_ms])?;
+    if fresh == 0 {
+        let accepted_at_ms = seen(c, m)?.unwrap_or(m.now_ms);
+        return Ok(SendOutcome::Duplicate { accepted_at_ms });
+    }
+    let seq = st.alloc_seq(c)?;
     c.prepare_cached(
-        "INSERT INTO mailbox (owner, kind, peer, message_id, body, created_at, expires_at)
-         VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO mailbox (owner, seq, peer, message_id, body, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         recipient,
+        seq,
         m.sender,
         &m.message_id[..],
         &m.body[..],
         m.now_ms,
         m.expires_at_ms
     ])?;
-    let seq = c.last_insert_rowid();
-    c.prepare_cached("UPDATE accounts SET pending = pending + 1 WHERE id = ?1")?
-        .execute([recipient])?;
-    c.prepare_cached("INSERT INTO sent (sender, message_id, accepted_at) VALUES (?1, ?2, ?3)")?
-        .execute(params![m.sender, &m.message_id[..], m.now_ms])?;
-    Ok((
-        SendOutcome::Accepted {
-            recipient,
-            seq: u64::try_from(seq).unwrap_or(0),
-            accepted_at_ms: m.now_ms,
-        },
-        true,
-    ))
+    st.add_pending(recipient);
+    Ok(SendOutcome::Accepted {
+        recipient,
+        seq: u64::try_from(seq).unwrap_or(0),
+        accepted_at_ms: m.now_ms,
+    })
 }
 
+/// Stores a receipt or expired notice for `owner` and returns its seq.
+#[allow(clippy::too_many_arguments)]
 fn insert_notice(
     c: &Connection,
+    st: &mut WriterState,
     owner: AccountId,
     kind: ItemKind,
     peer: AccountId,
     message_id: &[u8],
     now_ms: i64,
     expires_at_ms: i64,
-) -> Result<(), rusqlite::Error> {
+) -> Result<i64, rusqlite::Error> {
+    let seq = st.alloc_seq(c)?;
     c.prepare_cached(
-        "INSERT INTO mailbox (owner, kind, peer, message_id, body, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, x'', ?5, ?6)",
+        "INSERT INTO notices (owner, seq, kind, peer, message_id, at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         owner,
+        seq,
         kind.code(),
         peer,
         message_id,
         now_ms,
         expires_at_ms
     ])?;
-    Ok(())
+    Ok(seq)
 }
 
+/// Deletes acknowledged items of `account`; each message becomes a receipt
+/// for its sender. Seqs of other owners or already gone are ignored.
 fn do_ack(
     c: &Connection,
+    st: &mut WriterState,
     account: AccountId,
     seqs: &[u64],
     now_ms: i64,
@@ -1084,86 +1662,90 @@ fn do_ack(
         let Ok(seq) = i64::try_from(seq) else {
             continue;
         };
-        let row = c
+        let message = c
             .prepare_cached(
-                "SELECT kind, peer, message_id FROM mailbox WHERE seq = ?1 AND owner = ?2",
+                "DELETE FROM mailbox WHERE owner = ?1 AND seq = ?2 RETURNING peer, message_id",
             )?
-            .query_row(params![seq, account], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
+            .query_row(params![account, seq], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
             })
             .optional()?;
-        let Some((kind, peer, message_id)) = row else {
+        let Some((peer, message_id)) = message else {
+            out.notices += c
+                .prepare_cached("DELETE FROM notices WHERE owner = ?1 AND seq = ?2")?
+                .execute(params![account, seq])? as u64;
             continue;
         };
-        c.prepare_cached("DELETE FROM mailbox WHERE seq = ?1")?
-            .execute([seq])?;
-        if kind == ItemKind::Message.code() {
-            c.prepare_cached("UPDATE accounts SET pending = pending - 1 WHERE id = ?1")?
-                .execute([account])?;
-            insert_notice(
-                c,
-                peer,
-                ItemKind::Receipt,
-                account,
-                &message_id,
-                now_ms,
-                notice_expires_at_ms,
-            )?;
-            out.messages += 1;
-            if !out.notify.contains(&peer) {
-                out.notify.push(peer);
-            }
-        } else {
-            out.notices += 1;
+        st.sub_pending(account);
+        let receipt_seq = insert_notice(
+            c,
+            st,
+            peer,
+            ItemKind::Receipt,
+            account,
+            &message_id,
+            now_ms,
+            notice_expires_at_ms,
+        )?;
+        out.messages += 1;
+        if !out.notify.contains(&peer) {
+            out.notify.push(peer);
         }
+        out.receipts.push(StoredReceipt {
+            owner: peer,
+            seq: u64::try_from(receipt_seq).unwrap_or(0),
+            message_id: Bytes::from(message_id),
+            at_ms: now_ms,
+        });
     }
     Ok(out)
 }
 
 fn do_expire(
     c: &Connection,
+    st: &mut WriterState,
     now_ms: i64,
     retention_ms: i64,
     notice_ttl_ms: i64,
+    stale_notices: &[(AccountId, i64)],
 ) -> Result<ExpireOutcome, rusqlite::Error> {
     let mut out = ExpireOutcome::default();
-    let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = {
+    let rows: Vec<(i64, i64, i64, Vec<u8>)> = {
         let mut stmt = c.prepare_cached(
-            "SELECT seq, owner, kind, peer, message_id FROM mailbox
+            "SELECT owner, seq, peer, message_id FROM mailbox
              WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
         )?;
         let it = stmt.query_map(params![now_ms, EXPIRE_BATCH], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
         it.collect::<Result<_, _>>()?
     };
-    out.more = rows.len() as i64 >= EXPIRE_BATCH;
-    for (seq, owner, kind, peer, message_id) in rows {
-        c.prepare_cached("DELETE FROM mailbox WHERE seq = ?1")?
-            .execute([seq])?;
-        if kind == ItemKind::Message.code() {
-            c.prepare_cached("UPDATE accounts SET pending = pending - 1 WHERE id = ?1")?
-                .execute([owner])?;
-            insert_notice(
-                c,
-                peer,
-                ItemKind::Expired,
-                owner,
-                &message_id,
-                now_ms,
-                now_ms.saturating_add(notice_ttl_ms),
-            )?;
-            out.expired_messages += 1;
-            if !out.notify.contains(&peer) {
-                out.notify.push(peer);
-            }
-        } else {
-            out.dropped_notices += 1;
+    out.more = rows.len() as i64 >= EXPIRE_BATCH || stale_notices.len() as i64 >= EXPIRE_BATCH;
+    for (owner, seq, peer, message_id) in rows {
+        c.prepare_cached("DELETE FROM mailbox WHERE owner = ?1 AND seq = ?2")?
+            .execute(params![owner, seq])?;
+        st.sub_pending(owner);
+        insert_notice(
+            c,
+            st,
+            peer,
+            ItemKind::Expired,
+            owner,
+            &message_id,
+            now_ms,
+            now_ms.saturating_add(notice_ttl_ms),
+        )?;
+        out.expired_messages += 1;
+        if !out.notify.contains(&peer) {
+            out.notify.push(peer);
         }
+    }
+    for &(owner, seq) in stale_notices {
+        out.dropped_notices += c
+            .prepare_cached(
+                "DELETE FROM notices WHERE owner = ?1 AND seq = ?2 AND expires_at <= ?3",
+            )?
+            .execute(params![owner, seq, now_ms])? as u64;
     }
     c.prepare_cached("DELETE FROM sent WHERE accepted_at < ?1")?
         .execute([now_ms.saturating_sub(retention_ms)])?;

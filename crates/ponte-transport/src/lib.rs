@@ -583,18 +583,21 @@ struct SendState {
 impl SendState {
     fn seal(&mut self, plain: &[u8]) -> Result<Vec<u8>, TransportError> {
         let chunks = plain.len().div_ceil(MAX_NOISE_PLAINTEXT).max(1);
-        let mut out = Vec::with_capacity(plain.len() + chunks * (2 + TAG_LEN));
-        let mut buf = vec![0u8; MAX_NOISE_MSG];
+        let mut out = vec![0u8; plain.len() + chunks * (2 + TAG_LEN)];
+        let mut at = 0;
+        // Encrypt straight into the output: no scratch buffer per message.
         for chunk in plain.chunks(MAX_NOISE_PLAINTEXT) {
+            let room = &mut out[at + 2..at + 2 + chunk.len() + TAG_LEN];
             let n = self
                 .noise
-                .write_message(self.nonce, chunk, &mut buf)
+                .write_message(self.nonce, chunk, room)
                 .map_err(TransportError::Encrypt)?;
             self.nonce = self.nonce.wrapping_add(1);
             let len = u16::try_from(n).map_err(|_| TransportError::HandshakeLength(n))?;
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(&buf[..n]);
+            out[at..at + 2].copy_from_slice(&len.to_be_bytes());
+            at += 2 + n;
         }
+        out.truncate(at);
         Ok(out)
     }
 

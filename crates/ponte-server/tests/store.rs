@@ -1,6 +1,8 @@
 //! The storage layer alone, on a real SQLite file: acks are scoped to their
-//! owner, seqs are never reused, group commit answers every job, expiry
-//! turns messages into notices, data survives reopening.
+//! owner, seqs are never reused (also across reopening), group commit
+//! answers every job, commit hooks run in seq order before the answer,
+//! expiry turns messages into notices and drops due notices, pending counts
+//! survive reopening, duplicates get their first accept time.
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
@@ -145,5 +147,383 @@ async fn expiry_makes_notices_and_drops_old_notices() {
             .unwrap(),
         SendOutcome::Accepted { .. }
     ));
+    store.close();
+}
+
+/// Like [`msg`] with a mailbox limit.
+fn msg_max(sender: AccountId, to: &str, id: u8, now_ms: i64, max_pending: u32) -> NewMessage {
+    NewMessage {
+        max_pending,
+        ..msg(sender, to, id, now_ms, now_ms + 1_000_000)
+    }
+}
+
+async fn accepted_seq(store: &Store, m: NewMessage) -> u64 {
+    match store.send(m).await.unwrap() {
+        SendOutcome::Accepted { seq, .. } => seq,
+        other => panic!("not accepted: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn seqs_never_reused_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut handed_out: Vec<u64> = Vec::new();
+    for round in 0..3u8 {
+        let store = Store::open(dir.path()).unwrap();
+        let (alice, bob) = if round == 0 {
+            (
+                account(&store, "alice", 1).await,
+                account(&store, "bob", 2).await,
+            )
+        } else {
+            let a = store.account_by_handle("alice".into()).await.unwrap();
+            let b = store.account_by_handle("bob".into()).await.unwrap();
+            (a.unwrap().id, b.unwrap().id)
+        };
+        let max_before = handed_out.iter().copied().max().unwrap_or(0);
+        let mut seqs = Vec::new();
+        for i in 0..5u8 {
+            let seq = accepted_seq(&store, msg(alice, "bob", round * 10 + i, 10, 1000)).await;
+            assert!(seq > max_before, "round {round}: seq {seq} <= {max_before}");
+            seqs.push(seq);
+        }
+        // Ack everything: the messages become receipts (fresh seqs), then
+        // the receipts are acked too, so both tables end up empty.
+        let out = store.ack(bob, seqs.clone(), 20, 1_000_000).await.unwrap();
+        assert_eq!(out.messages, 5);
+        let receipts: Vec<u64> = out.receipts.iter().map(|r| r.seq).collect();
+        assert!(receipts
+            .iter()
+            .all(|r| *r > max_before && !seqs.contains(r)));
+        let out = store
+            .ack(alice, receipts.clone(), 30, 1_000_000)
+            .await
+            .unwrap();
+        assert_eq!(out.notices, 5);
+        assert_eq!(store.mailbox_len(alice).await.unwrap(), 0);
+        assert_eq!(store.mailbox_len(bob).await.unwrap(), 0);
+        handed_out.extend(seqs);
+        handed_out.extend(receipts);
+        drop(store);
+    }
+    let mut sorted = handed_out.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), handed_out.len(), "a seq was handed out twice");
+}
+
+#[tokio::test]
+async fn pending_counts_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    const MAX: u32 = 5;
+    let (alice, bob);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        alice = account(&store, "alice", 1).await;
+        bob = account(&store, "bob", 2).await;
+        for i in 0..MAX {
+            let i = u8::try_from(i).unwrap();
+            accepted_seq(&store, msg_max(alice, "bob", i, 10, MAX)).await;
+        }
+        assert_eq!(
+            store
+                .send(msg_max(alice, "bob", 50, 11, MAX))
+                .await
+                .unwrap(),
+            SendOutcome::MailboxFull
+        );
+        store.close();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store
+            .send(msg_max(alice, "bob", 51, 12, MAX))
+            .await
+            .unwrap(),
+        SendOutcome::MailboxFull
+    );
+    // Receipts for alice do not count towards bob's limit, and a refused
+    // send took no slot: one ack makes room for exactly one message.
+    let first = store.fetch_mailbox(bob, 0, 1).await.unwrap();
+    let out = store
+        .ack(bob, vec![first[0].seq], 20, 1_000_000)
+        .await
+        .unwrap();
+    assert_eq!(out.messages, 1);
+    accepted_seq(&store, msg_max(alice, "bob", 52, 21, MAX)).await;
+    assert_eq!(
+        store
+            .send(msg_max(alice, "bob", 53, 22, MAX))
+            .await
+            .unwrap(),
+        SendOutcome::MailboxFull
+    );
+    // Expiry frees slots too, and the count is still right after another
+    // reopen.
+    store.close();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let all = store.fetch_mailbox(bob, 0, 100).await.unwrap();
+    assert_eq!(all.len(), MAX as usize);
+    let out = store
+        .expire(10 + 1_000_000, 10_000_000, 1000)
+        .await
+        .unwrap();
+    assert_eq!(out.expired_messages, u64::from(MAX) - 1);
+    assert_eq!(store.mailbox_len(bob).await.unwrap(), 1);
+    for i in 0..MAX - 1 {
+        let id = u8::try_from(60 + i).unwrap();
+        accepted_seq(&store, msg_max(alice, "bob", id, 2_000_000, MAX)).await;
+    }
+    assert_eq!(
+        store
+            .send(msg_max(alice, "bob", 70, 2_000_001, MAX))
+            .await
+            .unwrap(),
+        SendOutcome::MailboxFull
+    );
+    store.close();
+}
+
+#[tokio::test]
+async fn send_then_hooks_run_in_seq_order_before_the_answer() {
+    use futures::stream::{FuturesUnordered, StreamExt as _};
+    use std::sync::{Arc, Mutex};
+    const N: usize = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let alice = account(&store, "alice", 1).await;
+    account(&store, "bob", 2).await;
+    // (message index, outcome) in the order the hooks ran.
+    let seen: Arc<Mutex<Vec<(usize, SendOutcome)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut sends = FuturesUnordered::new();
+    for i in 0..N {
+        let mut m = msg(alice, "bob", 0, 10, 1_000_000);
+        m.message_id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        m.max_pending = 10_000;
+        let hook_seen = Arc::clone(&seen);
+        let store = &store;
+        sends.push(async move {
+            let out = store
+                .send_then(m, move |o| hook_seen.lock().unwrap().push((i, o.clone())))
+                .await
+                .unwrap();
+            (i, out)
+        });
+    }
+    let mut answered = 0;
+    // Unconstrained: tokio's cooperative budget would otherwise make some
+    // first polls (which enqueue the jobs) return early and run out of order.
+    while let Some((i, out)) = tokio::task::unconstrained(sends.next()).await {
+        assert!(matches!(out, SendOutcome::Accepted { .. }), "{out:?}");
+        // The hook already ran, with the same outcome.
+        let hooks = seen.lock().unwrap();
+        assert!(
+            hooks.iter().any(|(j, o)| *j == i && *o == out),
+            "send {i} answered before its hook ran"
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, N);
+    let hooks = seen.lock().unwrap().clone();
+    assert_eq!(hooks.len(), N);
+    let seqs: Vec<u64> = hooks
+        .iter()
+        .map(|(_, o)| match o {
+            SendOutcome::Accepted { seq, .. } => *seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "hooks did not run in seq order"
+    );
+    // Enqueued in order from one task: stored (and handed on) in order.
+    let order: Vec<usize> = hooks.iter().map(|(i, _)| *i).collect();
+    assert_eq!(order, (0..N).collect::<Vec<_>>());
+    // A duplicate's hook runs too, with the duplicate outcome.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut m = msg(alice, "bob", 0, 20, 1_000_000);
+    m.message_id[..8].copy_from_slice(&0u64.to_be_bytes());
+    let out = store
+        .send_then(m, move |o| tx.send(o.clone()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out, SendOutcome::Duplicate { accepted_at_ms: 10 });
+    assert_eq!(rx.try_recv().unwrap(), out);
+    store.close();
+}
+
+#[tokio::test]
+async fn ack_then_hook_sees_the_stored_receipts() {
+    use ponte_server::store::AckOutcome;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let alice = account(&store, "alice", 1).await;
+    let bob = account(&store, "bob", 2).await;
+    let carol = account(&store, "carol", 3).await;
+    let mut msg_seqs = Vec::new();
+    for (i, sender) in [alice, carol, alice].into_iter().enumerate() {
+        let id = u8::try_from(i).unwrap() + 1;
+        msg_seqs.push(accepted_seq(&store, msg(sender, "bob", id, 10, 1_000_000)).await);
+    }
+    let seen: Arc<Mutex<Option<AckOutcome>>> = Arc::new(Mutex::new(None));
+    let hook_seen = Arc::clone(&seen);
+    let out = store
+        .ack_then(bob, msg_seqs.clone(), 50, 1_000_000, move |o| {
+            *hook_seen.lock().unwrap() = Some(o.clone());
+        })
+        .await
+        .unwrap();
+    let hooked = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("hook ran before the answer");
+    assert_eq!(hooked, out);
+    assert_eq!(out.messages, 3);
+    assert_eq!(out.notify, vec![alice, carol]);
+    let owners: Vec<AccountId> = out.receipts.iter().map(|r| r.owner).collect();
+    assert_eq!(owners, vec![alice, carol, alice]);
+    let max_msg = msg_seqs.iter().copied().max().unwrap();
+    assert!(out
+        .receipts
+        .iter()
+        .all(|r| r.seq > max_msg && r.at_ms == 50));
+    assert!(out.receipts.windows(2).all(|w| w[0].seq < w[1].seq));
+    // The owners' mailboxes hold exactly these receipts, same seqs.
+    for (owner, ids) in [(alice, vec![1u8, 3]), (carol, vec![2])] {
+        let items = store.fetch_mailbox(owner, 0, 10).await.unwrap();
+        let want: Vec<(u64, Vec<u8>)> = out
+            .receipts
+            .iter()
+            .filter(|r| r.owner == owner)
+            .map(|r| (r.seq, r.message_id.to_vec()))
+            .collect();
+        let got: Vec<(u64, Vec<u8>)> = items
+            .iter()
+            .map(|i| (i.seq, i.message_id.to_vec()))
+            .collect();
+        assert_eq!(got, want);
+        let want_ids: Vec<Vec<u8>> = ids.iter().map(|b| vec![*b; 16]).collect();
+        assert_eq!(got.into_iter().map(|g| g.1).collect::<Vec<_>>(), want_ids);
+        for i in &items {
+            assert_eq!(i.kind, ItemKind::Receipt);
+            assert_eq!(i.peer_handle, "bob");
+            assert_eq!(i.at_ms, 50);
+            assert!(i.body.is_empty());
+        }
+    }
+    assert_eq!(store.mailbox_len(bob).await.unwrap(), 0);
+    store.close();
+}
+
+#[tokio::test]
+async fn expire_drops_due_receipts_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let alice = account(&store, "alice", 1).await;
+    let bob = account(&store, "bob", 2).await;
+    let s1 = accepted_seq(&store, msg(alice, "bob", 1, 10, 1_000_000)).await;
+    let s2 = accepted_seq(&store, msg(alice, "bob", 2, 10, 1_000_000)).await;
+    // Two receipts with different deadlines.
+    let early = store.ack(bob, vec![s1], 20, 500).await.unwrap();
+    let late = store.ack(bob, vec![s2], 30, 5000).await.unwrap();
+    let (early, late) = (early.receipts[0].seq, late.receipts[0].seq);
+    assert_eq!(store.mailbox_len(alice).await.unwrap(), 2);
+    // Not yet due: nothing dropped.
+    let out = store.expire(499, 10_000_000, 1000).await.unwrap();
+    assert_eq!((out.dropped_notices, out.expired_messages), (0, 0));
+    assert_eq!(store.mailbox_len(alice).await.unwrap(), 2);
+    // The early one is due at its deadline; the late one stays.
+    let out = store.expire(500, 10_000_000, 1000).await.unwrap();
+    assert_eq!((out.dropped_notices, out.expired_messages), (1, 0));
+    assert!(!out.more);
+    let items = store.fetch_mailbox(alice, 0, 10).await.unwrap();
+    assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![late]);
+    assert_ne!(early, late);
+    let out = store.expire(4999, 10_000_000, 1000).await.unwrap();
+    assert_eq!(out.dropped_notices, 0);
+    let out = store.expire(5000, 10_000_000, 1000).await.unwrap();
+    assert_eq!(out.dropped_notices, 1);
+    assert_eq!(store.mailbox_len(alice).await.unwrap(), 0);
+    // Dropping a notice frees no message slot and breaks nothing: bob's
+    // mailbox still takes messages up to its limit.
+    accepted_seq(&store, msg_max(alice, "bob", 3, 6000, 1)).await;
+    assert_eq!(
+        store.send(msg_max(alice, "bob", 4, 6001, 1)).await.unwrap(),
+        SendOutcome::MailboxFull
+    );
+    store.close();
+}
+
+#[tokio::test]
+async fn duplicates_answer_first_accept_time_even_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let alice = account(&store, "alice", 1).await;
+    let bob = account(&store, "bob", 2).await;
+    account(&store, "carol", 3).await;
+    accepted_seq(&store, msg_max(alice, "bob", 1, 10, 1)).await;
+    // Retry while there is room (large limit) and when the mailbox is full.
+    for (now, max) in [(20, 1000), (30, 1)] {
+        assert_eq!(
+            store
+                .send(msg_max(alice, "bob", 1, now, max))
+                .await
+                .unwrap(),
+            SendOutcome::Duplicate { accepted_at_ms: 10 },
+            "retry at {now}"
+        );
+    }
+    // Same (sender, id) to another recipient is still the same message.
+    assert_eq!(
+        store
+            .send(msg_max(alice, "carol", 1, 40, 10))
+            .await
+            .unwrap(),
+        SendOutcome::Duplicate { accepted_at_ms: 10 }
+    );
+    // A new id to the full mailbox is refused and not remembered.
+    assert_eq!(
+        store.send(msg_max(alice, "bob", 2, 50, 1)).await.unwrap(),
+        SendOutcome::MailboxFull
+    );
+    assert_eq!(store.mailbox_len(bob).await.unwrap(), 1);
+    // Unknown handle: refused, and the id is not burnt.
+    assert_eq!(
+        store
+            .send(msg_max(alice, "nobody", 3, 60, 10))
+            .await
+            .unwrap(),
+        SendOutcome::UnknownRecipient
+    );
+    assert_eq!(
+        store
+            .send(msg_max(alice, "nobody", 3, 61, 10))
+            .await
+            .unwrap(),
+        SendOutcome::UnknownRecipient
+    );
+    accepted_seq(&store, msg_max(alice, "bob", 3, 70, 10)).await;
+    accepted_seq(&store, msg_max(alice, "bob", 2, 80, 10)).await;
+    // Another sender's id 1 is a different message.
+    let carol = store
+        .account_by_handle("carol".into())
+        .await
+        .unwrap()
+        .unwrap();
+    accepted_seq(&store, msg_max(carol.id, "bob", 1, 90, 10)).await;
+    assert_eq!(store.mailbox_len(bob).await.unwrap(), 4);
+    // Still a duplicate after the message was delivered and acked.
+    let items = store.fetch_mailbox(bob, 0, 10).await.unwrap();
+    let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
+    store.ack(bob, seqs, 100, 1_000_000).await.unwrap();
+    assert_eq!(
+        store.send(msg_max(alice, "bob", 1, 110, 10)).await.unwrap(),
+        SendOutcome::Duplicate { accepted_at_ms: 10 }
+    );
     store.close();
 }

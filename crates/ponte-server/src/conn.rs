@@ -1096,3 +1096,36 @@ impl Session {
         self.pump().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An idle connection's memory is mostly its two tasks' futures: keep
+    /// them small (the handlers are boxed, so their state exists only while
+    /// a frame is handled).
+    #[tokio::test]
+    async fn connection_futures_stay_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+        let server = crate::Server::bind(cfg, None).await.unwrap();
+        let shared = Arc::clone(&server.shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (sock, peer) = listener.accept().await.unwrap();
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let conn = handle(Arc::clone(&shared), sock, peer, permit);
+        let conn_size = std::mem::size_of_val(&conn);
+        drop(conn);
+        eprintln!(
+            "connection future {conn_size} B, session {} B, frame handler {} B",
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<ServerFrame>()
+        );
+        assert!(conn_size <= 4096, "connection future is {conn_size} B");
+    }
+}

@@ -36,9 +36,9 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -443,10 +443,10 @@ const EXPIRE_BATCH: i64 = 2000;
 const SEQ_RESERVE: i64 = 1 << 20;
 /// How often the checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-/// How often the writer completes a checkpoint itself, so the WAL restarts.
-const WRITER_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 /// WAL size kept after a checkpoint (larger WAL files are truncated to it).
 const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+/// How long the writer waits for the syncer before looking for new jobs.
+const SYNC_POLL: Duration = Duration::from_micros(200);
 /// Prepared statements kept per connection (more than the store uses).
 const STATEMENT_CACHE: usize = 64;
 /// Page cache of the write connection, KiB.
@@ -516,7 +516,8 @@ fn init_schema(conn: &mut Connection) -> Result<(), rusqlite::Error> {
              INSERT OR REPLACE INTO meta (key, value)
                  SELECT 'seq_reserved', MAX(
                      (SELECT COALESCE(MAX(seq), 0) FROM mailbox_v1),
-                     (SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'mailbox')
+                     (SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence
+                      WHERE name IN ('mailbox', 'mailbox_v1'))
                  ) + 1;
              DROP TABLE mailbox_v1;",
         )?;
@@ -1087,34 +1088,47 @@ fn writer_main(
 ) {
     let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Vec<Finisher>>();
     let failed = Arc::new(AtomicBool::new(false));
+    let outstanding = Arc::new((Mutex::new(0usize), Condvar::new()));
     let syncer = {
         let failed = Arc::clone(&failed);
+        let outstanding = Arc::clone(&outstanding);
         std::thread::Builder::new()
             .name("ponte-db-sync".into())
-            .spawn(move || syncer_loop(sync_rx, wal, db, failed))
+            .spawn(move || syncer_loop(sync_rx, wal, db, failed, outstanding))
     };
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let caught_up = Arc::new(AtomicBool::new(false));
     let ckpt = std::thread::Builder::new()
         .name("ponte-db-ckpt".into())
-        .spawn(move || checkpoint_loop(checkpointer, stop_rx));
+        .spawn({
+            let caught_up = Arc::clone(&caught_up);
+            move || checkpoint_loop(checkpointer, stop_rx, &caught_up)
+        });
     let mut w = Writer {
         conn,
         state,
         failed,
-        last_checkpoint: Instant::now(),
+        caught_up,
     };
     match syncer {
         Ok(syncer) => {
-            w.run(rx, &sync_tx);
-            drop(sync_tx);
+            let handle = SyncHandle {
+                tx: Some(sync_tx),
+                outstanding,
+            };
+            w.run(rx, &handle);
+            drop(handle);
             let _ = syncer.join();
         }
         Err(e) => {
             tracing::error!("cannot start the database sync thread: {e}");
             w.failed.store(true, Ordering::Release);
             // Answer every job with an error until the store closes.
-            let (tx, _rx) = std::sync::mpsc::channel();
-            w.run(rx, &tx);
+            let handle = SyncHandle {
+                tx: None,
+                outstanding,
+            };
+            w.run(rx, &handle);
         }
     }
     drop(stop_tx);
@@ -1127,15 +1141,70 @@ fn writer_main(
 
 /// Copies the WAL into the database file every `CHECKPOINT_EVERY` (passive:
 /// never waits for the writer or readers) until `stop` closes.
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>, caught_up: &AtomicBool) {
     loop {
         match stop.recv_timeout(CHECKPOINT_EVERY) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::debug!("checkpoint: {e}");
+                // (busy, frames in the WAL, frames copied)
+                let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                });
+                match r {
+                    // Copied something: the writer can finish the rest cheaply
+                    // and restart the WAL.
+                    Ok((frames, copied)) if frames > 0 && copied > 0 => {
+                        caught_up.store(true, Ordering::Release);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("checkpoint: {e}"),
                 }
             }
             _ => return,
+        }
+    }
+}
+
+/// The writer's side of the syncer: committed batches go in, and the
+/// writer can wait until every one of them is flushed.
+struct SyncHandle {
+    tx: Option<std::sync::mpsc::Sender<Vec<Finisher>>>,
+    /// Batches handed over and not yet flushed.
+    outstanding: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl SyncHandle {
+    fn submit(&self, batch: Vec<Finisher>) {
+        if batch.is_empty() {
+            return;
+        }
+        let sent = match &self.tx {
+            Some(tx) => {
+                if let Ok(mut n) = self.outstanding.0.lock() {
+                    *n += 1;
+                }
+                tx.send(batch).map_err(|e| e.0)
+            }
+            None => Err(batch),
+        };
+        if let Err(batch) = sent {
+            for f in batch {
+                f(Some("store closing"));
+            }
+        }
+    }
+
+    /// Waits up to `max` for the syncer to flush everything; true if idle.
+    fn wait_idle(&self, max: Duration) -> bool {
+        let (lock, cv) = &*self.outstanding;
+        let Ok(n) = lock.lock() else {
+            return true;
+        };
+        if *n == 0 {
+            return true;
+        }
+        match cv.wait_timeout_while(n, max, |n| *n > 0) {
+            Ok((n, _)) => *n == 0,
+            Err(_) => true,
         }
     }
 }
@@ -1147,6 +1216,7 @@ fn syncer_loop(
     wal: PathBuf,
     db: PathBuf,
     failed: Arc<AtomicBool>,
+    outstanding: Arc<(Mutex<usize>, Condvar)>,
 ) {
     let mut file: Option<std::fs::File> = None;
     while let Ok(first) = rx.recv() {
@@ -1168,9 +1238,15 @@ fn syncer_loop(
                 Some(format!("fsync failed: {e}"))
             }
         };
+        let flushed = batches.len();
         for f in batches.into_iter().flatten() {
             f(err.as_deref());
         }
+        let (lock, cv) = &*outstanding;
+        if let Ok(mut n) = lock.lock() {
+            *n = n.saturating_sub(flushed);
+        }
+        cv.notify_all();
     }
 }
 
@@ -1212,7 +1288,8 @@ struct Writer {
     state: WriterState,
     /// An fsync failed: every further write is refused.
     failed: Arc<AtomicBool>,
-    last_checkpoint: Instant,
+    /// The checkpointer just copied the WAL: finishing it is cheap now.
+    caught_up: Arc<AtomicBool>,
 }
 
 /// How a job ran inside the batch transaction.
@@ -1224,96 +1301,106 @@ enum Ran {
 }
 
 impl Writer {
-    fn run(&mut self, mut rx: mpsc::Receiver<Job>, sync: &std::sync::mpsc::Sender<Vec<Finisher>>) {
-        let mut batch: Vec<Job> = Vec::with_capacity(64);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < BATCH_MAX {
+    /// Runs jobs until the queue closes. A transaction stays open, taking
+    /// jobs as they come, while the syncer is still flushing the previous
+    /// commit; it commits as soon as the syncer is idle (or the batch is
+    /// full). So commits follow the disk's pace: one per flush, each as
+    /// large as the load makes it.
+    fn run(&mut self, mut rx: mpsc::Receiver<Job>, sync: &SyncHandle) {
+        let mut done: Vec<Finisher> = Vec::new();
+        let mut open = false;
+        let mut jobs = 0usize;
+        loop {
+            let job = if open {
                 match rx.try_recv() {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
-                }
-            }
-            if self.failed.load(Ordering::Acquire) {
-                for job in batch.drain(..) {
-                    fail_job(
-                        job,
-                        "storage failed earlier (fsync error); restart the server",
-                    );
-                }
-                continue;
-            }
-            if let Some(done) = self.run_batch(&mut batch) {
-                if let Err(std::sync::mpsc::SendError(done)) = sync.send(done) {
-                    for f in done {
-                        f(Some("store closing"));
+                    Ok(j) => j,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if jobs >= BATCH_MAX || sync.wait_idle(SYNC_POLL) {
+                            self.commit(&mut done, sync);
+                            open = false;
+                            jobs = 0;
+                        }
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.commit(&mut done, sync);
+                        break;
                     }
                 }
+            } else {
+                self.maybe_checkpoint();
+                match rx.blocking_recv() {
+                    Some(j) => j,
+                    None => break,
+                }
+            };
+            if self.failed.load(Ordering::Acquire) {
+                fail_job(
+                    job,
+                    "storage failed earlier (fsync error); restart the server",
+                );
+                continue;
             }
-            if self.last_checkpoint.elapsed() >= WRITER_CHECKPOINT_EVERY {
-                // The checkpointer has copied almost everything: this finishes
-                // the rest, so the next commit restarts the WAL at its start.
-                let _ = self
-                    .conn
-                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                self.last_checkpoint = Instant::now();
+            if !open {
+                if let Err(e) = self.exec("BEGIN IMMEDIATE") {
+                    fail_job(job, &e.to_string());
+                    continue;
+                }
+                open = true;
+            }
+            jobs += 1;
+            match run_job(&self.conn, &mut self.state, job) {
+                Ran::Done(f) => done.push(f),
+                Ran::Abort(f, e) => {
+                    done.push(f);
+                    self.abort(&mut done, &e);
+                    open = false;
+                    jobs = 0;
+                    continue;
+                }
+            }
+            if jobs >= BATCH_MAX {
+                self.commit(&mut done, sync);
+                open = false;
+                jobs = 0;
             }
         }
     }
 
-    /// Runs and commits a batch. Returns the answers to send once durable;
-    /// `None` when the batch failed (its jobs are already answered).
-    fn run_batch(&mut self, batch: &mut Vec<Job>) -> Option<Vec<Finisher>> {
-        let c = &self.conn;
-        if let Err(e) = c
-            .prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut s| s.execute([]))
-        {
-            let msg = e.to_string();
-            for job in batch.drain(..) {
-                fail_job(job, &msg);
-            }
-            return None;
+    fn exec(&self, sql: &str) -> Result<usize, rusqlite::Error> {
+        self.conn.prepare_cached(sql)?.execute([])
+    }
+
+    /// Commits the open transaction and hands its answers to the syncer.
+    fn commit(&mut self, done: &mut Vec<Finisher>, sync: &SyncHandle) {
+        if let Err(e) = self.exec("COMMIT") {
+            self.abort(done, &e.to_string());
+            return;
         }
-        let mut done: Vec<Finisher> = Vec::with_capacity(batch.len());
-        let mut abort: Option<String> = None;
-        let mut jobs = batch.drain(..);
-        for job in jobs.by_ref() {
-            match run_job(c, &mut self.state, job) {
-                Ran::Done(f) => done.push(f),
-                Ran::Abort(f, e) => {
-                    done.push(f);
-                    abort = Some(e);
-                    break;
-                }
-            }
+        self.state.commit();
+        sync.submit(std::mem::take(done));
+    }
+
+    /// Rolls the open transaction back and answers its jobs with `e`.
+    fn abort(&mut self, done: &mut Vec<Finisher>, e: &str) {
+        tracing::error!("group commit failed: {e}");
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.state.rollback(&self.conn);
+        for f in done.drain(..) {
+            f(Some(e));
         }
-        let commit = match abort {
-            Some(e) => Err(e),
-            None => c
-                .prepare_cached("COMMIT")
-                .and_then(|mut s| s.execute([]))
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        };
-        match commit {
-            Ok(()) => {
-                self.state.commit();
-                drop(jobs);
-                Some(done)
-            }
-            Err(e) => {
-                tracing::error!("group commit failed: {e}");
-                let _ = c.execute_batch("ROLLBACK");
-                self.state.rollback(c);
-                for f in done {
-                    f(Some(&e));
-                }
-                for job in jobs {
-                    fail_job(job, &e);
-                }
-                None
-            }
+    }
+
+    /// Between transactions, right after the checkpointer copied the WAL:
+    /// finishes the checkpoint (only the frames added since) so the next
+    /// commit restarts the WAL at its beginning instead of growing it. A
+    /// checkpoint by another connection can never complete under steady
+    /// writes, as frames keep coming while it runs.
+    fn maybe_checkpoint(&mut self) {
+        if self.caught_up.swap(false, Ordering::AcqRel) {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
     }
 }

@@ -350,9 +350,6 @@ async fn schema1_migration_new_seqs_above_old_max_and_acks_work() {
 }
 
 #[tokio::test]
-#[ignore = "bug: migration reads sqlite_sequence under name 'mailbox' after the table was \
-            renamed to mailbox_v1 (ALTER TABLE RENAME renames the sqlite_sequence row too), \
-            so seqs handed out and deleted under schema 1 are handed out again (store.rs:519)"]
 async fn schema1_migration_new_seq_above_sqlite_sequence() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
@@ -366,9 +363,6 @@ async fn schema1_migration_new_seq_above_sqlite_sequence() {
 }
 
 #[tokio::test]
-#[ignore = "bug: migration of a drained schema-1 mailbox restarts seqs at 1: the \
-            sqlite_sequence row is looked up as 'mailbox' after the rename to mailbox_v1 \
-            (store.rs:519)"]
 async fn schema1_migration_of_drained_mailbox_does_not_restart_seqs() {
     let dir = tempfile::tempdir().unwrap();
     {

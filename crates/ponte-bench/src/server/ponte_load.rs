@@ -296,11 +296,11 @@ fn on_frame(
             if count_acks && phase.counts(now) {
                 res.acked += 1;
             }
-            let counter = a
-                .message_id
-                .get(4..12)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_le_bytes);
+            let counter = a.message_id.get(10..16).map(|b| {
+                let mut c = [0u8; 8];
+                c[2..].copy_from_slice(b);
+                u64::from_be_bytes(c)
+            });
             if let Some(sent_at) = counter.and_then(|c| pending.remove(&c)) {
                 if phase.counts(now) {
                     let us = (now - sent_at).as_micros();
@@ -436,10 +436,12 @@ async fn sender(
             let mut frames = Vec::with_capacity(n);
             for _ in 0..n {
                 let recipient = &plan.recipients[(sent as usize) % plan.recipients.len()];
+                // Shaped like the client's ids (`MessageId::random`): the
+                // time in ms first (big-endian), then what makes it unique.
                 let mut id = [0u8; 16];
-                id[..4].copy_from_slice(&plan.sender.to_le_bytes());
-                id[4..12].copy_from_slice(&sent.to_le_bytes());
-                id[12..].copy_from_slice(&(phase.go_ns as u32).to_le_bytes());
+                id[..6].copy_from_slice(&(common::now_ns() / 1_000_000).to_be_bytes()[2..]);
+                id[6..10].copy_from_slice(&plan.sender.to_be_bytes());
+                id[10..].copy_from_slice(&sent.to_be_bytes()[2..]);
                 common::stamp(&mut body);
                 rid += 1;
                 let f = ClientFrame {

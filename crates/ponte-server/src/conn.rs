@@ -51,7 +51,10 @@ const MAX_INVITE_LEN: usize = 128;
 
 type Reader = ChannelReader<ReadHalf<TcpStream>>;
 type Writer = ChannelWriter<WriteHalf<TcpStream>>;
-type Pending = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+/// A database write in flight; yields its encoded answer, if any (encoded:
+/// a `ServerFrame` is 200 bytes, and the result sits in the connection's
+/// future).
+type Pending = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
 
 /// How a connection ends: a metrics label and, inside Noise, a close frame.
 #[derive(Debug)]
@@ -95,34 +98,15 @@ pub(crate) async fn handle(
 
 async fn run(
     shared: &Arc<Shared>,
-    mut sock: TcpStream,
+    sock: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
 ) -> &'static str {
-    let _ = sock.set_nodelay(true);
-    let deadline = tokio::time::Instant::now() + shared.cfg.handshake_timeout;
-    let stop = shared.stop.clone();
-    let header = tokio::select! {
-        _ = stop.cancelled() => return "shutdown",
-        r = timeout_at(deadline, read_proxy_header(&mut sock)) => r,
-    };
-    let (prefix, claimed) = match header {
-        Err(_) => return "handshake_timeout",
-        Ok(Err(reason)) => return reason,
-        Ok(Ok(v)) => v,
-    };
-    let mut tcfg = ponte_transport::ServerConfig::new(shared.keypair.clone());
-    tcfg.handshake_timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-    tcfg.max_frame_len = shared.cfg.max_frame_len;
-    let accepted = tokio::select! {
-        _ = stop.cancelled() => return "shutdown",
-        r = Box::pin(ponte_transport::accept_with_prefix(sock, &prefix, &tcfg)) => r,
-    };
-    let channel = match accepted {
-        Ok(c) => c,
-        Err(TransportError::HandshakeTimeout) => return "handshake_timeout",
-        Err(TransportError::UnexpectedEof) => return "handshake_eof",
-        Err(_) => return "handshake_failed",
+    // Boxed: the handshake's state is freed once it is done instead of
+    // sitting in every connection's future for its whole life.
+    let (channel, claimed) = match Box::pin(establish(shared, sock)).await {
+        Ok(v) => v,
+        Err(reason) => return reason,
     };
     shared.metrics.sessions_open.inc();
     let device_key = channel.remote_static();
@@ -159,6 +143,39 @@ async fn run(
     }
     shared.metrics.sessions_open.dec();
     exit.reason
+}
+
+/// The optional PROXY header and the Noise handshake, within the handshake
+/// timeout. Returns the channel and the advisory client address.
+async fn establish(
+    shared: &Shared,
+    mut sock: TcpStream,
+) -> Result<(ponte_transport::Channel<TcpStream>, Option<IpAddr>), &'static str> {
+    let _ = sock.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.cfg.handshake_timeout;
+    let stop = shared.stop.clone();
+    let header = tokio::select! {
+        _ = stop.cancelled() => return Err("shutdown"),
+        r = timeout_at(deadline, read_proxy_header(&mut sock)) => r,
+    };
+    let (prefix, claimed) = match header {
+        Err(_) => return Err("handshake_timeout"),
+        Ok(Err(reason)) => return Err(reason),
+        Ok(Ok(v)) => v,
+    };
+    let mut tcfg = ponte_transport::ServerConfig::new(shared.keypair.clone());
+    tcfg.handshake_timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+    tcfg.max_frame_len = shared.cfg.max_frame_len;
+    let accepted = tokio::select! {
+        _ = stop.cancelled() => return Err("shutdown"),
+        r = ponte_transport::accept_with_prefix(sock, &prefix, &tcfg) => r,
+    };
+    match accepted {
+        Ok(c) => Ok((c, claimed)),
+        Err(TransportError::HandshakeTimeout) => Err("handshake_timeout"),
+        Err(TransportError::UnexpectedEof) => Err("handshake_eof"),
+        Err(_) => Err("handshake_failed"),
+    }
 }
 
 /// Reads a PROXY header if the stream starts with one. Returns the bytes
@@ -210,6 +227,11 @@ async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Vec<u8>>) {
         }
     }
     let _ = w.shutdown().await;
+}
+
+/// Boxes a database write whose answer is encoded when it is ready.
+fn pending(f: impl Future<Output = Option<ServerFrame>> + Send + 'static) -> Pending {
+    Box::pin(async move { f.await.map(|frame| frame.encode_to_vec()) })
 }
 
 fn push(body: server_frame::Body) -> ServerFrame {
@@ -359,18 +381,21 @@ struct Session {
 
 impl Session {
     async fn serve(&mut self, mut reader: Reader) -> Exit {
-        let cfg = self.shared.cfg.clone();
+        // Only what the loop needs: a clone of the whole config would sit in
+        // every idle connection's future.
+        let idle_timeout = self.shared.cfg.idle_timeout;
+        let max_in_flight = self.shared.cfg.max_requests_in_flight;
         let stop = self.shared.stop.clone();
-        let auth_deadline = tokio::time::Instant::now() + cfg.unauthenticated_timeout;
+        let auth_deadline = tokio::time::Instant::now() + self.shared.cfg.unauthenticated_timeout;
         let mut last_activity = tokio::time::Instant::now();
         loop {
             let online = self.account.as_ref().map(|a| Arc::clone(&a.online));
             let deadline = if online.is_some() {
-                last_activity + cfg.idle_timeout
+                last_activity + idle_timeout
             } else {
                 auth_deadline
             };
-            let can_read = self.writes.len() < cfg.max_requests_in_flight;
+            let can_read = self.writes.len() < max_in_flight;
             let wake = async {
                 match &online {
                     Some(o) => o.wake.notified().await,
@@ -388,7 +413,7 @@ impl Session {
                 _ = stop.cancelled() => Err(Exit::close("shutdown", CloseReason::Shutdown)),
                 _ = kicked => Err(Exit::close("replaced", CloseReason::Replaced)),
                 Some(done) = self.writes.next(), if !self.writes.is_empty() => match done {
-                    Some(frame) => self.send(frame).await,
+                    Some(frame) => self.send_encoded(frame).await,
                     None => Ok(()),
                 },
                 // The handlers are boxed: inline, their state would sit in
@@ -428,18 +453,28 @@ impl Session {
     }
 
     /// Queues a frame for the socket; a client that does not read for
-    /// `slow_consumer_timeout` is disconnected.
-    async fn send(&mut self, frame: ServerFrame) -> Result<(), Exit> {
-        let encoded = frame.encode_to_vec();
-        match tokio::time::timeout(
-            self.shared.cfg.slow_consumer_timeout,
-            self.out.send(encoded),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Exit::quiet("write_failed")),
-            Err(_) => Err(Exit::close("slow_consumer", CloseReason::SlowConsumer)),
+    /// `slow_consumer_timeout` is disconnected. (Not an `async fn`: the
+    /// frame is encoded at once, so it never sits in a future.)
+    fn send(&mut self, frame: ServerFrame) -> impl Future<Output = Result<(), Exit>> + Send + '_ {
+        self.send_encoded(frame.encode_to_vec())
+    }
+
+    /// Queues an encoded frame; waits (boxed, rarely) when the queue is full.
+    async fn send_encoded(&mut self, encoded: Vec<u8>) -> Result<(), Exit> {
+        match self.out.try_send(encoded) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Exit::quiet("write_failed")),
+            Err(mpsc::error::TrySendError::Full(encoded)) => {
+                let wait = tokio::time::timeout(
+                    self.shared.cfg.slow_consumer_timeout,
+                    self.out.send(encoded),
+                );
+                match Box::pin(wait).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(Exit::quiet("write_failed")),
+                    Err(_) => Err(Exit::close("slow_consumer", CloseReason::SlowConsumer)),
+                }
+            }
         }
     }
 
@@ -804,7 +839,7 @@ impl Session {
         };
         let shared = Arc::clone(&self.shared);
         let account = info.id;
-        self.writes.push(Box::pin(async move {
+        self.writes.push(pending(async move {
             let max = shared.cfg.max_one_time_keys;
             Some(
                 match shared
@@ -849,7 +884,7 @@ impl Session {
                 .await;
         }
         let shared = Arc::clone(&self.shared);
-        self.writes.push(Box::pin(async move {
+        self.writes.push(pending(async move {
             Some(match shared.store.claim(handle).await {
                 Ok(ClaimOutcome::Claimed(c)) => {
                     shared.metrics.keys_claimed.inc();
@@ -972,7 +1007,7 @@ impl Session {
         let id_bytes = s.message_id;
         let body = msg.body.clone();
         let sender = info.handle.clone();
-        self.writes.push(Box::pin(async move {
+        self.writes.push(pending(async move {
             let ack = |accepted_at_ms: i64, duplicate: bool| {
                 reply(
                     rid,
@@ -1062,7 +1097,7 @@ impl Session {
         let shared = Arc::clone(&self.shared);
         let account = info.id;
         let me = info.handle.clone();
-        self.writes.push(Box::pin(async move {
+        self.writes.push(pending(async move {
             let now = now_ms();
             let expires = now.saturating_add(duration_ms(shared.cfg.notice_retention));
             let registry = Arc::clone(&shared);
@@ -1103,8 +1138,8 @@ mod tests {
     use super::*;
 
     /// An idle connection's memory is mostly its two tasks' futures: keep
-    /// them small (the handlers are boxed, so their state exists only while
-    /// a frame is handled).
+    /// them small (the handshake and the handlers are boxed, so their state
+    /// exists only while they run).
     #[tokio::test]
     async fn connection_futures_stay_small() {
         let dir = tempfile::tempdir().unwrap();
@@ -1121,11 +1156,12 @@ mod tests {
         let conn = handle(Arc::clone(&shared), sock, peer, permit);
         let conn_size = std::mem::size_of_val(&conn);
         drop(conn);
+        // 1,816 B when measured (3,064 B before the handshake was boxed
+        // and the session stopped carrying whole frames and a config copy).
         eprintln!(
-            "connection future {conn_size} B, session {} B, frame handler {} B",
-            std::mem::size_of::<Session>(),
-            std::mem::size_of::<ServerFrame>()
+            "connection future {conn_size} B, session {} B",
+            std::mem::size_of::<Session>()
         );
-        assert!(conn_size <= 4096, "connection future is {conn_size} B");
+        assert!(conn_size <= 2048, "connection future is {conn_size} B");
     }
 }

@@ -13,8 +13,8 @@
 
 use crate::registry::Online;
 use crate::store::{
-    AccountInfo, AckOutcome, ClaimOutcome, ItemKind, KeyRecord, MailItem, NewAccount, NewMessage,
-    RegisterOutcome, SendOutcome, UploadOutcome,
+    AccountInfo, AckOutcome, ClaimOutcome, ItemKind, KeyCounts, KeyRecord, MailItem, NewAccount,
+    NewMessage, RegisterOutcome, SendOutcome, UploadOutcome,
 };
 use crate::{duration_ms, now_ms, Shared};
 use bytes::{Bytes, BytesMut};
@@ -654,49 +654,51 @@ impl Session {
 
     async fn on_login(&mut self, rid: u64) -> Result<(), Exit> {
         let shared = Arc::clone(&self.shared);
-        let info = match &self.account {
-            Some(a) => a.info.clone(),
-            None => match shared.store.account_by_noise_key(self.device_key).await {
-                Ok(Some(info)) => {
-                    self.become_online(info.clone()).await?;
-                    info
-                }
-                Ok(None) => {
-                    return self
-                        .error(
-                            rid,
-                            ErrorCode::NotRegistered,
-                            "no account for this device",
-                            None,
-                        )
-                        .await
-                }
-                Err(e) => {
-                    tracing::warn!("login lookup failed: {e}");
-                    return self
-                        .error(rid, ErrorCode::Unavailable, "try again later", None)
-                        .await;
-                }
-            },
+        // One read: the account, its key counts and what waits for it.
+        let login = match shared.store.login_info(self.device_key).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                return self
+                    .error(
+                        rid,
+                        ErrorCode::NotRegistered,
+                        "no account for this device",
+                        None,
+                    )
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!("login lookup failed: {e}");
+                return self
+                    .error(rid, ErrorCode::Unavailable, "try again later", None)
+                    .await;
+            }
         };
-        let counts = shared.store.key_counts(info.id).await;
-        let pending = shared.store.mailbox_len(info.id).await.unwrap_or(0);
-        let (otk, fb) = counts
-            .map(|c| (c.one_time_keys, c.has_fallback))
-            .unwrap_or((0, false));
+        let handle = login.account.handle.clone();
+        if self.account.is_none() {
+            self.become_online(login.account).await?;
+        }
         self.send(reply(
             rid,
             server_frame::Body::LoggedIn(messages::LoggedIn {
-                handle: info.handle.clone(),
-                one_time_keys: otk,
-                has_fallback_key: fb,
-                pending,
+                handle,
+                one_time_keys: login.keys.one_time_keys,
+                has_fallback_key: login.keys.has_fallback,
+                pending: login.pending,
             }),
         ))
         .await?;
-        self.push_key_count().await?;
+        self.send(self.key_count_frame(login.keys)).await?;
         self.has_more = true;
         self.pump().await
+    }
+
+    fn key_count_frame(&self, counts: KeyCounts) -> ServerFrame {
+        push(server_frame::Body::KeyCount(KeyCount {
+            one_time_keys: counts.one_time_keys,
+            has_fallback_key: counts.has_fallback,
+            low_water_mark: self.shared.cfg.one_time_key_low_water,
+        }))
     }
 
     async fn push_key_count(&mut self) -> Result<(), Exit> {
@@ -710,12 +712,8 @@ impl Session {
                 return Ok(());
             }
         };
-        self.send(push(server_frame::Body::KeyCount(KeyCount {
-            one_time_keys: counts.one_time_keys,
-            has_fallback_key: counts.has_fallback,
-            low_water_mark: self.shared.cfg.one_time_key_low_water,
-        })))
-        .await
+        let frame = self.key_count_frame(counts);
+        self.send(frame).await
     }
 
     async fn on_wake(&mut self) -> Result<(), Exit> {

@@ -113,6 +113,17 @@ pub struct AccountInfo {
     pub signature: Vec<u8>,
 }
 
+/// What a login needs, read in one go.
+#[derive(Debug, Clone)]
+pub struct LoginInfo {
+    /// The device's account.
+    pub account: AccountInfo,
+    /// Its key counts.
+    pub keys: KeyCounts,
+    /// Mailbox items waiting (messages, receipts, notices).
+    pub pending: u32,
+}
+
 /// A public key with its signature.
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
@@ -449,6 +460,8 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 const SYNC_POLL: Duration = Duration::from_micros(200);
 /// Prepared statements kept per connection (more than the store uses).
 const STATEMENT_CACHE: usize = 64;
+/// Page cache of each read connection, KiB (SQLite's default is 2 MiB).
+const READER_CACHE_KIB: i64 = 256;
 /// Page cache of the write connection, KiB.
 const WRITER_CACHE_KIB: i64 = 16 << 10;
 
@@ -779,6 +792,24 @@ impl Store {
             .await
     }
 
+    /// The account of a device key with its key counts and waiting items:
+    /// one read for a login.
+    pub async fn login_info(&self, key: [u8; 32]) -> Result<Option<LoginInfo>, StoreError> {
+        self.read(move |c| {
+            let Some(account) = account_where(c, "noise_key = ?1", &key.to_vec())? else {
+                return Ok(None);
+            };
+            let keys = key_counts(c, account.id)?;
+            let pending = mailbox_len(c, account.id)?;
+            Ok(Some(LoginInfo {
+                account,
+                keys,
+                pending,
+            }))
+        })
+        .await
+    }
+
     /// The account with a handle.
     pub async fn account_by_handle(
         &self,
@@ -796,15 +827,7 @@ impl Store {
     /// Number of mailbox items (messages, receipts, notices) waiting for
     /// `account`.
     pub async fn mailbox_len(&self, account: AccountId) -> Result<u32, StoreError> {
-        self.read(move |c| {
-            c.query_row(
-                "SELECT (SELECT COUNT(*) FROM mailbox WHERE owner = ?1)
-                      + (SELECT COUNT(*) FROM notices WHERE owner = ?1)",
-                [account],
-                |r| r.get::<_, u32>(0),
-            )
-        })
-        .await
+        self.read(move |c| mailbox_len(c, account)).await
     }
 
     /// Up to `limit` mailbox items of `owner` after `after_seq`, in order.
@@ -822,6 +845,9 @@ impl Store {
 fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
     let c = open_conn(path, true)?;
     c.pragma_update(None, "query_only", true)?;
+    // Readers mostly look up single rows (logins); the kernel's page cache
+    // holds the file anyway, and SQLite's own cache is per connection.
+    c.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
     Ok(c)
 }
 
@@ -930,6 +956,14 @@ fn account_where(
             })
         })
         .optional()
+}
+
+fn mailbox_len(c: &Connection, account: AccountId) -> Result<u32, rusqlite::Error> {
+    c.prepare_cached(
+        "SELECT (SELECT COUNT(*) FROM mailbox WHERE owner = ?1)
+              + (SELECT COUNT(*) FROM notices WHERE owner = ?1)",
+    )?
+    .query_row([account], |r| r.get::<_, u32>(0))
 }
 
 fn key_counts(c: &Connection, account: AccountId) -> Result<KeyCounts, rusqlite::Error> {

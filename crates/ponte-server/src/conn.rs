@@ -121,7 +121,7 @@ async fn run(
         peer_ip: peer.ip(),
         out,
         account: None,
-        db_cursor: 0,
+        last_sent_seq: 0,
         inflight: HashSet::new(),
         has_more: false,
         writes: FuturesUnordered::new(),
@@ -367,13 +367,15 @@ struct Session {
     /// `ServerFrame`s would be kilobytes per idle connection.
     out: mpsc::Sender<Vec<u8>>,
     account: Option<Account>,
-    /// Highest seq read from the database on this connection: items handed
-    /// over in memory at or below it were already pushed.
-    db_cursor: u64,
+    /// Highest seq pushed on this connection. Items reach the connection in
+    /// seq order (from the database in seq order, in memory in commit
+    /// order), so anything at or below it was already pushed, and the
+    /// database is read from just after it.
+    last_sent_seq: u64,
     /// Pushed, not yet acknowledged.
     inflight: HashSet<u64>,
-    /// The database may hold items past `db_cursor` that were not handed
-    /// over in memory: read it before the inbox.
+    /// The database may hold items past `last_sent_seq` that were not
+    /// handed over in memory: read it before the inbox.
     has_more: bool,
     /// Database writes in flight, each yielding its response.
     writes: FuturesUnordered<Pending>,
@@ -753,10 +755,12 @@ impl Session {
                     return Ok(());
                 }
                 for item in items {
-                    // At or below the cursor: the database read had it.
-                    if item.seq <= self.db_cursor || !self.inflight.insert(item.seq) {
+                    // At or below: a database read already pushed it.
+                    if item.seq <= self.last_sent_seq {
                         continue;
                     }
+                    self.last_sent_seq = item.seq;
+                    self.inflight.insert(item.seq);
                     self.shared.metrics.items_pushed.inc();
                     self.send(item_frame(item)).await?;
                 }
@@ -765,7 +769,7 @@ impl Session {
             let items = match self
                 .shared
                 .store
-                .fetch_mailbox(id, self.db_cursor, room)
+                .fetch_mailbox(id, self.last_sent_seq, room)
                 .await
             {
                 Ok(items) => items,
@@ -776,11 +780,8 @@ impl Session {
             };
             self.has_more = items.len() == room;
             for item in items {
-                self.db_cursor = self.db_cursor.max(item.seq);
-                // Already pushed from memory and not yet acknowledged.
-                if !self.inflight.insert(item.seq) {
-                    continue;
-                }
+                self.last_sent_seq = self.last_sent_seq.max(item.seq);
+                self.inflight.insert(item.seq);
                 self.shared.metrics.items_pushed.inc();
                 self.send(item_frame(item)).await?;
             }

@@ -504,8 +504,14 @@ async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::R
     )?;
     let max_idle = plan.idle.iter().copied().max().unwrap_or(0);
     let singles = max_idle.max(plan.offline);
-    let pair_base = singles;
-    let total = singles + 2 * plan.pairs;
+    // Each traffic phase has its own pairs of accounts: an unpaced phase
+    // ends with messages still queued for its receivers (senders only wait
+    // for durability, not delivery), and the next phase must not start
+    // behind that backlog.
+    let online_base = singles;
+    let half_base = singles + 2 * plan.pairs;
+    let durable_base = singles + 4 * plan.pairs;
+    let total = singles + 6 * plan.pairs;
     let mut m = Measured::default();
 
     // Accounts.
@@ -544,7 +550,7 @@ async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::R
 
     // Online pairs, full speed then half rate; durable sends.
     let (sys, addr) = procs::start_ponte(bin, &data, &config, &logf).await?;
-    let sets = traffic_sets("ponte", &addr, "online", seed, a, plan, pair_base, 2, 0.0);
+    let sets = traffic_sets("ponte", &addr, "online", seed, a, plan, online_base, 2, 0.0);
     let (r, cores) = traffic_phase(sys.pid, sets, plan).await?;
     let rate = r.delivered as f64 / r.secs.max(1e-9);
     log(&format!(
@@ -563,7 +569,7 @@ async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::R
         seed,
         a,
         plan,
-        pair_base,
+        half_base,
         2,
         half / f64::from(plan.pairs.max(1)),
     );
@@ -575,7 +581,17 @@ async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::R
         "ponte half rate: p50 {:?} us, p99 {:?} us",
         m.p50_us, m.p99_us
     ));
-    let sets = traffic_sets("ponte", &addr, "durable", seed, a, plan, pair_base, 2, 0.0);
+    let sets = traffic_sets(
+        "ponte",
+        &addr,
+        "durable",
+        seed,
+        a,
+        plan,
+        durable_base,
+        2,
+        0.0,
+    );
     let (r, cores) = traffic_phase(sys.pid, sets, plan).await?;
     let durable = r.acked as f64 / r.secs.max(1e-9);
     log(&format!(

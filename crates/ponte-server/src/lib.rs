@@ -5,9 +5,11 @@
 //!   sweep and the admin endpoint.
 //! - `conn`: one task per connection: optional PROXY header, Noise
 //!   handshake (`ponte-transport`), then the request loop and mailbox pushes.
-//! - [`store`]: SQLite (WAL, `synchronous=FULL`) behind a group-commit writer
-//!   thread and a pool of readers.
-//! - `registry`: devices online now, to wake them when mail arrives.
+//! - [`store`]: SQLite (WAL, flushed before every answer) behind a
+//!   group-commit writer thread, its sync and checkpoint threads, and four
+//!   reader threads.
+//! - `registry`: devices online now, and the in-memory hand-over of
+//!   committed items to them.
 //! - [`config`]: every limit and timeout, typed.
 //! - [`keyfile`]: the server's Noise static key in the data directory.
 //! - `admin`, [`metrics`]: `/metrics` and `/healthz` on a loopback port.

@@ -16,8 +16,9 @@
 //!   own thread and connection, not inside a commit; the writer finishes a
 //!   checkpoint itself now and then (cheap by then) so the WAL can restart
 //!   from its beginning instead of growing.
-//! - **Reads** use a small pool of read-only connections on the blocking
-//!   thread pool; WAL lets them run while the writer commits.
+//! - **Reads** run on four reader threads (`ponte-db-read0..3`), each with
+//!   its own read-only connection; WAL lets them run while the writer
+//!   commits.
 //!
 //! Mailbox items of all kinds share one sequence (`seq`), allocated by the
 //! writer and never reused (the high-water mark is reserved in the `meta`
@@ -40,7 +41,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 /// Database file name inside the data directory.
 pub const DB_FILE: &str = "ponte.db";
@@ -352,14 +353,17 @@ enum Job {
     AddInvite([u8; 32], Reply<()>),
 }
 
-/// The store: a writer thread (with its syncer and checkpointer) and a pool
-/// of readers.
+/// A read, run on one of the reader threads with its connection.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The store: a writer thread (with its syncer and checkpointer) and a
+/// fixed pool of reader threads.
 #[derive(Debug)]
 pub struct Store {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    readers: Mutex<Vec<Connection>>,
-    reader_slots: Semaphore,
+    reads: Mutex<Option<std::sync::mpsc::Sender<ReadJob>>>,
+    reader_threads: Mutex<Vec<JoinHandle<()>>>,
     path: PathBuf,
 }
 
@@ -587,9 +591,20 @@ impl Store {
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let checkpointer = open_conn(&path, false)?;
-        let mut readers = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
-            readers.push(open_reader(&path)?);
+        // Readers are threads of their own, each with its connection (not
+        // tokio's blocking pool, which grows threads under a login storm,
+        // each with its own stack and allocator caches).
+        let (read_tx, read_rx) = std::sync::mpsc::channel::<ReadJob>();
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        let mut reader_threads = Vec::with_capacity(READERS);
+        for i in 0..READERS {
+            let conn = open_reader(&path)?;
+            let rx = Arc::clone(&read_rx);
+            let t = std::thread::Builder::new()
+                .name(format!("ponte-db-read{i}"))
+                .spawn(move || reader_loop(&conn, &rx))
+                .map_err(|_| StoreError::Task)?;
+            reader_threads.push(t);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let wal_path = wal_path(&path);
@@ -601,8 +616,8 @@ impl Store {
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            readers: Mutex::new(readers),
-            reader_slots: Semaphore::new(READERS),
+            reads: Mutex::new(Some(read_tx)),
+            reader_threads: Mutex::new(reader_threads),
             path,
         })
     }
@@ -616,8 +631,16 @@ impl Store {
         if let Some(h) = handle {
             let _ = h.join();
         }
-        if let Ok(mut r) = self.readers.lock() {
-            r.clear();
+        if let Ok(mut r) = self.reads.lock() {
+            r.take();
+        }
+        let readers = self
+            .reader_threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in readers {
+            let _ = t.join();
         }
     }
 
@@ -767,26 +790,18 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let _slot = self
-            .reader_slots
-            .acquire()
-            .await
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |c| {
+            let _ = tx.send(f(c));
+        });
+        self.reads
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(job)
             .map_err(|_| StoreError::Closed)?;
-        let conn = self.readers.lock().map_err(|_| StoreError::Closed)?.pop();
-        let conn = match conn {
-            Some(c) => c,
-            None => open_reader(&self.path)?,
-        };
-        let (conn, res) = tokio::task::spawn_blocking(move || {
-            let r = f(&conn);
-            (conn, r)
-        })
-        .await
-        .map_err(|_| StoreError::Task)?;
-        if let Ok(mut r) = self.readers.lock() {
-            r.push(conn);
-        }
-        Ok(res?)
+        Ok(rx.await.map_err(|_| StoreError::Task)??)
     }
 
     /// The account bound to a device Noise key.
@@ -845,6 +860,21 @@ impl Store {
     ) -> Result<Vec<MailItem>, StoreError> {
         self.read(move |c| fetch_mailbox(c, owner, after_seq, limit))
             .await
+    }
+}
+
+/// A reader thread: runs reads until the store closes. A read that panics
+/// answers `StoreError::Task` (its reply is dropped) and the thread goes on.
+fn reader_loop(conn: &Connection, jobs: &Mutex<std::sync::mpsc::Receiver<ReadJob>>) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else {
+            return;
+        };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)));
     }
 }
 

@@ -11,6 +11,7 @@
 //! `delivery_window` unacknowledged at a time, so a slow reader never makes
 //! the server buffer its mailbox.
 
+use crate::outbox::{self, PushError, TryPushError};
 use crate::registry::Online;
 use crate::store::{
     AccountInfo, AckOutcome, ClaimOutcome, ItemKind, KeyCounts, KeyRecord, MailItem, NewAccount,
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt as _, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
 use tracing::Instrument as _;
 
@@ -111,7 +112,7 @@ async fn run(
     shared.metrics.sessions_open.inc();
     let device_key = channel.remote_static();
     let (reader, writer) = channel.split();
-    let (out, rx) = mpsc::channel(shared.cfg.outbound_queue.max(1));
+    let (out, rx) = outbox::outbox(shared.cfg.outbound_queue.max(1));
     let writer_task = tokio::spawn(write_loop(writer, rx));
     let mut session = Session {
         shared: Arc::clone(shared),
@@ -132,14 +133,18 @@ async fn run(
             reason: close as i32,
             detail: exit.reason.to_owned(),
         }));
-        let _ = session.out.try_send(frame.encode_to_vec());
+        let _ = session.out.try_push(frame.encode_to_vec());
     }
     session.logout();
     drop(session);
-    // Let the writer flush (the Close frame included), briefly.
+    // Let the writer flush (the Close frame included), briefly. A writer
+    // still stuck on a peer that does not read is aborted: that drops the
+    // socket, so the connection really closes.
     let grace = tokio::time::Duration::from_secs(2);
-    if tokio::time::timeout(grace, writer_task).await.is_err() {
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
         tracing::debug!(conn = conn_id, "writer did not finish in time");
+        writer_task.abort();
     }
     shared.metrics.sessions_open.dec();
     exit.reason
@@ -208,18 +213,8 @@ async fn read_proxy_header(
 }
 
 /// Drains the outbound queue into the socket, several frames per write.
-async fn write_loop(mut w: Writer, mut rx: mpsc::Receiver<Vec<u8>>) {
-    // Grows only when frames queue up: an idle connection holds nothing here.
-    let mut encoded: Vec<Vec<u8>> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        encoded.clear();
-        encoded.push(first);
-        while encoded.len() < 64 {
-            match rx.try_recv() {
-                Ok(f) => encoded.push(f),
-                Err(_) => break,
-            }
-        }
+async fn write_loop(mut w: Writer, mut rx: outbox::Receiver) {
+    while let Some(encoded) = rx.take(64).await {
         let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
         if let Err(e) = w.send_frames(&refs).await {
             tracing::debug!("write failed: {e}");
@@ -362,10 +357,9 @@ struct Session {
     source_ip: IpAddr,
     /// The socket's peer (a relay, or the client itself).
     peer_ip: IpAddr,
-    /// Encoded frames for the writer task. Encoded, not `ServerFrame`s: a
-    /// tokio channel allocates its first block of 32 slots up front, and 32
-    /// `ServerFrame`s would be kilobytes per idle connection.
-    out: mpsc::Sender<Vec<u8>>,
+    /// Encoded frames for the writer task (a queue that holds no memory
+    /// while empty; see `outbox`).
+    out: outbox::Sender,
     account: Option<Account>,
     /// Highest seq pushed on this connection. Items reach the connection in
     /// seq order (from the database in seq order, in memory in commit
@@ -463,18 +457,19 @@ impl Session {
 
     /// Queues an encoded frame; waits (boxed, rarely) when the queue is full.
     async fn send_encoded(&mut self, encoded: Vec<u8>) -> Result<(), Exit> {
-        match self.out.try_send(encoded) {
+        match self.out.try_push(encoded) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Exit::quiet("write_failed")),
-            Err(mpsc::error::TrySendError::Full(encoded)) => {
-                let wait = tokio::time::timeout(
-                    self.shared.cfg.slow_consumer_timeout,
-                    self.out.send(encoded),
-                );
+            Err(TryPushError::Closed) => Err(Exit::quiet("write_failed")),
+            Err(TryPushError::Full(encoded)) => {
+                let wait = self
+                    .out
+                    .push(encoded, self.shared.cfg.slow_consumer_timeout);
                 match Box::pin(wait).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(Exit::quiet("write_failed")),
-                    Err(_) => Err(Exit::close("slow_consumer", CloseReason::SlowConsumer)),
+                    Ok(()) => Ok(()),
+                    Err(PushError::Closed) => Err(Exit::quiet("write_failed")),
+                    Err(PushError::TimedOut) => {
+                        Err(Exit::close("slow_consumer", CloseReason::SlowConsumer))
+                    }
                 }
             }
         }

@@ -23,6 +23,7 @@ pub mod config;
 mod conn;
 pub mod keyfile;
 pub mod metrics;
+mod outbox;
 mod ratelimit;
 mod registry;
 pub mod store;

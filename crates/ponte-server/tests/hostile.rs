@@ -388,3 +388,60 @@ async fn shutdown_tells_clients() {
         server_frame::Body::Close(cl) if cl.reason == CloseReason::Shutdown as i32
     ));
 }
+
+/// A client that sends requests but never reads their answers: its queue of
+/// outgoing frames fills, and after `slow_consumer_timeout` the server
+/// closes it (counted as `slow_consumer`) instead of buffering without end.
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with_admin(
+        dir.path(),
+        |c| {
+            c.outbound_queue = 4;
+            c.slow_consumer_timeout = Duration::from_secs(1);
+        },
+        true,
+    )
+    .await;
+    // A small receive buffer so the kernel does not hold megabytes for us.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(server.addr).await.unwrap();
+    let device = Device::new();
+    let ch = connect(stream, &ClientConfig::new(device.noise.clone(), server.key))
+        .await
+        .unwrap();
+    let (_reader, mut writer) = ch.split();
+    let pinger = tokio::spawn(async move {
+        let ping = messages::ClientFrame {
+            request_id: 1,
+            body: Some(client_frame::Body::Ping(messages::Ping { nonce: 1 })),
+        }
+        .encode_to_vec();
+        let batch: Vec<&[u8]> = (0..256).map(|_| ping.as_slice()).collect();
+        // Bounded: far more pongs than socket buffers hold.
+        for _ in 0..40_000 {
+            if writer.send_frames(&batch).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(120), pinger)
+        .await
+        .expect("the server never closed the connection")
+        .unwrap();
+    assert!(
+        closed,
+        "every ping was accepted: the server buffered without end"
+    );
+    let metrics = http_get(server.admin.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("ponte_server_connections_closed_total{reason=\"slow_consumer\"} 1"),
+        "{metrics}"
+    );
+    still_serves(&server).await;
+    server.stop().await;
+}

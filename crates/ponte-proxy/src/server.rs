@@ -113,6 +113,23 @@ impl ReloadHandle {
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, false)?)
+}
+
+/// A listener's first socket, which the workers' own sockets join later.
+/// A plain bind comes first so that an address another process holds is
+/// refused ("address in use") instead of silently shared: `SO_REUSEPORT`
+/// alone would join that process's group.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let probe = bind_std(addr, false)?;
+    let actual = probe.local_addr()?;
+    drop(probe);
+    TcpListener::from_std(bind_std(actual, true)?)
+}
+
+/// A listening socket; with `shard`, one of a group on the same address
+/// (`SO_REUSEPORT`: the kernel spreads new connections over the group).
+fn bind_std(addr: SocketAddr, shard: bool) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -120,10 +137,16 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         s.set_only_v6(true)?;
     }
     s.set_reuse_address(true)?;
+    #[cfg(target_os = "linux")]
+    if shard {
+        s.set_reuse_port(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = shard;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(4096)?;
-    TcpListener::from_std(s.into())
+    Ok(s.into())
 }
 
 /// True when `e` means "this host has no IPv6" for an IPv6 wildcard bind.
@@ -203,7 +226,7 @@ impl Proxy {
             });
             let mut sockets = Vec::new();
             for addr in l.listen.get_ref() {
-                match bind(addr.0) {
+                match bind_listener(addr.0) {
                     Ok(s) => sockets.push(s),
                     Err(e) if no_ipv6(&addr.0, &e) => {
                         tracing::warn!(listener = %name, %addr, "no IPv6 on this host; skipping");
@@ -379,9 +402,12 @@ impl Proxy {
         // Worker threads, each with its own single-threaded event loop (as
         // HAProxy's threads have their own pollers): a connection lives and
         // dies on the thread that accepted it, so the data path never
-        // crosses threads or wakes another one. Every worker registers its
-        // own clone of every listening socket; the kernel hands each new
-        // connection to one of them.
+        // crosses threads or wakes another one. On Linux every worker gets
+        // its own listening socket per address (`SO_REUSEPORT`, as HAProxy
+        // shards its listeners): the kernel hands each new connection to one
+        // socket, so exactly one worker wakes. Elsewhere, or if that bind
+        // fails, workers share clones of one socket (and all of them wake
+        // for each connection).
         let workers = match self.config.tuning.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n as usize,
@@ -402,10 +428,22 @@ impl Proxy {
         for i in 0..workers {
             let mut mine = Vec::new();
             for (l, s) in &sockets {
-                match s.try_clone() {
+                // Worker 0 takes the socket bound at start; the others bind
+                // their own to the same address (its port is known by now).
+                let own = match (i, s.local_addr()) {
+                    (0, _) => s.try_clone(),
+                    (_, Ok(addr)) if cfg!(target_os = "linux") => {
+                        bind_std(addr, true).or_else(|e| {
+                            tracing::warn!(listener = %l.name, "worker {i} shares a socket: {e}");
+                            s.try_clone()
+                        })
+                    }
+                    _ => s.try_clone(),
+                };
+                match own {
                     Ok(c) => mine.push((Arc::clone(l), c)),
                     Err(e) => {
-                        tracing::error!(listener = %l.name, "cannot share the socket with worker {i}: {e}")
+                        tracing::error!(listener = %l.name, "cannot give worker {i} a socket: {e}")
                     }
                 }
             }

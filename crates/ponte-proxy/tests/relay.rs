@@ -592,3 +592,26 @@ upstream = "media"
     let mut c = TcpStream::connect(relay.addr("m")).await.unwrap();
     echo(&mut c, b"raw").await;
 }
+
+/// Each worker has its own listening socket (`SO_REUSEPORT`): connections
+/// spread over 4 workers are all served; and an address another process
+/// holds is refused, not silently shared.
+#[tokio::test]
+async fn sharded_listeners_serve_and_a_taken_address_is_refused() {
+    let up = FakeUpstream::start("127.0.0.1:0", false).await;
+    let mut cfg = one_listener(&up, SendProxy::None, TlsMode::None, false);
+    cfg.tuning.workers = 4;
+    let relay = start(cfg).await;
+    let mut clients = Vec::new();
+    for i in 0..64u8 {
+        let mut c = TcpStream::connect(relay.addr("plain")).await.unwrap();
+        echo(&mut c, &[i; 3]).await;
+        clients.push(c);
+    }
+    // Someone else holds a port: binding a relay there fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = one_listener(&up, SendProxy::None, TlsMode::None, false);
+    *cfg.listener[0].listen.get_mut() = vec![ListenAddr(taken.local_addr().unwrap())];
+    let err = ponte_proxy::Proxy::bind(cfg).await.unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+}

@@ -73,6 +73,10 @@ pub struct ServerConfig {
     pub register_limit_per_peer: RateLimit,
     /// Grace period for connections at shutdown.
     pub shutdown_grace: Duration,
+    /// Least time between two database commits while writes keep coming
+    /// (an idle server commits a lone write at once). Longer: fewer, larger
+    /// commits and less written; shorter: lower latency at moderate load.
+    pub commit_interval: Duration,
 }
 
 impl ServerConfig {
@@ -108,6 +112,7 @@ impl ServerConfig {
                 per_hour: 200,
             },
             shutdown_grace: Duration::from_secs(5),
+            commit_interval: crate::store::DEFAULT_COMMIT_INTERVAL,
         }
     }
 }
@@ -204,6 +209,9 @@ pub struct FileConfig {
     /// Idle deadline for logged-in connections.
     #[serde(default, deserialize_with = "duration_serde::opt")]
     pub idle_timeout: Option<Duration>,
+    /// Least time between commits under load.
+    #[serde(default, deserialize_with = "duration_serde::opt")]
+    pub commit_interval: Option<Duration>,
     /// Registrations per source address.
     pub register_limit: Option<RateLimitFile>,
     /// Registrations per peer (relay) address.
@@ -284,6 +292,12 @@ impl FileConfig {
         if cfg.expiry_interval.is_some_and(|d| d.is_zero()) {
             return Err(invalid("expiry_interval", "must be more than zero"));
         }
+        if cfg
+            .commit_interval
+            .is_some_and(|d| d > Duration::from_secs(1))
+        {
+            return Err(invalid("commit_interval", "must be 0 to 1s"));
+        }
         Ok(cfg)
     }
 
@@ -336,6 +350,9 @@ impl FileConfig {
         if let Some(v) = self.idle_timeout {
             cfg.idle_timeout = v;
         }
+        if let Some(v) = self.commit_interval {
+            cfg.commit_interval = v;
+        }
         if let Some(v) = self.register_limit {
             cfg.register_limit = RateLimit {
                 burst: v.burst,
@@ -367,6 +384,19 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn commit_interval_is_a_setting_with_bounds() {
+        let p = Path::new("server.toml");
+        let mut cfg = ServerConfig::new("d", "0.0.0.0:5222".parse().unwrap());
+        assert_eq!(cfg.commit_interval, Duration::from_millis(3));
+        FileConfig::parse("commit_interval = \"0ms\"\n", p)
+            .unwrap()
+            .apply(&mut cfg);
+        assert_eq!(cfg.commit_interval, Duration::ZERO);
+        let e = FileConfig::parse("commit_interval = \"2s\"\n", p).unwrap_err();
+        assert!(e.to_string().contains("commit_interval"), "{e}");
     }
 
     #[test]

@@ -105,7 +105,10 @@ impl Server {
     /// (and the admin listener when `admin` is given).
     pub async fn bind(cfg: ServerConfig, admin: Option<SocketAddr>) -> Result<Self, ServerError> {
         let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
-        let store = Store::open(&cfg.data_dir)?;
+        let store = Store::open_with(
+            &cfg.data_dir,
+            store::StoreOptions::with_commit_interval(cfg.commit_interval),
+        )?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ServerError::Bind {

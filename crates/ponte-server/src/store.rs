@@ -353,6 +353,29 @@ enum Job {
     AddInvite([u8; 32], Reply<()>),
 }
 
+/// Tuning of a [`Store`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Least time between commits while jobs keep coming.
+    pub commit_interval: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Default options with this commit interval.
+    pub fn with_commit_interval(commit_interval: Duration) -> Self {
+        Self { commit_interval }
+    }
+}
+
 /// A read, run on one of the reader threads with its connection.
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
@@ -460,12 +483,13 @@ const SEQ_RESERVE: i64 = 1 << 20;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// WAL size kept after a checkpoint (larger WAL files are truncated to it).
 const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
-/// Least time between two commits while jobs keep coming (an idle writer
-/// commits a lone job at once). Measured on the benchmark machine: with
-/// back-to-back commits (one per flush) the WAL took ~90 pages per commit
-/// and the disk's flushes sometimes 50–100 ms under that volume; 3 ms
-/// between commits cut the slow flushes and the p99 latency at half rate.
-const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(3);
+/// Default least time between two commits while jobs keep coming (an idle
+/// writer commits a lone job at once; `commit_interval` in the server
+/// config). Measured on the benchmark machine: with back-to-back commits
+/// (one per flush) the WAL took ~90 pages per commit and the disk's flushes
+/// sometimes 50–100 ms under that volume; 3 ms between commits cut the slow
+/// flushes and the p99 latency at half rate.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(3);
 /// How long the writer waits for the syncer before looking for new jobs.
 const SYNC_POLL: Duration = Duration::from_micros(200);
 /// Prepared statements kept per connection (more than the store uses).
@@ -578,8 +602,13 @@ pub fn create_invite(data_dir: &Path, now_ms: i64) -> Result<String, StoreError>
 
 impl Store {
     /// Opens (creating or upgrading if needed) `DIR/ponte.db` and starts the
-    /// writer.
+    /// writer, with default options.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, StoreOptions::default())
+    }
+
+    /// Like [`Store::open`], with options.
+    pub fn open_with(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         let mut conn = open_conn(&path, false)?;
         init_schema(&mut conn)?;
@@ -611,7 +640,17 @@ impl Store {
         let db_path = path.clone();
         let thread = std::thread::Builder::new()
             .name("ponte-db-writer".into())
-            .spawn(move || writer_main(conn, state, checkpointer, rx, wal_path, db_path))
+            .spawn(move || {
+                writer_main(
+                    conn,
+                    state,
+                    opts.commit_interval,
+                    checkpointer,
+                    rx,
+                    wal_path,
+                    db_path,
+                )
+            })
             .map_err(|_| StoreError::Task)?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
@@ -1151,6 +1190,7 @@ fn finisher_then<T: Send + 'static>(
 fn writer_main(
     conn: Connection,
     state: WriterState,
+    commit_interval: Duration,
     checkpointer: Connection,
     rx: mpsc::Receiver<Job>,
     wal: PathBuf,
@@ -1180,6 +1220,7 @@ fn writer_main(
         failed,
         caught_up,
         last_commit: Instant::now(),
+        commit_interval,
     };
     match syncer {
         Ok(syncer) => {
@@ -1363,6 +1404,8 @@ struct Writer {
     caught_up: Arc<AtomicBool>,
     /// When the last commit started.
     last_commit: Instant,
+    /// Least time between commits under load.
+    commit_interval: Duration,
 }
 
 /// How a job ran inside the batch transaction.
@@ -1393,8 +1436,8 @@ impl Writer {
                         // it dirtied to the WAL, so fewer, larger commits
                         // write far less (and keep the disk's flushes short).
                         let since = self.last_commit.elapsed();
-                        if since < MIN_COMMIT_INTERVAL && jobs < BATCH_MAX {
-                            std::thread::sleep((MIN_COMMIT_INTERVAL - since).min(SYNC_POLL));
+                        if since < self.commit_interval && jobs < BATCH_MAX {
+                            std::thread::sleep((self.commit_interval - since).min(SYNC_POLL));
                             continue;
                         }
                         if jobs >= BATCH_MAX || sync.wait_idle(SYNC_POLL) {

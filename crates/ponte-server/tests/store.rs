@@ -527,3 +527,31 @@ async fn duplicates_answer_first_accept_time_even_when_full() {
     );
     store.close();
 }
+
+/// With no spacing between commits (`commit_interval = 0`), concurrent
+/// sends are all stored and answered.
+#[tokio::test]
+async fn commit_interval_zero_stores_everything() {
+    use ponte_server::store::StoreOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        Store::open_with(
+            dir.path(),
+            StoreOptions::with_commit_interval(std::time::Duration::ZERO),
+        )
+        .unwrap(),
+    );
+    let alice = account(&store, "alice", 1).await;
+    let bob = account(&store, "bob", 2).await;
+    let mut tasks = Vec::new();
+    for i in 0..100u8 {
+        let store = std::sync::Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store.send(msg(alice, "bob", i, 10, 1000)).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), SendOutcome::Accepted { .. }));
+    }
+    assert_eq!(store.mailbox_len(bob).await.unwrap(), 100);
+}

@@ -1432,7 +1432,7 @@ impl Writer {
                     Ok(j) => j,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         // Under steady load, commits at most every
-                        // MIN_COMMIT_INTERVAL: each commit writes every page
+                        // `commit_interval`: each commit writes every page
                         // it dirtied to the WAL, so fewer, larger commits
                         // write far less (and keep the disk's flushes short).
                         let since = self.last_commit.elapsed();

@@ -754,15 +754,8 @@ impl Store {
         now_ms: i64,
         notice_expires_at_ms: i64,
     ) -> Result<AckOutcome, StoreError> {
-        self.submit(|reply| Job::Ack {
-            account,
-            seqs,
-            now_ms,
-            notice_expires_at_ms,
-            reply,
-            after: None,
-        })
-        .await
+        self.ack_job(account, seqs, now_ms, notice_expires_at_ms, None)
+            .await
     }
 
     /// Like [`Store::ack`], and runs `after` with the outcome once it is
@@ -775,13 +768,26 @@ impl Store {
         notice_expires_at_ms: i64,
         after: impl FnOnce(&AckOutcome) + Send + 'static,
     ) -> Result<AckOutcome, StoreError> {
+        let after: AfterCommit<AckOutcome> = Box::new(after);
+        self.ack_job(account, seqs, now_ms, notice_expires_at_ms, Some(after))
+            .await
+    }
+
+    async fn ack_job(
+        &self,
+        account: AccountId,
+        seqs: Vec<u64>,
+        now_ms: i64,
+        notice_expires_at_ms: i64,
+        after: Option<AfterCommit<AckOutcome>>,
+    ) -> Result<AckOutcome, StoreError> {
         self.submit(|reply| Job::Ack {
             account,
             seqs,
             now_ms,
             notice_expires_at_ms,
             reply,
-            after: Some(Box::new(after)),
+            after,
         })
         .await
     }

@@ -277,10 +277,21 @@ pub struct AckOutcome {
     pub messages: u64,
     /// Receipts and notices deleted.
     pub notices: u64,
-    /// Accounts that got a receipt.
-    pub notify: Vec<AccountId>,
     /// The receipts stored, in seq order.
     pub receipts: Vec<StoredReceipt>,
+}
+
+impl AckOutcome {
+    /// Accounts that got a receipt, each once, in the receipts' order.
+    pub fn notified(&self) -> Vec<AccountId> {
+        let mut out: Vec<AccountId> = Vec::new();
+        for r in &self.receipts {
+            if !out.contains(&r.owner) {
+                out.push(r.owner);
+            }
+        }
+        out
+    }
 }
 
 /// What an expiry sweep did.
@@ -1297,10 +1308,12 @@ impl SyncHandle {
         }
         let sent = match &self.tx {
             Some(tx) => {
-                if let Ok(mut n) = self.outstanding.0.lock() {
-                    *n += 1;
-                }
-                tx.send(batch).map_err(|e| e.0)
+                self.count(true);
+                tx.send(batch).map_err(|e| {
+                    // Never reaches the syncer: not outstanding either.
+                    self.count(false);
+                    e.0
+                })
             }
             None => Err(batch),
         };
@@ -1308,6 +1321,12 @@ impl SyncHandle {
             for f in batch {
                 f(Some("store closing"));
             }
+        }
+    }
+
+    fn count(&self, up: bool) {
+        if let Ok(mut n) = self.outstanding.0.lock() {
+            *n = if up { *n + 1 } else { n.saturating_sub(1) };
         }
     }
 
@@ -1907,9 +1926,6 @@ fn do_ack(
             notice_expires_at_ms,
         )?;
         out.messages += 1;
-        if !out.notify.contains(&peer) {
-            out.notify.push(peer);
-        }
         out.receipts.push(StoredReceipt {
             owner: peer,
             seq: u64::try_from(receipt_seq).unwrap_or(0),

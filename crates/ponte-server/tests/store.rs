@@ -64,7 +64,7 @@ async fn acks_are_scoped_and_seqs_never_reused() {
         .await
         .unwrap();
     assert_eq!(out.messages, 1);
-    assert_eq!(out.notify, vec![alice]);
+    assert_eq!(out.notified(), vec![alice]);
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 0);
     let items = store.fetch_mailbox(alice, 0, 10).await.unwrap();
     assert_eq!(items.len(), 1);
@@ -384,7 +384,7 @@ async fn ack_then_hook_sees_the_stored_receipts() {
         .expect("hook ran before the answer");
     assert_eq!(hooked, out);
     assert_eq!(out.messages, 3);
-    assert_eq!(out.notify, vec![alice, carol]);
+    assert_eq!(out.notified(), vec![alice, carol]);
     let owners: Vec<AccountId> = out.receipts.iter().map(|r| r.owner).collect();
     assert_eq!(owners, vec![alice, carol, alice]);
     let max_msg = msg_seqs.iter().copied().max().unwrap();

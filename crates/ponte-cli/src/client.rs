@@ -87,7 +87,9 @@ pub enum ClientCommand {
         #[arg(long, value_name = "ADDRESS")]
         server: String,
         /// Invite token (for invite-only servers).
-        #[arg(long, value_name = "TOKEN")]
+        // Hyphen values allowed: older servers issued base64url tokens, and
+        // one in 64 of those starts with `-`.
+        #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
         invite: Option<String>,
         /// Do not ask for a passphrase: protect the profile with a key file.
         #[arg(long)]

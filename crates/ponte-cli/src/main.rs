@@ -85,3 +85,35 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_invite_token_starting_with_a_hyphen_is_a_value_not_a_flag() {
+        // Older servers issued base64url tokens; one in 64 starts with `-`.
+        let cli = Cli::try_parse_from([
+            "ponte",
+            "register",
+            "--server",
+            "ponte://127.0.0.1:5222#key",
+            "--invite",
+            "-uE4l1Vw8YbqL0c9JdWzQw",
+            "carol",
+        ])
+        .unwrap();
+        let Command::Client(client::ClientCommand::Register { invite, name, .. }) = cli.command
+        else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(invite.as_deref(), Some("-uE4l1Vw8YbqL0c9JdWzQw"));
+        assert_eq!(name, "carol");
+    }
+}

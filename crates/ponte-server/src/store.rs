@@ -594,14 +594,27 @@ fn invite_hash(token: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// A fresh random invite token: 128 bits as 32 lowercase hex digits.
+///
+/// Hex rather than base64url: a base64url token starts with `-` one time in
+/// 64, and a command line then reads it as a flag (`--invite -x…`). Hex is
+/// also easier to read out over the phone. Tokens from older versions
+/// (base64url) stay valid: the server only compares hashes.
+fn new_invite_token() -> String {
+    use rand::RngCore as _;
+    use std::fmt::Write as _;
+    let mut raw = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    raw.iter().fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 /// Creates a random one-use invite token and stores it (works while a server
 /// runs on the same data directory: SQLite serialises the writers).
 pub fn create_invite(data_dir: &Path, now_ms: i64) -> Result<String, StoreError> {
-    use base64::Engine as _;
-    use rand::RngCore as _;
-    let mut raw = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let token = new_invite_token();
     let mut conn = open_conn(&data_dir.join(DB_FILE), false)?;
     init_schema(&mut conn)?;
     conn.execute(

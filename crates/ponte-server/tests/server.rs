@@ -129,6 +129,14 @@ async fn invite_only_and_rate_limit() {
     assert_eq!(error_code(&c.request(body).await), ErrorCode::InviteInvalid);
     // An invite made by the CLI path while the server runs.
     let token = ponte_server::create_invite(dir.path()).unwrap();
+    // 128 bits as hex: never starts with `-`, so a command line takes it as a value.
+    assert_eq!(token.len(), 32, "{token}");
+    assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{token}"
+    );
     let body = dev.register_frame("carol", &token);
     assert!(matches!(
         c.request(body).await,

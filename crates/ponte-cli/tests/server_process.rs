@@ -184,7 +184,10 @@ fn address_and_invite_subcommands() {
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap();
     assert_eq!(token.trim().len(), 32, "{token:?}");
-    assert!(token.trim().bytes().all(|b| b.is_ascii_hexdigit()), "{token:?}");
+    assert!(
+        token.trim().bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token:?}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_ponte"))
         .args([
             "server",

@@ -1209,7 +1209,14 @@ fn finisher_then<T: Send + 'static>(
             (_, r) => r,
         };
         if let (Ok(v), Some(after)) = (&r, after) {
-            after(v);
+            // The hook runs on the sync thread; a panic there must not stop
+            // it (every later write would wait forever). The item is durable
+            // either way: a device that missed the push gets it from the
+            // database on its next login.
+            let hook = std::panic::AssertUnwindSafe(|| after(v));
+            if std::panic::catch_unwind(hook).is_err() {
+                tracing::error!("a post-commit hook panicked; the store carries on");
+            }
         }
         let _ = reply.send(r);
     })

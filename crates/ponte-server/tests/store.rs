@@ -356,6 +356,39 @@ async fn send_then_hooks_run_in_seq_order_before_the_answer() {
 }
 
 #[tokio::test]
+async fn a_panicking_hook_does_not_stop_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let alice = account(&store, "alice", 1).await;
+    let bob = account(&store, "bob", 2).await;
+    // The hook panics on the sync thread; the sender still gets its answer.
+    let out = store
+        .send_then(msg(alice, "bob", 1, 10, 1_000_000), |_| {
+            panic!("hook bug (expected by this test)")
+        })
+        .await
+        .unwrap();
+    assert!(matches!(out, SendOutcome::Accepted { .. }), "{out:?}");
+    // Later writes (plain and hooked) are still answered, and all are stored.
+    let seq2 = accepted_seq(&store, msg(alice, "bob", 2, 11, 1_000_000)).await;
+    let (tx, rx) = std::sync::mpsc::channel();
+    store
+        .send_then(msg(alice, "bob", 3, 12, 1_000_000), move |o| {
+            tx.send(o.clone()).unwrap()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        rx.try_recv().unwrap(),
+        SendOutcome::Accepted { .. }
+    ));
+    let items = store.fetch_mailbox(bob, 0, 10).await.unwrap();
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert!(items.iter().any(|i| i.seq == seq2));
+    store.close();
+}
+
+#[tokio::test]
 async fn ack_then_hook_sees_the_stored_receipts() {
     use ponte_server::store::AckOutcome;
     use std::sync::{Arc, Mutex};

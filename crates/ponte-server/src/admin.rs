@@ -1,5 +1,6 @@
 //! The admin endpoint (loopback by default): `/metrics` in Prometheus text
-//! format and `/healthz` (200 `ok` while the database answers, else 503).
+//! format and `/healthz` (200 `ok` while the database answers and takes
+//! writes, else 503).
 
 use crate::Shared;
 use axum::extract::State;
@@ -30,6 +31,14 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    if s.store.stats().failed.get() != 0 {
+        // Reads still work, but no message can be made durable.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage failed (a flush to disk failed); restart the server\n",
+        )
+            .into_response();
+    }
     match s.store.mailbox_len(0).await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response(),

@@ -123,13 +123,15 @@ impl Server {
             ),
             None => None,
         };
+        let mut metrics = metrics::Metrics::new();
+        metrics.register_store(store.stats());
         let shared = Arc::new(Shared {
             register_by_source: ratelimit::Limiter::new(cfg.register_limit),
             register_by_peer: ratelimit::Limiter::new(cfg.register_limit_per_peer),
             cfg,
             keypair,
             store,
-            metrics: metrics::Metrics::new(),
+            metrics,
             registry: registry::Registry::default(),
             next_conn_id: AtomicU64::new(1),
             stop: CancellationToken::new(),

@@ -133,6 +133,30 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Adds the store's commit, write and flush figures.
+    pub fn register_store(&mut self, stats: &crate::store::StoreStats) {
+        self.registry.register(
+            "store_commits",
+            "Database transactions committed (group commits)",
+            stats.commits.clone(),
+        );
+        self.registry.register(
+            "store_writes",
+            "Write operations (sends, acks, registrations, ...) carried by those commits",
+            stats.writes.clone(),
+        );
+        self.registry.register(
+            "store_fsync_seconds",
+            "Time each flush of the write-ahead log to disk took; every answer that says durable waits for one",
+            stats.fsync_seconds.clone(),
+        );
+        self.registry.register(
+            "store_failed",
+            "1 once a flush to disk failed: writes are refused until the server restarts",
+            stats.failed.clone(),
+        );
+    }
+
     /// Counts a closed connection.
     pub fn closed(&self, reason: &'static str) {
         self.closed.get_or_create(&ReasonLabel { reason }).inc();

@@ -32,6 +32,9 @@
 //! from the table at start.
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -387,6 +390,33 @@ impl StoreOptions {
     }
 }
 
+/// What the store did, for the server's metrics: commits, the writes they
+/// carried, and how long the WAL flushes took. Handles are shared: clone
+/// them into a Prometheus registry.
+#[derive(Clone, Debug)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: Counter,
+    /// Write jobs (sends, acks, registrations, ...) in those commits.
+    pub writes: Counter,
+    /// Time each `fdatasync` of the WAL took, in seconds.
+    pub fsync_seconds: Histogram,
+    /// 1 once a flush failed: the store then refuses writes until restarted.
+    pub failed: Gauge,
+}
+
+impl StoreStats {
+    fn new() -> Self {
+        Self {
+            commits: Counter::default(),
+            writes: Counter::default(),
+            // 50 µs .. ~1.6 s, doubling.
+            fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            failed: Gauge::default(),
+        }
+    }
+}
+
 /// A read, run on one of the reader threads with its connection.
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
@@ -399,6 +429,7 @@ pub struct Store {
     reads: Mutex<Option<std::sync::mpsc::Sender<ReadJob>>>,
     reader_threads: Mutex<Vec<JoinHandle<()>>>,
     path: PathBuf,
+    stats: StoreStats,
 }
 
 impl std::fmt::Debug for Job {
@@ -662,6 +693,8 @@ impl Store {
         let (tx, rx) = mpsc::channel(QUEUE);
         let wal_path = wal_path(&path);
         let db_path = path.clone();
+        let stats = StoreStats::new();
+        let writer_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("ponte-db-writer".into())
             .spawn(move || {
@@ -671,8 +704,8 @@ impl Store {
                     opts.commit_interval,
                     checkpointer,
                     rx,
-                    wal_path,
-                    db_path,
+                    (wal_path, db_path),
+                    writer_stats,
                 )
             })
             .map_err(|_| StoreError::Task)?;
@@ -682,7 +715,13 @@ impl Store {
             reads: Mutex::new(Some(read_tx)),
             reader_threads: Mutex::new(reader_threads),
             path,
+            stats,
         })
+    }
+
+    /// Commit, write and flush counters (shared handles; see [`StoreStats`]).
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
     }
 
     /// Stops the writer after the queued jobs and waits for it (blocking).
@@ -1230,8 +1269,8 @@ fn writer_main(
     commit_interval: Duration,
     checkpointer: Connection,
     rx: mpsc::Receiver<Job>,
-    wal: PathBuf,
-    db: PathBuf,
+    (wal, db): (PathBuf, PathBuf),
+    stats: StoreStats,
 ) {
     let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Vec<Finisher>>();
     let failed = Arc::new(AtomicBool::new(false));
@@ -1239,9 +1278,10 @@ fn writer_main(
     let syncer = {
         let failed = Arc::clone(&failed);
         let outstanding = Arc::clone(&outstanding);
+        let stats = stats.clone();
         std::thread::Builder::new()
             .name("ponte-db-sync".into())
-            .spawn(move || syncer_loop(sync_rx, wal, db, failed, outstanding))
+            .spawn(move || syncer_loop(sync_rx, (wal, db), failed, outstanding, &stats))
     };
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let caught_up = Arc::new(AtomicBool::new(false));
@@ -1258,6 +1298,7 @@ fn writer_main(
         caught_up,
         last_commit: Instant::now(),
         commit_interval,
+        stats,
     };
     match syncer {
         Ok(syncer) => {
@@ -1272,6 +1313,7 @@ fn writer_main(
         Err(e) => {
             tracing::error!("cannot start the database sync thread: {e}");
             w.failed.store(true, Ordering::Release);
+            w.stats.failed.set(1);
             // Answer every job with an error until the store closes.
             let handle = SyncHandle {
                 tx: None,
@@ -1370,10 +1412,10 @@ impl SyncHandle {
 /// their jobs. One sync covers every batch that arrived before it started.
 fn syncer_loop(
     rx: std::sync::mpsc::Receiver<Vec<Finisher>>,
-    wal: PathBuf,
-    db: PathBuf,
+    (wal, db): (PathBuf, PathBuf),
     failed: Arc<AtomicBool>,
     outstanding: Arc<(Mutex<usize>, Condvar)>,
+    stats: &StoreStats,
 ) {
     let mut file: Option<std::fs::File> = None;
     while let Ok(first) = rx.recv() {
@@ -1381,7 +1423,9 @@ fn syncer_loop(
         while let Ok(more) = rx.try_recv() {
             batches.push(more);
         }
+        let started = Instant::now();
         let res = sync_wal(&mut file, &wal, &db);
+        stats.fsync_seconds.observe(started.elapsed().as_secs_f64());
         let err = match res {
             Ok(()) => None,
             Err(e) => {
@@ -1392,6 +1436,7 @@ fn syncer_loop(
                     wal.display()
                 );
                 failed.store(true, Ordering::Release);
+                stats.failed.set(1);
                 Some(format!("fsync failed: {e}"))
             }
         };
@@ -1451,6 +1496,7 @@ struct Writer {
     last_commit: Instant,
     /// Least time between commits under load.
     commit_interval: Duration,
+    stats: StoreStats,
 }
 
 /// How a job ran inside the batch transaction.
@@ -1549,6 +1595,8 @@ impl Writer {
             return;
         }
         self.state.commit();
+        self.stats.commits.inc();
+        self.stats.writes.inc_by(done.len() as u64);
         sync.submit(std::mem::take(done));
     }
 

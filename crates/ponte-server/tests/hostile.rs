@@ -258,6 +258,21 @@ async fn admin_serves_metrics_and_health() {
     assert!(m.contains("ponte_server_messages_acked_total 1"), "{m}");
     assert!(m.contains("ponte_server_registrations_total 2"), "{m}");
     assert!(m.contains("ponte_server_online_devices 2"), "{m}");
+    // The store's figures: 2 registrations, 1 send, 1 ack at least, each
+    // behind a flush.
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+    };
+    assert!(value("ponte_server_store_commits_total") >= 1.0, "{m}");
+    assert!(value("ponte_server_store_writes_total") >= 4.0, "{m}");
+    assert!(
+        value("ponte_server_store_fsync_seconds_count") >= 1.0,
+        "{m}"
+    );
+    assert!(value("ponte_server_store_fsync_seconds_sum") > 0.0, "{m}");
+    assert_eq!(value("ponte_server_store_failed"), 0.0, "{m}");
     server.stop().await;
 }
 

@@ -588,3 +588,44 @@ async fn commit_interval_zero_stores_everything() {
     }
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 100);
 }
+
+/// Sends that each wait for their answer make one commit each; with
+/// `commit_interval` set, consecutive commits are at least that far apart
+/// (a lower bound on elapsed time: it cannot fail because a machine is slow).
+#[tokio::test]
+async fn commit_interval_spaces_consecutive_commits() {
+    use ponte_server::store::StoreOptions;
+    use std::time::{Duration, Instant};
+    const SENDS: u8 = 4;
+    for interval_ms in [0u64, 100] {
+        let interval = Duration::from_millis(interval_ms);
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open_with(dir.path(), StoreOptions::with_commit_interval(interval)).unwrap();
+        let alice = account(&store, "alice", 1).await;
+        account(&store, "bob", 2).await;
+        let stats = store.stats().clone();
+        let (commits, writes) = (stats.commits.get(), stats.writes.get());
+        assert!(
+            commits >= 2 && writes >= 2,
+            "{commits} commits, {writes} writes"
+        );
+        let started = Instant::now();
+        for i in 0..SENDS {
+            let out = store.send(msg(alice, "bob", i, 10, 1000)).await.unwrap();
+            assert!(matches!(out, SendOutcome::Accepted { .. }), "{out:?}");
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(stats.commits.get() - commits, u64::from(SENDS));
+        assert_eq!(stats.writes.get() - writes, u64::from(SENDS));
+        // The first send may commit at once (the last commit is older than
+        // the interval); each later one waits for the interval.
+        let least = interval * u32::from(SENDS - 1);
+        assert!(
+            elapsed >= least,
+            "{elapsed:?} < {least:?} (interval {interval:?})"
+        );
+        assert_eq!(stats.failed.get(), 0);
+        store.close();
+    }
+}

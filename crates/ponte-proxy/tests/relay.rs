@@ -593,6 +593,22 @@ upstream = "media"
     echo(&mut c, b"raw").await;
 }
 
+/// Sockets in LISTEN state on `port` (IPv4), from /proc/net/tcp.
+#[cfg(target_os = "linux")]
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sl local_address rem_address st ...; st 0A is LISTEN.
+            f.len() > 3 && f[1].ends_with(&port) && f[3] == "0A"
+        })
+        .count()
+}
+
 /// Each worker has its own listening socket (`SO_REUSEPORT`): connections
 /// spread over 4 workers are all served; and an address another process
 /// holds is refused, not silently shared.
@@ -602,6 +618,21 @@ async fn sharded_listeners_serve_and_a_taken_address_is_refused() {
     let mut cfg = one_listener(&up, SendProxy::None, TlsMode::None, false);
     cfg.tuning.workers = 4;
     let relay = start(cfg).await;
+    // One listening socket per worker (SO_REUSEPORT), not one shared socket.
+    // The workers bind theirs as they start: wait (bounded) for all four.
+    #[cfg(target_os = "linux")]
+    {
+        let port = relay.addr("plain").port();
+        let mut seen = listening_sockets(port);
+        for _ in 0..200 {
+            if seen == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            seen = listening_sockets(port);
+        }
+        assert_eq!(seen, 4, "listening sockets on port {port}");
+    }
     let mut clients = Vec::new();
     for i in 0..64u8 {
         let mut c = TcpStream::connect(relay.addr("plain")).await.unwrap();

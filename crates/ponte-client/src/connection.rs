@@ -2,7 +2,8 @@
 //!
 //! [`Connection::open`] races the given routes (happy eyeballs, see
 //! [`crate::route::race`]); each attempt is a TCP/TLS connect *and* the Noise
-//! handshake against the key from the server address, so a route that
+//! handshake against the key from the server address (IK; XX on a profile's
+//! first contact, see [`Handshake`]), so a route that
 //! accepts and then stays silent (a black hole) loses like a refused one. A
 //! server that does not hold the key, or bytes that fail authentication,
 //! end the attempt with a security error and the client refuses to go on.
@@ -19,7 +20,7 @@
 
 use crate::route::{race, BoxStream, Route, HEAD_START};
 use crate::{ClientError, Result};
-use ponte_transport::{Channel, ClientConfig, Keypair, TransportError};
+use ponte_transport::{Channel, ClientConfig, Keypair, Pattern, TransportError};
 use ponte_wire::messages::{
     client_frame, server_frame, ClientFrame, CloseReason, ErrorCode, ServerFrame,
 };
@@ -33,6 +34,29 @@ const MAX_QUEUED_PUSHES: usize = 1024;
 
 /// Default bound on one request's round trip.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Which Noise handshake a connection starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// IK: the client encrypts its first message to the key from the server
+    /// address. One round trip; used once the profile has reached the
+    /// server.
+    Known,
+    /// XX, for a profile's first contact: the server presents its key
+    /// (authenticated by the handshake), the client checks it against the
+    /// address before revealing its own. With a wrong or stale address the
+    /// error names both keys, where IK can only say the handshake failed.
+    FirstContact,
+}
+
+impl Handshake {
+    fn pattern(self) -> Pattern {
+        match self {
+            Handshake::Known => Pattern::Ik,
+            Handshake::FirstContact => Pattern::Xx,
+        }
+    }
+}
 
 /// An open Noise channel to the server.
 pub struct Connection {
@@ -111,8 +135,29 @@ impl Connection {
         connect_timeout: Duration,
         head_start: Duration,
     ) -> Result<Self> {
+        Self::open_with(
+            routes,
+            server_key,
+            device,
+            connect_timeout,
+            head_start,
+            Handshake::Known,
+        )
+        .await
+    }
+
+    /// [`Connection::open_with_head_start`] with the given handshake.
+    pub async fn open_with(
+        routes: &[Box<dyn Route>],
+        server_key: [u8; 32],
+        device: Keypair,
+        connect_timeout: Duration,
+        head_start: Duration,
+        handshake: Handshake,
+    ) -> Result<Self> {
         let mut cfg = ClientConfig::new(device, server_key);
         cfg.handshake_timeout = connect_timeout;
+        cfg.pattern = handshake.pattern();
         let cfg = &cfg;
         let (i, chan) = race(routes, head_start, connect_timeout, |route| {
             Box::pin(async move {

@@ -2,15 +2,20 @@
 //!
 //! - `ponte server [--data DIR] [--listen ADDR] …` runs the service and
 //!   prints its address `ponte://HOST:PORT#KEY` on stdout (one line).
-//! - `ponte server address --data DIR [--host NAME] [--port N]` prints it again.
-//! - `ponte server invite --data DIR` prints a one-use invite token.
+//! - `ponte server address --data DIR [--host NAME] [--port N]` prints it
+//!   again: what the server printed at its last start (recorded in
+//!   `DIR/server.address`), with `--host`/`--port` overriding.
+//! - `ponte server invite --data DIR` prints a one-use invite token (only
+//!   for a directory a server has started in).
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use ponte_server::config::{
-    parse_duration, FileConfig, DEFAULT_ADMIN, DEFAULT_DATA_DIR, DEFAULT_LISTEN,
+    FileConfig, DEFAULT_ADMIN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, EXPIRY_INTERVAL,
+    HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PENDING, RETENTION,
 };
-use ponte_server::{Server, ServerConfig};
+use ponte_server::keyfile::KeyFileError;
+use ponte_server::{Server, ServerConfig, ServerError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,23 +67,25 @@ struct RunArgs {
     #[arg(long)]
     invite_only: bool,
     /// Keep undelivered messages this long, then tell the sender they
-    /// expired (e.g. 30d, 12h, 90m, 45s) [default: 30d].
-    #[arg(long, value_parser = parse_duration)]
+    /// expired (e.g. 30d, 12h, 90m; 1m to 3650d) [default: 30d].
+    #[arg(long, value_parser = |s: &str| RETENTION.parse(s))]
     retention: Option<Duration>,
-    /// How often to look for expired messages [default: 60s].
-    #[arg(long, value_parser = parse_duration)]
+    /// How often to look for expired messages (1s to 1d) [default: 60s].
+    #[arg(long, value_parser = |s: &str| EXPIRY_INTERVAL.parse(s))]
     expiry_interval: Option<Duration>,
     /// Most simultaneous connections [default: 10000].
-    #[arg(long)]
+    #[arg(long, value_parser = |s: &str| MAX_CONNECTIONS.parse::<usize>(s))]
     max_connections: Option<usize>,
     /// Most undelivered messages per recipient [default: 10000].
-    #[arg(long)]
+    #[arg(long, value_parser = |s: &str| MAX_PENDING.parse::<u32>(s))]
     max_pending: Option<u32>,
-    /// Deadline for the PROXY header and Noise handshake [default: 10s].
-    #[arg(long, value_parser = parse_duration)]
+    /// Deadline for the PROXY header and Noise handshake (1s to 300s)
+    /// [default: 10s].
+    #[arg(long, value_parser = |s: &str| HANDSHAKE_TIMEOUT.parse(s))]
     handshake_timeout: Option<Duration>,
-    /// Close logged-in connections silent for this long [default: 300s].
-    #[arg(long, value_parser = parse_duration)]
+    /// Close logged-in connections silent for this long (90s to 1d; clients
+    /// ping every 60s) [default: 300s].
+    #[arg(long, value_parser = |s: &str| IDLE_TIMEOUT.parse(s))]
     idle_timeout: Option<Duration>,
 }
 
@@ -87,12 +94,14 @@ struct AddressArgs {
     /// Data directory of the server.
     #[arg(long, env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
     data: PathBuf,
-    /// Host name users reach the server (or a relay in front of it) by.
+    /// Host name users reach the server (or a relay in front of it) by
+    /// [default: the host printed at the server's last start].
     #[arg(long)]
     host: Option<String>,
-    /// Port users connect to.
-    #[arg(long, default_value_t = ponte_wire::address::DEFAULT_PORT)]
-    port: u16,
+    /// Port users connect to [default: the port printed at the server's
+    /// last start].
+    #[arg(long)]
+    port: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -100,23 +109,6 @@ struct InviteArgs {
     /// Data directory of the server.
     #[arg(long, env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
     data: PathBuf,
-}
-
-fn machine_host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-fn display_host(host: Option<&str>, listen: SocketAddr) -> String {
-    match host {
-        Some(h) => h.to_owned(),
-        None if listen.ip().is_unspecified() => machine_host_name(),
-        None => listen.ip().to_string(),
-    }
 }
 
 /// Runs `ponte server …`.
@@ -128,22 +120,33 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Adds what to do to the errors of a data directory no server has started
+/// in (a mistyped `--data`, usually).
+fn explain_data_dir(e: ServerError, data: &Path, what: &str) -> anyhow::Error {
+    match e {
+        ServerError::NoDatabase(_) | ServerError::Key(KeyFileError::Missing { .. }) => {
+            anyhow::anyhow!(
+                "{e}: start the server there first (ponte server --data {}), or check --data",
+                data.display()
+            )
+        }
+        ServerError::Key(KeyFileError::NotADirectory(_)) => {
+            anyhow::anyhow!("{e}: check --data")
+        }
+        e => anyhow::Error::new(e).context(format!("{what} in {}", data.display())),
+    }
+}
+
 fn address(a: &AddressArgs) -> anyhow::Result<ExitCode> {
-    let host = a.host.clone().unwrap_or_else(machine_host_name);
-    let addr = ponte_server::server_address(&a.data, &host, a.port).with_context(|| {
-        format!(
-            "no server key in {}: start the server once (ponte server --data {})",
-            a.data.display(),
-            a.data.display()
-        )
-    })?;
+    let addr = ponte_server::server_address(&a.data, a.host.as_deref(), a.port)
+        .map_err(|e| explain_data_dir(e, &a.data, "reading the server address"))?;
     crate::write_stdout(&format!("{addr}\n"))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn invite(data: &Path) -> anyhow::Result<ExitCode> {
     let token = ponte_server::create_invite(data)
-        .with_context(|| format!("creating an invite in {}", data.display()))?;
+        .map_err(|e| explain_data_dir(e, data, "creating an invite"))?;
     crate::write_stdout(&format!("{token}\n"))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -172,9 +175,8 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = a.expiry_interval {
         cfg.expiry_interval = v;
     }
-    cfg.expiry_interval = cfg.expiry_interval.max(Duration::from_millis(10));
     if let Some(v) = a.max_connections {
-        cfg.max_connections = v.max(1);
+        cfg.max_connections = v;
     }
     if let Some(v) = a.max_pending {
         cfg.max_pending_per_mailbox = v;
@@ -206,7 +208,7 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("starting the server in {}", data.display()))?;
         let local = server.local_addr()?;
-        let host = display_host(host_arg.as_deref(), local);
+        let host = ponte_server::display_host(host_arg.as_deref(), local);
         if server.key_created() {
             tracing::info!(
                 "created a new server key in {}",
@@ -220,7 +222,11 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         if host_arg.is_none() && local.ip().is_unspecified() {
             tracing::info!("set --host to the name users reach this server by");
         }
-        crate::write_stdout(&format!("{}\n", server.address(&host)))?;
+        let address = server.address(&host);
+        // For `ponte server address`, which prints it again.
+        ponte_server::keyfile::write_address(&data, &address)
+            .with_context(|| format!("recording the server address in {}", data.display()))?;
+        crate::write_stdout(&format!("{address}\n"))?;
         server.run(shutdown_signal()).await?;
         tracing::info!("stopped");
         anyhow::Ok(ExitCode::SUCCESS)

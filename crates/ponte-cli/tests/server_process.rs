@@ -1,6 +1,7 @@
-//! The real `ponte server` process: it prints its address, `address` and
-//! `invite` work, and a message acknowledged to the sender survives SIGKILL
-//! of the server and is delivered after restart.
+//! The real `ponte server` process: it prints its address, `address` prints
+//! it again and `invite` works (both refuse a directory no server started
+//! in), nonsense settings are refused, and a message acknowledged to the
+//! sender survives SIGKILL of the server and is delivered after restart.
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use ponte_wire::messages::{
 };
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -163,66 +164,242 @@ async fn acked_messages_survive_sigkill() {
     assert_eq!(got, (0..N).collect::<Vec<_>>());
 }
 
+/// Runs `ponte server ARGS… --data DATA` to completion.
+fn server_cmd(args: &[&str], data: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .arg("server")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `ponte server address ARGS… --data DATA`, parsed.
+fn address_of(data: &Path, args: &[&str]) -> ServerAddress {
+    let mut all = vec!["address"];
+    all.extend_from_slice(args);
+    let out = server_cmd(&all, data);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn address_and_invite_subcommands() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // No key yet: a clear error.
-    let out = Command::new(env!("CARGO_BIN_EXE_ponte"))
-        .args(["server", "address", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("start the server once"));
-    // invite creates the data directory and key if needed.
-    let out = Command::new(env!("CARGO_BIN_EXE_ponte"))
-        .args(["server", "invite", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    // No server ever started there (a mistyped --data, say): both refuse,
+    // naming the directory and what to do, and create nothing.
+    for sub in ["address", "invite"] {
+        let out = server_cmd(&[sub], &data);
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("in {}", data.display()))
+                && err.contains("start the server there first")
+                && err.contains("check --data"),
+            "{sub}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{sub}");
+        assert!(!data.exists(), "{sub} created {}", data.display());
+    }
+    assert!(stderr(&server_cmd(&["address"], &data)).contains("no server key"));
+    assert!(stderr(&server_cmd(&["invite"], &data)).contains("no server database"));
+    // A path that is a file.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    for sub in ["address", "invite"] {
+        let out = server_cmd(&[sub], &file);
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
+    }
+
+    // Once a server has started there, invite works (also while it runs).
+    let server = start(&data);
+    let out = server_cmd(&["invite"], &data);
+    assert!(out.status.success(), "{}", stderr(&out));
     let token = String::from_utf8(out.stdout).unwrap();
     assert_eq!(token.trim().len(), 32, "{token:?}");
     assert!(
         token.trim().bytes().all(|b| b.is_ascii_hexdigit()),
         "{token:?}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_ponte"))
-        .args([
-            "server",
-            "address",
-            "--host",
-            "chat.example.org",
-            "--port",
-            "443",
-            "--data",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let addr: ServerAddress = String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    drop(server);
+    assert!(server_cmd(&["invite"], &data).status.success());
+    let addr = address_of(&data, &["--host", "chat.example.org", "--port", "443"]);
     assert_eq!(addr.host, "chat.example.org");
     assert_eq!(addr.port, 443);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(data.join("server.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let mode = std::fs::metadata(data.join("ponte.db"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for (file, want) in [
+            ("server.key", 0o600),
+            ("ponte.db", 0o600),
+            ("server.address", 0o644),
+        ] {
+            let mode = std::fs::metadata(data.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, want, "{file}");
+        }
     }
+}
+
+#[test]
+fn address_prints_what_the_server_printed_at_its_last_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(&data);
+    let printed = server.address.clone();
+    assert_eq!(
+        (printed.host.as_str(), printed.port != 0),
+        ("127.0.0.1", true)
+    );
+    assert_eq!(address_of(&data, &[]), printed, "while it runs");
+    drop(server);
+    assert_eq!(address_of(&data, &[]), printed, "after it stopped");
+    // Each flag overrides only its part.
+    let a = address_of(&data, &["--port", "443"]);
+    assert_eq!(
+        (a.host.as_str(), a.port, a.key),
+        ("127.0.0.1", 443, printed.key)
+    );
+    let a = address_of(&data, &["--host", "relay.example.net"]);
+    assert_eq!(
+        (a.host.as_str(), a.port),
+        ("relay.example.net", printed.port)
+    );
+    // The next start replaces the record.
+    let server = start(&data);
+    assert_eq!(address_of(&data, &[]), server.address);
+    drop(server);
+    // A directory whose server never recorded its address (an older
+    // version): the defaults, this machine's name and port 5222.
+    std::fs::remove_file(data.join("server.address")).unwrap();
+    let a = address_of(&data, &[]);
+    assert_eq!((a.port, a.key), (5222, printed.key));
+}
+
+#[test]
+fn nonsense_settings_are_refused_naming_the_flag_or_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (flag, value) in [
+        ("--handshake-timeout", "0s"),
+        ("--idle-timeout", "0s"),
+        ("--retention", "0s"),
+        ("--expiry-interval", "0s"),
+        ("--idle-timeout", "10s"),
+        ("--handshake-timeout", "30d"),
+        ("--expiry-interval", "365d"),
+        ("--max-connections", "0"),
+        ("--max-pending", "0"),
+    ] {
+        let out = server_cmd(
+            &["--listen", "127.0.0.1:0", "--no-admin", flag, value],
+            &data,
+        );
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains(flag) && err.contains("must be"),
+            "{flag} {value}: {err}"
+        );
+        assert!(!data.exists(), "{flag} {value}: started anyway");
+    }
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\nadmin = \"off\"\nidle_timeout = \"0s\"\n",
+    )
+    .unwrap();
+    let out = server_cmd(&["--config", cfg.to_str().unwrap()], &data);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("server.toml")
+            && err.contains("line 3")
+            && err.contains("idle_timeout: must be 90s to 1d"),
+        "{err}"
+    );
+    assert!(!data.exists());
+}
+
+#[test]
+fn errors_say_what_is_wrong_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let out = server_cmd(
+        &["--config", missing.to_str().unwrap()],
+        &dir.path().join("data"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("missing.toml"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
+    // --data naming a regular file.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let out = server_cmd(&["--listen", "127.0.0.1:0", "--no-admin"], &file);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("not a directory"), "{err}");
+    assert!(!err.contains("File exists"), "{err}");
+}
+
+#[test]
+fn an_admin_endpoint_off_loopback_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The listen port is taken, so the server stops at its first bind and
+    // never listens on the wildcard admin address: the warning comes before.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let out = server_cmd(&["--listen", &listen, "--admin", "0.0.0.0:0"], &data);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("WARN") && err.contains("admin endpoint 0.0.0.0:0 is not on loopback"),
+        "{err}"
+    );
+    assert!(err.contains("cannot listen on"), "{err}");
+    drop(taken);
+
+    // On loopback: no warning.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("ponte://"), "{line:?}");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(!stderr(&out).contains("loopback"), "{}", stderr(&out));
 }
 
 #[test]

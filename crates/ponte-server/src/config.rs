@@ -137,15 +137,262 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?}: too large"))
 }
 
-mod duration_serde {
+/// Formats a duration the way [`parse_duration`] reads it (`90s`, `30d`,
+/// `500ms`), for messages.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    for (unit, per) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= per && (ms / per) * per == ms {
+            return format!("{}{unit}", ms / per);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// The range a duration setting must lie in. The same bounds apply to the
+/// command-line flag and to the config file key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationBounds {
+    /// The config file key (the flag is `--` and the key with `-` for `_`).
+    pub key: &'static str,
+    /// Least value accepted.
+    pub min: Duration,
+    /// Greatest value accepted.
+    pub max: Duration,
+}
+
+impl DurationBounds {
+    /// `Ok(d)` when `d` is in range, else what is wrong (without the key).
+    pub fn check(&self, d: Duration) -> Result<Duration, String> {
+        if d < self.min || d > self.max {
+            let range = if self.min.is_zero() {
+                format!("at most {}", format_duration(self.max))
+            } else {
+                format!(
+                    "{} to {}",
+                    format_duration(self.min),
+                    format_duration(self.max)
+                )
+            };
+            return Err(format!("must be {range}, not {}", format_duration(d)));
+        }
+        Ok(d)
+    }
+
+    /// Parses a duration and checks its range (a flag's value parser).
+    pub fn parse(&self, s: &str) -> Result<Duration, String> {
+        self.check(parse_duration(s)?)
+    }
+}
+
+/// The range a count setting must lie in (flag and config file alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountBounds {
+    /// The config file key.
+    pub key: &'static str,
+    /// Least value accepted.
+    pub min: u64,
+    /// Greatest value accepted.
+    pub max: u64,
+}
+
+impl CountBounds {
+    /// `Ok(n)` when `n` is in range, else what is wrong (without the key).
+    pub fn check<T>(&self, n: T) -> Result<T, String>
+    where
+        T: Copy + TryInto<u64> + std::fmt::Display,
+    {
+        match n.try_into() {
+            Ok(v) if (self.min..=self.max).contains(&v) => Ok(n),
+            _ if self.max == u64::MAX => Err(format!("must be at least {}, not {n}", self.min)),
+            _ => Err(format!("must be {} to {}, not {n}", self.min, self.max)),
+        }
+    }
+
+    /// Parses a number and checks its range (a flag's value parser).
+    pub fn parse<T>(&self, s: &str) -> Result<T, String>
+    where
+        T: Copy + TryInto<u64> + std::fmt::Display + std::str::FromStr,
+    {
+        let n: T = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: expected a whole number"))?;
+        self.check(n)
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// `retention`: long enough to outlast a short absence, at most ten years.
+pub const RETENTION: DurationBounds = DurationBounds {
+    key: "retention",
+    min: MINUTE,
+    max: Duration::from_secs(3650 * 86_400),
+};
+/// `notice_retention`: as `retention`.
+pub const NOTICE_RETENTION: DurationBounds = DurationBounds {
+    key: "notice_retention",
+    ..RETENTION
+};
+/// `expiry_interval`: a sweep every second at most, once a day at least.
+pub const EXPIRY_INTERVAL: DurationBounds = DurationBounds {
+    key: "expiry_interval",
+    min: SECOND,
+    max: DAY,
+};
+/// `handshake_timeout`: a slow mobile link needs more than a second; a
+/// deadline of more than five minutes would let idle sockets hold slots.
+pub const HANDSHAKE_TIMEOUT: DurationBounds = DurationBounds {
+    key: "handshake_timeout",
+    min: SECOND,
+    max: Duration::from_secs(300),
+};
+/// `unauthenticated_timeout`: as `handshake_timeout`.
+pub const UNAUTHENTICATED_TIMEOUT: DurationBounds = DurationBounds {
+    key: "unauthenticated_timeout",
+    ..HANDSHAKE_TIMEOUT
+};
+/// `idle_timeout`: clients ping every 60 s while listening, so anything
+/// shorter than 90 s would cut off every idle client.
+pub const IDLE_TIMEOUT: DurationBounds = DurationBounds {
+    key: "idle_timeout",
+    min: Duration::from_secs(90),
+    max: DAY,
+};
+/// `commit_interval`: zero (commit as soon as the last flush is done) to 1 s.
+pub const COMMIT_INTERVAL: DurationBounds = DurationBounds {
+    key: "commit_interval",
+    min: Duration::ZERO,
+    max: SECOND,
+};
+/// `max_connections`.
+pub const MAX_CONNECTIONS: CountBounds = CountBounds {
+    key: "max_connections",
+    min: 1,
+    max: u64::MAX,
+};
+/// `max_pending`.
+pub const MAX_PENDING: CountBounds = CountBounds {
+    key: "max_pending",
+    min: 1,
+    max: u64::MAX,
+};
+/// `max_body_len`: room for a short message's ciphertext, and below the
+/// frame limit (128 KiB) with room for the envelope.
+pub const MAX_BODY_LEN: CountBounds = CountBounds {
+    key: "max_body_len",
+    min: 1024,
+    max: 96 * 1024,
+};
+/// `max_one_time_keys`: clients keep 50 on the server, so fewer would refuse
+/// their uploads.
+pub const MAX_ONE_TIME_KEYS: CountBounds = CountBounds {
+    key: "max_one_time_keys",
+    min: 50,
+    max: 10_000,
+};
+/// `burst` of a registration limit: 0 would close registration for good
+/// (`invite_only` is the way to do that).
+pub const RATE_LIMIT_BURST: CountBounds = CountBounds {
+    key: "burst",
+    min: 1,
+    max: u64::MAX,
+};
+/// `per_hour` of a registration limit: 0 would never refill the bucket.
+pub const RATE_LIMIT_PER_HOUR: CountBounds = CountBounds {
+    key: "per_hour",
+    ..RATE_LIMIT_BURST
+};
+
+/// Deserializers for config file values that check their range, so that an
+/// out-of-range value is reported by the TOML parser with file, line and
+/// column like any other bad value.
+mod bounded {
+    use super::{CountBounds, DurationBounds};
+    use serde::de::Error as _;
     use serde::{Deserialize as _, Deserializer};
     use std::time::Duration;
 
-    pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    fn duration<'de, D: Deserializer<'de>>(
+        d: D,
+        b: &DurationBounds,
+    ) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        super::parse_duration(&s)
+        let v =
+            super::parse_duration(&s).map_err(|e| D::Error::custom(format!("{}: {e}", b.key)))?;
+        b.check(v)
             .map(Some)
-            .map_err(serde::de::Error::custom)
+            .map_err(|e| D::Error::custom(format!("{}: {e}", b.key)))
+    }
+
+    fn count<'de, D, T>(d: D, b: &CountBounds) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: serde::Deserialize<'de> + Copy + TryInto<u64> + std::fmt::Display,
+    {
+        let n = T::deserialize(d)?;
+        b.check(n)
+            .map_err(|e| D::Error::custom(format!("{}: {e}", b.key)))
+    }
+
+    macro_rules! durations {
+        ($($name:ident => $bounds:ident),* $(,)?) => {$(
+            pub fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+                duration(d, &super::$bounds)
+            }
+        )*};
+    }
+    durations!(
+        retention => RETENTION,
+        notice_retention => NOTICE_RETENTION,
+        expiry_interval => EXPIRY_INTERVAL,
+        handshake_timeout => HANDSHAKE_TIMEOUT,
+        unauthenticated_timeout => UNAUTHENTICATED_TIMEOUT,
+        idle_timeout => IDLE_TIMEOUT,
+        commit_interval => COMMIT_INTERVAL,
+    );
+
+    macro_rules! counts {
+        ($($name:ident: $t:ty => $bounds:ident),* $(,)?) => {$(
+            pub fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$t>, D::Error> {
+                count::<D, $t>(d, &super::$bounds).map(Some)
+            }
+        )*};
+    }
+    counts!(
+        max_connections: usize => MAX_CONNECTIONS,
+        max_pending: u32 => MAX_PENDING,
+        max_body_len: usize => MAX_BODY_LEN,
+        max_one_time_keys: u32 => MAX_ONE_TIME_KEYS,
+    );
+
+    pub fn admin<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s != "off" && s.parse::<std::net::SocketAddr>().is_err() {
+            return Err(D::Error::custom(format!(
+                "admin: {s:?} is not an address like 127.0.0.1:8299, or \"off\""
+            )));
+        }
+        Ok(Some(s))
+    }
+
+    pub fn burst<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        count::<D, u32>(d, &super::RATE_LIMIT_BURST)
+    }
+
+    pub fn per_hour<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        count::<D, u32>(d, &super::RATE_LIMIT_PER_HOUR)
     }
 }
 
@@ -154,8 +401,10 @@ mod duration_serde {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitFile {
     /// Bucket size.
+    #[serde(deserialize_with = "bounded::burst")]
     pub burst: u32,
     /// Refill per hour.
+    #[serde(deserialize_with = "bounded::per_hour")]
     pub per_hour: u32,
 }
 
@@ -178,39 +427,44 @@ pub struct FileConfig {
     /// Listen address.
     pub listen: Option<SocketAddr>,
     /// Admin address, or `"off"`.
+    #[serde(default, deserialize_with = "bounded::admin")]
     pub admin: Option<String>,
     /// Host name for the printed server address.
     pub host: Option<String>,
     /// Invite-only registration.
     pub invite_only: Option<bool>,
     /// Retention of undelivered messages.
-    #[serde(default, deserialize_with = "duration_serde::opt")]
+    #[serde(default, deserialize_with = "bounded::retention")]
     pub retention: Option<Duration>,
     /// Retention of receipts and notices.
-    #[serde(default, deserialize_with = "duration_serde::opt")]
+    #[serde(default, deserialize_with = "bounded::notice_retention")]
     pub notice_retention: Option<Duration>,
     /// Expiry sweep interval.
-    #[serde(default, deserialize_with = "duration_serde::opt")]
+    #[serde(default, deserialize_with = "bounded::expiry_interval")]
     pub expiry_interval: Option<Duration>,
     /// Connection cap.
+    #[serde(default, deserialize_with = "bounded::max_connections")]
     pub max_connections: Option<usize>,
     /// Undelivered messages per recipient.
+    #[serde(default, deserialize_with = "bounded::max_pending")]
     pub max_pending: Option<u32>,
     /// Message body cap, bytes.
+    #[serde(default, deserialize_with = "bounded::max_body_len")]
     pub max_body_len: Option<usize>,
     /// One-time keys stored per device.
+    #[serde(default, deserialize_with = "bounded::max_one_time_keys")]
     pub max_one_time_keys: Option<u32>,
     /// Handshake deadline.
-    #[serde(default, deserialize_with = "duration_serde::opt")]
+    #[serde(default, deserialize_with = "bounded::handshake_timeout")]
     pub handshake_timeout: Option<Duration>,
     /// Register/Login deadline.
-    #[serde(default, deserialize_with = "duration_serde::opt")]
+    #[serde(default, deserialize_with = "bounded::unauthenticated_timeout")]
     pub unauthenticated_timeout: Option<Duration>,
     /// Idle deadline for logged-in connections.
-    #[serde(default, deserialize_with = "duration_serde::opt")]
+    #[serde(default, deserialize_with = "bounded::idle_timeout")]
     pub idle_timeout: Option<Duration>,
     /// Least time between commits under load.
-    #[serde(default, deserialize_with = "duration_serde::opt")]
+    #[serde(default, deserialize_with = "bounded::commit_interval")]
     pub commit_interval: Option<Duration>,
     /// Registrations per source address.
     pub register_limit: Option<RateLimitFile>,
@@ -223,15 +477,17 @@ pub struct FileConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    // The cause is part of the message and deliberately not a `source`:
+    // error reporters that print the chain would otherwise say it twice.
+    #[error("{path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// Not valid TOML, an unknown key or a bad value (the message names the
-    /// line, column and key).
+    /// Not valid TOML, an unknown key, a bad or out-of-range value (the
+    /// message names the line, column and key).
     #[error("{path}: {message}")]
     Parse {
         /// The file.
@@ -239,66 +495,24 @@ pub enum ConfigError {
         /// toml's description, with line and key.
         message: String,
     },
-    /// A value is out of range.
-    #[error("{path}: {key}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: &'static str,
-        /// What is wrong.
-        message: &'static str,
-    },
 }
 
 impl FileConfig {
     /// Reads and checks a config file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }
 
     /// Parses config text (`path` is only used in errors).
     pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
-        let cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
-        })?;
-        let invalid = |key, message| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message,
-        };
-        if cfg.max_connections == Some(0) {
-            return Err(invalid("max_connections", "must be at least 1"));
-        }
-        if cfg.max_pending == Some(0) {
-            return Err(invalid("max_pending", "must be at least 1"));
-        }
-        if cfg.max_body_len.is_some_and(|n| n == 0 || n > 96 * 1024) {
-            return Err(invalid("max_body_len", "must be 1 to 98304 bytes"));
-        }
-        if let Some(a) = &cfg.admin {
-            if a != "off" && a.parse::<SocketAddr>().is_err() {
-                return Err(invalid(
-                    "admin",
-                    "an address like 127.0.0.1:8299, or \"off\"",
-                ));
-            }
-        }
-        if cfg.expiry_interval.is_some_and(|d| d.is_zero()) {
-            return Err(invalid("expiry_interval", "must be more than zero"));
-        }
-        if cfg
-            .commit_interval
-            .is_some_and(|d| d > Duration::from_secs(1))
-        {
-            return Err(invalid("commit_interval", "must be 0 to 1s"));
-        }
-        Ok(cfg)
+        })
     }
 
     /// The admin address: `Some(None)` when the file says `"off"`.
@@ -384,6 +598,55 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn durations_are_formatted_as_parsed() {
+        for s in ["0s", "500ms", "45s", "90m", "12h", "30d", "1500ms"] {
+            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
+        }
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+    }
+
+    #[test]
+    fn bounds_name_the_range() {
+        assert_eq!(
+            IDLE_TIMEOUT.parse("0s").unwrap_err(),
+            "must be 90s to 1d, not 0s"
+        );
+        assert_eq!(IDLE_TIMEOUT.parse("90s").unwrap(), Duration::from_secs(90));
+        assert!(RETENTION.parse("3651d").is_err());
+        assert!(COMMIT_INTERVAL.parse("0s").is_ok());
+        assert_eq!(
+            MAX_PENDING.parse::<u32>("0").unwrap_err(),
+            "must be at least 1, not 0"
+        );
+        assert!(MAX_ONE_TIME_KEYS.check(10_001_u32).is_err());
+        assert!(MAX_CONNECTIONS.parse::<usize>("many").is_err());
+    }
+
+    #[test]
+    fn the_defaults_are_within_the_bounds() {
+        let c = ServerConfig::new("d", "0.0.0.0:5222".parse().unwrap());
+        for (b, d) in [
+            (RETENTION, c.retention),
+            (NOTICE_RETENTION, c.notice_retention),
+            (EXPIRY_INTERVAL, c.expiry_interval),
+            (HANDSHAKE_TIMEOUT, c.handshake_timeout),
+            (UNAUTHENTICATED_TIMEOUT, c.unauthenticated_timeout),
+            (IDLE_TIMEOUT, c.idle_timeout),
+            (COMMIT_INTERVAL, c.commit_interval),
+        ] {
+            assert!(b.check(d).is_ok(), "{}", b.key);
+        }
+        assert!(MAX_CONNECTIONS.check(c.max_connections).is_ok());
+        assert!(MAX_PENDING.check(c.max_pending_per_mailbox).is_ok());
+        assert!(MAX_BODY_LEN.check(c.max_body_len).is_ok());
+        assert!(MAX_ONE_TIME_KEYS.check(c.max_one_time_keys).is_ok());
+        for r in [c.register_limit, c.register_limit_per_peer] {
+            assert!(RATE_LIMIT_BURST.check(r.burst).is_ok());
+            assert!(RATE_LIMIT_PER_HOUR.check(r.per_hour).is_ok());
+        }
     }
 
     #[test]

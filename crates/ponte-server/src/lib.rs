@@ -11,7 +11,8 @@
 //! - `registry`: devices online now, and the in-memory hand-over of
 //!   committed items to them.
 //! - [`config`]: every limit and timeout, typed.
-//! - [`keyfile`]: the server's Noise static key in the data directory.
+//! - [`keyfile`]: the server's Noise static key and the record of its
+//!   printed address in the data directory.
 //! - `admin`, [`metrics`]: `/metrics` and `/healthz` on a loopback port.
 //!
 //! The wire protocol is described in `docs/PROTOCOL.md`.
@@ -33,8 +34,9 @@ pub use config::{RateLimit, ServerConfig};
 use ponte_transport::Keypair;
 use ponte_wire::address::ServerAddress;
 use std::future::Future;
+use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,13 +58,19 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     /// Binding a listener failed.
-    #[error("cannot listen on {addr}: {source}")]
+    // The cause is in the message, so it is not also a `source` (reporters
+    // that print the chain would say it twice).
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// The data directory holds no database (the server never started
+    /// there, or the path is mistyped).
+    #[error("no server database in {} ({} does not exist)", .0.display(), .0.join(store::DB_FILE).display())]
+    NoDatabase(PathBuf),
 }
 
 /// State shared by every connection.
@@ -102,8 +110,17 @@ pub struct Server {
 
 impl Server {
     /// Loads or creates the key, opens the database and binds the listener
-    /// (and the admin listener when `admin` is given).
+    /// (and the admin listener when `admin` is given). Logs a warning first
+    /// when `admin` is not a loopback address.
     pub async fn bind(cfg: ServerConfig, admin: Option<SocketAddr>) -> Result<Self, ServerError> {
+        if let Some(addr) = admin.filter(|a| !is_loopback(a.ip())) {
+            // Allowed (a private network may be trusted), but metrics show
+            // traffic volumes and connection counts to whoever reaches them.
+            tracing::warn!(
+                "the admin endpoint {addr} is not on loopback: whoever can reach it reads \
+                 /metrics (connection counts, traffic volumes); firewall it, or use 127.0.0.1"
+            );
+        }
         let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
         let store = Store::open_with(
             &cfg.data_dir,
@@ -111,15 +128,15 @@ impl Server {
         )?;
         let listener = TcpListener::bind(cfg.listen)
             .await
-            .map_err(|source| ServerError::Bind {
+            .map_err(|error| ServerError::Bind {
                 addr: cfg.listen,
-                source,
+                error,
             })?;
         let admin = match admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
-                    .map_err(|source| ServerError::Bind { addr, source })?,
+                    .map_err(|error| ServerError::Bind { addr, error })?,
             ),
             None => None,
         };
@@ -271,22 +288,69 @@ async fn expiry_loop(shared: Arc<Shared>) {
     }
 }
 
-/// The server address for a data directory (reads the existing key).
+/// Whether `ip` is a loopback address (an IPv4-mapped IPv6 loopback such as
+/// `::ffff:127.0.0.1` counts).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// This machine's host name (`localhost` if it has none).
+pub fn machine_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The host name printed in the server address: `host` when given, else the
+/// listen IP, or this machine's host name when listening on all addresses
+/// (`0.0.0.0`, `::`), which no client can connect to.
+pub fn display_host(host: Option<&str>, listen: SocketAddr) -> String {
+    match host {
+        Some(h) => h.to_owned(),
+        None if listen.ip().is_unspecified() => machine_host_name(),
+        None => listen.ip().to_string(),
+    }
+}
+
+/// The server address for a data directory, to print again: the key from
+/// `server.key`, and the host and port the server printed at its last start
+/// (`server.address`) unless `host` or `port` override them. With no record
+/// (the server never started there) the defaults are this machine's host
+/// name and port 5222.
 pub fn server_address(
     data_dir: &Path,
-    host: &str,
-    port: u16,
+    host: Option<&str>,
+    port: Option<u16>,
 ) -> Result<ServerAddress, ServerError> {
     let kp = keyfile::load(data_dir)?;
+    let recorded = match (host, port) {
+        (Some(_), Some(_)) => None,
+        _ => keyfile::read_address(data_dir)?,
+    };
+    let host = match (host, &recorded) {
+        (Some(h), _) => h.to_owned(),
+        (None, Some(r)) => r.host.clone(),
+        (None, None) => machine_host_name(),
+    };
+    let port = port
+        .or(recorded.map(|r| r.port))
+        .unwrap_or(ponte_wire::address::DEFAULT_PORT);
     Ok(ServerAddress {
-        host: host.to_owned(),
+        host,
         port,
         key: kp.public(),
     })
 }
 
-/// Creates a one-use invite token in the data directory's database.
+/// Creates a one-use invite token in the data directory's database. Refuses
+/// ([`ServerError::NoDatabase`]) a directory without one: a token stored
+/// anywhere else would be accepted by no server.
 pub fn create_invite(data_dir: &Path) -> Result<String, ServerError> {
-    keyfile::load_or_create(data_dir)?;
+    if !keyfile::dir_exists(data_dir)? || !data_dir.join(store::DB_FILE).is_file() {
+        return Err(ServerError::NoDatabase(data_dir.to_owned()));
+    }
     Ok(store::create_invite(data_dir, now_ms())?)
 }

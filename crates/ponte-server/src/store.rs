@@ -56,9 +56,10 @@ pub type AccountId = i64;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// SQLite reported an error.
+    /// SQLite reported an error. Its text is part of this message, so it is
+    /// not also a `source` (a report of the error chain would say it twice).
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// The store was closed (server shutting down).
     #[error("store closed")]
     Closed,
@@ -68,6 +69,12 @@ pub enum StoreError {
     /// A blocking task panicked or was cancelled.
     #[error("storage task failed")]
     Task,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
 }
 
 /// Kinds of mailbox items.

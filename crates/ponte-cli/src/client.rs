@@ -11,6 +11,13 @@
 //! warnings and connection notices on stderr. Exit code 0 on success
 //! (including `send` leaving a message queued because the server is
 //! unreachable), 1 on errors, 2 on usage errors (clap).
+//!
+//! Text others control (message text, handles, server and relay messages)
+//! goes through [`clean`] before it reaches a terminal, so it cannot forge
+//! lines or send escape sequences; `--json` keeps it raw (JSON escapes it).
+//! Every stdout write goes through [`out`]: a closed stdout (`ponte sync |
+//! head`) ends the command quietly with exit 0, and a message that was not
+//! printed is not marked as shown (the next `sync` or `listen` prints it).
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -18,10 +25,14 @@ use ponte_client::client::{Event, SendOutcome};
 use ponte_client::profile::{self, KeySource};
 use ponte_client::route::RelayUrl;
 use ponte_client::{Client, ClientError, Contact, MessageView, Status, Update};
+use std::borrow::Cow;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// Largest `--connect-timeout` (an hour: anything longer is a mistake).
+const MAX_CONNECT_TIMEOUT_SECS: u64 = 3600;
 
 /// Options every client command takes.
 #[derive(Debug, Args)]
@@ -32,8 +43,13 @@ pub struct Common {
     /// Machine-readable output: one JSON object per line.
     #[arg(long)]
     json: bool,
-    /// Seconds to wait when connecting to the server.
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    /// Seconds to wait when connecting to the server (1 to 3600).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECT_TIMEOUT_SECS)
+    )]
     connect_timeout: u64,
     /// Also try this relay (tls://HOST:PORT, tcp://HOST:PORT or a share link); repeatable.
     #[arg(long = "via", value_name = "URL")]
@@ -226,13 +242,32 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn open_client(common: &Common) -> anyhow::Result<Client> {
     let dir = profile::resolve_dir(common.profile.clone())?;
     let mut client = Client::open(&dir, unlock_passphrase)?;
-    client.set_connect_timeout(Duration::from_secs(common.connect_timeout.max(1)));
+    client.set_connect_timeout(Duration::from_secs(common.connect_timeout));
     client.set_extra_vias(common.vias()?);
     Ok(client)
 }
 
+/// Refuse a malformed handle before anything else happens, with the same
+/// error in every command that takes a NAME.
+fn check_handle(name: &str) -> anyhow::Result<()> {
+    ponte_wire::messages::validate_handle(name)
+        .map_err(|e| anyhow::anyhow!("invalid handle {name:?}: {e}"))
+}
+
 /// Run a client command.
 pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
+    match run_command(cmd) {
+        // The reader went away (`ponte sync | head`): nothing left to do,
+        // and nothing unprinted was marked as shown.
+        Err(e) if stdout_closed_in(&e) => Ok(ExitCode::SUCCESS),
+        // Errors can quote the server (its refusal details) or arguments:
+        // the terminal gets them cleaned too.
+        Err(e) => Err(anyhow::anyhow!("{}", clean(&format!("{e:#}")))),
+        ok => ok,
+    }
+}
+
+fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ClientCommand::Register {
             server,
@@ -241,9 +276,10 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             name,
             common,
         } => {
+            check_handle(&name)?;
             let dir = profile::resolve_dir(common.profile.clone())?;
             let source = new_profile_key(no_passphrase)?;
-            let timeout = Duration::from_secs(common.connect_timeout.max(1));
+            let timeout = Duration::from_secs(common.connect_timeout);
             let vias = common.vias()?;
             let client = runtime()?.block_on(Client::register_via(
                 &dir,
@@ -256,31 +292,47 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 &vias,
             ))?;
             if common.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "handle": client.handle(),
-                        "server": client.server().to_string(),
-                        "profile": dir.display().to_string(),
-                    })
-                );
+                out(serde_json::json!({
+                    "handle": client.handle(),
+                    "server": client.server().to_string(),
+                    "profile": dir.display().to_string(),
+                }))?;
             } else {
-                println!("registered as {} on {}", client.handle(), client.server());
+                out(format_args!(
+                    "registered as {} on {}",
+                    client.handle(),
+                    client.server()
+                ))?;
                 if let Some(route) = client.route_in_use() {
-                    println!("reached over: {route}");
+                    out(format_args!("reached over: {}", clean(route)))?;
                 }
-                println!("profile: {}", dir.display());
+                out(format_args!("profile: {}", dir.display()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Send { name, text, common } => {
+            check_handle(&name)?;
             let mut client = open_client(&common)?;
             let me = client.handle().to_owned();
-            let SendOutcome { message, note } = runtime()?.block_on(client.send(&name, &text))?;
-            if let Some(note) = note {
-                eprintln!("ponte: {note}");
+            let SendOutcome {
+                message,
+                note,
+                key_changed,
+            } = runtime()?.block_on(client.send(&name, &text))?;
+            if key_changed {
+                // This send found the change: it fails exactly as the next
+                // ones will. Its message stays held in the outbox (queued,
+                // never encrypted to the new key) until `verify --confirm`.
+                return Err(ClientError::KeyChanged(name).into());
             }
-            print_message(&me, &message, common.json);
+            if let Some(note) = note {
+                notice(&note);
+            }
+            match print_message(&me, &message, common.json) {
+                // Sent or queued all the same: the exit code says which.
+                Err(e) if is_stdout_closed(&e) => {}
+                r => r?,
+            }
             // Queued (server unreachable) is success; refused for good is not.
             if message.status == Status::Failed {
                 return Ok(ExitCode::from(1));
@@ -291,7 +343,7 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let mut client = open_client(&common)?;
             let me = client.handle().to_owned();
             let json = common.json;
-            runtime()?.block_on(client.sync(&mut |e| print_event(&me, e, json)))?;
+            runtime()?.block_on(client.sync_to(&mut |e| print_event(&me, e, json)))?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Listen { common } => {
@@ -304,7 +356,7 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     let _ = tokio::signal::ctrl_c().await;
                 };
                 client
-                    .listen(&mut |e| print_event(&me, e, json), shutdown)
+                    .listen_to(&mut |e| print_event(&me, e, json), shutdown)
                     .await
             })?;
             Ok(ExitCode::SUCCESS)
@@ -312,7 +364,11 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         ClientCommand::Status { common } => {
             let mut client = open_client(&common)?;
             let status = runtime()?.block_on(client.status())?;
-            print_status(&client, &status, common.json);
+            match print_status(&client, &status, common.json) {
+                // The exit code still tells whether a route works.
+                Err(e) if is_stdout_closed(&e) => {}
+                r => r?,
+            }
             Ok(if status.in_use.is_ok() {
                 ExitCode::SUCCESS
             } else {
@@ -321,17 +377,16 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         }
         ClientCommand::Via(cmd) => via(cmd),
         ClientCommand::History { name, common } => {
+            check_handle(&name)?;
             let client = open_client(&common)?;
             let me = client.handle().to_owned();
-            for m in client.history(&name)? {
-                print_message(&me, &m, common.json);
-            }
+            client.history_to(&name, &mut |m| print_message(&me, m, common.json))?;
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Contacts { common } => {
             let client = open_client(&common)?;
             for c in client.contacts()? {
-                print_contact(&c, common.json);
+                print_contact(&c, common.json)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -340,34 +395,41 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             confirm,
             common,
         } => {
+            check_handle(&name)?;
             let mut client = open_client(&common)?;
+            if confirm && client.store().contact(&name)?.is_none() {
+                // Fetching the key and trusting it in one step would mark
+                // verified a number nobody compared.
+                anyhow::bail!(
+                    "{name}'s key is not known here yet, so there is no safety number to \
+                     confirm: run `ponte verify {name}` first, compare the number with {name}, \
+                     then run `ponte verify {name} --confirm`"
+                );
+            }
             let (number, contact) = runtime()?.block_on(client.safety_number(&name, !confirm))?;
             if confirm {
                 client.confirm(&name)?;
             }
             let changed = contact.changed_identity.is_some();
             if common.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "handle": name,
-                        "safety_number": number.digits(),
-                        "qr_payload": number.qr_payload(),
-                        "verified": confirm || contact.verified,
-                        "key_changed": changed && !confirm,
-                    })
-                );
+                out(serde_json::json!({
+                    "handle": name,
+                    "safety_number": number.digits(),
+                    "qr_payload": number.qr_payload(),
+                    "verified": confirm || contact.verified,
+                    "key_changed": changed && !confirm,
+                }))?;
                 return Ok(ExitCode::SUCCESS);
             }
             if changed && !confirm {
-                eprintln!(
+                warn(&format!(
                     "WARNING: {name}'s identity key has CHANGED since you first talked. The number \
                      below is for the NEW key. Compare it with {name} in person or over a trusted \
                      channel before confirming."
-                );
+                ));
             }
-            println!("Safety number with {name}:\n");
-            println!("{}\n", number.grouped());
+            out(format_args!("Safety number with {name}:\n"))?;
+            out(format_args!("{}\n", number.grouped()))?;
             match qrcode::QrCode::new(number.qr_payload().as_bytes()) {
                 Ok(code) => {
                     let art = code
@@ -375,18 +437,18 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                         .dark_color(qrcode::render::unicode::Dense1x2::Light)
                         .light_color(qrcode::render::unicode::Dense1x2::Dark)
                         .build();
-                    println!("{art}");
+                    out(art)?;
                 }
-                Err(e) => eprintln!("ponte: cannot draw the QR code: {e}"),
+                Err(e) => notice(&format!("cannot draw the QR code: {e}")),
             }
             if confirm {
-                println!("{name} is now marked verified.");
+                out(format_args!("{name} is now marked verified."))?;
             } else if contact.verified {
-                println!("{name} is verified.");
+                out(format_args!("{name} is verified."))?;
             } else {
-                println!(
+                out(format_args!(
                     "Compare these digits with {name}'s screen (or scan the code). If they match, run:\n  ponte verify {name} --confirm"
-                );
+                ))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -412,15 +474,15 @@ fn via(cmd: ViaCommand) -> anyhow::Result<ExitCode> {
             let p = open_profile(&common)?;
             let mut list = saved_vias(p.store())?;
             if list.contains(&url) {
-                eprintln!("ponte: {url} is already saved");
+                notice(&format!("{url} is already saved"));
             } else {
                 list.push(url.clone());
                 save_vias(p.store(), &list)?;
             }
             if common.json {
-                println!("{}", serde_json::json!({ "added": url.to_string() }));
+                out(serde_json::json!({ "added": url.to_string() }))?;
             } else {
-                println!("saved relay {url}");
+                out(format_args!("saved relay {}", clean(&url.to_string())))?;
             }
         }
         ViaCommand::List { common } => {
@@ -428,15 +490,13 @@ fn via(cmd: ViaCommand) -> anyhow::Result<ExitCode> {
             let last = ponte_client::client::last_route(p.store())?;
             for url in saved_vias(p.store())? {
                 let used_last = last.as_deref() == Some(format!("relay {url}").as_str());
+                let shown = clean(&url.to_string()).into_owned();
                 if common.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({ "via": url.to_string(), "worked_last": used_last })
-                    );
+                    out(serde_json::json!({ "via": url.to_string(), "worked_last": used_last }))?;
                 } else if used_last {
-                    println!("{url}  (worked last)");
+                    out(format_args!("{shown}  (worked last)"))?;
                 } else {
-                    println!("{url}");
+                    out(shown)?;
                 }
             }
         }
@@ -451,7 +511,7 @@ fn via(cmd: ViaCommand) -> anyhow::Result<ExitCode> {
             }
             save_vias(p.store(), &list)?;
             if !common.json {
-                println!("removed relay {url}");
+                out(format_args!("removed relay {}", clean(&url.to_string())))?;
             }
         }
         ViaCommand::Clear { common } => {
@@ -459,14 +519,18 @@ fn via(cmd: ViaCommand) -> anyhow::Result<ExitCode> {
             let n = saved_vias(p.store())?.len();
             save_vias(p.store(), &[])?;
             if !common.json {
-                println!("removed {n} saved relays");
+                out(format_args!("removed {n} saved relays"))?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(client: &Client, s: &ponte_client::client::RouteStatus, json: bool) {
+fn print_status(
+    client: &Client,
+    s: &ponte_client::client::RouteStatus,
+    json: bool,
+) -> std::io::Result<()> {
     if json {
         let probes: Vec<serde_json::Value> = s
             .probes
@@ -476,31 +540,30 @@ fn print_status(client: &Client, s: &ponte_client::client::RouteStatus, json: bo
                 Err(e) => serde_json::json!({ "route": p.route, "ok": false, "error": e }),
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "handle": client.handle(),
-                "server": client.server().to_string(),
-                "in_use": s.in_use.as_ref().ok(),
-                "error": s.in_use.as_ref().err(),
-                "last_route": s.last_route,
-                "routes": probes,
-            })
-        );
-        return;
+        return out(serde_json::json!({
+            "handle": client.handle(),
+            "server": client.server().to_string(),
+            "in_use": s.in_use.as_ref().ok(),
+            "error": s.in_use.as_ref().err(),
+            "last_route": s.last_route,
+            "routes": probes,
+        }));
     }
-    println!("{} on {}", client.handle(), client.server());
+    out(format_args!("{} on {}", client.handle(), client.server()))?;
+    // Route descriptions and errors can quote what a relay or the network
+    // sent: cleaned.
     match &s.in_use {
-        Ok(route) => println!("in use: {route}"),
-        Err(e) => println!("in use: none: {e}"),
+        Ok(route) => out(format_args!("in use: {}", clean(route)))?,
+        Err(e) => out(format_args!("in use: none: {}", clean(e)))?,
     }
-    println!("routes, in the order they are tried:");
+    out("routes, in the order they are tried:")?;
     for p in &s.probes {
         match &p.result {
-            Ok(ms) => println!("  ok    {}  ({ms} ms)", p.route),
-            Err(e) => println!("  FAIL  {}  ({e})", p.route),
+            Ok(ms) => out(format_args!("  ok    {}  ({ms} ms)", clean(&p.route)))?,
+            Err(e) => out(format_args!("  FAIL  {}  ({})", clean(&p.route), clean(e)))?,
         }
     }
+    Ok(())
 }
 
 /// Format ms since the epoch as RFC 3339 UTC (`2026-11-25T13:45:00Z`).
@@ -527,15 +590,107 @@ fn rfc3339(ms: u64) -> String {
 }
 
 fn ticks(status: Status) -> &'static str {
+    // The status word is printed next to these: `[failed ✗]`, not
+    // `[failed ✗ failed]`.
     match status {
         Status::Queued => "🕓",
         Status::Sent => "✓",
         Status::Delivered => "✓✓",
         Status::Read => "✓✓",
-        Status::Expired => "✗ expired",
-        Status::Failed => "✗ failed",
+        Status::Expired => "✗",
+        Status::Failed => "✗",
         _ => "",
     }
+}
+
+/// Says that stdout is closed (EPIPE): carried inside the `io::Error` that
+/// [`out`] returns, so [`run`] can tell it from every other failure.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output is closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+fn is_stdout_closed(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<StdoutClosed>())
+}
+
+fn stdout_closed_in(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(is_stdout_closed)
+    })
+}
+
+/// Write one line to stdout and flush it. Never panics (unlike
+/// `println!`): a closed pipe returns an error marked [`StdoutClosed`], and
+/// the caller knows the line was not shown.
+fn out(line: impl std::fmt::Display) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, StdoutClosed)
+            } else {
+                e
+            }
+        })
+}
+
+/// A notice on stderr, prefixed `ponte: ` and cleaned. A closed stderr is
+/// ignored: notices are not worth failing a command for.
+fn notice(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "ponte: {}", clean(text));
+}
+
+/// A warning line on stderr as is (our own text, handles already checked).
+fn warn(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// Whether `c` must not reach a terminal raw: C0 controls (newline, CR,
+/// tab, ESC, BEL, backspace...), DEL, C1 controls (U+0080–U+009F), the
+/// bidirectional embeddings, overrides and isolates (U+202A–U+202E,
+/// U+2066–U+2069), which reorder what follows on the line, and the Unicode
+/// line and paragraph separators (U+2028, U+2029).
+fn is_unsafe_for_terminal(c: char) -> bool {
+    c.is_control() // C0, DEL and C1
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+        || c == '\u{2028}'
+        || c == '\u{2029}'
+}
+
+/// Text that someone else controls (a contact's message or handle, a
+/// server's or relay's words), made safe to print on a terminal: each
+/// character of [`is_unsafe_for_terminal`] is shown escaped, `\n`, `\r`,
+/// `\t` or `\u{1b}` (Rust's notation), so a message stays on one line and
+/// can neither forge another line nor send escape sequences. Everything
+/// else, emoji, accents and CJK included, passes unchanged.
+fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe_for_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut s = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            c if is_unsafe_for_terminal(c) => {
+                s.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => s.push(c),
+        }
+    }
+    Cow::Owned(s)
 }
 
 fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
@@ -558,43 +713,52 @@ fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
     v
 }
 
-fn print_message(me: &str, m: &MessageView, json: bool) {
+fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::Result<()> {
     if json {
-        println!("{}", message_json(me, m));
-        return;
+        // Raw text: JSON escapes control characters itself.
+        return out(message_json(me, m));
     }
     let when = rfc3339(m.sent_at_ms);
-    let warn = if m.key_changed {
-        "[UNVERIFIED NEW KEY] "
-    } else {
-        ""
-    };
+    let (peer, text) = (clean(&m.peer), clean(&m.text));
     if m.outgoing {
-        println!(
-            "{when} {me} -> {}: {} [{} {}]",
-            m.peer,
-            m.text,
+        out(format_args!(
+            "{when} {me} -> {peer}: {text} [{} {}]",
             m.status.as_str(),
             ticks(m.status)
-        );
+        ))
     } else {
-        println!("{when} {warn}{} -> {me}: {}", m.peer, m.text);
+        let warn = if m.key_changed {
+            "[UNVERIFIED NEW KEY] "
+        } else {
+            ""
+        };
+        out(format_args!("{when} {warn}{peer} -> {me}: {text}"))
     }
 }
 
-fn print_event(me: &str, event: Event, json: bool) {
+/// Show one event: updates on stdout (an error when it is closed, so the
+/// update is not marked as shown), notices on stderr.
+fn print_event(me: &str, event: Event, json: bool) -> std::io::Result<()> {
     match event {
         Event::Update(Update::Message(m)) | Event::Update(Update::Status(m)) => {
             print_message(me, &m, json)
         }
-        Event::Connection(c) => eprintln!("ponte: {c}"),
-        Event::Warning(w) => eprintln!("ponte: WARNING: {w}"),
-        other => eprintln!("ponte: {other:?}"),
+        Event::Connection(c) => {
+            notice(&c);
+            Ok(())
+        }
+        Event::Warning(w) => {
+            notice(&format!("WARNING: {w}"));
+            Ok(())
+        }
+        other => {
+            notice(&format!("{other:?}"));
+            Ok(())
+        }
     }
-    let _ = std::io::stdout().flush();
 }
 
-fn print_contact(c: &Contact, json: bool) {
+fn print_contact(c: &Contact, json: bool) -> std::io::Result<()> {
     let state = if c.changed_identity.is_some() {
         "KEY CHANGED (run ponte verify)"
     } else if c.verified {
@@ -603,21 +767,19 @@ fn print_contact(c: &Contact, json: bool) {
         "unverified"
     };
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "handle": c.handle,
-                "verified": c.verified,
-                "key_changed": c.changed_identity.is_some(),
-            })
-        );
+        out(serde_json::json!({
+            "handle": c.handle,
+            "verified": c.verified,
+            "key_changed": c.changed_identity.is_some(),
+        }))
     } else {
-        println!("{}  {state}", c.handle);
+        out(format_args!("{}  {state}", clean(&c.handle)))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -625,5 +787,70 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_764_078_300_123), "2025-11-25T13:45:00Z");
+    }
+
+    #[test]
+    fn clean_escapes_what_a_terminal_would_act_on_and_keeps_the_rest() {
+        let plain = "café, 日本語, emoji 🎉👍🏽, Ελληνικά, עברית, back\\slash";
+        assert!(matches!(clean(plain), Cow::Borrowed(s) if s == plain));
+        assert_eq!(clean("a\nb\rc\td"), r"a\nb\rc\td");
+        assert_eq!(
+            clean("\x1b[31mred\x07\x08\x00"),
+            r"\u{1b}[31mred\u{7}\u{8}\u{0}"
+        );
+        assert_eq!(
+            clean("del\x7f c1\u{80}\u{85}\u{9b}\u{9f}"),
+            r"del\u{7f} c1\u{80}\u{85}\u{9b}\u{9f}"
+        );
+        for c in ('\u{202a}'..='\u{202e}').chain('\u{2066}'..='\u{2069}') {
+            assert_eq!(
+                clean(&format!("x{c}y")),
+                format!("x\\u{{{:x}}}y", u32::from(c))
+            );
+        }
+        assert_eq!(clean("a\u{2028}b\u{2029}"), r"a\u{2028}b\u{2029}");
+        // Every C0 and C1 control, whatever its notation.
+        for c in (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32) {
+            assert!(
+                !clean(&c.to_string()).chars().any(char::is_control),
+                "{c:?}"
+            );
+        }
+        // Neighbours of the escaped ranges pass.
+        for c in ['\u{a0}', '\u{2027}', '\u{2065}', '\u{206a}', '\u{202f}'] {
+            assert_eq!(clean(&c.to_string()), c.to_string(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn status_word_and_ticks_are_not_doubled() {
+        for s in [
+            Status::Queued,
+            Status::Sent,
+            Status::Delivered,
+            Status::Read,
+            Status::Expired,
+            Status::Failed,
+        ] {
+            assert!(!ticks(s).contains(s.as_str()), "{s:?}: {}", ticks(s));
+        }
+    }
+
+    #[test]
+    fn connect_timeout_zero_is_a_usage_error() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: ClientCommand,
+        }
+        let err = Cli::try_parse_from(["ponte", "sync", "--connect-timeout", "0"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let cli = Cli::try_parse_from(["ponte", "sync", "--connect-timeout", "1"]).unwrap();
+        let ClientCommand::Sync { common } = cli.cmd else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(common.connect_timeout, 1);
+        assert!(Cli::try_parse_from(["ponte", "sync", "--connect-timeout", "3601"]).is_err());
     }
 }

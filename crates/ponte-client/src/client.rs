@@ -8,6 +8,8 @@
 //! committed before they are acknowledged; delivery receipts and expiry
 //! notices move ticks. What became new is reported as [`Event`]s; reporting an
 //! incoming message counts as displaying it, which queues its read receipt.
+//! It is recorded as shown only after the display took it (see [`Display`]):
+//! what a closed stdout could not show is reported again next time.
 //!
 //! Identity keys: the first identity seen for a contact is trusted on first
 //! use (unverified). If the server later announces a different one, the
@@ -65,6 +67,25 @@ pub enum Event {
     Warning(String),
 }
 
+/// Where [`Client::sync_to`], [`Client::listen_to`] show what happens. It
+/// returns an error when it could not show the event (stdout closed, disk
+/// full): the operation then stops with [`ClientError::Io`], and an update
+/// it did not show is not marked as shown, so the next `sync` or `listen`
+/// reports it again. Nothing is lost.
+pub type Display<'a> = dyn FnMut(Event) -> std::io::Result<()> + 'a;
+
+fn display_failed(source: std::io::Error) -> ClientError {
+    ClientError::Io {
+        context: "writing the output".into(),
+        source,
+    }
+}
+
+/// Hand `event` to the display; its failure stops the caller.
+fn emit(events: &mut Display<'_>, event: Event) -> Result<()> {
+    events(event).map_err(display_failed)
+}
+
 /// The outcome of `send`.
 #[derive(Debug, Clone)]
 pub struct SendOutcome {
@@ -72,6 +93,11 @@ pub struct SendOutcome {
     pub message: MessageView,
     /// Why it is still queued, if it is.
     pub note: Option<String>,
+    /// This very send found that the contact's identity key changed (and
+    /// flagged it): the message is held in the outbox, neither sent nor
+    /// lost, and goes out only after `verify --confirm`. Treat it as the
+    /// refusal later sends get ([`ClientError::KeyChanged`]).
+    pub key_changed: bool,
 }
 
 /// An open profile with its identity, ready to talk to its server.
@@ -751,7 +777,7 @@ impl Client {
     async fn flush_outbox(
         &mut self,
         conn: &mut Connection,
-        events: &mut dyn FnMut(Event),
+        events: &mut Display<'_>,
     ) -> Result<()> {
         let mut held = BTreeSet::new();
         let mut failed_peers = BTreeSet::new();
@@ -798,27 +824,34 @@ impl Client {
                         Ok(s) => s,
                         Err(ClientError::KeyChanged(p)) => {
                             if self.warned_held.insert(p.clone()) {
-                                events(Event::Warning(
-                                    ClientError::KeyChanged(p.clone()).to_string(),
-                                ));
+                                emit(
+                                    events,
+                                    Event::Warning(ClientError::KeyChanged(p.clone()).to_string()),
+                                )?;
                             }
                             held.insert(p);
                             continue;
                         }
                         Err(ClientError::Server { code, detail }) if code == "UNKNOWN_HANDLE" => {
-                            events(Event::Warning(format!(
-                                "{}: no such user on the server ({detail})",
-                                item.peer
-                            )));
+                            emit(
+                                events,
+                                Event::Warning(format!(
+                                    "{}: no such user on the server ({detail})",
+                                    item.peer
+                                )),
+                            )?;
                             self.store().mark_failed(&item.peer, &item.id)?;
                             unknown_peers.insert(item.peer.clone());
                             continue;
                         }
                         Err(ClientError::Server { code, detail }) if code == "NO_KEYS" => {
-                            events(Event::Warning(format!(
-                                "{} has no keys on the server yet ({detail}); kept queued",
-                                item.peer
-                            )));
+                            emit(
+                                events,
+                                Event::Warning(format!(
+                                    "{} has no keys on the server yet ({detail}); kept queued",
+                                    item.peer
+                                )),
+                            )?;
                             failed_peers.insert(item.peer.clone());
                             continue;
                         }
@@ -855,10 +888,13 @@ impl Client {
                         "UNKNOWN_RECIPIENT" | "TOO_LARGE" | "INVALID_ARGUMENT"
                     ) =>
                 {
-                    events(Event::Warning(format!(
-                        "message to {} refused by the server: {code} ({detail})",
-                        item.peer
-                    )));
+                    emit(
+                        events,
+                        Event::Warning(format!(
+                            "message to {} refused by the server: {code} ({detail})",
+                            item.peer
+                        )),
+                    )?;
                     self.store().mark_failed(&item.peer, &item.id)?;
                 }
                 Err(e) => return Err(e),
@@ -879,6 +915,7 @@ impl Client {
                     if let Event::Warning(w) = e {
                         warnings.push(w);
                     }
+                    Ok(())
                 };
                 match self.flush_outbox(&mut conn, &mut sink).await {
                     Ok(()) => None,
@@ -903,7 +940,17 @@ impl Client {
             .message(peer, true, &id)?
             .ok_or(ClientError::Corrupt("sent message vanished"))?;
         self.store().mark_status_shown(peer, &id)?;
-        Ok(SendOutcome { message, note })
+        // queue_text refused a contact already flagged, so a flag now means
+        // this send's directory check (or key claim) found the change.
+        let key_changed = self
+            .store()
+            .contact(peer)?
+            .is_some_and(|c| c.changed_identity.is_some());
+        Ok(SendOutcome {
+            message,
+            note,
+            key_changed,
+        })
     }
 
     // ------------------------------------------------------------ receiving
@@ -913,7 +960,7 @@ impl Client {
         &mut self,
         conn: &mut Connection,
         push: server_frame::Body,
-        events: &mut dyn FnMut(Event),
+        events: &mut Display<'_>,
     ) -> Result<Option<u64>> {
         match push {
             server_frame::Body::Deliver(d) => {
@@ -955,7 +1002,7 @@ impl Client {
         sender: &str,
         message_id: &[u8],
         body: &[u8],
-        events: &mut dyn FnMut(Event),
+        events: &mut Display<'_>,
     ) -> Result<()> {
         if let Some(id) = MessageId::from_slice(message_id) {
             if self.store().seen(sender, &id)? {
@@ -965,9 +1012,10 @@ impl Client {
         let ciphertext = match Ciphertext::from_bytes(body) {
             Ok(c) => c,
             Err(e) => {
-                events(Event::Warning(format!(
-                    "dropped a malformed message from {sender}: {e}"
-                )));
+                emit(
+                    events,
+                    Event::Warning(format!("dropped a malformed message from {sender}: {e}")),
+                )?;
                 return Ok(());
             }
         };
@@ -1007,9 +1055,9 @@ impl Client {
                                 | ClientError::Protocol(_)
                                 | ClientError::E2e(_)),
                             ) => {
-                                events(Event::Warning(format!(
+                                emit(events, Event::Warning(format!(
                                     "dropped a message from {sender}: cannot check its identity ({e})"
-                                )));
+                                )))?;
                                 return Ok(());
                             }
                             Err(e) => return Err(e),
@@ -1021,9 +1069,12 @@ impl Client {
                                 == IdentityCheck::Changed
                             {
                                 key_changed = true;
-                                events(Event::Warning(
-                                    ClientError::KeyChanged(sender.to_owned()).to_string(),
-                                ));
+                                emit(
+                                    events,
+                                    Event::Warning(
+                                        ClientError::KeyChanged(sender.to_owned()).to_string(),
+                                    ),
+                                )?;
                             }
                             Some(looked_up)
                         }
@@ -1037,9 +1088,9 @@ impl Client {
                         }
                     }
                     None => {
-                        events(Event::Warning(format!(
+                        emit(events, Event::Warning(format!(
                             "dropped a message claiming to be from {sender}: its key is not {sender}'s"
-                        )));
+                        )))?;
                         return Ok(());
                     }
                 }
@@ -1053,17 +1104,21 @@ impl Client {
             }
         }
         let Some((session, plaintext, new_session)) = opened else {
-            events(Event::Warning(format!(
-                "could not decrypt a message from {sender}; dropped"
-            )));
+            emit(
+                events,
+                Event::Warning(format!(
+                    "could not decrypt a message from {sender}; dropped"
+                )),
+            )?;
             return Ok(());
         };
         let envelope = match Envelope::decode(&plaintext) {
             Ok(e) => e,
             Err(e) => {
-                events(Event::Warning(format!(
-                    "dropped an unreadable message from {sender}: {e}"
-                )));
+                emit(
+                    events,
+                    Event::Warning(format!("dropped an unreadable message from {sender}: {e}")),
+                )?;
                 // Keep the ratchet state anyway: the ciphertext was genuine.
                 self.store().save_session(sender, &session)?;
                 return Ok(());
@@ -1093,7 +1148,7 @@ impl Client {
         conn: &mut Connection,
         quiet: Duration,
         limit: usize,
-        events: &mut dyn FnMut(Event),
+        events: &mut Display<'_>,
     ) -> Result<Drained> {
         let mut drained = Drained::default();
         while drained.pushes < limit {
@@ -1113,16 +1168,47 @@ impl Client {
         Ok(drained)
     }
 
-    fn report_updates(&self, events: &mut dyn FnMut(Event)) -> Result<()> {
-        for u in self.store().take_updates()? {
-            events(Event::Update(u));
+    /// Show what is new, then mark as shown exactly what the display took:
+    /// an update it could not show stays new for the next `sync`/`listen`
+    /// (shown at least once rather than at most once).
+    fn report_updates(&self, events: &mut Display<'_>) -> Result<()> {
+        let updates = self.store().unshown_updates()?;
+        if updates.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut shown = Vec::with_capacity(updates.len());
+        let mut failed = None;
+        for u in updates {
+            let view = match &u {
+                Update::Message(v) | Update::Status(v) => v.clone(),
+            };
+            if let Err(e) = events(Event::Update(u)) {
+                failed = Some(e);
+                break;
+            }
+            shown.push(view);
+        }
+        self.store().mark_shown(&shown)?;
+        match failed {
+            Some(e) => Err(display_failed(e)),
+            None => Ok(()),
+        }
     }
 
     /// Connect, flush the outbox, receive everything pending, report what is
     /// new, send the read receipts this display causes, and return.
     pub async fn sync(&mut self, events: &mut dyn FnMut(Event)) -> Result<()> {
+        self.sync_to(&mut |e| {
+            events(e);
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`Client::sync`] to a display that can fail (see [`Display`]): it
+    /// stops at the first event the display cannot show, with
+    /// [`ClientError::Io`]; what was not shown is reported again next time.
+    pub async fn sync_to(&mut self, events: &mut Display<'_>) -> Result<()> {
         let (mut conn, logged_in) = self.login().await?;
         // One-time keys: the server pushes a KeyCount right after LoggedIn;
         // handle_push tops them up when it says they run low.
@@ -1175,6 +1261,24 @@ impl Client {
         events: &mut dyn FnMut(Event),
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
+        self.listen_to(
+            &mut |e| {
+                events(e);
+                Ok(())
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    /// [`Client::listen`] to a display that can fail (see [`Display`]): a
+    /// display error ends it (no reconnecting) with [`ClientError::Io`];
+    /// what was not shown is reported by the next `sync` or `listen`.
+    pub async fn listen_to(
+        &mut self,
+        events: &mut Display<'_>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         tokio::pin!(shutdown);
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -1186,9 +1290,12 @@ impl Client {
             let err = match result {
                 // The direct route works again: move back to it now.
                 Ok(()) => {
-                    events(Event::Connection(
-                        "the direct route to the server works again: moving back to it".into(),
-                    ));
+                    emit(
+                        events,
+                        Event::Connection(
+                            "the direct route to the server works again: moving back to it".into(),
+                        ),
+                    )?;
                     backoff = BACKOFF_MIN;
                     continue;
                 }
@@ -1206,10 +1313,13 @@ impl Client {
             }
             let jitter = 0.8 + rand::random::<f64>() * 0.4;
             let wait = backoff.mul_f64(jitter);
-            events(Event::Connection(format!(
-                "disconnected ({err}); reconnecting in {:.1} s",
-                wait.as_secs_f64()
-            )));
+            emit(
+                events,
+                Event::Connection(format!(
+                    "disconnected ({err}); reconnecting in {:.1} s",
+                    wait.as_secs_f64()
+                )),
+            )?;
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = tokio::time::sleep(wait) => {}
@@ -1220,20 +1330,19 @@ impl Client {
 
     /// One connection's life. Returns `Ok(())` only to move back to the
     /// direct route (it answered a background probe while on a relay).
-    async fn listen_once(
-        &mut self,
-        events: &mut dyn FnMut(Event),
-        connected: &mut bool,
-    ) -> Result<()> {
+    async fn listen_once(&mut self, events: &mut Display<'_>, connected: &mut bool) -> Result<()> {
         let (mut conn, _) = self.login().await?;
         *connected = true;
-        events(Event::Connection(format!(
-            "connected to {}:{} as {} ({})",
-            self.server.host,
-            self.server.port,
-            self.handle,
-            conn.route()
-        )));
+        emit(
+            events,
+            Event::Connection(format!(
+                "connected to {}:{} as {} ({})",
+                self.server.host,
+                self.server.port,
+                self.handle,
+                conn.route()
+            )),
+        )?;
         let on_relay = !conn.is_direct() && self.custom_routes.is_none();
         let mut last_probe = tokio::time::Instant::now();
         // The background probe of the direct route: a task of its own, so a
@@ -1308,6 +1417,37 @@ impl Client {
         self.store().history(peer)
     }
 
+    /// The conversation with `peer`, oldest first, handed to `show` one
+    /// message at a time. Only the incoming messages `show` accepted count
+    /// as displayed (marked, read receipt queued); the first error stops it
+    /// with [`ClientError::Io`]. An invalid handle is refused.
+    pub fn history_to(
+        &self,
+        peer: &str,
+        show: &mut dyn FnMut(&MessageView) -> std::io::Result<()>,
+    ) -> Result<()> {
+        validate_handle(peer).map_err(|e| ClientError::Invalid(format!("{peer:?}: {e}")))?;
+        let views = self.store().conversation(peer)?;
+        let mut shown = Vec::new();
+        let mut failed = None;
+        for v in &views {
+            if let Err(e) = show(v) {
+                failed = Some(e);
+                break;
+            }
+            if !v.outgoing {
+                shown.push(v);
+            }
+        }
+        if !shown.is_empty() {
+            self.store().mark_shown(shown)?;
+        }
+        match failed {
+            Some(e) => Err(display_failed(e)),
+            None => Ok(()),
+        }
+    }
+
     /// All contacts.
     pub fn contacts(&self) -> Result<Vec<Contact>> {
         self.store().contacts()
@@ -1375,7 +1515,10 @@ struct Drained {
 
 fn is_fatal(e: &ClientError) -> bool {
     match e {
-        ClientError::ServerKeyMismatch(_)
+        // The profile's files, or the display (stdout closed): a new
+        // connection does not fix either.
+        ClientError::Io { .. }
+        | ClientError::ServerKeyMismatch(_)
         | ClientError::Tampered(_)
         | ClientError::NotRegistered(_)
         | ClientError::Corrupt(_)

@@ -749,6 +749,58 @@ impl Store {
         Ok(updates)
     }
 
+    /// What is new, as [`Store::take_updates`] finds it, but without marking
+    /// anything: the caller displays the updates, then passes the ones it
+    /// really displayed to [`Store::mark_shown`]. An update that could not
+    /// be displayed (stdout closed, a crash before printing) is therefore
+    /// found again by the next call.
+    pub fn unshown_updates(&self) -> Result<Vec<Update>> {
+        let views = select_views(&self.conn, &self.key, "shown_status <> status", &[])?;
+        Ok(views
+            .into_iter()
+            .map(|v| {
+                if v.outgoing {
+                    Update::Status(v)
+                } else {
+                    Update::Message(v)
+                }
+            })
+            .collect())
+    }
+
+    /// Record that these messages were displayed with the status each view
+    /// carries: an outgoing tick is no longer new, and an incoming message
+    /// displayed for the first time is marked so and gets its read receipt
+    /// queued (once, however often it is displayed).
+    pub fn mark_shown<'a>(&self, views: impl IntoIterator<Item = &'a MessageView>) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut displayed = Vec::new();
+        for v in views {
+            let changed = tx.execute(
+                "UPDATE messages SET shown_status = ?4
+                 WHERE peer = ?1 AND outgoing = ?2 AND id = ?3 AND shown_status <> ?4",
+                params![
+                    v.peer,
+                    i64::from(v.outgoing),
+                    v.id.0.to_vec(),
+                    v.status.to_i64()
+                ],
+            )?;
+            if changed > 0 && !v.outgoing {
+                displayed.push((v.peer.clone(), v.id));
+            }
+        }
+        queue_receipts(&tx, &self.key, &displayed)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The conversation with `peer`, oldest first, without marking anything
+    /// (see [`Store::history`] for the marking variant).
+    pub fn conversation(&self, peer: &str) -> Result<Vec<MessageView>> {
+        select_views(&self.conn, &self.key, "peer = ?1", &[&peer])
+    }
+
     /// The conversation with `peer`, oldest first. Printing it counts as
     /// displaying it: unseen incoming messages are marked displayed and read
     /// receipts are queued for them.
@@ -1030,4 +1082,90 @@ fn select_views(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::profile::{KeySource, Profile};
+
+    fn session() -> Session {
+        let alice = Identity::generate();
+        let mut bob = Identity::generate();
+        let prekey = bob.generate_one_time_keys(1).remove(0).public_key;
+        let mut a = alice
+            .create_outbound_session(&bob.public(), &prekey)
+            .unwrap();
+        let c = a.encrypt(b"x");
+        bob.create_inbound_session(&alice.public(), &c).unwrap().0
+    }
+
+    fn receipts(store: &Store) -> Vec<MessageId> {
+        store
+            .outbox()
+            .unwrap()
+            .into_iter()
+            .flat_map(|i| match i.kind {
+                OutboxKind::ReadReceipt(ids) => ids,
+                OutboxKind::Text(_) => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_what_was_marked_shown_stops_being_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = Profile::create(&dir.path().join("p"), KeySource::KeyFile).unwrap();
+        let store = profile.store();
+        let session = session();
+        let ids = [MessageId::random(), MessageId::random()];
+        for (id, text) in ids.iter().zip(["one", "two"]) {
+            store
+                .commit_incoming(&Incoming {
+                    peer: "alice",
+                    id: *id,
+                    sent_at_ms: 1,
+                    session: &session,
+                    identity: None,
+                    key_changed: false,
+                    content: IncomingContent::Text(text),
+                })
+                .unwrap();
+        }
+        let out = store.queue_text("alice", "three").unwrap();
+        store.mark_sent("alice", &out).unwrap();
+
+        // Looking marks nothing.
+        let first = store.unshown_updates().unwrap();
+        assert_eq!(first.len(), 3);
+        assert_eq!(store.unshown_updates().unwrap(), first);
+        assert!(receipts(store).is_empty());
+
+        // The display took only the first one: the rest stays new, and only
+        // the displayed message gets a read receipt.
+        let Update::Message(one) = &first[0] else {
+            panic!("{first:?}")
+        };
+        store.mark_shown([one]).unwrap();
+        let rest = store.unshown_updates().unwrap();
+        assert_eq!(rest, first[1..]);
+        assert_eq!(receipts(store), [ids[0]]);
+        // Displayed again (history): no second receipt.
+        store.mark_shown([one]).unwrap();
+        assert_eq!(receipts(store), [ids[0]]);
+
+        // The rest, including the outgoing tick.
+        let views: Vec<&MessageView> = rest
+            .iter()
+            .map(|u| match u {
+                Update::Message(v) | Update::Status(v) => v,
+            })
+            .collect();
+        store.mark_shown(views).unwrap();
+        assert!(store.unshown_updates().unwrap().is_empty());
+        assert_eq!(receipts(store), ids);
+        // The conversation reads without marking anything.
+        assert_eq!(store.conversation("alice").unwrap().len(), 3);
+    }
 }

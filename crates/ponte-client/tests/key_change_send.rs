@@ -1,0 +1,136 @@
+//! The `send` that discovers a contact's identity key change says so
+//! (`SendOutcome::key_changed`), holds its message (queued, not sent, not
+//! lost), and later sends are refused; against real `ponte-server`s in
+//! process on 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+use ponte_client::client::Event;
+use ponte_client::profile::KeySource;
+use ponte_client::route::{DirectRoute, Route};
+use ponte_client::{Client, ClientError, Status, Update};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+struct Running {
+    addr: SocketAddr,
+    address: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap();
+    }
+}
+
+async fn start_server(data: &Path) -> Running {
+    let mut cfg = ponte_server::ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
+    cfg.register_limit = ponte_server::RateLimit {
+        burst: 100,
+        per_hour: 1000,
+    };
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let address = server.address("127.0.0.1").to_string();
+    let rest = address.strip_prefix("ponte://").unwrap();
+    let addr = rest.split_once('#').unwrap().0.parse().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    Running {
+        addr,
+        address,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn direct(to: SocketAddr) -> Vec<Box<dyn Route>> {
+    vec![Box::new(DirectRoute {
+        target: to.to_string(),
+    })]
+}
+
+async fn register(dir: &Path, address: &str, handle: &str) -> Client {
+    Client::register(
+        dir,
+        KeySource::KeyFile,
+        || panic!("no passphrase"),
+        address,
+        handle,
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+async fn texts(client: &mut Client) -> Vec<String> {
+    let mut events = Vec::new();
+    client.sync(&mut |e| events.push(e)).await.unwrap();
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Update(Update::Message(m)) => Some(m.text),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_discovering_send_reports_the_change_and_holds_its_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    // Server B is server A's data (same key, alice's account) copied
+    // before bob registered on A; another device registers "bob" on B.
+    let server = start_server(&data_a).await;
+    let mut alice = register(&tmp.path().join("alice"), &server.address, "alice").await;
+    server.stop().await;
+    std::fs::create_dir(&data_b).unwrap();
+    for entry in std::fs::read_dir(&data_a).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, data_b.join(path.file_name().unwrap())).unwrap();
+    }
+    let server = start_server(&data_a).await;
+    alice.set_routes(direct(server.addr));
+    let mut bob = register(&tmp.path().join("bob"), &server.address, "bob").await;
+    let first = alice.send("bob", "before the change").await.unwrap();
+    assert_eq!(first.message.status, Status::Sent, "{:?}", first.note);
+    assert!(!first.key_changed);
+    assert_eq!(texts(&mut bob).await, ["before the change"]);
+    server.stop().await;
+
+    let server = start_server(&data_b).await;
+    alice.set_routes(direct(server.addr));
+    let mut new_bob = register(&tmp.path().join("new-bob"), &server.address, "bob").await;
+    assert_ne!(new_bob.public_identity(), bob.public_identity());
+
+    let held = alice.send("bob", "held").await.unwrap();
+    assert!(held.key_changed, "the discovering send says so");
+    assert_eq!(held.message.status, Status::Queued);
+    assert_eq!(alice.store().outbox().unwrap().len(), 1, "held, not lost");
+    assert!(matches!(
+        alice.send("bob", "refused").await,
+        Err(ClientError::KeyChanged(_))
+    ));
+    assert!(texts(&mut new_bob).await.is_empty(), "not sent");
+
+    alice.safety_number("bob", true).await.unwrap();
+    alice.confirm("bob").unwrap();
+    let after = alice.send("bob", "after confirming").await.unwrap();
+    assert!(!after.key_changed);
+    assert_eq!(after.message.status, Status::Sent, "{:?}", after.note);
+    assert_eq!(texts(&mut new_bob).await, ["held", "after confirming"]);
+    server.stop().await;
+}

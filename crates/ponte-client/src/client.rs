@@ -18,7 +18,7 @@
 //! `verify --confirm`. Messages that arrive under the new key are still shown,
 //! marked with a warning.
 
-use crate::connection::{Connection, REQUEST_TIMEOUT};
+use crate::connection::{Connection, Handshake, REQUEST_TIMEOUT};
 use crate::profile::{KeySource, Profile};
 use crate::route::{DirectRoute, RelayRoute, RelayUrl, Route, HEAD_START};
 use crate::store::{
@@ -133,6 +133,9 @@ impl std::fmt::Debug for Client {
 const META_VIAS: &str = "vias";
 /// Profile meta key: the route that worked last ([`Route::describe`]).
 const META_LAST_ROUTE: &str = "last_route";
+/// Profile meta key, set once a connection to the server has succeeded:
+/// from then on the client starts with Noise IK instead of XX.
+const META_SERVER_REACHED: &str = "server_reached";
 /// How often `listen`, while on a relay, checks whether the direct route
 /// works again.
 pub const DIRECT_PROBE_EVERY: Duration = Duration::from_secs(60);
@@ -524,19 +527,40 @@ impl Client {
                 &built
             }
         };
-        let conn = Connection::open_with_head_start(
+        let handshake = self.handshake()?;
+        let conn = Connection::open_with(
             routes,
             self.server.key,
             self.device.clone(),
             self.connect_timeout,
             self.head_start,
+            handshake,
         )
         .await?;
+        self.reached(handshake)?;
         if last_route(self.store())?.as_deref() != Some(conn.route()) {
             self.store().set_meta(META_LAST_ROUTE, conn.route())?;
         }
         self.route_in_use = Some(conn.route().to_owned());
         Ok(conn)
+    }
+
+    /// XX until a connection to the server has succeeded once (the first
+    /// contact checks the key the server presents against the address and
+    /// can name both when they differ), IK after.
+    fn handshake(&self) -> Result<Handshake> {
+        Ok(match self.store().meta(META_SERVER_REACHED)? {
+            Some(_) => Handshake::Known,
+            None => Handshake::FirstContact,
+        })
+    }
+
+    /// Records that a connection made with `handshake` succeeded.
+    fn reached(&self, handshake: Handshake) -> Result<()> {
+        if handshake == Handshake::FirstContact {
+            self.store().set_meta(META_SERVER_REACHED, "1")?;
+        }
+        Ok(())
     }
 
     /// Which route works now: the race's winner, and each route alone.
@@ -550,18 +574,22 @@ impl Client {
                 &built
             }
         };
+        let handshake = self.handshake()?;
+        let head_start = self.head_start;
         let probes = futures::future::join_all(routes.iter().map(|r| {
             let device = self.device.clone();
             let (key, timeout) = (self.server.key, self.connect_timeout);
             async move {
                 let t0 = tokio::time::Instant::now();
-                let result = Connection::open(std::slice::from_ref(r), key, device, timeout)
-                    .await
-                    .map(|_| u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX))
-                    .map_err(|e| match e {
-                        ClientError::Unreachable(m) => m,
-                        other => other.to_string(),
-                    });
+                let one = std::slice::from_ref(r);
+                let result =
+                    Connection::open_with(one, key, device, timeout, head_start, handshake)
+                        .await
+                        .map(|_| u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX))
+                        .map_err(|e| match e {
+                            ClientError::Unreachable(m) => m,
+                            other => other.to_string(),
+                        });
                 RouteProbe {
                     route: r.describe(),
                     result,
@@ -569,16 +597,18 @@ impl Client {
             }
         }))
         .await;
-        let in_use = Connection::open_with_head_start(
+        let in_use = Connection::open_with(
             routes,
             self.server.key,
             self.device.clone(),
             self.connect_timeout,
             self.head_start,
+            handshake,
         )
         .await
         .map(|c| c.route().to_owned());
         if let Ok(route) = &in_use {
+            self.reached(handshake)?;
             self.store().set_meta(META_LAST_ROUTE, route)?;
             self.route_in_use = Some(route.clone());
         }

@@ -1009,6 +1009,13 @@ fn wal_path(db: &Path) -> PathBuf {
 }
 
 /// Messages and notices of `owner` after `after_seq`, merged in seq order.
+///
+/// Both tables are read in one transaction, so from one snapshot. A
+/// connection pushes what this returns and then skips anything handed over
+/// in memory at or below the highest seq it pushed; that is only right if
+/// the read holds every item up to that seq. Two snapshots could see a
+/// receipt committed after a message yet miss the message: the message
+/// would then wait for the device's next login.
 fn fetch_mailbox(
     c: &Connection,
     owner: AccountId,
@@ -1017,6 +1024,9 @@ fn fetch_mailbox(
 ) -> Result<Vec<MailItem>, rusqlite::Error> {
     let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
     let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+    // Read-only: ends with a rollback when dropped.
+    let snapshot = c.unchecked_transaction()?;
+    let c = &*snapshot;
     let mut out = Vec::new();
     {
         let mut stmt = c.prepare_cached(

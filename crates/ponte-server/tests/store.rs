@@ -629,3 +629,72 @@ async fn commit_interval_spaces_consecutive_commits() {
         store.close();
     }
 }
+
+/// A mailbox read sees messages and receipts from one snapshot: whatever it
+/// returns up to its highest seq is everything committed up to that seq.
+/// (A connection skips in-memory hand-overs at or below the highest seq it
+/// read; with two snapshots, a message committed between the two queries
+/// would be skipped and wait for the next login.) Messages and receipts
+/// for alice are written while her mailbox is read over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
+    use ponte_server::store::StoreOptions;
+    use std::sync::Arc;
+    const ROUNDS: u64 = 600;
+    const MAX_READS: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open_with(
+            dir.path(),
+            StoreOptions::with_commit_interval(std::time::Duration::ZERO),
+        )
+        .unwrap(),
+    );
+    let alice = account(&store, "alice", 1).await;
+    let bob = account(&store, "bob", 2).await;
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for i in 0..ROUNDS {
+                let id = |dir: u8| {
+                    let mut id = [dir; 16];
+                    id[..8].copy_from_slice(&i.to_be_bytes());
+                    id
+                };
+                // A message for alice, and a receipt for alice (bob acks
+                // her message to him), each in its own commit.
+                let mut to_alice = msg(bob, "alice", 0, 10, 1_000_000);
+                to_alice.message_id = id(1);
+                to_alice.max_pending = 100_000;
+                accepted_seq(&store, to_alice).await;
+                let mut to_bob = msg(alice, "bob", 0, 10, 1_000_000);
+                to_bob.message_id = id(2);
+                to_bob.max_pending = 100_000;
+                let seq = accepted_seq(&store, to_bob).await;
+                store.ack(bob, vec![seq], 20, 1_000_000).await.unwrap();
+            }
+        })
+    };
+    let mut reads: Vec<Vec<u64>> = Vec::new();
+    while !writer.is_finished() && reads.len() < MAX_READS {
+        let items = store.fetch_mailbox(alice, 0, 1_000_000).await.unwrap();
+        reads.push(items.iter().map(|i| i.seq).collect());
+    }
+    writer.await.unwrap();
+    // Alice never acks, and nothing expires: the final mailbox holds every
+    // item any read could have seen.
+    let all: Vec<u64> = store
+        .fetch_mailbox(alice, 0, 1_000_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.seq)
+        .collect();
+    assert_eq!(all.len() as u64, 2 * ROUNDS);
+    assert!(reads.len() > 10, "only {} reads", reads.len());
+    for read in &reads {
+        let Some(&top) = read.last() else { continue };
+        let expected: Vec<u64> = all.iter().copied().filter(|s| *s <= top).collect();
+        assert_eq!(read, &expected, "a read up to seq {top} missed items");
+    }
+}

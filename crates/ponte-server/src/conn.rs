@@ -967,6 +967,19 @@ impl Session {
                 )
                 .await;
         };
+        if s.body.is_empty() {
+            // Every ciphertext has a header and a tag: an empty body is a
+            // broken client, and storing it would end in a "delivered"
+            // tick for a message nobody can read.
+            return self
+                .error(
+                    rid,
+                    ErrorCode::InvalidArgument,
+                    "empty body",
+                    Some(s.message_id),
+                )
+                .await;
+        }
         if s.body.len() > self.shared.cfg.max_body_len {
             return self
                 .error(

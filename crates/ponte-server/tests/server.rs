@@ -458,6 +458,9 @@ async fn limits_on_sends() {
         }))
         .await;
     assert_eq!(error_code(&r), ErrorCode::InvalidArgument);
+    // An empty body is refused, not stored.
+    let r = alice.send_msg("bob", id(1), b"").await;
+    assert_eq!(error_code(&r), ErrorCode::InvalidArgument);
     assert!(matches!(
         alice.send_msg("bob", id(1), b"1").await,
         server_frame::Body::SendAck(_)

@@ -61,6 +61,30 @@ async fn ik_and_xx_carry_frames_both_ways() {
     }
 }
 
+/// After a large frame, the receiving side does not keep buffers of its
+/// size: an idle connection that once carried a big message stays small.
+#[tokio::test]
+async fn receive_buffers_shrink_after_a_large_frame() {
+    let (mut c, mut s) = pair(Pattern::Ik).await;
+    for size in [120_000usize, 20_000] {
+        c.send_frame(&vec![9u8; size]).await.unwrap();
+        let got = s.recv_frame().await.unwrap().unwrap();
+        assert_eq!(got.len(), size);
+        drop(got);
+        assert!(
+            s.recv_buffer_capacity() <= 1024,
+            "{} bytes kept after a {size}-byte frame",
+            s.recv_buffer_capacity()
+        );
+    }
+    // Small frames afterwards still work, and stay small.
+    for i in 0..100u8 {
+        c.send_frame(&[i; 100]).await.unwrap();
+        assert_eq!(&s.recv_frame().await.unwrap().unwrap()[..], &[i; 100]);
+    }
+    assert!(s.recv_buffer_capacity() <= 4096);
+}
+
 #[tokio::test]
 async fn split_halves_work_concurrently() {
     let (c, s) = pair(Pattern::Ik).await;

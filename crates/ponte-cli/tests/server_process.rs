@@ -599,3 +599,40 @@ async fn messages_flow_through_a_ponte_relay() {
         "{err:?}"
     );
 }
+
+/// A second server on the same data directory is refused while the first
+/// runs; the lock goes with the process, even when it is killed.
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut first = start(&data);
+    let mut second = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..300 {
+        status = second.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(status) = status else {
+        let _ = second.kill();
+        panic!("a second server on the same data directory kept running");
+    };
+    let out = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("already running"), "{err}");
+    // SIGKILL the first: the kernel drops its lock, and a new server starts.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let again = start(&data);
+    assert_eq!(again.address.key, first.address.key);
+}

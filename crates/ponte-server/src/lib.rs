@@ -71,6 +71,50 @@ pub enum ServerError {
     /// there, or the path is mistyped).
     #[error("no server database in {} ({} does not exist)", .0.display(), .0.join(store::DB_FILE).display())]
     NoDatabase(PathBuf),
+    /// Another server process runs on this data directory.
+    #[error(
+        "another ponte server is already running with the data directory {} \
+         (it holds {}); stop it first, or give this one its own --data",
+        .0.display(),
+        .0.join(LOCK_FILE).display()
+    )]
+    DataDirInUse(PathBuf),
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock {}: {error}", .path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Cause.
+        error: std::io::Error,
+    },
+}
+
+/// The lock file in a data directory, held while a server runs there.
+pub const LOCK_FILE: &str = "server.lock";
+
+/// Takes the data directory's lock (an advisory `flock` on
+/// `DIR/server.lock`, released by the kernel when the process ends, even
+/// on SIGKILL). Two servers on one directory would each keep their own
+/// seq reservations, online devices and pending counts: the second one is
+/// refused instead. `ponte server invite` and `address` do not lock: they
+/// work while the server runs.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
+    let path = dir.join(LOCK_FILE);
+    let lock_err = |error| ServerError::Lock {
+        path: path.clone(),
+        error,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirInUse(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+    }
 }
 
 /// State shared by every connection.
@@ -85,6 +129,8 @@ pub(crate) struct Shared {
     pub register_by_peer: ratelimit::Limiter,
     pub next_conn_id: AtomicU64,
     pub stop: CancellationToken,
+    /// The data directory's lock, held as long as anything uses the store.
+    _lock: std::fs::File,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -122,6 +168,7 @@ impl Server {
             );
         }
         let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
+        let lock = lock_data_dir(&cfg.data_dir)?;
         let store = Store::open_with(
             &cfg.data_dir,
             store::StoreOptions::with_commit_interval(cfg.commit_interval),
@@ -152,6 +199,7 @@ impl Server {
             registry: registry::Registry::default(),
             next_conn_id: AtomicU64::new(1),
             stop: CancellationToken::new(),
+            _lock: lock,
         });
         Ok(Self {
             shared,

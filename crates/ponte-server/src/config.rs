@@ -61,11 +61,18 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
     /// Mailbox pushes sent but not yet acknowledged, per connection.
     pub delivery_window: usize,
+    /// Bytes of message bodies sent but not yet acknowledged, per
+    /// connection: no further item is pushed while the next one would go
+    /// over it (one item always may, so a maximal message still goes out).
+    pub delivery_window_bytes: usize,
     /// Requests of one connection waiting for the database at once.
     pub max_requests_in_flight: usize,
     /// How long a response may wait for room in the outbound queue before
     /// the connection is closed as a slow consumer.
     pub slow_consumer_timeout: Duration,
+    /// How long the socket may accept no byte while frames wait to be
+    /// written before the connection is closed as a slow consumer.
+    pub write_stall_timeout: Duration,
     /// Registrations per source address (the PROXY-reported client address
     /// when present, else the peer address).
     pub register_limit: RateLimit,
@@ -101,8 +108,10 @@ impl ServerConfig {
             one_time_key_low_water: 10,
             outbound_queue: 256,
             delivery_window: 64,
+            delivery_window_bytes: 1024 * 1024,
             max_requests_in_flight: 32,
             slow_consumer_timeout: Duration::from_secs(30),
+            write_stall_timeout: Duration::from_secs(30),
             register_limit: RateLimit {
                 burst: 5,
                 per_hour: 10,

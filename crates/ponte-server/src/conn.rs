@@ -8,8 +8,11 @@
 //! are awaited in place. Mailbox pushes come from memory when they were
 //! committed while the device was online (the registry's inbox), else from
 //! the database (after login, or when the inbox overflowed), at most
-//! `delivery_window` unacknowledged at a time, so a slow reader never makes
-//! the server buffer its mailbox.
+//! `delivery_window` items and about `delivery_window_bytes` of bodies
+//! unacknowledged at a time, so a slow reader never makes the server buffer
+//! its mailbox. A socket that accepts no byte for `write_stall_timeout`
+//! while frames wait closes the connection (`slow_consumer`), whatever the
+//! client still sends.
 
 use crate::outbox::{self, PushError, TryPushError};
 use crate::registry::Online;
@@ -30,14 +33,16 @@ use ponte_wire::messages::{
 };
 use ponte_wire::proxy_header::{self, Parsed};
 use prost::Message as _;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::io::{AsyncReadExt as _, ReadHalf, WriteHalf};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
@@ -50,8 +55,106 @@ const MAX_ACK_SEQS: usize = 1024;
 /// Longest invite token accepted.
 const MAX_INVITE_LEN: usize = 128;
 
-type Reader = ChannelReader<ReadHalf<TcpStream>>;
-type Writer = ChannelWriter<WriteHalf<TcpStream>>;
+type Reader = ChannelReader<ReadHalf<Watched>>;
+type Writer = ChannelWriter<WriteHalf<Watched>>;
+
+/// When the socket last accepted bytes, shared by a connection's stream and
+/// its writer task.
+#[derive(Debug)]
+struct WriteProgress {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start` of the last write that accepted a byte.
+    last_ms: AtomicU64,
+    /// Reset the connection when the socket is dropped (a stalled peer:
+    /// a plain close would leave the unsent bytes in the kernel).
+    reset: AtomicBool,
+}
+
+impl WriteProgress {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            reset: AtomicBool::new(false),
+        }
+    }
+
+    fn record(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The TCP stream of a connection, noting when a write accepts bytes: the
+/// transport writes a batch of frames with one `write_all`, and only the
+/// stream sees whether that write is moving at all.
+#[derive(Debug)]
+struct Watched {
+    inner: TcpStream,
+    progress: Arc<WriteProgress>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if self.progress.reset.load(Ordering::Relaxed) {
+            // SO_LINGER 0: the close sends RST and the kernel frees the
+            // send buffer now, instead of probing a zero window for minutes.
+            let _ = self.inner.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.progress.record();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.progress.record();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 /// A database write in flight; yields its encoded answer, if any (encoded:
 /// a `ServerFrame` is 200 bytes, and the result sits in the connection's
 /// future).
@@ -105,7 +208,8 @@ async fn run(
 ) -> &'static str {
     // Boxed: the handshake's state is freed once it is done instead of
     // sitting in every connection's future for its whole life.
-    let (channel, claimed) = match Box::pin(establish(shared, sock)).await {
+    let progress = Arc::new(WriteProgress::new());
+    let (channel, claimed) = match Box::pin(establish(shared, sock, &progress)).await {
         Ok(v) => v,
         Err(reason) => return reason,
     };
@@ -113,7 +217,12 @@ async fn run(
     let device_key = channel.remote_static();
     let (reader, writer) = channel.split();
     let (out, rx) = outbox::outbox(shared.cfg.outbound_queue.max(1));
-    let writer_task = tokio::spawn(write_loop(writer, rx));
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        rx,
+        Arc::clone(&progress),
+        shared.cfg.write_stall_timeout,
+    ));
     let mut session = Session {
         shared: Arc::clone(shared),
         conn_id,
@@ -123,7 +232,8 @@ async fn run(
         out,
         account: None,
         last_sent_seq: 0,
-        inflight: HashSet::new(),
+        inflight: HashMap::new(),
+        inflight_bytes: 0,
         has_more: false,
         writes: FuturesUnordered::new(),
     };
@@ -144,6 +254,7 @@ async fn run(
     let mut writer_task = writer_task;
     if tokio::time::timeout(grace, &mut writer_task).await.is_err() {
         tracing::debug!(conn = conn_id, "writer did not finish in time");
+        progress.reset.store(true, Ordering::Relaxed);
         writer_task.abort();
     }
     shared.metrics.sessions_open.dec();
@@ -155,7 +266,8 @@ async fn run(
 async fn establish(
     shared: &Shared,
     mut sock: TcpStream,
-) -> Result<(ponte_transport::Channel<TcpStream>, Option<IpAddr>), &'static str> {
+    progress: &Arc<WriteProgress>,
+) -> Result<(ponte_transport::Channel<Watched>, Option<IpAddr>), &'static str> {
     let _ = sock.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.cfg.handshake_timeout;
     let stop = shared.stop.clone();
@@ -171,6 +283,10 @@ async fn establish(
     let mut tcfg = ponte_transport::ServerConfig::new(shared.keypair.clone());
     tcfg.handshake_timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
     tcfg.max_frame_len = shared.cfg.max_frame_len;
+    let sock = Watched {
+        inner: sock,
+        progress: Arc::clone(progress),
+    };
     let accepted = tokio::select! {
         _ = stop.cancelled() => return Err("shutdown"),
         r = ponte_transport::accept_with_prefix(sock, &prefix, &tcfg) => r,
@@ -213,10 +329,37 @@ async fn read_proxy_header(
 }
 
 /// Drains the outbound queue into the socket, several frames per write.
-async fn write_loop(mut w: Writer, mut rx: outbox::Receiver) {
+///
+/// A write during which the socket accepts no byte for `stall` ends the
+/// task: the queue reports the stall (the session then closes the
+/// connection as a slow consumer), and returning drops the frames and
+/// their plaintext and ciphertext copies at once.
+async fn write_loop(
+    mut w: Writer,
+    mut rx: outbox::Receiver,
+    progress: Arc<WriteProgress>,
+    stall: Duration,
+) {
     while let Some(encoded) = rx.take(64).await {
         let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
-        if let Err(e) = w.send_frames(&refs).await {
+        let started = tokio::time::Instant::now();
+        let send = w.send_frames(&refs);
+        tokio::pin!(send);
+        let sent = loop {
+            let moved = progress.last().max(started);
+            tokio::select! {
+                r = &mut send => break r,
+                _ = tokio::time::sleep_until(moved + stall) => {
+                    if progress.last().max(started) + stall <= tokio::time::Instant::now() {
+                        tracing::debug!("socket accepted nothing for {stall:?}: stalled");
+                        progress.reset.store(true, Ordering::Relaxed);
+                        rx.stalled();
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = sent {
             tracing::debug!("write failed: {e}");
             return;
         }
@@ -366,8 +509,10 @@ struct Session {
     /// order), so anything at or below it was already pushed, and the
     /// database is read from just after it.
     last_sent_seq: u64,
-    /// Pushed, not yet acknowledged.
-    inflight: HashSet<u64>,
+    /// Pushed, not yet acknowledged: seq and body length.
+    inflight: HashMap<u64, usize>,
+    /// The sum of `inflight`'s body lengths.
+    inflight_bytes: usize,
     /// The database may hold items past `last_sent_seq` that were not
     /// handed over in memory: read it before the inbox.
     has_more: bool,
@@ -408,6 +553,9 @@ impl Session {
                 biased;
                 _ = stop.cancelled() => Err(Exit::close("shutdown", CloseReason::Shutdown)),
                 _ = kicked => Err(Exit::close("replaced", CloseReason::Replaced)),
+                // Before reading: a client that keeps sending (pings) must
+                // not keep a connection whose writes are stalled.
+                _ = self.out.stalled() => Err(Exit::close("slow_consumer", CloseReason::SlowConsumer)),
                 Some(done) = self.writes.next(), if !self.writes.is_empty() => match done {
                     Some(frame) => self.send_encoded(frame).await,
                     None => Ok(()),
@@ -459,6 +607,9 @@ impl Session {
     async fn send_encoded(&mut self, encoded: Vec<u8>) -> Result<(), Exit> {
         match self.out.try_push(encoded) {
             Ok(()) => Ok(()),
+            Err(TryPushError::Closed) if self.out.is_stalled() => {
+                Err(Exit::close("slow_consumer", CloseReason::SlowConsumer))
+            }
             Err(TryPushError::Closed) => Err(Exit::quiet("write_failed")),
             Err(TryPushError::Full(encoded)) => {
                 let wait = self
@@ -466,6 +617,9 @@ impl Session {
                     .push(encoded, self.shared.cfg.slow_consumer_timeout);
                 match Box::pin(wait).await {
                     Ok(()) => Ok(()),
+                    Err(PushError::Closed) if self.out.is_stalled() => {
+                        Err(Exit::close("slow_consumer", CloseReason::SlowConsumer))
+                    }
                     Err(PushError::Closed) => Err(Exit::quiet("write_failed")),
                     Err(PushError::TimedOut) => {
                         Err(Exit::close("slow_consumer", CloseReason::SlowConsumer))
@@ -726,6 +880,12 @@ impl Session {
 
     /// Pushes mailbox items while the window has room: from the database
     /// while `has_more`, else what was handed over in memory.
+    ///
+    /// The window is counted in items (`delivery_window`) and in body bytes
+    /// (`delivery_window_bytes`): an item that would take the bytes in
+    /// flight over the budget waits, unless nothing is in flight. It is not
+    /// held here: it is in the database (items are handed over in memory
+    /// only once committed), read from there after acks make room.
     async fn pump(&mut self) -> Result<(), Exit> {
         let Some((id, online)) = self
             .account
@@ -735,13 +895,15 @@ impl Session {
             return Ok(());
         };
         let window = self.shared.cfg.delivery_window.max(1);
+        let budget = self.shared.cfg.delivery_window_bytes.max(1);
         loop {
             let room = window.saturating_sub(self.inflight.len());
-            if room == 0 {
+            if room == 0 || self.inflight_bytes >= budget {
                 return Ok(());
             }
+            let want = self.batch_size(room, budget);
             if !self.has_more {
-                let (items, read_db) = online.take(room);
+                let (items, read_db) = online.take(want);
                 if read_db {
                     self.has_more = true;
                     continue;
@@ -754,17 +916,20 @@ impl Session {
                     if item.seq <= self.last_sent_seq {
                         continue;
                     }
-                    self.last_sent_seq = item.seq;
-                    self.inflight.insert(item.seq);
-                    self.shared.metrics.items_pushed.inc();
-                    self.send(item_frame(item)).await?;
+                    if !self.fits(&item, budget) {
+                        // This and the rest taken are read again from the
+                        // database once acks make room.
+                        self.has_more = true;
+                        return Ok(());
+                    }
+                    self.push_item(item).await?;
                 }
                 continue;
             }
             let items = match self
                 .shared
                 .store
-                .fetch_mailbox(id, self.last_sent_seq, room)
+                .fetch_mailbox(id, self.last_sent_seq, want)
                 .await
             {
                 Ok(items) => items,
@@ -773,14 +938,46 @@ impl Session {
                     return Ok(());
                 }
             };
-            self.has_more = items.len() == room;
+            self.has_more = items.len() == want;
             for item in items {
-                self.last_sent_seq = self.last_sent_seq.max(item.seq);
-                self.inflight.insert(item.seq);
-                self.shared.metrics.items_pushed.inc();
-                self.send(item_frame(item)).await?;
+                if !self.fits(&item, budget) {
+                    self.has_more = true;
+                    return Ok(());
+                }
+                self.push_item(item).await?;
             }
         }
+    }
+
+    /// How many items to read for a window with `room` free slots: no more
+    /// than the byte budget likely lets through at the average size of the
+    /// items in flight, so that big messages are not read only to be
+    /// dropped. With nothing in flight there is no average: a small batch.
+    fn batch_size(&self, room: usize, budget: usize) -> usize {
+        const FIRST_BATCH: usize = 16;
+        if self.inflight.is_empty() {
+            return room.min(FIRST_BATCH);
+        }
+        let average = (self.inflight_bytes / self.inflight.len()).max(1);
+        let fit = budget.saturating_sub(self.inflight_bytes) / average + 1;
+        fit.clamp(1, room)
+    }
+
+    /// Whether `item` may be pushed within the byte budget: always when
+    /// nothing is in flight, so a message bigger than the budget still goes.
+    fn fits(&self, item: &MailItem, budget: usize) -> bool {
+        self.inflight.is_empty() || self.inflight_bytes.saturating_add(item.body.len()) <= budget
+    }
+
+    async fn push_item(&mut self, item: MailItem) -> Result<(), Exit> {
+        self.last_sent_seq = self.last_sent_seq.max(item.seq);
+        let len = item.body.len();
+        if let Some(old) = self.inflight.insert(item.seq, len) {
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(old);
+        }
+        self.inflight_bytes = self.inflight_bytes.saturating_add(len);
+        self.shared.metrics.items_pushed.inc();
+        self.send(item_frame(item)).await
     }
 
     async fn on_upload(
@@ -1099,7 +1296,9 @@ impl Session {
                 .await;
         }
         for s in &seqs {
-            self.inflight.remove(s);
+            if let Some(len) = self.inflight.remove(s) {
+                self.inflight_bytes = self.inflight_bytes.saturating_sub(len);
+            }
         }
         let shared = Arc::clone(&self.shared);
         let account = info.id;
@@ -1163,8 +1362,9 @@ mod tests {
         let conn = handle(Arc::clone(&shared), sock, peer, permit);
         let conn_size = std::mem::size_of_val(&conn);
         drop(conn);
-        // 1,816 B when measured (3,064 B before the handshake was boxed
-        // and the session stopped carrying whole frames and a config copy).
+        // 1,864 B when measured (3,064 B before the handshake was boxed
+        // and the session stopped carrying whole frames and a config copy;
+        // the write-stall watch in the select loop added 48 B).
         eprintln!(
             "connection future {conn_size} B, session {} B",
             std::mem::size_of::<Session>()

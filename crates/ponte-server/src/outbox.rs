@@ -9,7 +9,9 @@
 //! never contended for long) with two `Notify`s.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -35,6 +37,12 @@ pub(crate) enum PushError {
 struct State {
     frames: VecDeque<Vec<u8>>,
     closed: bool,
+    /// The writer gave up because the socket accepted no byte for too long
+    /// (see `Receiver::stalled`).
+    stalled: bool,
+    /// The session waiting for a stall report. A waker here rather than a
+    /// `Notify`: its future would sit in every connection's select loop.
+    stall_waker: Option<Waker>,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +119,35 @@ impl Sender {
     }
 }
 
+impl Sender {
+    /// Whether the writer gave up on a stalled socket.
+    pub fn is_stalled(&self) -> bool {
+        self.shared
+            .state
+            .lock()
+            .map(|st| st.stalled)
+            .unwrap_or(false)
+    }
+
+    /// Resolves once the writer reports a stalled socket; never otherwise.
+    /// (One waiter at a time: the session.)
+    pub fn stalled(&self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let Ok(mut st) = self.shared.state.lock() else {
+                return Poll::Pending;
+            };
+            if st.stalled {
+                return Poll::Ready(());
+            }
+            match &st.stall_waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.stall_waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+    }
+}
+
 impl Drop for Sender {
     fn drop(&mut self) {
         if let Ok(mut st) = self.shared.state.lock() {
@@ -149,6 +186,24 @@ impl Receiver {
             }
             ready.await;
         }
+    }
+}
+
+impl Receiver {
+    /// The socket accepted no byte for too long while frames waited: closes
+    /// the queue, frees what it held and wakes the session, which closes
+    /// the connection as a slow consumer.
+    pub fn stalled(&mut self) {
+        let waker = self.shared.state.lock().ok().and_then(|mut st| {
+            st.closed = true;
+            st.stalled = true;
+            st.frames = VecDeque::new();
+            st.stall_waker.take()
+        });
+        if let Some(w) = waker {
+            w.wake();
+        }
+        self.shared.writable.notify_one();
     }
 }
 
@@ -211,6 +266,29 @@ mod tests {
             tx.push(vec![1], Duration::from_secs(1)).await,
             Err(PushError::Closed)
         );
+    }
+
+    #[tokio::test]
+    async fn a_stall_report_wakes_the_session_and_closes_the_queue() {
+        let (tx, mut rx) = outbox(4);
+        tx.try_push(vec![1]).unwrap();
+        assert!(!tx.is_stalled());
+        let waiter = async { tx.stalled().await };
+        let report = async {
+            tokio::task::yield_now().await;
+            rx.stalled();
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(waiter, report)
+        })
+        .await
+        .unwrap();
+        assert!(tx.is_stalled());
+        assert_eq!(tx.try_push(vec![2]), Err(TryPushError::Closed));
+        // Already stalled: resolves at once.
+        tokio::time::timeout(Duration::from_secs(5), tx.stalled())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

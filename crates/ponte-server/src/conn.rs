@@ -1295,10 +1295,22 @@ impl Session {
                 )
                 .await;
         }
-        for s in &seqs {
-            if let Some(len) = self.inflight.remove(s) {
+        // Only what this connection pushed and has not seen acknowledged
+        // yet goes to the store: anything else is a stale or bogus ack
+        // (items pushed on an earlier connection are pushed again at login
+        // and acked then). Without this, an ack of 1,024 unknown seqs costs
+        // the single writer thread some 2,000 lookups, for nothing, and a
+        // few accounts flooding them slow every user's sends.
+        let mut seqs = seqs;
+        seqs.retain(|s| match self.inflight.remove(s) {
+            Some(len) => {
                 self.inflight_bytes = self.inflight_bytes.saturating_sub(len);
+                true
             }
+            None => false,
+        });
+        if seqs.is_empty() {
+            return self.pump().await;
         }
         let shared = Arc::clone(&self.shared);
         let account = info.id;

@@ -276,6 +276,44 @@ async fn admin_serves_metrics_and_health() {
     server.stop().await;
 }
 
+/// Acks for seqs this connection was never pushed cost the store nothing:
+/// no write reaches the writer thread (and nothing is deleted).
+#[tokio::test]
+async fn acks_for_seqs_never_pushed_do_not_reach_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with_admin(dir.path(), |_| {}, true).await;
+    let mut bob = registered(&server, "bob").await;
+    let mut alice = registered(&server, "alice").await;
+    alice.send_msg("bob", [7; 16], b"kept").await;
+    let d = bob.next_deliver().await;
+    let admin = server.admin.unwrap();
+    let writes = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix("ponte_server_store_writes_total ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no store_writes_total in {m}"))
+    };
+    let before = writes(&http_get(admin, "/metrics").await);
+    // Alice acks bob's seq and a thousand others she was never pushed.
+    for round in 0..5u64 {
+        let bogus: Vec<u64> = (0..1000).map(|i| round * 1000 + i).chain([d.seq]).collect();
+        alice.ack(bogus).await;
+    }
+    // Acks have no answer; a ping answered after them means they were read.
+    let r = alice
+        .request(client_frame::Body::Ping(messages::Ping { nonce: 9 }))
+        .await;
+    assert!(matches!(r, server_frame::Body::Pong(_)));
+    assert_eq!(writes(&http_get(admin, "/metrics").await), before);
+    // Bob's message is still his to ack, and his ack is stored.
+    bob.ack(vec![d.seq]).await;
+    alice.next_receipt().await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn idle_logged_in_connections_are_closed() {
     let dir = tempfile::tempdir().unwrap();

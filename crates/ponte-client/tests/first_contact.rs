@@ -5,12 +5,12 @@
 //! (`0x01 ‖ pattern`: 0x01 = XX, 0x02 = IK, see docs/PROTOCOL.md).
 #![allow(clippy::unwrap_used)]
 
-use ponte_client::profile::KeySource;
+mod common;
+
+use common::{start_server, try_register};
 use ponte_client::{Client, ClientError};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -44,46 +44,15 @@ async fn recording_forwarder(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec
     (addr, seen)
 }
 
-async fn start_server(data: &Path) -> (ponte_server::Server, SocketAddr, String) {
-    let cfg = ponte_server::ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let address = server.address("127.0.0.1").to_string();
-    (server, addr, address)
-}
-
-async fn register(dir: &Path, address: &str, handle: &str) -> Result<Client, ClientError> {
-    Client::register(
-        dir,
-        KeySource::KeyFile,
-        || panic!("no passphrase"),
-        address,
-        handle,
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn first_contact_is_xx_and_later_connections_are_ik() {
     let tmp = tempfile::tempdir().unwrap();
-    let (server, server_addr, address) = start_server(&tmp.path().join("server")).await;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    let (fwd, seen) = recording_forwarder(server_addr).await;
-    let key = address.rsplit_once('#').unwrap().1;
-    let via_fwd = format!("ponte://{fwd}#{key}");
+    let server = start_server(&tmp.path().join("server")).await;
+    let (fwd, seen) = recording_forwarder(server.addr).await;
+    let via_fwd = format!("ponte://{fwd}#{}", server.key());
 
     let dir = tmp.path().join("alice");
-    let mut alice = register(&dir, &via_fwd, "alice").await.unwrap();
+    let mut alice = try_register(&dir, &via_fwd, "alice").await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![XX], "registration");
     alice.sync(&mut |_| {}).await.unwrap();
     drop(alice);
@@ -91,31 +60,20 @@ async fn first_contact_is_xx_and_later_connections_are_ik() {
     let mut alice = Client::open(&dir, || panic!("no passphrase")).unwrap();
     alice.sync(&mut |_| {}).await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![XX, IK, IK]);
-
-    let _ = tx.send(());
-    task.await.unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn a_wrong_key_at_first_contact_names_both_keys() {
     let tmp = tempfile::tempdir().unwrap();
-    let (server, _, address) = start_server(&tmp.path().join("server")).await;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    let real_key = address.rsplit_once('#').unwrap().1.to_owned();
+    let server = start_server(&tmp.path().join("server")).await;
+    let real_key = server.key().to_owned();
     let other = ponte_transport::Keypair::generate();
     let wrong_key = ponte_wire::address::encode_key(&other.public());
-    let wrong = format!("{}#{wrong_key}", address.rsplit_once('#').unwrap().0);
+    let wrong = format!("ponte://{}#{wrong_key}", server.addr);
 
     let dir = tmp.path().join("bob");
-    let err = register(&dir, &wrong, "bob").await.unwrap_err();
+    let err = try_register(&dir, &wrong, "bob").await.unwrap_err();
     let ClientError::ServerKeyMismatch(detail) = &err else {
         panic!("{err}");
     };
@@ -123,7 +81,5 @@ async fn a_wrong_key_at_first_contact_names_both_keys() {
     // say which key the server holds, not only that the handshake failed.
     assert!(detail.contains(&wrong_key), "{detail}");
     assert!(detail.contains(&real_key), "{detail}");
-
-    let _ = tx.send(());
-    task.await.unwrap();
+    server.stop().await;
 }

@@ -4,75 +4,18 @@
 //! process on 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{register, start_server};
 use ponte_client::client::Event;
-use ponte_client::profile::KeySource;
 use ponte_client::route::{DirectRoute, Route};
 use ponte_client::{Client, ClientError, Status, Update};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::Duration;
-
-struct Running {
-    addr: SocketAddr,
-    address: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.unwrap();
-    }
-}
-
-async fn start_server(data: &Path) -> Running {
-    let mut cfg = ponte_server::ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
-    cfg.register_limit = ponte_server::RateLimit {
-        burst: 100,
-        per_hour: 1000,
-    };
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
-    let address = server.address("127.0.0.1").to_string();
-    let rest = address.strip_prefix("ponte://").unwrap();
-    let addr = rest.split_once('#').unwrap().0.parse().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    Running {
-        addr,
-        address,
-        stop: Some(tx),
-        task,
-    }
-}
 
 fn direct(to: SocketAddr) -> Vec<Box<dyn Route>> {
     vec![Box::new(DirectRoute {
         target: to.to_string(),
     })]
-}
-
-async fn register(dir: &Path, address: &str, handle: &str) -> Client {
-    Client::register(
-        dir,
-        KeySource::KeyFile,
-        || panic!("no passphrase"),
-        address,
-        handle,
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
 }
 
 async fn texts(client: &mut Client) -> Vec<String> {

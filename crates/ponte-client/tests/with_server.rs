@@ -3,6 +3,9 @@
 //! replenishment, a wrong server key, and key-change refusal.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::register;
 use ponte_client::client::Event;
 use ponte_client::profile::KeySource;
 use ponte_client::{Client, ClientError, Status, Update};
@@ -40,20 +43,6 @@ async fn start_server(data: &Path) -> (String, Stop, tokio::task::JoinHandle<()>
             .unwrap();
     });
     (address, Stop(Some(tx)), task)
-}
-
-async fn register(dir: &Path, address: &str, handle: &str) -> Client {
-    Client::register(
-        dir,
-        KeySource::KeyFile,
-        || panic!("no passphrase"),
-        address,
-        handle,
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap()
 }
 
 async fn sync(client: &mut Client) -> Vec<Update> {

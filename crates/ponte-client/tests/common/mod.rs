@@ -1,0 +1,80 @@
+//! Shared by the client's integration tests: a real `ponte-server` running
+//! in process on 127.0.0.1, and a key-file profile registered on it.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use ponte_client::profile::KeySource;
+use ponte_client::{Client, ClientError};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A server running until [`Running::stop`].
+pub struct Running {
+    /// Its listening socket.
+    pub addr: SocketAddr,
+    /// Its server address, `ponte://127.0.0.1:PORT#KEY`.
+    pub address: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The server key part of the address.
+    pub fn key(&self) -> &str {
+        self.address.rsplit_once('#').unwrap().1
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap();
+    }
+}
+
+/// Starts a server on `data` (registration limits raised for tests).
+pub async fn start_server(data: &Path) -> Running {
+    let mut cfg = ponte_server::ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
+    cfg.register_limit = ponte_server::RateLimit {
+        burst: 100,
+        per_hour: 1000,
+    };
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let address = server.address("127.0.0.1").to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    Running {
+        addr,
+        address,
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// Registers `handle` with a key-file profile in `dir`.
+pub async fn try_register(dir: &Path, address: &str, handle: &str) -> Result<Client, ClientError> {
+    Client::register(
+        dir,
+        KeySource::KeyFile,
+        || panic!("no passphrase"),
+        address,
+        handle,
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+/// [`try_register`], which must succeed.
+pub async fn register(dir: &Path, address: &str, handle: &str) -> Client {
+    try_register(dir, address, handle).await.unwrap()
+}

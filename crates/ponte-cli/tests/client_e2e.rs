@@ -14,6 +14,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
 const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -631,34 +633,18 @@ fn client_reaches_the_server_through_a_ponte_relay() {
     // A relay (`ponte proxy`, plain TCP listener, PROXY v1 header upstream)
     // in front of the server. The address users get names the relay and
     // the server's key: the Noise channel runs through the relay.
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let cfg = tmp.path().join("relay.toml");
     std::fs::write(
         &cfg,
         format!(
             "[upstream.server]\nservers = [\"{}\"]\nsend_proxy = \"v1\"\n\n\
-             [[listener]]\nname = \"plain\"\nlisten = [\"127.0.0.1:{port}\"]\ntls = \"none\"\nupstream = \"server\"\n",
+             [[listener]]\nname = \"plain\"\nlisten = [\"127.0.0.1:0\"]\ntls = \"none\"\nupstream = \"server\"\n",
             server.addr
         ),
     )
     .unwrap();
-    let mut relay = Command::new(PONTE)
-        .args(["proxy", "--no-admin", "-c"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let relay_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = (0..200).any(|_| {
-        thread::sleep(Duration::from_millis(50));
-        TcpStream::connect(relay_addr).is_ok()
-    });
-    assert!(up, "relay listening");
+    let relay = common::Proxy::start(&cfg, &["plain"], WAIT);
+    let port = relay.addr("plain").port();
     let address = format!("ponte://127.0.0.1:{port}#{}", server.key);
     let alice = tmp.path().join("alice");
     let bob = tmp.path().join("bob");
@@ -672,8 +658,7 @@ fn client_reaches_the_server_through_a_ponte_relay() {
     assert_eq!(v[0]["status"], "sent");
     let v = json_lines(&ok(&ponte(&bob, &["sync", "--json"], None)));
     assert_eq!(messages_with_text(&v, "via the relay").len(), 1, "{v:?}");
-    relay.kill().unwrap();
-    relay.wait().unwrap();
+    drop(relay);
     drop(server);
 }
 

@@ -18,6 +18,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{Killed, Proxy};
+
 const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -170,15 +173,6 @@ fn closed_port() -> u16 {
 
 // ---------------------------------------------------------------- processes
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Server {
     _child: Killed,
     addr: SocketAddr,
@@ -230,43 +224,27 @@ impl Server {
 /// A `ponte proxy` relay with a TLS and a plain listener, forwarding to
 /// `upstream` with a PROXY v2 header.
 struct Relay {
-    child: Killed,
+    proxy: Proxy,
     tls: u16,
     plain: u16,
 }
 
 impl Relay {
     fn start(dir: &Path, name: &str, upstream: SocketAddr) -> Self {
-        let (tls, plain) = (closed_port(), closed_port());
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
             format!(
                 "[upstream.server]\nservers = [\"{upstream}\"]\nsend_proxy = \"v2\"\n\
                  health_check_interval = \"0s\"\n\n\
-                 [[listener]]\nname = \"tls\"\nlisten = [\"127.0.0.1:{tls}\"]\ntls = \"self-signed\"\nupstream = \"server\"\n\n\
-                 [[listener]]\nname = \"plain\"\nlisten = [\"127.0.0.1:{plain}\"]\nupstream = \"server\"\n"
+                 [[listener]]\nname = \"tls\"\nlisten = [\"127.0.0.1:0\"]\ntls = \"self-signed\"\nupstream = \"server\"\n\n\
+                 [[listener]]\nname = \"plain\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"server\"\n"
             ),
         )
         .unwrap();
-        let child = Killed(
-            Command::new(PONTE)
-                .args(["proxy", "--no-admin", "--config"])
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        for port in [tls, plain] {
-            let start = Instant::now();
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(start.elapsed() < WAIT, "relay {name} did not start");
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Self { child, tls, plain }
+        let proxy = Proxy::start(&cfg, &["tls", "plain"], WAIT);
+        let (tls, plain) = (proxy.addr("tls").port(), proxy.addr("plain").port());
+        Self { proxy, tls, plain }
     }
 
     fn tls_url(&self) -> String {
@@ -278,8 +256,8 @@ impl Relay {
     }
 
     fn kill(mut self) {
-        self.child.0.kill().unwrap();
-        self.child.0.wait().unwrap();
+        self.proxy.child.0.kill().unwrap();
+        self.proxy.child.0.wait().unwrap();
     }
 }
 

@@ -17,6 +17,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+mod common;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 struct ServerProcess {
@@ -497,15 +499,6 @@ async fn idle_connections_keep_memory_bounded() {
     drop(sessions);
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Alice reaches the server only through a `ponte proxy` relay (which adds a
 /// PROXY v2 header); Bob connects directly. The Noise channel is end to end,
 /// so the relay cannot pose as the server.
@@ -513,48 +506,27 @@ impl Drop for Killed {
 async fn messages_flow_through_a_ponte_relay() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir.path().join("data"));
-    let relay_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let relay_cfg = dir.path().join("relay.toml");
     std::fs::write(
         &relay_cfg,
         format!(
             "[upstream.server]\nservers = [\"{}\"]\nsend_proxy = \"v2\"\n\n\
-             [[listener]]\nname = \"plain\"\nlisten = [\"127.0.0.1:{relay_port}\"]\nupstream = \"server\"\n",
+             [[listener]]\nname = \"plain\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"server\"\n",
             server.address.socket_addr_string()
         ),
     )
     .unwrap();
-    let _relay = Killed(
-        Command::new(env!("CARGO_BIN_EXE_ponte"))
-            .args(["proxy", "--no-admin", "--config"])
-            .arg(&relay_cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let relay = tokio::task::spawn_blocking(move || {
+        common::Proxy::start(&relay_cfg, &["plain"], Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
     // The server address as a user of this relay would be given it.
     let via_relay = ServerAddress {
         host: "127.0.0.1".into(),
-        port: relay_port,
+        port: relay.addr("plain").port(),
         key: server.address.key,
     };
-    let mut ready = false;
-    for _ in 0..200 {
-        if TcpStream::connect(via_relay.socket_addr_string())
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "relay did not start");
 
     let bob = Device::new();
     let mut bch = register(&server.address, &bob, "bob").await;

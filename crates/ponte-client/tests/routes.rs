@@ -4,6 +4,8 @@
 //! route as soon as a background probe finds it working again.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use ponte_client::client::{last_route, Event};
 use ponte_client::profile::KeySource;
 use ponte_client::route::RelayUrl;
@@ -98,7 +100,7 @@ async fn listen_moves_back_to_the_direct_route_when_it_works_again() {
         async move {
             wait_for(&log, &format!("({through_relay})")).await;
             // The block is lifted: the server's address answers again.
-            let direct = TcpListener::bind(("127.0.0.1", direct_port)).await.unwrap();
+            let direct = common::bind_again(|| TcpListener::bind(("127.0.0.1", direct_port))).await;
             tokio::spawn(forward(direct, server_addr));
             wait_for(&log, "moving back").await;
             wait_for(&log, "(direct tcp 127.0.0.1:").await;

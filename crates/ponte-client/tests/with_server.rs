@@ -158,8 +158,12 @@ async fn restart_between_send_and_receive_and_wrong_key() {
         .unwrap()
         .parse()
         .unwrap();
-    let cfg = ponte_server::ServerConfig::new(&data, format!("127.0.0.1:{port}").parse().unwrap());
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let server = common::bind_again(|| {
+        let cfg =
+            ponte_server::ServerConfig::new(&data, format!("127.0.0.1:{port}").parse().unwrap());
+        ponte_server::Server::bind(cfg, None)
+    })
+    .await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server
@@ -182,8 +186,12 @@ async fn restart_between_send_and_receive_and_wrong_key() {
 
     // A different server (new key) on the same port is refused.
     let other = tmp.path().join("other-server");
-    let cfg = ponte_server::ServerConfig::new(&other, format!("127.0.0.1:{port}").parse().unwrap());
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let server = common::bind_again(|| {
+        let cfg =
+            ponte_server::ServerConfig::new(&other, format!("127.0.0.1:{port}").parse().unwrap());
+        ponte_server::Server::bind(cfg, None)
+    })
+    .await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server
@@ -312,13 +320,16 @@ async fn one_time_keys_are_replenished() {
 
 /// Start a server on a given port (after a restart: the address is pinned).
 async fn start_server_on(data: &Path, port: u16) -> (Stop, tokio::task::JoinHandle<()>) {
-    let mut cfg =
-        ponte_server::ServerConfig::new(data, format!("127.0.0.1:{port}").parse().unwrap());
-    cfg.register_limit = ponte_server::RateLimit {
-        burst: 100,
-        per_hour: 1000,
-    };
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    let server = common::bind_again(|| {
+        let mut cfg =
+            ponte_server::ServerConfig::new(data, format!("127.0.0.1:{port}").parse().unwrap());
+        cfg.register_limit = ponte_server::RateLimit {
+            burst: 100,
+            per_hour: 1000,
+        };
+        ponte_server::Server::bind(cfg, None)
+    })
+    .await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server

@@ -78,3 +78,24 @@ pub async fn try_register(dir: &Path, address: &str, handle: &str) -> Result<Cli
 pub async fn register(dir: &Path, address: &str, handle: &str) -> Client {
     try_register(dir, address, handle).await.unwrap()
 }
+
+/// Binds a port this test had before: a server restarted at the address its
+/// users were given, or a blocked route that comes back. The port was free
+/// a moment ago, but another socket on the machine (a parallel test's
+/// outgoing connection) may hold it for a while, so this retries for up to
+/// 10 s before it gives up.
+pub async fn bind_again<T, E, Fut>(mut bind: impl FnMut() -> Fut) -> T
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut last = String::new();
+    for _ in 0..100 {
+        match bind().await {
+            Ok(bound) => return bound,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot bind the same port again: {last}");
+}

@@ -562,7 +562,8 @@ async fn duplicates_answer_first_accept_time_even_when_full() {
 }
 
 /// With no spacing between commits (`commit_interval = 0`), concurrent
-/// sends are all stored and answered.
+/// sends are all stored, each under its own seq, every one written and
+/// committed before its answer, and all still there after reopening.
 #[tokio::test]
 async fn commit_interval_zero_stores_everything() {
     use ponte_server::store::StoreOptions;
@@ -576,6 +577,8 @@ async fn commit_interval_zero_stores_everything() {
     );
     let alice = account(&store, "alice", 1).await;
     let bob = account(&store, "bob", 2).await;
+    let stats = store.stats().clone();
+    let (commits, writes) = (stats.commits.get(), stats.writes.get());
     let mut tasks = Vec::new();
     for i in 0..100u8 {
         let store = std::sync::Arc::clone(&store);
@@ -583,10 +586,26 @@ async fn commit_interval_zero_stores_everything() {
             store.send(msg(alice, "bob", i, 10, 1000)).await.unwrap()
         }));
     }
+    let mut seqs = std::collections::BTreeSet::new();
     for t in tasks {
-        assert!(matches!(t.await.unwrap(), SendOutcome::Accepted { .. }));
+        match t.await.unwrap() {
+            SendOutcome::Accepted { seq, .. } => assert!(seqs.insert(seq), "seq {seq} twice"),
+            other => panic!("{other:?}"),
+        }
     }
+    // Every send was a write; concurrent ones may share a commit, but no
+    // answer went out before a commit that holds it.
+    assert_eq!(stats.writes.get() - writes, 100);
+    let made = stats.commits.get() - commits;
+    assert!((1..=100).contains(&made), "{made} commits");
+    assert_eq!(stats.failed.get(), 0);
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 100);
+    store.close();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let items = store.fetch_mailbox(bob, 0, 500).await.unwrap();
+    let stored: std::collections::BTreeSet<u64> = items.iter().map(|i| i.seq).collect();
+    assert_eq!(stored, seqs);
 }
 
 /// Sends that each wait for their answer make one commit each; with

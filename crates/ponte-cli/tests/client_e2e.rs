@@ -5,204 +5,37 @@
 //! Every wait is bounded; nothing leaves 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::{
+    assert_registered, command, contains, json_lines, ok, wait_output, with_text, Forwarder, Proxy,
+    Server, PONTE, WAIT,
+};
 
-const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
-const WAIT: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------- forwarder
-
-/// Accepts on 127.0.0.1 and relays each connection to the current target,
-/// recording every byte in both directions.
-struct Forwarder {
-    addr: SocketAddr,
-    target: Arc<Mutex<SocketAddr>>,
-    log: Arc<Mutex<Vec<u8>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Forwarder {
-    fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let target = Arc::new(Mutex::new(target));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (t, l, s) = (target.clone(), log.clone(), stop.clone());
-        thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        let to = *t.lock().unwrap();
-                        let Ok(server) = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                        else {
-                            continue; // server down: the client sees a closed connection
-                        };
-                        for (mut from, mut into) in [
-                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                            (server, client),
-                        ] {
-                            let log = l.clone();
-                            thread::spawn(move || {
-                                let mut buf = [0u8; 16 * 1024];
-                                loop {
-                                    match from.read(&mut buf) {
-                                        Ok(0) | Err(_) => break,
-                                        Ok(n) => {
-                                            log.lock().unwrap().extend_from_slice(&buf[..n]);
-                                            if into.write_all(&buf[..n]).is_err() {
-                                                break;
-                                            }
-                                        }
-                                    }
-                                }
-                                let _ = into.shutdown(std::net::Shutdown::Write);
-                            });
-                        }
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Self {
-            addr,
-            target,
-            log,
-            stop,
-        }
-    }
-
-    fn retarget(&self, to: SocketAddr) {
-        *self.target.lock().unwrap() = to;
-    }
-
-    fn captured(&self) -> Vec<u8> {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-// ---------------------------------------------------------------- processes
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    key: String,
-}
-
-impl Server {
-    /// `ponte server` on a fresh port; waits for the address line.
-    fn start(data: &Path) -> Self {
-        Self::start_with(data, &[])
-    }
-
-    fn start_with(data: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(PONTE)
-            .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
-            .arg(data)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("ponte://") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx.recv_timeout(WAIT).expect("server printed its address");
-        let rest = line.strip_prefix("ponte://").unwrap();
-        let (hostport, key) = rest.split_once('#').unwrap();
-        Self {
-            child,
-            addr: hostport.parse().unwrap(),
-            key: key.to_owned(),
-        }
-    }
-
-    /// SIGKILL: no shutdown path runs.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// ---------------------------------------------------------------- helpers
 
 /// Run a client command with a deadline; no passphrase unless given.
 fn ponte(profile: &Path, args: &[&str], passphrase: Option<&str>) -> Output {
-    let mut cmd = Command::new(PONTE);
-    cmd.args(args)
-        .arg("--profile")
-        .arg(profile)
-        .env_remove("PONTE_PASSPHRASE")
-        .env_remove("PONTE_PROFILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = command(profile, args);
     if let Some(p) = passphrase {
         cmd.env("PONTE_PASSPHRASE", p);
     }
-    let child = cmd.spawn().unwrap();
-    wait_output(child, WAIT)
+    wait_output(cmd.spawn().unwrap(), WAIT)
 }
 
-fn wait_output(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    panic!("command did not finish within {limit:?}");
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+fn register(profile: &Path, address: &str, name: &str, passphrase: Option<&str>) {
+    let out = ponte(
+        profile,
+        &["register", "--server", address, name, "--json"],
+        passphrase,
     );
-    stdout
-}
-
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    assert_registered(&out, name);
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -214,10 +47,6 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn assert_nowhere_on_disk(dirs: &[&Path], secrets: &[&str]) {
@@ -241,23 +70,6 @@ fn assert_nowhere_on_disk(dirs: &[&Path], secrets: &[&str]) {
     }
 }
 
-fn register(profile: &Path, address: &str, name: &str, passphrase: Option<&str>) {
-    let out = ponte(
-        profile,
-        &["register", "--server", address, name, "--json"],
-        passphrase,
-    );
-    let v = &json_lines(&ok(&out))[0];
-    assert_eq!(v["handle"], name);
-}
-
-fn messages_with_text<'a>(
-    lines: &'a [serde_json::Value],
-    text: &str,
-) -> Vec<&'a serde_json::Value> {
-    lines.iter().filter(|v| v["text"] == text).collect()
-}
-
 // ---------------------------------------------------------------- tests
 
 const T1: &str = "rendezvous at the old mill 4a9c";
@@ -272,7 +84,7 @@ fn client_offline_send_survives_sigkill_exactly_once_ticks_no_plaintext() {
     let bob = tmp.path().join("bob");
     let server = Server::start(&data);
     let fwd = Forwarder::start(server.addr);
-    let address = format!("ponte://127.0.0.1:{}#{}", fwd.addr.port(), server.key);
+    let address = server.address_at(fwd.addr.port());
 
     register(&alice, &address, "alice", None);
     register(&bob, &address, "bob", Some("bob's long passphrase"));
@@ -323,9 +135,9 @@ fn client_offline_send_survives_sigkill_exactly_once_ticks_no_plaintext() {
         &["sync", "--json"],
         Some("bob's long passphrase"),
     )));
-    assert_eq!(messages_with_text(&v, T1).len(), 1, "{v:?}");
-    assert_eq!(messages_with_text(&v, T2).len(), 1, "{v:?}");
-    let m1 = messages_with_text(&v, T1)[0];
+    assert_eq!(with_text(&v, T1).len(), 1, "{v:?}");
+    assert_eq!(with_text(&v, T2).len(), 1, "{v:?}");
+    let m1 = with_text(&v, T1)[0];
     assert_eq!(
         (m1["from"].as_str(), m1["to"].as_str()),
         (Some("alice"), Some("bob"))
@@ -343,7 +155,7 @@ fn client_offline_send_survives_sigkill_exactly_once_ticks_no_plaintext() {
     // Alice sees delivered, then read (bob's sync displayed them).
     let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"], None)));
     for text in [T1, T2] {
-        let statuses: Vec<_> = messages_with_text(&v, text)
+        let statuses: Vec<_> = with_text(&v, text)
             .iter()
             .map(|m| m["status"].clone())
             .collect();
@@ -361,17 +173,13 @@ fn client_offline_send_survives_sigkill_exactly_once_ticks_no_plaintext() {
         Some("bob's long passphrase"),
     ));
     let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"], None)));
-    assert_eq!(messages_with_text(&v, T3).len(), 1);
+    assert_eq!(with_text(&v, T3).len(), 1);
     let v = json_lines(&ok(&ponte(
         &bob,
         &["sync", "--json"],
         Some("bob's long passphrase"),
     )));
-    assert_eq!(
-        messages_with_text(&v, T3).last().unwrap()["status"],
-        "read",
-        "{v:?}"
-    );
+    assert_eq!(with_text(&v, T3).last().unwrap()["status"], "read", "{v:?}");
     let text = ok(&ponte(
         &bob,
         &["history", "alice"],
@@ -396,7 +204,7 @@ fn client_refuses_a_server_with_another_key() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server"));
     let fwd = Forwarder::start(server.addr);
-    let address = format!("ponte://127.0.0.1:{}#{}", fwd.addr.port(), server.key);
+    let address = server.address_at(fwd.addr.port());
     let alice = tmp.path().join("alice");
     register(&alice, &address, "alice", None);
     ok(&ponte(&alice, &["sync"], None));
@@ -431,7 +239,7 @@ fn client_verify_contacts_and_listen_reconnects() {
     let data = tmp.path().join("server");
     let server = Server::start(&data);
     let fwd = Forwarder::start(server.addr);
-    let address = format!("ponte://127.0.0.1:{}#{}", fwd.addr.port(), server.key);
+    let address = server.address_at(fwd.addr.port());
     let alice = tmp.path().join("alice");
     let bob = tmp.path().join("bob");
     register(&alice, &address, "alice", None);
@@ -460,15 +268,7 @@ fn client_verify_contacts_and_listen_reconnects() {
 
     // Bob listens; alice's message shows up; the server dies (SIGKILL) and
     // comes back; listen reconnects on its own and shows the next one.
-    let mut listen = Command::new(PONTE)
-        .args(["listen", "--json", "--profile"])
-        .arg(&bob)
-        .env_remove("PONTE_PASSPHRASE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut listen = command(&bob, &["listen", "--json"]).spawn().unwrap();
     let (tx, rx) = mpsc::channel::<String>();
     let stdout = listen.stdout.take().unwrap();
     let tx2 = tx.clone();
@@ -540,11 +340,7 @@ fn client_verify_contacts_and_listen_reconnects() {
         None,
     ));
     let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"], None)));
-    assert_eq!(
-        messages_with_text(&v, "sent while listening").len(),
-        1,
-        "{v:?}"
-    );
+    assert_eq!(with_text(&v, "sent while listening").len(), 1, "{v:?}");
     ok(&ponte(&alice, &["send", "bob", "still listening?"], None));
     wait_for(&|l| l.starts_with("out:") && l.contains("still listening?"));
     listen.kill().unwrap();
@@ -557,7 +353,7 @@ fn client_register_on_an_invite_only_server() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
     let server = Server::start_with(&data, &["--invite-only"]);
-    let address = format!("ponte://{}#{}", server.addr, server.key);
+    let address = server.address();
     let carol = tmp.path().join("carol");
 
     let out = ponte(&carol, &["register", "--server", &address, "carol"], None);
@@ -643,7 +439,7 @@ fn client_reaches_the_server_through_a_ponte_relay() {
         ),
     )
     .unwrap();
-    let relay = common::Proxy::start(&cfg, &["plain"], WAIT);
+    let relay = Proxy::start(&cfg, &["plain"], WAIT);
     let port = relay.addr("plain").port();
     let address = format!("ponte://127.0.0.1:{port}#{}", server.key);
     let alice = tmp.path().join("alice");
@@ -657,7 +453,7 @@ fn client_reaches_the_server_through_a_ponte_relay() {
     )));
     assert_eq!(v[0]["status"], "sent");
     let v = json_lines(&ok(&ponte(&bob, &["sync", "--json"], None)));
-    assert_eq!(messages_with_text(&v, "via the relay").len(), 1, "{v:?}");
+    assert_eq!(with_text(&v, "via the relay").len(), 1, "{v:?}");
     drop(relay);
     drop(server);
 }

@@ -10,156 +10,20 @@
 //! Every wait is bounded; nothing leaves 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
-const WAIT: Duration = Duration::from_secs(60);
+mod common;
+use common::{
+    command, json_lines, ok, ponte, register, stderr, stdout, wait_output, with_text, Forwarder,
+    Server, WAIT,
+};
 
 // ---------------------------------------------------------------- helpers
-
-/// `ponte server` on a fresh port; waits for the address line.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    key: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Self {
-        let mut child = Command::new(PONTE)
-            .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("ponte://") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx.recv_timeout(WAIT).expect("server printed its address");
-        let rest = line.strip_prefix("ponte://").unwrap();
-        let (hostport, key) = rest.split_once('#').unwrap();
-        Self {
-            child,
-            addr: hostport.parse().unwrap(),
-            key: key.to_owned(),
-        }
-    }
-
-    fn address(&self) -> String {
-        format!("ponte://{}#{}", self.addr, self.key)
-    }
-
-    /// SIGKILL, and wait until it is gone.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Accepts on 127.0.0.1 and relays each connection to the current target,
-/// so one server address can lead to different server processes.
-struct Forwarder {
-    addr: SocketAddr,
-    target: Arc<Mutex<SocketAddr>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Forwarder {
-    fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let target = Arc::new(Mutex::new(target));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (t, s) = (target.clone(), stop.clone());
-        thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        let to = *t.lock().unwrap();
-                        let Ok(server) = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                        else {
-                            continue; // server down: the client sees a closed connection
-                        };
-                        for (mut from, mut into) in [
-                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                            (server, client),
-                        ] {
-                            thread::spawn(move || {
-                                let mut buf = [0u8; 16 * 1024];
-                                loop {
-                                    match from.read(&mut buf) {
-                                        Ok(0) | Err(_) => break,
-                                        Ok(n) => {
-                                            if into.write_all(&buf[..n]).is_err() {
-                                                break;
-                                            }
-                                        }
-                                    }
-                                }
-                                let _ = into.shutdown(std::net::Shutdown::Write);
-                            });
-                        }
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Self { addr, target, stop }
-    }
-
-    fn retarget(&self, to: SocketAddr) {
-        *self.target.lock().unwrap() = to;
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn command(profile: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(PONTE);
-    cmd.args(args)
-        .arg("--profile")
-        .arg(profile)
-        .env_remove("PONTE_PASSPHRASE")
-        .env_remove("PONTE_PROFILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// Run a client command with a deadline.
-fn ponte(profile: &Path, args: &[&str]) -> Output {
-    wait_output(command(profile, args).spawn().unwrap(), WAIT)
-}
 
 /// Run a client command whose stdout is a pipe nobody reads: its read end
 /// is closed before the command writes anything, so every write to stdout
@@ -170,52 +34,16 @@ fn ponte_stdout_closed(profile: &Path, args: &[&str]) -> Output {
     wait_output(child, WAIT)
 }
 
-fn wait_output(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    panic!("command did not finish within {limit:?}");
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
-    stdout(out)
-}
-
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn register(profile: &Path, address: &str, name: &str) {
-    let out = ponte(profile, &["register", "--server", address, name, "--json"]);
-    assert_eq!(json_lines(&ok(&out))[0]["handle"], name);
-}
-
-fn with_text<'a>(lines: &'a [serde_json::Value], text: &str) -> Vec<&'a serde_json::Value> {
-    lines.iter().filter(|v| v["text"] == text).collect()
+/// A server (data under `dir`) with alice and bob registered on it
+/// directly: the server, its address and the two profiles.
+fn server_with_alice_and_bob(dir: &Path) -> (Server, String, PathBuf, PathBuf) {
+    let server = Server::start(&dir.join("server"));
+    let address = server.address();
+    let alice = dir.join("alice");
+    let bob = dir.join("bob");
+    register(&alice, &address, "alice");
+    register(&bob, &address, "bob");
+    (server, address, alice, bob)
 }
 
 /// Whether a terminal would act on `c` rather than show it.
@@ -252,12 +80,7 @@ const EVIL_SHOWN: &str = r"hi\n2026-01-01T00:00:00Z eve -> bob: spoofed \u{1b}[3
 #[test]
 fn peer_text_cannot_forge_lines_or_reach_the_terminal_raw() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
-    let address = server.address();
-    let alice = tmp.path().join("alice");
-    let bob = tmp.path().join("bob");
-    register(&alice, &address, "alice");
-    register(&bob, &address, "bob");
+    let (server, _, alice, bob) = server_with_alice_and_bob(tmp.path());
 
     let sent = ok(&ponte(&alice, &["send", "bob", EVIL]));
     let received = ok(&ponte(&bob, &["sync"]));
@@ -291,12 +114,7 @@ fn peer_text_cannot_forge_lines_or_reach_the_terminal_raw() {
 #[test]
 fn closed_stdout_ends_commands_quietly_and_loses_no_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
-    let address = server.address();
-    let alice = tmp.path().join("alice");
-    let bob = tmp.path().join("bob");
-    register(&alice, &address, "alice");
-    register(&bob, &address, "bob");
+    let (server, _, alice, bob) = server_with_alice_and_bob(tmp.path());
     let texts = ["first of three", "second of three", "third of three"];
     for t in texts {
         ok(&ponte(&alice, &["send", "bob", t]));
@@ -438,12 +256,7 @@ fn the_send_that_discovers_a_key_change_fails_like_the_next_ones() {
 #[test]
 fn names_confirm_timeouts_and_failed_ticks() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
-    let address = server.address();
-    let alice = tmp.path().join("alice");
-    let bob = tmp.path().join("bob");
-    register(&alice, &address, "alice");
-    register(&bob, &address, "bob");
+    let (server, address, alice, _) = server_with_alice_and_bob(tmp.path());
 
     // A malformed handle: every command taking a NAME refuses it the same way.
     for args in [

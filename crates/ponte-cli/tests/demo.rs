@@ -3,33 +3,21 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
+use common::{ok, wait_output, PONTE};
 
 #[test]
 fn demo_runs_a_conversation_through_the_relay_and_exits_0() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+    let child = Command::new(PONTE)
         .arg("demo")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("ponte demo did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(&wait_output(child, Duration::from_secs(120)));
     // The direct route failed, the relay carried everything.
     assert!(stdout.contains("FAIL  direct tcp 127.0.0.1:"), "{stdout}");
     assert!(

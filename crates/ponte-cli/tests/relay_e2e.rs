@@ -9,20 +9,20 @@
 //! Every wait is bounded; nothing leaves 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Killed, Proxy};
-
-const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
-const WAIT: Duration = Duration::from_secs(60);
+use common::{
+    assert_registered, command, contains, json_lines, ok, pipe, ponte, Killed, Proxy, Server,
+    PONTE, WAIT,
+};
 
 // ---------------------------------------------------------------- forwarders
 
@@ -46,30 +46,6 @@ struct Forwarder {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
-}
-
-fn pipe(
-    mut from: TcpStream,
-    mut into: TcpStream,
-    log: Arc<Mutex<Vec<u8>>>,
-    edit: impl Fn(usize, &mut [u8]),
-) {
-    let mut buf = [0u8; 16 * 1024];
-    let mut offset = 0usize;
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                log.lock().unwrap().extend_from_slice(&buf[..n]);
-                edit(offset, &mut buf[..n]);
-                offset += n;
-                if into.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = into.shutdown(std::net::Shutdown::Write);
 }
 
 impl Forwarder {
@@ -173,54 +149,6 @@ fn closed_port() -> u16 {
 
 // ---------------------------------------------------------------- processes
 
-struct Server {
-    _child: Killed,
-    addr: SocketAddr,
-    key: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Self {
-        Self::start_with(data, &[])
-    }
-
-    fn start_with(data: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(PONTE)
-            .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
-            .arg(data)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("ponte://") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let child = Killed(child);
-        let line = rx.recv_timeout(WAIT).expect("server printed its address");
-        let rest = line.strip_prefix("ponte://").unwrap();
-        let (hostport, key) = rest.split_once('#').unwrap();
-        Self {
-            _child: child,
-            addr: hostport.parse().unwrap(),
-            key: key.to_owned(),
-        }
-    }
-
-    /// The address users get when the direct route is `port`.
-    fn address_at(&self, port: u16) -> String {
-        format!("ponte://127.0.0.1:{port}#{}", self.key)
-    }
-}
-
 /// A `ponte proxy` relay with a TLS and a plain listener, forwarding to
 /// `upstream` with a PROXY v2 header.
 struct Relay {
@@ -256,47 +184,8 @@ impl Relay {
     }
 
     fn kill(mut self) {
-        self.proxy.child.0.kill().unwrap();
-        self.proxy.child.0.wait().unwrap();
+        self.proxy.child.kill();
     }
-}
-
-fn ponte(profile: &Path, args: &[&str]) -> Output {
-    let child = Command::new(PONTE)
-        .args(args)
-        .arg("--profile")
-        .arg(profile)
-        .env_remove("PONTE_PASSPHRASE")
-        .env_remove("PONTE_PROFILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_output(child, WAIT)
-}
-
-fn wait_output(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    panic!("command did not finish within {limit:?}");
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 fn failed(out: &Output) -> String {
@@ -308,25 +197,12 @@ fn failed(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn register(profile: &Path, address: &str, name: &str, vias: &[&str]) {
     let mut args = vec!["register", "--server", address, name, "--json"];
     for v in vias {
         args.extend(["--via", v]);
     }
-    let v = &json_lines(&ok(&ponte(profile, &args)))[0];
-    assert_eq!(v["handle"], name);
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    assert_registered(&ponte(profile, &args), name);
 }
 
 /// Neither texts, nor handles, nor the users' identity keys in `bytes`.
@@ -503,15 +379,7 @@ fn listen_moves_to_a_second_relay_when_the_first_dies() {
     register(&bobby, &address, "bobby", &[&first.plain_url()]);
     ok(&ponte(&bobby, &["via", "add", &second.plain_url()]));
 
-    let mut listen = Command::new(PONTE)
-        .args(["listen", "--json", "--profile"])
-        .arg(&bobby)
-        .env_remove("PONTE_PASSPHRASE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut listen = command(&bobby, &["listen", "--json"]).spawn().unwrap();
     let (tx, rx) = mpsc::channel::<String>();
     let stdout = listen.stdout.take().unwrap();
     let stderr = listen.stderr.take().unwrap();
@@ -640,17 +508,7 @@ fn tampering_replaying_and_impostor_relays_are_refused() {
     assert!(err.contains("does not hold the key"), "{err}");
 
     // `listen` stops too instead of retrying.
-    let out = wait_output(
-        Command::new(PONTE)
-            .args(["listen", "--via", &relay.plain_url(), "--profile"])
-            .arg(&alice)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        WAIT,
-    );
+    let out = ponte(&alice, &["listen", "--via", &relay.plain_url()]);
     let err = failed(&out);
     assert!(err.contains("does not hold the key"), "{err}");
 

@@ -18,36 +18,20 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 mod common;
+use common::{stderr, Server};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A `ponte server` process (killed when dropped) and its address, parsed.
 struct ServerProcess {
-    child: Child,
+    server: Server,
     address: ServerAddress,
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(data: &Path) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ponte"))
-        .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address: ServerAddress = line.trim().parse().expect("server prints its address");
-    ServerProcess { child, address }
+    let server = Server::spawn(Server::command(data, &[]).env("RUST_LOG", "warn"));
+    let address = server.address().parse().expect("server prints its address");
+    ServerProcess { server, address }
 }
 
 struct Device {
@@ -83,15 +67,20 @@ async fn call(
     .await
     .unwrap();
     loop {
-        let f: ServerFrame = tokio::time::timeout(WAIT, ch.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("connection closed");
+        let f = next_frame(ch).await;
         if f.request_id == rid {
             return f.body.unwrap();
         }
     }
+}
+
+/// The next frame from the server, within `WAIT`.
+async fn next_frame(ch: &mut Channel<TcpStream>) -> ServerFrame {
+    tokio::time::timeout(WAIT, ch.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("connection closed")
 }
 
 async fn register(addr: &ServerAddress, dev: &Device, handle: &str) -> Channel<TcpStream> {
@@ -153,11 +142,7 @@ async fn acked_messages_survive_sigkill() {
     );
     let mut got = Vec::new();
     while got.len() < usize::from(N) {
-        let f: ServerFrame = tokio::time::timeout(WAIT, bch.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("connection closed");
+        let f = next_frame(&mut bch).await;
         if let Some(server_frame::Body::Deliver(d)) = f.body {
             assert_eq!(d.sender, "alice");
             got.push(d.body[0]);
@@ -178,8 +163,13 @@ fn server_cmd(args: &[&str], data: &Path) -> Output {
         .unwrap()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// The first line `child` prints on stdout (a server: its address).
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
 }
 
 /// `ponte server address ARGS… --data DATA`, parsed.
@@ -394,10 +384,7 @@ fn an_admin_endpoint_off_loopback_is_warned_about() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     assert!(line.starts_with("ponte://"), "{line:?}");
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
@@ -423,10 +410,7 @@ fn config_file_sets_options_and_flags_win() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     let _ = child.kill();
     let _ = child.wait();
     let addr: ServerAddress = line.trim().parse().unwrap();
@@ -464,7 +448,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn idle_connections_keep_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir.path().join("data"));
-    let pid = server.child.id();
+    let pid = server.server.child.0.id();
     let before = rss_kib(pid);
     let addr = server.address.socket_addr_string();
     // 1,500 silent TCP connections and 300 finished handshakes that never log in.
@@ -544,11 +528,7 @@ async fn messages_flow_through_a_ponte_relay() {
     .await;
     assert!(matches!(r, server_frame::Body::SendAck(_)), "{r:?}");
     let deliver = loop {
-        let f: ServerFrame = tokio::time::timeout(WAIT, bch.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("connection closed");
+        let f = next_frame(&mut bch).await;
         if let Some(server_frame::Body::Deliver(d)) = f.body {
             break d;
         }
@@ -578,10 +558,8 @@ async fn messages_flow_through_a_ponte_relay() {
 fn a_second_server_on_the_same_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut first = start(&data);
-    let mut second = Command::new(env!("CARGO_BIN_EXE_ponte"))
-        .args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
-        .arg(&data)
+    let first = start(&data);
+    let mut second = Server::command(&data, &[])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -603,8 +581,7 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("already running"), "{err}");
     // SIGKILL the first: the kernel drops its lock, and a new server starts.
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    first.server.kill();
     let again = start(&data);
     assert_eq!(again.address.key, first.address.key);
 }

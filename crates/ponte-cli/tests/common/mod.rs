@@ -1,4 +1,6 @@
-//! Helpers shared by the ponte-cli process tests.
+//! Helpers shared by the ponte-cli process tests: a `ponte server` and
+//! `ponte proxy` relays as child processes, a recording TCP forwarder, and
+//! the client commands run with a deadline.
 //!
 //! Relays bind port 0 and the test reads the ports they got from their log:
 //! picking a "free" port first and handing it to the relay races with every
@@ -7,16 +9,29 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub const PONTE: &str = env!("CARGO_BIN_EXE_ponte");
+/// How long a process may take to start or a client command to finish.
+pub const WAIT: Duration = Duration::from_secs(60);
+
 /// A child process killed (and reaped) when dropped.
 pub struct Killed(pub Child);
+
+impl Killed {
+    /// SIGKILL (no shutdown path runs), and wait until it is gone.
+    pub fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -24,6 +39,264 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+// ---------------------------------------------------------------- server
+
+/// A running `ponte server`, with the address it printed.
+pub struct Server {
+    pub child: Killed,
+    pub addr: SocketAddr,
+    pub key: String,
+}
+
+impl Server {
+    /// `ponte server` on a fresh loopback port, data in `data`.
+    pub fn start(data: &Path) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    /// The same with more arguments (`--invite-only`, `--config FILE`, …).
+    pub fn start_with(data: &Path, extra: &[&str]) -> Self {
+        Self::spawn(&mut Self::command(data, extra))
+    }
+
+    /// The command line of [`Server::start_with`], to adjust before
+    /// [`Server::spawn`] (an environment variable, say).
+    pub fn command(data: &Path, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(PONTE);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--no-admin", "--data"])
+            .arg(data)
+            .args(extra);
+        cmd
+    }
+
+    /// Spawns a `ponte server` command and waits (up to [`WAIT`]) for the
+    /// `ponte://IP:PORT#KEY` line it prints on stdout.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let child = Killed(child);
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("ponte://") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx.recv_timeout(WAIT).expect("server printed its address");
+        let rest = line.strip_prefix("ponte://").unwrap();
+        let (hostport, key) = rest.split_once('#').unwrap();
+        Self {
+            child,
+            addr: hostport.parse().unwrap(),
+            key: key.to_owned(),
+        }
+    }
+
+    /// The address it printed, `ponte://IP:PORT#KEY`.
+    pub fn address(&self) -> String {
+        format!("ponte://{}#{}", self.addr, self.key)
+    }
+
+    /// The address users get when the route to the server is
+    /// `127.0.0.1:port` (a forwarder or relay in front of it, or nothing).
+    pub fn address_at(&self, port: u16) -> String {
+        format!("ponte://127.0.0.1:{port}#{}", self.key)
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(mut self) {
+        self.child.kill();
+    }
+}
+
+// ---------------------------------------------------------------- forwarder
+
+/// Copies `from` into `into` until either side ends, appending every byte
+/// read to `log` before `edit(offset, bytes)` may change it on the way
+/// (`offset`: where `bytes` start in this direction's stream).
+pub fn pipe(
+    mut from: TcpStream,
+    mut into: TcpStream,
+    log: Arc<Mutex<Vec<u8>>>,
+    edit: impl Fn(usize, &mut [u8]),
+) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut offset = 0usize;
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                log.lock().unwrap().extend_from_slice(&buf[..n]);
+                edit(offset, &mut buf[..n]);
+                offset += n;
+                if into.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = into.shutdown(std::net::Shutdown::Write);
+}
+
+/// Accepts on 127.0.0.1 and relays each connection to the current target,
+/// so one server address can lead to different server processes; records
+/// every byte in both directions.
+pub struct Forwarder {
+    pub addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+    log: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Forwarder {
+    pub fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(Mutex::new(target));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, l, s) = (target.clone(), log.clone(), stop.clone());
+        thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let to = *t.lock().unwrap();
+                        let Ok(server) = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                        else {
+                            continue; // server down: the client sees a closed connection
+                        };
+                        for (from, into) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            let log = l.clone();
+                            thread::spawn(move || pipe(from, into, log, |_, _| {}));
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self {
+            addr,
+            target,
+            log,
+            stop,
+        }
+    }
+
+    /// Later connections go to `to`.
+    pub fn retarget(&self, to: SocketAddr) {
+        *self.target.lock().unwrap() = to;
+    }
+
+    /// Every byte forwarded so far, both directions interleaved.
+    pub fn captured(&self) -> Vec<u8> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------- client commands
+
+/// `ponte ARGS… --profile PROFILE`, with no passphrase or profile from the
+/// environment, stdin closed and the output captured.
+pub fn command(profile: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(PONTE);
+    cmd.args(args)
+        .arg("--profile")
+        .arg(profile)
+        .env_remove("PONTE_PASSPHRASE")
+        .env_remove("PONTE_PROFILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a client command (see [`command`]) with a deadline of [`WAIT`].
+pub fn ponte(profile: &Path, args: &[&str]) -> Output {
+    wait_output(command(profile, args).spawn().unwrap(), WAIT)
+}
+
+/// The child's output once it exits; kills it and panics after `limit`.
+pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("command did not finish within {limit:?}");
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Its stdout, after checking it succeeded (else panics showing both streams).
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+/// One JSON value a non-blank line (what `--json` prints).
+pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The messages among `lines` whose text is `text`.
+pub fn with_text<'a>(lines: &'a [serde_json::Value], text: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter(|v| v["text"] == text).collect()
+}
+
+/// Checks the output of `ponte register … --json`: it succeeded, as `name`.
+pub fn assert_registered(out: &Output, name: &str) {
+    assert_eq!(json_lines(&ok(out))[0]["handle"], name);
+}
+
+/// `ponte register --server ADDRESS NAME` on `profile`, checked.
+pub fn register(profile: &Path, address: &str, name: &str) {
+    let out = ponte(profile, &["register", "--server", address, name, "--json"]);
+    assert_registered(&out, name);
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---------------------------------------------------------------- relay
 
 /// A running `ponte proxy`, with the address each listener bound.
 pub struct Proxy {
@@ -38,7 +311,7 @@ impl Proxy {
     /// listener in `names` has logged its address. Panics with the relay's
     /// log if it exits first or `wait` runs out.
     pub fn start(cfg: &Path, names: &[&str], wait: Duration) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        let mut child = Command::new(PONTE)
             .args(["proxy", "--no-admin", "--config"])
             .arg(cfg)
             .env("RUST_LOG", "info")

@@ -802,13 +802,17 @@ impl Client {
     }
 
     /// Send everything in the outbox. Items for contacts whose key changed
-    /// are held (reported once); a temporary server refusal stops the flush
-    /// (the rest stays queued); a permanent one marks the message failed.
+    /// are held (reported once); a recipient whose mailbox is full is held
+    /// for this flush; a temporary server refusal (`UNAVAILABLE`, e.g. its
+    /// disk is full, or `RATE_LIMITED`) stops the flush with a warning and
+    /// [`Flush::Deferred`]: the rest stays queued, in order, and the
+    /// connection stays usable for receiving. A permanent refusal marks the
+    /// message failed.
     async fn flush_outbox(
         &mut self,
         conn: &mut Connection,
         events: &mut Display<'_>,
-    ) -> Result<()> {
+    ) -> Result<Flush> {
         let mut held = BTreeSet::new();
         let mut failed_peers = BTreeSet::new();
         let mut unknown_peers = BTreeSet::new();
@@ -885,6 +889,10 @@ impl Client {
                             failed_peers.insert(item.peer.clone());
                             continue;
                         }
+                        Err(e) if is_temporary_refusal(&e) => {
+                            emit(events, Event::Warning(format!("kept in the outbox: {e}")))?;
+                            return Ok(Flush::Deferred);
+                        }
                         Err(e) => return Err(e),
                     };
                     let payload = match &item.kind {
@@ -927,10 +935,24 @@ impl Client {
                     )?;
                     self.store().mark_failed(&item.peer, &item.id)?;
                 }
+                Err(ClientError::Server { code, detail }) if code == "MAILBOX_FULL" => {
+                    emit(
+                        events,
+                        Event::Warning(format!(
+                            "{}'s mailbox on the server is full ({detail}); kept queued",
+                            item.peer
+                        )),
+                    )?;
+                    failed_peers.insert(item.peer.clone());
+                }
+                Err(e) if is_temporary_refusal(&e) => {
+                    emit(events, Event::Warning(format!("kept in the outbox: {e}")))?;
+                    return Ok(Flush::Deferred);
+                }
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(Flush::Done)
     }
 
     /// Queue a message and try to deliver it to the server right away. If
@@ -948,7 +970,7 @@ impl Client {
                     Ok(())
                 };
                 match self.flush_outbox(&mut conn, &mut sink).await {
-                    Ok(()) => None,
+                    Ok(_) => None,
                     Err(e @ (ClientError::Disconnected(_) | ClientError::Server { .. })) => {
                         Some(format!("kept in the outbox: {e}"))
                     }
@@ -1242,7 +1264,7 @@ impl Client {
         let (mut conn, logged_in) = self.login().await?;
         // One-time keys: the server pushes a KeyCount right after LoggedIn;
         // handle_push tops them up when it says they run low.
-        self.flush_outbox(&mut conn, events).await?;
+        let flushed = self.flush_outbox(&mut conn, events).await?;
         // Everything pending at login is pushed right after LoggedIn (at most
         // 64 in flight, more as we acknowledge). Drain until that many were
         // handled or the deadline passes, then a ping round trip makes sure
@@ -1273,7 +1295,9 @@ impl Client {
         self.drain(&mut conn, Duration::from_millis(200), 10_000, events)
             .await?;
         self.report_updates(events)?;
-        if self.store().outbox_len()? > 0 {
+        // Read receipts queued just now; not again if the server refused
+        // sends a moment ago (it would only say so twice).
+        if flushed == Flush::Done && self.store().outbox_len()? > 0 {
             self.flush_outbox(&mut conn, events).await?;
             self.report_updates(events)?;
         }
@@ -1541,6 +1565,21 @@ struct Drained {
     pushes: usize,
     /// Mailbox items among them (acknowledged by seq).
     mailbox: usize,
+}
+
+/// How a flush of the outbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Everything that could go out went out (some items may be held).
+    Done,
+    /// The server refused for now; the rest waits for a later flush.
+    Deferred,
+}
+
+/// A refusal that retrying later fixes: the server cannot store anything
+/// right now (`UNAVAILABLE`: its disk may be full) or asks us to slow down.
+fn is_temporary_refusal(e: &ClientError) -> bool {
+    matches!(e, ClientError::Server { code, .. } if code == "UNAVAILABLE" || code == "RATE_LIMITED")
 }
 
 fn is_fatal(e: &ClientError) -> bool {

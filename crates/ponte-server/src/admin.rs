@@ -39,6 +39,15 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
         )
             .into_response();
     }
+    if s.store.stats().commit_failing.get() != 0 {
+        // Sends are refused with "try again later" until a commit succeeds;
+        // a full disk is the usual cause.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the latest commit failed (is the disk full?); sends are refused until one succeeds\n",
+        )
+            .into_response();
+    }
     match s.store.mailbox_len(0).await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response(),

@@ -155,6 +155,16 @@ impl Metrics {
             "1 once a flush to disk failed: writes are refused until the server restarts",
             stats.failed.clone(),
         );
+        self.registry.register(
+            "store_commit_failures",
+            "Group commits that failed (disk full, I/O error); their writes were refused with try-again-later and nothing of them was stored",
+            stats.commit_failures.clone(),
+        );
+        self.registry.register(
+            "store_commit_failing",
+            "1 while the latest commit failed (the disk may be full), 0 once one succeeds",
+            stats.commit_failing.clone(),
+        );
     }
 
     /// Counts a closed connection.

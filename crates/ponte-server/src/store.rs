@@ -410,6 +410,12 @@ pub struct StoreStats {
     pub fsync_seconds: Histogram,
     /// 1 once a flush failed: the store then refuses writes until restarted.
     pub failed: Gauge,
+    /// Batches whose commit failed (disk full, an I/O error): their jobs
+    /// were answered with an error and nothing of them was stored.
+    pub commit_failures: Counter,
+    /// 1 while the latest commit attempt failed, 0 once one succeeds: the
+    /// disk may be full, and sends get "try again later" meanwhile.
+    pub commit_failing: Gauge,
 }
 
 impl StoreStats {
@@ -420,6 +426,8 @@ impl StoreStats {
             // 50 µs .. ~1.6 s, doubling.
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             failed: Gauge::default(),
+            commit_failures: Counter::default(),
+            commit_failing: Gauge::default(),
         }
     }
 }
@@ -1613,6 +1621,7 @@ impl Writer {
         }
         self.state.commit();
         self.stats.commits.inc();
+        self.stats.commit_failing.set(0);
         self.stats.writes.inc_by(done.len() as u64);
         sync.submit(std::mem::take(done));
     }
@@ -1620,6 +1629,8 @@ impl Writer {
     /// Rolls the open transaction back and answers its jobs with `e`.
     fn abort(&mut self, done: &mut Vec<Finisher>, e: &str) {
         tracing::error!("group commit failed: {e}");
+        self.stats.commit_failures.inc();
+        self.stats.commit_failing.set(1);
         let _ = self.conn.execute_batch("ROLLBACK");
         self.state.rollback(&self.conn);
         for f in done.drain(..) {

@@ -235,16 +235,37 @@ pub fn ponte(profile: &Path, args: &[&str]) -> Output {
 }
 
 /// The child's output once it exits; kills it and panics after `limit`.
+/// Both pipes are read while it runs: a command can print more than a
+/// pipe holds (a `sync` of long messages) and would block on a full one.
 pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let start = Instant::now();
-    while start.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command did not finish within {limit:?}");
         }
         thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
-    let _ = child.kill();
-    panic!("command did not finish within {limit:?}");
 }
 
 pub fn stdout(out: &Output) -> String {

@@ -35,11 +35,20 @@ impl Running {
 
 /// Starts a server on `data` (registration limits raised for tests).
 pub async fn start_server(data: &Path) -> Running {
+    start_server_with(data, |_| {}).await
+}
+
+/// [`start_server`], with `tweak` applied to its configuration.
+pub async fn start_server_with(
+    data: &Path,
+    tweak: impl FnOnce(&mut ponte_server::ServerConfig),
+) -> Running {
     let mut cfg = ponte_server::ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
     cfg.register_limit = ponte_server::RateLimit {
         burst: 100,
         per_hour: 1000,
     };
+    tweak(&mut cfg);
     let server = ponte_server::Server::bind(cfg, None).await.unwrap();
     let addr = server.local_addr().unwrap();
     let address = server.address("127.0.0.1").to_string();

@@ -1,0 +1,68 @@
+//! A recipient whose mailbox on the server is full holds only the messages
+//! to that recipient: they stay queued, in order, while messages to others
+//! go out, and they leave once the recipient has read the mailbox down.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{register, start_server_with};
+use ponte_client::client::Event;
+use ponte_client::{Client, Status, Update};
+
+/// Syncs; the texts of the new messages, and the warnings.
+async fn sync(client: &mut Client) -> (Vec<String>, Vec<String>) {
+    let mut events = Vec::new();
+    client.sync(&mut |e| events.push(e)).await.unwrap();
+    let (mut texts, mut warnings) = (Vec::new(), Vec::new());
+    for e in events {
+        match e {
+            Event::Update(Update::Message(m)) => texts.push(m.text),
+            Event::Warning(w) => warnings.push(w),
+            _ => {}
+        }
+    }
+    (texts, warnings)
+}
+
+#[tokio::test]
+async fn a_full_mailbox_holds_only_that_recipient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server_with(&tmp.path().join("server"), |cfg| {
+        cfg.max_pending_per_mailbox = 2;
+    })
+    .await;
+    let mut alice = register(&tmp.path().join("alice"), &server.address, "alice").await;
+    let mut bob = register(&tmp.path().join("bob"), &server.address, "bob").await;
+    let mut carol = register(&tmp.path().join("carol"), &server.address, "carol").await;
+
+    for text in ["b1", "b2"] {
+        let out = alice.send("bob", text).await.unwrap();
+        assert_eq!(out.message.status, Status::Sent, "{:?}", out.note);
+    }
+    // Bob's mailbox is full: b3 and b4 wait, in order.
+    for text in ["b3", "b4"] {
+        let out = alice.send("bob", text).await.unwrap();
+        assert_eq!(out.message.status, Status::Queued);
+        let note = out.note.unwrap();
+        assert!(
+            note.contains("bob's mailbox on the server is full"),
+            "{note}"
+        );
+    }
+    // Carol is not held up by them.
+    let out = alice.send("carol", "c1").await.unwrap();
+    assert_eq!(out.message.status, Status::Sent, "{:?}", out.note);
+    assert_eq!(sync(&mut carol).await.0, ["c1"]);
+
+    // Bob reads his mailbox down; alice's next sync sends the rest.
+    assert_eq!(sync(&mut bob).await.0, ["b1", "b2"]);
+    let (_, warnings) = sync(&mut alice).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let history = alice.history("bob").unwrap();
+    assert!(
+        history.iter().all(|m| m.status != Status::Queued),
+        "{history:?}"
+    );
+    assert_eq!(sync(&mut bob).await.0, ["b3", "b4"]);
+    server.stop().await;
+}

@@ -37,6 +37,9 @@ enum ServerCommand {
     Address(AddressArgs),
     /// Create a one-use invite token (for --invite-only servers).
     Invite(InviteArgs),
+    /// Copy the data directory into a new one, consistently, while the
+    /// server runs (restore: start a server with --data on the copy).
+    Backup(BackupArgs),
 }
 
 #[derive(Debug, Args)]
@@ -111,11 +114,22 @@ struct InviteArgs {
     data: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct BackupArgs {
+    /// Data directory of the server.
+    #[arg(long, env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
+    data: PathBuf,
+    /// Where to put the copy: a directory that does not exist yet (or is
+    /// empty).
+    dest: PathBuf,
+}
+
 /// Runs `ponte server …`.
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(ServerCommand::Address(a)) => address(&a),
         Some(ServerCommand::Invite(i)) => invite(&i.data),
+        Some(ServerCommand::Backup(b)) => backup(&b),
         None => serve(args.run),
     }
 }
@@ -148,6 +162,31 @@ fn invite(data: &Path) -> anyhow::Result<ExitCode> {
     let token = ponte_server::create_invite(data)
         .map_err(|e| explain_data_dir(e, data, "creating an invite"))?;
     crate::write_stdout(&format!("{token}\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backup(b: &BackupArgs) -> anyhow::Result<ExitCode> {
+    use ponte_server::backup::BackupError;
+    let summary = ponte_server::backup::backup(&b.data, &b.dest).map_err(|e| match e {
+        BackupError::NoDatabase(_) | BackupError::Key(KeyFileError::Missing { .. }) => {
+            anyhow::anyhow!("{e}: nothing to back up; check --data (the server's data directory)")
+        }
+        e => anyhow::Error::new(e).context(format!(
+            "backing up {} to {}",
+            b.data.display(),
+            b.dest.display()
+        )),
+    })?;
+    crate::write_stdout(&format!(
+        "backed up {} to {}: {} accounts, {} undelivered messages, {} KiB; integrity checked\n\
+         restore: stop the server and start it with --data {} (same key and address)\n",
+        b.data.display(),
+        b.dest.display(),
+        summary.accounts,
+        summary.undelivered,
+        summary.bytes.div_ceil(1024),
+        b.dest.display(),
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod backup;
 pub mod config;
 mod conn;
 pub mod keyfile;

@@ -5,32 +5,16 @@
 //! missing parent are refused and leave nothing behind.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::store_account;
+
 use bytes::Bytes;
 use ponte_server::backup::{backup, BackupError};
-use ponte_server::store::{AccountId, NewAccount, NewMessage, RegisterOutcome, SendOutcome, Store};
+use ponte_server::store::{AccountId, NewMessage, SendOutcome, Store};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-
-async fn account(store: &Store, handle: &str, n: u8) -> AccountId {
-    match store
-        .register(NewAccount {
-            handle: handle.into(),
-            noise_key: [n; 32],
-            curve25519: [n; 32],
-            ed25519: [n; 32],
-            signature: vec![n; 64],
-            invite: None,
-            invite_required: false,
-            now_ms: 1,
-        })
-        .await
-        .unwrap()
-    {
-        RegisterOutcome::Created(id) => id,
-        other => panic!("{other:?}"),
-    }
-}
 
 fn msg(sender: AccountId, n: u32) -> NewMessage {
     let mut message_id = [0u8; 16];
@@ -60,8 +44,8 @@ async fn a_backup_during_writes_is_a_consistent_prefix() {
     std::fs::create_dir(&data).unwrap();
     ponte_server::keyfile::load_or_create(&data).unwrap();
     let store = Arc::new(Store::open(&data).unwrap());
-    let alice = account(&store, "alice", 1).await;
-    let bob = account(&store, "bob", 2).await;
+    let alice = store_account(&store, "alice", 1).await;
+    let bob = store_account(&store, "bob", 2).await;
     for n in 0..BEFORE {
         store.send(msg(alice, n)).await.unwrap();
     }

@@ -5,30 +5,12 @@
 //! survive reopening, duplicates get their first accept time.
 #![allow(clippy::unwrap_used)]
 
-use bytes::Bytes;
-use ponte_server::store::{
-    AccountId, ItemKind, NewAccount, NewMessage, RegisterOutcome, SendOutcome, Store,
-};
+mod common;
 
-async fn account(store: &Store, handle: &str, n: u8) -> AccountId {
-    match store
-        .register(NewAccount {
-            handle: handle.into(),
-            noise_key: [n; 32],
-            curve25519: [n; 32],
-            ed25519: [n; 32],
-            signature: vec![n; 64],
-            invite: None,
-            invite_required: false,
-            now_ms: 1,
-        })
-        .await
-        .unwrap()
-    {
-        RegisterOutcome::Created(id) => id,
-        other => panic!("{other:?}"),
-    }
-}
+use common::store_account;
+
+use bytes::Bytes;
+use ponte_server::store::{AccountId, ItemKind, NewMessage, SendOutcome, Store};
 
 fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, expires_at_ms: i64) -> NewMessage {
     NewMessage {
@@ -46,9 +28,9 @@ fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, expires_at_ms: i64) -> 
 async fn acks_are_scoped_and_seqs_never_reused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let alice = account(&store, "alice", 1).await;
-    let bob = account(&store, "bob", 2).await;
-    let mallory = account(&store, "mallory", 3).await;
+    let alice = store_account(&store, "alice", 1).await;
+    let bob = store_account(&store, "bob", 2).await;
+    let mallory = store_account(&store, "mallory", 3).await;
     let SendOutcome::Accepted { seq, .. } =
         store.send(msg(alice, "bob", 1, 10, 1000)).await.unwrap()
     else {
@@ -86,8 +68,8 @@ async fn concurrent_jobs_all_answer_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
-        let alice = account(&store, "alice", 1).await;
-        account(&store, "bob", 2).await;
+        let alice = store_account(&store, "alice", 1).await;
+        store_account(&store, "bob", 2).await;
         let mut tasks = Vec::new();
         for i in 0..200u8 {
             let store = std::sync::Arc::clone(&store);
@@ -121,8 +103,8 @@ async fn concurrent_jobs_all_answer_and_survive_reopen() {
 async fn expiry_makes_notices_and_drops_old_notices() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let alice = account(&store, "alice", 1).await;
-    let bob = account(&store, "bob", 2).await;
+    let alice = store_account(&store, "alice", 1).await;
+    let bob = store_account(&store, "bob", 2).await;
     store.send(msg(alice, "bob", 1, 10, 100)).await.unwrap();
     store.send(msg(alice, "bob", 2, 10, 10_000)).await.unwrap();
     // At t=200 only the first message is past its deadline.
@@ -173,8 +155,8 @@ async fn seqs_never_reused_across_reopen() {
         let store = Store::open(dir.path()).unwrap();
         let (alice, bob) = if round == 0 {
             (
-                account(&store, "alice", 1).await,
-                account(&store, "bob", 2).await,
+                store_account(&store, "alice", 1).await,
+                store_account(&store, "bob", 2).await,
             )
         } else {
             let a = store.account_by_handle("alice".into()).await.unwrap();
@@ -220,8 +202,8 @@ async fn pending_counts_survive_reopen() {
     let (alice, bob);
     {
         let store = Store::open(dir.path()).unwrap();
-        alice = account(&store, "alice", 1).await;
-        bob = account(&store, "bob", 2).await;
+        alice = store_account(&store, "alice", 1).await;
+        bob = store_account(&store, "bob", 2).await;
         for i in 0..MAX {
             let i = u8::try_from(i).unwrap();
             accepted_seq(&store, msg_max(alice, "bob", i, 10, MAX)).await;
@@ -293,8 +275,8 @@ async fn send_then_hooks_run_in_seq_order_before_the_answer() {
     const N: usize = 500;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let alice = account(&store, "alice", 1).await;
-    account(&store, "bob", 2).await;
+    let alice = store_account(&store, "alice", 1).await;
+    store_account(&store, "bob", 2).await;
     // (message index, outcome) in the order the hooks ran.
     let seen: Arc<Mutex<Vec<(usize, SendOutcome)>>> = Arc::new(Mutex::new(Vec::new()));
     let mut sends = FuturesUnordered::new();
@@ -359,8 +341,8 @@ async fn send_then_hooks_run_in_seq_order_before_the_answer() {
 async fn a_panicking_hook_does_not_stop_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let alice = account(&store, "alice", 1).await;
-    let bob = account(&store, "bob", 2).await;
+    let alice = store_account(&store, "alice", 1).await;
+    let bob = store_account(&store, "bob", 2).await;
     // The hook panics on the sync thread; the sender still gets its answer.
     let out = store
         .send_then(msg(alice, "bob", 1, 10, 1_000_000), |_| {
@@ -394,9 +376,9 @@ async fn ack_then_hook_sees_the_stored_receipts() {
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let alice = account(&store, "alice", 1).await;
-    let bob = account(&store, "bob", 2).await;
-    let carol = account(&store, "carol", 3).await;
+    let alice = store_account(&store, "alice", 1).await;
+    let bob = store_account(&store, "bob", 2).await;
+    let carol = store_account(&store, "carol", 3).await;
     let mut msg_seqs = Vec::new();
     for (i, sender) in [alice, carol, alice].into_iter().enumerate() {
         let id = u8::try_from(i).unwrap() + 1;
@@ -457,8 +439,8 @@ async fn ack_then_hook_sees_the_stored_receipts() {
 async fn expire_drops_due_receipts_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let alice = account(&store, "alice", 1).await;
-    let bob = account(&store, "bob", 2).await;
+    let alice = store_account(&store, "alice", 1).await;
+    let bob = store_account(&store, "bob", 2).await;
     let s1 = accepted_seq(&store, msg(alice, "bob", 1, 10, 1_000_000)).await;
     let s2 = accepted_seq(&store, msg(alice, "bob", 2, 10, 1_000_000)).await;
     // Two receipts with different deadlines.
@@ -496,9 +478,9 @@ async fn expire_drops_due_receipts_and_keeps_the_rest() {
 async fn duplicates_answer_first_accept_time_even_when_full() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let alice = account(&store, "alice", 1).await;
-    let bob = account(&store, "bob", 2).await;
-    account(&store, "carol", 3).await;
+    let alice = store_account(&store, "alice", 1).await;
+    let bob = store_account(&store, "bob", 2).await;
+    store_account(&store, "carol", 3).await;
     accepted_seq(&store, msg_max(alice, "bob", 1, 10, 1)).await;
     // Retry while there is room (large limit) and when the mailbox is full.
     for (now, max) in [(20, 1000), (30, 1)] {
@@ -575,8 +557,8 @@ async fn commit_interval_zero_stores_everything() {
         )
         .unwrap(),
     );
-    let alice = account(&store, "alice", 1).await;
-    let bob = account(&store, "bob", 2).await;
+    let alice = store_account(&store, "alice", 1).await;
+    let bob = store_account(&store, "bob", 2).await;
     let stats = store.stats().clone();
     let (commits, writes) = (stats.commits.get(), stats.writes.get());
     let mut tasks = Vec::new();
@@ -621,8 +603,8 @@ async fn commit_interval_spaces_consecutive_commits() {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Store::open_with(dir.path(), StoreOptions::with_commit_interval(interval)).unwrap();
-        let alice = account(&store, "alice", 1).await;
-        account(&store, "bob", 2).await;
+        let alice = store_account(&store, "alice", 1).await;
+        store_account(&store, "bob", 2).await;
         let stats = store.stats().clone();
         let (commits, writes) = (stats.commits.get(), stats.writes.get());
         assert!(
@@ -669,8 +651,8 @@ async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
         )
         .unwrap(),
     );
-    let alice = account(&store, "alice", 1).await;
-    let bob = account(&store, "bob", 2).await;
+    let alice = store_account(&store, "alice", 1).await;
+    let bob = store_account(&store, "bob", 2).await;
     let writer = {
         let store = Arc::clone(&store);
         tokio::spawn(async move {

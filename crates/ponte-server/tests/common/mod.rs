@@ -286,3 +286,29 @@ pub async fn registered(server: &TestServer, handle: &str) -> Client {
     );
     c
 }
+
+/// Registers `handle` directly in a store (no protocol), its keys all `n`.
+pub async fn store_account(
+    store: &ponte_server::store::Store,
+    handle: &str,
+    n: u8,
+) -> ponte_server::store::AccountId {
+    use ponte_server::store::{NewAccount, RegisterOutcome};
+    match store
+        .register(NewAccount {
+            handle: handle.into(),
+            noise_key: [n; 32],
+            curve25519: [n; 32],
+            ed25519: [n; 32],
+            signature: vec![n; 64],
+            invite: None,
+            invite_required: false,
+            now_ms: 1,
+        })
+        .await
+        .unwrap()
+    {
+        RegisterOutcome::Created(id) => id,
+        other => panic!("{other:?}"),
+    }
+}

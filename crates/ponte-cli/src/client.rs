@@ -262,7 +262,14 @@ pub fn run(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         Err(e) if stdout_closed_in(&e) => Ok(ExitCode::SUCCESS),
         // Errors can quote the server (its refusal details) or arguments:
         // the terminal gets them cleaned too.
-        Err(e) => Err(anyhow::anyhow!("{}", clean(&format!("{e:#}")))),
+        Err(e) => {
+            let full = format!("{e:#}");
+            let text = clean(&full);
+            Err(match hint(&e) {
+                Some(hint) => anyhow::anyhow!("{text}\nponte: hint: {hint}"),
+                None => anyhow::anyhow!("{text}"),
+            })
+        }
         ok => ok,
     }
 }
@@ -368,6 +375,11 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 // The exit code still tells whether a route works.
                 Err(e) if is_stdout_closed(&e) => {}
                 r => r?,
+            }
+            // The table shows each route's failure; a security refusal is
+            // also an error of the command, said on stderr like elsewhere.
+            if let (true, Err(e)) = (status.refused, &status.in_use) {
+                anyhow::bail!("{e}");
             }
             Ok(if status.in_use.is_ok() {
                 ExitCode::SUCCESS
@@ -620,11 +632,41 @@ fn is_stdout_closed(e: &std::io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<StdoutClosed>())
 }
 
+/// What to do about a server's refusal, for the errors whose next step is
+/// not obvious from the message.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let code = e
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<ClientError>() {
+            Some(ClientError::Server { code, .. }) => Some(code.as_str()),
+            _ => None,
+        })?;
+    Some(match code {
+        "NOT_REGISTERED" => {
+            "the server no longer knows this device (its data was reset, or restored from an \
+             older backup). Register again with a new profile: ponte register --profile NEW_DIR \
+             --server ADDRESS NAME; your contacts will see a new safety number"
+        }
+        "INVITE_REQUIRED" => {
+            "ask the server's operator for an invite (they run `ponte server invite`), then \
+             register with --invite TOKEN"
+        }
+        "INVITE_INVALID" => "each invite works once; ask the server's operator for a new one",
+        "HANDLE_TAKEN" => "someone has that name on this server; choose another",
+        "RATE_LIMITED" => "wait a while and try again (failed attempts count too)",
+        _ => return None,
+    })
+}
+
 fn stdout_closed_in(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(is_stdout_closed)
+        let io = match cause.downcast_ref::<ClientError>() {
+            // The library's display error carries the io::Error inside
+            // (not as a `source`, so reports do not print it twice).
+            Some(ClientError::Io { error, .. }) => Some(error),
+            _ => cause.downcast_ref::<std::io::Error>(),
+        };
+        io.is_some_and(is_stdout_closed)
     })
 }
 

@@ -223,6 +223,18 @@ fn client_refuses_a_server_with_another_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("does not hold the key"), "{args:?}: {err}");
     }
+    // The send that failed is marked failed, never sent later behind the
+    // user's back (they were told it failed and may type it again).
+    let failed = |alice: &std::path::Path| {
+        let v = json_lines(&ok(&ponte(alice, &["history", "bob", "--json"], None)));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0]["status"], "failed", "{v:?}");
+    };
+    failed(&alice);
+    fwd.retarget(server.addr);
+    ok(&ponte(&alice, &["sync"], None));
+    failed(&alice);
+    fwd.retarget(impostor.addr);
     // Registering against the impostor with the real key fails the same way.
     let out = ponte(
         &tmp.path().join("carol"),
@@ -305,7 +317,9 @@ fn client_verify_contacts_and_listen_reconnects() {
     assert_eq!(v["from"], "alice");
 
     server.kill();
-    wait_for(&|l| l.starts_with("err:") && l.contains("reconnecting"));
+    wait_for(&|l| {
+        l.starts_with("err:") && l.contains("disconnected (") && l.contains("retrying in")
+    });
     let server = Server::start(&data);
     fwd.retarget(server.addr);
     wait_for(&|l| l.starts_with("err:") && l.contains("connected to"));
@@ -358,9 +372,12 @@ fn client_register_on_an_invite_only_server() {
 
     let out = ponte(&carol, &["register", "--server", &address, "carol"], None);
     assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INVITE_REQUIRED"), "{err}");
+    // It says what to do next.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("INVITE_REQUIRED"),
-        "{out:?}"
+        err.contains("hint:") && err.contains("--invite TOKEN"),
+        "{err}"
     );
 
     let invite = Command::new(PONTE)
@@ -401,9 +418,11 @@ fn client_register_on_an_invite_only_server() {
         None,
     );
     assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INVITE_INVALID"), "{err}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("INVITE_INVALID"),
-        "{out:?}"
+        err.contains("already used") && err.contains("new one"),
+        "{err}"
     );
     // Usage errors: bad handle, bad address.
     let out = ponte(

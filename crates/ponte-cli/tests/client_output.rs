@@ -243,6 +243,16 @@ fn the_send_that_discovers_a_key_change_fails_like_the_next_ones() {
     assert_eq!(c[0]["key_changed"], true);
     let v = json_lines(&ok(&ponte(&new_bob, &["sync", "--json"])));
     assert!(with_text(&v, "held after the change").is_empty());
+    // A message from the new key, while ours to it is held: one sync,
+    // one warning (not one for the message and one for the held send).
+    ok(&ponte(&new_bob, &["send", "alice", "from the new phone"]));
+    let out = ponte(&alice, &["sync"]);
+    let warned = stderr(&out);
+    assert_eq!(
+        warned.matches("identity key has CHANGED").count(),
+        1,
+        "{warned}"
+    );
 
     // After comparing and confirming, the held message goes out to the new key.
     ok(&ponte(&alice, &["verify", "bob"]));

@@ -504,8 +504,16 @@ fn tampering_replaying_and_impostor_relays_are_refused() {
     let relay = Relay::start(tmp.path(), "impostor-relay", impostor.addr);
     let err = failed(&ponte(&alice, &["sync", "--via", &relay.tls_url()]));
     assert!(err.contains("does not hold the key"), "{err}");
-    let err = failed(&ponte(&alice, &["status", "--via", &relay.plain_url()]));
+    let out = ponte(&alice, &["status", "--via", &relay.plain_url()]);
+    let err = failed(&out);
     assert!(err.contains("does not hold the key"), "{err}");
+    // The route table is still shown, with why the route failed.
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("FAIL  relay {}", relay.plain_url()))
+            && table.contains("does not hold the key"),
+        "{table}"
+    );
 
     // `listen` stops too instead of retrying.
     let out = ponte(&alice, &["listen", "--via", &relay.plain_url()]);

@@ -74,10 +74,10 @@ pub enum Event {
 /// reports it again. Nothing is lost.
 pub type Display<'a> = dyn FnMut(Event) -> std::io::Result<()> + 'a;
 
-fn display_failed(source: std::io::Error) -> ClientError {
+fn display_failed(error: std::io::Error) -> ClientError {
     ClientError::Io {
         context: "writing the output".into(),
-        source,
+        error,
     }
 }
 
@@ -116,7 +116,7 @@ pub struct Client {
     direct_probe_every: Duration,
     route_in_use: Option<String>,
     connect_timeout: Duration,
-    /// Contacts whose held messages were already reported (once per process).
+    /// Contacts whose key change was already reported (once per process).
     warned_held: BTreeSet<String>,
 }
 
@@ -197,6 +197,11 @@ pub struct RouteStatus {
     pub last_route: Option<String>,
     /// Each route on its own, in the order they are tried.
     pub probes: Vec<RouteProbe>,
+    /// No route could be used because of a security error (the server at
+    /// the address holds another key, a route tampered with the handshake;
+    /// the text is in `in_use`): report it as an error, not only as a
+    /// failed route.
+    pub refused: bool,
 }
 
 fn parse_address(address: &str) -> Result<ServerAddress> {
@@ -612,15 +617,15 @@ impl Client {
             self.store().set_meta(META_LAST_ROUTE, route)?;
             self.route_in_use = Some(route.clone());
         }
-        let in_use = match in_use {
-            Ok(r) => Ok(r),
-            Err(e) if crate::route::is_security_error(&e) => return Err(e),
-            Err(e) => Err(e.to_string()),
+        let (in_use, refused) = match in_use {
+            Ok(r) => (Ok(r), false),
+            Err(e) => (Err(e.to_string()), crate::route::is_security_error(&e)),
         };
         Ok(RouteStatus {
             in_use,
             last_route: last,
             probes,
+            refused,
         })
     }
 
@@ -971,16 +976,17 @@ impl Client {
                 };
                 match self.flush_outbox(&mut conn, &mut sink).await {
                     Ok(_) => None,
-                    Err(e @ (ClientError::Disconnected(_) | ClientError::Server { .. })) => {
-                        Some(format!("kept in the outbox: {e}"))
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) if is_fatal(&e) => return Err(self.give_up(peer, &id, e)),
+                    Err(e) => Some(format!("kept in the outbox: {e}")),
                 }
             }
             Err(e @ (ClientError::Unreachable(_) | ClientError::Disconnected(_))) => Some(format!(
                 "server unreachable, message queued for the next connection ({e})"
             )),
-            Err(e) => return Err(e),
+            Err(e) if is_fatal(&e) => return Err(self.give_up(peer, &id, e)),
+            // A refusal for now (the server is busy or out of space): it
+            // waits in the outbox like an unreachable server's.
+            Err(e) => Some(format!("kept in the outbox: {e}")),
         };
         let note = match (note, warnings.is_empty()) {
             (n, true) => n,
@@ -1003,6 +1009,17 @@ impl Client {
             note,
             key_changed,
         })
+    }
+
+    /// `send` fails with `e`, which retrying does not fix (the server holds
+    /// another key, the account is gone, ...): the message just queued is
+    /// marked failed, so it never goes out later behind the user's back
+    /// (they were told it failed, and will likely type it again).
+    fn give_up(&self, peer: &str, id: &MessageId, e: ClientError) -> ClientError {
+        if let Err(mark) = self.store().mark_failed(peer, id) {
+            tracing::warn!("cannot mark the message failed: {mark}");
+        }
+        e
     }
 
     // ------------------------------------------------------------ receiving
@@ -1121,12 +1138,16 @@ impl Client {
                                 == IdentityCheck::Changed
                             {
                                 key_changed = true;
-                                emit(
-                                    events,
-                                    Event::Warning(
-                                        ClientError::KeyChanged(sender.to_owned()).to_string(),
-                                    ),
-                                )?;
+                                // Once per run: a flush that holds our
+                                // messages to them does not say it again.
+                                if self.warned_held.insert(sender.to_owned()) {
+                                    emit(
+                                        events,
+                                        Event::Warning(
+                                            ClientError::KeyChanged(sender.to_owned()).to_string(),
+                                        ),
+                                    )?;
+                                }
                             }
                             Some(looked_up)
                         }
@@ -1367,10 +1388,15 @@ impl Client {
             }
             let jitter = 0.8 + rand::random::<f64>() * 0.4;
             let wait = backoff.mul_f64(jitter);
+            let what = if connected {
+                "disconnected"
+            } else {
+                "cannot connect"
+            };
             emit(
                 events,
                 Event::Connection(format!(
-                    "disconnected ({err}); reconnecting in {:.1} s",
+                    "{what} ({err}); retrying in {:.1} s",
                     wait.as_secs_f64()
                 )),
             )?;

@@ -214,10 +214,13 @@ impl Connection {
                     .to_owned()
             })
             .unwrap_or_else(|_| format!("reason {}", close.reason));
-        ClientError::Disconnected(format!(
-            "server closed the connection: {reason} {}",
-            close.detail
-        ))
+        // The detail is often the reason again in lower case ("shutdown").
+        let detail = close.detail.trim();
+        if detail.is_empty() || detail.eq_ignore_ascii_case(&reason.replace('_', " ")) {
+            ClientError::Disconnected(format!("server closed the connection ({reason})"))
+        } else {
+            ClientError::Disconnected(format!("server closed the connection ({reason}: {detail})"))
+        }
     }
 
     /// Send a request and wait (at most `timeout`) for its response. An

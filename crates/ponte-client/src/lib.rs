@@ -28,22 +28,30 @@ pub mod store;
 
 pub use client::Client;
 pub use profile::Profile;
+
+impl From<rusqlite::Error> for ClientError {
+    fn from(e: rusqlite::Error) -> Self {
+        ClientError::Db(e)
+    }
+}
 pub use store::{Contact, MessageView, Status, Update};
 
 /// Errors of the client library.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The database failed.
+    /// The database failed. (The cause is part of the message, so it is
+    /// not also a `source`: a report of the error chain would say it twice.)
     #[error("profile database: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// A file operation on the profile failed.
-    #[error("{context}: {source}")]
+    Db(rusqlite::Error),
+    /// A file operation on the profile failed (the OS error is in the
+    /// message, not a `source`, for the same reason).
+    #[error("{context}: {error}")]
     Io {
         /// What we were doing.
         context: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Stored data did not decrypt or parse.
     #[error("profile data is corrupt or was tampered with ({0})")]

@@ -49,6 +49,19 @@ impl std::fmt::Debug for KeySource {
 /// Resolve the profile directory from an explicit flag, then
 /// `PONTE_PROFILE`, then the XDG data directory.
 pub fn resolve_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = choose_dir(explicit)?;
+    // A file where the directory should be: say so, rather than "no
+    // registered profile" (and then "File exists" from `register`).
+    match std::fs::metadata(&dir) {
+        Ok(m) if !m.is_dir() => Err(ClientError::Invalid(format!(
+            "{} is not a directory: a profile is a directory (--profile DIR or PONTE_PROFILE)",
+            dir.display()
+        ))),
+        _ => Ok(dir),
+    }
+}
+
+fn choose_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p);
     }
@@ -68,7 +81,7 @@ pub fn resolve_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
     let context = context.into();
-    move |source| ClientError::Io { context, source }
+    move |error| ClientError::Io { context, error }
 }
 
 fn hex(bytes: &[u8]) -> String {

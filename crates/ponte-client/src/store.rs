@@ -867,6 +867,18 @@ impl std::fmt::Debug for IncomingContent<'_> {
 }
 
 pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection> {
+    // Created owner-only before SQLite opens it (SQLite gives the -wal and
+    // -shm files the database file's mode). The contents are encrypted
+    // anyway; this keeps even their sizes and row counts private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

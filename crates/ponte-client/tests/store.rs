@@ -68,6 +68,18 @@ fn keyfile_profile_roundtrip_and_permissions() {
         assert_eq!(mode & 0o777, 0o600);
         let mode = std::fs::metadata(&p).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+        // The database and its WAL files too (0644 before).
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&p).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("ponte.db") {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{name}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 1);
     }
     assert!(!Profile::needs_passphrase(&p).unwrap());
     let profile = Profile::open(&p, || panic!("no passphrase needed")).unwrap();

@@ -752,7 +752,12 @@ impl Session {
             && shared.register_by_peer.take(self.peer_ip, now);
         if !allowed {
             return self
-                .error(rid, ErrorCode::RateLimited, "too many registrations", None)
+                .error(
+                    rid,
+                    ErrorCode::RateLimited,
+                    "too many registrations from this address; try again later",
+                    None,
+                )
                 .await;
         }
         let outcome = shared
@@ -793,8 +798,13 @@ impl Session {
             Ok(RegisterOutcome::DeviceTaken) => {
                 (ErrorCode::AlreadyRegistered, "device already registered")
             }
-            Ok(RegisterOutcome::InviteRequired) => (ErrorCode::InviteRequired, "invite required"),
-            Ok(RegisterOutcome::InviteInvalid) => (ErrorCode::InviteInvalid, "invite invalid"),
+            Ok(RegisterOutcome::InviteRequired) => (
+                ErrorCode::InviteRequired,
+                "this server is invite-only: an invite is required",
+            ),
+            Ok(RegisterOutcome::InviteInvalid) => {
+                (ErrorCode::InviteInvalid, "invite unknown or already used")
+            }
             Err(e) => {
                 tracing::warn!("register failed: {e}");
                 (ErrorCode::Unavailable, "try again later")

@@ -644,8 +644,8 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
     Some(match code {
         "NOT_REGISTERED" => {
             "the server no longer knows this device (its data was reset, or restored from an \
-             older backup). Register again with a new profile: ponte register --profile NEW_DIR \
-             --server ADDRESS NAME; your contacts will see a new safety number"
+             older backup). Register this profile again with the same name and server: ponte \
+             register --server ADDRESS NAME; your contacts keep your safety number"
         }
         "INVITE_REQUIRED" => {
             "ask the server's operator for an invite (they run `ponte server invite`), then \

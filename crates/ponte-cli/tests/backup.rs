@@ -57,6 +57,12 @@ fn backup_while_running_then_restore() {
         &alice,
         &["send", "bobby", "after the backup", "--json"],
     ));
+    // Carol joins after the backup, and alice gets to know her.
+    let carol = tmp.path().join("carol");
+    register(&carol, &address, "carol");
+    ok(&ponte(&carol, &["send", "alice", "carol 1"]));
+    let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"])));
+    assert!(v.iter().any(|m| m["text"] == "carol 1"), "{v:?}");
     server.kill();
 
     let restored = Server::start(&dest);
@@ -79,4 +85,46 @@ fn backup_while_running_then_restore() {
         }
     }
     assert_eq!(history.len(), 4);
+
+    // The restored server never heard of carol: her send fails (and is
+    // marked failed), with the way back in a hint.
+    let out = ponte(&carol, &["send", "alice", "carol 2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("NOT_REGISTERED") && err.contains("hint:") && err.contains("register"),
+        "{err}"
+    );
+    // The same profile registers again, same name, same identity...
+    let again = ponte(&carol, &["register", "--server", &address, "carol"]);
+    assert!(ok(&again).contains("registered as carol"), "{again:?}");
+    // ...another name on it is still refused...
+    let other = ponte(&carol, &["register", "--server", &address, "carol2"]);
+    assert!(
+        common::stderr(&other).contains("already registered"),
+        "{other:?}"
+    );
+    // ...and alice sees no key change: the safety number is the same.
+    ok(&ponte(&carol, &["send", "alice", "carol 3"]));
+    let v = json_lines(&ok(&ponte(&alice, &["sync", "--json"])));
+    let m = v.iter().find(|m| m["text"] == "carol 3").expect("carol 3");
+    assert!(m.get("key_changed").is_none(), "{m}");
+    let contacts = json_lines(&ok(&ponte(&alice, &["contacts", "--json"])));
+    let c = contacts.iter().find(|c| c["handle"] == "carol").unwrap();
+    assert_eq!(c["key_changed"], false, "{c}");
+    let h = json_lines(&ok(&ponte(&carol, &["history", "alice", "--json"])));
+    let status: Vec<(&str, &str)> = h
+        .iter()
+        .map(|m| (m["text"].as_str().unwrap(), m["status"].as_str().unwrap()))
+        .collect();
+    // carol 1's receipts went to the old server after the backup: lost
+    // with it, so its tick stays at "sent".
+    assert_eq!(
+        status,
+        [
+            ("carol 1", "sent"),
+            ("carol 2", "failed"),
+            ("carol 3", "sent")
+        ]
+    );
 }

@@ -330,10 +330,22 @@ impl Client {
         let profile = if Profile::exists(dir) {
             let profile = Profile::open(dir, passphrase)?;
             if let Some(existing) = profile.store().meta("handle")? {
-                return Err(ClientError::AlreadyRegistered(
-                    dir.display().to_string(),
-                    existing,
-                ));
+                // The same name on the same server: register this device
+                // again (the server lost the account: its data was reset or
+                // restored from an older backup). Same identity, so
+                // contacts keep the safety number. If the server still has
+                // the account, this just confirms it.
+                let same_server = profile
+                    .store()
+                    .meta("server")?
+                    .and_then(|a| parse_address(&a).ok())
+                    .is_some_and(|a| a == server);
+                if existing != handle || !same_server {
+                    return Err(ClientError::AlreadyRegistered(
+                        dir.display().to_string(),
+                        existing,
+                    ));
+                }
             }
             profile
         } else {

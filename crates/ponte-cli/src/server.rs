@@ -5,6 +5,11 @@
 //! - `ponte server address --data DIR [--host NAME] [--port N]` prints it
 //!   again: what the server printed at its last start (recorded in
 //!   `DIR/server.address`), with `--host`/`--port` overriding.
+//!
+//! Both refuse a host or port no client would accept in the printed
+//! address, and `--listen`/`--admin` take an IP address and port (as the
+//! config file does): a host name there is refused with a hint, not
+//! resolved.
 //! - `ponte server invite --data DIR` prints a one-use invite token (only
 //!   for a directory a server has started in).
 
@@ -16,7 +21,8 @@ use ponte_server::config::{
 };
 use ponte_server::keyfile::KeyFileError;
 use ponte_server::{Server, ServerConfig, ServerError};
-use std::net::SocketAddr;
+use ponte_wire::address::{ServerAddress, DEFAULT_PORT};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -52,19 +58,21 @@ struct RunArgs {
     /// [default: ponte-data].
     #[arg(long, env = "PONTE_DATA")]
     data: Option<PathBuf>,
-    /// Address to listen on for clients and relays [default: 0.0.0.0:5222].
-    #[arg(long)]
+    /// IP address and port to listen on for clients and relays (port 0: any
+    /// free port) [default: 0.0.0.0:5222].
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_listen)]
     listen: Option<SocketAddr>,
-    /// Admin endpoint (/metrics, /healthz); keep it on loopback
-    /// [default: 127.0.0.1:8299].
-    #[arg(long)]
-    admin: Option<SocketAddr>,
+    /// Admin endpoint (/metrics, /healthz): an IP address and port, or
+    /// "off" (as --no-admin); keep it on loopback [default: 127.0.0.1:8299].
+    #[arg(long, value_name = "IP:PORT|off", value_parser = parse_admin)]
+    admin: Option<AdminFlag>,
     /// Do not serve the admin endpoint.
     #[arg(long)]
     no_admin: bool,
-    /// Host name to print in the server address (default: the listen IP, or
-    /// this machine's host name when listening on all addresses).
-    #[arg(long)]
+    /// Host name (or IP address) to print in the server address, without a
+    /// port (default: the listen IP, or this machine's host name when
+    /// listening on all addresses).
+    #[arg(long, value_parser = parse_host)]
     host: Option<String>,
     /// Only register users who present an invite (`ponte server invite`).
     #[arg(long)]
@@ -97,13 +105,14 @@ struct AddressArgs {
     /// Data directory of the server.
     #[arg(long, env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
     data: PathBuf,
-    /// Host name users reach the server (or a relay in front of it) by
-    /// [default: the host printed at the server's last start].
-    #[arg(long)]
+    /// Host name (or IP address) users reach the server (or a relay in
+    /// front of it) by [default: the host printed at the server's last
+    /// start].
+    #[arg(long, value_parser = parse_host)]
     host: Option<String>,
-    /// Port users connect to [default: the port printed at the server's
-    /// last start].
-    #[arg(long)]
+    /// Port users connect to, 1 to 65535 [default: the port printed at the
+    /// server's last start].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
 }
 
@@ -122,6 +131,79 @@ struct BackupArgs {
     /// Where to put the copy: a directory that does not exist yet (or is
     /// empty).
     dest: PathBuf,
+}
+
+/// `--admin`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum AdminFlag {
+    Off,
+    At(SocketAddr),
+}
+
+/// `--listen`: an IP address and port.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    parse_socket_addr(s, "0.0.0.0:5222 or [::]:5222")
+}
+
+/// `--admin`: an IP address and port, or `off`.
+fn parse_admin(s: &str) -> Result<AdminFlag, String> {
+    if s == "off" {
+        return Ok(AdminFlag::Off);
+    }
+    parse_socket_addr(s, "127.0.0.1:8299 or [::1]:8299")
+        .map(AdminFlag::At)
+        .map_err(|e| format!("{e}, or off"))
+}
+
+/// An IP address and port, as the config file takes them. A host name is
+/// refused rather than resolved: `localhost` may resolve to `::1` or to
+/// `127.0.0.1`, and a name to several addresses or to another one after
+/// the next DNS change, so what the server binds would depend on the
+/// resolver; an IP address says exactly which interface is exposed.
+fn parse_socket_addr(s: &str, examples: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let why = if s.parse::<IpAddr>().is_ok() {
+        "no port"
+    } else {
+        "not an IP address and port (host names such as localhost are not resolved)"
+    };
+    Err(format!(
+        "{why}: use an IP address and port, e.g. {examples}"
+    ))
+}
+
+/// A host for the printed server address: one that a client parses back
+/// from it unchanged (`ServerAddress::from_str`: a DNS name of letters,
+/// digits, `.`, `-`, `_`, or an IP address). A bracketed IPv6 address loses
+/// its brackets (the address adds them). A `:` is only allowed in an IPv6
+/// address: `chat.example.org:443` would be taken for one by the parser
+/// and reach nothing.
+fn parse_host(s: &str) -> Result<String, String> {
+    let host = s
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .filter(|h| h.parse::<Ipv6Addr>().is_ok())
+        .unwrap_or(s);
+    if host.contains(':') && host.parse::<Ipv6Addr>().is_err() {
+        return Err(format!(
+            "{s:?} is neither a host name nor an IPv6 address: give the host alone, \
+             the port is set separately"
+        ));
+    }
+    let probe = ServerAddress {
+        host: host.to_owned(),
+        port: DEFAULT_PORT,
+        key: [0; 32],
+    };
+    match probe.to_string().parse::<ServerAddress>() {
+        Ok(back) if back == probe => Ok(host.to_owned()),
+        _ => Err(format!(
+            "{s:?} cannot be used in a server address: give a DNS name (letters, digits, \
+             '.', '-', '_') or an IP address"
+        )),
+    }
 }
 
 /// Runs `ponte server …`.
@@ -154,6 +236,12 @@ fn explain_data_dir(e: ServerError, data: &Path, what: &str) -> anyhow::Error {
 fn address(a: &AddressArgs) -> anyhow::Result<ExitCode> {
     let addr = ponte_server::server_address(&a.data, a.host.as_deref(), a.port)
         .map_err(|e| explain_data_dir(e, &a.data, "reading the server address"))?;
+    // --host is checked by clap; a recorded host was parsed, but without a
+    // record the host is this machine's name, which may be anything.
+    if a.host.is_none() {
+        parse_host(&addr.host)
+            .map_err(|e| anyhow::anyhow!("the host to print: {e}; give one with --host"))?;
+    }
     crate::write_stdout(&format!("{addr}\n"))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -193,8 +281,27 @@ fn backup(b: &BackupArgs) -> anyhow::Result<ExitCode> {
 fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging();
     let file = match &a.config {
-        Some(path) => FileConfig::load(path)?,
+        Some(path) => FileConfig::load(path).map_err(|e| {
+            // `listen` is a socket address in the file too; std's message
+            // alone does not say what is expected.
+            let msg = e.to_string();
+            if msg.contains("invalid socket address syntax") {
+                anyhow::anyhow!(
+                    "{}\nlisten takes an IP address and port, e.g. 0.0.0.0:5222 or [::]:5222 \
+                     (host names such as localhost are not resolved)",
+                    msg.trim_end()
+                )
+            } else {
+                e.into()
+            }
+        })?,
         None => FileConfig::default(),
+    };
+    let file_host = match (&file.host, &a.config) {
+        (Some(h), Some(path)) => {
+            Some(parse_host(h).map_err(|e| anyhow::anyhow!("{}: host: {e}", path.display()))?)
+        }
+        _ => None,
     };
     let default_listen: SocketAddr = DEFAULT_LISTEN.parse()?;
     let mut cfg = ServerConfig::new(PathBuf::from(DEFAULT_DATA_DIR), default_listen);
@@ -229,14 +336,25 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     let admin = if a.no_admin {
         None
     } else if let Some(v) = a.admin {
-        Some(v)
+        match v {
+            AdminFlag::Off => None,
+            AdminFlag::At(v) => Some(v),
+        }
     } else {
         match file.admin_addr() {
             Some(v) => v,
             None => Some(DEFAULT_ADMIN.parse()?),
         }
     };
-    let host_arg = a.host.clone().or(file.host.clone());
+    let host_arg = a.host.clone().or(file_host);
+    // The listen IP is the bound one: the host is known (and checked)
+    // before anything is created.
+    let host = ponte_server::display_host(host_arg.as_deref(), cfg.listen);
+    if host_arg.is_none() {
+        parse_host(&host).map_err(|e| {
+            anyhow::anyhow!("this machine's host name {e}; set --host (or host in the config file)")
+        })?;
+    }
     let data = cfg.data_dir.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -247,7 +365,6 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("starting the server in {}", data.display()))?;
         let local = server.local_addr()?;
-        let host = ponte_server::display_host(host_arg.as_deref(), local);
         if server.key_created() {
             tracing::info!(
                 "created a new server key in {}",

@@ -585,3 +585,227 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     let again = start(&data);
     assert_eq!(again.address.key, first.address.key);
 }
+
+/// `ponte server ARGS… --data DATA` with a deadline (a command that should
+/// be refused must not hang the test if it starts instead).
+fn server_run(args: &[&str], data: &Path) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .arg("server")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_output(child, WAIT)
+}
+
+/// Checks that `out` is a refusal whose message has every one of `want`,
+/// with nothing on stdout.
+fn assert_refused(out: &Output, want: &[&str], what: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "{what}: accepted\nstdout: {}\nstderr: {err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for w in want {
+        assert!(err.contains(w), "{what}: no {w:?} in {err}");
+    }
+}
+
+/// `address --port 0` and a `--host` no client parses were printed with
+/// exit 0; now they are refused naming the flag, and whatever is printed
+/// is an address a client accepts. The server's own `--host` (flag or
+/// config key) is checked the same way, before anything is created.
+#[test]
+fn addresses_no_client_accepts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = start(&data).address.key;
+    for (args, want) in [
+        (&["--port", "0"][..], &["--port", "1..=65535"][..]),
+        (&["--port", "65536"], &["--port", "1..=65535"]),
+        (
+            &["--host", "bad host#x"],
+            &["--host", "bad host#x", "cannot be used in a server address"],
+        ),
+        (&["--host", ""], &["--host", "cannot be used"]),
+        (&["--host", "a/b"], &["--host", "cannot be used"]),
+        (
+            &["--host", "chat.example.org:443"],
+            &["--host", "give the host alone"],
+        ),
+    ] {
+        let mut all = vec!["address"];
+        all.extend_from_slice(args);
+        assert_refused(&server_run(&all, &data), want, &format!("{args:?}"));
+    }
+    // The edges of what is accepted, each printed as a client parses it.
+    for (args, host, port) in [
+        (&["--port", "1"][..], None, Some(1)),
+        (&["--port", "65535"], None, Some(65535)),
+        (&["--host", "[::1]"], Some("::1"), None),
+        (&["--host", "::1", "--port", "443"], Some("::1"), Some(443)),
+        (
+            &["--host", "my_host-1.example"],
+            Some("my_host-1.example"),
+            None,
+        ),
+        (&["--host", "192.0.2.7"], Some("192.0.2.7"), None),
+    ] {
+        let a = address_of(&data, args);
+        assert_eq!(a.key, key, "{args:?}");
+        if let Some(h) = host {
+            assert_eq!(a.host, h, "{args:?}");
+        }
+        if let Some(p) = port {
+            assert_eq!(a.port, p, "{args:?}");
+        }
+    }
+
+    // The server itself: --host, and the config file key host.
+    let fresh = dir.path().join("fresh");
+    for host in ["bad host#x", "chat.example.org:5222"] {
+        let out = server_run(
+            &["--listen", "127.0.0.1:0", "--no-admin", "--host", host],
+            &fresh,
+        );
+        assert_refused(&out, &["--host", host], host);
+    }
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(&cfg, "host = \"bad host#x\"\n").unwrap();
+    let out = server_run(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &fresh,
+    );
+    assert_refused(
+        &out,
+        &["server.toml", "host", "cannot be used in a server address"],
+        "config host",
+    );
+    assert!(
+        !fresh.exists(),
+        "a refused server created its data directory"
+    );
+    // A bracketed IPv6 host is printed as a client expects it.
+    let server = Server::spawn(&mut Server::command(&fresh, &["--host", "[::1]"]));
+    let a: ServerAddress = server.address().parse().unwrap();
+    drop(server);
+    assert_eq!(address_of(&fresh, &[]).host, "::1");
+    assert_eq!(address_of(&fresh, &[]).port, a.port);
+}
+
+/// The first line on stdout of `ponte server ARGS… --data DATA` (with
+/// info logs), and its log once killed.
+fn started_log(args: &[&str], data: &Path) -> (String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .arg("server")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut child);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (line, stderr(&out))
+}
+
+/// `--admin off` was refused ("invalid socket address syntax") although
+/// the docs name it: it is `--no-admin`, and wins over the config file.
+#[test]
+fn admin_off_on_the_command_line_disables_the_admin_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    // The file's admin endpoint is served, and logged.
+    let (line, log) = started_log(&["--config", cfg], &data);
+    assert!(line.starts_with("ponte://"), "{line:?}\n{log}");
+    assert!(log.contains("admin endpoint on http://127.0.0.1:"), "{log}");
+    // --admin off: none.
+    for args in [
+        &["--config", cfg, "--admin", "off"][..],
+        &["--config", cfg, "--no-admin"],
+    ] {
+        let (line, log) = started_log(args, &data);
+        assert!(line.starts_with("ponte://"), "{args:?}: {line:?}\n{log}");
+        assert!(log.contains("listening on 127.0.0.1:"), "{args:?}: {log}");
+        assert!(!log.contains("admin endpoint"), "{args:?}: {log}");
+    }
+}
+
+/// `--listen localhost:…` and `--admin localhost:…` said only "invalid
+/// socket address syntax". Host names are refused (as in the config file),
+/// with what to write instead; nothing is created.
+#[test]
+fn listen_and_admin_take_an_ip_address_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (args, flag) in [
+        (&["--listen", "localhost:0", "--no-admin"][..], "--listen"),
+        (&["--listen", "127.0.0.1"], "--listen"),
+        (
+            &["--listen", "127.0.0.1:0", "--admin", "localhost:0"],
+            "--admin",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1"],
+            "--admin",
+        ),
+    ] {
+        let out = server_run(args, &data);
+        assert_refused(
+            &out,
+            &[flag, "use an IP address and port, e.g.", "[::"],
+            &format!("{args:?}"),
+        );
+    }
+    let out = server_run(&["--listen", "localhost:0"], &data);
+    assert_refused(
+        &out,
+        &["host names such as localhost are not resolved"],
+        "localhost",
+    );
+    // The config file takes the same and says the same.
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(&cfg, "listen = \"localhost:0\"\nadmin = \"off\"\n").unwrap();
+    let out = server_run(&["--config", cfg.to_str().unwrap()], &data);
+    assert_refused(
+        &out,
+        &[
+            "server.toml",
+            "line 1",
+            "listen takes an IP address and port",
+            "not resolved",
+        ],
+        "config listen",
+    );
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nadmin = \"localhost:0\"\n").unwrap();
+    let out = server_run(&["--config", cfg.to_str().unwrap()], &data);
+    assert_refused(
+        &out,
+        &["server.toml", "admin", "127.0.0.1:8299"],
+        "config admin",
+    );
+    assert!(
+        !data.exists(),
+        "a refused server created its data directory"
+    );
+}

@@ -281,20 +281,7 @@ fn backup(b: &BackupArgs) -> anyhow::Result<ExitCode> {
 fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     crate::init_logging();
     let file = match &a.config {
-        Some(path) => FileConfig::load(path).map_err(|e| {
-            // `listen` is a socket address in the file too; std's message
-            // alone does not say what is expected.
-            let msg = e.to_string();
-            if msg.contains("invalid socket address syntax") {
-                anyhow::anyhow!(
-                    "{}\nlisten takes an IP address and port, e.g. 0.0.0.0:5222 or [::]:5222 \
-                     (host names such as localhost are not resolved)",
-                    msg.trim_end()
-                )
-            } else {
-                e.into()
-            }
-        })?,
+        Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
     let file_host = match (&file.host, &a.config) {

@@ -792,7 +792,7 @@ fn listen_and_admin_take_an_ip_address_with_a_hint() {
         &[
             "server.toml",
             "line 1",
-            "listen takes an IP address and port",
+            "listen: \"localhost:0\" is not an IP address and port",
             "not resolved",
         ],
         "config listen",

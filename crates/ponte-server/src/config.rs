@@ -386,6 +386,18 @@ mod bounded {
         max_one_time_keys: u32 => MAX_ONE_TIME_KEYS,
     );
 
+    pub fn listen<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::net::SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Some).map_err(|_| {
+            D::Error::custom(format!(
+                "listen: {s:?} is not an IP address and port, e.g. 0.0.0.0:5222 or [::]:5222 \
+                 (host names such as localhost are not resolved)"
+            ))
+        })
+    }
+
     pub fn admin<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         let s = String::deserialize(d)?;
         if s != "off" && s.parse::<std::net::SocketAddr>().is_err() {
@@ -433,7 +445,8 @@ pub struct RateLimitFile {
 pub struct FileConfig {
     /// Data directory.
     pub data: Option<PathBuf>,
-    /// Listen address.
+    /// Listen address (an IP address and port; host names are refused).
+    #[serde(default, deserialize_with = "bounded::listen")]
     pub listen: Option<SocketAddr>,
     /// Admin address, or `"off"`.
     #[serde(default, deserialize_with = "bounded::admin")]

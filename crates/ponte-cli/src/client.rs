@@ -500,7 +500,15 @@ fn via(cmd: ViaCommand) -> anyhow::Result<ExitCode> {
         ViaCommand::List { common } => {
             let p = open_profile(&common)?;
             let last = ponte_client::client::last_route(p.store())?;
-            for url in saved_vias(p.store())? {
+            let saved = saved_vias(p.store())?;
+            if saved.is_empty() && !common.json {
+                // On stderr: stdout stays a list (empty) for scripts.
+                eprintln!(
+                    "no relays saved: the client goes direct. Add one with `ponte via add URL` \
+                     (tcp://HOST:PORT, tls://HOST:PORT or a ponte://relay?… share link)"
+                );
+            }
+            for url in saved {
                 let used_last = last.as_deref() == Some(format!("relay {url}").as_str());
                 let shown = clean(&url.to_string()).into_owned();
                 if common.json {

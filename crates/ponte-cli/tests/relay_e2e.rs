@@ -558,6 +558,13 @@ fn proxy_link_for_the_ponte_preset_round_trips_through_via_add() {
     let server = Server::start(&tmp.path().join("server"));
     let alice = tmp.path().join("alice");
     register(&alice, &server.address_at(server.addr.port()), "alice", &[]);
+    // None yet: an empty list on stdout, what to do on stderr.
+    let out = ponte(&alice, &["via", "list"]);
+    assert_eq!(ok(&out), "");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no relays saved"),
+        "{out:?}"
+    );
     for link in &lines[..2] {
         ok(&ponte(&alice, &["via", "add", link]));
     }

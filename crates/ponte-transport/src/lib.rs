@@ -102,6 +102,10 @@ pub enum TransportError {
     /// that is not allowed).
     #[error("bad handshake message length {0}")]
     HandshakeLength(usize),
+    /// The peer answered in another protocol (its first bytes say which):
+    /// the address or route leads to some other service.
+    #[error("the other end does not speak Ponte: {0}")]
+    NotPonte(&'static str),
     /// Noise rejected a handshake message.
     #[error("noise handshake failed: {0}")]
     Handshake(snow::Error),
@@ -359,6 +363,21 @@ async fn fill<R: AsyncRead + Unpin>(
     Ok(true)
 }
 
+/// What a length prefix too large for a handshake message most likely is:
+/// the start of another protocol's answer ("HTTP/1.1 …", a TLS record).
+fn other_protocol(first: [u8; 2]) -> Option<&'static str> {
+    match first {
+        [b'H', b'T'] => Some("it answered like an HTTP server"),
+        [0x15 | 0x16, 0x03] => Some(
+            "it answered with TLS (for a TLS relay, use a tls:// route; a server address is plain)",
+        ),
+        [a, b] if a.is_ascii_graphic() && (b.is_ascii_graphic() || b == b' ') => {
+            Some("it answered with text")
+        }
+        _ => None,
+    }
+}
+
 async fn read_handshake_msg<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
@@ -368,7 +387,13 @@ async fn read_handshake_msg<R: AsyncRead + Unpin>(
         return Err(TransportError::UnexpectedEof);
     }
     let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
-    if len > MAX_HANDSHAKE_MSG || (len == 0 && !allow_empty) {
+    if len > MAX_HANDSHAKE_MSG {
+        return Err(match other_protocol([buf[0], buf[1]]) {
+            Some(what) => TransportError::NotPonte(what),
+            None => TransportError::HandshakeLength(len),
+        });
+    }
+    if len == 0 && !allow_empty {
         return Err(TransportError::HandshakeLength(len));
     }
     if !fill(io, buf, 2 + len).await? {

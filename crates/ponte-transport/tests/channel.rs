@@ -315,3 +315,28 @@ async fn connect_tcp_uses_the_server_address() {
     assert_eq!(&ch.recv_frame().await.unwrap().unwrap()[..], b"echo");
     server.await.unwrap();
 }
+
+/// A client that reaches some other service (a web server, a TLS port)
+/// says so, instead of "bad handshake message length 18516" ("HT").
+#[tokio::test]
+async fn another_protocol_answering_is_named() {
+    for (answer, want) in [
+        (&b"HTTP/1.1 400 Bad Request\r\n\r\n"[..], "HTTP server"),
+        (&[0x16, 0x03, 0x03, 0x00, 0x31, 0x02][..], "TLS"),
+        (&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28][..], "TLS"),
+        (&b"SSH-2.0-OpenSSH_9.6\r\n"[..], "text"),
+    ] {
+        let (c, mut s) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move {
+            let mut first = [0u8; 2];
+            s.read_exact(&mut first).await.unwrap();
+            s.write_all(answer).await.unwrap();
+            s
+        });
+        let ccfg = ClientConfig::new(Keypair::generate(), [1; 32]);
+        let err = connect(c, &ccfg).await.unwrap_err();
+        assert!(matches!(err, TransportError::NotPonte(_)), "{err:?}");
+        assert!(err.to_string().contains(want), "{err}");
+        drop(server.await.unwrap());
+    }
+}

@@ -118,6 +118,10 @@ pub struct Client {
     connect_timeout: Duration,
     /// Contacts whose key change was already reported (once per process).
     warned_held: BTreeSet<String>,
+    /// The refusal last reported by a deferred flush: `listen` retries
+    /// every 30 s and says it again only when it changes, or after a flush
+    /// that went through.
+    warned_deferred: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -387,6 +391,7 @@ impl Client {
             route_in_use: None,
             connect_timeout,
             warned_held: BTreeSet::new(),
+            warned_deferred: None,
         };
         let mut conn = client.open_connection().await?;
         let public = client.identity.public();
@@ -450,6 +455,7 @@ impl Client {
             route_in_use: None,
             connect_timeout: Duration::from_secs(5),
             warned_held: BTreeSet::new(),
+            warned_deferred: None,
         })
     }
 
@@ -907,7 +913,7 @@ impl Client {
                             continue;
                         }
                         Err(e) if is_temporary_refusal(&e) => {
-                            emit(events, Event::Warning(format!("kept in the outbox: {e}")))?;
+                            self.warn_deferred(events, &e)?;
                             return Ok(Flush::Deferred);
                         }
                         Err(e) => return Err(e),
@@ -963,13 +969,25 @@ impl Client {
                     failed_peers.insert(item.peer.clone());
                 }
                 Err(e) if is_temporary_refusal(&e) => {
-                    emit(events, Event::Warning(format!("kept in the outbox: {e}")))?;
+                    self.warn_deferred(events, &e)?;
                     return Ok(Flush::Deferred);
                 }
                 Err(e) => return Err(e),
             }
         }
+        self.warned_deferred = None;
         Ok(Flush::Done)
+    }
+
+    /// Says that the outbox waits because of `e`, unless that was the last
+    /// thing said about it.
+    fn warn_deferred(&mut self, events: &mut Display<'_>, e: &ClientError) -> Result<()> {
+        let text = format!("kept in the outbox: {e}");
+        if self.warned_deferred.as_deref() != Some(text.as_str()) {
+            emit(events, Event::Warning(text.clone()))?;
+            self.warned_deferred = Some(text);
+        }
+        Ok(())
     }
 
     /// Queue a message and try to deliver it to the server right away. If

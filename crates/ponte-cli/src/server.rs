@@ -5,13 +5,15 @@
 //! - `ponte server address --data DIR [--host NAME] [--port N]` prints it
 //!   again: what the server printed at its last start (recorded in
 //!   `DIR/server.address`), with `--host`/`--port` overriding.
-//!
-//! Both refuse a host or port no client would accept in the printed
-//! address, and `--listen`/`--admin` take an IP address and port (as the
-//! config file does): a host name there is refused with a hint, not
-//! resolved.
 //! - `ponte server invite --data DIR` prints a one-use invite token (only
 //!   for a directory a server has started in).
+//! - `ponte server backup --data DIR DEST` copies the data directory while
+//!   the server runs (`ponte_server::backup`).
+//!
+//! The first two refuse a host or port no client would accept in the
+//! printed address, and `--listen`/`--admin` take an IP address and port
+//! (as the config file does): a host name there is refused with a hint,
+//! not resolved.
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};

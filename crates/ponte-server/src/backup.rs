@@ -58,12 +58,19 @@ pub enum BackupError {
         /// Cause.
         error: std::io::Error,
     },
-    /// SQLite refused the copy.
+    /// SQLite refused the copy. (Its text is in the message, so it is not
+    /// also a `source`: a report of the chain would say it twice.)
     #[error("copying the database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// The copy failed its integrity check.
     #[error("the copy failed its integrity check: {0}")]
     Corrupt(String),
+}
+
+impl From<rusqlite::Error> for BackupError {
+    fn from(e: rusqlite::Error) -> Self {
+        BackupError::Sqlite(e)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {

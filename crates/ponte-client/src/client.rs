@@ -1149,6 +1149,10 @@ impl Client {
                     None => {
                         let looked_up = match self.lookup_identity(conn, sender).await {
                             Ok(identity) => identity,
+                            // The server could not look it up just now:
+                            // not acknowledged, so it comes again (dropping
+                            // it would lose a genuine first message).
+                            Err(e) if is_temporary_refusal(&e) => return Err(e),
                             Err(
                                 e @ (ClientError::Server { .. }
                                 | ClientError::Protocol(_)

@@ -28,9 +28,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Most pushes buffered while waiting for a response. The server keeps at
-/// most 64 unacknowledged pushes in flight, so this is never reached by an
-/// honest server; a dishonest one gets disconnected.
-const MAX_QUEUED_PUSHES: usize = 1024;
+/// most 64 unacknowledged mailbox items in flight (plus the odd key
+/// count), so this is never reached by an honest server; a dishonest one
+/// gets disconnected before it makes the client hold more than
+/// 256 × 128 KiB.
+const MAX_QUEUED_PUSHES: usize = 256;
 
 /// Default bound on one request's round trip.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);

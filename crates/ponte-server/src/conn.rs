@@ -52,6 +52,14 @@ use tracing::Instrument as _;
 const MAX_PROXY_HEADER: usize = 1024;
 /// Most seqs in one Ack.
 const MAX_ACK_SEQS: usize = 1024;
+
+/// Largest frame before login: `Register` (a handle, two keys, a signature
+/// and an invite) is under 300 bytes.
+const PRE_LOGIN_MAX_FRAME: usize = 4 * 1024;
+
+/// Largest frame after login other than `Send`: an upload of 100 keys is
+/// about 17 KiB, an ack of 1,024 seqs at most 11 KiB.
+const SMALL_REQUEST_MAX_FRAME: usize = 32 * 1024;
 /// Longest invite token accepted.
 const MAX_INVITE_LEN: usize = 128;
 
@@ -648,6 +656,21 @@ impl Session {
 
     async fn on_frame(&mut self, payload: &[u8]) -> Result<(), Exit> {
         self.shared.metrics.frames_in.inc();
+        // Decoding allocates for every repeated entry (an upload of 65,000
+        // empty keys fits in 128 KiB and decodes to ~6 MiB), so each kind
+        // of request is capped to what an honest client can send before it
+        // is decoded: before login only small requests exist (register,
+        // login, ping); after it only a message body is large.
+        let cap = if self.account.is_none() {
+            PRE_LOGIN_MAX_FRAME
+        } else if messages::client_body_field(payload) == Some(messages::SEND_FIELD) {
+            usize::MAX // the transport's frame cap holds
+        } else {
+            SMALL_REQUEST_MAX_FRAME.max((self.shared.cfg.max_keys_per_upload + 1) * 256)
+        };
+        if payload.len() > cap {
+            return Err(Exit::close("frame_too_large", CloseReason::FrameTooLarge));
+        }
         let frame: ClientFrame = match messages::decode_client_frame(payload) {
             Ok(f) => f,
             Err(MessageError::MissingBody) => {
@@ -677,6 +700,8 @@ impl Session {
             client_frame::Body::Login(_) => self.on_login(rid).await,
             body => {
                 let Some(acc) = self.account.as_ref() else {
+                    // Not held while the answer waits for room to go out.
+                    drop(body);
                     return self
                         .error(rid, ErrorCode::NotAuthenticated, "log in first", None)
                         .await;
@@ -738,16 +763,19 @@ impl Session {
                 )
                 .await;
         }
+        // Rate limits first (checking takes no token): a flood of bad
+        // signatures must not cost a signature verification each.
+        let now = Instant::now();
+        let may = shared.register_by_source.check(self.source_ip, now)
+            && shared.register_by_peer.check(self.peer_ip, now);
         let signed =
             messages::registration_signing_string(&r.handle, &curve, &ed, &self.device_key);
-        if !verify(&ed, &signed, &r.signature) {
+        if may && !verify(&ed, &signed, &r.signature) {
             return self
                 .error(rid, ErrorCode::BadSignature, "registration signature", None)
                 .await;
         }
-        let now = Instant::now();
-        let allowed = shared.register_by_source.check(self.source_ip, now)
-            && shared.register_by_peer.check(self.peer_ip, now)
+        let allowed = may
             && shared.register_by_source.take(self.source_ip, now)
             && shared.register_by_peer.take(self.peer_ip, now);
         if !allowed {
@@ -998,6 +1026,7 @@ impl Session {
     ) -> Result<(), Exit> {
         let total = u.one_time_keys.len() + usize::from(u.fallback_key.is_some());
         if total > self.shared.cfg.max_keys_per_upload {
+            drop(u);
             return self
                 .error(
                     rid,
@@ -1296,6 +1325,7 @@ impl Session {
 
     async fn on_ack(&mut self, rid: u64, info: &AccountInfo, seqs: Vec<u64>) -> Result<(), Exit> {
         if seqs.len() > MAX_ACK_SEQS {
+            drop(seqs);
             return self
                 .error(
                     rid,

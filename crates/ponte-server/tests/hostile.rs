@@ -498,3 +498,73 @@ async fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
     still_serves(&server).await;
     server.stop().await;
 }
+
+/// Reads frames (skipping pushes) until the server's Close; its reason.
+async fn close_reason(c: &mut Client) -> i32 {
+    for _ in 0..100 {
+        match c.recv().await.expect("a Close frame before EOF").body {
+            Some(server_frame::Body::Close(cl)) => return cl.reason,
+            _ => continue,
+        }
+    }
+    panic!("no Close within 100 frames");
+}
+
+/// Frames that would decode to far more memory than their size (repeated
+/// empty entries) are refused by size before they are decoded: before
+/// login anything over 4 KiB, after it anything but a message over 32 KiB.
+/// Honest requests of every kind still pass.
+#[tokio::test]
+async fn oversized_requests_are_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+
+    // Before login: a ping padded with an unknown field to 8 KiB.
+    let mut c = Client::connect(&server, &Device::new()).await;
+    let mut frame = prost::Message::encode_to_vec(&messages::ClientFrame {
+        request_id: 1,
+        body: Some(client_frame::Body::Ping(messages::Ping { nonce: 1 })),
+    });
+    // Field 99, length-delimited, 8,000 bytes: decoders skip it.
+    frame.extend_from_slice(&[0x9a, 0x06, 0xc0, 0x3e]);
+    frame.extend_from_slice(&[0u8; 8000]);
+    c.ch.send_frame(&frame).await.unwrap();
+    assert_eq!(
+        close_reason(&mut c).await,
+        CloseReason::FrameTooLarge as i32
+    );
+
+    // After login: 20,000 empty keys in one upload (40 KB on the wire,
+    // about 2 MB decoded).
+    let mut c = registered(&server, "uploader").await;
+    let upload = client_frame::Body::UploadKeys(messages::UploadKeys {
+        one_time_keys: vec![messages::SignedKey::default(); 20_000],
+        fallback_key: None,
+    });
+    c.fire(upload).await;
+    assert_eq!(
+        close_reason(&mut c).await,
+        CloseReason::FrameTooLarge as i32
+    );
+
+    // Honest requests: a full upload of 100 keys and a 60 KB message.
+    let device = Device::new();
+    let mut c = Client::connect(&server, &device).await;
+    assert!(matches!(
+        c.register("honest").await,
+        server_frame::Body::Registered(_)
+    ));
+    let keys: Vec<_> = (0..99).map(|i| device.signed_key(i, false)).collect();
+    let r = c
+        .request(client_frame::Body::UploadKeys(messages::UploadKeys {
+            one_time_keys: keys,
+            fallback_key: Some(device.signed_key(1000, true)),
+        }))
+        .await;
+    assert!(matches!(r, server_frame::Body::KeysUploaded(_)), "{r:?}");
+    let _bob = registered(&server, "bobby").await;
+    let r = c.send_msg("bobby", [3; 16], &vec![7u8; 60_000]).await;
+    assert!(matches!(r, server_frame::Body::SendAck(_)), "{r:?}");
+    still_serves(&server).await;
+    server.stop().await;
+}

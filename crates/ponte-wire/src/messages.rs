@@ -120,6 +120,28 @@ pub fn decode_client_frame(payload: &[u8]) -> Result<ClientFrame, MessageError> 
     Ok(frame)
 }
 
+/// The `ClientFrame.body` field number of `SendMessage` (proto/ponte.proto).
+pub const SEND_FIELD: u32 = 15;
+
+/// Which request a client frame payload holds (its `body` field number),
+/// found by walking the top-level fields without decoding them, so a
+/// receiver can cap a frame's size by its type before decoding allocates
+/// anything. `None` for a payload that is not well-formed at the top level
+/// or has no body; the last body field wins, as in decoding.
+pub fn client_body_field(payload: &[u8]) -> Option<u32> {
+    use prost::encoding::{decode_key, skip_field, DecodeContext};
+    let mut buf = payload;
+    let mut body = None;
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).ok()?;
+        if tag != 1 {
+            body = Some(tag);
+        }
+        skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?;
+    }
+    body
+}
+
 /// Decodes a server frame payload (the bytes after the length prefix).
 pub fn decode_server_frame(payload: &[u8]) -> Result<ServerFrame, MessageError> {
     let frame = <ServerFrame as prost::Message>::decode(payload)
@@ -186,5 +208,39 @@ mod tests {
             decode_client_frame(&[0xff, 0xff, 0xff]),
             Err(MessageError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn body_field_is_found_without_decoding() {
+        let send = ClientFrame {
+            request_id: 7,
+            body: Some(client_frame::Body::Send(SendMessage {
+                message_id: vec![1; 16].into(),
+                recipient: "bob".into(),
+                body: vec![9; 1000].into(),
+            })),
+        };
+        assert_eq!(client_body_field(&send.encode_to_vec()), Some(SEND_FIELD));
+        let ack = ClientFrame {
+            request_id: 8,
+            body: Some(client_frame::Body::Ack(Ack {
+                seqs: vec![1, 2, 3],
+            })),
+        };
+        assert_eq!(client_body_field(&ack.encode_to_vec()), Some(16));
+        let ping = ClientFrame {
+            request_id: 0,
+            body: Some(client_frame::Body::Ping(Ping { nonce: 1 })),
+        };
+        assert_eq!(client_body_field(&ping.encode_to_vec()), Some(17));
+        // No body, or broken at the top level.
+        let none = ClientFrame {
+            request_id: 3,
+            body: None,
+        };
+        assert_eq!(client_body_field(&none.encode_to_vec()), None);
+        assert_eq!(client_body_field(&[0xff, 0xff, 0xff]), None);
+        // A length that runs past the end.
+        assert_eq!(client_body_field(&[0x7a, 0x05, 0x00]), None);
     }
 }

@@ -17,6 +17,11 @@ use tokio::sync::Notify;
 /// Items held for one connection before it falls back to the database.
 pub(crate) const INBOX_CAP: usize = 256;
 
+/// Message bytes held for one connection before it falls back to the
+/// database: 256 maximal bodies would be 16 MiB per connection that does
+/// not acknowledge (and so does not take items out).
+pub(crate) const INBOX_BYTES_CAP: usize = 1024 * 1024;
+
 /// Committed items waiting to be pushed by the connection.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
@@ -24,6 +29,8 @@ pub(crate) struct Inbox {
     pub items: VecDeque<MailItem>,
     /// Items were stored that are not in `items`: read the database.
     pub read_db: bool,
+    /// Body bytes in `items`.
+    bytes: usize,
 }
 
 /// The wake-up handles of one logged-in connection.
@@ -50,10 +57,13 @@ impl Online {
         if inbox.read_db {
             inbox.read_db = false;
             inbox.items = VecDeque::new();
+            inbox.bytes = 0;
             return (Vec::new(), true);
         }
         let n = max.min(inbox.items.len());
         let taken: Vec<MailItem> = inbox.items.drain(..n).collect();
+        let taken_bytes: usize = taken.iter().map(|i| i.body.len()).sum();
+        inbox.bytes = inbox.bytes.saturating_sub(taken_bytes);
         if inbox.items.is_empty() && inbox.items.capacity() > 0 {
             // An idle connection keeps no buffer.
             inbox.items = VecDeque::new();
@@ -64,12 +74,18 @@ impl Online {
     fn hand_over(&self, item: Option<MailItem>) {
         if let Ok(mut inbox) = self.inbox.lock() {
             match item {
-                Some(item) if !inbox.read_db && inbox.items.len() < INBOX_CAP => {
+                Some(item)
+                    if !inbox.read_db
+                        && inbox.items.len() < INBOX_CAP
+                        && inbox.bytes + item.body.len() <= INBOX_BYTES_CAP =>
+                {
+                    inbox.bytes += item.body.len();
                     inbox.items.push_back(item);
                 }
                 _ => {
                     inbox.read_db = true;
                     inbox.items = VecDeque::new();
+                    inbox.bytes = 0;
                 }
             }
         }
@@ -174,6 +190,44 @@ mod tests {
         assert!(got.is_empty() && read_db);
         let (got, read_db) = online.take(10);
         assert!(got.is_empty() && !read_db);
+    }
+
+    /// A connection that takes nothing holds at most about 1 MiB of bodies
+    /// in memory (not 256 maximal bodies); past that it reads the database.
+    #[test]
+    fn inbox_is_bounded_in_bytes_too() {
+        let reg = Registry::default();
+        let online = reg.login(7, 1);
+        let big = |seq: u64| MailItem {
+            body: Bytes::from(vec![0u8; 64 * 1024]),
+            ..item(seq)
+        };
+        for seq in 0..16 {
+            reg.deliver(7, big(seq));
+        }
+        assert_eq!(online.inbox.lock().unwrap().bytes, INBOX_BYTES_CAP);
+        // Taking frees the room again.
+        let (got, read_db) = online.take(4);
+        assert_eq!((got.len(), read_db), (4, false));
+        for seq in 16..20 {
+            reg.deliver(7, big(seq));
+        }
+        let (got, read_db) = online.take(100);
+        assert_eq!((got.len(), read_db), (16, false));
+        // One more byte than fits: the database is read instead.
+        for seq in 20..36 {
+            reg.deliver(7, big(seq));
+        }
+        reg.deliver(
+            7,
+            MailItem {
+                body: Bytes::from_static(b"x"),
+                ..item(36)
+            },
+        );
+        let (got, read_db) = online.take(100);
+        assert!(got.is_empty() && read_db);
+        assert_eq!(online.inbox.lock().unwrap().bytes, 0);
     }
 
     #[test]

@@ -310,20 +310,27 @@ async fn expiry_loop(shared: Arc<Shared>) {
         }
         // Run until a sweep finds less than a full batch.
         for _ in 0..100 {
+            // The senders of new notices are woken in commit order (on the
+            // sync thread, like deliveries), not once the reply is back: by
+            // then a later item may have been pushed from memory, and the
+            // connection would read the database only past it.
+            let wake = Arc::clone(&shared);
             match shared
                 .store
-                .expire(
+                .expire_then(
                     now_ms(),
                     duration_ms(shared.cfg.retention),
                     duration_ms(shared.cfg.notice_retention),
+                    move |out| {
+                        for account in &out.notify {
+                            wake.registry.wake(*account);
+                        }
+                    },
                 )
                 .await
             {
                 Ok(out) => {
                     shared.metrics.messages_expired.inc_by(out.expired_messages);
-                    for account in &out.notify {
-                        shared.registry.wake(*account);
-                    }
                     if !out.more {
                         break;
                     }

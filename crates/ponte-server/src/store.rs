@@ -370,6 +370,7 @@ enum Job {
         /// Notices a reader found past their deadline: `(owner, seq)`.
         stale_notices: Vec<(AccountId, i64)>,
         reply: Reply<ExpireOutcome>,
+        after: Option<AfterCommit<ExpireOutcome>>,
     },
     AddInvite([u8; 32], Reply<()>),
 }
@@ -879,6 +880,33 @@ impl Store {
         retention_ms: i64,
         notice_ttl_ms: i64,
     ) -> Result<ExpireOutcome, StoreError> {
+        self.expire_inner(now_ms, retention_ms, notice_ttl_ms, None)
+            .await
+    }
+
+    /// [`Store::expire`], with `after` run on the outcome once the sweep is
+    /// durable, on the sync thread in commit order (before any later
+    /// commit's hooks): the server wakes the senders of new notices there,
+    /// so their connections read them before anything committed later is
+    /// handed over in memory.
+    pub async fn expire_then(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        notice_ttl_ms: i64,
+        after: impl FnOnce(&ExpireOutcome) + Send + 'static,
+    ) -> Result<ExpireOutcome, StoreError> {
+        self.expire_inner(now_ms, retention_ms, notice_ttl_ms, Some(Box::new(after)))
+            .await
+    }
+
+    async fn expire_inner(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        notice_ttl_ms: i64,
+        after: Option<AfterCommit<ExpireOutcome>>,
+    ) -> Result<ExpireOutcome, StoreError> {
         // Notices have no expiry index (they are written and deleted once per
         // delivered message, and an index would double that): a reader scans
         // for stale ones off the writer thread, and the writer deletes them.
@@ -899,6 +927,7 @@ impl Store {
             notice_ttl_ms,
             stale_notices,
             reply,
+            after,
         })
         .await
     }
@@ -1739,10 +1768,11 @@ fn run_job(c: &Connection, st: &mut WriterState, job: Job) -> Ran {
             notice_ttl_ms,
             stale_notices,
             reply,
+            after,
         } => direct(
             reply,
             do_expire(c, st, now_ms, retention_ms, notice_ttl_ms, &stale_notices),
-            None,
+            after,
         ),
         Job::AddInvite(hash, reply) => direct(
             reply,

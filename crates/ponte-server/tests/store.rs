@@ -543,6 +543,40 @@ async fn duplicates_answer_first_accept_time_even_when_full() {
     store.close();
 }
 
+/// The expiry sweep's hook runs once the sweep is durable and before its
+/// answer, on the sync thread that runs every write's hooks in commit order
+/// (`send_then_hooks_run_in_seq_order_before_the_answer` above): the
+/// server wakes the notices' owners there, so a connection reads a new
+/// notice before anything committed after it is handed over in memory.
+#[tokio::test]
+async fn expiry_hook_runs_before_the_answer() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let alice = store_account(&store, "alice", 1).await;
+    store_account(&store, "bob", 2).await;
+    store.send(msg(alice, "bob", 1, 10, 100)).await.unwrap();
+    let seen = Arc::new(Mutex::new(None));
+    let hook = Arc::clone(&seen);
+    let out = store
+        .expire_then(200, 1_000_000, 500, move |out| {
+            *hook.lock().unwrap() = Some((
+                out.notify.clone(),
+                std::thread::current().name().map(str::to_owned),
+            ));
+        })
+        .await
+        .unwrap();
+    let (notify, thread) = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the hook ran before the answer");
+    assert_eq!(notify, vec![alice]);
+    assert_eq!(out.notify, vec![alice]);
+    assert_eq!(thread.as_deref(), Some("ponte-db-sync"));
+}
+
 /// With no spacing between commits (`commit_interval = 0`), concurrent
 /// sends are all stored, each under its own seq, every one written and
 /// committed before its answer, and all still there after reopening.

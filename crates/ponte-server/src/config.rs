@@ -39,6 +39,12 @@ pub struct ServerConfig {
     pub expiry_interval: Duration,
     /// Most simultaneous connections (others are closed at once).
     pub max_connections: usize,
+    /// Most connections from one peer address (IPv6: one /64) that have not
+    /// logged in yet; more are closed at once.
+    pub max_pre_login_per_address: usize,
+    /// Whether loopback peers (a relay on this machine) are exempt from
+    /// `max_pre_login_per_address`.
+    pub pre_login_exempts_loopback: bool,
     /// Deadline for the PROXY header plus the Noise handshake.
     pub handshake_timeout: Duration,
     /// Deadline for Register/Login after the handshake.
@@ -97,6 +103,8 @@ impl ServerConfig {
             notice_retention: Duration::from_secs(30 * 24 * 3600),
             expiry_interval: Duration::from_secs(60),
             max_connections: 10_000,
+            max_pre_login_per_address: 256,
+            pre_login_exempts_loopback: true,
             handshake_timeout: Duration::from_secs(10),
             unauthenticated_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
@@ -291,6 +299,12 @@ pub const MAX_CONNECTIONS: CountBounds = CountBounds {
     min: 1,
     max: u64::MAX,
 };
+/// `max_pre_login_per_address`.
+pub const MAX_PRE_LOGIN_PER_ADDRESS: CountBounds = CountBounds {
+    key: "max_pre_login_per_address",
+    min: 1,
+    max: u64::MAX,
+};
 /// `max_pending`.
 pub const MAX_PENDING: CountBounds = CountBounds {
     key: "max_pending",
@@ -381,6 +395,7 @@ mod bounded {
     }
     counts!(
         max_connections: usize => MAX_CONNECTIONS,
+        max_pre_login_per_address: usize => MAX_PRE_LOGIN_PER_ADDRESS,
         max_pending: u32 => MAX_PENDING,
         max_body_len: usize => MAX_BODY_LEN,
         max_one_time_keys: u32 => MAX_ONE_TIME_KEYS,
@@ -467,6 +482,9 @@ pub struct FileConfig {
     /// Connection cap.
     #[serde(default, deserialize_with = "bounded::max_connections")]
     pub max_connections: Option<usize>,
+    /// Connections not logged in yet, per peer address.
+    #[serde(default, deserialize_with = "bounded::max_pre_login_per_address")]
+    pub max_pre_login_per_address: Option<usize>,
     /// Undelivered messages per recipient.
     #[serde(default, deserialize_with = "bounded::max_pending")]
     pub max_pending: Option<u32>,
@@ -564,6 +582,9 @@ impl FileConfig {
         }
         if let Some(v) = self.expiry_interval {
             cfg.expiry_interval = v;
+        }
+        if let Some(v) = self.max_pre_login_per_address {
+            cfg.max_pre_login_per_address = v;
         }
         if let Some(v) = self.max_connections {
             cfg.max_connections = v;
@@ -709,6 +730,12 @@ mod tests {
         let e = FileConfig::parse("retention = \"soon\"\n", p).unwrap_err();
         assert!(e.to_string().contains("retention"), "{e}");
         assert!(FileConfig::parse("max_connections = 0\n", p).is_err());
+        assert!(FileConfig::parse("max_pre_login_per_address = 0\n", p).is_err());
+        let f = FileConfig::parse("max_pre_login_per_address = 16\n", p).unwrap();
+        let mut c = ServerConfig::new("x", "127.0.0.1:1".parse().unwrap());
+        assert_eq!(c.max_pre_login_per_address, 256);
+        f.apply(&mut c);
+        assert_eq!(c.max_pre_login_per_address, 16);
         assert!(FileConfig::parse("admin = \"nowhere\"\n", p).is_err());
     }
 }

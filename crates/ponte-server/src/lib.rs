@@ -26,6 +26,7 @@ mod conn;
 pub mod keyfile;
 pub mod metrics;
 mod outbox;
+mod prelogin;
 mod ratelimit;
 mod registry;
 pub mod store;
@@ -128,6 +129,8 @@ pub(crate) struct Shared {
     pub registry: registry::Registry,
     pub register_by_source: ratelimit::Limiter,
     pub register_by_peer: ratelimit::Limiter,
+    /// Connections not logged in yet, per peer address.
+    pub pre_login: Arc<prelogin::PreLogin>,
     pub next_conn_id: AtomicU64,
     pub stop: CancellationToken,
     /// The data directory's lock, held as long as anything uses the store.
@@ -193,6 +196,10 @@ impl Server {
         let shared = Arc::new(Shared {
             register_by_source: ratelimit::Limiter::new(cfg.register_limit),
             register_by_peer: ratelimit::Limiter::new(cfg.register_limit_per_peer),
+            pre_login: prelogin::PreLogin::new(
+                cfg.max_pre_login_per_address,
+                cfg.pre_login_exempts_loopback,
+            ),
             cfg,
             keypair,
             store,
@@ -266,9 +273,21 @@ impl Server {
                     Ok((sock, peer)) => {
                         shared.metrics.connections_accepted.inc();
                         match Arc::clone(&slots).try_acquire_owned() {
-                            Ok(permit) => {
-                                conns.spawn(conn::handle(Arc::clone(&shared), sock, peer, permit));
-                            }
+                            Ok(permit) => match shared.pre_login.enter(peer.ip()) {
+                                Some(slot) => {
+                                    conns.spawn(conn::handle(
+                                        Arc::clone(&shared),
+                                        sock,
+                                        peer,
+                                        permit,
+                                        slot,
+                                    ));
+                                }
+                                None => {
+                                    shared.metrics.closed("pre_login_per_address");
+                                    drop(sock);
+                                }
+                            },
                             Err(_) => {
                                 shared.metrics.closed("overloaded");
                                 drop(sock);

@@ -38,7 +38,7 @@ pub struct Limiter {
 }
 
 /// The key an address counts under: an IPv6 address by its /64.
-fn key(addr: IpAddr) -> IpAddr {
+pub(crate) fn key(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -568,3 +568,88 @@ async fn oversized_requests_are_refused_before_decoding() {
     still_serves(&server).await;
     server.stop().await;
 }
+
+/// Connects and completes the Noise handshake as `device`, or `None` if
+/// the server closed the connection first.
+async fn handshake(server: &TestServer, device: &Device) -> Option<Client> {
+    let sock = TcpStream::connect(server.addr).await.unwrap();
+    let mut cfg = ClientConfig::new(device.noise.clone(), server.key);
+    cfg.handshake_timeout = WAIT;
+    let ch = connect(sock, &cfg).await.ok()?;
+    Some(Client::from_channel(ch, device))
+}
+
+/// Whether a new connection is closed by the server without a word, tried
+/// until it is (bounded): the accept loop counts connections in order.
+async fn refused_soon(server: &TestServer) -> bool {
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            _ => continue,
+        }
+    }
+    false
+}
+
+/// One address cannot hold more than `max_pre_login_per_address`
+/// connections that have not logged in: the next is closed at once (and
+/// counted); a connection that logs in gives its place back, and so does
+/// one that goes away. (Loopback is exempt by default; not here.)
+#[tokio::test]
+async fn connections_before_login_are_capped_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with_admin(
+        dir.path(),
+        |c| {
+            c.max_pre_login_per_address = 3;
+            c.pre_login_exempts_loopback = false;
+        },
+        true,
+    )
+    .await;
+    // Three silent sockets (stuck before the handshake) take the places.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    assert!(
+        refused_soon(&server).await,
+        "a fourth connection is refused"
+    );
+    let m = http_get(server.admin.unwrap(), "/metrics").await;
+    assert!(
+        m.contains("ponte_server_connections_closed_total{reason=\"pre_login_per_address\"}"),
+        "{m}"
+    );
+    // One silent socket leaves: its place comes back once the server sees
+    // the EOF, and alice gets in and registers.
+    drop(silent.pop());
+    let device = Device::new();
+    let mut alice = None;
+    for _ in 0..100 {
+        if let Some(c) = handshake(&server, &device).await {
+            alice = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut alice = alice.expect("a place came back after a socket left");
+    assert!(matches!(
+        alice.register("alice").await,
+        server_frame::Body::Registered(_)
+    ));
+    // Logged in, alice no longer counts: two silent sockets, so exactly one
+    // more connection fits (a handshake completes), and the next is refused.
+    let third = handshake(&server, &Device::new()).await;
+    assert!(third.is_some(), "alice's place was given back at login");
+    assert!(refused_soon(&server).await);
+    // And alice is served all along.
+    let r = alice
+        .request(client_frame::Body::Ping(messages::Ping { nonce: 9 }))
+        .await;
+    assert!(matches!(r, server_frame::Body::Pong(_)));
+    drop((silent, third));
+    server.stop().await;
+}

@@ -669,14 +669,18 @@ impl Session {
         // of request is capped to what an honest client can send before it
         // is decoded: before login only small requests exist (register,
         // login, ping); after it only a message body is large.
-        let cap = if self.account.is_none() {
-            PRE_LOGIN_MAX_FRAME
-        } else if messages::client_body_field(payload) == Some(messages::SEND_FIELD) {
-            usize::MAX // the transport's frame cap holds
+        // The type is only looked up for a frame over the small cap, so a
+        // message of ordinary size costs nothing here.
+        let too_large = if self.account.is_none() {
+            payload.len() > PRE_LOGIN_MAX_FRAME
         } else {
-            SMALL_REQUEST_MAX_FRAME.max((self.shared.cfg.max_keys_per_upload + 1) * 256)
+            let small =
+                SMALL_REQUEST_MAX_FRAME.max((self.shared.cfg.max_keys_per_upload + 1) * 256);
+            // A message's cap is the transport's frame cap.
+            payload.len() > small
+                && messages::client_body_field(payload) != Some(messages::SEND_FIELD)
         };
-        if payload.len() > cap {
+        if too_large {
             return Err(Exit::close("frame_too_large", CloseReason::FrameTooLarge));
         }
         let frame: ClientFrame = match messages::decode_client_frame(payload) {

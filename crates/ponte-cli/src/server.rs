@@ -354,9 +354,12 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("starting the server in {}", data.display()))?;
         let local = server.local_addr()?;
+        let address = server.address(&host);
         if server.key_created() {
-            tracing::info!(
-                "created a new server key in {}",
+            // A new identity: right on a first start, wrong on a restart
+            // with a mistyped --data (every registered client refuses it).
+            tracing::warn!(
+                "created a NEW server key in {}: this is a new server identity, {address};                  clients that know this server by another key refuse it. If this server                  ran before, stop it and check --data (the old key is in the old data directory)",
                 data.join(ponte_server::keyfile::KEY_FILE).display()
             );
         }
@@ -367,7 +370,6 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         if host_arg.is_none() && local.ip().is_unspecified() {
             tracing::info!("set --host to the name users reach this server by");
         }
-        let address = server.address(&host);
         // For `ponte server address`, which prints it again.
         ponte_server::keyfile::write_address(&data, &address)
             .with_context(|| format!("recording the server address in {}", data.display()))?;

@@ -119,6 +119,21 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
     }
 }
 
+/// Refuses ([`ServerError::DataDirInUse`]) a data directory whose lock
+/// another process holds, creating nothing: only an existing lock file is
+/// opened. [`lock_data_dir`] takes the lock for good afterwards.
+fn check_data_dir_free(dir: &Path) -> Result<(), ServerError> {
+    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+        return Ok(());
+    };
+    match file.try_lock() {
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirInUse(dir.to_owned())),
+        // Free (dropping the file releases it), or not lockable: the real
+        // lock below says why.
+        _ => Ok(()),
+    }
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -159,9 +174,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads or creates the key, opens the database and binds the listener
-    /// (and the admin listener when `admin` is given). Logs a warning first
-    /// when `admin` is not a loopback address.
+    /// Binds the listener (and the admin listener when `admin` is given),
+    /// then loads or creates the key and opens the database: a start that
+    /// cannot listen creates nothing in the data directory. Logs a warning
+    /// first when `admin` is not a loopback address.
     pub async fn bind(cfg: ServerConfig, admin: Option<SocketAddr>) -> Result<Self, ServerError> {
         if let Some(addr) = admin.filter(|a| !is_loopback(a.ip())) {
             // Allowed (a private network may be trusted), but metrics show
@@ -171,12 +187,12 @@ impl Server {
                  /metrics (connection counts, traffic volumes); firewall it, or use 127.0.0.1"
             );
         }
-        let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
-        let lock = lock_data_dir(&cfg.data_dir)?;
-        let store = Store::open_with(
-            &cfg.data_dir,
-            store::StoreOptions::with_commit_interval(cfg.commit_interval),
-        )?;
+        // A server already running here is said as such, not as its port
+        // being taken.
+        check_data_dir_free(&cfg.data_dir)?;
+        // The listeners first: a start that fails on a taken address (a
+        // second start, a mistyped --data on a restart) creates nothing in
+        // the data directory, least of all a new key.
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|error| ServerError::Bind {
@@ -191,6 +207,12 @@ impl Server {
             ),
             None => None,
         };
+        let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
+        let lock = lock_data_dir(&cfg.data_dir)?;
+        let store = Store::open_with(
+            &cfg.data_dir,
+            store::StoreOptions::with_commit_interval(cfg.commit_interval),
+        )?;
         let mut metrics = metrics::Metrics::new();
         metrics.register_store(store.stats());
         let shared = Arc::new(Shared {

@@ -6,7 +6,9 @@
 //!   again: what the server printed at its last start (recorded in
 //!   `DIR/server.address`), with `--host`/`--port` overriding.
 //! - `ponte server invite --data DIR` prints a one-use invite token (only
-//!   for a directory a server has started in).
+//!   for a directory a server has started in), with a note on stderr when
+//!   the server last started without `--invite-only` (the token is not
+//!   needed then).
 //! - `ponte server backup --data DIR DEST` copies the data directory while
 //!   the server runs (`ponte_server::backup`).
 //!
@@ -252,6 +254,15 @@ fn invite(data: &Path) -> anyhow::Result<ExitCode> {
     let token = ponte_server::create_invite(data)
         .map_err(|e| explain_data_dir(e, data, "creating an invite"))?;
     crate::write_stdout(&format!("{token}\n"))?;
+    // On stderr: stdout stays the token alone, for scripts.
+    if ponte_server::keyfile::read_registration(data) == Some(false) {
+        eprintln!(
+            "ponte: note: the server in {} was last started without --invite-only: anyone can \
+             register without an invite, so this token is not needed (it works once the server \
+             runs with --invite-only)",
+            data.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -345,6 +356,7 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
     let data = cfg.data_dir.clone();
+    let invite_only = cfg.invite_only;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -373,6 +385,9 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         // For `ponte server address`, which prints it again.
         ponte_server::keyfile::write_address(&data, &address)
             .with_context(|| format!("recording the server address in {}", data.display()))?;
+        // For `ponte server invite`, which notes when a token is not needed.
+        ponte_server::keyfile::write_registration(&data, invite_only)
+            .with_context(|| format!("recording the registration mode in {}", data.display()))?;
         crate::write_stdout(&format!("{address}\n"))?;
         server.run(shutdown_signal()).await?;
         tracing::info!("stopped");

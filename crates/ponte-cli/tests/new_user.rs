@@ -152,3 +152,45 @@ fn a_new_server_key_is_announced_as_a_warning_with_its_address() {
     assert_eq!(key(&again), key(&address));
     assert!(!said.contains("NEW server key"), "{said}");
 }
+
+/// `server invite` on a server that is not invite-only printed a token as
+/// if it were needed; it still prints it (alone on stdout), and notes on
+/// stderr that anyone can register without one.
+#[test]
+fn an_invite_for_an_open_server_says_it_is_not_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let invite = || {
+        let mut cmd = Command::new(PONTE);
+        cmd.args(["server", "invite", "--data"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        wait_output(cmd.spawn().unwrap(), WAIT)
+    };
+    let token_alone = |out: &std::process::Output| {
+        assert!(out.status.success(), "{}", stderr(out));
+        let text = stdout(out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text:?}");
+        assert_eq!(lines[0].len(), 32, "{text:?}");
+        assert!(lines[0].bytes().all(|b| b.is_ascii_hexdigit()), "{text:?}");
+    };
+
+    let open = Server::start(&data);
+    let out = invite();
+    token_alone(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("without --invite-only") && err.contains("not needed"),
+        "{err}"
+    );
+    open.kill();
+
+    let closed = Server::start_with(&data, &["--invite-only"]);
+    let out = invite();
+    token_alone(&out);
+    assert_eq!(stderr(&out), "");
+    closed.kill();
+}

@@ -5,6 +5,9 @@
 //! - `server.address`: the address `ponte server` printed at its last start
 //!   (one line, `ponte://HOST:PORT#KEY`, mode 0644: it holds nothing
 //!   secret), so that `ponte server address` can print it again.
+//! - `server.registration`: how the last start took registrations, one
+//!   word, `open` or `invite-only` (mode 0644), so that `ponte server
+//!   invite` can say when a token is not needed.
 
 use ponte_transport::Keypair;
 use ponte_wire::address::ServerAddress;
@@ -16,6 +19,10 @@ pub const KEY_FILE: &str = "server.key";
 
 /// Name of the record of the last printed address inside the data directory.
 pub const ADDRESS_FILE: &str = "server.address";
+
+/// Name of the record of the last start's registration mode inside the
+/// data directory.
+pub const REGISTRATION_FILE: &str = "server.registration";
 
 /// Errors loading or creating the key, or reading or writing the address
 /// record.
@@ -133,8 +140,35 @@ fn create_dir(dir: &Path) -> Result<(), KeyFileError> {
 /// previous record atomically (a new file renamed over the old one), so a
 /// reader never sees half a line.
 pub fn write_address(dir: &Path, addr: &ServerAddress) -> Result<(), KeyFileError> {
-    let path = dir.join(ADDRESS_FILE);
-    let tmp = dir.join(format!("{ADDRESS_FILE}.tmp"));
+    write_record(dir, ADDRESS_FILE, &format!("{addr}\n"))
+}
+
+/// Records whether this start registers only users with an invite,
+/// replacing the previous record atomically.
+pub fn write_registration(dir: &Path, invite_only: bool) -> Result<(), KeyFileError> {
+    let word = if invite_only { "invite-only" } else { "open" };
+    write_record(dir, REGISTRATION_FILE, &format!("{word}\n"))
+}
+
+/// Whether the last start registered only users with an invite; `None`
+/// when there is no record (the server never started there, or was last
+/// started by a version that did not write one) or it is unreadable: the
+/// record only informs a note, it decides nothing.
+pub fn read_registration(dir: &Path) -> Option<bool> {
+    match std::fs::read_to_string(dir.join(REGISTRATION_FILE))
+        .ok()?
+        .trim()
+    {
+        "invite-only" => Some(true),
+        "open" => Some(false),
+        _ => None,
+    }
+}
+
+/// Writes `DIR/NAME` (mode 0644) through a temporary file renamed over it.
+fn write_record(dir: &Path, name: &str, text: &str) -> Result<(), KeyFileError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -143,8 +177,7 @@ pub fn write_address(dir: &Path, addr: &ServerAddress) -> Result<(), KeyFileErro
         opts.mode(0o644);
     }
     let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(format!("{addr}\n").as_bytes())
-        .map_err(io_err(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(io_err(&path))

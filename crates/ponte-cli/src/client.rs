@@ -12,6 +12,9 @@
 //! (including `send` leaving a message queued because the server is
 //! unreachable), 1 on errors, 2 on usage errors (clap).
 //!
+//! A passphrase typed at the prompt is asked again when it is wrong (and
+//! at `register`, when the two entries differ), three tries in all.
+//!
 //! Text others control (message text, handles, server and relay messages)
 //! goes through [`clean`] before it reaches a terminal, so it cannot forge
 //! lines or send escape sequences; `--json` keeps it raw (JSON escapes it).
@@ -195,18 +198,48 @@ fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-/// The passphrase to open a profile: `PONTE_PASSPHRASE`, else a prompt.
-fn unlock_passphrase() -> Result<String, ClientError> {
+/// How many times a passphrase typed at the prompt is asked for (as sudo
+/// does) before the command gives up.
+const PASSPHRASE_TRIES: u32 = 3;
+
+/// The passphrase to open a profile: `PONTE_PASSPHRASE`, else a prompt
+/// (and then `prompted` is set: a wrong one may be asked again).
+fn unlock_passphrase(prompted: &std::cell::Cell<bool>) -> Result<String, ClientError> {
     if let Some(p) = passphrase_from_env() {
         return Ok(p);
     }
     if !std::io::stdin().is_terminal() {
         return Err(ClientError::PassphraseRequired);
     }
+    prompted.set(true);
     prompt_hidden("Passphrase for this profile: ").map_err(|_| ClientError::PassphraseRequired)
 }
 
-/// How to protect a new profile.
+/// Runs `open` with a passphrase source ([`unlock_passphrase`]) until it
+/// does not fail for a wrong passphrase typed at the prompt, at most
+/// [`PASSPHRASE_TRIES`] times. A wrong `PONTE_PASSPHRASE` fails at once:
+/// the same value would fail again.
+fn with_passphrase<T>(
+    mut open: impl FnMut(&dyn Fn() -> Result<String, ClientError>) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let mut tries = 0;
+    loop {
+        let prompted = std::cell::Cell::new(false);
+        match open(&|| unlock_passphrase(&prompted)) {
+            Err(ClientError::WrongPassphrase) if prompted.get() => {
+                tries += 1;
+                if tries == PASSPHRASE_TRIES {
+                    return Err(ClientError::WrongPassphrase);
+                }
+                notice("wrong passphrase, try again");
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How to protect a new profile. Passphrases typed twice that differ are
+/// asked for again, at most [`PASSPHRASE_TRIES`] times.
 fn new_profile_key(no_passphrase: bool) -> anyhow::Result<KeySource> {
     if no_passphrase {
         return Ok(KeySource::KeyFile);
@@ -220,16 +253,23 @@ fn new_profile_key(no_passphrase: bool) -> anyhow::Result<KeySource> {
     if !std::io::stdin().is_terminal() {
         return Ok(KeySource::KeyFile);
     }
-    let first = prompt_hidden("Passphrase to protect this profile (empty: use a key file): ")?;
-    if first.is_empty() {
-        return Ok(KeySource::KeyFile);
+    for tries in 1..=PASSPHRASE_TRIES {
+        let first = prompt_hidden("Passphrase to protect this profile (empty: use a key file): ")?;
+        if first.is_empty() {
+            return Ok(KeySource::KeyFile);
+        }
+        let again = prompt_hidden("Repeat the passphrase: ")?;
+        if first == again {
+            return Ok(KeySource::Passphrase(
+                first,
+                ponte_client::atrest::KdfParams::DEFAULT,
+            ));
+        }
+        if tries < PASSPHRASE_TRIES {
+            notice("the passphrases differ, try again");
+        }
     }
-    let again = prompt_hidden("Repeat the passphrase: ")?;
-    anyhow::ensure!(first == again, "the passphrases differ");
-    Ok(KeySource::Passphrase(
-        first,
-        ponte_client::atrest::KdfParams::DEFAULT,
-    ))
+    anyhow::bail!("the passphrases differ ({PASSPHRASE_TRIES} tries): nothing was created")
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -241,7 +281,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn open_client(common: &Common) -> anyhow::Result<Client> {
     let dir = profile::resolve_dir(common.profile.clone())?;
-    let mut client = Client::open(&dir, unlock_passphrase)?;
+    let mut client = with_passphrase(|pass| Client::open(&dir, pass))?;
     client.set_connect_timeout(Duration::from_secs(common.connect_timeout));
     client.set_extra_vias(common.vias()?);
     Ok(client)
@@ -285,19 +325,30 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         } => {
             check_handle(&name)?;
             let dir = profile::resolve_dir(common.profile.clone())?;
-            let source = new_profile_key(no_passphrase)?;
+            // An existing profile keeps its key: asking how to protect a
+            // new one would only be ignored.
+            let source = if profile::Profile::exists(&dir) {
+                KeySource::KeyFile
+            } else {
+                new_profile_key(no_passphrase)?
+            };
             let timeout = Duration::from_secs(common.connect_timeout);
             let vias = common.vias()?;
-            let client = runtime()?.block_on(Client::register_via(
-                &dir,
-                source,
-                unlock_passphrase,
-                &server,
-                &name,
-                invite.as_deref(),
-                timeout,
-                &vias,
-            ))?;
+            let rt = runtime()?;
+            // A wrong passphrase for an existing profile fails before
+            // anything reaches the server, so asking again is safe.
+            let client = with_passphrase(|pass| {
+                rt.block_on(Client::register_via(
+                    &dir,
+                    source.clone(),
+                    pass,
+                    &server,
+                    &name,
+                    invite.as_deref(),
+                    timeout,
+                    &vias,
+                ))
+            })?;
             if common.json {
                 out(serde_json::json!({
                     "handle": client.handle(),
@@ -475,7 +526,7 @@ fn open_profile(common: &Common) -> anyhow::Result<profile::Profile> {
             dir.display()
         );
     }
-    Ok(profile::Profile::open(&dir, unlock_passphrase)?)
+    Ok(with_passphrase(|pass| profile::Profile::open(&dir, pass))?)
 }
 
 fn via(cmd: ViaCommand) -> anyhow::Result<ExitCode> {
@@ -485,16 +536,23 @@ fn via(cmd: ViaCommand) -> anyhow::Result<ExitCode> {
             let url: RelayUrl = url.parse()?;
             let p = open_profile(&common)?;
             let mut list = saved_vias(p.store())?;
+            // One answer on stdout, whichever it is: adding a saved relay
+            // again changes nothing and is not an error.
+            let shown = clean(&url.to_string()).into_owned();
             if list.contains(&url) {
-                notice(&format!("{url} is already saved"));
+                if common.json {
+                    out(serde_json::json!({ "already_saved": url.to_string() }))?;
+                } else {
+                    out(format_args!("relay {shown} is already saved"))?;
+                }
             } else {
                 list.push(url.clone());
                 save_vias(p.store(), &list)?;
-            }
-            if common.json {
-                out(serde_json::json!({ "added": url.to_string() }))?;
-            } else {
-                out(format_args!("saved relay {}", clean(&url.to_string())))?;
+                if common.json {
+                    out(serde_json::json!({ "added": url.to_string() }))?;
+                } else {
+                    out(format_args!("saved relay {shown}"))?;
+                }
             }
         }
         ViaCommand::List { common } => {

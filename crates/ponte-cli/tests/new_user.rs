@@ -7,16 +7,20 @@
 //! error.
 //!
 //! Every wait is bounded; nothing leaves 127.0.0.1.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, unsafe_code)]
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
+use std::time::Instant;
 
 mod common;
-use common::{stderr, stdout, wait_output, Killed, Server, PONTE, WAIT};
+use common::{
+    command, ok, ponte, register, stderr, stdout, wait_output, Killed, Server, PONTE, WAIT,
+};
 
 // ---------------------------------------------------------------- server
 
@@ -193,4 +197,215 @@ fn an_invite_for_an_open_server_says_it_is_not_needed() {
     token_alone(&out);
     assert_eq!(stderr(&out), "");
     closed.kill();
+}
+
+// ---------------------------------------------------------------- client
+
+/// `via add` of a relay already saved printed "saved relay" on stdout and
+/// "already saved" on stderr; one answer now, on stdout. `--json` says
+/// which it was.
+#[test]
+fn via_add_of_a_saved_relay_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let alice = dir.path().join("alice");
+    register(&alice, &server.address(), "alice");
+    let relay = "tcp://127.0.0.1:9";
+
+    let out = ponte(&alice, &["via", "add", relay]);
+    assert_eq!(ok(&out), format!("saved relay {relay}\n"));
+    assert_eq!(stderr(&out), "");
+    let out = ponte(&alice, &["via", "add", relay]);
+    assert_eq!(ok(&out), format!("relay {relay} is already saved\n"));
+    assert_eq!(stderr(&out), "");
+    let out = ponte(&alice, &["via", "add", relay, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    assert_eq!(v, serde_json::json!({ "already_saved": relay }));
+    assert_eq!(stderr(&out), "");
+    // Saved once.
+    assert_eq!(ok(&ponte(&alice, &["via", "list"])), format!("{relay}\n"));
+}
+
+/// A profile without a passphrase whose `profile.key` is gone failed with
+/// "reading …/profile.key: No such file or directory"; it says now that
+/// the profile cannot be opened without that file.
+#[test]
+fn a_missing_profile_key_says_the_profile_cannot_be_opened_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let alice = dir.path().join("alice");
+    register(&alice, &server.address(), "alice");
+    let key = alice.join("profile.key");
+    std::fs::remove_file(&key).unwrap();
+    for args in [&["contacts"][..], &["via", "list"], &["history", "bob"]] {
+        let out = ponte(&alice, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{} is missing", key.display()))
+                && err.contains("cannot be opened without it"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("os error"), "{args:?}: {err}");
+    }
+}
+
+/// A pseudo-terminal: the child's stdin is its terminal side, so the
+/// client prompts for a passphrase; the test types into the other side.
+struct Pty {
+    master: std::fs::File,
+    child: Child,
+    said: mpsc::Receiver<Vec<u8>>,
+    stderr: String,
+}
+
+impl Pty {
+    /// `ponte ARGS… --profile PROFILE` with stdin on a new terminal,
+    /// stdout and stderr piped (stderr read as it comes, for the prompts).
+    fn spawn(profile: &Path, args: &[&str]) -> Self {
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two descriptors into the given ints; the
+        // name, termios and window size pointers may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened and are owned here only.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut child = command(profile, args)
+            .stdin(Stdio::from(slave))
+            .spawn()
+            .unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, said) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            master: std::fs::File::from(master),
+            child,
+            said,
+            stderr: String::new(),
+        }
+    }
+
+    /// Waits until stderr has said `text` `n` times in all.
+    fn wait_for(&mut self, text: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.stderr.matches(text).count() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.said.recv_timeout(left) {
+                Ok(bytes) => self.stderr.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("no {text:?} (#{n}) on stderr: {:?}", self.stderr),
+            }
+        }
+    }
+
+    /// Waits for prompt number `n` ending in `prompt`, then types `line`.
+    fn answer(&mut self, prompt: &str, n: usize, line: &str) {
+        self.wait_for(prompt, n);
+        self.master
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    /// The exit status, stdout and everything said on stderr.
+    fn finish(mut self) -> (Output, String) {
+        let out = wait_output(self.child, WAIT);
+        while let Ok(bytes) = self.said.recv_timeout(std::time::Duration::from_secs(5)) {
+            self.stderr.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        drop(self.master);
+        (out, self.stderr)
+    }
+}
+
+const UNLOCK: &str = "Passphrase for this profile: ";
+const NEW: &str = "Passphrase to protect this profile (empty: use a key file): ";
+const REPEAT: &str = "Repeat the passphrase: ";
+
+/// A mistyped passphrase at the prompt ended the command; it is asked
+/// again, three tries in all (as sudo does), both when a profile is
+/// created (the two entries differ) and when it is opened (wrong one).
+#[test]
+fn a_wrong_passphrase_at_the_prompt_is_asked_again_three_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let alice = dir.path().join("alice");
+    let address = server.address();
+    let register = ["register", "--server", address.as_str(), "alice"];
+
+    // Three mismatches: refused, nothing created.
+    let mut pty = Pty::spawn(&alice, &register);
+    for n in 1..=3 {
+        pty.answer(NEW, n, "correct horse");
+        pty.answer(REPEAT, n, "correct hrose");
+    }
+    let (out, err) = pty.finish();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.matches("the passphrases differ, try again").count(),
+        2,
+        "{err}"
+    );
+    assert!(err.contains("the passphrases differ (3 tries)"), "{err}");
+    assert!(!alice.join("ponte.db").exists());
+
+    // One mismatch, then the same twice: registered with that passphrase.
+    let mut pty = Pty::spawn(&alice, &register);
+    pty.answer(NEW, 1, "correct horse");
+    pty.answer(REPEAT, 1, "correct hrose");
+    pty.answer(NEW, 2, "correct horse");
+    pty.answer(REPEAT, 2, "correct horse");
+    let (out, err) = pty.finish();
+    assert!(ok(&out).contains("registered as alice"), "{err}");
+    assert_eq!(err.matches("try again").count(), 1, "{err}");
+    assert!(!alice.join("profile.key").exists());
+
+    // Opening: two wrong, then right.
+    let mut pty = Pty::spawn(&alice, &["contacts"]);
+    pty.answer(UNLOCK, 1, "battery staple");
+    pty.answer(UNLOCK, 2, "");
+    pty.answer(UNLOCK, 3, "correct horse");
+    let (out, err) = pty.finish();
+    ok(&out);
+    assert_eq!(
+        err.matches("wrong passphrase, try again").count(),
+        2,
+        "{err}"
+    );
+
+    // Three wrong: refused after the third prompt.
+    let mut pty = Pty::spawn(&alice, &["via", "list"]);
+    for n in 1..=3 {
+        pty.answer(UNLOCK, n, "battery staple");
+    }
+    let (out, err) = pty.finish();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches(UNLOCK).count(), 3, "{err}");
+    assert_eq!(err.matches("try again").count(), 2, "{err}");
+    assert!(err.contains("ponte: error: wrong passphrase"), "{err}");
+
+    // PONTE_PASSPHRASE is not asked again: the same value would fail.
+    let out = wait_output(
+        command(&alice, &["contacts"])
+            .env("PONTE_PASSPHRASE", "battery staple")
+            .spawn()
+            .unwrap(),
+        WAIT,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!stderr(&out).contains("try again"), "{}", stderr(&out));
 }

@@ -232,7 +232,19 @@ fn write_key_file(path: &Path, key: &[u8; 32]) -> Result<()> {
 }
 
 fn read_key_file(path: &Path) -> Result<[u8; 32]> {
-    let bytes = std::fs::read(path).map_err(io_err(format!("reading {}", path.display())))?;
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        // The profile has no passphrase: this file is its only key.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ClientError::Invalid(format!(
+                "{} is missing: this profile is locked with that key file (it has no \
+                 passphrase) and cannot be opened without it. Put the file back from a copy \
+                 of the profile; a new one cannot be made",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+    };
     bytes
         .try_into()
         .map_err(|_| ClientError::Corrupt("key file is not 32 bytes"))

@@ -443,7 +443,21 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             check_handle(&name)?;
             let client = open_client(&common)?;
             let me = client.handle().to_owned();
-            client.history_to(&name, &mut |m| print_message(&me, m, common.json))?;
+            let mut printed = 0usize;
+            client.history_to(&name, &mut |m| {
+                printed += 1;
+                print_message(&me, m, common.json)
+            })?;
+            if printed == 0 {
+                // A mistyped name must not look like an empty conversation.
+                if client.store().contact(&name)?.is_none() {
+                    anyhow::bail!(
+                        "no conversation with {name}: not a contact of this profile \
+                         (see `ponte contacts`; `ponte send {name} TEXT` starts one)"
+                    );
+                }
+                notice(&format!("no messages with {name} yet"));
+            }
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Contacts { common } => {

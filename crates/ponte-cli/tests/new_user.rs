@@ -226,6 +226,47 @@ fn via_add_of_a_saved_relay_says_so_once() {
     assert_eq!(ok(&ponte(&alice, &["via", "list"])), format!("{relay}\n"));
 }
 
+/// `history NAME` for nobody this profile knows printed nothing and exited
+/// 0, as for an empty conversation; it is an error now. A known contact
+/// with no messages yet is not: nothing on stdout, a note on stderr.
+#[test]
+fn history_of_an_unknown_contact_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let alice = dir.path().join("alice");
+    let bob = dir.path().join("bob");
+    register(&alice, &server.address(), "alice");
+    register(&bob, &server.address(), "bob");
+
+    for args in [&["history", "bobb"][..], &["history", "bobb", "--json"]] {
+        let out = ponte(&alice, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", stdout(&out));
+        assert!(err.contains("no conversation with bobb"), "{args:?}: {err}");
+        assert!(err.contains("ponte contacts"), "{args:?}: {err}");
+    }
+
+    // `verify` fetches bob's key: a contact, no messages.
+    ok(&ponte(&alice, &["verify", "bob"]));
+    let out = ponte(&alice, &["history", "bob"]);
+    assert_eq!(ok(&out), "");
+    assert!(
+        stderr(&out).contains("no messages with bob yet"),
+        "{}",
+        stderr(&out)
+    );
+
+    ok(&ponte(&alice, &["send", "bob", "hello bob"]));
+    let out = ponte(&alice, &["history", "bob"]);
+    assert!(
+        ok(&out).contains("alice -> bob: hello bob"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(stderr(&out), "");
+}
+
 /// A profile without a passphrase whose `profile.key` is gone failed with
 /// "reading …/profile.key: No such file or directory"; it says now that
 /// the profile cannot be opened without that file.

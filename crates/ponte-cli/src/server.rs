@@ -371,7 +371,9 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             // A new identity: right on a first start, wrong on a restart
             // with a mistyped --data (every registered client refuses it).
             tracing::warn!(
-                "created a NEW server key in {}: this is a new server identity, {address};                  clients that know this server by another key refuse it. If this server                  ran before, stop it and check --data (the old key is in the old data directory)",
+                "created a NEW server key in {}: this is a new server identity, {address}; \
+                 clients that know this server by another key refuse it. If this server ran \
+                 before, stop it and check --data (the old key is in the old data directory)",
                 data.join(ponte_server::keyfile::KEY_FILE).display()
             );
         }

@@ -150,6 +150,8 @@ fn a_new_server_key_is_announced_as_a_warning_with_its_address() {
         "{line}"
     );
     assert!(line.contains("check --data"), "{line}");
+    let message = &line[line.find("created").unwrap()..];
+    assert!(!message.contains("  "), "no runs of spaces: {line}");
 
     let (again, said) = start_and_stop(&data);
     let key = |a: &str| a.rsplit_once('#').unwrap().1.to_owned();

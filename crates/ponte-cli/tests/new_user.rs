@@ -159,6 +159,34 @@ fn a_new_server_key_is_announced_as_a_warning_with_its_address() {
     assert!(!said.contains("NEW server key"), "{said}");
 }
 
+/// A data directory whose `server.key` is gone but whose database is
+/// there got a new key silently: a new identity for registered users, who
+/// all refuse it. The start is refused, and no key is made.
+#[test]
+fn a_database_without_its_server_key_is_not_given_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    start_and_stop(&data);
+    let key = data.join("server.key");
+    std::fs::remove_file(&key).unwrap();
+    let out = wait_output(
+        server_command(&data, "127.0.0.1:0", &["--no-admin"])
+            .spawn()
+            .unwrap(),
+        WAIT,
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "{}", stdout(&out));
+    assert!(
+        err.contains("holds a server database but no server.key")
+            && err.contains("ponte server backup"),
+        "{err}"
+    );
+    assert!(!err.contains("NEW server key"), "{err}");
+    assert!(!key.exists());
+}
+
 /// `server invite` on a server that is not invite-only printed a token as
 /// if it were needed; it still prints it (alone on stdout), and notes on
 /// stderr that anyone can register without one.

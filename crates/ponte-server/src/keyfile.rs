@@ -48,6 +48,21 @@ pub enum KeyFileError {
         /// The data directory.
         dir: PathBuf,
     },
+    /// The data directory holds a database but no key: the key was lost
+    /// or moved, and a new one would be a new server identity that every
+    /// registered client refuses.
+    #[error(
+        "{dir} holds a server database but no {KEY_FILE}: the key was lost or moved, and a \
+         new one would be a new server identity that every registered client refuses. Put \
+         {KEY_FILE} back (a backup made by `ponte server backup` holds it); to start over \
+         with a new identity and no accounts, move {} away too",
+        crate::store::DB_FILE,
+        dir = dir.display()
+    )]
+    LostKey {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// The file is not 32 bytes.
     #[error("{0}: not a server key (expected 32 bytes)")]
     Corrupt(PathBuf),
@@ -103,6 +118,8 @@ pub fn load(dir: &Path) -> Result<Keypair, KeyFileError> {
 
 /// Loads the key from `dir`, creating the directory (0700) and a new key
 /// (0600) on first start. Returns the key and whether it was just created.
+/// A directory that holds a database but no key is refused
+/// ([`KeyFileError::LostKey`]): that is no first start.
 pub fn load_or_create(dir: &Path) -> Result<(Keypair, bool), KeyFileError> {
     if !dir_exists(dir)? {
         create_dir(dir)?;
@@ -110,6 +127,11 @@ pub fn load_or_create(dir: &Path) -> Result<(Keypair, bool), KeyFileError> {
     let path = dir.join(KEY_FILE);
     if path.exists() {
         return Ok((load(dir)?, false));
+    }
+    if dir.join(crate::store::DB_FILE).exists() {
+        return Err(KeyFileError::LostKey {
+            dir: dir.to_owned(),
+        });
     }
     let kp = Keypair::generate();
     let mut opts = std::fs::OpenOptions::new();

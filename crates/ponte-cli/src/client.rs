@@ -233,6 +233,15 @@ fn with_passphrase<T>(
                 }
                 notice("wrong passphrase, try again");
             }
+            // Nothing was typed: say where the wrong one came from (set for
+            // another profile, say), since no prompt appeared.
+            Err(ClientError::WrongPassphrase) => {
+                return Err(ClientError::Invalid(
+                    "wrong passphrase for this profile in PONTE_PASSPHRASE (unset it to be \
+                     asked on the terminal)"
+                        .into(),
+                ))
+            }
             r => return r,
         }
     }

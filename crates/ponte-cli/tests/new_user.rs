@@ -321,6 +321,39 @@ fn a_missing_profile_key_says_the_profile_cannot_be_opened_without_it() {
     }
 }
 
+/// Another profile's `profile.key`, or a damaged one, was reported as
+/// "profile data is corrupt or was tampered with"; it names the file and
+/// what to do now.
+#[test]
+fn a_wrong_profile_key_file_is_named_not_reported_as_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"));
+    let alice = dir.path().join("alice");
+    let bob = dir.path().join("bob");
+    register(&alice, &server.address(), "alice");
+    register(&bob, &server.address(), "bob");
+    let key = alice.join("profile.key");
+    let own = std::fs::read(&key).unwrap();
+    for (what, bytes, want) in [
+        (
+            "another profile's",
+            std::fs::read(bob.join("profile.key")).unwrap(),
+            "it is another profile's key file",
+        ),
+        ("a short", own[..16].to_vec(), "is not a profile key file"),
+    ] {
+        std::fs::write(&key, bytes).unwrap();
+        let out = ponte(&alice, &["contacts"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(want), "{what}: {err}");
+        assert!(err.contains(&key.display().to_string()), "{what}: {err}");
+        assert!(!err.contains("tampered"), "{what}: {err}");
+    }
+    std::fs::write(&key, own).unwrap();
+    ok(&ponte(&alice, &["contacts"]));
+}
+
 /// A pseudo-terminal: the child's stdin is its terminal side, so the
 /// client prompts for a passphrase; the test types into the other side.
 struct Pty {
@@ -477,6 +510,11 @@ fn a_wrong_passphrase_at_the_prompt_is_asked_again_three_times() {
             .unwrap(),
         WAIT,
     );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(!stderr(&out).contains("try again"), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("try again"), "{err}");
+    assert!(
+        err.contains("wrong passphrase for this profile in PONTE_PASSPHRASE"),
+        "{err}"
+    );
 }

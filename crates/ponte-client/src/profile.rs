@@ -181,7 +181,14 @@ impl Profile {
             .ok_or(ClientError::Corrupt("key check value"))?;
         match key.open(b"ponte/meta/check", &check) {
             Ok(v) if v == CHECK_PLAINTEXT => {}
-            _ if kdf == "keyfile" => return Err(ClientError::Corrupt("key file does not match")),
+            _ if kdf == "keyfile" => {
+                return Err(ClientError::Invalid(format!(
+                    "{} does not unlock the profile in {}: it is another profile's key file. \
+                     Put this profile's own back (from the copy it came with)",
+                    dir.join(KEY_FILE).display(),
+                    dir.display()
+                )))
+            }
             _ => return Err(ClientError::WrongPassphrase),
         }
         drop(conn);
@@ -245,7 +252,11 @@ fn read_key_file(path: &Path) -> Result<[u8; 32]> {
         }
         Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
     };
-    bytes
-        .try_into()
-        .map_err(|_| ClientError::Corrupt("key file is not 32 bytes"))
+    bytes.try_into().map_err(|_| {
+        ClientError::Invalid(format!(
+            "{} is not a profile key file (it must hold 32 bytes): the profile cannot be \
+             opened without its own. Put it back from a copy of the profile",
+            path.display()
+        ))
+    })
 }

@@ -471,7 +471,12 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         }
         ClientCommand::Contacts { common } => {
             let client = open_client(&common)?;
-            for c in client.contacts()? {
+            let contacts = client.contacts()?;
+            if contacts.is_empty() && !common.json {
+                // On stderr: stdout stays a list (empty) for scripts.
+                notice("no contacts yet: `ponte send NAME TEXT` or `ponte verify NAME` adds one");
+            }
+            for c in contacts {
                 print_contact(&c, common.json)?;
             }
             Ok(ExitCode::SUCCESS)

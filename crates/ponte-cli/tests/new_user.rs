@@ -258,7 +258,8 @@ fn via_add_of_a_saved_relay_says_so_once() {
 
 /// `history NAME` for nobody this profile knows printed nothing and exited
 /// 0, as for an empty conversation; it is an error now. A known contact
-/// with no messages yet is not: nothing on stdout, a note on stderr.
+/// with no messages yet is not: nothing on stdout, a note on stderr, as
+/// for an empty `contacts`.
 #[test]
 fn history_of_an_unknown_contact_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -277,6 +278,14 @@ fn history_of_an_unknown_contact_is_an_error() {
         assert!(err.contains("ponte contacts"), "{args:?}: {err}");
     }
 
+    // An empty contact list says so too (on stderr: stdout stays a list).
+    let out = ponte(&alice, &["contacts"]);
+    assert_eq!(ok(&out), "");
+    assert!(stderr(&out).contains("no contacts yet"), "{}", stderr(&out));
+    let out = ponte(&alice, &["contacts", "--json"]);
+    assert_eq!(ok(&out), "");
+    assert_eq!(stderr(&out), "");
+
     // `verify` fetches bob's key: a contact, no messages.
     ok(&ponte(&alice, &["verify", "bob"]));
     let out = ponte(&alice, &["history", "bob"]);
@@ -294,6 +303,9 @@ fn history_of_an_unknown_contact_is_an_error() {
         "{}",
         stdout(&out)
     );
+    assert_eq!(stderr(&out), "");
+    let out = ponte(&alice, &["contacts"]);
+    assert!(ok(&out).starts_with("bob "), "{}", stdout(&out));
     assert_eq!(stderr(&out), "");
 }
 

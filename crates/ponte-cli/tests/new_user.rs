@@ -490,6 +490,20 @@ fn a_wrong_passphrase_at_the_prompt_is_asked_again_three_times() {
     assert_eq!(err.matches("try again").count(), 1, "{err}");
     assert!(!alice.join("profile.key").exists());
 
+    // Registering again (the way back when the server lost the account)
+    // asks for this profile's passphrase only, again when mistyped.
+    let mut pty = Pty::spawn(&alice, &register);
+    pty.answer(UNLOCK, 1, "correct hrose");
+    pty.answer(UNLOCK, 2, "correct horse");
+    let (out, err) = pty.finish();
+    assert!(ok(&out).contains("registered as alice"), "{err}");
+    assert!(!err.contains(NEW), "{err}");
+    assert_eq!(
+        err.matches("wrong passphrase, try again").count(),
+        1,
+        "{err}"
+    );
+
     // Opening: two wrong, then right.
     let mut pty = Pty::spawn(&alice, &["contacts"]);
     pty.answer(UNLOCK, 1, "battery staple");

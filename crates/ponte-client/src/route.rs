@@ -110,11 +110,7 @@ pub struct RelayUrl {
 impl RelayUrl {
     /// `host:port`, with IPv6 addresses bracketed.
     pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        ponte_wire::address::join_host_port(&self.host, self.port)
     }
 }
 

@@ -253,7 +253,7 @@ async fn demo() -> anyhow::Result<ExitCode> {
     say(&format!(
         "2. ponte proxy (a volunteer relay) on {relay_addr}, TLS with a self-signed certificate,\n   \
          forwarding to the server with a PROXY v2 header; share link:\n   {}",
-        ponte_proxy::link::ponte_relay_link("127.0.0.1", relay_addr.port(), true)
+        ponte_wire::link::ponte_relay_link("127.0.0.1", relay_addr.port(), true)
     ));
 
     // 3. The direct route is blocked: the users' server address points at a

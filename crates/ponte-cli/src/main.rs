@@ -26,6 +26,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod client;
 mod demo;
 mod proxy;
+mod qr;
 mod server;
 
 #[derive(Debug, Parser)]

@@ -1,9 +1,10 @@
 //! `ponte proxy`: run a relay, check or print its config, print a share link.
 
+use crate::qr;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use ponte_proxy::config::{HostPort, ListenAddr, TlsMode};
-use ponte_proxy::link;
+use ponte_proxy::config::{HostPort, ListenAddr};
+use ponte_proxy::link::ShareLink;
 use ponte_proxy::{Config, Preset, Proxy};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -205,89 +206,42 @@ async fn shutdown_signal(reload: ponte_proxy::ReloadHandle) {
     }
 }
 
-/// The listener a WhatsApp client uses for chat (TLS preferred) and for media.
-fn whatsapp_ports(cfg: &Config) -> Option<(u16, u16, bool)> {
-    let direct = || cfg.listener.iter().filter(|l| !l.accept_proxy);
-    let port =
-        |l: &ponte_proxy::config::ListenerConfig| l.listen.get_ref().first().map(|a| a.0.port());
-    let is_media = |l: &ponte_proxy::config::ListenerConfig| {
-        cfg.upstream
-            .get(l.upstream.get_ref())
-            .is_some_and(|u| u.send_proxy == ponte_proxy::config::SendProxy::None)
-    };
-    let media = direct().find(|l| is_media(l)).and_then(port)?;
-    let tls_chat = direct().find(|l| l.tls != TlsMode::None && !is_media(l));
-    let (chat, tls) = match tls_chat {
-        Some(l) => (port(l)?, true),
-        None => (direct().find(|l| !is_media(l)).and_then(port)?, false),
-    };
-    Some((chat, media, tls))
-}
-
-/// The listener a Ponte client uses (TLS preferred): a layout without media
-/// listeners, where every listener's upstream takes a PROXY header.
-fn ponte_port(cfg: &Config) -> Option<(u16, bool)> {
-    let direct = || cfg.listener.iter().filter(|l| !l.accept_proxy);
-    let port =
-        |l: &ponte_proxy::config::ListenerConfig| l.listen.get_ref().first().map(|a| a.0.port());
-    let tls = direct().find(|l| l.tls != TlsMode::None);
-    match tls {
-        Some(l) => Some((port(l)?, true)),
-        None => Some((direct().next().and_then(port)?, false)),
-    }
-}
-
 fn print_link(args: LinkArgs) -> anyhow::Result<ExitCode> {
-    link::validate_host(&args.host)?;
+    ponte_wire::link::validate_host(&args.host)?;
     let cfg = args.source.load()?;
     let theme = if args.light {
-        link::QrTheme::LightTerminal
+        qr::Theme::LightTerminal
     } else {
-        link::QrTheme::DarkTerminal
+        qr::Theme::DarkTerminal
     };
-    let Some((chat, media, tls)) = whatsapp_ports(&cfg) else {
-        let Some((port, tls)) = ponte_port(&cfg) else {
-            bail!(
-                "this configuration has no listener a client can reach (all expect a PROXY header)"
-            );
-        };
-        let app = link::ponte_relay_link(&args.host, port, tls);
-        let web = link::ponte_relay_web_link(&args.host, port, tls);
-        let mut out = format!("{app}\n{web}\n");
-        if !args.no_qr {
-            out.push('\n');
-            out.push_str(&link::qr_terminal_themed(&web, theme)?);
-            out.push_str(
-                "\nPonte users: `ponte via add 'LINK'` (either link), or scan the code.\n",
-            );
+    let qr = |text: &str| {
+        qr::draw(text, theme).map_err(|e| anyhow::anyhow!("cannot draw a QR code: {e}"))
+    };
+    let out = match ShareLink::for_config(&cfg, &args.host)? {
+        ShareLink::Ponte(relay) => {
+            let web = relay.web_link();
+            let mut out = format!("{}\n{web}\n", relay.app_link());
+            if !args.no_qr {
+                out.push('\n');
+                out.push_str(&qr(&web)?);
+                out.push_str(
+                    "\nPonte users: `ponte via add 'LINK'` (either link), or scan the code.\n",
+                );
+            }
+            out
         }
-        crate::write_stdout(&out)?;
-        return Ok(ExitCode::SUCCESS);
+        ShareLink::WhatsApp(url) => {
+            let mut out = format!("{url}\n");
+            if !args.no_qr {
+                out.push('\n');
+                out.push_str(&qr(&url)?);
+                out.push_str(
+                    "\nWhatsApp users: open the link, or Settings > Storage and data > Proxy > Use proxy.\n",
+                );
+            }
+            out
+        }
     };
-    let url = link::whatsapp_link(&args.host, chat, media, tls);
-    let mut out = format!("{url}\n");
-    if !args.no_qr {
-        out.push('\n');
-        out.push_str(&link::qr_terminal_themed(&url, theme)?);
-        out.push_str(
-            "\nWhatsApp users: open the link, or Settings > Storage and data > Proxy > Use proxy.\n",
-        );
-    }
     crate::write_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn whatsapp_preset_ports() {
-        let cfg = Config::preset(Preset::Whatsapp, None).unwrap();
-        assert_eq!(whatsapp_ports(&cfg), Some((443, 587, true)));
-        let cfg = Config::preset(Preset::Ponte, Some("s.example:5222".parse().unwrap())).unwrap();
-        assert_eq!(whatsapp_ports(&cfg), None);
-        assert_eq!(ponte_port(&cfg), Some((443, true)));
-    }
 }

@@ -10,7 +10,9 @@
 //!   *any* certificate accepted: the TLS layer only makes the connection look
 //!   like ordinary HTTPS; the Noise layer inside authenticates the server).
 //!
-//! A relay can also be given as a share link, which [`RelayUrl`] parses too:
+//! A relay can also be given as a share link, which [`RelayUrl`] parses too
+//! (through [`ponte_wire::link::RelayLink`], where the format and the one
+//! host check live):
 //!
 //! ```text
 //! ponte://relay?host=HOST&port=PORT&tls=1
@@ -29,6 +31,7 @@
 
 use crate::{ClientError, Result};
 use futures::stream::{FuturesUnordered, StreamExt as _};
+use ponte_wire::link::{self, LinkError, RelayLink};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -51,7 +54,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub const HEAD_START: Duration = Duration::from_millis(300);
 
 /// Longest relay URL or share link accepted (checked before parsing).
-pub const MAX_RELAY_URL_LEN: usize = 512;
+pub const MAX_RELAY_URL_LEN: usize = link::MAX_LINK_LEN;
 
 /// One way to reach the server.
 pub trait Route: std::fmt::Debug + Send + Sync {
@@ -107,11 +110,7 @@ pub struct RelayUrl {
 impl RelayUrl {
     /// `host:port`, with IPv6 addresses bracketed.
     pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        ponte_wire::address::join_host_port(&self.host, self.port)
     }
 }
 
@@ -130,33 +129,6 @@ fn bad(text: &str, why: &str) -> ClientError {
     ))
 }
 
-fn valid_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && (host.parse::<std::net::IpAddr>().is_ok()
-            || host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
-}
-
-/// Decode `%XX` escapes (share links encode IPv6 colons); `None` if malformed.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 fn parse_host_port(text: &str, hp: &str) -> Result<(String, u16)> {
     let (host, port) = if let Some(rest) = hp.strip_prefix('[') {
         let (h, p) = rest
@@ -172,46 +144,21 @@ fn parse_host_port(text: &str, hp: &str) -> Result<(String, u16)> {
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| bad(text, "bad port"))?;
-    if !valid_host(host) {
+    // Brackets belong to the URL, not to the host inside them.
+    if host.starts_with('[') || link::validate_host(host).is_err() {
         return Err(bad(text, "bad host"));
     }
     Ok((host.to_owned(), port))
 }
 
-/// `host=…&port=…&tls=…` from a share link.
-fn parse_link_params(text: &str, params: &str) -> Result<RelayUrl> {
-    let (mut host, mut port, mut tls) = (None, None, None);
-    for pair in params.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v).ok_or_else(|| bad(text, "bad %-escape"))?;
-        match k {
-            "host" => host = Some(v),
-            "port" => port = Some(v),
-            "tls" => tls = Some(v),
-            _ => {} // later versions may add fields
+impl From<RelayLink> for RelayUrl {
+    fn from(link: RelayLink) -> Self {
+        RelayUrl {
+            tls: link.tls,
+            host: link.host,
+            port: link.port,
         }
     }
-    let host = host.ok_or_else(|| bad(text, "the link has no host"))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(&host)
-        .to_owned();
-    if !valid_host(&host) {
-        return Err(bad(text, "bad host"));
-    }
-    let port: u16 = port
-        .ok_or_else(|| bad(text, "the link has no port"))?
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| bad(text, "bad port"))?;
-    let tls = match tls.as_deref() {
-        None | Some("1" | "true") => true,
-        Some("0" | "false") => false,
-        Some(_) => return Err(bad(text, "tls must be 1 or 0")),
-    };
-    Ok(RelayUrl { tls, host, port })
 }
 
 impl FromStr for RelayUrl {
@@ -238,22 +185,10 @@ impl FromStr for RelayUrl {
                 port,
             });
         }
-        if let Some(rest) = text.strip_prefix("ponte://relay") {
-            let params = rest
-                .trim_start_matches('/')
-                .strip_prefix('?')
-                .or_else(|| rest.trim_start_matches('/').strip_prefix('#'))
-                .ok_or_else(|| bad(text, "the link has no parameters"))?;
-            return parse_link_params(text, params);
-        }
-        if let Some(rest) = text.strip_prefix("https://") {
-            let (path, params) = rest
-                .split_once('#')
-                .ok_or_else(|| bad(text, "the link has no #host=… part"))?;
-            if !path.trim_end_matches('/').ends_with("/relay") {
-                return Err(bad(text, "not a Ponte relay link"));
-            }
-            return parse_link_params(text, params);
+        match RelayLink::parse(text) {
+            Ok(link) => return Ok(link.into()),
+            Err(LinkError::NotALink) => {}
+            Err(e) => return Err(bad(text, &e.to_string())),
         }
         if text.starts_with("ponte://") {
             return Err(bad(
@@ -565,6 +500,38 @@ mod tests {
         }
         let long = format!("tls://{}:1", "a".repeat(600));
         assert!(long.parse::<RelayUrl>().is_err());
+    }
+
+    /// A link `ponte proxy link` prints for a host it accepts is a link the
+    /// client reads back (one host check for both).
+    #[test]
+    fn every_link_a_relay_prints_is_read() {
+        for (host, want) in [
+            ("bücher.example", "tls://bücher.example:443"),
+            ("[2001:DB8::1]", "tls://[2001:db8::1]:443"),
+            ("203.0.113.7", "tls://203.0.113.7:443"),
+            ("_relay.example.org.", "tls://_relay.example.org.:443"),
+        ] {
+            ponte_wire::link::validate_host(host).unwrap();
+            for text in [
+                ponte_wire::link::ponte_relay_link(host, 443, true),
+                ponte_wire::link::ponte_relay_web_link(host, 443, true),
+            ] {
+                let u: RelayUrl = text.parse().unwrap();
+                assert_eq!(u.to_string(), want, "{text}");
+            }
+        }
+        // A server address whose host starts with "relay" is named as one.
+        let err = "ponte://relay.example.org:443#AAAA"
+            .parse::<RelayUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server address, not a relay"), "{err}");
+        let err = "ponte://relay?host=h&port=1&tls=maybe"
+            .parse::<RelayUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls must be 1 or 0"), "{err}");
     }
 
     /// A black hole (accepts, never answers) on the first route: the second

@@ -3,43 +3,19 @@
 //!
 //! A permit is taken before any work is done for a connection and released
 //! when it is dropped, so a refused connection costs one accept and a close.
-//! IPv6 sources are grouped by /64, the unit one subscriber usually gets.
+//! IPv6 sources are grouped by /64, the unit one subscriber usually gets;
+//! the source key and the token buckets are [`ponte_wire::limit`]'s, shared
+//! with the server.
 
 use crate::config::LimitsConfig;
 use crate::metrics::Refusal;
+pub use ponte_wire::limit::SourceKey;
+use ponte_wire::limit::{Buckets, Rate};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
-
-/// A source address as limits see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SourceKey {
-    /// An IPv4 address.
-    V4(u32),
-    /// The /64 prefix of an IPv6 address.
-    V6(u64),
-}
-
-impl SourceKey {
-    /// IPv4 (or IPv4-mapped) address as is; IPv6 by its /64.
-    pub fn of(ip: IpAddr) -> SourceKey {
-        match ip {
-            IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => SourceKey::V4(u32::from(v4)),
-                None => SourceKey::V6((u128::from(v6) >> 64) as u64),
-            },
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
 
 /// Shared limit state.
 #[derive(Debug)]
@@ -47,7 +23,8 @@ pub struct Limits {
     cfg: LimitsConfig,
     open: AtomicUsize,
     per_source: Mutex<HashMap<SourceKey, u32>>,
-    buckets: Mutex<(HashMap<SourceKey, Bucket>, Instant)>,
+    /// The per-source rate buckets and when they were last swept.
+    buckets: Mutex<(Buckets<SourceKey>, Instant)>,
 }
 
 /// A connection counter that can refuse (global or per listener).
@@ -110,11 +87,16 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 impl Limits {
     /// New limits.
     pub fn new(cfg: LimitsConfig) -> Arc<Limits> {
+        // A source may open `rate` connections a second, plus a burst.
+        let rate = Rate {
+            per_second: f64::from(cfg.per_source_rate),
+            capacity: f64::from(cfg.per_source_rate) + f64::from(cfg.per_source_burst),
+        };
         Arc::new(Limits {
             cfg,
             open: AtomicUsize::new(0),
             per_source: Mutex::new(HashMap::new()),
-            buckets: Mutex::new((HashMap::new(), Instant::now())),
+            buckets: Mutex::new((Buckets::new(rate), Instant::now())),
         })
     }
 
@@ -172,28 +154,14 @@ impl Limits {
     }
 
     fn take_token(&self, key: SourceKey) -> bool {
-        let rate = f64::from(self.cfg.per_source_rate);
-        let cap = rate + f64::from(self.cfg.per_source_burst);
         let now = Instant::now();
         let mut g = lock(&self.buckets);
-        let (map, swept) = &mut *g;
+        let (buckets, swept) = &mut *g;
         if now.duration_since(*swept) >= SWEEP_EVERY {
-            // A bucket that has refilled completely carries no state.
-            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < cap);
+            buckets.forget_full(now.into_std());
             *swept = now;
         }
-        let b = map.entry(key).or_insert(Bucket {
-            tokens: cap,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(cap);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        buckets.take(key, now.into_std())
     }
 }
 

@@ -9,7 +9,7 @@ use crate::metrics::{HandshakeFailure, ListenerMetrics, Metrics, Refusal, Result
 use crate::relay::{self, ByteCounters, Outcome, RelayOptions};
 use crate::tls::{CertStore, TlsError};
 use crate::upstream::Upstream;
-use ponte_wire::proxy_header::{self, Parsed, ProxyHeader, MAX_V2_LEN};
+use ponte_wire::proxy_header::{self, HeaderReader, ProxyHeader, ReadError, Received, Step};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
@@ -602,27 +602,21 @@ fn reset(stream: TcpStream) {
 async fn read_proxy_header(
     stream: &mut TcpStream,
 ) -> Result<(ProxyHeader, Vec<u8>), HandshakeFailure> {
-    let mut buf = vec![0u8; MAX_V2_LEN];
-    let mut len = 0;
+    let mut reader = HeaderReader::required();
+    // Each round brings at least one byte or ends: the reader caps the total.
     loop {
         let n = stream
-            .read(&mut buf[len..])
+            .read(reader.unfilled())
             .await
             .map_err(|_| HandshakeFailure::Closed)?;
-        if n == 0 {
-            return Err(HandshakeFailure::Closed);
-        }
-        len += n;
-        match proxy_header::parse(&buf[..len]) {
-            Ok(Parsed::Complete {
-                header, consumed, ..
-            }) => {
-                buf.truncate(len);
-                buf.drain(..consumed);
-                return Ok((header, buf));
-            }
-            Ok(Parsed::Incomplete) if len < buf.len() => continue,
-            _ => return Err(HandshakeFailure::Invalid),
+        match reader.advance(n) {
+            Ok(Step::NeedMore) => {}
+            Ok(Step::Done(Received {
+                header: Some(header),
+                rest,
+            })) => return Ok((header, rest)),
+            Err(ReadError::Closed) => return Err(HandshakeFailure::Closed),
+            Ok(Step::Done(_)) | Err(_) => return Err(HandshakeFailure::Invalid),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! (loopback) is exempt by default: all of its users share its address, and
 //! `ponte proxy` caps connections per client address itself.
 
+use ponte_wire::limit::SourceKey;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -18,13 +19,13 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct PreLogin {
     limit: usize,
     exempt_loopback: bool,
-    counts: Mutex<HashMap<IpAddr, usize>>,
+    counts: Mutex<HashMap<SourceKey, usize>>,
 }
 
 /// One connection's place in the count, given back when it logs in or ends.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    held: Option<(Arc<PreLogin>, IpAddr)>,
+    held: Option<(Arc<PreLogin>, SourceKey)>,
 }
 
 impl PreLogin {
@@ -42,7 +43,7 @@ impl PreLogin {
         if self.exempt_loopback && crate::is_loopback(peer) {
             return Some(Slot { held: None });
         }
-        let key = crate::ratelimit::key(peer);
+        let key = SourceKey::of(peer);
         let mut counts = self.counts.lock().ok()?;
         let n = counts.entry(key).or_insert(0);
         if *n >= self.limit {
@@ -56,7 +57,7 @@ impl PreLogin {
 
     #[cfg(test)]
     fn count(&self, peer: IpAddr) -> usize {
-        let key = crate::ratelimit::key(peer);
+        let key = SourceKey::of(peer);
         self.counts
             .lock()
             .map(|c| c.get(&key).copied().unwrap_or(0))

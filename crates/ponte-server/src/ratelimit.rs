@@ -1,10 +1,11 @@
 //! Token buckets per IP address, for registrations. The table is bounded:
 //! full (idle) buckets are forgotten when it grows, and past the bound new
 //! addresses are refused rather than remembered. IPv6 addresses count per
-//! /64 (one host usually has a whole /64), IPv4-mapped ones as IPv4.
+//! /64 (one host usually has a whole /64), IPv4-mapped ones as IPv4: the
+//! key and the buckets are [`ponte_wire::limit`]'s, shared with the relay.
 
 use crate::config::RateLimit;
-use std::collections::HashMap;
+use ponte_wire::limit::{Buckets, Rate, SourceKey};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,15 +18,9 @@ const MAX_ENTRIES: usize = 100_000;
 /// would otherwise run on every attempt).
 const SWEEP_GAP: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Table {
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: Buckets<SourceKey>,
     /// When a sweep last left the table full.
     full_since: Option<Instant>,
 }
@@ -33,35 +28,22 @@ struct Table {
 /// A set of token buckets keyed by address.
 #[derive(Debug)]
 pub struct Limiter {
-    limit: RateLimit,
     table: Mutex<Table>,
-}
-
-/// The key an address counts under: an IPv6 address by its /64.
-pub(crate) fn key(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V4(_) => addr,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
-    }
 }
 
 impl Limiter {
     /// A limiter with the given rate.
     pub fn new(limit: RateLimit) -> Self {
+        let rate = Rate {
+            per_second: f64::from(limit.per_hour) / 3600.0,
+            capacity: f64::from(limit.burst),
+        };
         Self {
-            limit,
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table {
+                buckets: Buckets::new(rate),
+                full_since: None,
+            }),
         }
-    }
-
-    fn refill(&self, b: &mut Bucket, now: Instant) {
-        let per_sec = f64::from(self.limit.per_hour) / 3600.0;
-        let dt = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + dt * per_sec).min(f64::from(self.limit.burst));
-        b.last = now;
     }
 
     /// Whether `addr` may act now (true would take a token). Does not take
@@ -71,53 +53,31 @@ impl Limiter {
         let Ok(mut t) = self.table.lock() else {
             return false;
         };
-        match t.buckets.get_mut(&key(addr)) {
-            Some(b) => {
-                self.refill(b, now);
-                b.tokens >= 1.0
-            }
-            None => self.limit.burst >= 1,
-        }
+        t.buckets.check(&SourceKey::of(addr), now)
     }
 
     /// Takes a token for `addr`; false when none is left, or when the table
     /// is full of addresses that are not idle.
     pub fn take(&self, addr: IpAddr, now: Instant) -> bool {
-        let addr = key(addr);
+        let key = SourceKey::of(addr);
         let Ok(mut t) = self.table.lock() else {
             return false;
         };
-        if !t.buckets.contains_key(&addr) && t.buckets.len() >= MAX_ENTRIES {
+        if !t.buckets.contains(&key) && t.buckets.len() >= MAX_ENTRIES {
             let recently = t
                 .full_since
                 .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_GAP);
             if !recently {
                 // Forget the buckets that refilled: they are the same as
                 // no entry at all.
-                let burst = f64::from(self.limit.burst);
-                let mut entries: Vec<(IpAddr, Bucket)> = t.buckets.drain().collect();
-                for (_, b) in entries.iter_mut() {
-                    self.refill(b, now);
-                }
-                t.buckets
-                    .extend(entries.into_iter().filter(|(_, b)| b.tokens < burst));
+                t.buckets.forget_full(now);
                 t.full_since = (t.buckets.len() >= MAX_ENTRIES).then_some(now);
             }
             if t.buckets.len() >= MAX_ENTRIES {
                 return false;
             }
         }
-        let b = t.buckets.entry(addr).or_insert(Bucket {
-            tokens: f64::from(self.limit.burst),
-            last: now,
-        });
-        self.refill(b, now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        t.buckets.take(key, now)
     }
 }
 

@@ -71,14 +71,21 @@ pub fn decode_key(s: &str) -> Option<[u8; 32]> {
     v.try_into().ok()
 }
 
+/// `host:port` for connecting, an IPv6 address (any host with a colon)
+/// bracketed.
+#[must_use]
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 impl ServerAddress {
     /// `host:port` for connecting (IPv6 bracketed).
     pub fn socket_addr_string(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        join_host_port(&self.host, self.port)
     }
 }
 
@@ -152,6 +159,13 @@ mod tests {
             let s = a.to_string();
             assert_eq!(s.parse::<ServerAddress>().unwrap(), a, "{s}");
         }
+    }
+
+    #[test]
+    fn host_port_brackets_ipv6() {
+        assert_eq!(join_host_port("h.example", 1), "h.example:1");
+        assert_eq!(join_host_port("203.0.113.7", 443), "203.0.113.7:443");
+        assert_eq!(join_host_port("2001:db8::1", 80), "[2001:db8::1]:80");
     }
 
     #[test]

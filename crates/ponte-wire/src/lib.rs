@@ -6,9 +6,15 @@
 //! - [`messages`]: the client ⇄ server protobuf messages (`proto/ponte.proto`)
 //!   and the strings devices sign.
 //! - [`address`]: the server address `ponte://HOST:PORT#KEY`.
+//! - [`link`]: relay share links (`ponte://relay?…`, `https://…/relay#…`,
+//!   WhatsApp's `https://wa.me/proxy?…`) and the one check of a relay host.
+//! - [`limit`]: the key a source address counts under (IPv6 by /64) and the
+//!   token buckets that the relay's and the server's limits share.
 #![forbid(unsafe_code)]
 
 pub mod address;
 pub mod frame;
+pub mod limit;
+pub mod link;
 pub mod messages;
 pub mod proxy_header;

@@ -69,6 +69,15 @@
 //!
 //! Parsing never allocates and never panics; it reads at most
 //! [`MAX_V2_LEN`] bytes of the buffer it is given.
+//!
+//! [`HeaderReader`] reads a header off the start of a stream without doing
+//! I/O itself (the relay and the server each run a few lines of tokio
+//! around it): it owns the buffer, caps it at [`MAX_V2_LEN`], and hands back
+//! the header and the bytes read past it; see [`reader`] for the loop.
+
+pub mod reader;
+
+pub use reader::{HeaderReader, ReadError, Received, Step};
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};

@@ -132,6 +132,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             .config
             .as_ref()
             .map_or_else(|| "preset".to_owned(), |p| p.display().to_string());
+        // Everything the start does short of binding: certificate files
+        // loaded, the self-signed certificate made.
+        Proxy::check(&cfg).with_context(|| what.clone())?;
         crate::write_stdout(&format!(
             "{what}: ok ({n} listeners, {} upstreams)\n",
             cfg.upstream.len()

@@ -46,6 +46,79 @@ fn check_config_reports_file_line_and_key() {
     );
 }
 
+fn check_config(path: &std::path::Path, cwd: &std::path::Path) -> (Option<i32>, String) {
+    let out = ponte()
+        .current_dir(cwd)
+        .args(["proxy", "--check-config", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `--check-config` refuses what the start would refuse: certificate files
+/// that are missing or not PEM, an upstream on port 0. Relative certificate
+/// paths are taken from the config file's folder, whatever the working
+/// directory, and the error names the resolved path.
+#[test]
+fn check_config_does_what_the_start_does_short_of_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(conf.join("certs")).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let path = conf.join("relay.toml");
+    let config = |tls: &str, server: &str| {
+        format!(
+            "[upstream.u]\nservers = [\"{server}\"]\n[[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\ntls = {tls}\nupstream = \"u\"\n"
+        )
+    };
+    let files = r#"{ cert = "certs/fullchain.pem", key = "certs/privkey.pem" }"#;
+
+    // Missing: the error names the path resolved from the config's folder.
+    std::fs::write(&path, config(files, "127.0.0.1:5222")).unwrap();
+    let (code, out) = check_config(&path, &elsewhere);
+    assert_eq!(code, Some(1), "{out}");
+    let resolved = conf.join("certs/fullchain.pem");
+    assert!(
+        out.contains(&format!("{}: no such file", resolved.display())),
+        "{out}"
+    );
+    assert!(out.contains("taken from the file's folder"), "{out}");
+    assert!(!out.contains(": ok"), "{out}");
+
+    // Present but not PEM.
+    std::fs::write(&resolved, "not a certificate").unwrap();
+    std::fs::write(conf.join("certs/privkey.pem"), "not a key").unwrap();
+    let (code, out) = check_config(&path, &elsewhere);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no CERTIFICATE in the file"), "{out}");
+
+    // The real start refuses the same config, with the same words.
+    let start = ponte()
+        .current_dir(&elsewhere)
+        .args(["proxy", "--no-admin", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(start.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&start.stderr).contains("no CERTIFICATE in the file"));
+
+    // An upstream on port 0.
+    std::fs::write(&path, config("\"self-signed\"", "127.0.0.1:0")).unwrap();
+    let (code, out) = check_config(&path, &elsewhere);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("port must be 1-65535"), "{out}");
+
+    std::fs::write(&path, config("\"self-signed\"", "127.0.0.1:5222")).unwrap();
+    let (code, out) = check_config(&path, &elsewhere);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(": ok (1 listeners, 1 upstreams)"), "{out}");
+}
+
 #[test]
 fn printed_presets_load_back() {
     for args in [

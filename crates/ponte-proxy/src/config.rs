@@ -411,6 +411,9 @@ impl FromStr for HostPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if let Ok(sa) = s.parse::<SocketAddr>() {
+            if sa.port() == 0 {
+                return Err(format!("`{s}`: port must be 1-65535"));
+            }
             return Ok(HostPort {
                 host: sa.ip().to_string(),
                 port: sa.port(),
@@ -618,7 +621,9 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Read, parse and validate a file.
+    /// Read, parse and validate a file. Relative certificate and key paths
+    /// are resolved from the file's folder (as nginx and HAProxy do), so the
+    /// config works from any working directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),
@@ -627,7 +632,27 @@ impl Config {
             key: String::new(),
             message: format!("cannot read: {e}"),
         })?;
-        Config::from_toml(&text, Some(path))
+        let mut cfg = Config::from_toml(&text, Some(path))?;
+        let folder = match path.parent() {
+            Some(f) if !f.as_os_str().is_empty() => f,
+            _ => Path::new("."),
+        };
+        let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+        cfg.resolve_paths(&folder);
+        Ok(cfg)
+    }
+
+    /// Make relative certificate and key paths relative to `folder`.
+    pub fn resolve_paths(&mut self, folder: &Path) {
+        for l in &mut self.listener {
+            if let TlsMode::Files { cert, key } = &mut l.tls {
+                for p in [cert, key] {
+                    if p.is_relative() {
+                        *p = folder.join(&*p);
+                    }
+                }
+            }
+        }
     }
 
     /// The config as TOML that [`Config::from_toml`] loads back unchanged.
@@ -917,6 +942,12 @@ upstream = "chat"
         assert!(err_of(&text).message.contains("not a valid host"));
         let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222\"", "g.whatsapp.net:0\"");
         assert!(err_of(&text).message.contains("1-65535"));
+        for zero in ["127.0.0.1:0", "[::1]:0"] {
+            let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222", zero);
+            let e = err_of(&text);
+            assert!(e.message.contains("1-65535"), "{zero}: {e}");
+            assert_eq!(e.line, 6, "{e}");
+        }
     }
 
     #[test]
@@ -960,6 +991,29 @@ upstream = "chat"
         let e = err_of(&same_addr);
         assert!(e.message.contains("0.0.0.0:443"), "{e}");
         assert_eq!(e.line, 18, "{e}");
+    }
+
+    #[test]
+    fn relative_certificate_paths_resolve_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        let path = conf.join("relay.toml");
+        let text = ISSUE_EXAMPLE.replace(
+            "tls = \"self-signed\"",
+            "tls = { cert = \"certs/fullchain.pem\", key = \"/etc/ssl/privkey.pem\" }",
+        );
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(&path).unwrap();
+        let TlsMode::Files { cert, key } = &c.listener[0].tls else {
+            panic!("{:?}", c.listener[0].tls);
+        };
+        assert_eq!(cert, &dir.path().join("conf/certs/fullchain.pem"));
+        assert_eq!(
+            key,
+            Path::new("/etc/ssl/privkey.pem"),
+            "absolute paths stay"
+        );
     }
 
     #[test]

@@ -158,72 +158,105 @@ fn no_ipv6(addr: &SocketAddr, e: &io::Error) -> bool {
         )
 }
 
+/// What a start builds before binding anything.
+struct Prepared {
+    metrics: Arc<Metrics>,
+    upstreams: BTreeMap<String, Arc<Upstream>>,
+    listeners: Vec<Arc<ListenerShared>>,
+    certs: Vec<Arc<CertStore>>,
+}
+
+/// Everything a start does short of binding: upstreams set up, certificates
+/// made or loaded from their files, each listener's upstream found.
+fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
+    let metrics = Arc::new(Metrics::new());
+    let upstreams: BTreeMap<String, Arc<Upstream>> = config
+        .upstream
+        .iter()
+        .map(|(name, u)| {
+            (
+                name.clone(),
+                Arc::new(Upstream::new(name, u, config.timeouts.connect.0, &metrics)),
+            )
+        })
+        .collect();
+    let mut self_signed: Option<Arc<CertStore>> = None;
+    let mut certs: Vec<Arc<CertStore>> = Vec::new();
+    let mut listeners = Vec::new();
+    for l in &config.listener {
+        let name = l.name.get_ref().clone();
+        let tls_err = |error| ProxyError::Tls {
+            listener: name.clone(),
+            error,
+        };
+        let store = match &l.tls {
+            TlsMode::None => None,
+            TlsMode::SelfSigned => {
+                if self_signed.is_none() {
+                    let s = Arc::new(
+                        CertStore::self_signed(&config.tls.self_signed_names).map_err(tls_err)?,
+                    );
+                    certs.push(Arc::clone(&s));
+                    self_signed = Some(s);
+                }
+                self_signed.clone()
+            }
+            TlsMode::Files { cert, key } => {
+                let s = Arc::new(CertStore::from_files(cert, key).map_err(tls_err)?);
+                certs.push(Arc::clone(&s));
+                Some(s)
+            }
+        };
+        let tls = match store {
+            Some(s) => Some(TlsAcceptor::from(s.server_config().map_err(tls_err)?)),
+            None => None,
+        };
+        let upstream = upstreams
+            .get(l.upstream.get_ref())
+            .cloned()
+            .ok_or_else(|| ProxyError::Config(format!("no upstream `{}`", l.upstream.get_ref())))?;
+        let lm = metrics.listener(&name);
+        let shared = Arc::new(ListenerShared {
+            counters: ByteCounters {
+                up: lm.bytes_up.clone(),
+                down: lm.bytes_down.clone(),
+            },
+            metrics: lm,
+            name: name.clone(),
+            tls,
+            accept_proxy: l.accept_proxy,
+            upstream,
+            open: Arc::new(Counter::default()),
+            max: l.max_connections,
+        });
+        listeners.push(shared);
+    }
+    Ok(Prepared {
+        metrics,
+        upstreams,
+        listeners,
+        certs,
+    })
+}
+
 impl Proxy {
+    /// Check that `config` can start: everything [`Proxy::bind`] does short
+    /// of binding (certificates loaded or made, upstreams set up).
+    pub fn check(config: &Config) -> Result<(), ProxyError> {
+        prepare(config).map(drop)
+    }
+
     /// Bind every listener and the admin endpoint, make certificates.
     pub async fn bind(config: Config) -> Result<Proxy, ProxyError> {
-        let metrics = Arc::new(Metrics::new());
-        let upstreams: BTreeMap<String, Arc<Upstream>> = config
-            .upstream
-            .iter()
-            .map(|(name, u)| {
-                (
-                    name.clone(),
-                    Arc::new(Upstream::new(name, u, config.timeouts.connect.0, &metrics)),
-                )
-            })
-            .collect();
-        let mut self_signed: Option<Arc<CertStore>> = None;
-        let mut certs: Vec<Arc<CertStore>> = Vec::new();
+        let Prepared {
+            metrics,
+            upstreams,
+            listeners: prepared,
+            certs,
+        } = prepare(&config)?;
         let mut listeners = Vec::new();
-        for l in &config.listener {
-            let name = l.name.get_ref().clone();
-            let tls_err = |error| ProxyError::Tls {
-                listener: name.clone(),
-                error,
-            };
-            let store = match &l.tls {
-                TlsMode::None => None,
-                TlsMode::SelfSigned => {
-                    if self_signed.is_none() {
-                        let s = Arc::new(
-                            CertStore::self_signed(&config.tls.self_signed_names)
-                                .map_err(tls_err)?,
-                        );
-                        certs.push(Arc::clone(&s));
-                        self_signed = Some(s);
-                    }
-                    self_signed.clone()
-                }
-                TlsMode::Files { cert, key } => {
-                    let s = Arc::new(CertStore::from_files(cert, key).map_err(tls_err)?);
-                    certs.push(Arc::clone(&s));
-                    Some(s)
-                }
-            };
-            let tls = match store {
-                Some(s) => Some(TlsAcceptor::from(s.server_config().map_err(tls_err)?)),
-                None => None,
-            };
-            let upstream = upstreams
-                .get(l.upstream.get_ref())
-                .cloned()
-                .ok_or_else(|| {
-                    ProxyError::Config(format!("no upstream `{}`", l.upstream.get_ref()))
-                })?;
-            let lm = metrics.listener(&name);
-            let shared = Arc::new(ListenerShared {
-                counters: ByteCounters {
-                    up: lm.bytes_up.clone(),
-                    down: lm.bytes_down.clone(),
-                },
-                metrics: lm,
-                name: name.clone(),
-                tls,
-                accept_proxy: l.accept_proxy,
-                upstream,
-                open: Arc::new(Counter::default()),
-                max: l.max_connections,
-            });
+        for (shared, l) in prepared.into_iter().zip(&config.listener) {
+            let name = shared.name.clone();
             let mut sockets = Vec::new();
             for addr in l.listen.get_ref() {
                 match bind_listener(addr.0) {

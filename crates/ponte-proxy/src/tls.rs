@@ -13,7 +13,7 @@
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -175,15 +175,29 @@ fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
     }
 }
 
+/// A PEM file that could not be read or parsed. `what` names the item
+/// looked for (`CERTIFICATE`, `PRIVATE KEY`).
+fn pem_err(path: &Path, what: &str, e: pem::Error) -> TlsError {
+    match e {
+        pem::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => file_err(
+            path,
+            "no such file (a relative path in a config file is taken from the file's folder)",
+        ),
+        pem::Error::Io(io) => file_err(path, format!("cannot read: {io}")),
+        pem::Error::NoItemsFound => file_err(path, format!("no {what} in the file")),
+        other => file_err(path, format!("not a PEM {what} file: {other}")),
+    }
+}
+
 fn load_files(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_err(cert, e.to_string()))?
+        .map_err(|e| pem_err(cert, "CERTIFICATE", e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| file_err(cert, e.to_string()))?;
+        .map_err(|e| pem_err(cert, "CERTIFICATE", e))?;
     if certs.is_empty() {
         return Err(file_err(cert, "no CERTIFICATE in the file"));
     }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, "PRIVATE KEY", e))?;
     let signing = provider()
         .key_provider
         .load_private_key(der)
@@ -250,6 +264,10 @@ mod tests {
         assert!(e.to_string().contains("two.example.key"), "{e}");
         let e = CertStore::from_files(&dir.path().join("nope.crt"), &k2).unwrap_err();
         assert!(e.to_string().contains("nope.crt"), "{e}");
+        assert!(e.to_string().contains("no such file"), "{e}");
+        std::fs::write(dir.path().join("junk.key"), "not a key").unwrap();
+        let e = CertStore::from_files(&c1, &dir.path().join("junk.key")).unwrap_err();
+        assert!(e.to_string().contains("no PRIVATE KEY in the file"), "{e}");
         std::fs::write(dir.path().join("empty.crt"), "").unwrap();
         let e = CertStore::from_files(&dir.path().join("empty.crt"), &k2).unwrap_err();
         assert!(e.to_string().contains("no CERTIFICATE"), "{e}");

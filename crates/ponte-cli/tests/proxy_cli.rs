@@ -4,11 +4,109 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 fn ponte() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ponte"))
+}
+
+/// A running `ponte proxy` whose log (stderr) a thread reads line by line.
+struct Relay {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: String,
+}
+
+impl Relay {
+    fn start(args: &[&str], config: Option<&Path>) -> Relay {
+        let mut cmd = ponte();
+        cmd.arg("proxy").args(args);
+        if let Some(c) = config {
+            cmd.arg("-c").arg(c);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Relay {
+            child,
+            lines,
+            log: String::new(),
+        }
+    }
+
+    /// The first log line (from now on) containing `needle`, waiting at most 10 s.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push_str(&line);
+                    self.log.push('\n');
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no log line with `{needle}` in:\n{}", self.log),
+            }
+        }
+    }
+
+    /// The port of the first listener, from its "listening on" line.
+    fn port(&mut self) -> u16 {
+        let line = self.wait_for("listening on 127.0.0.1:");
+        line.split("listening on 127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line}"))
+    }
+
+    /// SIGTERM, then the exit status and the whole log (waits at most 10 s).
+    fn stop(mut self) -> (ExitStatus, String) {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader ends at EOF, once the process is gone.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.log.push_str(&line);
+            self.log.push('\n');
+        }
+        (status, std::mem::take(&mut self.log))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -301,4 +399,52 @@ fn runs_relays_and_exits_cleanly_on_sigterm() {
         !rest.contains(&client_addr),
         "client address {client_addr} logged: {rest}"
     );
+}
+
+/// A server going down is logged when a client's connect finds it first
+/// (the health check runs hourly here), and so is its coming back.
+#[test]
+fn upstream_outage_and_recovery_are_logged_whoever_notices() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[upstream.u]\nservers = [\"{up_addr}\"]\nhealth_check_interval = \"1h\"\n\
+             [timeouts]\nconnect = \"1s\"\ndrain = \"2s\"\n\
+             [[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"u\"\n"
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::start(&["--no-admin"], Some(&path));
+    let port = relay.port();
+    // The start's check connects once; take it so the port is quiet.
+    drop(upstream.accept().unwrap());
+    drop(upstream);
+
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(b"ping");
+    let mut buf = [0u8; 4];
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)), "closed");
+    let down = relay.wait_for("upstream server unreachable");
+    assert!(down.contains("noticed by a client's connect"), "{down}");
+    assert!(down.contains(&up_addr.to_string()), "{down}");
+
+    let upstream = TcpListener::bind(up_addr).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"ping").unwrap();
+    let (mut s, _) = upstream.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    let up = relay.wait_for("upstream server reachable again");
+    assert!(up.contains("noticed by a client's connect"), "{up}");
+    drop((c, s));
+    let (status, log) = relay.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(log.matches("unreachable").count(), 1, "{log}");
 }

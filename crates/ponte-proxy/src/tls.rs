@@ -116,28 +116,27 @@ impl CertStore {
 
     /// Reload the files if they changed since last time (or always, with
     /// `force`). Returns `Ok(true)` when a new certificate is in use. A broken
-    /// new file leaves the old certificate in place.
+    /// new file leaves the old certificate in place and is not tried again
+    /// until it changes (or `force`), so it is reported once.
     pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
         let Source::Files { cert, key, seen } = &self.source else {
             return Ok(false);
         };
         let now = (stamp(cert), stamp(key));
         {
-            let seen = match seen.lock() {
+            let mut seen = match seen.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
             if !force && *seen == now {
                 return Ok(false);
             }
+            *seen = now;
         }
         let certified = load_files(cert, key)?;
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(certified),
             Err(p) => *p.into_inner() = Arc::new(certified),
-        }
-        if let Ok(mut s) = seen.lock() {
-            *s = now;
         }
         Ok(true)
     }
@@ -253,6 +252,15 @@ mod tests {
         std::fs::write(&c, "not a pem").unwrap();
         assert!(store.reload(true).is_err());
         assert_eq!(first.cert[0], store.current().cert[0]);
+        // Not retried (nor reported again) on every timer tick.
+        assert!(!store.reload(false).unwrap());
+        let (c2, _) = write_pair(dir.path(), "two.example");
+        std::fs::rename(&c2, &c).unwrap();
+        assert!(
+            store.reload(false).is_err(),
+            "a changed file is tried again"
+        );
+        assert!(!store.reload(false).unwrap());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! at start, again on a timer, and again whenever a connect fails. A layer-4
 //! health check (connect, then close) runs on an interval; connects try the
 //! healthy servers first and fall over to the next on failure, so a client
-//! whose upstream cannot be reached is closed promptly.
+//! whose upstream cannot be reached is closed promptly. A server going down
+//! or coming back is logged once, whether the health check or a client's
+//! connect noticed it.
 
 use crate::config::{HostPort, SendProxy, UpstreamConfig};
 use crate::metrics::{Metrics, ServerMetrics, UpstreamMetrics};
@@ -47,9 +49,24 @@ impl Server {
         }
     }
 
-    fn set_healthy(&self, ok: bool) {
-        self.healthy.store(ok, Ordering::Relaxed);
+    /// Record what a health check or a client's connect found. A change is
+    /// logged once, whichever of them noticed it first.
+    fn set_healthy(&self, upstream: &str, ok: bool, noticed_by: &'static str) {
+        let was = self.healthy.swap(ok, Ordering::Relaxed);
         self.metrics.healthy.set(i64::from(ok));
+        match (was, ok) {
+            (true, false) => tracing::warn!(
+                upstream = %upstream,
+                server = %self.spec,
+                "upstream server unreachable (noticed by {noticed_by}); clients go to the next server, or are closed"
+            ),
+            (false, true) => tracing::info!(
+                upstream = %upstream,
+                server = %self.spec,
+                "upstream server reachable again (noticed by {noticed_by})"
+            ),
+            _ => {}
+        }
     }
 
     /// Resolve the host again; keeps the previous answer when the lookup fails.
@@ -184,10 +201,7 @@ impl Upstream {
             if !ok {
                 s.resolve().await;
             }
-            if ok != s.healthy.load(Ordering::Relaxed) {
-                tracing::info!(upstream = %self.name, server = %s.spec, healthy = ok, "upstream health changed");
-            }
-            s.set_healthy(ok);
+            s.set_healthy(&self.name, ok, "the health check");
         }
     }
 
@@ -233,7 +247,7 @@ impl Upstream {
                             .observe(start.elapsed().as_secs_f64());
                         let _ = stream.set_nodelay(true);
                         if !s.healthy.load(Ordering::Relaxed) {
-                            s.set_healthy(true);
+                            s.set_healthy(&self.name, true, "a client's connect");
                         }
                         return Ok(stream);
                     }
@@ -249,7 +263,7 @@ impl Upstream {
                 s.metrics.connect_failures.inc();
             }
             if failed {
-                s.set_healthy(false);
+                s.set_healthy(&self.name, false, "a client's connect");
                 // Look the name up again in the background: this client is
                 // served by the next server (or closed) without waiting for DNS.
                 let s = Arc::clone(s);

@@ -139,9 +139,40 @@ fn check_config_reports_file_line_and_key() {
         .unwrap();
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
-        err.contains("relay.toml:3:1") && err.contains("lisen"),
+        err.contains("relay.toml:3:1: listener[0].lisen: unknown field `lisen`"),
         "{err}"
     );
+
+    // Each mistake names its key, never an empty one.
+    for (text, want) in [
+        (
+            "[limits]\nmax_connections = 10\ncolour = \"red\"\n",
+            "relay.toml:3:1: limits.colour: unknown field `colour`",
+        ),
+        (
+            "[upstream.u]\nservers = [\"x.example:1\"]\nsend_proxy = \"v3\"\n",
+            "relay.toml:3:14: upstream.u.send_proxy: unknown variant `v3`",
+        ),
+        (
+            "[[listener]]\nname = \"l\"\nlisten = [\"0.0.0.0:70000\"]\ntls = \"selfsigned\"\n",
+            "relay.toml:3:10: listener[0].listen[0]: `0.0.0.0:70000` is not an IP address",
+        ),
+        (
+            "[[listener]]\nname = \"l\"\nlisten = [\"0.0.0.0:7000\"]\ntls = \"selfsigned\"\n",
+            "relay.toml:4:7: listener[0].tls: invalid value",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let out = ponte()
+            .args(["proxy", "--check-config", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(want), "{err}");
+        assert!(!err.contains(": :"), "{err}");
+    }
 }
 
 fn check_config(path: &std::path::Path, cwd: &std::path::Path) -> (Option<i32>, String) {

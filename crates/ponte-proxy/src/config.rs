@@ -26,9 +26,9 @@ pub const DEFAULT_BUFFER_SIZE: usize = 4096;
 /// Default admin endpoint (loopback only).
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8199";
 
-/// A configuration error, located in its file when it came from one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{key}: {message}", location(.file, *.line, *.column))]
+/// A configuration error, located in its file when it came from one:
+/// `relay.toml:12:7: listener[0].tls: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The file, when the config came from one.
     pub file: Option<PathBuf>,
@@ -36,25 +36,31 @@ pub struct ConfigError {
     pub line: usize,
     /// 1-based column, 0 when unknown.
     pub column: usize,
-    /// The key in dotted form (`listener[2].upstream`), empty when unknown.
+    /// The key in dotted form (`listener[2].upstream`), empty when the error
+    /// is not about one key (TOML syntax, an unreadable file).
     pub key: String,
     /// What is wrong.
     pub message: String,
 }
 
-fn location(file: &Option<PathBuf>, line: usize, column: usize) -> String {
-    let mut s = String::new();
-    if let Some(f) = file {
-        s.push_str(&f.display().to_string());
-        s.push(':');
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}:", file.display())?;
+        }
+        if self.line > 0 {
+            write!(f, "{}:{}: ", self.line, self.column)?;
+        } else if self.file.is_some() {
+            f.write_str(" ")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
     }
-    if line > 0 {
-        s.push_str(&format!("{line}:{column}: "));
-    } else if file.is_some() {
-        s.push(' ');
-    }
-    s
 }
+
+impl std::error::Error for ConfigError {}
 
 /// The whole relay configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -607,16 +613,19 @@ impl Config {
 
     /// Parse and validate TOML text. `file` is used in error messages.
     pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            ConfigError {
-                file: file.map(Path::to_path_buf),
-                line,
-                column,
-                key: String::new(),
-                message: e.message().trim().to_owned(),
-            }
-        })?;
+        let cfg: Config =
+            serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+                let path = key_path(e.path());
+                let e = e.into_inner();
+                let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+                ConfigError {
+                    file: file.map(Path::to_path_buf),
+                    line,
+                    column,
+                    key: path,
+                    message: e.message().trim().to_owned(),
+                }
+            })?;
         cfg.validate(Some(text), file)?;
         Ok(cfg)
     }
@@ -798,6 +807,29 @@ impl Config {
     }
 }
 
+/// The dotted key (`listener[0].tls`) of a deserialization error, without
+/// the internal fields `Spanned` values are read through.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if k.starts_with("$__serde_spanned_private") {
+                    continue;
+                }
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    key
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -915,6 +947,69 @@ upstream = "chat"
         assert_eq!(e.line, 13, "{e}");
         assert!(e.to_string().starts_with("relay.toml:13:"), "{e}");
         assert!(e.message.contains("acept_proxy"), "{e}");
+        assert_eq!(e.key, "listener[0].acept_proxy");
+    }
+
+    /// Every error from the parser names the key it is about, in the form a
+    /// volunteer can find in the file.
+    #[test]
+    fn parse_errors_name_the_key() {
+        for (from, to, key, line) in [
+            ("[admin]", "colour = \"red\"\n[admin]", "colour", 2),
+            ("\"self-signed\"", "\"selfsigned\"", "listener[0].tls", 12),
+            (
+                "tls = \"self-signed\"",
+                "tls = { cert = \"a.pem\", key = \"b.pem\", extra = 1 }",
+                "listener[0].tls.extra",
+                12,
+            ),
+            ("\"v1\"", "\"v3\"", "upstream.chat.send_proxy", 7),
+            (
+                "\"[::]:443\"",
+                "\"[::]:99999\"",
+                "listener[0].listen[1]",
+                11,
+            ),
+            (
+                "\"g-fallback.whatsapp.net:5222\"",
+                "\"x\"",
+                "upstream.chat.servers[1]",
+                6,
+            ),
+            (
+                "accept_proxy = false",
+                "accept_proxy = \"no\"",
+                "listener[0].accept_proxy",
+                13,
+            ),
+        ] {
+            let text = ISSUE_EXAMPLE.replace(from, to);
+            assert_ne!(text, ISSUE_EXAMPLE, "{from}");
+            let e = err_of(&text);
+            assert_eq!(e.key, key, "{e}");
+            assert_eq!(e.line, line, "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("relay.toml:{line}:")),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&format!(": {key}: ")), "{e}");
+        }
+        let e = err_of("[limits]\nmax_connections = -1\n");
+        assert_eq!(e.key, "limits.max_connections", "{e}");
+        let e = err_of("[[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:1\"]\n");
+        assert_eq!(e.key, "listener[0]", "{e}");
+        assert!(e.message.contains("upstream"), "{e}");
+        // Not about one key: no empty key in the text.
+        let e = err_of("[admin\n");
+        assert_eq!(e.key, "");
+        assert!(!e.to_string().contains(": :"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/relay.toml")).unwrap_err();
+        assert_eq!(e.to_string().matches(':').count(), 2, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/relay.toml: cannot read"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -32,8 +32,9 @@ struct ConfigSource {
     /// A TOML configuration file (see examples/).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The Ponte server to front (preset `ponte`): HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The Ponte server to front (preset `ponte`): HOST:PORT, or the
+    /// server's ponte://HOST:PORT#KEY address (only its host and port are used).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_upstream)]
     upstream: Option<HostPort>,
     /// Admin endpoint address (status page, /metrics, /healthz).
     #[arg(long, value_name = "ADDR", conflicts_with = "no_admin")]
@@ -71,6 +72,16 @@ struct LinkArgs {
     /// Print only the link, without the QR code.
     #[arg(long)]
     no_qr: bool,
+}
+
+/// `--upstream`: HOST:PORT, or the `ponte://HOST:PORT#KEY` address operators
+/// hand out, of which the relay needs only the host and port (clients check
+/// the key end to end through the relay).
+fn parse_upstream(s: &str) -> Result<HostPort, String> {
+    match s.parse::<ponte_wire::address::ServerAddress>() {
+        Ok(a) => a.socket_addr_string().parse(),
+        Err(_) => s.parse(),
+    }
 }
 
 impl ConfigSource {
@@ -284,6 +295,30 @@ fn print_link(args: LinkArgs) -> anyhow::Result<ExitCode> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn upstream_takes_host_and_port_of_a_server_address() {
+        let key = "A".repeat(43);
+        for (arg, want) in [
+            ("chat.example.org:5222", "chat.example.org:5222"),
+            (
+                &*format!("ponte://chat.example.org:6000#{key}"),
+                "chat.example.org:6000",
+            ),
+            (
+                &*format!("ponte://chat.example.org#{key}"),
+                "chat.example.org:5222",
+            ),
+            (
+                &*format!("ponte://[2001:db8::1]:443#{key}"),
+                "[2001:db8::1]:443",
+            ),
+        ] {
+            assert_eq!(parse_upstream(arg).unwrap().to_string(), want, "{arg}");
+        }
+        let e = parse_upstream("ponte://chat.example.org:5222#short").unwrap_err();
+        assert!(e.contains("give only its HOST:PORT"), "{e}");
+    }
 
     #[test]
     fn whatsapp_preset_ports() {

@@ -281,6 +281,32 @@ fn printed_presets_load_back() {
             .unwrap();
         assert_eq!(again.stdout, out.stdout, "printing is a fixed point");
     }
+    // The server's address as operators hand it out works as --upstream.
+    let key = "A".repeat(43);
+    let out = ponte()
+        .args(["proxy", "--preset", "ponte", "--print-config", "--upstream"])
+        .arg(format!("ponte://server.example:6000#{key}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("servers = [\"server.example:6000\"]"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = ponte()
+        .args(["proxy", "--preset", "ponte", "--check-config", "--upstream"])
+        .arg("ponte://server.example:6000#not-a-key")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("give only its HOST:PORT"), "{err}");
+    assert!(!err.contains("1-65535"), "{err}");
     let out = ponte()
         .args(["proxy", "--preset", "ponte", "--check-config"])
         .output()

@@ -9,6 +9,7 @@
 //! The same types serialize back to TOML (`ponte proxy --print-config`), and a
 //! printed config loads back to an equal value.
 
+use ponte_wire::address::ServerAddress;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, HashSet};
@@ -416,6 +417,19 @@ impl HostPort {
 impl FromStr for HostPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with(ponte_wire::address::SCHEME) {
+            // The address operators hand out: a natural thing to paste here.
+            let hint = match s.parse::<ServerAddress>() {
+                Ok(a) => format!(": `{}`", a.socket_addr_string()),
+                Err(_) => String::new(),
+            };
+            return Err(format!(
+                "`{s}` is a Ponte server address; give only its HOST:PORT{hint}"
+            ));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            return Err(format!("`{s}`: give HOST:PORT, without `{scheme}://`"));
+        }
         if let Ok(sa) = s.parse::<SocketAddr>() {
             if sa.port() == 0 {
                 return Err(format!("`{s}`: port must be 1-65535"));
@@ -1135,5 +1149,36 @@ upstream = "chat"
         let h: HostPort = "Example.ORG:80".parse().unwrap();
         assert_eq!(h.to_string(), "example.org:80");
         assert!("::1:80".parse::<HostPort>().is_err());
+    }
+
+    #[test]
+    fn a_server_address_in_place_of_host_port_says_what_to_write() {
+        let key = "A".repeat(43);
+        let e = format!("ponte://chat.example.org:5222#{key}")
+            .parse::<HostPort>()
+            .unwrap_err();
+        assert!(
+            e.contains(
+                "is a Ponte server address; give only its HOST:PORT: `chat.example.org:5222`"
+            ),
+            "{e}"
+        );
+        let e = "ponte://[::1]#x".parse::<HostPort>().unwrap_err();
+        assert!(e.contains("give only its HOST:PORT"), "{e}");
+        let e = "https://chat.example.org:443"
+            .parse::<HostPort>()
+            .unwrap_err();
+        assert!(e.contains("without `https://`"), "{e}");
+        let text = ISSUE_EXAMPLE.replace(
+            "g.whatsapp.net:5222\"",
+            &format!("ponte://h.example:5222#{key}\""),
+        );
+        let e = err_of(&text);
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (6, "upstream.chat.servers[0]"),
+            "{e}"
+        );
+        assert!(e.message.contains("`h.example:5222`"), "{e}");
     }
 }

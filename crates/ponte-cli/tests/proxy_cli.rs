@@ -505,3 +505,29 @@ fn upstream_outage_and_recovery_are_logged_whoever_notices() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert_eq!(log.matches("unreachable").count(), 1, "{log}");
 }
+
+/// An admin address that a listener also uses is refused naming both.
+#[test]
+fn admin_address_clash_names_the_admin_endpoint() {
+    let out = ponte()
+        .args(["proxy", "--preset", "ponte", "--upstream", "s.example:5222"])
+        .args(["--admin", "0.0.0.0:5222", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listener[1].listen: address 0.0.0.0:5222 is used twice: also by [admin] listen (--admin)"),
+        "{err}"
+    );
+    let out = ponte()
+        .args(["proxy", "--preset", "ponte", "--upstream", "s.example:5222"])
+        .args(["--admin", "127.0.0.1:443", "--check-config"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("address 0.0.0.0:443 overlaps 127.0.0.1:443 of [admin] listen"),
+        "{err}"
+    );
+}

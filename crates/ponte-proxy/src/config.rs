@@ -753,9 +753,10 @@ impl Config {
             }
         }
         let mut names = HashSet::new();
-        let mut addrs: HashSet<SocketAddr> = HashSet::new();
+        // Each address bound so far, and the key that binds it.
+        let mut addrs: Vec<(SocketAddr, String)> = Vec::new();
         if let Some(a) = &self.admin {
-            addrs.insert(a.listen.get_ref().0);
+            addrs.push((a.listen.get_ref().0, "[admin] listen (--admin)".into()));
         }
         for (i, l) in self.listener.iter().enumerate() {
             let name = l.name.get_ref();
@@ -785,13 +786,22 @@ impl Config {
                 ));
             }
             for a in l.listen.get_ref() {
-                if a.0.port() != 0 && !addrs.insert(a.0) {
+                if a.0.port() == 0 {
+                    continue;
+                }
+                if let Some((other, who)) = addrs.iter().find(|(b, _)| overlap(*b, a.0)) {
+                    let message = if *other == a.0 {
+                        format!("address {a} is used twice: also by {who}")
+                    } else {
+                        format!("address {a} overlaps {other} of {who}: one port, and one of them is every address")
+                    };
                     return Err(err(
                         l.listen.span(),
                         format!("listener[{i}].listen"),
-                        format!("address {a} is used twice"),
+                        message,
                     ));
                 }
+                addrs.push((a.0, format!("listener[{i}].listen (`{name}`)")));
             }
             if !self.upstream.contains_key(l.upstream.get_ref()) {
                 let known: Vec<&str> = self.upstream.keys().map(String::as_str).collect();
@@ -819,6 +829,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// True when binding both addresses would clash: the same port and family,
+/// and the same IP or one of them the wildcard (IPv6 sockets are bound
+/// IPv6-only, so `[::]` and `0.0.0.0` do not clash).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// The dotted key (`listener[0].tls`) of a deserialization error, without
@@ -1100,6 +1119,42 @@ upstream = "chat"
         let e = err_of(&same_addr);
         assert!(e.message.contains("0.0.0.0:443"), "{e}");
         assert_eq!(e.line, 18, "{e}");
+        assert!(
+            e.message
+                .contains("also by listener[0].listen (`chat-tls`)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_address_taken_by_the_admin_endpoint_names_it() {
+        let text = ISSUE_EXAMPLE.replace("\"0.0.0.0:443\"", "\"127.0.0.1:8199\"");
+        let e = err_of(&text);
+        assert_eq!(e.key, "listener[0].listen");
+        assert!(
+            e.message
+                .contains("address 127.0.0.1:8199 is used twice: also by [admin] listen"),
+            "{e}"
+        );
+        // The wildcard on the same port clashes at bind(2) too.
+        let text = ISSUE_EXAMPLE.replace("\"0.0.0.0:443\"", "\"0.0.0.0:8199\"");
+        let e = err_of(&text);
+        assert!(
+            e.message
+                .contains("0.0.0.0:8199 overlaps 127.0.0.1:8199 of [admin] listen"),
+            "{e}"
+        );
+        let both = format!(
+            "{ISSUE_EXAMPLE}\n[[listener]]\nname = \"b\"\nlisten = [\"127.0.0.1:443\", \"[::1]:8199\"]\nupstream = \"chat\"\n"
+        );
+        assert!(err_of(&both)
+            .message
+            .contains("overlaps 0.0.0.0:443 of listener[0]"));
+        // Other families and ports do not clash.
+        let fine = format!(
+            "{ISSUE_EXAMPLE}\n[[listener]]\nname = \"b\"\nlisten = [\"127.0.0.1:444\", \"[::1]:8199\"]\nupstream = \"chat\"\n"
+        );
+        Config::from_toml(&fine, None).unwrap();
     }
 
     #[test]

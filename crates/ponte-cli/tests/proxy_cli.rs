@@ -531,3 +531,41 @@ fn admin_address_clash_names_the_admin_endpoint() {
         "{err}"
     );
 }
+
+/// SIGTERM with a connection still open: the drain period runs out and that
+/// is said once, however many workers wait for the connections.
+#[test]
+fn drain_end_is_logged_once() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[upstream.u]\nservers = [\"{up_addr}\"]\nhealth_check_interval = \"0s\"\n\
+             [timeouts]\ndrain = \"500ms\"\n[tuning]\nworkers = 3\n\
+             [[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"u\"\n"
+        ),
+    )
+    .unwrap();
+    let mut relay = Relay::start(&["--no-admin"], Some(&path));
+    let port = relay.port();
+    drop(upstream.accept().unwrap()); // the start's check
+    // Enough connections that every worker (the kernel spreads them by
+    // address hash) is likely to hold some.
+    let mut open = Vec::new();
+    for _ in 0..12 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"ping").unwrap();
+        let (mut s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).unwrap();
+        open.push((c, s));
+    }
+    let (status, log) = relay.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(log.matches("drain period over").count(), 1, "{log}");
+    drop(open);
+}

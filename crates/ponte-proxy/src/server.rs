@@ -15,7 +15,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -86,6 +86,9 @@ struct Shared {
     handshake: Duration,
     log_addresses: bool,
     next_id: AtomicU64,
+    /// Set by the first worker whose drain period ran out: every worker
+    /// waits for the same connections, and the end is said once.
+    drain_over: AtomicBool,
 }
 
 /// A relay with its sockets bound, ready to [`Proxy::run`].
@@ -312,6 +315,7 @@ impl Proxy {
             handshake: config.timeouts.handshake.0,
             log_addresses: config.log.client_addresses,
             next_id: AtomicU64::new(1),
+            drain_over: AtomicBool::new(false),
         });
         Ok(Proxy {
             config,
@@ -552,7 +556,9 @@ async fn worker(
     accepting.close();
     accepting.wait().await;
     conns.close();
-    if tokio::time::timeout(drain, conns.wait()).await.is_err() {
+    if tokio::time::timeout(drain, conns.wait()).await.is_err()
+        && !shared.drain_over.swap(true, Ordering::Relaxed)
+    {
         tracing::warn!(
             open = shared.limits.open(),
             "drain period over; closing the remaining connections"

@@ -552,8 +552,8 @@ fn drain_end_is_logged_once() {
     let mut relay = Relay::start(&["--no-admin"], Some(&path));
     let port = relay.port();
     drop(upstream.accept().unwrap()); // the start's check
-    // Enough connections that every worker (the kernel spreads them by
-    // address hash) is likely to hold some.
+                                      // Enough connections that every worker (the kernel spreads them by
+                                      // address hash) is likely to hold some.
     let mut open = Vec::new();
     for _ in 0..12 {
         let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -109,6 +109,7 @@ pub struct Metrics {
     registry: Registry,
     started: Instant,
     open: Family<ListenerLabel, Gauge>,
+    handshaking: Family<ListenerLabel, Gauge>,
     total: Family<ListenerLabel, Counter>,
     bytes: Family<BytesLabel, Counter>,
     refused: Family<ReasonLabel, Counter>,
@@ -151,6 +152,7 @@ impl Metrics {
             registry: Registry::with_prefix("ponte_proxy"),
             started: Instant::now(),
             open: Family::default(),
+            handshaking: Family::default(),
             total: Family::default(),
             bytes: Family::default(),
             refused: Family::default(),
@@ -164,7 +166,16 @@ impl Metrics {
             cert_reloads: Family::default(),
         };
         let r = &mut m.registry;
-        r.register("connections_open", "Connections open now", m.open.clone());
+        r.register(
+            "connections_open",
+            "Connections relaying now (handshakes done, upstream connected)",
+            m.open.clone(),
+        );
+        r.register(
+            "connections_handshaking",
+            "Connections accepted and still in their handshakes (PROXY header, TLS, upstream connect)",
+            m.handshaking.clone(),
+        );
         r.register("connections", "Connections accepted", m.total.clone());
         r.register(
             "bytes",
@@ -246,6 +257,7 @@ impl Metrics {
         };
         ListenerMetrics {
             open: self.open.get_or_create(&l).clone(),
+            handshaking: self.handshaking.get_or_create(&l).clone(),
             total: self.total.get_or_create(&l).clone(),
             bytes_up: bytes("upstream"),
             bytes_down: bytes("downstream"),
@@ -292,8 +304,10 @@ impl Metrics {
 /// Per-listener handles.
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
-    /// Open connections.
+    /// Connections relaying (handshakes done, upstream connected).
     pub open: Gauge,
+    /// Connections accepted and still in their handshakes.
+    pub handshaking: Gauge,
     /// Accepted connections.
     pub total: Counter,
     /// Client to upstream bytes.

@@ -683,7 +683,7 @@ fn connection(
     shared: Arc<Shared>,
     permit: crate::limits::Permit,
 ) -> impl Future<Output = ()> + Send {
-    let open = OpenGuard::new(&l.metrics.open);
+    let open = OpenGuard::new(&l.metrics.handshaking);
     let setup = Box::pin(setup(
         stream,
         peer,
@@ -697,7 +697,8 @@ fn connection(
 type Setup =
     Pin<Box<dyn Future<Output = (crate::limits::Permit, Option<(Client, TcpStream)>)> + Send>>;
 
-/// Counts a connection as open until dropped (also when its task panics).
+/// Counts a connection in a gauge until dropped (also when its task
+/// panics): first as handshaking, then as open once it relays.
 struct OpenGuard(prometheus_client::metrics::gauge::Gauge);
 
 impl OpenGuard {
@@ -713,9 +714,17 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn established(setup: Setup, l: Arc<ListenerShared>, shared: Arc<Shared>, open: OpenGuard) {
+async fn established(
+    setup: Setup,
+    l: Arc<ListenerShared>,
+    shared: Arc<Shared>,
+    mut open: OpenGuard,
+) {
     let (permit, ready) = setup.await;
     if let Some((client, up)) = ready {
+        // Users connected now are the ones relaying, not handshakes that
+        // may never finish.
+        open = OpenGuard::new(&l.metrics.open);
         let out = match client {
             Client::Plain(c) => relay::relay_tcp(c, up, &shared.relay, &l.counters).await,
             Client::Tls(t) => relay::relay_stream(t, up, &shared.relay, &l.counters).await,

@@ -146,6 +146,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         // Everything the start does short of binding: certificate files
         // loaded, the self-signed certificate made.
         Proxy::check(&cfg).with_context(|| what.clone())?;
+        for w in cfg.warnings() {
+            eprintln!("ponte: warning: {w}");
+        }
         crate::write_stdout(&format!(
             "{what}: ok ({n} listeners, {} upstreams)\n",
             cfg.upstream.len()

@@ -569,3 +569,41 @@ fn drain_end_is_logged_once() {
     assert_eq!(log.matches("drain period over").count(), 1, "{log}");
     drop(open);
 }
+
+/// An admin endpoint off loopback is allowed, with a warning at start and
+/// from --check-config; on loopback, none.
+#[test]
+fn admin_off_loopback_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(
+        &path,
+        "[upstream.u]\nservers = [\"127.0.0.1:9\"]\nhealth_check_interval = \"0s\"\n\
+         [[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"u\"\n",
+    )
+    .unwrap();
+    let out = ponte()
+        .args(["proxy", "--admin", "0.0.0.0:8199", "--check-config", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: the admin endpoint 0.0.0.0:8199 is not on loopback"),
+        "{err}"
+    );
+
+    let mut relay = Relay::start(&["--admin", "0.0.0.0:0"], Some(&path));
+    let line = relay.wait_for("not on loopback");
+    assert!(line.contains("WARN"), "{line}");
+    relay.port();
+    let (status, _) = relay.stop();
+    assert_eq!(status.code(), Some(0));
+
+    let mut relay = Relay::start(&["--admin", "127.0.0.1:0"], Some(&path));
+    relay.port();
+    let (status, log) = relay.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(!log.contains("not on loopback"), "{log}");
+}

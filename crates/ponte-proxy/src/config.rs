@@ -685,6 +685,23 @@ impl Config {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 
+    /// What is allowed but probably not meant: said at start (logged) and
+    /// by `--check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(a) = &self.admin {
+            let addr = a.listen.get_ref().0;
+            if !addr.ip().to_canonical().is_loopback() {
+                w.push(format!(
+                    "the admin endpoint {addr} is not on loopback: whoever can reach it reads \
+                     the status page and /metrics (users connected, traffic, upstream health); \
+                     firewall it, or use 127.0.0.1 and `ssh -L` to see it from elsewhere"
+                ));
+            }
+        }
+        w
+    }
+
     /// Cross-field checks. `text` (the source) locates spans.
     pub fn validate(&self, text: Option<&str>, file: Option<&Path>) -> Result<(), ConfigError> {
         let err = |span: std::ops::Range<usize>, key: String, message: String| {
@@ -1178,6 +1195,29 @@ upstream = "chat"
             Path::new("/etc/ssl/privkey.pem"),
             "absolute paths stay"
         );
+    }
+
+    #[test]
+    fn an_admin_endpoint_off_loopback_is_warned_about() {
+        let mut c = Config::from_toml(ISSUE_EXAMPLE, None).unwrap();
+        assert!(c.warnings().is_empty());
+        for (addr, warned) in [
+            ("0.0.0.0:8199", true),
+            ("[::]:8199", true),
+            ("192.0.2.1:8199", true),
+            ("[::1]:8199", false),
+            ("[::ffff:127.0.0.1]:8199", false),
+            ("127.0.0.2:8199", false),
+        ] {
+            c.admin = Some(AdminConfig::new(addr.parse().unwrap()));
+            let w = c.warnings();
+            assert_eq!(w.len(), usize::from(warned), "{addr}: {w:?}");
+            if warned {
+                assert!(w[0].contains("not on loopback"), "{w:?}");
+            }
+        }
+        c.admin = None;
+        assert!(c.warnings().is_empty());
     }
 
     #[test]

@@ -249,8 +249,12 @@ impl Proxy {
         prepare(config).map(drop)
     }
 
-    /// Bind every listener and the admin endpoint, make certificates.
+    /// Bind every listener and the admin endpoint, make certificates. Logs
+    /// the config's [warnings](Config::warnings) first.
     pub async fn bind(config: Config) -> Result<Proxy, ProxyError> {
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
         let Prepared {
             metrics,
             upstreams,

@@ -607,3 +607,27 @@ fn admin_off_loopback_is_warned_about() {
     assert_eq!(status.code(), Some(0));
     assert!(!log.contains("not on loopback"), "{log}");
 }
+
+/// A name that does not resolve (`.invalid` never does) is retried every
+/// second here, and said once; its server is still reported unreachable.
+#[test]
+fn a_failing_dns_lookup_is_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(
+        &path,
+        "[upstream.u]\nservers = [\"nothing.invalid:5222\"]\nresolve_interval = \"1s\"\n\
+         health_check_interval = \"1s\"\n\
+         [[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"u\"\n",
+    )
+    .unwrap();
+    let mut relay = Relay::start(&["--no-admin"], Some(&path));
+    relay.wait_for("cannot resolve");
+    relay.wait_for("upstream server unreachable");
+    // Several more lookups and checks fail meanwhile.
+    std::thread::sleep(Duration::from_millis(3500));
+    let (status, log) = relay.stop();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(log.matches("cannot resolve").count(), 1, "{log}");
+    assert_eq!(log.matches("unreachable").count(), 1, "{log}");
+}

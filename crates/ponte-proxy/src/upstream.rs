@@ -1,7 +1,8 @@
 //! Upstreams: the fixed set of places the relay forwards to.
 //!
 //! Each upstream has servers in order of preference. Host names are resolved
-//! at start, again on a timer, and again whenever a connect fails. A layer-4
+//! at start, again on a timer, and again whenever a connect fails; a lookup
+//! failure is logged once, until a lookup succeeds again. A layer-4
 //! health check (connect, then close) runs on an interval; connects try the
 //! healthy servers first and fall over to the next on failure, so a client
 //! whose upstream cannot be reached is closed promptly. A server going down
@@ -37,6 +38,8 @@ struct Server {
     spec: HostPort,
     addrs: RwLock<Arc<[SocketAddr]>>,
     healthy: AtomicBool,
+    /// The last lookup failed (said once until one succeeds).
+    dns_failing: AtomicBool,
     last_resolve: std::sync::Mutex<Option<Instant>>,
     metrics: ServerMetrics,
 }
@@ -88,15 +91,34 @@ impl Server {
             *last = Some(Instant::now());
         }
         let host = (self.spec.host.as_str(), self.spec.port);
-        match timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(host)).await {
+        let failure = match timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(host)).await {
             Ok(Ok(it)) => {
                 let addrs: Vec<SocketAddr> = it.take(16).collect();
-                if !addrs.is_empty() {
+                if addrs.is_empty() {
+                    Some("no address".to_owned())
+                } else {
                     self.set_addrs(addrs);
+                    None
                 }
             }
-            Ok(Err(e)) => tracing::warn!(server = %self.spec, "cannot resolve: {e}"),
-            Err(_) => tracing::warn!(server = %self.spec, "DNS lookup timed out"),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("DNS lookup timed out".to_owned()),
+        };
+        // Lookups are retried on a timer and after failures: a failure is
+        // said once, and so is the first success after it.
+        match failure {
+            Some(why) if !self.dns_failing.swap(true, Ordering::Relaxed) => {
+                let kept = if self.addrs().is_empty() {
+                    "no address known yet"
+                } else {
+                    "keeping the last addresses"
+                };
+                tracing::warn!(server = %self.spec, "cannot resolve: {why}; {kept}; retrying")
+            }
+            None if self.dns_failing.swap(false, Ordering::Relaxed) => {
+                tracing::info!(server = %self.spec, "resolves again")
+            }
+            _ => {}
         }
     }
 
@@ -142,6 +164,7 @@ impl Upstream {
                     spec: spec.clone(),
                     addrs: RwLock::new(Arc::from(Vec::new())),
                     healthy: AtomicBool::new(true),
+                    dns_failing: AtomicBool::new(false),
                     last_resolve: std::sync::Mutex::new(None),
                     metrics: m,
                 })

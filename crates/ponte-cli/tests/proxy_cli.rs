@@ -242,6 +242,28 @@ fn check_config_does_what_the_start_does_short_of_binding() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("port must be 1-65535"), "{out}");
 
+    // An upstream that is the relay itself (its listener on 127.0.0.1:5222):
+    // refused by the check and the start, while its share link still prints.
+    let looped =
+        config("\"self-signed\"", "127.0.0.1:5222").replace("127.0.0.1:0", "127.0.0.1:5222");
+    std::fs::write(&path, looped).unwrap();
+    let (code, out) = check_config(&path, &elsewhere);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("upstream.u.servers[0]: 127.0.0.1:5222 is this relay's own listener[0]"),
+        "{out}"
+    );
+    let link = ponte()
+        .args(["proxy", "link", "--no-qr", "--host", "relay.example", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        link.status.success(),
+        "{}",
+        String::from_utf8_lossy(&link.stderr)
+    );
+
     std::fs::write(&path, config("\"self-signed\"", "127.0.0.1:5222")).unwrap();
     let (code, out) = check_config(&path, &elsewhere);
     assert_eq!(code, Some(0), "{out}");

@@ -846,6 +846,40 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Refuse an upstream server that is one of this relay's own listeners
+    /// (`127.0.0.1:443` with a listener on `0.0.0.0:443`): started, the
+    /// relay would forward every connection to itself until the connection
+    /// cap is full. Part of what a start checks, not of [`Config::validate`]:
+    /// printing a config or its share link forwards nothing.
+    pub fn check_forwarding(&self) -> Result<(), ConfigError> {
+        for (name, u) in &self.upstream {
+            for (j, server) in u.servers.get_ref().iter().enumerate() {
+                let Some(ip) = server.ip() else { continue };
+                let to = SocketAddr::new(ip, server.port);
+                for (i, l) in self.listener.iter().enumerate() {
+                    let own = l.listen.get_ref().iter().find(|a| {
+                        a.0.port() != 0
+                            && overlap(a.0, to)
+                            && (ip.is_loopback() || ip.is_unspecified() || ip == a.0.ip())
+                    });
+                    if let Some(a) = own {
+                        return Err(ConfigError {
+                            file: None,
+                            line: 0,
+                            column: 0,
+                            key: format!("upstream.{name}.servers[{j}]"),
+                            message: format!(
+                                "{server} is this relay's own listener[{i}] (`{}`, {a}): it would forward to itself",
+                                l.name.get_ref()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// True when binding both addresses would clash: the same port and family,
@@ -1195,6 +1229,24 @@ upstream = "chat"
             Path::new("/etc/ssl/privkey.pem"),
             "absolute paths stay"
         );
+    }
+
+    #[test]
+    fn an_upstream_that_is_a_listener_of_this_relay_is_refused() {
+        for server in ["127.0.0.1:443", "0.0.0.0:443", "[::1]:443"] {
+            let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222", server);
+            let c = Config::from_toml(&text, None).unwrap();
+            let e = c.check_forwarding().unwrap_err();
+            assert_eq!(e.key, "upstream.chat.servers[0]", "{server}: {e}");
+            assert!(e.message.contains("would forward to itself"), "{e}");
+            assert!(e.message.contains("listener[0] (`chat-tls`"), "{e}");
+        }
+        // Another port, or another host behind the wildcard, is fine.
+        for server in ["127.0.0.1:5222", "192.0.2.7:443"] {
+            let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222", server);
+            let c = Config::from_toml(&text, None).unwrap();
+            c.check_forwarding().unwrap();
+        }
     }
 
     #[test]

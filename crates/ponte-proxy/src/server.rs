@@ -169,9 +169,13 @@ struct Prepared {
     certs: Vec<Arc<CertStore>>,
 }
 
-/// Everything a start does short of binding: upstreams set up, certificates
-/// made or loaded from their files, each listener's upstream found.
+/// Everything a start does short of binding: no upstream that is the relay
+/// itself, upstreams set up, certificates made or loaded from their files,
+/// each listener's upstream found.
 fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
+    config
+        .check_forwarding()
+        .map_err(|e| ProxyError::Config(e.to_string()))?;
     let metrics = Arc::new(Metrics::new());
     let upstreams: BTreeMap<String, Arc<Upstream>> = config
         .upstream

@@ -167,6 +167,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Before anything is logged: a SIGTERM sent as soon as the relay says
+    // it listens stops it gracefully instead of killing it.
+    let signals = Signals::install();
     let needed = u64::from(cfg.limits.max_connections) * 2 + 64;
     match ponte_proxy::raise_nofile_limit() {
         Ok(n) if n < needed => tracing::warn!(
@@ -186,39 +189,64 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("status page http://{a}/ (metrics at /metrics)");
     }
     let reload = proxy.reload_handle();
-    proxy.run(shutdown_signal(reload)).await;
+    proxy.run(signals.shutdown(reload)).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT; SIGHUP reloads certificates meanwhile.
-async fn shutdown_signal(reload: ponte_proxy::ReloadHandle) {
+/// SIGTERM and SIGHUP handlers, installed before the relay starts.
+struct Signals {
+    /// SIGTERM, SIGINT, SIGHUP.
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading certificates");
-                    reload.reload();
+    unix: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+                _ => {
+                    tracing::error!("cannot install signal handlers; stop with Ctrl-C");
+                    None
+                }
+            };
+            Signals { unix }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Resolves on SIGTERM or SIGINT; SIGHUP reloads certificates meanwhile.
+    async fn shutdown(self, reload: ponte_proxy::ReloadHandle) {
+        #[cfg(unix)]
+        {
+            let Some([mut term, mut int, mut hup]) = self.unix else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return,
+                    _ = int.recv() => return,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading certificates");
+                        reload.reload();
+                    }
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = reload;
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = (self, reload);
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -653,3 +653,24 @@ fn a_failing_dns_lookup_is_logged_once() {
     assert_eq!(log.matches("cannot resolve").count(), 1, "{log}");
     assert_eq!(log.matches("unreachable").count(), 1, "{log}");
 }
+
+/// A SIGTERM sent as soon as the relay says it listens stops it gracefully
+/// (exit 0, "stopped"), not by the signal's default action.
+#[test]
+fn sigterm_right_after_start_is_graceful() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(
+        &path,
+        "[upstream.u]\nservers = [\"127.0.0.1:9\"]\nhealth_check_interval = \"0s\"\n\
+         [[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"u\"\n",
+    )
+    .unwrap();
+    for _ in 0..5 {
+        let mut relay = Relay::start(&["--no-admin"], Some(&path));
+        relay.wait_for("listening on");
+        let (status, log) = relay.stop();
+        assert_eq!(status.code(), Some(0), "{status:?}: {log}");
+        assert!(log.contains("stopped"), "{log}");
+    }
+}

@@ -213,7 +213,10 @@ fn check_config_does_what_the_start_does_short_of_binding() {
     assert_eq!(code, Some(1), "{out}");
     let resolved = conf.join("certs/fullchain.pem");
     assert!(
-        out.contains(&format!("{}: no such file", resolved.display())),
+        out.contains(&format!(
+            "relay.toml: listener[0].tls (`l`): {}: no such file",
+            resolved.display()
+        )),
         "{out}"
     );
     assert!(out.contains("taken from the file's folder"), "{out}");

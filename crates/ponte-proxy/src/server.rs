@@ -44,8 +44,10 @@ pub enum ProxyError {
         hint: &'static str,
     },
     /// A TLS certificate could not be made or loaded.
-    #[error("listener `{listener}`: {error}")]
+    #[error("listener[{index}].tls (`{listener}`): {error}")]
     Tls {
+        /// Position of the listener in the config.
+        index: usize,
         /// Listener name.
         listener: String,
         /// Cause.
@@ -190,9 +192,10 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
     let mut self_signed: Option<Arc<CertStore>> = None;
     let mut certs: Vec<Arc<CertStore>> = Vec::new();
     let mut listeners = Vec::new();
-    for l in &config.listener {
+    for (index, l) in config.listener.iter().enumerate() {
         let name = l.name.get_ref().clone();
         let tls_err = |error| ProxyError::Tls {
+            index,
             listener: name.clone(),
             error,
         };

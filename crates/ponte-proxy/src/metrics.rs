@@ -111,6 +111,7 @@ pub struct Metrics {
     open: Family<ListenerLabel, Gauge>,
     handshaking: Family<ListenerLabel, Gauge>,
     total: Family<ListenerLabel, Counter>,
+    relayed: Family<ListenerLabel, Counter>,
     bytes: Family<BytesLabel, Counter>,
     refused: Family<ReasonLabel, Counter>,
     tls_failures: Family<ReasonLabel, Counter>,
@@ -154,6 +155,7 @@ impl Metrics {
             open: Family::default(),
             handshaking: Family::default(),
             total: Family::default(),
+            relayed: Family::default(),
             bytes: Family::default(),
             refused: Family::default(),
             tls_failures: Family::default(),
@@ -177,6 +179,11 @@ impl Metrics {
             m.handshaking.clone(),
         );
         r.register("connections", "Connections accepted", m.total.clone());
+        r.register(
+            "connections_relayed",
+            "Connections that finished their handshakes and were relayed",
+            m.relayed.clone(),
+        );
         r.register(
             "bytes",
             "Bytes relayed (direction=upstream: client to server; downstream: server to client)",
@@ -259,6 +266,7 @@ impl Metrics {
             open: self.open.get_or_create(&l).clone(),
             handshaking: self.handshaking.get_or_create(&l).clone(),
             total: self.total.get_or_create(&l).clone(),
+            relayed: self.relayed.get_or_create(&l).clone(),
             bytes_up: bytes("upstream"),
             bytes_down: bytes("downstream"),
             refused: Refusal::ALL.map(|r| reason(&self.refused, r.as_str())),
@@ -310,6 +318,8 @@ pub struct ListenerMetrics {
     pub handshaking: Gauge,
     /// Accepted connections.
     pub total: Counter,
+    /// Connections that finished their handshakes and were relayed.
+    pub relayed: Counter,
     /// Client to upstream bytes.
     pub bytes_up: Counter,
     /// Upstream to client bytes.

@@ -736,6 +736,7 @@ async fn established(
         // Users connected now are the ones relaying, not handshakes that
         // may never finish.
         open = OpenGuard::new(&l.metrics.open);
+        l.metrics.relayed.inc();
         let out = match client {
             Client::Plain(c) => relay::relay_tcp(c, up, &shared.relay, &l.counters).await,
             Client::Tls(t) => relay::relay_stream(t, up, &shared.relay, &l.counters).await,

@@ -456,7 +456,8 @@ async fn status_page_and_metrics_show_aggregates_only() {
 }
 
 /// "Users connected now" (and `connections_open`) counts connections that
-/// relay; a flood of half-open TLS handshakes shows as handshakes, apart.
+/// relay, "connections served" those that did; a flood of half-open TLS
+/// handshakes shows as handshakes, apart.
 #[tokio::test]
 async fn users_connected_now_counts_established_connections_only() {
     let up = FakeUpstream::start("127.0.0.1:0", true).await;
@@ -488,9 +489,18 @@ async fn users_connected_now_counts_established_connections_only() {
         html.contains("50<small>connecting (in handshake)"),
         "{html}"
     );
+    assert!(html.contains("1<small>connections served"), "{html}");
     assert!(
-        html.contains("<td>plain</td><td>1</td><td>50</td>"),
+        html.contains("<td>plain</td><td>1</td><td>50</td><td>1</td><td>51</td>"),
         "{html}"
+    );
+    assert_eq!(
+        relay.metric("ponte_proxy_connections_relayed_total{listener=\"plain\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        relay.metric("ponte_proxy_connections_total{listener=\"plain\"}"),
+        Some(51.0)
     );
     drop(silent);
     drop(t);

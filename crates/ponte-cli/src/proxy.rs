@@ -146,7 +146,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         // Everything the start does short of binding: certificate files
         // loaded, the self-signed certificate made.
         Proxy::check(&cfg).with_context(|| what.clone())?;
-        for w in cfg.warnings() {
+        for w in cfg.warnings().into_iter().chain(nofile_warning(&cfg)) {
             eprintln!("ponte: warning: {w}");
         }
         crate::write_stdout(&format!(
@@ -166,19 +166,26 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Raise the open-file limit to the hard limit; what to say when that is
+/// still below what `max_connections` needs (two descriptors a connection).
+fn nofile_warning(cfg: &Config) -> Option<String> {
+    let needed = u64::from(cfg.limits.max_connections) * 2 + 64;
+    match ponte_proxy::raise_nofile_limit() {
+        Ok(n) if n < needed => Some(format!(
+            "the open-file limit ({n}) is below what max_connections needs ({needed}); \
+             raise it (systemd: LimitNOFILE) or lower max_connections"
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot raise the open-file limit: {e}")),
+    }
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Before anything is logged: a SIGTERM sent as soon as the relay says
     // it listens stops it gracefully instead of killing it.
     let signals = Signals::install();
-    let needed = u64::from(cfg.limits.max_connections) * 2 + 64;
-    match ponte_proxy::raise_nofile_limit() {
-        Ok(n) if n < needed => tracing::warn!(
-            limit = n,
-            needed,
-            "the open-file limit is below what max_connections needs; raise it (systemd: LimitNOFILE) or lower max_connections"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    if let Some(w) = nofile_warning(&cfg) {
+        tracing::warn!("{w}");
     }
     let proxy = Proxy::bind(cfg).await?;
     for (name, addrs) in proxy.listener_addrs() {

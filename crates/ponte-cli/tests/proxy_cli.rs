@@ -619,6 +619,24 @@ fn admin_off_loopback_is_warned_about() {
         "{err}"
     );
 
+    // The open-file limit the start would warn about, too (the shell lowers
+    // the hard limit for the one command).
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_ponte"))
+        .args(["proxy", "--check-config", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "warning: the open-file limit (1024) is below what max_connections needs (55064)"
+        ),
+        "{err}"
+    );
+
     let mut relay = Relay::start(&["--admin", "0.0.0.0:0"], Some(&path));
     let line = relay.wait_for("not on loopback");
     assert!(line.contains("WARN"), "{line}");

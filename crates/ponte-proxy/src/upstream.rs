@@ -12,7 +12,7 @@
 use crate::config::{HostPort, SendProxy, UpstreamConfig};
 use crate::metrics::{Metrics, ServerMetrics, UpstreamMetrics};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -37,7 +37,10 @@ const MIN_RERESOLVE_GAP: Duration = Duration::from_secs(5);
 struct Server {
     spec: HostPort,
     addrs: RwLock<Arc<[SocketAddr]>>,
-    healthy: AtomicBool,
+    /// Health in the low bit, above it a count of the results recorded: a
+    /// health check whose result is older than a client's connect (the
+    /// count moved while it ran) does not undo what the connect found.
+    health: AtomicU64,
     /// The last lookup failed (said once until one succeeds).
     dns_failing: AtomicBool,
     last_resolve: std::sync::Mutex<Option<Instant>>,
@@ -52,10 +55,40 @@ impl Server {
         }
     }
 
-    /// Record what a health check or a client's connect found. A change is
-    /// logged once, whichever of them noticed it first.
+    fn healthy(&self) -> bool {
+        self.health.load(Ordering::Relaxed) & 1 == 1
+    }
+
+    /// Record a client connect's result.
     fn set_healthy(&self, upstream: &str, ok: bool, noticed_by: &'static str) {
-        let was = self.healthy.swap(ok, Ordering::Relaxed);
+        let old = self
+            .health
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                Some(next_health(h, ok))
+            })
+            .unwrap_or_else(|h| h);
+        self.health_changed(upstream, old & 1 == 1, ok, noticed_by);
+    }
+
+    /// Record a health check's result, unless a client's connect recorded
+    /// one since `seen` (read when the check began).
+    fn set_checked(&self, upstream: &str, seen: u64, ok: bool) {
+        if self
+            .health
+            .compare_exchange(
+                seen,
+                next_health(seen, ok),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.health_changed(upstream, seen & 1 == 1, ok, "the health check");
+        }
+    }
+
+    /// Update the gauge; log a change once, whichever noticed it.
+    fn health_changed(&self, upstream: &str, was: bool, ok: bool, noticed_by: &'static str) {
         self.metrics.healthy.set(i64::from(ok));
         match (was, ok) {
             (true, false) => tracing::warn!(
@@ -131,6 +164,11 @@ impl Server {
     }
 }
 
+/// The health word after recording `ok`: one more result, `ok` in the low bit.
+fn next_health(h: u64, ok: bool) -> u64 {
+    ((h >> 1).wrapping_add(1) << 1) | u64::from(ok)
+}
+
 /// One configured upstream.
 #[derive(Debug)]
 pub struct Upstream {
@@ -163,7 +201,7 @@ impl Upstream {
                 Arc::new(Server {
                     spec: spec.clone(),
                     addrs: RwLock::new(Arc::from(Vec::new())),
-                    healthy: AtomicBool::new(true),
+                    health: AtomicU64::new(1),
                     dns_failing: AtomicBool::new(false),
                     last_resolve: std::sync::Mutex::new(None),
                     metrics: m,
@@ -214,6 +252,7 @@ impl Upstream {
     /// Layer-4 check of every server: connect, then close.
     pub async fn check_all(&self) {
         for s in &self.servers {
+            let seen = s.health.load(Ordering::Acquire);
             let mut ok = false;
             for addr in s.addrs().iter() {
                 if let Ok(Ok(_)) = timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -224,36 +263,28 @@ impl Upstream {
             if !ok {
                 s.resolve().await;
             }
-            s.set_healthy(&self.name, ok, "the health check");
+            s.set_checked(&self.name, seen, ok);
         }
     }
 
     /// True when at least one server passed its last check.
     pub fn is_healthy(&self) -> bool {
-        self.servers
-            .iter()
-            .any(|s| s.healthy.load(Ordering::Relaxed))
+        self.servers.iter().any(|s| s.healthy())
     }
 
     /// Each server and its health, for the status page.
     pub fn server_health(&self) -> Vec<(String, bool)> {
         self.servers
             .iter()
-            .map(|s| (s.spec.to_string(), s.healthy.load(Ordering::Relaxed)))
+            .map(|s| (s.spec.to_string(), s.healthy()))
             .collect()
     }
 
     /// Connect to the first server that answers: healthy servers first, in
     /// config order, then the others.
     pub async fn connect(&self) -> Result<TcpStream, UpstreamError> {
-        let healthy = self
-            .servers
-            .iter()
-            .filter(|s| s.healthy.load(Ordering::Relaxed));
-        let unhealthy = self
-            .servers
-            .iter()
-            .filter(|s| !s.healthy.load(Ordering::Relaxed));
+        let healthy = self.servers.iter().filter(|s| s.healthy());
+        let unhealthy = self.servers.iter().filter(|s| !s.healthy());
         for s in healthy.chain(unhealthy) {
             let mut addrs = s.addrs();
             if addrs.is_empty() {
@@ -269,7 +300,7 @@ impl Upstream {
                             .connect_seconds
                             .observe(start.elapsed().as_secs_f64());
                         let _ = stream.set_nodelay(true);
-                        if !s.healthy.load(Ordering::Relaxed) {
+                        if !s.healthy() {
                             s.set_healthy(&self.name, true, "a client's connect");
                         }
                         return Ok(stream);
@@ -294,5 +325,46 @@ impl Upstream {
             }
         }
         Err(UpstreamError::Unavailable(self.name.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn one_server() -> Upstream {
+        let cfg: crate::Config = crate::Config::from_toml(
+            "[upstream.u]\nservers = [\"127.0.0.1:9\"]\n[[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"u\"\n",
+            None,
+        )
+        .unwrap();
+        Upstream::new(
+            "u",
+            &cfg.upstream["u"],
+            Duration::from_secs(1),
+            &Metrics::new(),
+        )
+    }
+
+    /// A check that began before a client's connect found the server down
+    /// does not mark it healthy again with its older result.
+    #[test]
+    fn an_older_check_result_does_not_undo_a_clients_connect() {
+        let u = one_server();
+        let s = &u.servers[0];
+        let seen = s.health.load(Ordering::Acquire);
+        s.set_healthy("u", false, "a client's connect");
+        s.set_checked("u", seen, true);
+        assert!(!u.is_healthy());
+        // A check that began after it counts.
+        let seen = s.health.load(Ordering::Acquire);
+        s.set_checked("u", seen, true);
+        assert!(u.is_healthy());
+        assert_eq!(s.metrics.healthy.get(), 1);
+        let seen = s.health.load(Ordering::Acquire);
+        s.set_checked("u", seen, false);
+        assert!(!u.is_healthy());
+        assert_eq!(s.metrics.healthy.get(), 0);
     }
 }

@@ -33,8 +33,9 @@ struct ConfigSource {
     /// A TOML configuration file (see examples/).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The Ponte server to front (preset `ponte`): HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The Ponte server to front (preset `ponte`): HOST:PORT, or the
+    /// server's ponte://HOST:PORT#KEY address (only its host and port are used).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_upstream)]
     upstream: Option<HostPort>,
     /// Admin endpoint address (status page, /metrics, /healthz).
     #[arg(long, value_name = "ADDR", conflicts_with = "no_admin")]
@@ -72,6 +73,16 @@ struct LinkArgs {
     /// Print only the link, without the QR code.
     #[arg(long)]
     no_qr: bool,
+}
+
+/// `--upstream`: HOST:PORT, or the `ponte://HOST:PORT#KEY` address operators
+/// hand out, of which the relay needs only the host and port (clients check
+/// the key end to end through the relay).
+fn parse_upstream(s: &str) -> Result<HostPort, String> {
+    match s.parse::<ponte_wire::address::ServerAddress>() {
+        Ok(a) => a.socket_addr_string().parse(),
+        Err(_) => s.parse(),
+    }
 }
 
 impl ConfigSource {
@@ -133,6 +144,12 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             .config
             .as_ref()
             .map_or_else(|| "preset".to_owned(), |p| p.display().to_string());
+        // Everything the start does short of binding: certificate files
+        // loaded, the self-signed certificate made.
+        Proxy::check(&cfg).with_context(|| what.clone())?;
+        for w in cfg.warnings().into_iter().chain(nofile_warning(&cfg)) {
+            eprintln!("ponte: warning: {w}");
+        }
         crate::write_stdout(&format!(
             "{what}: ok ({n} listeners, {} upstreams)\n",
             cfg.upstream.len()
@@ -150,16 +167,26 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// Raise the open-file limit to the hard limit; what to say when that is
+/// still below what `max_connections` needs (two descriptors a connection).
+fn nofile_warning(cfg: &Config) -> Option<String> {
     let needed = u64::from(cfg.limits.max_connections) * 2 + 64;
     match ponte_proxy::raise_nofile_limit() {
-        Ok(n) if n < needed => tracing::warn!(
-            limit = n,
-            needed,
-            "the open-file limit is below what max_connections needs; raise it (systemd: LimitNOFILE) or lower max_connections"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+        Ok(n) if n < needed => Some(format!(
+            "the open-file limit ({n}) is below what max_connections needs ({needed}); \
+             raise it (systemd: LimitNOFILE) or lower max_connections"
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot raise the open-file limit: {e}")),
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Before anything is logged: a SIGTERM sent as soon as the relay says
+    // it listens stops it gracefully instead of killing it.
+    let signals = Signals::install();
+    if let Some(w) = nofile_warning(&cfg) {
+        tracing::warn!("{w}");
     }
     let proxy = Proxy::bind(cfg).await?;
     for (name, addrs) in proxy.listener_addrs() {
@@ -170,39 +197,64 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("status page http://{a}/ (metrics at /metrics)");
     }
     let reload = proxy.reload_handle();
-    proxy.run(shutdown_signal(reload)).await;
+    proxy.run(signals.shutdown(reload)).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT; SIGHUP reloads certificates meanwhile.
-async fn shutdown_signal(reload: ponte_proxy::ReloadHandle) {
+/// SIGTERM and SIGHUP handlers, installed before the relay starts.
+struct Signals {
+    /// SIGTERM, SIGINT, SIGHUP.
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading certificates");
-                    reload.reload();
+    unix: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+                _ => {
+                    tracing::error!("cannot install signal handlers; stop with Ctrl-C");
+                    None
+                }
+            };
+            Signals { unix }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Resolves on SIGTERM or SIGINT; SIGHUP reloads certificates meanwhile.
+    async fn shutdown(self, reload: ponte_proxy::ReloadHandle) {
+        #[cfg(unix)]
+        {
+            let Some([mut term, mut int, mut hup]) = self.unix else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return,
+                    _ = int.recv() => return,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading certificates");
+                        reload.reload();
+                    }
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = reload;
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = (self, reload);
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -244,4 +296,34 @@ fn print_link(args: LinkArgs) -> anyhow::Result<ExitCode> {
     };
     crate::write_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn upstream_takes_host_and_port_of_a_server_address() {
+        let key = "A".repeat(43);
+        for (arg, want) in [
+            ("chat.example.org:5222", "chat.example.org:5222"),
+            (
+                &*format!("ponte://chat.example.org:6000#{key}"),
+                "chat.example.org:6000",
+            ),
+            (
+                &*format!("ponte://chat.example.org#{key}"),
+                "chat.example.org:5222",
+            ),
+            (
+                &*format!("ponte://[2001:db8::1]:443#{key}"),
+                "[2001:db8::1]:443",
+            ),
+        ] {
+            assert_eq!(parse_upstream(arg).unwrap().to_string(), want, "{arg}");
+        }
+        let e = parse_upstream("ponte://chat.example.org:5222#short").unwrap_err();
+        assert!(e.contains("give only its HOST:PORT"), "{e}");
+    }
 }

@@ -123,7 +123,12 @@ fn esc(s: &str) -> String {
 
 async fn status(State(s): State<Arc<AdminState>>) -> Html<String> {
     let users: i64 = s.listeners.iter().map(|l| l.metrics.open.get()).sum();
-    let total: u64 = s.listeners.iter().map(|l| l.metrics.total.get()).sum();
+    let handshaking: i64 = s
+        .listeners
+        .iter()
+        .map(|l| l.metrics.handshaking.get())
+        .sum();
+    let served: u64 = s.listeners.iter().map(|l| l.metrics.relayed.get()).sum();
     let up: u64 = s.listeners.iter().map(|l| l.metrics.bytes_up.get()).sum();
     let down: u64 = s.listeners.iter().map(|l| l.metrics.bytes_down.get()).sum();
     let healthy = s.listeners.iter().all(|l| l.upstream.is_healthy());
@@ -139,9 +144,10 @@ table{{border-collapse:collapse;width:100%;margin:1em 0}}td,th{{text-align:left;
 .ok{{color:#17702f}}.bad{{color:#b00020}}</style></head><body>
 <h1>Ponte relay <span class="{cls}">{state}</span></h1>
 <div class="big"><div>{users}<small>users connected now</small></div>
+<div>{handshaking}<small>connecting (in handshake)</small></div>
 <div>{uptime}<small>uptime</small></div>
 <div>{traffic}<small>relayed ({up} up, {down} down)</small></div>
-<div>{total}<small>connections served</small></div></div>
+<div>{served}<small>connections served</small></div></div>
 <h2>Upstreams</h2><table><tr><th>upstream</th><th>server</th><th>health</th></tr>"#,
         cls = if healthy { "ok" } else { "bad" },
         state = if healthy {
@@ -166,13 +172,15 @@ table{{border-collapse:collapse;width:100%;margin:1em 0}}td,th{{text-align:left;
             );
         }
     }
-    h.push_str("</table><h2>Listeners</h2><table><tr><th>listener</th><th>open</th><th>total</th><th>traffic</th></tr>");
+    h.push_str("</table><h2>Listeners</h2><table><tr><th>listener</th><th>open</th><th>in handshake</th><th>served</th><th>accepted</th><th>traffic</th></tr>");
     for l in &s.listeners {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&l.name),
             l.metrics.open.get(),
+            l.metrics.handshaking.get(),
+            l.metrics.relayed.get(),
             l.metrics.total.get(),
             human_bytes(l.metrics.bytes_up.get() + l.metrics.bytes_down.get())
         );

@@ -9,6 +9,7 @@
 //! The same types serialize back to TOML (`ponte proxy --print-config`), and a
 //! printed config loads back to an equal value.
 
+use ponte_wire::address::ServerAddress;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, HashSet};
@@ -26,9 +27,9 @@ pub const DEFAULT_BUFFER_SIZE: usize = 4096;
 /// Default admin endpoint (loopback only).
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8199";
 
-/// A configuration error, located in its file when it came from one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{key}: {message}", location(.file, *.line, *.column))]
+/// A configuration error, located in its file when it came from one:
+/// `relay.toml:12:7: listener[0].tls: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The file, when the config came from one.
     pub file: Option<PathBuf>,
@@ -36,25 +37,31 @@ pub struct ConfigError {
     pub line: usize,
     /// 1-based column, 0 when unknown.
     pub column: usize,
-    /// The key in dotted form (`listener[2].upstream`), empty when unknown.
+    /// The key in dotted form (`listener[2].upstream`), empty when the error
+    /// is not about one key (TOML syntax, an unreadable file).
     pub key: String,
     /// What is wrong.
     pub message: String,
 }
 
-fn location(file: &Option<PathBuf>, line: usize, column: usize) -> String {
-    let mut s = String::new();
-    if let Some(f) = file {
-        s.push_str(&f.display().to_string());
-        s.push(':');
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}:", file.display())?;
+        }
+        if self.line > 0 {
+            write!(f, "{}:{}: ", self.line, self.column)?;
+        } else if self.file.is_some() {
+            f.write_str(" ")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
     }
-    if line > 0 {
-        s.push_str(&format!("{line}:{column}: "));
-    } else if file.is_some() {
-        s.push(' ');
-    }
-    s
 }
+
+impl std::error::Error for ConfigError {}
 
 /// The whole relay configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -410,7 +417,23 @@ impl HostPort {
 impl FromStr for HostPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with(ponte_wire::address::SCHEME) {
+            // The address operators hand out: a natural thing to paste here.
+            let hint = match s.parse::<ServerAddress>() {
+                Ok(a) => format!(": `{}`", a.socket_addr_string()),
+                Err(_) => String::new(),
+            };
+            return Err(format!(
+                "`{s}` is a Ponte server address; give only its HOST:PORT{hint}"
+            ));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            return Err(format!("`{s}`: give HOST:PORT, without `{scheme}://`"));
+        }
         if let Ok(sa) = s.parse::<SocketAddr>() {
+            if sa.port() == 0 {
+                return Err(format!("`{s}`: port must be 1-65535"));
+            }
             return Ok(HostPort {
                 host: sa.ip().to_string(),
                 port: sa.port(),
@@ -604,21 +627,26 @@ impl Config {
 
     /// Parse and validate TOML text. `file` is used in error messages.
     pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            ConfigError {
-                file: file.map(Path::to_path_buf),
-                line,
-                column,
-                key: String::new(),
-                message: e.message().trim().to_owned(),
-            }
-        })?;
+        let cfg: Config =
+            serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+                let path = key_path(e.path());
+                let e = e.into_inner();
+                let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+                ConfigError {
+                    file: file.map(Path::to_path_buf),
+                    line,
+                    column,
+                    key: path,
+                    message: e.message().trim().to_owned(),
+                }
+            })?;
         cfg.validate(Some(text), file)?;
         Ok(cfg)
     }
 
-    /// Read, parse and validate a file.
+    /// Read, parse and validate a file. Relative certificate and key paths
+    /// are resolved from the file's folder (as nginx and HAProxy do), so the
+    /// config works from any working directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),
@@ -627,7 +655,27 @@ impl Config {
             key: String::new(),
             message: format!("cannot read: {e}"),
         })?;
-        Config::from_toml(&text, Some(path))
+        let mut cfg = Config::from_toml(&text, Some(path))?;
+        let folder = match path.parent() {
+            Some(f) if !f.as_os_str().is_empty() => f,
+            _ => Path::new("."),
+        };
+        let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+        cfg.resolve_paths(&folder);
+        Ok(cfg)
+    }
+
+    /// Make relative certificate and key paths relative to `folder`.
+    pub fn resolve_paths(&mut self, folder: &Path) {
+        for l in &mut self.listener {
+            if let TlsMode::Files { cert, key } = &mut l.tls {
+                for p in [cert, key] {
+                    if p.is_relative() {
+                        *p = folder.join(&*p);
+                    }
+                }
+            }
+        }
     }
 
     /// The config as TOML that [`Config::from_toml`] loads back unchanged.
@@ -635,6 +683,23 @@ impl Config {
         // Serialization of these types cannot fail: every map key is a string
         // and no value is a bare None.
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// What is allowed but probably not meant: said at start (logged) and
+    /// by `--check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(a) = &self.admin {
+            let addr = a.listen.get_ref().0;
+            if !addr.ip().to_canonical().is_loopback() {
+                w.push(format!(
+                    "the admin endpoint {addr} is not on loopback: whoever can reach it reads \
+                     the status page and /metrics (users connected, traffic, upstream health); \
+                     firewall it, or use 127.0.0.1 and `ssh -L` to see it from elsewhere"
+                ));
+            }
+        }
+        w
     }
 
     /// Cross-field checks. `text` (the source) locates spans.
@@ -705,9 +770,10 @@ impl Config {
             }
         }
         let mut names = HashSet::new();
-        let mut addrs: HashSet<SocketAddr> = HashSet::new();
+        // Each address bound so far, and the key that binds it.
+        let mut addrs: Vec<(SocketAddr, String)> = Vec::new();
         if let Some(a) = &self.admin {
-            addrs.insert(a.listen.get_ref().0);
+            addrs.push((a.listen.get_ref().0, "[admin] listen (--admin)".into()));
         }
         for (i, l) in self.listener.iter().enumerate() {
             let name = l.name.get_ref();
@@ -737,13 +803,22 @@ impl Config {
                 ));
             }
             for a in l.listen.get_ref() {
-                if a.0.port() != 0 && !addrs.insert(a.0) {
+                if a.0.port() == 0 {
+                    continue;
+                }
+                if let Some((other, who)) = addrs.iter().find(|(b, _)| overlap(*b, a.0)) {
+                    let message = if *other == a.0 {
+                        format!("address {a} is used twice: also by {who}")
+                    } else {
+                        format!("address {a} overlaps {other} of {who}: one port, and one of them is every address")
+                    };
                     return Err(err(
                         l.listen.span(),
                         format!("listener[{i}].listen"),
-                        format!("address {a} is used twice"),
+                        message,
                     ));
                 }
+                addrs.push((a.0, format!("listener[{i}].listen (`{name}`)")));
             }
             if !self.upstream.contains_key(l.upstream.get_ref()) {
                 let known: Vec<&str> = self.upstream.keys().map(String::as_str).collect();
@@ -771,6 +846,72 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Refuse an upstream server that is one of this relay's own listeners
+    /// (`127.0.0.1:443` with a listener on `0.0.0.0:443`): started, the
+    /// relay would forward every connection to itself until the connection
+    /// cap is full. Part of what a start checks, not of [`Config::validate`]:
+    /// printing a config or its share link forwards nothing.
+    pub fn check_forwarding(&self) -> Result<(), ConfigError> {
+        for (name, u) in &self.upstream {
+            for (j, server) in u.servers.get_ref().iter().enumerate() {
+                let Some(ip) = server.ip() else { continue };
+                let to = SocketAddr::new(ip, server.port);
+                for (i, l) in self.listener.iter().enumerate() {
+                    let own = l.listen.get_ref().iter().find(|a| {
+                        a.0.port() != 0
+                            && overlap(a.0, to)
+                            && (ip.is_loopback() || ip.is_unspecified() || ip == a.0.ip())
+                    });
+                    if let Some(a) = own {
+                        return Err(ConfigError {
+                            file: None,
+                            line: 0,
+                            column: 0,
+                            key: format!("upstream.{name}.servers[{j}]"),
+                            message: format!(
+                                "{server} is this relay's own listener[{i}] (`{}`, {a}): it would forward to itself",
+                                l.name.get_ref()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True when binding both addresses would clash: the same port and family,
+/// and the same IP or one of them the wildcard (IPv6 sockets are bound
+/// IPv6-only, so `[::]` and `0.0.0.0` do not clash).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The dotted key (`listener[0].tls`) of a deserialization error, without
+/// the internal fields `Spanned` values are read through.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if k.starts_with("$__serde_spanned_private") {
+                    continue;
+                }
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    key
 }
 
 /// 1-based line and column of a byte offset.
@@ -890,6 +1031,69 @@ upstream = "chat"
         assert_eq!(e.line, 13, "{e}");
         assert!(e.to_string().starts_with("relay.toml:13:"), "{e}");
         assert!(e.message.contains("acept_proxy"), "{e}");
+        assert_eq!(e.key, "listener[0].acept_proxy");
+    }
+
+    /// Every error from the parser names the key it is about, in the form a
+    /// volunteer can find in the file.
+    #[test]
+    fn parse_errors_name_the_key() {
+        for (from, to, key, line) in [
+            ("[admin]", "colour = \"red\"\n[admin]", "colour", 2),
+            ("\"self-signed\"", "\"selfsigned\"", "listener[0].tls", 12),
+            (
+                "tls = \"self-signed\"",
+                "tls = { cert = \"a.pem\", key = \"b.pem\", extra = 1 }",
+                "listener[0].tls.extra",
+                12,
+            ),
+            ("\"v1\"", "\"v3\"", "upstream.chat.send_proxy", 7),
+            (
+                "\"[::]:443\"",
+                "\"[::]:99999\"",
+                "listener[0].listen[1]",
+                11,
+            ),
+            (
+                "\"g-fallback.whatsapp.net:5222\"",
+                "\"x\"",
+                "upstream.chat.servers[1]",
+                6,
+            ),
+            (
+                "accept_proxy = false",
+                "accept_proxy = \"no\"",
+                "listener[0].accept_proxy",
+                13,
+            ),
+        ] {
+            let text = ISSUE_EXAMPLE.replace(from, to);
+            assert_ne!(text, ISSUE_EXAMPLE, "{from}");
+            let e = err_of(&text);
+            assert_eq!(e.key, key, "{e}");
+            assert_eq!(e.line, line, "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("relay.toml:{line}:")),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&format!(": {key}: ")), "{e}");
+        }
+        let e = err_of("[limits]\nmax_connections = -1\n");
+        assert_eq!(e.key, "limits.max_connections", "{e}");
+        let e = err_of("[[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:1\"]\n");
+        assert_eq!(e.key, "listener[0]", "{e}");
+        assert!(e.message.contains("upstream"), "{e}");
+        // Not about one key: no empty key in the text.
+        let e = err_of("[admin\n");
+        assert_eq!(e.key, "");
+        assert!(!e.to_string().contains(": :"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/relay.toml")).unwrap_err();
+        assert_eq!(e.to_string().matches(':').count(), 2, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/relay.toml: cannot read"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -917,6 +1121,12 @@ upstream = "chat"
         assert!(err_of(&text).message.contains("not a valid host"));
         let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222\"", "g.whatsapp.net:0\"");
         assert!(err_of(&text).message.contains("1-65535"));
+        for zero in ["127.0.0.1:0", "[::1]:0"] {
+            let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222", zero);
+            let e = err_of(&text);
+            assert!(e.message.contains("1-65535"), "{zero}: {e}");
+            assert_eq!(e.line, 6, "{e}");
+        }
     }
 
     #[test]
@@ -960,6 +1170,106 @@ upstream = "chat"
         let e = err_of(&same_addr);
         assert!(e.message.contains("0.0.0.0:443"), "{e}");
         assert_eq!(e.line, 18, "{e}");
+        assert!(
+            e.message
+                .contains("also by listener[0].listen (`chat-tls`)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_address_taken_by_the_admin_endpoint_names_it() {
+        let text = ISSUE_EXAMPLE.replace("\"0.0.0.0:443\"", "\"127.0.0.1:8199\"");
+        let e = err_of(&text);
+        assert_eq!(e.key, "listener[0].listen");
+        assert!(
+            e.message
+                .contains("address 127.0.0.1:8199 is used twice: also by [admin] listen"),
+            "{e}"
+        );
+        // The wildcard on the same port clashes at bind(2) too.
+        let text = ISSUE_EXAMPLE.replace("\"0.0.0.0:443\"", "\"0.0.0.0:8199\"");
+        let e = err_of(&text);
+        assert!(
+            e.message
+                .contains("0.0.0.0:8199 overlaps 127.0.0.1:8199 of [admin] listen"),
+            "{e}"
+        );
+        let both = format!(
+            "{ISSUE_EXAMPLE}\n[[listener]]\nname = \"b\"\nlisten = [\"127.0.0.1:443\", \"[::1]:8199\"]\nupstream = \"chat\"\n"
+        );
+        assert!(err_of(&both)
+            .message
+            .contains("overlaps 0.0.0.0:443 of listener[0]"));
+        // Other families and ports do not clash.
+        let fine = format!(
+            "{ISSUE_EXAMPLE}\n[[listener]]\nname = \"b\"\nlisten = [\"127.0.0.1:444\", \"[::1]:8199\"]\nupstream = \"chat\"\n"
+        );
+        Config::from_toml(&fine, None).unwrap();
+    }
+
+    #[test]
+    fn relative_certificate_paths_resolve_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        let path = conf.join("relay.toml");
+        let text = ISSUE_EXAMPLE.replace(
+            "tls = \"self-signed\"",
+            "tls = { cert = \"certs/fullchain.pem\", key = \"/etc/ssl/privkey.pem\" }",
+        );
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(&path).unwrap();
+        let TlsMode::Files { cert, key } = &c.listener[0].tls else {
+            panic!("{:?}", c.listener[0].tls);
+        };
+        assert_eq!(cert, &dir.path().join("conf/certs/fullchain.pem"));
+        assert_eq!(
+            key,
+            Path::new("/etc/ssl/privkey.pem"),
+            "absolute paths stay"
+        );
+    }
+
+    #[test]
+    fn an_upstream_that_is_a_listener_of_this_relay_is_refused() {
+        for server in ["127.0.0.1:443", "0.0.0.0:443", "[::1]:443"] {
+            let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222", server);
+            let c = Config::from_toml(&text, None).unwrap();
+            let e = c.check_forwarding().unwrap_err();
+            assert_eq!(e.key, "upstream.chat.servers[0]", "{server}: {e}");
+            assert!(e.message.contains("would forward to itself"), "{e}");
+            assert!(e.message.contains("listener[0] (`chat-tls`"), "{e}");
+        }
+        // Another port, or another host behind the wildcard, is fine.
+        for server in ["127.0.0.1:5222", "192.0.2.7:443"] {
+            let text = ISSUE_EXAMPLE.replace("g.whatsapp.net:5222", server);
+            let c = Config::from_toml(&text, None).unwrap();
+            c.check_forwarding().unwrap();
+        }
+    }
+
+    #[test]
+    fn an_admin_endpoint_off_loopback_is_warned_about() {
+        let mut c = Config::from_toml(ISSUE_EXAMPLE, None).unwrap();
+        assert!(c.warnings().is_empty());
+        for (addr, warned) in [
+            ("0.0.0.0:8199", true),
+            ("[::]:8199", true),
+            ("192.0.2.1:8199", true),
+            ("[::1]:8199", false),
+            ("[::ffff:127.0.0.1]:8199", false),
+            ("127.0.0.2:8199", false),
+        ] {
+            c.admin = Some(AdminConfig::new(addr.parse().unwrap()));
+            let w = c.warnings();
+            assert_eq!(w.len(), usize::from(warned), "{addr}: {w:?}");
+            if warned {
+                assert!(w[0].contains("not on loopback"), "{w:?}");
+            }
+        }
+        c.admin = None;
+        assert!(c.warnings().is_empty());
     }
 
     #[test]
@@ -986,5 +1296,36 @@ upstream = "chat"
         let h: HostPort = "Example.ORG:80".parse().unwrap();
         assert_eq!(h.to_string(), "example.org:80");
         assert!("::1:80".parse::<HostPort>().is_err());
+    }
+
+    #[test]
+    fn a_server_address_in_place_of_host_port_says_what_to_write() {
+        let key = "A".repeat(43);
+        let e = format!("ponte://chat.example.org:5222#{key}")
+            .parse::<HostPort>()
+            .unwrap_err();
+        assert!(
+            e.contains(
+                "is a Ponte server address; give only its HOST:PORT: `chat.example.org:5222`"
+            ),
+            "{e}"
+        );
+        let e = "ponte://[::1]#x".parse::<HostPort>().unwrap_err();
+        assert!(e.contains("give only its HOST:PORT"), "{e}");
+        let e = "https://chat.example.org:443"
+            .parse::<HostPort>()
+            .unwrap_err();
+        assert!(e.contains("without `https://`"), "{e}");
+        let text = ISSUE_EXAMPLE.replace(
+            "g.whatsapp.net:5222\"",
+            &format!("ponte://h.example:5222#{key}\""),
+        );
+        let e = err_of(&text);
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (6, "upstream.chat.servers[0]"),
+            "{e}"
+        );
+        assert!(e.message.contains("`h.example:5222`"), "{e}");
     }
 }

@@ -109,7 +109,9 @@ pub struct Metrics {
     registry: Registry,
     started: Instant,
     open: Family<ListenerLabel, Gauge>,
+    handshaking: Family<ListenerLabel, Gauge>,
     total: Family<ListenerLabel, Counter>,
+    relayed: Family<ListenerLabel, Counter>,
     bytes: Family<BytesLabel, Counter>,
     refused: Family<ReasonLabel, Counter>,
     tls_failures: Family<ReasonLabel, Counter>,
@@ -151,7 +153,9 @@ impl Metrics {
             registry: Registry::with_prefix("ponte_proxy"),
             started: Instant::now(),
             open: Family::default(),
+            handshaking: Family::default(),
             total: Family::default(),
+            relayed: Family::default(),
             bytes: Family::default(),
             refused: Family::default(),
             tls_failures: Family::default(),
@@ -164,8 +168,22 @@ impl Metrics {
             cert_reloads: Family::default(),
         };
         let r = &mut m.registry;
-        r.register("connections_open", "Connections open now", m.open.clone());
+        r.register(
+            "connections_open",
+            "Connections relaying now (handshakes done, upstream connected)",
+            m.open.clone(),
+        );
+        r.register(
+            "connections_handshaking",
+            "Connections accepted and still in their handshakes (PROXY header, TLS, upstream connect)",
+            m.handshaking.clone(),
+        );
         r.register("connections", "Connections accepted", m.total.clone());
+        r.register(
+            "connections_relayed",
+            "Connections that finished their handshakes and were relayed",
+            m.relayed.clone(),
+        );
         r.register(
             "bytes",
             "Bytes relayed (direction=upstream: client to server; downstream: server to client)",
@@ -246,7 +264,9 @@ impl Metrics {
         };
         ListenerMetrics {
             open: self.open.get_or_create(&l).clone(),
+            handshaking: self.handshaking.get_or_create(&l).clone(),
             total: self.total.get_or_create(&l).clone(),
+            relayed: self.relayed.get_or_create(&l).clone(),
             bytes_up: bytes("upstream"),
             bytes_down: bytes("downstream"),
             refused: Refusal::ALL.map(|r| reason(&self.refused, r.as_str())),
@@ -292,10 +312,14 @@ impl Metrics {
 /// Per-listener handles.
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
-    /// Open connections.
+    /// Connections relaying (handshakes done, upstream connected).
     pub open: Gauge,
+    /// Connections accepted and still in their handshakes.
+    pub handshaking: Gauge,
     /// Accepted connections.
     pub total: Counter,
+    /// Connections that finished their handshakes and were relayed.
+    pub relayed: Counter,
     /// Client to upstream bytes.
     pub bytes_up: Counter,
     /// Upstream to client bytes.

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -44,8 +44,10 @@ pub enum ProxyError {
         hint: &'static str,
     },
     /// A TLS certificate could not be made or loaded.
-    #[error("listener `{listener}`: {error}")]
+    #[error("listener[{index}].tls (`{listener}`): {error}")]
     Tls {
+        /// Position of the listener in the config.
+        index: usize,
         /// Listener name.
         listener: String,
         /// Cause.
@@ -86,6 +88,9 @@ struct Shared {
     handshake: Duration,
     log_addresses: bool,
     next_id: AtomicU64,
+    /// Set by the first worker whose drain period ran out: every worker
+    /// waits for the same connections, and the end is said once.
+    drain_over: AtomicBool,
 }
 
 /// A relay with its sockets bound, ready to [`Proxy::run`].
@@ -158,72 +163,114 @@ fn no_ipv6(addr: &SocketAddr, e: &io::Error) -> bool {
         )
 }
 
-impl Proxy {
-    /// Bind every listener and the admin endpoint, make certificates.
-    pub async fn bind(config: Config) -> Result<Proxy, ProxyError> {
-        let metrics = Arc::new(Metrics::new());
-        let upstreams: BTreeMap<String, Arc<Upstream>> = config
-            .upstream
-            .iter()
-            .map(|(name, u)| {
-                (
-                    name.clone(),
-                    Arc::new(Upstream::new(name, u, config.timeouts.connect.0, &metrics)),
-                )
-            })
-            .collect();
-        let mut self_signed: Option<Arc<CertStore>> = None;
-        let mut certs: Vec<Arc<CertStore>> = Vec::new();
-        let mut listeners = Vec::new();
-        for l in &config.listener {
-            let name = l.name.get_ref().clone();
-            let tls_err = |error| ProxyError::Tls {
-                listener: name.clone(),
-                error,
-            };
-            let store = match &l.tls {
-                TlsMode::None => None,
-                TlsMode::SelfSigned => {
-                    if self_signed.is_none() {
-                        let s = Arc::new(
-                            CertStore::self_signed(&config.tls.self_signed_names)
-                                .map_err(tls_err)?,
-                        );
-                        certs.push(Arc::clone(&s));
-                        self_signed = Some(s);
-                    }
-                    self_signed.clone()
-                }
-                TlsMode::Files { cert, key } => {
-                    let s = Arc::new(CertStore::from_files(cert, key).map_err(tls_err)?);
+/// What a start builds before binding anything.
+struct Prepared {
+    metrics: Arc<Metrics>,
+    upstreams: BTreeMap<String, Arc<Upstream>>,
+    listeners: Vec<Arc<ListenerShared>>,
+    certs: Vec<Arc<CertStore>>,
+}
+
+/// Everything a start does short of binding: no upstream that is the relay
+/// itself, upstreams set up, certificates made or loaded from their files,
+/// each listener's upstream found.
+fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
+    config
+        .check_forwarding()
+        .map_err(|e| ProxyError::Config(e.to_string()))?;
+    let metrics = Arc::new(Metrics::new());
+    let upstreams: BTreeMap<String, Arc<Upstream>> = config
+        .upstream
+        .iter()
+        .map(|(name, u)| {
+            (
+                name.clone(),
+                Arc::new(Upstream::new(name, u, config.timeouts.connect.0, &metrics)),
+            )
+        })
+        .collect();
+    let mut self_signed: Option<Arc<CertStore>> = None;
+    let mut certs: Vec<Arc<CertStore>> = Vec::new();
+    let mut listeners = Vec::new();
+    for (index, l) in config.listener.iter().enumerate() {
+        let name = l.name.get_ref().clone();
+        let tls_err = |error| ProxyError::Tls {
+            index,
+            listener: name.clone(),
+            error,
+        };
+        let store = match &l.tls {
+            TlsMode::None => None,
+            TlsMode::SelfSigned => {
+                if self_signed.is_none() {
+                    let s = Arc::new(
+                        CertStore::self_signed(&config.tls.self_signed_names).map_err(tls_err)?,
+                    );
                     certs.push(Arc::clone(&s));
-                    Some(s)
+                    self_signed = Some(s);
                 }
-            };
-            let tls = match store {
-                Some(s) => Some(TlsAcceptor::from(s.server_config().map_err(tls_err)?)),
-                None => None,
-            };
-            let upstream = upstreams
-                .get(l.upstream.get_ref())
-                .cloned()
-                .ok_or_else(|| {
-                    ProxyError::Config(format!("no upstream `{}`", l.upstream.get_ref()))
-                })?;
-            let lm = metrics.listener(&name);
-            let shared = Arc::new(ListenerShared {
-                counters: ByteCounters {
-                    up: lm.bytes_up.clone(),
-                    down: lm.bytes_down.clone(),
-                },
-                metrics: lm,
-                name: name.clone(),
-                tls,
-                accept_proxy: l.accept_proxy,
-                upstream,
-                open: Arc::new(Counter::default()),
-                max: l.max_connections,
-            });
+                self_signed.clone()
+            }
+            TlsMode::Files { cert, key } => {
+                let s = Arc::new(CertStore::from_files(cert, key).map_err(tls_err)?);
+                certs.push(Arc::clone(&s));
+                Some(s)
+            }
+        };
+        let tls = match store {
+            Some(s) => Some(TlsAcceptor::from(s.server_config().map_err(tls_err)?)),
+            None => None,
+        };
+        let upstream = upstreams
+            .get(l.upstream.get_ref())
+            .cloned()
+            .ok_or_else(|| ProxyError::Config(format!("no upstream `{}`", l.upstream.get_ref())))?;
+        let lm = metrics.listener(&name);
+        let shared = Arc::new(ListenerShared {
+            counters: ByteCounters {
+                up: lm.bytes_up.clone(),
+                down: lm.bytes_down.clone(),
+            },
+            metrics: lm,
+            name: name.clone(),
+            tls,
+            accept_proxy: l.accept_proxy,
+            upstream,
+            open: Arc::new(Counter::default()),
+            max: l.max_connections,
+        });
+        listeners.push(shared);
+    }
+    Ok(Prepared {
+        metrics,
+        upstreams,
+        listeners,
+        certs,
+    })
+}
+
+impl Proxy {
+    /// Check that `config` can start: everything [`Proxy::bind`] does short
+    /// of binding (certificates loaded or made, upstreams set up).
+    pub fn check(config: &Config) -> Result<(), ProxyError> {
+        prepare(config).map(drop)
+    }
+
+    /// Bind every listener and the admin endpoint, make certificates. Logs
+    /// the config's [warnings](Config::warnings) first.
+    pub async fn bind(config: Config) -> Result<Proxy, ProxyError> {
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
+        let Prepared {
+            metrics,
+            upstreams,
+            listeners: prepared,
+            certs,
+        } = prepare(&config)?;
+        let mut listeners = Vec::new();
+        for (shared, l) in prepared.into_iter().zip(&config.listener) {
+            let name = shared.name.clone();
             let mut sockets = Vec::new();
             for addr in l.listen.get_ref() {
                 match bind_listener(addr.0) {
@@ -279,6 +326,7 @@ impl Proxy {
             handshake: config.timeouts.handshake.0,
             log_addresses: config.log.client_addresses,
             next_id: AtomicU64::new(1),
+            drain_over: AtomicBool::new(false),
         });
         Ok(Proxy {
             config,
@@ -519,7 +567,9 @@ async fn worker(
     accepting.close();
     accepting.wait().await;
     conns.close();
-    if tokio::time::timeout(drain, conns.wait()).await.is_err() {
+    if tokio::time::timeout(drain, conns.wait()).await.is_err()
+        && !shared.drain_over.swap(true, Ordering::Relaxed)
+    {
         tracing::warn!(
             open = shared.limits.open(),
             "drain period over; closing the remaining connections"
@@ -638,7 +688,7 @@ fn connection(
     shared: Arc<Shared>,
     permit: crate::limits::Permit,
 ) -> impl Future<Output = ()> + Send {
-    let open = OpenGuard::new(&l.metrics.open);
+    let open = OpenGuard::new(&l.metrics.handshaking);
     let setup = Box::pin(setup(
         stream,
         peer,
@@ -652,7 +702,8 @@ fn connection(
 type Setup =
     Pin<Box<dyn Future<Output = (crate::limits::Permit, Option<(Client, TcpStream)>)> + Send>>;
 
-/// Counts a connection as open until dropped (also when its task panics).
+/// Counts a connection in a gauge until dropped (also when its task
+/// panics): first as handshaking, then as open once it relays.
 struct OpenGuard(prometheus_client::metrics::gauge::Gauge);
 
 impl OpenGuard {
@@ -668,9 +719,18 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn established(setup: Setup, l: Arc<ListenerShared>, shared: Arc<Shared>, open: OpenGuard) {
+async fn established(
+    setup: Setup,
+    l: Arc<ListenerShared>,
+    shared: Arc<Shared>,
+    mut open: OpenGuard,
+) {
     let (permit, ready) = setup.await;
     if let Some((client, up)) = ready {
+        // Users connected now are the ones relaying, not handshakes that
+        // may never finish.
+        open = OpenGuard::new(&l.metrics.open);
+        l.metrics.relayed.inc();
         let out = match client {
             Client::Plain(c) => relay::relay_tcp(c, up, &shared.relay, &l.counters).await,
             Client::Tls(t) => relay::relay_stream(t, up, &shared.relay, &l.counters).await,

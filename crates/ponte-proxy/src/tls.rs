@@ -13,7 +13,7 @@
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -116,28 +116,27 @@ impl CertStore {
 
     /// Reload the files if they changed since last time (or always, with
     /// `force`). Returns `Ok(true)` when a new certificate is in use. A broken
-    /// new file leaves the old certificate in place.
+    /// new file leaves the old certificate in place and is not tried again
+    /// until it changes (or `force`), so it is reported once.
     pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
         let Source::Files { cert, key, seen } = &self.source else {
             return Ok(false);
         };
         let now = (stamp(cert), stamp(key));
         {
-            let seen = match seen.lock() {
+            let mut seen = match seen.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
             if !force && *seen == now {
                 return Ok(false);
             }
+            *seen = now;
         }
         let certified = load_files(cert, key)?;
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(certified),
             Err(p) => *p.into_inner() = Arc::new(certified),
-        }
-        if let Ok(mut s) = seen.lock() {
-            *s = now;
         }
         Ok(true)
     }
@@ -175,15 +174,29 @@ fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
     }
 }
 
+/// A PEM file that could not be read or parsed. `what` names the item
+/// looked for (`CERTIFICATE`, `PRIVATE KEY`).
+fn pem_err(path: &Path, what: &str, e: pem::Error) -> TlsError {
+    match e {
+        pem::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => file_err(
+            path,
+            "no such file (a relative path in a config file is taken from the file's folder)",
+        ),
+        pem::Error::Io(io) => file_err(path, format!("cannot read: {io}")),
+        pem::Error::NoItemsFound => file_err(path, format!("no {what} in the file")),
+        other => file_err(path, format!("not a PEM {what} file: {other}")),
+    }
+}
+
 fn load_files(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_err(cert, e.to_string()))?
+        .map_err(|e| pem_err(cert, "CERTIFICATE", e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| file_err(cert, e.to_string()))?;
+        .map_err(|e| pem_err(cert, "CERTIFICATE", e))?;
     if certs.is_empty() {
         return Err(file_err(cert, "no CERTIFICATE in the file"));
     }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, "PRIVATE KEY", e))?;
     let signing = provider()
         .key_provider
         .load_private_key(der)
@@ -239,6 +252,15 @@ mod tests {
         std::fs::write(&c, "not a pem").unwrap();
         assert!(store.reload(true).is_err());
         assert_eq!(first.cert[0], store.current().cert[0]);
+        // Not retried (nor reported again) on every timer tick.
+        assert!(!store.reload(false).unwrap());
+        let (c2, _) = write_pair(dir.path(), "two.example");
+        std::fs::rename(&c2, &c).unwrap();
+        assert!(
+            store.reload(false).is_err(),
+            "a changed file is tried again"
+        );
+        assert!(!store.reload(false).unwrap());
     }
 
     #[test]
@@ -250,6 +272,10 @@ mod tests {
         assert!(e.to_string().contains("two.example.key"), "{e}");
         let e = CertStore::from_files(&dir.path().join("nope.crt"), &k2).unwrap_err();
         assert!(e.to_string().contains("nope.crt"), "{e}");
+        assert!(e.to_string().contains("no such file"), "{e}");
+        std::fs::write(dir.path().join("junk.key"), "not a key").unwrap();
+        let e = CertStore::from_files(&c1, &dir.path().join("junk.key")).unwrap_err();
+        assert!(e.to_string().contains("no PRIVATE KEY in the file"), "{e}");
         std::fs::write(dir.path().join("empty.crt"), "").unwrap();
         let e = CertStore::from_files(&dir.path().join("empty.crt"), &k2).unwrap_err();
         assert!(e.to_string().contains("no CERTIFICATE"), "{e}");

@@ -1,15 +1,18 @@
 //! Upstreams: the fixed set of places the relay forwards to.
 //!
 //! Each upstream has servers in order of preference. Host names are resolved
-//! at start, again on a timer, and again whenever a connect fails. A layer-4
+//! at start, again on a timer, and again whenever a connect fails; a lookup
+//! failure is logged once, until a lookup succeeds again. A layer-4
 //! health check (connect, then close) runs on an interval; connects try the
 //! healthy servers first and fall over to the next on failure, so a client
-//! whose upstream cannot be reached is closed promptly.
+//! whose upstream cannot be reached is closed promptly. A server going down
+//! or coming back is logged once, whether the health check or a client's
+//! connect noticed it.
 
 use crate::config::{HostPort, SendProxy, UpstreamConfig};
 use crate::metrics::{Metrics, ServerMetrics, UpstreamMetrics};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -34,7 +37,12 @@ const MIN_RERESOLVE_GAP: Duration = Duration::from_secs(5);
 struct Server {
     spec: HostPort,
     addrs: RwLock<Arc<[SocketAddr]>>,
-    healthy: AtomicBool,
+    /// Health in the low bit, above it a count of the results recorded: a
+    /// health check whose result is older than a client's connect (the
+    /// count moved while it ran) does not undo what the connect found.
+    health: AtomicU64,
+    /// The last lookup failed (said once until one succeeds).
+    dns_failing: AtomicBool,
     last_resolve: std::sync::Mutex<Option<Instant>>,
     metrics: ServerMetrics,
 }
@@ -47,9 +55,54 @@ impl Server {
         }
     }
 
-    fn set_healthy(&self, ok: bool) {
-        self.healthy.store(ok, Ordering::Relaxed);
+    fn healthy(&self) -> bool {
+        self.health.load(Ordering::Relaxed) & 1 == 1
+    }
+
+    /// Record a client connect's result.
+    fn set_healthy(&self, upstream: &str, ok: bool, noticed_by: &'static str) {
+        let old = self
+            .health
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                Some(next_health(h, ok))
+            })
+            .unwrap_or_else(|h| h);
+        self.health_changed(upstream, old & 1 == 1, ok, noticed_by);
+    }
+
+    /// Record a health check's result, unless a client's connect recorded
+    /// one since `seen` (read when the check began).
+    fn set_checked(&self, upstream: &str, seen: u64, ok: bool) {
+        if self
+            .health
+            .compare_exchange(
+                seen,
+                next_health(seen, ok),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.health_changed(upstream, seen & 1 == 1, ok, "the health check");
+        }
+    }
+
+    /// Update the gauge; log a change once, whichever noticed it.
+    fn health_changed(&self, upstream: &str, was: bool, ok: bool, noticed_by: &'static str) {
         self.metrics.healthy.set(i64::from(ok));
+        match (was, ok) {
+            (true, false) => tracing::warn!(
+                upstream = %upstream,
+                server = %self.spec,
+                "upstream server unreachable (noticed by {noticed_by}); clients go to the next server, or are closed"
+            ),
+            (false, true) => tracing::info!(
+                upstream = %upstream,
+                server = %self.spec,
+                "upstream server reachable again (noticed by {noticed_by})"
+            ),
+            _ => {}
+        }
     }
 
     /// Resolve the host again; keeps the previous answer when the lookup fails.
@@ -71,15 +124,34 @@ impl Server {
             *last = Some(Instant::now());
         }
         let host = (self.spec.host.as_str(), self.spec.port);
-        match timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(host)).await {
+        let failure = match timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(host)).await {
             Ok(Ok(it)) => {
                 let addrs: Vec<SocketAddr> = it.take(16).collect();
-                if !addrs.is_empty() {
+                if addrs.is_empty() {
+                    Some("no address".to_owned())
+                } else {
                     self.set_addrs(addrs);
+                    None
                 }
             }
-            Ok(Err(e)) => tracing::warn!(server = %self.spec, "cannot resolve: {e}"),
-            Err(_) => tracing::warn!(server = %self.spec, "DNS lookup timed out"),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("DNS lookup timed out".to_owned()),
+        };
+        // Lookups are retried on a timer and after failures: a failure is
+        // said once, and so is the first success after it.
+        match failure {
+            Some(why) if !self.dns_failing.swap(true, Ordering::Relaxed) => {
+                let kept = if self.addrs().is_empty() {
+                    "no address known yet"
+                } else {
+                    "keeping the last addresses"
+                };
+                tracing::warn!(server = %self.spec, "cannot resolve: {why}; {kept}; retrying")
+            }
+            None if self.dns_failing.swap(false, Ordering::Relaxed) => {
+                tracing::info!(server = %self.spec, "resolves again")
+            }
+            _ => {}
         }
     }
 
@@ -90,6 +162,11 @@ impl Server {
         };
         *g = addrs.into();
     }
+}
+
+/// The health word after recording `ok`: one more result, `ok` in the low bit.
+fn next_health(h: u64, ok: bool) -> u64 {
+    ((h >> 1).wrapping_add(1) << 1) | u64::from(ok)
 }
 
 /// One configured upstream.
@@ -124,7 +201,8 @@ impl Upstream {
                 Arc::new(Server {
                     spec: spec.clone(),
                     addrs: RwLock::new(Arc::from(Vec::new())),
-                    healthy: AtomicBool::new(true),
+                    health: AtomicU64::new(1),
+                    dns_failing: AtomicBool::new(false),
                     last_resolve: std::sync::Mutex::new(None),
                     metrics: m,
                 })
@@ -174,6 +252,7 @@ impl Upstream {
     /// Layer-4 check of every server: connect, then close.
     pub async fn check_all(&self) {
         for s in &self.servers {
+            let seen = s.health.load(Ordering::Acquire);
             let mut ok = false;
             for addr in s.addrs().iter() {
                 if let Ok(Ok(_)) = timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -184,39 +263,28 @@ impl Upstream {
             if !ok {
                 s.resolve().await;
             }
-            if ok != s.healthy.load(Ordering::Relaxed) {
-                tracing::info!(upstream = %self.name, server = %s.spec, healthy = ok, "upstream health changed");
-            }
-            s.set_healthy(ok);
+            s.set_checked(&self.name, seen, ok);
         }
     }
 
     /// True when at least one server passed its last check.
     pub fn is_healthy(&self) -> bool {
-        self.servers
-            .iter()
-            .any(|s| s.healthy.load(Ordering::Relaxed))
+        self.servers.iter().any(|s| s.healthy())
     }
 
     /// Each server and its health, for the status page.
     pub fn server_health(&self) -> Vec<(String, bool)> {
         self.servers
             .iter()
-            .map(|s| (s.spec.to_string(), s.healthy.load(Ordering::Relaxed)))
+            .map(|s| (s.spec.to_string(), s.healthy()))
             .collect()
     }
 
     /// Connect to the first server that answers: healthy servers first, in
     /// config order, then the others.
     pub async fn connect(&self) -> Result<TcpStream, UpstreamError> {
-        let healthy = self
-            .servers
-            .iter()
-            .filter(|s| s.healthy.load(Ordering::Relaxed));
-        let unhealthy = self
-            .servers
-            .iter()
-            .filter(|s| !s.healthy.load(Ordering::Relaxed));
+        let healthy = self.servers.iter().filter(|s| s.healthy());
+        let unhealthy = self.servers.iter().filter(|s| !s.healthy());
         for s in healthy.chain(unhealthy) {
             let mut addrs = s.addrs();
             if addrs.is_empty() {
@@ -232,8 +300,8 @@ impl Upstream {
                             .connect_seconds
                             .observe(start.elapsed().as_secs_f64());
                         let _ = stream.set_nodelay(true);
-                        if !s.healthy.load(Ordering::Relaxed) {
-                            s.set_healthy(true);
+                        if !s.healthy() {
+                            s.set_healthy(&self.name, true, "a client's connect");
                         }
                         return Ok(stream);
                     }
@@ -249,7 +317,7 @@ impl Upstream {
                 s.metrics.connect_failures.inc();
             }
             if failed {
-                s.set_healthy(false);
+                s.set_healthy(&self.name, false, "a client's connect");
                 // Look the name up again in the background: this client is
                 // served by the next server (or closed) without waiting for DNS.
                 let s = Arc::clone(s);
@@ -257,5 +325,46 @@ impl Upstream {
             }
         }
         Err(UpstreamError::Unavailable(self.name.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn one_server() -> Upstream {
+        let cfg: crate::Config = crate::Config::from_toml(
+            "[upstream.u]\nservers = [\"127.0.0.1:9\"]\n[[listener]]\nname = \"l\"\nlisten = [\"127.0.0.1:0\"]\nupstream = \"u\"\n",
+            None,
+        )
+        .unwrap();
+        Upstream::new(
+            "u",
+            &cfg.upstream["u"],
+            Duration::from_secs(1),
+            &Metrics::new(),
+        )
+    }
+
+    /// A check that began before a client's connect found the server down
+    /// does not mark it healthy again with its older result.
+    #[test]
+    fn an_older_check_result_does_not_undo_a_clients_connect() {
+        let u = one_server();
+        let s = &u.servers[0];
+        let seen = s.health.load(Ordering::Acquire);
+        s.set_healthy("u", false, "a client's connect");
+        s.set_checked("u", seen, true);
+        assert!(!u.is_healthy());
+        // A check that began after it counts.
+        let seen = s.health.load(Ordering::Acquire);
+        s.set_checked("u", seen, true);
+        assert!(u.is_healthy());
+        assert_eq!(s.metrics.healthy.get(), 1);
+        let seen = s.health.load(Ordering::Acquire);
+        s.set_checked("u", seen, false);
+        assert!(!u.is_healthy());
+        assert_eq!(s.metrics.healthy.get(), 0);
     }
 }

@@ -442,6 +442,7 @@ async fn status_page_and_metrics_show_aggregates_only() {
     );
     for family in [
         "ponte_proxy_connections_open",
+        "ponte_proxy_connections_handshaking",
         "ponte_proxy_bytes_total",
         "ponte_proxy_refused_total",
         "ponte_proxy_tls_handshake_failures_total",
@@ -452,6 +453,70 @@ async fn status_page_and_metrics_show_aggregates_only() {
         assert!(m.contains(family), "missing {family}");
     }
     assert_eq!(relay.admin_get("/nope").await.0, 404);
+}
+
+/// "Users connected now" (and `connections_open`) counts connections that
+/// relay, "connections served" those that did; a flood of half-open TLS
+/// handshakes shows as handshakes, apart.
+#[tokio::test]
+async fn users_connected_now_counts_established_connections_only() {
+    let up = FakeUpstream::start("127.0.0.1:0", true).await;
+    let relay = start(one_listener(&up, SendProxy::V1, TlsMode::SelfSigned, false)).await;
+    let addr = relay.addr("plain");
+    let mut t = tls_connect(addr, "x").await;
+    echo(&mut t, b"relaying").await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&[0x16, 0x03, 0x01, 0x00, 0x50]).await.unwrap();
+        silent.push(c);
+    }
+    let handshaking = "ponte_proxy_connections_handshaking{listener=\"plain\"}";
+    for _ in 0..100 {
+        if relay.metric(handshaking) == Some(50.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(relay.metric(handshaking), Some(50.0));
+    assert_eq!(
+        relay.metric("ponte_proxy_connections_open{listener=\"plain\"}"),
+        Some(1.0)
+    );
+    let (_, html) = relay.admin_get("/").await;
+    assert!(html.contains("1<small>users connected now"), "{html}");
+    assert!(
+        html.contains("50<small>connecting (in handshake)"),
+        "{html}"
+    );
+    assert!(html.contains("1<small>connections served"), "{html}");
+    assert!(
+        html.contains("<td>plain</td><td>1</td><td>50</td><td>1</td><td>51</td>"),
+        "{html}"
+    );
+    assert_eq!(
+        relay.metric("ponte_proxy_connections_relayed_total{listener=\"plain\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        relay.metric("ponte_proxy_connections_total{listener=\"plain\"}"),
+        Some(51.0)
+    );
+    drop(silent);
+    drop(t);
+    for _ in 0..100 {
+        if relay.metric(handshaking) == Some(0.0)
+            && relay.metric("ponte_proxy_connections_open{listener=\"plain\"}") == Some(0.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(relay.metric(handshaking), Some(0.0));
+    assert_eq!(
+        relay.metric("ponte_proxy_connections_open{listener=\"plain\"}"),
+        Some(0.0)
+    );
 }
 
 fn write_cert(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {

@@ -3,8 +3,13 @@
 //! - [`Server`]: bind, then [`Server::run`] until a shutdown future
 //!   completes: the accept loop (a semaphore caps connections), the expiry
 //!   sweep and the admin endpoint.
-//! - `conn`: one task per connection: optional PROXY header, Noise
-//!   handshake (`ponte-transport`), then the request loop and mailbox pushes.
+//! - `connection`: one task per connection: optional PROXY header, Noise
+//!   handshake (`ponte-transport`), the socket and its writer task.
+//! - `session`: the request loop of a connection past its handshake:
+//!   dispatch, mailbox pushes within the delivery window, wakes.
+//! - `requests`: one module per request (register, login, send, ack, ...),
+//!   each an async fn from the request to an answer or a refusal.
+//! - `frames`: the server frames built from the store's types.
 //! - [`store`]: SQLite (WAL, flushed before every answer) behind a
 //!   group-commit writer thread, its sync and checkpoint threads, and four
 //!   reader threads.
@@ -22,13 +27,16 @@
 mod admin;
 pub mod backup;
 pub mod config;
-mod conn;
+mod connection;
+mod frames;
 pub mod keyfile;
 pub mod metrics;
 mod outbox;
 mod prelogin;
 mod ratelimit;
 mod registry;
+mod requests;
+mod session;
 pub mod store;
 
 pub use config::{RateLimit, ServerConfig};
@@ -275,7 +283,7 @@ impl Server {
                         match Arc::clone(&slots).try_acquire_owned() {
                             Ok(permit) => match shared.pre_login.enter(peer.ip()) {
                                 Some(slot) => {
-                                    conns.spawn(conn::handle(
+                                    conns.spawn(connection::handle(
                                         Arc::clone(&shared),
                                         sock,
                                         peer,
@@ -284,12 +292,12 @@ impl Server {
                                     ));
                                 }
                                 None => {
-                                    shared.metrics.closed("pre_login_per_address");
+                                    shared.metrics.closed(metrics::CloseCause::PreLoginPerAddress);
                                     drop(sock);
                                 }
                             },
                             Err(_) => {
-                                shared.metrics.closed("overloaded");
+                                shared.metrics.closed(metrics::CloseCause::Overloaded);
                                 drop(sock);
                             }
                         }

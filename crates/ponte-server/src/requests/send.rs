@@ -1,0 +1,101 @@
+//! `SendMessage`: stores a ciphertext for a recipient, answered `SendAck`
+//! once it is durable; a resend of the same id is answered with the first
+//! accept time. Once committed, the message goes to the recipient's
+//! connection in memory, in commit order.
+
+use super::{arr, Context, Refusal, Reply, Request, Runs};
+use crate::store::{ItemKind, MailItem, NewMessage, SendOutcome};
+use crate::{duration_ms, now_ms};
+use ponte_wire::messages::{self, server_frame, ErrorCode};
+use std::sync::Arc;
+
+impl Request for messages::SendMessage {
+    const RUNS: Runs = Runs::Alongside;
+
+    async fn run(self, cx: Context) -> Result<Reply, Refusal> {
+        let s = self;
+        let info = cx.account()?;
+        let Some(message_id) = arr::<16>(&s.message_id) else {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "message id must be 16 bytes",
+            ));
+        };
+        let id_bytes = s.message_id;
+        if s.body.is_empty() {
+            // Every ciphertext has a header and a tag: an empty body is a
+            // broken client, and storing it would end in a "delivered"
+            // tick for a message nobody can read.
+            return Err(Refusal::new(ErrorCode::InvalidArgument, "empty body").about(id_bytes));
+        }
+        let shared = &cx.shared;
+        if s.body.len() > shared.cfg.max_body_len {
+            return Err(Refusal::new(ErrorCode::TooLarge, "body too large").about(id_bytes));
+        }
+        if messages::validate_handle(&s.recipient).is_err() {
+            return Err(
+                Refusal::new(ErrorCode::UnknownRecipient, "no such recipient").about(id_bytes),
+            );
+        }
+        let now = now_ms();
+        let msg = NewMessage {
+            sender: info.id,
+            message_id,
+            recipient: s.recipient,
+            body: s.body,
+            now_ms: now,
+            expires_at_ms: now.saturating_add(duration_ms(shared.cfg.retention)),
+            max_pending: shared.cfg.max_pending_per_mailbox,
+        };
+        let body = msg.body.clone();
+        let sender = info.handle.clone();
+        // Once durable, the message goes to the recipient's connection
+        // (in commit order, so a sender's messages stay in order).
+        let registry = Arc::clone(shared);
+        let message_id = id_bytes.clone();
+        let handed = move |out: &SendOutcome| {
+            if let SendOutcome::Accepted {
+                recipient,
+                seq,
+                accepted_at_ms,
+            } = *out
+            {
+                registry.registry.deliver(
+                    recipient,
+                    MailItem {
+                        seq,
+                        kind: ItemKind::Message,
+                        message_id,
+                        body,
+                        at_ms: accepted_at_ms,
+                        peer_handle: sender,
+                    },
+                );
+            }
+        };
+        let ack = |accepted_at_ms: i64, duplicate: bool| {
+            Reply::Answer(server_frame::Body::SendAck(messages::SendAck {
+                message_id: id_bytes.clone(),
+                accepted_at_ms: u64::try_from(accepted_at_ms).unwrap_or(0),
+                duplicate,
+            }))
+        };
+        match shared.store.send_then(msg, handed).await {
+            Ok(SendOutcome::Accepted { accepted_at_ms, .. }) => {
+                shared.metrics.messages_accepted.inc();
+                Ok(ack(accepted_at_ms, false))
+            }
+            Ok(SendOutcome::Duplicate { accepted_at_ms }) => {
+                shared.metrics.messages_duplicate.inc();
+                Ok(ack(accepted_at_ms, true))
+            }
+            Ok(SendOutcome::UnknownRecipient) => {
+                Err(Refusal::new(ErrorCode::UnknownRecipient, "no such recipient").about(id_bytes))
+            }
+            Ok(SendOutcome::MailboxFull) => {
+                Err(Refusal::new(ErrorCode::MailboxFull, "recipient mailbox full").about(id_bytes))
+            }
+            Err(e) => Err(Refusal::unavailable("send", &e).about(id_bytes)),
+        }
+    }
+}

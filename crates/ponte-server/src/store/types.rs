@@ -1,0 +1,264 @@
+//! The store's domain types: accounts, keys, messages, mailbox items, and
+//! the outcome of every job.
+
+use bytes::Bytes;
+
+/// Row id of an account.
+pub type AccountId = i64;
+
+/// Kinds of mailbox items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    /// A message for the owner.
+    Message,
+    /// The owner's message was delivered to `peer`.
+    Receipt,
+    /// The owner's message to `peer` expired undelivered.
+    Expired,
+}
+
+impl ItemKind {
+    pub(super) fn code(self) -> i64 {
+        match self {
+            ItemKind::Message => 0,
+            ItemKind::Receipt => 1,
+            ItemKind::Expired => 2,
+        }
+    }
+
+    pub(super) fn from_code(c: i64) -> Option<Self> {
+        match c {
+            0 => Some(ItemKind::Message),
+            1 => Some(ItemKind::Receipt),
+            2 => Some(ItemKind::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// An account as stored.
+#[derive(Debug, Clone)]
+pub struct AccountInfo {
+    /// Row id.
+    pub id: AccountId,
+    /// Handle.
+    pub handle: String,
+    /// Device Noise static public key.
+    pub noise_key: [u8; 32],
+    /// Curve25519 identity key.
+    pub curve25519: [u8; 32],
+    /// Ed25519 signing key.
+    pub ed25519: [u8; 32],
+    /// Registration signature.
+    pub signature: Vec<u8>,
+}
+
+/// What a login needs, read in one go.
+#[derive(Debug, Clone)]
+pub struct LoginInfo {
+    /// The device's account.
+    pub account: AccountInfo,
+    /// Its key counts.
+    pub keys: KeyCounts,
+    /// Mailbox items waiting (messages, receipts, notices).
+    pub pending: u32,
+}
+
+/// A public key with its signature.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    /// The device's key id.
+    pub key_id: Vec<u8>,
+    /// Curve25519 public key.
+    pub public_key: [u8; 32],
+    /// Ed25519 signature (64 bytes).
+    pub signature: Vec<u8>,
+}
+
+/// A registration request.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Handle (already syntax-checked).
+    pub handle: String,
+    /// Device Noise static key.
+    pub noise_key: [u8; 32],
+    /// Curve25519 identity key.
+    pub curve25519: [u8; 32],
+    /// Ed25519 key.
+    pub ed25519: [u8; 32],
+    /// Verified registration signature.
+    pub signature: Vec<u8>,
+    /// Invite token given, if any.
+    pub invite: Option<String>,
+    /// Whether an invite is required.
+    pub invite_required: bool,
+    /// Now, ms since the epoch.
+    pub now_ms: i64,
+}
+
+/// Result of a registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// Created.
+    Created(AccountId),
+    /// Handle already in use.
+    HandleTaken,
+    /// This device key already has an account.
+    DeviceTaken,
+    /// Invite-only and no token.
+    InviteRequired,
+    /// Unknown or used token.
+    InviteInvalid,
+}
+
+/// One-time key count and fallback presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// Unclaimed one-time keys.
+    pub one_time_keys: u32,
+    /// Fallback key on file.
+    pub has_fallback: bool,
+}
+
+/// Result of a key upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// Stored.
+    Stored(KeyCounts),
+    /// Would exceed the per-device one-time key limit; nothing stored.
+    LimitExceeded,
+}
+
+/// A claimed key.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The account whose key was claimed.
+    pub owner: AccountInfo,
+    /// The key.
+    pub key: KeyRecord,
+    /// Whether it is the fallback key.
+    pub fallback: bool,
+    /// One-time keys left for the owner.
+    pub remaining: u32,
+}
+
+/// Result of a claim.
+#[derive(Debug, Clone)]
+pub enum ClaimOutcome {
+    /// A key.
+    Claimed(Box<Claimed>),
+    /// No account with that handle.
+    UnknownHandle,
+    /// Neither one-time nor fallback key.
+    NoKeys,
+}
+
+/// A message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Sender.
+    pub sender: AccountId,
+    /// Client message id.
+    pub message_id: [u8; 16],
+    /// Recipient handle.
+    pub recipient: String,
+    /// Ciphertext.
+    pub body: Bytes,
+    /// Now, ms.
+    pub now_ms: i64,
+    /// When it expires, ms.
+    pub expires_at_ms: i64,
+    /// Mailbox limit.
+    pub max_pending: u32,
+}
+
+/// Result of a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Stored.
+    Accepted {
+        /// Recipient account.
+        recipient: AccountId,
+        /// Mailbox seq.
+        seq: u64,
+        /// Accept time, ms.
+        accepted_at_ms: i64,
+    },
+    /// Same sender and message id seen before: not stored again.
+    Duplicate {
+        /// First accept time, ms.
+        accepted_at_ms: i64,
+    },
+    /// No such handle.
+    UnknownRecipient,
+    /// Recipient's mailbox is full.
+    MailboxFull,
+}
+
+/// A delivery receipt stored by an acknowledgement, for pushing it to its
+/// owner (the original sender) without reading it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    /// The original sender, who gets the receipt.
+    pub owner: AccountId,
+    /// The receipt's seq in the owner's mailbox.
+    pub seq: u64,
+    /// The delivered message's id.
+    pub message_id: Bytes,
+    /// Delivery time, ms.
+    pub at_ms: i64,
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckOutcome {
+    /// Messages deleted (a receipt was queued for each sender).
+    pub messages: u64,
+    /// Receipts and notices deleted.
+    pub notices: u64,
+    /// The receipts stored, in seq order.
+    pub receipts: Vec<StoredReceipt>,
+}
+
+impl AckOutcome {
+    /// Accounts that got a receipt, each once, in the receipts' order.
+    pub fn notified(&self) -> Vec<AccountId> {
+        let mut out: Vec<AccountId> = Vec::new();
+        for r in &self.receipts {
+            if !out.contains(&r.owner) {
+                out.push(r.owner);
+            }
+        }
+        out
+    }
+}
+
+/// What an expiry sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpireOutcome {
+    /// Messages that expired (a notice was queued for each sender).
+    pub expired_messages: u64,
+    /// Receipts/notices dropped uncollected.
+    pub dropped_notices: u64,
+    /// Accounts that got a notice.
+    pub notify: Vec<AccountId>,
+    /// The sweep hit its per-run limit; run again.
+    pub more: bool,
+}
+
+/// A mailbox item to push.
+#[derive(Debug, Clone)]
+pub struct MailItem {
+    /// Sequence number (the ack key).
+    pub seq: u64,
+    /// Kind.
+    pub kind: ItemKind,
+    /// Message id.
+    pub message_id: Bytes,
+    /// Body (messages only).
+    pub body: Bytes,
+    /// Accepted / delivered / expired time, ms.
+    pub at_ms: i64,
+    /// The other party's handle.
+    pub peer_handle: String,
+}

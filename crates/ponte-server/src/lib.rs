@@ -134,7 +134,7 @@ pub(crate) struct Shared {
     pub keypair: Keypair,
     pub store: Store,
     pub metrics: metrics::Metrics,
-    pub registry: registry::Registry,
+    pub registry: Arc<registry::Registry>,
     pub register_by_source: ratelimit::Limiter,
     pub register_by_peer: ratelimit::Limiter,
     /// Connections not logged in yet, per peer address.
@@ -181,9 +181,12 @@ impl Server {
         }
         let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
         let lock = lock_data_dir(&cfg.data_dir)?;
+        // The registry takes every committed item, in commit order.
+        let registry = Arc::new(registry::Registry::default());
         let store = Store::open_with(
             &cfg.data_dir,
             store::StoreOptions::with_commit_interval(cfg.commit_interval),
+            Arc::clone(&registry) as Arc<dyn store::Sink>,
         )?;
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -212,7 +215,7 @@ impl Server {
             keypair,
             store,
             metrics,
-            registry: registry::Registry::default(),
+            registry,
             next_conn_id: AtomicU64::new(1),
             stop: CancellationToken::new(),
             _lock: lock,
@@ -337,22 +340,14 @@ async fn expiry_loop(shared: Arc<Shared>) {
         }
         // Run until a sweep finds less than a full batch.
         for _ in 0..100 {
-            // The senders of new notices are woken in commit order (on the
-            // sync thread, like deliveries), not once the reply is back: by
-            // then a later item may have been pushed from memory, and the
-            // connection would read the database only past it.
-            let wake = Arc::clone(&shared);
+            // The senders of new notices are woken by the store's sink
+            // (the registry) in commit order, like deliveries.
             match shared
                 .store
-                .expire_then(
+                .expire(
                     now_ms(),
                     duration_ms(shared.cfg.retention),
                     duration_ms(shared.cfg.notice_retention),
-                    move |out| {
-                        for account in &out.notify {
-                            wake.registry.wake(*account);
-                        }
-                    },
                 )
                 .await
             {

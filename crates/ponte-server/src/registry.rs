@@ -2,13 +2,14 @@
 //! message can be handed to the recipient's connection, and a second
 //! connection of the same device replaces (kicks) the first.
 //!
-//! Committed items go to the connection in memory (a small bounded inbox per
-//! device): the connection pushes them without reading them back from the
+//! The registry is the store's [`Sink`]: committed items go to the
+//! connection in memory (a small bounded inbox per device), in commit
+//! order, and the connection pushes them without reading them back from the
 //! database. When the inbox overflows, or an item was stored without being
 //! handed over (an expiry notice), the connection is told to read its
 //! mailbox from the database instead.
 
-use crate::store::{AccountId, MailItem};
+use crate::store::{AccountId, Committed, MailItem, Sink};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -150,6 +151,17 @@ impl Registry {
         if let Some(o) = self.get(account) {
             o.key_count_low.store(true, Ordering::Release);
             o.wake.notify_one();
+        }
+    }
+}
+
+impl Sink for Registry {
+    fn committed(&self, items: Vec<Committed>) {
+        for c in items {
+            match c {
+                Committed::Item { owner, item } => self.deliver(owner, item),
+                Committed::Wake(account) => self.wake(account),
+            }
         }
     }
 }

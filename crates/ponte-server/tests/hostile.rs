@@ -253,7 +253,16 @@ async fn admin_serves_metrics_and_health() {
     let admin = server.admin.unwrap();
     let h = http_get(admin, "/healthz").await;
     assert!(h.starts_with("HTTP/1.1 200"), "{h}");
-    let m = http_get(admin, "/metrics").await;
+    // The receipt reaches alice from the commit's hand-over, before bob's
+    // connection sees its ack answered and counts it: wait for the count.
+    let mut m = http_get(admin, "/metrics").await;
+    for _ in 0..100 {
+        if m.contains("ponte_server_messages_acked_total 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = http_get(admin, "/metrics").await;
+    }
     assert!(m.contains("ponte_server_messages_accepted_total 1"), "{m}");
     assert!(m.contains("ponte_server_messages_acked_total 1"), "{m}");
     assert!(m.contains("ponte_server_registrations_total 2"), "{m}");

@@ -1,16 +1,19 @@
 //! The storage layer alone, on a real SQLite file: acks are scoped to their
 //! owner, seqs are never reused (also across reopening), group commit
-//! answers every job, commit hooks run in seq order before the answer,
+//! answers every job, the sink gets committed items in seq order before
+//! the answer,
 //! expiry turns messages into notices and drops due notices, pending counts
 //! survive reopening, duplicates get their first accept time.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::store_account;
+use common::{store_account, Recorder};
 
 use bytes::Bytes;
-use ponte_server::store::{AccountId, ItemKind, NewMessage, SendOutcome, Store};
+use ponte_server::store::{
+    AccountId, Committed, ItemKind, MailItem, NewMessage, SendOutcome, Sink, Store, StoreOptions,
+};
 
 fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, expires_at_ms: i64) -> NewMessage {
     NewMessage {
@@ -268,102 +271,126 @@ async fn pending_counts_survive_reopen() {
     store.close();
 }
 
+/// The message's index in the first 8 bytes of its id.
+fn indexed_id(i: usize) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    id
+}
+
+/// Opens a store in `dir` whose sink is `sink`.
+fn open_recorded(dir: &std::path::Path, sink: &std::sync::Arc<Recorder>) -> Store {
+    let sink = std::sync::Arc::clone(sink) as std::sync::Arc<dyn Sink>;
+    Store::open_with(dir, StoreOptions::default(), sink).unwrap()
+}
+
 #[tokio::test]
-async fn send_then_hooks_run_in_seq_order_before_the_answer() {
+async fn sink_gets_sends_in_seq_order_before_the_answer() {
     use futures::stream::{FuturesUnordered, StreamExt as _};
-    use std::sync::{Arc, Mutex};
     const N: usize = 500;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store = open_recorded(dir.path(), &rec);
     let alice = store_account(&store, "alice", 1).await;
-    store_account(&store, "bob", 2).await;
-    // (message index, outcome) in the order the hooks ran.
-    let seen: Arc<Mutex<Vec<(usize, SendOutcome)>>> = Arc::new(Mutex::new(Vec::new()));
+    let bob = store_account(&store, "bob", 2).await;
     let mut sends = FuturesUnordered::new();
     for i in 0..N {
         let mut m = msg(alice, "bob", 0, 10, 1_000_000);
-        m.message_id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        m.message_id = indexed_id(i);
         m.max_pending = 10_000;
-        let hook_seen = Arc::clone(&seen);
         let store = &store;
-        sends.push(async move {
-            let out = store
-                .send_then(m, move |o| hook_seen.lock().unwrap().push((i, o.clone())))
-                .await
-                .unwrap();
-            (i, out)
-        });
+        sends.push(async move { (i, store.send(m).await.unwrap()) });
     }
     let mut answered = 0;
     // Unconstrained: tokio's cooperative budget would otherwise make some
     // first polls (which enqueue the jobs) return early and run out of order.
     while let Some((i, out)) = tokio::task::unconstrained(sends.next()).await {
-        assert!(matches!(out, SendOutcome::Accepted { .. }), "{out:?}");
-        // The hook already ran, with the same outcome.
-        let hooks = seen.lock().unwrap();
+        let SendOutcome::Accepted { seq, recipient, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(recipient, bob);
+        // Already handed over, with the same seq.
+        let items = rec.items();
         assert!(
-            hooks.iter().any(|(j, o)| *j == i && *o == out),
-            "send {i} answered before its hook ran"
+            items
+                .iter()
+                .any(|c| matches!(c, Committed::Item { owner, item }
+                if *owner == bob && item.seq == seq && item.message_id[..] == indexed_id(i))),
+            "send {i} answered before its hand-over"
         );
         answered += 1;
     }
     assert_eq!(answered, N);
-    let hooks = seen.lock().unwrap().clone();
-    assert_eq!(hooks.len(), N);
-    let seqs: Vec<u64> = hooks
-        .iter()
-        .map(|(_, o)| match o {
-            SendOutcome::Accepted { seq, .. } => *seq,
+    let items: Vec<MailItem> = rec
+        .items()
+        .into_iter()
+        .map(|c| match c {
+            Committed::Item { owner, item } if owner == bob => item,
             other => panic!("{other:?}"),
         })
         .collect();
+    assert_eq!(items.len(), N);
     assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "hooks did not run in seq order"
+        items.windows(2).all(|w| w[0].seq < w[1].seq),
+        "not handed over in seq order"
     );
     // Enqueued in order from one task: stored (and handed on) in order.
-    let order: Vec<usize> = hooks.iter().map(|(i, _)| *i).collect();
-    assert_eq!(order, (0..N).collect::<Vec<_>>());
-    // A duplicate's hook runs too, with the duplicate outcome.
-    let (tx, rx) = std::sync::mpsc::channel();
+    let order: Vec<[u8; 16]> = items
+        .iter()
+        .map(|i| i.message_id[..].try_into().unwrap())
+        .collect();
+    assert_eq!(order, (0..N).map(indexed_id).collect::<Vec<_>>());
+    // Handed over as a read of the mailbox returns them.
+    let read = store.fetch_mailbox(bob, 0, 10_000).await.unwrap();
+    for (handed, read) in items.iter().zip(&read) {
+        assert_eq!(
+            (handed.seq, handed.kind, &handed.message_id, &handed.body),
+            (read.seq, read.kind, &read.message_id, &read.body)
+        );
+        assert_eq!(
+            (handed.at_ms, &handed.peer_handle),
+            (10, &"alice".to_owned())
+        );
+    }
+    assert!(rec
+        .threads()
+        .iter()
+        .all(|t| t.as_deref() == Some("ponte-db-sync")));
+    // A duplicate stores nothing, and hands nothing over.
     let mut m = msg(alice, "bob", 0, 20, 1_000_000);
-    m.message_id[..8].copy_from_slice(&0u64.to_be_bytes());
-    let out = store
-        .send_then(m, move |o| tx.send(o.clone()).unwrap())
-        .await
-        .unwrap();
+    m.message_id = indexed_id(0);
+    let out = store.send(m).await.unwrap();
     assert_eq!(out, SendOutcome::Duplicate { accepted_at_ms: 10 });
-    assert_eq!(rx.try_recv().unwrap(), out);
+    assert_eq!(rec.items().len(), N);
     store.close();
 }
 
 #[tokio::test]
-async fn a_panicking_hook_does_not_stop_the_store() {
+async fn a_panicking_sink_does_not_stop_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store = open_recorded(dir.path(), &rec);
     let alice = store_account(&store, "alice", 1).await;
     let bob = store_account(&store, "bob", 2).await;
-    // The hook panics on the sync thread; the sender still gets its answer.
+    // The sink panics on the sync thread; the sender still gets its answer.
+    rec.panic_next();
     let out = store
-        .send_then(msg(alice, "bob", 1, 10, 1_000_000), |_| {
-            panic!("hook bug (expected by this test)")
-        })
+        .send(msg(alice, "bob", 1, 10, 1_000_000))
         .await
         .unwrap();
     assert!(matches!(out, SendOutcome::Accepted { .. }), "{out:?}");
-    // Later writes (plain and hooked) are still answered, and all are stored.
+    // Later writes are still answered and handed over, and all are stored.
     let seq2 = accepted_seq(&store, msg(alice, "bob", 2, 11, 1_000_000)).await;
-    let (tx, rx) = std::sync::mpsc::channel();
-    store
-        .send_then(msg(alice, "bob", 3, 12, 1_000_000), move |o| {
-            tx.send(o.clone()).unwrap()
+    let seq3 = accepted_seq(&store, msg(alice, "bob", 3, 12, 1_000_000)).await;
+    let handed: Vec<u64> = rec
+        .items()
+        .iter()
+        .map(|c| match c {
+            Committed::Item { item, .. } => item.seq,
+            other => panic!("{other:?}"),
         })
-        .await
-        .unwrap();
-    assert!(matches!(
-        rx.try_recv().unwrap(),
-        SendOutcome::Accepted { .. }
-    ));
+        .collect();
+    assert_eq!(handed, vec![seq2, seq3]);
     let items = store.fetch_mailbox(bob, 0, 10).await.unwrap();
     assert_eq!(items.len(), 3, "{items:?}");
     assert!(items.iter().any(|i| i.seq == seq2));
@@ -371,11 +398,10 @@ async fn a_panicking_hook_does_not_stop_the_store() {
 }
 
 #[tokio::test]
-async fn ack_then_hook_sees_the_stored_receipts() {
-    use ponte_server::store::AckOutcome;
-    use std::sync::{Arc, Mutex};
+async fn ack_hands_over_the_stored_receipts() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store = open_recorded(dir.path(), &rec);
     let alice = store_account(&store, "alice", 1).await;
     let bob = store_account(&store, "bob", 2).await;
     let carol = store_account(&store, "carol", 3).await;
@@ -384,20 +410,28 @@ async fn ack_then_hook_sees_the_stored_receipts() {
         let id = u8::try_from(i).unwrap() + 1;
         msg_seqs.push(accepted_seq(&store, msg(sender, "bob", id, 10, 1_000_000)).await);
     }
-    let seen: Arc<Mutex<Option<AckOutcome>>> = Arc::new(Mutex::new(None));
-    let hook_seen = Arc::clone(&seen);
+    let sends_handed = rec.items().len();
     let out = store
-        .ack_then(bob, msg_seqs.clone(), 50, 1_000_000, move |o| {
-            *hook_seen.lock().unwrap() = Some(o.clone());
-        })
+        .ack(bob, msg_seqs.clone(), 50, 1_000_000)
         .await
         .unwrap();
-    let hooked = seen
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("hook ran before the answer");
-    assert_eq!(hooked, out);
+    // Handed over before the answer: exactly the stored receipts.
+    let handed: Vec<(AccountId, MailItem)> = rec.items()[sends_handed..]
+        .iter()
+        .map(|c| match c {
+            Committed::Item { owner, item } => (*owner, item.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(handed.len(), out.receipts.len());
+    for ((owner, item), r) in handed.iter().zip(&out.receipts) {
+        assert_eq!(
+            (*owner, item.seq, &item.message_id, item.at_ms),
+            (r.owner, r.seq, &r.message_id, r.at_ms)
+        );
+        assert_eq!(item.kind, ItemKind::Receipt);
+        assert_eq!(item.peer_handle, "bob");
+    }
     assert_eq!(out.messages, 3);
     assert_eq!(out.notified(), vec![alice, carol]);
     let owners: Vec<AccountId> = out.receipts.iter().map(|r| r.owner).collect();
@@ -543,38 +577,35 @@ async fn duplicates_answer_first_accept_time_even_when_full() {
     store.close();
 }
 
-/// The expiry sweep's hook runs once the sweep is durable and before its
-/// answer, on the sync thread that runs every write's hooks in commit order
-/// (`send_then_hooks_run_in_seq_order_before_the_answer` above): the
-/// server wakes the notices' owners there, so a connection reads a new
-/// notice before anything committed after it is handed over in memory.
+/// The expiry sweep's wakes reach the sink once the sweep is durable and
+/// before its answer, on the sync thread that hands over every write's
+/// items in commit order (`sink_gets_sends_in_seq_order_before_the_answer`
+/// above): a connection reads a new notice before anything committed after
+/// it is handed over in memory.
 #[tokio::test]
-async fn expiry_hook_runs_before_the_answer() {
-    use std::sync::{Arc, Mutex};
+async fn expiry_wakes_reach_the_sink_before_the_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store = open_recorded(dir.path(), &rec);
     let alice = store_account(&store, "alice", 1).await;
     store_account(&store, "bob", 2).await;
     store.send(msg(alice, "bob", 1, 10, 100)).await.unwrap();
-    let seen = Arc::new(Mutex::new(None));
-    let hook = Arc::clone(&seen);
-    let out = store
-        .expire_then(200, 1_000_000, 500, move |out| {
-            *hook.lock().unwrap() = Some((
-                out.notify.clone(),
-                std::thread::current().name().map(str::to_owned),
-            ));
+    let sends_handed = rec.items().len();
+    let out = store.expire(200, 1_000_000, 500).await.unwrap();
+    let woken: Vec<AccountId> = rec.items()[sends_handed..]
+        .iter()
+        .map(|c| match c {
+            Committed::Wake(a) => *a,
+            other => panic!("{other:?}"),
         })
-        .await
-        .unwrap();
-    let (notify, thread) = seen
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("the hook ran before the answer");
-    assert_eq!(notify, vec![alice]);
+        .collect();
+    assert_eq!(woken, vec![alice]);
     assert_eq!(out.notify, vec![alice]);
-    assert_eq!(thread.as_deref(), Some("ponte-db-sync"));
+    let threads = rec.threads();
+    assert_eq!(
+        threads.last().and_then(|t| t.as_deref()),
+        Some("ponte-db-sync")
+    );
 }
 
 /// With no spacing between commits (`commit_interval = 0`), concurrent
@@ -582,12 +613,12 @@ async fn expiry_hook_runs_before_the_answer() {
 /// committed before its answer, and all still there after reopening.
 #[tokio::test]
 async fn commit_interval_zero_stores_everything() {
-    use ponte_server::store::StoreOptions;
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(
         Store::open_with(
             dir.path(),
             StoreOptions::with_commit_interval(std::time::Duration::ZERO),
+            std::sync::Arc::new(()),
         )
         .unwrap(),
     );
@@ -629,14 +660,17 @@ async fn commit_interval_zero_stores_everything() {
 /// (a lower bound on elapsed time: it cannot fail because a machine is slow).
 #[tokio::test]
 async fn commit_interval_spaces_consecutive_commits() {
-    use ponte_server::store::StoreOptions;
     use std::time::{Duration, Instant};
     const SENDS: u8 = 4;
     for interval_ms in [0u64, 100] {
         let interval = Duration::from_millis(interval_ms);
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open_with(dir.path(), StoreOptions::with_commit_interval(interval)).unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            StoreOptions::with_commit_interval(interval),
+            std::sync::Arc::new(()),
+        )
+        .unwrap();
         let alice = store_account(&store, "alice", 1).await;
         store_account(&store, "bob", 2).await;
         let stats = store.stats().clone();
@@ -673,7 +707,6 @@ async fn commit_interval_spaces_consecutive_commits() {
 /// for alice are written while her mailbox is read over and over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
-    use ponte_server::store::StoreOptions;
     use std::sync::Arc;
     const ROUNDS: u64 = 600;
     const MAX_READS: usize = 20_000;
@@ -682,6 +715,7 @@ async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
         Store::open_with(
             dir.path(),
             StoreOptions::with_commit_interval(std::time::Duration::ZERO),
+            std::sync::Arc::new(()),
         )
         .unwrap(),
     );

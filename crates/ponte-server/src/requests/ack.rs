@@ -1,6 +1,6 @@
 //! `Ack`: the device has the pushed items with these seqs. Each message
-//! acknowledged becomes a delivery receipt for its sender, handed to the
-//! sender's connection once committed. No answer.
+//! acknowledged becomes a delivery receipt for its sender, which the store
+//! hands to the sender's connection once committed. No answer.
 //!
 //! Only seqs this connection pushed and has not seen acknowledged yet go to
 //! the store: anything else is a stale or bogus ack (items pushed on an
@@ -11,11 +11,8 @@
 
 use super::{Context, Refusal, Reply, Request, Runs};
 use crate::session::Window;
-use crate::store::{AckOutcome, ItemKind, MailItem};
 use crate::{duration_ms, now_ms};
-use bytes::Bytes;
 use ponte_wire::messages::{self, ErrorCode};
-use std::sync::Arc;
 
 /// Most seqs in one Ack.
 const MAX_ACK_SEQS: usize = 1024;
@@ -46,28 +43,7 @@ impl Request for messages::Ack {
         let shared = &cx.shared;
         let now = now_ms();
         let expires = now.saturating_add(duration_ms(shared.cfg.notice_retention));
-        let registry = Arc::clone(shared);
-        let me = info.handle.clone();
-        let handed = move |out: &AckOutcome| {
-            for r in &out.receipts {
-                registry.registry.deliver(
-                    r.owner,
-                    MailItem {
-                        seq: r.seq,
-                        kind: ItemKind::Receipt,
-                        message_id: r.message_id.clone(),
-                        body: Bytes::new(),
-                        at_ms: r.at_ms,
-                        peer_handle: me.clone(),
-                    },
-                );
-            }
-        };
-        match shared
-            .store
-            .ack_then(info.id, seqs, now, expires, handed)
-            .await
-        {
+        match shared.store.ack(info.id, seqs, now, expires).await {
             Ok(out) => {
                 shared.metrics.messages_acked.inc_by(out.messages);
             }

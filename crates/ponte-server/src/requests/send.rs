@@ -1,13 +1,12 @@
 //! `SendMessage`: stores a ciphertext for a recipient, answered `SendAck`
 //! once it is durable; a resend of the same id is answered with the first
-//! accept time. Once committed, the message goes to the recipient's
-//! connection in memory, in commit order.
+//! accept time. The store hands the committed message to the recipient's
+//! connection (through the registry, its sink) before the answer.
 
 use super::{arr, Context, Refusal, Reply, Request, Runs};
-use crate::store::{ItemKind, MailItem, NewMessage, SendOutcome};
+use crate::store::{NewMessage, SendOutcome};
 use crate::{duration_ms, now_ms};
 use ponte_wire::messages::{self, server_frame, ErrorCode};
-use std::sync::Arc;
 
 impl Request for messages::SendMessage {
     const RUNS: Runs = Runs::Alongside;
@@ -47,32 +46,6 @@ impl Request for messages::SendMessage {
             expires_at_ms: now.saturating_add(duration_ms(shared.cfg.retention)),
             max_pending: shared.cfg.max_pending_per_mailbox,
         };
-        let body = msg.body.clone();
-        let sender = info.handle.clone();
-        // Once durable, the message goes to the recipient's connection
-        // (in commit order, so a sender's messages stay in order).
-        let registry = Arc::clone(shared);
-        let message_id = id_bytes.clone();
-        let handed = move |out: &SendOutcome| {
-            if let SendOutcome::Accepted {
-                recipient,
-                seq,
-                accepted_at_ms,
-            } = *out
-            {
-                registry.registry.deliver(
-                    recipient,
-                    MailItem {
-                        seq,
-                        kind: ItemKind::Message,
-                        message_id,
-                        body,
-                        at_ms: accepted_at_ms,
-                        peer_handle: sender,
-                    },
-                );
-            }
-        };
         let ack = |accepted_at_ms: i64, duplicate: bool| {
             Reply::Answer(server_frame::Body::SendAck(messages::SendAck {
                 message_id: id_bytes.clone(),
@@ -80,7 +53,7 @@ impl Request for messages::SendMessage {
                 duplicate,
             }))
         };
-        match shared.store.send_then(msg, handed).await {
+        match shared.store.send(msg).await {
             Ok(SendOutcome::Accepted { accepted_at_ms, .. }) => {
                 shared.metrics.messages_accepted.inc();
                 Ok(ack(accepted_at_ms, false))

@@ -3,7 +3,7 @@
 
 use super::read::{account_where, arr32, key_counts};
 use super::types::*;
-use super::write::{finisher, finisher_then, Finisher, WriterState};
+use super::write::{finisher, Finisher, WriterState};
 use super::StoreError;
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -11,10 +11,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// Runs on the sync thread once a job's result is durable, before its
-/// caller is answered, in commit order.
-pub(super) type AfterCommit<T> = Box<dyn FnOnce(&T) + Send>;
 
 /// How a job ran inside the batch transaction.
 pub(super) enum Ran {
@@ -34,18 +30,13 @@ pub(super) enum Job {
         reply: Reply<UploadOutcome>,
     },
     Claim(String, Reply<ClaimOutcome>),
-    Send(
-        NewMessage,
-        Reply<SendOutcome>,
-        Option<AfterCommit<SendOutcome>>,
-    ),
+    Send(NewMessage, Reply<SendOutcome>),
     Ack {
         account: AccountId,
         seqs: Vec<u64>,
         now_ms: i64,
         notice_expires_at_ms: i64,
         reply: Reply<AckOutcome>,
-        after: Option<AfterCommit<AckOutcome>>,
     },
     Expire {
         now_ms: i64,
@@ -54,7 +45,6 @@ pub(super) enum Job {
         /// Notices a reader found past their deadline: `(owner, seq)`.
         stale_notices: Vec<(AccountId, i64)>,
         reply: Reply<ExpireOutcome>,
-        after: Option<AfterCommit<ExpireOutcome>>,
     },
     AddInvite([u8; 32], Reply<()>),
 }
@@ -99,7 +89,7 @@ pub(super) fn fail_job(job: Job, msg: &str) {
         Job::Register(_, r) => drop(r.send(Err(e()))),
         Job::Upload { reply, .. } => drop(reply.send(Err(e()))),
         Job::Claim(_, r) => drop(r.send(Err(e()))),
-        Job::Send(_, r, _) => drop(r.send(Err(e()))),
+        Job::Send(_, r) => drop(r.send(Err(e()))),
         Job::Ack { reply, .. } => drop(reply.send(Err(e()))),
         Job::Expire { reply, .. } => drop(reply.send(Err(e()))),
         Job::AddInvite(_, r) => drop(r.send(Err(e()))),
@@ -127,13 +117,9 @@ fn in_savepoint<T>(
 
 /// Wraps the result of a job that runs without a savepoint: a statement
 /// error leaves the transaction half-changed, so it aborts the batch.
-fn direct<T: Send + 'static>(
-    reply: Reply<T>,
-    r: Result<T, rusqlite::Error>,
-    after: Option<AfterCommit<T>>,
-) -> Ran {
+fn direct<T: Send + 'static>(reply: Reply<T>, r: Result<T, rusqlite::Error>) -> Ran {
     match r {
-        Ok(v) => Ran::Done(finisher_then(reply, Ok(v), after)),
+        Ok(v) => Ran::Done(finisher(reply, Ok(v))),
         Err(e) => {
             let msg = e.to_string();
             Ran::Abort(finisher(reply, Err(e.into())), msg)
@@ -141,7 +127,14 @@ fn direct<T: Send + 'static>(
     }
 }
 
-pub(super) fn run_job(c: &Connection, st: &mut WriterState, job: Job) -> Ran {
+/// Runs `job` in the open transaction; the items it stores for hand-over go
+/// to the end of `handover`.
+pub(super) fn run_job(
+    c: &Connection,
+    st: &mut WriterState,
+    job: Job,
+    handover: &mut Vec<Committed>,
+) -> Ran {
     match job {
         Job::Register(a, reply) => {
             Ran::Done(finisher(reply, in_savepoint(c, |c| do_register(c, &a))))
@@ -161,18 +154,24 @@ pub(super) fn run_job(c: &Connection, st: &mut WriterState, job: Job) -> Ran {
         Job::Claim(handle, reply) => {
             Ran::Done(finisher(reply, in_savepoint(c, |c| do_claim(c, &handle))))
         }
-        Job::Send(m, reply, after) => direct(reply, do_send(c, st, &m), after),
+        Job::Send(m, reply) => direct(reply, do_send(c, st, &m, handover)),
         Job::Ack {
             account,
             seqs,
             now_ms,
             notice_expires_at_ms,
             reply,
-            after,
         } => direct(
             reply,
-            do_ack(c, st, account, &seqs, now_ms, notice_expires_at_ms),
-            after,
+            do_ack(
+                c,
+                st,
+                account,
+                &seqs,
+                now_ms,
+                notice_expires_at_ms,
+                handover,
+            ),
         ),
         Job::Expire {
             now_ms,
@@ -180,11 +179,17 @@ pub(super) fn run_job(c: &Connection, st: &mut WriterState, job: Job) -> Ran {
             notice_ttl_ms,
             stale_notices,
             reply,
-            after,
         } => direct(
             reply,
-            do_expire(c, st, now_ms, retention_ms, notice_ttl_ms, &stale_notices),
-            after,
+            do_expire(
+                c,
+                st,
+                now_ms,
+                retention_ms,
+                notice_ttl_ms,
+                &stale_notices,
+                handover,
+            ),
         ),
         Job::AddInvite(hash, reply) => direct(
             reply,
@@ -193,7 +198,6 @@ pub(super) fn run_job(c: &Connection, st: &mut WriterState, job: Job) -> Ran {
             )
             .and_then(|mut s| s.execute([&hash[..]]))
             .map(|_| ()),
-            None,
         ),
     }
 }
@@ -341,6 +345,7 @@ fn do_send(
     c: &Connection,
     st: &mut WriterState,
     m: &NewMessage,
+    handover: &mut Vec<Committed>,
 ) -> Result<SendOutcome, rusqlite::Error> {
     let recipient = c
         .prepare_cached("SELECT id FROM accounts WHERE handle = ?1")?
@@ -387,11 +392,34 @@ fn do_send(
         m.expires_at_ms
     ])?;
     st.add_pending(recipient);
+    let seq = u64::try_from(seq).unwrap_or(0);
+    // A sender without an account row is not read back either (reads join
+    // on it): nothing to hand over.
+    if let Some(sender) = handle_of(c, m.sender)? {
+        handover.push(Committed::Item {
+            owner: recipient,
+            item: MailItem {
+                seq,
+                kind: ItemKind::Message,
+                message_id: Bytes::copy_from_slice(&m.message_id),
+                body: m.body.clone(),
+                at_ms: m.now_ms,
+                peer_handle: sender,
+            },
+        });
+    }
     Ok(SendOutcome::Accepted {
         recipient,
-        seq: u64::try_from(seq).unwrap_or(0),
+        seq,
         accepted_at_ms: m.now_ms,
     })
+}
+
+/// The handle of `account`, as its peers see it in items handed over.
+fn handle_of(c: &Connection, account: AccountId) -> Result<Option<String>, rusqlite::Error> {
+    c.prepare_cached("SELECT handle FROM accounts WHERE id = ?1")?
+        .query_row([account], |r| r.get(0))
+        .optional()
 }
 
 /// Stores a receipt or expired notice for `owner` and returns its seq.
@@ -432,8 +460,11 @@ fn do_ack(
     seqs: &[u64],
     now_ms: i64,
     notice_expires_at_ms: i64,
+    handover: &mut Vec<Committed>,
 ) -> Result<AckOutcome, rusqlite::Error> {
     let mut out = AckOutcome::default();
+    // The acknowledging account's handle, looked up at its first message.
+    let mut me: Option<Option<String>> = None;
     for &seq in seqs {
         let Ok(seq) = i64::try_from(seq) else {
             continue;
@@ -464,12 +495,30 @@ fn do_ack(
             notice_expires_at_ms,
         )?;
         out.messages += 1;
-        out.receipts.push(StoredReceipt {
+        let receipt = StoredReceipt {
             owner: peer,
             seq: u64::try_from(receipt_seq).unwrap_or(0),
             message_id: Bytes::from(message_id),
             at_ms: now_ms,
-        });
+        };
+        let me = match &me {
+            Some(me) => me,
+            None => me.insert(handle_of(c, account)?),
+        };
+        if let Some(me) = me {
+            handover.push(Committed::Item {
+                owner: peer,
+                item: MailItem {
+                    seq: receipt.seq,
+                    kind: ItemKind::Receipt,
+                    message_id: receipt.message_id.clone(),
+                    body: Bytes::new(),
+                    at_ms: now_ms,
+                    peer_handle: me.clone(),
+                },
+            });
+        }
+        out.receipts.push(receipt);
     }
     Ok(out)
 }
@@ -481,6 +530,7 @@ fn do_expire(
     retention_ms: i64,
     notice_ttl_ms: i64,
     stale_notices: &[(AccountId, i64)],
+    handover: &mut Vec<Committed>,
 ) -> Result<ExpireOutcome, rusqlite::Error> {
     let mut out = ExpireOutcome::default();
     let rows: Vec<(i64, i64, i64, Vec<u8>)> = {
@@ -511,6 +561,9 @@ fn do_expire(
         out.expired_messages += 1;
         if !out.notify.contains(&peer) {
             out.notify.push(peer);
+            // Notices are not handed over: the owner's connection reads its
+            // mailbox, woken in commit order like any hand-over.
+            handover.push(Committed::Wake(peer));
         }
     }
     for &(owner, seq) in stale_notices {

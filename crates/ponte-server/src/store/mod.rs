@@ -48,7 +48,7 @@ mod write;
 
 pub use types::*;
 
-use jobs::{invite_hash, new_invite_token, AfterCommit, Job, Reply};
+use jobs::{invite_hash, new_invite_token, Job, Reply};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -61,7 +61,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use write::{wal_path, writer_main, WriterState, JOURNAL_SIZE_LIMIT, QUEUE, WRITER_CACHE_KIB};
+use write::{
+    wal_path, writer_main, Pipeline, WriterState, JOURNAL_SIZE_LIMIT, QUEUE, WRITER_CACHE_KIB,
+};
 
 /// Database file name inside the data directory.
 pub const DB_FILE: &str = "ponte.db";
@@ -89,6 +91,24 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(e)
     }
+}
+
+/// Where committed items go: the server's registry of online devices.
+///
+/// The store calls it on its sync thread with every committed batch's
+/// items ([`Committed`]), in commit order, once the batch is durable and
+/// before any job of it is answered. So a connection gets items in seq
+/// order, and an expiry's wake comes before anything committed after it.
+/// It must not block (every later answer waits for it); a panic in it is
+/// caught and logged, and costs a push, never the store.
+pub trait Sink: Send + Sync + 'static {
+    /// Takes the items of one committed batch.
+    fn committed(&self, items: Vec<Committed>);
+}
+
+/// Hands nothing over.
+impl Sink for () {
+    fn committed(&self, _items: Vec<Committed>) {}
 }
 
 /// Tuning of a [`Store`].
@@ -185,12 +205,18 @@ pub fn create_invite(data_dir: &Path, now_ms: i64) -> Result<String, StoreError>
 impl Store {
     /// Opens (creating or upgrading if needed) `DIR/ponte.db` and starts the
     /// writer, with default options.
+    /// Nothing is handed over: for tools and tests that push nothing.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with(data_dir, StoreOptions::default())
+        Self::open_with(data_dir, StoreOptions::default(), Arc::new(()))
     }
 
-    /// Like [`Store::open`], with options.
-    pub fn open_with(data_dir: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
+    /// Like [`Store::open`], with options, and `sink` taking every
+    /// committed batch's items (see [`Sink`]).
+    pub fn open_with(
+        data_dir: &Path,
+        opts: StoreOptions,
+        sink: Arc<dyn Sink>,
+    ) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         let mut conn = open_conn(&path, false)?;
         init_schema(&mut conn)?;
@@ -218,23 +244,20 @@ impl Store {
             reader_threads.push(t);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let wal_path = wal_path(&path);
-        let db_path = path.clone();
         let stats = StoreStats::new();
-        let writer_stats = stats.clone();
+        let pipeline = Pipeline {
+            conn,
+            state,
+            commit_interval: opts.commit_interval,
+            checkpointer,
+            wal: wal_path(&path),
+            db: path.clone(),
+            stats: stats.clone(),
+            sink,
+        };
         let thread = std::thread::Builder::new()
             .name("ponte-db-writer".into())
-            .spawn(move || {
-                writer_main(
-                    conn,
-                    state,
-                    opts.commit_interval,
-                    checkpointer,
-                    rx,
-                    (wal_path, db_path),
-                    writer_stats,
-                )
-            })
+            .spawn(move || writer_main(pipeline, rx))
             .map_err(|_| StoreError::Task)?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
@@ -318,25 +341,15 @@ impl Store {
         self.submit(|r| Job::Claim(handle, r)).await
     }
 
-    /// Stores a message (durable when this returns `Accepted`).
+    /// Stores a message (durable when this returns `Accepted`, and handed
+    /// to the sink before that).
     pub async fn send(&self, m: NewMessage) -> Result<SendOutcome, StoreError> {
-        self.submit(|r| Job::Send(m, r, None)).await
-    }
-
-    /// Like [`Store::send`], and runs `after` with the outcome once it is
-    /// durable: on the store's sync thread, in commit order (so a
-    /// sender's messages are handed on in the order they were stored).
-    pub async fn send_then(
-        &self,
-        m: NewMessage,
-        after: impl FnOnce(&SendOutcome) + Send + 'static,
-    ) -> Result<SendOutcome, StoreError> {
-        self.submit(|r| Job::Send(m, r, Some(Box::new(after))))
-            .await
+        self.submit(|r| Job::Send(m, r)).await
     }
 
     /// Acknowledges mailbox items of `account` (unknown seqs are ignored);
-    /// each acknowledged message becomes a delivery receipt for its sender.
+    /// each acknowledged message becomes a delivery receipt for its sender,
+    /// handed to the sink.
     pub async fn ack(
         &self,
         account: AccountId,
@@ -344,79 +357,25 @@ impl Store {
         now_ms: i64,
         notice_expires_at_ms: i64,
     ) -> Result<AckOutcome, StoreError> {
-        self.ack_job(account, seqs, now_ms, notice_expires_at_ms, None)
-            .await
-    }
-
-    /// Like [`Store::ack`], and runs `after` with the outcome once it is
-    /// durable, on the sync thread in commit order.
-    pub async fn ack_then(
-        &self,
-        account: AccountId,
-        seqs: Vec<u64>,
-        now_ms: i64,
-        notice_expires_at_ms: i64,
-        after: impl FnOnce(&AckOutcome) + Send + 'static,
-    ) -> Result<AckOutcome, StoreError> {
-        let after: AfterCommit<AckOutcome> = Box::new(after);
-        self.ack_job(account, seqs, now_ms, notice_expires_at_ms, Some(after))
-            .await
-    }
-
-    async fn ack_job(
-        &self,
-        account: AccountId,
-        seqs: Vec<u64>,
-        now_ms: i64,
-        notice_expires_at_ms: i64,
-        after: Option<AfterCommit<AckOutcome>>,
-    ) -> Result<AckOutcome, StoreError> {
         self.submit(|reply| Job::Ack {
             account,
             seqs,
             now_ms,
             notice_expires_at_ms,
             reply,
-            after,
         })
         .await
     }
 
     /// Expires items past their deadline: messages become expired notices
-    /// for their senders (kept `notice_ttl_ms`), uncollected notices are
-    /// dropped, and the dedup log forgets ids older than `retention_ms`.
+    /// for their senders (kept `notice_ttl_ms`), whose owners the sink is
+    /// told to wake; uncollected notices are dropped, and the dedup log
+    /// forgets ids older than `retention_ms`.
     pub async fn expire(
         &self,
         now_ms: i64,
         retention_ms: i64,
         notice_ttl_ms: i64,
-    ) -> Result<ExpireOutcome, StoreError> {
-        self.expire_inner(now_ms, retention_ms, notice_ttl_ms, None)
-            .await
-    }
-
-    /// [`Store::expire`], with `after` run on the outcome once the sweep is
-    /// durable, on the sync thread in commit order (before any later
-    /// commit's hooks): the server wakes the senders of new notices there,
-    /// so their connections read them before anything committed later is
-    /// handed over in memory.
-    pub async fn expire_then(
-        &self,
-        now_ms: i64,
-        retention_ms: i64,
-        notice_ttl_ms: i64,
-        after: impl FnOnce(&ExpireOutcome) + Send + 'static,
-    ) -> Result<ExpireOutcome, StoreError> {
-        self.expire_inner(now_ms, retention_ms, notice_ttl_ms, Some(Box::new(after)))
-            .await
-    }
-
-    async fn expire_inner(
-        &self,
-        now_ms: i64,
-        retention_ms: i64,
-        notice_ttl_ms: i64,
-        after: Option<AfterCommit<ExpireOutcome>>,
     ) -> Result<ExpireOutcome, StoreError> {
         // Notices have no expiry index (they are written and deleted once per
         // delivered message, and an index would double that): a reader scans
@@ -430,7 +389,6 @@ impl Store {
             notice_ttl_ms,
             stale_notices,
             reply,
-            after,
         })
         .await
     }

@@ -262,3 +262,20 @@ pub struct MailItem {
     /// The other party's handle.
     pub peer_handle: String,
 }
+
+/// What a committed batch hands to the [`Sink`](super::Sink), in commit
+/// order.
+#[derive(Debug, Clone)]
+pub enum Committed {
+    /// A mailbox item stored for `owner` (a message, or a delivery receipt):
+    /// pushed from memory if the owner is online.
+    Item {
+        /// Whose mailbox holds it.
+        owner: AccountId,
+        /// The item, as a read of the mailbox would return it.
+        item: MailItem,
+    },
+    /// Items were stored for this account that are not handed over
+    /// (expired notices): its connection reads its mailbox.
+    Wake(AccountId),
+}

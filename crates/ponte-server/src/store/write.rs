@@ -2,9 +2,9 @@
 //! group commit), the syncer (`fdatasync` of the WAL, then the answers) and
 //! the checkpointer.
 
-use super::jobs::{fail_job, run_job, AfterCommit, Job, Ran, Reply};
+use super::jobs::{fail_job, run_job, Job, Ran, Reply};
 use super::types::*;
-use super::{StoreError, StoreStats};
+use super::{Sink, StoreError, StoreStats};
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -146,45 +146,85 @@ pub(super) fn finisher<T: Send + 'static>(
     reply: Reply<T>,
     result: Result<T, StoreError>,
 ) -> Finisher {
-    finisher_then(reply, result, None)
-}
-
-pub(super) fn finisher_then<T: Send + 'static>(
-    reply: Reply<T>,
-    result: Result<T, StoreError>,
-    after: Option<AfterCommit<T>>,
-) -> Finisher {
     Box::new(move |commit_error: Option<&str>| {
         let r = match (commit_error, result) {
             (Some(e), Ok(_)) => Err(StoreError::CommitFailed(e.to_owned())),
             (_, r) => r,
         };
-        if let (Ok(v), Some(after)) = (&r, after) {
-            // The hook runs on the sync thread; a panic there must not stop
-            // it (every later write would wait forever). The item is durable
-            // either way: a device that missed the push gets it from the
-            // database on its next login.
-            let hook = std::panic::AssertUnwindSafe(|| after(v));
-            if std::panic::catch_unwind(hook).is_err() {
-                tracing::error!("a post-commit hook panicked; the store carries on");
-            }
-        }
         let _ = reply.send(r);
     })
 }
 
+/// The jobs of one transaction: their answers, and the items they stored
+/// for the sink, both in the order the jobs ran.
+#[derive(Default)]
+struct Batch {
+    answers: Vec<Finisher>,
+    handover: Vec<Committed>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// Answers every job with `error`; the items are dropped (not stored).
+    fn fail(self, error: &str) {
+        for f in self.answers {
+            f(Some(error));
+        }
+    }
+}
+
+/// Hands a durable batch's items to the sink, then answers its jobs: on the
+/// sync thread, in commit order. A panic in the sink must not stop this
+/// thread (every later write would wait forever): it is caught and logged,
+/// and the items are durable either way (a device that missed a push reads
+/// it from the database at its next login).
+fn deliver(batch: Batch, sink: &dyn Sink) {
+    if !batch.handover.is_empty() {
+        let handover = batch.handover;
+        let hand = std::panic::AssertUnwindSafe(|| sink.committed(handover));
+        if std::panic::catch_unwind(hand).is_err() {
+            tracing::error!("the commit sink panicked; the store carries on");
+        }
+    }
+    for f in batch.answers {
+        f(None);
+    }
+}
+
+/// What the write pipeline is made of.
+pub(super) struct Pipeline {
+    /// The write connection.
+    pub conn: Connection,
+    pub state: WriterState,
+    /// Least time between commits under load.
+    pub commit_interval: Duration,
+    /// The checkpointer's connection.
+    pub checkpointer: Connection,
+    /// The WAL file, flushed by the syncer.
+    pub wal: PathBuf,
+    /// The database file (flushed instead when there is no WAL).
+    pub db: PathBuf,
+    pub stats: StoreStats,
+    pub sink: Arc<dyn Sink>,
+}
+
 /// The writer thread: starts the syncer and the checkpointer, runs batches
 /// until the job queue closes, then stops them and checkpoints.
-pub(super) fn writer_main(
-    conn: Connection,
-    state: WriterState,
-    commit_interval: Duration,
-    checkpointer: Connection,
-    rx: mpsc::Receiver<Job>,
-    (wal, db): (PathBuf, PathBuf),
-    stats: StoreStats,
-) {
-    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Vec<Finisher>>();
+pub(super) fn writer_main(p: Pipeline, rx: mpsc::Receiver<Job>) {
+    let Pipeline {
+        conn,
+        state,
+        commit_interval,
+        checkpointer,
+        wal,
+        db,
+        stats,
+        sink,
+    } = p;
+    let (sync_tx, sync_rx) = std::sync::mpsc::channel::<Batch>();
     let failed = Arc::new(AtomicBool::new(false));
     let outstanding = Arc::new((Mutex::new(0usize), Condvar::new()));
     let syncer = {
@@ -193,7 +233,7 @@ pub(super) fn writer_main(
         let stats = stats.clone();
         std::thread::Builder::new()
             .name("ponte-db-sync".into())
-            .spawn(move || syncer_loop(sync_rx, (wal, db), failed, outstanding, &stats))
+            .spawn(move || syncer_loop(sync_rx, (wal, db), failed, outstanding, &stats, &*sink))
     };
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let caught_up = Arc::new(AtomicBool::new(false));
@@ -270,13 +310,13 @@ fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>, caught
 /// The writer's side of the syncer: committed batches go in, and the
 /// writer can wait until every one of them is flushed.
 struct SyncHandle {
-    tx: Option<std::sync::mpsc::Sender<Vec<Finisher>>>,
+    tx: Option<std::sync::mpsc::Sender<Batch>>,
     /// Batches handed over and not yet flushed.
     outstanding: Arc<(Mutex<usize>, Condvar)>,
 }
 
 impl SyncHandle {
-    fn submit(&self, batch: Vec<Finisher>) {
+    fn submit(&self, batch: Batch) {
         if batch.is_empty() {
             return;
         }
@@ -292,9 +332,7 @@ impl SyncHandle {
             None => Err(batch),
         };
         if let Err(batch) = sent {
-            for f in batch {
-                f(Some("store closing"));
-            }
+            batch.fail("store closing");
         }
     }
 
@@ -320,14 +358,16 @@ impl SyncHandle {
     }
 }
 
-/// Makes committed batches durable (`fdatasync` of the WAL) and answers
-/// their jobs. One sync covers every batch that arrived before it started.
+/// Makes committed batches durable (`fdatasync` of the WAL), hands their
+/// items to the sink and answers their jobs. One sync covers every batch
+/// that arrived before it started.
 fn syncer_loop(
-    rx: std::sync::mpsc::Receiver<Vec<Finisher>>,
+    rx: std::sync::mpsc::Receiver<Batch>,
     (wal, db): (PathBuf, PathBuf),
     failed: Arc<AtomicBool>,
     outstanding: Arc<(Mutex<usize>, Condvar)>,
     stats: &StoreStats,
+    sink: &dyn Sink,
 ) {
     let mut file: Option<std::fs::File> = None;
     while let Ok(first) = rx.recv() {
@@ -353,8 +393,11 @@ fn syncer_loop(
             }
         };
         let flushed = batches.len();
-        for f in batches.into_iter().flatten() {
-            f(err.as_deref());
+        for batch in batches {
+            match &err {
+                None => deliver(batch, sink),
+                Some(e) => batch.fail(e),
+            }
         }
         let (lock, cv) = &*outstanding;
         if let Ok(mut n) = lock.lock() {
@@ -418,7 +461,7 @@ impl Writer {
     /// full). So commits follow the disk's pace: one per flush, each as
     /// large as the load makes it.
     fn run(&mut self, mut rx: mpsc::Receiver<Job>, sync: &SyncHandle) {
-        let mut done: Vec<Finisher> = Vec::new();
+        let mut done = Batch::default();
         let mut open = false;
         let mut jobs = 0usize;
         loop {
@@ -469,10 +512,10 @@ impl Writer {
                 open = true;
             }
             jobs += 1;
-            match run_job(&self.conn, &mut self.state, job) {
-                Ran::Done(f) => done.push(f),
+            match run_job(&self.conn, &mut self.state, job, &mut done.handover) {
+                Ran::Done(f) => done.answers.push(f),
                 Ran::Abort(f, e) => {
-                    done.push(f);
+                    done.answers.push(f);
                     self.abort(&mut done, &e);
                     open = false;
                     jobs = 0;
@@ -492,7 +535,7 @@ impl Writer {
     }
 
     /// Commits the open transaction and hands its answers to the syncer.
-    fn commit(&mut self, done: &mut Vec<Finisher>, sync: &SyncHandle) {
+    fn commit(&mut self, done: &mut Batch, sync: &SyncHandle) {
         self.last_commit = Instant::now();
         if let Err(e) = self.exec("COMMIT") {
             self.abort(done, &e.to_string());
@@ -501,20 +544,18 @@ impl Writer {
         self.state.commit();
         self.stats.commits.inc();
         self.stats.commit_failing.set(0);
-        self.stats.writes.inc_by(done.len() as u64);
+        self.stats.writes.inc_by(done.answers.len() as u64);
         sync.submit(std::mem::take(done));
     }
 
     /// Rolls the open transaction back and answers its jobs with `e`.
-    fn abort(&mut self, done: &mut Vec<Finisher>, e: &str) {
+    fn abort(&mut self, done: &mut Batch, e: &str) {
         tracing::error!("group commit failed: {e}");
         self.stats.commit_failures.inc();
         self.stats.commit_failing.set(1);
         let _ = self.conn.execute_batch("ROLLBACK");
         self.state.rollback(&self.conn);
-        for f in done.drain(..) {
-            f(Some(e));
-        }
+        std::mem::take(done).fail(e);
     }
 
     /// Between transactions, right after the checkpointer copied the WAL:

@@ -312,3 +312,45 @@ pub async fn store_account(
         other => panic!("{other:?}"),
     }
 }
+
+/// A store sink that records every item handed over, with the name of the
+/// thread that handed it; told to, it panics on its next batch instead.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    items: std::sync::Mutex<Vec<(ponte_server::store::Committed, Option<String>)>>,
+    panic_next: std::sync::atomic::AtomicBool,
+}
+
+impl Recorder {
+    /// Everything handed over so far, in order.
+    pub fn items(&self) -> Vec<ponte_server::store::Committed> {
+        let items = self.items.lock().unwrap();
+        items.iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    /// The threads that handed the items over, in order.
+    pub fn threads(&self) -> Vec<Option<String>> {
+        let items = self.items.lock().unwrap();
+        items.iter().map(|(_, t)| t.clone()).collect()
+    }
+
+    /// The next batch panics in the sink.
+    pub fn panic_next(&self) {
+        self.panic_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl ponte_server::store::Sink for Recorder {
+    fn committed(&self, items: Vec<ponte_server::store::Committed>) {
+        if self
+            .panic_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("sink bug (expected by this test)");
+        }
+        let thread = std::thread::current().name().map(str::to_owned);
+        let mut all = self.items.lock().unwrap();
+        all.extend(items.into_iter().map(|c| (c, thread.clone())));
+    }
+}

@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use store::Store;
+use store::{SqliteStore, Store};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -132,7 +132,7 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
 pub(crate) struct Shared {
     pub cfg: ServerConfig,
     pub keypair: Keypair,
-    pub store: Store,
+    pub store: Box<dyn Store>,
     pub metrics: metrics::Metrics,
     pub registry: Arc<registry::Registry>,
     pub register_by_source: ratelimit::Limiter,
@@ -183,7 +183,7 @@ impl Server {
         let lock = lock_data_dir(&cfg.data_dir)?;
         // The registry takes every committed item, in commit order.
         let registry = Arc::new(registry::Registry::default());
-        let store = Store::open_with(
+        let store = SqliteStore::open_with(
             &cfg.data_dir,
             store::StoreOptions::with_commit_interval(cfg.commit_interval),
             Arc::clone(&registry) as Arc<dyn store::Sink>,
@@ -213,7 +213,7 @@ impl Server {
             ),
             cfg,
             keypair,
-            store,
+            store: Box::new(store),
             metrics,
             registry,
             next_conn_id: AtomicU64::new(1),

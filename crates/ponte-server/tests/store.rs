@@ -1,18 +1,21 @@
-//! The storage layer alone, on a real SQLite file: acks are scoped to their
-//! owner, seqs are never reused (also across reopening), group commit
-//! answers every job, the sink gets committed items in seq order before
-//! the answer,
-//! expiry turns messages into notices and drops due notices, pending counts
-//! survive reopening, duplicates get their first accept time.
+//! The storage layer alone, through the storage seam (`Store`): acks are
+//! scoped to their owner, seqs are never reused (also across reopening),
+//! concurrent jobs are all answered, the sink gets committed items in seq
+//! order before the answer, expiry turns messages into notices and drops
+//! due notices, pending counts survive reopening, duplicates get their
+//! first accept time, a mailbox read is one snapshot. Each body takes a
+//! [`Backend`] and runs once per backend (the `backend_tests!` list at the
+//! end); the commit-interval tests are SQLite's own.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{store_account, Recorder};
+use common::{no_sink, store_account, Backend, Recorder};
 
 use bytes::Bytes;
 use ponte_server::store::{
-    AccountId, Committed, ItemKind, MailItem, NewMessage, SendOutcome, Sink, Store, StoreOptions,
+    AccountId, Committed, ItemKind, MailItem, NewMessage, SendOutcome, SqliteStore, Store,
+    StoreOptions,
 };
 
 fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, expires_at_ms: i64) -> NewMessage {
@@ -27,13 +30,12 @@ fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, expires_at_ms: i64) -> 
     }
 }
 
-#[tokio::test]
-async fn acks_are_scoped_and_seqs_never_reused() {
+async fn acks_are_scoped_and_seqs_never_reused(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
-    let mallory = store_account(&store, "mallory", 3).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    let mallory = store_account(&*store, "mallory", 3).await;
     let SendOutcome::Accepted { seq, .. } =
         store.send(msg(alice, "bob", 1, 10, 1000)).await.unwrap()
     else {
@@ -66,13 +68,12 @@ async fn acks_are_scoped_and_seqs_never_reused() {
     store.close();
 }
 
-#[tokio::test]
-async fn concurrent_jobs_all_answer_and_survive_reopen() {
+async fn concurrent_jobs_all_answer_and_survive_reopen(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
-        let alice = store_account(&store, "alice", 1).await;
-        store_account(&store, "bob", 2).await;
+        let store = (b.open)(dir.path(), no_sink());
+        let alice = store_account(&*store, "alice", 1).await;
+        store_account(&*store, "bob", 2).await;
         let mut tasks = Vec::new();
         for i in 0..200u8 {
             let store = std::sync::Arc::clone(&store);
@@ -85,7 +86,7 @@ async fn concurrent_jobs_all_answer_and_survive_reopen() {
         }
         store.close();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = (b.open)(dir.path(), no_sink());
     let bob = store
         .account_by_handle("bob".into())
         .await
@@ -102,12 +103,11 @@ async fn concurrent_jobs_all_answer_and_survive_reopen() {
     assert!(next.windows(2).all(|w| w[0].seq < w[1].seq));
 }
 
-#[tokio::test]
-async fn expiry_makes_notices_and_drops_old_notices() {
+async fn expiry_makes_notices_and_drops_old_notices(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     store.send(msg(alice, "bob", 1, 10, 100)).await.unwrap();
     store.send(msg(alice, "bob", 2, 10, 10_000)).await.unwrap();
     // At t=200 only the first message is past its deadline.
@@ -143,23 +143,22 @@ fn msg_max(sender: AccountId, to: &str, id: u8, now_ms: i64, max_pending: u32) -
     }
 }
 
-async fn accepted_seq(store: &Store, m: NewMessage) -> u64 {
+async fn accepted_seq(store: &dyn Store, m: NewMessage) -> u64 {
     match store.send(m).await.unwrap() {
         SendOutcome::Accepted { seq, .. } => seq,
         other => panic!("not accepted: {other:?}"),
     }
 }
 
-#[tokio::test]
-async fn seqs_never_reused_across_reopen() {
+async fn seqs_never_reused_across_reopen(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut handed_out: Vec<u64> = Vec::new();
     for round in 0..3u8 {
-        let store = Store::open(dir.path()).unwrap();
+        let store = (b.open)(dir.path(), no_sink());
         let (alice, bob) = if round == 0 {
             (
-                store_account(&store, "alice", 1).await,
-                store_account(&store, "bob", 2).await,
+                store_account(&*store, "alice", 1).await,
+                store_account(&*store, "bob", 2).await,
             )
         } else {
             let a = store.account_by_handle("alice".into()).await.unwrap();
@@ -169,7 +168,7 @@ async fn seqs_never_reused_across_reopen() {
         let max_before = handed_out.iter().copied().max().unwrap_or(0);
         let mut seqs = Vec::new();
         for i in 0..5u8 {
-            let seq = accepted_seq(&store, msg(alice, "bob", round * 10 + i, 10, 1000)).await;
+            let seq = accepted_seq(&*store, msg(alice, "bob", round * 10 + i, 10, 1000)).await;
             assert!(seq > max_before, "round {round}: seq {seq} <= {max_before}");
             seqs.push(seq);
         }
@@ -198,18 +197,17 @@ async fn seqs_never_reused_across_reopen() {
     assert_eq!(sorted.len(), handed_out.len(), "a seq was handed out twice");
 }
 
-#[tokio::test]
-async fn pending_counts_survive_reopen() {
+async fn pending_counts_survive_reopen(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     const MAX: u32 = 5;
     let (alice, bob);
     {
-        let store = Store::open(dir.path()).unwrap();
-        alice = store_account(&store, "alice", 1).await;
-        bob = store_account(&store, "bob", 2).await;
+        let store = (b.open)(dir.path(), no_sink());
+        alice = store_account(&*store, "alice", 1).await;
+        bob = store_account(&*store, "bob", 2).await;
         for i in 0..MAX {
             let i = u8::try_from(i).unwrap();
-            accepted_seq(&store, msg_max(alice, "bob", i, 10, MAX)).await;
+            accepted_seq(&*store, msg_max(alice, "bob", i, 10, MAX)).await;
         }
         assert_eq!(
             store
@@ -220,7 +218,7 @@ async fn pending_counts_survive_reopen() {
         );
         store.close();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = (b.open)(dir.path(), no_sink());
     assert_eq!(
         store
             .send(msg_max(alice, "bob", 51, 12, MAX))
@@ -236,7 +234,7 @@ async fn pending_counts_survive_reopen() {
         .await
         .unwrap();
     assert_eq!(out.messages, 1);
-    accepted_seq(&store, msg_max(alice, "bob", 52, 21, MAX)).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 52, 21, MAX)).await;
     assert_eq!(
         store
             .send(msg_max(alice, "bob", 53, 22, MAX))
@@ -248,7 +246,7 @@ async fn pending_counts_survive_reopen() {
     // reopen.
     store.close();
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = (b.open)(dir.path(), no_sink());
     let all = store.fetch_mailbox(bob, 0, 100).await.unwrap();
     assert_eq!(all.len(), MAX as usize);
     let out = store
@@ -259,7 +257,7 @@ async fn pending_counts_survive_reopen() {
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 1);
     for i in 0..MAX - 1 {
         let id = u8::try_from(60 + i).unwrap();
-        accepted_seq(&store, msg_max(alice, "bob", id, 2_000_000, MAX)).await;
+        accepted_seq(&*store, msg_max(alice, "bob", id, 2_000_000, MAX)).await;
     }
     assert_eq!(
         store
@@ -278,21 +276,14 @@ fn indexed_id(i: usize) -> [u8; 16] {
     id
 }
 
-/// Opens a store in `dir` whose sink is `sink`.
-fn open_recorded(dir: &std::path::Path, sink: &std::sync::Arc<Recorder>) -> Store {
-    let sink = std::sync::Arc::clone(sink) as std::sync::Arc<dyn Sink>;
-    Store::open_with(dir, StoreOptions::default(), sink).unwrap()
-}
-
-#[tokio::test]
-async fn sink_gets_sends_in_seq_order_before_the_answer() {
+async fn sink_gets_sends_in_seq_order_before_the_answer(b: Backend) {
     use futures::stream::{FuturesUnordered, StreamExt as _};
     const N: usize = 500;
     let dir = tempfile::tempdir().unwrap();
     let rec = std::sync::Arc::new(Recorder::default());
-    let store = open_recorded(dir.path(), &rec);
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
+    let store = (b.open)(dir.path(), rec.clone());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     let mut sends = FuturesUnordered::new();
     for i in 0..N {
         let mut m = msg(alice, "bob", 0, 10, 1_000_000);
@@ -355,7 +346,7 @@ async fn sink_gets_sends_in_seq_order_before_the_answer() {
     assert!(rec
         .threads()
         .iter()
-        .all(|t| t.as_deref() == Some("ponte-db-sync")));
+        .all(|t| t.as_deref() == Some(b.sink_thread)));
     // A duplicate stores nothing, and hands nothing over.
     let mut m = msg(alice, "bob", 0, 20, 1_000_000);
     m.message_id = indexed_id(0);
@@ -365,13 +356,12 @@ async fn sink_gets_sends_in_seq_order_before_the_answer() {
     store.close();
 }
 
-#[tokio::test]
-async fn a_panicking_sink_does_not_stop_the_store() {
+async fn a_panicking_sink_does_not_stop_the_store(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let rec = std::sync::Arc::new(Recorder::default());
-    let store = open_recorded(dir.path(), &rec);
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
+    let store = (b.open)(dir.path(), rec.clone());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     // The sink panics on the sync thread; the sender still gets its answer.
     rec.panic_next();
     let out = store
@@ -380,8 +370,8 @@ async fn a_panicking_sink_does_not_stop_the_store() {
         .unwrap();
     assert!(matches!(out, SendOutcome::Accepted { .. }), "{out:?}");
     // Later writes are still answered and handed over, and all are stored.
-    let seq2 = accepted_seq(&store, msg(alice, "bob", 2, 11, 1_000_000)).await;
-    let seq3 = accepted_seq(&store, msg(alice, "bob", 3, 12, 1_000_000)).await;
+    let seq2 = accepted_seq(&*store, msg(alice, "bob", 2, 11, 1_000_000)).await;
+    let seq3 = accepted_seq(&*store, msg(alice, "bob", 3, 12, 1_000_000)).await;
     let handed: Vec<u64> = rec
         .items()
         .iter()
@@ -397,18 +387,17 @@ async fn a_panicking_sink_does_not_stop_the_store() {
     store.close();
 }
 
-#[tokio::test]
-async fn ack_hands_over_the_stored_receipts() {
+async fn ack_hands_over_the_stored_receipts(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let rec = std::sync::Arc::new(Recorder::default());
-    let store = open_recorded(dir.path(), &rec);
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
-    let carol = store_account(&store, "carol", 3).await;
+    let store = (b.open)(dir.path(), rec.clone());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    let carol = store_account(&*store, "carol", 3).await;
     let mut msg_seqs = Vec::new();
     for (i, sender) in [alice, carol, alice].into_iter().enumerate() {
         let id = u8::try_from(i).unwrap() + 1;
-        msg_seqs.push(accepted_seq(&store, msg(sender, "bob", id, 10, 1_000_000)).await);
+        msg_seqs.push(accepted_seq(&*store, msg(sender, "bob", id, 10, 1_000_000)).await);
     }
     let sends_handed = rec.items().len();
     let out = store
@@ -469,14 +458,13 @@ async fn ack_hands_over_the_stored_receipts() {
     store.close();
 }
 
-#[tokio::test]
-async fn expire_drops_due_receipts_and_keeps_the_rest() {
+async fn expire_drops_due_receipts_and_keeps_the_rest(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
-    let s1 = accepted_seq(&store, msg(alice, "bob", 1, 10, 1_000_000)).await;
-    let s2 = accepted_seq(&store, msg(alice, "bob", 2, 10, 1_000_000)).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    let s1 = accepted_seq(&*store, msg(alice, "bob", 1, 10, 1_000_000)).await;
+    let s2 = accepted_seq(&*store, msg(alice, "bob", 2, 10, 1_000_000)).await;
     // Two receipts with different deadlines.
     let early = store.ack(bob, vec![s1], 20, 500).await.unwrap();
     let late = store.ack(bob, vec![s2], 30, 5000).await.unwrap();
@@ -500,7 +488,7 @@ async fn expire_drops_due_receipts_and_keeps_the_rest() {
     assert_eq!(store.mailbox_len(alice).await.unwrap(), 0);
     // Dropping a notice frees no message slot and breaks nothing: bob's
     // mailbox still takes messages up to its limit.
-    accepted_seq(&store, msg_max(alice, "bob", 3, 6000, 1)).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 3, 6000, 1)).await;
     assert_eq!(
         store.send(msg_max(alice, "bob", 4, 6001, 1)).await.unwrap(),
         SendOutcome::MailboxFull
@@ -508,14 +496,13 @@ async fn expire_drops_due_receipts_and_keeps_the_rest() {
     store.close();
 }
 
-#[tokio::test]
-async fn duplicates_answer_first_accept_time_even_when_full() {
+async fn duplicates_answer_first_accept_time_even_when_full(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
-    store_account(&store, "carol", 3).await;
-    accepted_seq(&store, msg_max(alice, "bob", 1, 10, 1)).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    store_account(&*store, "carol", 3).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 1, 10, 1)).await;
     // Retry while there is room (large limit) and when the mailbox is full.
     for (now, max) in [(20, 1000), (30, 1)] {
         assert_eq!(
@@ -556,15 +543,15 @@ async fn duplicates_answer_first_accept_time_even_when_full() {
             .unwrap(),
         SendOutcome::UnknownRecipient
     );
-    accepted_seq(&store, msg_max(alice, "bob", 3, 70, 10)).await;
-    accepted_seq(&store, msg_max(alice, "bob", 2, 80, 10)).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 3, 70, 10)).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 2, 80, 10)).await;
     // Another sender's id 1 is a different message.
     let carol = store
         .account_by_handle("carol".into())
         .await
         .unwrap()
         .unwrap();
-    accepted_seq(&store, msg_max(carol.id, "bob", 1, 90, 10)).await;
+    accepted_seq(&*store, msg_max(carol.id, "bob", 1, 90, 10)).await;
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 4);
     // Still a duplicate after the message was delivered and acked.
     let items = store.fetch_mailbox(bob, 0, 10).await.unwrap();
@@ -582,13 +569,12 @@ async fn duplicates_answer_first_accept_time_even_when_full() {
 /// items in commit order (`sink_gets_sends_in_seq_order_before_the_answer`
 /// above): a connection reads a new notice before anything committed after
 /// it is handed over in memory.
-#[tokio::test]
-async fn expiry_wakes_reach_the_sink_before_the_answer() {
+async fn expiry_wakes_reach_the_sink_before_the_answer(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let rec = std::sync::Arc::new(Recorder::default());
-    let store = open_recorded(dir.path(), &rec);
-    let alice = store_account(&store, "alice", 1).await;
-    store_account(&store, "bob", 2).await;
+    let store = (b.open)(dir.path(), rec.clone());
+    let alice = store_account(&*store, "alice", 1).await;
+    store_account(&*store, "bob", 2).await;
     store.send(msg(alice, "bob", 1, 10, 100)).await.unwrap();
     let sends_handed = rec.items().len();
     let out = store.expire(200, 1_000_000, 500).await.unwrap();
@@ -604,7 +590,7 @@ async fn expiry_wakes_reach_the_sink_before_the_answer() {
     let threads = rec.threads();
     assert_eq!(
         threads.last().and_then(|t| t.as_deref()),
-        Some("ponte-db-sync")
+        Some(b.sink_thread)
     );
 }
 
@@ -615,15 +601,15 @@ async fn expiry_wakes_reach_the_sink_before_the_answer() {
 async fn commit_interval_zero_stores_everything() {
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(
-        Store::open_with(
+        SqliteStore::open_with(
             dir.path(),
             StoreOptions::with_commit_interval(std::time::Duration::ZERO),
-            std::sync::Arc::new(()),
+            no_sink(),
         )
         .unwrap(),
     );
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     let stats = store.stats().clone();
     let (commits, writes) = (stats.commits.get(), stats.writes.get());
     let mut tasks = Vec::new();
@@ -649,7 +635,7 @@ async fn commit_interval_zero_stores_everything() {
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 100);
     store.close();
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     let items = store.fetch_mailbox(bob, 0, 500).await.unwrap();
     let stored: std::collections::BTreeSet<u64> = items.iter().map(|i| i.seq).collect();
     assert_eq!(stored, seqs);
@@ -665,10 +651,10 @@ async fn commit_interval_spaces_consecutive_commits() {
     for interval_ms in [0u64, 100] {
         let interval = Duration::from_millis(interval_ms);
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with(
+        let store = SqliteStore::open_with(
             dir.path(),
             StoreOptions::with_commit_interval(interval),
-            std::sync::Arc::new(()),
+            no_sink(),
         )
         .unwrap();
         let alice = store_account(&store, "alice", 1).await;
@@ -705,22 +691,14 @@ async fn commit_interval_spaces_consecutive_commits() {
 /// read; with two snapshots, a message committed between the two queries
 /// would be skipped and wait for the next login.) Messages and receipts
 /// for alice are written while her mailbox is read over and over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
+async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts(b: Backend) {
     use std::sync::Arc;
     const ROUNDS: u64 = 600;
     const MAX_READS: usize = 20_000;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open_with(
-            dir.path(),
-            StoreOptions::with_commit_interval(std::time::Duration::ZERO),
-            std::sync::Arc::new(()),
-        )
-        .unwrap(),
-    );
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     let writer = {
         let store = Arc::clone(&store);
         tokio::spawn(async move {
@@ -735,11 +713,11 @@ async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
                 let mut to_alice = msg(bob, "alice", 0, 10, 1_000_000);
                 to_alice.message_id = id(1);
                 to_alice.max_pending = 100_000;
-                accepted_seq(&store, to_alice).await;
+                accepted_seq(&*store, to_alice).await;
                 let mut to_bob = msg(alice, "bob", 0, 10, 1_000_000);
                 to_bob.message_id = id(2);
                 to_bob.max_pending = 100_000;
-                let seq = accepted_seq(&store, to_bob).await;
+                let seq = accepted_seq(&*store, to_bob).await;
                 store.ack(bob, vec![seq], 20, 1_000_000).await.unwrap();
             }
         })
@@ -765,5 +743,43 @@ async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
         let Some(&top) = read.last() else { continue };
         let expected: Vec<u64> = all.iter().copied().filter(|s| *s <= top).collect();
         assert_eq!(read, &expected, "a read up to seq {top} missed items");
+    }
+}
+
+/// One `#[tokio::test]` per behavioural body above, against `$backend`.
+macro_rules! backend_tests {
+    ($backend:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                super::$name($backend).await
+            }
+        )*
+    };
+}
+
+mod sqlite {
+    use super::common;
+
+    backend_tests!(common::SQLITE;
+        acks_are_scoped_and_seqs_never_reused,
+        concurrent_jobs_all_answer_and_survive_reopen,
+        expiry_makes_notices_and_drops_old_notices,
+        seqs_never_reused_across_reopen,
+        pending_counts_survive_reopen,
+        sink_gets_sends_in_seq_order_before_the_answer,
+        a_panicking_sink_does_not_stop_the_store,
+        ack_hands_over_the_stored_receipts,
+        expire_drops_due_receipts_and_keeps_the_rest,
+        duplicates_answer_first_accept_time_even_when_full,
+        expiry_wakes_reach_the_sink_before_the_answer,
+    );
+
+    /// On two worker threads, with commits as fast as they come (so that
+    /// reads fall between many of them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
+        super::a_mailbox_read_is_one_snapshot_of_messages_and_receipts(common::SQLITE_UNSPACED)
+            .await
     }
 }

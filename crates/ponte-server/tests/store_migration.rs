@@ -8,8 +8,8 @@
 
 use bytes::Bytes;
 use ponte_server::store::{
-    AccountId, ItemKind, MailItem, NewAccount, NewMessage, RegisterOutcome, SendOutcome, Store,
-    DB_FILE,
+    AccountId, ItemKind, MailItem, NewAccount, NewMessage, RegisterOutcome, SendOutcome,
+    SqliteStore, Store, DB_FILE,
 };
 use rusqlite::{params, Connection};
 use std::path::Path;
@@ -273,7 +273,7 @@ fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, max_pending: u32) -> Ne
     }
 }
 
-async fn accepted_seq(store: &Store, m: NewMessage) -> u64 {
+async fn accepted_seq(store: &dyn Store, m: NewMessage) -> u64 {
     match store.send(m).await.unwrap() {
         SendOutcome::Accepted { seq, .. } => seq,
         other => panic!("not accepted: {other:?}"),
@@ -282,7 +282,7 @@ async fn accepted_seq(store: &Store, m: NewMessage) -> u64 {
 
 /// Every schema-1 item is where it was, with its kind, id, body, time, peer
 /// and seq; the schema is version 2 with the old table gone.
-async fn assert_v1_items(store: &Store) {
+async fn assert_v1_items(store: &dyn Store) {
     for owner in [ALICE, BOB, CAROL] {
         let items = store.fetch_mailbox(owner, 0, 100).await.unwrap();
         assert_eq!(flatten(&items), expected_items(owner), "owner {owner}");
@@ -302,7 +302,7 @@ async fn assert_v1_items(store: &Store) {
 async fn schema1_migration_keeps_items_times_peers_and_order() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     assert_v1_items(&store).await;
     store.close();
     drop(store);
@@ -317,7 +317,7 @@ async fn schema1_migration_keeps_items_times_peers_and_order() {
 async fn schema1_migration_new_seqs_above_old_max_and_acks_work() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     let seq = accepted_seq(&store, msg(CAROL, "alice", 40, 1000, 100)).await;
     assert!(seq > V1_MAX_SEQ, "new seq {seq} not above old max");
     // Acking a migrated message turns it into a receipt with a fresh seq;
@@ -353,7 +353,7 @@ async fn schema1_migration_new_seqs_above_old_max_and_acks_work() {
 async fn schema1_migration_new_seq_above_sqlite_sequence() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     let seq = accepted_seq(&store, msg(CAROL, "alice", 40, 1000, 100)).await;
     assert!(
         seq > u64::try_from(DELETED_HIGH_SEQ).unwrap(),
@@ -379,7 +379,7 @@ async fn schema1_migration_of_drained_mailbox_does_not_restart_seqs() {
         }
         c.execute("DELETE FROM mailbox", []).unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     let seq = accepted_seq(&store, msg(ALICE, "bob", 99, 1000, 100)).await;
     assert!(seq > 50, "new seq {seq} reuses a seq schema 1 handed out");
     store.close();
@@ -389,7 +389,7 @@ async fn schema1_migration_of_drained_mailbox_does_not_restart_seqs() {
 async fn schema1_migration_restores_pending_counts_and_dedup_log() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     let max = BOB_PENDING + 1;
     // Bob has BOB_PENDING old messages: room for exactly one more.
     accepted_seq(&store, msg(CAROL, "bob", 50, 1000, max)).await;
@@ -417,12 +417,12 @@ async fn schema1_migration_is_idempotent_across_reopens() {
     build_v1(dir.path());
     let first_new;
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
         first_new = accepted_seq(&store, msg(CAROL, "alice", 60, 1000, 100)).await;
         store.close();
     }
     for round in 0..2 {
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
         // The migrated items are still there, once, next to the new one.
         let bob = store.fetch_mailbox(BOB, 0, 100).await.unwrap();
         assert_eq!(bob.len(), 4 + round, "round {round}");
@@ -460,7 +460,7 @@ async fn create_invite_migrates_a_schema1_directory() {
     assert!(!tables.iter().any(|t| t == "mailbox_v1"), "{tables:?}");
     // The store opens the already-migrated file, finds the old items, and
     // the invite works.
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     assert_v1_items(&store).await;
     let created = store
         .register(NewAccount {

@@ -46,7 +46,6 @@ pub(super) enum Job {
         stale_notices: Vec<(AccountId, i64)>,
         reply: Reply<ExpireOutcome>,
     },
-    AddInvite([u8; 32], Reply<()>),
 }
 
 impl std::fmt::Debug for Job {
@@ -92,7 +91,6 @@ pub(super) fn fail_job(job: Job, msg: &str) {
         Job::Send(_, r) => drop(r.send(Err(e()))),
         Job::Ack { reply, .. } => drop(reply.send(Err(e()))),
         Job::Expire { reply, .. } => drop(reply.send(Err(e()))),
-        Job::AddInvite(_, r) => drop(r.send(Err(e()))),
     }
 }
 
@@ -190,14 +188,6 @@ pub(super) fn run_job(
                 &stale_notices,
                 handover,
             ),
-        ),
-        Job::AddInvite(hash, reply) => direct(
-            reply,
-            c.prepare_cached(
-                "INSERT OR IGNORE INTO invites (token_hash, created_at) VALUES (?1, 0)",
-            )
-            .and_then(|mut s| s.execute([&hash[..]]))
-            .map(|_| ()),
         ),
     }
 }

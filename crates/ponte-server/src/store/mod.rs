@@ -43,9 +43,11 @@
 mod jobs;
 mod read;
 mod schema;
+mod seam;
 mod types;
 mod write;
 
+pub use seam::{Store, StoreFuture};
 pub use types::*;
 
 use jobs::{invite_hash, new_invite_token, Job, Reply};
@@ -55,7 +57,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use read::{open_reader, reader_loop, ReadJob, READERS};
 use rusqlite::params;
 use schema::{init_schema, open_conn};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -172,12 +174,11 @@ impl StoreStats {
 /// The store: a writer thread (with its syncer and checkpointer) and a
 /// fixed pool of reader threads.
 #[derive(Debug)]
-pub struct Store {
+pub struct SqliteStore {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     reads: Mutex<Option<std::sync::mpsc::Sender<ReadJob>>>,
     reader_threads: Mutex<Vec<JoinHandle<()>>>,
-    path: PathBuf,
     stats: StoreStats,
 }
 
@@ -202,7 +203,7 @@ pub fn create_invite(data_dir: &Path, now_ms: i64) -> Result<String, StoreError>
     Ok(token)
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating or upgrading if needed) `DIR/ponte.db` and starts the
     /// writer, with default options.
     /// Nothing is handed over: for tools and tests that push nothing.
@@ -264,18 +265,13 @@ impl Store {
             thread: Mutex::new(Some(thread)),
             reads: Mutex::new(Some(read_tx)),
             reader_threads: Mutex::new(reader_threads),
-            path,
             stats,
         })
     }
 
-    /// Commit, write and flush counters (shared handles; see [`StoreStats`]).
-    pub fn stats(&self) -> &StoreStats {
-        &self.stats
-    }
-
-    /// Stops the writer after the queued jobs and waits for it (blocking).
-    pub fn close(&self) {
+    /// Stops the writer after the queued jobs and waits for it, then the
+    /// readers (blocking).
+    fn shutdown(&self) {
         if let Ok(mut j) = self.jobs.lock() {
             j.take();
         }
@@ -296,11 +292,6 @@ impl Store {
         }
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
         let tx = self
             .jobs
@@ -312,96 +303,114 @@ impl Store {
         tx.send(make(rtx)).await.map_err(|_| StoreError::Closed)?;
         rrx.await.map_err(|_| StoreError::Closed)?
     }
+}
 
-    /// Registers an account.
-    pub async fn register(&self, a: NewAccount) -> Result<RegisterOutcome, StoreError> {
-        self.submit(|r| Job::Register(a, r)).await
+impl Store for SqliteStore {
+    fn register(&self, a: NewAccount) -> StoreFuture<'_, RegisterOutcome> {
+        Box::pin(self.submit(move |r| Job::Register(a, r)))
     }
 
-    /// Adds one-time keys and/or replaces the fallback key.
-    pub async fn upload_keys(
+    fn upload_keys(
         &self,
         account: AccountId,
         one_time: Vec<KeyRecord>,
         fallback: Option<KeyRecord>,
         max_one_time: u32,
-    ) -> Result<UploadOutcome, StoreError> {
-        self.submit(|reply| Job::Upload {
+    ) -> StoreFuture<'_, UploadOutcome> {
+        Box::pin(self.submit(move |reply| Job::Upload {
             account,
             one_time,
             fallback,
             max_one_time,
             reply,
-        })
-        .await
+        }))
     }
 
-    /// Claims a key of `handle`.
-    pub async fn claim(&self, handle: String) -> Result<ClaimOutcome, StoreError> {
-        self.submit(|r| Job::Claim(handle, r)).await
+    fn claim(&self, handle: String) -> StoreFuture<'_, ClaimOutcome> {
+        Box::pin(self.submit(move |r| Job::Claim(handle, r)))
     }
 
-    /// Stores a message (durable when this returns `Accepted`, and handed
-    /// to the sink before that).
-    pub async fn send(&self, m: NewMessage) -> Result<SendOutcome, StoreError> {
-        self.submit(|r| Job::Send(m, r)).await
+    fn send(&self, m: NewMessage) -> StoreFuture<'_, SendOutcome> {
+        Box::pin(self.submit(move |r| Job::Send(m, r)))
     }
 
-    /// Acknowledges mailbox items of `account` (unknown seqs are ignored);
-    /// each acknowledged message becomes a delivery receipt for its sender,
-    /// handed to the sink.
-    pub async fn ack(
+    fn ack(
         &self,
         account: AccountId,
         seqs: Vec<u64>,
         now_ms: i64,
         notice_expires_at_ms: i64,
-    ) -> Result<AckOutcome, StoreError> {
-        self.submit(|reply| Job::Ack {
+    ) -> StoreFuture<'_, AckOutcome> {
+        Box::pin(self.submit(move |reply| Job::Ack {
             account,
             seqs,
             now_ms,
             notice_expires_at_ms,
             reply,
-        })
-        .await
+        }))
     }
 
-    /// Expires items past their deadline: messages become expired notices
-    /// for their senders (kept `notice_ttl_ms`), whose owners the sink is
-    /// told to wake; uncollected notices are dropped, and the dedup log
-    /// forgets ids older than `retention_ms`.
-    pub async fn expire(
+    fn expire(
         &self,
         now_ms: i64,
         retention_ms: i64,
         notice_ttl_ms: i64,
-    ) -> Result<ExpireOutcome, StoreError> {
-        // Notices have no expiry index (they are written and deleted once per
-        // delivered message, and an index would double that): a reader scans
-        // for stale ones off the writer thread, and the writer deletes them.
-        let stale_notices = self
-            .read(move |c| read::stale_notices(c, now_ms, jobs::EXPIRE_BATCH))
-            .await?;
-        self.submit(|reply| Job::Expire {
-            now_ms,
-            retention_ms,
-            notice_ttl_ms,
-            stale_notices,
-            reply,
+    ) -> StoreFuture<'_, ExpireOutcome> {
+        Box::pin(async move {
+            // Notices have no expiry index (they are written and deleted
+            // once per delivered message, and an index would double that):
+            // a reader scans for stale ones off the writer thread, and the
+            // writer deletes them.
+            let stale_notices = self
+                .read(move |c| read::stale_notices(c, now_ms, jobs::EXPIRE_BATCH))
+                .await?;
+            self.submit(move |reply| Job::Expire {
+                now_ms,
+                retention_ms,
+                notice_ttl_ms,
+                stale_notices,
+                reply,
+            })
+            .await
         })
-        .await
     }
 
-    /// Stores an invite token (see also [`create_invite`]).
-    pub async fn add_invite(&self, token: &str) -> Result<(), StoreError> {
-        let h = invite_hash(token);
-        self.submit(|r| Job::AddInvite(h, r)).await
+    fn login_info(&self, noise_key: [u8; 32]) -> StoreFuture<'_, Option<LoginInfo>> {
+        Box::pin(self.read(move |c| read::login_info(c, &noise_key)))
+    }
+
+    fn account_by_handle(&self, handle: String) -> StoreFuture<'_, Option<AccountInfo>> {
+        Box::pin(self.read(move |c| read::account_where(c, "handle = ?1", &handle)))
+    }
+
+    fn key_counts(&self, account: AccountId) -> StoreFuture<'_, KeyCounts> {
+        Box::pin(self.read(move |c| read::key_counts(c, account)))
+    }
+
+    fn mailbox_len(&self, account: AccountId) -> StoreFuture<'_, u32> {
+        Box::pin(self.read(move |c| read::mailbox_len(c, account)))
+    }
+
+    fn fetch_mailbox(
+        &self,
+        owner: AccountId,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<MailItem>> {
+        Box::pin(self.read(move |c| read::fetch_mailbox(c, owner, after_seq, limit)))
+    }
+
+    fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    fn close(&self) {
+        self.shutdown();
     }
 }
 
-impl Drop for Store {
+impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.close();
+        self.shutdown();
     }
 }

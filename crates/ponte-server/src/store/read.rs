@@ -4,7 +4,7 @@
 
 use super::schema::open_conn;
 use super::types::*;
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -19,7 +19,7 @@ pub(super) const READERS: usize = 4;
 /// Page cache of each read connection, KiB (SQLite's default is 2 MiB).
 const READER_CACHE_KIB: i64 = 256;
 
-impl Store {
+impl SqliteStore {
     pub(super) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
@@ -37,64 +37,23 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         Ok(rx.await.map_err(|_| StoreError::Task)??)
     }
+}
 
-    /// The account bound to a device Noise key.
-    pub async fn account_by_noise_key(
-        &self,
-        key: [u8; 32],
-    ) -> Result<Option<AccountInfo>, StoreError> {
-        self.read(move |c| account_where(c, "noise_key = ?1", &key.to_vec()))
-            .await
-    }
-
-    /// The account of a device key with its key counts and waiting items:
-    /// one read for a login.
-    pub async fn login_info(&self, key: [u8; 32]) -> Result<Option<LoginInfo>, StoreError> {
-        self.read(move |c| {
-            let Some(account) = account_where(c, "noise_key = ?1", &key.to_vec())? else {
-                return Ok(None);
-            };
-            let keys = key_counts(c, account.id)?;
-            let pending = mailbox_len(c, account.id)?;
-            Ok(Some(LoginInfo {
-                account,
-                keys,
-                pending,
-            }))
-        })
-        .await
-    }
-
-    /// The account with a handle.
-    pub async fn account_by_handle(
-        &self,
-        handle: String,
-    ) -> Result<Option<AccountInfo>, StoreError> {
-        self.read(move |c| account_where(c, "handle = ?1", &handle))
-            .await
-    }
-
-    /// One-time key count and fallback presence.
-    pub async fn key_counts(&self, account: AccountId) -> Result<KeyCounts, StoreError> {
-        self.read(move |c| key_counts(c, account)).await
-    }
-
-    /// Number of mailbox items (messages, receipts, notices) waiting for
-    /// `account`.
-    pub async fn mailbox_len(&self, account: AccountId) -> Result<u32, StoreError> {
-        self.read(move |c| mailbox_len(c, account)).await
-    }
-
-    /// Up to `limit` mailbox items of `owner` after `after_seq`, in order.
-    pub async fn fetch_mailbox(
-        &self,
-        owner: AccountId,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<MailItem>, StoreError> {
-        self.read(move |c| fetch_mailbox(c, owner, after_seq, limit))
-            .await
-    }
+/// The account of a device key with its key counts and waiting items.
+pub(super) fn login_info(
+    c: &Connection,
+    noise_key: &[u8; 32],
+) -> Result<Option<LoginInfo>, rusqlite::Error> {
+    let Some(account) = account_where(c, "noise_key = ?1", &noise_key.to_vec())? else {
+        return Ok(None);
+    };
+    let keys = key_counts(c, account.id)?;
+    let pending = mailbox_len(c, account.id)?;
+    Ok(Some(LoginInfo {
+        account,
+        keys,
+        pending,
+    }))
 }
 
 /// A reader thread: runs reads until the store closes. A read that panics

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use ed25519_dalek::{Signer as _, SigningKey};
+use ponte_server::store::{Sink, SqliteStore, Store, StoreOptions};
 use ponte_server::{Server, ServerConfig};
 use ponte_transport::{connect, Channel, ClientConfig, Keypair};
 use ponte_wire::messages::{
@@ -12,6 +13,7 @@ use ponte_wire::messages::{
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -289,7 +291,7 @@ pub async fn registered(server: &TestServer, handle: &str) -> Client {
 
 /// Registers `handle` directly in a store (no protocol), its keys all `n`.
 pub async fn store_account(
-    store: &ponte_server::store::Store,
+    store: &dyn ponte_server::store::Store,
     handle: &str,
     n: u8,
 ) -> ponte_server::store::AccountId {
@@ -353,4 +355,36 @@ impl ponte_server::store::Sink for Recorder {
         let mut all = self.items.lock().unwrap();
         all.extend(items.into_iter().map(|c| (c, thread.clone())));
     }
+}
+
+/// A storage backend under test: how to open it, and what its hand-overs
+/// look like. Behavioural store tests take one, so every backend runs the
+/// same bodies.
+#[derive(Debug, Clone, Copy)]
+pub struct Backend {
+    /// Opens the store in `dir` (again after a close or drop: it sees what
+    /// was stored), its committed items handed to `sink`.
+    pub open: fn(&Path, Arc<dyn Sink>) -> Arc<dyn Store>,
+    /// The name of the thread that hands committed items to the sink.
+    pub sink_thread: &'static str,
+}
+
+/// SQLite with its default options.
+pub const SQLITE: Backend = Backend {
+    open: |dir, sink| Arc::new(SqliteStore::open_with(dir, StoreOptions::default(), sink).unwrap()),
+    sink_thread: "ponte-db-sync",
+};
+
+/// SQLite committing as soon as jobs come (no spacing between commits).
+pub const SQLITE_UNSPACED: Backend = Backend {
+    open: |dir, sink| {
+        let opts = StoreOptions::with_commit_interval(Duration::ZERO);
+        Arc::new(SqliteStore::open_with(dir, opts, sink).unwrap())
+    },
+    sink_thread: "ponte-db-sync",
+};
+
+/// A sink that drops everything.
+pub fn no_sink() -> Arc<dyn Sink> {
+    Arc::new(())
 }

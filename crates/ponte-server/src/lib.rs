@@ -68,13 +68,12 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     /// Binding a listener failed.
-    // The cause is in the message, so it is not also a `source` (reporters
-    // that print the chain would say it twice).
-    #[error("cannot listen on {addr}: {error}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Cause.
+        #[source]
         error: std::io::Error,
     },
     /// The data directory holds no database (the server never started
@@ -90,11 +89,12 @@ pub enum ServerError {
     )]
     DataDirInUse(PathBuf),
     /// The lock file could not be opened or locked.
-    #[error("cannot lock {}: {error}", .path.display())]
+    #[error("cannot lock {}", .path.display())]
     Lock {
         /// The lock file.
         path: PathBuf,
         /// Cause.
+        #[source]
         error: std::io::Error,
     },
 }
@@ -143,6 +143,23 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
     /// The data directory's lock, held as long as anything uses the store.
     _lock: std::fs::File,
+}
+
+/// Displays an error with its causes, `error: cause: root cause` (for
+/// logs; errors keep their causes as `source`, not in their text).
+#[derive(Debug)]
+pub(crate) struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -358,7 +375,7 @@ async fn expiry_loop(shared: Arc<Shared>) {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("expiry sweep failed: {e}");
+                    tracing::warn!("expiry sweep failed: {}", Chain(&e));
                     break;
                 }
             }

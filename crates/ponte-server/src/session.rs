@@ -417,7 +417,7 @@ impl Session {
         let counts = match self.shared.store.key_counts(acc.info.id).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("key count failed: {e}");
+                tracing::warn!("key count failed: {}", crate::Chain(&e));
                 return Ok(());
             }
         };
@@ -492,7 +492,7 @@ impl Session {
             {
                 Ok(items) => items,
                 Err(e) => {
-                    tracing::warn!("mailbox fetch failed: {e}");
+                    tracing::warn!("mailbox fetch failed: {}", crate::Chain(&e));
                     return Ok(());
                 }
             };

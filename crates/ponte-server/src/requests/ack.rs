@@ -47,7 +47,7 @@ impl Request for messages::Ack {
             Ok(out) => {
                 shared.metrics.messages_acked.inc_by(out.messages);
             }
-            Err(e) => tracing::warn!("ack failed: {e}"),
+            Err(e) => tracing::warn!("ack failed: {}", crate::Chain(&e)),
         }
         Ok(Reply::Silent)
     }

@@ -140,7 +140,7 @@ impl Refusal {
     /// The store failed: logged (with what failed), and the client is told
     /// to try again later.
     pub fn unavailable(what: &str, e: &StoreError) -> Self {
-        tracing::warn!("{what} failed: {e}");
+        tracing::warn!("{what} failed: {}", crate::Chain(e));
         Self::new(ErrorCode::Unavailable, "try again later")
     }
 }

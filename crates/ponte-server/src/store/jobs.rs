@@ -4,10 +4,11 @@
 use super::read::{account_where, arr32, key_counts};
 use super::types::*;
 use super::write::{finisher, Finisher, WriterState};
-use super::StoreError;
+use super::{CommitError, StoreError};
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -16,8 +17,9 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(super) enum Ran {
     /// Its answer, given once the batch is durable.
     Done(Finisher),
-    /// A statement failed outside a savepoint: the whole batch rolls back.
-    Abort(Finisher, String),
+    /// A statement failed outside a savepoint: the whole batch rolls back,
+    /// and every job of it is answered with this error as the cause.
+    Abort(Finisher, rusqlite::Error),
 }
 
 pub(super) enum Job {
@@ -82,8 +84,9 @@ pub(super) fn new_invite_token() -> String {
     })
 }
 
-pub(super) fn fail_job(job: Job, msg: &str) {
-    let e = || StoreError::CommitFailed(msg.to_owned());
+/// Answers `job` with `error` without running it.
+pub(super) fn fail_job(job: Job, error: &Arc<CommitError>) {
+    let e = || StoreError::CommitFailed(Arc::clone(error));
     match job {
         Job::Register(_, r) => drop(r.send(Err(e()))),
         Job::Upload { reply, .. } => drop(reply.send(Err(e()))),
@@ -118,10 +121,16 @@ fn in_savepoint<T>(
 fn direct<T: Send + 'static>(reply: Reply<T>, r: Result<T, rusqlite::Error>) -> Ran {
     match r {
         Ok(v) => Ran::Done(finisher(reply, Ok(v))),
-        Err(e) => {
-            let msg = e.to_string();
-            Ran::Abort(finisher(reply, Err(e.into())), msg)
-        }
+        // Answered with the batch's failure, which this error causes.
+        Err(e) => Ran::Abort(
+            Box::new(move |failure: Option<&Arc<CommitError>>| {
+                let _ = reply.send(Err(match failure {
+                    Some(f) => StoreError::CommitFailed(Arc::clone(f)),
+                    None => StoreError::Task,
+                }));
+            }),
+            e,
+        ),
     }
 }
 

@@ -74,19 +74,40 @@ pub const DB_FILE: &str = "ponte.db";
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// SQLite reported an error. Its text is part of this message, so it is
-    /// not also a `source` (a report of the error chain would say it twice).
-    #[error("database error: {0}")]
-    Sqlite(rusqlite::Error),
+    /// SQLite reported an error.
+    #[error("database error")]
+    Sqlite(#[source] rusqlite::Error),
     /// The store was closed (server shutting down).
     #[error("store closed")]
     Closed,
-    /// The group commit failed; nothing of the batch was stored.
-    #[error("commit failed: {0}")]
-    CommitFailed(String),
+    /// The group commit failed; nothing of the batch was stored. The cause
+    /// is shared by every job of the batch.
+    #[error("commit failed")]
+    CommitFailed(#[source] Arc<CommitError>),
     /// A blocking task panicked or was cancelled.
     #[error("storage task failed")]
     Task,
+}
+
+/// Why a batch of writes was not committed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// A statement, or the commit itself, failed (a full disk, an I/O
+    /// error): the transaction rolled back.
+    #[error("the transaction failed")]
+    Sqlite(#[source] rusqlite::Error),
+    /// Flushing the write-ahead log to disk failed: the store refuses
+    /// writes until restarted (the kernel may have dropped the pages it
+    /// could not write).
+    #[error("flushing the write-ahead log failed")]
+    Flush(#[source] std::io::Error),
+    /// A flush failed earlier: writes are refused until restarted.
+    #[error("storage failed earlier (a flush to disk failed); restart the server")]
+    FailedEarlier,
+    /// The store is closing.
+    #[error("store closing")]
+    Closing,
 }
 
 impl From<rusqlite::Error> for StoreError {

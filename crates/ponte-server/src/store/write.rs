@@ -4,7 +4,7 @@
 
 use super::jobs::{fail_job, run_job, Job, Ran, Reply};
 use super::types::*;
-use super::{Sink, StoreError, StoreStats};
+use super::{CommitError, Sink, StoreError, StoreStats};
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -140,15 +140,15 @@ impl WriterState {
 }
 
 /// A job's answer, sent once its batch is durable (or failed).
-pub(super) type Finisher = Box<dyn FnOnce(Option<&str>) + Send>;
+pub(super) type Finisher = Box<dyn FnOnce(Option<&Arc<CommitError>>) + Send>;
 
 pub(super) fn finisher<T: Send + 'static>(
     reply: Reply<T>,
     result: Result<T, StoreError>,
 ) -> Finisher {
-    Box::new(move |commit_error: Option<&str>| {
+    Box::new(move |commit_error: Option<&Arc<CommitError>>| {
         let r = match (commit_error, result) {
-            (Some(e), Ok(_)) => Err(StoreError::CommitFailed(e.to_owned())),
+            (Some(e), Ok(_)) => Err(StoreError::CommitFailed(Arc::clone(e))),
             (_, r) => r,
         };
         let _ = reply.send(r);
@@ -169,7 +169,7 @@ impl Batch {
     }
 
     /// Answers every job with `error`; the items are dropped (not stored).
-    fn fail(self, error: &str) {
+    fn fail(self, error: &Arc<CommitError>) {
         for f in self.answers {
             f(Some(error));
         }
@@ -332,7 +332,7 @@ impl SyncHandle {
             None => Err(batch),
         };
         if let Err(batch) = sent {
-            batch.fail("store closing");
+            batch.fail(&Arc::new(CommitError::Closing));
         }
     }
 
@@ -389,7 +389,7 @@ fn syncer_loop(
                 );
                 failed.store(true, Ordering::Release);
                 stats.failed.set(1);
-                Some(format!("fsync failed: {e}"))
+                Some(Arc::new(CommitError::Flush(e)))
             }
         };
         let flushed = batches.len();
@@ -498,15 +498,12 @@ impl Writer {
                 }
             };
             if self.failed.load(Ordering::Acquire) {
-                fail_job(
-                    job,
-                    "storage failed earlier (fsync error); restart the server",
-                );
+                fail_job(job, &Arc::new(CommitError::FailedEarlier));
                 continue;
             }
             if !open {
                 if let Err(e) = self.exec("BEGIN IMMEDIATE") {
-                    fail_job(job, &e.to_string());
+                    fail_job(job, &Arc::new(CommitError::Sqlite(e)));
                     continue;
                 }
                 open = true;
@@ -516,7 +513,7 @@ impl Writer {
                 Ran::Done(f) => done.answers.push(f),
                 Ran::Abort(f, e) => {
                     done.answers.push(f);
-                    self.abort(&mut done, &e);
+                    self.abort(&mut done, CommitError::Sqlite(e));
                     open = false;
                     jobs = 0;
                     continue;
@@ -538,7 +535,7 @@ impl Writer {
     fn commit(&mut self, done: &mut Batch, sync: &SyncHandle) {
         self.last_commit = Instant::now();
         if let Err(e) = self.exec("COMMIT") {
-            self.abort(done, &e.to_string());
+            self.abort(done, CommitError::Sqlite(e));
             return;
         }
         self.state.commit();
@@ -549,13 +546,13 @@ impl Writer {
     }
 
     /// Rolls the open transaction back and answers its jobs with `e`.
-    fn abort(&mut self, done: &mut Batch, e: &str) {
-        tracing::error!("group commit failed: {e}");
+    fn abort(&mut self, done: &mut Batch, e: CommitError) {
+        tracing::error!("group commit failed: {}", crate::Chain(&e));
         self.stats.commit_failures.inc();
         self.stats.commit_failing.set(1);
         let _ = self.conn.execute_batch("ROLLBACK");
         self.state.rollback(&self.conn);
-        std::mem::take(done).fail(e);
+        std::mem::take(done).fail(&Arc::new(e));
     }
 
     /// Between transactions, right after the checkpointer copied the WAL:

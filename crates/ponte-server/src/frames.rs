@@ -75,23 +75,23 @@ pub(crate) fn device_keys(a: &AccountInfo) -> DeviceKeys {
 
 /// A mailbox item pushed to its owner.
 pub(crate) fn item(item: MailItem) -> ServerFrame {
-    let at = u64::try_from(item.at_ms).unwrap_or(0);
+    let at = item.at.to_wire();
     push(match item.kind {
         ItemKind::Message => server_frame::Body::Deliver(Deliver {
-            seq: item.seq,
+            seq: item.seq.0,
             message_id: item.message_id,
             sender: item.peer_handle,
             body: item.body,
             accepted_at_ms: at,
         }),
         ItemKind::Receipt => server_frame::Body::DeliveryReceipt(DeliveryReceipt {
-            seq: item.seq,
+            seq: item.seq.0,
             message_id: item.message_id,
             recipient: item.peer_handle,
             delivered_at_ms: at,
         }),
         ItemKind::Expired => server_frame::Body::ExpiredNotice(ExpiredNotice {
-            seq: item.seq,
+            seq: item.seq.0,
             message_id: item.message_id,
             recipient: item.peer_handle,
             expired_at_ms: at,

@@ -49,8 +49,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use store::{SqliteStore, Store};
+use std::time::Duration;
+use store::{SqliteStore, Store, UnixMillis};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -160,18 +160,6 @@ impl std::fmt::Display for Chain<'_> {
         }
         Ok(())
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-pub(crate) fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A bound, not yet running server.
@@ -362,9 +350,9 @@ async fn expiry_loop(shared: Arc<Shared>) {
             match shared
                 .store
                 .expire(
-                    now_ms(),
-                    duration_ms(shared.cfg.retention),
-                    duration_ms(shared.cfg.notice_retention),
+                    UnixMillis::now(),
+                    shared.cfg.retention,
+                    shared.cfg.notice_retention,
                 )
                 .await
             {
@@ -447,5 +435,5 @@ pub fn create_invite(data_dir: &Path) -> Result<String, ServerError> {
     if !keyfile::dir_exists(data_dir)? || !data_dir.join(store::DB_FILE).is_file() {
         return Err(ServerError::NoDatabase(data_dir.to_owned()));
     }
-    Ok(store::create_invite(data_dir, now_ms())?)
+    Ok(store::create_invite(data_dir, UnixMillis::now())?)
 }

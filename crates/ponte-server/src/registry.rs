@@ -170,16 +170,16 @@ impl Sink for Registry {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::store::ItemKind;
+    use crate::store::{ItemKind, Seq, UnixMillis};
     use bytes::Bytes;
 
     fn item(seq: u64) -> MailItem {
         MailItem {
-            seq,
+            seq: Seq(seq),
             kind: ItemKind::Message,
             message_id: Bytes::from_static(&[0; 16]),
             body: Bytes::new(),
-            at_ms: 0,
+            at: UnixMillis(0),
             peer_handle: "alice".into(),
         }
     }
@@ -193,7 +193,7 @@ mod tests {
         reg.deliver(8, item(9)); // not online: dropped, the database has it
         let (got, read_db) = online.take(10);
         assert!(!read_db);
-        assert_eq!(got.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![3, 5]);
+        assert_eq!(got.iter().map(|i| i.seq.0).collect::<Vec<_>>(), vec![3, 5]);
         // Overflow: the held items are dropped and the database is read.
         for seq in 0..=INBOX_CAP as u64 {
             reg.deliver(7, item(100 + seq));

@@ -28,7 +28,7 @@ use crate::metrics::CloseCause;
 use crate::outbox::{self, PushError, TryPushError};
 use crate::registry::Online;
 use crate::requests::{Context, Online as LoggedIn, Peer, Refusal, Reply, Request, Runs};
-use crate::store::{AccountInfo, MailItem};
+use crate::store::{AccountInfo, MailItem, Seq};
 use crate::Shared;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
@@ -66,14 +66,14 @@ struct Account {
 #[derive(Debug, Default)]
 pub(crate) struct Window {
     /// Seq and body length of each.
-    inflight: HashMap<u64, usize>,
+    inflight: HashMap<Seq, usize>,
     /// The sum of `inflight`'s body lengths.
     bytes: usize,
 }
 
 impl Window {
     /// An ack of `seq`: whether it was in flight (and is no longer).
-    pub(crate) fn settle(&mut self, seq: u64) -> bool {
+    pub(crate) fn settle(&mut self, seq: Seq) -> bool {
         match self.inflight.remove(&seq) {
             Some(len) => {
                 self.bytes = self.bytes.saturating_sub(len);
@@ -83,7 +83,7 @@ impl Window {
         }
     }
 
-    fn record(&mut self, seq: u64, len: usize) {
+    fn record(&mut self, seq: Seq, len: usize) {
         if let Some(old) = self.inflight.insert(seq, len) {
             self.bytes = self.bytes.saturating_sub(old);
         }
@@ -123,7 +123,7 @@ pub(crate) struct Session {
     /// seq order (from the database in seq order, in memory in commit
     /// order), so anything at or below it was already pushed, and the
     /// database is read from just after it.
-    last_sent_seq: u64,
+    last_sent_seq: Seq,
     window: Window,
     /// The database may hold items past `last_sent_seq` that were not
     /// handed over in memory: read it before the inbox.
@@ -155,7 +155,7 @@ impl Session {
             },
             out,
             account: None,
-            last_sent_seq: 0,
+            last_sent_seq: Seq::ZERO,
             window: Window::default(),
             has_more: false,
             writes: FuturesUnordered::new(),

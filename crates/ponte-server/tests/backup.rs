@@ -11,7 +11,9 @@ use common::store_account;
 
 use bytes::Bytes;
 use ponte_server::backup::{backup, BackupError};
-use ponte_server::store::{AccountId, NewMessage, SendOutcome, SqliteStore, Store};
+use ponte_server::store::{
+    AccountId, NewMessage, SendOutcome, Seq, SqliteStore, Store, UnixMillis,
+};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -24,14 +26,17 @@ fn msg(sender: AccountId, n: u32) -> NewMessage {
         message_id,
         recipient: "bob".into(),
         body: Bytes::from(vec![7u8; 500]),
-        now_ms: 10,
-        expires_at_ms: i64::MAX,
+        now: UnixMillis(10),
+        expires_at: UnixMillis(i64::MAX),
         max_pending: 1_000_000,
     }
 }
 
-async fn seqs(store: &dyn Store, owner: AccountId) -> Vec<u64> {
-    let items = store.fetch_mailbox(owner, 0, 1_000_000).await.unwrap();
+async fn seqs(store: &dyn Store, owner: AccountId) -> Vec<Seq> {
+    let items = store
+        .fetch_mailbox(owner, Seq::ZERO, 1_000_000)
+        .await
+        .unwrap();
     items.iter().map(|i| i.seq).collect()
 }
 

@@ -10,11 +10,11 @@
 
 mod common;
 
-use common::{no_sink, store_account, Backend, Recorder};
+use common::{at, ms, no_sink, store_account, Backend, Recorder};
 
 use bytes::Bytes;
 use ponte_server::store::{
-    AccountId, Committed, ItemKind, MailItem, NewMessage, SendOutcome, SqliteStore, Store,
+    AccountId, Committed, ItemKind, MailItem, NewMessage, SendOutcome, Seq, SqliteStore, Store,
     StoreOptions,
 };
 
@@ -24,8 +24,8 @@ fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, expires_at_ms: i64) -> 
         message_id: [id; 16],
         recipient: to.into(),
         body: Bytes::from_static(b"body"),
-        now_ms,
-        expires_at_ms,
+        now: at(now_ms),
+        expires_at: at(expires_at_ms),
         max_pending: 1000,
     }
 }
@@ -42,18 +42,21 @@ async fn acks_are_scoped_and_seqs_never_reused(b: Backend) {
         panic!()
     };
     // Mallory cannot ack (delete) bob's message.
-    let out = store.ack(mallory, vec![seq], 20, 2000).await.unwrap();
+    let out = store
+        .ack(mallory, vec![seq], at(20), at(2000))
+        .await
+        .unwrap();
     assert_eq!(out.messages, 0);
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 1);
     // Bob acks: the message becomes a receipt for alice.
     let out = store
-        .ack(bob, vec![seq, seq, 999_999], 20, 2000)
+        .ack(bob, vec![seq, seq, Seq(999_999)], at(20), at(2000))
         .await
         .unwrap();
     assert_eq!(out.messages, 1);
     assert_eq!(out.notified(), vec![alice]);
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 0);
-    let items = store.fetch_mailbox(alice, 0, 10).await.unwrap();
+    let items = store.fetch_mailbox(alice, Seq::ZERO, 10).await.unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].kind, ItemKind::Receipt);
     assert_eq!(items[0].peer_handle, "bob");
@@ -93,7 +96,7 @@ async fn concurrent_jobs_all_answer_and_survive_reopen(b: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(store.mailbox_len(bob.id).await.unwrap(), 200);
-    let first = store.fetch_mailbox(bob.id, 0, 50).await.unwrap();
+    let first = store.fetch_mailbox(bob.id, Seq::ZERO, 50).await.unwrap();
     assert_eq!(first.len(), 50);
     let next = store
         .fetch_mailbox(bob.id, first[49].seq, 500)
@@ -111,20 +114,24 @@ async fn expiry_makes_notices_and_drops_old_notices(b: Backend) {
     store.send(msg(alice, "bob", 1, 10, 100)).await.unwrap();
     store.send(msg(alice, "bob", 2, 10, 10_000)).await.unwrap();
     // At t=200 only the first message is past its deadline.
-    let out = store.expire(200, 1_000_000, 500).await.unwrap();
+    let out = store.expire(at(200), ms(1_000_000), ms(500)).await.unwrap();
     assert_eq!(out.expired_messages, 1);
     assert_eq!(out.notify, vec![alice]);
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 1);
-    let notices = store.fetch_mailbox(alice, 0, 10).await.unwrap();
+    let notices = store.fetch_mailbox(alice, Seq::ZERO, 10).await.unwrap();
     assert_eq!(notices.len(), 1);
     assert_eq!(notices[0].kind, ItemKind::Expired);
     assert_eq!(&notices[0].message_id[..], &[1u8; 16]);
     // The notice itself is dropped after its own retention (t=200+500).
-    let out = store.expire(701, 1_000_000, 500).await.unwrap();
+    let out = store.expire(at(701), ms(1_000_000), ms(500)).await.unwrap();
     assert_eq!(out.dropped_notices, 1);
-    assert!(store.fetch_mailbox(alice, 0, 10).await.unwrap().is_empty());
+    assert!(store
+        .fetch_mailbox(alice, Seq::ZERO, 10)
+        .await
+        .unwrap()
+        .is_empty());
     // The dedup log forgets ids older than the retention.
-    store.expire(20_000, 1000, 500).await.unwrap();
+    store.expire(at(20_000), ms(1000), ms(500)).await.unwrap();
     assert!(matches!(
         store
             .send(msg(alice, "bob", 1, 20_001, 30_000))
@@ -143,7 +150,7 @@ fn msg_max(sender: AccountId, to: &str, id: u8, now_ms: i64, max_pending: u32) -
     }
 }
 
-async fn accepted_seq(store: &dyn Store, m: NewMessage) -> u64 {
+async fn accepted_seq(store: &dyn Store, m: NewMessage) -> Seq {
     match store.send(m).await.unwrap() {
         SendOutcome::Accepted { seq, .. } => seq,
         other => panic!("not accepted: {other:?}"),
@@ -152,7 +159,7 @@ async fn accepted_seq(store: &dyn Store, m: NewMessage) -> u64 {
 
 async fn seqs_never_reused_across_reopen(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let mut handed_out: Vec<u64> = Vec::new();
+    let mut handed_out: Vec<Seq> = Vec::new();
     for round in 0..3u8 {
         let store = (b.open)(dir.path(), no_sink());
         let (alice, bob) = if round == 0 {
@@ -165,7 +172,7 @@ async fn seqs_never_reused_across_reopen(b: Backend) {
             let b = store.account_by_handle("bob".into()).await.unwrap();
             (a.unwrap().id, b.unwrap().id)
         };
-        let max_before = handed_out.iter().copied().max().unwrap_or(0);
+        let max_before = handed_out.iter().copied().max().unwrap_or(Seq::ZERO);
         let mut seqs = Vec::new();
         for i in 0..5u8 {
             let seq = accepted_seq(&*store, msg(alice, "bob", round * 10 + i, 10, 1000)).await;
@@ -174,14 +181,17 @@ async fn seqs_never_reused_across_reopen(b: Backend) {
         }
         // Ack everything: the messages become receipts (fresh seqs), then
         // the receipts are acked too, so both tables end up empty.
-        let out = store.ack(bob, seqs.clone(), 20, 1_000_000).await.unwrap();
+        let out = store
+            .ack(bob, seqs.clone(), at(20), at(1_000_000))
+            .await
+            .unwrap();
         assert_eq!(out.messages, 5);
-        let receipts: Vec<u64> = out.receipts.iter().map(|r| r.seq).collect();
+        let receipts: Vec<Seq> = out.receipts.iter().map(|r| r.seq).collect();
         assert!(receipts
             .iter()
             .all(|r| *r > max_before && !seqs.contains(r)));
         let out = store
-            .ack(alice, receipts.clone(), 30, 1_000_000)
+            .ack(alice, receipts.clone(), at(30), at(1_000_000))
             .await
             .unwrap();
         assert_eq!(out.notices, 5);
@@ -228,9 +238,9 @@ async fn pending_counts_survive_reopen(b: Backend) {
     );
     // Receipts for alice do not count towards bob's limit, and a refused
     // send took no slot: one ack makes room for exactly one message.
-    let first = store.fetch_mailbox(bob, 0, 1).await.unwrap();
+    let first = store.fetch_mailbox(bob, Seq::ZERO, 1).await.unwrap();
     let out = store
-        .ack(bob, vec![first[0].seq], 20, 1_000_000)
+        .ack(bob, vec![first[0].seq], at(20), at(1_000_000))
         .await
         .unwrap();
     assert_eq!(out.messages, 1);
@@ -247,10 +257,10 @@ async fn pending_counts_survive_reopen(b: Backend) {
     store.close();
     drop(store);
     let store = (b.open)(dir.path(), no_sink());
-    let all = store.fetch_mailbox(bob, 0, 100).await.unwrap();
+    let all = store.fetch_mailbox(bob, Seq::ZERO, 100).await.unwrap();
     assert_eq!(all.len(), MAX as usize);
     let out = store
-        .expire(10 + 1_000_000, 10_000_000, 1000)
+        .expire(at(10 + 1_000_000), ms(10_000_000), ms(1000))
         .await
         .unwrap();
     assert_eq!(out.expired_messages, u64::from(MAX) - 1);
@@ -332,15 +342,15 @@ async fn sink_gets_sends_in_seq_order_before_the_answer(b: Backend) {
         .collect();
     assert_eq!(order, (0..N).map(indexed_id).collect::<Vec<_>>());
     // Handed over as a read of the mailbox returns them.
-    let read = store.fetch_mailbox(bob, 0, 10_000).await.unwrap();
+    let read = store.fetch_mailbox(bob, Seq::ZERO, 10_000).await.unwrap();
     for (handed, read) in items.iter().zip(&read) {
         assert_eq!(
             (handed.seq, handed.kind, &handed.message_id, &handed.body),
             (read.seq, read.kind, &read.message_id, &read.body)
         );
         assert_eq!(
-            (handed.at_ms, &handed.peer_handle),
-            (10, &"alice".to_owned())
+            (handed.at, &handed.peer_handle),
+            (at(10), &"alice".to_owned())
         );
     }
     assert!(rec
@@ -351,7 +361,12 @@ async fn sink_gets_sends_in_seq_order_before_the_answer(b: Backend) {
     let mut m = msg(alice, "bob", 0, 20, 1_000_000);
     m.message_id = indexed_id(0);
     let out = store.send(m).await.unwrap();
-    assert_eq!(out, SendOutcome::Duplicate { accepted_at_ms: 10 });
+    assert_eq!(
+        out,
+        SendOutcome::Duplicate {
+            accepted_at: at(10)
+        }
+    );
     assert_eq!(rec.items().len(), N);
     store.close();
 }
@@ -372,7 +387,7 @@ async fn a_panicking_sink_does_not_stop_the_store(b: Backend) {
     // Later writes are still answered and handed over, and all are stored.
     let seq2 = accepted_seq(&*store, msg(alice, "bob", 2, 11, 1_000_000)).await;
     let seq3 = accepted_seq(&*store, msg(alice, "bob", 3, 12, 1_000_000)).await;
-    let handed: Vec<u64> = rec
+    let handed: Vec<Seq> = rec
         .items()
         .iter()
         .map(|c| match c {
@@ -381,7 +396,7 @@ async fn a_panicking_sink_does_not_stop_the_store(b: Backend) {
         })
         .collect();
     assert_eq!(handed, vec![seq2, seq3]);
-    let items = store.fetch_mailbox(bob, 0, 10).await.unwrap();
+    let items = store.fetch_mailbox(bob, Seq::ZERO, 10).await.unwrap();
     assert_eq!(items.len(), 3, "{items:?}");
     assert!(items.iter().any(|i| i.seq == seq2));
     store.close();
@@ -401,7 +416,7 @@ async fn ack_hands_over_the_stored_receipts(b: Backend) {
     }
     let sends_handed = rec.items().len();
     let out = store
-        .ack(bob, msg_seqs.clone(), 50, 1_000_000)
+        .ack(bob, msg_seqs.clone(), at(50), at(1_000_000))
         .await
         .unwrap();
     // Handed over before the answer: exactly the stored receipts.
@@ -415,8 +430,8 @@ async fn ack_hands_over_the_stored_receipts(b: Backend) {
     assert_eq!(handed.len(), out.receipts.len());
     for ((owner, item), r) in handed.iter().zip(&out.receipts) {
         assert_eq!(
-            (*owner, item.seq, &item.message_id, item.at_ms),
-            (r.owner, r.seq, &r.message_id, r.at_ms)
+            (*owner, item.seq, &item.message_id, item.at),
+            (r.owner, r.seq, &r.message_id, r.at)
         );
         assert_eq!(item.kind, ItemKind::Receipt);
         assert_eq!(item.peer_handle, "bob");
@@ -429,18 +444,18 @@ async fn ack_hands_over_the_stored_receipts(b: Backend) {
     assert!(out
         .receipts
         .iter()
-        .all(|r| r.seq > max_msg && r.at_ms == 50));
+        .all(|r| r.seq > max_msg && r.at == at(50)));
     assert!(out.receipts.windows(2).all(|w| w[0].seq < w[1].seq));
     // The owners' mailboxes hold exactly these receipts, same seqs.
     for (owner, ids) in [(alice, vec![1u8, 3]), (carol, vec![2])] {
-        let items = store.fetch_mailbox(owner, 0, 10).await.unwrap();
-        let want: Vec<(u64, Vec<u8>)> = out
+        let items = store.fetch_mailbox(owner, Seq::ZERO, 10).await.unwrap();
+        let want: Vec<(Seq, Vec<u8>)> = out
             .receipts
             .iter()
             .filter(|r| r.owner == owner)
             .map(|r| (r.seq, r.message_id.to_vec()))
             .collect();
-        let got: Vec<(u64, Vec<u8>)> = items
+        let got: Vec<(Seq, Vec<u8>)> = items
             .iter()
             .map(|i| (i.seq, i.message_id.to_vec()))
             .collect();
@@ -450,7 +465,7 @@ async fn ack_hands_over_the_stored_receipts(b: Backend) {
         for i in &items {
             assert_eq!(i.kind, ItemKind::Receipt);
             assert_eq!(i.peer_handle, "bob");
-            assert_eq!(i.at_ms, 50);
+            assert_eq!(i.at, at(50));
             assert!(i.body.is_empty());
         }
     }
@@ -466,24 +481,36 @@ async fn expire_drops_due_receipts_and_keeps_the_rest(b: Backend) {
     let s1 = accepted_seq(&*store, msg(alice, "bob", 1, 10, 1_000_000)).await;
     let s2 = accepted_seq(&*store, msg(alice, "bob", 2, 10, 1_000_000)).await;
     // Two receipts with different deadlines.
-    let early = store.ack(bob, vec![s1], 20, 500).await.unwrap();
-    let late = store.ack(bob, vec![s2], 30, 5000).await.unwrap();
+    let early = store.ack(bob, vec![s1], at(20), at(500)).await.unwrap();
+    let late = store.ack(bob, vec![s2], at(30), at(5000)).await.unwrap();
     let (early, late) = (early.receipts[0].seq, late.receipts[0].seq);
     assert_eq!(store.mailbox_len(alice).await.unwrap(), 2);
     // Not yet due: nothing dropped.
-    let out = store.expire(499, 10_000_000, 1000).await.unwrap();
+    let out = store
+        .expire(at(499), ms(10_000_000), ms(1000))
+        .await
+        .unwrap();
     assert_eq!((out.dropped_notices, out.expired_messages), (0, 0));
     assert_eq!(store.mailbox_len(alice).await.unwrap(), 2);
     // The early one is due at its deadline; the late one stays.
-    let out = store.expire(500, 10_000_000, 1000).await.unwrap();
+    let out = store
+        .expire(at(500), ms(10_000_000), ms(1000))
+        .await
+        .unwrap();
     assert_eq!((out.dropped_notices, out.expired_messages), (1, 0));
     assert!(!out.more);
-    let items = store.fetch_mailbox(alice, 0, 10).await.unwrap();
+    let items = store.fetch_mailbox(alice, Seq::ZERO, 10).await.unwrap();
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![late]);
     assert_ne!(early, late);
-    let out = store.expire(4999, 10_000_000, 1000).await.unwrap();
+    let out = store
+        .expire(at(4999), ms(10_000_000), ms(1000))
+        .await
+        .unwrap();
     assert_eq!(out.dropped_notices, 0);
-    let out = store.expire(5000, 10_000_000, 1000).await.unwrap();
+    let out = store
+        .expire(at(5000), ms(10_000_000), ms(1000))
+        .await
+        .unwrap();
     assert_eq!(out.dropped_notices, 1);
     assert_eq!(store.mailbox_len(alice).await.unwrap(), 0);
     // Dropping a notice frees no message slot and breaks nothing: bob's
@@ -510,7 +537,9 @@ async fn duplicates_answer_first_accept_time_even_when_full(b: Backend) {
                 .send(msg_max(alice, "bob", 1, now, max))
                 .await
                 .unwrap(),
-            SendOutcome::Duplicate { accepted_at_ms: 10 },
+            SendOutcome::Duplicate {
+                accepted_at: at(10)
+            },
             "retry at {now}"
         );
     }
@@ -520,7 +549,9 @@ async fn duplicates_answer_first_accept_time_even_when_full(b: Backend) {
             .send(msg_max(alice, "carol", 1, 40, 10))
             .await
             .unwrap(),
-        SendOutcome::Duplicate { accepted_at_ms: 10 }
+        SendOutcome::Duplicate {
+            accepted_at: at(10)
+        }
     );
     // A new id to the full mailbox is refused and not remembered.
     assert_eq!(
@@ -554,12 +585,14 @@ async fn duplicates_answer_first_accept_time_even_when_full(b: Backend) {
     accepted_seq(&*store, msg_max(carol.id, "bob", 1, 90, 10)).await;
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 4);
     // Still a duplicate after the message was delivered and acked.
-    let items = store.fetch_mailbox(bob, 0, 10).await.unwrap();
-    let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
-    store.ack(bob, seqs, 100, 1_000_000).await.unwrap();
+    let items = store.fetch_mailbox(bob, Seq::ZERO, 10).await.unwrap();
+    let seqs: Vec<Seq> = items.iter().map(|i| i.seq).collect();
+    store.ack(bob, seqs, at(100), at(1_000_000)).await.unwrap();
     assert_eq!(
         store.send(msg_max(alice, "bob", 1, 110, 10)).await.unwrap(),
-        SendOutcome::Duplicate { accepted_at_ms: 10 }
+        SendOutcome::Duplicate {
+            accepted_at: at(10)
+        }
     );
     store.close();
 }
@@ -577,7 +610,7 @@ async fn expiry_wakes_reach_the_sink_before_the_answer(b: Backend) {
     store_account(&*store, "bob", 2).await;
     store.send(msg(alice, "bob", 1, 10, 100)).await.unwrap();
     let sends_handed = rec.items().len();
-    let out = store.expire(200, 1_000_000, 500).await.unwrap();
+    let out = store.expire(at(200), ms(1_000_000), ms(500)).await.unwrap();
     let woken: Vec<AccountId> = rec.items()[sends_handed..]
         .iter()
         .map(|c| match c {
@@ -636,8 +669,8 @@ async fn commit_interval_zero_stores_everything() {
     store.close();
     drop(store);
     let store = SqliteStore::open(dir.path()).unwrap();
-    let items = store.fetch_mailbox(bob, 0, 500).await.unwrap();
-    let stored: std::collections::BTreeSet<u64> = items.iter().map(|i| i.seq).collect();
+    let items = store.fetch_mailbox(bob, Seq::ZERO, 500).await.unwrap();
+    let stored: std::collections::BTreeSet<Seq> = items.iter().map(|i| i.seq).collect();
     assert_eq!(stored, seqs);
 }
 
@@ -718,20 +751,26 @@ async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts(b: Backend) {
                 to_bob.message_id = id(2);
                 to_bob.max_pending = 100_000;
                 let seq = accepted_seq(&*store, to_bob).await;
-                store.ack(bob, vec![seq], 20, 1_000_000).await.unwrap();
+                store
+                    .ack(bob, vec![seq], at(20), at(1_000_000))
+                    .await
+                    .unwrap();
             }
         })
     };
-    let mut reads: Vec<Vec<u64>> = Vec::new();
+    let mut reads: Vec<Vec<Seq>> = Vec::new();
     while !writer.is_finished() && reads.len() < MAX_READS {
-        let items = store.fetch_mailbox(alice, 0, 1_000_000).await.unwrap();
+        let items = store
+            .fetch_mailbox(alice, Seq::ZERO, 1_000_000)
+            .await
+            .unwrap();
         reads.push(items.iter().map(|i| i.seq).collect());
     }
     writer.await.unwrap();
     // Alice never acks, and nothing expires: the final mailbox holds every
     // item any read could have seen.
-    let all: Vec<u64> = store
-        .fetch_mailbox(alice, 0, 1_000_000)
+    let all: Vec<Seq> = store
+        .fetch_mailbox(alice, Seq::ZERO, 1_000_000)
         .await
         .unwrap()
         .iter()
@@ -741,7 +780,7 @@ async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts(b: Backend) {
     assert!(reads.len() > 10, "only {} reads", reads.len());
     for read in &reads {
         let Some(&top) = read.last() else { continue };
-        let expected: Vec<u64> = all.iter().copied().filter(|s| *s <= top).collect();
+        let expected: Vec<Seq> = all.iter().copied().filter(|s| *s <= top).collect();
         assert_eq!(read, &expected, "a read up to seq {top} missed items");
     }
 }

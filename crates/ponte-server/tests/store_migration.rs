@@ -8,8 +8,8 @@
 
 use bytes::Bytes;
 use ponte_server::store::{
-    AccountId, ItemKind, MailItem, NewAccount, NewMessage, RegisterOutcome, SendOutcome,
-    SqliteStore, Store, DB_FILE,
+    AccountId, ItemKind, MailItem, NewAccount, NewMessage, RegisterOutcome, SendOutcome, Seq,
+    SqliteStore, Store, UnixMillis, DB_FILE,
 };
 use rusqlite::{params, Connection};
 use std::path::Path;
@@ -231,11 +231,11 @@ fn flatten(items: &[MailItem]) -> Vec<Item> {
         .iter()
         .map(|i| {
             (
-                i.seq,
+                i.seq.0,
                 i.kind,
                 i.message_id.to_vec(),
                 i.body.to_vec(),
-                i.at_ms,
+                i.at.0,
                 i.peer_handle.clone(),
             )
         })
@@ -267,15 +267,15 @@ fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, max_pending: u32) -> Ne
         message_id: [id; 16],
         recipient: to.into(),
         body: Bytes::from_static(b"new"),
-        now_ms,
-        expires_at_ms: now_ms + 1_000_000,
+        now: UnixMillis(now_ms),
+        expires_at: UnixMillis(now_ms + 1_000_000),
         max_pending,
     }
 }
 
 async fn accepted_seq(store: &dyn Store, m: NewMessage) -> u64 {
     match store.send(m).await.unwrap() {
-        SendOutcome::Accepted { seq, .. } => seq,
+        SendOutcome::Accepted { seq, .. } => seq.0,
         other => panic!("not accepted: {other:?}"),
     }
 }
@@ -284,15 +284,15 @@ async fn accepted_seq(store: &dyn Store, m: NewMessage) -> u64 {
 /// and seq; the schema is version 2 with the old table gone.
 async fn assert_v1_items(store: &dyn Store) {
     for owner in [ALICE, BOB, CAROL] {
-        let items = store.fetch_mailbox(owner, 0, 100).await.unwrap();
+        let items = store.fetch_mailbox(owner, Seq::ZERO, 100).await.unwrap();
         assert_eq!(flatten(&items), expected_items(owner), "owner {owner}");
         let len = store.mailbox_len(owner).await.unwrap();
         assert_eq!(len as usize, expected_items(owner).len(), "owner {owner}");
     }
     // Paging by seq works across the two tables.
-    let after = store.fetch_mailbox(BOB, 3, 100).await.unwrap();
+    let after = store.fetch_mailbox(BOB, Seq(3), 100).await.unwrap();
     assert_eq!(
-        after.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        after.iter().map(|i| i.seq.0).collect::<Vec<_>>(),
         vec![5, 6],
         "bob after seq 3"
     );
@@ -322,29 +322,35 @@ async fn schema1_migration_new_seqs_above_old_max_and_acks_work() {
     assert!(seq > V1_MAX_SEQ, "new seq {seq} not above old max");
     // Acking a migrated message turns it into a receipt with a fresh seq;
     // acking a migrated receipt deletes it.
-    let out = store.ack(BOB, vec![1], 2000, 900_000).await.unwrap();
+    let out = store
+        .ack(BOB, vec![Seq(1)], UnixMillis(2000), UnixMillis(900_000))
+        .await
+        .unwrap();
     assert_eq!(out.messages, 1);
     assert_eq!(out.receipts.len(), 1);
     let receipt = &out.receipts[0];
     assert_eq!(receipt.owner, ALICE);
-    assert!(receipt.seq > seq);
+    assert!(receipt.seq.0 > seq);
     assert_eq!(&receipt.message_id[..], &[1u8; 16]);
-    let gone = store.ack(ALICE, vec![2], 2000, 900_000).await.unwrap();
+    let gone = store
+        .ack(ALICE, vec![Seq(2)], UnixMillis(2000), UnixMillis(900_000))
+        .await
+        .unwrap();
     assert_eq!((gone.messages, gone.notices), (0, 1));
-    let alice = store.fetch_mailbox(ALICE, 0, 100).await.unwrap();
+    let alice = store.fetch_mailbox(ALICE, Seq::ZERO, 100).await.unwrap();
     let got: Vec<(u64, ItemKind, &str)> = alice
         .iter()
-        .map(|i| (i.seq, i.kind, i.peer_handle.as_str()))
+        .map(|i| (i.seq.0, i.kind, i.peer_handle.as_str()))
         .collect();
     assert_eq!(
         got,
         vec![
             (7, ItemKind::Receipt, "bob"),
             (seq, ItemKind::Message, "carol"),
-            (receipt.seq, ItemKind::Receipt, "bob"),
+            (receipt.seq.0, ItemKind::Receipt, "bob"),
         ]
     );
-    assert_eq!(alice[2].at_ms, 2000);
+    assert_eq!(alice[2].at.0, 2000);
     assert_eq!(store.mailbox_len(BOB).await.unwrap(), BOB_PENDING - 1);
     store.close();
 }
@@ -405,7 +411,7 @@ async fn schema1_migration_restores_pending_counts_and_dedup_log() {
     assert_eq!(
         store.send(msg(ALICE, "bob", 1, 1003, 1000)).await.unwrap(),
         SendOutcome::Duplicate {
-            accepted_at_ms: 100
+            accepted_at: UnixMillis(100)
         }
     );
     store.close();
@@ -424,11 +430,11 @@ async fn schema1_migration_is_idempotent_across_reopens() {
     for round in 0..2 {
         let store = SqliteStore::open(dir.path()).unwrap();
         // The migrated items are still there, once, next to the new one.
-        let bob = store.fetch_mailbox(BOB, 0, 100).await.unwrap();
+        let bob = store.fetch_mailbox(BOB, Seq::ZERO, 100).await.unwrap();
         assert_eq!(bob.len(), 4 + round, "round {round}");
         assert_eq!(flatten(&bob[..4]), expected_items(BOB), "round {round}");
-        let alice = store.fetch_mailbox(ALICE, 0, 100).await.unwrap();
-        let seqs: Vec<u64> = alice.iter().map(|i| i.seq).collect();
+        let alice = store.fetch_mailbox(ALICE, Seq::ZERO, 100).await.unwrap();
+        let seqs: Vec<u64> = alice.iter().map(|i| i.seq.0).collect();
         assert_eq!(seqs, vec![2, 7, first_new], "round {round}");
         assert_eq!(store.mailbox_len(CAROL).await.unwrap(), 1, "round {round}");
         // Pending counts are still right: bob takes one more then is full.
@@ -471,7 +477,7 @@ async fn create_invite_migrates_a_schema1_directory() {
             signature: vec![4; 64],
             invite: Some(token),
             invite_required: true,
-            now_ms: 5000,
+            now: UnixMillis(5000),
         })
         .await
         .unwrap();

@@ -11,7 +11,7 @@
 
 use super::{Context, Refusal, Reply, Request, Runs};
 use crate::session::Window;
-use crate::{duration_ms, now_ms};
+use crate::store::{Seq, UnixMillis};
 use ponte_wire::messages::{self, ErrorCode};
 
 /// Most seqs in one Ack.
@@ -24,25 +24,25 @@ impl Request for messages::Ack {
         if self.seqs.len() > MAX_ACK_SEQS {
             return false;
         }
-        self.seqs.retain(|s| window.settle(*s));
+        self.seqs.retain(|s| window.settle(Seq(*s)));
         true
     }
 
     async fn run(self, cx: Context) -> Result<Reply, Refusal> {
-        let seqs = self.seqs;
-        if seqs.len() > MAX_ACK_SEQS {
+        if self.seqs.len() > MAX_ACK_SEQS {
             return Err(Refusal::new(
                 ErrorCode::InvalidArgument,
                 "too many seqs in one ack",
             ));
         }
-        if seqs.is_empty() {
+        if self.seqs.is_empty() {
             return Ok(Reply::Silent);
         }
+        let seqs: Vec<Seq> = self.seqs.into_iter().map(Seq).collect();
         let info = cx.account()?;
         let shared = &cx.shared;
-        let now = now_ms();
-        let expires = now.saturating_add(duration_ms(shared.cfg.notice_retention));
+        let now = UnixMillis::now();
+        let expires = now.plus(shared.cfg.notice_retention);
         match shared.store.ack(info.id, seqs, now, expires).await {
             Ok(out) => {
                 shared.metrics.messages_acked.inc_by(out.messages);

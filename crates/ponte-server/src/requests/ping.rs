@@ -1,7 +1,7 @@
 //! `Ping`: answered with `Pong` and the server's clock, logged in or not.
 
 use super::{Context, Refusal, Reply, Request, Runs};
-use crate::now_ms;
+use crate::store::UnixMillis;
 use ponte_wire::messages::{self, server_frame};
 
 impl Request for messages::Ping {
@@ -11,7 +11,7 @@ impl Request for messages::Ping {
     async fn run(self, _cx: Context) -> Result<Reply, Refusal> {
         Ok(Reply::Answer(server_frame::Body::Pong(messages::Pong {
             nonce: self.nonce,
-            server_time_ms: u64::try_from(now_ms()).unwrap_or(0),
+            server_time_ms: UnixMillis::now().to_wire(),
         })))
     }
 }

@@ -4,8 +4,7 @@
 //! is logged in at once.
 
 use super::{arr, verify, Context, Online, Refusal, Reply, Request, Runs};
-use crate::now_ms;
-use crate::store::{AccountInfo, NewAccount, RegisterOutcome};
+use crate::store::{AccountInfo, NewAccount, RegisterOutcome, UnixMillis};
 use ponte_wire::messages::{self, server_frame, ErrorCode};
 use std::time::Instant;
 
@@ -78,7 +77,7 @@ impl Request for messages::Register {
                 signature: r.signature.to_vec(),
                 invite: (!r.invite.is_empty()).then(|| r.invite.clone()),
                 invite_required: shared.cfg.invite_only,
-                now_ms: now_ms(),
+                now: UnixMillis::now(),
             })
             .await;
         let (code, detail) = match outcome {

@@ -4,8 +4,7 @@
 //! connection (through the registry, its sink) before the answer.
 
 use super::{arr, Context, Refusal, Reply, Request, Runs};
-use crate::store::{NewMessage, SendOutcome};
-use crate::{duration_ms, now_ms};
+use crate::store::{NewMessage, SendOutcome, UnixMillis};
 use ponte_wire::messages::{self, server_frame, ErrorCode};
 
 impl Request for messages::SendMessage {
@@ -36,31 +35,31 @@ impl Request for messages::SendMessage {
                 Refusal::new(ErrorCode::UnknownRecipient, "no such recipient").about(id_bytes),
             );
         }
-        let now = now_ms();
+        let now = UnixMillis::now();
         let msg = NewMessage {
             sender: info.id,
             message_id,
             recipient: s.recipient,
             body: s.body,
-            now_ms: now,
-            expires_at_ms: now.saturating_add(duration_ms(shared.cfg.retention)),
+            now,
+            expires_at: now.plus(shared.cfg.retention),
             max_pending: shared.cfg.max_pending_per_mailbox,
         };
-        let ack = |accepted_at_ms: i64, duplicate: bool| {
+        let ack = |accepted_at: UnixMillis, duplicate: bool| {
             Reply::Answer(server_frame::Body::SendAck(messages::SendAck {
                 message_id: id_bytes.clone(),
-                accepted_at_ms: u64::try_from(accepted_at_ms).unwrap_or(0),
+                accepted_at_ms: accepted_at.to_wire(),
                 duplicate,
             }))
         };
         match shared.store.send(msg).await {
-            Ok(SendOutcome::Accepted { accepted_at_ms, .. }) => {
+            Ok(SendOutcome::Accepted { accepted_at, .. }) => {
                 shared.metrics.messages_accepted.inc();
-                Ok(ack(accepted_at_ms, false))
+                Ok(ack(accepted_at, false))
             }
-            Ok(SendOutcome::Duplicate { accepted_at_ms }) => {
+            Ok(SendOutcome::Duplicate { accepted_at }) => {
                 shared.metrics.messages_duplicate.inc();
-                Ok(ack(accepted_at_ms, true))
+                Ok(ack(accepted_at, true))
             }
             Ok(SendOutcome::UnknownRecipient) => {
                 Err(Refusal::new(ErrorCode::UnknownRecipient, "no such recipient").about(id_bytes))

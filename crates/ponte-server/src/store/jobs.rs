@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -35,17 +36,17 @@ pub(super) enum Job {
     Send(NewMessage, Reply<SendOutcome>),
     Ack {
         account: AccountId,
-        seqs: Vec<u64>,
-        now_ms: i64,
-        notice_expires_at_ms: i64,
+        seqs: Vec<Seq>,
+        now: UnixMillis,
+        notice_expires_at: UnixMillis,
         reply: Reply<AckOutcome>,
     },
     Expire {
-        now_ms: i64,
-        retention_ms: i64,
-        notice_ttl_ms: i64,
+        now: UnixMillis,
+        retention: Duration,
+        notice_ttl: Duration,
         /// Notices a reader found past their deadline: `(owner, seq)`.
-        stale_notices: Vec<(AccountId, i64)>,
+        stale_notices: Vec<(AccountId, Seq)>,
         reply: Reply<ExpireOutcome>,
     },
 }
@@ -165,38 +166,22 @@ pub(super) fn run_job(
         Job::Ack {
             account,
             seqs,
-            now_ms,
-            notice_expires_at_ms,
+            now,
+            notice_expires_at,
             reply,
         } => direct(
             reply,
-            do_ack(
-                c,
-                st,
-                account,
-                &seqs,
-                now_ms,
-                notice_expires_at_ms,
-                handover,
-            ),
+            do_ack(c, st, account, &seqs, now, notice_expires_at, handover),
         ),
         Job::Expire {
-            now_ms,
-            retention_ms,
-            notice_ttl_ms,
+            now,
+            retention,
+            notice_ttl,
             stale_notices,
             reply,
         } => direct(
             reply,
-            do_expire(
-                c,
-                st,
-                now_ms,
-                retention_ms,
-                notice_ttl_ms,
-                &stale_notices,
-                handover,
-            ),
+            do_expire(c, st, now, retention, notice_ttl, &stale_notices, handover),
         ),
     }
 }
@@ -238,7 +223,7 @@ fn do_register(c: &Connection, a: &NewAccount) -> Result<(RegisterOutcome, bool)
             &a.curve25519[..],
             &a.ed25519[..],
             a.signature,
-            a.now_ms
+            a.now
         ],
     )?;
     Ok((RegisterOutcome::Created(c.last_insert_rowid()), true))
@@ -331,9 +316,9 @@ fn do_claim(c: &Connection, handle: &str) -> Result<(ClaimOutcome, bool), rusqli
 }
 
 /// The dedup log's accept time of `(sender, message_id)`, if it was seen.
-fn seen(c: &Connection, m: &NewMessage) -> Result<Option<i64>, rusqlite::Error> {
+fn seen(c: &Connection, m: &NewMessage) -> Result<Option<UnixMillis>, rusqlite::Error> {
     c.prepare_cached("SELECT accepted_at FROM sent WHERE sender = ?1 AND message_id = ?2")?
-        .query_row(params![m.sender, &m.message_id[..]], |r| r.get::<_, i64>(0))
+        .query_row(params![m.sender, &m.message_id[..]], |r| r.get(0))
         .optional()
 }
 
@@ -359,7 +344,7 @@ fn do_send(
     // the mailbox filled up since.
     if let Some(refused) = refused {
         return Ok(match seen(c, m)? {
-            Some(accepted_at_ms) => SendOutcome::Duplicate { accepted_at_ms },
+            Some(accepted_at) => SendOutcome::Duplicate { accepted_at },
             None => refused,
         });
     }
@@ -371,10 +356,10 @@ fn do_send(
             "INSERT INTO sent (sender, message_id, accepted_at) VALUES (?1, ?2, ?3)
              ON CONFLICT DO NOTHING",
         )?
-        .execute(params![m.sender, &m.message_id[..], m.now_ms])?;
+        .execute(params![m.sender, &m.message_id[..], m.now])?;
     if fresh == 0 {
-        let accepted_at_ms = seen(c, m)?.unwrap_or(m.now_ms);
-        return Ok(SendOutcome::Duplicate { accepted_at_ms });
+        let accepted_at = seen(c, m)?.unwrap_or(m.now);
+        return Ok(SendOutcome::Duplicate { accepted_at });
     }
     let seq = st.alloc_seq(c)?;
     c.prepare_cached(
@@ -387,11 +372,10 @@ fn do_send(
         m.sender,
         &m.message_id[..],
         &m.body[..],
-        m.now_ms,
-        m.expires_at_ms
+        m.now,
+        m.expires_at
     ])?;
     st.add_pending(recipient);
-    let seq = u64::try_from(seq).unwrap_or(0);
     // A sender without an account row is not read back either (reads join
     // on it): nothing to hand over.
     if let Some(sender) = handle_of(c, m.sender)? {
@@ -402,7 +386,7 @@ fn do_send(
                 kind: ItemKind::Message,
                 message_id: Bytes::copy_from_slice(&m.message_id),
                 body: m.body.clone(),
-                at_ms: m.now_ms,
+                at: m.now,
                 peer_handle: sender,
             },
         });
@@ -410,7 +394,7 @@ fn do_send(
     Ok(SendOutcome::Accepted {
         recipient,
         seq,
-        accepted_at_ms: m.now_ms,
+        accepted_at: m.now,
     })
 }
 
@@ -430,9 +414,9 @@ fn insert_notice(
     kind: ItemKind,
     peer: AccountId,
     message_id: &[u8],
-    now_ms: i64,
-    expires_at_ms: i64,
-) -> Result<i64, rusqlite::Error> {
+    now: UnixMillis,
+    expires_at: UnixMillis,
+) -> Result<Seq, rusqlite::Error> {
     let seq = st.alloc_seq(c)?;
     c.prepare_cached(
         "INSERT INTO notices (owner, seq, kind, peer, message_id, at, expires_at)
@@ -444,8 +428,8 @@ fn insert_notice(
         kind.code(),
         peer,
         message_id,
-        now_ms,
-        expires_at_ms
+        now,
+        expires_at
     ])?;
     Ok(seq)
 }
@@ -456,18 +440,15 @@ fn do_ack(
     c: &Connection,
     st: &mut WriterState,
     account: AccountId,
-    seqs: &[u64],
-    now_ms: i64,
-    notice_expires_at_ms: i64,
+    seqs: &[Seq],
+    now: UnixMillis,
+    notice_expires_at: UnixMillis,
     handover: &mut Vec<Committed>,
 ) -> Result<AckOutcome, rusqlite::Error> {
     let mut out = AckOutcome::default();
     // The acknowledging account's handle, looked up at its first message.
     let mut me: Option<Option<String>> = None;
     for &seq in seqs {
-        let Ok(seq) = i64::try_from(seq) else {
-            continue;
-        };
         let message = c
             .prepare_cached(
                 "DELETE FROM mailbox WHERE owner = ?1 AND seq = ?2 RETURNING peer, message_id",
@@ -490,15 +471,15 @@ fn do_ack(
             ItemKind::Receipt,
             account,
             &message_id,
-            now_ms,
-            notice_expires_at_ms,
+            now,
+            notice_expires_at,
         )?;
         out.messages += 1;
         let receipt = StoredReceipt {
             owner: peer,
-            seq: u64::try_from(receipt_seq).unwrap_or(0),
+            seq: receipt_seq,
             message_id: Bytes::from(message_id),
-            at_ms: now_ms,
+            at: now,
         };
         let me = match &me {
             Some(me) => me,
@@ -512,7 +493,7 @@ fn do_ack(
                     kind: ItemKind::Receipt,
                     message_id: receipt.message_id.clone(),
                     body: Bytes::new(),
-                    at_ms: now_ms,
+                    at: now,
                     peer_handle: me.clone(),
                 },
             });
@@ -525,19 +506,19 @@ fn do_ack(
 fn do_expire(
     c: &Connection,
     st: &mut WriterState,
-    now_ms: i64,
-    retention_ms: i64,
-    notice_ttl_ms: i64,
-    stale_notices: &[(AccountId, i64)],
+    now: UnixMillis,
+    retention: Duration,
+    notice_ttl: Duration,
+    stale_notices: &[(AccountId, Seq)],
     handover: &mut Vec<Committed>,
 ) -> Result<ExpireOutcome, rusqlite::Error> {
     let mut out = ExpireOutcome::default();
-    let rows: Vec<(i64, i64, i64, Vec<u8>)> = {
+    let rows: Vec<(AccountId, Seq, AccountId, Vec<u8>)> = {
         let mut stmt = c.prepare_cached(
             "SELECT owner, seq, peer, message_id FROM mailbox
              WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
         )?;
-        let it = stmt.query_map(params![now_ms, EXPIRE_BATCH], |r| {
+        let it = stmt.query_map(params![now, EXPIRE_BATCH], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
         it.collect::<Result<_, _>>()?
@@ -554,8 +535,8 @@ fn do_expire(
             ItemKind::Expired,
             owner,
             &message_id,
-            now_ms,
-            now_ms.saturating_add(notice_ttl_ms),
+            now,
+            now.plus(notice_ttl),
         )?;
         out.expired_messages += 1;
         if !out.notify.contains(&peer) {
@@ -570,9 +551,9 @@ fn do_expire(
             .prepare_cached(
                 "DELETE FROM notices WHERE owner = ?1 AND seq = ?2 AND expires_at <= ?3",
             )?
-            .execute(params![owner, seq, now_ms])? as u64;
+            .execute(params![owner, seq, now])? as u64;
     }
     c.prepare_cached("DELETE FROM sent WHERE accepted_at < ?1")?
-        .execute([now_ms.saturating_sub(retention_ms)])?;
+        .execute([now.minus(retention)])?;
     Ok(out)
 }

@@ -213,13 +213,13 @@ pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(3);
 
 /// Creates a random one-use invite token and stores it (works while a server
 /// runs on the same data directory: SQLite serialises the writers).
-pub fn create_invite(data_dir: &Path, now_ms: i64) -> Result<String, StoreError> {
+pub fn create_invite(data_dir: &Path, now: UnixMillis) -> Result<String, StoreError> {
     let token = new_invite_token();
     let mut conn = open_conn(&data_dir.join(DB_FILE), false)?;
     init_schema(&mut conn)?;
     conn.execute(
         "INSERT INTO invites (token_hash, created_at) VALUES (?1, ?2)",
-        params![&invite_hash(&token)[..], now_ms],
+        params![&invite_hash(&token)[..], now],
     )?;
     Ok(token)
 }
@@ -358,24 +358,24 @@ impl Store for SqliteStore {
     fn ack(
         &self,
         account: AccountId,
-        seqs: Vec<u64>,
-        now_ms: i64,
-        notice_expires_at_ms: i64,
+        seqs: Vec<Seq>,
+        now: UnixMillis,
+        notice_expires_at: UnixMillis,
     ) -> StoreFuture<'_, AckOutcome> {
         Box::pin(self.submit(move |reply| Job::Ack {
             account,
             seqs,
-            now_ms,
-            notice_expires_at_ms,
+            now,
+            notice_expires_at,
             reply,
         }))
     }
 
     fn expire(
         &self,
-        now_ms: i64,
-        retention_ms: i64,
-        notice_ttl_ms: i64,
+        now: UnixMillis,
+        retention: Duration,
+        notice_ttl: Duration,
     ) -> StoreFuture<'_, ExpireOutcome> {
         Box::pin(async move {
             // Notices have no expiry index (they are written and deleted
@@ -383,12 +383,12 @@ impl Store for SqliteStore {
             // a reader scans for stale ones off the writer thread, and the
             // writer deletes them.
             let stale_notices = self
-                .read(move |c| read::stale_notices(c, now_ms, jobs::EXPIRE_BATCH))
+                .read(move |c| read::stale_notices(c, now, jobs::EXPIRE_BATCH))
                 .await?;
             self.submit(move |reply| Job::Expire {
-                now_ms,
-                retention_ms,
-                notice_ttl_ms,
+                now,
+                retention,
+                notice_ttl,
                 stale_notices,
                 reply,
             })
@@ -415,10 +415,10 @@ impl Store for SqliteStore {
     fn fetch_mailbox(
         &self,
         owner: AccountId,
-        after_seq: u64,
+        after: Seq,
         limit: usize,
     ) -> StoreFuture<'_, Vec<MailItem>> {
-        Box::pin(self.read(move |c| read::fetch_mailbox(c, owner, after_seq, limit)))
+        Box::pin(self.read(move |c| read::fetch_mailbox(c, owner, after, limit)))
     }
 
     fn stats(&self) -> &StoreStats {

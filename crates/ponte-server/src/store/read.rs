@@ -80,7 +80,7 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(c)
 }
 
-/// Messages and notices of `owner` after `after_seq`, merged in seq order.
+/// Messages and notices of `owner` after `after`, merged in seq order.
 ///
 /// Both tables are read in one transaction, so from one snapshot. A
 /// connection pushes what this returns and then skips anything handed over
@@ -91,10 +91,9 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
 pub(super) fn fetch_mailbox(
     c: &Connection,
     owner: AccountId,
-    after_seq: u64,
+    after: Seq,
     limit: usize,
 ) -> Result<Vec<MailItem>, rusqlite::Error> {
-    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
     let lim = i64::try_from(limit).unwrap_or(i64::MAX);
     // Read-only: ends with a rollback when dropped.
     let snapshot = c.unchecked_transaction()?;
@@ -108,11 +107,11 @@ pub(super) fn fetch_mailbox(
         )?;
         let rows = stmt.query_map(params![owner, after, lim], |r| {
             Ok(MailItem {
-                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                seq: r.get(0)?,
                 kind: ItemKind::Message,
                 message_id: Bytes::from(r.get::<_, Vec<u8>>(1)?),
                 body: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                at_ms: r.get(3)?,
+                at: r.get(3)?,
                 peer_handle: r.get(4)?,
             })
         })?;
@@ -128,10 +127,10 @@ pub(super) fn fetch_mailbox(
         )?;
         let rows = stmt.query_map(params![owner, after, lim], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
+                r.get::<_, Seq>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, i64>(3)?,
+                r.get::<_, UnixMillis>(3)?,
                 r.get::<_, String>(4)?,
             ))
         })?;
@@ -141,11 +140,11 @@ pub(super) fn fetch_mailbox(
                 continue;
             };
             out.push(MailItem {
-                seq: u64::try_from(seq).unwrap_or(0),
+                seq,
                 kind,
                 message_id: Bytes::from(id),
                 body: Bytes::new(),
-                at_ms: at,
+                at,
                 peer_handle: peer,
             });
         }
@@ -211,13 +210,11 @@ pub(super) fn key_counts(c: &Connection, account: AccountId) -> Result<KeyCounts
 /// Up to `limit` notices past their deadline at `now_ms`: `(owner, seq)`.
 pub(super) fn stale_notices(
     c: &Connection,
-    now_ms: i64,
+    now: UnixMillis,
     limit: i64,
-) -> Result<Vec<(AccountId, i64)>, rusqlite::Error> {
+) -> Result<Vec<(AccountId, Seq)>, rusqlite::Error> {
     let mut stmt =
         c.prepare_cached("SELECT owner, seq FROM notices WHERE expires_at <= ?1 LIMIT ?2")?;
-    let rows = stmt.query_map(params![now_ms, limit], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-    })?;
+    let rows = stmt.query_map(params![now, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
 }

@@ -5,8 +5,13 @@
 //! base tables ([`BASE`], version 2) and then every migration after it; an
 //! older one gets the migrations past its version, all in one transaction.
 //! A new table joins as a new entry of [`MIGRATIONS`].
+//!
+//! Seqs and times are stored as SQLite integers (signed: seqs stay far below
+//! 2^63, and a seq read back negative would be a corrupt row, read as 0).
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use super::types::{Seq, UnixMillis};
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, Transaction, TransactionBehavior};
 use std::path::Path;
 use std::time::Duration;
 
@@ -190,4 +195,28 @@ pub(super) fn open_conn(path: &Path, read_only: bool) -> Result<Connection, rusq
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
+}
+
+impl ToSql for Seq {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(i64::try_from(self.0).unwrap_or(i64::MAX)))
+    }
+}
+
+impl FromSql for Seq {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        i64::column_result(value).map(|v| Seq(u64::try_from(v).unwrap_or(0)))
+    }
+}
+
+impl ToSql for UnixMillis {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0))
+    }
+}
+
+impl FromSql for UnixMillis {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        i64::column_result(value).map(UnixMillis)
+    }
 }

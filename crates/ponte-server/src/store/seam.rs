@@ -21,6 +21,7 @@ use super::types::*;
 use super::{StoreError, StoreStats};
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 /// What a store call returns: boxed, so that the server can hold any
 /// backend as a `dyn Store`.
@@ -52,25 +53,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Acknowledges mailbox items of `account` (unknown seqs are ignored);
     /// each acknowledged message becomes a delivery receipt for its sender,
-    /// kept until `notice_expires_at_ms`.
+    /// kept until `notice_expires_at`.
     fn ack(
         &self,
         account: AccountId,
-        seqs: Vec<u64>,
-        now_ms: i64,
-        notice_expires_at_ms: i64,
+        seqs: Vec<Seq>,
+        now: UnixMillis,
+        notice_expires_at: UnixMillis,
     ) -> StoreFuture<'_, AckOutcome>;
 
     /// Expires items past their deadline: messages become expired notices
-    /// for their senders (kept `notice_ttl_ms`), whose owners are woken;
+    /// for their senders (kept `notice_ttl`), whose owners are woken;
     /// uncollected notices are dropped, and the dedup log forgets ids older
-    /// than `retention_ms`. Handles a bounded batch: run again while the
+    /// than `retention`. Handles a bounded batch: run again while the
     /// outcome says `more`.
     fn expire(
         &self,
-        now_ms: i64,
-        retention_ms: i64,
-        notice_ttl_ms: i64,
+        now: UnixMillis,
+        retention: Duration,
+        notice_ttl: Duration,
     ) -> StoreFuture<'_, ExpireOutcome>;
 
     /// The account of a device key with its key counts and waiting items:
@@ -87,12 +88,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `account`.
     fn mailbox_len(&self, account: AccountId) -> StoreFuture<'_, u32>;
 
-    /// Up to `limit` mailbox items of `owner` after `after_seq`, in seq
-    /// order, from one snapshot.
+    /// Up to `limit` mailbox items of `owner` after `after`, in seq order,
+    /// from one snapshot.
     fn fetch_mailbox(
         &self,
         owner: AccountId,
-        after_seq: u64,
+        after: Seq,
         limit: usize,
     ) -> StoreFuture<'_, Vec<MailItem>>;
 

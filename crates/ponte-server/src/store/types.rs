@@ -2,9 +2,61 @@
 //! the outcome of every job.
 
 use bytes::Bytes;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Row id of an account.
 pub type AccountId = i64;
+
+/// A mailbox item's sequence number: one sequence for every kind of item
+/// and every mailbox, handed out in commit order and never reused; the key
+/// of an ack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    /// Below every item: a mailbox read from the start is one after it.
+    pub const ZERO: Seq = Seq(0);
+}
+
+impl std::fmt::Display for Seq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A point in time: milliseconds since the Unix epoch, as stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub i64);
+
+impl UnixMillis {
+    /// Now, by the system clock.
+    pub fn now() -> Self {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        UnixMillis(ms)
+    }
+
+    /// `d` later (saturating).
+    pub fn plus(self, d: Duration) -> Self {
+        UnixMillis(self.0.saturating_add(millis(d)))
+    }
+
+    /// `d` earlier (saturating).
+    pub fn minus(self, d: Duration) -> Self {
+        UnixMillis(self.0.saturating_sub(millis(d)))
+    }
+
+    /// As the protocol carries it (unsigned; a time before the epoch is 0).
+    pub fn to_wire(self) -> u64 {
+        u64::try_from(self.0).unwrap_or(0)
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// Kinds of mailbox items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +144,8 @@ pub struct NewAccount {
     pub invite: Option<String>,
     /// Whether an invite is required.
     pub invite_required: bool,
-    /// Now, ms since the epoch.
-    pub now_ms: i64,
+    /// Now.
+    pub now: UnixMillis,
 }
 
 /// Result of a registration.
@@ -164,10 +216,10 @@ pub struct NewMessage {
     pub recipient: String,
     /// Ciphertext.
     pub body: Bytes,
-    /// Now, ms.
-    pub now_ms: i64,
-    /// When it expires, ms.
-    pub expires_at_ms: i64,
+    /// Now.
+    pub now: UnixMillis,
+    /// When it expires.
+    pub expires_at: UnixMillis,
     /// Mailbox limit.
     pub max_pending: u32,
 }
@@ -180,14 +232,14 @@ pub enum SendOutcome {
         /// Recipient account.
         recipient: AccountId,
         /// Mailbox seq.
-        seq: u64,
-        /// Accept time, ms.
-        accepted_at_ms: i64,
+        seq: Seq,
+        /// Accept time.
+        accepted_at: UnixMillis,
     },
     /// Same sender and message id seen before: not stored again.
     Duplicate {
-        /// First accept time, ms.
-        accepted_at_ms: i64,
+        /// First accept time.
+        accepted_at: UnixMillis,
     },
     /// No such handle.
     UnknownRecipient,
@@ -202,11 +254,11 @@ pub struct StoredReceipt {
     /// The original sender, who gets the receipt.
     pub owner: AccountId,
     /// The receipt's seq in the owner's mailbox.
-    pub seq: u64,
+    pub seq: Seq,
     /// The delivered message's id.
     pub message_id: Bytes,
-    /// Delivery time, ms.
-    pub at_ms: i64,
+    /// Delivery time.
+    pub at: UnixMillis,
 }
 
 /// What an acknowledgement did.
@@ -250,15 +302,15 @@ pub struct ExpireOutcome {
 #[derive(Debug, Clone)]
 pub struct MailItem {
     /// Sequence number (the ack key).
-    pub seq: u64,
+    pub seq: Seq,
     /// Kind.
     pub kind: ItemKind,
     /// Message id.
     pub message_id: Bytes,
     /// Body (messages only).
     pub body: Bytes,
-    /// Accepted / delivered / expired time, ms.
-    pub at_ms: i64,
+    /// Accepted / delivered / expired time.
+    pub at: UnixMillis,
     /// The other party's handle.
     pub peer_handle: String,
 }

@@ -77,7 +77,7 @@ impl WriterState {
     }
 
     /// Hands out a seq, reserving a new range in `meta` when needed.
-    pub(super) fn alloc_seq(&mut self, c: &Connection) -> Result<i64, rusqlite::Error> {
+    pub(super) fn alloc_seq(&mut self, c: &Connection) -> Result<Seq, rusqlite::Error> {
         if self.next_seq >= self.reserved {
             let upto = self.next_seq.saturating_add(SEQ_RESERVE);
             c.prepare_cached(
@@ -88,7 +88,7 @@ impl WriterState {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        Ok(seq)
+        Ok(Seq(u64::try_from(seq).unwrap_or(0)))
     }
 
     pub(super) fn pending(&self, account: AccountId) -> u32 {

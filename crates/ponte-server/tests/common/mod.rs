@@ -305,7 +305,7 @@ pub async fn store_account(
             signature: vec![n; 64],
             invite: None,
             invite_required: false,
-            now_ms: 1,
+            now: at(1),
         })
         .await
         .unwrap()
@@ -387,4 +387,14 @@ pub const SQLITE_UNSPACED: Backend = Backend {
 /// A sink that drops everything.
 pub fn no_sink() -> Arc<dyn Sink> {
     Arc::new(())
+}
+
+/// A point in time, `ms` milliseconds after the epoch.
+pub fn at(ms: i64) -> ponte_server::store::UnixMillis {
+    ponte_server::store::UnixMillis(ms)
+}
+
+/// A span of `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
 }

@@ -18,7 +18,7 @@
 //! - [`config`]: every limit and timeout, typed.
 //! - [`keyfile`]: the server's Noise static key and the record of its
 //!   printed address in the data directory.
-//! - `admin`, [`metrics`]: `/metrics` and `/healthz` on a loopback port.
+//! - `admin`, `metrics`: `/metrics` and `/healthz` on a loopback port.
 //!
 //! The wire protocol is described in `docs/PROTOCOL.md`.
 
@@ -30,7 +30,7 @@ pub mod config;
 mod connection;
 mod frames;
 pub mod keyfile;
-pub mod metrics;
+mod metrics;
 mod outbox;
 mod prelogin;
 mod ratelimit;

@@ -227,19 +227,6 @@ async fn proxy_header_before_noise_is_accepted() {
     server.stop().await;
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn admin_serves_metrics_and_health() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,25 +10,11 @@
 
 mod common;
 
-use common::{at, ms, no_sink, store_account, Backend, Recorder};
+use common::{accepted_seq, at, ms, msg, msg_max, no_sink, store_account, Backend, Recorder};
 
-use bytes::Bytes;
 use ponte_server::store::{
-    AccountId, Committed, ItemKind, MailItem, NewMessage, SendOutcome, Seq, SqliteStore, Store,
-    StoreOptions,
+    AccountId, Committed, ItemKind, MailItem, SendOutcome, Seq, SqliteStore, Store, StoreOptions,
 };
-
-fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, expires_at_ms: i64) -> NewMessage {
-    NewMessage {
-        sender,
-        message_id: [id; 16],
-        recipient: to.into(),
-        body: Bytes::from_static(b"body"),
-        now: at(now_ms),
-        expires_at: at(expires_at_ms),
-        max_pending: 1000,
-    }
-}
 
 async fn acks_are_scoped_and_seqs_never_reused(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
@@ -140,21 +126,6 @@ async fn expiry_makes_notices_and_drops_old_notices(b: Backend) {
         SendOutcome::Accepted { .. }
     ));
     store.close();
-}
-
-/// Like [`msg`] with a mailbox limit.
-fn msg_max(sender: AccountId, to: &str, id: u8, now_ms: i64, max_pending: u32) -> NewMessage {
-    NewMessage {
-        max_pending,
-        ..msg(sender, to, id, now_ms, now_ms + 1_000_000)
-    }
-}
-
-async fn accepted_seq(store: &dyn Store, m: NewMessage) -> Seq {
-    match store.send(m).await.unwrap() {
-        SendOutcome::Accepted { seq, .. } => seq,
-        other => panic!("not accepted: {other:?}"),
-    }
 }
 
 async fn seqs_never_reused_across_reopen(b: Backend) {

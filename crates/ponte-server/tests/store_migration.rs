@@ -1,20 +1,21 @@
 //! Upgrading a schema-1 database (one AUTOINCREMENT `mailbox` table for
 //! messages, receipts and notices; `accounts.pending`) to schema 2, built by
 //! hand in a temp dir: items, times, peers and seq order survive, pending
-//! counts are recounted, new seqs stay above every seq schema 1 handed out
-//! (the two tests of this against `sqlite_sequence` are ignored: known bug),
+//! counts are recounted, new seqs stay above every seq schema 1 handed out,
 //! and the upgrade is idempotent and also done by `create_invite`.
 #![allow(clippy::unwrap_used)]
 
-use bytes::Bytes;
+mod common;
+
+use common::{accepted_seq, msg_max};
 use ponte_server::store::{
-    AccountId, ItemKind, MailItem, NewAccount, NewMessage, RegisterOutcome, SendOutcome, Seq,
-    SqliteStore, Store, UnixMillis, DB_FILE,
+    AccountId, ItemKind, MailItem, NewAccount, RegisterOutcome, SendOutcome, Seq, SqliteStore,
+    Store, UnixMillis, DB_FILE,
 };
 use rusqlite::{params, Connection};
 use std::path::Path;
 
-/// The schema-1 definition, as the previous store wrote it.
+/// The schema-1 definition, as schema-1 servers wrote it.
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
     id INTEGER PRIMARY KEY,
@@ -261,25 +262,6 @@ fn table_names(dir: &Path) -> Vec<String> {
     names
 }
 
-fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, max_pending: u32) -> NewMessage {
-    NewMessage {
-        sender,
-        message_id: [id; 16],
-        recipient: to.into(),
-        body: Bytes::from_static(b"new"),
-        now: UnixMillis(now_ms),
-        expires_at: UnixMillis(now_ms + 1_000_000),
-        max_pending,
-    }
-}
-
-async fn accepted_seq(store: &dyn Store, m: NewMessage) -> u64 {
-    match store.send(m).await.unwrap() {
-        SendOutcome::Accepted { seq, .. } => seq.0,
-        other => panic!("not accepted: {other:?}"),
-    }
-}
-
 /// Every schema-1 item is where it was, with its kind, id, body, time, peer
 /// and seq; the schema is version 2 with the old table gone.
 async fn assert_v1_items(store: &dyn Store) {
@@ -318,7 +300,9 @@ async fn schema1_migration_new_seqs_above_old_max_and_acks_work() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
     let store = SqliteStore::open(dir.path()).unwrap();
-    let seq = accepted_seq(&store, msg(CAROL, "alice", 40, 1000, 100)).await;
+    let seq = accepted_seq(&store, msg_max(CAROL, "alice", 40, 1000, 100))
+        .await
+        .0;
     assert!(seq > V1_MAX_SEQ, "new seq {seq} not above old max");
     // Acking a migrated message turns it into a receipt with a fresh seq;
     // acking a migrated receipt deletes it.
@@ -360,7 +344,9 @@ async fn schema1_migration_new_seq_above_sqlite_sequence() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
     let store = SqliteStore::open(dir.path()).unwrap();
-    let seq = accepted_seq(&store, msg(CAROL, "alice", 40, 1000, 100)).await;
+    let seq = accepted_seq(&store, msg_max(CAROL, "alice", 40, 1000, 100))
+        .await
+        .0;
     assert!(
         seq > u64::try_from(DELETED_HIGH_SEQ).unwrap(),
         "new seq {seq} reuses a seq schema 1 handed out (high-water mark {DELETED_HIGH_SEQ})"
@@ -386,7 +372,9 @@ async fn schema1_migration_of_drained_mailbox_does_not_restart_seqs() {
         c.execute("DELETE FROM mailbox", []).unwrap();
     }
     let store = SqliteStore::open(dir.path()).unwrap();
-    let seq = accepted_seq(&store, msg(ALICE, "bob", 99, 1000, 100)).await;
+    let seq = accepted_seq(&store, msg_max(ALICE, "bob", 99, 1000, 100))
+        .await
+        .0;
     assert!(seq > 50, "new seq {seq} reuses a seq schema 1 handed out");
     store.close();
 }
@@ -398,18 +386,24 @@ async fn schema1_migration_restores_pending_counts_and_dedup_log() {
     let store = SqliteStore::open(dir.path()).unwrap();
     let max = BOB_PENDING + 1;
     // Bob has BOB_PENDING old messages: room for exactly one more.
-    accepted_seq(&store, msg(CAROL, "bob", 50, 1000, max)).await;
+    accepted_seq(&store, msg_max(CAROL, "bob", 50, 1000, max)).await;
     assert_eq!(
-        store.send(msg(CAROL, "bob", 51, 1001, max)).await.unwrap(),
+        store
+            .send(msg_max(CAROL, "bob", 51, 1001, max))
+            .await
+            .unwrap(),
         SendOutcome::MailboxFull
     );
     // Receipts and notices do not count: alice (two receipts) takes one
     // message with max_pending 1.
-    accepted_seq(&store, msg(CAROL, "alice", 52, 1002, 1)).await;
+    accepted_seq(&store, msg_max(CAROL, "alice", 52, 1002, 1)).await;
     // The dedup log came along: a retry of an old message is a duplicate
     // with its schema-1 accept time.
     assert_eq!(
-        store.send(msg(ALICE, "bob", 1, 1003, 1000)).await.unwrap(),
+        store
+            .send(msg_max(ALICE, "bob", 1, 1003, 1000))
+            .await
+            .unwrap(),
         SendOutcome::Duplicate {
             accepted_at: UnixMillis(100)
         }
@@ -424,7 +418,9 @@ async fn schema1_migration_is_idempotent_across_reopens() {
     let first_new;
     {
         let store = SqliteStore::open(dir.path()).unwrap();
-        first_new = accepted_seq(&store, msg(CAROL, "alice", 60, 1000, 100)).await;
+        first_new = accepted_seq(&store, msg_max(CAROL, "alice", 60, 1000, 100))
+            .await
+            .0;
         store.close();
     }
     for round in 0..2 {
@@ -439,11 +435,11 @@ async fn schema1_migration_is_idempotent_across_reopens() {
         assert_eq!(store.mailbox_len(CAROL).await.unwrap(), 1, "round {round}");
         // Pending counts are still right: bob takes one more then is full.
         if round == 0 {
-            accepted_seq(&store, msg(CAROL, "bob", 61, 1001, BOB_PENDING + 1)).await;
+            accepted_seq(&store, msg_max(CAROL, "bob", 61, 1001, BOB_PENDING + 1)).await;
         }
         assert_eq!(
             store
-                .send(msg(CAROL, "bob", 62, 1002, BOB_PENDING + 1))
+                .send(msg_max(CAROL, "bob", 62, 1002, BOB_PENDING + 1))
                 .await
                 .unwrap(),
             SendOutcome::MailboxFull,

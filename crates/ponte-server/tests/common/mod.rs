@@ -398,3 +398,63 @@ pub fn at(ms: i64) -> ponte_server::store::UnixMillis {
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// A message of `sender` to `to` with id `[id; 16]`, accepted at `now_ms`,
+/// expiring at `expires_at_ms`, to a mailbox of up to 1,000 messages.
+pub fn msg(
+    sender: ponte_server::store::AccountId,
+    to: &str,
+    id: u8,
+    now_ms: i64,
+    expires_at_ms: i64,
+) -> ponte_server::store::NewMessage {
+    ponte_server::store::NewMessage {
+        sender,
+        message_id: [id; 16],
+        recipient: to.into(),
+        body: Bytes::from_static(b"body"),
+        now: at(now_ms),
+        expires_at: at(expires_at_ms),
+        max_pending: 1000,
+    }
+}
+
+/// Like [`msg`], expiring 1,000 s after `now_ms`, with a mailbox limit.
+pub fn msg_max(
+    sender: ponte_server::store::AccountId,
+    to: &str,
+    id: u8,
+    now_ms: i64,
+    max_pending: u32,
+) -> ponte_server::store::NewMessage {
+    ponte_server::store::NewMessage {
+        max_pending,
+        ..msg(sender, to, id, now_ms, now_ms + 1_000_000)
+    }
+}
+
+/// Sends `m`, which must be accepted, and returns its seq.
+pub async fn accepted_seq(
+    store: &dyn Store,
+    m: ponte_server::store::NewMessage,
+) -> ponte_server::store::Seq {
+    match store.send(m).await.unwrap() {
+        ponte_server::store::SendOutcome::Accepted { seq, .. } => seq,
+        other => panic!("not accepted: {other:?}"),
+    }
+}
+
+/// The body of an HTTP/1.1 GET of `path` (headers included).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -10,11 +10,12 @@
 //! - `requests`: one module per request (register, login, send, ack, ...),
 //!   each an async fn from the request to an answer or a refusal.
 //! - `frames`: the server frames built from the store's types.
-//! - [`store`]: SQLite (WAL, flushed before every answer) behind a
-//!   group-commit writer thread, its sync and checkpoint threads, and four
-//!   reader threads.
-//! - `registry`: devices online now, and the in-memory hand-over of
-//!   committed items to them.
+//! - [`store`]: the storage seam ([`store::Store`]) and its SQLite
+//!   implementation (WAL, flushed before every answer) behind a group-commit
+//!   writer thread, its sync and checkpoint threads, and four reader threads.
+//! - `registry`: devices online now; the store's sink, which hands
+//!   committed items to them in commit order.
+//! - [`backup`]: `ponte server backup`, a consistent copy while running.
 //! - [`config`]: every limit and timeout, typed.
 //! - [`keyfile`]: the server's Noise static key and the record of its
 //!   printed address in the data directory.

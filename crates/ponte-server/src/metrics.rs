@@ -233,6 +233,29 @@ pub(crate) enum CloseCause {
 }
 
 impl CloseCause {
+    /// Every cause.
+    #[cfg(test)]
+    const ALL: [CloseCause; 18] = [
+        CloseCause::Overloaded,
+        CloseCause::PreLoginPerAddress,
+        CloseCause::HandshakeTimeout,
+        CloseCause::HandshakeEof,
+        CloseCause::HandshakeFailed,
+        CloseCause::ProxyHeaderInvalid,
+        CloseCause::ReadError,
+        CloseCause::Shutdown,
+        CloseCause::Replaced,
+        CloseCause::SlowConsumer,
+        CloseCause::ClientClosed,
+        CloseCause::ClientEofMidFrame,
+        CloseCause::FrameTooLarge,
+        CloseCause::DecryptFailed,
+        CloseCause::MalformedFrame,
+        CloseCause::WriteFailed,
+        CloseCause::Idle,
+        CloseCause::UnauthenticatedTimeout,
+    ];
+
     /// The metric label (and the close frame's detail).
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -307,5 +330,28 @@ fn code_label(code: ErrorCode) -> &'static str {
         ErrorCode::Unsupported => "unsupported",
         ErrorCode::Unavailable => "unavailable",
         ErrorCode::Internal => "internal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each cause has its own label, in the metric's snake_case, and the
+    /// label appears in `connections_closed` once counted.
+    #[test]
+    fn close_causes_have_distinct_labels() {
+        let mut labels: Vec<&str> = CloseCause::ALL.iter().map(|c| c.label()).collect();
+        assert!(labels
+            .iter()
+            .all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), CloseCause::ALL.len());
+        let m = Metrics::new();
+        m.closed(CloseCause::SlowConsumer);
+        assert!(m
+            .render()
+            .contains("ponte_server_connections_closed_total{reason=\"slow_consumer\"} 1"));
     }
 }

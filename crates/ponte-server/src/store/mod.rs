@@ -232,7 +232,7 @@ impl SqliteStore {
         Self::open_with(data_dir, StoreOptions::default(), Arc::new(()))
     }
 
-    /// Like [`Store::open`], with options, and `sink` taking every
+    /// Like [`SqliteStore::open`], with options, and `sink` taking every
     /// committed batch's items (see [`Sink`]).
     pub fn open_with(
         data_dir: &Path,

@@ -1,8 +1,12 @@
-//! Durable storage in one SQLite file (`ponte.db` in the data directory):
-//! accounts, public keys, mailboxes, the dedup log of sent message ids and
-//! invite tokens.
+//! Durable storage: accounts, public keys, mailboxes, the dedup log of sent
+//! message ids and invite tokens, behind the [`Store`] seam; SQLite (one
+//! file, `ponte.db` in the data directory) is its implementation.
 //!
-//! - [`Store`] (here): the handle, opening, options, stats and closing.
+//! - `seam`: [`Store`], the trait through which the server talks to its
+//!   store, and the guarantees every backend keeps; [`Sink`], where
+//!   committed items go.
+//! - [`SqliteStore`] (here): the SQLite backend's handle, opening, options,
+//!   stats and closing.
 //! - `types`: the domain types (accounts, keys, messages, mailbox items and
 //!   the outcome of every job).
 //! - `schema`: the tables, and the migrations from every older version.
@@ -47,7 +51,7 @@ mod seam;
 mod types;
 mod write;
 
-pub use seam::{Store, StoreFuture};
+pub use seam::{Sink, Store, StoreFuture};
 pub use types::*;
 
 use jobs::{invite_hash, new_invite_token, Job, Reply};
@@ -116,25 +120,7 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Where committed items go: the server's registry of online devices.
-///
-/// The store calls it on its sync thread with every committed batch's
-/// items ([`Committed`]), in commit order, once the batch is durable and
-/// before any job of it is answered. So a connection gets items in seq
-/// order, and an expiry's wake comes before anything committed after it.
-/// It must not block (every later answer waits for it); a panic in it is
-/// caught and logged, and costs a push, never the store.
-pub trait Sink: Send + Sync + 'static {
-    /// Takes the items of one committed batch.
-    fn committed(&self, items: Vec<Committed>);
-}
-
-/// Hands nothing over.
-impl Sink for () {
-    fn committed(&self, _items: Vec<Committed>) {}
-}
-
-/// Tuning of a [`Store`].
+/// Tuning of a [`SqliteStore`].
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct StoreOptions {

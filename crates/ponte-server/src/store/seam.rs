@@ -9,7 +9,7 @@
 //!   stored survives a crash (or with an error, having stored nothing).
 //! - **One hand-over, in commit order**: every committed item meant for a
 //!   connection (messages, receipts, and wakes for expired notices) goes to
-//!   the store's [`Sink`](super::Sink) once durable and before the write that
+//!   the store's [`Sink`] once durable and before the write that
 //!   stored it is answered, batches in commit order, so a connection gets
 //!   items in seq order. A panic in the sink is caught.
 //! - **Seqs never reused**: every mailbox item gets a seq above every seq
@@ -103,4 +103,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Finishes the queued writes and stops (blocking). Dropping the store
     /// does the same.
     fn close(&self);
+}
+
+/// Where committed items go: the server's registry of online devices.
+///
+/// The store calls it on its sync thread with every committed batch's
+/// items ([`Committed`]), in commit order, once the batch is durable and
+/// before any job of it is answered. So a connection gets items in seq
+/// order, and an expiry's wake comes before anything committed after it.
+/// It must not block (every later answer waits for it); a panic in it is
+/// caught and logged, and costs a push, never the store.
+pub trait Sink: Send + Sync + 'static {
+    /// Takes the items of one committed batch.
+    fn committed(&self, items: Vec<Committed>);
+}
+
+/// Hands nothing over.
+impl Sink for () {
+    fn committed(&self, _items: Vec<Committed>) {}
 }

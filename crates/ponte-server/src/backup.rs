@@ -51,6 +51,9 @@ pub enum BackupError {
     #[error("{} already exists and is not empty: back up into a new directory", .0.display())]
     DestinationNotEmpty(PathBuf),
     /// A file could not be read or written.
+    // The cause is part of the message and not a `source`: callers match
+    // on the text (`no such directory`), and reporters that print the
+    // chain would say it twice.
     #[error("{}: {error}", .path.display())]
     Io {
         /// The file or directory.
@@ -58,10 +61,9 @@ pub enum BackupError {
         /// Cause.
         error: std::io::Error,
     },
-    /// SQLite refused the copy. (Its text is in the message, so it is not
-    /// also a `source`: a report of the chain would say it twice.)
-    #[error("copying the database: {0}")]
-    Sqlite(rusqlite::Error),
+    /// SQLite refused the copy.
+    #[error("copying the database")]
+    Sqlite(#[source] rusqlite::Error),
     /// The copy failed its integrity check.
     #[error("the copy failed its integrity check: {0}")]
     Corrupt(String),

@@ -30,13 +30,12 @@ pub const REGISTRATION_FILE: &str = "server.registration";
 #[non_exhaustive]
 pub enum KeyFileError {
     /// Reading, creating or writing the file failed.
-    // The cause is part of the message and deliberately not a `source`:
-    // error reporters that print the chain would otherwise say it twice.
-    #[error("{path}: {error}")]
+    #[error("{path}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// Cause.
+        #[source]
         error: std::io::Error,
     },
     /// The data directory path names something that is not a directory.

@@ -3,17 +3,23 @@
 //! - [`Server`]: bind, then [`Server::run`] until a shutdown future
 //!   completes: the accept loop (a semaphore caps connections), the expiry
 //!   sweep and the admin endpoint.
-//! - `conn`: one task per connection: optional PROXY header, Noise
-//!   handshake (`ponte-transport`), then the request loop and mailbox pushes.
-//! - [`store`]: SQLite (WAL, flushed before every answer) behind a
-//!   group-commit writer thread, its sync and checkpoint threads, and four
-//!   reader threads.
-//! - `registry`: devices online now, and the in-memory hand-over of
-//!   committed items to them.
+//! - `connection`: one task per connection: optional PROXY header, Noise
+//!   handshake (`ponte-transport`), the socket and its writer task.
+//! - `session`: the request loop of a connection past its handshake:
+//!   dispatch, mailbox pushes within the delivery window, wakes.
+//! - `requests`: one module per request (register, login, send, ack, ...),
+//!   each an async fn from the request to an answer or a refusal.
+//! - `frames`: the server frames built from the store's types.
+//! - [`store`]: the storage seam ([`store::Store`]) and its SQLite
+//!   implementation (WAL, flushed before every answer) behind a group-commit
+//!   writer thread, its sync and checkpoint threads, and four reader threads.
+//! - `registry`: devices online now; the store's sink, which hands
+//!   committed items to them in commit order.
+//! - [`backup`]: `ponte server backup`, a consistent copy while running.
 //! - [`config`]: every limit and timeout, typed.
 //! - [`keyfile`]: the server's Noise static key and the record of its
 //!   printed address in the data directory.
-//! - `admin`, [`metrics`]: `/metrics` and `/healthz` on a loopback port.
+//! - `admin`, `metrics`: `/metrics` and `/healthz` on a loopback port.
 //!
 //! The wire protocol is described in `docs/PROTOCOL.md`.
 
@@ -22,13 +28,16 @@
 mod admin;
 pub mod backup;
 pub mod config;
-mod conn;
+mod connection;
+mod frames;
 pub mod keyfile;
-pub mod metrics;
+mod metrics;
 mod outbox;
 mod prelogin;
 mod ratelimit;
 mod registry;
+mod requests;
+mod session;
 pub mod store;
 
 pub use config::{RateLimit, ServerConfig};
@@ -41,8 +50,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use store::Store;
+use std::time::Duration;
+use store::{SqliteStore, Store, UnixMillis};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -60,13 +69,12 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     /// Binding a listener failed.
-    // The cause is in the message, so it is not also a `source` (reporters
-    // that print the chain would say it twice).
-    #[error("cannot listen on {addr}: {error}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Cause.
+        #[source]
         error: std::io::Error,
     },
     /// The data directory holds no database (the server never started
@@ -82,11 +90,12 @@ pub enum ServerError {
     )]
     DataDirInUse(PathBuf),
     /// The lock file could not be opened or locked.
-    #[error("cannot lock {}: {error}", .path.display())]
+    #[error("cannot lock {}", .path.display())]
     Lock {
         /// The lock file.
         path: PathBuf,
         /// Cause.
+        #[source]
         error: std::io::Error,
     },
 }
@@ -139,9 +148,9 @@ fn check_data_dir_free(dir: &Path) -> Result<(), ServerError> {
 pub(crate) struct Shared {
     pub cfg: ServerConfig,
     pub keypair: Keypair,
-    pub store: Store,
+    pub store: Box<dyn Store>,
     pub metrics: metrics::Metrics,
-    pub registry: registry::Registry,
+    pub registry: Arc<registry::Registry>,
     pub register_by_source: ratelimit::Limiter,
     pub register_by_peer: ratelimit::Limiter,
     /// Connections not logged in yet, per peer address.
@@ -152,16 +161,21 @@ pub(crate) struct Shared {
     _lock: std::fs::File,
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Displays an error with its causes, `error: cause: root cause` (for
+/// logs; errors keep their causes as `source`, not in their text).
+#[derive(Debug)]
+pub(crate) struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
-pub(crate) fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
 }
 
 /// A bound, not yet running server.
@@ -209,9 +223,12 @@ impl Server {
         };
         let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
         let lock = lock_data_dir(&cfg.data_dir)?;
-        let store = Store::open_with(
+        // The registry takes every committed item, in commit order.
+        let registry = Arc::new(registry::Registry::default());
+        let store = SqliteStore::open_with(
             &cfg.data_dir,
             store::StoreOptions::with_commit_interval(cfg.commit_interval),
+            Arc::clone(&registry) as Arc<dyn store::Sink>,
         )?;
         let mut metrics = metrics::Metrics::new();
         metrics.register_store(store.stats());
@@ -224,9 +241,9 @@ impl Server {
             ),
             cfg,
             keypair,
-            store,
+            store: Box::new(store),
             metrics,
-            registry: registry::Registry::default(),
+            registry,
             next_conn_id: AtomicU64::new(1),
             stop: CancellationToken::new(),
             _lock: lock,
@@ -297,7 +314,7 @@ impl Server {
                         match Arc::clone(&slots).try_acquire_owned() {
                             Ok(permit) => match shared.pre_login.enter(peer.ip()) {
                                 Some(slot) => {
-                                    conns.spawn(conn::handle(
+                                    conns.spawn(connection::handle(
                                         Arc::clone(&shared),
                                         sock,
                                         peer,
@@ -306,12 +323,12 @@ impl Server {
                                     ));
                                 }
                                 None => {
-                                    shared.metrics.closed("pre_login_per_address");
+                                    shared.metrics.closed(metrics::CloseCause::PreLoginPerAddress);
                                     drop(sock);
                                 }
                             },
                             Err(_) => {
-                                shared.metrics.closed("overloaded");
+                                shared.metrics.closed(metrics::CloseCause::Overloaded);
                                 drop(sock);
                             }
                         }
@@ -351,22 +368,14 @@ async fn expiry_loop(shared: Arc<Shared>) {
         }
         // Run until a sweep finds less than a full batch.
         for _ in 0..100 {
-            // The senders of new notices are woken in commit order (on the
-            // sync thread, like deliveries), not once the reply is back: by
-            // then a later item may have been pushed from memory, and the
-            // connection would read the database only past it.
-            let wake = Arc::clone(&shared);
+            // The senders of new notices are woken by the store's sink
+            // (the registry) in commit order, like deliveries.
             match shared
                 .store
-                .expire_then(
-                    now_ms(),
-                    duration_ms(shared.cfg.retention),
-                    duration_ms(shared.cfg.notice_retention),
-                    move |out| {
-                        for account in &out.notify {
-                            wake.registry.wake(*account);
-                        }
-                    },
+                .expire(
+                    UnixMillis::now(),
+                    shared.cfg.retention,
+                    shared.cfg.notice_retention,
                 )
                 .await
             {
@@ -377,7 +386,7 @@ async fn expiry_loop(shared: Arc<Shared>) {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("expiry sweep failed: {e}");
+                    tracing::warn!("expiry sweep failed: {}", Chain(&e));
                     break;
                 }
             }
@@ -449,5 +458,5 @@ pub fn create_invite(data_dir: &Path) -> Result<String, ServerError> {
     if !keyfile::dir_exists(data_dir)? || !data_dir.join(store::DB_FILE).is_file() {
         return Err(ServerError::NoDatabase(data_dir.to_owned()));
     }
-    Ok(store::create_invite(data_dir, now_ms())?)
+    Ok(store::create_invite(data_dir, UnixMillis::now())?)
 }

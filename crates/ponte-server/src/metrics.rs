@@ -1,6 +1,7 @@
 //! Server metrics (Prometheus text format on the admin port): aggregate
 //! counters only, never a handle or an address.
 
+use ponte_wire::messages::{CloseReason, ErrorCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -168,12 +169,14 @@ impl Metrics {
     }
 
     /// Counts a closed connection.
-    pub fn closed(&self, reason: &'static str) {
+    pub(crate) fn closed(&self, cause: CloseCause) {
+        let reason = cause.label();
         self.closed.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts an error response.
-    pub fn error(&self, code: &'static str) {
+    pub(crate) fn error(&self, code: ErrorCode) {
+        let code = code_label(code);
         self.errors.get_or_create(&CodeLabel { code }).inc();
     }
 
@@ -184,5 +187,171 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Why a connection ended: the `reason` label of `connections_closed`, and
+/// the close frame sent to a peer past the handshake, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseCause {
+    /// Refused at accept: `max_connections` reached.
+    Overloaded,
+    /// Refused at accept: too many connections of its address not logged in.
+    PreLoginPerAddress,
+    /// The handshake (PROXY header included) did not finish in time.
+    HandshakeTimeout,
+    /// The peer closed during the handshake.
+    HandshakeEof,
+    /// The Noise handshake failed.
+    HandshakeFailed,
+    /// A PROXY header that does not parse or is too long.
+    ProxyHeaderInvalid,
+    /// Reading the socket failed.
+    ReadError,
+    /// The server is shutting down.
+    Shutdown,
+    /// A newer connection of the same device took over.
+    Replaced,
+    /// The peer did not read its frames in time.
+    SlowConsumer,
+    /// The peer closed the connection between frames.
+    ClientClosed,
+    /// The peer closed the connection inside a frame.
+    ClientEofMidFrame,
+    /// A frame over its cap.
+    FrameTooLarge,
+    /// A frame that does not decrypt.
+    DecryptFailed,
+    /// A frame that does not decode.
+    MalformedFrame,
+    /// The writer task is gone (a write failed).
+    WriteFailed,
+    /// Logged in and silent for `idle_timeout`.
+    Idle,
+    /// Not logged in within `unauthenticated_timeout`.
+    UnauthenticatedTimeout,
+}
+
+impl CloseCause {
+    /// Every cause.
+    #[cfg(test)]
+    const ALL: [CloseCause; 18] = [
+        CloseCause::Overloaded,
+        CloseCause::PreLoginPerAddress,
+        CloseCause::HandshakeTimeout,
+        CloseCause::HandshakeEof,
+        CloseCause::HandshakeFailed,
+        CloseCause::ProxyHeaderInvalid,
+        CloseCause::ReadError,
+        CloseCause::Shutdown,
+        CloseCause::Replaced,
+        CloseCause::SlowConsumer,
+        CloseCause::ClientClosed,
+        CloseCause::ClientEofMidFrame,
+        CloseCause::FrameTooLarge,
+        CloseCause::DecryptFailed,
+        CloseCause::MalformedFrame,
+        CloseCause::WriteFailed,
+        CloseCause::Idle,
+        CloseCause::UnauthenticatedTimeout,
+    ];
+
+    /// The metric label (and the close frame's detail).
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CloseCause::Overloaded => "overloaded",
+            CloseCause::PreLoginPerAddress => "pre_login_per_address",
+            CloseCause::HandshakeTimeout => "handshake_timeout",
+            CloseCause::HandshakeEof => "handshake_eof",
+            CloseCause::HandshakeFailed => "handshake_failed",
+            CloseCause::ProxyHeaderInvalid => "proxy_header_invalid",
+            CloseCause::ReadError => "read_error",
+            CloseCause::Shutdown => "shutdown",
+            CloseCause::Replaced => "replaced",
+            CloseCause::SlowConsumer => "slow_consumer",
+            CloseCause::ClientClosed => "client_closed",
+            CloseCause::ClientEofMidFrame => "client_eof_mid_frame",
+            CloseCause::FrameTooLarge => "frame_too_large",
+            CloseCause::DecryptFailed => "decrypt_failed",
+            CloseCause::MalformedFrame => "malformed_frame",
+            CloseCause::WriteFailed => "write_failed",
+            CloseCause::Idle => "idle",
+            CloseCause::UnauthenticatedTimeout => "unauthenticated_timeout",
+        }
+    }
+
+    /// The close frame's reason, for causes that end a session whose peer
+    /// may still read (the others close the socket without a word).
+    pub(crate) fn close_frame(self) -> Option<CloseReason> {
+        match self {
+            CloseCause::Shutdown => Some(CloseReason::Shutdown),
+            CloseCause::Replaced => Some(CloseReason::Replaced),
+            CloseCause::SlowConsumer => Some(CloseReason::SlowConsumer),
+            CloseCause::FrameTooLarge => Some(CloseReason::FrameTooLarge),
+            CloseCause::MalformedFrame => Some(CloseReason::MalformedFrame),
+            CloseCause::Idle => Some(CloseReason::Idle),
+            CloseCause::UnauthenticatedTimeout => Some(CloseReason::UnauthenticatedTimeout),
+            CloseCause::Overloaded
+            | CloseCause::PreLoginPerAddress
+            | CloseCause::HandshakeTimeout
+            | CloseCause::HandshakeEof
+            | CloseCause::HandshakeFailed
+            | CloseCause::ProxyHeaderInvalid
+            | CloseCause::ReadError
+            | CloseCause::ClientClosed
+            | CloseCause::ClientEofMidFrame
+            | CloseCause::DecryptFailed
+            | CloseCause::WriteFailed => None,
+        }
+    }
+}
+
+/// The `code` label of `errors`.
+fn code_label(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::Unspecified => "unspecified",
+        ErrorCode::Malformed => "malformed",
+        ErrorCode::NotAuthenticated => "not_authenticated",
+        ErrorCode::NotRegistered => "not_registered",
+        ErrorCode::HandleTaken => "handle_taken",
+        ErrorCode::InvalidHandle => "invalid_handle",
+        ErrorCode::InviteRequired => "invite_required",
+        ErrorCode::InviteInvalid => "invite_invalid",
+        ErrorCode::RateLimited => "rate_limited",
+        ErrorCode::BadSignature => "bad_signature",
+        ErrorCode::UnknownRecipient => "unknown_recipient",
+        ErrorCode::UnknownHandle => "unknown_handle",
+        ErrorCode::NoKeys => "no_keys",
+        ErrorCode::MailboxFull => "mailbox_full",
+        ErrorCode::TooLarge => "too_large",
+        ErrorCode::InvalidArgument => "invalid_argument",
+        ErrorCode::AlreadyRegistered => "already_registered",
+        ErrorCode::LimitExceeded => "limit_exceeded",
+        ErrorCode::Unsupported => "unsupported",
+        ErrorCode::Unavailable => "unavailable",
+        ErrorCode::Internal => "internal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each cause has its own label, in the metric's snake_case, and the
+    /// label appears in `connections_closed` once counted.
+    #[test]
+    fn close_causes_have_distinct_labels() {
+        let mut labels: Vec<&str> = CloseCause::ALL.iter().map(|c| c.label()).collect();
+        assert!(labels
+            .iter()
+            .all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), CloseCause::ALL.len());
+        let m = Metrics::new();
+        m.closed(CloseCause::SlowConsumer);
+        assert!(m
+            .render()
+            .contains("ponte_server_connections_closed_total{reason=\"slow_consumer\"} 1"));
     }
 }

@@ -2,13 +2,14 @@
 //! message can be handed to the recipient's connection, and a second
 //! connection of the same device replaces (kicks) the first.
 //!
-//! Committed items go to the connection in memory (a small bounded inbox per
-//! device): the connection pushes them without reading them back from the
+//! The registry is the store's [`Sink`]: committed items go to the
+//! connection in memory (a small bounded inbox per device), in commit
+//! order, and the connection pushes them without reading them back from the
 //! database. When the inbox overflows, or an item was stored without being
 //! handed over (an expiry notice), the connection is told to read its
 //! mailbox from the database instead.
 
-use crate::store::{AccountId, MailItem};
+use crate::store::{AccountId, Committed, MailItem, Sink};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -154,20 +155,31 @@ impl Registry {
     }
 }
 
+impl Sink for Registry {
+    fn committed(&self, items: Vec<Committed>) {
+        for c in items {
+            match c {
+                Committed::Item { owner, item } => self.deliver(owner, item),
+                Committed::Wake(account) => self.wake(account),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::store::ItemKind;
+    use crate::store::{ItemKind, Seq, UnixMillis};
     use bytes::Bytes;
 
     fn item(seq: u64) -> MailItem {
         MailItem {
-            seq,
+            seq: Seq(seq),
             kind: ItemKind::Message,
             message_id: Bytes::from_static(&[0; 16]),
             body: Bytes::new(),
-            at_ms: 0,
+            at: UnixMillis(0),
             peer_handle: "alice".into(),
         }
     }
@@ -181,7 +193,7 @@ mod tests {
         reg.deliver(8, item(9)); // not online: dropped, the database has it
         let (got, read_db) = online.take(10);
         assert!(!read_db);
-        assert_eq!(got.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![3, 5]);
+        assert_eq!(got.iter().map(|i| i.seq.0).collect::<Vec<_>>(), vec![3, 5]);
         // Overflow: the held items are dropped and the database is read.
         for seq in 0..=INBOX_CAP as u64 {
             reg.deliver(7, item(100 + seq));

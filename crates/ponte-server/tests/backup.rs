@@ -11,7 +11,9 @@ use common::store_account;
 
 use bytes::Bytes;
 use ponte_server::backup::{backup, BackupError};
-use ponte_server::store::{AccountId, NewMessage, SendOutcome, Store};
+use ponte_server::store::{
+    AccountId, NewMessage, SendOutcome, Seq, SqliteStore, Store, UnixMillis,
+};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -24,14 +26,17 @@ fn msg(sender: AccountId, n: u32) -> NewMessage {
         message_id,
         recipient: "bob".into(),
         body: Bytes::from(vec![7u8; 500]),
-        now_ms: 10,
-        expires_at_ms: i64::MAX,
+        now: UnixMillis(10),
+        expires_at: UnixMillis(i64::MAX),
         max_pending: 1_000_000,
     }
 }
 
-async fn seqs(store: &Store, owner: AccountId) -> Vec<u64> {
-    let items = store.fetch_mailbox(owner, 0, 1_000_000).await.unwrap();
+async fn seqs(store: &dyn Store, owner: AccountId) -> Vec<Seq> {
+    let items = store
+        .fetch_mailbox(owner, Seq::ZERO, 1_000_000)
+        .await
+        .unwrap();
     items.iter().map(|i| i.seq).collect()
 }
 
@@ -43,9 +48,9 @@ async fn a_backup_during_writes_is_a_consistent_prefix() {
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     ponte_server::keyfile::load_or_create(&data).unwrap();
-    let store = Arc::new(Store::open(&data).unwrap());
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
+    let store = Arc::new(SqliteStore::open(&data).unwrap());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     for n in 0..BEFORE {
         store.send(msg(alice, n)).await.unwrap();
     }
@@ -83,7 +88,7 @@ async fn a_backup_during_writes_is_a_consistent_prefix() {
     };
     stop.store(true, Ordering::Relaxed);
     let sent = writer.await.unwrap();
-    let all = seqs(&store, bob).await;
+    let all = seqs(&*store, bob).await;
     assert_eq!(all.len(), sent as usize);
 
     assert_eq!(summary.accounts, 2);
@@ -99,7 +104,7 @@ async fn a_backup_during_writes_is_a_consistent_prefix() {
     );
     // The copy opens as a store of its own and holds exactly the first
     // `copied` messages: one snapshot, no gaps, nothing torn.
-    let restored = Store::open(&dest).unwrap();
+    let restored = SqliteStore::open(&dest).unwrap();
     assert_eq!(seqs(&restored, bob).await, all[..copied]);
     // Same key: clients accept the restored server.
     assert_eq!(
@@ -129,7 +134,7 @@ async fn bad_destinations_and_sources_are_refused_and_leave_nothing() {
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     ponte_server::keyfile::load_or_create(&data).unwrap();
-    drop(Store::open(&data).unwrap());
+    drop(SqliteStore::open(&data).unwrap());
 
     // A destination with a file in it.
     let full = tmp.path().join("full");

@@ -214,7 +214,7 @@ fn an_invite_needs_a_server_database() {
     assert!(matches!(e, ServerError::NoDatabase(_)), "{e}");
     assert!(!typo.join("ponte.db").exists());
     // Once the server has opened its database there, invites work.
-    drop(ponte_server::store::Store::open(&typo).unwrap());
+    drop(ponte_server::store::SqliteStore::open(&typo).unwrap());
     let token = ponte_server::create_invite(&typo).unwrap();
     assert_eq!(token.len(), 32);
 }

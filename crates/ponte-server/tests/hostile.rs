@@ -227,19 +227,6 @@ async fn proxy_header_before_noise_is_accepted() {
     server.stop().await;
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn admin_serves_metrics_and_health() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,7 +240,16 @@ async fn admin_serves_metrics_and_health() {
     let admin = server.admin.unwrap();
     let h = http_get(admin, "/healthz").await;
     assert!(h.starts_with("HTTP/1.1 200"), "{h}");
-    let m = http_get(admin, "/metrics").await;
+    // The receipt reaches alice from the commit's hand-over, before bob's
+    // connection sees its ack answered and counts it: wait for the count.
+    let mut m = http_get(admin, "/metrics").await;
+    for _ in 0..100 {
+        if m.contains("ponte_server_messages_acked_total 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = http_get(admin, "/metrics").await;
+    }
     assert!(m.contains("ponte_server_messages_accepted_total 1"), "{m}");
     assert!(m.contains("ponte_server_messages_acked_total 1"), "{m}");
     assert!(m.contains("ponte_server_registrations_total 2"), "{m}");

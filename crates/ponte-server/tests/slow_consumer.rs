@@ -10,21 +10,6 @@ use ponte_transport::{connect, ClientConfig};
 use ponte_wire::messages::{self, client_frame, server_frame, ServerFrame};
 use prost::Message as _;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Registers bob and alice, closes bob's connection and has alice leave
 /// `n` messages of `len` bytes in bob's mailbox. Returns bob's device and

@@ -1,54 +1,48 @@
-//! The storage layer alone, on a real SQLite file: acks are scoped to their
-//! owner, seqs are never reused (also across reopening), group commit
-//! answers every job, commit hooks run in seq order before the answer,
-//! expiry turns messages into notices and drops due notices, pending counts
-//! survive reopening, duplicates get their first accept time.
+//! The storage layer alone, through the storage seam (`Store`): acks are
+//! scoped to their owner, seqs are never reused (also across reopening),
+//! concurrent jobs are all answered, the sink gets committed items in seq
+//! order before the answer, expiry turns messages into notices and drops
+//! due notices, pending counts survive reopening, duplicates get their
+//! first accept time, a mailbox read is one snapshot. Each body takes a
+//! [`Backend`] and runs once per backend (the `backend_tests!` list at the
+//! end); the commit-interval tests are SQLite's own.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::store_account;
+use common::{accepted_seq, at, ms, msg, msg_max, no_sink, store_account, Backend, Recorder};
 
-use bytes::Bytes;
-use ponte_server::store::{AccountId, ItemKind, NewMessage, SendOutcome, Store};
+use ponte_server::store::{
+    AccountId, Committed, ItemKind, MailItem, SendOutcome, Seq, SqliteStore, Store, StoreOptions,
+};
 
-fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, expires_at_ms: i64) -> NewMessage {
-    NewMessage {
-        sender,
-        message_id: [id; 16],
-        recipient: to.into(),
-        body: Bytes::from_static(b"body"),
-        now_ms,
-        expires_at_ms,
-        max_pending: 1000,
-    }
-}
-
-#[tokio::test]
-async fn acks_are_scoped_and_seqs_never_reused() {
+async fn acks_are_scoped_and_seqs_never_reused(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
-    let mallory = store_account(&store, "mallory", 3).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    let mallory = store_account(&*store, "mallory", 3).await;
     let SendOutcome::Accepted { seq, .. } =
         store.send(msg(alice, "bob", 1, 10, 1000)).await.unwrap()
     else {
         panic!()
     };
     // Mallory cannot ack (delete) bob's message.
-    let out = store.ack(mallory, vec![seq], 20, 2000).await.unwrap();
+    let out = store
+        .ack(mallory, vec![seq], at(20), at(2000))
+        .await
+        .unwrap();
     assert_eq!(out.messages, 0);
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 1);
     // Bob acks: the message becomes a receipt for alice.
     let out = store
-        .ack(bob, vec![seq, seq, 999_999], 20, 2000)
+        .ack(bob, vec![seq, seq, Seq(999_999)], at(20), at(2000))
         .await
         .unwrap();
     assert_eq!(out.messages, 1);
     assert_eq!(out.notified(), vec![alice]);
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 0);
-    let items = store.fetch_mailbox(alice, 0, 10).await.unwrap();
+    let items = store.fetch_mailbox(alice, Seq::ZERO, 10).await.unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].kind, ItemKind::Receipt);
     assert_eq!(items[0].peer_handle, "bob");
@@ -63,13 +57,12 @@ async fn acks_are_scoped_and_seqs_never_reused() {
     store.close();
 }
 
-#[tokio::test]
-async fn concurrent_jobs_all_answer_and_survive_reopen() {
+async fn concurrent_jobs_all_answer_and_survive_reopen(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
-        let alice = store_account(&store, "alice", 1).await;
-        store_account(&store, "bob", 2).await;
+        let store = (b.open)(dir.path(), no_sink());
+        let alice = store_account(&*store, "alice", 1).await;
+        store_account(&*store, "bob", 2).await;
         let mut tasks = Vec::new();
         for i in 0..200u8 {
             let store = std::sync::Arc::clone(&store);
@@ -82,14 +75,14 @@ async fn concurrent_jobs_all_answer_and_survive_reopen() {
         }
         store.close();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = (b.open)(dir.path(), no_sink());
     let bob = store
         .account_by_handle("bob".into())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(store.mailbox_len(bob.id).await.unwrap(), 200);
-    let first = store.fetch_mailbox(bob.id, 0, 50).await.unwrap();
+    let first = store.fetch_mailbox(bob.id, Seq::ZERO, 50).await.unwrap();
     assert_eq!(first.len(), 50);
     let next = store
         .fetch_mailbox(bob.id, first[49].seq, 500)
@@ -99,29 +92,32 @@ async fn concurrent_jobs_all_answer_and_survive_reopen() {
     assert!(next.windows(2).all(|w| w[0].seq < w[1].seq));
 }
 
-#[tokio::test]
-async fn expiry_makes_notices_and_drops_old_notices() {
+async fn expiry_makes_notices_and_drops_old_notices(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     store.send(msg(alice, "bob", 1, 10, 100)).await.unwrap();
     store.send(msg(alice, "bob", 2, 10, 10_000)).await.unwrap();
     // At t=200 only the first message is past its deadline.
-    let out = store.expire(200, 1_000_000, 500).await.unwrap();
+    let out = store.expire(at(200), ms(1_000_000), ms(500)).await.unwrap();
     assert_eq!(out.expired_messages, 1);
     assert_eq!(out.notify, vec![alice]);
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 1);
-    let notices = store.fetch_mailbox(alice, 0, 10).await.unwrap();
+    let notices = store.fetch_mailbox(alice, Seq::ZERO, 10).await.unwrap();
     assert_eq!(notices.len(), 1);
     assert_eq!(notices[0].kind, ItemKind::Expired);
     assert_eq!(&notices[0].message_id[..], &[1u8; 16]);
     // The notice itself is dropped after its own retention (t=200+500).
-    let out = store.expire(701, 1_000_000, 500).await.unwrap();
+    let out = store.expire(at(701), ms(1_000_000), ms(500)).await.unwrap();
     assert_eq!(out.dropped_notices, 1);
-    assert!(store.fetch_mailbox(alice, 0, 10).await.unwrap().is_empty());
+    assert!(store
+        .fetch_mailbox(alice, Seq::ZERO, 10)
+        .await
+        .unwrap()
+        .is_empty());
     // The dedup log forgets ids older than the retention.
-    store.expire(20_000, 1000, 500).await.unwrap();
+    store.expire(at(20_000), ms(1000), ms(500)).await.unwrap();
     assert!(matches!(
         store
             .send(msg(alice, "bob", 1, 20_001, 30_000))
@@ -132,54 +128,41 @@ async fn expiry_makes_notices_and_drops_old_notices() {
     store.close();
 }
 
-/// Like [`msg`] with a mailbox limit.
-fn msg_max(sender: AccountId, to: &str, id: u8, now_ms: i64, max_pending: u32) -> NewMessage {
-    NewMessage {
-        max_pending,
-        ..msg(sender, to, id, now_ms, now_ms + 1_000_000)
-    }
-}
-
-async fn accepted_seq(store: &Store, m: NewMessage) -> u64 {
-    match store.send(m).await.unwrap() {
-        SendOutcome::Accepted { seq, .. } => seq,
-        other => panic!("not accepted: {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn seqs_never_reused_across_reopen() {
+async fn seqs_never_reused_across_reopen(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let mut handed_out: Vec<u64> = Vec::new();
+    let mut handed_out: Vec<Seq> = Vec::new();
     for round in 0..3u8 {
-        let store = Store::open(dir.path()).unwrap();
+        let store = (b.open)(dir.path(), no_sink());
         let (alice, bob) = if round == 0 {
             (
-                store_account(&store, "alice", 1).await,
-                store_account(&store, "bob", 2).await,
+                store_account(&*store, "alice", 1).await,
+                store_account(&*store, "bob", 2).await,
             )
         } else {
             let a = store.account_by_handle("alice".into()).await.unwrap();
             let b = store.account_by_handle("bob".into()).await.unwrap();
             (a.unwrap().id, b.unwrap().id)
         };
-        let max_before = handed_out.iter().copied().max().unwrap_or(0);
+        let max_before = handed_out.iter().copied().max().unwrap_or(Seq::ZERO);
         let mut seqs = Vec::new();
         for i in 0..5u8 {
-            let seq = accepted_seq(&store, msg(alice, "bob", round * 10 + i, 10, 1000)).await;
+            let seq = accepted_seq(&*store, msg(alice, "bob", round * 10 + i, 10, 1000)).await;
             assert!(seq > max_before, "round {round}: seq {seq} <= {max_before}");
             seqs.push(seq);
         }
         // Ack everything: the messages become receipts (fresh seqs), then
         // the receipts are acked too, so both tables end up empty.
-        let out = store.ack(bob, seqs.clone(), 20, 1_000_000).await.unwrap();
+        let out = store
+            .ack(bob, seqs.clone(), at(20), at(1_000_000))
+            .await
+            .unwrap();
         assert_eq!(out.messages, 5);
-        let receipts: Vec<u64> = out.receipts.iter().map(|r| r.seq).collect();
+        let receipts: Vec<Seq> = out.receipts.iter().map(|r| r.seq).collect();
         assert!(receipts
             .iter()
             .all(|r| *r > max_before && !seqs.contains(r)));
         let out = store
-            .ack(alice, receipts.clone(), 30, 1_000_000)
+            .ack(alice, receipts.clone(), at(30), at(1_000_000))
             .await
             .unwrap();
         assert_eq!(out.notices, 5);
@@ -195,18 +178,17 @@ async fn seqs_never_reused_across_reopen() {
     assert_eq!(sorted.len(), handed_out.len(), "a seq was handed out twice");
 }
 
-#[tokio::test]
-async fn pending_counts_survive_reopen() {
+async fn pending_counts_survive_reopen(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     const MAX: u32 = 5;
     let (alice, bob);
     {
-        let store = Store::open(dir.path()).unwrap();
-        alice = store_account(&store, "alice", 1).await;
-        bob = store_account(&store, "bob", 2).await;
+        let store = (b.open)(dir.path(), no_sink());
+        alice = store_account(&*store, "alice", 1).await;
+        bob = store_account(&*store, "bob", 2).await;
         for i in 0..MAX {
             let i = u8::try_from(i).unwrap();
-            accepted_seq(&store, msg_max(alice, "bob", i, 10, MAX)).await;
+            accepted_seq(&*store, msg_max(alice, "bob", i, 10, MAX)).await;
         }
         assert_eq!(
             store
@@ -217,7 +199,7 @@ async fn pending_counts_survive_reopen() {
         );
         store.close();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = (b.open)(dir.path(), no_sink());
     assert_eq!(
         store
             .send(msg_max(alice, "bob", 51, 12, MAX))
@@ -227,13 +209,13 @@ async fn pending_counts_survive_reopen() {
     );
     // Receipts for alice do not count towards bob's limit, and a refused
     // send took no slot: one ack makes room for exactly one message.
-    let first = store.fetch_mailbox(bob, 0, 1).await.unwrap();
+    let first = store.fetch_mailbox(bob, Seq::ZERO, 1).await.unwrap();
     let out = store
-        .ack(bob, vec![first[0].seq], 20, 1_000_000)
+        .ack(bob, vec![first[0].seq], at(20), at(1_000_000))
         .await
         .unwrap();
     assert_eq!(out.messages, 1);
-    accepted_seq(&store, msg_max(alice, "bob", 52, 21, MAX)).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 52, 21, MAX)).await;
     assert_eq!(
         store
             .send(msg_max(alice, "bob", 53, 22, MAX))
@@ -245,18 +227,18 @@ async fn pending_counts_survive_reopen() {
     // reopen.
     store.close();
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
-    let all = store.fetch_mailbox(bob, 0, 100).await.unwrap();
+    let store = (b.open)(dir.path(), no_sink());
+    let all = store.fetch_mailbox(bob, Seq::ZERO, 100).await.unwrap();
     assert_eq!(all.len(), MAX as usize);
     let out = store
-        .expire(10 + 1_000_000, 10_000_000, 1000)
+        .expire(at(10 + 1_000_000), ms(10_000_000), ms(1000))
         .await
         .unwrap();
     assert_eq!(out.expired_messages, u64::from(MAX) - 1);
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 1);
     for i in 0..MAX - 1 {
         let id = u8::try_from(60 + i).unwrap();
-        accepted_seq(&store, msg_max(alice, "bob", id, 2_000_000, MAX)).await;
+        accepted_seq(&*store, msg_max(alice, "bob", id, 2_000_000, MAX)).await;
     }
     assert_eq!(
         store
@@ -268,136 +250,163 @@ async fn pending_counts_survive_reopen() {
     store.close();
 }
 
-#[tokio::test]
-async fn send_then_hooks_run_in_seq_order_before_the_answer() {
+/// The message's index in the first 8 bytes of its id.
+fn indexed_id(i: usize) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    id
+}
+
+async fn sink_gets_sends_in_seq_order_before_the_answer(b: Backend) {
     use futures::stream::{FuturesUnordered, StreamExt as _};
-    use std::sync::{Arc, Mutex};
     const N: usize = 500;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    store_account(&store, "bob", 2).await;
-    // (message index, outcome) in the order the hooks ran.
-    let seen: Arc<Mutex<Vec<(usize, SendOutcome)>>> = Arc::new(Mutex::new(Vec::new()));
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store = (b.open)(dir.path(), rec.clone());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     let mut sends = FuturesUnordered::new();
     for i in 0..N {
         let mut m = msg(alice, "bob", 0, 10, 1_000_000);
-        m.message_id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        m.message_id = indexed_id(i);
         m.max_pending = 10_000;
-        let hook_seen = Arc::clone(&seen);
         let store = &store;
-        sends.push(async move {
-            let out = store
-                .send_then(m, move |o| hook_seen.lock().unwrap().push((i, o.clone())))
-                .await
-                .unwrap();
-            (i, out)
-        });
+        sends.push(async move { (i, store.send(m).await.unwrap()) });
     }
     let mut answered = 0;
     // Unconstrained: tokio's cooperative budget would otherwise make some
     // first polls (which enqueue the jobs) return early and run out of order.
     while let Some((i, out)) = tokio::task::unconstrained(sends.next()).await {
-        assert!(matches!(out, SendOutcome::Accepted { .. }), "{out:?}");
-        // The hook already ran, with the same outcome.
-        let hooks = seen.lock().unwrap();
+        let SendOutcome::Accepted { seq, recipient, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(recipient, bob);
+        // Already handed over, with the same seq.
+        let items = rec.items();
         assert!(
-            hooks.iter().any(|(j, o)| *j == i && *o == out),
-            "send {i} answered before its hook ran"
+            items
+                .iter()
+                .any(|c| matches!(c, Committed::Item { owner, item }
+                if *owner == bob && item.seq == seq && item.message_id[..] == indexed_id(i))),
+            "send {i} answered before its hand-over"
         );
         answered += 1;
     }
     assert_eq!(answered, N);
-    let hooks = seen.lock().unwrap().clone();
-    assert_eq!(hooks.len(), N);
-    let seqs: Vec<u64> = hooks
-        .iter()
-        .map(|(_, o)| match o {
-            SendOutcome::Accepted { seq, .. } => *seq,
+    let items: Vec<MailItem> = rec
+        .items()
+        .into_iter()
+        .map(|c| match c {
+            Committed::Item { owner, item } if owner == bob => item,
             other => panic!("{other:?}"),
         })
         .collect();
+    assert_eq!(items.len(), N);
     assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "hooks did not run in seq order"
+        items.windows(2).all(|w| w[0].seq < w[1].seq),
+        "not handed over in seq order"
     );
     // Enqueued in order from one task: stored (and handed on) in order.
-    let order: Vec<usize> = hooks.iter().map(|(i, _)| *i).collect();
-    assert_eq!(order, (0..N).collect::<Vec<_>>());
-    // A duplicate's hook runs too, with the duplicate outcome.
-    let (tx, rx) = std::sync::mpsc::channel();
+    let order: Vec<[u8; 16]> = items
+        .iter()
+        .map(|i| i.message_id[..].try_into().unwrap())
+        .collect();
+    assert_eq!(order, (0..N).map(indexed_id).collect::<Vec<_>>());
+    // Handed over as a read of the mailbox returns them.
+    let read = store.fetch_mailbox(bob, Seq::ZERO, 10_000).await.unwrap();
+    for (handed, read) in items.iter().zip(&read) {
+        assert_eq!(
+            (handed.seq, handed.kind, &handed.message_id, &handed.body),
+            (read.seq, read.kind, &read.message_id, &read.body)
+        );
+        assert_eq!(
+            (handed.at, &handed.peer_handle),
+            (at(10), &"alice".to_owned())
+        );
+    }
+    assert!(rec
+        .threads()
+        .iter()
+        .all(|t| t.as_deref() == Some(b.sink_thread)));
+    // A duplicate stores nothing, and hands nothing over.
     let mut m = msg(alice, "bob", 0, 20, 1_000_000);
-    m.message_id[..8].copy_from_slice(&0u64.to_be_bytes());
-    let out = store
-        .send_then(m, move |o| tx.send(o.clone()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(out, SendOutcome::Duplicate { accepted_at_ms: 10 });
-    assert_eq!(rx.try_recv().unwrap(), out);
+    m.message_id = indexed_id(0);
+    let out = store.send(m).await.unwrap();
+    assert_eq!(
+        out,
+        SendOutcome::Duplicate {
+            accepted_at: at(10)
+        }
+    );
+    assert_eq!(rec.items().len(), N);
     store.close();
 }
 
-#[tokio::test]
-async fn a_panicking_hook_does_not_stop_the_store() {
+async fn a_panicking_sink_does_not_stop_the_store(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
-    // The hook panics on the sync thread; the sender still gets its answer.
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store = (b.open)(dir.path(), rec.clone());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    // The sink panics on the sync thread; the sender still gets its answer.
+    rec.panic_next();
     let out = store
-        .send_then(msg(alice, "bob", 1, 10, 1_000_000), |_| {
-            panic!("hook bug (expected by this test)")
-        })
+        .send(msg(alice, "bob", 1, 10, 1_000_000))
         .await
         .unwrap();
     assert!(matches!(out, SendOutcome::Accepted { .. }), "{out:?}");
-    // Later writes (plain and hooked) are still answered, and all are stored.
-    let seq2 = accepted_seq(&store, msg(alice, "bob", 2, 11, 1_000_000)).await;
-    let (tx, rx) = std::sync::mpsc::channel();
-    store
-        .send_then(msg(alice, "bob", 3, 12, 1_000_000), move |o| {
-            tx.send(o.clone()).unwrap()
+    // Later writes are still answered and handed over, and all are stored.
+    let seq2 = accepted_seq(&*store, msg(alice, "bob", 2, 11, 1_000_000)).await;
+    let seq3 = accepted_seq(&*store, msg(alice, "bob", 3, 12, 1_000_000)).await;
+    let handed: Vec<Seq> = rec
+        .items()
+        .iter()
+        .map(|c| match c {
+            Committed::Item { item, .. } => item.seq,
+            other => panic!("{other:?}"),
         })
-        .await
-        .unwrap();
-    assert!(matches!(
-        rx.try_recv().unwrap(),
-        SendOutcome::Accepted { .. }
-    ));
-    let items = store.fetch_mailbox(bob, 0, 10).await.unwrap();
+        .collect();
+    assert_eq!(handed, vec![seq2, seq3]);
+    let items = store.fetch_mailbox(bob, Seq::ZERO, 10).await.unwrap();
     assert_eq!(items.len(), 3, "{items:?}");
     assert!(items.iter().any(|i| i.seq == seq2));
     store.close();
 }
 
-#[tokio::test]
-async fn ack_then_hook_sees_the_stored_receipts() {
-    use ponte_server::store::AckOutcome;
-    use std::sync::{Arc, Mutex};
+async fn ack_hands_over_the_stored_receipts(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
-    let carol = store_account(&store, "carol", 3).await;
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store = (b.open)(dir.path(), rec.clone());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    let carol = store_account(&*store, "carol", 3).await;
     let mut msg_seqs = Vec::new();
     for (i, sender) in [alice, carol, alice].into_iter().enumerate() {
         let id = u8::try_from(i).unwrap() + 1;
-        msg_seqs.push(accepted_seq(&store, msg(sender, "bob", id, 10, 1_000_000)).await);
+        msg_seqs.push(accepted_seq(&*store, msg(sender, "bob", id, 10, 1_000_000)).await);
     }
-    let seen: Arc<Mutex<Option<AckOutcome>>> = Arc::new(Mutex::new(None));
-    let hook_seen = Arc::clone(&seen);
+    let sends_handed = rec.items().len();
     let out = store
-        .ack_then(bob, msg_seqs.clone(), 50, 1_000_000, move |o| {
-            *hook_seen.lock().unwrap() = Some(o.clone());
-        })
+        .ack(bob, msg_seqs.clone(), at(50), at(1_000_000))
         .await
         .unwrap();
-    let hooked = seen
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("hook ran before the answer");
-    assert_eq!(hooked, out);
+    // Handed over before the answer: exactly the stored receipts.
+    let handed: Vec<(AccountId, MailItem)> = rec.items()[sends_handed..]
+        .iter()
+        .map(|c| match c {
+            Committed::Item { owner, item } => (*owner, item.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(handed.len(), out.receipts.len());
+    for ((owner, item), r) in handed.iter().zip(&out.receipts) {
+        assert_eq!(
+            (*owner, item.seq, &item.message_id, item.at),
+            (r.owner, r.seq, &r.message_id, r.at)
+        );
+        assert_eq!(item.kind, ItemKind::Receipt);
+        assert_eq!(item.peer_handle, "bob");
+    }
     assert_eq!(out.messages, 3);
     assert_eq!(out.notified(), vec![alice, carol]);
     let owners: Vec<AccountId> = out.receipts.iter().map(|r| r.owner).collect();
@@ -406,18 +415,18 @@ async fn ack_then_hook_sees_the_stored_receipts() {
     assert!(out
         .receipts
         .iter()
-        .all(|r| r.seq > max_msg && r.at_ms == 50));
+        .all(|r| r.seq > max_msg && r.at == at(50)));
     assert!(out.receipts.windows(2).all(|w| w[0].seq < w[1].seq));
     // The owners' mailboxes hold exactly these receipts, same seqs.
     for (owner, ids) in [(alice, vec![1u8, 3]), (carol, vec![2])] {
-        let items = store.fetch_mailbox(owner, 0, 10).await.unwrap();
-        let want: Vec<(u64, Vec<u8>)> = out
+        let items = store.fetch_mailbox(owner, Seq::ZERO, 10).await.unwrap();
+        let want: Vec<(Seq, Vec<u8>)> = out
             .receipts
             .iter()
             .filter(|r| r.owner == owner)
             .map(|r| (r.seq, r.message_id.to_vec()))
             .collect();
-        let got: Vec<(u64, Vec<u8>)> = items
+        let got: Vec<(Seq, Vec<u8>)> = items
             .iter()
             .map(|i| (i.seq, i.message_id.to_vec()))
             .collect();
@@ -427,7 +436,7 @@ async fn ack_then_hook_sees_the_stored_receipts() {
         for i in &items {
             assert_eq!(i.kind, ItemKind::Receipt);
             assert_eq!(i.peer_handle, "bob");
-            assert_eq!(i.at_ms, 50);
+            assert_eq!(i.at, at(50));
             assert!(i.body.is_empty());
         }
     }
@@ -435,38 +444,49 @@ async fn ack_then_hook_sees_the_stored_receipts() {
     store.close();
 }
 
-#[tokio::test]
-async fn expire_drops_due_receipts_and_keeps_the_rest() {
+async fn expire_drops_due_receipts_and_keeps_the_rest(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
-    let s1 = accepted_seq(&store, msg(alice, "bob", 1, 10, 1_000_000)).await;
-    let s2 = accepted_seq(&store, msg(alice, "bob", 2, 10, 1_000_000)).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    let s1 = accepted_seq(&*store, msg(alice, "bob", 1, 10, 1_000_000)).await;
+    let s2 = accepted_seq(&*store, msg(alice, "bob", 2, 10, 1_000_000)).await;
     // Two receipts with different deadlines.
-    let early = store.ack(bob, vec![s1], 20, 500).await.unwrap();
-    let late = store.ack(bob, vec![s2], 30, 5000).await.unwrap();
+    let early = store.ack(bob, vec![s1], at(20), at(500)).await.unwrap();
+    let late = store.ack(bob, vec![s2], at(30), at(5000)).await.unwrap();
     let (early, late) = (early.receipts[0].seq, late.receipts[0].seq);
     assert_eq!(store.mailbox_len(alice).await.unwrap(), 2);
     // Not yet due: nothing dropped.
-    let out = store.expire(499, 10_000_000, 1000).await.unwrap();
+    let out = store
+        .expire(at(499), ms(10_000_000), ms(1000))
+        .await
+        .unwrap();
     assert_eq!((out.dropped_notices, out.expired_messages), (0, 0));
     assert_eq!(store.mailbox_len(alice).await.unwrap(), 2);
     // The early one is due at its deadline; the late one stays.
-    let out = store.expire(500, 10_000_000, 1000).await.unwrap();
+    let out = store
+        .expire(at(500), ms(10_000_000), ms(1000))
+        .await
+        .unwrap();
     assert_eq!((out.dropped_notices, out.expired_messages), (1, 0));
     assert!(!out.more);
-    let items = store.fetch_mailbox(alice, 0, 10).await.unwrap();
+    let items = store.fetch_mailbox(alice, Seq::ZERO, 10).await.unwrap();
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![late]);
     assert_ne!(early, late);
-    let out = store.expire(4999, 10_000_000, 1000).await.unwrap();
+    let out = store
+        .expire(at(4999), ms(10_000_000), ms(1000))
+        .await
+        .unwrap();
     assert_eq!(out.dropped_notices, 0);
-    let out = store.expire(5000, 10_000_000, 1000).await.unwrap();
+    let out = store
+        .expire(at(5000), ms(10_000_000), ms(1000))
+        .await
+        .unwrap();
     assert_eq!(out.dropped_notices, 1);
     assert_eq!(store.mailbox_len(alice).await.unwrap(), 0);
     // Dropping a notice frees no message slot and breaks nothing: bob's
     // mailbox still takes messages up to its limit.
-    accepted_seq(&store, msg_max(alice, "bob", 3, 6000, 1)).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 3, 6000, 1)).await;
     assert_eq!(
         store.send(msg_max(alice, "bob", 4, 6001, 1)).await.unwrap(),
         SendOutcome::MailboxFull
@@ -474,14 +494,13 @@ async fn expire_drops_due_receipts_and_keeps_the_rest() {
     store.close();
 }
 
-#[tokio::test]
-async fn duplicates_answer_first_accept_time_even_when_full() {
+async fn duplicates_answer_first_accept_time_even_when_full(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
-    store_account(&store, "carol", 3).await;
-    accepted_seq(&store, msg_max(alice, "bob", 1, 10, 1)).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    store_account(&*store, "carol", 3).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 1, 10, 1)).await;
     // Retry while there is room (large limit) and when the mailbox is full.
     for (now, max) in [(20, 1000), (30, 1)] {
         assert_eq!(
@@ -489,7 +508,9 @@ async fn duplicates_answer_first_accept_time_even_when_full() {
                 .send(msg_max(alice, "bob", 1, now, max))
                 .await
                 .unwrap(),
-            SendOutcome::Duplicate { accepted_at_ms: 10 },
+            SendOutcome::Duplicate {
+                accepted_at: at(10)
+            },
             "retry at {now}"
         );
     }
@@ -499,7 +520,9 @@ async fn duplicates_answer_first_accept_time_even_when_full() {
             .send(msg_max(alice, "carol", 1, 40, 10))
             .await
             .unwrap(),
-        SendOutcome::Duplicate { accepted_at_ms: 10 }
+        SendOutcome::Duplicate {
+            accepted_at: at(10)
+        }
     );
     // A new id to the full mailbox is refused and not remembered.
     assert_eq!(
@@ -522,59 +545,57 @@ async fn duplicates_answer_first_accept_time_even_when_full() {
             .unwrap(),
         SendOutcome::UnknownRecipient
     );
-    accepted_seq(&store, msg_max(alice, "bob", 3, 70, 10)).await;
-    accepted_seq(&store, msg_max(alice, "bob", 2, 80, 10)).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 3, 70, 10)).await;
+    accepted_seq(&*store, msg_max(alice, "bob", 2, 80, 10)).await;
     // Another sender's id 1 is a different message.
     let carol = store
         .account_by_handle("carol".into())
         .await
         .unwrap()
         .unwrap();
-    accepted_seq(&store, msg_max(carol.id, "bob", 1, 90, 10)).await;
+    accepted_seq(&*store, msg_max(carol.id, "bob", 1, 90, 10)).await;
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 4);
     // Still a duplicate after the message was delivered and acked.
-    let items = store.fetch_mailbox(bob, 0, 10).await.unwrap();
-    let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
-    store.ack(bob, seqs, 100, 1_000_000).await.unwrap();
+    let items = store.fetch_mailbox(bob, Seq::ZERO, 10).await.unwrap();
+    let seqs: Vec<Seq> = items.iter().map(|i| i.seq).collect();
+    store.ack(bob, seqs, at(100), at(1_000_000)).await.unwrap();
     assert_eq!(
         store.send(msg_max(alice, "bob", 1, 110, 10)).await.unwrap(),
-        SendOutcome::Duplicate { accepted_at_ms: 10 }
+        SendOutcome::Duplicate {
+            accepted_at: at(10)
+        }
     );
     store.close();
 }
 
-/// The expiry sweep's hook runs once the sweep is durable and before its
-/// answer, on the sync thread that runs every write's hooks in commit order
-/// (`send_then_hooks_run_in_seq_order_before_the_answer` above): the
-/// server wakes the notices' owners there, so a connection reads a new
-/// notice before anything committed after it is handed over in memory.
-#[tokio::test]
-async fn expiry_hook_runs_before_the_answer() {
-    use std::sync::{Arc, Mutex};
+/// The expiry sweep's wakes reach the sink once the sweep is durable and
+/// before its answer, on the sync thread that hands over every write's
+/// items in commit order (`sink_gets_sends_in_seq_order_before_the_answer`
+/// above): a connection reads a new notice before anything committed after
+/// it is handed over in memory.
+async fn expiry_wakes_reach_the_sink_before_the_answer(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let alice = store_account(&store, "alice", 1).await;
-    store_account(&store, "bob", 2).await;
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store = (b.open)(dir.path(), rec.clone());
+    let alice = store_account(&*store, "alice", 1).await;
+    store_account(&*store, "bob", 2).await;
     store.send(msg(alice, "bob", 1, 10, 100)).await.unwrap();
-    let seen = Arc::new(Mutex::new(None));
-    let hook = Arc::clone(&seen);
-    let out = store
-        .expire_then(200, 1_000_000, 500, move |out| {
-            *hook.lock().unwrap() = Some((
-                out.notify.clone(),
-                std::thread::current().name().map(str::to_owned),
-            ));
+    let sends_handed = rec.items().len();
+    let out = store.expire(at(200), ms(1_000_000), ms(500)).await.unwrap();
+    let woken: Vec<AccountId> = rec.items()[sends_handed..]
+        .iter()
+        .map(|c| match c {
+            Committed::Wake(a) => *a,
+            other => panic!("{other:?}"),
         })
-        .await
-        .unwrap();
-    let (notify, thread) = seen
-        .lock()
-        .unwrap()
-        .clone()
-        .expect("the hook ran before the answer");
-    assert_eq!(notify, vec![alice]);
+        .collect();
+    assert_eq!(woken, vec![alice]);
     assert_eq!(out.notify, vec![alice]);
-    assert_eq!(thread.as_deref(), Some("ponte-db-sync"));
+    let threads = rec.threads();
+    assert_eq!(
+        threads.last().and_then(|t| t.as_deref()),
+        Some(b.sink_thread)
+    );
 }
 
 /// With no spacing between commits (`commit_interval = 0`), concurrent
@@ -582,17 +603,17 @@ async fn expiry_hook_runs_before_the_answer() {
 /// committed before its answer, and all still there after reopening.
 #[tokio::test]
 async fn commit_interval_zero_stores_everything() {
-    use ponte_server::store::StoreOptions;
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(
-        Store::open_with(
+        SqliteStore::open_with(
             dir.path(),
             StoreOptions::with_commit_interval(std::time::Duration::ZERO),
+            no_sink(),
         )
         .unwrap(),
     );
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     let stats = store.stats().clone();
     let (commits, writes) = (stats.commits.get(), stats.writes.get());
     let mut tasks = Vec::new();
@@ -618,9 +639,9 @@ async fn commit_interval_zero_stores_everything() {
     assert_eq!(store.mailbox_len(bob).await.unwrap(), 100);
     store.close();
     drop(store);
-    let store = Store::open(dir.path()).unwrap();
-    let items = store.fetch_mailbox(bob, 0, 500).await.unwrap();
-    let stored: std::collections::BTreeSet<u64> = items.iter().map(|i| i.seq).collect();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let items = store.fetch_mailbox(bob, Seq::ZERO, 500).await.unwrap();
+    let stored: std::collections::BTreeSet<Seq> = items.iter().map(|i| i.seq).collect();
     assert_eq!(stored, seqs);
 }
 
@@ -629,14 +650,17 @@ async fn commit_interval_zero_stores_everything() {
 /// (a lower bound on elapsed time: it cannot fail because a machine is slow).
 #[tokio::test]
 async fn commit_interval_spaces_consecutive_commits() {
-    use ponte_server::store::StoreOptions;
     use std::time::{Duration, Instant};
     const SENDS: u8 = 4;
     for interval_ms in [0u64, 100] {
         let interval = Duration::from_millis(interval_ms);
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open_with(dir.path(), StoreOptions::with_commit_interval(interval)).unwrap();
+        let store = SqliteStore::open_with(
+            dir.path(),
+            StoreOptions::with_commit_interval(interval),
+            no_sink(),
+        )
+        .unwrap();
         let alice = store_account(&store, "alice", 1).await;
         store_account(&store, "bob", 2).await;
         let stats = store.stats().clone();
@@ -671,22 +695,14 @@ async fn commit_interval_spaces_consecutive_commits() {
 /// read; with two snapshots, a message committed between the two queries
 /// would be skipped and wait for the next login.) Messages and receipts
 /// for alice are written while her mailbox is read over and over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
-    use ponte_server::store::StoreOptions;
+async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts(b: Backend) {
     use std::sync::Arc;
     const ROUNDS: u64 = 600;
     const MAX_READS: usize = 20_000;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open_with(
-            dir.path(),
-            StoreOptions::with_commit_interval(std::time::Duration::ZERO),
-        )
-        .unwrap(),
-    );
-    let alice = store_account(&store, "alice", 1).await;
-    let bob = store_account(&store, "bob", 2).await;
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
     let writer = {
         let store = Arc::clone(&store);
         tokio::spawn(async move {
@@ -701,25 +717,31 @@ async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
                 let mut to_alice = msg(bob, "alice", 0, 10, 1_000_000);
                 to_alice.message_id = id(1);
                 to_alice.max_pending = 100_000;
-                accepted_seq(&store, to_alice).await;
+                accepted_seq(&*store, to_alice).await;
                 let mut to_bob = msg(alice, "bob", 0, 10, 1_000_000);
                 to_bob.message_id = id(2);
                 to_bob.max_pending = 100_000;
-                let seq = accepted_seq(&store, to_bob).await;
-                store.ack(bob, vec![seq], 20, 1_000_000).await.unwrap();
+                let seq = accepted_seq(&*store, to_bob).await;
+                store
+                    .ack(bob, vec![seq], at(20), at(1_000_000))
+                    .await
+                    .unwrap();
             }
         })
     };
-    let mut reads: Vec<Vec<u64>> = Vec::new();
+    let mut reads: Vec<Vec<Seq>> = Vec::new();
     while !writer.is_finished() && reads.len() < MAX_READS {
-        let items = store.fetch_mailbox(alice, 0, 1_000_000).await.unwrap();
+        let items = store
+            .fetch_mailbox(alice, Seq::ZERO, 1_000_000)
+            .await
+            .unwrap();
         reads.push(items.iter().map(|i| i.seq).collect());
     }
     writer.await.unwrap();
     // Alice never acks, and nothing expires: the final mailbox holds every
     // item any read could have seen.
-    let all: Vec<u64> = store
-        .fetch_mailbox(alice, 0, 1_000_000)
+    let all: Vec<Seq> = store
+        .fetch_mailbox(alice, Seq::ZERO, 1_000_000)
         .await
         .unwrap()
         .iter()
@@ -729,7 +751,45 @@ async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
     assert!(reads.len() > 10, "only {} reads", reads.len());
     for read in &reads {
         let Some(&top) = read.last() else { continue };
-        let expected: Vec<u64> = all.iter().copied().filter(|s| *s <= top).collect();
+        let expected: Vec<Seq> = all.iter().copied().filter(|s| *s <= top).collect();
         assert_eq!(read, &expected, "a read up to seq {top} missed items");
+    }
+}
+
+/// One `#[tokio::test]` per behavioural body above, against `$backend`.
+macro_rules! backend_tests {
+    ($backend:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                super::$name($backend).await
+            }
+        )*
+    };
+}
+
+mod sqlite {
+    use super::common;
+
+    backend_tests!(common::SQLITE;
+        acks_are_scoped_and_seqs_never_reused,
+        concurrent_jobs_all_answer_and_survive_reopen,
+        expiry_makes_notices_and_drops_old_notices,
+        seqs_never_reused_across_reopen,
+        pending_counts_survive_reopen,
+        sink_gets_sends_in_seq_order_before_the_answer,
+        a_panicking_sink_does_not_stop_the_store,
+        ack_hands_over_the_stored_receipts,
+        expire_drops_due_receipts_and_keeps_the_rest,
+        duplicates_answer_first_accept_time_even_when_full,
+        expiry_wakes_reach_the_sink_before_the_answer,
+    );
+
+    /// On two worker threads, with commits as fast as they come (so that
+    /// reads fall between many of them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts() {
+        super::a_mailbox_read_is_one_snapshot_of_messages_and_receipts(common::SQLITE_UNSPACED)
+            .await
     }
 }

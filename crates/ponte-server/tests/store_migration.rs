@@ -1,20 +1,21 @@
 //! Upgrading a schema-1 database (one AUTOINCREMENT `mailbox` table for
 //! messages, receipts and notices; `accounts.pending`) to schema 2, built by
 //! hand in a temp dir: items, times, peers and seq order survive, pending
-//! counts are recounted, new seqs stay above every seq schema 1 handed out
-//! (the two tests of this against `sqlite_sequence` are ignored: known bug),
+//! counts are recounted, new seqs stay above every seq schema 1 handed out,
 //! and the upgrade is idempotent and also done by `create_invite`.
 #![allow(clippy::unwrap_used)]
 
-use bytes::Bytes;
+mod common;
+
+use common::{accepted_seq, msg_max};
 use ponte_server::store::{
-    AccountId, ItemKind, MailItem, NewAccount, NewMessage, RegisterOutcome, SendOutcome, Store,
-    DB_FILE,
+    AccountId, ItemKind, MailItem, NewAccount, RegisterOutcome, SendOutcome, Seq, SqliteStore,
+    Store, UnixMillis, DB_FILE,
 };
 use rusqlite::{params, Connection};
 use std::path::Path;
 
-/// The schema-1 definition, as the previous store wrote it.
+/// The schema-1 definition, as schema-1 servers wrote it.
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS accounts (
     id INTEGER PRIMARY KEY,
@@ -231,11 +232,11 @@ fn flatten(items: &[MailItem]) -> Vec<Item> {
         .iter()
         .map(|i| {
             (
-                i.seq,
+                i.seq.0,
                 i.kind,
                 i.message_id.to_vec(),
                 i.body.to_vec(),
-                i.at_ms,
+                i.at.0,
                 i.peer_handle.clone(),
             )
         })
@@ -261,38 +262,19 @@ fn table_names(dir: &Path) -> Vec<String> {
     names
 }
 
-fn msg(sender: AccountId, to: &str, id: u8, now_ms: i64, max_pending: u32) -> NewMessage {
-    NewMessage {
-        sender,
-        message_id: [id; 16],
-        recipient: to.into(),
-        body: Bytes::from_static(b"new"),
-        now_ms,
-        expires_at_ms: now_ms + 1_000_000,
-        max_pending,
-    }
-}
-
-async fn accepted_seq(store: &Store, m: NewMessage) -> u64 {
-    match store.send(m).await.unwrap() {
-        SendOutcome::Accepted { seq, .. } => seq,
-        other => panic!("not accepted: {other:?}"),
-    }
-}
-
 /// Every schema-1 item is where it was, with its kind, id, body, time, peer
 /// and seq; the schema is version 2 with the old table gone.
-async fn assert_v1_items(store: &Store) {
+async fn assert_v1_items(store: &dyn Store) {
     for owner in [ALICE, BOB, CAROL] {
-        let items = store.fetch_mailbox(owner, 0, 100).await.unwrap();
+        let items = store.fetch_mailbox(owner, Seq::ZERO, 100).await.unwrap();
         assert_eq!(flatten(&items), expected_items(owner), "owner {owner}");
         let len = store.mailbox_len(owner).await.unwrap();
         assert_eq!(len as usize, expected_items(owner).len(), "owner {owner}");
     }
     // Paging by seq works across the two tables.
-    let after = store.fetch_mailbox(BOB, 3, 100).await.unwrap();
+    let after = store.fetch_mailbox(BOB, Seq(3), 100).await.unwrap();
     assert_eq!(
-        after.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        after.iter().map(|i| i.seq.0).collect::<Vec<_>>(),
         vec![5, 6],
         "bob after seq 3"
     );
@@ -302,7 +284,7 @@ async fn assert_v1_items(store: &Store) {
 async fn schema1_migration_keeps_items_times_peers_and_order() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     assert_v1_items(&store).await;
     store.close();
     drop(store);
@@ -317,34 +299,42 @@ async fn schema1_migration_keeps_items_times_peers_and_order() {
 async fn schema1_migration_new_seqs_above_old_max_and_acks_work() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
-    let store = Store::open(dir.path()).unwrap();
-    let seq = accepted_seq(&store, msg(CAROL, "alice", 40, 1000, 100)).await;
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let seq = accepted_seq(&store, msg_max(CAROL, "alice", 40, 1000, 100))
+        .await
+        .0;
     assert!(seq > V1_MAX_SEQ, "new seq {seq} not above old max");
     // Acking a migrated message turns it into a receipt with a fresh seq;
     // acking a migrated receipt deletes it.
-    let out = store.ack(BOB, vec![1], 2000, 900_000).await.unwrap();
+    let out = store
+        .ack(BOB, vec![Seq(1)], UnixMillis(2000), UnixMillis(900_000))
+        .await
+        .unwrap();
     assert_eq!(out.messages, 1);
     assert_eq!(out.receipts.len(), 1);
     let receipt = &out.receipts[0];
     assert_eq!(receipt.owner, ALICE);
-    assert!(receipt.seq > seq);
+    assert!(receipt.seq.0 > seq);
     assert_eq!(&receipt.message_id[..], &[1u8; 16]);
-    let gone = store.ack(ALICE, vec![2], 2000, 900_000).await.unwrap();
+    let gone = store
+        .ack(ALICE, vec![Seq(2)], UnixMillis(2000), UnixMillis(900_000))
+        .await
+        .unwrap();
     assert_eq!((gone.messages, gone.notices), (0, 1));
-    let alice = store.fetch_mailbox(ALICE, 0, 100).await.unwrap();
+    let alice = store.fetch_mailbox(ALICE, Seq::ZERO, 100).await.unwrap();
     let got: Vec<(u64, ItemKind, &str)> = alice
         .iter()
-        .map(|i| (i.seq, i.kind, i.peer_handle.as_str()))
+        .map(|i| (i.seq.0, i.kind, i.peer_handle.as_str()))
         .collect();
     assert_eq!(
         got,
         vec![
             (7, ItemKind::Receipt, "bob"),
             (seq, ItemKind::Message, "carol"),
-            (receipt.seq, ItemKind::Receipt, "bob"),
+            (receipt.seq.0, ItemKind::Receipt, "bob"),
         ]
     );
-    assert_eq!(alice[2].at_ms, 2000);
+    assert_eq!(alice[2].at.0, 2000);
     assert_eq!(store.mailbox_len(BOB).await.unwrap(), BOB_PENDING - 1);
     store.close();
 }
@@ -353,8 +343,10 @@ async fn schema1_migration_new_seqs_above_old_max_and_acks_work() {
 async fn schema1_migration_new_seq_above_sqlite_sequence() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
-    let store = Store::open(dir.path()).unwrap();
-    let seq = accepted_seq(&store, msg(CAROL, "alice", 40, 1000, 100)).await;
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let seq = accepted_seq(&store, msg_max(CAROL, "alice", 40, 1000, 100))
+        .await
+        .0;
     assert!(
         seq > u64::try_from(DELETED_HIGH_SEQ).unwrap(),
         "new seq {seq} reuses a seq schema 1 handed out (high-water mark {DELETED_HIGH_SEQ})"
@@ -379,8 +371,10 @@ async fn schema1_migration_of_drained_mailbox_does_not_restart_seqs() {
         }
         c.execute("DELETE FROM mailbox", []).unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
-    let seq = accepted_seq(&store, msg(ALICE, "bob", 99, 1000, 100)).await;
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let seq = accepted_seq(&store, msg_max(ALICE, "bob", 99, 1000, 100))
+        .await
+        .0;
     assert!(seq > 50, "new seq {seq} reuses a seq schema 1 handed out");
     store.close();
 }
@@ -389,23 +383,29 @@ async fn schema1_migration_of_drained_mailbox_does_not_restart_seqs() {
 async fn schema1_migration_restores_pending_counts_and_dedup_log() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     let max = BOB_PENDING + 1;
     // Bob has BOB_PENDING old messages: room for exactly one more.
-    accepted_seq(&store, msg(CAROL, "bob", 50, 1000, max)).await;
+    accepted_seq(&store, msg_max(CAROL, "bob", 50, 1000, max)).await;
     assert_eq!(
-        store.send(msg(CAROL, "bob", 51, 1001, max)).await.unwrap(),
+        store
+            .send(msg_max(CAROL, "bob", 51, 1001, max))
+            .await
+            .unwrap(),
         SendOutcome::MailboxFull
     );
     // Receipts and notices do not count: alice (two receipts) takes one
     // message with max_pending 1.
-    accepted_seq(&store, msg(CAROL, "alice", 52, 1002, 1)).await;
+    accepted_seq(&store, msg_max(CAROL, "alice", 52, 1002, 1)).await;
     // The dedup log came along: a retry of an old message is a duplicate
     // with its schema-1 accept time.
     assert_eq!(
-        store.send(msg(ALICE, "bob", 1, 1003, 1000)).await.unwrap(),
+        store
+            .send(msg_max(ALICE, "bob", 1, 1003, 1000))
+            .await
+            .unwrap(),
         SendOutcome::Duplicate {
-            accepted_at_ms: 100
+            accepted_at: UnixMillis(100)
         }
     );
     store.close();
@@ -417,27 +417,29 @@ async fn schema1_migration_is_idempotent_across_reopens() {
     build_v1(dir.path());
     let first_new;
     {
-        let store = Store::open(dir.path()).unwrap();
-        first_new = accepted_seq(&store, msg(CAROL, "alice", 60, 1000, 100)).await;
+        let store = SqliteStore::open(dir.path()).unwrap();
+        first_new = accepted_seq(&store, msg_max(CAROL, "alice", 60, 1000, 100))
+            .await
+            .0;
         store.close();
     }
     for round in 0..2 {
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
         // The migrated items are still there, once, next to the new one.
-        let bob = store.fetch_mailbox(BOB, 0, 100).await.unwrap();
+        let bob = store.fetch_mailbox(BOB, Seq::ZERO, 100).await.unwrap();
         assert_eq!(bob.len(), 4 + round, "round {round}");
         assert_eq!(flatten(&bob[..4]), expected_items(BOB), "round {round}");
-        let alice = store.fetch_mailbox(ALICE, 0, 100).await.unwrap();
-        let seqs: Vec<u64> = alice.iter().map(|i| i.seq).collect();
+        let alice = store.fetch_mailbox(ALICE, Seq::ZERO, 100).await.unwrap();
+        let seqs: Vec<u64> = alice.iter().map(|i| i.seq.0).collect();
         assert_eq!(seqs, vec![2, 7, first_new], "round {round}");
         assert_eq!(store.mailbox_len(CAROL).await.unwrap(), 1, "round {round}");
         // Pending counts are still right: bob takes one more then is full.
         if round == 0 {
-            accepted_seq(&store, msg(CAROL, "bob", 61, 1001, BOB_PENDING + 1)).await;
+            accepted_seq(&store, msg_max(CAROL, "bob", 61, 1001, BOB_PENDING + 1)).await;
         }
         assert_eq!(
             store
-                .send(msg(CAROL, "bob", 62, 1002, BOB_PENDING + 1))
+                .send(msg_max(CAROL, "bob", 62, 1002, BOB_PENDING + 1))
                 .await
                 .unwrap(),
             SendOutcome::MailboxFull,
@@ -460,7 +462,7 @@ async fn create_invite_migrates_a_schema1_directory() {
     assert!(!tables.iter().any(|t| t == "mailbox_v1"), "{tables:?}");
     // The store opens the already-migrated file, finds the old items, and
     // the invite works.
-    let store = Store::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
     assert_v1_items(&store).await;
     let created = store
         .register(NewAccount {
@@ -471,7 +473,7 @@ async fn create_invite_migrates_a_schema1_directory() {
             signature: vec![4; 64],
             invite: Some(token),
             invite_required: true,
-            now_ms: 5000,
+            now: UnixMillis(5000),
         })
         .await
         .unwrap();

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use ed25519_dalek::{Signer as _, SigningKey};
+use ponte_server::store::{Sink, SqliteStore, Store, StoreOptions};
 use ponte_server::{Server, ServerConfig};
 use ponte_transport::{connect, Channel, ClientConfig, Keypair};
 use ponte_wire::messages::{
@@ -12,6 +13,7 @@ use ponte_wire::messages::{
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -289,7 +291,7 @@ pub async fn registered(server: &TestServer, handle: &str) -> Client {
 
 /// Registers `handle` directly in a store (no protocol), its keys all `n`.
 pub async fn store_account(
-    store: &ponte_server::store::Store,
+    store: &dyn ponte_server::store::Store,
     handle: &str,
     n: u8,
 ) -> ponte_server::store::AccountId {
@@ -303,7 +305,7 @@ pub async fn store_account(
             signature: vec![n; 64],
             invite: None,
             invite_required: false,
-            now_ms: 1,
+            now: at(1),
         })
         .await
         .unwrap()
@@ -311,4 +313,148 @@ pub async fn store_account(
         RegisterOutcome::Created(id) => id,
         other => panic!("{other:?}"),
     }
+}
+
+/// A store sink that records every item handed over, with the name of the
+/// thread that handed it; told to, it panics on its next batch instead.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    items: std::sync::Mutex<Vec<(ponte_server::store::Committed, Option<String>)>>,
+    panic_next: std::sync::atomic::AtomicBool,
+}
+
+impl Recorder {
+    /// Everything handed over so far, in order.
+    pub fn items(&self) -> Vec<ponte_server::store::Committed> {
+        let items = self.items.lock().unwrap();
+        items.iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    /// The threads that handed the items over, in order.
+    pub fn threads(&self) -> Vec<Option<String>> {
+        let items = self.items.lock().unwrap();
+        items.iter().map(|(_, t)| t.clone()).collect()
+    }
+
+    /// The next batch panics in the sink.
+    pub fn panic_next(&self) {
+        self.panic_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl ponte_server::store::Sink for Recorder {
+    fn committed(&self, items: Vec<ponte_server::store::Committed>) {
+        if self
+            .panic_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("sink bug (expected by this test)");
+        }
+        let thread = std::thread::current().name().map(str::to_owned);
+        let mut all = self.items.lock().unwrap();
+        all.extend(items.into_iter().map(|c| (c, thread.clone())));
+    }
+}
+
+/// A storage backend under test: how to open it, and what its hand-overs
+/// look like. Behavioural store tests take one, so every backend runs the
+/// same bodies.
+#[derive(Debug, Clone, Copy)]
+pub struct Backend {
+    /// Opens the store in `dir` (again after a close or drop: it sees what
+    /// was stored), its committed items handed to `sink`.
+    pub open: fn(&Path, Arc<dyn Sink>) -> Arc<dyn Store>,
+    /// The name of the thread that hands committed items to the sink.
+    pub sink_thread: &'static str,
+}
+
+/// SQLite with its default options.
+pub const SQLITE: Backend = Backend {
+    open: |dir, sink| Arc::new(SqliteStore::open_with(dir, StoreOptions::default(), sink).unwrap()),
+    sink_thread: "ponte-db-sync",
+};
+
+/// SQLite committing as soon as jobs come (no spacing between commits).
+pub const SQLITE_UNSPACED: Backend = Backend {
+    open: |dir, sink| {
+        let opts = StoreOptions::with_commit_interval(Duration::ZERO);
+        Arc::new(SqliteStore::open_with(dir, opts, sink).unwrap())
+    },
+    sink_thread: "ponte-db-sync",
+};
+
+/// A sink that drops everything.
+pub fn no_sink() -> Arc<dyn Sink> {
+    Arc::new(())
+}
+
+/// A point in time, `ms` milliseconds after the epoch.
+pub fn at(ms: i64) -> ponte_server::store::UnixMillis {
+    ponte_server::store::UnixMillis(ms)
+}
+
+/// A span of `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A message of `sender` to `to` with id `[id; 16]`, accepted at `now_ms`,
+/// expiring at `expires_at_ms`, to a mailbox of up to 1,000 messages.
+pub fn msg(
+    sender: ponte_server::store::AccountId,
+    to: &str,
+    id: u8,
+    now_ms: i64,
+    expires_at_ms: i64,
+) -> ponte_server::store::NewMessage {
+    ponte_server::store::NewMessage {
+        sender,
+        message_id: [id; 16],
+        recipient: to.into(),
+        body: Bytes::from_static(b"body"),
+        now: at(now_ms),
+        expires_at: at(expires_at_ms),
+        max_pending: 1000,
+    }
+}
+
+/// Like [`msg`], expiring 1,000 s after `now_ms`, with a mailbox limit.
+pub fn msg_max(
+    sender: ponte_server::store::AccountId,
+    to: &str,
+    id: u8,
+    now_ms: i64,
+    max_pending: u32,
+) -> ponte_server::store::NewMessage {
+    ponte_server::store::NewMessage {
+        max_pending,
+        ..msg(sender, to, id, now_ms, now_ms + 1_000_000)
+    }
+}
+
+/// Sends `m`, which must be accepted, and returns its seq.
+pub async fn accepted_seq(
+    store: &dyn Store,
+    m: ponte_server::store::NewMessage,
+) -> ponte_server::store::Seq {
+    match store.send(m).await.unwrap() {
+        ponte_server::store::SendOutcome::Accepted { seq, .. } => seq,
+        other => panic!("not accepted: {other:?}"),
+    }
+}
+
+/// The body of an HTTP/1.1 GET of `path` (headers included).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -15,9 +15,8 @@ use crate::metrics::CloseCause;
 use crate::outbox;
 use crate::session::Session;
 use crate::Shared;
-use bytes::BytesMut;
 use ponte_transport::{ChannelReader, ChannelWriter, TransportError};
-use ponte_wire::proxy_header::{self, Parsed};
+use ponte_wire::proxy_header;
 use prost::Message as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -31,9 +30,6 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
 use tracing::Instrument as _;
-
-/// Largest PROXY header read (v2 with TLVs as accepted by the parser).
-const MAX_PROXY_HEADER: usize = 1024;
 
 /// The session's half of the Noise channel.
 pub(crate) type Reader = ChannelReader<ReadHalf<Watched>>;
@@ -227,7 +223,7 @@ async fn establish(
     };
     let (prefix, claimed) = match header {
         Err(_) => return Err(CloseCause::HandshakeTimeout),
-        Ok(Err(reason)) => return Err(header_failure(reason)),
+        Ok(Err(cause)) => return Err(cause),
         Ok(Ok(v)) => v,
     };
     let mut tcfg = ponte_transport::ServerConfig::new(shared.keypair.clone());
@@ -249,41 +245,24 @@ async fn establish(
     }
 }
 
-/// The close cause of a failed [`read_proxy_header`] (which names it by
-/// its metric label).
-fn header_failure(label: &str) -> CloseCause {
-    match label {
-        "read_error" => CloseCause::ReadError,
-        "handshake_eof" => CloseCause::HandshakeEof,
-        _ => CloseCause::ProxyHeaderInvalid,
-    }
-}
-
-/// Reads a PROXY header if the stream starts with one. Returns the bytes
-/// read past it and the advisory client address.
-async fn read_proxy_header(
-    sock: &mut TcpStream,
-) -> Result<(BytesMut, Option<IpAddr>), &'static str> {
-    let mut buf = BytesMut::with_capacity(256);
+/// Reads a PROXY header if the stream starts with one (our preamble starts
+/// with the version byte 0x01; a PROXY header with 'P' or '\r'). Returns
+/// the bytes read past it and the advisory client address.
+async fn read_proxy_header(sock: &mut TcpStream) -> Result<(Vec<u8>, Option<IpAddr>), CloseCause> {
+    let mut reader = proxy_header::HeaderReader::optional();
     loop {
-        let n = sock.read_buf(&mut buf).await.map_err(|_| "read_error")?;
-        if n == 0 {
-            return Err("handshake_eof");
-        }
-        // Our preamble starts with the version byte 0x01; a PROXY header
-        // starts with 'P' (v1) or '\r' (v2).
-        if buf[0] != b'P' && buf[0] != b'\r' {
-            return Ok((buf, None));
-        }
-        match proxy_header::parse(&buf) {
-            Ok(Parsed::Complete {
-                header, consumed, ..
-            }) => {
-                let rest = buf.split_off(consumed);
-                return Ok((rest, header.tcp_source().map(|a| a.ip())));
+        let n = sock
+            .read(reader.unfilled())
+            .await
+            .map_err(|_| CloseCause::ReadError)?;
+        match reader.advance(n) {
+            Ok(proxy_header::Step::NeedMore) => {}
+            Ok(proxy_header::Step::Done(got)) => {
+                let claimed = got.header.and_then(|h| h.tcp_source()).map(|a| a.ip());
+                return Ok((got.rest, claimed));
             }
-            Ok(Parsed::Incomplete) if buf.len() < MAX_PROXY_HEADER => continue,
-            Ok(Parsed::Incomplete) | Err(_) => return Err("proxy_header_invalid"),
+            Err(proxy_header::ReadError::Closed) => return Err(CloseCause::HandshakeEof),
+            Err(_) => return Err(CloseCause::ProxyHeaderInvalid),
         }
     }
 }

@@ -21,7 +21,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use ponte_client::client::{Event, SendOutcome};
+use ponte_client::client::{Event, RegisterOptions, SendOutcome};
 use ponte_client::profile::{self, KeySource};
 use ponte_client::route::RelayUrl;
 use ponte_client::{Client, ClientError, Contact, MessageView, Status, Update};
@@ -288,16 +288,12 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let source = new_profile_key(no_passphrase)?;
             let timeout = Duration::from_secs(common.connect_timeout);
             let vias = common.vias()?;
-            let client = runtime()?.block_on(Client::register_via(
-                &dir,
-                source,
-                unlock_passphrase,
-                &server,
-                &name,
-                invite.as_deref(),
-                timeout,
-                &vias,
-            ))?;
+            let mut options = RegisterOptions::new(server, name)
+                .connect_timeout(timeout)
+                .vias(vias);
+            options.invite = invite;
+            let client =
+                runtime()?.block_on(Client::register(&dir, source, unlock_passphrase, options))?;
             if common.json {
                 out(serde_json::json!({
                     "handle": client.handle(),

@@ -6,7 +6,7 @@
 
 mod common;
 
-use ponte_client::client::{last_route, Event};
+use ponte_client::client::{last_route, Event, RegisterOptions};
 use ponte_client::profile::KeySource;
 use ponte_client::route::RelayUrl;
 use ponte_client::Client;
@@ -71,15 +71,11 @@ async fn listen_moves_back_to_the_direct_route_when_it_works_again() {
         .unwrap();
     tokio::spawn(forward(relay, server_addr));
 
-    let mut alice = Client::register_via(
+    let mut alice = Client::register(
         &tmp.path().join("alice"),
         KeySource::KeyFile,
         || panic!("no passphrase"),
-        &address.to_string(),
-        "alice",
-        None,
-        Duration::from_secs(5),
-        std::slice::from_ref(&via),
+        RegisterOptions::new(address.to_string(), "alice").vias(vec![via.clone()]),
     )
     .await
     .unwrap();
@@ -204,15 +200,13 @@ async fn fallback_from_refused_reset_and_black_holed_direct_and_remembered_relay
         };
         let name = format!("user{i}");
         let started = tokio::time::Instant::now();
-        let client = Client::register_via(
+        let client = Client::register(
             &tmp.path().join(&name),
             KeySource::KeyFile,
             || panic!("no passphrase"),
-            &address.to_string(),
-            &name,
-            None,
-            Duration::from_secs(30),
-            &[relay_a.clone(), relay_b.clone()],
+            RegisterOptions::new(address.to_string(), &name)
+                .connect_timeout(Duration::from_secs(30))
+                .vias(vec![relay_a.clone(), relay_b.clone()]),
         )
         .await
         .unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use common::register;
-use ponte_client::client::Event;
+use ponte_client::client::{Event, RegisterOptions};
 use ponte_client::profile::KeySource;
 use ponte_client::{Client, ClientError, Status, Update};
 use std::path::Path;
@@ -617,10 +617,7 @@ async fn registration_interrupted_before_it_was_recorded_is_resumed() {
         &dir,
         KeySource::KeyFile,
         || panic!(),
-        &address,
-        "alice2",
-        None,
-        Duration::from_secs(5),
+        RegisterOptions::new(&address, "alice2"),
     )
     .await
     .unwrap_err();

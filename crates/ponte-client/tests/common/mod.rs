@@ -2,6 +2,7 @@
 //! in process on 127.0.0.1, and a key-file profile registered on it.
 #![allow(clippy::unwrap_used, dead_code)]
 
+use ponte_client::client::RegisterOptions;
 use ponte_client::profile::KeySource;
 use ponte_client::{Client, ClientError};
 use std::net::SocketAddr;
@@ -75,10 +76,7 @@ pub async fn try_register(dir: &Path, address: &str, handle: &str) -> Result<Cli
         dir,
         KeySource::KeyFile,
         || panic!("no passphrase"),
-        address,
-        handle,
-        None,
-        Duration::from_secs(5),
+        RegisterOptions::new(address, handle),
     )
     .await
 }

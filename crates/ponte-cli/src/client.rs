@@ -24,7 +24,7 @@ use clap::{Args, Subcommand};
 use ponte_client::client::{Event, RegisterOptions, SendOutcome};
 use ponte_client::profile::{self, KeySource};
 use ponte_client::route::RelayUrl;
-use ponte_client::{Client, ClientError, Contact, MessageView, Status, Update};
+use ponte_client::{Client, ClientError, Contact, MessageView, ServerCode, Status, Update};
 use std::borrow::Cow;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -639,39 +639,35 @@ fn is_stdout_closed(e: &std::io::Error) -> bool {
 /// What to do about a server's refusal, for the errors whose next step is
 /// not obvious from the message.
 fn hint(e: &anyhow::Error) -> Option<&'static str> {
-    let code = e
-        .chain()
-        .find_map(|cause| match cause.downcast_ref::<ClientError>() {
-            Some(ClientError::Server { code, .. }) => Some(code.as_str()),
-            _ => None,
-        })?;
+    let code = e.chain().find_map(|cause| {
+        cause
+            .downcast_ref::<ClientError>()
+            .and_then(ClientError::server_code)
+    })?;
     Some(match code {
-        "NOT_REGISTERED" => {
+        ServerCode::NotRegistered => {
             "the server no longer knows this device (its data was reset, or restored from an \
              older backup). Register this profile again with the same name and server: ponte \
              register --server ADDRESS NAME; your contacts keep your safety number"
         }
-        "INVITE_REQUIRED" => {
+        ServerCode::InviteRequired => {
             "ask the server's operator for an invite (they run `ponte server invite`), then \
              register with --invite TOKEN"
         }
-        "INVITE_INVALID" => "each invite works once; ask the server's operator for a new one",
-        "HANDLE_TAKEN" => "someone has that name on this server; choose another",
-        "RATE_LIMITED" => "wait a while and try again (failed attempts count too)",
+        ServerCode::InviteInvalid => {
+            "each invite works once; ask the server's operator for a new one"
+        }
+        ServerCode::HandleTaken => "someone has that name on this server; choose another",
+        ServerCode::RateLimited => "wait a while and try again (failed attempts count too)",
         _ => return None,
     })
 }
 
 fn stdout_closed_in(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        let io = match cause.downcast_ref::<ClientError>() {
-            // The library's display error carries the io::Error inside
-            // (not as a `source`, so reports do not print it twice).
-            Some(ClientError::Io { error, .. }) => Some(error),
-            _ => cause.downcast_ref::<std::io::Error>(),
-        };
-        io.is_some_and(is_stdout_closed)
-    })
+    // The library's display error keeps the io::Error as its source.
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(is_stdout_closed)
 }
 
 /// Write one line to stdout and flush it. Never panics (unlike

@@ -648,7 +648,7 @@ async fn the_server_rate_limits_by_the_client_address_the_relay_reports() {
     register_from([127, 0, 0, 3], "second").await.unwrap();
     let err = register_from([127, 0, 0, 2], "third").await.unwrap_err();
     assert!(
-        matches!(&err, ponte_client::ClientError::Server { code, .. } if code == "RATE_LIMITED"),
+        err.server_code() == Some(ponte_client::ServerCode::RateLimited),
         "{err}"
     );
     drop(relay);

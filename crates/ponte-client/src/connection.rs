@@ -16,14 +16,12 @@
 //! - [`Connection::notify`]: send a frame that has no response (`Ack`).
 //!
 //! Every wait is bounded by a timeout; a `Close` from the server ends the
-//! connection with [`ClientError::Disconnected`].
+//! connection with [`ClientError::Closed`].
 
 use crate::route::{race, BoxStream, Route, HEAD_START};
-use crate::{ClientError, Result};
+use crate::{ClientError, CloseCode, Result, ServerCode};
 use ponte_transport::{Channel, ClientConfig, Keypair, Pattern, TransportError};
-use ponte_wire::messages::{
-    client_frame, server_frame, ClientFrame, CloseReason, ErrorCode, ServerFrame,
-};
+use ponte_wire::messages::{client_frame, server_frame, ClientFrame, ServerFrame};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -109,13 +107,6 @@ fn transport_err(e: TransportError) -> ClientError {
     }
 }
 
-/// Name of an error code for messages.
-pub fn error_code_name(code: i32) -> String {
-    ErrorCode::try_from(code)
-        .map(|c| c.as_str_name().trim_start_matches("ERROR_CODE_").to_owned())
-        .unwrap_or_else(|_| format!("code {code}"))
-}
-
 impl Connection {
     /// Race the routes (each: connect, then the Noise handshake, bounded
     /// by `connect_timeout`) and keep the first that authenticates the
@@ -126,29 +117,19 @@ impl Connection {
         device: Keypair,
         connect_timeout: Duration,
     ) -> Result<Self> {
-        Self::open_with_head_start(routes, server_key, device, connect_timeout, HEAD_START).await
-    }
-
-    /// [`Connection::open`] with another head start per route.
-    pub async fn open_with_head_start(
-        routes: &[Box<dyn Route>],
-        server_key: [u8; 32],
-        device: Keypair,
-        connect_timeout: Duration,
-        head_start: Duration,
-    ) -> Result<Self> {
         Self::open_with(
             routes,
             server_key,
             device,
             connect_timeout,
-            head_start,
+            HEAD_START,
             Handshake::Known,
         )
         .await
     }
 
-    /// [`Connection::open_with_head_start`] with the given handshake.
+    /// [`Connection::open`] with another head start per route and the
+    /// given handshake.
     pub async fn open_with(
         routes: &[Box<dyn Route>],
         server_key: [u8; 32],
@@ -208,20 +189,10 @@ impl Connection {
         }
     }
 
-    fn closed(close: &ponte_wire::messages::Close) -> ClientError {
-        let reason = CloseReason::try_from(close.reason)
-            .map(|r| {
-                r.as_str_name()
-                    .trim_start_matches("CLOSE_REASON_")
-                    .to_owned()
-            })
-            .unwrap_or_else(|_| format!("reason {}", close.reason));
-        // The detail is often the reason again in lower case ("shutdown").
-        let detail = close.detail.trim();
-        if detail.is_empty() || detail.eq_ignore_ascii_case(&reason.replace('_', " ")) {
-            ClientError::Disconnected(format!("server closed the connection ({reason})"))
-        } else {
-            ClientError::Disconnected(format!("server closed the connection ({reason}: {detail})"))
+    fn closed(close: ponte_wire::messages::Close) -> ClientError {
+        ClientError::Closed {
+            reason: CloseCode::from_wire(close.reason),
+            detail: close.detail,
         }
     }
 
@@ -250,13 +221,14 @@ impl Connection {
                 )));
             };
             let Some(body) = frame.body else { continue };
-            if let server_frame::Body::Close(close) = &body {
-                return Err(Self::closed(close));
-            }
+            let body = match body {
+                server_frame::Body::Close(close) => return Err(Self::closed(close)),
+                body => body,
+            };
             if frame.request_id == request_id {
                 if let server_frame::Body::Error(e) = body {
                     return Err(ClientError::Server {
-                        code: error_code_name(e.code),
+                        code: ServerCode::from_wire(e.code),
                         detail: e.detail,
                     });
                 }
@@ -300,7 +272,7 @@ impl Connection {
                 return Ok(None);
             };
             match frame.body {
-                Some(server_frame::Body::Close(close)) => return Err(Self::closed(&close)),
+                Some(server_frame::Body::Close(close)) => return Err(Self::closed(close)),
                 Some(body) if frame.request_id == 0 => return Ok(Some(body)),
                 _ => {
                     if left.is_zero() {
@@ -309,10 +281,5 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// Whether pushes are waiting in the local queue.
-    pub fn has_queued_pushes(&self) -> bool {
-        !self.pushes.is_empty()
     }
 }

@@ -46,7 +46,7 @@ use crate::connection::{Connection, Handshake, REQUEST_TIMEOUT};
 use crate::profile::Profile;
 use crate::route::{DirectRoute, RelayRoute, RelayUrl, Route, HEAD_START};
 use crate::store::{Contact, Store, Update};
-use crate::{ClientError, Result};
+use crate::{ClientError, Result, ServerCode};
 use bytes::Bytes;
 use ponte_e2e::{Identity, PublicIdentity};
 use ponte_transport::Keypair;
@@ -433,12 +433,6 @@ impl Client {
     }
 }
 
-/// A refusal that retrying later fixes: the server cannot store anything
-/// right now (`UNAVAILABLE`: its disk may be full) or asks us to slow down.
-fn is_temporary_refusal(e: &ClientError) -> bool {
-    matches!(e, ClientError::Server { code, .. } if code == "UNAVAILABLE" || code == "RATE_LIMITED")
-}
-
 fn is_fatal(e: &ClientError) -> bool {
     match e {
         // The profile's files, or the display (stdout closed): a new
@@ -451,7 +445,7 @@ fn is_fatal(e: &ClientError) -> bool {
         | ClientError::Db(_)
         | ClientError::WrongPassphrase
         | ClientError::PassphraseRequired => true,
-        ClientError::Server { code, .. } => code == "NOT_REGISTERED",
+        ClientError::Server { code, .. } => *code == ServerCode::NotRegistered,
         _ => false,
     }
 }

@@ -2,10 +2,10 @@
 //! contact's session (claiming a pre-key for the first message), and
 //! flushing it to the server.
 
-use super::{emit, is_fatal, is_temporary_refusal, unexpected, Client, Display, Event};
+use super::{emit, is_fatal, unexpected, Client, Display, Event};
 use crate::connection::{Connection, REQUEST_TIMEOUT};
 use crate::store::{IdentityCheck, MessageView, OutboxKind};
-use crate::{ClientError, Result};
+use crate::{ClientError, Report, Result, ServerCode};
 use bytes::Bytes;
 use ponte_e2e::{Envelope, MessageId, Payload, PublicIdentity, Session};
 use ponte_wire::messages::{
@@ -155,7 +155,10 @@ impl Client {
                             held.insert(p);
                             continue;
                         }
-                        Err(ClientError::Server { code, detail }) if code == "UNKNOWN_HANDLE" => {
+                        Err(ClientError::Server {
+                            code: ServerCode::UnknownHandle,
+                            detail,
+                        }) => {
                             emit(
                                 events,
                                 Event::Warning(format!(
@@ -167,7 +170,10 @@ impl Client {
                             unknown_peers.insert(item.peer.clone());
                             continue;
                         }
-                        Err(ClientError::Server { code, detail }) if code == "NO_KEYS" => {
+                        Err(ClientError::Server {
+                            code: ServerCode::NoKeys,
+                            detail,
+                        }) => {
                             emit(
                                 events,
                                 Event::Warning(format!(
@@ -178,7 +184,7 @@ impl Client {
                             failed_peers.insert(item.peer.clone());
                             continue;
                         }
-                        Err(e) if is_temporary_refusal(&e) => {
+                        Err(e) if e.is_temporary_refusal() => {
                             self.warn_deferred(events, &e)?;
                             return Ok(Flush::Deferred);
                         }
@@ -209,12 +215,13 @@ impl Client {
                     self.store().mark_sent(&item.peer, &item.id)?
                 }
                 Ok(_) => return Err(unexpected("SendMessage")),
-                Err(ClientError::Server { code, detail })
-                    if matches!(
-                        code.as_str(),
-                        "UNKNOWN_RECIPIENT" | "TOO_LARGE" | "INVALID_ARGUMENT"
-                    ) =>
-                {
+                Err(ClientError::Server {
+                    code:
+                        code @ (ServerCode::UnknownRecipient
+                        | ServerCode::TooLarge
+                        | ServerCode::InvalidArgument),
+                    detail,
+                }) => {
                     emit(
                         events,
                         Event::Warning(format!(
@@ -224,7 +231,10 @@ impl Client {
                     )?;
                     self.store().mark_failed(&item.peer, &item.id)?;
                 }
-                Err(ClientError::Server { code, detail }) if code == "MAILBOX_FULL" => {
+                Err(ClientError::Server {
+                    code: ServerCode::MailboxFull,
+                    detail,
+                }) => {
                     emit(
                         events,
                         Event::Warning(format!(
@@ -234,7 +244,7 @@ impl Client {
                     )?;
                     failed_peers.insert(item.peer.clone());
                 }
-                Err(e) if is_temporary_refusal(&e) => {
+                Err(e) if e.is_temporary_refusal() => {
                     self.warn_deferred(events, &e)?;
                     return Ok(Flush::Deferred);
                 }
@@ -248,7 +258,7 @@ impl Client {
     /// Says that the outbox waits because of `e`, unless that was the last
     /// thing said about it.
     fn warn_deferred(&mut self, events: &mut Display<'_>, e: &ClientError) -> Result<()> {
-        let text = format!("kept in the outbox: {e}");
+        let text = format!("kept in the outbox: {}", Report(e));
         if self.warned_deferred.as_deref() != Some(text.as_str()) {
             emit(events, Event::Warning(text.clone()))?;
             self.warned_deferred = Some(text);
@@ -273,16 +283,21 @@ impl Client {
                 match self.flush_outbox(&mut conn, &mut sink).await {
                     Ok(_) => None,
                     Err(e) if is_fatal(&e) => return Err(self.give_up(peer, &id, e)),
-                    Err(e) => Some(format!("kept in the outbox: {e}")),
+                    Err(e) => Some(format!("kept in the outbox: {}", Report(&e))),
                 }
             }
-            Err(e @ (ClientError::Unreachable(_) | ClientError::Disconnected(_))) => Some(format!(
-                "server unreachable, message queued for the next connection ({e})"
+            Err(
+                e @ (ClientError::Unreachable(_)
+                | ClientError::Disconnected(_)
+                | ClientError::Closed { .. }),
+            ) => Some(format!(
+                "server unreachable, message queued for the next connection ({})",
+                Report(&e)
             )),
             Err(e) if is_fatal(&e) => return Err(self.give_up(peer, &id, e)),
             // A refusal for now (the server is busy or out of space): it
             // waits in the outbox like an unreachable server's.
-            Err(e) => Some(format!("kept in the outbox: {e}")),
+            Err(e) => Some(format!("kept in the outbox: {}", Report(&e))),
         };
         let note = match (note, warnings.is_empty()) {
             (n, true) => n,

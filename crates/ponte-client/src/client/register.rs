@@ -9,7 +9,7 @@ use super::{
 use crate::connection::REQUEST_TIMEOUT;
 use crate::profile::{KeySource, Profile};
 use crate::route::{RelayUrl, Route, HEAD_START};
-use crate::{ClientError, Result};
+use crate::{ClientError, Result, ServerCode};
 use bytes::Bytes;
 use ponte_e2e::Identity;
 use ponte_transport::Keypair;
@@ -216,7 +216,10 @@ impl Client {
             Ok(_) => return Err(unexpected("Register")),
             // An earlier attempt registered this device but stopped before
             // recording it (crash, lost response): log in to confirm.
-            Err(ClientError::Server { code, detail }) if code == "ALREADY_REGISTERED" => match conn
+            Err(ClientError::Server {
+                code: code @ ServerCode::AlreadyRegistered,
+                detail,
+            }) => match conn
                 .request(client_frame::Body::Login(Login {}), REQUEST_TIMEOUT)
                 .await?
             {

@@ -5,7 +5,7 @@ use super::{Client, META_LAST_ROUTE};
 use crate::connection::Connection;
 use crate::route::{RelayUrl, Route};
 use crate::store::Store;
-use crate::{ClientError, Result};
+use crate::{ClientError, Report, Result};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
@@ -103,7 +103,7 @@ impl Client {
                         .map(|_| u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX))
                         .map_err(|e| match e {
                             ClientError::Unreachable(m) => m,
-                            other => other.to_string(),
+                            other => Report(&other).to_string(),
                         });
                 RouteProbe {
                     route: r.describe(),
@@ -129,7 +129,10 @@ impl Client {
         }
         let (in_use, refused) = match in_use {
             Ok(r) => (Ok(r), false),
-            Err(e) => (Err(e.to_string()), crate::route::is_security_error(&e)),
+            Err(e) => (
+                Err(Report(&e).to_string()),
+                crate::route::is_security_error(&e),
+            ),
         };
         Ok(RouteStatus {
             in_use,

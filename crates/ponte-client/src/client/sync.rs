@@ -6,12 +6,10 @@
 use super::inbound::{self, Decision, Inbound};
 use super::outbound::Flush;
 use super::META_LAST_ROUTE;
-use super::{
-    display_failed, emit, is_fatal, is_temporary_refusal, Client, Display, Event, LOW_WATER_MARK,
-};
+use super::{display_failed, emit, is_fatal, Client, Display, Event, LOW_WATER_MARK};
 use crate::connection::{Connection, REQUEST_TIMEOUT};
 use crate::store::{IdentityCheck, Incoming, IncomingContent, Update};
-use crate::{ClientError, Result};
+use crate::{ClientError, CloseCode, Report, Result};
 use ponte_e2e::{Ciphertext, Envelope, MessageId, Payload};
 use ponte_wire::messages::{client_frame, server_frame, Ack, Ping};
 use std::future::Future;
@@ -90,7 +88,10 @@ impl Client {
             Err(e) => {
                 emit(
                     events,
-                    Event::Warning(format!("dropped a malformed message from {sender}: {e}")),
+                    Event::Warning(format!(
+                        "dropped a malformed message from {sender}: {}",
+                        Report(&e)
+                    )),
                 )?;
                 return Ok(());
             }
@@ -112,7 +113,7 @@ impl Client {
                         // The server could not look it up just now: not
                         // acknowledged, so it comes again (dropping it
                         // would lose a genuine first message).
-                        Err(e) if is_temporary_refusal(&e) => return Err(e),
+                        Err(e) if e.is_temporary_refusal() => return Err(e),
                         Err(
                             e @ (ClientError::Server { .. }
                             | ClientError::Protocol(_)
@@ -121,7 +122,8 @@ impl Client {
                             emit(
                                 events,
                                 Event::Warning(format!(
-                                    "dropped a message from {sender}: cannot check its identity ({e})"
+                                    "dropped a message from {sender}: cannot check its identity ({})",
+                                    Report(&e)
                                 )),
                             )?;
                             return Ok(());
@@ -168,7 +170,10 @@ impl Client {
             Err(e) => {
                 emit(
                     events,
-                    Event::Warning(format!("dropped an unreadable message from {sender}: {e}")),
+                    Event::Warning(format!(
+                        "dropped an unreadable message from {sender}: {}",
+                        Report(&e)
+                    )),
                 )?;
                 // Keep the ratchet state anyway: the ciphertext was genuine.
                 self.store().save_session(sender, &opened.session)?;
@@ -355,7 +360,13 @@ impl Client {
                 Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => e,
             };
-            let replaced = matches!(&err, ClientError::Disconnected(m) if m.contains("REPLACED"));
+            let replaced = matches!(
+                &err,
+                ClientError::Closed {
+                    reason: CloseCode::Replaced,
+                    ..
+                }
+            );
             if replaced {
                 // Another process of this profile (a `send` or `sync`)
                 // connected as the same device: give it time to finish
@@ -374,7 +385,8 @@ impl Client {
             emit(
                 events,
                 Event::Connection(format!(
-                    "{what} ({err}); retrying in {:.1} s",
+                    "{what} ({}); retrying in {:.1} s",
+                    Report(&err),
                     wait.as_secs_f64()
                 )),
             )?;

@@ -69,7 +69,9 @@ impl Client {
                     if known.is_some()
                         && matches!(
                             e,
-                            ClientError::Unreachable(_) | ClientError::Disconnected(_)
+                            ClientError::Unreachable(_)
+                                | ClientError::Disconnected(_)
+                                | ClientError::Closed { .. }
                         ) =>
                 {
                     tracing::debug!(error = %e, "offline; using the stored identity");

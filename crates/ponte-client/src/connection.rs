@@ -11,6 +11,8 @@
 //!
 //! - [`Connection::request`]: send a request and wait for the response with
 //!   the same `request_id`; server pushes that arrive meanwhile are queued;
+//! - [`Connection::start`] and [`Connection::next_response`]: the same,
+//!   split, for several requests in flight (the outbox flush);
 //! - [`Connection::next_push`]: the next queued or incoming push (deliveries,
 //!   receipts, notices, key counts), with a timeout;
 //! - [`Connection::notify`]: send a frame that has no response (`Ack`).
@@ -197,12 +199,36 @@ impl Connection {
     }
 
     /// Send a request and wait (at most `timeout`) for its response. An
-    /// `Error` response becomes [`ClientError::Server`].
+    /// `Error` response becomes [`ClientError::Server`]. Responses to other
+    /// requests that arrive meanwhile are dropped (use [`Connection::start`]
+    /// and [`Connection::next_response`] to have several in flight).
     pub async fn request(
         &mut self,
         body: client_frame::Body,
         timeout: Duration,
     ) -> Result<server_frame::Body> {
+        let request_id = self.start(body).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some((id, answer)) = self.next_response(left).await? else {
+                return Err(ClientError::Disconnected(format!(
+                    "no response within {timeout:?}"
+                )));
+            };
+            if id == request_id {
+                return answer;
+            }
+            // A response to an older, abandoned request: ignore it.
+        }
+    }
+
+    /// Send a request without waiting for its response; returns its
+    /// request id, which [`Connection::next_response`] gives back with the
+    /// answer. The server runs at most `max_requests_in_flight` (32 by
+    /// default) of a connection's writes at once and reads no further
+    /// frame meanwhile, so a caller that keeps more in flight only waits.
+    pub async fn start(&mut self, body: client_frame::Body) -> Result<u64> {
         let request_id = self.next_id;
         self.next_id += 1;
         self.chan
@@ -212,51 +238,52 @@ impl Connection {
             })
             .await
             .map_err(transport_err)?;
+        Ok(request_id)
+    }
+
+    /// The next response to any request, with its request id, arriving
+    /// within `timeout` (`Ok(None)` if none did). An `Error` response is
+    /// the inner [`ClientError::Server`]; pushes that arrive meanwhile are
+    /// queued for [`Connection::next_push`]. Responses come in the order
+    /// the server finishes the requests, which for writes is not always
+    /// the order they were sent.
+    pub async fn next_response(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(u64, Result<server_frame::Body>)>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(frame) = self.recv(left).await? else {
-                return Err(ClientError::Disconnected(format!(
-                    "no response within {timeout:?}"
-                )));
+                return Ok(None);
             };
             let Some(body) = frame.body else { continue };
             let body = match body {
                 server_frame::Body::Close(close) => return Err(Self::closed(close)),
                 body => body,
             };
-            if frame.request_id == request_id {
-                if let server_frame::Body::Error(e) = body {
-                    return Err(ClientError::Server {
+            if frame.request_id != 0 {
+                let answer = match body {
+                    server_frame::Body::Error(e) => Err(ClientError::Server {
                         code: ServerCode::from_wire(e.code),
                         detail: e.detail,
-                    });
-                }
-                return Ok(body);
+                    }),
+                    body => Ok(body),
+                };
+                return Ok(Some((frame.request_id, answer)));
             }
-            if frame.request_id == 0 {
-                if self.pushes.len() >= MAX_QUEUED_PUSHES {
-                    return Err(ClientError::Protocol(
-                        "too many unacknowledged pushes".into(),
-                    ));
-                }
-                self.pushes.push_back(body);
+            if self.pushes.len() >= MAX_QUEUED_PUSHES {
+                return Err(ClientError::Protocol(
+                    "too many unacknowledged pushes".into(),
+                ));
             }
-            // A response to an older, abandoned request: ignore it.
+            self.pushes.push_back(body);
         }
     }
 
     /// Send a frame that gets no response (e.g. `Ack`).
     pub async fn notify(&mut self, body: client_frame::Body) -> Result<()> {
-        let request_id = self.next_id;
-        self.next_id += 1;
-        self.chan
-            .send(&ClientFrame {
-                request_id,
-                body: Some(body),
-            })
-            .await
-            .map_err(transport_err)
+        self.start(body).await.map(drop)
     }
 
     /// The next push: a queued one, or one arriving within `timeout`

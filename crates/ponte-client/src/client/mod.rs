@@ -117,6 +117,9 @@ pub struct Client {
     /// every 30 s and says it again only when it changes, or after a flush
     /// that went through.
     warned_deferred: Option<String>,
+    /// Recipients whose full mailbox was reported in this `send`, `sync`
+    /// or `listen` connection (said again once a send to them went through).
+    warned_full: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -189,6 +192,7 @@ impl Client {
             connect_timeout: register::DEFAULT_CONNECT_TIMEOUT,
             warned_held: BTreeSet::new(),
             warned_deferred: None,
+            warned_full: BTreeSet::new(),
         })
     }
 

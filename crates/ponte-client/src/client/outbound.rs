@@ -4,14 +4,20 @@
 
 use super::{emit, is_fatal, unexpected, Client, Display, Event};
 use crate::connection::{Connection, REQUEST_TIMEOUT};
-use crate::store::{IdentityCheck, MessageView, OutboxKind};
+use crate::store::{IdentityCheck, MessageView, OutboxItem, OutboxKind};
 use crate::{ClientError, Report, Result, ServerCode};
 use bytes::Bytes;
 use ponte_e2e::{Envelope, MessageId, Payload, PublicIdentity, Session};
 use ponte_wire::messages::{
     client_frame, key_signing_string, server_frame, validate_handle, ClaimKey, SendMessage,
 };
-use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
+
+/// Most sends in flight on one connection: the server's default
+/// `max_requests_in_flight` (a server set lower stops reading meanwhile,
+/// which only slows the flush).
+pub const MAX_SENDS_IN_FLIGHT: usize = 32;
 
 /// The outcome of `send`.
 #[derive(Debug, Clone)]
@@ -90,129 +96,96 @@ impl Client {
         Ok(session)
     }
 
-    /// Send everything in the outbox. Items for contacts whose key changed
-    /// are held (reported once); a recipient whose mailbox is full is held
-    /// for this flush; a temporary server refusal (`UNAVAILABLE`, e.g. its
-    /// disk is full, or `RATE_LIMITED`) stops the flush with a warning and
-    /// [`Flush::Deferred`]: the rest stays queued, in order, and the
-    /// connection stays usable for receiving. A permanent refusal marks the
-    /// message failed.
+    /// Send everything in the outbox, up to [`MAX_SENDS_IN_FLIGHT`] sends
+    /// in flight on the connection (answers matched by request id, in the
+    /// order the server commits them), so a long outbox drains in a few
+    /// round trips rather than one per message.
+    ///
+    /// First, once per contact: their identity is checked against the
+    /// directory and a session is opened (a pre-key claimed) where none
+    /// exists. Items for contacts whose key changed are held (reported
+    /// once); a contact unknown to the server fails its messages; one with
+    /// no keys yet keeps them queued. Then the sends: a recipient whose
+    /// mailbox is full is held for this flush (said once); a temporary
+    /// server refusal (`UNAVAILABLE`, e.g. its disk is full, or
+    /// `RATE_LIMITED`) starts no further send, waits for the answers in
+    /// flight and ends with one warning and [`Flush::Deferred`]: the rest
+    /// stays queued, in order, and the connection stays usable for
+    /// receiving. A permanent refusal marks that message failed.
+    ///
+    /// The recipient sees one sender's messages in the order they were
+    /// sent: the server assigns mailbox seqs in the order a connection's
+    /// sends arrive. (Messages already in flight when a refusal comes may
+    /// still be accepted, ahead of the refused one that goes out later;
+    /// each carries its send time.)
     pub(super) async fn flush_outbox(
         &mut self,
         conn: &mut Connection,
         events: &mut Display<'_>,
     ) -> Result<Flush> {
-        let mut held = BTreeSet::new();
-        let mut failed_peers = BTreeSet::new();
-        let mut unknown_peers = BTreeSet::new();
         let outbox = self.store().outbox()?;
-        // Before encrypting to a known contact over an existing session,
-        // ask the directory whether their identity is still the one we
-        // trust (once per contact and flush): a changed key must stop us
-        // even when no new session is needed.
-        let to_encrypt: BTreeSet<String> = outbox
-            .iter()
-            .filter(|i| i.ciphertext.is_none())
-            .map(|i| i.peer.clone())
-            .collect();
-        for peer in to_encrypt {
-            if self.store().contact(&peer)?.is_none() {
-                continue; // first contact: the claim below records it
-            }
-            match self.lookup_identity(conn, &peer).await {
-                Ok(identity) => {
-                    self.store().observe_identity(&peer, &identity)?;
+        let mut blocked = match self.prepare_sessions(conn, &outbox, events).await? {
+            Some(blocked) => blocked,
+            None => return Ok(Flush::Deferred),
+        };
+        let mut sessions: HashMap<String, Session> = HashMap::new();
+        let mut in_flight: HashMap<u64, usize> = HashMap::new();
+        let mut mailbox_full = BTreeSet::new();
+        let mut refused: Option<ClientError> = None;
+        let mut next = 0;
+        loop {
+            while refused.is_none() && in_flight.len() < MAX_SENDS_IN_FLIGHT && next < outbox.len()
+            {
+                let index = next;
+                next += 1;
+                let item = &outbox[index];
+                match blocked.get(&item.peer) {
+                    Some(&(from, Blocked::Unknown)) if index >= from => {
+                        self.store().mark_failed(&item.peer, &item.id)?;
+                        continue;
+                    }
+                    Some(&(from, _)) if index >= from => continue,
+                    _ => {}
                 }
-                Err(ClientError::Server { .. }) => {} // handled per item below
-                Err(e) => return Err(e),
-            }
-        }
-        for item in outbox {
-            if unknown_peers.contains(&item.peer) {
-                self.store().mark_failed(&item.peer, &item.id)?;
-                continue;
-            }
-            if held.contains(&item.peer) || failed_peers.contains(&item.peer) {
-                continue;
-            }
-            let ciphertext = match item.ciphertext.clone() {
-                Some(c) => c,
-                None => {
-                    let changed = self.check_not_changed(&item.peer).err();
-                    let session = match changed {
-                        Some(e) => Err(e),
-                        None => self.outbound_session(conn, &item.peer).await,
-                    };
-                    let mut session = match session {
-                        Ok(s) => s,
-                        Err(ClientError::KeyChanged(p)) => {
-                            if self.warned_held.insert(p.clone()) {
-                                emit(
-                                    events,
-                                    Event::Warning(ClientError::KeyChanged(p.clone()).to_string()),
-                                )?;
-                            }
-                            held.insert(p);
-                            continue;
-                        }
-                        Err(ClientError::Server {
-                            code: ServerCode::UnknownHandle,
-                            detail,
-                        }) => {
-                            emit(
-                                events,
-                                Event::Warning(format!(
-                                    "{}: no such user on the server ({detail})",
-                                    item.peer
-                                )),
-                            )?;
-                            self.store().mark_failed(&item.peer, &item.id)?;
-                            unknown_peers.insert(item.peer.clone());
-                            continue;
-                        }
-                        Err(ClientError::Server {
-                            code: ServerCode::NoKeys,
-                            detail,
-                        }) => {
-                            emit(
-                                events,
-                                Event::Warning(format!(
-                                    "{} has no keys on the server yet ({detail}); kept queued",
-                                    item.peer
-                                )),
-                            )?;
-                            failed_peers.insert(item.peer.clone());
-                            continue;
-                        }
-                        Err(e) if e.is_temporary_refusal() => {
-                            self.warn_deferred(events, &e)?;
-                            return Ok(Flush::Deferred);
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    let payload = match &item.kind {
-                        OutboxKind::Text(t) => Payload::Text(t.clone()),
-                        OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
-                    };
-                    let envelope = Envelope {
-                        id: item.id,
-                        sent_at_ms: item.sent_at_ms,
-                        payload,
-                    };
-                    let ct = session.encrypt(&envelope.encode()?).to_bytes();
-                    self.store()
-                        .save_encrypted(&item.id, &item.peer, &session, &ct)?;
-                    ct
+                if mailbox_full.contains(&item.peer) {
+                    continue;
                 }
+                let ciphertext = match &item.ciphertext {
+                    Some(c) => c.clone(),
+                    None => match self.encrypt(&mut sessions, item)? {
+                        Some(c) => c,
+                        // The session vanished (removed by another process
+                        // of this profile): held, as for no keys.
+                        None => {
+                            blocked.insert(item.peer.clone(), (index, Blocked::Held));
+                            continue;
+                        }
+                    },
+                };
+                let body = client_frame::Body::Send(SendMessage {
+                    message_id: Bytes::copy_from_slice(&item.id.0),
+                    recipient: item.peer.clone(),
+                    body: Bytes::from(ciphertext),
+                });
+                in_flight.insert(conn.start(body).await?, index);
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            let Some((request_id, answer)) = conn.next_response(REQUEST_TIMEOUT).await? else {
+                return Err(ClientError::Disconnected(format!(
+                    "no response within {REQUEST_TIMEOUT:?}"
+                )));
             };
-            let body = client_frame::Body::Send(SendMessage {
-                message_id: Bytes::copy_from_slice(&item.id.0),
-                recipient: item.peer.clone(),
-                body: Bytes::from(ciphertext),
-            });
-            match conn.request(body, REQUEST_TIMEOUT).await {
+            // An answer to an abandoned request (none here): ignore it.
+            let Some(index) = in_flight.remove(&request_id) else {
+                continue;
+            };
+            let item = &outbox[index];
+            match answer {
                 Ok(server_frame::Body::SendAck(_)) => {
-                    self.store().mark_sent(&item.peer, &item.id)?
+                    self.store().mark_sent(&item.peer, &item.id)?;
+                    self.warned_full.remove(&item.peer);
                 }
                 Ok(_) => return Err(unexpected("SendMessage")),
                 Err(ClientError::Server {
@@ -235,24 +208,142 @@ impl Client {
                     code: ServerCode::MailboxFull,
                     detail,
                 }) => {
-                    emit(
-                        events,
-                        Event::Warning(format!(
-                            "{}'s mailbox on the server is full ({detail}); kept queued",
-                            item.peer
-                        )),
-                    )?;
-                    failed_peers.insert(item.peer.clone());
+                    mailbox_full.insert(item.peer.clone());
+                    if self.warned_full.insert(item.peer.clone()) {
+                        emit(
+                            events,
+                            Event::Warning(format!(
+                                "{}'s mailbox on the server is full ({detail}); kept queued",
+                                item.peer
+                            )),
+                        )?;
+                    }
                 }
                 Err(e) if e.is_temporary_refusal() => {
-                    self.warn_deferred(events, &e)?;
-                    return Ok(Flush::Deferred);
+                    refused.get_or_insert(e);
                 }
                 Err(e) => return Err(e),
             }
         }
+        if let Some(e) = refused {
+            self.warn_deferred(events, &e)?;
+            return Ok(Flush::Deferred);
+        }
         self.warned_deferred = None;
         Ok(Flush::Done)
+    }
+
+    /// The per-contact round trips before the sends: a directory check for
+    /// each known contact with something to encrypt (a changed key must
+    /// stop us even when no new session is needed), then a session for
+    /// each of them. Returns the contacts whose items cannot go out, with
+    /// the outbox index from which they are blocked, or `None` when the
+    /// server refused for now (said once; the flush is deferred).
+    async fn prepare_sessions(
+        &mut self,
+        conn: &mut Connection,
+        outbox: &[OutboxItem],
+        events: &mut Display<'_>,
+    ) -> Result<Option<HashMap<String, (usize, Blocked)>>> {
+        // Each contact with something to encrypt, at its first such item.
+        let mut to_encrypt: Vec<(usize, &str)> = Vec::new();
+        for (index, item) in outbox.iter().enumerate() {
+            if item.ciphertext.is_none() && !to_encrypt.iter().any(|(_, p)| *p == item.peer) {
+                to_encrypt.push((index, &item.peer));
+            }
+        }
+        for &(_, peer) in &to_encrypt {
+            if self.store().contact(peer)?.is_none() {
+                continue; // first contact: the claim below records it
+            }
+            match self.lookup_identity(conn, peer).await {
+                Ok(identity) => {
+                    self.store().observe_identity(peer, &identity)?;
+                }
+                Err(ClientError::Server { .. }) => {} // handled below
+                Err(e) => return Err(e),
+            }
+        }
+        let mut blocked = HashMap::new();
+        for (index, peer) in to_encrypt {
+            let session = match self.check_not_changed(peer) {
+                Err(e) => Err(e),
+                Ok(()) => self.outbound_session(conn, peer).await.map(drop),
+            };
+            let block = match session {
+                Ok(()) => continue,
+                Err(ClientError::KeyChanged(p)) => {
+                    if self.warned_held.insert(p.clone()) {
+                        emit(
+                            events,
+                            Event::Warning(ClientError::KeyChanged(p).to_string()),
+                        )?;
+                    }
+                    Blocked::Held
+                }
+                Err(ClientError::Server {
+                    code: ServerCode::UnknownHandle,
+                    detail,
+                }) => {
+                    emit(
+                        events,
+                        Event::Warning(format!("{peer}: no such user on the server ({detail})")),
+                    )?;
+                    Blocked::Unknown
+                }
+                Err(ClientError::Server {
+                    code: ServerCode::NoKeys,
+                    detail,
+                }) => {
+                    emit(
+                        events,
+                        Event::Warning(format!(
+                            "{peer} has no keys on the server yet ({detail}); kept queued"
+                        )),
+                    )?;
+                    Blocked::Held
+                }
+                Err(e) if e.is_temporary_refusal() => {
+                    self.warn_deferred(events, &e)?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            blocked.insert(peer.to_owned(), (index, block));
+        }
+        Ok(Some(blocked))
+    }
+
+    /// Encrypt `item` with the contact's latest session (kept in `sessions`
+    /// for the rest of the flush) and store the ciphertext before it
+    /// leaves: after a crash or a lost answer the same bytes go again, and
+    /// the server and the recipient drop the copy by its message id.
+    /// `None` when there is no session with the contact.
+    fn encrypt(
+        &self,
+        sessions: &mut HashMap<String, Session>,
+        item: &OutboxItem,
+    ) -> Result<Option<Vec<u8>>> {
+        let session = match sessions.entry(item.peer.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match self.store().sessions(&item.peer)?.into_iter().next() {
+                Some(stored) => e.insert(stored),
+                None => return Ok(None),
+            },
+        };
+        let payload = match &item.kind {
+            OutboxKind::Text(t) => Payload::Text(t.clone()),
+            OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
+        };
+        let envelope = Envelope {
+            id: item.id,
+            sent_at_ms: item.sent_at_ms,
+            payload,
+        };
+        let ct = session.encrypt(&envelope.encode()?).to_bytes();
+        self.store()
+            .save_encrypted(&item.id, &item.peer, session, &ct)?;
+        Ok(Some(ct))
     }
 
     /// Says that the outbox waits because of `e`, unless that was the last
@@ -270,6 +361,7 @@ impl Client {
     /// the server cannot be reached, the message stays queued (not an
     /// error): the outcome says so.
     pub async fn send(&mut self, peer: &str, text: &str) -> Result<SendOutcome> {
+        self.warned_full.clear();
         let id = self.queue_text(peer, text)?;
         let mut warnings = Vec::new();
         let note = match self.login().await {
@@ -332,6 +424,15 @@ impl Client {
         }
         e
     }
+}
+
+/// Why a contact's items do not go out in this flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blocked {
+    /// Kept queued: their key changed, or they have no keys yet.
+    Held,
+    /// The server has no such user: their messages fail.
+    Unknown,
 }
 
 /// How a flush of the outbox ended.

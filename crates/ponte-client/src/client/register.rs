@@ -196,6 +196,7 @@ impl Client {
             connect_timeout,
             warned_held: BTreeSet::new(),
             warned_deferred: None,
+            warned_full: BTreeSet::new(),
         };
         let mut conn = client.open_connection().await?;
         let public = client.identity.public();

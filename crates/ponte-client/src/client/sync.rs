@@ -265,6 +265,7 @@ impl Client {
     /// stops at the first event the display cannot show, with
     /// [`ClientError::Io`]; what was not shown is reported again next time.
     pub async fn sync_to(&mut self, events: &mut Display<'_>) -> Result<()> {
+        self.warned_full.clear();
         let (mut conn, logged_in) = self.login().await?;
         // One-time keys: the server pushes a KeyCount right after LoggedIn;
         // handle_push tops them up when it says they run low.
@@ -403,6 +404,7 @@ impl Client {
     async fn listen_once(&mut self, events: &mut Display<'_>, connected: &mut bool) -> Result<()> {
         let (mut conn, _) = self.login().await?;
         *connected = true;
+        self.warned_full.clear();
         emit(
             events,
             Event::Connection(format!(

@@ -2,9 +2,9 @@
 //! in process on 127.0.0.1, and a key-file profile registered on it.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use ponte_client::client::RegisterOptions;
+use ponte_client::client::{Event, RegisterOptions};
 use ponte_client::profile::KeySource;
-use ponte_client::{Client, ClientError};
+use ponte_client::{Client, ClientError, Update};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -84,6 +84,27 @@ pub async fn try_register(dir: &Path, address: &str, handle: &str) -> Result<Cli
 /// [`try_register`], which must succeed.
 pub async fn register(dir: &Path, address: &str, handle: &str) -> Client {
     try_register(dir, address, handle).await.unwrap()
+}
+
+/// Syncs `client`; the texts of the new messages it reported, and its
+/// warnings, each in order.
+pub async fn sync_report(client: &mut Client) -> (Vec<String>, Vec<String>) {
+    let mut events = Vec::new();
+    client.sync(&mut |e| events.push(e)).await.unwrap();
+    let (mut texts, mut warnings) = (Vec::new(), Vec::new());
+    for e in events {
+        match e {
+            Event::Update(Update::Message(m)) => texts.push(m.text),
+            Event::Warning(w) => warnings.push(w),
+            _ => {}
+        }
+    }
+    (texts, warnings)
+}
+
+/// [`sync_report`]'s texts.
+pub async fn sync_texts(client: &mut Client) -> Vec<String> {
+    sync_report(client).await.0
 }
 
 /// Binds a port this test had before: a server restarted at the address its

@@ -587,22 +587,24 @@ impl Store {
         Ok(out)
     }
 
-    /// Record the ciphertext of an outbox item together with the session
-    /// state that produced it (one transaction: a crash can never leave a
-    /// ratchet step without its ciphertext).
+    /// Store the ciphertexts of outbox items together with the states of
+    /// the sessions that produced them (one transaction: a crash can never
+    /// leave a ciphertext whose ratchet step is lost, or the reverse).
     pub fn save_encrypted(
         &self,
-        id: &MessageId,
-        peer: &str,
-        session: &Session,
-        ciphertext: &[u8],
+        sessions: &[(&str, &Session)],
+        ciphertexts: &[(&MessageId, &[u8])],
     ) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
-        save_session(&tx, &self.key, peer, session)?;
-        tx.execute(
-            "UPDATE outbox SET ciphertext = ?2 WHERE id = ?1",
-            params![id.0.to_vec(), ciphertext],
-        )?;
+        for (peer, session) in sessions {
+            save_session(&tx, &self.key, peer, session)?;
+        }
+        for (id, ciphertext) in ciphertexts {
+            tx.execute(
+                "UPDATE outbox SET ciphertext = ?2 WHERE id = ?1",
+                params![id.0.to_vec(), ciphertext],
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -618,9 +620,16 @@ impl Store {
 
     /// The server made an outbox item durable: remove it, tick "sent".
     pub fn mark_sent(&self, peer: &str, id: &MessageId) -> Result<()> {
+        self.mark_all_sent(&[(peer, id)])
+    }
+
+    /// [`Store::mark_sent`] for several items, in one transaction.
+    pub fn mark_all_sent(&self, items: &[(&str, &MessageId)]) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
-        tx.execute("DELETE FROM outbox WHERE id = ?1", [id.0.to_vec()])?;
-        advance(&tx, peer, id, Status::Sent)?;
+        for (peer, id) in items {
+            tx.execute("DELETE FROM outbox WHERE id = ?1", [id.0.to_vec()])?;
+            advance(&tx, peer, id, Status::Sent)?;
+        }
         tx.commit()?;
         Ok(())
     }

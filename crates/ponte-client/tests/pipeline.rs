@@ -6,8 +6,9 @@
 
 mod common;
 
-use common::{register, start_server_with, sync_report, sync_texts};
+use common::{delaying_forwarder, direct, register, start_server_with, sync_report, sync_texts};
 use ponte_client::{Client, Status};
+use std::time::Duration;
 
 /// Syncs; the warnings it reported.
 async fn sync_warnings(client: &mut Client) -> Vec<String> {
@@ -99,5 +100,48 @@ async fn a_full_mailbox_is_said_once_and_keeps_the_order() {
         .unwrap()
         .iter()
         .all(|m| m.status != Status::Queued));
+    server.stop().await;
+}
+
+/// Messages queued for the test over a slow path.
+const SLOW_PATH_MESSAGES: usize = 500;
+
+/// 500 queued messages over a path with a 200 ms round trip (a forwarder
+/// holding every chunk 100 ms each way) leave in a few round trips per 32,
+/// not one round trip each (which would take about 100 s).
+#[tokio::test]
+async fn a_long_outbox_drains_in_a_few_round_trips_over_a_slow_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server_with(&tmp.path().join("server"), |_| {}).await;
+    let mut alice = register(&tmp.path().join("alice"), &server.address, "alice").await;
+    let mut bob = register(&tmp.path().join("bob"), &server.address, "bob").await;
+    assert_eq!(
+        alice.send("bob", "first").await.unwrap().message.status,
+        Status::Sent
+    );
+    let mut expected = vec!["first".to_owned()];
+    for i in 0..SLOW_PATH_MESSAGES {
+        let text = format!("m{i}");
+        alice.queue_text("bob", &text).unwrap();
+        expected.push(text);
+    }
+    let slow = delaying_forwarder(server.addr, Duration::from_millis(100)).await;
+    alice.set_routes(direct(slow));
+    let started = std::time::Instant::now();
+    let (_, warnings) = sync_report(&mut alice).await;
+    let took = started.elapsed();
+    eprintln!(
+        "{SLOW_PATH_MESSAGES} queued messages over a 200 ms round trip: sync took {:.2} s",
+        took.as_secs_f64()
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(alice.store().outbox_len().unwrap(), 0);
+    assert!(alice
+        .history("bob")
+        .unwrap()
+        .iter()
+        .all(|m| m.status == Status::Sent));
+    assert_eq!(sync_texts(&mut bob).await, expected);
     server.stop().await;
 }

@@ -4,7 +4,7 @@
 
 use super::{emit, is_fatal, unexpected, Client, Display, Event};
 use crate::connection::{Connection, REQUEST_TIMEOUT};
-use crate::store::{IdentityCheck, MessageView, OutboxItem, OutboxKind};
+use crate::store::{IdentityCheck, MessageView, OutboxItem, OutboxKind, Store};
 use crate::{ClientError, Report, Result, ServerCode};
 use bytes::Bytes;
 use ponte_e2e::{Envelope, MessageId, Payload, PublicIdentity, Session};
@@ -13,6 +13,7 @@ use ponte_wire::messages::{
 };
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 /// Most sends in flight on one connection: the server's default
 /// `max_requests_in_flight` (a server set lower stops reading meanwhile,
@@ -134,7 +135,13 @@ impl Client {
         let mut refused: Option<ClientError> = None;
         let mut next = 0;
         loop {
-            while refused.is_none() && in_flight.len() < MAX_SENDS_IN_FLIGHT && next < outbox.len()
+            // The next sends, up to the limit in flight; what is encrypted
+            // now is stored (one transaction) before any of it leaves.
+            let mut batch: Vec<(usize, Vec<u8>)> = Vec::new();
+            let mut fresh = Vec::new();
+            while refused.is_none()
+                && in_flight.len() + batch.len() < MAX_SENDS_IN_FLIGHT
+                && next < outbox.len()
             {
                 let index = next;
                 next += 1;
@@ -152,8 +159,11 @@ impl Client {
                 }
                 let ciphertext = match &item.ciphertext {
                     Some(c) => c.clone(),
-                    None => match self.encrypt(&mut sessions, item)? {
-                        Some(c) => c,
+                    None => match encrypt(self.store(), &mut sessions, item)? {
+                        Some(c) => {
+                            fresh.push(index);
+                            c
+                        }
                         // The session vanished (removed by another process
                         // of this profile): held, as for no keys.
                         None => {
@@ -162,6 +172,24 @@ impl Client {
                         }
                     },
                 };
+                batch.push((index, ciphertext));
+            }
+            if !fresh.is_empty() {
+                let touched: BTreeSet<&str> =
+                    fresh.iter().map(|&i| outbox[i].peer.as_str()).collect();
+                let states: Vec<(&str, &Session)> = touched
+                    .into_iter()
+                    .filter_map(|p| sessions.get(p).map(|s| (p, s)))
+                    .collect();
+                let ciphertexts: Vec<(&MessageId, &[u8])> = batch
+                    .iter()
+                    .filter(|(i, _)| fresh.contains(i))
+                    .map(|(i, c)| (&outbox[*i].id, c.as_slice()))
+                    .collect();
+                self.store().save_encrypted(&states, &ciphertexts)?;
+            }
+            for (index, ciphertext) in batch {
+                let item = &outbox[index];
                 let body = client_frame::Body::Send(SendMessage {
                     message_id: Bytes::copy_from_slice(&item.id.0),
                     recipient: item.peer.clone(),
@@ -172,58 +200,69 @@ impl Client {
             if in_flight.is_empty() {
                 break;
             }
-            let Some((request_id, answer)) = conn.next_response(REQUEST_TIMEOUT).await? else {
-                return Err(ClientError::Disconnected(format!(
-                    "no response within {REQUEST_TIMEOUT:?}"
-                )));
-            };
-            // An answer to an abandoned request (none here): ignore it.
-            let Some(index) = in_flight.remove(&request_id) else {
-                continue;
-            };
-            let item = &outbox[index];
-            match answer {
-                Ok(server_frame::Body::SendAck(_)) => {
-                    self.store().mark_sent(&item.peer, &item.id)?;
-                    self.warned_full.remove(&item.peer);
-                }
-                Ok(_) => return Err(unexpected("SendMessage")),
-                Err(ClientError::Server {
-                    code:
-                        code @ (ServerCode::UnknownRecipient
-                        | ServerCode::TooLarge
-                        | ServerCode::InvalidArgument),
-                    detail,
-                }) => {
-                    emit(
-                        events,
-                        Event::Warning(format!(
-                            "message to {} refused by the server: {code} ({detail})",
-                            item.peer
-                        )),
-                    )?;
-                    self.store().mark_failed(&item.peer, &item.id)?;
-                }
-                Err(ClientError::Server {
-                    code: ServerCode::MailboxFull,
-                    detail,
-                }) => {
-                    mailbox_full.insert(item.peer.clone());
-                    if self.warned_full.insert(item.peer.clone()) {
+            // Wait for one answer, then take every one already here; the
+            // sends they acknowledge are marked in one transaction.
+            let mut sent = Vec::new();
+            let mut wait = REQUEST_TIMEOUT;
+            while let Some((request_id, answer)) = conn.next_response(wait).await? {
+                wait = Duration::ZERO;
+                // An answer to an abandoned request (none here): ignore it.
+                let Some(index) = in_flight.remove(&request_id) else {
+                    continue;
+                };
+                let item = &outbox[index];
+                match answer {
+                    Ok(server_frame::Body::SendAck(_)) => {
+                        sent.push((item.peer.as_str(), &item.id));
+                        self.warned_full.remove(&item.peer);
+                    }
+                    Ok(_) => return Err(unexpected("SendMessage")),
+                    Err(ClientError::Server {
+                        code:
+                            code @ (ServerCode::UnknownRecipient
+                            | ServerCode::TooLarge
+                            | ServerCode::InvalidArgument),
+                        detail,
+                    }) => {
                         emit(
                             events,
                             Event::Warning(format!(
-                                "{}'s mailbox on the server is full ({detail}); kept queued",
+                                "message to {} refused by the server: {code} ({detail})",
                                 item.peer
                             )),
                         )?;
+                        self.store().mark_failed(&item.peer, &item.id)?;
                     }
+                    Err(ClientError::Server {
+                        code: ServerCode::MailboxFull,
+                        detail,
+                    }) => {
+                        mailbox_full.insert(item.peer.clone());
+                        if self.warned_full.insert(item.peer.clone()) {
+                            emit(
+                                events,
+                                Event::Warning(format!(
+                                    "{}'s mailbox on the server is full ({detail}); kept queued",
+                                    item.peer
+                                )),
+                            )?;
+                        }
+                    }
+                    Err(e) if e.is_temporary_refusal() => {
+                        refused.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.is_temporary_refusal() => {
-                    refused.get_or_insert(e);
+                if in_flight.is_empty() {
+                    break;
                 }
-                Err(e) => return Err(e),
             }
+            if wait == REQUEST_TIMEOUT {
+                return Err(ClientError::Disconnected(format!(
+                    "no response within {REQUEST_TIMEOUT:?}"
+                )));
+            }
+            self.store().mark_all_sent(&sent)?;
         }
         if let Some(e) = refused {
             self.warn_deferred(events, &e)?;
@@ -312,38 +351,6 @@ impl Client {
             blocked.insert(peer.to_owned(), (index, block));
         }
         Ok(Some(blocked))
-    }
-
-    /// Encrypt `item` with the contact's latest session (kept in `sessions`
-    /// for the rest of the flush) and store the ciphertext before it
-    /// leaves: after a crash or a lost answer the same bytes go again, and
-    /// the server and the recipient drop the copy by its message id.
-    /// `None` when there is no session with the contact.
-    fn encrypt(
-        &self,
-        sessions: &mut HashMap<String, Session>,
-        item: &OutboxItem,
-    ) -> Result<Option<Vec<u8>>> {
-        let session = match sessions.entry(item.peer.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => match self.store().sessions(&item.peer)?.into_iter().next() {
-                Some(stored) => e.insert(stored),
-                None => return Ok(None),
-            },
-        };
-        let payload = match &item.kind {
-            OutboxKind::Text(t) => Payload::Text(t.clone()),
-            OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
-        };
-        let envelope = Envelope {
-            id: item.id,
-            sent_at_ms: item.sent_at_ms,
-            payload,
-        };
-        let ct = session.encrypt(&envelope.encode()?).to_bytes();
-        self.store()
-            .save_encrypted(&item.id, &item.peer, session, &ct)?;
-        Ok(Some(ct))
     }
 
     /// Says that the outbox waits because of `e`, unless that was the last
@@ -442,4 +449,33 @@ pub(super) enum Flush {
     Done,
     /// The server refused for now; the rest waits for a later flush.
     Deferred,
+}
+
+/// Encrypt `item` with the contact's latest session (kept, advanced, in
+/// `sessions` for the rest of the flush); `None` when there is no session
+/// with the contact. The caller stores the ciphertext with the session
+/// before it leaves: after a crash or a lost answer the same bytes go
+/// again, and the server and the recipient drop the copy by its message id.
+fn encrypt(
+    store: &Store,
+    sessions: &mut HashMap<String, Session>,
+    item: &OutboxItem,
+) -> Result<Option<Vec<u8>>> {
+    let session = match sessions.entry(item.peer.clone()) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => match store.sessions(&item.peer)?.into_iter().next() {
+            Some(stored) => e.insert(stored),
+            None => return Ok(None),
+        },
+    };
+    let payload = match &item.kind {
+        OutboxKind::Text(t) => Payload::Text(t.clone()),
+        OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
+    };
+    let envelope = Envelope {
+        id: item.id,
+        sent_at_ms: item.sent_at_ms,
+        payload,
+    };
+    Ok(Some(session.encrypt(&envelope.encode()?).to_bytes()))
 }

@@ -1,13 +1,19 @@
 //! Shared by the client's integration tests: a real `ponte-server` running
-//! in process on 127.0.0.1, and a key-file profile registered on it.
+//! in process on 127.0.0.1, a key-file profile registered on it, syncing
+//! and collecting what it reports, routes, and TCP forwarders (plain, or
+//! delaying every chunk as a long network path would).
 #![allow(clippy::unwrap_used, dead_code)]
 
 use ponte_client::client::{Event, RegisterOptions};
 use ponte_client::profile::KeySource;
+use ponte_client::route::{DirectRoute, Route};
 use ponte_client::{Client, ClientError, Update};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A server running until [`Running::stop`].
 pub struct Running {
@@ -126,4 +132,82 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("cannot bind the same port again: {last}");
+}
+
+/// The route straight to `to` (a forwarder, a test server).
+pub fn direct(to: SocketAddr) -> Vec<Box<dyn Route>> {
+    vec![Box::new(DirectRoute {
+        target: to.to_string(),
+    })]
+}
+
+/// Forwards every connection accepted on `listener` to `target`.
+pub async fn forward(listener: TcpListener, target: SocketAddr) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// Chunks read but not yet written, per direction of a delaying forwarder
+/// (the reader waits when that many are pending).
+const DELAYED_CHUNKS: usize = 4096;
+
+/// A forwarder on 127.0.0.1:0 to `target` that holds every chunk it reads
+/// for `delay` before writing it on, in each direction, keeping the order:
+/// a path with a round trip of twice `delay`. Runs until the test ends.
+pub async fn delaying_forwarder(target: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    return;
+                };
+                // Chunks go on when due, not when Nagle lets them.
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let (client_read, client_write) = inbound.into_split();
+                let (server_read, server_write) = outbound.into_split();
+                tokio::join!(
+                    delayed_copy(client_read, server_write, delay),
+                    delayed_copy(server_read, client_write, delay),
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read, in order.
+async fn delayed_copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) {
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(DELAYED_CHUNKS);
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let due = tokio::time::Instant::now() + delay;
+            if tx.send((due, buf[..n].to_vec())).await.is_err() {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }

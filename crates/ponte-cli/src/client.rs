@@ -746,7 +746,7 @@ fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
         "from": from,
         "to": to,
         "text": m.text,
-        "sent_at": rfc3339(m.sent_at_ms),
+        "sent_at": rfc3339(m.sent_at.0),
         "status": m.status.as_str(),
     });
     if m.key_changed {
@@ -760,7 +760,7 @@ fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::Result<()> {
         // Raw text: JSON escapes control characters itself.
         return out(message_json(me, m));
     }
-    let when = rfc3339(m.sent_at_ms);
+    let when = rfc3339(m.sent_at.0);
     let (peer, text) = (clean(&m.peer), clean(&m.text));
     if m.outgoing {
         out(format_args!(

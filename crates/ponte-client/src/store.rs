@@ -158,7 +158,7 @@ pub struct MessageView {
     /// The text.
     pub text: String,
     /// Sender's clock, ms since the epoch.
-    pub sent_at_ms: u64,
+    pub sent_at: UnixMillis,
     /// Tick status.
     pub status: Status,
     /// Set when the sender's identity key had changed unverified.
@@ -230,7 +230,7 @@ pub struct OutboxItem {
     /// Content.
     pub kind: OutboxKind,
     /// When written.
-    pub sent_at_ms: u64,
+    pub sent_at: UnixMillis,
     /// The Olm ciphertext, once encrypted (resent as is after a crash).
     pub ciphertext: Option<Vec<u8>>,
 }
@@ -247,15 +247,33 @@ pub enum IdentityCheck {
     Changed,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// A wall-clock time in milliseconds since the Unix epoch: when a message
+/// was written (by its sender's clock) or a row was stored. Stored as an
+/// SQLite integer (saturating at `i64::MAX`; a negative value reads as 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub u64);
+
+impl UnixMillis {
+    /// Now, by this machine's clock (0 if it is before 1970).
+    pub fn now() -> Self {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Self(ms)
+    }
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+impl rusqlite::types::ToSql for UnixMillis {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(i64::try_from(self.0).unwrap_or(i64::MAX).into())
+    }
+}
+
+impl rusqlite::types::FromSql for UnixMillis {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(value).map(|v| Self(u64::try_from(v).unwrap_or(0)))
+    }
 }
 
 fn aad(table: &str, column: &str, row: &[u8]) -> Vec<u8> {
@@ -404,7 +422,7 @@ impl Store {
                         handle,
                         identity.curve25519.to_vec(),
                         identity.ed25519.to_vec(),
-                        to_i64(now_ms())
+                        UnixMillis::now()
                     ],
                 )?;
                 Ok(IdentityCheck::New)
@@ -477,7 +495,7 @@ impl Store {
     /// Write a text message: history (status queued) and outbox, atomically.
     pub fn queue_text(&self, peer: &str, text: &str) -> Result<MessageId> {
         let id = MessageId::random();
-        let now = now_ms();
+        let now = UnixMillis::now();
         let tx = self.conn.unchecked_transaction()?;
         let body = self.key.seal(
             &aad("messages", "body", &row_key(peer, true, &id)),
@@ -486,13 +504,7 @@ impl Store {
         tx.execute(
             "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status)
              VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5)",
-            params![
-                peer,
-                id.0.to_vec(),
-                body,
-                to_i64(now),
-                Status::Queued.to_i64()
-            ],
+            params![peer, id.0.to_vec(), body, now, Status::Queued.to_i64()],
         )?;
         insert_outbox(
             &tx,
@@ -553,7 +565,7 @@ impl Store {
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
+                    r.get::<_, UnixMillis>(4)?,
                     r.get::<_, Option<Vec<u8>>>(5)?,
                 ))
             })?
@@ -580,7 +592,7 @@ impl Store {
                 id,
                 peer,
                 kind,
-                sent_at_ms: u64::try_from(sent_at).unwrap_or(0),
+                sent_at,
                 ciphertext,
             });
         }
@@ -708,8 +720,8 @@ impl Store {
                             incoming.peer,
                             incoming.id.0.to_vec(),
                             body,
-                            to_i64(incoming.sent_at_ms),
-                            to_i64(now_ms()),
+                            incoming.sent_at,
+                            UnixMillis::now(),
                             Status::Received.to_i64(),
                             if incoming.key_changed {
                                 FLAG_UNVERIFIED_KEY_CHANGE
@@ -846,7 +858,7 @@ pub struct Incoming<'a> {
     /// Envelope id.
     pub id: MessageId,
     /// Sender's clock.
-    pub sent_at_ms: u64,
+    pub sent_at: UnixMillis,
     /// Session after decrypting.
     pub session: &'a Session,
     /// The identity, when decrypting created an inbound session.
@@ -973,7 +985,7 @@ fn save_session(
         "INSERT INTO sessions(session_id, handle, pickle, updated_ms, seq) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(session_id) DO UPDATE SET pickle = excluded.pickle,
              updated_ms = excluded.updated_ms, seq = excluded.seq",
-        params![session.session_id(), peer, session.pickle(key.pickle_key()), to_i64(now_ms()), next],
+        params![session.session_id(), peer, session.pickle(key.pickle_key()), UnixMillis::now(), next],
     )?;
     tx.execute(
         "DELETE FROM sessions WHERE handle = ?1 AND session_id NOT IN
@@ -989,7 +1001,7 @@ fn insert_outbox(
     id: &MessageId,
     peer: &str,
     kind: &OutboxKind,
-    sent_at_ms: u64,
+    sent_at: UnixMillis,
 ) -> Result<()> {
     let (kind_code, plain) = match kind {
         OutboxKind::Text(t) => (1, t.as_bytes().to_vec()),
@@ -998,7 +1010,7 @@ fn insert_outbox(
     let payload = key.seal(&aad("outbox", "payload", &id.0), &plain);
     tx.execute(
         "INSERT INTO outbox(id, peer, kind, payload, sent_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id.0.to_vec(), peer, kind_code, payload, to_i64(sent_at_ms)],
+        params![id.0.to_vec(), peer, kind_code, payload, sent_at],
     )?;
     Ok(())
 }
@@ -1044,7 +1056,7 @@ fn queue_receipts(
                 &MessageId::random(),
                 peer,
                 &OutboxKind::ReadReceipt(chunk.to_vec()),
-                now_ms(),
+                UnixMillis::now(),
             )?;
         }
     }
@@ -1077,7 +1089,7 @@ fn select_views(
                 r.get::<_, i64>(1)? != 0,
                 r.get::<_, Vec<u8>>(2)?,
                 r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, i64>(4)?,
+                r.get::<_, UnixMillis>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
             ))
@@ -1097,7 +1109,7 @@ fn select_views(
             peer,
             outgoing,
             text: String::from_utf8(text).map_err(|_| ClientError::Corrupt("message text"))?,
-            sent_at_ms: u64::try_from(sent_at).unwrap_or(0),
+            sent_at,
             status: Status::from_i64(status),
             key_changed: flags & FLAG_UNVERIFIED_KEY_CHANGE != 0,
         });
@@ -1146,7 +1158,7 @@ mod tests {
                 .commit_incoming(&Incoming {
                     peer: "alice",
                     id: *id,
-                    sent_at_ms: 1,
+                    sent_at: UnixMillis(1),
                     session: &session,
                     identity: None,
                     key_changed: false,

@@ -474,7 +474,7 @@ fn encrypt(
     };
     let envelope = Envelope {
         id: item.id,
-        sent_at_ms: item.sent_at_ms,
+        sent_at_ms: item.sent_at.0,
         payload,
     };
     Ok(Some(session.encrypt(&envelope.encode()?).to_bytes()))

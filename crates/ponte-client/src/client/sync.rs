@@ -8,7 +8,7 @@ use super::outbound::Flush;
 use super::META_LAST_ROUTE;
 use super::{display_failed, emit, is_fatal, Client, Display, Event, LOW_WATER_MARK};
 use crate::connection::{Connection, REQUEST_TIMEOUT};
-use crate::store::{IdentityCheck, Incoming, IncomingContent, Update};
+use crate::store::{IdentityCheck, Incoming, IncomingContent, UnixMillis, Update};
 use crate::{ClientError, CloseCode, Report, Result};
 use ponte_e2e::{Ciphertext, Envelope, MessageId, Payload};
 use ponte_wire::messages::{client_frame, server_frame, Ack, Ping};
@@ -188,7 +188,7 @@ impl Client {
         self.store().commit_incoming(&Incoming {
             peer: sender,
             id: envelope.id,
-            sent_at_ms: envelope.sent_at_ms,
+            sent_at: UnixMillis(envelope.sent_at_ms),
             session: &opened.session,
             identity: opened.new_session.then_some(&self.identity),
             key_changed,
@@ -276,7 +276,7 @@ impl Client {
         // nothing pushed before it is left.
         let deadline = tokio::time::Instant::now() + SYNC_DRAIN_TIMEOUT;
         let mut handled = 0usize;
-        let pending = logged_in.pending as usize;
+        let pending = usize::try_from(logged_in.pending).unwrap_or(usize::MAX);
         while handled < pending && tokio::time::Instant::now() < deadline {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // Stop as soon as that many pushes were handled (a key count

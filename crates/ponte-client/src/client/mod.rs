@@ -107,7 +107,6 @@ pub struct Client {
     custom_routes: Option<Vec<Box<dyn Route>>>,
     /// Relays given for this process only (`--via`), tried before the saved ones.
     extra_vias: Vec<RelayUrl>,
-    head_start: Duration,
     direct_probe_every: Duration,
     route_in_use: Option<String>,
     connect_timeout: Duration,
@@ -186,7 +185,6 @@ impl Client {
             handle,
             custom_routes: None,
             extra_vias: Vec::new(),
-            head_start: HEAD_START,
             direct_probe_every: DIRECT_PROBE_EVERY,
             route_in_use: None,
             connect_timeout: register::DEFAULT_CONNECT_TIMEOUT,
@@ -225,11 +223,6 @@ impl Client {
     /// Relays to use for this process only (before the saved ones).
     pub fn set_extra_vias(&mut self, vias: Vec<RelayUrl>) {
         self.extra_vias = vias;
-    }
-
-    /// Head start of each route in the race (default [`HEAD_START`]).
-    pub fn set_head_start(&mut self, head_start: Duration) {
-        self.head_start = head_start;
     }
 
     /// How often `listen` re-checks the direct route while on a relay
@@ -293,7 +286,7 @@ impl Client {
             self.server.key,
             self.device.clone(),
             self.connect_timeout,
-            self.head_start,
+            HEAD_START,
             handshake,
         )
         .await?;

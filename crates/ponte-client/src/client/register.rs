@@ -8,7 +8,7 @@ use super::{
 };
 use crate::connection::REQUEST_TIMEOUT;
 use crate::profile::{KeySource, Profile};
-use crate::route::{RelayUrl, Route, HEAD_START};
+use crate::route::{RelayUrl, Route};
 use crate::{ClientError, Result, ServerCode};
 use bytes::Bytes;
 use ponte_e2e::Identity;
@@ -190,7 +190,6 @@ impl Client {
             handle: handle.to_owned(),
             custom_routes,
             extra_vias: Vec::new(),
-            head_start: HEAD_START,
             direct_probe_every: DIRECT_PROBE_EVERY,
             route_in_use: None,
             connect_timeout,

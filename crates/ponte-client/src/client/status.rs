@@ -3,7 +3,7 @@
 
 use super::{Client, META_LAST_ROUTE};
 use crate::connection::Connection;
-use crate::route::{RelayUrl, Route};
+use crate::route::{RelayUrl, Route, HEAD_START};
 use crate::store::Store;
 use crate::{ClientError, Report, Result};
 use std::collections::BTreeSet;
@@ -90,7 +90,6 @@ impl Client {
             }
         };
         let handshake = self.handshake()?;
-        let head_start = self.head_start;
         let probes = futures::future::join_all(routes.iter().map(|r| {
             let device = self.device.clone();
             let (key, timeout) = (self.server.key, self.connect_timeout);
@@ -98,7 +97,7 @@ impl Client {
                 let t0 = tokio::time::Instant::now();
                 let one = std::slice::from_ref(r);
                 let result =
-                    Connection::open_with(one, key, device, timeout, head_start, handshake)
+                    Connection::open_with(one, key, device, timeout, HEAD_START, handshake)
                         .await
                         .map(|_| u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX))
                         .map_err(|e| match e {
@@ -117,7 +116,7 @@ impl Client {
             self.server.key,
             self.device.clone(),
             self.connect_timeout,
-            self.head_start,
+            HEAD_START,
             handshake,
         )
         .await

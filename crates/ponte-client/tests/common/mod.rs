@@ -31,6 +31,11 @@ impl Running {
         self.address.rsplit_once('#').unwrap().1
     }
 
+    /// Its address, parsed.
+    pub fn server_address(&self) -> ponte_wire::address::ServerAddress {
+        self.address.parse().unwrap()
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
@@ -48,15 +53,29 @@ pub async fn start_server(data: &Path) -> Running {
 /// [`start_server`], with `tweak` applied to its configuration.
 pub async fn start_server_with(
     data: &Path,
-    tweak: impl FnOnce(&mut ponte_server::ServerConfig),
+    tweak: impl Fn(&mut ponte_server::ServerConfig),
 ) -> Running {
-    let mut cfg = ponte_server::ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
-    cfg.register_limit = ponte_server::RateLimit {
-        burst: 100,
-        per_hour: 1000,
-    };
-    tweak(&mut cfg);
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    start_server_on(data, 0, tweak).await
+}
+
+/// [`start_server_with`] on a given port of 127.0.0.1 (0: any): a server
+/// restarted at the address its users were given ([`bind_again`]).
+pub async fn start_server_on(
+    data: &Path,
+    port: u16,
+    tweak: impl Fn(&mut ponte_server::ServerConfig),
+) -> Running {
+    let server = bind_again(|| {
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cfg = ponte_server::ServerConfig::new(data, listen);
+        cfg.register_limit = ponte_server::RateLimit {
+            burst: 100,
+            per_hour: 1000,
+        };
+        tweak(&mut cfg);
+        ponte_server::Server::bind(cfg, None)
+    })
+    .await;
     let addr = server.local_addr().unwrap();
     let address = server.address("127.0.0.1").to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

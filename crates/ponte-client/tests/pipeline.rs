@@ -1,7 +1,9 @@
 //! The outbox flush keeps many sends in flight on one connection: answers
 //! come back in the order the server finishes them and are matched by
 //! request id; every outcome of a one-at-a-time flush is kept (order on the
-//! recipient's side, failed messages, a full mailbox said once).
+//! recipient's side, failed messages, a full mailbox or a refusal for now
+//! said once, nothing lost), and a long outbox over a slow path drains in a
+//! few round trips.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -142,6 +144,54 @@ async fn a_long_outbox_drains_in_a_few_round_trips_over_a_slow_path() {
         .unwrap()
         .iter()
         .all(|m| m.status == Status::Sent));
+    assert_eq!(sync_texts(&mut bob).await, expected);
+    server.stop().await;
+}
+
+/// The server refuses every store for a while (a trigger fails its mailbox
+/// inserts, as a full disk would) while 100 sends are in flight: one
+/// warning, nothing marked sent or failed, and everything goes out once,
+/// in order, when it stores again.
+#[tokio::test]
+async fn a_refusal_for_now_under_many_sends_is_said_once_and_nothing_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = start_server_with(&data, |_| {}).await;
+    let mut alice = register(&tmp.path().join("alice"), &server.address, "alice").await;
+    let mut bob = register(&tmp.path().join("bob"), &server.address, "bob").await;
+    assert_eq!(
+        alice.send("bob", "first").await.unwrap().message.status,
+        Status::Sent
+    );
+    let db = rusqlite::Connection::open(data.join("ponte.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON mailbox \
+         BEGIN SELECT RAISE(ABORT, 'no space left'); END;",
+    )
+    .unwrap();
+    let mut expected = vec!["first".to_owned()];
+    for i in 0..100 {
+        let text = format!("m{i}");
+        alice.queue_text("bob", &text).unwrap();
+        expected.push(text);
+    }
+    let warnings = sync_warnings(&mut alice).await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("UNAVAILABLE"), "{warnings:?}");
+    assert_eq!(alice.store().outbox_len().unwrap(), 100);
+    let queued = alice
+        .history("bob")
+        .unwrap()
+        .iter()
+        .filter(|m| m.status == Status::Queued)
+        .count();
+    assert_eq!(queued, 100);
+
+    db.execute_batch("DROP TRIGGER refuse").unwrap();
+    let warnings = sync_warnings(&mut alice).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(alice.store().outbox_len().unwrap(), 0);
     assert_eq!(sync_texts(&mut bob).await, expected);
     server.stop().await;
 }

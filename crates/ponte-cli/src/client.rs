@@ -24,10 +24,10 @@
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use ponte_client::client::{Event, SendOutcome};
+use ponte_client::client::{Event, RegisterOptions, SendOutcome};
 use ponte_client::profile::{self, KeySource};
 use ponte_client::route::RelayUrl;
-use ponte_client::{Client, ClientError, Contact, MessageView, Status, Update};
+use ponte_client::{Client, ClientError, Contact, MessageView, ServerCode, Status, Update};
 use std::borrow::Cow;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -347,16 +347,11 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             // A wrong passphrase for an existing profile fails before
             // anything reaches the server, so asking again is safe.
             let client = with_passphrase(|pass| {
-                rt.block_on(Client::register_via(
-                    &dir,
-                    source.clone(),
-                    pass,
-                    &server,
-                    &name,
-                    invite.as_deref(),
-                    timeout,
-                    &vias,
-                ))
+                let mut options = RegisterOptions::new(server.as_str(), name.as_str())
+                    .connect_timeout(timeout)
+                    .vias(vias.clone());
+                options.invite.clone_from(&invite);
+                rt.block_on(Client::register(&dir, source.clone(), pass, options))
             })?;
             if common.json {
                 out(serde_json::json!({
@@ -729,39 +724,35 @@ fn is_stdout_closed(e: &std::io::Error) -> bool {
 /// What to do about a server's refusal, for the errors whose next step is
 /// not obvious from the message.
 fn hint(e: &anyhow::Error) -> Option<&'static str> {
-    let code = e
-        .chain()
-        .find_map(|cause| match cause.downcast_ref::<ClientError>() {
-            Some(ClientError::Server { code, .. }) => Some(code.as_str()),
-            _ => None,
-        })?;
+    let code = e.chain().find_map(|cause| {
+        cause
+            .downcast_ref::<ClientError>()
+            .and_then(ClientError::server_code)
+    })?;
     Some(match code {
-        "NOT_REGISTERED" => {
+        ServerCode::NotRegistered => {
             "the server no longer knows this device (its data was reset, or restored from an \
              older backup). Register this profile again with the same name and server: ponte \
              register --server ADDRESS NAME; your contacts keep your safety number"
         }
-        "INVITE_REQUIRED" => {
+        ServerCode::InviteRequired => {
             "ask the server's operator for an invite (they run `ponte server invite`), then \
              register with --invite TOKEN"
         }
-        "INVITE_INVALID" => "each invite works once; ask the server's operator for a new one",
-        "HANDLE_TAKEN" => "someone has that name on this server; choose another",
-        "RATE_LIMITED" => "wait a while and try again (failed attempts count too)",
+        ServerCode::InviteInvalid => {
+            "each invite works once; ask the server's operator for a new one"
+        }
+        ServerCode::HandleTaken => "someone has that name on this server; choose another",
+        ServerCode::RateLimited => "wait a while and try again (failed attempts count too)",
         _ => return None,
     })
 }
 
 fn stdout_closed_in(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        let io = match cause.downcast_ref::<ClientError>() {
-            // The library's display error carries the io::Error inside
-            // (not as a `source`, so reports do not print it twice).
-            Some(ClientError::Io { error, .. }) => Some(error),
-            _ => cause.downcast_ref::<std::io::Error>(),
-        };
-        io.is_some_and(is_stdout_closed)
-    })
+    // The library's display error keeps the io::Error as its source.
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(is_stdout_closed)
 }
 
 /// Write one line to stdout and flush it. Never panics (unlike
@@ -840,7 +831,7 @@ fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
         "from": from,
         "to": to,
         "text": m.text,
-        "sent_at": rfc3339(m.sent_at_ms),
+        "sent_at": rfc3339(m.sent_at.0),
         "status": m.status.as_str(),
     });
     if m.key_changed {
@@ -854,7 +845,7 @@ fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::Result<()> {
         // Raw text: JSON escapes control characters itself.
         return out(message_json(me, m));
     }
-    let when = rfc3339(m.sent_at_ms);
+    let when = rfc3339(m.sent_at.0);
     let (peer, text) = (clean(&m.peer), clean(&m.text));
     if m.outgoing {
         out(format_args!(

@@ -16,7 +16,7 @@
 //! in them. It exits 0 when all of that worked, 1 otherwise.
 
 use anyhow::{ensure, Context as _};
-use ponte_client::client::Event;
+use ponte_client::client::{Event, RegisterOptions};
 use ponte_client::profile::KeySource;
 use ponte_client::route::RelayUrl;
 use ponte_client::{Client, MessageView, Status, Update};
@@ -272,26 +272,22 @@ async fn demo() -> anyhow::Result<ExitCode> {
 
     // 4. Two users register through the relay.
     let timeout = Duration::from_secs(5);
-    let mut alice = Client::register_via(
+    let mut alice = Client::register(
         &dir.path().join("alice"),
         KeySource::KeyFile,
         || Ok(String::new()),
-        &address.to_string(),
-        "alice",
-        None,
-        timeout,
-        std::slice::from_ref(&via),
+        RegisterOptions::new(address.to_string(), "alice")
+            .connect_timeout(timeout)
+            .vias(vec![via.clone()]),
     )
     .await?;
-    let mut bob = Client::register_via(
+    let mut bob = Client::register(
         &dir.path().join("bobby"),
         KeySource::KeyFile,
         || Ok(String::new()),
-        &address.to_string(),
-        "bobby",
-        None,
-        timeout,
-        std::slice::from_ref(&via),
+        RegisterOptions::new(address.to_string(), "bobby")
+            .connect_timeout(timeout)
+            .vias(vec![via.clone()]),
     )
     .await?;
     say("4. alice and bobby register (each with `--via` the relay):");

@@ -630,18 +630,16 @@ async fn the_server_rate_limits_by_the_client_address_the_relay_reports() {
         let dir = tmp.path().join(name);
         let address = address.clone();
         async move {
-            ponte_client::Client::register_with_routes(
+            ponte_client::Client::register(
                 &dir,
                 ponte_client::profile::KeySource::KeyFile,
                 || Ok(String::new()),
-                &address,
-                name,
-                None,
-                Duration::from_secs(10),
-                vec![Box::new(FromSource {
-                    source: source.into(),
-                    relay: relay_addr,
-                })],
+                ponte_client::client::RegisterOptions::new(address, name)
+                    .connect_timeout(Duration::from_secs(10))
+                    .routes(vec![Box::new(FromSource {
+                        source: source.into(),
+                        relay: relay_addr,
+                    })]),
             )
             .await
         }
@@ -650,7 +648,7 @@ async fn the_server_rate_limits_by_the_client_address_the_relay_reports() {
     register_from([127, 0, 0, 3], "second").await.unwrap();
     let err = register_from([127, 0, 0, 2], "third").await.unwrap_err();
     assert!(
-        matches!(&err, ponte_client::ClientError::Server { code, .. } if code == "RATE_LIMITED"),
+        err.server_code() == Some(ponte_client::ServerCode::RateLimited),
         "{err}"
     );
     drop(relay);

@@ -11,19 +11,19 @@
 //!
 //! - [`Connection::request`]: send a request and wait for the response with
 //!   the same `request_id`; server pushes that arrive meanwhile are queued;
+//! - [`Connection::start`] and [`Connection::next_response`]: the same,
+//!   split, for several requests in flight (the outbox flush);
 //! - [`Connection::next_push`]: the next queued or incoming push (deliveries,
 //!   receipts, notices, key counts), with a timeout;
 //! - [`Connection::notify`]: send a frame that has no response (`Ack`).
 //!
 //! Every wait is bounded by a timeout; a `Close` from the server ends the
-//! connection with [`ClientError::Disconnected`].
+//! connection with [`ClientError::Closed`].
 
 use crate::route::{race, BoxStream, Route, HEAD_START};
-use crate::{ClientError, Result};
+use crate::{ClientError, CloseCode, Result, ServerCode};
 use ponte_transport::{Channel, ClientConfig, Keypair, Pattern, TransportError};
-use ponte_wire::messages::{
-    client_frame, server_frame, ClientFrame, CloseReason, ErrorCode, ServerFrame,
-};
+use ponte_wire::messages::{client_frame, server_frame, ClientFrame, ServerFrame};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -109,13 +109,6 @@ fn transport_err(e: TransportError) -> ClientError {
     }
 }
 
-/// Name of an error code for messages.
-pub fn error_code_name(code: i32) -> String {
-    ErrorCode::try_from(code)
-        .map(|c| c.as_str_name().trim_start_matches("ERROR_CODE_").to_owned())
-        .unwrap_or_else(|_| format!("code {code}"))
-}
-
 impl Connection {
     /// Race the routes (each: connect, then the Noise handshake, bounded
     /// by `connect_timeout`) and keep the first that authenticates the
@@ -126,29 +119,19 @@ impl Connection {
         device: Keypair,
         connect_timeout: Duration,
     ) -> Result<Self> {
-        Self::open_with_head_start(routes, server_key, device, connect_timeout, HEAD_START).await
-    }
-
-    /// [`Connection::open`] with another head start per route.
-    pub async fn open_with_head_start(
-        routes: &[Box<dyn Route>],
-        server_key: [u8; 32],
-        device: Keypair,
-        connect_timeout: Duration,
-        head_start: Duration,
-    ) -> Result<Self> {
         Self::open_with(
             routes,
             server_key,
             device,
             connect_timeout,
-            head_start,
+            HEAD_START,
             Handshake::Known,
         )
         .await
     }
 
-    /// [`Connection::open_with_head_start`] with the given handshake.
+    /// [`Connection::open`] with another head start per route and the
+    /// given handshake.
     pub async fn open_with(
         routes: &[Box<dyn Route>],
         server_key: [u8; 32],
@@ -208,30 +191,44 @@ impl Connection {
         }
     }
 
-    fn closed(close: &ponte_wire::messages::Close) -> ClientError {
-        let reason = CloseReason::try_from(close.reason)
-            .map(|r| {
-                r.as_str_name()
-                    .trim_start_matches("CLOSE_REASON_")
-                    .to_owned()
-            })
-            .unwrap_or_else(|_| format!("reason {}", close.reason));
-        // The detail is often the reason again in lower case ("shutdown").
-        let detail = close.detail.trim();
-        if detail.is_empty() || detail.eq_ignore_ascii_case(&reason.replace('_', " ")) {
-            ClientError::Disconnected(format!("server closed the connection ({reason})"))
-        } else {
-            ClientError::Disconnected(format!("server closed the connection ({reason}: {detail})"))
+    fn closed(close: ponte_wire::messages::Close) -> ClientError {
+        ClientError::Closed {
+            reason: CloseCode::from_wire(close.reason),
+            detail: close.detail,
         }
     }
 
     /// Send a request and wait (at most `timeout`) for its response. An
-    /// `Error` response becomes [`ClientError::Server`].
+    /// `Error` response becomes [`ClientError::Server`]. Responses to other
+    /// requests that arrive meanwhile are dropped (use [`Connection::start`]
+    /// and [`Connection::next_response`] to have several in flight).
     pub async fn request(
         &mut self,
         body: client_frame::Body,
         timeout: Duration,
     ) -> Result<server_frame::Body> {
+        let request_id = self.start(body).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some((id, answer)) = self.next_response(left).await? else {
+                return Err(ClientError::Disconnected(format!(
+                    "no response within {timeout:?}"
+                )));
+            };
+            if id == request_id {
+                return answer;
+            }
+            // A response to an older, abandoned request: ignore it.
+        }
+    }
+
+    /// Send a request without waiting for its response; returns its
+    /// request id, which [`Connection::next_response`] gives back with the
+    /// answer. The server runs at most `max_requests_in_flight` (32 by
+    /// default) of a connection's writes at once and reads no further
+    /// frame meanwhile, so a caller that keeps more in flight only waits.
+    pub async fn start(&mut self, body: client_frame::Body) -> Result<u64> {
         let request_id = self.next_id;
         self.next_id += 1;
         self.chan
@@ -241,50 +238,52 @@ impl Connection {
             })
             .await
             .map_err(transport_err)?;
+        Ok(request_id)
+    }
+
+    /// The next response to any request, with its request id, arriving
+    /// within `timeout` (`Ok(None)` if none did). An `Error` response is
+    /// the inner [`ClientError::Server`]; pushes that arrive meanwhile are
+    /// queued for [`Connection::next_push`]. Responses come in the order
+    /// the server finishes the requests, which for writes is not always
+    /// the order they were sent.
+    pub async fn next_response(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(u64, Result<server_frame::Body>)>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let Some(frame) = self.recv(left).await? else {
-                return Err(ClientError::Disconnected(format!(
-                    "no response within {timeout:?}"
-                )));
+                return Ok(None);
             };
             let Some(body) = frame.body else { continue };
-            if let server_frame::Body::Close(close) = &body {
-                return Err(Self::closed(close));
-            }
-            if frame.request_id == request_id {
-                if let server_frame::Body::Error(e) = body {
-                    return Err(ClientError::Server {
-                        code: error_code_name(e.code),
+            let body = match body {
+                server_frame::Body::Close(close) => return Err(Self::closed(close)),
+                body => body,
+            };
+            if frame.request_id != 0 {
+                let answer = match body {
+                    server_frame::Body::Error(e) => Err(ClientError::Server {
+                        code: ServerCode::from_wire(e.code),
                         detail: e.detail,
-                    });
-                }
-                return Ok(body);
+                    }),
+                    body => Ok(body),
+                };
+                return Ok(Some((frame.request_id, answer)));
             }
-            if frame.request_id == 0 {
-                if self.pushes.len() >= MAX_QUEUED_PUSHES {
-                    return Err(ClientError::Protocol(
-                        "too many unacknowledged pushes".into(),
-                    ));
-                }
-                self.pushes.push_back(body);
+            if self.pushes.len() >= MAX_QUEUED_PUSHES {
+                return Err(ClientError::Protocol(
+                    "too many unacknowledged pushes".into(),
+                ));
             }
-            // A response to an older, abandoned request: ignore it.
+            self.pushes.push_back(body);
         }
     }
 
     /// Send a frame that gets no response (e.g. `Ack`).
     pub async fn notify(&mut self, body: client_frame::Body) -> Result<()> {
-        let request_id = self.next_id;
-        self.next_id += 1;
-        self.chan
-            .send(&ClientFrame {
-                request_id,
-                body: Some(body),
-            })
-            .await
-            .map_err(transport_err)
+        self.start(body).await.map(drop)
     }
 
     /// The next push: a queued one, or one arriving within `timeout`
@@ -300,7 +299,7 @@ impl Connection {
                 return Ok(None);
             };
             match frame.body {
-                Some(server_frame::Body::Close(close)) => return Err(Self::closed(&close)),
+                Some(server_frame::Body::Close(close)) => return Err(Self::closed(close)),
                 Some(body) if frame.request_id == 0 => return Ok(Some(body)),
                 _ => {
                     if left.is_zero() {
@@ -309,10 +308,5 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// Whether pushes are waiting in the local queue.
-    pub fn has_queued_pushes(&self) -> bool {
-        !self.pushes.is_empty()
     }
 }

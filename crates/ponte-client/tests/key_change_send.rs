@@ -6,29 +6,8 @@
 
 mod common;
 
-use common::{register, start_server};
-use ponte_client::client::Event;
-use ponte_client::route::{DirectRoute, Route};
-use ponte_client::{Client, ClientError, Status, Update};
-use std::net::SocketAddr;
-
-fn direct(to: SocketAddr) -> Vec<Box<dyn Route>> {
-    vec![Box::new(DirectRoute {
-        target: to.to_string(),
-    })]
-}
-
-async fn texts(client: &mut Client) -> Vec<String> {
-    let mut events = Vec::new();
-    client.sync(&mut |e| events.push(e)).await.unwrap();
-    events
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Update(Update::Message(m)) => Some(m.text),
-            _ => None,
-        })
-        .collect()
-}
+use common::{direct, register, start_server, sync_texts as texts};
+use ponte_client::{ClientError, Status};
 
 #[tokio::test]
 async fn the_discovering_send_reports_the_change_and_holds_its_message() {

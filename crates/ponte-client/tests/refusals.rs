@@ -5,24 +5,8 @@
 
 mod common;
 
-use common::{register, start_server_with};
-use ponte_client::client::Event;
-use ponte_client::{Client, Status, Update};
-
-/// Syncs; the texts of the new messages, and the warnings.
-async fn sync(client: &mut Client) -> (Vec<String>, Vec<String>) {
-    let mut events = Vec::new();
-    client.sync(&mut |e| events.push(e)).await.unwrap();
-    let (mut texts, mut warnings) = (Vec::new(), Vec::new());
-    for e in events {
-        match e {
-            Event::Update(Update::Message(m)) => texts.push(m.text),
-            Event::Warning(w) => warnings.push(w),
-            _ => {}
-        }
-    }
-    (texts, warnings)
-}
+use common::{register, start_server_with, sync_report as sync};
+use ponte_client::Status;
 
 #[tokio::test]
 async fn a_full_mailbox_holds_only_that_recipient() {

@@ -6,7 +6,8 @@
 
 mod common;
 
-use ponte_client::client::{last_route, Event};
+use common::{forward, start_server};
+use ponte_client::client::{last_route, Event, RegisterOptions};
 use ponte_client::profile::KeySource;
 use ponte_client::route::RelayUrl;
 use ponte_client::Client;
@@ -14,17 +15,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-
-/// Forward every connection accepted on `listener` to `target`.
-async fn forward(listener: TcpListener, target: SocketAddr) {
-    while let Ok((mut inbound, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            if let Ok(mut outbound) = TcpStream::connect(target).await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            }
-        });
-    }
-}
 
 async fn wait_for(log: &Mutex<Vec<String>>, needle: &str) {
     for _ in 0..600 {
@@ -39,19 +29,9 @@ async fn wait_for(log: &Mutex<Vec<String>>, needle: &str) {
 #[tokio::test]
 async fn listen_moves_back_to_the_direct_route_when_it_works_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg =
-        ponte_server::ServerConfig::new(tmp.path().join("server"), "127.0.0.1:0".parse().unwrap());
-    cfg.register_limit = ponte_server::RateLimit {
-        burst: 100,
-        per_hour: 1000,
-    };
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
-    let server_addr = server.local_addr().unwrap();
-    let key = server.public_key();
-    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let server = start_server(&tmp.path().join("server")).await;
+    let server_addr = server.addr;
+    let key = server.server_address().key;
 
     // The direct route: a loopback port with nothing on it (for now).
     let direct_port = TcpListener::bind("127.0.0.1:0")
@@ -71,15 +51,11 @@ async fn listen_moves_back_to_the_direct_route_when_it_works_again() {
         .unwrap();
     tokio::spawn(forward(relay, server_addr));
 
-    let mut alice = Client::register_via(
+    let mut alice = Client::register(
         &tmp.path().join("alice"),
         KeySource::KeyFile,
         || panic!("no passphrase"),
-        &address.to_string(),
-        "alice",
-        None,
-        Duration::from_secs(5),
-        std::slice::from_ref(&via),
+        RegisterOptions::new(address.to_string(), "alice").vias(vec![via.clone()]),
     )
     .await
     .unwrap();
@@ -126,8 +102,7 @@ async fn listen_moves_back_to_the_direct_route_when_it_works_again() {
         .unwrap()
         .unwrap()
         .starts_with("direct tcp"));
-    let _ = stop_server.send(());
-    let _ = server_task.await;
+    server.stop().await;
 }
 
 /// A relay stand-in: forwards to `target`, or, while `reset` is set,
@@ -161,19 +136,9 @@ async fn toggled_forwarder(
 async fn fallback_from_refused_reset_and_black_holed_direct_and_remembered_relay() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg =
-        ponte_server::ServerConfig::new(tmp.path().join("server"), "127.0.0.1:0".parse().unwrap());
-    cfg.register_limit = ponte_server::RateLimit {
-        burst: 100,
-        per_hour: 1000,
-    };
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
-    let server_addr = server.local_addr().unwrap();
-    let key = server.public_key();
-    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let server = start_server(&tmp.path().join("server")).await;
+    let server_addr = server.addr;
+    let key = server.server_address().key;
 
     // Three kinds of blocked direct route.
     let refused = TcpListener::bind("127.0.0.1:0")
@@ -204,15 +169,13 @@ async fn fallback_from_refused_reset_and_black_holed_direct_and_remembered_relay
         };
         let name = format!("user{i}");
         let started = tokio::time::Instant::now();
-        let client = Client::register_via(
+        let client = Client::register(
             &tmp.path().join(&name),
             KeySource::KeyFile,
             || panic!("no passphrase"),
-            &address.to_string(),
-            &name,
-            None,
-            Duration::from_secs(30),
-            &[relay_a.clone(), relay_b.clone()],
+            RegisterOptions::new(address.to_string(), &name)
+                .connect_timeout(Duration::from_secs(30))
+                .vias(vec![relay_a.clone(), relay_b.clone()]),
         )
         .await
         .unwrap();
@@ -259,6 +222,5 @@ async fn fallback_from_refused_reset_and_black_holed_direct_and_remembered_relay
     assert!(status.probes[1].result.is_ok() && status.probes[2].result.is_ok());
 
     drop(hole);
-    let _ = stop_server.send(());
-    let _ = server_task.await;
+    server.stop().await;
 }

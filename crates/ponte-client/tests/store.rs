@@ -4,7 +4,9 @@
 
 use ponte_client::atrest::KdfParams;
 use ponte_client::profile::{KeySource, Profile, DB_FILE, KEY_FILE};
-use ponte_client::store::{IdentityCheck, Incoming, IncomingContent, OutboxKind, Status, Update};
+use ponte_client::store::{
+    IdentityCheck, Incoming, IncomingContent, OutboxKind, Status, UnixMillis, Update,
+};
 use ponte_client::ClientError;
 use ponte_e2e::{Identity, MessageId};
 
@@ -132,7 +134,7 @@ fn nothing_readable_at_rest() {
         .commit_incoming(&Incoming {
             peer: "carol",
             id: MessageId::random(),
-            sent_at_ms: 1,
+            sent_at: UnixMillis(1),
             session: &session,
             identity: Some(&bob_identity),
             key_changed: false,
@@ -204,7 +206,7 @@ fn ticks_move_forward_only_and_show_once() {
         .commit_incoming(&Incoming {
             peer: "bob",
             id: MessageId::random(),
-            sent_at_ms: 2,
+            sent_at: UnixMillis(2),
             session: &session,
             identity: None,
             key_changed: false,
@@ -231,7 +233,7 @@ fn incoming_dedup_and_read_receipts_queued_on_display() {
     let incoming = Incoming {
         peer: "alice",
         id,
-        sent_at_ms: 5,
+        sent_at: UnixMillis(5),
         session: &session,
         identity: None,
         key_changed: false,
@@ -267,7 +269,7 @@ fn history_counts_as_display() {
             .commit_incoming(&Incoming {
                 peer: "alice",
                 id: MessageId::random(),
-                sent_at_ms: i as u64,
+                sent_at: UnixMillis(i as u64),
                 session: &session,
                 identity: None,
                 key_changed: i == 1,
@@ -385,7 +387,7 @@ fn receipts_for_a_burst_are_merged() {
             .commit_incoming(&Incoming {
                 peer: "alice",
                 id,
-                sent_at_ms: i,
+                sent_at: UnixMillis(i),
                 session: &session,
                 identity: None,
                 key_changed: false,
@@ -410,7 +412,7 @@ fn debug_output_never_shows_text() {
     let incoming = Incoming {
         peer: "alice",
         id: MessageId::random(),
-        sent_at_ms: 1,
+        sent_at: UnixMillis(1),
         session: &session,
         identity: None,
         key_changed: false,

@@ -5,46 +5,11 @@
 
 mod common;
 
-use common::register;
-use ponte_client::client::Event;
+use common::{register, start_server, start_server_on, start_server_with};
+use ponte_client::client::{Event, RegisterOptions};
 use ponte_client::profile::KeySource;
 use ponte_client::{Client, ClientError, Status, Update};
-use std::path::Path;
 use std::time::Duration;
-use tokio_util_free::Stop;
-
-/// A tiny stop signal (a oneshot) so the test owns the server's lifetime.
-mod tokio_util_free {
-    pub struct Stop(pub Option<tokio::sync::oneshot::Sender<()>>);
-    impl Stop {
-        pub fn stop(&mut self) {
-            if let Some(tx) = self.0.take() {
-                let _ = tx.send(());
-            }
-        }
-    }
-}
-
-async fn start_server(data: &Path) -> (String, Stop, tokio::task::JoinHandle<()>) {
-    let mut cfg = ponte_server::ServerConfig::new(data, "127.0.0.1:0".parse().unwrap());
-    cfg.register_limit = ponte_server::RateLimit {
-        burst: 100,
-        per_hour: 1000,
-    };
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
-    let address = server.address("127.0.0.1").to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    (address, Stop(Some(tx)), task)
-}
-
 async fn sync(client: &mut Client) -> Vec<Update> {
     let mut events = Vec::new();
     client.sync(&mut |e| events.push(e)).await.unwrap();
@@ -60,7 +25,8 @@ async fn sync(client: &mut Client) -> Vec<Update> {
 #[tokio::test]
 async fn offline_send_sync_ticks_and_read_receipts() {
     let tmp = tempfile::tempdir().unwrap();
-    let (address, mut stop, task) = start_server(&tmp.path().join("server")).await;
+    let server = start_server(&tmp.path().join("server")).await;
+    let address = server.address.clone();
     let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
     let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
 
@@ -123,8 +89,7 @@ async fn offline_send_sync_ticks_and_read_receipts() {
     assert!(alice.store().outbox().unwrap().is_empty());
 
     // Server down: send queues (not an error), then goes out later.
-    stop.stop();
-    task.await.unwrap();
+    server.stop().await;
     let queued = alice.send("bob", "while the server is down").await.unwrap();
     assert_eq!(queued.message.status, Status::Queued);
     assert!(queued.note.unwrap().contains("queued"));
@@ -136,11 +101,11 @@ async fn offline_send_sync_ticks_and_read_receipts() {
 async fn restart_between_send_and_receive_and_wrong_key() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
-    let (address, mut stop, task) = start_server(&data).await;
+    let server = start_server(&data).await;
+    let (address, port) = (server.address.clone(), server.addr.port());
     let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
     let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
-    stop.stop();
-    task.await.unwrap();
+    server.stop().await;
 
     // Written offline.
     let out = alice.send("bob", "survives restarts").await.unwrap();
@@ -149,30 +114,7 @@ async fn restart_between_send_and_receive_and_wrong_key() {
     // The server comes back on another port: reopen the profiles pointing
     // at it is not possible (the address is pinned), so restart on the same
     // port instead.
-    let port: u16 = address
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('#')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let server = common::bind_again(|| {
-        let cfg =
-            ponte_server::ServerConfig::new(&data, format!("127.0.0.1:{port}").parse().unwrap());
-        ponte_server::Server::bind(cfg, None)
-    })
-    .await;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
+    let server = start_server_on(&data, port, |_| {}).await;
     let updates = sync(&mut alice).await;
     assert!(updates
         .iter()
@@ -181,30 +123,14 @@ async fn restart_between_send_and_receive_and_wrong_key() {
     assert!(updates
         .iter()
         .any(|u| matches!(u, Update::Message(m) if m.text == "survives restarts")));
-    let _ = tx.send(());
-    task.await.unwrap();
+    server.stop().await;
 
     // A different server (new key) on the same port is refused.
     let other = tmp.path().join("other-server");
-    let server = common::bind_again(|| {
-        let cfg =
-            ponte_server::ServerConfig::new(&other, format!("127.0.0.1:{port}").parse().unwrap());
-        ponte_server::Server::bind(cfg, None)
-    })
-    .await;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
+    let server = start_server_on(&other, port, |_| {}).await;
     let err = bob.sync(&mut |_| {}).await.unwrap_err();
     assert!(matches!(err, ClientError::ServerKeyMismatch(_)), "{err}");
-    let _ = tx.send(());
-    task.await.unwrap();
+    server.stop().await;
 }
 
 /// A raw protocol client (not the library) that registers and claims keys,
@@ -289,7 +215,8 @@ async fn raw_claim(
 #[tokio::test]
 async fn one_time_keys_are_replenished() {
     let tmp = tempfile::tempdir().unwrap();
-    let (address, mut stop, task) = start_server(&tmp.path().join("server")).await;
+    let server = start_server(&tmp.path().join("server")).await;
+    let address = server.address.clone();
     let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
     // Someone claims 45 of bob's 50 one-time keys (below the mark of 10).
     let mut claimer = raw_claimer(&address, "claimer").await;
@@ -314,48 +241,16 @@ async fn one_time_keys_are_replenished() {
     assert!(updates
         .iter()
         .any(|u| matches!(u, Update::Message(m) if m.text == "late hello")));
-    stop.stop();
-    task.await.unwrap();
-}
-
-/// Start a server on a given port (after a restart: the address is pinned).
-async fn start_server_on(data: &Path, port: u16) -> (Stop, tokio::task::JoinHandle<()>) {
-    let server = common::bind_again(|| {
-        let mut cfg =
-            ponte_server::ServerConfig::new(data, format!("127.0.0.1:{port}").parse().unwrap());
-        cfg.register_limit = ponte_server::RateLimit {
-            burst: 100,
-            per_hour: 1000,
-        };
-        ponte_server::Server::bind(cfg, None)
-    })
-    .await;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    (Stop(Some(tx)), task)
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn identity_key_change_is_flagged_and_blocks_sending_until_confirmed() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
-    let (address, mut stop, task) = start_server(&data).await;
-    let port: u16 = address
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('#')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let server = start_server(&data).await;
+    let address = server.address.clone();
+    let port = server.addr.port();
     let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
     let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
     alice.send("bob", "before the change").await.unwrap();
@@ -369,12 +264,10 @@ async fn identity_key_change_is_flagged_and_blocks_sending_until_confirmed() {
     // its registration signature is genuine for that handle).
     let newbob_dir = tmp.path().join("newbob");
     let data2 = tmp.path().join("server2");
-    let (address2, mut stop2, task2) = start_server(&data2).await;
-    drop(register(&newbob_dir, &address2, "bob").await);
-    stop2.stop();
-    task2.await.unwrap();
-    stop.stop();
-    task.await.unwrap();
+    let server2 = start_server(&data2).await;
+    drop(register(&newbob_dir, &server2.address, "bob").await);
+    server2.stop().await;
+    server.stop().await;
 
     // The server (its operator, or whoever controls it) now hands out the
     // new device's keys for "bob".
@@ -408,7 +301,7 @@ async fn identity_key_change_is_flagged_and_blocks_sending_until_confirmed() {
     )
     .unwrap();
     drop(prof);
-    let (mut stop, task) = start_server_on(&data, port).await;
+    let server = start_server_on(&data, port, |_| {}).await;
     let mut newbob = Client::open(&newbob_dir, || panic!()).unwrap();
     assert_ne!(newbob.public_identity(), trusted);
 
@@ -462,8 +355,7 @@ async fn identity_key_change_is_flagged_and_blocks_sending_until_confirmed() {
             "{text}: {got:?}"
         );
     }
-    stop.stop();
-    task.await.unwrap();
+    server.stop().await;
 }
 
 /// Send raw bytes as a message body through the protocol.
@@ -501,7 +393,8 @@ async fn raw_send(
 #[tokio::test]
 async fn hostile_messages_are_dropped_without_harm() {
     let tmp = tempfile::tempdir().unwrap();
-    let (address, mut stop, task) = start_server(&tmp.path().join("server")).await;
+    let server = start_server(&tmp.path().join("server")).await;
+    let address = server.address.clone();
     let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
     let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
     let mut mallory = raw_claimer(&address, "mallory").await;
@@ -544,32 +437,19 @@ async fn hostile_messages_are_dropped_without_harm() {
     let mut again = Vec::new();
     bob.sync(&mut |e| again.push(e)).await.unwrap();
     assert!(again.is_empty(), "{again:?}");
-    stop.stop();
-    task.await.unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn undelivered_messages_expire_and_the_sender_learns_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
-    let mut cfg = ponte_server::ServerConfig::new(&data, "127.0.0.1:0".parse().unwrap());
-    cfg.register_limit = ponte_server::RateLimit {
-        burst: 100,
-        per_hour: 1000,
-    };
-    cfg.retention = Duration::from_millis(300);
-    cfg.expiry_interval = Duration::from_millis(50);
-    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
-    let address = server.address("127.0.0.1").to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
+    let server = start_server_with(&data, |cfg| {
+        cfg.retention = Duration::from_millis(300);
+        cfg.expiry_interval = Duration::from_millis(50);
+    })
+    .await;
+    let address = server.address.clone();
     let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
     drop(register(&tmp.path().join("bob"), &address, "bob").await);
     let out = alice.send("bob", "never read").await.unwrap();
@@ -589,14 +469,14 @@ async fn undelivered_messages_expire_and_the_sender_learns_it() {
     }
     assert!(expired, "alice learned that the message expired");
     assert_eq!(alice.history("bob").unwrap()[0].status, Status::Expired);
-    let _ = tx.send(());
-    task.await.unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
 async fn registration_interrupted_before_it_was_recorded_is_resumed() {
     let tmp = tempfile::tempdir().unwrap();
-    let (address, mut stop, task) = start_server(&tmp.path().join("server")).await;
+    let server = start_server(&tmp.path().join("server")).await;
+    let address = server.address.clone();
     let dir = tmp.path().join("alice");
     drop(register(&dir, &address, "alice").await);
     // Simulate a crash right after the server accepted the registration:
@@ -617,10 +497,7 @@ async fn registration_interrupted_before_it_was_recorded_is_resumed() {
         &dir,
         KeySource::KeyFile,
         || panic!(),
-        &address,
-        "alice2",
-        None,
-        Duration::from_secs(5),
+        RegisterOptions::new(&address, "alice2"),
     )
     .await
     .unwrap_err();
@@ -628,6 +505,5 @@ async fn registration_interrupted_before_it_was_recorded_is_resumed() {
         matches!(err, ClientError::AlreadyRegistered(_, ref h) if h == "alice"),
         "{err}"
     );
-    stop.stop();
-    task.await.unwrap();
+    server.stop().await;
 }

@@ -210,13 +210,13 @@ impl Identity {
         ciphertext: &Ciphertext,
     ) -> Result<(Session, Vec<u8>)> {
         let OlmMessage::PreKey(message) = ciphertext.to_olm()? else {
-            return Err(Error::SessionCreation("not a pre-key message".into()));
+            return Err(Error::NotPreKey);
         };
         let identity_key = Curve25519PublicKey::from_bytes(their_identity.curve25519);
         let result = self
             .account
             .create_inbound_session(identity_key, &message)
-            .map_err(|e| Error::SessionCreation(e.to_string()))?;
+            .map_err(Error::SessionCreation)?;
         Ok((Session::from_vodozemac(result.session), result.plaintext))
     }
 
@@ -236,8 +236,7 @@ impl Identity {
 
     /// Restore from [`Identity::pickle`] output.
     pub fn from_pickle(pickle: &str, key: &[u8; 32]) -> Result<Self> {
-        let pickle =
-            AccountPickle::from_encrypted(pickle, key).map_err(|e| Error::Pickle(e.to_string()))?;
+        let pickle = AccountPickle::from_encrypted(pickle, key).map_err(Error::Pickle)?;
         Ok(Self {
             account: Account::from_pickle(pickle),
         })

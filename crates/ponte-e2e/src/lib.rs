@@ -14,7 +14,8 @@
 //!
 //! Secrets leave this crate only as vodozemac pickles encrypted with a
 //! 32-byte key the caller supplies (the client derives it from its profile
-//! key). Nothing here logs, reads files or opens sockets.
+//! key). Nothing here logs, reads files or opens sockets. Errors keep
+//! vodozemac's typed reasons as their `source`.
 
 #![forbid(unsafe_code)]
 
@@ -41,12 +42,17 @@ pub enum Error {
     /// A ciphertext could not be parsed (truncated, unknown version or type, too long).
     #[error("malformed ciphertext: {0}")]
     MalformedCiphertext(&'static str),
-    /// Decryption failed: the ciphertext was forged, replayed or belongs to another session.
-    #[error("decryption failed: {0}")]
-    Decryption(String),
-    /// An inbound session could not be created from a pre-key message.
-    #[error("cannot create inbound session: {0}")]
-    SessionCreation(String),
+    /// Decryption failed: the ciphertext was forged, replayed or belongs to
+    /// another session (vodozemac's reason is the source).
+    #[error("decryption failed")]
+    Decryption(#[source] vodozemac::olm::DecryptionError),
+    /// An inbound session could not be created from a pre-key message
+    /// (vodozemac's reason is the source).
+    #[error("cannot create inbound session")]
+    SessionCreation(#[source] vodozemac::olm::SessionCreationError),
+    /// An inbound session can only be created from a pre-key message.
+    #[error("cannot create inbound session: not a pre-key message")]
+    NotPreKey,
     /// A decrypted plaintext is not a valid envelope.
     #[error("malformed envelope: {0}")]
     MalformedEnvelope(&'static str),
@@ -54,8 +60,8 @@ pub enum Error {
     #[error("message text too long ({0} bytes, at most {MAX_TEXT_BYTES})")]
     TextTooLong(usize),
     /// A pickle could not be decrypted or parsed (wrong key or corrupted).
-    #[error("cannot unpickle: {0}")]
-    Pickle(String),
+    #[error("cannot unpickle")]
+    Pickle(#[source] vodozemac::PickleError),
 }
 
 /// Result alias for this crate.

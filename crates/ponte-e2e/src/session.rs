@@ -135,9 +135,7 @@ impl Session {
     /// Decrypt a ciphertext. A failed attempt leaves the session usable.
     pub fn decrypt(&mut self, ciphertext: &Ciphertext) -> Result<Vec<u8>> {
         let message = ciphertext.to_olm()?;
-        self.inner
-            .decrypt(&message)
-            .map_err(|e| Error::Decryption(e.to_string()))
+        self.inner.decrypt(&message).map_err(Error::Decryption)
     }
 
     /// Serialize, encrypted with `key`.
@@ -147,8 +145,7 @@ impl Session {
 
     /// Restore from [`Session::pickle`] output.
     pub fn from_pickle(pickle: &str, key: &[u8; 32]) -> Result<Self> {
-        let pickle =
-            SessionPickle::from_encrypted(pickle, key).map_err(|e| Error::Pickle(e.to_string()))?;
+        let pickle = SessionPickle::from_encrypted(pickle, key).map_err(Error::Pickle)?;
         Ok(Self {
             inner: vodozemac::olm::Session::from_pickle(pickle),
         })

@@ -191,3 +191,56 @@ fn random_and_mutated_input_never_panics() {
         assert_eq!(open(&plain), "still works");
     }
 }
+
+#[test]
+fn failures_keep_vodozemacs_typed_reasons() {
+    use std::error::Error as _;
+    let alice = Identity::generate();
+    let mut bob = Identity::generate();
+    let prekey = bob.generate_one_time_keys(1).remove(0).public_key;
+    bob.mark_published();
+    let mut a_sess = alice
+        .create_outbound_session(&bob.public(), &prekey)
+        .unwrap();
+    let c1 = a_sess.encrypt(&text("first"));
+    let (mut b_sess, _) = bob.create_inbound_session(&alice.public(), &c1).unwrap();
+
+    // The one-time key is spent: vodozemac says which one was missing.
+    let again = bob
+        .create_inbound_session(&alice.public(), &c1)
+        .unwrap_err();
+    let ponte_e2e::Error::SessionCreation(reason) = &again else {
+        panic!("{again:?}");
+    };
+    assert!(matches!(
+        reason,
+        vodozemac::olm::SessionCreationError::MissingOneTimeKey(_)
+    ));
+    assert!(again.source().is_some());
+
+    // A replayed message: its key was used up, which vodozemac names.
+    let c2 = a_sess.encrypt(&text("second"));
+    b_sess.decrypt(&c2).unwrap();
+    let replay = b_sess.decrypt(&c2).unwrap_err();
+    let ponte_e2e::Error::Decryption(reason) = &replay else {
+        panic!("{replay:?}");
+    };
+    assert!(
+        matches!(
+            reason,
+            vodozemac::olm::DecryptionError::MissingMessageKey(_)
+                | vodozemac::olm::DecryptionError::InvalidMAC(_)
+        ),
+        "{reason:?}"
+    );
+    // The message says what failed; the reason is the source, not repeated.
+    assert_eq!(replay.to_string(), "decryption failed");
+
+    // A pickle under the wrong key.
+    let pickle = b_sess.pickle(&[1; 32]);
+    let wrong = Session::from_pickle(&pickle, &[2; 32]).unwrap_err();
+    assert!(matches!(
+        wrong,
+        ponte_e2e::Error::Pickle(vodozemac::PickleError::Decryption(_))
+    ));
+}

@@ -16,6 +16,11 @@
 //!
 //! Handles, times and statuses are stored in clear (the server knows them
 //! too); message text, receipts and private keys never are.
+//!
+//! This module opens the database and keeps meta, secrets, contacts and
+//! sessions; `messages` keeps the history and the outbox.
+
+mod messages;
 
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
@@ -158,7 +163,7 @@ pub struct MessageView {
     /// The text.
     pub text: String,
     /// Sender's clock, ms since the epoch.
-    pub sent_at_ms: u64,
+    pub sent_at: UnixMillis,
     /// Tick status.
     pub status: Status,
     /// Set when the sender's identity key had changed unverified.
@@ -230,7 +235,7 @@ pub struct OutboxItem {
     /// Content.
     pub kind: OutboxKind,
     /// When written.
-    pub sent_at_ms: u64,
+    pub sent_at: UnixMillis,
     /// The Olm ciphertext, once encrypted (resent as is after a crash).
     pub ciphertext: Option<Vec<u8>>,
 }
@@ -247,15 +252,33 @@ pub enum IdentityCheck {
     Changed,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// A wall-clock time in milliseconds since the Unix epoch: when a message
+/// was written (by its sender's clock) or a row was stored. Stored as an
+/// SQLite integer (saturating at `i64::MAX`; a negative value reads as 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub u64);
+
+impl UnixMillis {
+    /// Now, by this machine's clock (0 if it is before 1970).
+    pub fn now() -> Self {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Self(ms)
+    }
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+impl rusqlite::types::ToSql for UnixMillis {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(i64::try_from(self.0).unwrap_or(i64::MAX).into())
+    }
+}
+
+impl rusqlite::types::FromSql for UnixMillis {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(value).map(|v| Self(u64::try_from(v).unwrap_or(0)))
+    }
 }
 
 fn aad(table: &str, column: &str, row: &[u8]) -> Vec<u8> {
@@ -404,7 +427,7 @@ impl Store {
                         handle,
                         identity.curve25519.to_vec(),
                         identity.ed25519.to_vec(),
-                        to_i64(now_ms())
+                        UnixMillis::now()
                     ],
                 )?;
                 Ok(IdentityCheck::New)
@@ -471,362 +494,6 @@ impl Store {
             })
             .collect()
     }
-
-    // ------------------------------------------------------------ outgoing
-
-    /// Write a text message: history (status queued) and outbox, atomically.
-    pub fn queue_text(&self, peer: &str, text: &str) -> Result<MessageId> {
-        let id = MessageId::random();
-        let now = now_ms();
-        let tx = self.conn.unchecked_transaction()?;
-        let body = self.key.seal(
-            &aad("messages", "body", &row_key(peer, true, &id)),
-            text.as_bytes(),
-        );
-        tx.execute(
-            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status)
-             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5)",
-            params![
-                peer,
-                id.0.to_vec(),
-                body,
-                to_i64(now),
-                Status::Queued.to_i64()
-            ],
-        )?;
-        insert_outbox(
-            &tx,
-            &self.key,
-            &id,
-            peer,
-            &OutboxKind::Text(text.into()),
-            now,
-        )?;
-        tx.commit()?;
-        Ok(id)
-    }
-
-    /// One message, by peer, direction and id.
-    pub fn message(
-        &self,
-        peer: &str,
-        outgoing: bool,
-        id: &MessageId,
-    ) -> Result<Option<MessageView>> {
-        let out = i64::from(outgoing);
-        let id_bytes = id.0.to_vec();
-        let mut views = select_views(
-            &self.conn,
-            &self.key,
-            "peer = ?1 AND outgoing = ?2 AND id = ?3",
-            &[&peer, &out, &id_bytes],
-        )?;
-        Ok(views.pop())
-    }
-
-    /// Mark an outgoing message's current status as shown (the caller printed it).
-    pub fn mark_status_shown(&self, peer: &str, id: &MessageId) -> Result<()> {
-        self.conn.execute(
-            "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 1 AND id = ?2",
-            params![peer, id.0.to_vec()],
-        )?;
-        Ok(())
-    }
-
-    /// Whether there are read receipts or texts waiting to go out.
-    pub fn outbox_len(&self) -> Result<usize> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
-        Ok(usize::try_from(n).unwrap_or(0))
-    }
-
-    /// Everything waiting in the outbox, oldest first.
-    pub fn outbox(&self) -> Result<Vec<OutboxItem>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, peer, kind, payload, sent_at_ms, ciphertext FROM outbox ORDER BY seq",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<Vec<u8>>>(5)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, peer, kind, payload, sent_at, ciphertext) in rows {
-            let id = MessageId::from_slice(&id).ok_or(ClientError::Corrupt("outbox id"))?;
-            let plain = self
-                .key
-                .open(&aad("outbox", "payload", &id.0), &payload)
-                .map_err(|_| ClientError::Corrupt("outbox payload"))?;
-            let kind = match kind {
-                1 => OutboxKind::Text(
-                    String::from_utf8(plain).map_err(|_| ClientError::Corrupt("outbox text"))?,
-                ),
-                _ => OutboxKind::ReadReceipt(
-                    plain
-                        .chunks_exact(16)
-                        .filter_map(MessageId::from_slice)
-                        .collect(),
-                ),
-            };
-            out.push(OutboxItem {
-                id,
-                peer,
-                kind,
-                sent_at_ms: u64::try_from(sent_at).unwrap_or(0),
-                ciphertext,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Record the ciphertext of an outbox item together with the session
-    /// state that produced it (one transaction: a crash can never leave a
-    /// ratchet step without its ciphertext).
-    pub fn save_encrypted(
-        &self,
-        id: &MessageId,
-        peer: &str,
-        session: &Session,
-        ciphertext: &[u8],
-    ) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
-        save_session(&tx, &self.key, peer, session)?;
-        tx.execute(
-            "UPDATE outbox SET ciphertext = ?2 WHERE id = ?1",
-            params![id.0.to_vec(), ciphertext],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Save a new outbound session together with the identity (unchanged for
-    /// outbound, but kept symmetric with inbound).
-    pub fn save_session(&self, peer: &str, session: &Session) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
-        save_session(&tx, &self.key, peer, session)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The server made an outbox item durable: remove it, tick "sent".
-    pub fn mark_sent(&self, peer: &str, id: &MessageId) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
-        tx.execute("DELETE FROM outbox WHERE id = ?1", [id.0.to_vec()])?;
-        advance(&tx, peer, id, Status::Sent)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Drop an outbox item the server refused for good (unknown recipient,
-    /// too large): it leaves the outbox and the message is marked failed.
-    pub fn mark_failed(&self, peer: &str, id: &MessageId) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
-        tx.execute("DELETE FROM outbox WHERE id = ?1", [id.0.to_vec()])?;
-        tx.execute(
-            "UPDATE messages SET status = ?4 WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND status < ?3",
-            params![peer, id.0.to_vec(), Status::Delivered.to_i64(), Status::Failed.to_i64()],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The recipient's device acknowledged (server receipt): "delivered".
-    pub fn mark_delivered(&self, peer: &str, id: &MessageId) -> Result<()> {
-        advance(&self.conn, peer, id, Status::Delivered)
-    }
-
-    /// The server expired an undelivered message.
-    pub fn mark_expired(&self, peer: &str, id: &MessageId) -> Result<()> {
-        self.conn.execute(
-            "UPDATE messages SET status = ?4 WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND status < ?3",
-            params![peer, id.0.to_vec(), Status::Delivered.to_i64(), Status::Expired.to_i64()],
-        )?;
-        Ok(())
-    }
-
-    // ------------------------------------------------------------ incoming
-
-    /// Whether an incoming end-to-end message id from `peer` was processed.
-    pub fn seen(&self, peer: &str, id: &MessageId) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT 1 FROM inbox_seen WHERE peer = ?1 AND id = ?2",
-                params![peer, id.0.to_vec()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    }
-
-    /// Commit one decrypted incoming message atomically: the session (and
-    /// the identity when an inbound session used up a one-time key), the dedup
-    /// marker, and its effect (a text into history, or read ticks). Returns
-    /// false if it had already been processed (nothing changed).
-    pub fn commit_incoming(&self, incoming: &Incoming<'_>) -> Result<bool> {
-        let tx = self.conn.unchecked_transaction()?;
-        if let Some(identity) = incoming.identity {
-            save_identity(&tx, &self.key, identity)?;
-        }
-        save_session(&tx, &self.key, incoming.peer, incoming.session)?;
-        let fresh = tx.execute(
-            "INSERT OR IGNORE INTO inbox_seen(peer, id) VALUES (?1, ?2)",
-            params![incoming.peer, incoming.id.0.to_vec()],
-        )? == 1;
-        if fresh {
-            match incoming.content {
-                IncomingContent::Text(text) => {
-                    let body = self.key.seal(
-                        &aad(
-                            "messages",
-                            "body",
-                            &row_key(incoming.peer, false, &incoming.id),
-                        ),
-                        text.as_bytes(),
-                    );
-                    tx.execute(
-                        "INSERT OR IGNORE INTO messages(peer, outgoing, id, body, sent_at_ms,
-                         received_at_ms, status, flags) VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![
-                            incoming.peer,
-                            incoming.id.0.to_vec(),
-                            body,
-                            to_i64(incoming.sent_at_ms),
-                            to_i64(now_ms()),
-                            Status::Received.to_i64(),
-                            if incoming.key_changed {
-                                FLAG_UNVERIFIED_KEY_CHANGE
-                            } else {
-                                0
-                            },
-                        ],
-                    )?;
-                }
-                IncomingContent::ReadReceipt(ids) => {
-                    for id in ids {
-                        advance(&tx, incoming.peer, id, Status::Read)?;
-                    }
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(fresh)
-    }
-
-    // ------------------------------------------------------------ display
-
-    /// What is new since the last call: incoming messages never shown and
-    /// outgoing messages whose tick changed. Incoming messages returned here
-    /// count as displayed: they are marked so and a read receipt is queued
-    /// for each sender (exactly once on screen).
-    pub fn take_updates(&self) -> Result<Vec<Update>> {
-        let tx = self.conn.unchecked_transaction()?;
-        let views = select_views(&tx, &self.key, "shown_status <> status", &[])?;
-        let mut updates = Vec::with_capacity(views.len());
-        let mut displayed = Vec::new();
-        for v in views {
-            if v.outgoing {
-                updates.push(Update::Status(v));
-            } else {
-                displayed.push((v.peer.clone(), v.id));
-                updates.push(Update::Message(v));
-            }
-        }
-        tx.execute(
-            "UPDATE messages SET shown_status = status WHERE shown_status <> status",
-            [],
-        )?;
-        queue_receipts(&tx, &self.key, &displayed)?;
-        tx.commit()?;
-        Ok(updates)
-    }
-
-    /// What is new, as [`Store::take_updates`] finds it, but without marking
-    /// anything: the caller displays the updates, then passes the ones it
-    /// really displayed to [`Store::mark_shown`]. An update that could not
-    /// be displayed (stdout closed, a crash before printing) is therefore
-    /// found again by the next call.
-    pub fn unshown_updates(&self) -> Result<Vec<Update>> {
-        let views = select_views(&self.conn, &self.key, "shown_status <> status", &[])?;
-        Ok(views
-            .into_iter()
-            .map(|v| {
-                if v.outgoing {
-                    Update::Status(v)
-                } else {
-                    Update::Message(v)
-                }
-            })
-            .collect())
-    }
-
-    /// Record that these messages were displayed with the status each view
-    /// carries: an outgoing tick is no longer new, and an incoming message
-    /// displayed for the first time is marked so and gets its read receipt
-    /// queued (once, however often it is displayed).
-    pub fn mark_shown<'a>(&self, views: impl IntoIterator<Item = &'a MessageView>) -> Result<()> {
-        let tx = self.conn.unchecked_transaction()?;
-        let mut displayed = Vec::new();
-        for v in views {
-            let changed = tx.execute(
-                "UPDATE messages SET shown_status = ?4
-                 WHERE peer = ?1 AND outgoing = ?2 AND id = ?3 AND shown_status <> ?4",
-                params![
-                    v.peer,
-                    i64::from(v.outgoing),
-                    v.id.0.to_vec(),
-                    v.status.to_i64()
-                ],
-            )?;
-            if changed > 0 && !v.outgoing {
-                displayed.push((v.peer.clone(), v.id));
-            }
-        }
-        queue_receipts(&tx, &self.key, &displayed)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The conversation with `peer`, oldest first, without marking anything
-    /// (see [`Store::history`] for the marking variant).
-    pub fn conversation(&self, peer: &str) -> Result<Vec<MessageView>> {
-        select_views(&self.conn, &self.key, "peer = ?1", &[&peer])
-    }
-
-    /// The conversation with `peer`, oldest first. Printing it counts as
-    /// displaying it: unseen incoming messages are marked displayed and read
-    /// receipts are queued for them.
-    pub fn history(&self, peer: &str) -> Result<Vec<MessageView>> {
-        let tx = self.conn.unchecked_transaction()?;
-        let views = select_views(&tx, &self.key, "peer = ?1", &[&peer])?;
-        let unseen: Vec<(String, MessageId)> = {
-            let mut stmt = tx.prepare(
-                "SELECT id FROM messages WHERE peer = ?1 AND outgoing = 0 AND shown_status <> status",
-            )?;
-            let ids: Vec<Vec<u8>> = stmt
-                .query_map([peer], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            ids.iter()
-                .filter_map(|i| MessageId::from_slice(i))
-                .map(|i| (peer.to_owned(), i))
-                .collect()
-        };
-        tx.execute(
-            "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 0",
-            [peer],
-        )?;
-        queue_receipts(&tx, &self.key, &unseen)?;
-        tx.commit()?;
-        Ok(views)
-    }
 }
 
 /// A decrypted incoming message ready to commit.
@@ -837,7 +504,7 @@ pub struct Incoming<'a> {
     /// Envelope id.
     pub id: MessageId,
     /// Sender's clock.
-    pub sent_at_ms: u64,
+    pub sent_at: UnixMillis,
     /// Session after decrypting.
     pub session: &'a Session,
     /// The identity, when decrypting created an inbound session.
@@ -964,7 +631,7 @@ fn save_session(
         "INSERT INTO sessions(session_id, handle, pickle, updated_ms, seq) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(session_id) DO UPDATE SET pickle = excluded.pickle,
              updated_ms = excluded.updated_ms, seq = excluded.seq",
-        params![session.session_id(), peer, session.pickle(key.pickle_key()), to_i64(now_ms()), next],
+        params![session.session_id(), peer, session.pickle(key.pickle_key()), UnixMillis::now(), next],
     )?;
     tx.execute(
         "DELETE FROM sessions WHERE handle = ?1 AND session_id NOT IN
@@ -972,128 +639,6 @@ fn save_session(
         params![peer, MAX_SESSIONS_PER_CONTACT],
     )?;
     Ok(())
-}
-
-fn insert_outbox(
-    tx: &Transaction<'_>,
-    key: &ProfileKey,
-    id: &MessageId,
-    peer: &str,
-    kind: &OutboxKind,
-    sent_at_ms: u64,
-) -> Result<()> {
-    let (kind_code, plain) = match kind {
-        OutboxKind::Text(t) => (1, t.as_bytes().to_vec()),
-        OutboxKind::ReadReceipt(ids) => (2, ids.iter().flat_map(|i| i.0).collect::<Vec<u8>>()),
-    };
-    let payload = key.seal(&aad("outbox", "payload", &id.0), &plain);
-    tx.execute(
-        "INSERT INTO outbox(id, peer, kind, payload, sent_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id.0.to_vec(), peer, kind_code, payload, to_i64(sent_at_ms)],
-    )?;
-    Ok(())
-}
-
-/// Queue one read receipt per peer (chunked to the envelope's cap),
-/// merged with the peer's receipts still waiting unencrypted.
-fn queue_receipts(
-    tx: &Transaction<'_>,
-    key: &ProfileKey,
-    displayed: &[(String, MessageId)],
-) -> Result<()> {
-    let mut by_peer: std::collections::BTreeMap<&str, Vec<MessageId>> = Default::default();
-    for (peer, id) in displayed {
-        by_peer.entry(peer.as_str()).or_default().push(*id);
-    }
-    for (peer, mut ids) in by_peer {
-        // Merge with receipts for this peer that have not been encrypted
-        // yet, so a burst of displayed messages costs one receipt.
-        let pending: Vec<(i64, Vec<u8>, Vec<u8>)> = {
-            let mut stmt = tx.prepare(
-                "SELECT seq, id, payload FROM outbox
-                 WHERE peer = ?1 AND kind = 2 AND ciphertext IS NULL",
-            )?;
-            let rows = stmt
-                .query_map([peer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
-        };
-        let mut earlier = Vec::new();
-        for (seq, id, payload) in pending {
-            let Some(plain) = key.open(&aad("outbox", "payload", &id), &payload).ok() else {
-                continue; // leave an unreadable row alone
-            };
-            earlier.extend(plain.chunks_exact(16).filter_map(MessageId::from_slice));
-            tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
-        }
-        earlier.append(&mut ids);
-        let ids = earlier;
-        for chunk in ids.chunks(ponte_e2e::envelope::MAX_RECEIPT_IDS) {
-            insert_outbox(
-                tx,
-                key,
-                &MessageId::random(),
-                peer,
-                &OutboxKind::ReadReceipt(chunk.to_vec()),
-                now_ms(),
-            )?;
-        }
-    }
-    Ok(())
-}
-
-fn advance(conn: &Connection, peer: &str, id: &MessageId, to: Status) -> Result<()> {
-    conn.execute(
-        "UPDATE messages SET status = ?4 WHERE peer = ?1 AND outgoing = 1 AND id = ?2
-         AND (status < ?4 OR status = ?3)",
-        params![peer, id.0.to_vec(), Status::Expired.to_i64(), to.to_i64()],
-    )?;
-    Ok(())
-}
-
-fn select_views(
-    conn: &Connection,
-    key: &ProfileKey,
-    filter: &str,
-    args: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<MessageView>> {
-    let sql = format!(
-        "SELECT peer, outgoing, id, body, sent_at_ms, status, flags FROM messages WHERE {filter} ORDER BY seq"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt
-        .query_map(args, |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)? != 0,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (peer, outgoing, id, body, sent_at, status, flags) in rows {
-        let id = MessageId::from_slice(&id).ok_or(ClientError::Corrupt("message id"))?;
-        let text = key
-            .open(
-                &aad("messages", "body", &row_key(&peer, outgoing, &id)),
-                &body,
-            )
-            .map_err(|_| ClientError::Corrupt("message body"))?;
-        out.push(MessageView {
-            id,
-            peer,
-            outgoing,
-            text: String::from_utf8(text).map_err(|_| ClientError::Corrupt("message text"))?,
-            sent_at_ms: u64::try_from(sent_at).unwrap_or(0),
-            status: Status::from_i64(status),
-            key_changed: flags & FLAG_UNVERIFIED_KEY_CHANGE != 0,
-        });
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -1137,7 +682,7 @@ mod tests {
                 .commit_incoming(&Incoming {
                     peer: "alice",
                     id: *id,
-                    sent_at_ms: 1,
+                    sent_at: UnixMillis(1),
                     session: &session,
                     identity: None,
                     key_changed: false,

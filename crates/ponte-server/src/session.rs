@@ -329,6 +329,11 @@ impl Session {
             Body::LookupIdentity(r) => self.dispatch(rid, r).await,
             Body::Send(r) => self.dispatch(rid, r).await,
             Body::Ack(r) => self.dispatch(rid, r).await,
+            // Answered as any request type this server does not know.
+            Body::SendGroup(_) => {
+                let r = Refusal::new(ErrorCode::Unsupported, "unknown request");
+                self.refuse(rid, r).await
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Upgrading a schema-1 database (one AUTOINCREMENT `mailbox` table for
-//! messages, receipts and notices; `accounts.pending`) to schema 2, built by
-//! hand in a temp dir: items, times, peers and seq order survive, pending
+//! messages, receipts and notices; `accounts.pending`) to the current schema
+//! (2, then 3 with the shared bodies of group messages), built by hand in a
+//! temp dir: items, times, peers and seq order survive, pending
 //! counts are recounted, new seqs stay above every seq schema 1 handed out,
 //! and the upgrade is idempotent and also done by `create_invite`.
 #![allow(clippy::unwrap_used)]
@@ -14,6 +15,9 @@ use ponte_server::store::{
 };
 use rusqlite::{params, Connection};
 use std::path::Path;
+
+/// The schema version the server writes.
+const LATEST: i64 = 3;
 
 /// The schema-1 definition, as schema-1 servers wrote it.
 const SCHEMA_V1: &str = "
@@ -263,7 +267,7 @@ fn table_names(dir: &Path) -> Vec<String> {
 }
 
 /// Every schema-1 item is where it was, with its kind, id, body, time, peer
-/// and seq; the schema is version 2 with the old table gone.
+/// and seq; the schema is the current one with the old table gone.
 async fn assert_v1_items(store: &dyn Store) {
     for owner in [ALICE, BOB, CAROL] {
         let items = store.fetch_mailbox(owner, Seq::ZERO, 100).await.unwrap();
@@ -288,10 +292,11 @@ async fn schema1_migration_keeps_items_times_peers_and_order() {
     assert_v1_items(&store).await;
     store.close();
     drop(store);
-    assert_eq!(user_version(dir.path()), 2);
+    assert_eq!(user_version(dir.path()), LATEST);
     let tables = table_names(dir.path());
     assert!(tables.iter().any(|t| t == "notices"), "{tables:?}");
     assert!(tables.iter().any(|t| t == "meta"), "{tables:?}");
+    assert!(tables.iter().any(|t| t == "bodies"), "{tables:?}");
     assert!(!tables.iter().any(|t| t == "mailbox_v1"), "{tables:?}");
 }
 
@@ -447,7 +452,7 @@ async fn schema1_migration_is_idempotent_across_reopens() {
         );
         store.close();
         drop(store);
-        assert_eq!(user_version(dir.path()), 2);
+        assert_eq!(user_version(dir.path()), LATEST);
     }
 }
 
@@ -456,7 +461,7 @@ async fn create_invite_migrates_a_schema1_directory() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
     let token = ponte_server::create_invite(dir.path()).unwrap();
-    assert_eq!(user_version(dir.path()), 2);
+    assert_eq!(user_version(dir.path()), LATEST);
     let tables = table_names(dir.path());
     assert!(tables.iter().any(|t| t == "notices"), "{tables:?}");
     assert!(!tables.iter().any(|t| t == "mailbox_v1"), "{tables:?}");

@@ -433,6 +433,28 @@ pub fn msg_max(
     }
 }
 
+/// A group message of `sender` to `to` with id `[id; 16]` and group id
+/// `[0x6a; 16]`, accepted at `now_ms`, expiring at `expires_at_ms`, to
+/// mailboxes of up to 1,000 messages.
+pub fn group_msg(
+    sender: ponte_server::store::AccountId,
+    to: &[&str],
+    id: u8,
+    now_ms: i64,
+    expires_at_ms: i64,
+) -> ponte_server::store::NewGroupMessage {
+    ponte_server::store::NewGroupMessage {
+        sender,
+        message_id: [id; 16],
+        group_id: [0x6a; 16],
+        recipients: to.iter().map(|h| (*h).to_owned()).collect(),
+        body: Bytes::from_static(b"group body"),
+        now: at(now_ms),
+        expires_at: at(expires_at_ms),
+        max_pending: 1000,
+    }
+}
+
 /// Sends `m`, which must be accepted, and returns its seq.
 pub async fn accepted_seq(
     store: &dyn Store,

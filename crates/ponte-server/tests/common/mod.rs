@@ -315,6 +315,34 @@ pub async fn store_account(
     }
 }
 
+/// Registers `handle` for `device` directly in a store (no protocol, no
+/// signature check), so that the device can log in over Noise: for tests
+/// that need many accounts quickly.
+pub async fn store_device_account(
+    store: &dyn ponte_server::store::Store,
+    handle: &str,
+    device: &Device,
+) -> ponte_server::store::AccountId {
+    use ponte_server::store::{NewAccount, RegisterOutcome};
+    match store
+        .register(NewAccount {
+            handle: handle.into(),
+            noise_key: device.noise.public(),
+            curve25519: device.curve,
+            ed25519: device.ed(),
+            signature: vec![0; 64],
+            invite: None,
+            invite_required: false,
+            now: at(1),
+        })
+        .await
+        .unwrap()
+    {
+        RegisterOutcome::Created(id) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A store sink that records every item handed over, with the name of the
 /// thread that handed it; told to, it panics on its next batch instead.
 #[derive(Debug, Default)]

@@ -468,8 +468,8 @@ fn do_send_group(
         return Ok(GroupSendOutcome::Duplicate { accepted_at });
     }
     let entries = u32::try_from(accepted.len()).unwrap_or(u32::MAX);
-    c.prepare_cached("INSERT INTO bodies (body, refs) VALUES (?1, ?2)")?
-        .execute(params![&m.body[..], entries])?;
+    c.prepare_cached("INSERT INTO bodies (group_id, body, refs) VALUES (?1, ?2, ?3)")?
+        .execute(params![&m.group_id[..], &m.body[..], entries])?;
     let body_id = c.last_insert_rowid();
     let sender = handle_of(c, m.sender)?;
     let message_id = Bytes::copy_from_slice(&m.message_id);
@@ -478,8 +478,8 @@ fn do_send_group(
         let seq = st.alloc_seq(c)?;
         c.prepare_cached(
             "INSERT INTO mailbox (owner, seq, peer, message_id, body, created_at, expires_at,
-                                  body_id, group_id)
-             VALUES (?1, ?2, ?3, ?4, X'', ?5, ?6, ?7, ?8)",
+                                  body_id)
+             VALUES (?1, ?2, ?3, ?4, X'', ?5, ?6, ?7)",
         )?
         .execute(params![
             recipient,
@@ -488,8 +488,7 @@ fn do_send_group(
             &m.message_id[..],
             m.now,
             m.expires_at,
-            body_id,
-            &m.group_id[..]
+            body_id
         ])?;
         st.add_pending(recipient);
         if let Some(sender) = &sender {

@@ -42,9 +42,10 @@
 //! original sender, peer = original recipient). Both are keyed by
 //! `(owner, seq)`: one B-tree insert to store an item, one delete to drop it
 //! (plus the expiry index for messages). A group message's body is stored
-//! once in `bodies`, with the number of mailbox entries that refer to it;
-//! each recipient's entry carries an empty body and the body's id, and the
-//! body is deleted with the last entry (acknowledged or expired). The number of waiting messages per
+//! once in `bodies`, with its group id and the number of mailbox entries
+//! that refer to it; each recipient's entry carries an empty body and the
+//! body's id, and the body is deleted with the last entry (acknowledged or
+//! expired). The number of waiting messages per
 //! recipient (for `max_pending`) is kept in memory by the writer, counted
 //! from the table at start.
 

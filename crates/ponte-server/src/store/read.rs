@@ -102,7 +102,7 @@ pub(super) fn fetch_mailbox(
     {
         let mut stmt = c.prepare_cached(
             "SELECT m.seq, m.message_id, COALESCE(b.body, m.body), m.created_at, a.handle,
-                    m.group_id
+                    b.group_id
              FROM mailbox m JOIN accounts a ON a.id = m.peer
              LEFT JOIN bodies b ON b.id = m.body_id
              WHERE m.owner = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3",

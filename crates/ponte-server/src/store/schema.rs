@@ -168,18 +168,18 @@ fn v1_to_v2(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
 }
 
 /// Schema 2 to 3: group message bodies, stored once in `bodies` with the
-/// count of mailbox entries that refer to them (deleted with the last);
-/// a group entry in `mailbox` has an empty `body`, its body's `body_id`
-/// and the group's opaque `group_id` (both NULL for 1:1 messages).
+/// group's opaque id and the count of mailbox entries that refer to them
+/// (deleted with the last); a group entry in `mailbox` has an empty `body`
+/// and its body's `body_id` (NULL for 1:1 messages).
 fn v2_to_v3(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS bodies (
              id INTEGER PRIMARY KEY,
+             group_id BLOB NOT NULL,
              body BLOB NOT NULL,
              refs INTEGER NOT NULL
          );
-         ALTER TABLE mailbox ADD COLUMN body_id INTEGER;
-         ALTER TABLE mailbox ADD COLUMN group_id BLOB;",
+         ALTER TABLE mailbox ADD COLUMN body_id INTEGER;",
     )
 }
 

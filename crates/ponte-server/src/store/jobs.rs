@@ -8,6 +8,7 @@ use super::{CommitError, StoreError};
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -428,6 +429,7 @@ fn do_send_group(
     handover: &mut Vec<Committed>,
 ) -> Result<GroupSendOutcome, rusqlite::Error> {
     let mut accepted: Vec<AccountId> = Vec::with_capacity(m.recipients.len());
+    let mut named: HashSet<AccountId> = HashSet::with_capacity(m.recipients.len());
     let mut refused = Vec::new();
     {
         let mut lookup = c.prepare_cached("SELECT id FROM accounts WHERE handle = ?1")?;
@@ -440,8 +442,9 @@ fn do_send_group(
                 Some(id) if id == m.sender => Some(Refused::Sender),
                 Some(id) if st.pending(id) >= m.max_pending => Some(Refused::MailboxFull),
                 // Named twice: one entry is enough.
-                Some(id) if accepted.contains(&id) => continue,
+                Some(id) if named.contains(&id) => continue,
                 Some(id) => {
+                    named.insert(id);
                     accepted.push(id);
                     None
                 }

@@ -83,6 +83,7 @@ pub(crate) fn item(item: MailItem) -> ServerFrame {
             sender: item.peer_handle,
             body: item.body,
             accepted_at_ms: at,
+            group_id: item.group_id,
         }),
         ItemKind::Receipt => server_frame::Body::DeliveryReceipt(DeliveryReceipt {
             seq: item.seq.0,

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub messages_accepted: Counter,
     /// Duplicate sends (same id) answered again.
     pub messages_duplicate: Counter,
+    /// Group messages stored (each once, whatever its recipients).
+    pub group_messages: Counter,
+    /// Mailbox entries of those group messages (one per recipient).
+    pub group_entries: Counter,
     /// Mailbox items pushed to devices.
     pub items_pushed: Counter,
     /// Messages acknowledged by their recipient.
@@ -71,6 +75,8 @@ impl Metrics {
             registrations: Counter::default(),
             messages_accepted: Counter::default(),
             messages_duplicate: Counter::default(),
+            group_messages: Counter::default(),
+            group_entries: Counter::default(),
             items_pushed: Counter::default(),
             messages_acked: Counter::default(),
             messages_expired: Counter::default(),
@@ -114,6 +120,16 @@ impl Metrics {
             "messages_duplicate",
             "Resent messages recognised by id",
             m.messages_duplicate.clone(),
+        );
+        registry.register(
+            "group_messages",
+            "Group messages stored, each body once",
+            m.group_messages.clone(),
+        );
+        registry.register(
+            "group_entries",
+            "Mailbox entries of group messages (one per recipient)",
+            m.group_entries.clone(),
         );
         registry.register(
             "mailbox_items_pushed",

@@ -288,7 +288,9 @@ impl Session {
         // empty keys fits in 128 KiB and decodes to ~6 MiB), so each kind
         // of request is capped to what an honest client can send before it
         // is decoded: before login only small requests exist (register,
-        // login, ping); after it only a message body is large.
+        // login, ping); after it only a message body is large, and a group
+        // message's recipients (at most ~1.2 MiB of decoded strings for the
+        // ~50,000 empty ones its cap holds, refused once decoded).
         // The type is only looked up for a frame over the small cap, so a
         // message of ordinary size costs nothing here.
         let too_large = if self.account.is_none() {
@@ -296,9 +298,16 @@ impl Session {
         } else {
             let small =
                 SMALL_REQUEST_MAX_FRAME.max((self.shared.cfg.max_keys_per_upload + 1) * 256);
-            // A message's cap is the transport's frame cap.
+            // A message's cap is the transport's frame cap; a group
+            // message's is its body cap plus 1,024 recipients.
             payload.len() > small
-                && messages::client_body_field(payload) != Some(messages::SEND_FIELD)
+                && match messages::client_body_field(payload) {
+                    Some(messages::SEND_FIELD) => false,
+                    Some(messages::SEND_GROUP_FIELD) => {
+                        payload.len() > messages::max_group_frame_len(self.shared.cfg.max_body_len)
+                    }
+                    _ => true,
+                }
         };
         if too_large {
             return Err(CloseCause::FrameTooLarge);
@@ -329,6 +338,7 @@ impl Session {
             Body::LookupIdentity(r) => self.dispatch(rid, r).await,
             Body::Send(r) => self.dispatch(rid, r).await,
             Body::Ack(r) => self.dispatch(rid, r).await,
+            Body::SendGroup(r) => self.dispatch(rid, r).await,
         }
     }
 

@@ -3,17 +3,22 @@
 //! concurrent jobs are all answered, the sink gets committed items in seq
 //! order before the answer, expiry turns messages into notices and drops
 //! due notices, pending counts survive reopening, duplicates get their
-//! first accept time, a mailbox read is one snapshot. Each body takes a
+//! first accept time, a mailbox read is one snapshot, a group message is
+//! handed over once per recipient with one shared body, refuses recipients
+//! one by one, and is acked and expired per recipient. Each body takes a
 //! [`Backend`] and runs once per backend (the `backend_tests!` list at the
 //! end); the commit-interval tests are SQLite's own.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{accepted_seq, at, ms, msg, msg_max, no_sink, store_account, Backend, Recorder};
+use common::{
+    accepted_seq, at, group_msg, ms, msg, msg_max, no_sink, store_account, Backend, Recorder,
+};
 
 use ponte_server::store::{
-    AccountId, Committed, ItemKind, MailItem, SendOutcome, Seq, SqliteStore, Store, StoreOptions,
+    AccountId, Committed, GroupSendOutcome, ItemKind, MailItem, Refused, SendOutcome, Seq,
+    SqliteStore, Store, StoreOptions, DB_FILE,
 };
 
 async fn acks_are_scoped_and_seqs_never_reused(b: Backend) {
@@ -756,6 +761,187 @@ async fn a_mailbox_read_is_one_snapshot_of_messages_and_receipts(b: Backend) {
     }
 }
 
+/// A group message goes to every recipient that exists, is not the sender
+/// and has room, handed over once per recipient before the answer (in seq
+/// order, each with the group id and the one body the sender sent, shared
+/// and not copied), and read back the same from each mailbox. The others
+/// are refused one by one. A resend stores nothing; a send that every
+/// recipient refused leaves its id unused.
+async fn group_send_fans_out_once_and_refuses_one_by_one(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = std::sync::Arc::new(Recorder::default());
+    let store = (b.open)(dir.path(), rec.clone());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    let carol = store_account(&*store, "carol", 3).await;
+    let dave = store_account(&*store, "dave", 4).await;
+    // Dave's mailbox is full at 2.
+    for id in [1, 2] {
+        accepted_seq(&*store, msg(bob, "dave", id, 5, 1_000_000)).await;
+    }
+    let before = rec.items().len();
+    let mut m = group_msg(
+        alice,
+        &["bob", "nobody", "carol", "alice", "dave", "bob"],
+        9,
+        10,
+        1_000_000,
+    );
+    m.max_pending = 2;
+    let body = m.body.clone();
+    let out = store.send_group(m.clone()).await.unwrap();
+    assert_eq!(
+        out,
+        GroupSendOutcome::Accepted {
+            accepted_at: at(10),
+            entries: 2,
+            refused: vec![
+                ("nobody".into(), Refused::Unknown),
+                ("alice".into(), Refused::Sender),
+                ("dave".into(), Refused::MailboxFull),
+            ],
+        }
+    );
+    let handed: Vec<(AccountId, MailItem)> = rec.items()[before..]
+        .iter()
+        .map(|c| match c {
+            Committed::Item { owner, item } => (*owner, item.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        handed.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        vec![bob, carol]
+    );
+    assert!(handed[0].1.seq < handed[1].1.seq);
+    for (owner, item) in &handed {
+        assert_eq!(item.kind, ItemKind::Message, "{owner}");
+        assert_eq!(&item.message_id[..], &[9u8; 16]);
+        assert_eq!(item.group_id.as_deref(), Some(&[0x6a; 16][..]));
+        assert_eq!(item.peer_handle, "alice");
+        assert_eq!(item.body, body);
+        assert_eq!(item.body.as_ptr(), body.as_ptr(), "body copied for {owner}");
+        let read = store.fetch_mailbox(*owner, Seq::ZERO, 10).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            (read[0].seq, &read[0].body, &read[0].group_id),
+            (item.seq, &body, &item.group_id)
+        );
+    }
+    assert_eq!(store.mailbox_len(dave).await.unwrap(), 2);
+    // A resend, even to other recipients, is a duplicate that stores nothing.
+    let handed_before = rec.items().len();
+    let again = store
+        .send_group(group_msg(alice, &["dave", "carol"], 9, 20, 1_000_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        GroupSendOutcome::Duplicate {
+            accepted_at: at(10)
+        }
+    );
+    // The dedup log is the 1:1 one too.
+    assert_eq!(
+        store
+            .send(msg(alice, "dave", 9, 21, 1_000_000))
+            .await
+            .unwrap(),
+        SendOutcome::Duplicate {
+            accepted_at: at(10)
+        }
+    );
+    assert_eq!(rec.items().len(), handed_before);
+    for owner in [bob, carol] {
+        assert_eq!(store.mailbox_len(owner).await.unwrap(), 1);
+    }
+    // Nobody accepted: nothing stored, and the id can still be used.
+    let none = store
+        .send_group(group_msg(alice, &["nobody", "alice"], 10, 30, 1_000_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        none,
+        GroupSendOutcome::Accepted {
+            accepted_at: at(30),
+            entries: 0,
+            refused: vec![
+                ("nobody".into(), Refused::Unknown),
+                ("alice".into(), Refused::Sender),
+            ],
+        }
+    );
+    assert_eq!(rec.items().len(), handed_before);
+    assert!(matches!(
+        store
+            .send_group(group_msg(alice, &["carol"], 10, 40, 1_000_000))
+            .await
+            .unwrap(),
+        GroupSendOutcome::Accepted { entries: 1, .. }
+    ));
+    store.close();
+}
+
+/// Every entry of a group message is a message of its own: a recipient's
+/// ack deletes only its entry and gives the sender a receipt naming it; the
+/// entries left expire one notice per recipient; the others still read the
+/// body after one acked; nothing is left after a reopen.
+async fn group_entries_are_acked_and_expired_per_recipient(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = (b.open)(dir.path(), no_sink());
+    let alice = store_account(&*store, "alice", 1).await;
+    let bob = store_account(&*store, "bob", 2).await;
+    let carol = store_account(&*store, "carol", 3).await;
+    let dave = store_account(&*store, "dave", 4).await;
+    let out = store
+        .send_group(group_msg(alice, &["bob", "carol", "dave"], 7, 10, 500))
+        .await
+        .unwrap();
+    assert!(matches!(out, GroupSendOutcome::Accepted { entries: 3, .. }));
+    let bob_seq = store.fetch_mailbox(bob, Seq::ZERO, 10).await.unwrap()[0].seq;
+    let acked = store
+        .ack(bob, vec![bob_seq], at(20), at(100_000))
+        .await
+        .unwrap();
+    assert_eq!(acked.messages, 1);
+    assert_eq!(acked.notified(), vec![alice]);
+    for owner in [carol, dave] {
+        let items = store.fetch_mailbox(owner, Seq::ZERO, 10).await.unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(&items[0].body[..], b"group body");
+    }
+    let expired = store
+        .expire(at(600), ms(1_000_000), ms(100_000))
+        .await
+        .unwrap();
+    assert_eq!(expired.expired_messages, 2);
+    assert_eq!(expired.notify, vec![alice]);
+    let mut got: Vec<(ItemKind, String, Vec<u8>)> = store
+        .fetch_mailbox(alice, Seq::ZERO, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.kind, i.peer_handle, i.message_id.to_vec()))
+        .collect();
+    got.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        got,
+        vec![
+            (ItemKind::Receipt, "bob".into(), vec![7; 16]),
+            (ItemKind::Expired, "carol".into(), vec![7; 16]),
+            (ItemKind::Expired, "dave".into(), vec![7; 16]),
+        ]
+    );
+    store.close();
+    drop(store);
+    let store = (b.open)(dir.path(), no_sink());
+    for owner in [bob, carol, dave] {
+        assert_eq!(store.mailbox_len(owner).await.unwrap(), 0);
+    }
+    assert_eq!(store.mailbox_len(alice).await.unwrap(), 3);
+    store.close();
+}
+
 /// One `#[tokio::test]` per behavioural body above, against `$backend`.
 macro_rules! backend_tests {
     ($backend:expr; $($name:ident),* $(,)?) => {
@@ -783,7 +969,87 @@ mod sqlite {
         expire_drops_due_receipts_and_keeps_the_rest,
         duplicates_answer_first_accept_time_even_when_full,
         expiry_wakes_reach_the_sink_before_the_answer,
+        group_send_fans_out_once_and_refuses_one_by_one,
+        group_entries_are_acked_and_expired_per_recipient,
     );
+
+    /// `(rows in bodies, sum of their refs, group entries in mailbox)`,
+    /// read beside the open store (WAL: a reader sees what is committed).
+    fn body_rows(dir: &std::path::Path) -> (i64, i64, i64) {
+        let c = rusqlite::Connection::open(dir.join(super::DB_FILE)).unwrap();
+        c.query_row(
+            "SELECT (SELECT COUNT(*) FROM bodies), (SELECT COALESCE(SUM(refs), 0) FROM bodies),
+                    (SELECT COUNT(*) FROM mailbox WHERE body_id IS NOT NULL)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    }
+
+    /// SQLite keeps a group body in one row, its entries with empty bodies,
+    /// and deletes the row with its last entry: by acks, by expiry, and by
+    /// both mixed; a 1:1 message never touches `bodies`.
+    #[tokio::test]
+    async fn a_group_body_is_one_row_until_its_last_entry_goes() {
+        use super::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = (common::SQLITE.open)(dir.path(), no_sink());
+        let alice = store_account(&*store, "alice", 1).await;
+        let bob = store_account(&*store, "bob", 2).await;
+        let carol = store_account(&*store, "carol", 3).await;
+        store
+            .send(msg(alice, "bob", 1, 5, 1_000_000))
+            .await
+            .unwrap();
+        assert_eq!(body_rows(dir.path()), (0, 0, 0));
+        // Acked by both.
+        let m = group_msg(alice, &["bob", "carol"], 2, 10, 1_000_000);
+        store.send_group(m).await.unwrap();
+        assert_eq!(body_rows(dir.path()), (1, 2, 2));
+        let c = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let inline: i64 = c
+            .query_row(
+                "SELECT SUM(length(body)) FROM mailbox WHERE body_id IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(inline, 0, "a group entry carries its own copy of the body");
+        for (owner, left) in [(bob, (1, 1, 1)), (carol, (0, 0, 0))] {
+            let seqs: Vec<Seq> = store
+                .fetch_mailbox(owner, Seq::ZERO, 10)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|i| i.group_id.is_some())
+                .map(|i| i.seq)
+                .collect();
+            store.ack(owner, seqs, at(20), at(1_000_000)).await.unwrap();
+            assert_eq!(body_rows(dir.path()), left);
+        }
+        // One acked, one expired.
+        let m = group_msg(alice, &["bob", "carol"], 3, 30, 100);
+        store.send_group(m).await.unwrap();
+        let seq = store.fetch_mailbox(carol, Seq::ZERO, 10).await.unwrap()[0].seq;
+        store
+            .ack(carol, vec![seq], at(40), at(1_000_000))
+            .await
+            .unwrap();
+        assert_eq!(body_rows(dir.path()), (1, 1, 1));
+        store
+            .expire(at(200), ms(1_000_000), ms(1_000_000))
+            .await
+            .unwrap();
+        assert_eq!(body_rows(dir.path()), (0, 0, 0));
+        // The 1:1 message is still there, with its body.
+        let items = store.fetch_mailbox(bob, Seq::ZERO, 10).await.unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            (&items[0].body[..], &items[0].group_id),
+            (&b"body"[..], &None)
+        );
+        store.close();
+    }
 
     /// On two worker threads, with commits as fast as they come (so that
     /// reads fall between many of them).

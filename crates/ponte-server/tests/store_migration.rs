@@ -1,8 +1,10 @@
 //! Upgrading a schema-1 database (one AUTOINCREMENT `mailbox` table for
-//! messages, receipts and notices; `accounts.pending`) to schema 2, built by
-//! hand in a temp dir: items, times, peers and seq order survive, pending
+//! messages, receipts and notices; `accounts.pending`) to the current schema
+//! (2, then 3 with the shared bodies of group messages), built by hand in a
+//! temp dir: items, times, peers and seq order survive, pending
 //! counts are recounted, new seqs stay above every seq schema 1 handed out,
-//! and the upgrade is idempotent and also done by `create_invite`.
+//! and the upgrade is idempotent and also done by `create_invite`. A
+//! schema-2 database gets the group bodies and keeps its items.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -14,6 +16,9 @@ use ponte_server::store::{
 };
 use rusqlite::{params, Connection};
 use std::path::Path;
+
+/// The schema version the server writes.
+const LATEST: i64 = 3;
 
 /// The schema-1 definition, as schema-1 servers wrote it.
 const SCHEMA_V1: &str = "
@@ -263,7 +268,7 @@ fn table_names(dir: &Path) -> Vec<String> {
 }
 
 /// Every schema-1 item is where it was, with its kind, id, body, time, peer
-/// and seq; the schema is version 2 with the old table gone.
+/// and seq; the schema is the current one with the old table gone.
 async fn assert_v1_items(store: &dyn Store) {
     for owner in [ALICE, BOB, CAROL] {
         let items = store.fetch_mailbox(owner, Seq::ZERO, 100).await.unwrap();
@@ -288,10 +293,11 @@ async fn schema1_migration_keeps_items_times_peers_and_order() {
     assert_v1_items(&store).await;
     store.close();
     drop(store);
-    assert_eq!(user_version(dir.path()), 2);
+    assert_eq!(user_version(dir.path()), LATEST);
     let tables = table_names(dir.path());
     assert!(tables.iter().any(|t| t == "notices"), "{tables:?}");
     assert!(tables.iter().any(|t| t == "meta"), "{tables:?}");
+    assert!(tables.iter().any(|t| t == "bodies"), "{tables:?}");
     assert!(!tables.iter().any(|t| t == "mailbox_v1"), "{tables:?}");
 }
 
@@ -447,7 +453,7 @@ async fn schema1_migration_is_idempotent_across_reopens() {
         );
         store.close();
         drop(store);
-        assert_eq!(user_version(dir.path()), 2);
+        assert_eq!(user_version(dir.path()), LATEST);
     }
 }
 
@@ -456,7 +462,7 @@ async fn create_invite_migrates_a_schema1_directory() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
     let token = ponte_server::create_invite(dir.path()).unwrap();
-    assert_eq!(user_version(dir.path()), 2);
+    assert_eq!(user_version(dir.path()), LATEST);
     let tables = table_names(dir.path());
     assert!(tables.iter().any(|t| t == "notices"), "{tables:?}");
     assert!(!tables.iter().any(|t| t == "mailbox_v1"), "{tables:?}");
@@ -481,5 +487,81 @@ async fn create_invite_migrates_a_schema1_directory() {
         matches!(created, RegisterOutcome::Created(_)),
         "{created:?}"
     );
+    store.close();
+}
+
+/// A schema-2 database (made here by taking the group tables out of a new
+/// one) is brought to the current schema: its messages and receipts stay,
+/// and group messages can be sent, read and acknowledged.
+#[tokio::test]
+async fn schema2_migration_adds_group_bodies_and_keeps_items() {
+    use common::{group_msg, msg, store_account};
+    use ponte_server::store::GroupSendOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob, carol) = {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let alice = store_account(&store, "alice", 1).await;
+        let bob = store_account(&store, "bob", 2).await;
+        let carol = store_account(&store, "carol", 3).await;
+        accepted_seq(&store, msg(alice, "bob", 1, 10, 1_000_000)).await;
+        let seq = accepted_seq(&store, msg(bob, "carol", 2, 11, 1_000_000)).await;
+        store
+            .ack(carol, vec![seq], UnixMillis(12), UnixMillis(1_000_000))
+            .await
+            .unwrap();
+        store.close();
+        (alice, bob, carol)
+    };
+    {
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute_batch(
+            "DROP TABLE bodies;
+             ALTER TABLE mailbox DROP COLUMN body_id;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    assert!(!table_names(dir.path()).iter().any(|t| t == "bodies"));
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(dir.path()), LATEST);
+    let bobs = store.fetch_mailbox(bob, Seq::ZERO, 10).await.unwrap();
+    type Summary<'a> = (ItemKind, &'a str, &'a [u8], Option<&'a [u8]>);
+    let summary: Vec<Summary<'_>> = bobs
+        .iter()
+        .map(|i| {
+            (
+                i.kind,
+                i.peer_handle.as_str(),
+                &i.body[..],
+                i.group_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (ItemKind::Message, "alice", &b"body"[..], None),
+            (ItemKind::Receipt, "carol", &b""[..], None),
+        ]
+    );
+    let out = store
+        .send_group(group_msg(alice, &["bob", "carol"], 3, 20, 1_000_000))
+        .await
+        .unwrap();
+    assert!(matches!(out, GroupSendOutcome::Accepted { entries: 2, .. }));
+    let items = store.fetch_mailbox(carol, Seq::ZERO, 10).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(&items[0].body[..], b"group body");
+    assert_eq!(items[0].group_id.as_deref(), Some(&[0x6a; 16][..]));
+    let acked = store
+        .ack(
+            carol,
+            vec![items[0].seq],
+            UnixMillis(30),
+            UnixMillis(1_000_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked.messages, 1);
     store.close();
 }

@@ -18,12 +18,18 @@ pub mod pb {
 pub use pb::{
     client_frame, server_frame, Ack, ClaimKey, ClaimedKey, ClientFrame, Close, CloseReason,
     Deliver, DeliveryReceipt, DeviceKeys, Error as ErrorFrame, ErrorCode, ExpiredNotice,
-    IdentityKeys, KeyCount, KeysUploaded, LoggedIn, Login, LookupIdentity, Ping, Pong, Register,
-    Registered, SendAck, SendMessage, ServerFrame, SignedKey, UploadKeys,
+    GroupSendAck, IdentityKeys, KeyCount, KeysUploaded, LoggedIn, Login, LookupIdentity, Ping,
+    Pong, RecipientRefusal, RefusedRecipient, Register, Registered, SendAck, SendGroupMessage,
+    SendMessage, ServerFrame, SignedKey, UploadKeys,
 };
 
 /// Length of a message id (client-generated random bytes).
 pub const MESSAGE_ID_LEN: usize = 16;
+/// Length of a group id (opaque to the server, chosen by the group's
+/// creator).
+pub const GROUP_ID_LEN: usize = 16;
+/// Most recipients of one group message (WhatsApp's group size limit).
+pub const MAX_GROUP_RECIPIENTS: usize = 1024;
 /// Length of Curve25519 / Ed25519 public keys and Ed25519 signature halves.
 pub const KEY_LEN: usize = 32;
 /// Length of an Ed25519 signature.
@@ -122,6 +128,22 @@ pub fn decode_client_frame(payload: &[u8]) -> Result<ClientFrame, MessageError> 
 
 /// The `ClientFrame.body` field number of `SendMessage` (proto/ponte.proto).
 pub const SEND_FIELD: u32 = 15;
+
+/// The `ClientFrame.body` field number of `SendGroupMessage`.
+pub const SEND_GROUP_FIELD: u32 = 18;
+
+/// Encoded size of a `SendGroupMessage` client frame with a body of
+/// `body_len` bytes and [`MAX_GROUP_RECIPIENTS`] recipients of the longest
+/// handle: the most an honest client sends (its body's cap, the recipients
+/// and the few bytes of ids, tags and lengths around them).
+pub fn max_group_frame_len(body_len: usize) -> usize {
+    // Per recipient: a one-byte tag, a one-byte length, the handle.
+    let recipients = MAX_GROUP_RECIPIENTS * (2 + HANDLE_MAX);
+    // Request id (up to 11 bytes), the body's tag and length (up to 5),
+    // the message's own tag and length, both ids with theirs.
+    let envelope = 11 + 5 + 5 + 2 * (2 + MESSAGE_ID_LEN) + 5;
+    body_len + recipients + envelope
+}
 
 /// Which request a client frame payload holds (its `body` field number),
 /// found by walking the top-level fields without decoding them, so a
@@ -233,6 +255,22 @@ mod tests {
             body: Some(client_frame::Body::Ping(Ping { nonce: 1 })),
         };
         assert_eq!(client_body_field(&ping.encode_to_vec()), Some(17));
+        let group = ClientFrame {
+            request_id: u64::MAX,
+            body: Some(client_frame::Body::SendGroup(SendGroupMessage {
+                message_id: vec![1; MESSAGE_ID_LEN].into(),
+                group_id: vec![2; GROUP_ID_LEN].into(),
+                recipients: (0..MAX_GROUP_RECIPIENTS)
+                    .map(|i| format!("{i:0>32}"))
+                    .collect(),
+                body: vec![9; 65_536].into(),
+            })),
+        };
+        let encoded = group.encode_to_vec();
+        assert_eq!(client_body_field(&encoded), Some(SEND_GROUP_FIELD));
+        // The cap covers the largest honest frame, and not much more.
+        assert!(encoded.len() <= max_group_frame_len(65_536));
+        assert!(max_group_frame_len(65_536) - encoded.len() < 64);
         // No body, or broken at the top level.
         let none = ClientFrame {
             request_id: 3,

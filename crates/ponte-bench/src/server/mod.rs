@@ -12,10 +12,14 @@
 //! clients spread over processes of `--clients-per-proc` each), online
 //! one-to-one pairs at full speed (delivered messages/s), the same pairs
 //! paced at half that rate (one-way latency p50/p99), and for ponte durable
-//! sends to offline recipients (`SendAck`s per second).
+//! sends to offline recipients (`SendAck`s per second), and the group
+//! fan-out (`group.rs`): a message to every member of a group, all online,
+//! timed until the last member has it, and the database bytes stored per
+//! group message for offline members.
 //! See docs/BENCHMARKS-server.md.
 
 mod common;
+mod group;
 mod nats;
 mod ponte_load;
 mod procs;
@@ -80,6 +84,13 @@ pub struct RunArgs {
     /// Offline recipients for the durable phase [default: 1000].
     #[arg(long)]
     offline: Option<u32>,
+    /// Members of the group in the fan-out phase [default: 1000].
+    #[arg(long)]
+    group_members: Option<u32>,
+    /// Group messages sent in the fan-out phase, and again to offline
+    /// members for the bytes stored [default: 200].
+    #[arg(long)]
+    group_messages: Option<u32>,
     /// How many times to run everything (reports each run and the median).
     #[arg(long, default_value_t = 1)]
     runs: u32,
@@ -109,6 +120,7 @@ enum Mode {
     Idle,
     Online,
     Durable,
+    Group,
 }
 
 /// Arguments of one load-generator process.
@@ -147,6 +159,13 @@ pub struct ClientArgs {
     /// Connections opened at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Group messages to send (group mode; the sender is `first`, the
+    /// members the `count` accounts after it).
+    #[arg(long, default_value_t = 0)]
+    messages: u32,
+    /// Group mode: the members stay offline.
+    #[arg(long)]
+    members_offline: bool,
 }
 
 /// Runs `ponte-bench server …`.
@@ -180,6 +199,19 @@ async fn client(c: ClientArgs) -> anyhow::Result<()> {
                 }
                 Mode::Idle => {
                     ponte_load::idle(&addr, c.seed, c.first, c.count, c.concurrency).await
+                }
+                Mode::Group => {
+                    let plan = group::GroupPlan {
+                        sender: c.first,
+                        first_member: c.first + 1,
+                        members: c.count,
+                        messages: c.messages,
+                        size: c.size,
+                        online: !c.members_offline,
+                        concurrency: c.concurrency,
+                    };
+                    let r = group::fan_out(&addr, c.seed, plan).await?;
+                    common::print_result(&r)
                 }
                 Mode::Online | Mode::Durable => {
                     let durable = c.mode == Mode::Durable;
@@ -216,7 +248,9 @@ async fn client(c: ClientArgs) -> anyhow::Result<()> {
                 .await?;
                 common::print_result(&r)
             }
-            Mode::Register | Mode::Durable => bail!("core NATS has no accounts or durability"),
+            Mode::Register | Mode::Durable | Mode::Group => {
+                bail!("core NATS has no accounts, durability or groups")
+            }
         },
     }
 }
@@ -229,6 +263,8 @@ struct Plan {
     duration: u64,
     warmup: u64,
     offline: u32,
+    group_members: u32,
+    group_messages: u32,
 }
 
 /// What one system measured in one run.
@@ -251,6 +287,11 @@ struct Measured {
     same_p99_us: Option<f64>,
     /// (N, bytes per idle client).
     idle: Vec<(u32, Option<f64>)>,
+    /// ponte only: a group message's send until its last member has it.
+    group_p50_us: Option<f64>,
+    group_p99_us: Option<f64>,
+    /// ponte only: database bytes per group message to offline members.
+    group_bytes: Option<f64>,
     errors: u64,
 }
 
@@ -300,6 +341,14 @@ async fn orchestrate(a: RunArgs) -> anyhow::Result<()> {
         duration: a.duration.unwrap_or(if a.quick { 3 } else { 10 }),
         warmup: a.warmup.unwrap_or(if a.quick { 1 } else { 2 }),
         offline: a.offline.unwrap_or(if a.quick { 100 } else { 1000 }).max(1),
+        group_members: a
+            .group_members
+            .unwrap_or(if a.quick { 100 } else { 1000 })
+            .clamp(1, ponte_wire::messages::MAX_GROUP_RECIPIENTS as u32),
+        group_messages: a
+            .group_messages
+            .unwrap_or(if a.quick { 10 } else { 200 })
+            .max(1),
     };
     let ponte_bin = match &a.ponte {
         Some(p) => p.clone(),
@@ -511,7 +560,11 @@ async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::R
     let online_base = singles;
     let half_base = singles + 2 * plan.pairs;
     let durable_base = singles + 4 * plan.pairs;
-    let total = singles + 6 * plan.pairs;
+    // Two groups, each a sender and its members: one online, one offline
+    // (its mailboxes keep what the bytes-stored phase sends).
+    let group_online_base = singles + 6 * plan.pairs;
+    let group_offline_base = group_online_base + plan.group_members + 1;
+    let total = group_offline_base + plan.group_members + 1;
     let mut m = Measured::default();
 
     // Accounts.
@@ -538,6 +591,23 @@ async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::R
     }
     log(&format!("registered in {:.1} s", t.elapsed().as_secs_f64()));
     sys.stop().await;
+
+    // Bytes per group message, on the database as registration left it
+    // (nothing deleted yet, so no free pages for the new rows to reuse).
+    let before = db_bytes(&data);
+    let (sys, addr) = procs::start_ponte(bin, &data, &config, &logf).await?;
+    let r = group_phase(&addr, seed, plan, a.size, group_offline_base, false).await?;
+    sys.stop().await;
+    let after = db_bytes(&data);
+    m.errors += r.errors;
+    if r.acked > 0 {
+        let per = after.saturating_sub(before) as f64 / r.acked as f64;
+        log(&format!(
+            "ponte group to {} offline members: {per:.0} database bytes per message ({} of body)",
+            plan.group_members, a.size
+        ));
+        m.group_bytes = Some(per);
+    }
 
     // Idle clients, each N on a freshly started server.
     for &n in plan.idle {
@@ -601,8 +671,70 @@ async fn run_ponte(a: &RunArgs, plan: &Plan, bin: &Path, seed: u32) -> anyhow::R
     m.durable = Some(durable);
     m.durable_cores = cores;
     m.errors += r.errors;
+
+    // Group fan-out to online members.
+    let mut r = group_phase(&addr, seed, plan, a.size, group_online_base, true).await?;
+    r.lat_us.sort_unstable();
+    m.group_p50_us = stats::percentile(&r.lat_us, 50.0).map(f64::from);
+    m.group_p99_us = stats::percentile(&r.lat_us, 99.0).map(f64::from);
+    m.errors += r.errors;
+    log(&format!(
+        "ponte group fan-out to {} online members: p50 {:?} us, p99 {:?} us ({} of {} messages, {} errors)",
+        plan.group_members,
+        m.group_p50_us,
+        m.group_p99_us,
+        r.lat_us.len(),
+        plan.group_messages,
+        r.errors
+    ));
     sys.stop().await;
     Ok(m)
+}
+
+/// Size of the server's database with its write-ahead log, in bytes.
+fn db_bytes(data: &Path) -> u64 {
+    ["ponte.db", "ponte.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(data.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// One group load process: the sender `base`, members `base + 1 ..`,
+/// online or not.
+async fn group_phase(
+    addr: &str,
+    seed: u32,
+    plan: &Plan,
+    size: usize,
+    base: u32,
+    online: bool,
+) -> anyhow::Result<LoadResult> {
+    let mut v = base_client_args("ponte", addr, "group", seed);
+    v.extend([
+        "--first".into(),
+        base.to_string(),
+        "--count".into(),
+        plan.group_members.to_string(),
+        "--messages".into(),
+        plan.group_messages.to_string(),
+        "--size".into(),
+        size.to_string(),
+    ]);
+    if !online {
+        v.push("--members-offline".into());
+    }
+    let mut loaders = spawn_ready(vec![v], Duration::from_secs(300)).await?;
+    let mut total = LoadResult::default();
+    for l in &mut loaders {
+        l.go().await?;
+    }
+    // Each message waits at most 30 s.
+    let within = Duration::from_secs(30 * u64::from(plan.group_messages) + 60);
+    for l in loaders {
+        total.merge(l.result(within).await?);
+    }
+    Ok(total)
 }
 
 async fn run_nats(a: &RunArgs, plan: &Plan, same_rate: Option<f64>) -> anyhow::Result<Measured> {
@@ -869,6 +1001,40 @@ fn table(out: &mut String, plan: &Plan, a: &RunArgs, p: &Measured, n: Option<&Me
         "",
         None,
     );
+    for (what, v, target, ok) in [
+        ("p50", p.group_p50_us, "", None),
+        (
+            "p99",
+            p.group_p99_us,
+            "≤ 250 ms",
+            p.group_p99_us.map(|v| v <= 250_000.0),
+        ),
+    ] {
+        row(
+            out,
+            format!(
+                "group message to {} online members, send until the last has it, {what}",
+                plan.group_members
+            ),
+            v,
+            None,
+            &stats::fmt_ms,
+            target,
+            ok,
+        );
+    }
+    row(
+        out,
+        format!(
+            "database bytes per group message ({} B body, {} offline members)",
+            a.size, plan.group_members
+        ),
+        p.group_bytes,
+        None,
+        &stats::fmt_int,
+        "one body + small entries",
+        None,
+    );
     for (i, (count, pv)) in p.idle.iter().enumerate() {
         let nvv = n.and_then(|m| m.idle.get(i)).and_then(|x| x.1);
         row(
@@ -920,6 +1086,9 @@ fn medians(runs: &[RunOut], nats: bool) -> Measured {
         durable_cores: f(&|m| m.durable_cores),
         same_p50_us: f(&|m| m.same_p50_us),
         same_p99_us: f(&|m| m.same_p99_us),
+        group_p50_us: f(&|m| m.group_p50_us),
+        group_p99_us: f(&|m| m.group_p99_us),
+        group_bytes: f(&|m| m.group_bytes),
         idle: idle_counts
             .iter()
             .enumerate()

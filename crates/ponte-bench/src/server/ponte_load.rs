@@ -137,7 +137,11 @@ pub async fn login(addr: &ServerAddress, seed: u32, i: u32) -> anyhow::Result<Ch
 
 /// Runs `f(i)` for every index with at most `concurrency` at once; retries
 /// a failed one twice. Returns the results in completion order.
-async fn for_each<T, F, Fut>(indices: Vec<u32>, concurrency: usize, f: F) -> anyhow::Result<Vec<T>>
+pub(super) async fn for_each<T, F, Fut>(
+    indices: Vec<u32>,
+    concurrency: usize,
+    f: F,
+) -> anyhow::Result<Vec<T>>
 where
     F: Fn(u32) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,

@@ -16,6 +16,7 @@ mod lookup_identity;
 mod ping;
 mod register;
 mod send;
+mod send_group;
 mod upload_keys;
 
 use crate::session::Window;

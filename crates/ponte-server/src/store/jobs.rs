@@ -1,5 +1,5 @@
-//! The SQL of every write job (register, upload, claim, send, ack, expire,
-//! invites), run by the writer inside its batch transaction.
+//! The SQL of every write job (register, upload, claim, send, group send,
+//! ack, expire, invites), run by the writer inside its batch transaction.
 
 use super::read::{account_where, arr32, key_counts};
 use super::types::*;
@@ -8,6 +8,7 @@ use super::{CommitError, StoreError};
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -34,6 +35,7 @@ pub(super) enum Job {
     },
     Claim(String, Reply<ClaimOutcome>),
     Send(NewMessage, Reply<SendOutcome>),
+    SendGroup(NewGroupMessage, Reply<GroupSendOutcome>),
     Ack {
         account: AccountId,
         seqs: Vec<Seq>,
@@ -93,6 +95,7 @@ pub(super) fn fail_job(job: Job, error: &Arc<CommitError>) {
         Job::Upload { reply, .. } => drop(reply.send(Err(e()))),
         Job::Claim(_, r) => drop(r.send(Err(e()))),
         Job::Send(_, r) => drop(r.send(Err(e()))),
+        Job::SendGroup(_, r) => drop(r.send(Err(e()))),
         Job::Ack { reply, .. } => drop(reply.send(Err(e()))),
         Job::Expire { reply, .. } => drop(reply.send(Err(e()))),
     }
@@ -163,6 +166,7 @@ pub(super) fn run_job(
             Ran::Done(finisher(reply, in_savepoint(c, |c| do_claim(c, &handle))))
         }
         Job::Send(m, reply) => direct(reply, do_send(c, st, &m, handover)),
+        Job::SendGroup(m, reply) => direct(reply, do_send_group(c, st, &m, handover)),
         Job::Ack {
             account,
             seqs,
@@ -316,10 +320,30 @@ fn do_claim(c: &Connection, handle: &str) -> Result<(ClaimOutcome, bool), rusqli
 }
 
 /// The dedup log's accept time of `(sender, message_id)`, if it was seen.
-fn seen(c: &Connection, m: &NewMessage) -> Result<Option<UnixMillis>, rusqlite::Error> {
+fn seen(
+    c: &Connection,
+    sender: AccountId,
+    message_id: &[u8; 16],
+) -> Result<Option<UnixMillis>, rusqlite::Error> {
     c.prepare_cached("SELECT accepted_at FROM sent WHERE sender = ?1 AND message_id = ?2")?
-        .query_row(params![m.sender, &m.message_id[..]], |r| r.get(0))
+        .query_row(params![sender, &message_id[..]], |r| r.get(0))
         .optional()
+}
+
+/// Enters `(sender, message_id)` in the dedup log; `false` if it was there.
+fn log_sent(
+    c: &Connection,
+    sender: AccountId,
+    message_id: &[u8; 16],
+    now: UnixMillis,
+) -> Result<bool, rusqlite::Error> {
+    let fresh = c
+        .prepare_cached(
+            "INSERT INTO sent (sender, message_id, accepted_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![sender, &message_id[..], now])?;
+    Ok(fresh > 0)
 }
 
 /// Stores a message. Checks come before writes, so a refused send changes
@@ -343,7 +367,7 @@ fn do_send(
     // A retry of a message that was accepted is acknowledged again even if
     // the mailbox filled up since.
     if let Some(refused) = refused {
-        return Ok(match seen(c, m)? {
+        return Ok(match seen(c, m.sender, &m.message_id)? {
             Some(accepted_at) => SendOutcome::Duplicate { accepted_at },
             None => refused,
         });
@@ -351,14 +375,8 @@ fn do_send(
     let Some(recipient) = recipient else {
         return Ok(SendOutcome::UnknownRecipient);
     };
-    let fresh = c
-        .prepare_cached(
-            "INSERT INTO sent (sender, message_id, accepted_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![m.sender, &m.message_id[..], m.now])?;
-    if fresh == 0 {
-        let accepted_at = seen(c, m)?.unwrap_or(m.now);
+    if !log_sent(c, m.sender, &m.message_id, m.now)? {
+        let accepted_at = seen(c, m.sender, &m.message_id)?.unwrap_or(m.now);
         return Ok(SendOutcome::Duplicate { accepted_at });
     }
     let seq = st.alloc_seq(c)?;
@@ -388,6 +406,7 @@ fn do_send(
                 body: m.body.clone(),
                 at: m.now,
                 peer_handle: sender,
+                group_id: None,
             },
         });
     }
@@ -396,6 +415,121 @@ fn do_send(
         seq,
         accepted_at: m.now,
     })
+}
+
+/// Stores a group message: its body once in `bodies`, counting the entries
+/// that refer to it, and one mailbox entry per accepted recipient. Every
+/// recipient is looked up and checked before anything is written; the
+/// refused ones are listed and the others stored. The entries handed over
+/// share one body (`Bytes`), as they share one row.
+fn do_send_group(
+    c: &Connection,
+    st: &mut WriterState,
+    m: &NewGroupMessage,
+    handover: &mut Vec<Committed>,
+) -> Result<GroupSendOutcome, rusqlite::Error> {
+    let mut accepted: Vec<AccountId> = Vec::with_capacity(m.recipients.len());
+    let mut named: HashSet<AccountId> = HashSet::with_capacity(m.recipients.len());
+    let mut refused = Vec::new();
+    {
+        let mut lookup = c.prepare_cached("SELECT id FROM accounts WHERE handle = ?1")?;
+        for handle in &m.recipients {
+            let id = lookup
+                .query_row([handle], |r| r.get::<_, AccountId>(0))
+                .optional()?;
+            let why = match id {
+                None => Some(Refused::Unknown),
+                Some(id) if id == m.sender => Some(Refused::Sender),
+                Some(id) if st.pending(id) >= m.max_pending => Some(Refused::MailboxFull),
+                // Named twice: one entry is enough.
+                Some(id) if named.contains(&id) => continue,
+                Some(id) => {
+                    named.insert(id);
+                    accepted.push(id);
+                    None
+                }
+            };
+            if let Some(why) = why {
+                refused.push((handle.clone(), why));
+            }
+        }
+    }
+    if accepted.is_empty() {
+        // As for 1:1: a retry of an accepted message is acknowledged again
+        // even if every mailbox filled up since.
+        return Ok(match seen(c, m.sender, &m.message_id)? {
+            Some(accepted_at) => GroupSendOutcome::Duplicate { accepted_at },
+            None => GroupSendOutcome::Accepted {
+                accepted_at: m.now,
+                entries: 0,
+                refused,
+            },
+        });
+    }
+    if !log_sent(c, m.sender, &m.message_id, m.now)? {
+        let accepted_at = seen(c, m.sender, &m.message_id)?.unwrap_or(m.now);
+        return Ok(GroupSendOutcome::Duplicate { accepted_at });
+    }
+    let entries = u32::try_from(accepted.len()).unwrap_or(u32::MAX);
+    c.prepare_cached("INSERT INTO bodies (group_id, body, refs) VALUES (?1, ?2, ?3)")?
+        .execute(params![&m.group_id[..], &m.body[..], entries])?;
+    let body_id = c.last_insert_rowid();
+    let sender = handle_of(c, m.sender)?;
+    let message_id = Bytes::copy_from_slice(&m.message_id);
+    let group_id = Bytes::copy_from_slice(&m.group_id);
+    for recipient in accepted {
+        let seq = st.alloc_seq(c)?;
+        c.prepare_cached(
+            "INSERT INTO mailbox (owner, seq, peer, message_id, body, created_at, expires_at,
+                                  body_id)
+             VALUES (?1, ?2, ?3, ?4, X'', ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            recipient,
+            seq,
+            m.sender,
+            &m.message_id[..],
+            m.now,
+            m.expires_at,
+            body_id
+        ])?;
+        st.add_pending(recipient);
+        if let Some(sender) = &sender {
+            handover.push(Committed::Item {
+                owner: recipient,
+                item: MailItem {
+                    seq,
+                    kind: ItemKind::Message,
+                    message_id: message_id.clone(),
+                    body: m.body.clone(),
+                    at: m.now,
+                    peer_handle: sender.clone(),
+                    group_id: Some(group_id.clone()),
+                },
+            });
+        }
+    }
+    Ok(GroupSendOutcome::Accepted {
+        accepted_at: m.now,
+        entries,
+        refused,
+    })
+}
+
+/// Drops one reference to a group body (an entry was acknowledged or
+/// expired), deleting the body with its last reference.
+fn release_body(c: &Connection, body_id: Option<i64>) -> Result<(), rusqlite::Error> {
+    let Some(id) = body_id else {
+        return Ok(());
+    };
+    let deleted = c
+        .prepare_cached("DELETE FROM bodies WHERE id = ?1 AND refs <= 1")?
+        .execute([id])?;
+    if deleted == 0 {
+        c.prepare_cached("UPDATE bodies SET refs = refs - 1 WHERE id = ?1")?
+            .execute([id])?;
+    }
+    Ok(())
 }
 
 /// The handle of `account`, as its peers see it in items handed over.
@@ -451,19 +585,25 @@ fn do_ack(
     for &seq in seqs {
         let message = c
             .prepare_cached(
-                "DELETE FROM mailbox WHERE owner = ?1 AND seq = ?2 RETURNING peer, message_id",
+                "DELETE FROM mailbox WHERE owner = ?1 AND seq = ?2
+                 RETURNING peer, message_id, body_id",
             )?
             .query_row(params![account, seq], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
             })
             .optional()?;
-        let Some((peer, message_id)) = message else {
+        let Some((peer, message_id, body_id)) = message else {
             out.notices += c
                 .prepare_cached("DELETE FROM notices WHERE owner = ?1 AND seq = ?2")?
                 .execute(params![account, seq])? as u64;
             continue;
         };
         st.sub_pending(account);
+        release_body(c, body_id)?;
         let receipt_seq = insert_notice(
             c,
             st,
@@ -495,6 +635,7 @@ fn do_ack(
                     body: Bytes::new(),
                     at: now,
                     peer_handle: me.clone(),
+                    group_id: None,
                 },
             });
         }
@@ -513,21 +654,23 @@ fn do_expire(
     handover: &mut Vec<Committed>,
 ) -> Result<ExpireOutcome, rusqlite::Error> {
     let mut out = ExpireOutcome::default();
-    let rows: Vec<(AccountId, Seq, AccountId, Vec<u8>)> = {
+    type Row = (AccountId, Seq, AccountId, Vec<u8>, Option<i64>);
+    let rows: Vec<Row> = {
         let mut stmt = c.prepare_cached(
-            "SELECT owner, seq, peer, message_id FROM mailbox
+            "SELECT owner, seq, peer, message_id, body_id FROM mailbox
              WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
         )?;
         let it = stmt.query_map(params![now, EXPIRE_BATCH], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?;
         it.collect::<Result<_, _>>()?
     };
     out.more = rows.len() as i64 >= EXPIRE_BATCH || stale_notices.len() as i64 >= EXPIRE_BATCH;
-    for (owner, seq, peer, message_id) in rows {
+    for (owner, seq, peer, message_id, body_id) in rows {
         c.prepare_cached("DELETE FROM mailbox WHERE owner = ?1 AND seq = ?2")?
             .execute(params![owner, seq])?;
         st.sub_pending(owner);
+        release_body(c, body_id)?;
         insert_notice(
             c,
             st,

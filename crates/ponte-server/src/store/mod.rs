@@ -1,5 +1,6 @@
-//! Durable storage: accounts, public keys, mailboxes, the dedup log of sent
-//! message ids and invite tokens, behind the [`Store`] seam; SQLite (one
+//! Durable storage: accounts, public keys, mailboxes (with the shared
+//! bodies of group messages), the dedup log of sent message ids and invite
+//! tokens, behind the [`Store`] seam; SQLite (one
 //! file, `ponte.db` in the data directory) is its implementation.
 //!
 //! - `seam`: [`Store`], the trait through which the server talks to its
@@ -40,7 +41,11 @@
 //! receipts (kind 1) and expired notices (kind 2) in `notices` (owner =
 //! original sender, peer = original recipient). Both are keyed by
 //! `(owner, seq)`: one B-tree insert to store an item, one delete to drop it
-//! (plus the expiry index for messages). The number of waiting messages per
+//! (plus the expiry index for messages). A group message's body is stored
+//! once in `bodies`, with its group id and the number of mailbox entries
+//! that refer to it; each recipient's entry carries an empty body and the
+//! body's id, and the body is deleted with the last entry (acknowledged or
+//! expired). The number of waiting messages per
 //! recipient (for `max_pending`) is kept in memory by the writer, counted
 //! from the table at start.
 
@@ -339,6 +344,10 @@ impl Store for SqliteStore {
 
     fn send(&self, m: NewMessage) -> StoreFuture<'_, SendOutcome> {
         Box::pin(self.submit(move |r| Job::Send(m, r)))
+    }
+
+    fn send_group(&self, m: NewGroupMessage) -> StoreFuture<'_, GroupSendOutcome> {
+        Box::pin(self.submit(move |r| Job::SendGroup(m, r)))
     }
 
     fn ack(

@@ -101,8 +101,10 @@ pub(super) fn fetch_mailbox(
     let mut out = Vec::new();
     {
         let mut stmt = c.prepare_cached(
-            "SELECT m.seq, m.message_id, m.body, m.created_at, a.handle
+            "SELECT m.seq, m.message_id, COALESCE(b.body, m.body), m.created_at, a.handle,
+                    b.group_id
              FROM mailbox m JOIN accounts a ON a.id = m.peer
+             LEFT JOIN bodies b ON b.id = m.body_id
              WHERE m.owner = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![owner, after, lim], |r| {
@@ -113,6 +115,7 @@ pub(super) fn fetch_mailbox(
                 body: Bytes::from(r.get::<_, Vec<u8>>(2)?),
                 at: r.get(3)?,
                 peer_handle: r.get(4)?,
+                group_id: r.get::<_, Option<Vec<u8>>>(5)?.map(Bytes::from),
             })
         })?;
         for row in rows {
@@ -146,6 +149,7 @@ pub(super) fn fetch_mailbox(
                 body: Bytes::new(),
                 at,
                 peer_handle: peer,
+                group_id: None,
             });
         }
     }

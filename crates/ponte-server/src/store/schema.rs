@@ -92,10 +92,16 @@ struct Migration {
 
 /// Every step after [`BASE_VERSION`] (and the one to it from the first
 /// schema), in order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    to: 2,
-    apply: v1_to_v2,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to: 2,
+        apply: v1_to_v2,
+    },
+    Migration {
+        to: 3,
+        apply: v2_to_v3,
+    },
+];
 
 /// The schema version this code writes.
 fn latest_version() -> i64 {
@@ -159,6 +165,22 @@ fn v1_to_v2(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
         )?;
     }
     Ok(())
+}
+
+/// Schema 2 to 3: group message bodies, stored once in `bodies` with the
+/// group's opaque id and the count of mailbox entries that refer to them
+/// (deleted with the last); a group entry in `mailbox` has an empty `body`
+/// and its body's `body_id` (NULL for 1:1 messages).
+fn v2_to_v3(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS bodies (
+             id INTEGER PRIMARY KEY,
+             group_id BLOB NOT NULL,
+             body BLOB NOT NULL,
+             refs INTEGER NOT NULL
+         );
+         ALTER TABLE mailbox ADD COLUMN body_id INTEGER;",
+    )
 }
 
 /// Creates the database file with mode 0600 if it does not exist yet

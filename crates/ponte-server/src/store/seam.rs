@@ -51,6 +51,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// duplicate answered with its first accept time.
     fn send(&self, m: NewMessage) -> StoreFuture<'_, SendOutcome>;
 
+    /// Stores a group message: the body once, and an entry referring to it
+    /// for every recipient that exists, is not the sender and has room
+    /// (the others are listed as refused), all in one commit. Each entry is
+    /// then a message of its own (acked, receipted and expired per
+    /// recipient); the body goes with the last entry. A resend of the same
+    /// `(sender, message_id)`, 1:1 or group, is a duplicate that stores
+    /// nothing.
+    fn send_group(&self, m: NewGroupMessage) -> StoreFuture<'_, GroupSendOutcome>;
+
     /// Acknowledges mailbox items of `account` (unknown seqs are ignored);
     /// each acknowledged message becomes a delivery receipt for its sender,
     /// kept until `notice_expires_at`.

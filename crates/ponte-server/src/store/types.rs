@@ -247,6 +247,59 @@ pub enum SendOutcome {
     MailboxFull,
 }
 
+/// A group message to store: one body for every recipient.
+#[derive(Debug, Clone)]
+pub struct NewGroupMessage {
+    /// Sender.
+    pub sender: AccountId,
+    /// Client message id.
+    pub message_id: [u8; 16],
+    /// The group's opaque id, stored with each entry for its recipient.
+    pub group_id: [u8; 16],
+    /// Recipient handles, each once.
+    pub recipients: Vec<String>,
+    /// Ciphertext, stored once.
+    pub body: Bytes,
+    /// Now.
+    pub now: UnixMillis,
+    /// When the entries expire.
+    pub expires_at: UnixMillis,
+    /// Mailbox limit of each recipient.
+    pub max_pending: u32,
+}
+
+/// Why one recipient of a group message did not get it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No account has this handle.
+    Unknown,
+    /// The recipient's mailbox is full.
+    MailboxFull,
+    /// The sender itself.
+    Sender,
+}
+
+/// Result of a group send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupSendOutcome {
+    /// Stored once, with an entry for every recipient not refused; when
+    /// every recipient was refused nothing was stored (`entries` is 0) and
+    /// the id stays unused.
+    Accepted {
+        /// Accept time.
+        accepted_at: UnixMillis,
+        /// Mailbox entries stored.
+        entries: u32,
+        /// Recipients refused, in request order.
+        refused: Vec<(String, Refused)>,
+    },
+    /// Same sender and message id seen before: nothing stored.
+    Duplicate {
+        /// First accept time.
+        accepted_at: UnixMillis,
+    },
+}
+
 /// A delivery receipt stored by an acknowledgement, for pushing it to its
 /// owner (the original sender) without reading it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +366,9 @@ pub struct MailItem {
     pub at: UnixMillis,
     /// The other party's handle.
     pub peer_handle: String,
+    /// The group a message was sent to (`None` for 1:1 messages and
+    /// notices).
+    pub group_id: Option<Bytes>,
 }
 
 /// What a committed batch hands to the [`Sink`](super::Sink), in commit

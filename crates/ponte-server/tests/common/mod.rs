@@ -315,6 +315,34 @@ pub async fn store_account(
     }
 }
 
+/// Registers `handle` for `device` directly in a store (no protocol, no
+/// signature check), so that the device can log in over Noise: for tests
+/// that need many accounts quickly.
+pub async fn store_device_account(
+    store: &dyn ponte_server::store::Store,
+    handle: &str,
+    device: &Device,
+) -> ponte_server::store::AccountId {
+    use ponte_server::store::{NewAccount, RegisterOutcome};
+    match store
+        .register(NewAccount {
+            handle: handle.into(),
+            noise_key: device.noise.public(),
+            curve25519: device.curve,
+            ed25519: device.ed(),
+            signature: vec![0; 64],
+            invite: None,
+            invite_required: false,
+            now: at(1),
+        })
+        .await
+        .unwrap()
+    {
+        RegisterOutcome::Created(id) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A store sink that records every item handed over, with the name of the
 /// thread that handed it; told to, it panics on its next batch instead.
 #[derive(Debug, Default)]
@@ -430,6 +458,28 @@ pub fn msg_max(
     ponte_server::store::NewMessage {
         max_pending,
         ..msg(sender, to, id, now_ms, now_ms + 1_000_000)
+    }
+}
+
+/// A group message of `sender` to `to` with id `[id; 16]` and group id
+/// `[0x6a; 16]`, accepted at `now_ms`, expiring at `expires_at_ms`, to
+/// mailboxes of up to 1,000 messages.
+pub fn group_msg(
+    sender: ponte_server::store::AccountId,
+    to: &[&str],
+    id: u8,
+    now_ms: i64,
+    expires_at_ms: i64,
+) -> ponte_server::store::NewGroupMessage {
+    ponte_server::store::NewGroupMessage {
+        sender,
+        message_id: [id; 16],
+        group_id: [0x6a; 16],
+        recipients: to.iter().map(|h| (*h).to_owned()).collect(),
+        body: Bytes::from_static(b"group body"),
+        now: at(now_ms),
+        expires_at: at(expires_at_ms),
+        max_pending: 1000,
     }
 }
 

@@ -46,7 +46,7 @@ use std::sync::Arc;
 /// and an invite) is under 300 bytes.
 const PRE_LOGIN_MAX_FRAME: usize = 4 * 1024;
 
-/// Largest frame after login other than `Send`: an upload of 100 keys is
+/// Largest frame after login other than `Send` and `UploadAppend`: an upload of 100 keys is
 /// about 17 KiB, an ack of 1,024 seqs at most 11 KiB.
 const SMALL_REQUEST_MAX_FRAME: usize = 32 * 1024;
 
@@ -296,9 +296,13 @@ impl Session {
         } else {
             let small =
                 SMALL_REQUEST_MAX_FRAME.max((self.shared.cfg.max_keys_per_upload + 1) * 256);
-            // A message's cap is the transport's frame cap.
+            // A message's and an upload chunk's cap is the transport's
+            // frame cap (a chunk is further capped once decoded).
             payload.len() > small
-                && messages::client_body_field(payload) != Some(messages::SEND_FIELD)
+                && !matches!(
+                    messages::client_body_field(payload),
+                    Some(messages::SEND_FIELD | messages::UPLOAD_APPEND_FIELD)
+                )
         };
         if too_large {
             return Err(CloseCause::FrameTooLarge);
@@ -329,6 +333,10 @@ impl Session {
             Body::LookupIdentity(r) => self.dispatch(rid, r).await,
             Body::Send(r) => self.dispatch(rid, r).await,
             Body::Ack(r) => self.dispatch(rid, r).await,
+            Body::UploadCreate(r) => self.dispatch(rid, r).await,
+            Body::UploadAppend(r) => self.dispatch(rid, r).await,
+            Body::UploadOffset(r) => self.dispatch(rid, r).await,
+            Body::Download(r) => self.dispatch(rid, r).await,
         }
     }
 

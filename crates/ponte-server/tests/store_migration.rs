@@ -243,6 +243,10 @@ fn flatten(items: &[MailItem]) -> Vec<Item> {
         .collect()
 }
 
+/// The schema version the store writes (2: messages and notices apart;
+/// 3: blob metadata).
+const LATEST_VERSION: i64 = 3;
+
 fn user_version(dir: &Path) -> i64 {
     let c = Connection::open(dir.join(DB_FILE)).unwrap();
     c.query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -288,7 +292,7 @@ async fn schema1_migration_keeps_items_times_peers_and_order() {
     assert_v1_items(&store).await;
     store.close();
     drop(store);
-    assert_eq!(user_version(dir.path()), 2);
+    assert_eq!(user_version(dir.path()), LATEST_VERSION);
     let tables = table_names(dir.path());
     assert!(tables.iter().any(|t| t == "notices"), "{tables:?}");
     assert!(tables.iter().any(|t| t == "meta"), "{tables:?}");
@@ -447,7 +451,7 @@ async fn schema1_migration_is_idempotent_across_reopens() {
         );
         store.close();
         drop(store);
-        assert_eq!(user_version(dir.path()), 2);
+        assert_eq!(user_version(dir.path()), LATEST_VERSION);
     }
 }
 
@@ -456,7 +460,7 @@ async fn create_invite_migrates_a_schema1_directory() {
     let dir = tempfile::tempdir().unwrap();
     build_v1(dir.path());
     let token = ponte_server::create_invite(dir.path()).unwrap();
-    assert_eq!(user_version(dir.path()), 2);
+    assert_eq!(user_version(dir.path()), LATEST_VERSION);
     let tables = table_names(dir.path());
     assert!(tables.iter().any(|t| t == "notices"), "{tables:?}");
     assert!(!tables.iter().any(|t| t == "mailbox_v1"), "{tables:?}");

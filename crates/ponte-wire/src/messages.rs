@@ -21,6 +21,7 @@ pub use pb::{
     IdentityKeys, KeyCount, KeysUploaded, LoggedIn, Login, LookupIdentity, Ping, Pong, Register,
     Registered, SendAck, SendMessage, ServerFrame, SignedKey, UploadKeys,
 };
+pub use pb::{BlobChunk, Download, UploadAppend, UploadCreate, UploadOffset, UploadState};
 
 /// Length of a message id (client-generated random bytes).
 pub const MESSAGE_ID_LEN: usize = 16;
@@ -122,6 +123,17 @@ pub fn decode_client_frame(payload: &[u8]) -> Result<ClientFrame, MessageError> 
 
 /// The `ClientFrame.body` field number of `SendMessage` (proto/ponte.proto).
 pub const SEND_FIELD: u32 = 15;
+
+/// The `ClientFrame.body` field number of `UploadAppend`.
+pub const UPLOAD_APPEND_FIELD: u32 = 19;
+
+/// Length of a blob (upload) id.
+pub const BLOB_ID_LEN: usize = 16;
+
+/// Most bytes in one `UploadAppend` chunk or `BlobChunk`: within the
+/// 128 KiB frame cap ([`crate::frame::MAX_FRAME_LEN`]) with room for the
+/// envelope.
+pub const BLOB_CHUNK_MAX: usize = 96 * 1024;
 
 /// Which request a client frame payload holds (its `body` field number),
 /// found by walking the top-level fields without decoding them, so a

@@ -11,11 +11,13 @@
 
 mod ack;
 mod claim_key;
+mod download;
 mod login;
 mod lookup_identity;
 mod ping;
 mod register;
 mod send;
+mod upload;
 mod upload_keys;
 
 use crate::session::Window;

@@ -92,10 +92,16 @@ struct Migration {
 
 /// Every step after [`BASE_VERSION`] (and the one to it from the first
 /// schema), in order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    to: 2,
-    apply: v1_to_v2,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to: 2,
+        apply: v1_to_v2,
+    },
+    Migration {
+        to: 3,
+        apply: v2_to_v3,
+    },
+];
 
 /// The schema version this code writes.
 fn latest_version() -> i64 {
@@ -159,6 +165,11 @@ fn v1_to_v2(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
         )?;
     }
     Ok(())
+}
+
+/// Schema 2 to 3: blob metadata (`store::blobs`).
+fn v2_to_v3(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
+    tx.execute_batch(super::blobs::TABLES)
 }
 
 /// Creates the database file with mode 0600 if it does not exist yet

@@ -534,16 +534,37 @@ struct ChildServer {
     key: [u8; 32],
 }
 
+const CHILD_ARGS: [&str; 5] = [
+    "--ignored",
+    "--exact",
+    "child_server",
+    "--nocapture",
+    "--test-threads=1",
+];
+
 impl ChildServer {
     fn start(dir: &Path) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "child_server",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(CHILD_ARGS);
+        Self::spawn(cmd, dir)
+    }
+
+    /// A server whose files may not grow past `bytes` (RLIMIT_FSIZE, with
+    /// SIGXFSZ ignored so a write past it fails with EFBIG): a disk that
+    /// fills up under the blob files and the database alike.
+    fn start_with_file_size_limit(dir: &Path, bytes: u64) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; exec prlimit --fsize={bytes} -- \"$0\" \"$@\""
+            ))
+            .arg(std::env::current_exe().unwrap())
+            .args(CHILD_ARGS);
+        Self::spawn(cmd, dir)
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path) -> Self {
+        let mut child = cmd
             .env(CHILD_ENV, dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -645,6 +666,62 @@ async fn a_sigkilled_server_loses_no_acknowledged_chunk_and_serves_no_partial_bl
     assert_eq!(
         error_code(&download(&mut c, id, 0, 0).await),
         ErrorCode::UnknownBlob
+    );
+    let (s, _) = resume(&mut c, id, &data).await;
+    assert!(s.finished);
+    assert_eq!(download_all(&mut c, id, 0, 0).await, data);
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_the_append_and_keeps_what_was_acknowledged() {
+    const LIMIT: usize = 600 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::new();
+    let data = random(LIMIT + 300 * 1024);
+    let id = new_id();
+    let acked = {
+        let server = ChildServer::start_with_file_size_limit(dir.path(), LIMIT as u64);
+        let mut c = server.client(&device).await;
+        c.register("alice").await;
+        let small = random(1000);
+        let earlier = upload(&mut c, &small, 0).await;
+        upload_state(create(&mut c, id, data.len() as u64, sha(&data), 0).await);
+        let mut at = 0usize;
+        let refused = loop {
+            let end = data.len().min(at + BLOB_CHUNK_MAX);
+            match append(&mut c, id, at as u64, &data[at..end]).await {
+                server_frame::Body::UploadState(s) => at = s.offset as usize,
+                other => break other,
+            }
+            assert!(
+                at <= LIMIT,
+                "an append past the file size limit was acknowledged"
+            );
+        };
+        assert_eq!(error_code(&refused), ErrorCode::Unavailable);
+        assert!(at + BLOB_CHUNK_MAX > LIMIT, "refused at {at}");
+        // Refused again, cleanly, and what was acknowledged stays.
+        let again = append(&mut c, id, at as u64, &data[at..at + BLOB_CHUNK_MAX]).await;
+        assert_eq!(error_code(&again), ErrorCode::Unavailable);
+        assert_eq!(upload_state(offset_of(&mut c, id).await).offset, at as u64);
+        assert_eq!(
+            std::fs::metadata(partial_file(dir.path(), &id))
+                .unwrap()
+                .len(),
+            at as u64,
+            "the refused chunk was cut off"
+        );
+        assert_eq!(download_all(&mut c, earlier, 0, 0).await, small);
+        at
+    };
+    // Room again (a restart without the limit): the upload goes on from
+    // the acknowledged offset and checks out whole.
+    let server = ChildServer::start(dir.path());
+    let mut c = server.client(&device).await;
+    assert!(matches!(c.login().await, server_frame::Body::LoggedIn(_)));
+    assert_eq!(
+        upload_state(offset_of(&mut c, id).await).offset,
+        acked as u64
     );
     let (s, _) = resume(&mut c, id, &data).await;
     assert!(s.finished);

@@ -92,6 +92,18 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
     b.create(dir)
 }
 
+/// Opens (creating, mode 0600) a blob file for writing.
+fn open_private(path: &Path, truncate: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.create(true).truncate(truncate).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -152,11 +164,7 @@ impl Blobs {
     pub(crate) async fn append(&self, id: BlobId, offset: u64, chunk: Bytes) -> io::Result<()> {
         let path = self.partial(&id);
         blocking(move || {
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
+            let f = open_private(&path, false)?;
             let created = offset == 0;
             if f.metadata()?.len() != offset {
                 f.set_len(offset)?;
@@ -194,7 +202,7 @@ impl Blobs {
                 if Sha256::digest([]).as_slice() != sha256 {
                     return Ok(Finished::Mismatch);
                 }
-                File::create(&finished)?.sync_all()?;
+                open_private(&finished, true)?.sync_all()?;
                 sync_dir(&dir)?;
                 return Ok(Finished::Stored);
             }

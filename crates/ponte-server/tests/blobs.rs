@@ -192,6 +192,12 @@ async fn empty_one_byte_one_chunk_and_several_mib_round_trip() {
         assert!(got == data, "{} bytes came back different", data.len());
         assert_eq!(std::fs::read(blob_file(dir.path(), &id)).unwrap(), data);
         assert!(!partial_file(dir.path(), &id).exists());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(blob_file(dir.path(), &id))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "blob files are private");
     }
     server.stop().await;
 }

@@ -46,8 +46,8 @@ use std::sync::Arc;
 /// and an invite) is under 300 bytes.
 const PRE_LOGIN_MAX_FRAME: usize = 4 * 1024;
 
-/// Largest frame after login other than `Send` and `UploadAppend`: an upload of 100 keys is
-/// about 17 KiB, an ack of 1,024 seqs at most 11 KiB.
+/// Largest frame after login other than `Send` and `UploadAppend`: an
+/// upload of 100 keys is about 17 KiB, an ack of 1,024 seqs at most 11 KiB.
 const SMALL_REQUEST_MAX_FRAME: usize = 32 * 1024;
 
 /// A request running alongside the session; yields its encoded answer, if
@@ -288,7 +288,7 @@ impl Session {
         // empty keys fits in 128 KiB and decodes to ~6 MiB), so each kind
         // of request is capped to what an honest client can send before it
         // is decoded: before login only small requests exist (register,
-        // login, ping); after it only a message body is large.
+        // login, ping); after it only a message body or an upload chunk is large.
         // The type is only looked up for a frame over the small cap, so a
         // message of ordinary size costs nothing here.
         let too_large = if self.account.is_none() {

@@ -176,7 +176,8 @@ fn partial_file(dir: &Path, id: &[u8; 16]) -> std::path::PathBuf {
 #[tokio::test]
 async fn empty_one_byte_one_chunk_and_several_mib_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), |_| {}).await;
+    let server = TestServer::start_with_admin(dir.path(), |_| {}, true).await;
+    let mut total = 0;
     let mut alice = registered(&server, "alice").await;
     let mut bob = registered(&server, "bob").await;
     for data in [
@@ -198,6 +199,15 @@ async fn empty_one_byte_one_chunk_and_several_mib_round_trip() {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600, "blob files are private");
+        total += data.len();
+    }
+    let metrics = http_get(server.admin.unwrap(), "/metrics").await;
+    for line in [
+        format!("ponte_server_blob_bytes_received_total {total}"),
+        format!("ponte_server_blob_bytes_sent_total {total}"),
+        "ponte_server_blobs_finished_total 4".to_owned(),
+    ] {
+        assert!(metrics.contains(&line), "{line} in {metrics}");
     }
     server.stop().await;
 }

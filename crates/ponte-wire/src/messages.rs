@@ -233,6 +233,17 @@ mod tests {
             })),
         };
         assert_eq!(client_body_field(&send.encode_to_vec()), Some(SEND_FIELD));
+        let append = ClientFrame {
+            request_id: 9,
+            body: Some(client_frame::Body::UploadAppend(UploadAppend {
+                upload_id: vec![2; BLOB_ID_LEN].into(),
+                offset: 5,
+                chunk: vec![3; BLOB_CHUNK_MAX].into(),
+            })),
+        };
+        let encoded = append.encode_to_vec();
+        assert_eq!(client_body_field(&encoded), Some(UPLOAD_APPEND_FIELD));
+        assert!(encoded.len() + crate::frame::LEN_PREFIX <= crate::frame::MAX_FRAME_LEN);
         let ack = ClientFrame {
             request_id: 8,
             body: Some(client_frame::Body::Ack(Ack {

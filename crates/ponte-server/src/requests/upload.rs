@@ -175,7 +175,14 @@ impl Request for messages::UploadAppend {
             }
             match cx.shared.store.blob_advance(id, info.offset, end).await {
                 Ok(true) => {}
-                Ok(false) => return Err(unknown()),
+                Ok(false) => {
+                    // The row went meanwhile (the sweep deleted the expired
+                    // upload): so does the file this append wrote.
+                    if let Err(e) = cx.shared.blobs.delete(id).await {
+                        tracing::warn!("deleting an expired upload failed: {e}");
+                    }
+                    return Err(unknown());
+                }
                 Err(e) => return Err(Refusal::unavailable("blob append", &e)),
             }
             cx.shared.metrics.blob_bytes_in.inc_by(len);

@@ -258,6 +258,9 @@ fn copy_blobs(data_dir: &Path, staging: &Path, db: &Path) -> Result<(), BackupEr
         .prepare("SELECT id FROM blobs WHERE finished = 1")?
         .query_map([], |r| r.get::<_, Vec<u8>>(0))?
         .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() {
+        return Ok(());
+    }
     let from_dir = data_dir.join(crate::blobs::BLOB_DIR);
     let to_dir = staging.join(crate::blobs::BLOB_DIR);
     create_private_dir(&to_dir)?;

@@ -131,14 +131,14 @@ fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
 }
 
 impl Blobs {
-    /// The blob directories of `data_dir` (created, mode 0700).
-    pub(crate) fn open(data_dir: &Path) -> io::Result<Self> {
-        let dir = data_dir.join(BLOB_DIR);
-        create_private_dir(&dir.join(PARTIAL_DIR))?;
-        Ok(Self {
-            dir,
+    /// The blob files of `data_dir`. Nothing is created until the first
+    /// upload (the directories then, mode 0700): a server that never took
+    /// a file has the data directory it always had.
+    pub(crate) fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join(BLOB_DIR),
             busy: Arc::default(),
-        })
+        }
     }
 
     fn partial(&self, id: &BlobId) -> PathBuf {
@@ -164,7 +164,14 @@ impl Blobs {
     pub(crate) async fn append(&self, id: BlobId, offset: u64, chunk: Bytes) -> io::Result<()> {
         let path = self.partial(&id);
         blocking(move || {
-            let f = open_private(&path, false)?;
+            let parent = path.parent().unwrap_or(Path::new("."));
+            let f = match open_private(&path, false) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    create_private_dir(parent)?;
+                    open_private(&path, false)?
+                }
+                r => r?,
+            };
             let created = offset == 0;
             if f.metadata()?.len() != offset {
                 f.set_len(offset)?;
@@ -178,7 +185,7 @@ impl Blobs {
             }
             if created {
                 // The partial file's name must survive a crash too.
-                sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+                sync_dir(parent)?;
             }
             Ok(())
         })
@@ -202,6 +209,7 @@ impl Blobs {
                 if Sha256::digest([]).as_slice() != sha256 {
                     return Ok(Finished::Mismatch);
                 }
+                create_private_dir(&dir)?;
                 open_private(&finished, true)?.sync_all()?;
                 sync_dir(&dir)?;
                 return Ok(Finished::Stored);

@@ -71,15 +71,6 @@ pub enum ServerError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    /// The blob directory could not be created.
-    #[error("cannot create {}", .path.display())]
-    BlobDir {
-        /// The directory.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        error: std::io::Error,
-    },
     /// Binding a listener failed.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -243,10 +234,7 @@ impl Server {
             store::StoreOptions::with_commit_interval(cfg.commit_interval),
             Arc::clone(&registry) as Arc<dyn store::Sink>,
         )?;
-        let blobs = blobs::Blobs::open(&cfg.data_dir).map_err(|error| ServerError::BlobDir {
-            path: cfg.data_dir.join(blobs::BLOB_DIR),
-            error,
-        })?;
+        let blobs = blobs::Blobs::new(&cfg.data_dir);
         let mut metrics = metrics::Metrics::new();
         metrics.register_store(store.stats());
         let shared = Arc::new(Shared {

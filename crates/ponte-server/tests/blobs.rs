@@ -387,6 +387,8 @@ async fn over_the_size_cap_or_the_quota_is_refused_with_nothing_stored() {
         error_code(&offset_of(&mut c, big).await),
         ErrorCode::UnknownBlob
     );
+    // Nothing on disk before the first upload.
+    assert!(!dir.path().join(BLOB_DIR).exists());
     let first = random(4000);
     upload(&mut c, &first, 0).await;
     // 4000 stored + 2001 declared > 6000: refused, even before a byte.

@@ -455,7 +455,7 @@ async fn expiry_and_fetches_by_every_recipient_delete_blobs() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), |c| {
         c.expiry_interval = Duration::from_millis(50);
-        c.blob_retention = Some(Duration::from_millis(1500));
+        c.blob_retention = Some(Duration::from_secs(4));
     })
     .await;
     let mut alice = registered(&server, "alice").await;

@@ -749,7 +749,8 @@ async fn a_full_disk_refuses_the_append_and_keeps_what_was_acknowledged() {
 /// A 100 MiB upload (and its download) streams: the server process's peak
 /// resident set grows by less than 32 MiB. Ignored by default: in a debug
 /// build its 1,067 fsynced appends and 100 MiB of unoptimised Noise and
-/// SHA-256 take minutes.
+/// SHA-256 take minutes (515 s on a loaded 2-core machine, where the peak
+/// grew by 332 KiB: 12,640 to 12,972 KiB).
 #[tokio::test]
 #[ignore = "slow (minutes) in a debug build; run with --ignored"]
 async fn a_100_mib_upload_does_not_grow_the_servers_memory_by_32_mib() {

@@ -224,6 +224,11 @@ wire_enum! {
         Unavailable = "UNAVAILABLE",
         /// The server failed.
         Internal = "INTERNAL",
+        /// No upload or blob with that id (or it is not finished, or gone).
+        UnknownBlob = "UNKNOWN_BLOB",
+        /// An upload chunk's offset is not the upload's current offset
+        /// (the error carries the current one).
+        OffsetMismatch = "OFFSET_MISMATCH",
     }
 }
 

@@ -90,9 +90,22 @@ pub struct ServerConfig {
     /// (an idle server commits a lone write at once). Longer: fewer, larger
     /// commits and less written; shorter: lower latency at moderate load.
     pub commit_interval: Duration,
+    /// Largest blob (an uploaded file's ciphertext), bytes.
+    pub max_blob_size: u64,
+    /// Most bytes of blobs (finished or being uploaded, by declared size)
+    /// one account may have stored.
+    pub blob_quota_per_account: u64,
+    /// How long a blob (or an unfinished upload) is kept; `None`: as long
+    /// as `retention`.
+    pub blob_retention: Option<Duration>,
 }
 
 impl ServerConfig {
+    /// How long a blob is kept: `blob_retention`, else `retention`.
+    pub fn blob_retention(&self) -> Duration {
+        self.blob_retention.unwrap_or(self.retention)
+    }
+
     /// Defaults, with the given data directory and listen address.
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         Self {
@@ -130,6 +143,9 @@ impl ServerConfig {
             },
             shutdown_grace: Duration::from_secs(5),
             commit_interval: crate::store::DEFAULT_COMMIT_INTERVAL,
+            max_blob_size: 100 * 1024 * 1024,
+            blob_quota_per_account: 1024 * 1024 * 1024,
+            blob_retention: None,
         }
     }
 }
@@ -318,6 +334,23 @@ pub const MAX_BODY_LEN: CountBounds = CountBounds {
     min: 1024,
     max: 96 * 1024,
 };
+/// `max_blob_size`: from 1 KiB (a voice note) to 4 GiB.
+pub const MAX_BLOB_SIZE: CountBounds = CountBounds {
+    key: "max_blob_size",
+    min: 1024,
+    max: 4 * 1024 * 1024 * 1024,
+};
+/// `blob_quota_per_account`: 0 turns uploads off.
+pub const BLOB_QUOTA_PER_ACCOUNT: CountBounds = CountBounds {
+    key: "blob_quota_per_account",
+    min: 0,
+    max: u64::MAX,
+};
+/// `blob_retention`: as `retention`.
+pub const BLOB_RETENTION: DurationBounds = DurationBounds {
+    key: "blob_retention",
+    ..RETENTION
+};
 /// `max_one_time_keys`: clients keep 50 on the server, so fewer would refuse
 /// their uploads.
 pub const MAX_ONE_TIME_KEYS: CountBounds = CountBounds {
@@ -384,6 +417,7 @@ mod bounded {
         unauthenticated_timeout => UNAUTHENTICATED_TIMEOUT,
         idle_timeout => IDLE_TIMEOUT,
         commit_interval => COMMIT_INTERVAL,
+        blob_retention => BLOB_RETENTION,
     );
 
     macro_rules! counts {
@@ -399,6 +433,8 @@ mod bounded {
         max_pending: u32 => MAX_PENDING,
         max_body_len: usize => MAX_BODY_LEN,
         max_one_time_keys: u32 => MAX_ONE_TIME_KEYS,
+        max_blob_size: u64 => MAX_BLOB_SIZE,
+        blob_quota_per_account: u64 => BLOB_QUOTA_PER_ACCOUNT,
     );
 
     pub fn listen<'de, D: Deserializer<'de>>(
@@ -506,6 +542,15 @@ pub struct FileConfig {
     /// Least time between commits under load.
     #[serde(default, deserialize_with = "bounded::commit_interval")]
     pub commit_interval: Option<Duration>,
+    /// Largest blob, bytes.
+    #[serde(default, deserialize_with = "bounded::max_blob_size")]
+    pub max_blob_size: Option<u64>,
+    /// Blob bytes stored per account.
+    #[serde(default, deserialize_with = "bounded::blob_quota_per_account")]
+    pub blob_quota_per_account: Option<u64>,
+    /// Retention of blobs (default: `retention`).
+    #[serde(default, deserialize_with = "bounded::blob_retention")]
+    pub blob_retention: Option<Duration>,
     /// Registrations per source address.
     pub register_limit: Option<RateLimitFile>,
     /// Registrations per peer (relay) address.
@@ -610,6 +655,15 @@ impl FileConfig {
         if let Some(v) = self.commit_interval {
             cfg.commit_interval = v;
         }
+        if let Some(v) = self.max_blob_size {
+            cfg.max_blob_size = v;
+        }
+        if let Some(v) = self.blob_quota_per_account {
+            cfg.blob_quota_per_account = v;
+        }
+        if let Some(v) = self.blob_retention {
+            cfg.blob_retention = Some(v);
+        }
         if let Some(v) = self.register_limit {
             cfg.register_limit = RateLimit {
                 burst: v.burst,
@@ -686,6 +740,11 @@ mod tests {
         assert!(MAX_PENDING.check(c.max_pending_per_mailbox).is_ok());
         assert!(MAX_BODY_LEN.check(c.max_body_len).is_ok());
         assert!(MAX_ONE_TIME_KEYS.check(c.max_one_time_keys).is_ok());
+        assert!(MAX_BLOB_SIZE.check(c.max_blob_size).is_ok());
+        assert!(BLOB_QUOTA_PER_ACCOUNT
+            .check(c.blob_quota_per_account)
+            .is_ok());
+        assert!(BLOB_RETENTION.check(c.blob_retention()).is_ok());
         for r in [c.register_limit, c.register_limit_per_peer] {
             assert!(RATE_LIMIT_BURST.check(r.burst).is_ok());
             assert!(RATE_LIMIT_PER_HOUR.check(r.per_hour).is_ok());
@@ -703,6 +762,25 @@ mod tests {
         assert_eq!(cfg.commit_interval, Duration::ZERO);
         let e = FileConfig::parse("commit_interval = \"2s\"\n", p).unwrap_err();
         assert!(e.to_string().contains("commit_interval"), "{e}");
+    }
+
+    #[test]
+    fn blob_settings_apply_with_bounds() {
+        let p = Path::new("server.toml");
+        let mut cfg = ServerConfig::new("d", "0.0.0.0:5222".parse().unwrap());
+        assert_eq!(cfg.max_blob_size, 100 * 1024 * 1024);
+        assert_eq!(cfg.blob_retention(), cfg.retention);
+        FileConfig::parse(
+            "max_blob_size = 2048\nblob_quota_per_account = 4096\nblob_retention = \"2d\"\n",
+            p,
+        )
+        .unwrap()
+        .apply(&mut cfg);
+        assert_eq!(cfg.max_blob_size, 2048);
+        assert_eq!(cfg.blob_quota_per_account, 4096);
+        assert_eq!(cfg.blob_retention(), Duration::from_secs(2 * 86400));
+        let e = FileConfig::parse("max_blob_size = 10\n", p).unwrap_err();
+        assert!(e.to_string().contains("max_blob_size"), "{e}");
     }
 
     #[test]

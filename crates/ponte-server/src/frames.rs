@@ -37,6 +37,7 @@ pub(crate) fn error(
             code: code as i32,
             detail: detail.to_owned(),
             message_id: message_id.unwrap_or_default(),
+            offset: 0,
         }),
     )
 }

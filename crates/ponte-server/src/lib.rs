@@ -15,6 +15,8 @@
 //!   writer thread, its sync and checkpoint threads, and four reader threads.
 //! - `registry`: devices online now; the store's sink, which hands
 //!   committed items to them in commit order.
+//! - `blobs`: uploaded files (ciphertext) under `DATA_DIR/blobs/`, their
+//!   appends, checks and the sweep that deletes them.
 //! - [`backup`]: `ponte server backup`, a consistent copy while running.
 //! - [`config`]: every limit and timeout, typed.
 //! - [`keyfile`]: the server's Noise static key and the record of its
@@ -27,6 +29,7 @@
 
 mod admin;
 pub mod backup;
+pub mod blobs;
 pub mod config;
 mod connection;
 mod frames;
@@ -149,6 +152,7 @@ pub(crate) struct Shared {
     pub cfg: ServerConfig,
     pub keypair: Keypair,
     pub store: Box<dyn Store>,
+    pub blobs: blobs::Blobs,
     pub metrics: metrics::Metrics,
     pub registry: Arc<registry::Registry>,
     pub register_by_source: ratelimit::Limiter,
@@ -230,6 +234,7 @@ impl Server {
             store::StoreOptions::with_commit_interval(cfg.commit_interval),
             Arc::clone(&registry) as Arc<dyn store::Sink>,
         )?;
+        let blobs = blobs::Blobs::new(&cfg.data_dir);
         let mut metrics = metrics::Metrics::new();
         metrics.register_store(store.stats());
         let shared = Arc::new(Shared {
@@ -242,6 +247,7 @@ impl Server {
             cfg,
             keypair,
             store: Box::new(store),
+            blobs,
             metrics,
             registry,
             next_conn_id: AtomicU64::new(1),
@@ -391,6 +397,7 @@ async fn expiry_loop(shared: Arc<Shared>) {
                 }
             }
         }
+        blobs::sweep(&shared).await;
     }
 }
 

@@ -52,6 +52,18 @@ pub struct Metrics {
     pub messages_expired: Counter,
     /// Keys claimed.
     pub keys_claimed: Counter,
+    /// Blob bytes received in acknowledged appends.
+    pub blob_bytes_in: Counter,
+    /// Blob bytes sent in downloads.
+    pub blob_bytes_out: Counter,
+    /// Uploads finished (hash checked).
+    pub blobs_finished: Counter,
+    /// Blobs (and unfinished uploads) deleted by the sweep.
+    pub blobs_deleted: Counter,
+    /// Finished blobs stored, as of the last sweep.
+    pub blobs_stored: Gauge,
+    /// Bytes of blobs and uploads stored, as of the last sweep.
+    pub blob_bytes_stored: Gauge,
 }
 
 impl Default for Metrics {
@@ -81,6 +93,12 @@ impl Metrics {
             messages_acked: Counter::default(),
             messages_expired: Counter::default(),
             keys_claimed: Counter::default(),
+            blob_bytes_in: Counter::default(),
+            blob_bytes_out: Counter::default(),
+            blobs_finished: Counter::default(),
+            blobs_deleted: Counter::default(),
+            blobs_stored: Gauge::default(),
+            blob_bytes_stored: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,7 +165,41 @@ impl Metrics {
             m.messages_expired.clone(),
         );
         registry.register("keys_claimed", "Keys claimed", m.keys_claimed.clone());
+        m.register_blobs(&mut registry);
         Self { registry, ..m }
+    }
+
+    fn register_blobs(&self, registry: &mut Registry) {
+        registry.register(
+            "blob_bytes_received",
+            "Blob bytes received in acknowledged appends",
+            self.blob_bytes_in.clone(),
+        );
+        registry.register(
+            "blob_bytes_sent",
+            "Blob bytes sent in downloads",
+            self.blob_bytes_out.clone(),
+        );
+        registry.register(
+            "blobs_finished",
+            "Uploads finished with a matching hash",
+            self.blobs_finished.clone(),
+        );
+        registry.register(
+            "blobs_deleted",
+            "Blobs and unfinished uploads deleted (expired, or fetched by every recipient)",
+            self.blobs_deleted.clone(),
+        );
+        registry.register(
+            "blobs_stored",
+            "Finished blobs stored, as of the last expiry sweep",
+            self.blobs_stored.clone(),
+        );
+        registry.register(
+            "blob_bytes_stored",
+            "Bytes of blobs and unfinished uploads stored, as of the last expiry sweep",
+            self.blob_bytes_stored.clone(),
+        );
     }
 
     /// Adds the store's commit, write and flush figures.
@@ -346,6 +398,8 @@ fn code_label(code: ErrorCode) -> &'static str {
         ErrorCode::Unsupported => "unsupported",
         ErrorCode::Unavailable => "unavailable",
         ErrorCode::Internal => "internal",
+        ErrorCode::UnknownBlob => "unknown_blob",
+        ErrorCode::OffsetMismatch => "offset_mismatch",
     }
 }
 

@@ -46,8 +46,8 @@ use std::sync::Arc;
 /// and an invite) is under 300 bytes.
 const PRE_LOGIN_MAX_FRAME: usize = 4 * 1024;
 
-/// Largest frame after login other than `Send`: an upload of 100 keys is
-/// about 17 KiB, an ack of 1,024 seqs at most 11 KiB.
+/// Largest frame after login other than `Send` and `UploadAppend`: an
+/// upload of 100 keys is about 17 KiB, an ack of 1,024 seqs at most 11 KiB.
 const SMALL_REQUEST_MAX_FRAME: usize = 32 * 1024;
 
 /// A request running alongside the session; yields its encoded answer, if
@@ -288,9 +288,9 @@ impl Session {
         // empty keys fits in 128 KiB and decodes to ~6 MiB), so each kind
         // of request is capped to what an honest client can send before it
         // is decoded: before login only small requests exist (register,
-        // login, ping); after it only a message body is large, and a group
-        // message's recipients (at most ~1.2 MiB of decoded strings for the
-        // ~50,000 empty ones its cap holds, refused once decoded).
+        // login, ping); after it only a message body or an upload chunk is large,
+        // and a group message's recipients (at most ~1.2 MiB of decoded strings
+        // for the ~50,000 empty ones its cap holds, refused once decoded).
         // The type is only looked up for a frame over the small cap, so a
         // message of ordinary size costs nothing here.
         let too_large = if self.account.is_none() {
@@ -298,11 +298,12 @@ impl Session {
         } else {
             let small =
                 SMALL_REQUEST_MAX_FRAME.max((self.shared.cfg.max_keys_per_upload + 1) * 256);
-            // A message's cap is the transport's frame cap; a group
+            // A message's and an upload chunk's cap is the transport's frame
+            // cap (a chunk is further capped once decoded); a group
             // message's is its body cap plus 1,024 recipients.
             payload.len() > small
                 && match messages::client_body_field(payload) {
-                    Some(messages::SEND_FIELD) => false,
+                    Some(messages::SEND_FIELD | messages::UPLOAD_APPEND_FIELD) => false,
                     Some(messages::SEND_GROUP_FIELD) => {
                         payload.len() > messages::max_group_frame_len(self.shared.cfg.max_body_len)
                     }
@@ -339,6 +340,10 @@ impl Session {
             Body::Send(r) => self.dispatch(rid, r).await,
             Body::Ack(r) => self.dispatch(rid, r).await,
             Body::SendGroup(r) => self.dispatch(rid, r).await,
+            Body::UploadCreate(r) => self.dispatch(rid, r).await,
+            Body::UploadAppend(r) => self.dispatch(rid, r).await,
+            Body::UploadOffset(r) => self.dispatch(rid, r).await,
+            Body::Download(r) => self.dispatch(rid, r).await,
         }
     }
 

@@ -18,7 +18,7 @@ use rusqlite::{params, Connection};
 use std::path::Path;
 
 /// The schema version the server writes.
-const LATEST: i64 = 3;
+const LATEST: i64 = 4;
 
 /// The schema-1 definition, as schema-1 servers wrote it.
 const SCHEMA_V1: &str = "

@@ -22,6 +22,7 @@ pub use pb::{
     Pong, RecipientRefusal, RefusedRecipient, Register, Registered, SendAck, SendGroupMessage,
     SendMessage, ServerFrame, SignedKey, UploadKeys,
 };
+pub use pb::{BlobChunk, Download, UploadAppend, UploadCreate, UploadOffset, UploadState};
 
 /// Length of a message id (client-generated random bytes).
 pub const MESSAGE_ID_LEN: usize = 16;
@@ -145,6 +146,17 @@ pub fn max_group_frame_len(body_len: usize) -> usize {
     body_len + recipients + envelope
 }
 
+/// The `ClientFrame.body` field number of `UploadAppend`.
+pub const UPLOAD_APPEND_FIELD: u32 = 20;
+
+/// Length of a blob (upload) id.
+pub const BLOB_ID_LEN: usize = 16;
+
+/// Most bytes in one `UploadAppend` chunk or `BlobChunk`: within the
+/// 128 KiB frame cap ([`crate::frame::MAX_FRAME_LEN`]) with room for the
+/// envelope.
+pub const BLOB_CHUNK_MAX: usize = 96 * 1024;
+
 /// Which request a client frame payload holds (its `body` field number),
 /// found by walking the top-level fields without decoding them, so a
 /// receiver can cap a frame's size by its type before decoding allocates
@@ -243,6 +255,17 @@ mod tests {
             })),
         };
         assert_eq!(client_body_field(&send.encode_to_vec()), Some(SEND_FIELD));
+        let append = ClientFrame {
+            request_id: 9,
+            body: Some(client_frame::Body::UploadAppend(UploadAppend {
+                upload_id: vec![2; BLOB_ID_LEN].into(),
+                offset: 5,
+                chunk: vec![3; BLOB_CHUNK_MAX].into(),
+            })),
+        };
+        let encoded = append.encode_to_vec();
+        assert_eq!(client_body_field(&encoded), Some(UPLOAD_APPEND_FIELD));
+        assert!(encoded.len() + crate::frame::LEN_PREFIX <= crate::frame::MAX_FRAME_LEN);
         let ack = ClientFrame {
             request_id: 8,
             body: Some(client_frame::Body::Ack(Ack {

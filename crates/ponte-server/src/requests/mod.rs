@@ -11,12 +11,14 @@
 
 mod ack;
 mod claim_key;
+mod download;
 mod login;
 mod lookup_identity;
 mod ping;
 mod register;
 mod send;
 mod send_group;
+mod upload;
 mod upload_keys;
 
 use crate::session::Window;

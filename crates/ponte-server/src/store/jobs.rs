@@ -51,6 +51,8 @@ pub(super) enum Job {
         stale_notices: Vec<(AccountId, Seq)>,
         reply: Reply<ExpireOutcome>,
     },
+    /// A job given as a closure, run in a savepoint (blob metadata).
+    Savepoint(Box<dyn super::blobs::SavepointJob>),
 }
 
 impl std::fmt::Debug for Job {
@@ -98,12 +100,13 @@ pub(super) fn fail_job(job: Job, error: &Arc<CommitError>) {
         Job::SendGroup(_, r) => drop(r.send(Err(e()))),
         Job::Ack { reply, .. } => drop(reply.send(Err(e()))),
         Job::Expire { reply, .. } => drop(reply.send(Err(e()))),
+        Job::Savepoint(j) => j.fail(error),
     }
 }
 
 /// Runs `f` in a savepoint: kept when it returns `Ok((_, true))`, rolled
 /// back otherwise (for jobs that may write and then refuse).
-fn in_savepoint<T>(
+pub(super) fn in_savepoint<T>(
     c: &Connection,
     f: impl FnOnce(&Connection) -> Result<(T, bool), rusqlite::Error>,
 ) -> Result<T, StoreError> {
@@ -187,6 +190,7 @@ pub(super) fn run_job(
             reply,
             do_expire(c, st, now, retention, notice_ttl, &stale_notices, handover),
         ),
+        Job::Savepoint(j) => Ran::Done(j.run(c)),
     }
 }
 

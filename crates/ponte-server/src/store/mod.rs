@@ -14,6 +14,8 @@
 //! - `read`: the reader threads and the queries they run.
 //! - `write`: the writer, syncer and checkpointer threads.
 //! - `jobs`: the SQL of every write job.
+//! - `blobs`: blob metadata (the bytes are files, see the server's `blobs`
+//!   module): its tables, write jobs and reads.
 //!
 //! **Writes** go to one writer thread that owns the only write connection.
 //! It takes every job waiting in its queue (up to a batch limit), runs them
@@ -49,6 +51,7 @@
 //! recipient (for `max_pending`) is kept in memory by the writer, counted
 //! from the table at start.
 
+mod blobs;
 mod jobs;
 mod read;
 mod schema;
@@ -56,6 +59,7 @@ mod seam;
 mod types;
 mod write;
 
+pub use blobs::{BlobCreateOutcome, BlobId, BlobInfo, BlobTotals, NewBlob};
 pub use seam::{Sink, Store, StoreFuture};
 pub use types::*;
 
@@ -414,6 +418,46 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreFuture<'_, Vec<MailItem>> {
         Box::pin(self.read(move |c| read::fetch_mailbox(c, owner, after, limit)))
+    }
+
+    fn blob_create(&self, b: NewBlob) -> StoreFuture<'_, BlobCreateOutcome> {
+        Box::pin(self.submit(move |r| Job::Savepoint(blobs::job(r, move |c| blobs::create(c, &b)))))
+    }
+
+    fn blob(&self, id: BlobId) -> StoreFuture<'_, Option<BlobInfo>> {
+        Box::pin(self.read(move |c| blobs::get(c, &id)))
+    }
+
+    fn blob_advance(&self, id: BlobId, from: u64, to: u64) -> StoreFuture<'_, bool> {
+        Box::pin(self.submit(move |r| {
+            Job::Savepoint(blobs::job(r, move |c| blobs::advance(c, &id, from, to)))
+        }))
+    }
+
+    fn blob_finish(&self, id: BlobId) -> StoreFuture<'_, bool> {
+        Box::pin(
+            self.submit(move |r| Job::Savepoint(blobs::job(r, move |c| blobs::finish(c, &id)))),
+        )
+    }
+
+    fn blob_fetched(&self, id: BlobId, account: AccountId) -> StoreFuture<'_, ()> {
+        Box::pin(self.submit(move |r| {
+            Job::Savepoint(blobs::job(r, move |c| blobs::fetched(c, &id, account)))
+        }))
+    }
+
+    fn blob_delete(&self, ids: Vec<BlobId>) -> StoreFuture<'_, u64> {
+        Box::pin(
+            self.submit(move |r| Job::Savepoint(blobs::job(r, move |c| blobs::delete(c, &ids)))),
+        )
+    }
+
+    fn blobs_due(&self, now: UnixMillis, limit: usize) -> StoreFuture<'_, Vec<BlobId>> {
+        Box::pin(self.read(move |c| blobs::due(c, now, limit)))
+    }
+
+    fn blob_totals(&self) -> StoreFuture<'_, BlobTotals> {
+        Box::pin(self.read(blobs::totals))
     }
 
     fn stats(&self) -> &StoreStats {

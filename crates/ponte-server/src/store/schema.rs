@@ -101,6 +101,10 @@ const MIGRATIONS: &[Migration] = &[
         to: 3,
         apply: v2_to_v3,
     },
+    Migration {
+        to: 4,
+        apply: v3_to_v4,
+    },
 ];
 
 /// The schema version this code writes.
@@ -181,6 +185,11 @@ fn v2_to_v3(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
          );
          ALTER TABLE mailbox ADD COLUMN body_id INTEGER;",
     )
+}
+
+/// Schema 3 to 4: blob metadata (`store::blobs`).
+fn v3_to_v4(tx: &Transaction<'_>) -> Result<(), rusqlite::Error> {
+    tx.execute_batch(super::blobs::TABLES)
 }
 
 /// Creates the database file with mode 0600 if it does not exist yet

@@ -18,6 +18,7 @@
 //!   committed up to the highest seq it returns.
 
 use super::types::*;
+use super::{BlobCreateOutcome, BlobId, BlobInfo, BlobTotals, NewBlob};
 use super::{StoreError, StoreStats};
 use std::future::Future;
 use std::pin::Pin;
@@ -105,6 +106,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         after: Seq,
         limit: usize,
     ) -> StoreFuture<'_, Vec<MailItem>>;
+
+    /// Starts an upload: a row for blob `b.id` at offset 0, unless the id
+    /// exists (the owner's own create again: `Existing`) or the owner's
+    /// blobs would exceed `b.quota`.
+    fn blob_create(&self, b: NewBlob) -> StoreFuture<'_, BlobCreateOutcome>;
+
+    /// The upload or blob `id`.
+    fn blob(&self, id: BlobId) -> StoreFuture<'_, Option<BlobInfo>>;
+
+    /// Records bytes `from..to` of an unfinished upload as acknowledged;
+    /// false (nothing changed) when its offset is not `from`.
+    fn blob_advance(&self, id: BlobId, from: u64, to: u64) -> StoreFuture<'_, bool>;
+
+    /// Marks a complete upload finished (downloadable); false when it is
+    /// not complete.
+    fn blob_finish(&self, id: BlobId) -> StoreFuture<'_, bool>;
+
+    /// Records that `account` read blob `id` to its end.
+    fn blob_fetched(&self, id: BlobId, account: AccountId) -> StoreFuture<'_, ()>;
+
+    /// Deletes the rows of `ids` (their files go first); returns how many
+    /// existed.
+    fn blob_delete(&self, ids: Vec<BlobId>) -> StoreFuture<'_, u64>;
+
+    /// Up to `limit` blobs to delete: expired, or fetched by every
+    /// recipient.
+    fn blobs_due(&self, now: UnixMillis, limit: usize) -> StoreFuture<'_, Vec<BlobId>>;
+
+    /// Finished blobs and stored bytes.
+    fn blob_totals(&self) -> StoreFuture<'_, BlobTotals>;
 
     /// Commit, write and flush figures (shared handles).
     fn stats(&self) -> &StoreStats;

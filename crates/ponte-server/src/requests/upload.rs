@@ -1,0 +1,209 @@
+//! `UploadCreate`, `UploadOffset` and `UploadAppend`: resumable uploads of
+//! blobs (the tus model: create, ask the offset, append at it).
+//!
+//! All run in place: a session's appends are ordered, so it runs them one
+//! at a time, and each is answered only once its chunk is on disk and its
+//! offset recorded (see `crate::blobs`). An append at any offset but the
+//! current one is refused with the current one, as tus answers 409; the
+//! append that completes the upload checks the hash and makes the blob
+//! downloadable, or discards it.
+
+use super::{arr, Context, Refusal, Reply, Request, Runs};
+use crate::blobs::Finished;
+use crate::store::{BlobCreateOutcome, BlobId, BlobInfo, NewBlob, UnixMillis};
+use ponte_wire::messages::{self, server_frame, ErrorCode, ErrorFrame};
+
+fn blob_id(b: &[u8]) -> Result<BlobId, Refusal> {
+    arr::<16>(b).ok_or(Refusal::new(
+        ErrorCode::InvalidArgument,
+        "upload id must be 16 bytes",
+    ))
+}
+
+fn state(info: &BlobInfo) -> Reply {
+    Reply::Answer(server_frame::Body::UploadState(messages::UploadState {
+        upload_id: bytes::Bytes::copy_from_slice(&info.id),
+        offset: info.offset,
+        size: info.size,
+        finished: info.finished,
+        expires_at_ms: info.expires_at.to_wire(),
+    }))
+}
+
+fn unknown() -> Refusal {
+    Refusal::new(ErrorCode::UnknownBlob, "no such upload")
+}
+
+/// The upload `id` of the logged-in account, unless it expired.
+async fn own_upload(cx: &Context, id: BlobId) -> Result<BlobInfo, Refusal> {
+    let account = cx.account()?.id;
+    match cx.shared.store.blob(id).await {
+        Ok(Some(info)) if info.owner == account && info.expires_at > UnixMillis::now() => Ok(info),
+        Ok(_) => Err(unknown()),
+        Err(e) => Err(Refusal::unavailable("blob lookup", &e)),
+    }
+}
+
+/// Finishes a complete upload: checks the hash, moves it into place and
+/// records it; a mismatch deletes the upload.
+async fn finish(cx: &Context, mut info: BlobInfo) -> Result<BlobInfo, Refusal> {
+    let shared = &cx.shared;
+    match shared.blobs.finish(info.id, info.size, info.sha256).await {
+        Ok(Finished::Stored) => {}
+        Ok(Finished::Mismatch) => {
+            if let Err(e) = shared.blobs.delete(info.id).await {
+                tracing::warn!("deleting a mismatched upload failed: {e}");
+            }
+            if let Err(e) = shared.store.blob_delete(vec![info.id]).await {
+                tracing::warn!("deleting a mismatched upload failed: {}", crate::Chain(&e));
+            }
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "the upload does not match its sha256; it was discarded",
+            ));
+        }
+        Err(e) => {
+            tracing::warn!("finishing an upload failed: {e}");
+            return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
+        }
+    }
+    match shared.store.blob_finish(info.id).await {
+        Ok(_) => {
+            shared.metrics.blobs_finished.inc();
+            info.finished = true;
+            Ok(info)
+        }
+        Err(e) => Err(Refusal::unavailable("finishing an upload", &e)),
+    }
+}
+
+impl Request for messages::UploadCreate {
+    const RUNS: Runs = Runs::InPlace;
+
+    async fn run(self, cx: Context) -> Result<Reply, Refusal> {
+        let account = cx.account()?.id;
+        let id = blob_id(&self.upload_id)?;
+        let sha256 = arr::<32>(&self.sha256).ok_or(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "sha256 must be 32 bytes",
+        ))?;
+        let cfg = &cx.shared.cfg;
+        if self.size > cfg.max_blob_size {
+            return Err(Refusal::new(ErrorCode::TooLarge, "blob too large"));
+        }
+        let now = UnixMillis::now();
+        let new = NewBlob {
+            id,
+            owner: account,
+            size: self.size,
+            sha256,
+            recipients: self.recipients,
+            now,
+            expires_at: now.plus(cfg.blob_retention()),
+            quota: cfg.blob_quota_per_account,
+        };
+        let info = match cx.shared.store.blob_create(new).await {
+            Ok(BlobCreateOutcome::Created(info)) => info,
+            Ok(BlobCreateOutcome::Existing(info)) if info.expires_at > now => info,
+            Ok(BlobCreateOutcome::Existing(_)) => return Err(unknown()),
+            Ok(BlobCreateOutcome::Conflict { other_owner: true }) => {
+                return Err(Refusal::new(ErrorCode::UnknownBlob, "upload id in use"))
+            }
+            Ok(BlobCreateOutcome::Conflict { other_owner: false }) => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidArgument,
+                    "upload id in use with another size or sha256",
+                ))
+            }
+            Ok(BlobCreateOutcome::OverQuota) => {
+                return Err(Refusal::new(
+                    ErrorCode::LimitExceeded,
+                    "blob quota of this account exceeded",
+                ))
+            }
+            Err(e) => return Err(Refusal::unavailable("upload create", &e)),
+        };
+        if !info.finished && info.offset == info.size {
+            // An empty blob is whole at once; a complete one left
+            // unfinished by a crash is finished now.
+            let Some(_busy) = cx.shared.blobs.hold(id) else {
+                return Err(Refusal::new(ErrorCode::Unavailable, "upload busy"));
+            };
+            return finish(&cx, info).await.map(|i| state(&i));
+        }
+        Ok(state(&info))
+    }
+}
+
+impl Request for messages::UploadOffset {
+    const RUNS: Runs = Runs::InPlace;
+
+    async fn run(self, cx: Context) -> Result<Reply, Refusal> {
+        let id = blob_id(&self.upload_id)?;
+        own_upload(&cx, id).await.map(|i| state(&i))
+    }
+}
+
+impl Request for messages::UploadAppend {
+    const RUNS: Runs = Runs::InPlace;
+
+    async fn run(self, cx: Context) -> Result<Reply, Refusal> {
+        let id = blob_id(&self.upload_id)?;
+        if self.chunk.len() > messages::BLOB_CHUNK_MAX {
+            return Err(Refusal::new(ErrorCode::TooLarge, "chunk too large"));
+        }
+        let Some(_busy) = cx.shared.blobs.hold(id) else {
+            return Err(Refusal::new(ErrorCode::Unavailable, "upload busy"));
+        };
+        let mut info = own_upload(&cx, id).await?;
+        if self.offset != info.offset || (info.finished && !self.chunk.is_empty()) {
+            return Ok(mismatch(&cx, info.offset));
+        }
+        let len = self.chunk.len() as u64;
+        let Some(end) = info.offset.checked_add(len).filter(|&e| e <= info.size) else {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                "chunk past the declared size",
+            ));
+        };
+        if len > 0 {
+            if let Err(e) = cx.shared.blobs.append(id, info.offset, self.chunk).await {
+                // A full disk (or a failing one): nothing of this chunk
+                // counts, and what was acknowledged stays.
+                tracing::warn!("blob append failed: {e}");
+                return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
+            }
+            match cx.shared.store.blob_advance(id, info.offset, end).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The row went meanwhile (the sweep deleted the expired
+                    // upload): so does the file this append wrote.
+                    if let Err(e) = cx.shared.blobs.delete(id).await {
+                        tracing::warn!("deleting an expired upload failed: {e}");
+                    }
+                    return Err(unknown());
+                }
+                Err(e) => return Err(Refusal::unavailable("blob append", &e)),
+            }
+            cx.shared.metrics.blob_bytes_in.inc_by(len);
+            info.offset = end;
+        }
+        if !info.finished && info.offset == info.size {
+            info = finish(&cx, info).await?;
+        }
+        Ok(state(&info))
+    }
+}
+
+/// tus's 409: the error, with the upload's current offset to go on from.
+/// Built here (not as a [`Refusal`]) because it carries the offset.
+fn mismatch(cx: &Context, offset: u64) -> Reply {
+    let code = ErrorCode::OffsetMismatch;
+    cx.shared.metrics.error(code);
+    Reply::Answer(server_frame::Body::Error(ErrorFrame {
+        code: code as i32,
+        detail: "append at the upload's current offset".to_owned(),
+        message_id: bytes::Bytes::new(),
+        offset,
+    }))
+}

@@ -319,9 +319,7 @@ fn nonsense_settings_are_refused_naming_the_flag_or_the_key() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("server.toml")
-            && err.contains("line 3")
-            && err.contains("idle_timeout: must be 90s to 1d"),
+        err.contains("server.toml:3:") && err.contains(": idle_timeout: must be 90s to 1d"),
         "{err}"
     );
     assert!(!data.exists());
@@ -790,9 +788,8 @@ fn listen_and_admin_take_an_ip_address_with_a_hint() {
     assert_refused(
         &out,
         &[
-            "server.toml",
-            "line 1",
-            "listen: \"localhost:0\" is not an IP address and port",
+            "server.toml:1:",
+            ": listen: \"localhost:0\" is not an IP address and port",
             "not resolved",
         ],
         "config listen",

@@ -41,26 +41,98 @@ fn zero_and_absurd_values_are_refused_with_file_line_and_key() {
             "invite_only = true\nlisten = \"127.0.0.1:5222\"\n{key} = {value}\n"
         ));
         assert!(
-            msg.starts_with("/etc/ponte/server.toml: ")
-                && msg.contains("line 3")
-                && msg.contains(&format!("{key}: must be")),
+            msg.starts_with("/etc/ponte/server.toml:3:")
+                && msg.contains(&format!(": {key}: must be")),
             "{key} = {value}: {msg}"
         );
     }
     for table in ["register_limit", "register_limit_per_peer"] {
         let msg = refused(&format!("[{table}]\nburst = 5\nper_hour = 0\n"));
         assert!(
-            msg.contains("line 3") && msg.contains("per_hour: must be at least 1"),
+            msg.starts_with("/etc/ponte/server.toml:3:")
+                && msg.contains(&format!(": {table}.per_hour: must be at least 1")),
             "{msg}"
         );
         let msg = refused(&format!("[{table}]\nburst = 0\nper_hour = 5\n"));
         assert!(
-            msg.contains("line 2") && msg.contains("burst: must be at least 1"),
+            msg.starts_with("/etc/ponte/server.toml:2:")
+                && msg.contains(&format!(": {table}.burst: must be at least 1")),
             "{msg}"
         );
     }
     let msg = refused("\nadmin = \"nowhere\"\n");
-    assert!(msg.contains("line 2") && msg.contains("admin"), "{msg}");
+    assert!(
+        msg.starts_with("/etc/ponte/server.toml:2:") && msg.contains(": admin: "),
+        "{msg}"
+    );
+}
+
+/// Every parse error is one line naming the file, the position and the
+/// key's full path, as the relay's do; one that is about no key has no
+/// empty key in its text.
+#[test]
+fn parse_errors_name_the_key_path_on_one_line() {
+    for (text, start, key, what) in [
+        (
+            "[register_limit]\nper_hour = 5\nburst = \"x\"\n",
+            "/etc/ponte/server.toml:3:",
+            "register_limit.burst",
+            "invalid type",
+        ),
+        (
+            "invite_only = true\n[register_limit_per_peer]\nburst = 1\nper_hour = -1\n",
+            "/etc/ponte/server.toml:4:",
+            "register_limit_per_peer.per_hour",
+            "invalid value",
+        ),
+        (
+            "[register_limit]\nburst = 1\nper_hour = 1\ncolour = 2\n",
+            "/etc/ponte/server.toml:4:",
+            "register_limit.colour",
+            "unknown field",
+        ),
+        (
+            "invite_only = \"yes\"\n",
+            "/etc/ponte/server.toml:1:",
+            "invite_only",
+            "invalid type",
+        ),
+        (
+            "data = \"/d\"\nretension = \"1d\"\n",
+            "/etc/ponte/server.toml:2:",
+            "retension",
+            "unknown field",
+        ),
+        (
+            "max_connections = \"many\"\n",
+            "/etc/ponte/server.toml:1:",
+            "max_connections",
+            "invalid type",
+        ),
+        (
+            "register_limit = 5\n",
+            "/etc/ponte/server.toml:1:",
+            "register_limit",
+            "invalid type",
+        ),
+    ] {
+        let msg = refused(text);
+        assert!(
+            msg.starts_with(start) && msg.contains(&format!(": {key}: {what}")),
+            "{text:?}: {msg}"
+        );
+        assert!(!msg.contains('\n'), "{text:?}: {msg}");
+        // The key once: no `burst: burst:`.
+        let leaf = key.rsplit('.').next().unwrap();
+        assert_eq!(msg.matches(&format!("{leaf}:")).count(), 1, "{msg}");
+    }
+    // TOML syntax: about no key.
+    let msg = refused("invite_only = true\n[register_limit\n");
+    assert!(
+        msg.starts_with("/etc/ponte/server.toml:2:") && !msg.contains(": :"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
 }
 
 #[test]

@@ -10,21 +10,19 @@
 //! backup is declared good.
 //!
 //! The backup is a data directory of its own: `ponte.db`, `server.key`
-//! (the same identity, so clients accept the restored server) and
-//! `server.address` when there is one. It is built in a hidden staging
+//! (the same identity, so clients accept the restored server), and the
+//! records `server.address` and `server.registration` when there are any
+//! (so `ponte server address` and `invite` say on the copy what they said
+//! on the original). `server.lock` is not copied: it holds nothing. It is built in a hidden staging
 //! directory next to the destination and renamed into place only when
 //! complete, so an interrupted backup never looks like a good one.
 
-use crate::keyfile::{self, KeyFileError};
+use crate::keyfile::{self, KeyFileError, ADDRESS_FILE, KEY_FILE, REGISTRATION_FILE};
 use crate::store::DB_FILE;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
-
-/// Files besides the database that make up a data directory's state.
-const KEY_FILE: &str = "server.key";
-const ADDRESS_FILE: &str = "server.address";
 
 /// What a backup holds, counted in the copy after its integrity check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,12 +152,13 @@ fn fill(data_dir: &Path, staging: &Path) -> Result<BackupSummary, BackupError> {
     let copy = staging.join(DB_FILE);
     copy_database(&data_dir.join(DB_FILE), &copy)?;
     let summary = check(&copy)?;
-    for name in [KEY_FILE, ADDRESS_FILE] {
+    copy_private(&data_dir.join(KEY_FILE), &staging.join(KEY_FILE))?;
+    // Written at a server's start: optional.
+    for name in [ADDRESS_FILE, REGISTRATION_FILE] {
         let from = data_dir.join(name);
-        if name == ADDRESS_FILE && !from.is_file() {
-            continue; // written at a server's start; optional
+        if from.is_file() {
+            copy_private(&from, &staging.join(name))?;
         }
-        copy_private(&from, &staging.join(name))?;
     }
     sync_dir(staging);
     Ok(summary)

@@ -806,3 +806,26 @@ fn listen_and_admin_take_an_ip_address_with_a_hint() {
         "a refused server created its data directory"
     );
 }
+
+/// A first start whose database cannot be opened (here `ponte.db` is a
+/// directory) fails naming it and leaves no key behind: the start that
+/// succeeds later creates the key and warns that it did.
+#[test]
+fn a_failed_first_start_leaves_no_key_and_the_next_one_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("ponte.db")).unwrap();
+    let out = server_run(&["--listen", "127.0.0.1:0", "--no-admin"], &data);
+    assert_refused(&out, &["ponte.db"], "ponte.db a directory");
+    assert!(!data.join("server.key").exists());
+    assert!(!data.join("server.lock").exists());
+    std::fs::remove_dir(data.join("ponte.db")).unwrap();
+    let (line, log) = started_log(&["--listen", "127.0.0.1:0", "--no-admin"], &data);
+    let addr: ServerAddress = line.trim().parse().unwrap();
+    assert!(log.contains("created a NEW server key"), "{log}");
+    assert_eq!(log.matches("created a NEW server key").count(), 1, "{log}");
+    assert_eq!(
+        addr.key,
+        ponte_server::keyfile::load(&data).unwrap().public()
+    );
+}

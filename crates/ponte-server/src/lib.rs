@@ -143,6 +143,48 @@ fn check_data_dir_free(dir: &Path) -> Result<(), ServerError> {
     }
 }
 
+/// What a first start (one that created the key) found in the data
+/// directory, so that a failed one can remove what it created.
+#[derive(Debug)]
+struct FirstStart {
+    dir: PathBuf,
+    /// Whether the start created the directory itself.
+    dir_created: bool,
+    /// The files a start may create that were there before it.
+    existed: Vec<&'static str>,
+}
+
+impl FirstStart {
+    /// Files a start creates besides the key.
+    const FILES: [&'static str; 4] = [LOCK_FILE, store::DB_FILE, "ponte.db-wal", "ponte.db-shm"];
+
+    fn record(dir: &Path, dir_existed: bool) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            dir_created: !dir_existed,
+            existed: Self::FILES
+                .into_iter()
+                .filter(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
+                .collect(),
+        }
+    }
+
+    /// Removes the key, and the directory or the files the start created
+    /// (best effort: the start's own error is what gets reported).
+    fn undo(self) {
+        if self.dir_created {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return;
+        }
+        let _ = std::fs::remove_file(self.dir.join(keyfile::KEY_FILE));
+        for name in Self::FILES {
+            if !self.existed.contains(&name) {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
+        }
+    }
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -190,7 +232,9 @@ pub struct Server {
 impl Server {
     /// Binds the listener (and the admin listener when `admin` is given),
     /// then loads or creates the key and opens the database: a start that
-    /// cannot listen creates nothing in the data directory. Logs a warning
+    /// cannot listen creates nothing in the data directory, and a first
+    /// start that fails after creating the key removes what it created
+    /// (so the next one creates the key again and says so). Logs a warning
     /// first when `admin` is not a loopback address.
     pub async fn bind(cfg: ServerConfig, admin: Option<SocketAddr>) -> Result<Self, ServerError> {
         if let Some(addr) = admin.filter(|a| !is_loopback(a.ip())) {
@@ -221,15 +265,30 @@ impl Server {
             ),
             None => None,
         };
+        let dir_existed = keyfile::dir_exists(&cfg.data_dir)?;
         let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
-        let lock = lock_data_dir(&cfg.data_dir)?;
+        let first_start = key_created.then(|| FirstStart::record(&cfg.data_dir, dir_existed));
         // The registry takes every committed item, in commit order.
         let registry = Arc::new(registry::Registry::default());
-        let store = SqliteStore::open_with(
-            &cfg.data_dir,
-            store::StoreOptions::with_commit_interval(cfg.commit_interval),
-            Arc::clone(&registry) as Arc<dyn store::Sink>,
-        )?;
+        let opened = lock_data_dir(&cfg.data_dir).and_then(|lock| {
+            let store = SqliteStore::open_with(
+                &cfg.data_dir,
+                store::StoreOptions::with_commit_interval(cfg.commit_interval),
+                Arc::clone(&registry) as Arc<dyn store::Sink>,
+            )?;
+            Ok((lock, store))
+        });
+        let (lock, store) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                // A first start that failed leaves no key behind: the next
+                // one creates it again, and says so.
+                if let Some(f) = first_start {
+                    f.undo();
+                }
+                return Err(e);
+            }
+        };
         let mut metrics = metrics::Metrics::new();
         metrics.register_store(store.stats());
         let shared = Arc::new(Shared {

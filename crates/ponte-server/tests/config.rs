@@ -290,3 +290,35 @@ fn an_invite_needs_a_server_database() {
     let token = ponte_server::create_invite(&typo).unwrap();
     assert_eq!(token.len(), 32);
 }
+
+/// A first start that fails after creating the key (here: its database
+/// cannot be opened) removes what it created, so the next start creates
+/// the key again and says so, instead of quietly using a key nobody was
+/// warned about.
+#[tokio::test]
+async fn a_failed_first_start_leaves_no_key_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("ponte.db")).unwrap();
+    let cfg = ServerConfig::new(&data, "127.0.0.1:0".parse().unwrap());
+    let e = ponte_server::Server::bind(cfg.clone(), None)
+        .await
+        .unwrap_err();
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    assert!(msg.contains("ponte.db"), "{msg}");
+    let names: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["ponte.db"], "{msg}");
+
+    std::fs::remove_dir(data.join("ponte.db")).unwrap();
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    assert!(server.key_created());
+    drop(server);
+}

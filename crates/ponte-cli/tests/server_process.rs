@@ -346,6 +346,80 @@ fn errors_say_what_is_wrong_once() {
     let err = stderr(&out);
     assert!(err.contains("not a directory"), "{err}");
     assert!(!err.contains("File exists"), "{err}");
+    // Named once, with what to do (as `address` and `invite` say it).
+    assert_eq!(err.matches(file.to_str().unwrap()).count(), 1, "{err}");
+    assert!(err.contains("not a directory: check --data"), "{err}");
+}
+
+/// `ponte server --help` names every subcommand and says what each flag
+/// takes; `backup` errors name the right thing once, with what to do.
+#[test]
+fn server_help_and_backup_errors_name_the_right_thing() {
+    let help = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("server "))
+        .unwrap_or_default();
+    for sub in ["address", "invite", "back"] {
+        assert!(line.contains(sub), "{sub}: {line}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args(["server", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    for flag in [
+        "--config <FILE>",
+        "--data <DIR>",
+        "--host <NAME>",
+        "--retention <DUR>",
+        "--expiry-interval <DUR>",
+        "--max-connections <N>",
+        "--max-pending <N>",
+        "--handshake-timeout <DUR>",
+        "--idle-timeout <DUR>",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let backup = |data: &Path, dest: &Path| {
+        let child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+            .args(["server", "backup", "--data"])
+            .arg(data)
+            .arg(dest)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        common::wait_output(child, WAIT)
+    };
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let out = backup(&file, &dir.path().join("b1"));
+    assert_refused(
+        &out,
+        &["not a directory: check --data"],
+        "backup --data FILE",
+    );
+    let named = stderr(&out).matches(file.to_str().unwrap()).count();
+    assert_eq!(named, 1, "{}", stderr(&out));
+    let data = dir.path().join("data");
+    let (line, _) = started_log(&["--listen", "127.0.0.1:0", "--no-admin"], &data);
+    assert!(line.starts_with("ponte://"), "{line}");
+    let out = backup(&data, &file);
+    assert_refused(
+        &out,
+        &["is a file, not a directory: back up into a new directory"],
+        "backup into a file",
+    );
+    let named = stderr(&out).matches(file.to_str().unwrap()).count();
+    assert_eq!(named, 1, "{}", stderr(&out));
+    assert!(std::fs::read(&file).unwrap().is_empty());
 }
 
 #[test]
@@ -688,7 +762,10 @@ fn addresses_no_client_accepts_are_refused() {
     );
     assert_refused(
         &out,
-        &["server.toml", "host", "cannot be used in a server address"],
+        &[
+            "server.toml:1:",
+            ": host: \"bad host#x\" cannot be used in a server address",
+        ],
         "config host",
     );
     assert!(

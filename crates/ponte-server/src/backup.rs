@@ -45,6 +45,9 @@ pub enum BackupError {
     /// The source's key file is missing or unreadable.
     #[error(transparent)]
     Key(#[from] KeyFileError),
+    /// The destination is a file.
+    #[error("{} is a file, not a directory: back up into a new directory", .0.display())]
+    DestinationNotADirectory(PathBuf),
     /// The destination exists and holds files.
     #[error("{} already exists and is not empty: back up into a new directory", .0.display())]
     DestinationNotEmpty(PathBuf),
@@ -97,6 +100,9 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<BackupSummary, BackupError
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(BackupError::DestinationNotADirectory(dest.to_owned()))
+        }
         Err(e) => return Err(io(dest)(e)),
     }
     let parent = parent_dir(dest);

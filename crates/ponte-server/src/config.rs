@@ -247,6 +247,41 @@ impl CountBounds {
     }
 }
 
+/// Checks a host for the printed server address (`--host`, config key
+/// `host`): one that a client parses back from it unchanged
+/// (`ServerAddress::from_str`: a DNS name of letters, digits, `.`, `-`,
+/// `_`, or an IP address). A bracketed IPv6 address loses its brackets
+/// (the address adds them). A `:` is only allowed in an IPv6 address:
+/// `chat.example.org:443` would be taken for one by the parser and reach
+/// nothing. Returns the host as it goes in the address.
+pub fn check_host(s: &str) -> Result<String, String> {
+    use ponte_wire::address::{ServerAddress, DEFAULT_PORT};
+    use std::net::Ipv6Addr;
+    let host = s
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .filter(|h| h.parse::<Ipv6Addr>().is_ok())
+        .unwrap_or(s);
+    if host.contains(':') && host.parse::<Ipv6Addr>().is_err() {
+        return Err(format!(
+            "{s:?} is neither a host name nor an IPv6 address: give the host alone, \
+             the port is set separately"
+        ));
+    }
+    let probe = ServerAddress {
+        host: host.to_owned(),
+        port: DEFAULT_PORT,
+        key: [0; 32],
+    };
+    match probe.to_string().parse::<ServerAddress>() {
+        Ok(back) if back == probe => Ok(host.to_owned()),
+        _ => Err(format!(
+            "{s:?} cannot be used in a server address: give a DNS name (letters, digits, \
+             '.', '-', '_') or an IP address"
+        )),
+    }
+}
+
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -420,6 +455,11 @@ mod bounded {
         Ok(Some(s))
     }
 
+    pub fn host<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::check_host(&s).map(Some).map_err(D::Error::custom)
+    }
+
     pub fn burst<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         count::<D, u32>(d, &super::RATE_LIMIT_BURST)
     }
@@ -463,7 +503,8 @@ pub struct FileConfig {
     /// Admin address, or `"off"`.
     #[serde(default, deserialize_with = "bounded::admin")]
     pub admin: Option<String>,
-    /// Host name for the printed server address.
+    /// Host name for the printed server address (checked as `--host` is).
+    #[serde(default, deserialize_with = "bounded::host")]
     pub host: Option<String>,
     /// Invite-only registration.
     pub invite_only: Option<bool>,

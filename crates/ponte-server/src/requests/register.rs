@@ -153,8 +153,8 @@ fn rate_limited(invite_only: bool) -> Refusal {
     Refusal::new(
         ErrorCode::RateLimited,
         if invite_only {
-            "too many failed registrations from this address; try again later (an unused \
-             invite with a free handle is still accepted)"
+            "too many failed registrations from this address: try again later; an unused \
+             invite with a free handle is accepted now"
         } else {
             "too many registrations from this address; try again later"
         },

@@ -337,10 +337,17 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let server = Server::bind(cfg, admin).await.map_err(|e| match e {
-            // The error names the path already.
+            // These name the data directory already.
             ServerError::Key(KeyFileError::NotADirectory(_)) => {
                 anyhow::anyhow!("{e}: check --data")
             }
+            ServerError::Key(KeyFileError::LostKey { .. }) | ServerError::DataDirInUse(_) => {
+                anyhow::anyhow!("{e}")
+            }
+            ServerError::AdminBind { addr, error } => anyhow::anyhow!(
+                "cannot listen on {addr} for the admin endpoint: {error}; give it another address \
+                 with --admin IP:PORT (config key admin), or turn it off with --no-admin"
+            ),
             e => {
                 anyhow::Error::new(e).context(format!("starting the server in {}", data.display()))
             }

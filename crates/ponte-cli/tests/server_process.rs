@@ -652,6 +652,8 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("already running"), "{err}");
+    // The message names the directory itself; no context repeats it.
+    assert!(!err.contains("starting the server in"), "{err}");
     // SIGKILL the first: the kernel drops its lock, and a new server starts.
     first.server.kill();
     let again = start(&data);
@@ -905,4 +907,32 @@ fn a_failed_first_start_leaves_no_key_and_the_next_one_warns() {
         addr.key,
         ponte_server::keyfile::load(&data).unwrap().public()
     );
+}
+
+/// An admin address that is taken is reported as the admin endpoint's (it
+/// read as if the client port were taken), with how to move it or turn it
+/// off; nothing is created.
+#[test]
+fn a_taken_admin_address_is_named_as_the_admin_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = server_run(&["--listen", "127.0.0.1:0", "--admin", &addr], &data);
+    assert_refused(
+        &out,
+        &[
+            &format!("cannot listen on {addr} for the admin endpoint"),
+            "--admin",
+            "--no-admin",
+        ],
+        "admin address taken",
+    );
+    assert_eq!(stderr(&out).matches(&addr).count(), 1, "{}", stderr(&out));
+    assert!(!data.exists());
+    // The client port: named as such.
+    let out = server_run(&["--listen", &addr, "--no-admin"], &data);
+    assert_refused(&out, &[&format!("cannot listen on {addr}")], "listen taken");
+    assert!(!stderr(&out).contains("admin"), "{}", stderr(&out));
+    drop(taken);
 }

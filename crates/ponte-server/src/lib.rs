@@ -77,6 +77,15 @@ pub enum ServerError {
         #[source]
         error: std::io::Error,
     },
+    /// Binding the admin endpoint's listener failed.
+    #[error("cannot listen on {addr} for the admin endpoint")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        error: std::io::Error,
+    },
     /// The data directory holds no database (the server never started
     /// there, or the path is mistyped).
     #[error("no server database in {} ({} does not exist)", .0.display(), .0.join(store::DB_FILE).display())]
@@ -261,7 +270,7 @@ impl Server {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
-                    .map_err(|error| ServerError::Bind { addr, error })?,
+                    .map_err(|error| ServerError::AdminBind { addr, error })?,
             ),
             None => None,
         };

@@ -214,6 +214,34 @@ async fn a_valid_invite_is_accepted_after_failed_attempts() {
     server.stop().await;
 }
 
+/// A malformed registration names the field that is wrong, apart: an
+/// overlong invite is what a user pasted, a bad signature their software.
+#[tokio::test]
+async fn a_malformed_registration_names_the_wrong_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| c.invite_only = true).await;
+    let dev = Device::new();
+    let mut c = Client::connect(&server, &dev).await;
+    let detail = |r: server_frame::Body| match r {
+        server_frame::Body::Error(e) => {
+            assert_eq!(ErrorCode::try_from(e.code), Ok(ErrorCode::InvalidArgument));
+            e.detail
+        }
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let long = "ab".repeat(100);
+    let d = detail(c.request(dev.register_frame("carol", &long)).await);
+    assert!(d.starts_with("invite too long"), "{d}");
+    assert!(!d.contains("signature"), "{d}");
+    let client_frame::Body::Register(mut r) = dev.register_frame("carol", "") else {
+        unreachable!("register_frame builds a Register")
+    };
+    r.signature = Bytes::from_static(b"short");
+    let d = detail(c.request(client_frame::Body::Register(r)).await);
+    assert!(d.contains("signature") && !d.contains("invite"), "{d}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keys_upload_claim_and_fallback() {
     let dir = tempfile::tempdir().unwrap();

@@ -46,10 +46,17 @@ impl Request for messages::Register {
                 "keys must be 32 bytes",
             ));
         };
-        if r.signature.len() != messages::SIGNATURE_LEN || r.invite.len() > MAX_INVITE_LEN {
+        if r.signature.len() != messages::SIGNATURE_LEN {
             return Err(Refusal::new(
                 ErrorCode::InvalidArgument,
-                "bad signature or invite length",
+                "the registration signature must be 64 bytes",
+            ));
+        }
+        if r.invite.len() > MAX_INVITE_LEN {
+            // The invite is what a user pasted: say which field is wrong.
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "invite too long (at most 128 bytes): an invite is 32 hex digits",
             ));
         }
         let now = Instant::now();

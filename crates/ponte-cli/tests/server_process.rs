@@ -909,8 +909,8 @@ fn a_failed_first_start_leaves_no_key_and_the_next_one_warns() {
     );
 }
 
-/// An admin address that is taken is reported as the admin endpoint's (it
-/// read as if the client port were taken), with how to move it or turn it
+/// An admin address that is taken is reported as the admin endpoint's,
+/// not to be mistaken for the client port, with how to move it or turn it
 /// off; nothing is created.
 #[test]
 fn a_taken_admin_address_is_named_as_the_admin_endpoint() {

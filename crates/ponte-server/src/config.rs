@@ -495,7 +495,8 @@ pub struct RateLimitFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Data directory.
+    /// Data directory (relative: from the config file's folder, see
+    /// [`FileConfig::load`]).
     pub data: Option<PathBuf>,
     /// Listen address (an IP address and port; host names are refused).
     #[serde(default, deserialize_with = "bounded::listen")]
@@ -632,13 +633,24 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl FileConfig {
-    /// Reads and checks a config file.
+    /// Reads and checks a config file. A relative `data` is resolved from
+    /// the file's folder (as the relay resolves its certificate paths), so
+    /// the file means the same from any working directory.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
             error,
         })?;
-        Self::parse(&text, path)
+        let mut file = Self::parse(&text, path)?;
+        if let Some(data) = file.data.as_mut().filter(|d| d.is_relative()) {
+            let folder = match path.parent() {
+                Some(f) if !f.as_os_str().is_empty() => f,
+                _ => Path::new("."),
+            };
+            let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_owned());
+            *data = folder.join(&*data);
+        }
+        Ok(file)
     }
 
     /// Parses config text (`path` is only used in errors).

@@ -322,3 +322,26 @@ async fn a_failed_first_start_leaves_no_key_behind() {
     assert!(server.key_created());
     drop(server);
 }
+
+/// A relative `data` in a config file is the config file's folder's, as a
+/// relay's relative certificate paths are: the file means the same whatever
+/// the working directory (a service manager's is often `/`).
+#[test]
+fn a_relative_data_directory_is_resolved_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let path = etc.join("server.toml");
+    std::fs::write(&path, "data = \"ponte-data\"\n").unwrap();
+    let f = FileConfig::load(&path).unwrap();
+    assert_eq!(
+        f.data,
+        Some(std::path::absolute(&etc).unwrap().join("ponte-data"))
+    );
+    std::fs::write(&path, "data = \"/var/lib/ponte\"\n").unwrap();
+    let f = FileConfig::load(&path).unwrap();
+    assert_eq!(f.data, Some(Path::new("/var/lib/ponte").to_owned()));
+    // Text parsed without a file keeps it as written.
+    let f = FileConfig::parse("data = \"d\"\n", Path::new("server.toml")).unwrap();
+    assert_eq!(f.data, Some(Path::new("d").to_owned()));
+}

@@ -383,11 +383,27 @@ mod bounded {
     use serde::{Deserialize as _, Deserializer};
     use std::time::Duration;
 
+    /// A duration is written as a string: the visitor says so to a bare
+    /// number (`retention = 30`), instead of only "expected a string".
+    struct DurationText;
+
+    impl serde::de::Visitor<'_> for DurationText {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration in quotes with its unit, such as \"30d\", \"12h\" or \"90s\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+    }
+
     fn duration<'de, D: Deserializer<'de>>(
         d: D,
         b: &DurationBounds,
     ) -> Result<Option<Duration>, D::Error> {
-        let s = String::deserialize(d)?;
+        let s = d.deserialize_str(DurationText)?;
         let v = super::parse_duration(&s).map_err(D::Error::custom)?;
         b.check(v).map(Some).map_err(D::Error::custom)
     }

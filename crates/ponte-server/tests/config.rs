@@ -110,6 +110,12 @@ fn parse_errors_name_the_key_path_on_one_line() {
             "invalid type",
         ),
         (
+            "retention = 30\n",
+            "/etc/ponte/server.toml:1:",
+            "retention",
+            "invalid type: integer `30`, expected a duration in quotes",
+        ),
+        (
             "register_limit = 5\n",
             "/etc/ponte/server.toml:1:",
             "register_limit",

@@ -895,7 +895,11 @@ fn a_failed_first_start_leaves_no_key_and_the_next_one_warns() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("ponte.db")).unwrap();
     let out = server_run(&["--listen", "127.0.0.1:0", "--no-admin"], &data);
-    assert_refused(&out, &["ponte.db"], "ponte.db a directory");
+    assert_refused(
+        &out,
+        &["ponte.db: not a file, so not a server database"],
+        "ponte.db a directory",
+    );
     assert!(!data.join("server.key").exists());
     assert!(!data.join("server.lock").exists());
     std::fs::remove_dir(data.join("ponte.db")).unwrap();

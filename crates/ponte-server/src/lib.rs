@@ -86,6 +86,10 @@ pub enum ServerError {
         #[source]
         error: std::io::Error,
     },
+    /// The database's path names something that is not a file (a
+    /// directory, say).
+    #[error("{}: not a file, so not a server database: move it away", .0.display())]
+    DatabaseNotAFile(PathBuf),
     /// The data directory holds no database (the server never started
     /// there, or the path is mistyped).
     #[error("no server database in {} ({} does not exist)", .0.display(), .0.join(store::DB_FILE).display())]
@@ -280,6 +284,10 @@ impl Server {
         // The registry takes every committed item, in commit order.
         let registry = Arc::new(registry::Registry::default());
         let opened = lock_data_dir(&cfg.data_dir).and_then(|lock| {
+            let db = cfg.data_dir.join(store::DB_FILE);
+            if std::fs::symlink_metadata(&db).is_ok() && !db.is_file() {
+                return Err(ServerError::DatabaseNotAFile(db));
+            }
             let store = SqliteStore::open_with(
                 &cfg.data_dir,
                 store::StoreOptions::with_commit_interval(cfg.commit_interval),

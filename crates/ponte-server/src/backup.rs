@@ -42,6 +42,9 @@ pub enum BackupError {
     /// The source holds no database.
     #[error("no server database in {} ({} does not exist)", .0.display(), .0.join(DB_FILE).display())]
     NoDatabase(PathBuf),
+    /// The source's database path names something that is not a file.
+    #[error("{}: not a file, so not a server database", .0.display())]
+    DatabaseNotAFile(PathBuf),
     /// The source's key file is missing or unreadable.
     #[error(transparent)]
     Key(#[from] KeyFileError),
@@ -87,8 +90,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
 /// must not exist yet or be empty. Works while a server runs on
 /// `data_dir`. Restoring is starting a server with `--data dest`.
 pub fn backup(data_dir: &Path, dest: &Path) -> Result<BackupSummary, BackupError> {
-    if !keyfile::dir_exists(data_dir)? || !data_dir.join(DB_FILE).is_file() {
+    let db = data_dir.join(DB_FILE);
+    if !keyfile::dir_exists(data_dir)? || std::fs::symlink_metadata(&db).is_err() {
         return Err(BackupError::NoDatabase(data_dir.to_owned()));
+    }
+    if !db.is_file() {
+        return Err(BackupError::DatabaseNotAFile(db));
     }
     // The key must be readable and valid, or the backup restores nothing
     // clients would accept.

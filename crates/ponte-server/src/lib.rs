@@ -531,8 +531,12 @@ pub fn server_address(
 /// ([`ServerError::NoDatabase`]) a directory without one: a token stored
 /// anywhere else would be accepted by no server.
 pub fn create_invite(data_dir: &Path) -> Result<String, ServerError> {
-    if !keyfile::dir_exists(data_dir)? || !data_dir.join(store::DB_FILE).is_file() {
+    let db = data_dir.join(store::DB_FILE);
+    if !keyfile::dir_exists(data_dir)? || std::fs::symlink_metadata(&db).is_err() {
         return Err(ServerError::NoDatabase(data_dir.to_owned()));
+    }
+    if !db.is_file() {
+        return Err(ServerError::DatabaseNotAFile(db));
     }
     Ok(store::create_invite(data_dir, UnixMillis::now())?)
 }

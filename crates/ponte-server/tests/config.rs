@@ -326,6 +326,20 @@ async fn a_failed_first_start_leaves_no_key_behind() {
         .collect();
     assert_eq!(names, ["ponte.db"], "{msg}");
 
+    // Invites and backups say the same, not that there is no ponte.db.
+    let e = ponte_server::create_invite(&data).unwrap_err();
+    assert!(
+        matches!(e, ServerError::DatabaseNotAFile(_)) && e.to_string().contains("not a file"),
+        "{e}"
+    );
+    let e = ponte_server::backup::backup(&data, &dir.path().join("copy")).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("ponte.db: not a file, so not a server database"),
+        "{e}"
+    );
+    assert!(!dir.path().join("copy").exists());
+
     std::fs::remove_dir(data.join("ponte.db")).unwrap();
     let server = ponte_server::Server::bind(cfg, None).await.unwrap();
     assert!(server.key_created());

@@ -161,8 +161,9 @@ fn check_data_dir_free(dir: &Path) -> Result<(), ServerError> {
 #[derive(Debug)]
 struct FirstStart {
     dir: PathBuf,
-    /// Whether the start created the directory itself.
-    dir_created: bool,
+    /// The outermost directory the start created (the data directory or
+    /// one of its parents), if it created any.
+    created: Option<PathBuf>,
     /// The files a start may create that were there before it.
     existed: Vec<&'static str>,
 }
@@ -171,10 +172,12 @@ impl FirstStart {
     /// Files a start creates besides the key.
     const FILES: [&'static str; 4] = [LOCK_FILE, store::DB_FILE, "ponte.db-wal", "ponte.db-shm"];
 
-    fn record(dir: &Path, dir_existed: bool) -> Self {
+    /// `missing`: the outermost directory that did not exist before the
+    /// start ([`outermost_missing`]).
+    fn record(dir: &Path, missing: Option<PathBuf>) -> Self {
         Self {
             dir: dir.to_owned(),
-            dir_created: !dir_existed,
+            created: missing,
             existed: Self::FILES
                 .into_iter()
                 .filter(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
@@ -185,8 +188,8 @@ impl FirstStart {
     /// Removes the key, and the directory or the files the start created
     /// (best effort: the start's own error is what gets reported).
     fn undo(self) {
-        if self.dir_created {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(created) = self.created {
+            let _ = std::fs::remove_dir_all(created);
             return;
         }
         let _ = std::fs::remove_file(self.dir.join(keyfile::KEY_FILE));
@@ -196,6 +199,16 @@ impl FirstStart {
             }
         }
     }
+}
+
+/// The outermost of `dir` and its parents that does not exist (what
+/// creating `dir` with its parents creates), or `None` when `dir` exists.
+fn outermost_missing(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| std::fs::symlink_metadata(a).is_err())
+        .last()
+        .map(Path::to_owned)
 }
 
 /// State shared by every connection.
@@ -278,9 +291,9 @@ impl Server {
             ),
             None => None,
         };
-        let dir_existed = keyfile::dir_exists(&cfg.data_dir)?;
+        let missing = outermost_missing(&cfg.data_dir);
         let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
-        let first_start = key_created.then(|| FirstStart::record(&cfg.data_dir, dir_existed));
+        let first_start = key_created.then(|| FirstStart::record(&cfg.data_dir, missing));
         // The registry takes every committed item, in commit order.
         let registry = Arc::new(registry::Registry::default());
         let opened = lock_data_dir(&cfg.data_dir).and_then(|lock| {
@@ -539,4 +552,45 @@ pub fn create_invite(data_dir: &Path) -> Result<String, ServerError> {
         return Err(ServerError::DatabaseNotAFile(db));
     }
     Ok(store::create_invite(data_dir, UnixMillis::now())?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A failed first start in a directory it made, with parents it made,
+    /// removes them all and nothing above; in a directory that was there,
+    /// only the files it made.
+    #[test]
+    fn a_failed_first_start_removes_what_it_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("new/parent/data");
+        let missing = outermost_missing(&data);
+        assert_eq!(missing, Some(tmp.path().join("new")));
+        let (_, created) = keyfile::load_or_create(&data).unwrap();
+        assert!(created);
+        let f = FirstStart::record(&data, missing);
+        std::fs::write(data.join(LOCK_FILE), b"").unwrap();
+        f.undo();
+        assert!(!tmp.path().join("new").exists());
+        assert!(tmp.path().is_dir());
+
+        let kept = tmp.path().join("kept");
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join("notes.txt"), b"mine").unwrap();
+        std::fs::write(kept.join("ponte.db-wal"), b"there before").unwrap();
+        assert_eq!(outermost_missing(&kept), None);
+        keyfile::load_or_create(&kept).unwrap();
+        let f = FirstStart::record(&kept, None);
+        std::fs::write(kept.join(LOCK_FILE), b"").unwrap();
+        std::fs::write(kept.join(store::DB_FILE), b"").unwrap();
+        f.undo();
+        let mut left: Vec<_> = std::fs::read_dir(&kept)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.txt", "ponte.db-wal"]);
+    }
 }

@@ -40,7 +40,7 @@ struct Cli {
 enum Command {
     /// Run a volunteer relay (drop-in for WhatsApp's proxy, front door of a Ponte server).
     Proxy(proxy::ProxyArgs),
-    /// Run the messaging service (`ponte server --data DIR`), or print its address / an invite.
+    /// Run the messaging service (`ponte server --data DIR`), print its address or an invite, or back it up.
     Server(server::ServerArgs),
     /// See it work: a server, a relay and two users chatting on this machine, then exit.
     Demo,

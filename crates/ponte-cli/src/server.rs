@@ -25,8 +25,7 @@ use ponte_server::config::{
 };
 use ponte_server::keyfile::KeyFileError;
 use ponte_server::{Server, ServerConfig, ServerError};
-use ponte_wire::address::{ServerAddress, DEFAULT_PORT};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -56,11 +55,11 @@ enum ServerCommand {
 struct RunArgs {
     /// TOML config file (keys as the flags below, with underscores; unknown
     /// keys are errors). Flags given on the command line win.
-    #[arg(long, env = "PONTE_SERVER_CONFIG")]
+    #[arg(long, value_name = "FILE", env = "PONTE_SERVER_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory: server.key (Noise static key, 0600) and ponte.db
     /// [default: ponte-data].
-    #[arg(long, env = "PONTE_DATA")]
+    #[arg(long, value_name = "DIR", env = "PONTE_DATA")]
     data: Option<PathBuf>,
     /// IP address and port to listen on for clients and relays (port 0: any
     /// free port) [default: 0.0.0.0:5222].
@@ -76,61 +75,61 @@ struct RunArgs {
     /// Host name (or IP address) to print in the server address, without a
     /// port (default: the listen IP, or this machine's host name when
     /// listening on all addresses).
-    #[arg(long, value_parser = parse_host)]
+    #[arg(long, value_name = "NAME", value_parser = parse_host)]
     host: Option<String>,
     /// Only register users who present an invite (`ponte server invite`).
     #[arg(long)]
     invite_only: bool,
     /// Keep undelivered messages this long, then tell the sender they
     /// expired (e.g. 30d, 12h, 90m; 1m to 3650d) [default: 30d].
-    #[arg(long, value_parser = |s: &str| RETENTION.parse(s))]
+    #[arg(long, value_name = "DUR", value_parser = |s: &str| RETENTION.parse(s))]
     retention: Option<Duration>,
     /// How often to look for expired messages (1s to 1d) [default: 60s].
-    #[arg(long, value_parser = |s: &str| EXPIRY_INTERVAL.parse(s))]
+    #[arg(long, value_name = "DUR", value_parser = |s: &str| EXPIRY_INTERVAL.parse(s))]
     expiry_interval: Option<Duration>,
     /// Most simultaneous connections [default: 10000].
-    #[arg(long, value_parser = |s: &str| MAX_CONNECTIONS.parse::<usize>(s))]
+    #[arg(long, value_name = "N", value_parser = |s: &str| MAX_CONNECTIONS.parse::<usize>(s))]
     max_connections: Option<usize>,
     /// Most undelivered messages per recipient [default: 10000].
-    #[arg(long, value_parser = |s: &str| MAX_PENDING.parse::<u32>(s))]
+    #[arg(long, value_name = "N", value_parser = |s: &str| MAX_PENDING.parse::<u32>(s))]
     max_pending: Option<u32>,
     /// Deadline for the PROXY header and Noise handshake (1s to 300s)
     /// [default: 10s].
-    #[arg(long, value_parser = |s: &str| HANDSHAKE_TIMEOUT.parse(s))]
+    #[arg(long, value_name = "DUR", value_parser = |s: &str| HANDSHAKE_TIMEOUT.parse(s))]
     handshake_timeout: Option<Duration>,
     /// Close logged-in connections silent for this long (90s to 1d; clients
     /// ping every 60s) [default: 300s].
-    #[arg(long, value_parser = |s: &str| IDLE_TIMEOUT.parse(s))]
+    #[arg(long, value_name = "DUR", value_parser = |s: &str| IDLE_TIMEOUT.parse(s))]
     idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
 struct AddressArgs {
     /// Data directory of the server.
-    #[arg(long, env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
+    #[arg(long, value_name = "DIR", env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
     data: PathBuf,
     /// Host name (or IP address) users reach the server (or a relay in
     /// front of it) by [default: the host printed at the server's last
     /// start].
-    #[arg(long, value_parser = parse_host)]
+    #[arg(long, value_name = "NAME", value_parser = parse_host)]
     host: Option<String>,
     /// Port users connect to, 1 to 65535 [default: the port printed at the
     /// server's last start].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
 }
 
 #[derive(Debug, Args)]
 struct InviteArgs {
     /// Data directory of the server.
-    #[arg(long, env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
+    #[arg(long, value_name = "DIR", env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
     data: PathBuf,
 }
 
 #[derive(Debug, Args)]
 struct BackupArgs {
     /// Data directory of the server.
-    #[arg(long, env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
+    #[arg(long, value_name = "DIR", env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
     data: PathBuf,
     /// Where to put the copy: a directory that does not exist yet (or is
     /// empty).
@@ -178,36 +177,10 @@ fn parse_socket_addr(s: &str, examples: &str) -> Result<SocketAddr, String> {
     ))
 }
 
-/// A host for the printed server address: one that a client parses back
-/// from it unchanged (`ServerAddress::from_str`: a DNS name of letters,
-/// digits, `.`, `-`, `_`, or an IP address). A bracketed IPv6 address loses
-/// its brackets (the address adds them). A `:` is only allowed in an IPv6
-/// address: `chat.example.org:443` would be taken for one by the parser
-/// and reach nothing.
+/// A host for the printed server address (`--host`, and the host of
+/// `ponte server address`): see [`ponte_server::config::check_host`].
 fn parse_host(s: &str) -> Result<String, String> {
-    let host = s
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .filter(|h| h.parse::<Ipv6Addr>().is_ok())
-        .unwrap_or(s);
-    if host.contains(':') && host.parse::<Ipv6Addr>().is_err() {
-        return Err(format!(
-            "{s:?} is neither a host name nor an IPv6 address: give the host alone, \
-             the port is set separately"
-        ));
-    }
-    let probe = ServerAddress {
-        host: host.to_owned(),
-        port: DEFAULT_PORT,
-        key: [0; 32],
-    };
-    match probe.to_string().parse::<ServerAddress>() {
-        Ok(back) if back == probe => Ok(host.to_owned()),
-        _ => Err(format!(
-            "{s:?} cannot be used in a server address: give a DNS name (letters, digits, \
-             '.', '-', '_') or an IP address"
-        )),
-    }
+    ponte_server::config::check_host(s)
 }
 
 /// Runs `ponte server …`.
@@ -272,6 +245,11 @@ fn backup(b: &BackupArgs) -> anyhow::Result<ExitCode> {
         BackupError::NoDatabase(_) | BackupError::Key(KeyFileError::Missing { .. }) => {
             anyhow::anyhow!("{e}: nothing to back up; check --data (the server's data directory)")
         }
+        // These name the path they are about, and what to do.
+        BackupError::Key(KeyFileError::NotADirectory(_)) => anyhow::anyhow!("{e}: check --data"),
+        BackupError::DestinationNotEmpty(_) | BackupError::DestinationNotADirectory(_) => {
+            anyhow::anyhow!("{e}")
+        }
         e => anyhow::Error::new(e).context(format!(
             "backing up {} to {}",
             b.data.display(),
@@ -297,12 +275,8 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let file_host = match (&file.host, &a.config) {
-        (Some(h), Some(path)) => {
-            Some(parse_host(h).map_err(|e| anyhow::anyhow!("{}: host: {e}", path.display()))?)
-        }
-        _ => None,
-    };
+    // Checked as the file was read (a bad one is refused with its line).
+    let file_host = file.host.clone();
     let default_listen: SocketAddr = DEFAULT_LISTEN.parse()?;
     let mut cfg = ServerConfig::new(PathBuf::from(DEFAULT_DATA_DIR), default_listen);
     file.apply(&mut cfg);
@@ -362,9 +336,22 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let server = Server::bind(cfg, admin)
-            .await
-            .with_context(|| format!("starting the server in {}", data.display()))?;
+        let server = Server::bind(cfg, admin).await.map_err(|e| match e {
+            // These name the data directory already.
+            ServerError::Key(KeyFileError::NotADirectory(_)) => {
+                anyhow::anyhow!("{e}: check --data")
+            }
+            ServerError::Key(KeyFileError::LostKey { .. }) | ServerError::DataDirInUse(_) => {
+                anyhow::anyhow!("{e}")
+            }
+            ServerError::AdminBind { addr, error } => anyhow::anyhow!(
+                "cannot listen on {addr} for the admin endpoint: {error}; give it another address \
+                 with --admin IP:PORT (config key admin), or turn it off with --no-admin"
+            ),
+            e => {
+                anyhow::Error::new(e).context(format!("starting the server in {}", data.display()))
+            }
+        })?;
         let local = server.local_addr()?;
         let address = server.address(&host);
         if server.key_created() {

@@ -47,6 +47,25 @@ fn backup_while_running_then_restore() {
         said.contains("2 accounts, 3 undelivered messages") && said.contains("integrity checked"),
         "{said}"
     );
+    // The copy is a whole data directory: the key and both records, so
+    // `ponte server address` and `invite` say on it what they say on the
+    // original.
+    for name in ["server.key", "server.address", "server.registration"] {
+        assert_eq!(
+            std::fs::read(dest.join(name)).unwrap(),
+            std::fs::read(data.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    let address_of = |dir: &Path| {
+        let out = Command::new(PONTE)
+            .args(["server", "address", "--data"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        ok(&out)
+    };
+    assert_eq!(address_of(&dest), address_of(&data));
     // Again into the same place: refused, the first copy untouched.
     let again = backup(&data, &dest);
     assert_eq!(again.status.code(), Some(1));

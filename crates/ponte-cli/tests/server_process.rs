@@ -319,9 +319,7 @@ fn nonsense_settings_are_refused_naming_the_flag_or_the_key() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("server.toml")
-            && err.contains("line 3")
-            && err.contains("idle_timeout: must be 90s to 1d"),
+        err.contains("server.toml:3:") && err.contains(": idle_timeout: must be 90s to 1d"),
         "{err}"
     );
     assert!(!data.exists());
@@ -348,6 +346,80 @@ fn errors_say_what_is_wrong_once() {
     let err = stderr(&out);
     assert!(err.contains("not a directory"), "{err}");
     assert!(!err.contains("File exists"), "{err}");
+    // Named once, with what to do (as `address` and `invite` say it).
+    assert_eq!(err.matches(file.to_str().unwrap()).count(), 1, "{err}");
+    assert!(err.contains("not a directory: check --data"), "{err}");
+}
+
+/// `ponte server --help` names every subcommand and says what each flag
+/// takes; `backup` errors name the right thing once, with what to do.
+#[test]
+fn server_help_and_backup_errors_name_the_right_thing() {
+    let help = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("server "))
+        .unwrap_or_default();
+    for sub in ["address", "invite", "back"] {
+        assert!(line.contains(sub), "{sub}: {line}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_ponte"))
+        .args(["server", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    for flag in [
+        "--config <FILE>",
+        "--data <DIR>",
+        "--host <NAME>",
+        "--retention <DUR>",
+        "--expiry-interval <DUR>",
+        "--max-connections <N>",
+        "--max-pending <N>",
+        "--handshake-timeout <DUR>",
+        "--idle-timeout <DUR>",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let backup = |data: &Path, dest: &Path| {
+        let child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+            .args(["server", "backup", "--data"])
+            .arg(data)
+            .arg(dest)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        common::wait_output(child, WAIT)
+    };
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let out = backup(&file, &dir.path().join("b1"));
+    assert_refused(
+        &out,
+        &["not a directory: check --data"],
+        "backup --data FILE",
+    );
+    let named = stderr(&out).matches(file.to_str().unwrap()).count();
+    assert_eq!(named, 1, "{}", stderr(&out));
+    let data = dir.path().join("data");
+    let (line, _) = started_log(&["--listen", "127.0.0.1:0", "--no-admin"], &data);
+    assert!(line.starts_with("ponte://"), "{line}");
+    let out = backup(&data, &file);
+    assert_refused(
+        &out,
+        &["is a file, not a directory: back up into a new directory"],
+        "backup into a file",
+    );
+    let named = stderr(&out).matches(file.to_str().unwrap()).count();
+    assert_eq!(named, 1, "{}", stderr(&out));
+    assert!(std::fs::read(&file).unwrap().is_empty());
 }
 
 #[test]
@@ -580,6 +652,8 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("already running"), "{err}");
+    // The message names the directory itself; no context repeats it.
+    assert!(!err.contains("starting the server in"), "{err}");
     // SIGKILL the first: the kernel drops its lock, and a new server starts.
     first.server.kill();
     let again = start(&data);
@@ -690,7 +764,10 @@ fn addresses_no_client_accepts_are_refused() {
     );
     assert_refused(
         &out,
-        &["server.toml", "host", "cannot be used in a server address"],
+        &[
+            "server.toml:1:",
+            ": host: \"bad host#x\" cannot be used in a server address",
+        ],
         "config host",
     );
     assert!(
@@ -790,9 +867,8 @@ fn listen_and_admin_take_an_ip_address_with_a_hint() {
     assert_refused(
         &out,
         &[
-            "server.toml",
-            "line 1",
-            "listen: \"localhost:0\" is not an IP address and port",
+            "server.toml:1:",
+            ": listen: \"localhost:0\" is not an IP address and port",
             "not resolved",
         ],
         "config listen",
@@ -808,4 +884,59 @@ fn listen_and_admin_take_an_ip_address_with_a_hint() {
         !data.exists(),
         "a refused server created its data directory"
     );
+}
+
+/// A first start whose database cannot be opened (here `ponte.db` is a
+/// directory) fails naming it and leaves no key behind: the start that
+/// succeeds later creates the key and warns that it did.
+#[test]
+fn a_failed_first_start_leaves_no_key_and_the_next_one_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("ponte.db")).unwrap();
+    let out = server_run(&["--listen", "127.0.0.1:0", "--no-admin"], &data);
+    assert_refused(
+        &out,
+        &["ponte.db: not a file, so not a server database"],
+        "ponte.db a directory",
+    );
+    assert!(!data.join("server.key").exists());
+    assert!(!data.join("server.lock").exists());
+    std::fs::remove_dir(data.join("ponte.db")).unwrap();
+    let (line, log) = started_log(&["--listen", "127.0.0.1:0", "--no-admin"], &data);
+    let addr: ServerAddress = line.trim().parse().unwrap();
+    assert!(log.contains("created a NEW server key"), "{log}");
+    assert_eq!(log.matches("created a NEW server key").count(), 1, "{log}");
+    assert_eq!(
+        addr.key,
+        ponte_server::keyfile::load(&data).unwrap().public()
+    );
+}
+
+/// An admin address that is taken is reported as the admin endpoint's,
+/// not to be mistaken for the client port, with how to move it or turn it
+/// off; nothing is created.
+#[test]
+fn a_taken_admin_address_is_named_as_the_admin_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = server_run(&["--listen", "127.0.0.1:0", "--admin", &addr], &data);
+    assert_refused(
+        &out,
+        &[
+            &format!("cannot listen on {addr} for the admin endpoint"),
+            "--admin",
+            "--no-admin",
+        ],
+        "admin address taken",
+    );
+    assert_eq!(stderr(&out).matches(&addr).count(), 1, "{}", stderr(&out));
+    assert!(!data.exists());
+    // The client port: named as such.
+    let out = server_run(&["--listen", &addr, "--no-admin"], &data);
+    assert_refused(&out, &[&format!("cannot listen on {addr}")], "listen taken");
+    assert!(!stderr(&out).contains("admin"), "{}", stderr(&out));
+    drop(taken);
 }

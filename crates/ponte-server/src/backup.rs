@@ -10,22 +10,21 @@
 //! backup is declared good.
 //!
 //! The backup is a data directory of its own: `ponte.db`, `server.key`
-//! (the same identity, so clients accept the restored server) and
-//! `server.address` when there is one, and `blobs/` with every blob that
-//! is finished in the copied database (see [`copy_blobs`]). It is built in a hidden staging
+//! (the same identity, so clients accept the restored server), the
+//! records `server.address` and `server.registration` when there are any
+//! (so `ponte server address` and `invite` say on the copy what they said
+//! on the original), and `blobs/` with every blob that is finished in the
+//! copied database (see [`copy_blobs`]). `server.lock` is not copied: it
+//! holds nothing. It is built in a hidden staging
 //! directory next to the destination and renamed into place only when
 //! complete, so an interrupted backup never looks like a good one.
 
-use crate::keyfile::{self, KeyFileError};
+use crate::keyfile::{self, KeyFileError, ADDRESS_FILE, KEY_FILE, REGISTRATION_FILE};
 use crate::store::DB_FILE;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
-
-/// Files besides the database that make up a data directory's state.
-const KEY_FILE: &str = "server.key";
-const ADDRESS_FILE: &str = "server.address";
 
 /// What a backup holds, counted in the copy after its integrity check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +44,15 @@ pub enum BackupError {
     /// The source holds no database.
     #[error("no server database in {} ({} does not exist)", .0.display(), .0.join(DB_FILE).display())]
     NoDatabase(PathBuf),
+    /// The source's database path names something that is not a file.
+    #[error("{}: not a file, so not a server database", .0.display())]
+    DatabaseNotAFile(PathBuf),
     /// The source's key file is missing or unreadable.
     #[error(transparent)]
     Key(#[from] KeyFileError),
+    /// The destination is a file.
+    #[error("{} is a file, not a directory: back up into a new directory", .0.display())]
+    DestinationNotADirectory(PathBuf),
     /// The destination exists and holds files.
     #[error("{} already exists and is not empty: back up into a new directory", .0.display())]
     DestinationNotEmpty(PathBuf),
@@ -87,8 +92,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
 /// must not exist yet or be empty. Works while a server runs on
 /// `data_dir`. Restoring is starting a server with `--data dest`.
 pub fn backup(data_dir: &Path, dest: &Path) -> Result<BackupSummary, BackupError> {
-    if !keyfile::dir_exists(data_dir)? || !data_dir.join(DB_FILE).is_file() {
+    let db = data_dir.join(DB_FILE);
+    if !keyfile::dir_exists(data_dir)? || std::fs::symlink_metadata(&db).is_err() {
         return Err(BackupError::NoDatabase(data_dir.to_owned()));
+    }
+    if !db.is_file() {
+        return Err(BackupError::DatabaseNotAFile(db));
     }
     // The key must be readable and valid, or the backup restores nothing
     // clients would accept.
@@ -100,6 +109,9 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<BackupSummary, BackupError
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(BackupError::DestinationNotADirectory(dest.to_owned()))
+        }
         Err(e) => return Err(io(dest)(e)),
     }
     let parent = parent_dir(dest);
@@ -156,12 +168,13 @@ fn fill(data_dir: &Path, staging: &Path) -> Result<BackupSummary, BackupError> {
     copy_database(&data_dir.join(DB_FILE), &copy)?;
     let summary = check(&copy)?;
     copy_blobs(data_dir, staging, &copy)?;
-    for name in [KEY_FILE, ADDRESS_FILE] {
+    copy_private(&data_dir.join(KEY_FILE), &staging.join(KEY_FILE))?;
+    // Written at a server's start: optional.
+    for name in [ADDRESS_FILE, REGISTRATION_FILE] {
         let from = data_dir.join(name);
-        if name == ADDRESS_FILE && !from.is_file() {
-            continue; // written at a server's start; optional
+        if from.is_file() {
+            copy_private(&from, &staging.join(name))?;
         }
-        copy_private(&from, &staging.join(name))?;
     }
     sync_dir(staging);
     Ok(summary)

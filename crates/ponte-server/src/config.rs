@@ -2,7 +2,7 @@
 //! struct; every bound the server enforces lives here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Default listen address.
@@ -263,6 +263,41 @@ impl CountBounds {
     }
 }
 
+/// Checks a host for the printed server address (`--host`, config key
+/// `host`): one that a client parses back from it unchanged
+/// (`ServerAddress::from_str`: a DNS name of letters, digits, `.`, `-`,
+/// `_`, or an IP address). A bracketed IPv6 address loses its brackets
+/// (the address adds them). A `:` is only allowed in an IPv6 address:
+/// `chat.example.org:443` would be taken for one by the parser and reach
+/// nothing. Returns the host as it goes in the address.
+pub fn check_host(s: &str) -> Result<String, String> {
+    use ponte_wire::address::{ServerAddress, DEFAULT_PORT};
+    use std::net::Ipv6Addr;
+    let host = s
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .filter(|h| h.parse::<Ipv6Addr>().is_ok())
+        .unwrap_or(s);
+    if host.contains(':') && host.parse::<Ipv6Addr>().is_err() {
+        return Err(format!(
+            "{s:?} is neither a host name nor an IPv6 address: give the host alone, \
+             the port is set separately"
+        ));
+    }
+    let probe = ServerAddress {
+        host: host.to_owned(),
+        port: DEFAULT_PORT,
+        key: [0; 32],
+    };
+    match probe.to_string().parse::<ServerAddress>() {
+        Ok(back) if back == probe => Ok(host.to_owned()),
+        _ => Err(format!(
+            "{s:?} cannot be used in a server address: give a DNS name (letters, digits, \
+             '.', '-', '_') or an IP address"
+        )),
+    }
+}
+
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -372,24 +407,38 @@ pub const RATE_LIMIT_PER_HOUR: CountBounds = CountBounds {
 };
 
 /// Deserializers for config file values that check their range, so that an
-/// out-of-range value is reported by the TOML parser with file, line and
-/// column like any other bad value.
+/// out-of-range value is reported by the TOML parser with file, line, column
+/// and key like any other bad value (the messages leave the key out: the
+/// error's path names it).
 mod bounded {
     use super::{CountBounds, DurationBounds};
     use serde::de::Error as _;
     use serde::{Deserialize as _, Deserializer};
     use std::time::Duration;
 
+    /// A duration is written as a string: the visitor says so to a bare
+    /// number (`retention = 30`), instead of only "expected a string".
+    struct DurationText;
+
+    impl serde::de::Visitor<'_> for DurationText {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration in quotes with its unit, such as \"30d\", \"12h\" or \"90s\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+    }
+
     fn duration<'de, D: Deserializer<'de>>(
         d: D,
         b: &DurationBounds,
     ) -> Result<Option<Duration>, D::Error> {
-        let s = String::deserialize(d)?;
-        let v =
-            super::parse_duration(&s).map_err(|e| D::Error::custom(format!("{}: {e}", b.key)))?;
-        b.check(v)
-            .map(Some)
-            .map_err(|e| D::Error::custom(format!("{}: {e}", b.key)))
+        let s = d.deserialize_str(DurationText)?;
+        let v = super::parse_duration(&s).map_err(D::Error::custom)?;
+        b.check(v).map(Some).map_err(D::Error::custom)
     }
 
     fn count<'de, D, T>(d: D, b: &CountBounds) -> Result<T, D::Error>
@@ -398,8 +447,7 @@ mod bounded {
         T: serde::Deserialize<'de> + Copy + TryInto<u64> + std::fmt::Display,
     {
         let n = T::deserialize(d)?;
-        b.check(n)
-            .map_err(|e| D::Error::custom(format!("{}: {e}", b.key)))
+        b.check(n).map_err(D::Error::custom)
     }
 
     macro_rules! durations {
@@ -443,7 +491,7 @@ mod bounded {
         let s = String::deserialize(d)?;
         s.parse().map(Some).map_err(|_| {
             D::Error::custom(format!(
-                "listen: {s:?} is not an IP address and port, e.g. 0.0.0.0:5222 or [::]:5222 \
+                "{s:?} is not an IP address and port, e.g. 0.0.0.0:5222 or [::]:5222 \
                  (host names such as localhost are not resolved)"
             ))
         })
@@ -453,10 +501,15 @@ mod bounded {
         let s = String::deserialize(d)?;
         if s != "off" && s.parse::<std::net::SocketAddr>().is_err() {
             return Err(D::Error::custom(format!(
-                "admin: {s:?} is not an address like 127.0.0.1:8299, or \"off\""
+                "{s:?} is not an address like 127.0.0.1:8299, or \"off\""
             )));
         }
         Ok(Some(s))
+    }
+
+    pub fn host<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::check_host(&s).map(Some).map_err(D::Error::custom)
     }
 
     pub fn burst<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -494,7 +547,8 @@ pub struct RateLimitFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Data directory.
+    /// Data directory (relative: from the config file's folder, see
+    /// [`FileConfig::load`]).
     pub data: Option<PathBuf>,
     /// Listen address (an IP address and port; host names are refused).
     #[serde(default, deserialize_with = "bounded::listen")]
@@ -502,7 +556,8 @@ pub struct FileConfig {
     /// Admin address, or `"off"`.
     #[serde(default, deserialize_with = "bounded::admin")]
     pub admin: Option<String>,
-    /// Host name for the printed server address.
+    /// Host name for the printed server address (checked as `--host` is).
+    #[serde(default, deserialize_with = "bounded::host")]
     pub host: Option<String>,
     /// Invite-only registration.
     pub invite_only: Option<bool>,
@@ -564,39 +619,122 @@ pub enum ConfigError {
     /// The file could not be read.
     // The cause is part of the message and deliberately not a `source`:
     // error reporters that print the chain would otherwise say it twice.
-    #[error("{path}: {error}")]
+    #[error("{}: {error}", .path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Cause.
         error: std::io::Error,
     },
-    /// Not valid TOML, an unknown key, a bad or out-of-range value (the
-    /// message names the line, column and key).
-    #[error("{path}: {message}")]
+    /// Not valid TOML, an unknown key, a bad or out-of-range value, on one
+    /// line: `server.toml:3:1: register_limit.burst: invalid type ...`.
+    #[error("{}", parse_error_text(.path, *.line, *.column, .key, .message))]
     Parse {
         /// The file.
         path: PathBuf,
-        /// toml's description, with line and key.
+        /// 1-based line, 0 when unknown.
+        line: usize,
+        /// 1-based column, 0 when unknown.
+        column: usize,
+        /// The key in dotted form (`register_limit.burst`), empty when the
+        /// error is not about one key (TOML syntax).
+        key: String,
+        /// What is wrong.
         message: String,
     },
 }
 
+/// `FILE:LINE:COL: KEY: MESSAGE`, leaving out an unknown position and an
+/// empty key (never `: :`).
+fn parse_error_text(path: &Path, line: usize, column: usize, key: &str, message: &str) -> String {
+    let mut s = format!("{}:", path.display());
+    if line > 0 {
+        s.push_str(&format!("{line}:{column}:"));
+    }
+    s.push(' ');
+    if !key.is_empty() {
+        s.push_str(key);
+        s.push_str(": ");
+    }
+    s.push_str(message);
+    s
+}
+
+/// The dotted key (`register_limit.burst`) of a deserialization error.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    key
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let col = offset
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    (line, col)
+}
+
 impl FileConfig {
-    /// Reads and checks a config file.
+    /// Reads and checks a config file. A relative `data` is resolved from
+    /// the file's folder (as the relay resolves its certificate paths), so
+    /// the file means the same from any working directory.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
             error,
         })?;
-        Self::parse(&text, path)
+        let mut file = Self::parse(&text, path)?;
+        if let Some(data) = file.data.as_mut().filter(|d| d.is_relative()) {
+            let folder = match path.parent() {
+                Some(f) if !f.as_os_str().is_empty() => f,
+                _ => Path::new("."),
+            };
+            let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_owned());
+            *data = folder.join(&*data);
+        }
+        Ok(file)
     }
 
     /// Parses config text (`path` is only used in errors).
     pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = key_path(e.path());
+            let e = e.into_inner();
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                key,
+                // toml's own message, on one line and without the excerpt
+                // of the file the error's own Display adds.
+                message: e
+                    .message()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
         })
     }
 
@@ -802,7 +940,7 @@ mod tests {
         let e = FileConfig::parse("invite_only = true\nretension = \"1d\"\n", p).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains("server.toml") && msg.contains("retension") && msg.contains("line 2"),
+            msg.starts_with("server.toml:2:1: retension: unknown field"),
             "{msg}"
         );
         let e = FileConfig::parse("retention = \"soon\"\n", p).unwrap_err();

@@ -127,7 +127,9 @@ pub fn load_or_create(dir: &Path) -> Result<(Keypair, bool), KeyFileError> {
     if path.exists() {
         return Ok((load(dir)?, false));
     }
-    if dir.join(crate::store::DB_FILE).exists() {
+    // A database file: a directory in its place is no database, and
+    // opening it fails after this.
+    if dir.join(crate::store::DB_FILE).is_file() {
         return Err(KeyFileError::LostKey {
             dir: dir.to_owned(),
         });

@@ -80,6 +80,19 @@ pub enum ServerError {
         #[source]
         error: std::io::Error,
     },
+    /// Binding the admin endpoint's listener failed.
+    #[error("cannot listen on {addr} for the admin endpoint")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The database's path names something that is not a file (a
+    /// directory, say).
+    #[error("{}: not a file, so not a server database: move it away", .0.display())]
+    DatabaseNotAFile(PathBuf),
     /// The data directory holds no database (the server never started
     /// there, or the path is mistyped).
     #[error("no server database in {} ({} does not exist)", .0.display(), .0.join(store::DB_FILE).display())]
@@ -146,6 +159,61 @@ fn check_data_dir_free(dir: &Path) -> Result<(), ServerError> {
     }
 }
 
+/// What a first start (one that created the key) found in the data
+/// directory, so that a failed one can remove what it created.
+#[derive(Debug)]
+struct FirstStart {
+    dir: PathBuf,
+    /// The outermost directory the start created (the data directory or
+    /// one of its parents), if it created any.
+    created: Option<PathBuf>,
+    /// The files a start may create that were there before it.
+    existed: Vec<&'static str>,
+}
+
+impl FirstStart {
+    /// Files a start creates besides the key.
+    const FILES: [&'static str; 4] = [LOCK_FILE, store::DB_FILE, "ponte.db-wal", "ponte.db-shm"];
+
+    /// `missing`: the outermost directory that did not exist before the
+    /// start ([`outermost_missing`]).
+    fn record(dir: &Path, missing: Option<PathBuf>) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            created: missing,
+            existed: Self::FILES
+                .into_iter()
+                .filter(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
+                .collect(),
+        }
+    }
+
+    /// Removes the key, and the directory or the files the start created
+    /// (best effort: the start's own error is what gets reported).
+    fn undo(self) {
+        if let Some(created) = self.created {
+            let _ = std::fs::remove_dir_all(created);
+            return;
+        }
+        let _ = std::fs::remove_file(self.dir.join(keyfile::KEY_FILE));
+        for name in Self::FILES {
+            if !self.existed.contains(&name) {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
+        }
+    }
+}
+
+/// The outermost of `dir` and its parents that does not exist (what
+/// creating `dir` with its parents creates), or `None` when `dir` exists.
+fn outermost_missing(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| std::fs::symlink_metadata(a).is_err())
+        .last()
+        .map(Path::to_owned)
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -194,7 +262,9 @@ pub struct Server {
 impl Server {
     /// Binds the listener (and the admin listener when `admin` is given),
     /// then loads or creates the key and opens the database: a start that
-    /// cannot listen creates nothing in the data directory. Logs a warning
+    /// cannot listen creates nothing in the data directory, and a first
+    /// start that fails after creating the key removes what it created
+    /// (so the next one creates the key again and says so). Logs a warning
     /// first when `admin` is not a loopback address.
     pub async fn bind(cfg: ServerConfig, admin: Option<SocketAddr>) -> Result<Self, ServerError> {
         if let Some(addr) = admin.filter(|a| !is_loopback(a.ip())) {
@@ -221,19 +291,38 @@ impl Server {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
-                    .map_err(|error| ServerError::Bind { addr, error })?,
+                    .map_err(|error| ServerError::AdminBind { addr, error })?,
             ),
             None => None,
         };
+        let missing = outermost_missing(&cfg.data_dir);
         let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
-        let lock = lock_data_dir(&cfg.data_dir)?;
+        let first_start = key_created.then(|| FirstStart::record(&cfg.data_dir, missing));
         // The registry takes every committed item, in commit order.
         let registry = Arc::new(registry::Registry::default());
-        let store = SqliteStore::open_with(
-            &cfg.data_dir,
-            store::StoreOptions::with_commit_interval(cfg.commit_interval),
-            Arc::clone(&registry) as Arc<dyn store::Sink>,
-        )?;
+        let opened = lock_data_dir(&cfg.data_dir).and_then(|lock| {
+            let db = cfg.data_dir.join(store::DB_FILE);
+            if std::fs::symlink_metadata(&db).is_ok() && !db.is_file() {
+                return Err(ServerError::DatabaseNotAFile(db));
+            }
+            let store = SqliteStore::open_with(
+                &cfg.data_dir,
+                store::StoreOptions::with_commit_interval(cfg.commit_interval),
+                Arc::clone(&registry) as Arc<dyn store::Sink>,
+            )?;
+            Ok((lock, store))
+        });
+        let (lock, store) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                // A first start that failed leaves no key behind: the next
+                // one creates it again, and says so.
+                if let Some(f) = first_start {
+                    f.undo();
+                }
+                return Err(e);
+            }
+        };
         let blobs = blobs::Blobs::new(&cfg.data_dir);
         let mut metrics = metrics::Metrics::new();
         metrics.register_store(store.stats());
@@ -462,8 +551,53 @@ pub fn server_address(
 /// ([`ServerError::NoDatabase`]) a directory without one: a token stored
 /// anywhere else would be accepted by no server.
 pub fn create_invite(data_dir: &Path) -> Result<String, ServerError> {
-    if !keyfile::dir_exists(data_dir)? || !data_dir.join(store::DB_FILE).is_file() {
+    let db = data_dir.join(store::DB_FILE);
+    if !keyfile::dir_exists(data_dir)? || std::fs::symlink_metadata(&db).is_err() {
         return Err(ServerError::NoDatabase(data_dir.to_owned()));
     }
+    if !db.is_file() {
+        return Err(ServerError::DatabaseNotAFile(db));
+    }
     Ok(store::create_invite(data_dir, UnixMillis::now())?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A failed first start in a directory it made, with parents it made,
+    /// removes them all and nothing above; in a directory that was there,
+    /// only the files it made.
+    #[test]
+    fn a_failed_first_start_removes_what_it_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("new/parent/data");
+        let missing = outermost_missing(&data);
+        assert_eq!(missing, Some(tmp.path().join("new")));
+        let (_, created) = keyfile::load_or_create(&data).unwrap();
+        assert!(created);
+        let f = FirstStart::record(&data, missing);
+        std::fs::write(data.join(LOCK_FILE), b"").unwrap();
+        f.undo();
+        assert!(!tmp.path().join("new").exists());
+        assert!(tmp.path().is_dir());
+
+        let kept = tmp.path().join("kept");
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join("notes.txt"), b"mine").unwrap();
+        std::fs::write(kept.join("ponte.db-wal"), b"there before").unwrap();
+        assert_eq!(outermost_missing(&kept), None);
+        keyfile::load_or_create(&kept).unwrap();
+        let f = FirstStart::record(&kept, None);
+        std::fs::write(kept.join(LOCK_FILE), b"").unwrap();
+        std::fs::write(kept.join(store::DB_FILE), b"").unwrap();
+        f.undo();
+        let mut left: Vec<_> = std::fs::read_dir(&kept)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.txt", "ponte.db-wal"]);
+    }
 }

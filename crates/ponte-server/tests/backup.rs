@@ -171,3 +171,49 @@ async fn bad_destinations_and_sources_are_refused_and_leave_nothing() {
     assert_eq!((summary.accounts, summary.undelivered), (0, 0));
     assert!(empty.join("ponte.db").is_file() && empty.join("server.key").is_file());
 }
+
+/// The copy holds every file of the data directory a restore needs: the
+/// database, the key and both records (`ponte server address` and
+/// `invite` read them), and nothing else (the lock file holds nothing).
+#[test]
+fn the_backup_holds_every_file_of_the_data_directory() {
+    use ponte_server::keyfile;
+    use ponte_wire::address::ServerAddress;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (kp, _) = keyfile::load_or_create(&data).unwrap();
+    drop(SqliteStore::open(&data).unwrap());
+    let printed = ServerAddress {
+        host: "chat.example.org".into(),
+        port: 443,
+        key: kp.public(),
+    };
+    keyfile::write_address(&data, &printed).unwrap();
+    keyfile::write_registration(&data, true).unwrap();
+    std::fs::write(data.join(ponte_server::LOCK_FILE), b"").unwrap();
+
+    let dest = tmp.path().join("copy");
+    backup(&data, &dest).unwrap();
+    let names = |dir: &Path| -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("ponte.db-") && n != ponte_server::LOCK_FILE)
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&dest), names(&data));
+    assert_eq!(
+        names(&dest),
+        [
+            "ponte.db",
+            "server.address",
+            "server.key",
+            "server.registration"
+        ]
+    );
+    assert_eq!(keyfile::read_registration(&dest), Some(true));
+    assert_eq!(keyfile::read_address(&dest).unwrap(), Some(printed));
+    assert!(!dest.join(ponte_server::LOCK_FILE).exists());
+}

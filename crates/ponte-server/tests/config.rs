@@ -41,26 +41,104 @@ fn zero_and_absurd_values_are_refused_with_file_line_and_key() {
             "invite_only = true\nlisten = \"127.0.0.1:5222\"\n{key} = {value}\n"
         ));
         assert!(
-            msg.starts_with("/etc/ponte/server.toml: ")
-                && msg.contains("line 3")
-                && msg.contains(&format!("{key}: must be")),
+            msg.starts_with("/etc/ponte/server.toml:3:")
+                && msg.contains(&format!(": {key}: must be")),
             "{key} = {value}: {msg}"
         );
     }
     for table in ["register_limit", "register_limit_per_peer"] {
         let msg = refused(&format!("[{table}]\nburst = 5\nper_hour = 0\n"));
         assert!(
-            msg.contains("line 3") && msg.contains("per_hour: must be at least 1"),
+            msg.starts_with("/etc/ponte/server.toml:3:")
+                && msg.contains(&format!(": {table}.per_hour: must be at least 1")),
             "{msg}"
         );
         let msg = refused(&format!("[{table}]\nburst = 0\nper_hour = 5\n"));
         assert!(
-            msg.contains("line 2") && msg.contains("burst: must be at least 1"),
+            msg.starts_with("/etc/ponte/server.toml:2:")
+                && msg.contains(&format!(": {table}.burst: must be at least 1")),
             "{msg}"
         );
     }
     let msg = refused("\nadmin = \"nowhere\"\n");
-    assert!(msg.contains("line 2") && msg.contains("admin"), "{msg}");
+    assert!(
+        msg.starts_with("/etc/ponte/server.toml:2:") && msg.contains(": admin: "),
+        "{msg}"
+    );
+}
+
+/// Every parse error is one line naming the file, the position and the
+/// key's full path, as the relay's do; one that is about no key has no
+/// empty key in its text.
+#[test]
+fn parse_errors_name_the_key_path_on_one_line() {
+    for (text, start, key, what) in [
+        (
+            "[register_limit]\nper_hour = 5\nburst = \"x\"\n",
+            "/etc/ponte/server.toml:3:",
+            "register_limit.burst",
+            "invalid type",
+        ),
+        (
+            "invite_only = true\n[register_limit_per_peer]\nburst = 1\nper_hour = -1\n",
+            "/etc/ponte/server.toml:4:",
+            "register_limit_per_peer.per_hour",
+            "invalid value",
+        ),
+        (
+            "[register_limit]\nburst = 1\nper_hour = 1\ncolour = 2\n",
+            "/etc/ponte/server.toml:4:",
+            "register_limit.colour",
+            "unknown field",
+        ),
+        (
+            "invite_only = \"yes\"\n",
+            "/etc/ponte/server.toml:1:",
+            "invite_only",
+            "invalid type",
+        ),
+        (
+            "data = \"/d\"\nretension = \"1d\"\n",
+            "/etc/ponte/server.toml:2:",
+            "retension",
+            "unknown field",
+        ),
+        (
+            "max_connections = \"many\"\n",
+            "/etc/ponte/server.toml:1:",
+            "max_connections",
+            "invalid type",
+        ),
+        (
+            "retention = 30\n",
+            "/etc/ponte/server.toml:1:",
+            "retention",
+            "invalid type: integer `30`, expected a duration in quotes",
+        ),
+        (
+            "register_limit = 5\n",
+            "/etc/ponte/server.toml:1:",
+            "register_limit",
+            "invalid type",
+        ),
+    ] {
+        let msg = refused(text);
+        assert!(
+            msg.starts_with(start) && msg.contains(&format!(": {key}: {what}")),
+            "{text:?}: {msg}"
+        );
+        assert!(!msg.contains('\n'), "{text:?}: {msg}");
+        // The key once: no `burst: burst:`.
+        let leaf = key.rsplit('.').next().unwrap();
+        assert_eq!(msg.matches(&format!("{leaf}:")).count(), 1, "{msg}");
+    }
+    // TOML syntax: about no key.
+    let msg = refused("invite_only = true\n[register_limit\n");
+    assert!(
+        msg.starts_with("/etc/ponte/server.toml:2:") && !msg.contains(": :"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
 }
 
 #[test]
@@ -217,4 +295,76 @@ fn an_invite_needs_a_server_database() {
     drop(ponte_server::store::SqliteStore::open(&typo).unwrap());
     let token = ponte_server::create_invite(&typo).unwrap();
     assert_eq!(token.len(), 32);
+}
+
+/// A first start that fails after creating the key (here: its database
+/// cannot be opened) removes what it created, so the next start creates
+/// the key again and says so, instead of quietly using a key nobody was
+/// warned about.
+#[tokio::test]
+async fn a_failed_first_start_leaves_no_key_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("ponte.db")).unwrap();
+    let cfg = ServerConfig::new(&data, "127.0.0.1:0".parse().unwrap());
+    let e = ponte_server::Server::bind(cfg.clone(), None)
+        .await
+        .unwrap_err();
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    assert!(
+        msg.ends_with("ponte.db: not a file, so not a server database: move it away"),
+        "{msg}"
+    );
+    let names: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["ponte.db"], "{msg}");
+
+    // Invites and backups say the same, not that there is no ponte.db.
+    let e = ponte_server::create_invite(&data).unwrap_err();
+    assert!(
+        matches!(e, ServerError::DatabaseNotAFile(_)) && e.to_string().contains("not a file"),
+        "{e}"
+    );
+    let e = ponte_server::backup::backup(&data, &dir.path().join("copy")).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("ponte.db: not a file, so not a server database"),
+        "{e}"
+    );
+    assert!(!dir.path().join("copy").exists());
+
+    std::fs::remove_dir(data.join("ponte.db")).unwrap();
+    let server = ponte_server::Server::bind(cfg, None).await.unwrap();
+    assert!(server.key_created());
+    drop(server);
+}
+
+/// A relative `data` in a config file is the config file's folder's, as a
+/// relay's relative certificate paths are: the file means the same whatever
+/// the working directory (a service manager's is often `/`).
+#[test]
+fn a_relative_data_directory_is_resolved_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let path = etc.join("server.toml");
+    std::fs::write(&path, "data = \"ponte-data\"\n").unwrap();
+    let f = FileConfig::load(&path).unwrap();
+    assert_eq!(
+        f.data,
+        Some(std::path::absolute(&etc).unwrap().join("ponte-data"))
+    );
+    std::fs::write(&path, "data = \"/var/lib/ponte\"\n").unwrap();
+    let f = FileConfig::load(&path).unwrap();
+    assert_eq!(f.data, Some(Path::new("/var/lib/ponte").to_owned()));
+    // Text parsed without a file keeps it as written.
+    let f = FileConfig::parse("data = \"d\"\n", Path::new("server.toml")).unwrap();
+    assert_eq!(f.data, Some(Path::new("d").to_owned()));
 }

@@ -156,6 +156,92 @@ async fn invite_only_and_rate_limit() {
     server.stop().await;
 }
 
+/// A newcomer who mistyped their invite until the address's registration
+/// tokens ran out still gets in with the right one; the failures keep
+/// costing (and telling nothing) once the tokens are gone, and an invite
+/// works once.
+#[tokio::test]
+async fn a_valid_invite_is_accepted_after_failed_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| {
+        c.invite_only = true;
+        c.register_limit = ponte_server::RateLimit {
+            burst: 3,
+            per_hour: 0,
+        };
+    })
+    .await;
+    let dev = Device::new();
+    let mut c = Client::connect(&server, &dev).await;
+    for typo in ["0123", "01234", "012345"] {
+        let body = dev.register_frame("carol", typo);
+        assert_eq!(error_code(&c.request(body).await), ErrorCode::InviteInvalid);
+    }
+    // No token left: a wrong invite, or none, is refused as rate-limited.
+    let body = dev.register_frame("carol", "0123456");
+    let r = c.request(body).await;
+    assert_eq!(error_code(&r), ErrorCode::RateLimited);
+    let server_frame::Body::Error(e) = r else {
+        panic!("expected an error, got {r:?}")
+    };
+    assert!(e.detail.contains("an unused invite"), "{}", e.detail);
+    assert_eq!(
+        error_code(&c.register("carol").await),
+        ErrorCode::RateLimited
+    );
+    // The right invite gets through all the same.
+    let token = ponte_server::create_invite(dir.path()).unwrap();
+    let body = dev.register_frame("carol", &token);
+    assert!(matches!(
+        c.request(body).await,
+        server_frame::Body::Registered(_)
+    ));
+    // Used once: a second device with it is refused, still as rate-limited.
+    let dev2 = Device::new();
+    let mut c2 = Client::connect(&server, &dev2).await;
+    let body = dev2.register_frame("dave", &token);
+    assert_eq!(error_code(&c2.request(body).await), ErrorCode::RateLimited);
+    // A good invite for a taken handle tells nothing either, and is not
+    // used up by the failure.
+    let token2 = ponte_server::create_invite(dir.path()).unwrap();
+    let body = dev2.register_frame("carol", &token2);
+    assert_eq!(error_code(&c2.request(body).await), ErrorCode::RateLimited);
+    let body = dev2.register_frame("dave", &token2);
+    assert!(matches!(
+        c2.request(body).await,
+        server_frame::Body::Registered(_)
+    ));
+    server.stop().await;
+}
+
+/// A malformed registration names the field that is wrong, apart: an
+/// overlong invite is what a user pasted, a bad signature their software.
+#[tokio::test]
+async fn a_malformed_registration_names_the_wrong_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |c| c.invite_only = true).await;
+    let dev = Device::new();
+    let mut c = Client::connect(&server, &dev).await;
+    let detail = |r: server_frame::Body| match r {
+        server_frame::Body::Error(e) => {
+            assert_eq!(ErrorCode::try_from(e.code), Ok(ErrorCode::InvalidArgument));
+            e.detail
+        }
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let long = "ab".repeat(100);
+    let d = detail(c.request(dev.register_frame("carol", &long)).await);
+    assert!(d.starts_with("invite too long"), "{d}");
+    assert!(!d.contains("signature"), "{d}");
+    let client_frame::Body::Register(mut r) = dev.register_frame("carol", "") else {
+        unreachable!("register_frame builds a Register")
+    };
+    r.signature = Bytes::from_static(b"short");
+    let d = detail(c.request(client_frame::Body::Register(r)).await);
+    assert!(d.contains("signature") && !d.contains("invite"), "{d}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn keys_upload_claim_and_fallback() {
     let dir = tempfile::tempdir().unwrap();

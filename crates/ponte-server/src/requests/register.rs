@@ -2,6 +2,13 @@
 //! registration signature verifies, the address is within its registration
 //! rate and (on an invite-only server) the invite is good. A created account
 //! is logged in at once.
+//!
+//! On an invite-only server a request that carries an invite is not held
+//! back by the rate limit: it goes to the store, then takes a token if one
+//! is left, and only a failure needs one: a failure with no token left is
+//! answered `RATE_LIMITED`, so a flood of guessed invites learns nothing,
+//! not even whether a handle is taken. Other requests take a token before
+//! they reach the store.
 
 use super::{arr, verify, Context, Online, Refusal, Reply, Request, Runs};
 use crate::store::{AccountInfo, NewAccount, RegisterOutcome, UnixMillis};
@@ -39,33 +46,49 @@ impl Request for messages::Register {
                 "keys must be 32 bytes",
             ));
         };
-        if r.signature.len() != messages::SIGNATURE_LEN || r.invite.len() > MAX_INVITE_LEN {
+        if r.signature.len() != messages::SIGNATURE_LEN {
             return Err(Refusal::new(
                 ErrorCode::InvalidArgument,
-                "bad signature or invite length",
+                "the registration signature must be 64 bytes",
             ));
         }
-        // Rate limits first (checking takes no token): a flood of bad
-        // signatures must not cost a signature verification each.
+        if r.invite.len() > MAX_INVITE_LEN {
+            // The invite is what a user pasted: say which field is wrong.
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "invite too long (at most 128 bytes): an invite is 32 hex digits",
+            ));
+        }
         let now = Instant::now();
-        let may = shared.register_by_source.check(peer.source_ip, now)
-            && shared.register_by_peer.check(peer.peer_ip, now);
         let signed =
             messages::registration_signing_string(&r.handle, &curve, &ed, &peer.device_key);
-        if may && !verify(&ed, &signed, &r.signature) {
-            return Err(Refusal::new(
-                ErrorCode::BadSignature,
-                "registration signature",
-            ));
-        }
-        let allowed = may
-            && shared.register_by_source.take(peer.source_ip, now)
-            && shared.register_by_peer.take(peer.peer_ip, now);
-        if !allowed {
-            return Err(Refusal::new(
-                ErrorCode::RateLimited,
-                "too many registrations from this address; try again later",
-            ));
+        // On an invite-only server a request with an invite is checked
+        // against the invite, not the bucket: a newcomer who mistyped a few
+        // times still gets in with the right one (which works once). Once
+        // no token is left a failure is answered as rate-limited, whatever
+        // it was.
+        let with_invite = shared.cfg.invite_only && !r.invite.is_empty();
+        if with_invite {
+            if !verify(&ed, &signed, &r.signature) {
+                return Err(Refusal::new(
+                    ErrorCode::BadSignature,
+                    "registration signature",
+                ));
+            }
+        } else {
+            // Rate limits first (checking takes no token): a flood of bad
+            // signatures must not cost a signature verification each.
+            let may = shared.register_by_source.check(peer.source_ip, now)
+                && shared.register_by_peer.check(peer.peer_ip, now);
+            if may && !verify(&ed, &signed, &r.signature) {
+                return Err(Refusal::new(
+                    ErrorCode::BadSignature,
+                    "registration signature",
+                ));
+            }
+            if !(may && take_tokens(&cx, now)) {
+                return Err(rate_limited(shared.cfg.invite_only));
+            }
         }
         let outcome = shared
             .store
@@ -80,6 +103,15 @@ impl Request for messages::Register {
                 now: UnixMillis::now(),
             })
             .await;
+        if with_invite {
+            // Every attempt takes a token while there are any; only a
+            // failure needs one.
+            let took = take_tokens(&cx, now);
+            let failed = matches!(&outcome, Ok(o) if !matches!(o, RegisterOutcome::Created(_)));
+            if failed && !took {
+                return Err(rate_limited(true));
+            }
+        }
         let (code, detail) = match outcome {
             Ok(RegisterOutcome::Created(id)) => {
                 shared.metrics.registrations.inc();
@@ -114,4 +146,24 @@ impl Request for messages::Register {
         };
         Err(Refusal::new(code, detail))
     }
+}
+
+/// Takes a registration token for the source and for the peer address.
+fn take_tokens(cx: &Context, now: Instant) -> bool {
+    let (shared, peer) = (&cx.shared, &cx.peer);
+    shared.register_by_source.take(peer.source_ip, now)
+        && shared.register_by_peer.take(peer.peer_ip, now)
+}
+
+/// The refusal once an address has no registration tokens left.
+fn rate_limited(invite_only: bool) -> Refusal {
+    Refusal::new(
+        ErrorCode::RateLimited,
+        if invite_only {
+            "too many failed registrations from this address: try again later; an unused \
+             invite with a free handle is accepted now"
+        } else {
+            "too many registrations from this address; try again later"
+        },
+    )
 }

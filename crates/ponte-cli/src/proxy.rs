@@ -26,16 +26,29 @@ pub struct ProxyArgs {
 
 #[derive(Debug, Args)]
 struct ConfigSource {
-    /// Built-in layout: `whatsapp` (WhatsApp's official proxy) or `ponte`
-    /// (in front of a Ponte server; needs --upstream).
+    /// Built-in layout: `whatsapp` (WhatsApp's official proxy), `ponte`
+    /// (in front of a Ponte server; needs --upstream) or `stealth` (a Ponte
+    /// server's front door that probes see as the --cover site; needs
+    /// --upstream, --cover and --domain).
     #[arg(long, value_name = "NAME", conflicts_with = "config")]
     preset: Option<Preset>,
     /// A TOML configuration file (see examples/).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The Ponte server to front (preset `ponte`): HOST:PORT.
+    /// The Ponte server to front (presets `ponte` and `stealth`): HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     upstream: Option<HostPort>,
+    /// The HTTPS site that everyone without a link's secret is handed to
+    /// (preset `stealth`): HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    cover: Option<HostPort>,
+    /// The DNS name the cover site answers to (preset `stealth`).
+    #[arg(long, value_name = "NAME")]
+    domain: Option<String>,
+    /// The link secrets file (preset `stealth`; default `secrets.toml` in the
+    /// working directory).
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
     /// Admin endpoint address (status page, /metrics, /healthz).
     #[arg(long, value_name = "ADDR", conflicts_with = "no_admin")]
     admin: Option<ListenAddr>,
@@ -94,7 +107,24 @@ impl ConfigSource {
                         "--upstream is for --preset ponte; the whatsapp preset has fixed upstreams"
                     );
                 }
-                Config::preset(preset, self.upstream.clone())?
+                if preset != Preset::Stealth
+                    && (self.cover.is_some() || self.domain.is_some() || self.secrets.is_some())
+                {
+                    bail!("--cover, --domain and --secrets go with --preset stealth");
+                }
+                if preset == Preset::Stealth {
+                    match (&self.upstream, &self.cover, &self.domain) {
+                        (Some(up), Some(cover), Some(domain)) => Config::stealth_preset(
+                            up.clone(),
+                            cover.clone(),
+                            domain,
+                            self.secrets.clone(),
+                        )?,
+                        _ => bail!("--preset stealth needs --upstream HOST:PORT, --cover HOST:PORT and --domain NAME"),
+                    }
+                } else {
+                    Config::preset(preset, self.upstream.clone())?
+                }
             }
         };
         if let Some(a) = self.admin {

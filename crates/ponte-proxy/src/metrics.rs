@@ -122,6 +122,8 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// TLS certificate reloads, by outcome.
     pub cert_reloads: Family<ResultLabel, Counter>,
+    /// Stealth listeners' counters, per link label.
+    pub stealth: crate::stealth::StealthMetrics,
 }
 
 /// Outcome label.
@@ -162,6 +164,7 @@ impl Metrics {
             connect_seconds: Family::new_with_constructor(connect_histogram),
             accept_errors: Counter::default(),
             cert_reloads: Family::default(),
+            stealth: Default::default(),
         };
         let r = &mut m.registry;
         r.register("connections_open", "Connections open now", m.open.clone());
@@ -216,6 +219,7 @@ impl Metrics {
             "Certificate reloads, by result",
             m.cert_reloads.clone(),
         );
+        m.stealth.register(r);
         m
     }
 

@@ -45,7 +45,7 @@ pub const SECRET_LEN: usize = 16;
 
 /// A per-link secret: 16 random bytes, written in links and files as
 /// unpadded base64url (22 characters). `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Secret([u8; SECRET_LEN]);
 
 impl Secret {

@@ -155,6 +155,45 @@ impl SecretsFile {
         Ok(file)
     }
 
+    /// Adds a link with a new random secret; `None` when `label` is taken
+    /// or not a valid label.
+    pub fn add(
+        &mut self,
+        label: &str,
+        expires: Option<u64>,
+        max_connections: Option<u32>,
+    ) -> Option<Secret> {
+        if !valid_label(label) || self.secret.iter().any(|e| e.label == label) {
+            return None;
+        }
+        let mut bytes = [0u8; ponte_wire::stealth::SECRET_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        let secret = Secret::from_bytes(bytes);
+        self.secret.push(SecretEntry {
+            label: label.to_owned(),
+            secret: secret.to_text(),
+            created: now_unix(),
+            expires,
+            max_connections,
+        });
+        Some(secret)
+    }
+
+    /// A label not in use yet: `link-1`, `link-2`, …
+    pub fn free_label(&self) -> String {
+        (1..)
+            .map(|i| format!("link-{i}"))
+            .find(|l| self.secret.iter().all(|e| &e.label != l))
+            .unwrap_or_else(|| "link".to_owned())
+    }
+
+    /// Removes `label`; whether it was there.
+    pub fn revoke(&mut self, label: &str) -> bool {
+        let before = self.secret.len();
+        self.secret.retain(|e| e.label != label);
+        self.secret.len() != before
+    }
+
     /// Writes the file atomically with mode 0600.
     pub fn save(&self, path: &Path) -> Result<(), SecretsError> {
         let io = |error| SecretsError::Io {

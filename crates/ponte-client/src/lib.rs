@@ -7,8 +7,10 @@
 //! - [`store`]: the SQLite database: identity, contacts, sessions, history,
 //!   outbox, tick states, deduplication;
 //! - [`route`]: how bytes reach the server ([`route::Route`]: direct TCP,
-//!   or through a relay over `tcp://` / `tls://`), relay URLs and share
-//!   links, and the happy-eyeballs race between routes;
+//!   or through a relay over `tcp://` / `tls://` / stealth), relay URLs
+//!   and share links, and the happy-eyeballs race between routes;
+//! - [`stealth`]: the opening of a stealth relay route (a Chrome-shaped
+//!   ClientHello carrying the link's tag, the relay's tag checked);
 //! - [`connection`]: one authenticated connection to a server over a route
 //!   (Noise transport, protobuf requests and pushes);
 //! - [`client`]: the operations the CLI exposes (register, send, sync,
@@ -24,6 +26,7 @@ pub mod client;
 pub mod connection;
 pub mod profile;
 pub mod route;
+pub mod stealth;
 pub mod store;
 
 pub use client::Client;

@@ -26,6 +26,9 @@
 //!
 //! The TLS layer is camouflage, not security: Noise inside still
 //! authenticates the server end to end.
+//!
+//! With the feature `io`, [`stream`] adapts a tokio stream to the record
+//! framing (the relay and the client share it).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -34,6 +37,8 @@ use std::fmt;
 pub mod hello;
 pub mod record;
 pub mod reply;
+#[cfg(feature = "io")]
+pub mod stream;
 pub mod tag;
 pub mod template;
 

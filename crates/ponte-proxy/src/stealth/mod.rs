@@ -22,7 +22,11 @@
 pub mod cover;
 pub mod replay;
 pub mod secrets;
-pub mod stream;
+
+/// The record stream adapter, shared with the client.
+pub mod stream {
+    pub use ponte_wire::stealth::stream::RecordStream;
+}
 
 use crate::config::HostPort;
 use ponte_wire::stealth::{hello, reply, tag};

@@ -1,16 +1,17 @@
-//! A byte stream carried in TLS application-data records: reads unwrap them
-//! ([`Deframer`]), writes wrap each write in one record of at most
-//! [`MAX_WRITE_PAYLOAD`] bytes. The relay's data path runs on it like on
-//! any other client stream.
+//! A byte stream carried in TLS application-data records, over any tokio
+//! stream (feature `io`): reads unwrap them ([`Deframer`]), writes wrap each
+//! write in one record of at most [`MAX_WRITE_PAYLOAD`] bytes. The relay's
+//! data path and the client's Noise channel run on it like on any other
+//! stream. It does no I/O of its own: it only adapts the stream it is given.
 
-use ponte_wire::stealth::record::{app_data_header, Deframer, MAX_WRITE_PAYLOAD};
+use super::record::{app_data_header, Deframer, MAX_WRITE_PAYLOAD};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Read buffer: one full record and its header.
-const READ_BUF: usize = 5 + ponte_wire::stealth::record::MAX_RECORD_PAYLOAD;
+const READ_BUF: usize = 5 + super::record::MAX_RECORD_PAYLOAD;
 
 /// A stream of application-data records over `S`.
 #[derive(Debug)]

@@ -263,7 +263,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT; SIGHUP reloads certificates meanwhile.
+/// Resolves on SIGTERM or SIGINT; SIGHUP reloads certificates and link
+/// secrets meanwhile.
 async fn shutdown_signal(reload: ponte_proxy::ReloadHandle) {
     #[cfg(unix)]
     {
@@ -281,7 +282,7 @@ async fn shutdown_signal(reload: ponte_proxy::ReloadHandle) {
                 _ = term.recv() => return,
                 _ = tokio::signal::ctrl_c() => return,
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading certificates");
+                    tracing::info!("SIGHUP: reloading certificates and link secrets");
                     reload.reload();
                 }
             }

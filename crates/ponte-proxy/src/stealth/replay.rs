@@ -18,11 +18,13 @@ pub const SLOTS: usize = 1 << 20;
 /// Slots per bucket.
 pub const WAYS: usize = 8;
 
-/// One slot: tag prefix and time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Slot {
-    tag: [u8; 12],
-    time: u32,
+/// One slot: 12 bytes of tag, then the time (u32, little-endian). A plain
+/// byte array, so the zeroed table comes from the allocator's zeroed pages
+/// (no byte is written at start).
+type Slot = [u8; 16];
+
+fn time_of(s: &Slot) -> u32 {
+    u32::from_le_bytes([s[12], s[13], s[14], s[15]])
 }
 
 /// The cache; one lock, held for a bucket scan (eight comparisons).
@@ -42,7 +44,7 @@ impl ReplayCache {
     /// once; the kernel backs its pages only as they are written.
     pub fn new() -> Self {
         ReplayCache {
-            slots: Mutex::new(vec![Slot::default(); SLOTS]),
+            slots: Mutex::new(vec![[0u8; 16]; SLOTS]),
         }
     }
 
@@ -54,21 +56,21 @@ impl ReplayCache {
     /// Records `key` (a tag's replay key) seen with time `time`. Returns
     /// `false` when it was already there: a replay.
     pub fn insert(&self, key: &[u8; 16], time: u32) -> bool {
-        let mut tag = [0u8; 12];
-        tag.copy_from_slice(&key[..12]);
+        let tag = &key[..12];
         let time = time.max(1);
         let bucket =
             (u32::from_le_bytes([key[12], key[13], key[14], key[15]]) as usize) % (SLOTS / WAYS);
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let b = &mut slots[bucket * WAYS..(bucket + 1) * WAYS];
-        if b.iter().any(|s| s.time != 0 && s.tag == tag) {
+        if b.iter().any(|s| time_of(s) != 0 && &s[..12] == tag) {
             return false;
         }
         let victim = b
             .iter_mut()
-            .min_by_key(|s| s.time)
+            .min_by_key(|s| time_of(s))
             .expect("a bucket has WAYS > 0 slots");
-        *victim = Slot { tag, time };
+        victim[..12].copy_from_slice(tag);
+        victim[12..].copy_from_slice(&time.to_le_bytes());
         true
     }
 }

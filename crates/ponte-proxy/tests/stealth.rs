@@ -352,6 +352,29 @@ async fn every_probe_sees_the_cover() {
     );
 }
 
+/// A genuine first flight replayed to the relay after it restarted (its
+/// replay cache empty) goes to the cover: tags older than the start are
+/// refused.
+#[tokio::test]
+async fn first_flight_replayed_after_a_restart_sees_the_cover() {
+    let first = setup().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let hello = first_flight(&secret(1), now_unix());
+    let mut c = genuine(first.relay(), &secret(1), &hello).await;
+    echo(&mut c, b"recorded").await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let restarted = setup().await;
+    let (via, direct) = tokio::join!(
+        probe(restarted.relay(), &hello),
+        probe(restarted.cover.addr, &hello)
+    );
+    assert_same("replayed after a restart", &via, &direct);
+    let fresh = first_flight(&secret(1), now_unix());
+    let mut c = genuine(restarted.relay(), &secret(1), &fresh).await;
+    echo(&mut c, b"a fresh flight still works").await;
+}
+
 #[tokio::test]
 async fn https_session_through_the_relay_gets_the_cover_page() {
     let s = setup().await;

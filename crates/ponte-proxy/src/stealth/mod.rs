@@ -9,7 +9,8 @@
 //!    handshake timeout.
 //! 2. If the bytes are a ClientHello ([`ponte_wire::stealth::hello`]) whose
 //!    tag verifies under a live secret ([`secrets`]) with a time inside the
-//!    window, has never been seen ([`replay`]), and the secret has not
+//!    window and not before the relay started (the replay cache does not
+//!    survive a restart), has never been seen ([`replay`]), and the secret has not
 //!    expired nor reached its connection cap: answer with the tagged server
 //!    flight and hand the connection on as a [`stream::RecordStream`]; the
 //!    cover connection is dropped unused.
@@ -144,6 +145,9 @@ pub struct StealthListener {
     replay: ReplayCache,
     metrics: StealthMetrics,
     connect_timeout: Duration,
+    /// Tags older than the relay's start are refused: the replay cache
+    /// starts empty, so a flight recorded before a restart must not pass.
+    not_before: u32,
 }
 
 /// A connection after the first flight.
@@ -201,6 +205,7 @@ impl StealthListener {
             replay: ReplayCache::new(),
             metrics,
             connect_timeout,
+            not_before: secrets::now_unix() as u32,
         }
     }
 
@@ -333,6 +338,9 @@ impl StealthListener {
         }
         let now = secrets::now_unix();
         let v = tag::verify(&h, set.secrets(), now).ok()?;
+        if (v.time.wrapping_sub(self.not_before) as i32) < 0 {
+            return None;
+        }
         if !self.replay.insert(&v.replay_key, v.time) {
             self.metrics
                 .replays

@@ -421,3 +421,69 @@ impl Secrets {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn set_with(expires: Option<u64>, max: Option<u32>) -> (tempfile::TempDir, Secrets) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.toml");
+        let mut f = SecretsFile::default();
+        f.add("a", None, None).unwrap();
+        f.secret[0].expires = expires;
+        f.secret[0].max_connections = max;
+        f.save(&path).unwrap();
+        let s = Secrets::open(&path).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn expired_link_is_not_admitted() {
+        let (_d, s) = set_with(Some(1000), None);
+        let set = s.current();
+        assert!(set.admit(0, 999).is_some());
+        assert!(set.admit(0, 1000).is_none());
+    }
+
+    #[test]
+    fn link_cap_counts_open_connections() {
+        let (_d, s) = set_with(None, Some(2));
+        let set = s.current();
+        let a = set.admit(0, 1).unwrap();
+        let b = set.admit(0, 1).unwrap();
+        assert!(set.admit(0, 1).is_none());
+        assert_eq!(a.link().open(), 2);
+        drop(b);
+        assert!(set.admit(0, 1).is_some());
+        drop(a);
+        assert_eq!(set.links().next().unwrap().open(), 0);
+    }
+
+    #[test]
+    fn reload_keeps_link_state_and_cancels_removed_labels() {
+        let (d, s) = set_with(None, None);
+        let path = d.path().join("secrets.toml");
+        let mut f = SecretsFile::load(&path).unwrap();
+        f.add("b", None, None).unwrap();
+        f.save(&path).unwrap();
+        assert!(s.reload(true).unwrap());
+        let set = s.current();
+        let guard_a = set.admit(0, 1).unwrap();
+        let link_b = Arc::clone(set.links().nth(1).unwrap());
+        assert!(f.revoke("b"));
+        assert!(!f.revoke("b"));
+        f.save(&path).unwrap();
+        assert!(s.reload(true).unwrap());
+        assert!(link_b.revoked().is_cancelled());
+        assert!(!guard_a.link().revoked().is_cancelled());
+        let now = s.current();
+        assert_eq!(now.len(), 1);
+        assert!(Arc::ptr_eq(now.links().next().unwrap(), guard_a.link()));
+        assert_eq!(now.links().next().unwrap().open(), 1);
+        assert_eq!(f.free_label(), "link-1");
+        assert!(f.add("a", None, None).is_none(), "labels are unique");
+        assert!(f.add("bad label", None, None).is_none());
+    }
+}

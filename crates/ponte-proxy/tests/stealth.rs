@@ -23,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 const DOMAIN: &str = "www.cover.example";
 /// How long the cover waits for a TLS handshake or a request.
 const COVER_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long the relay waits for a first flight.
+const RELAY_HANDSHAKE: &str = "500ms";
 
 /// A small HTTPS site: TLS with a self-signed certificate, one page, and a
 /// handshake/request timeout after which it closes.
@@ -39,6 +41,10 @@ impl Drop for Cover {
 
 impl Cover {
     async fn start() -> Cover {
+        Self::start_with(COVER_TIMEOUT).await
+    }
+
+    async fn start_with(timeout: Duration) -> Cover {
         let ck = rcgen::generate_simple_self_signed(vec![DOMAIN.to_owned()]).unwrap();
         let cert = rustls_pki_types::CertificateDer::from(ck.cert.der().to_vec());
         let key = rustls_pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).unwrap();
@@ -59,7 +65,7 @@ impl Cover {
                 let Ok((s, _)) = l.accept().await else { return };
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let deadline = tokio::time::Instant::now() + COVER_TIMEOUT;
+                    let deadline = tokio::time::Instant::now() + timeout;
                     let Ok(Ok(mut t)) = tokio::time::timeout_at(deadline, acceptor.accept(s)).await
                     else {
                         return;
@@ -130,15 +136,18 @@ impl Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(Cover::start().await, RELAY_HANDSHAKE).await
+}
+
+async fn setup_with(cover: Cover, handshake: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let up = FakeUpstream::start("127.0.0.1:0", false).await;
-    let cover = Cover::start().await;
     let secrets = dir.path().join("secrets.toml");
     write_secrets(&secrets, &[("friends", &secret(1)), ("family", &secret(2))]);
     let mut cfg =
         Config::stealth_preset(up.host_port(), cover.host_port(), DOMAIN, Some(secrets)).unwrap();
     cfg.upstream.get_mut("server").unwrap().send_proxy = Default::default();
-    cfg.timeouts.handshake = "500ms".parse().unwrap();
+    cfg.timeouts.handshake = handshake.parse().unwrap();
     loopback(&mut cfg);
     let relay = start(cfg).await;
     Setup {
@@ -350,6 +359,26 @@ async fn every_probe_sees_the_cover() {
             .unwrap()
             >= 1.0
     );
+}
+
+/// A cover that gives up on silent clients sooner than the relay's
+/// first-flight deadline: a silent probe and one that sent half a header
+/// are closed when the cover closes, not at the relay's deadline.
+#[tokio::test]
+async fn probes_close_when_a_quick_cover_closes() {
+    let s = setup_with(Cover::start_with(Duration::from_millis(300)).await, "3s").await;
+    for (name, bytes) in [
+        ("silent", Vec::new()),
+        ("half a header", vec![0x16, 0x03, 0x01]),
+    ] {
+        let (via, direct) = tokio::join!(probe(s.relay(), &bytes), probe(s.cover.addr, &bytes));
+        assert_same(name, &via, &direct);
+        assert!(
+            via.after < Duration::from_secs(1),
+            "{name}: {:?}",
+            via.after
+        );
+    }
 }
 
 /// A genuine first flight replayed to the relay after it restarted (its

@@ -16,7 +16,7 @@
 //!    cover connection is dropped unused.
 //! 3. Anything else, at the first byte that rules the connection out (not a
 //!    handshake record, a length out of range, the client closing, the
-//!    deadline, a bad tag): write what was read to the cover and relay both
+//!    deadline, the cover speaking or closing first, a bad tag): write what was read to the cover and relay both
 //!    ways. The relay sends nothing of its own and logs nothing about the
 //!    client; only aggregate counters move.
 
@@ -187,6 +187,20 @@ enum Decision {
     Cover,
 }
 
+/// Completes when the connected cover has bytes or its end of file to read;
+/// never while it is not connected.
+async fn cover_readable(cover: &Option<std::io::Result<TcpStream>>) {
+    match cover {
+        Some(Ok(c)) => {
+            // A peek completes only on a byte, the end of file or an error
+            // (readiness alone can be spurious).
+            let mut byte = [0u8; 1];
+            let _ = c.peek(&mut byte).await;
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 impl StealthListener {
     /// A listener's stealth state; `secrets` is shared by listeners that
     /// name the same file.
@@ -277,6 +291,12 @@ impl StealthListener {
                             cover = Some(c);
                         }
                         _ = tokio::time::sleep_until(deadline) => {
+                            buf.truncate(start);
+                            break Decision::Cover;
+                        }
+                        // The cover spoke first or gave up (its own timeout):
+                        // from here on the client talks to the cover.
+                        _ = cover_readable(&cover) => {
                             buf.truncate(start);
                             break Decision::Cover;
                         }

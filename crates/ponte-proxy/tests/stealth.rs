@@ -122,7 +122,7 @@ fn secret(n: u8) -> Secret {
 struct Setup {
     relay: Running,
     cover: Cover,
-    _up: FakeUpstream,
+    up: FakeUpstream,
     dir: tempfile::TempDir,
 }
 
@@ -141,19 +141,18 @@ async fn setup() -> Setup {
 
 async fn setup_with(cover: Cover, handshake: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let up = FakeUpstream::start("127.0.0.1:0", false).await;
+    let up = FakeUpstream::start("127.0.0.1:0", true).await;
     let secrets = dir.path().join("secrets.toml");
     write_secrets(&secrets, &[("friends", &secret(1)), ("family", &secret(2))]);
     let mut cfg =
         Config::stealth_preset(up.host_port(), cover.host_port(), DOMAIN, Some(secrets)).unwrap();
-    cfg.upstream.get_mut("server").unwrap().send_proxy = Default::default();
     cfg.timeouts.handshake = handshake.parse().unwrap();
     loopback(&mut cfg);
     let relay = start(cfg).await;
     Setup {
         relay,
         cover,
-        _up: up,
+        up,
         dir,
     }
 }
@@ -221,6 +220,13 @@ async fn genuine_client_reaches_the_upstream() {
     let s = setup().await;
     let mut c = genuine(s.relay(), &secret(2), &first_flight(&secret(2), now_unix())).await;
     echo(&mut c, b"hello through the stealth relay").await;
+    // The preset's PROXY v1 header carries the client's address; nothing of
+    // the TLS layer reaches the upstream (the echo is exact).
+    let client = c.get_ref().local_addr().unwrap();
+    match &s.up.seen()[..] {
+        [Seen::Header(h)] => assert_eq!(h.tcp_source(), Some(client)),
+        other => panic!("expected one PROXY header, got {other:?}"),
+    }
     let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
     echo(&mut c, &big).await;
     assert_eq!(
@@ -467,6 +473,26 @@ async fn stealth_config_is_checked() {
         })
     );
     assert_eq!(Config::from_toml(&cfg.to_toml(), None).unwrap(), cfg);
+    // The preset: one stealth listener on 443 (both families), the admin
+    // endpoint on loopback, nothing else.
+    let preset = Config::stealth_preset(
+        "127.0.0.1:5222".parse().unwrap(),
+        "127.0.0.1:8443".parse().unwrap(),
+        "www.example.com",
+        None,
+    )
+    .unwrap();
+    assert_eq!(preset.listener.len(), 1);
+    let ports: Vec<u16> = preset.listener[0]
+        .listen
+        .get_ref()
+        .iter()
+        .map(|a| a.0.port())
+        .collect();
+    assert_eq!(ports, [443, 443]);
+    assert!(preset.listener[0].stealth.is_some());
+    assert!(preset.admin.unwrap().listen.get_ref().0.ip().is_loopback());
+    assert!(Config::preset(ponte_proxy::Preset::Stealth, None).is_err());
     let with_tls = format!("{base}tls = \"self-signed\"\n[listener.stealth]\ncover = \"127.0.0.1:8443\"\ndomain = \"www.example.com\"\n");
     let e = Config::from_toml(&with_tls, None).unwrap_err();
     assert!(e.message.contains("takes no tls"), "{e}");

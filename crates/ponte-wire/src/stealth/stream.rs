@@ -46,6 +46,11 @@ impl<S> RecordStream<S> {
             wpos: 0,
         }
     }
+
+    /// The stream underneath.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {

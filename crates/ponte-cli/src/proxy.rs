@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct ProxyArgs {
     #[command(subcommand)]
     command: Option<ProxyCommand>,
@@ -26,17 +25,30 @@ pub struct ProxyArgs {
 
 #[derive(Debug, Args)]
 struct ConfigSource {
-    /// Built-in layout: `whatsapp` (WhatsApp's official proxy) or `ponte`
-    /// (in front of a Ponte server; needs --upstream).
+    /// Built-in layout: `whatsapp` (WhatsApp's official proxy), `ponte`
+    /// (in front of a Ponte server; needs --upstream) or `stealth` (a Ponte
+    /// server's front door that probes see as the --cover site; needs
+    /// --upstream, --cover and --domain).
     #[arg(long, value_name = "NAME", conflicts_with = "config")]
     preset: Option<Preset>,
     /// A TOML configuration file (see examples/).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The Ponte server to front (preset `ponte`): HOST:PORT, or the
+    /// The Ponte server to front (presets `ponte` and `stealth`): HOST:PORT, or the
     /// server's ponte://HOST:PORT#KEY address (only its host and port are used).
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_upstream)]
     upstream: Option<HostPort>,
+    /// The HTTPS site that everyone without a link's secret is handed to
+    /// (preset `stealth`): HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    cover: Option<HostPort>,
+    /// The DNS name the cover site answers to (preset `stealth`).
+    #[arg(long, value_name = "NAME")]
+    domain: Option<String>,
+    /// The link secrets file (preset `stealth`; default `secrets.toml` in the
+    /// working directory).
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
     /// Admin endpoint address (status page, /metrics, /healthz).
     #[arg(long, value_name = "ADDR", conflicts_with = "no_admin")]
     admin: Option<ListenAddr>,
@@ -58,6 +70,58 @@ struct ConfigSource {
 enum ProxyCommand {
     /// Print the share link users open to use this relay, with a QR code.
     Link(LinkArgs),
+    /// Manage the links of a stealth relay: each has its own secret.
+    Secret(SecretArgs),
+}
+
+#[derive(Debug, Args)]
+struct SecretArgs {
+    /// The relay's configuration file (its stealth listener names the
+    /// secrets file).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    action: SecretAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretAction {
+    /// Make a new link with its own secret and print it, with a QR code.
+    Add(SecretAdd),
+    /// Show the links: label, creation, expiry, connections open now.
+    List,
+    /// Cut a link: new connections with it go to the cover site, and a
+    /// running relay ends its open connections (within 5 s, or on SIGHUP).
+    Revoke {
+        /// The link's label.
+        label: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SecretAdd {
+    /// The relay's public host name or IP address, as users will reach it.
+    #[arg(long)]
+    host: String,
+    /// A name for the link (letters, digits, -, _ and .; default link-N).
+    #[arg(long)]
+    label: Option<String>,
+    /// The link stops working after this long: 30d, 12h, 90m.
+    #[arg(long, value_name = "DURATION")]
+    expires: Option<String>,
+    /// Connections open at once with this link.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
+    /// Base of the https:// form (the link's details stay after `#`, which
+    /// no web server receives); default https://DOMAIN/relay.
+    #[arg(long, value_name = "URL")]
+    web_base: Option<String>,
+    /// Draw the QR code for a terminal with dark text on a light background.
+    #[arg(long)]
+    light: bool,
+    /// Print only the links, without the QR code.
+    #[arg(long)]
+    no_qr: bool,
 }
 
 #[derive(Debug, Args)]
@@ -105,7 +169,24 @@ impl ConfigSource {
                         "--upstream is for --preset ponte; the whatsapp preset has fixed upstreams"
                     );
                 }
-                Config::preset(preset, self.upstream.clone())?
+                if preset != Preset::Stealth
+                    && (self.cover.is_some() || self.domain.is_some() || self.secrets.is_some())
+                {
+                    bail!("--cover, --domain and --secrets go with --preset stealth");
+                }
+                if preset == Preset::Stealth {
+                    match (&self.upstream, &self.cover, &self.domain) {
+                        (Some(up), Some(cover), Some(domain)) => Config::stealth_preset(
+                            up.clone(),
+                            cover.clone(),
+                            domain,
+                            self.secrets.clone(),
+                        )?,
+                        _ => bail!("--preset stealth needs --upstream HOST:PORT, --cover HOST:PORT and --domain NAME"),
+                    }
+                } else {
+                    Config::preset(preset, self.upstream.clone())?
+                }
             }
         };
         if let Some(a) = self.admin {
@@ -129,8 +210,15 @@ impl ConfigSource {
 }
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    if let Some(ProxyCommand::Link(l)) = args.command {
-        return print_link(l);
+    match args.command {
+        Some(ProxyCommand::Link(l)) => {
+            if args.source.config.is_some() || args.source.preset.is_some() {
+                bail!("put the relay's options after `link`: ponte proxy link -c FILE --host HOST");
+            }
+            return print_link(l);
+        }
+        Some(ProxyCommand::Secret(s)) => return secret(s, args.source.config),
+        None => {}
     }
     let cfg = args.source.load()?;
     if args.print_config {
@@ -231,7 +319,8 @@ impl Signals {
         Signals {}
     }
 
-    /// Resolves on SIGTERM or SIGINT; SIGHUP reloads certificates meanwhile.
+    /// Resolves on SIGTERM or SIGINT; SIGHUP reloads certificates and link
+    /// secrets meanwhile.
     async fn shutdown(self, reload: ponte_proxy::ReloadHandle) {
         #[cfg(unix)]
         {
@@ -244,7 +333,7 @@ impl Signals {
                     _ = term.recv() => return,
                     _ = int.recv() => return,
                     _ = hup.recv() => {
-                        tracing::info!("SIGHUP: reloading certificates");
+                        tracing::info!("SIGHUP: reloading certificates and link secrets");
                         reload.reload();
                     }
                 }
@@ -261,6 +350,9 @@ impl Signals {
 fn print_link(args: LinkArgs) -> anyhow::Result<ExitCode> {
     ponte_wire::link::validate_host(&args.host)?;
     let cfg = args.source.load()?;
+    if cfg.listener.iter().any(|l| l.stealth.is_some()) {
+        bail!("each link of a stealth relay carries its own secret: ponte proxy -c FILE secret add --host {}", args.host);
+    }
     let theme = if args.light {
         qr::Theme::LightTerminal
     } else {
@@ -298,10 +390,216 @@ fn print_link(args: LinkArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The stealth listener of the configuration at `path`: its secrets file,
+/// port and cover name.
+fn stealth_listener(path: &std::path::Path) -> anyhow::Result<(PathBuf, u16, String)> {
+    let cfg = Config::load(path)?;
+    let l = cfg
+        .listener
+        .iter()
+        .find(|l| l.stealth.is_some())
+        .with_context(|| {
+            format!(
+                "{}: no stealth listener ([listener.stealth])",
+                path.display()
+            )
+        })?;
+    let st = l.stealth.as_ref().context("stealth listener")?;
+    let port = l.listen.get_ref().first().map_or(443, |a| a.0.port());
+    Ok((st.secrets_path(Some(path)), port, st.domain.clone()))
+}
+
+/// `30d`, `12h`, `90m`, `45s`, `2w` in seconds.
+fn parse_duration(text: &str) -> anyhow::Result<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .with_context(|| format!("duration `{text}` needs a unit (s, m, h, d, w)"))?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("duration `{text}` must start with a whole number"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => bail!("duration `{text}`: unknown unit `{unit}` (s, m, h, d, w)"),
+    };
+    Ok(n.saturating_mul(unit))
+}
+
+/// `YYYY-MM-DD HH:MM` UTC for unix seconds.
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Open connections per label from a running relay's /metrics; empty when
+/// it cannot be reached.
+fn open_counts(path: &std::path::Path) -> std::collections::HashMap<String, String> {
+    use std::io::{Read as _, Write as _};
+    let mut out = std::collections::HashMap::new();
+    let Ok(cfg) = Config::load(path) else {
+        return out;
+    };
+    let Some(admin) = cfg.admin.as_ref().map(|a| a.listen.get_ref().0) else {
+        return out;
+    };
+    let timeout = std::time::Duration::from_secs(2);
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&admin, timeout) else {
+        return out;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return out;
+    }
+    let mut text = String::new();
+    let _ = s.take(4 << 20).read_to_string(&mut text);
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("ponte_proxy_stealth_link_connections_open{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if let Some(label) = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("label=\""))
+            .and_then(|v| v.strip_suffix('"'))
+        {
+            let n: u64 = value.trim().parse().unwrap_or(0);
+            let total = out
+                .get(label)
+                .and_then(|v: &String| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            out.insert(label.to_owned(), (total + n).to_string());
+        }
+    }
+    out
+}
+
+fn secret(args: SecretArgs, top_config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use ponte_proxy::stealth::secrets::SecretsFile;
+    let path = args
+        .config
+        .or(top_config)
+        .context("give the relay's configuration: ponte proxy -c FILE secret ...")?;
+    let (file, port, domain) = stealth_listener(&path)?;
+    let mut secrets = SecretsFile::load(&file)?;
+    match args.action {
+        SecretAction::Add(a) => {
+            ponte_wire::link::validate_host(&a.host)?;
+            let label = a.label.unwrap_or_else(|| secrets.free_label());
+            if !ponte_proxy::stealth::secrets::valid_label(&label) {
+                bail!("label `{label}`: use 1 to 64 letters, digits, -, _ and .");
+            }
+            let expires = match &a.expires {
+                Some(d) => Some(ponte_proxy::stealth::secrets::now_unix() + parse_duration(d)?),
+                None => None,
+            };
+            if a.max_connections == Some(0) {
+                bail!("--max-connections must be at least 1");
+            }
+            let secret = secrets
+                .add(&label, expires, a.max_connections)
+                .with_context(|| format!("a link labelled `{label}` exists already"))?;
+            let link = ponte_wire::link::RelayLink::new(&a.host, port, true)?
+                .with_stealth(secret, &domain)?;
+            let base = a
+                .web_base
+                .unwrap_or_else(|| format!("https://{domain}/relay"));
+            if !base.starts_with("https://") || base.contains('#') {
+                bail!("--web-base must be an https:// URL without #");
+            }
+            secrets.save(&file)?;
+            let web = link.web_link_with_base(&base);
+            let mut out = format!("{}\n{web}\n", link.app_link());
+            if !a.no_qr {
+                let theme = if a.light {
+                    qr::Theme::LightTerminal
+                } else {
+                    qr::Theme::DarkTerminal
+                };
+                out.push('\n');
+                out.push_str(
+                    &qr::draw(&web, theme)
+                        .map_err(|e| anyhow::anyhow!("cannot draw a QR code: {e}"))?,
+                );
+                out.push_str(&format!(
+                    "\nLink `{label}`: give it to one circle of people; `ponte proxy -c {} secret revoke {label}` cuts it.\n",
+                    path.display()
+                ));
+            }
+            crate::write_stdout(&out)?;
+        }
+        SecretAction::List => {
+            let open = open_counts(&path);
+            let mut out = String::from("LABEL\tCREATED (UTC)\tEXPIRES (UTC)\tMAX\tOPEN NOW\n");
+            for e in &secrets.secret {
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\n",
+                    e.label,
+                    utc(e.created),
+                    e.expires.map_or_else(|| "never".to_owned(), utc),
+                    e.max_connections
+                        .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                    open.get(&e.label).map_or("-", String::as_str),
+                ));
+            }
+            if secrets.secret.is_empty() {
+                eprintln!(
+                    "no links yet: ponte proxy -c {} secret add --host PUBLIC_HOST",
+                    path.display()
+                );
+            }
+            crate::write_stdout(&out)?;
+        }
+        SecretAction::Revoke { label } => {
+            if !secrets.revoke(&label) {
+                bail!("no link labelled `{label}` in {}", file.display());
+            }
+            secrets.save(&file)?;
+            crate::write_stdout(&format!(
+                "revoked `{label}`; a running relay drops it within 5 s\n"
+            ))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn dates_and_durations() {
+        assert_eq!(utc(0), "1970-01-01 00:00");
+        assert_eq!(utc(1_800_000_000), "2027-01-15 08:00");
+        assert_eq!(utc(951_825_600), "2000-02-29 12:00");
+        assert_eq!(parse_duration("30d").ok(), Some(30 * 86_400));
+        assert_eq!(parse_duration("2w").ok(), Some(14 * 86_400));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
 
     #[test]
     fn upstream_takes_host_and_port_of_a_server_address() {

@@ -146,10 +146,7 @@ impl Connection {
         let cfg = &cfg;
         let (i, chan) = race(routes, head_start, connect_timeout, |route| {
             Box::pin(async move {
-                let stream = route
-                    .connect()
-                    .await
-                    .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+                let stream = route.connect().await.map_err(crate::route::connect_error)?;
                 ponte_transport::connect(stream, cfg)
                     .await
                     .map_err(|e| match transport_err(e) {

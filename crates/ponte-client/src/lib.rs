@@ -7,8 +7,10 @@
 //! - [`store`]: the SQLite database: identity, contacts, sessions, history,
 //!   outbox, tick states, deduplication;
 //! - [`route`]: how bytes reach the server ([`route::Route`]: direct TCP,
-//!   or through a relay over `tcp://` / `tls://`), relay URLs and share
-//!   links, and the happy-eyeballs race between routes;
+//!   or through a relay over `tcp://` / `tls://` / stealth), relay URLs
+//!   and share links, and the happy-eyeballs race between routes;
+//! - [`stealth`]: the opening of a stealth relay route (a Chrome-shaped
+//!   ClientHello carrying the link's tag, the relay's tag checked);
 //! - [`error`]: [`ClientError`], the server's refusal codes and close
 //!   reasons as enums, and [`Report`] to print an error with its causes;
 //! - [`connection`]: one authenticated connection to a server over a route
@@ -27,6 +29,7 @@ pub mod connection;
 pub mod error;
 pub mod profile;
 pub mod route;
+pub mod stealth;
 pub mod store;
 
 pub use client::Client;

@@ -12,10 +12,13 @@
 //!
 //! A relay can also be given as a share link, which [`RelayUrl`] parses too
 //! (through [`ponte_wire::link::RelayLink`], where the format and the one
-//! host check live):
+//! host check live). A link with `secret` and `sni` is a stealth relay: the
+//! route opens with [`crate::stealth::open`] (a browser-shaped TLS opening
+//! that proves the secret; a relay that fails to prove it back is a
+//! security error) and runs Noise inside TLS records.
 //!
 //! ```text
-//! ponte://relay?host=HOST&port=PORT&tls=1
+//! ponte://relay?host=HOST&port=PORT&tls=1[&secret=SECRET&sni=NAME]
 //! https://ponte.link/relay#host=HOST&port=PORT&tls=1   (any https host; the
 //!                                                       part after # never
 //!                                                       reaches a web server)
@@ -31,7 +34,7 @@
 
 use crate::{ClientError, Result};
 use futures::stream::{FuturesUnordered, StreamExt as _};
-use ponte_wire::link::{self, LinkError, RelayLink};
+use ponte_wire::link::{self, LinkError, RelayLink, StealthParams};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -105,6 +108,8 @@ pub struct RelayUrl {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// A stealth relay's secret and cover name (from a share link).
+    pub stealth: Option<StealthParams>,
 }
 
 impl RelayUrl {
@@ -116,6 +121,13 @@ impl RelayUrl {
 
 impl fmt::Display for RelayUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(s) = &self.stealth {
+            // Only a share link carries the secret: write one.
+            let link = RelayLink::new(&self.host, self.port, true)
+                .and_then(|l| l.with_stealth(s.secret.clone(), &s.sni))
+                .map_err(|_| fmt::Error)?;
+            return f.write_str(&link.app_link());
+        }
         let scheme = if self.tls { "tls" } else { "tcp" };
         write!(f, "{scheme}://{}", self.host_port())
     }
@@ -157,6 +169,7 @@ impl From<RelayLink> for RelayUrl {
             tls: link.tls,
             host: link.host,
             port: link.port,
+            stealth: link.stealth,
         }
     }
 }
@@ -175,6 +188,7 @@ impl FromStr for RelayUrl {
                 tls: true,
                 host,
                 port,
+                stealth: None,
             });
         }
         if let Some(rest) = text.strip_prefix("tcp://") {
@@ -183,6 +197,7 @@ impl FromStr for RelayUrl {
                 tls: false,
                 host,
                 port,
+                stealth: None,
             });
         }
         match RelayLink::parse(text) {
@@ -280,7 +295,7 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector> {
 impl RelayRoute {
     /// A route through the relay at `url`.
     pub fn new(url: RelayUrl) -> Result<Self> {
-        let tls = if url.tls {
+        let tls = if url.tls && url.stealth.is_none() {
             Some(tls_connector()?)
         } else {
             None
@@ -298,6 +313,10 @@ impl Route for RelayRoute {
     fn connect(&self) -> BoxFuture<'_, std::io::Result<BoxStream>> {
         Box::pin(async move {
             let stream = tcp(&self.url.host_port()).await?;
+            if let Some(params) = &self.url.stealth {
+                let s = crate::stealth::open(stream, params).await?;
+                return Ok(Box::new(s) as BoxStream);
+            }
             let Some(connector) = &self.tls else {
                 return Ok(Box::new(stream) as BoxStream);
             };
@@ -316,7 +335,22 @@ impl Route for RelayRoute {
     }
 
     fn describe(&self) -> String {
-        format!("relay {}", self.url)
+        match &self.url.stealth {
+            // Never the secret: host, port and the cover's name.
+            Some(s) => format!("stealth relay {} ({})", self.url.host_port(), s.sni),
+            None => format!("relay {}", self.url),
+        }
+    }
+}
+
+/// The client error for a route that failed to open: a stealth relay that
+/// did not prove the link's secret is [`ClientError::Tampered`], anything
+/// else [`ClientError::Unreachable`].
+pub fn connect_error(e: std::io::Error) -> ClientError {
+    if crate::stealth::is_auth_error(&e) {
+        ClientError::Tampered(e.to_string())
+    } else {
+        ClientError::Unreachable(e.to_string())
     }
 }
 
@@ -466,7 +500,8 @@ mod tests {
             RelayUrl {
                 tls: true,
                 host: "relay.example.org".into(),
-                port: 443
+                port: 443,
+                stealth: None,
             }
         );
         assert_eq!(u.to_string(), "tls://relay.example.org:443");
@@ -504,6 +539,30 @@ mod tests {
 
     /// A link `ponte proxy link` prints for a host it accepts is a link the
     /// client reads back (one host check for both).
+    #[test]
+    fn stealth_links_parse_into_stealth_routes_and_save_back() {
+        let secret = ponte_wire::stealth::Secret::from_bytes([9; 16]);
+        let link = RelayLink::new("relay.example.org", 443, true)
+            .unwrap()
+            .with_stealth(secret.clone(), "www.cover.example")
+            .unwrap();
+        for text in [
+            link.app_link(),
+            link.web_link_with_base("https://www.cover.example/relay"),
+        ] {
+            let u: RelayUrl = text.parse().unwrap();
+            let s = u.stealth.clone().unwrap();
+            assert_eq!(s.secret, secret);
+            assert_eq!(s.sni, "www.cover.example");
+            // Saved as text and read back (the profile's relay list).
+            assert_eq!(u.to_string().parse::<RelayUrl>().unwrap(), u);
+            let route = RelayRoute::new(u).unwrap();
+            let d = route.describe();
+            assert_eq!(d, "stealth relay relay.example.org:443 (www.cover.example)");
+            assert!(!format!("{route:?}").contains(&secret.to_text()));
+        }
+    }
+
     #[test]
     fn every_link_a_relay_prints_is_read() {
         for (host, want) in [

@@ -37,6 +37,8 @@ pub struct ListenerView {
     pub upstream: Arc<Upstream>,
     /// Its counters.
     pub metrics: ListenerMetrics,
+    /// Its stealth state, for a stealth listener.
+    pub stealth: Option<Arc<crate::stealth::StealthListener>>,
 }
 
 /// The admin router.
@@ -184,6 +186,20 @@ table{{border-collapse:collapse;width:100%;margin:1em 0}}td,th{{text-align:left;
             l.metrics.total.get(),
             human_bytes(l.metrics.bytes_up.get() + l.metrics.bytes_down.get())
         );
+    }
+    if s.listeners.iter().any(|l| l.stealth.is_some()) {
+        h.push_str("</table><h2>Links</h2><table><tr><th>listener</th><th>link</th><th>open</th><th>total</th></tr>");
+        for l in &s.listeners {
+            let Some(st) = &l.stealth else { continue };
+            for (label, open, total) in st.links() {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{open}</td><td>{total}</td></tr>",
+                    esc(&l.name),
+                    esc(&label),
+                );
+            }
+        }
     }
     h.push_str("</table><p><a href=\"/metrics\">Prometheus metrics</a> · <a href=\"/healthz\">health</a></p></body></html>\n");
     Html(h)

@@ -272,6 +272,9 @@ pub struct ListenerConfig {
     /// Open connections on this listener; absent = only the global cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// A stealth listener: a probe sees the cover site (`crate::stealth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stealth: Option<crate::stealth::StealthConfig>,
 }
 
 /// TLS mode of a listener.
@@ -514,6 +517,9 @@ pub enum Preset {
     Whatsapp,
     /// The front door of a Ponte server.
     Ponte,
+    /// A Ponte server's front door that looks like a website
+    /// ([`Config::stealth_preset`]).
+    Stealth,
 }
 
 impl FromStr for Preset {
@@ -522,7 +528,8 @@ impl FromStr for Preset {
         match s {
             "whatsapp" => Ok(Preset::Whatsapp),
             "ponte" => Ok(Preset::Ponte),
-            _ => Err(format!("unknown preset `{s}` (whatsapp, ponte)")),
+            "stealth" => Ok(Preset::Stealth),
+            _ => Err(format!("unknown preset `{s}` (whatsapp, ponte, stealth)")),
         }
     }
 }
@@ -544,6 +551,7 @@ fn listener(
         accept_proxy,
         upstream: sp(upstream.to_owned()),
         max_connections: None,
+        stealth: None,
     }
 }
 
@@ -620,7 +628,38 @@ impl Config {
                     listener("http", 80, TlsMode::None, false, "server"),
                 ];
             }
+            Preset::Stealth => {
+                return Err(ConfigError {
+                    file: None,
+                    line: 0,
+                    column: 0,
+                    key: "listener.stealth".into(),
+                    message: "the stealth preset needs --upstream HOST:PORT, --cover HOST:PORT and --domain NAME".into(),
+                })
+            }
         }
+        cfg.validate(None, None)?;
+        Ok(cfg)
+    }
+
+    /// The stealth preset: one stealth listener on port 443 in front of the
+    /// Ponte server `upstream`, handing probes to `cover`, whose name is
+    /// `domain`; secrets in `secrets` (`secrets.toml` in the working
+    /// directory when absent).
+    pub fn stealth_preset(
+        upstream: HostPort,
+        cover: HostPort,
+        domain: &str,
+        secrets: Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::preset(Preset::Ponte, Some(upstream))?;
+        let mut l = listener("stealth", 443, TlsMode::None, false, "server");
+        l.stealth = Some(crate::stealth::StealthConfig {
+            cover,
+            domain: domain.to_owned(),
+            secrets,
+        });
+        cfg.listener = vec![l];
         cfg.validate(None, None)?;
         Ok(cfg)
     }
@@ -662,6 +701,12 @@ impl Config {
         };
         let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
         cfg.resolve_paths(&folder);
+        for l in &mut cfg.listener {
+            if let Some(st) = &mut l.stealth {
+                let p = st.secrets_path(Some(path));
+                st.secrets = Some(std::path::absolute(&p).unwrap_or(p));
+            }
+        }
         Ok(cfg)
     }
 
@@ -835,6 +880,24 @@ impl Config {
                         }
                     ),
                 ));
+            }
+            if let Some(st) = &l.stealth {
+                let problem = if l.tls != TlsMode::None {
+                    Some("a stealth listener takes no tls: the cover site's TLS is what probes see")
+                } else if l.accept_proxy {
+                    Some("a stealth listener does not take accept_proxy")
+                } else if !valid_hostname(&st.domain) || st.domain.parse::<IpAddr>().is_ok() {
+                    Some("stealth.domain must be the DNS name the cover site answers to")
+                } else {
+                    None
+                };
+                if let Some(message) = problem {
+                    return Err(err(
+                        l.name.span(),
+                        format!("listener[{i}].stealth"),
+                        message.into(),
+                    ));
+                }
             }
             if l.max_connections == Some(0) {
                 return Err(err(

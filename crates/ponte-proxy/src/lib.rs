@@ -3,7 +3,8 @@
 //! A stateless TCP/TLS relay that forwards bytes to a fixed set of configured
 //! upstreams and nothing else. It never reads what it carries. The preset
 //! `whatsapp` is a drop-in replacement for WhatsApp's official proxy; the
-//! preset `ponte` fronts a Ponte server.
+//! preset `ponte` fronts a Ponte server; the preset `stealth` fronts one
+//! behind a cover website.
 //!
 //! What lives where:
 //! - [`config`]: the TOML schema, presets, validation with file/line/key errors.
@@ -15,6 +16,8 @@
 //! - [`limits`]: global, per-listener and per-source caps.
 //! - [`metrics`], [`admin`]: Prometheus metrics, status page, health check.
 //! - [`link`]: share links and terminal QR codes.
+//! - [`stealth`]: the stealth listener (probes see a cover website), its
+//!   per-link secrets and replay cache.
 //! - `sys`: the few raw system calls (`splice`, `pipe2`, `setrlimit`).
 
 pub mod admin;
@@ -24,6 +27,7 @@ pub mod link;
 pub mod metrics;
 pub mod relay;
 pub mod server;
+pub mod stealth;
 mod sys;
 pub mod tls;
 pub mod upstream;

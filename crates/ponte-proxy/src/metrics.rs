@@ -124,6 +124,8 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// TLS certificate reloads, by outcome.
     pub cert_reloads: Family<ResultLabel, Counter>,
+    /// Stealth listeners' counters, per link label.
+    pub stealth: crate::stealth::StealthMetrics,
 }
 
 /// Outcome label.
@@ -166,6 +168,7 @@ impl Metrics {
             connect_seconds: Family::new_with_constructor(connect_histogram),
             accept_errors: Counter::default(),
             cert_reloads: Family::default(),
+            stealth: Default::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -234,6 +237,7 @@ impl Metrics {
             "Certificate reloads, by result",
             m.cert_reloads.clone(),
         );
+        m.stealth.register(r);
         m
     }
 

@@ -7,6 +7,8 @@ use crate::config::{Config, SendProxy, TlsMode};
 use crate::limits::{Counter, Limits};
 use crate::metrics::{HandshakeFailure, ListenerMetrics, Metrics, Refusal, ResultLabel};
 use crate::relay::{self, ByteCounters, Outcome, RelayOptions};
+use crate::stealth::secrets::{Secrets, RELOAD_EVERY};
+use crate::stealth::{Accepted, StealthListener};
 use crate::tls::{CertStore, TlsError};
 use crate::upstream::Upstream;
 use ponte_wire::proxy_header::{self, HeaderReader, ProxyHeader, ReadError, Received, Step};
@@ -68,6 +70,7 @@ struct ListenerShared {
     counters: ByteCounters,
     open: Arc<Counter>,
     max: Option<u32>,
+    stealth: Option<Arc<StealthListener>>,
 }
 
 impl std::fmt::Debug for ListenerShared {
@@ -103,17 +106,21 @@ pub struct Proxy {
     listeners: Vec<(Arc<ListenerShared>, Vec<TcpListener>)>,
     admin: Option<TcpListener>,
     certs: Vec<Arc<CertStore>>,
+    secrets: Vec<Arc<Secrets>>,
     reload: Arc<tokio::sync::Notify>,
+    reload_secrets: Arc<tokio::sync::Notify>,
 }
 
-/// Ask a running relay to reload its certificate files now (SIGHUP).
+/// Ask a running relay to reload its certificate and secrets files now
+/// (SIGHUP).
 #[derive(Debug, Clone)]
-pub struct ReloadHandle(Arc<tokio::sync::Notify>);
+pub struct ReloadHandle(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>);
 
 impl ReloadHandle {
-    /// Reload every file-backed certificate.
+    /// Reload every file-backed certificate and every stealth secrets file.
     pub fn reload(&self) {
         self.0.notify_one();
+        self.1.notify_one();
     }
 }
 
@@ -169,6 +176,7 @@ struct Prepared {
     upstreams: BTreeMap<String, Arc<Upstream>>,
     listeners: Vec<Arc<ListenerShared>>,
     certs: Vec<Arc<CertStore>>,
+    secrets: Vec<Arc<Secrets>>,
 }
 
 /// Everything a start does short of binding: no upstream that is the relay
@@ -191,6 +199,7 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
         .collect();
     let mut self_signed: Option<Arc<CertStore>> = None;
     let mut certs: Vec<Arc<CertStore>> = Vec::new();
+    let mut secrets: Vec<Arc<Secrets>> = Vec::new();
     let mut listeners = Vec::new();
     for (index, l) in config.listener.iter().enumerate() {
         let name = l.name.get_ref().clone();
@@ -226,6 +235,30 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
             .cloned()
             .ok_or_else(|| ProxyError::Config(format!("no upstream `{}`", l.upstream.get_ref())))?;
         let lm = metrics.listener(&name);
+        let stealth = match &l.stealth {
+            None => None,
+            Some(st) => {
+                let path = st.secrets_path(None);
+                let s = match secrets.iter().find(|s| s.path() == path) {
+                    Some(s) => Arc::clone(s),
+                    None => {
+                        let s =
+                            Arc::new(Secrets::open(&path).map_err(|e| {
+                                ProxyError::Config(format!("listener `{name}`: {e}"))
+                            })?);
+                        secrets.push(Arc::clone(&s));
+                        s
+                    }
+                };
+                Some(Arc::new(StealthListener::new(
+                    &name,
+                    st,
+                    s,
+                    metrics.stealth.clone(),
+                    config.timeouts.connect.0,
+                )))
+            }
+        };
         let shared = Arc::new(ListenerShared {
             counters: ByteCounters {
                 up: lm.bytes_up.clone(),
@@ -238,6 +271,7 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
             upstream,
             open: Arc::new(Counter::default()),
             max: l.max_connections,
+            stealth,
         });
         listeners.push(shared);
     }
@@ -246,6 +280,7 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
         upstreams,
         listeners,
         certs,
+        secrets,
     })
 }
 
@@ -267,6 +302,7 @@ impl Proxy {
             upstreams,
             listeners: prepared,
             certs,
+            secrets,
         } = prepare(&config)?;
         let mut listeners = Vec::new();
         for (shared, l) in prepared.into_iter().zip(&config.listener) {
@@ -336,7 +372,9 @@ impl Proxy {
             listeners,
             admin,
             certs,
+            secrets,
             reload: Arc::new(tokio::sync::Notify::new()),
+            reload_secrets: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -374,7 +412,7 @@ impl Proxy {
 
     /// A handle that reloads certificate files.
     pub fn reload_handle(&self) -> ReloadHandle {
-        ReloadHandle(Arc::clone(&self.reload))
+        ReloadHandle(Arc::clone(&self.reload), Arc::clone(&self.reload_secrets))
     }
 
     /// Serve until `shutdown` completes; then stop accepting, let open
@@ -397,10 +435,38 @@ impl Proxy {
                         name: l.name.clone(),
                         upstream: Arc::clone(&l.upstream),
                         metrics: l.metrics.clone(),
+                        stealth: l.stealth.clone(),
                     })
                     .collect(),
             };
             background.spawn(admin::serve(admin, state, stop.child_token()));
+        }
+        if !self.secrets.is_empty() {
+            let secrets = self.secrets.clone();
+            let notify = Arc::clone(&self.reload_secrets);
+            let stop = stop.child_token();
+            background.spawn(async move {
+                let mut tick = tokio::time::interval(RELOAD_EVERY);
+                loop {
+                    let force = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => false,
+                        _ = notify.notified() => true,
+                    };
+                    for s in &secrets {
+                        match s.reload(force) {
+                            Ok(true) => tracing::info!(
+                                links = s.current().len(),
+                                "stealth secrets reloaded"
+                            ),
+                            Ok(false) => {}
+                            Err(e) => tracing::error!(
+                                "stealth secrets reload failed, keeping the old ones: {e}"
+                            ),
+                        }
+                    }
+                }
+            });
         }
         if !self.certs.iter().any(|c| c.is_file_backed()) {
             // Nothing to reload.
@@ -675,6 +741,10 @@ async fn read_proxy_header(
 enum Client {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>),
+    Stealth(
+        Box<crate::stealth::stream::RecordStream<TcpStream>>,
+        crate::stealth::Connection,
+    ),
 }
 
 /// The task of one connection. The handshakes run in their own heap
@@ -734,6 +804,16 @@ async fn established(
         let out = match client {
             Client::Plain(c) => relay::relay_tcp(c, up, &shared.relay, &l.counters).await,
             Client::Tls(t) => relay::relay_stream(t, up, &shared.relay, &l.counters).await,
+            Client::Stealth(s, conn) => {
+                // Boxed: only stealth connections pay for the revocation wait.
+                Box::pin(async {
+                    tokio::select! {
+                        out = relay::relay_stream(s, up, &shared.relay, &l.counters) => out,
+                        _ = conn.revoked() => Outcome::Finished,
+                    }
+                })
+                .await
+            }
         };
         match out {
             Outcome::IdleTimeout => {
@@ -807,6 +887,19 @@ async fn handshakes(
         SendProxy::None => {}
         SendProxy::V1 => proxy_header::encode_v1(source, destination, &mut header),
         SendProxy::V2 => proxy_header::encode_v2(source, destination, &mut header),
+    }
+    if let Some(st) = &l.stealth {
+        return match st.accept(stream, early, deadline).await {
+            Accepted::Genuine(s, conn) => {
+                let mut up = connect(l).await?;
+                if !header.is_empty() && up.write_all(&header).await.is_err() {
+                    return None;
+                }
+                Some((Client::Stealth(s, conn), up))
+            }
+            Accepted::Cover(client, cover) => Some((Client::Plain(client), cover)),
+            Accepted::Closed => None,
+        };
     }
     let client = match &l.tls {
         None => {

@@ -10,6 +10,8 @@
 //!   WhatsApp's `https://wa.me/proxy?…`) and the one check of a relay host.
 //! - [`limit`]: the key a source address counts under (IPv6 by /64) and the
 //!   token buckets that the relay's and the server's limits share.
+//! - [`stealth`]: the stealth relay's Chrome-shaped ClientHello with its
+//!   authentication tag, the server's reply, and TLS record framing.
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -18,3 +20,4 @@ pub mod limit;
 pub mod link;
 pub mod messages;
 pub mod proxy_header;
+pub mod stealth;

@@ -26,7 +26,18 @@
 //! # Parameters
 //!
 //! `host` (required), `port` (required, `1..=65535`), `tls` (`1`/`true` or
-//! `0`/`false`; `1` when absent), written in that order. Readers ignore
+//! `0`/`false`; `1` when absent), written in that order. A stealth relay's
+//! link adds `secret` (the link's 22-character secret,
+//! [`crate::stealth::Secret`]) and `sni` (the cover site's DNS name, which
+//! the client sends as its TLS server name), both or neither:
+//!
+//! ```text
+//! ponte://relay?host=HOST&port=443&tls=1&secret=SECRET&sni=NAME
+//! https://NAME/relay#host=HOST&port=443&tls=1&secret=SECRET&sni=NAME
+//! ```
+//!
+//! The `https://` form's base is the caller's choice
+//! ([`RelayLink::web_link_with_base`]); everything stays in the fragment. Readers ignore
 //! parameters they do not know, so later fields (a per-link secret, a TLS
 //! server name for stealth relays) are appended as new optional parameters
 //! and old readers still take the relay from a new link; a link without them
@@ -61,7 +72,9 @@ pub const MAX_HOST_LEN: usize = 253;
 /// Longest share link read; longer text is refused before it is looked at.
 /// A link to any valid host fits: a host of [`MAX_HOST_LEN`] bytes that are
 /// all percent-encoded takes 759 characters, the rest of the web form 47.
-pub const MAX_LINK_LEN: usize = 1024;
+/// A stealth link's `sni` adds at most 258 (an ASCII name) and its `secret`
+/// 30, and a base of up to 256 bytes may replace the default one.
+pub const MAX_LINK_LEN: usize = 1600;
 
 /// The start of the app form of a Ponte relay link.
 pub const APP_LINK_BASE: &str = "ponte://relay";
@@ -134,6 +147,32 @@ pub enum LinkError {
     /// `tls` is neither `1`/`true` nor `0`/`false`.
     #[error("tls must be 1 or 0")]
     BadTls,
+    /// `secret` without `sni` or the other way round, a secret that is not
+    /// 22 characters of base64url, or an `sni` that is not an ASCII DNS name.
+    #[error("bad stealth relay parameters (secret and sni)")]
+    BadStealth,
+}
+
+/// What a client needs to pass a stealth relay: the link's secret and the
+/// cover site's name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StealthParams {
+    /// The link's secret.
+    pub secret: crate::stealth::Secret,
+    /// The cover site's DNS name (ASCII), sent as the TLS server name.
+    pub sni: String,
+}
+
+/// An ASCII DNS name (not an IP address) a TLS server name may be.
+pub fn valid_sni(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name.parse::<std::net::IpAddr>().is_err()
+        && name.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 /// Checks that `host` is a DNS name, an IPv4 address or an IPv6 address
@@ -285,6 +324,8 @@ pub struct RelayLink {
     pub port: u16,
     /// Whether the relay's listener speaks TLS.
     pub tls: bool,
+    /// A stealth relay's secret and cover name.
+    pub stealth: Option<StealthParams>,
 }
 
 impl RelayLink {
@@ -302,19 +343,65 @@ impl RelayLink {
             Some(ip) => ip.to_string(),
             None => host.to_owned(),
         };
-        Ok(Self { host, port, tls })
+        Ok(Self {
+            host,
+            port,
+            tls,
+            stealth: None,
+        })
+    }
+
+    /// The same relay as a stealth relay (`tls` set): clients send `sni`
+    /// and prove `secret`.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::BadStealth`] when `sni` is not an ASCII DNS name.
+    pub fn with_stealth(
+        mut self,
+        secret: crate::stealth::Secret,
+        sni: &str,
+    ) -> Result<Self, LinkError> {
+        if !valid_sni(sni) {
+            return Err(LinkError::BadStealth);
+        }
+        self.tls = true;
+        self.stealth = Some(StealthParams {
+            secret,
+            sni: sni.to_ascii_lowercase(),
+        });
+        Ok(self)
+    }
+
+    fn stealth_params(&self) -> String {
+        match &self.stealth {
+            None => String::new(),
+            Some(s) => format!("&secret={}&sni={}", s.secret.to_text(), s.sni),
+        }
     }
 
     /// The `ponte://relay?…` form.
     #[must_use]
     pub fn app_link(&self) -> String {
-        ponte_relay_link(&self.host, self.port, self.tls)
+        ponte_relay_link(&self.host, self.port, self.tls) + &self.stealth_params()
     }
 
     /// The `https://ponte.link/relay#…` form.
     #[must_use]
     pub fn web_link(&self) -> String {
-        ponte_relay_web_link(&self.host, self.port, self.tls)
+        ponte_relay_web_link(&self.host, self.port, self.tls) + &self.stealth_params()
+    }
+
+    /// The `https://` form under another base (`https://HOST/…/relay`); the
+    /// parameters stay in the fragment, which no web server receives.
+    #[must_use]
+    pub fn web_link_with_base(&self, base: &str) -> String {
+        format!(
+            "{}#{}{}",
+            base.trim_end_matches('/'),
+            relay_params(&self.host, self.port, self.tls),
+            self.stealth_params()
+        )
     }
 
     /// Reads either form (see the module docs). Surrounding whitespace is
@@ -353,12 +440,15 @@ impl RelayLink {
     /// `host=…&port=…&tls=…`, unknown keys skipped.
     fn from_params(params: &str) -> Result<Self, LinkError> {
         let (mut host, mut port, mut tls) = (None, None, None);
+        let (mut secret, mut sni) = (None, None);
         for pair in params.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let slot = match key {
                 "host" => &mut host,
                 "port" => &mut port,
                 "tls" => &mut tls,
+                "secret" => &mut secret,
+                "sni" => &mut sni,
                 _ => continue,
             };
             *slot = Some(percent_decode(value).ok_or(LinkError::BadEscape)?);
@@ -374,7 +464,16 @@ impl RelayLink {
             Some("0" | "false") => false,
             Some(_) => return Err(LinkError::BadTls),
         };
-        Self::new(&host, port, tls)
+        let link = Self::new(&host, port, tls)?;
+        match (secret, sni) {
+            (None, None) => Ok(link),
+            (Some(secret), Some(sni)) => {
+                let secret = crate::stealth::Secret::from_text(&secret)
+                    .map_err(|_| LinkError::BadStealth)?;
+                link.with_stealth(secret, &sni)
+            }
+            _ => Err(LinkError::BadStealth),
+        }
     }
 }
 

@@ -246,3 +246,50 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn stealth_links_round_trip_in_both_forms() {
+    let secret = crate::stealth::Secret::from_bytes([42; 16]);
+    let link = RelayLink::new("relay.example.org", 443, true)
+        .unwrap()
+        .with_stealth(secret.clone(), "www.Cover.example")
+        .unwrap();
+    let s = link.stealth.as_ref().unwrap();
+    assert_eq!(s.sni, "www.cover.example");
+    for text in [
+        link.app_link(),
+        link.web_link(),
+        link.web_link_with_base("https://www.cover.example/relay"),
+    ] {
+        assert!(
+            text.contains(&format!("secret={}", secret.to_text())),
+            "{text}"
+        );
+        assert_eq!(RelayLink::parse(&text).as_ref(), Ok(&link), "{text}");
+    }
+    let web = link.web_link_with_base("https://www.cover.example/relay/");
+    let (before, after) = web.split_once('#').unwrap();
+    assert_eq!(before, "https://www.cover.example/relay");
+    assert!(after.contains("secret=") && after.contains("sni="));
+    // Old-form links keep meaning what they meant.
+    assert_eq!(
+        RelayLink::parse("ponte://relay?host=a.example&port=1")
+            .unwrap()
+            .stealth,
+        None
+    );
+}
+
+#[test]
+fn half_a_stealth_link_is_refused() {
+    let s = crate::stealth::Secret::from_bytes([1; 16]).to_text();
+    for bad in [
+        format!("ponte://relay?host=a.example&port=443&secret={s}"),
+        "ponte://relay?host=a.example&port=443&sni=b.example".to_owned(),
+        "ponte://relay?host=a.example&port=443&secret=short&sni=b.example".to_owned(),
+        format!("ponte://relay?host=a.example&port=443&secret={s}&sni=10.0.0.1"),
+        format!("ponte://relay?host=a.example&port=443&secret={s}&sni=b%20c"),
+    ] {
+        assert_eq!(RelayLink::parse(&bad), Err(LinkError::BadStealth), "{bad}");
+    }
+}

@@ -72,6 +72,9 @@ pub enum Error {
     /// A group message, sender key or envelope names another group.
     #[error("group message is for another group")]
     WrongGroup,
+    /// The sender of a group message or key is not a member of the group.
+    #[error("sender is not a member of the group")]
+    NotGroupMember,
     /// No sender key from this member for the message's Megolm session
     /// (never received, dropped after removal, or sent after a rotation the
     /// receiver was not given the key for).

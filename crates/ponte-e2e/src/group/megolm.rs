@@ -32,7 +32,7 @@
 //! session up by (sender's identity key, session id), so a session key can
 //! only ever decrypt messages attributed to the member who sent it pairwise.
 
-use super::GroupId;
+use super::{GroupId, GroupState};
 use crate::envelope::{Envelope, Payload};
 use crate::session::MAX_CIPHERTEXT_BYTES;
 use crate::{Error, Result};
@@ -313,11 +313,27 @@ impl GroupReceiver {
         }
     }
 
-    /// Take a sender key that arrived pairwise from the member whose Ed25519
-    /// identity key is `sender` (the caller checks `sender` is a member).
-    /// A key for a session already known is ignored (the first one received
-    /// decrypts the most).
-    pub fn add_sender_key(&mut self, sender: &[u8; 32], key: &SenderKey) -> Result<()> {
+    fn check_member(&self, state: &GroupState, sender: &[u8; 32]) -> Result<()> {
+        if state.id() != self.group {
+            return Err(Error::WrongGroup);
+        }
+        state
+            .role_of(sender)
+            .map(|_| ())
+            .ok_or(Error::NotGroupMember)
+    }
+
+    /// Take a sender key that arrived pairwise, over the Olm session with the
+    /// identity whose Ed25519 key is `sender`; refused unless that identity
+    /// is a member in `state`. A key for a session already known is ignored
+    /// (the first one received decrypts the most).
+    pub fn add_sender_key(
+        &mut self,
+        state: &GroupState,
+        sender: &[u8; 32],
+        key: &SenderKey,
+    ) -> Result<()> {
+        self.check_member(state, sender)?;
         if key.group != self.group {
             return Err(Error::WrongGroup);
         }
@@ -339,14 +355,18 @@ impl GroupReceiver {
         self.sessions.remove(sender);
     }
 
-    /// Decrypt a message the server attributes to `sender` (its Ed25519
-    /// identity key, from the member list). The caller deduplicates by the
-    /// envelope's message id (Megolm does not detect replays).
+    /// Decrypt a message the server attributes to `sender` (the Ed25519
+    /// identity key of the member `Deliver.sender` names in `state`);
+    /// refused unless `sender` is a member in `state`. The caller
+    /// deduplicates by the envelope's message id (Megolm does not detect
+    /// replays).
     pub fn decrypt(
         &mut self,
+        state: &GroupState,
         sender: &[u8; 32],
         ciphertext: &GroupCiphertext,
     ) -> Result<GroupPlaintext> {
+        self.check_member(state, sender)?;
         if ciphertext.group != self.group {
             return Err(Error::WrongGroup);
         }
@@ -434,9 +454,23 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::MessageId;
+    use crate::group::GroupOp;
+    use crate::group::Member;
+    use crate::{Identity, MessageId};
 
     const NOW: u64 = 1_700_000_000_000;
+
+    /// A group created by Alice; her Ed25519 key.
+    fn fixture() -> (GroupState, [u8; 32]) {
+        let (state, alice) = fixture_with_identity();
+        (state, alice.public().ed25519)
+    }
+
+    fn fixture_with_identity() -> (GroupState, Identity) {
+        let alice = Identity::generate();
+        let (state, _) = GroupState::create(&alice, "alice", "team", NOW).unwrap();
+        (state, alice)
+    }
 
     fn text(group: GroupId, text: &str) -> Envelope {
         Envelope {
@@ -455,46 +489,76 @@ mod tests {
 
     #[test]
     fn members_decrypt_the_senders_messages() {
-        let group = GroupId::random();
-        let alice = [1u8; 32];
+        let (state, alice) = fixture();
+        let group = state.id();
         let mut sender = GroupSender::new(group, NOW);
         let mut bob = GroupReceiver::new(group);
-        bob.add_sender_key(&alice, &sender.sender_key()).unwrap();
+        bob.add_sender_key(&state, &alice, &sender.sender_key())
+            .unwrap();
         for i in 0..3 {
             let env = text(group, &format!("hello {i}"));
             let out = sender.encrypt(&env, NOW).unwrap();
             assert!(out.rotated.is_none());
-            let got = bob.decrypt(&alice, &wire(&out.ciphertext)).unwrap();
+            let got = bob.decrypt(&state, &alice, &wire(&out.ciphertext)).unwrap();
             assert_eq!(got.envelope, env);
             assert_eq!(got.message_index, i);
         }
-        // The same ciphertext attributed to another member has no session.
+        // The same ciphertext attributed to a non-member is refused, and to
+        // another member finds no session.
         let out = sender.encrypt(&text(group, "x"), NOW).unwrap();
         assert!(matches!(
-            bob.decrypt(&[2; 32], &out.ciphertext),
+            bob.decrypt(&state, &[2; 32], &out.ciphertext),
+            Err(Error::NotGroupMember)
+        ));
+        assert!(matches!(
+            bob.add_sender_key(&state, &[2; 32], &sender.sender_key()),
+            Err(Error::NotGroupMember)
+        ));
+        let (state, admin) = fixture_with_identity();
+        let dave = Identity::generate();
+        let add = state
+            .propose(
+                &admin,
+                NOW,
+                GroupOp::Add(Member {
+                    handle: "dave".into(),
+                    identity: dave.public(),
+                }),
+            )
+            .unwrap();
+        let state = state.apply(&add).unwrap();
+        let mut sender = GroupSender::new(state.id(), NOW);
+        let mut bob = GroupReceiver::new(state.id());
+        let admin = admin.public().ed25519;
+        bob.add_sender_key(&state, &admin, &sender.sender_key())
+            .unwrap();
+        let out = sender.encrypt(&text(state.id(), "x"), NOW).unwrap();
+        assert!(matches!(
+            bob.decrypt(&state, &dave.public().ed25519, &out.ciphertext),
             Err(Error::UnknownGroupSession)
         ));
+        assert!(bob.decrypt(&state, &admin, &out.ciphertext).is_ok());
     }
 
     #[test]
     fn removed_member_cannot_decrypt_after_rotation() {
-        let group = GroupId::random();
-        let alice = [1u8; 32];
+        let (state, alice) = fixture();
+        let group = state.id();
         let mut sender = GroupSender::new(group, NOW);
         let mut bob = GroupReceiver::new(group);
         let mut carol = GroupReceiver::new(group);
         let old_key = sender.sender_key();
-        bob.add_sender_key(&alice, &old_key).unwrap();
-        carol.add_sender_key(&alice, &old_key).unwrap();
+        bob.add_sender_key(&state, &alice, &old_key).unwrap();
+        carol.add_sender_key(&state, &alice, &old_key).unwrap();
         let before = sender.encrypt(&text(group, "before"), NOW).unwrap();
-        assert!(carol.decrypt(&alice, &before.ciphertext).is_ok());
+        assert!(carol.decrypt(&state, &alice, &before.ciphertext).is_ok());
 
         // Carol is removed: Alice rotates and sends the new key to Bob only.
         let new_key = sender.rotate(NOW + 1);
-        bob.add_sender_key(&alice, &new_key).unwrap();
+        bob.add_sender_key(&state, &alice, &new_key).unwrap();
         let after = sender.encrypt(&text(group, "after"), NOW + 2).unwrap();
         assert_eq!(
-            bob.decrypt(&alice, &after.ciphertext)
+            bob.decrypt(&state, &alice, &after.ciphertext)
                 .unwrap()
                 .envelope
                 .payload,
@@ -504,7 +568,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            carol.decrypt(&alice, &after.ciphertext),
+            carol.decrypt(&state, &alice, &after.ciphertext),
             Err(Error::UnknownGroupSession)
         ));
         // Even run through her old session directly (say she rewrote the
@@ -520,18 +584,19 @@ mod tests {
 
     #[test]
     fn new_member_cannot_read_earlier_messages() {
-        let group = GroupId::random();
-        let alice = [1u8; 32];
+        let (state, alice) = fixture();
+        let group = state.id();
         let mut sender = GroupSender::new(group, NOW);
         let early: Vec<_> = (0..3)
             .map(|i| sender.encrypt(&text(group, &format!("{i}")), NOW).unwrap())
             .collect();
         // Dave joins: he gets the key at the current index (3).
         let mut dave = GroupReceiver::new(group);
-        dave.add_sender_key(&alice, &sender.sender_key()).unwrap();
+        dave.add_sender_key(&state, &alice, &sender.sender_key())
+            .unwrap();
         for out in &early {
             assert!(matches!(
-                dave.decrypt(&alice, &out.ciphertext),
+                dave.decrypt(&state, &alice, &out.ciphertext),
                 Err(Error::GroupDecryption(
                     vodozemac::megolm::DecryptionError::UnknownMessageIndex(3, _)
                 ))
@@ -539,7 +604,7 @@ mod tests {
         }
         let later = sender.encrypt(&text(group, "welcome"), NOW).unwrap();
         assert_eq!(
-            dave.decrypt(&alice, &later.ciphertext)
+            dave.decrypt(&state, &alice, &later.ciphertext)
                 .unwrap()
                 .message_index,
             3
@@ -548,7 +613,8 @@ mod tests {
 
     #[test]
     fn rotates_after_count_and_age() {
-        let group = GroupId::random();
+        let (state, alice) = fixture();
+        let group = state.id();
         let mut sender = GroupSender::new(group, NOW);
         let mut rotations = 0;
         for _ in 0..MAX_SESSION_MESSAGES {
@@ -561,9 +627,9 @@ mod tests {
         let key = out.rotated.unwrap();
         // The receiver given the rotated key reads the message that carried it.
         let mut bob = GroupReceiver::new(group);
-        bob.add_sender_key(&[1; 32], &key).unwrap();
+        bob.add_sender_key(&state, &alice, &key).unwrap();
         assert_eq!(
-            bob.decrypt(&[1; 32], &out.ciphertext)
+            bob.decrypt(&state, &alice, &out.ciphertext)
                 .unwrap()
                 .message_index,
             0
@@ -580,8 +646,11 @@ mod tests {
 
     #[test]
     fn group_is_checked_everywhere() {
-        let group = GroupId::random();
-        let other = GroupId::random();
+        let (state, alice_identity) = fixture_with_identity();
+        let alice = alice_identity.public().ed25519;
+        let group = state.id();
+        let (other_state, _) = GroupState::create(&alice_identity, "alice", "b", NOW).unwrap();
+        let other = other_state.id();
         let mut sender = GroupSender::new(group, NOW);
         assert!(matches!(
             sender.encrypt(&text(other, "x"), NOW),
@@ -592,48 +661,59 @@ mod tests {
         assert!(sender.encrypt(&plain, NOW).is_err());
         let mut elsewhere = GroupReceiver::new(other);
         assert!(matches!(
-            elsewhere.add_sender_key(&[1; 32], &sender.sender_key()),
+            elsewhere.add_sender_key(&other_state, &alice, &sender.sender_key()),
+            Err(Error::WrongGroup)
+        ));
+        // The state passed in must be this receiver's group.
+        assert!(matches!(
+            elsewhere.add_sender_key(&state, &alice, &sender.sender_key()),
             Err(Error::WrongGroup)
         ));
         // A session shared into another group: the outer id is rewritten, the
         // authenticated inner one still names the first group.
         let key = SenderKey::from_parts(other, sender.sender_key().key_bytes()).unwrap();
-        elsewhere.add_sender_key(&[1; 32], &key).unwrap();
+        elsewhere
+            .add_sender_key(&other_state, &alice, &key)
+            .unwrap();
         let mut moved = sender.encrypt(&text(group, "x"), NOW).unwrap().ciphertext;
         moved.group = other;
         assert!(matches!(
-            elsewhere.decrypt(&[1; 32], &moved),
+            elsewhere.decrypt(&other_state, &alice, &moved),
             Err(Error::WrongGroup)
         ));
     }
 
     #[test]
     fn sessions_per_sender_are_bounded() {
-        let group = GroupId::random();
+        let (state, alice) = fixture();
+        let group = state.id();
         let mut sender = GroupSender::new(group, NOW);
         let mut bob = GroupReceiver::new(group);
         let first = sender.encrypt(&text(group, "x"), NOW).unwrap();
-        bob.add_sender_key(&[1; 32], &sender.sender_key()).unwrap();
+        bob.add_sender_key(&state, &alice, &sender.sender_key())
+            .unwrap();
         for i in 0..MAX_SESSIONS_PER_SENDER as u64 {
             let key = sender.rotate(NOW + i);
-            bob.add_sender_key(&[1; 32], &key).unwrap();
+            bob.add_sender_key(&state, &alice, &key).unwrap();
         }
-        assert_eq!(bob.sessions[&[1; 32]].len(), MAX_SESSIONS_PER_SENDER);
+        assert_eq!(bob.sessions[&alice].len(), MAX_SESSIONS_PER_SENDER);
         assert!(matches!(
-            bob.decrypt(&[1; 32], &first.ciphertext),
+            bob.decrypt(&state, &alice, &first.ciphertext),
             Err(Error::UnknownGroupSession)
         ));
-        bob.remove_sender(&[1; 32]);
+        bob.remove_sender(&alice);
         assert!(bob.sessions.is_empty());
     }
 
     #[test]
     fn pickles_roundtrip() {
-        let group = GroupId::random();
+        let (state, alice) = fixture();
+        let group = state.id();
         let key = [7u8; 32];
         let mut sender = GroupSender::new(group, NOW);
         let mut bob = GroupReceiver::new(group);
-        bob.add_sender_key(&[1; 32], &sender.sender_key()).unwrap();
+        bob.add_sender_key(&state, &alice, &sender.sender_key())
+            .unwrap();
         sender.encrypt(&text(group, "x"), NOW).unwrap();
 
         let mut sender = GroupSender::from_pickle(&sender.pickle(&key), &key).unwrap();
@@ -642,7 +722,7 @@ mod tests {
         let out = sender.encrypt(&text(group, "y"), NOW).unwrap();
         assert!(out.rotated.is_none());
         assert_eq!(
-            bob.decrypt(&[1; 32], &out.ciphertext)
+            bob.decrypt(&state, &alice, &out.ciphertext)
                 .unwrap()
                 .message_index,
             1

@@ -366,6 +366,17 @@ impl SignedOp {
         })
     }
 
+    /// The Ed25519 key of the member this op takes out of the group (the
+    /// target of a remove, the signer of a leave): after applying it, the
+    /// caller drops that member's sender keys and rotates its own.
+    pub fn removed(&self) -> Option<[u8; 32]> {
+        match &self.op {
+            GroupOp::Remove(key) => Some(*key),
+            GroupOp::Leave => Some(self.signer),
+            _ => None,
+        }
+    }
+
     /// SHA-256 of the encoding: the `prev` of the op that follows this one.
     pub fn hash(&self) -> Result<[u8; 32], OpError> {
         Ok(Sha256::digest(self.encode()?).into())
@@ -628,6 +639,8 @@ mod tests {
         assert_eq!(state.title(), "new");
         assert_eq!(state.updated_at_ms(), 3);
         let leave = state.propose(&carol, 4, GroupOp::Leave).unwrap();
+        assert_eq!(leave.removed(), Some(carol.public().ed25519));
+        assert_eq!(rename.removed(), None);
         let state = state.apply(&leave).unwrap();
         assert_eq!(state.role_of(&carol.public().ed25519), None);
         assert_eq!(state.version(), 6);
@@ -696,6 +709,7 @@ mod tests {
         let remove = state
             .propose(&alice, 5, GroupOp::Remove(carol.public().ed25519))
             .unwrap();
+        assert_eq!(remove.removed(), Some(carol.public().ed25519));
         let after = state.apply(&remove).unwrap();
         assert_eq!(after.apply(&remove), Err(OpError::ChainMismatch));
         // A re-add followed by the old remove replayed again: still stale.

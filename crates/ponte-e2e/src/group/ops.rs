@@ -143,7 +143,7 @@ impl Member {
 }
 
 /// A change to a group.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GroupOp {
     /// Start the group; the creator (who signs) is its first admin.
@@ -163,6 +163,28 @@ pub enum GroupOp {
     Rename(String),
     /// The signer leaves.
     Leave,
+}
+
+impl std::fmt::Debug for GroupOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Titles are content: they stay out of logs and debug output.
+        match self {
+            GroupOp::Create { title, creator } => f
+                .debug_struct("Create")
+                .field("title_bytes", &title.len())
+                .field("creator", &creator.handle)
+                .finish(),
+            GroupOp::Add(member) => f.debug_tuple("Add").field(&member.handle).finish(),
+            GroupOp::Remove(key) => write!(f, "Remove({})", hex(key)),
+            GroupOp::Promote(key) => write!(f, "Promote({})", hex(key)),
+            GroupOp::Rename(title) => write!(f, "Rename({} bytes)", title.len()),
+            GroupOp::Leave => f.write_str("Leave"),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A [`GroupOp`] with its group, chain link, time and signature.
@@ -392,7 +414,7 @@ impl SignedOp {
 }
 
 /// A group as every member's client sees it after checking each op.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct GroupState {
     id: GroupId,
     title: String,
@@ -401,6 +423,17 @@ pub struct GroupState {
     version: u64,
     head: [u8; 32],
     updated_at_ms: u64,
+}
+
+impl std::fmt::Debug for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupState")
+            .field("id", &self.id)
+            .field("title_bytes", &self.title.len())
+            .field("members", &self.members.len())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GroupState {
@@ -445,6 +478,17 @@ impl GroupState {
             head: op.hash()?,
             updated_at_ms: op.timestamp_ms,
         })
+    }
+
+    /// Rebuild a group from its ops, create first (as stored by a member,
+    /// or as received by a new member), checking every one.
+    pub fn replay<'a>(ops: impl IntoIterator<Item = &'a SignedOp>) -> Result<Self, OpError> {
+        let mut ops = ops.into_iter();
+        let mut state = Self::from_create(ops.next().ok_or(OpError::BadCreate)?)?;
+        for op in ops {
+            state = state.apply(op)?;
+        }
+        Ok(state)
     }
 
     /// Sign `op` as `identity` on top of this state. The result is what
@@ -664,6 +708,13 @@ mod tests {
             .apply(&wire(&add))
             .unwrap();
         assert_eq!(bobs, state);
+        assert_eq!(GroupState::replay([&create, &add]).unwrap(), state);
+        assert_eq!(GroupState::replay([&add]), Err(OpError::BadCreate));
+        assert_eq!(GroupState::replay([]), Err(OpError::BadCreate));
+        assert_eq!(
+            GroupState::replay([&create, &add, &add]),
+            Err(OpError::ChainMismatch)
+        );
     }
 
     #[test]
@@ -846,6 +897,17 @@ mod tests {
             .propose(&alice, 2, GroupOp::Add(member(&newcomer, "new")))
             .unwrap();
         assert_eq!(state.apply(&op), Err(OpError::TooManyMembers));
+    }
+
+    #[test]
+    fn debug_output_hides_titles() {
+        let op = GroupOp::Rename("secret plans".into());
+        assert_eq!(format!("{op:?}"), "Rename(12 bytes)");
+        let (state, alice, _, _) = setup();
+        let signed = state.propose(&alice, 5, op).unwrap();
+        assert!(!format!("{signed:?}").contains("secret"));
+        let renamed = state.apply(&signed).unwrap();
+        assert!(!format!("{renamed:?}").contains("secret"));
     }
 
     #[test]

@@ -911,6 +911,25 @@ mod tests {
     }
 
     #[test]
+    fn every_single_byte_change_decodes_canonically_or_is_refused() {
+        let alice = Identity::generate();
+        let (state, create) = GroupState::create(&alice, "alice", "team", 1).unwrap();
+        let good = create.encode().unwrap();
+        for at in 0..good.len() {
+            for flip in [0x01, 0x80] {
+                let mut bytes = good.clone();
+                bytes[at] ^= flip;
+                if let Ok(op) = SignedOp::decode(&bytes) {
+                    // One encoding per value, so the signature covers it all.
+                    assert_eq!(op.encode().unwrap(), bytes, "byte {at}");
+                    assert!(GroupState::from_create(&op).is_err(), "byte {at}");
+                    assert!(state.apply(&op).is_err(), "byte {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn decoding_rejects_hostile_input() {
         let (state, alice, _, _) = setup();
         let good = state

@@ -1,10 +1,12 @@
 //! Fuzz target for the end-to-end decoders a client runs on what the server
-//! hands it: `Ciphertext::from_bytes` (and the pre-key sender it exposes) and
-//! `Envelope::decode`. No panic; whatever decodes re-encodes to bytes that
-//! decode the same.
+//! hands it: `Ciphertext::from_bytes` (and the pre-key sender it exposes),
+//! `GroupCiphertext::from_bytes` and `Envelope::decode` (every kind: text,
+//! read receipt, group text, sender key, group op). No panic; whatever
+//! decodes re-encodes to bytes that decode the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use ponte_e2e::group::GroupCiphertext;
 use ponte_e2e::{Ciphertext, Envelope, Identity};
 
 fuzz_target!(|data: &[u8]| {
@@ -13,8 +15,16 @@ fuzz_target!(|data: &[u8]| {
         let again = Ciphertext::from_bytes(&c.to_bytes()).expect("re-encoded ciphertext decodes");
         assert_eq!(again, c);
     }
+    if let Ok(c) = GroupCiphertext::from_bytes(data) {
+        let again = GroupCiphertext::from_bytes(&c.to_bytes())
+            .expect("re-encoded group ciphertext decodes");
+        assert_eq!(again, c);
+    }
     if let Ok(env) = Envelope::decode(data) {
         let bytes = env.encode().expect("a decoded envelope re-encodes");
-        assert_eq!(Envelope::decode(&bytes).expect("re-encoded envelope decodes"), env);
+        assert_eq!(
+            Envelope::decode(&bytes).expect("re-encoded envelope decodes"),
+            env
+        );
     }
 });

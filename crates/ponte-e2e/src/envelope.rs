@@ -7,13 +7,29 @@
 //! +---------+------+------------+-------------+------------------+---------+
 //! kind 1 (text):         u32 BE length, then that many bytes of UTF-8
 //! kind 2 (read receipt): u16 BE count (<= MAX_RECEIPT_IDS), then count ids
+//! kind 3:                reserved (files)
+//! kind 4 (group text):   group id (16), u32 BE length, that many bytes of UTF-8
+//! kind 5 (sender key):   group id (16), u16 BE length (<= MAX_SENDER_KEY_BYTES),
+//!                        a vodozemac Megolm session key
+//! kind 6 (group op):     u16 BE length (<= MAX_OP_BYTES), a group::SignedOp
 //! ```
+//!
+//! Kinds 1, 2, 5 and 6 travel inside Olm (pairwise). Kind 4 is the Megolm
+//! plaintext of a group message (see [`crate::group::megolm`]): the group
+//! message body is a group-specific envelope inside Megolm, not an Olm
+//! envelope wrapping Megolm, so the server stores one body for every
+//! recipient; the group id inside it is authenticated by Megolm, so a
+//! message cannot be replayed into another group that (by a sender's
+//! mistake or malice) shares the session.
 //!
 //! The whole envelope is zero-padded to a multiple of [`PADDING_BLOCK`] bytes
 //! so the server learns message lengths only to that granularity. Decoding
 //! rejects non-zero padding, unknown versions and kinds, and lengths beyond
 //! the caps, before allocating.
 
+use crate::group::megolm::{SenderKey, MAX_SENDER_KEY_BYTES};
+use crate::group::ops::{SignedOp, MAX_OP_BYTES};
+use crate::group::GroupId;
 use crate::{Error, Result};
 
 /// Longest text accepted, in bytes of UTF-8.
@@ -26,6 +42,9 @@ pub const PADDING_BLOCK: usize = 64;
 const VERSION: u8 = 1;
 const KIND_TEXT: u8 = 1;
 const KIND_READ: u8 = 2;
+const KIND_GROUP_TEXT: u8 = 4;
+const KIND_SENDER_KEY: u8 = 5;
+const KIND_GROUP_OP: u8 = 6;
 const HEADER: usize = 2 + 16 + 8;
 
 /// A 16-byte message id chosen by the sender; the key for deduplication
@@ -93,6 +112,17 @@ pub enum Payload {
     Text(String),
     /// The recipient displayed these messages (end-to-end read receipt).
     ReadReceipt(Vec<MessageId>),
+    /// A text message to a group (the Megolm plaintext of a group message).
+    GroupText {
+        /// The group it was sent to.
+        group: GroupId,
+        /// The text.
+        text: String,
+    },
+    /// The sender's Megolm session key for a group (sent pairwise).
+    SenderKey(SenderKey),
+    /// A signed change to a group (sent pairwise to every member).
+    GroupOp(Box<SignedOp>),
 }
 
 impl std::fmt::Debug for Payload {
@@ -101,6 +131,11 @@ impl std::fmt::Debug for Payload {
         match self {
             Payload::Text(t) => write!(f, "Text({} bytes)", t.len()),
             Payload::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
+            Payload::GroupText { group, text } => {
+                write!(f, "GroupText({group:?}, {} bytes)", text.len())
+            }
+            Payload::SenderKey(key) => f.debug_tuple("SenderKey").field(key).finish(),
+            Payload::GroupOp(op) => f.debug_tuple("GroupOp").field(op).finish(),
         }
     }
 }
@@ -124,6 +159,9 @@ impl Envelope {
         match &self.payload {
             Payload::Text(_) => out.push(KIND_TEXT),
             Payload::ReadReceipt(_) => out.push(KIND_READ),
+            Payload::GroupText { .. } => out.push(KIND_GROUP_TEXT),
+            Payload::SenderKey(_) => out.push(KIND_SENDER_KEY),
+            Payload::GroupOp(_) => out.push(KIND_GROUP_OP),
         }
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
@@ -144,6 +182,26 @@ impl Envelope {
                 for id in ids {
                     out.extend_from_slice(&id.0);
                 }
+            }
+            Payload::GroupText { group, text } => {
+                if text.len() > MAX_TEXT_BYTES {
+                    return Err(Error::TextTooLong(text.len()));
+                }
+                out.extend_from_slice(&group.0);
+                out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+            Payload::SenderKey(key) => {
+                // Bounded by MAX_SENDER_KEY_BYTES when built.
+                out.extend_from_slice(&key.group.0);
+                out.extend_from_slice(&(key.key_bytes().len() as u16).to_be_bytes());
+                out.extend_from_slice(key.key_bytes());
+            }
+            Payload::GroupOp(op) => {
+                let bytes = op.encode().map_err(Error::GroupOp)?;
+                // Bounded by MAX_OP_BYTES (every field of an encodable op is capped).
+                out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                out.extend_from_slice(&bytes);
             }
         }
         let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
@@ -168,20 +226,34 @@ impl Envelope {
         let rest = &bytes[HEADER..];
         let (payload, used) = match kind {
             KIND_TEXT => {
-                let len_bytes: [u8; 4] = rest
-                    .get(..4)
+                let (text, used) = decode_text(rest)?;
+                (Payload::Text(text), used)
+            }
+            KIND_GROUP_TEXT => {
+                let group = rest
+                    .get(..16)
                     .and_then(|s| s.try_into().ok())
-                    .ok_or(Error::MalformedEnvelope("truncated text length"))?;
-                let len = u32::from_be_bytes(len_bytes) as usize;
-                if len > MAX_TEXT_BYTES {
-                    return Err(Error::MalformedEnvelope("text too long"));
-                }
-                let text = rest
-                    .get(4..4 + len)
-                    .ok_or(Error::MalformedEnvelope("truncated text"))?;
-                let text = std::str::from_utf8(text)
-                    .map_err(|_| Error::MalformedEnvelope("text is not UTF-8"))?;
-                (Payload::Text(text.to_owned()), 4 + len)
+                    .map(GroupId)
+                    .ok_or(Error::MalformedEnvelope("truncated group id"))?;
+                let (text, used) = decode_text(&rest[16..])?;
+                (Payload::GroupText { group, text }, 16 + used)
+            }
+            KIND_SENDER_KEY => {
+                let group = rest
+                    .get(..16)
+                    .and_then(|s| s.try_into().ok())
+                    .map(GroupId)
+                    .ok_or(Error::MalformedEnvelope("truncated group id"))?;
+                let (key, used) = decode_u16_bytes(&rest[16..], MAX_SENDER_KEY_BYTES)?;
+                let key = SenderKey::from_parts(group, key)
+                    .map_err(|_| Error::MalformedEnvelope("bad sender key"))?;
+                (Payload::SenderKey(key), 16 + used)
+            }
+            KIND_GROUP_OP => {
+                let (op, used) = decode_u16_bytes(rest, MAX_OP_BYTES)?;
+                let op =
+                    SignedOp::decode(op).map_err(|_| Error::MalformedEnvelope("bad group op"))?;
+                (Payload::GroupOp(Box::new(op)), used)
             }
             KIND_READ => {
                 let count_bytes: [u8; 2] = rest
@@ -212,6 +284,42 @@ impl Envelope {
             payload,
         })
     }
+}
+
+/// A u32 length then that much UTF-8 (at most [`MAX_TEXT_BYTES`]); the
+/// text and the bytes used.
+fn decode_text(rest: &[u8]) -> Result<(String, usize)> {
+    let len_bytes: [u8; 4] = rest
+        .get(..4)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(Error::MalformedEnvelope("truncated text length"))?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    if len > MAX_TEXT_BYTES {
+        return Err(Error::MalformedEnvelope("text too long"));
+    }
+    let text = rest
+        .get(4..4 + len)
+        .ok_or(Error::MalformedEnvelope("truncated text"))?;
+    let text =
+        std::str::from_utf8(text).map_err(|_| Error::MalformedEnvelope("text is not UTF-8"))?;
+    Ok((text.to_owned(), 4 + len))
+}
+
+/// A u16 length (at most `cap`) then that many bytes; the bytes and the
+/// bytes used.
+fn decode_u16_bytes(rest: &[u8], cap: usize) -> Result<(&[u8], usize)> {
+    let len_bytes: [u8; 2] = rest
+        .get(..2)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(Error::MalformedEnvelope("truncated length"))?;
+    let len = u16::from_be_bytes(len_bytes) as usize;
+    if len > cap {
+        return Err(Error::MalformedEnvelope("too long"));
+    }
+    let bytes = rest
+        .get(2..2 + len)
+        .ok_or(Error::MalformedEnvelope("truncated body"))?;
+    Ok((bytes, 2 + len))
 }
 
 #[cfg(test)]
@@ -298,6 +406,76 @@ mod tests {
             ..env
         };
         assert!(matches!(too_long.encode(), Err(Error::TextTooLong(_))));
+    }
+
+    #[test]
+    fn group_kinds_roundtrip() {
+        use crate::group::{GroupOp, GroupSender, GroupState};
+        let group = GroupId::random();
+        let alice = crate::Identity::generate();
+        let (state, _) = GroupState::create(&alice, "alice", "team", 1).unwrap();
+        let op = state
+            .propose(&alice, 2, GroupOp::Rename("renamed".into()))
+            .unwrap();
+        for payload in [
+            Payload::GroupText {
+                group,
+                text: "hi all".into(),
+            },
+            Payload::SenderKey(GroupSender::new(group, 1).sender_key()),
+            Payload::GroupOp(Box::new(op)),
+        ] {
+            let env = Envelope {
+                id: MessageId::random(),
+                sent_at_ms: 9,
+                payload,
+            };
+            let bytes = env.encode().unwrap();
+            assert_eq!(bytes.len() % PADDING_BLOCK, 0);
+            assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+            // Truncated inside the body or with a byte of padding set: refused.
+            let body_end = bytes.iter().rposition(|&b| b != 0).unwrap();
+            assert!(Envelope::decode(&bytes[..body_end]).is_err());
+            let mut bad = bytes.clone();
+            let last = bad.len() - 1;
+            if last > body_end {
+                bad[last] = 1;
+                assert!(Envelope::decode(&bad).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn group_kinds_reject_hostile_lengths() {
+        let mut head = vec![VERSION, KIND_SENDER_KEY];
+        head.extend_from_slice(&[0; 16 + 8]);
+        let mut key = head.clone();
+        key.extend_from_slice(&[0; 16]);
+        key.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(
+            Envelope::decode(&key),
+            Err(Error::MalformedEnvelope("too long"))
+        ));
+        // A well-sized but invalid session key.
+        let mut key = head.clone();
+        key.extend_from_slice(&[0; 16]);
+        key.extend_from_slice(&4u16.to_be_bytes());
+        key.extend_from_slice(&[1; 4]);
+        assert!(Envelope::decode(&key).is_err());
+        let mut op = head.clone();
+        op[1] = KIND_GROUP_OP;
+        op.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(Envelope::decode(&op).is_err());
+        let mut text = head.clone();
+        text[1] = KIND_GROUP_TEXT;
+        text.extend_from_slice(&[0; 16]);
+        text.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Envelope::decode(&text).is_err());
+        // Kind 3 is reserved and not decoded here.
+        let mut files = head;
+        files[1] = 3;
+        files.extend_from_slice(&[0; 38]);
+        assert!(Envelope::decode(&files).is_err());
     }
 
     #[test]

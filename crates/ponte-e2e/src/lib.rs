@@ -9,7 +9,12 @@
 //! - [`session`]: an Olm [`Session`] (double ratchet) and the [`Ciphertext`]
 //!   that travels through the server.
 //! - [`envelope`]: the versioned, padded plaintext [`Envelope`] inside each
-//!   ciphertext (message id, sent_at, text or read receipt).
+//!   ciphertext (message id, sent_at, text, read receipt, group text,
+//!   sender key or group op).
+//! - [`group`]: groups: membership as signed, hash-chained operations
+//!   ([`group::GroupState`], [`group::SignedOp`]) and messages under
+//!   rotating Megolm sender keys ([`group::GroupSender`],
+//!   [`group::GroupReceiver`]).
 //! - [`safety`]: 60-digit [`SafetyNumber`]s and their QR payload.
 //!
 //! Secrets leave this crate only as vodozemac pickles encrypted with a
@@ -20,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+pub mod group;
 pub mod identity;
 pub mod safety;
 pub mod session;
@@ -59,6 +65,28 @@ pub enum Error {
     /// A text message exceeds [`MAX_TEXT_BYTES`].
     #[error("message text too long ({0} bytes, at most {MAX_TEXT_BYTES})")]
     TextTooLong(usize),
+    /// A group message or sender key could not be parsed (truncated, unknown
+    /// version, too long, not a group envelope).
+    #[error("malformed group message: {0}")]
+    MalformedGroupMessage(&'static str),
+    /// A group message, sender key or envelope names another group.
+    #[error("group message is for another group")]
+    WrongGroup,
+    /// The sender of a group message or key is not a member of the group.
+    #[error("sender is not a member of the group")]
+    NotGroupMember,
+    /// No sender key from this member for the message's Megolm session
+    /// (never received, dropped after removal, or sent after a rotation the
+    /// receiver was not given the key for).
+    #[error("unknown group session")]
+    UnknownGroupSession,
+    /// Megolm decryption failed: forged, or before the index the receiver's
+    /// key starts at (vodozemac's reason is the source).
+    #[error("group decryption failed")]
+    GroupDecryption(#[source] vodozemac::megolm::DecryptionError),
+    /// A group op could not be encoded.
+    #[error("group op: {0}")]
+    GroupOp(#[source] group::OpError),
     /// A pickle could not be decrypted or parsed (wrong key or corrupted).
     #[error("cannot unpickle")]
     Pickle(#[source] vodozemac::PickleError),

@@ -266,21 +266,7 @@ wire_enum! {
     }
 }
 
-/// Displays an error and its causes, `outer: cause: root` (each once).
-#[derive(Debug, Clone, Copy)]
-pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Report<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(c) = cause {
-            write!(f, ": {c}")?;
-            cause = c.source();
-        }
-        Ok(())
-    }
-}
+pub use ponte_wire::diag::Report;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@
 //! printed config loads back to an equal value.
 
 use ponte_wire::address::ServerAddress;
+use ponte_wire::diag::{key_path, line_col};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, HashSet};
@@ -952,43 +953,6 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-/// The dotted key (`listener[0].tls`) of a deserialization error, without
-/// the internal fields `Spanned` values are read through.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut key = String::new();
-    for seg in path.iter() {
-        match seg {
-            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
-            Segment::Map { key: k } | Segment::Enum { variant: k } => {
-                if k.starts_with("$__serde_spanned_private") {
-                    continue;
-                }
-                if !key.is_empty() {
-                    key.push('.');
-                }
-                key.push_str(k);
-            }
-            Segment::Unknown => {}
-        }
-    }
-    key
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text.as_bytes()[..offset];
-    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let col = offset
-        - before
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |p| p + 1)
-        + 1;
-    (line, col)
 }
 
 #[cfg(test)]

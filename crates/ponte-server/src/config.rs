@@ -1,6 +1,7 @@
 //! Server settings, built once (from flags in `ponte-cli`) into this typed
 //! struct; every bound the server enforces lives here.
 
+use ponte_wire::diag::{key_path, line_col};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -658,39 +659,6 @@ fn parse_error_text(path: &Path, line: usize, column: usize, key: &str, message:
     }
     s.push_str(message);
     s
-}
-
-/// The dotted key (`register_limit.burst`) of a deserialization error.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut key = String::new();
-    for seg in path.iter() {
-        match seg {
-            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
-            Segment::Map { key: k } | Segment::Enum { variant: k } => {
-                if !key.is_empty() {
-                    key.push('.');
-                }
-                key.push_str(k);
-            }
-            Segment::Unknown => {}
-        }
-    }
-    key
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text.as_bytes()[..offset];
-    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let col = offset
-        - before
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |p| p + 1)
-        + 1;
-    (line, col)
 }
 
 impl FileConfig {

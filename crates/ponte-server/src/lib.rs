@@ -233,22 +233,8 @@ pub(crate) struct Shared {
     _lock: std::fs::File,
 }
 
-/// Displays an error with its causes, `error: cause: root cause` (for
-/// logs; errors keep their causes as `source`, not in their text).
-#[derive(Debug)]
-pub(crate) struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(c) = cause {
-            write!(f, ": {c}")?;
-            cause = c.source();
-        }
-        Ok(())
-    }
-}
+/// An error with its causes, for log lines.
+pub(crate) use ponte_wire::diag::Report as Chain;
 
 /// A bound, not yet running server.
 #[derive(Debug)]

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod diag;
 pub mod frame;
 pub mod limit;
 pub mod link;

@@ -379,6 +379,7 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let SendOutcome {
                 message,
                 note,
+                warnings,
                 key_changed,
             } = runtime()?.block_on(client.send(&name, &text))?;
             if key_changed {
@@ -386,6 +387,11 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 // ones will. Its message stays held in the outbox (queued,
                 // never encrypted to the new key) until `verify --confirm`.
                 return Err(ClientError::KeyChanged(name).into());
+            }
+            // Each on its own line: a warning about the outbox is not part
+            // of why this message is queued.
+            for w in &warnings {
+                notice(&format!("WARNING: {w}"));
             }
             if let Some(note) = note {
                 notice(&note);

@@ -25,8 +25,14 @@ pub const MAX_SENDS_IN_FLIGHT: usize = 32;
 pub struct SendOutcome {
     /// The message as stored (status queued, sent...).
     pub message: MessageView,
-    /// Why it is still queued, if it is.
+    /// Why it is still queued (or failed), if it is.
     pub note: Option<String>,
+    /// What the flush found about the outbox, one line each (this
+    /// contact has no keys yet, another's mailbox is full...). Another
+    /// contact's identity key change is not among them: it concerns that
+    /// contact, and is said where that contact is concerned (sending to
+    /// them, `sync`, `contacts`, `verify`).
+    pub warnings: Vec<String>,
     /// This very send found that the contact's identity key changed (and
     /// flagged it): the message is held in the outbox, neither sent nor
     /// lost, and goes out only after `verify --confirm`. Treat it as the
@@ -370,6 +376,17 @@ impl Client {
     pub async fn send(&mut self, peer: &str, text: &str) -> Result<SendOutcome> {
         self.warned_full.clear();
         let id = self.queue_text(peer, text)?;
+        // Messages held for other contacts whose key changed stay held
+        // without a word here: the warning belongs to those contacts.
+        let mut silenced = Vec::new();
+        for contact in self.store().contacts()? {
+            if contact.changed_identity.is_some()
+                && contact.handle != peer
+                && self.warned_held.insert(contact.handle.clone())
+            {
+                silenced.push(contact.handle);
+            }
+        }
         let mut warnings = Vec::new();
         let note = match self.login().await {
             Ok((mut conn, _)) => {
@@ -398,11 +415,9 @@ impl Client {
             // waits in the outbox like an unreachable server's.
             Err(e) => Some(format!("kept in the outbox: {}", Report(&e))),
         };
-        let note = match (note, warnings.is_empty()) {
-            (n, true) => n,
-            (None, false) => Some(warnings.join("; ")),
-            (Some(n), false) => Some(format!("{n}; {}", warnings.join("; "))),
-        };
+        for handle in silenced {
+            self.warned_held.remove(&handle);
+        }
         let message = self
             .store()
             .message(peer, true, &id)?
@@ -417,6 +432,7 @@ impl Client {
         Ok(SendOutcome {
             message,
             note,
+            warnings,
             key_changed,
         })
     }

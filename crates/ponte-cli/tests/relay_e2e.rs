@@ -524,6 +524,48 @@ fn tampering_replaying_and_impostor_relays_are_refused() {
     ok(&sync_via(good.addr));
 }
 
+/// `last_route` (in `status --json`, and `via list`'s "worked last") is a
+/// route that carried an authenticated session: a relay that altered the
+/// server's first message is not recorded, and neither is a one-off
+/// `--via` that worked but is not saved. The saved relay that worked stays.
+#[test]
+fn a_tampering_or_one_off_relay_is_not_remembered_as_the_last_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let good = Forwarder::start(server.addr, Mode::Record);
+    let address = server.address_at(closed_port());
+    let alice = tmp.path().join("alice");
+    let saved = format!("tcp://{}", good.addr);
+    register(&alice, &address, "alice", &[&saved]);
+    let last_route = || {
+        let out = ponte(&alice, &["status", "--json", "--connect-timeout", "2"]);
+        json_lines(&String::from_utf8_lossy(&out.stdout))[0]["last_route"].clone()
+    };
+    let worked = format!("relay {saved}");
+    assert_eq!(last_route(), worked.as_str());
+
+    // Only the tampering relay is tried: the saved one is down for now.
+    drop(good);
+    thread::sleep(Duration::from_millis(500));
+    let tamper = Forwarder::start(server.addr, Mode::Flip(60));
+    let out = ponte(
+        &alice,
+        &["sync", "--via", &format!("tcp://{}", tamper.addr)],
+    );
+    let err = failed(&out);
+    assert!(err.contains("TAMPERING"), "{err}");
+    assert_eq!(last_route(), worked.as_str(), "the tampering relay");
+
+    let one_off = Forwarder::start(server.addr, Mode::Record);
+    ok(&ponte(
+        &alice,
+        &["sync", "--via", &format!("tcp://{}", one_off.addr)],
+    ));
+    assert_eq!(last_route(), worked.as_str(), "a one-off --via");
+    let list = ok(&ponte(&alice, &["via", "list"]));
+    assert!(list.contains(&format!("{saved}  (worked last)")), "{list}");
+}
+
 /// The share link `ponte proxy link` prints for the `ponte` preset is read
 /// back by `ponte via add`.
 #[test]

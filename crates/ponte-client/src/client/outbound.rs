@@ -441,9 +441,12 @@ impl Client {
     /// another key, the account is gone, ...): the message just queued is
     /// marked failed, so it never goes out later behind the user's back
     /// (they were told it failed, and will likely type it again).
-    fn give_up(&self, peer: &str, id: &MessageId, e: ClientError) -> ClientError {
+    fn give_up(&mut self, peer: &str, id: &MessageId, e: ClientError) -> ClientError {
         if let Err(mark) = self.store().mark_failed(peer, id) {
             tracing::warn!("cannot mark the message failed: {mark}");
+        }
+        if let Err(forget) = self.forget_route_after(&e) {
+            tracing::warn!("cannot update the last route: {forget}");
         }
         e
     }

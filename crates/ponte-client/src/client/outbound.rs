@@ -220,7 +220,11 @@ impl Client {
                 match answer {
                     Ok(server_frame::Body::SendAck(_)) => {
                         sent.push((item.peer.as_str(), &item.id));
-                        self.warned_full.remove(&item.peer);
+                        // An answer to a send that left before the mailbox
+                        // was found full says nothing about it now.
+                        if !mailbox_full.contains(&item.peer) {
+                            self.warned_full.remove(&item.peer);
+                        }
                     }
                     Ok(_) => return Err(unexpected("SendMessage")),
                     Err(ClientError::Server {

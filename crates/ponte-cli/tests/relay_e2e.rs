@@ -566,6 +566,55 @@ fn a_tampering_or_one_off_relay_is_not_remembered_as_the_last_route() {
     assert!(list.contains(&format!("{saved}  (worked last)")), "{list}");
 }
 
+/// What a relay did, in the user's terms rather than rustls's or the
+/// socket's: a relay that accepts and closes because it cannot reach the
+/// server is named as such (TLS and plain); `tls://` at a plain relay's
+/// port says it does not speak TLS and names the tcp:// URL to use; a
+/// relay URL with a path says it has none.
+#[test]
+fn a_relay_that_cannot_reach_the_server_or_the_wrong_scheme_is_said_plainly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let good = Relay::start(tmp.path(), "good", server.addr);
+    let address = server.address_at(closed_port());
+    let alice = tmp.path().join("alice");
+    register(&alice, &address, "alice", &[&good.plain_url()]);
+    ok(&ponte(&alice, &["via", "clear"]));
+
+    let cut = Relay::start(
+        tmp.path(),
+        "cut",
+        SocketAddr::from(([127, 0, 0, 1], closed_port())),
+    );
+    for url in [cut.tls_url(), cut.plain_url()] {
+        let err = failed(&ponte(&alice, &["sync", "--via", &url]));
+        assert!(
+            err.contains("the relay accepted the connection and closed it"),
+            "{url}: {err}"
+        );
+        assert!(err.contains("may not reach the server"), "{url}: {err}");
+        assert!(!err.contains("  "), "one line of prose: {err}");
+        assert!(
+            !err.contains("close_notify") && !err.contains("docs.rs"),
+            "{url}: {err}"
+        );
+    }
+
+    let wrong = format!("tls://127.0.0.1:{}", good.plain);
+    let err = failed(&ponte(&alice, &["sync", "--via", &wrong]));
+    assert!(err.contains("does not seem to speak TLS"), "{err}");
+    assert!(err.contains(&good.plain_url()), "{err}");
+    assert!(!err.contains("tls handshake eof"), "{err}");
+
+    let err = failed(&ponte(
+        &alice,
+        &["via", "add", "tls://relay.example.org:443/path"],
+    ));
+    assert!(err.contains("no path"), "{err}");
+    assert!(err.contains("tls://relay.example.org:443"), "{err}");
+    assert!(!err.contains("bad port"), "{err}");
+}
+
 /// The share link `ponte proxy link` prints for the `ponte` preset is read
 /// back by `ponte via add`.
 #[test]

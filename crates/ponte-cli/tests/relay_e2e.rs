@@ -438,6 +438,15 @@ fn listen_moves_to_a_second_relay_when_the_first_dies() {
         notices.contains(&format!("relay {first_plain}")),
         "{notices}"
     );
+    // The relay died, not the server: the notice says which.
+    assert!(
+        notices.contains("the relay closed the connection"),
+        "{notices}"
+    );
+    assert!(
+        !notices.contains("the server closed the connection"),
+        "{notices}"
+    );
     assert!(
         notices.contains(&format!("relay {}", second.plain_url())),
         "{notices}"

@@ -6,7 +6,9 @@
 //!   named and left as it is by every command that opens a profile;
 //! - one altered message row does not hide the rest of a conversation:
 //!   `history` shows the others, marks that one UNREADABLE without its
-//!   text, and exits 1.
+//!   text, and exits 1;
+//! - a recipient's full mailbox is said once per command, however many
+//!   messages to them wait in the outbox.
 //!
 //! Every wait is bounded; nothing leaves 127.0.0.1.
 #![allow(clippy::unwrap_used)]
@@ -14,7 +16,7 @@
 use std::path::Path;
 
 mod common;
-use common::{json_lines, ok, ponte, register, stderr, stdout, Server};
+use common::{json_lines, ok, ponte, register, stderr, stdout, Forwarder, Server};
 
 /// The commands that open an existing profile only to read it.
 const READERS: &[&[&str]] = &[
@@ -119,5 +121,50 @@ fn one_altered_message_row_is_marked_and_the_rest_is_shown() {
         "no text from the altered row: {lines:?}"
     );
     assert!(lines[2].ends_with("alice -> bob: third"), "{lines:?}");
+    drop(server);
+}
+
+#[test]
+fn a_full_mailbox_is_said_once_per_command() {
+    const FULL: &str = "bob's mailbox on the server is full";
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start_with(&data, &["--max-pending", "3"]);
+    let fwd = Forwarder::start(server.addr);
+    let address = format!("ponte://{}#{}", fwd.addr, server.key);
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    register(&alice, &address, "alice");
+    register(&bob, &address, "bob");
+
+    // Twelve messages wait in alice's outbox while the server is down.
+    server.kill();
+    for i in 0..12 {
+        let out = ponte(&alice, &["send", "bob", &format!("m{i}")]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let server = Server::start_with(&data, &["--max-pending", "3"]);
+    fwd.retarget(server.addr);
+
+    // Three go out, nine are refused: one warning.
+    let out = ponte(&alice, &["sync"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out).matches(FULL).count(), 1, "{}", stderr(&out));
+    let out = ponte(&alice, &["send", "bob", "one more"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out).matches(FULL).count(), 1, "{}", stderr(&out));
+    // Each on its own line, not joined to the queued note.
+    for line in stderr(&out).lines().filter(|l| l.contains(FULL)) {
+        assert!(line.starts_with("ponte: WARNING: "), "{line}");
+    }
+
+    // Bob reads three, and the next three go out, in order.
+    let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
+    let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["m0", "m1", "m2"]);
+    let out = ponte(&alice, &["sync"]);
+    assert_eq!(stderr(&out).matches(FULL).count(), 1, "{}", stderr(&out));
+    let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
+    let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["m3", "m4", "m5"]);
     drop(server);
 }

@@ -135,6 +135,8 @@ fn a_full_mailbox_is_said_once_per_command() {
     let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
     register(&alice, &address, "alice");
     register(&bob, &address, "bob");
+    let carol = tmp.path().join("carol");
+    register(&carol, &address, "carol");
 
     // Twelve messages wait in alice's outbox while the server is down.
     server.kill();
@@ -152,10 +154,19 @@ fn a_full_mailbox_is_said_once_per_command() {
     let out = ponte(&alice, &["send", "bob", "one more"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out).matches(FULL).count(), 1, "{}", stderr(&out));
-    // Each on its own line, not joined to the queued note.
-    for line in stderr(&out).lines().filter(|l| l.contains(FULL)) {
-        assert!(line.starts_with("ponte: WARNING: "), "{line}");
-    }
+    // Sending to carol goes out; what concerns bob's messages is a warning
+    // line of its own, not joined to anything about carol.
+    let out = ponte(&alice, &["send", "carol", "hi carol"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(FULL)).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("ponte: WARNING: bob's mailbox"),
+        "{err}"
+    );
+    assert!(!lines[0].contains("carol"), "{err}");
+    assert!(stdout(&out).contains("hi carol [sent"), "{}", stdout(&out));
 
     // Bob reads three, and the next three go out, in order.
     let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));

@@ -27,11 +27,11 @@ pub struct SendOutcome {
     pub message: MessageView,
     /// Why it is still queued (or failed), if it is.
     pub note: Option<String>,
-    /// What the flush found about the outbox, one line each (this
-    /// contact has no keys yet, another's mailbox is full...). Another
-    /// contact's identity key change is not among them: it concerns that
-    /// contact, and is said where that contact is concerned (sending to
-    /// them, `sync`, `contacts`, `verify`).
+    /// What the flush found about messages to other contacts, one line
+    /// each (another's mailbox is full...); what it found about this
+    /// contact's is in `note`. Another contact's identity key change is
+    /// not among them: it is said where that contact is concerned
+    /// (sending to them, `sync`, `contacts`, `verify`).
     pub warnings: Vec<String>,
     /// This very send found that the contact's identity key changed (and
     /// flagged it): the message is held in the outbox, neither sent nor
@@ -422,6 +422,15 @@ impl Client {
         for handle in silenced {
             self.warned_held.remove(&handle);
         }
+        // What the flush said about this contact's messages is why this
+        // one is queued or failed: the note. The rest is about others.
+        let (about_this, warnings): (Vec<String>, Vec<String>) =
+            warnings.into_iter().partition(|w| concerns(w, peer));
+        let note = match (note, about_this.is_empty()) {
+            (n, true) => n,
+            (None, false) => Some(about_this.join("; ")),
+            (Some(n), false) => Some(format!("{n}; {}", about_this.join("; "))),
+        };
         let message = self
             .store()
             .message(peer, true, &id)?
@@ -454,6 +463,22 @@ impl Client {
         }
         e
     }
+}
+
+/// Whether the flush's warning `w` concerns the messages to `peer` (or the
+/// whole outbox, held back by a refusal for now), by the way each such
+/// warning in this module starts.
+fn concerns(w: &str, peer: &str) -> bool {
+    w.starts_with("kept in the outbox: ")
+        || w.starts_with(&ClientError::KeyChanged(peer.to_owned()).to_string())
+        || [
+            format!("{peer}'s mailbox "),
+            format!("{peer}: "),
+            format!("{peer} has "),
+            format!("message to {peer} refused"),
+        ]
+        .iter()
+        .any(|p| w.starts_with(p.as_str()))
 }
 
 /// Why a contact's items do not go out in this flush.

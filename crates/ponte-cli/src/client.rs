@@ -379,6 +379,7 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let SendOutcome {
                 message,
                 note,
+                warnings,
                 key_changed,
             } = runtime()?.block_on(client.send(&name, &text))?;
             if key_changed {
@@ -386,6 +387,11 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 // ones will. Its message stays held in the outbox (queued,
                 // never encrypted to the new key) until `verify --confirm`.
                 return Err(ClientError::KeyChanged(name).into());
+            }
+            // Each on its own line: a warning about the outbox is not part
+            // of why this message is queued.
+            for w in &warnings {
+                notice(&format!("WARNING: {w}"));
             }
             if let Some(note) = note {
                 notice(&note);
@@ -447,11 +453,20 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             check_handle(&name)?;
             let client = open_client(&common)?;
             let me = client.handle().to_owned();
-            let mut printed = 0usize;
+            let (mut printed, mut unreadable) = (0usize, 0usize);
             client.history_to(&name, &mut |m| {
                 printed += 1;
+                unreadable += usize::from(m.unreadable);
                 print_message(&me, m, common.json)
             })?;
+            if unreadable > 0 {
+                // The others were shown; the command still says it failed.
+                anyhow::bail!(
+                    "{unreadable} of {printed} messages with {name} could not be read: the \
+                     profile's stored data is corrupt or was altered (they are marked \
+                     UNREADABLE; their text is not shown)"
+                );
+            }
             if printed == 0 {
                 // A mistyped name must not look like an empty conversation.
                 if client.store().contact(&name)?.is_none() {
@@ -837,8 +852,16 @@ fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
     if m.key_changed {
         v["key_changed"] = serde_json::Value::Bool(true);
     }
+    if m.unreadable {
+        v["text"] = serde_json::Value::Null;
+        v["unreadable"] = serde_json::Value::Bool(true);
+    }
     v
 }
+
+/// What stands for the text of a message whose stored data did not open.
+const UNREADABLE: &str =
+    "[UNREADABLE: its stored data is corrupt or was altered; the text is not shown]";
 
 fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::Result<()> {
     if json {
@@ -846,7 +869,12 @@ fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::Result<()> {
         return out(message_json(me, m));
     }
     let when = rfc3339(m.sent_at.0);
-    let (peer, text) = (clean(&m.peer), clean(&m.text));
+    let peer = clean(&m.peer);
+    let text = if m.unreadable {
+        Cow::Borrowed(UNREADABLE)
+    } else {
+        clean(&m.text)
+    };
     if m.outgoing {
         out(format_args!(
             "{when} {me} -> {peer}: {text} [{} {}]",

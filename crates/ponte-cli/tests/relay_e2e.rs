@@ -438,6 +438,15 @@ fn listen_moves_to_a_second_relay_when_the_first_dies() {
         notices.contains(&format!("relay {first_plain}")),
         "{notices}"
     );
+    // The relay died, not the server: the notice says which.
+    assert!(
+        notices.contains("the relay closed the connection"),
+        "{notices}"
+    );
+    assert!(
+        !notices.contains("the server closed the connection"),
+        "{notices}"
+    );
     assert!(
         notices.contains(&format!("relay {}", second.plain_url())),
         "{notices}"
@@ -522,6 +531,97 @@ fn tampering_replaying_and_impostor_relays_are_refused() {
 
     // The honest path still works.
     ok(&sync_via(good.addr));
+}
+
+/// `last_route` (in `status --json`, and `via list`'s "worked last") is a
+/// route that carried an authenticated session: a relay that altered the
+/// server's first message is not recorded, and neither is a one-off
+/// `--via` that worked but is not saved. The saved relay that worked stays.
+#[test]
+fn a_tampering_or_one_off_relay_is_not_remembered_as_the_last_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let good = Forwarder::start(server.addr, Mode::Record);
+    let address = server.address_at(closed_port());
+    let alice = tmp.path().join("alice");
+    let saved = format!("tcp://{}", good.addr);
+    register(&alice, &address, "alice", &[&saved]);
+    let last_route = || {
+        let out = ponte(&alice, &["status", "--json", "--connect-timeout", "2"]);
+        json_lines(&String::from_utf8_lossy(&out.stdout))[0]["last_route"].clone()
+    };
+    let worked = format!("relay {saved}");
+    assert_eq!(last_route(), worked.as_str());
+
+    // Only the tampering relay is tried: the saved one is down for now.
+    drop(good);
+    thread::sleep(Duration::from_millis(500));
+    let tamper = Forwarder::start(server.addr, Mode::Flip(60));
+    let out = ponte(
+        &alice,
+        &["sync", "--via", &format!("tcp://{}", tamper.addr)],
+    );
+    let err = failed(&out);
+    assert!(err.contains("TAMPERING"), "{err}");
+    assert_eq!(last_route(), worked.as_str(), "the tampering relay");
+
+    let one_off = Forwarder::start(server.addr, Mode::Record);
+    ok(&ponte(
+        &alice,
+        &["sync", "--via", &format!("tcp://{}", one_off.addr)],
+    ));
+    assert_eq!(last_route(), worked.as_str(), "a one-off --via");
+    let list = ok(&ponte(&alice, &["via", "list"]));
+    assert!(list.contains(&format!("{saved}  (worked last)")), "{list}");
+}
+
+/// What a relay did, in the user's terms rather than rustls's or the
+/// socket's: a relay that accepts and closes because it cannot reach the
+/// server is named as such (TLS and plain); `tls://` at a plain relay's
+/// port says it does not speak TLS and names the tcp:// URL to use; a
+/// relay URL with a path says it has none.
+#[test]
+fn a_relay_that_cannot_reach_the_server_or_the_wrong_scheme_is_said_plainly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let good = Relay::start(tmp.path(), "good", server.addr);
+    let address = server.address_at(closed_port());
+    let alice = tmp.path().join("alice");
+    register(&alice, &address, "alice", &[&good.plain_url()]);
+    ok(&ponte(&alice, &["via", "clear"]));
+
+    let cut = Relay::start(
+        tmp.path(),
+        "cut",
+        SocketAddr::from(([127, 0, 0, 1], closed_port())),
+    );
+    for url in [cut.tls_url(), cut.plain_url()] {
+        let err = failed(&ponte(&alice, &["sync", "--via", &url]));
+        assert!(
+            err.contains("the relay accepted the connection and closed it"),
+            "{url}: {err}"
+        );
+        assert!(err.contains("may not reach the server"), "{url}: {err}");
+        assert!(!err.contains("  "), "one line of prose: {err}");
+        assert!(
+            !err.contains("close_notify") && !err.contains("docs.rs"),
+            "{url}: {err}"
+        );
+    }
+
+    let wrong = format!("tls://127.0.0.1:{}", good.plain);
+    let err = failed(&ponte(&alice, &["sync", "--via", &wrong]));
+    assert!(err.contains("does not seem to speak TLS"), "{err}");
+    assert!(err.contains(&good.plain_url()), "{err}");
+    assert!(!err.contains("tls handshake eof"), "{err}");
+
+    let err = failed(&ponte(
+        &alice,
+        &["via", "add", "tls://relay.example.org:443/path"],
+    ));
+    assert!(err.contains("no path"), "{err}");
+    assert!(err.contains("tls://relay.example.org:443"), "{err}");
+    assert!(!err.contains("bad port"), "{err}");
 }
 
 /// The share link `ponte proxy link` prints for the `ponte` preset is read

@@ -109,6 +109,41 @@ fn transport_err(e: TransportError) -> ClientError {
     }
 }
 
+/// Whether `e` means the other end closed the stream: cleanly, in the
+/// middle of a message, reset, or (TLS) without its `close_notify`.
+fn closed_by_peer(e: &TransportError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        TransportError::UnexpectedEof => true,
+        TransportError::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
+/// What the user is told when the other end closed the stream, in their
+/// terms: which end it was, and for a relay that accepted and closed
+/// before the server answered, the likely reason.
+fn closed_text(direct: bool, in_handshake: bool) -> String {
+    match (direct, in_handshake) {
+        (false, true) => {
+            "the relay accepted the connection and closed it before the server answered: the \
+         relay may not reach the server (try another relay, or tell its operator)"
+                .into()
+        }
+        (true, true) => {
+            "the server accepted the connection and closed it before the handshake finished".into()
+        }
+        (false, false) => "the relay closed the connection (it stopped, or lost the server)".into(),
+        (true, false) => "the server closed the connection".into(),
+    }
+}
+
 impl Connection {
     /// Race the routes (each: connect, then the Noise handshake, bounded
     /// by `connect_timeout`) and keep the first that authenticates the
@@ -147,12 +182,15 @@ impl Connection {
         let (i, chan) = race(routes, head_start, connect_timeout, |route| {
             Box::pin(async move {
                 let stream = route.connect().await.map_err(crate::route::connect_error)?;
-                ponte_transport::connect(stream, cfg)
-                    .await
-                    .map_err(|e| match transport_err(e) {
+                ponte_transport::connect(stream, cfg).await.map_err(|e| {
+                    if closed_by_peer(&e) {
+                        return ClientError::Unreachable(closed_text(route.is_direct(), true));
+                    }
+                    match transport_err(e) {
                         ClientError::Disconnected(m) => ClientError::Unreachable(m),
                         other => other,
-                    })
+                    }
+                })
             })
         })
         .await?;
@@ -181,9 +219,10 @@ impl Connection {
         match tokio::time::timeout(timeout, self.chan.recv::<ServerFrame>()).await {
             Err(_) => Ok(None),
             Ok(Ok(Some(frame))) => Ok(Some(frame)),
-            Ok(Ok(None)) => Err(ClientError::Disconnected(
-                "the server closed the connection".into(),
-            )),
+            Ok(Ok(None)) => Err(ClientError::Disconnected(closed_text(self.direct, false))),
+            Ok(Err(e)) if closed_by_peer(&e) => {
+                Err(ClientError::Disconnected(closed_text(self.direct, false)))
+            }
             Ok(Err(e)) => Err(transport_err(e)),
         }
     }
@@ -234,7 +273,13 @@ impl Connection {
                 body: Some(body),
             })
             .await
-            .map_err(transport_err)?;
+            .map_err(|e| {
+                if closed_by_peer(&e) {
+                    ClientError::Disconnected(closed_text(self.direct, false))
+                } else {
+                    transport_err(e)
+                }
+            })?;
         Ok(request_id)
     }
 

@@ -97,6 +97,45 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// An existing profile database opened read-only, after checking that it
+/// is one: an SQLite database with the profile's `meta` table. Nothing is
+/// written to the file, whatever it holds.
+fn open_read_only(db: &Path) -> Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let not_a_profile = |why: &str| {
+        ClientError::Invalid(format!(
+            "{} is not a Ponte profile database ({why}); it was left as it is. Restore the \
+             profile from a copy, or move the file away and run `ponte register` for a new one",
+            db.display()
+        ))
+    };
+    let empty = std::fs::metadata(db)
+        .map(|m| m.len() == 0)
+        .map_err(|error| ClientError::Io {
+            context: format!("reading {}", db.display()),
+            error,
+        })?;
+    if empty {
+        return Err(not_a_profile("the file is empty"));
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|_| not_a_profile("not an SQLite database"))?;
+    if tables == 0 {
+        return Err(not_a_profile("it holds no profile settings"));
+    }
+    Ok(conn)
+}
+
 /// An open, unlocked profile.
 #[derive(Debug)]
 pub struct Profile {
@@ -112,7 +151,7 @@ impl Profile {
 
     /// Whether the profile in `dir` needs a passphrase to open.
     pub fn needs_passphrase(dir: &Path) -> Result<bool> {
-        let conn = open_connection(&dir.join(DB_FILE))?;
+        let conn = open_read_only(&dir.join(DB_FILE))?;
         Ok(meta_get(&conn, "kdf")?.is_some_and(|k| k != "keyfile"))
     }
 
@@ -163,7 +202,9 @@ impl Profile {
             return Err(ClientError::NotRegistered(dir.display().to_string()));
         }
         let db = dir.join(DB_FILE);
-        let conn = open_connection(&db)?;
+        // Read only until the key check passes: a file that is not this
+        // profile's database (empty, another file) is left as it is.
+        let conn = open_read_only(&db)?;
         let kdf = meta_get(&conn, "kdf")?.ok_or(ClientError::Corrupt("no kdf recorded"))?;
         let key = if kdf == "keyfile" {
             ProfileKey::from_master(&read_key_file(&dir.join(KEY_FILE))?)

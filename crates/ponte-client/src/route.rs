@@ -142,6 +142,13 @@ fn bad(text: &str, why: &str) -> ClientError {
 }
 
 fn parse_host_port(text: &str, hp: &str) -> Result<(String, u16)> {
+    if let Some((hp, _)) = hp.split_once(['/', '?', '#']) {
+        let url = text.split_once("://").map_or("", |(scheme, _)| scheme);
+        return Err(bad(
+            text,
+            &format!("a relay URL has no path or query (give {url}://{hp})"),
+        ));
+    }
     let (host, port) = if let Some(rest) = hp.strip_prefix('[') {
         let (h, p) = rest
             .split_once("]:")
@@ -329,7 +336,10 @@ impl Route for RelayRoute {
                             .expect("static DNS name is valid"),
                     )
                 });
-            let tls = connector.connect(name, stream).await?;
+            let tls = connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| tls_failed(&self.url, e))?;
             Ok(Box::new(tls) as BoxStream)
         })
     }
@@ -352,6 +362,31 @@ pub fn connect_error(e: std::io::Error) -> ClientError {
     } else {
         ClientError::Unreachable(e.to_string())
     }
+}
+
+/// A TLS handshake with the relay at `url` that failed, said in the
+/// user's terms: a relay that closes during the TLS handshake most likely
+/// does not speak TLS on that port (a plain relay, the reverse of the
+/// mistake the Noise handshake recognises).
+fn tls_failed(url: &RelayUrl, e: std::io::Error) -> std::io::Error {
+    use std::io::ErrorKind;
+    let plain = RelayUrl {
+        tls: false,
+        ..url.clone()
+    };
+    let text = match e.kind() {
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+            format!(
+                "the relay closed the connection during the TLS handshake: it does not seem to \
+                 speak TLS on this port (for a plain relay, use {plain})"
+            )
+        }
+        _ => format!(
+            "the TLS handshake with the relay failed ({e}): is it a TLS relay? (for a plain \
+             relay, use {plain})"
+        ),
+    };
+    std::io::Error::new(e.kind(), text)
 }
 
 /// Whether an error means "an attacker is in the way" rather than "this
@@ -490,6 +525,25 @@ mod tests {
             matches!(err, ClientError::Unreachable(ref m) if m.contains("direct tcp")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_relay_url_with_a_path_says_so_and_names_the_url_to_give() {
+        for (text, give) in [
+            (
+                "tls://relay.example.org:443/path",
+                "tls://relay.example.org:443",
+            ),
+            ("tcp://203.0.113.7:80/x/y", "tcp://203.0.113.7:80"),
+            ("tls://[2001:db8::1]:443?a=b", "tls://[2001:db8::1]:443"),
+        ] {
+            let err = text.parse::<RelayUrl>().unwrap_err().to_string();
+            assert!(err.contains("has no path"), "{text}: {err}");
+            assert!(err.contains(&format!("give {give})")), "{text}: {err}");
+            assert!(!err.contains("bad port"), "{text}: {err}");
+        }
+        let u: RelayUrl = "tls://relay.example.org:443/".parse().unwrap();
+        assert_eq!(u.port, 443);
     }
 
     #[test]

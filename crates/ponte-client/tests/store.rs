@@ -367,10 +367,15 @@ fn tampered_row_is_detected() {
     .unwrap();
     drop(conn);
     let profile = Profile::open(&p, || panic!()).unwrap();
-    assert!(matches!(
-        profile.store().history("bob"),
-        Err(ClientError::Corrupt(_))
-    ));
+    // Detected and failed closed for that row: marked, its text not shown
+    // (neither its own nor the moved one); carol's row still reads.
+    let bob = profile.store().history("bob").unwrap();
+    assert_eq!(bob.len(), 1);
+    assert!(bob[0].unreadable);
+    assert_eq!(bob[0].text, "");
+    let carol = profile.store().history("carol").unwrap();
+    assert!(!carol[0].unreadable);
+    assert_eq!(carol[0].text, "b");
 }
 
 #[test]

@@ -119,6 +119,9 @@ pub struct Client {
     /// Recipients whose full mailbox was reported in this `send`, `sync`
     /// or `listen` connection (said again once a send to them went through).
     warned_full: BTreeSet<String>,
+    /// The route this process recorded as the one that worked last, and
+    /// the one recorded before it (see [`Client::forget_route_after`]).
+    remembered: Option<(String, Option<String>)>,
 }
 
 impl std::fmt::Debug for Client {
@@ -191,6 +194,7 @@ impl Client {
             warned_held: BTreeSet::new(),
             warned_deferred: None,
             warned_full: BTreeSet::new(),
+            remembered: None,
         })
     }
 
@@ -291,11 +295,46 @@ impl Client {
         )
         .await?;
         self.reached(handshake)?;
-        if last_route(self.store())?.as_deref() != Some(conn.route()) {
-            self.store().set_meta(META_LAST_ROUTE, conn.route())?;
-        }
         self.route_in_use = Some(conn.route().to_owned());
         Ok(conn)
+    }
+
+    /// Records `route` as the one that worked last, once it carried an
+    /// authenticated answer (the handshake, and for a session its login).
+    /// A relay given with `--via` for this process only and not saved is
+    /// not recorded: nothing would try it again.
+    fn remember_route(&mut self, route: &str) -> Result<()> {
+        let saved = saved_vias(self.store())?;
+        let one_off = self
+            .extra_vias
+            .iter()
+            .filter(|v| !saved.contains(v))
+            .any(|v| format!("relay {v}") == route);
+        if one_off {
+            return Ok(());
+        }
+        let last = last_route(self.store())?;
+        if last.as_deref() != Some(route) {
+            self.store().set_meta(META_LAST_ROUTE, route)?;
+            self.remembered = Some((route.to_owned(), last));
+        }
+        Ok(())
+    }
+
+    /// After `e`: a route that was remembered in this process and then
+    /// failed authentication (bytes altered, another server key) is
+    /// forgotten again, the route remembered before it restored.
+    fn forget_route_after(&mut self, e: &ClientError) -> Result<()> {
+        if !crate::route::is_security_error(e) {
+            return Ok(());
+        }
+        if let Some((route, before)) = self.remembered.take() {
+            if last_route(self.store())?.as_deref() == Some(route.as_str()) {
+                self.store()
+                    .set_meta(META_LAST_ROUTE, before.as_deref().unwrap_or(""))?;
+            }
+        }
+        Ok(())
     }
 
     /// XX until a connection to the server has succeeded once (the first
@@ -330,6 +369,7 @@ impl Client {
                         l.handle, self.handle
                     )));
                 }
+                self.remember_route(conn.route())?;
                 Ok((conn, l))
             }
             _ => Err(unexpected("Login")),

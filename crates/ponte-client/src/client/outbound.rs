@@ -25,8 +25,14 @@ pub const MAX_SENDS_IN_FLIGHT: usize = 32;
 pub struct SendOutcome {
     /// The message as stored (status queued, sent...).
     pub message: MessageView,
-    /// Why it is still queued, if it is.
+    /// Why it is still queued (or failed), if it is.
     pub note: Option<String>,
+    /// What the flush found about messages to other contacts, one line
+    /// each (another's mailbox is full...); what it found about this
+    /// contact's is in `note`. Another contact's identity key change is
+    /// not among them: it is said where that contact is concerned
+    /// (sending to them, `sync`, `contacts`, `verify`).
+    pub warnings: Vec<String>,
     /// This very send found that the contact's identity key changed (and
     /// flagged it): the message is held in the outbox, neither sent nor
     /// lost, and goes out only after `verify --confirm`. Treat it as the
@@ -214,7 +220,11 @@ impl Client {
                 match answer {
                     Ok(server_frame::Body::SendAck(_)) => {
                         sent.push((item.peer.as_str(), &item.id));
-                        self.warned_full.remove(&item.peer);
+                        // An answer to a send that left before the mailbox
+                        // was found full says nothing about it now.
+                        if !mailbox_full.contains(&item.peer) {
+                            self.warned_full.remove(&item.peer);
+                        }
                     }
                     Ok(_) => return Err(unexpected("SendMessage")),
                     Err(ClientError::Server {
@@ -370,6 +380,17 @@ impl Client {
     pub async fn send(&mut self, peer: &str, text: &str) -> Result<SendOutcome> {
         self.warned_full.clear();
         let id = self.queue_text(peer, text)?;
+        // Messages held for other contacts whose key changed stay held
+        // without a word here: the warning belongs to those contacts.
+        let mut silenced = Vec::new();
+        for contact in self.store().contacts()? {
+            if contact.changed_identity.is_some()
+                && contact.handle != peer
+                && self.warned_held.insert(contact.handle.clone())
+            {
+                silenced.push(contact.handle);
+            }
+        }
         let mut warnings = Vec::new();
         let note = match self.login().await {
             Ok((mut conn, _)) => {
@@ -398,10 +419,17 @@ impl Client {
             // waits in the outbox like an unreachable server's.
             Err(e) => Some(format!("kept in the outbox: {}", Report(&e))),
         };
-        let note = match (note, warnings.is_empty()) {
+        for handle in silenced {
+            self.warned_held.remove(&handle);
+        }
+        // What the flush said about this contact's messages is why this
+        // one is queued or failed: the note. The rest is about others.
+        let (about_this, warnings): (Vec<String>, Vec<String>) =
+            warnings.into_iter().partition(|w| concerns(w, peer));
+        let note = match (note, about_this.is_empty()) {
             (n, true) => n,
-            (None, false) => Some(warnings.join("; ")),
-            (Some(n), false) => Some(format!("{n}; {}", warnings.join("; "))),
+            (None, false) => Some(about_this.join("; ")),
+            (Some(n), false) => Some(format!("{n}; {}", about_this.join("; "))),
         };
         let message = self
             .store()
@@ -417,6 +445,7 @@ impl Client {
         Ok(SendOutcome {
             message,
             note,
+            warnings,
             key_changed,
         })
     }
@@ -425,12 +454,31 @@ impl Client {
     /// another key, the account is gone, ...): the message just queued is
     /// marked failed, so it never goes out later behind the user's back
     /// (they were told it failed, and will likely type it again).
-    fn give_up(&self, peer: &str, id: &MessageId, e: ClientError) -> ClientError {
+    fn give_up(&mut self, peer: &str, id: &MessageId, e: ClientError) -> ClientError {
         if let Err(mark) = self.store().mark_failed(peer, id) {
             tracing::warn!("cannot mark the message failed: {mark}");
         }
+        if let Err(forget) = self.forget_route_after(&e) {
+            tracing::warn!("cannot update the last route: {forget}");
+        }
         e
     }
+}
+
+/// Whether the flush's warning `w` concerns the messages to `peer` (or the
+/// whole outbox, held back by a refusal for now), by the way each such
+/// warning in this module starts.
+fn concerns(w: &str, peer: &str) -> bool {
+    w.starts_with("kept in the outbox: ")
+        || w.starts_with(&ClientError::KeyChanged(peer.to_owned()).to_string())
+        || [
+            format!("{peer}'s mailbox "),
+            format!("{peer}: "),
+            format!("{peer} has "),
+            format!("message to {peer} refused"),
+        ]
+        .iter()
+        .any(|p| w.starts_with(p.as_str()))
 }
 
 /// Why a contact's items do not go out in this flush.

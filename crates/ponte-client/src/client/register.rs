@@ -196,6 +196,7 @@ impl Client {
             warned_held: BTreeSet::new(),
             warned_deferred: None,
             warned_full: BTreeSet::new(),
+            remembered: None,
         };
         let mut conn = client.open_connection().await?;
         let public = client.identity.public();
@@ -212,7 +213,7 @@ impl Client {
             invite: invite.unwrap_or_default(),
         });
         match conn.request(body, REQUEST_TIMEOUT).await {
-            Ok(server_frame::Body::Registered(_)) => {}
+            Ok(server_frame::Body::Registered(_)) => client.remember_route(conn.route())?,
             Ok(_) => return Err(unexpected("Register")),
             // An earlier attempt registered this device but stopped before
             // recording it (crash, lost response): log in to confirm.

@@ -123,7 +123,7 @@ impl Client {
         .map(|c| c.route().to_owned());
         if let Ok(route) = &in_use {
             self.reached(handshake)?;
-            self.store().set_meta(META_LAST_ROUTE, route)?;
+            self.remember_route(route)?;
             self.route_in_use = Some(route.clone());
         }
         let (in_use, refused) = match in_use {

@@ -265,6 +265,14 @@ impl Client {
     /// stops at the first event the display cannot show, with
     /// [`ClientError::Io`]; what was not shown is reported again next time.
     pub async fn sync_to(&mut self, events: &mut Display<'_>) -> Result<()> {
+        let result = self.sync_once(events).await;
+        if let Err(e) = &result {
+            self.forget_route_after(e)?;
+        }
+        result
+    }
+
+    async fn sync_once(&mut self, events: &mut Display<'_>) -> Result<()> {
         self.warned_full.clear();
         let (mut conn, logged_in) = self.login().await?;
         // One-time keys: the server pushes a KeyCount right after LoggedIn;
@@ -358,7 +366,10 @@ impl Client {
                     backoff = BACKOFF_MIN;
                     continue;
                 }
-                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) if is_fatal(&e) => {
+                    self.forget_route_after(&e)?;
+                    return Err(e);
+                }
                 Err(e) => e,
             };
             let replaced = matches!(

@@ -329,7 +329,8 @@ impl Store {
                     v.status.to_i64()
                 ],
             )?;
-            if changed > 0 && !v.outgoing {
+            // An unreadable message was not read: no read receipt.
+            if changed > 0 && !v.outgoing && !v.unreadable {
                 displayed.push((v.peer.clone(), v.id));
             }
         }
@@ -359,6 +360,12 @@ impl Store {
                 .collect::<rusqlite::Result<_>>()?;
             ids.iter()
                 .filter_map(|i| MessageId::from_slice(i))
+                // An unreadable message was not read: no read receipt.
+                .filter(|i| {
+                    !views
+                        .iter()
+                        .any(|v| v.unreadable && !v.outgoing && v.id == *i)
+                })
                 .map(|i| (peer.to_owned(), i))
                 .collect()
         };
@@ -475,17 +482,21 @@ fn select_views(
     let mut out = Vec::with_capacity(rows.len());
     for (peer, outgoing, id, body, sent_at, status, flags) in rows {
         let id = MessageId::from_slice(&id).ok_or(ClientError::Corrupt("message id"))?;
+        // A row whose text does not open stays closed (no text) and is
+        // marked, so one damaged row does not hide the others.
         let text = key
             .open(
                 &aad("messages", "body", &row_key(&peer, outgoing, &id)),
                 &body,
             )
-            .map_err(|_| ClientError::Corrupt("message body"))?;
+            .ok()
+            .and_then(|t| String::from_utf8(t).ok());
         out.push(MessageView {
             id,
             peer,
             outgoing,
-            text: String::from_utf8(text).map_err(|_| ClientError::Corrupt("message text"))?,
+            unreadable: text.is_none(),
+            text: text.unwrap_or_default(),
             sent_at,
             status: Status::from_i64(status),
             key_changed: flags & FLAG_UNVERIFIED_KEY_CHANGE != 0,

@@ -168,6 +168,9 @@ pub struct MessageView {
     pub status: Status,
     /// Set when the sender's identity key had changed unverified.
     pub key_changed: bool,
+    /// Its stored text did not decrypt (profile data corrupt or altered):
+    /// `text` is empty, and the rest of the conversation is still shown.
+    pub unreadable: bool,
 }
 
 impl std::fmt::Debug for MessageView {

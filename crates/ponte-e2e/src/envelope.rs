@@ -7,7 +7,15 @@
 //! +---------+------+------------+-------------+------------------+---------+
 //! kind 1 (text):         u32 BE length, then that many bytes of UTF-8
 //! kind 2 (read receipt): u16 BE count (<= MAX_RECEIPT_IDS), then count ids
+//! kind 3 (file):         blob id (16) | key (32) | ciphertext SHA-256 (32) |
+//!                        size u64 BE | name: u16 BE length + UTF-8 |
+//!                        mime: u8 length + ASCII | caption: u32 BE length + UTF-8
 //! ```
+//!
+//! Kinds 4 to 6 are reserved for groups. A file's name is kept as sent
+//! (within [`MAX_FILE_NAME_BYTES`]); it is hostile input, made safe by
+//! [`crate::file::sanitize_name`] before it names anything on disk and by
+//! [`crate::file::display_name`] before it reaches a terminal.
 //!
 //! The whole envelope is zero-padded to a multiple of [`PADDING_BLOCK`] bytes
 //! so the server learns message lengths only to that granularity. Decoding
@@ -20,12 +28,17 @@ use crate::{Error, Result};
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 /// Most message ids in one read receipt.
 pub const MAX_RECEIPT_IDS: usize = 256;
+/// Longest file name in a file descriptor, in bytes of UTF-8.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+/// Longest MIME type in a file descriptor (printable ASCII).
+pub const MAX_MIME_BYTES: usize = 127;
 /// Envelopes are padded to a multiple of this many bytes.
 pub const PADDING_BLOCK: usize = 64;
 
 const VERSION: u8 = 1;
 const KIND_TEXT: u8 = 1;
 const KIND_READ: u8 = 2;
+const KIND_FILE: u8 = 3;
 const HEADER: usize = 2 + 16 + 8;
 
 /// A 16-byte message id chosen by the sender; the key for deduplication
@@ -93,6 +106,128 @@ pub enum Payload {
     Text(String),
     /// The recipient displayed these messages (end-to-end read receipt).
     ReadReceipt(Vec<MessageId>),
+    /// A file: where its encrypted blob is and how to open it.
+    File(FileDescriptor),
+}
+
+/// Everything a recipient needs to fetch, check and decrypt a file, and to
+/// show it (see [`crate::file`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileDescriptor {
+    /// The blob id on the server (the sender's upload id).
+    pub blob_id: [u8; 16],
+    /// The file's key.
+    pub key: crate::file::FileKey,
+    /// SHA-256 of the whole ciphertext blob.
+    pub sha256: [u8; 32],
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// The name the sender gave (at most [`MAX_FILE_NAME_BYTES`]).
+    pub name: String,
+    /// MIME type, printable ASCII (at most [`MAX_MIME_BYTES`]); may be empty.
+    pub mime: String,
+    /// Text sent with the file (at most [`MAX_TEXT_BYTES`]); may be empty.
+    pub caption: String,
+}
+
+impl std::fmt::Debug for FileDescriptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Neither the key nor the name or caption go to logs.
+        f.debug_struct("FileDescriptor")
+            .field("size", &self.size)
+            .field("mime", &self.mime)
+            .finish_non_exhaustive()
+    }
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8]> {
+    if rest.len() < n {
+        return Err(Error::MalformedEnvelope(what));
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+fn take_array<const N: usize>(rest: &mut &[u8], what: &'static str) -> Result<[u8; N]> {
+    take(rest, N, what)?
+        .try_into()
+        .map_err(|_| Error::MalformedEnvelope(what))
+}
+
+impl FileDescriptor {
+    fn check(&self) -> Result<()> {
+        if self.name.len() > MAX_FILE_NAME_BYTES {
+            return Err(Error::MalformedEnvelope("file name too long"));
+        }
+        if self.mime.len() > MAX_MIME_BYTES || !self.mime.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::MalformedEnvelope("bad mime type"));
+        }
+        if self.caption.len() > MAX_TEXT_BYTES {
+            return Err(Error::TextTooLong(self.caption.len()));
+        }
+        if self.size > crate::file::MAX_FILE_SIZE {
+            return Err(Error::MalformedEnvelope("file too large"));
+        }
+        Ok(())
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        self.check()?;
+        out.extend_from_slice(&self.blob_id);
+        out.extend_from_slice(&self.key.0);
+        out.extend_from_slice(&self.sha256);
+        out.extend_from_slice(&self.size.to_be_bytes());
+        // Lengths bounded by check() above.
+        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(self.mime.len() as u8);
+        out.extend_from_slice(self.mime.as_bytes());
+        out.extend_from_slice(&(self.caption.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.caption.as_bytes());
+        Ok(())
+    }
+
+    /// Decode from `rest`, returning the bytes used (hostile input).
+    fn decode(bytes: &[u8]) -> Result<(Self, usize)> {
+        let mut rest = bytes;
+        let blob_id = take_array::<16>(&mut rest, "truncated file descriptor")?;
+        let key = take_array::<32>(&mut rest, "truncated file descriptor")?;
+        let sha256 = take_array::<32>(&mut rest, "truncated file descriptor")?;
+        let size = u64::from_be_bytes(take_array::<8>(&mut rest, "truncated file size")?);
+        let name_len =
+            u16::from_be_bytes(take_array::<2>(&mut rest, "truncated file name")?) as usize;
+        if name_len > MAX_FILE_NAME_BYTES {
+            return Err(Error::MalformedEnvelope("file name too long"));
+        }
+        let name = std::str::from_utf8(take(&mut rest, name_len, "truncated file name")?)
+            .map_err(|_| Error::MalformedEnvelope("file name is not UTF-8"))?
+            .to_owned();
+        let mime_len = take_array::<1>(&mut rest, "truncated mime type")?[0] as usize;
+        let mime = std::str::from_utf8(take(&mut rest, mime_len, "truncated mime type")?)
+            .map_err(|_| Error::MalformedEnvelope("bad mime type"))?
+            .to_owned();
+        let caption_len =
+            u32::from_be_bytes(take_array::<4>(&mut rest, "truncated caption")?) as usize;
+        if caption_len > MAX_TEXT_BYTES {
+            return Err(Error::MalformedEnvelope("caption too long"));
+        }
+        let caption = std::str::from_utf8(take(&mut rest, caption_len, "truncated caption")?)
+            .map_err(|_| Error::MalformedEnvelope("caption is not UTF-8"))?
+            .to_owned();
+        let fd = Self {
+            blob_id,
+            key: crate::file::FileKey(key),
+            sha256,
+            size,
+            name,
+            mime,
+            caption,
+        };
+        fd.check()
+            .map_err(|_| Error::MalformedEnvelope("bad file descriptor"))?;
+        Ok((fd, bytes.len() - rest.len()))
+    }
 }
 
 impl std::fmt::Debug for Payload {
@@ -101,6 +236,7 @@ impl std::fmt::Debug for Payload {
         match self {
             Payload::Text(t) => write!(f, "Text({} bytes)", t.len()),
             Payload::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
+            Payload::File(fd) => f.debug_tuple("File").field(fd).finish(),
         }
     }
 }
@@ -124,6 +260,7 @@ impl Envelope {
         match &self.payload {
             Payload::Text(_) => out.push(KIND_TEXT),
             Payload::ReadReceipt(_) => out.push(KIND_READ),
+            Payload::File(_) => out.push(KIND_FILE),
         }
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
@@ -145,6 +282,7 @@ impl Envelope {
                     out.extend_from_slice(&id.0);
                 }
             }
+            Payload::File(fd) => fd.encode_into(&mut out)?,
         }
         let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
         out.resize(padded, 0);
@@ -200,6 +338,10 @@ impl Envelope {
                     .filter_map(MessageId::from_slice)
                     .collect();
                 (Payload::ReadReceipt(ids), 2 + 16 * count)
+            }
+            KIND_FILE => {
+                let (fd, used) = FileDescriptor::decode(rest)?;
+                (Payload::File(fd), used)
             }
             _ => return Err(Error::MalformedEnvelope("unknown kind")),
         };
@@ -298,6 +440,61 @@ mod tests {
             ..env
         };
         assert!(matches!(too_long.encode(), Err(Error::TextTooLong(_))));
+    }
+
+    fn file_env() -> Envelope {
+        Envelope {
+            id: MessageId::random(),
+            sent_at_ms: 9,
+            payload: Payload::File(FileDescriptor {
+                blob_id: [7; 16],
+                key: crate::file::FileKey([8; 32]),
+                sha256: [9; 32],
+                size: 123_456,
+                name: "../a\u{1b}b.jpg".into(),
+                mime: "image/jpeg".into(),
+                caption: "olá".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn file_roundtrip_and_caps() {
+        let env = file_env();
+        let bytes = env.encode().unwrap();
+        assert_eq!(bytes.len() % PADDING_BLOCK, 0);
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+        assert!(!format!("{env:?}").contains("jpg"));
+        // Every truncation into the content fails.
+        let content = HEADER + 16 + 32 + 32 + 8 + 2 + 10 + 1 + 10 + 4 + 4;
+        for len in 0..content {
+            assert!(Envelope::decode(&bytes[..len]).is_err(), "len {len}");
+        }
+        let Payload::File(fd) = &env.payload else {
+            unreachable!()
+        };
+        let with = |f: &dyn Fn(&mut FileDescriptor)| {
+            let mut fd = fd.clone();
+            f(&mut fd);
+            Envelope {
+                payload: Payload::File(fd),
+                ..env.clone()
+            }
+            .encode()
+        };
+        assert!(with(&|fd| fd.name = "n".repeat(MAX_FILE_NAME_BYTES + 1)).is_err());
+        assert!(with(&|fd| fd.mime = "a b".into()).is_err());
+        assert!(with(&|fd| fd.caption = "c".repeat(MAX_TEXT_BYTES + 1)).is_err());
+        assert!(with(&|fd| fd.size = u64::MAX).is_err());
+        // A hostile name length beyond the cap is refused before reading it.
+        let mut bad = bytes.clone();
+        let at = HEADER + 16 + 32 + 32 + 8;
+        bad[at..at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(Envelope::decode(&bad).is_err());
+        // Mime with a control byte.
+        let mut bad = bytes.clone();
+        bad[at + 2 + 10 + 1] = 0x1b;
+        assert!(Envelope::decode(&bad).is_err());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! - [`session`]: an Olm [`Session`] (double ratchet) and the [`Ciphertext`]
 //!   that travels through the server.
 //! - [`envelope`]: the versioned, padded plaintext [`Envelope`] inside each
-//!   ciphertext (message id, sent_at, text or read receipt).
+//!   ciphertext (message id, sent_at, text, read receipt or file descriptor).
+//! - [`file`]: file encryption (a key per file, chunked ChaCha20-Poly1305
+//!   STREAM, size padding, ciphertext SHA-256) and file-name sanitising.
 //! - [`safety`]: 60-digit [`SafetyNumber`]s and their QR payload.
 //!
 //! Secrets leave this crate only as vodozemac pickles encrypted with a
@@ -20,11 +22,13 @@
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+pub mod file;
 pub mod identity;
 pub mod safety;
 pub mod session;
 
-pub use envelope::{Envelope, MessageId, Payload, MAX_TEXT_BYTES};
+pub use envelope::{Envelope, FileDescriptor, MessageId, Payload, MAX_TEXT_BYTES};
+pub use file::{FileError, FileKey};
 pub use identity::{Identity, PreKey, PublicIdentity};
 pub use safety::SafetyNumber;
 pub use session::{Ciphertext, Session, MAX_CIPHERTEXT_BYTES};

@@ -156,6 +156,23 @@ fn take_array<const N: usize>(rest: &mut &[u8], what: &'static str) -> Result<[u
 }
 
 impl FileDescriptor {
+    /// The descriptor alone, in the kind 3 body encoding (for storing it
+    /// locally); caps checked.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Parse [`FileDescriptor::to_bytes`] output (nothing may follow).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (fd, used) = Self::decode(bytes)?;
+        if used != bytes.len() {
+            return Err(Error::MalformedEnvelope("bytes after file descriptor"));
+        }
+        Ok(fd)
+    }
+
     fn check(&self) -> Result<()> {
         if self.name.len() > MAX_FILE_NAME_BYTES {
             return Err(Error::MalformedEnvelope("file name too long"));
@@ -465,6 +482,11 @@ mod tests {
         assert_eq!(bytes.len() % PADDING_BLOCK, 0);
         assert_eq!(Envelope::decode(&bytes).unwrap(), env);
         assert!(!format!("{env:?}").contains("jpg"));
+        if let Payload::File(fd) = &env.payload {
+            let alone = fd.to_bytes().unwrap();
+            assert_eq!(&FileDescriptor::from_bytes(&alone).unwrap(), fd);
+            assert!(FileDescriptor::from_bytes(&[alone.as_slice(), &[0]].concat()).is_err());
+        }
         // Every truncation into the content fails.
         let content = HEADER + 16 + 32 + 32 + 8 + 2 + 10 + 1 + 10 + 4 + 4;
         for len in 0..content {

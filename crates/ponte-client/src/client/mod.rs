@@ -12,7 +12,8 @@
 //! - `sync`: one connection's life for `sync` and `listen` (pushes,
 //!   acknowledgements, reconnecting);
 //! - `status`: routes: the relays saved in the profile and `ponte status`;
-//! - `views`: local views (history, contacts, safety numbers).
+//! - `views`: local views (history, contacts, safety numbers);
+//! - `files`: sending files (encrypt, upload, resume) and fetching them.
 //!
 //! The flow on every connection: connect over the routes, Noise handshake
 //! against the key in the server address, `Login`, top up one-time keys if
@@ -31,6 +32,7 @@
 //! `verify --confirm`. Messages that arrive under the new key are still shown,
 //! marked with a warning.
 
+mod files;
 pub mod inbound;
 mod outbound;
 mod register;
@@ -38,6 +40,7 @@ mod status;
 mod sync;
 mod views;
 
+pub use files::{guess_mime, Progress, DEFAULT_AUTO_DOWNLOAD, FILES_DIR};
 pub use outbound::SendOutcome;
 pub use register::{RegisterOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use status::{last_route, save_vias, saved_vias, RouteProbe, RouteStatus, MAX_SAVED_VIAS};
@@ -119,6 +122,11 @@ pub struct Client {
     /// Recipients whose full mailbox was reported in this `send`, `sync`
     /// or `listen` connection (said again once a send to them went through).
     warned_full: BTreeSet<String>,
+    /// `sync` and `listen` fetch files up to this size (0: none).
+    auto_download: u64,
+    /// Files whose automatic fetch failed in this process (not retried
+    /// until `file get` or the next process).
+    fetch_failed: BTreeSet<ponte_e2e::MessageId>,
 }
 
 impl std::fmt::Debug for Client {
@@ -191,6 +199,8 @@ impl Client {
             warned_held: BTreeSet::new(),
             warned_deferred: None,
             warned_full: BTreeSet::new(),
+            auto_download: files::DEFAULT_AUTO_DOWNLOAD,
+            fetch_failed: BTreeSet::new(),
         })
     }
 

@@ -471,6 +471,7 @@ fn encrypt(
     let payload = match &item.kind {
         OutboxKind::Text(t) => Payload::Text(t.clone()),
         OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
+        OutboxKind::File(fd) => Payload::File(fd.clone()),
     };
     let envelope = Envelope {
         id: item.id,

@@ -196,6 +196,8 @@ impl Client {
             warned_held: BTreeSet::new(),
             warned_deferred: None,
             warned_full: BTreeSet::new(),
+            auto_download: super::DEFAULT_AUTO_DOWNLOAD,
+            fetch_failed: BTreeSet::new(),
         };
         let mut conn = client.open_connection().await?;
         let public = client.identity.public();

@@ -97,6 +97,21 @@ pub enum ViaCommand {
     },
 }
 
+/// `ponte file …`: received files.
+#[derive(Debug, Subcommand)]
+pub enum FileCommand {
+    /// Download, check and decrypt the file of a message (any size).
+    Get {
+        /// The message id (as `history --json` or `sync --json` print it).
+        message_id: String,
+        /// Write it here (default: the profile's files directory).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
 /// Client commands.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
@@ -118,25 +133,38 @@ pub enum ClientCommand {
         #[command(flatten)]
         common: Common,
     },
-    /// Send a message (works offline: it waits in the outbox).
+    /// Send a message or, with --file, a file (works offline: it waits in the outbox).
     Send {
         /// Recipient handle.
         name: String,
-        /// The text.
-        text: String,
+        /// The text (with --file: the caption, optional).
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Send this file (encrypted; the upload resumes after a lost connection).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
     /// Connect, send what waits, receive what is pending, print what is new, exit.
     Sync {
+        /// Fetch received files up to this many bytes (0: none; default 16 MiB).
+        #[arg(long, value_name = "BYTES")]
+        auto_download: Option<u64>,
         #[command(flatten)]
         common: Common,
     },
     /// Stay connected and print messages and tick changes as they happen.
     Listen {
+        /// Fetch received files up to this many bytes (0: none; default 16 MiB).
+        #[arg(long, value_name = "BYTES")]
+        auto_download: Option<u64>,
         #[command(flatten)]
         common: Common,
     },
+    /// Received files: fetch one that was not fetched automatically.
+    #[command(subcommand)]
+    File(FileCommand),
     /// Show the conversation with a contact.
     History {
         /// Contact handle.
@@ -372,15 +400,33 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Send { name, text, common } => {
+        ClientCommand::Send {
+            name,
+            text,
+            file,
+            common,
+        } => {
             check_handle(&name)?;
             let mut client = open_client(&common)?;
             let me = client.handle().to_owned();
+            let rt = runtime()?;
+            let outcome = match &file {
+                Some(path) => {
+                    let mut bar = ProgressBar::new(!common.json);
+                    let caption = text.as_deref().unwrap_or("");
+                    let r = rt.block_on(
+                        client.send_file(&name, path, caption, &mut |d, t| bar.update(d, t)),
+                    );
+                    bar.finish();
+                    r?
+                }
+                None => rt.block_on(client.send(&name, text.as_deref().unwrap_or("")))?,
+            };
             let SendOutcome {
                 message,
                 note,
                 key_changed,
-            } = runtime()?.block_on(client.send(&name, &text))?;
+            } = outcome;
             if key_changed {
                 // This send found the change: it fails exactly as the next
                 // ones will. Its message stays held in the outbox (queued,
@@ -401,15 +447,27 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Sync { common } => {
+        ClientCommand::Sync {
+            auto_download,
+            common,
+        } => {
             let mut client = open_client(&common)?;
+            if let Some(bytes) = auto_download {
+                client.set_auto_download(bytes);
+            }
             let me = client.handle().to_owned();
             let json = common.json;
             runtime()?.block_on(client.sync_to(&mut |e| print_event(&me, e, json)))?;
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Listen { common } => {
+        ClientCommand::Listen {
+            auto_download,
+            common,
+        } => {
             let mut client = open_client(&common)?;
+            if let Some(bytes) = auto_download {
+                client.set_auto_download(bytes);
+            }
             let me = client.handle().to_owned();
             let json = common.json;
             let rt = runtime()?;
@@ -443,6 +501,27 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             })
         }
         ClientCommand::Via(cmd) => via(cmd),
+        ClientCommand::File(FileCommand::Get {
+            message_id,
+            out: target,
+            common,
+        }) => {
+            let id = ponte_e2e::MessageId::from_hex(message_id.trim()).ok_or_else(|| {
+                anyhow::anyhow!("{:?} is not a message id (32 hex digits)", message_id)
+            })?;
+            let mut client = open_client(&common)?;
+            let mut bar = ProgressBar::new(!common.json);
+            let r = runtime()?
+                .block_on(client.fetch_file(&id, target.as_deref(), &mut |d, t| bar.update(d, t)));
+            bar.finish();
+            let path = r?;
+            if common.json {
+                out(serde_json::json!({ "id": id.to_hex(), "path": path.display().to_string() }))?;
+            } else {
+                out(format_args!("{}", clean(&path.display().to_string())))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ClientCommand::History { name, common } => {
             check_handle(&name)?;
             let client = open_client(&common)?;
@@ -837,7 +916,114 @@ fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
     if m.key_changed {
         v["key_changed"] = serde_json::Value::Bool(true);
     }
+    if let Some(f) = &m.file {
+        v["file"] = serde_json::json!({
+            "name": f.name,
+            "size": f.size,
+            "mime": f.mime,
+            "sha256": f.sha256,
+            "path": f.path.as_ref().map(|p| p.display().to_string()),
+        });
+    }
     v
+}
+
+/// How a file message reads on a terminal: `[file NAME, SIZE]`, the name
+/// escaped, then where it is once fetched.
+fn file_label(f: &ponte_client::FileSummary) -> String {
+    let mut s = format!("[file {}, {}", clean(&f.name), human_bytes(f.size));
+    if let Some(p) = &f.path {
+        s.push_str(&format!(", at {}", clean(&p.display().to_string())));
+    }
+    s.push(']');
+    s
+}
+
+/// `1.5 MiB`-style sizes.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A one-line progress bar on stderr with rate and time left, drawn only
+/// when enabled and stdout is a terminal (never in --json or a pipe).
+struct ProgressBar {
+    enabled: bool,
+    start: std::time::Instant,
+    last_draw: Option<std::time::Instant>,
+    first_done: Option<u64>,
+    drawn: bool,
+}
+
+impl ProgressBar {
+    fn new(wanted: bool) -> Self {
+        Self {
+            enabled: wanted && std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
+            start: std::time::Instant::now(),
+            last_draw: None,
+            first_done: None,
+            drawn: false,
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        // Resumed transfers count their rate from where they started.
+        let first = *self.first_done.get_or_insert(done);
+        let now = std::time::Instant::now();
+        if done < total
+            && self
+                .last_draw
+                .is_some_and(|t| now.duration_since(t) < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last_draw = Some(now);
+        let secs = now.duration_since(self.start).as_secs_f64().max(0.001);
+        let rate = done.saturating_sub(first) as f64 / secs;
+        let frac = if total == 0 {
+            1.0
+        } else {
+            done as f64 / total as f64
+        };
+        let width = 30;
+        let filled = ((frac * width as f64) as usize).min(width);
+        let left = if rate > 0.0 {
+            format!("{:.0} s left", (total.saturating_sub(done)) as f64 / rate)
+        } else {
+            "-- s left".into()
+        };
+        let _ = write!(
+            std::io::stderr().lock(),
+            "\r[{}{}] {:>3.0}% {} / {}  {}/s  {left}   ",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            frac * 100.0,
+            human_bytes(done),
+            human_bytes(total),
+            human_bytes(rate as u64),
+        );
+        self.drawn = true;
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            let _ = writeln!(std::io::stderr().lock());
+            self.drawn = false;
+        }
+    }
 }
 
 fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::Result<()> {
@@ -847,6 +1033,11 @@ fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::Result<()> {
     }
     let when = rfc3339(m.sent_at.0);
     let (peer, text) = (clean(&m.peer), clean(&m.text));
+    let text = match &m.file {
+        Some(f) if text.is_empty() => Cow::Owned(file_label(f)),
+        Some(f) => Cow::Owned(format!("{} {text}", file_label(f))),
+        None => text,
+    };
     if m.outgoing {
         out(format_args!(
             "{when} {me} -> {peer}: {text} [{} {}]",
@@ -877,6 +1068,18 @@ fn print_event(me: &str, event: Event, json: bool) -> std::io::Result<()> {
         Event::Warning(w) => {
             notice(&format!("WARNING: {w}"));
             Ok(())
+        }
+        Event::FileFetched { peer, id, path } => {
+            let path = path.display().to_string();
+            if json {
+                out(serde_json::json!({ "id": id.to_hex(), "from": peer, "file_fetched": path }))
+            } else {
+                out(format_args!(
+                    "file from {} saved: {}",
+                    clean(&peer),
+                    clean(&path)
+                ))
+            }
         }
         other => {
             notice(&format!("{other:?}"));
@@ -974,7 +1177,7 @@ mod tests {
         let err = Cli::try_parse_from(["ponte", "sync", "--connect-timeout", "0"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         let cli = Cli::try_parse_from(["ponte", "sync", "--connect-timeout", "1"]).unwrap();
-        let ClientCommand::Sync { common } = cli.cmd else {
+        let ClientCommand::Sync { common, .. } = cli.cmd else {
             panic!("{cli:?}")
         };
         assert_eq!(common.connect_timeout, 1);

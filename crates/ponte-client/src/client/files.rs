@@ -453,7 +453,14 @@ impl Client {
                 continue;
             }
             match self.download(conn, &rec, None, &mut |_, _| {}).await {
-                Ok(_) => {}
+                Ok(path) => emit(
+                    events,
+                    Event::FileFetched {
+                        peer: rec.peer.clone(),
+                        id: rec.id,
+                        path,
+                    },
+                )?,
                 Err(e @ (ClientError::Disconnected(_) | ClientError::Closed { .. })) => {
                     return Err(e)
                 }

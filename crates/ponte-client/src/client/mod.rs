@@ -77,6 +77,16 @@ pub enum Event {
     Connection(String),
     /// Something the user must know (identity key change, undecryptable message).
     Warning(String),
+    /// `sync`/`listen` fetched a received file (auto-download): the file
+    /// of message `id` from `peer` is complete and verified at `path`.
+    FileFetched {
+        /// The sender.
+        peer: String,
+        /// The message that carried it.
+        id: ponte_e2e::MessageId,
+        /// Where it is.
+        path: std::path::PathBuf,
+    },
 }
 
 /// Where [`Client::sync_to`], [`Client::listen_to`] show what happens. It

@@ -10,7 +10,7 @@
 //! descriptor (key included) and the path are sealed with the profile key.
 
 use super::messages::insert_outbox;
-use super::{aad, row_key, MessageView, OutboxKind, Status, Store, UnixMillis};
+use super::{aad, row_key, FileSummary, MessageView, OutboxKind, Status, Store, UnixMillis};
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
 use ponte_e2e::{FileDescriptor, MessageId};
@@ -239,6 +239,33 @@ impl Store {
     fn select_files(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<FileRecord>> {
         select_files(&self.conn, &self.key, filter, args)
     }
+}
+
+/// The [`FileSummary`] of a history message, if it carries a file.
+pub(super) fn summary(
+    conn: &rusqlite::Connection,
+    key: &ProfileKey,
+    peer: &str,
+    outgoing: bool,
+    id: &MessageId,
+) -> Result<Option<FileSummary>> {
+    let out = i64::from(outgoing);
+    let id = id.0.to_vec();
+    let rec = select_files(
+        conn,
+        key,
+        "peer = ?1 AND outgoing = ?2 AND id = ?3",
+        &[&peer, &out, &id],
+    )?
+    .pop();
+    Ok(rec.map(|r| FileSummary {
+        sha256: r.descriptor.sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        name: r.descriptor.name,
+        size: r.descriptor.size,
+        mime: r.descriptor.mime,
+        state: r.state,
+        path: if r.outgoing { None } else { r.path },
+    }))
 }
 
 fn select_files(

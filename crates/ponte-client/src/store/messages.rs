@@ -534,6 +534,7 @@ fn select_views(
                 &body,
             )
             .map_err(|_| ClientError::Corrupt("message body"))?;
+        let file = super::files::summary(conn, key, &peer, outgoing, &id)?;
         out.push(MessageView {
             id,
             peer,
@@ -542,6 +543,7 @@ fn select_views(
             sent_at,
             status: Status::from_i64(status),
             key_changed: flags & FLAG_UNVERIFIED_KEY_CHANGE != 0,
+            file,
         });
     }
     Ok(out)

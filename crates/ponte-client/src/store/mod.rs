@@ -191,6 +191,25 @@ pub struct MessageView {
     pub status: Status,
     /// Set when the sender's identity key had changed unverified.
     pub key_changed: bool,
+    /// The file it carries, for a file message (`text` is its caption).
+    pub file: Option<FileSummary>,
+}
+
+/// What a history view shows of a file message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSummary {
+    /// The name the sender gave (hostile: sanitise or escape before use).
+    pub name: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// MIME type.
+    pub mime: String,
+    /// SHA-256 of the ciphertext blob, hex.
+    pub sha256: String,
+    /// Upload or download state.
+    pub state: FileState,
+    /// Incoming: where the fetched file is (`None` until fetched).
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for MessageView {

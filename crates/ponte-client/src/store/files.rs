@@ -259,7 +259,12 @@ pub(super) fn summary(
     )?
     .pop();
     Ok(rec.map(|r| FileSummary {
-        sha256: r.descriptor.sha256.iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: r
+            .descriptor
+            .sha256
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         name: r.descriptor.name,
         size: r.descriptor.size,
         mime: r.descriptor.mime,

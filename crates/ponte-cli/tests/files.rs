@@ -163,3 +163,66 @@ fn send_file_sync_auto_download_and_file_get() {
     }
     server.kill();
 }
+
+/// The largest file under `dir/blobs/partial/`, in bytes.
+fn partial_upload_len(data: &Path) -> u64 {
+    let mut files = Vec::new();
+    all_files(&data.join("blobs").join("partial"), 0, &mut files);
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_send_killed_mid_upload_is_finished_by_the_next_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start(&data);
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    register(&alice, &server.address(), "alice");
+    register(&bob, &server.address(), "bob");
+    let big = content(LARGE, 9);
+    let path = tmp.path().join("clip.webm");
+    std::fs::write(&path, &big).unwrap();
+
+    let mut child = command(&alice, &["send", "bob", "--file", path.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    // Kill it once the server holds part of the upload (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut held = 0;
+    while Instant::now() < deadline {
+        held = partial_upload_len(&data);
+        if held >= 1024 * 1024 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(held > 0, "the upload never started");
+    eprintln!("killed `send` with {held} bytes of the upload on the server");
+
+    // The encrypted copy survived; sync finishes the upload and sends.
+    let out = ponte(&alice, &["sync", "--json"]);
+    ok(&out);
+    let out = ponte(&alice, &["history", "bob", "--json"]);
+    let lines = json_lines(&ok(&out));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["file"]["name"], "clip.webm");
+    assert_ne!(lines[0]["status"], "queued", "{lines:?}");
+    let leftovers = std::fs::read_dir(alice.join("files")).unwrap().count();
+    assert_eq!(leftovers, 0, "the encrypted copy is removed once uploaded");
+
+    let out = ponte(&bob, &["sync", "--json", "--auto-download", "100000000"]);
+    let lines = json_lines(&ok(&out));
+    let fetched = lines
+        .iter()
+        .find_map(|v| v["file_fetched"].as_str())
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(std::fs::read(fetched).unwrap() == big, "the bytes differ");
+    server.kill();
+}

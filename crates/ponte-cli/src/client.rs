@@ -97,6 +97,21 @@ pub enum ViaCommand {
     },
 }
 
+/// `ponte file …`: received files.
+#[derive(Debug, Subcommand)]
+pub enum FileCommand {
+    /// Download, check and decrypt the file of a message (any size).
+    Get {
+        /// The message id (as `history --json` or `sync --json` print it).
+        message_id: String,
+        /// Write it here (default: the profile's files directory).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
 /// Client commands.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
@@ -118,25 +133,38 @@ pub enum ClientCommand {
         #[command(flatten)]
         common: Common,
     },
-    /// Send a message (works offline: it waits in the outbox).
+    /// Send a message or, with --file, a file (works offline: it waits in the outbox).
     Send {
         /// Recipient handle.
         name: String,
-        /// The text.
-        text: String,
+        /// The text (with --file: the caption, optional).
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Send this file (encrypted; the upload resumes after a lost connection).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
     /// Connect, send what waits, receive what is pending, print what is new, exit.
     Sync {
+        /// Fetch received files up to this many bytes (0: none; default 16 MiB).
+        #[arg(long, value_name = "BYTES")]
+        auto_download: Option<u64>,
         #[command(flatten)]
         common: Common,
     },
     /// Stay connected and print messages and tick changes as they happen.
     Listen {
+        /// Fetch received files up to this many bytes (0: none; default 16 MiB).
+        #[arg(long, value_name = "BYTES")]
+        auto_download: Option<u64>,
         #[command(flatten)]
         common: Common,
     },
+    /// Received files: fetch one that was not fetched automatically.
+    #[command(subcommand)]
+    File(FileCommand),
     /// Show the conversation with a contact.
     History {
         /// Contact handle.
@@ -372,16 +400,34 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Send { name, text, common } => {
+        ClientCommand::Send {
+            name,
+            text,
+            file,
+            common,
+        } => {
             check_handle(&name)?;
             let mut client = open_client(&common)?;
             let me = client.handle().to_owned();
+            let rt = runtime()?;
+            let outcome = match &file {
+                Some(path) => {
+                    let mut bar = ProgressBar::new(!common.json);
+                    let caption = text.as_deref().unwrap_or("");
+                    let r = rt.block_on(
+                        client.send_file(&name, path, caption, &mut |d, t| bar.update(d, t)),
+                    );
+                    bar.finish();
+                    r?
+                }
+                None => rt.block_on(client.send(&name, text.as_deref().unwrap_or("")))?,
+            };
             let SendOutcome {
                 message,
                 note,
                 warnings,
                 key_changed,
-            } = runtime()?.block_on(client.send(&name, &text))?;
+            } = outcome;
             if key_changed {
                 // This send found the change: it fails exactly as the next
                 // ones will. Its message stays held in the outbox (queued,
@@ -407,15 +453,27 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Sync { common } => {
+        ClientCommand::Sync {
+            auto_download,
+            common,
+        } => {
             let mut client = open_client(&common)?;
+            if let Some(bytes) = auto_download {
+                client.set_auto_download(bytes);
+            }
             let me = client.handle().to_owned();
             let json = common.json;
             runtime()?.block_on(client.sync_to(&mut |e| print_event(&me, e, json)))?;
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Listen { common } => {
+        ClientCommand::Listen {
+            auto_download,
+            common,
+        } => {
             let mut client = open_client(&common)?;
+            if let Some(bytes) = auto_download {
+                client.set_auto_download(bytes);
+            }
             let me = client.handle().to_owned();
             let json = common.json;
             let rt = runtime()?;
@@ -449,6 +507,27 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             })
         }
         ClientCommand::Via(cmd) => via(cmd),
+        ClientCommand::File(FileCommand::Get {
+            message_id,
+            out: target,
+            common,
+        }) => {
+            let id = ponte_e2e::MessageId::from_hex(message_id.trim()).ok_or_else(|| {
+                anyhow::anyhow!("{:?} is not a message id (32 hex digits)", message_id)
+            })?;
+            let mut client = open_client(&common)?;
+            let mut bar = ProgressBar::new(!common.json);
+            let r = runtime()?
+                .block_on(client.fetch_file(&id, target.as_deref(), &mut |d, t| bar.update(d, t)));
+            bar.finish();
+            let path = r?;
+            if common.json {
+                out(serde_json::json!({ "id": id.to_hex(), "path": path.display().to_string() }))?;
+            } else {
+                out(format_args!("{}", clean(&path.display().to_string())))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ClientCommand::History { name, common } => {
             check_handle(&name)?;
             let client = open_client(&common)?;
@@ -856,12 +935,88 @@ fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
         v["text"] = serde_json::Value::Null;
         v["unreadable"] = serde_json::Value::Bool(true);
     }
+    if let Some(f) = &m.file {
+        v["file"] = serde_json::json!({
+            "name": f.name,
+            "size": f.size,
+            "mime": f.mime,
+            "sha256": f.sha256,
+            "path": f.path.as_ref().map(|p| p.display().to_string()),
+        });
+    }
     v
 }
 
 /// What stands for the text of a message whose stored data did not open.
 const UNREADABLE: &str =
     "[UNREADABLE: its stored data is corrupt or was altered; the text is not shown]";
+
+/// How a file message reads on a terminal: `[file NAME, SIZE]`, the name
+/// escaped, then where it is once fetched.
+fn file_label(f: &ponte_client::FileSummary) -> String {
+    let mut s = format!("[file {}, {}", clean(&f.name), human_bytes(f.size));
+    if let Some(p) = &f.path {
+        s.push_str(&format!(", at {}", clean(&p.display().to_string())));
+    }
+    s.push(']');
+    s
+}
+
+/// `1.5 MiB`-style sizes.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A transfer's progress bar on stderr (indicatif) with bytes, rate and
+/// time left, drawn only when wanted and both stdout and stderr are
+/// terminals (never in --json or a pipe).
+struct ProgressBar(Option<indicatif::ProgressBar>);
+
+impl ProgressBar {
+    fn new(wanted: bool) -> Self {
+        let enabled = wanted && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        Self(enabled.then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "[{bar:30}] {percent:>3}% {bytes} / {total_bytes}  {binary_bytes_per_sec}  {eta} left",
+            ) {
+                bar.set_style(style.progress_chars("#>-"));
+            }
+            bar
+        }))
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        if let Some(bar) = &self.0 {
+            if bar.length() != Some(total) {
+                bar.set_length(total);
+                // A resumed transfer counts its rate from where it starts.
+                bar.reset_eta();
+            }
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish();
+        }
+    }
+}
 
 fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::Result<()> {
     if json {
@@ -874,6 +1029,11 @@ fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::Result<()> {
         Cow::Borrowed(UNREADABLE)
     } else {
         clean(&m.text)
+    };
+    let text = match &m.file {
+        Some(f) if text.is_empty() => Cow::Owned(file_label(f)),
+        Some(f) => Cow::Owned(format!("{} {text}", file_label(f))),
+        None => text,
     };
     if m.outgoing {
         out(format_args!(
@@ -905,6 +1065,18 @@ fn print_event(me: &str, event: Event, json: bool) -> std::io::Result<()> {
         Event::Warning(w) => {
             notice(&format!("WARNING: {w}"));
             Ok(())
+        }
+        Event::FileFetched { peer, id, path } => {
+            let path = path.display().to_string();
+            if json {
+                out(serde_json::json!({ "id": id.to_hex(), "from": peer, "file_fetched": path }))
+            } else {
+                out(format_args!(
+                    "file from {} saved: {}",
+                    clean(&peer),
+                    clean(&path)
+                ))
+            }
         }
         other => {
             notice(&format!("{other:?}"));
@@ -1002,7 +1174,7 @@ mod tests {
         let err = Cli::try_parse_from(["ponte", "sync", "--connect-timeout", "0"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
         let cli = Cli::try_parse_from(["ponte", "sync", "--connect-timeout", "1"]).unwrap();
-        let ClientCommand::Sync { common } = cli.cmd else {
+        let ClientCommand::Sync { common, .. } = cli.cmd else {
             panic!("{cli:?}")
         };
         assert_eq!(common.connect_timeout, 1);

@@ -7,20 +7,27 @@
 //! +---------+------+------------+-------------+------------------+---------+
 //! kind 1 (text):         u32 BE length, then that many bytes of UTF-8
 //! kind 2 (read receipt): u16 BE count (<= MAX_RECEIPT_IDS), then count ids
-//! kind 3:                reserved (files)
+//! kind 3 (file):         blob id (16) | key (32) | ciphertext SHA-256 (32) |
+//!                        size u64 BE | name: u16 BE length + UTF-8 |
+//!                        mime: u8 length + ASCII | caption: u32 BE length + UTF-8
 //! kind 4 (group text):   group id (16), u32 BE length, that many bytes of UTF-8
 //! kind 5 (sender key):   group id (16), u16 BE length (<= MAX_SENDER_KEY_BYTES),
 //!                        a vodozemac Megolm session key
 //! kind 6 (group op):     u16 BE length (<= MAX_OP_BYTES), a group::SignedOp
 //! ```
 //!
-//! Kinds 1, 2, 5 and 6 travel inside Olm (pairwise). Kind 4 is the Megolm
+//! Kinds 1, 2, 3, 5 and 6 travel inside Olm (pairwise). Kind 4 is the Megolm
 //! plaintext of a group message (see [`crate::group::megolm`]): the group
 //! message body is a group-specific envelope inside Megolm, not an Olm
 //! envelope wrapping Megolm, so the server stores one body for every
 //! recipient; the group id inside it is authenticated by Megolm, so a
 //! message cannot be replayed into another group that (by a sender's
 //! mistake or malice) shares the session.
+//!
+//! A file's name is kept as sent (within [`MAX_FILE_NAME_BYTES`]); it is
+//! hostile input, made safe by [`crate::file::sanitize_name`] before it
+//! names anything on disk and by [`crate::file::display_name`] before it
+//! reaches a terminal.
 //!
 //! The whole envelope is zero-padded to a multiple of [`PADDING_BLOCK`] bytes
 //! so the server learns message lengths only to that granularity. Decoding
@@ -36,6 +43,10 @@ use crate::{Error, Result};
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 /// Most message ids in one read receipt.
 pub const MAX_RECEIPT_IDS: usize = 256;
+/// Longest file name in a file descriptor, in bytes of UTF-8.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+/// Longest MIME type in a file descriptor (printable ASCII).
+pub const MAX_MIME_BYTES: usize = 127;
 /// Envelopes are padded to a multiple of this many bytes.
 pub const PADDING_BLOCK: usize = 64;
 
@@ -45,6 +56,7 @@ const KIND_READ: u8 = 2;
 const KIND_GROUP_TEXT: u8 = 4;
 const KIND_SENDER_KEY: u8 = 5;
 const KIND_GROUP_OP: u8 = 6;
+const KIND_FILE: u8 = 3;
 const HEADER: usize = 2 + 16 + 8;
 
 /// A 16-byte message id chosen by the sender; the key for deduplication
@@ -123,6 +135,145 @@ pub enum Payload {
     SenderKey(SenderKey),
     /// A signed change to a group (sent pairwise to every member).
     GroupOp(Box<SignedOp>),
+    /// A file: where its encrypted blob is and how to open it.
+    File(FileDescriptor),
+}
+
+/// Everything a recipient needs to fetch, check and decrypt a file, and to
+/// show it (see [`crate::file`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileDescriptor {
+    /// The blob id on the server (the sender's upload id).
+    pub blob_id: [u8; 16],
+    /// The file's key.
+    pub key: crate::file::FileKey,
+    /// SHA-256 of the whole ciphertext blob.
+    pub sha256: [u8; 32],
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// The name the sender gave (at most [`MAX_FILE_NAME_BYTES`]).
+    pub name: String,
+    /// MIME type, printable ASCII (at most [`MAX_MIME_BYTES`]); may be empty.
+    pub mime: String,
+    /// Text sent with the file (at most [`MAX_TEXT_BYTES`]); may be empty.
+    pub caption: String,
+}
+
+impl std::fmt::Debug for FileDescriptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Neither the key nor the name or caption go to logs.
+        f.debug_struct("FileDescriptor")
+            .field("size", &self.size)
+            .field("mime", &self.mime)
+            .finish_non_exhaustive()
+    }
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8]> {
+    if rest.len() < n {
+        return Err(Error::MalformedEnvelope(what));
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+fn take_array<const N: usize>(rest: &mut &[u8], what: &'static str) -> Result<[u8; N]> {
+    take(rest, N, what)?
+        .try_into()
+        .map_err(|_| Error::MalformedEnvelope(what))
+}
+
+impl FileDescriptor {
+    /// The descriptor alone, in the kind 3 body encoding (for storing it
+    /// locally); caps checked.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Parse [`FileDescriptor::to_bytes`] output (nothing may follow).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (fd, used) = Self::decode(bytes)?;
+        if used != bytes.len() {
+            return Err(Error::MalformedEnvelope("bytes after file descriptor"));
+        }
+        Ok(fd)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.name.len() > MAX_FILE_NAME_BYTES {
+            return Err(Error::MalformedEnvelope("file name too long"));
+        }
+        if self.mime.len() > MAX_MIME_BYTES || !self.mime.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::MalformedEnvelope("bad mime type"));
+        }
+        if self.caption.len() > MAX_TEXT_BYTES {
+            return Err(Error::TextTooLong(self.caption.len()));
+        }
+        if self.size > crate::file::MAX_FILE_SIZE {
+            return Err(Error::MalformedEnvelope("file too large"));
+        }
+        Ok(())
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
+        self.check()?;
+        out.extend_from_slice(&self.blob_id);
+        out.extend_from_slice(&self.key.0);
+        out.extend_from_slice(&self.sha256);
+        out.extend_from_slice(&self.size.to_be_bytes());
+        // Lengths bounded by check() above.
+        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(self.mime.len() as u8);
+        out.extend_from_slice(self.mime.as_bytes());
+        out.extend_from_slice(&(self.caption.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.caption.as_bytes());
+        Ok(())
+    }
+
+    /// Decode from `rest`, returning the bytes used (hostile input).
+    fn decode(bytes: &[u8]) -> Result<(Self, usize)> {
+        let mut rest = bytes;
+        let blob_id = take_array::<16>(&mut rest, "truncated file descriptor")?;
+        let key = take_array::<32>(&mut rest, "truncated file descriptor")?;
+        let sha256 = take_array::<32>(&mut rest, "truncated file descriptor")?;
+        let size = u64::from_be_bytes(take_array::<8>(&mut rest, "truncated file size")?);
+        let name_len =
+            u16::from_be_bytes(take_array::<2>(&mut rest, "truncated file name")?) as usize;
+        if name_len > MAX_FILE_NAME_BYTES {
+            return Err(Error::MalformedEnvelope("file name too long"));
+        }
+        let name = std::str::from_utf8(take(&mut rest, name_len, "truncated file name")?)
+            .map_err(|_| Error::MalformedEnvelope("file name is not UTF-8"))?
+            .to_owned();
+        let mime_len = take_array::<1>(&mut rest, "truncated mime type")?[0] as usize;
+        let mime = std::str::from_utf8(take(&mut rest, mime_len, "truncated mime type")?)
+            .map_err(|_| Error::MalformedEnvelope("bad mime type"))?
+            .to_owned();
+        let caption_len =
+            u32::from_be_bytes(take_array::<4>(&mut rest, "truncated caption")?) as usize;
+        if caption_len > MAX_TEXT_BYTES {
+            return Err(Error::MalformedEnvelope("caption too long"));
+        }
+        let caption = std::str::from_utf8(take(&mut rest, caption_len, "truncated caption")?)
+            .map_err(|_| Error::MalformedEnvelope("caption is not UTF-8"))?
+            .to_owned();
+        let fd = Self {
+            blob_id,
+            key: crate::file::FileKey(key),
+            sha256,
+            size,
+            name,
+            mime,
+            caption,
+        };
+        fd.check()
+            .map_err(|_| Error::MalformedEnvelope("bad file descriptor"))?;
+        Ok((fd, bytes.len() - rest.len()))
+    }
 }
 
 impl std::fmt::Debug for Payload {
@@ -136,6 +287,7 @@ impl std::fmt::Debug for Payload {
             }
             Payload::SenderKey(key) => f.debug_tuple("SenderKey").field(key).finish(),
             Payload::GroupOp(op) => f.debug_tuple("GroupOp").field(op).finish(),
+            Payload::File(fd) => f.debug_tuple("File").field(fd).finish(),
         }
     }
 }
@@ -162,6 +314,7 @@ impl Envelope {
             Payload::GroupText { .. } => out.push(KIND_GROUP_TEXT),
             Payload::SenderKey(_) => out.push(KIND_SENDER_KEY),
             Payload::GroupOp(_) => out.push(KIND_GROUP_OP),
+            Payload::File(_) => out.push(KIND_FILE),
         }
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
@@ -203,6 +356,7 @@ impl Envelope {
                 out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
                 out.extend_from_slice(&bytes);
             }
+            Payload::File(fd) => fd.encode_into(&mut out)?,
         }
         let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
         out.resize(padded, 0);
@@ -272,6 +426,10 @@ impl Envelope {
                     .filter_map(MessageId::from_slice)
                     .collect();
                 (Payload::ReadReceipt(ids), 2 + 16 * count)
+            }
+            KIND_FILE => {
+                let (fd, used) = FileDescriptor::decode(rest)?;
+                (Payload::File(fd), used)
             }
             _ => return Err(Error::MalformedEnvelope("unknown kind")),
         };
@@ -406,6 +564,66 @@ mod tests {
             ..env
         };
         assert!(matches!(too_long.encode(), Err(Error::TextTooLong(_))));
+    }
+
+    fn file_env() -> Envelope {
+        Envelope {
+            id: MessageId::random(),
+            sent_at_ms: 9,
+            payload: Payload::File(FileDescriptor {
+                blob_id: [7; 16],
+                key: crate::file::FileKey([8; 32]),
+                sha256: [9; 32],
+                size: 123_456,
+                name: "../a\u{1b}b.jpg".into(),
+                mime: "image/jpeg".into(),
+                caption: "olá".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn file_roundtrip_and_caps() {
+        let env = file_env();
+        let bytes = env.encode().unwrap();
+        assert_eq!(bytes.len() % PADDING_BLOCK, 0);
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+        assert!(!format!("{env:?}").contains("jpg"));
+        if let Payload::File(fd) = &env.payload {
+            let alone = fd.to_bytes().unwrap();
+            assert_eq!(&FileDescriptor::from_bytes(&alone).unwrap(), fd);
+            assert!(FileDescriptor::from_bytes(&[alone.as_slice(), &[0]].concat()).is_err());
+        }
+        // Every truncation into the content fails.
+        let content = HEADER + 16 + 32 + 32 + 8 + 2 + 10 + 1 + 10 + 4 + 4;
+        for len in 0..content {
+            assert!(Envelope::decode(&bytes[..len]).is_err(), "len {len}");
+        }
+        let Payload::File(fd) = &env.payload else {
+            unreachable!()
+        };
+        let with = |f: &dyn Fn(&mut FileDescriptor)| {
+            let mut fd = fd.clone();
+            f(&mut fd);
+            Envelope {
+                payload: Payload::File(fd),
+                ..env.clone()
+            }
+            .encode()
+        };
+        assert!(with(&|fd| fd.name = "n".repeat(MAX_FILE_NAME_BYTES + 1)).is_err());
+        assert!(with(&|fd| fd.mime = "a b".into()).is_err());
+        assert!(with(&|fd| fd.caption = "c".repeat(MAX_TEXT_BYTES + 1)).is_err());
+        assert!(with(&|fd| fd.size = u64::MAX).is_err());
+        // A hostile name length beyond the cap is refused before reading it.
+        let mut bad = bytes.clone();
+        let at = HEADER + 16 + 32 + 32 + 8;
+        bad[at..at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(Envelope::decode(&bad).is_err());
+        // Mime with a control byte.
+        let mut bad = bytes.clone();
+        bad[at + 2 + 10 + 1] = 0x1b;
+        assert!(Envelope::decode(&bad).is_err());
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! - [`session`]: an Olm [`Session`] (double ratchet) and the [`Ciphertext`]
 //!   that travels through the server.
 //! - [`envelope`]: the versioned, padded plaintext [`Envelope`] inside each
-//!   ciphertext (message id, sent_at, text, read receipt, group text,
-//!   sender key or group op).
+//!   ciphertext (message id, sent_at, text, read receipt, file
+//!   descriptor, group text, sender key or group op).
 //! - [`group`]: groups: membership as signed, hash-chained operations
 //!   ([`group::GroupState`], [`group::SignedOp`]) and messages under
 //!   rotating Megolm sender keys ([`group::GroupSender`],
 //!   [`group::GroupReceiver`]).
+//! - [`file`]: file encryption (a key per file, chunked ChaCha20-Poly1305
+//!   STREAM, size padding, ciphertext SHA-256) and file-name sanitising.
 //! - [`safety`]: 60-digit [`SafetyNumber`]s and their QR payload.
 //!
 //! Secrets leave this crate only as vodozemac pickles encrypted with a
@@ -25,12 +27,14 @@
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+pub mod file;
 pub mod group;
 pub mod identity;
 pub mod safety;
 pub mod session;
 
-pub use envelope::{Envelope, MessageId, Payload, MAX_TEXT_BYTES};
+pub use envelope::{Envelope, FileDescriptor, MessageId, Payload, MAX_TEXT_BYTES};
+pub use file::{FileError, FileKey};
 pub use identity::{Identity, PreKey, PublicIdentity};
 pub use safety::SafetyNumber;
 pub use session::{Ciphertext, Session, MAX_CIPHERTEXT_BYTES};

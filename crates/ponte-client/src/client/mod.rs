@@ -12,7 +12,8 @@
 //! - `sync`: one connection's life for `sync` and `listen` (pushes,
 //!   acknowledgements, reconnecting);
 //! - `status`: routes: the relays saved in the profile and `ponte status`;
-//! - `views`: local views (history, contacts, safety numbers).
+//! - `views`: local views (history, contacts, safety numbers);
+//! - `files`: sending files (encrypt, upload, resume) and fetching them.
 //!
 //! The flow on every connection: connect over the routes, Noise handshake
 //! against the key in the server address, `Login`, top up one-time keys if
@@ -31,6 +32,7 @@
 //! `verify --confirm`. Messages that arrive under the new key are still shown,
 //! marked with a warning.
 
+mod files;
 pub mod inbound;
 mod outbound;
 mod register;
@@ -38,6 +40,7 @@ mod status;
 mod sync;
 mod views;
 
+pub use files::{guess_mime, Progress, DEFAULT_AUTO_DOWNLOAD, FILES_DIR};
 pub use outbound::SendOutcome;
 pub use register::{RegisterOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use status::{last_route, save_vias, saved_vias, RouteProbe, RouteStatus, MAX_SAVED_VIAS};
@@ -74,6 +77,16 @@ pub enum Event {
     Connection(String),
     /// Something the user must know (identity key change, undecryptable message).
     Warning(String),
+    /// `sync`/`listen` fetched a received file (auto-download): the file
+    /// of message `id` from `peer` is complete and verified at `path`.
+    FileFetched {
+        /// The sender.
+        peer: String,
+        /// The message that carried it.
+        id: ponte_e2e::MessageId,
+        /// Where it is.
+        path: std::path::PathBuf,
+    },
 }
 
 /// Where [`Client::sync_to`], [`Client::listen_to`] show what happens. It
@@ -122,6 +135,11 @@ pub struct Client {
     /// The route this process recorded as the one that worked last, and
     /// the one recorded before it (see [`Client::forget_route_after`]).
     remembered: Option<(String, Option<String>)>,
+    /// `sync` and `listen` fetch files up to this size (0: none).
+    auto_download: u64,
+    /// Files whose automatic fetch failed in this process (not retried
+    /// until `file get` or the next process).
+    fetch_failed: BTreeSet<ponte_e2e::MessageId>,
 }
 
 impl std::fmt::Debug for Client {
@@ -195,6 +213,8 @@ impl Client {
             warned_deferred: None,
             warned_full: BTreeSet::new(),
             remembered: None,
+            auto_download: files::DEFAULT_AUTO_DOWNLOAD,
+            fetch_failed: BTreeSet::new(),
         })
     }
 

@@ -468,7 +468,7 @@ impl Client {
 /// Whether the flush's warning `w` concerns the messages to `peer` (or the
 /// whole outbox, held back by a refusal for now), by the way each such
 /// warning in this module starts.
-fn concerns(w: &str, peer: &str) -> bool {
+pub(super) fn concerns(w: &str, peer: &str) -> bool {
     w.starts_with("kept in the outbox: ")
         || w.starts_with(&ClientError::KeyChanged(peer.to_owned()).to_string())
         || [
@@ -519,6 +519,7 @@ fn encrypt(
     let payload = match &item.kind {
         OutboxKind::Text(t) => Payload::Text(t.clone()),
         OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
+        OutboxKind::File(fd) => Payload::File(fd.clone()),
     };
     let envelope = Envelope {
         id: item.id,

@@ -197,6 +197,8 @@ impl Client {
             warned_deferred: None,
             warned_full: BTreeSet::new(),
             remembered: None,
+            auto_download: super::DEFAULT_AUTO_DOWNLOAD,
+            fetch_failed: BTreeSet::new(),
         };
         let mut conn = client.open_connection().await?;
         let public = client.identity.public();

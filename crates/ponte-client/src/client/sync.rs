@@ -183,6 +183,7 @@ impl Client {
         let content = match &envelope.payload {
             Payload::Text(t) => IncomingContent::Text(t),
             Payload::ReadReceipt(ids) => IncomingContent::ReadReceipt(ids),
+            Payload::File(fd) => IncomingContent::File(fd),
             _ => IncomingContent::ReadReceipt(&[]),
         };
         self.store().commit_incoming(&Incoming {
@@ -277,6 +278,7 @@ impl Client {
         let (mut conn, logged_in) = self.login().await?;
         // One-time keys: the server pushes a KeyCount right after LoggedIn;
         // handle_push tops them up when it says they run low.
+        self.resume_uploads(&mut conn, events).await?;
         let flushed = self.flush_outbox(&mut conn, events).await?;
         // Everything pending at login is pushed right after LoggedIn (at most
         // 64 in flight, more as we acknowledge). Drain until that many were
@@ -307,6 +309,7 @@ impl Client {
             .await?;
         self.drain(&mut conn, Duration::from_millis(200), 10_000, events)
             .await?;
+        self.auto_fetch(&mut conn, events).await?;
         self.report_updates(events)?;
         // Read receipts queued just now; not again if the server refused
         // sends a moment ago (it would only say so twice).
@@ -433,6 +436,7 @@ impl Client {
         let mut probe: Option<tokio::task::JoinHandle<bool>> = None;
         // One-time keys: the server pushes a KeyCount right after LoggedIn;
         // handle_push tops them up when it says they run low.
+        self.resume_uploads(&mut conn, events).await?;
         self.flush_outbox(&mut conn, events).await?;
         let mut last_ping = tokio::time::Instant::now();
         let mut last_flush = tokio::time::Instant::now();
@@ -440,6 +444,7 @@ impl Client {
         loop {
             self.drain(&mut conn, Duration::from_millis(500), 64, events)
                 .await?;
+            self.auto_fetch(&mut conn, events).await?;
             self.report_updates(events)?;
             // Flush when the outbox changed (receipts just queued, or a
             // message written by another process) or every 30 s for what

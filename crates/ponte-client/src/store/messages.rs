@@ -103,6 +103,10 @@ impl Store {
                 1 => OutboxKind::Text(
                     String::from_utf8(plain).map_err(|_| ClientError::Corrupt("outbox text"))?,
                 ),
+                3 => OutboxKind::File(
+                    ponte_e2e::FileDescriptor::from_bytes(&plain)
+                        .map_err(|_| ClientError::Corrupt("outbox file"))?,
+                ),
                 _ => OutboxKind::ReadReceipt(
                     plain
                         .chunks_exact(16)
@@ -258,6 +262,19 @@ impl Store {
                         advance(&tx, incoming.peer, id, Status::Read)?;
                     }
                 }
+                IncomingContent::File(fd) => {
+                    insert_message(&tx, &self.key, incoming, &fd.caption)?;
+                    super::files::insert_file(
+                        &tx,
+                        &self.key,
+                        incoming.peer,
+                        false,
+                        &incoming.id,
+                        fd,
+                        super::FileState::Pending,
+                        None,
+                    )?;
+                }
             }
         }
         tx.commit()?;
@@ -379,7 +396,42 @@ impl Store {
     }
 }
 
-fn insert_outbox(
+/// The history row of an incoming message with `text`.
+fn insert_message(
+    tx: &Transaction<'_>,
+    key: &ProfileKey,
+    incoming: &Incoming<'_>,
+    text: &str,
+) -> Result<()> {
+    let body = key.seal(
+        &aad(
+            "messages",
+            "body",
+            &row_key(incoming.peer, false, &incoming.id),
+        ),
+        text.as_bytes(),
+    );
+    tx.execute(
+        "INSERT OR IGNORE INTO messages(peer, outgoing, id, body, sent_at_ms,
+         received_at_ms, status, flags) VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            incoming.peer,
+            incoming.id.0.to_vec(),
+            body,
+            incoming.sent_at,
+            UnixMillis::now(),
+            Status::Received.to_i64(),
+            if incoming.key_changed {
+                FLAG_UNVERIFIED_KEY_CHANGE
+            } else {
+                0
+            },
+        ],
+    )?;
+    Ok(())
+}
+
+pub(super) fn insert_outbox(
     tx: &Transaction<'_>,
     key: &ProfileKey,
     id: &MessageId,
@@ -390,6 +442,7 @@ fn insert_outbox(
     let (kind_code, plain) = match kind {
         OutboxKind::Text(t) => (1, t.as_bytes().to_vec()),
         OutboxKind::ReadReceipt(ids) => (2, ids.iter().flat_map(|i| i.0).collect::<Vec<u8>>()),
+        OutboxKind::File(fd) => (3, fd.to_bytes()?),
     };
     let payload = key.seal(&aad("outbox", "payload", &id.0), &plain);
     tx.execute(
@@ -491,15 +544,22 @@ fn select_views(
             )
             .ok()
             .and_then(|t| String::from_utf8(t).ok());
+        // A file row that does not open marks the message the same way.
+        let (file, file_unreadable) = match super::files::summary(conn, key, &peer, outgoing, &id) {
+            Ok(file) => (file, false),
+            Err(ClientError::Corrupt(_)) => (None, true),
+            Err(e) => return Err(e),
+        };
         out.push(MessageView {
             id,
             peer,
             outgoing,
-            unreadable: text.is_none(),
+            unreadable: text.is_none() || file_unreadable,
             text: text.unwrap_or_default(),
             sent_at,
             status: Status::from_i64(status),
             key_changed: flags & FLAG_UNVERIFIED_KEY_CHANGE != 0,
+            file,
         });
     }
     Ok(out)

@@ -13,14 +13,22 @@
 //! | `messages` | history: peer, direction, text (S), times, tick status, displayed flag |
 //! | `outbox` | what waits to go out: texts and read receipts (S), with the ciphertext once encrypted |
 //! | `inbox_seen` | ids of every end-to-end message already processed (dedup) |
+//! | `files` | per file message: its descriptor (S: blob id, key, hash, name, size, type, caption), upload or download state, local path (S) |
 //!
 //! Handles, times and statuses are stored in clear (the server knows them
 //! too); message text, receipts and private keys never are.
 //!
 //! This module opens the database and keeps meta, secrets, contacts and
-//! sessions; `messages` keeps the history and the outbox.
+//! sessions; `messages` keeps the history and the outbox; `files` the
+//! state of each file sent or received.
+//!
+//! Schema versions: 1 had no `files` table; opening a version 1 database
+//! creates it and records version 2.
 
+mod files;
 mod messages;
+
+pub use files::{FileRecord, FileState};
 
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
@@ -29,7 +37,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use zeroize::Zeroizing;
 
 /// Current schema version.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// Most Olm sessions kept per contact (oldest dropped first).
 const MAX_SESSIONS_PER_CONTACT: i64 = 8;
 
@@ -84,6 +92,21 @@ CREATE TABLE IF NOT EXISTS inbox_seen (
     id BLOB NOT NULL,
     PRIMARY KEY (peer, id)
 );
+";
+
+/// Added in schema version 2.
+const SCHEMA_FILES: &str = "
+CREATE TABLE IF NOT EXISTS files (
+    peer TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    descriptor BLOB NOT NULL,
+    state INTEGER NOT NULL,
+    path BLOB,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (peer, outgoing, id)
+);
+CREATE INDEX IF NOT EXISTS files_by_state ON files(state);
 ";
 
 /// Tick status of a message. Outgoing messages move forward only:
@@ -171,6 +194,25 @@ pub struct MessageView {
     /// Its stored text did not decrypt (profile data corrupt or altered):
     /// `text` is empty, and the rest of the conversation is still shown.
     pub unreadable: bool,
+    /// The file it carries, for a file message (`text` is its caption).
+    pub file: Option<FileSummary>,
+}
+
+/// What a history view shows of a file message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSummary {
+    /// The name the sender gave (hostile: sanitise or escape before use).
+    pub name: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// MIME type.
+    pub mime: String,
+    /// SHA-256 of the ciphertext blob, hex.
+    pub sha256: String,
+    /// Upload or download state.
+    pub state: FileState,
+    /// Incoming: where the fetched file is (`None` until fetched).
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for MessageView {
@@ -216,6 +258,8 @@ pub enum OutboxKind {
     Text(String),
     /// A read receipt for these incoming message ids.
     ReadReceipt(Vec<MessageId>),
+    /// A file whose blob is uploaded (its descriptor).
+    File(ponte_e2e::FileDescriptor),
 }
 
 impl std::fmt::Debug for OutboxKind {
@@ -224,6 +268,7 @@ impl std::fmt::Debug for OutboxKind {
         match self {
             OutboxKind::Text(t) => write!(f, "Text({} bytes)", t.len()),
             OutboxKind::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
+            OutboxKind::File(fd) => f.debug_tuple("File").field(fd).finish(),
         }
     }
 }
@@ -525,6 +570,8 @@ pub enum IncomingContent<'a> {
     Text(&'a str),
     /// Read receipt for our messages.
     ReadReceipt(&'a [MessageId]),
+    /// A file (the caption goes to the history, the rest to `files`).
+    File(&'a ponte_e2e::FileDescriptor),
 }
 
 impl std::fmt::Debug for IncomingContent<'_> {
@@ -532,6 +579,7 @@ impl std::fmt::Debug for IncomingContent<'_> {
         match self {
             IncomingContent::Text(t) => write!(f, "Text({} bytes)", t.len()),
             IncomingContent::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
+            IncomingContent::File(fd) => f.debug_tuple("File").field(fd).finish(),
         }
     }
 }
@@ -557,8 +605,11 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
     let version: Option<String> = meta_get(&conn, "schema")?;
-    match version {
-        None => meta_set(&conn, "schema", &SCHEMA_VERSION.to_string())?,
+    match version.as_deref() {
+        None | Some("1") => {
+            conn.execute_batch(SCHEMA_FILES)?;
+            meta_set(&conn, "schema", &SCHEMA_VERSION.to_string())?;
+        }
         Some(v) if v == SCHEMA_VERSION.to_string() => {}
         Some(_) => return Err(ClientError::Corrupt("unsupported schema version")),
     }
@@ -668,7 +719,7 @@ mod tests {
             .into_iter()
             .flat_map(|i| match i.kind {
                 OutboxKind::ReadReceipt(ids) => ids,
-                OutboxKind::Text(_) => Vec::new(),
+                OutboxKind::Text(_) | OutboxKind::File(_) => Vec::new(),
             })
             .collect()
     }

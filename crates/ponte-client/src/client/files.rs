@@ -1,0 +1,644 @@
+//! Sending and receiving files.
+//!
+//! Sending ([`Client::send_file`]): the file is encrypted
+//! ([`ponte_e2e::file`]) straight into `PROFILE/files/up-BLOBID.enc`
+//! (fsynced) and queued in the store ([`Store::queue_file`]) before any
+//! byte leaves, so a process that dies loses nothing; the blob is then
+//! uploaded with `UploadCreate` / `UploadAppend`, and after any lost
+//! connection the upload goes on from the offset the server reports
+//! (`UploadCreate` is idempotent and answers it; `OFFSET_MISMATCH` is
+//! answered by asking `UploadOffset`), over whatever route connects. Once
+//! the server has the whole blob, the message carrying the descriptor goes
+//! into the outbox and out like a text. `sync` and `listen` finish uploads
+//! a previous process left.
+//!
+//! Receiving: a file message is stored as [`FileState::Pending`]. `sync`
+//! and `listen` fetch files up to the auto-download limit
+//! ([`DEFAULT_AUTO_DOWNLOAD`], [`Client::set_auto_download`]); larger ones
+//! wait for [`Client::fetch_file`] (`ponte file get`). The ciphertext is
+//! downloaded to `PROFILE/files/MSGID.part` (a partial download resumes
+//! from its length), its SHA-256 checked, then decrypted to
+//! `PROFILE/files/NAME` (the sender's name sanitised, made unique) through
+//! a temporary file renamed into place: a file under its final name is
+//! always complete and verified.
+//!
+//! [`Store::queue_file`]: crate::store::Store::queue_file
+
+use super::outbound::SendOutcome;
+use super::{emit, is_fatal, unexpected, Client, Display, Event};
+use crate::connection::{Connection, REQUEST_TIMEOUT};
+use crate::store::{FileRecord, FileState};
+use crate::{ClientError, Report, Result, ServerCode};
+use bytes::Bytes;
+use ponte_e2e::file::{self as crypto, FileError, FileKey};
+use ponte_e2e::{FileDescriptor, MessageId};
+use ponte_wire::messages::{
+    client_frame, server_frame, Download, UploadAppend, UploadCreate, UploadOffset, UploadState,
+    BLOB_CHUNK_MAX,
+};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Files up to this size are fetched by `sync` and `listen` (16 MiB).
+pub const DEFAULT_AUTO_DOWNLOAD: u64 = 16 * 1024 * 1024;
+/// Connections tried for one upload or download before giving up for now
+/// (it resumes at the next `sync`, `listen` or `file get`).
+const MAX_ATTEMPTS: u32 = 8;
+/// Directory inside the profile for encrypted uploads, partial downloads
+/// and received files.
+pub const FILES_DIR: &str = "files";
+
+/// Progress of one transfer: bytes done and total (ciphertext bytes).
+pub type Progress<'a> = dyn FnMut(u64, u64) + 'a;
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
+    let context = context.into();
+    move |error| ClientError::Io { context, error }
+}
+
+fn file_err(what: &str, e: FileError) -> ClientError {
+    match e {
+        FileError::Io(error) => ClientError::Io {
+            context: what.to_owned(),
+            error,
+        },
+        other => ClientError::Protocol(format!("{what}: {other}")),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A MIME type from the file name's extension (the common ones; else
+/// `application/octet-stream`).
+pub fn guess_mime(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mov" => "video/quicktime",
+        "ogg" | "oga" | "opus" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
+        "wav" => "audio/wav",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "txt" => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Create `dir` owner-only if missing.
+fn ensure_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("restricting {}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// `dir/name`, or `dir/stem (n).ext` for the first n that does not exist.
+fn unique_path(dir: &Path, name: &str) -> PathBuf {
+    let first = dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
+        _ => (name, String::new()),
+    };
+    for n in 1..10_000 {
+        let p = dir.join(format!("{stem} ({n}){ext}"));
+        if !p.exists() {
+            return p;
+        }
+    }
+    dir.join(format!("{stem} ({}){ext}", hex(&rand::random::<[u8; 8]>())))
+}
+
+fn upload_state(body: server_frame::Body, what: &str) -> Result<UploadState> {
+    match body {
+        server_frame::Body::UploadState(s) => Ok(s),
+        _ => Err(unexpected(what)),
+    }
+}
+
+fn retryable(e: &ClientError) -> bool {
+    !is_fatal(e)
+        && matches!(
+            e,
+            ClientError::Unreachable(_)
+                | ClientError::Disconnected(_)
+                | ClientError::Closed { .. }
+                | ClientError::Server {
+                    code: ServerCode::Unavailable | ServerCode::RateLimited,
+                    ..
+                }
+        )
+}
+
+impl Client {
+    /// The directory for this profile's files.
+    pub fn files_dir(&self) -> PathBuf {
+        self.profile.dir().join(FILES_DIR)
+    }
+
+    /// Files up to `bytes` are fetched by `sync` and `listen` (0: none).
+    pub fn set_auto_download(&mut self, bytes: u64) {
+        self.auto_download = bytes;
+    }
+
+    /// Encrypt the file at `path` into the profile's files directory and
+    /// queue it for `peer` (works offline; [`Client::send_file`] also
+    /// uploads and sends).
+    pub fn queue_file(&self, peer: &str, path: &Path, caption: &str) -> Result<MessageId> {
+        ponte_wire::messages::validate_handle(peer)
+            .map_err(|e| ClientError::Invalid(format!("recipient {peer:?}: {e}")))?;
+        if peer == self.handle {
+            return Err(ClientError::Invalid(
+                "you cannot send a file to yourself".into(),
+            ));
+        }
+        if caption.len() > ponte_e2e::MAX_TEXT_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "caption too long ({} bytes, at most {})",
+                caption.len(),
+                ponte_e2e::MAX_TEXT_BYTES
+            )));
+        }
+        self.check_not_changed(peer)?;
+        let file =
+            std::fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let meta = file
+            .metadata()
+            .map_err(io_err(format!("reading {}", path.display())))?;
+        if !meta.is_file() {
+            return Err(ClientError::Invalid(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        let size = meta.len();
+        if size > crypto::MAX_FILE_SIZE {
+            return Err(ClientError::Invalid(format!(
+                "{} is too large",
+                path.display()
+            )));
+        }
+        let raw_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        let mut name = crypto::sanitize_name(&raw_name);
+        while name.len() > ponte_e2e::envelope::MAX_FILE_NAME_BYTES {
+            name.pop();
+        }
+        let dir = self.files_dir();
+        ensure_dir(&dir)?;
+        let key = FileKey::random();
+        let blob_id: [u8; 16] = rand::random();
+        let enc_path = dir.join(format!("up-{}.enc", hex(&blob_id)));
+        let out = std::fs::File::create(&enc_path)
+            .map_err(io_err(format!("creating {}", enc_path.display())))?;
+        let mut writer = std::io::BufWriter::with_capacity(crypto::CHUNK_CIPHER, out);
+        let reader = std::io::BufReader::with_capacity(crypto::CHUNK_PLAIN, file);
+        let encrypted = crypto::encrypt_to(&key, reader, size, &mut writer)
+            .map_err(|e| file_err(&format!("encrypting {}", path.display()), e))
+            .and_then(|sha| {
+                let out = writer
+                    .into_inner()
+                    .map_err(|e| io_err("writing the encrypted file")(e.into_error()))?;
+                out.sync_all()
+                    .map_err(io_err("writing the encrypted file"))?;
+                Ok(sha)
+            });
+        let sha256 = match encrypted {
+            Ok(sha) => sha,
+            Err(e) => {
+                let _ = std::fs::remove_file(&enc_path);
+                return Err(e);
+            }
+        };
+        let fd = FileDescriptor {
+            blob_id,
+            key,
+            sha256,
+            size,
+            mime: guess_mime(&name).to_owned(),
+            name,
+            caption: caption.to_owned(),
+        };
+        self.store().queue_file(peer, &fd, &enc_path)
+    }
+
+    /// Queue a file (see [`Client::queue_file`]), upload it (resuming
+    /// across reconnects) and send the message that carries its key. If
+    /// the server cannot be reached the file stays queued (not an error):
+    /// the outcome says so. `progress` sees the ciphertext bytes the
+    /// server holds.
+    pub async fn send_file(
+        &mut self,
+        peer: &str,
+        path: &Path,
+        caption: &str,
+        progress: &mut Progress<'_>,
+    ) -> Result<SendOutcome> {
+        self.warned_full.clear();
+        let id = self.queue_file(peer, path, caption)?;
+        let mut warnings = Vec::new();
+        let mut sink = |e: Event| {
+            if let Event::Warning(w) = e {
+                warnings.push(w);
+            }
+            Ok(())
+        };
+        let note = match self.upload_with_retries(progress).await {
+            Ok(mut conn) => match self.flush_outbox(&mut conn, &mut sink).await {
+                Ok(_) => None,
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => Some(format!("kept in the outbox: {}", Report(&e))),
+            },
+            Err(e) if retryable(&e) => Some(format!(
+                "upload interrupted, it resumes at the next sync or send ({})",
+                Report(&e)
+            )),
+            Err(e @ ClientError::Server { .. }) => {
+                // A refusal of this file (too large, over quota): nothing
+                // of it stays queued.
+                self.store().mark_failed(peer, &id)?;
+                self.discard_upload(peer, &id)?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        // As for a text: what concerns this contact is the note, the rest
+        // is about others.
+        let (about_this, warnings): (Vec<String>, Vec<String>) = warnings
+            .into_iter()
+            .partition(|w| super::outbound::concerns(w, peer));
+        let note = match (note, about_this.is_empty()) {
+            (n, true) => n,
+            (None, false) => Some(about_this.join("; ")),
+            (Some(n), false) => Some(format!("{n}; {}", about_this.join("; "))),
+        };
+        let message = self
+            .store()
+            .message(peer, true, &id)?
+            .ok_or(ClientError::Corrupt("sent message vanished"))?;
+        self.store().mark_status_shown(peer, &id)?;
+        let key_changed = self
+            .store()
+            .contact(peer)?
+            .is_some_and(|c| c.changed_identity.is_some());
+        Ok(SendOutcome {
+            message,
+            note,
+            warnings,
+            key_changed,
+        })
+    }
+
+    /// Remove the encrypted copy of a refused upload and mark it uploaded
+    /// no more.
+    fn discard_upload(&self, peer: &str, id: &MessageId) -> Result<()> {
+        if let Some(rec) = self.store().file_by_id(id)? {
+            if let Some(p) = &rec.path {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        self.store().file_abandoned(peer, id)
+    }
+
+    /// Upload every queued file, reconnecting (up to [`MAX_ATTEMPTS`]
+    /// connections) when a connection is lost; returns the last
+    /// connection, logged in, for the flush that follows.
+    async fn upload_with_retries(&mut self, progress: &mut Progress<'_>) -> Result<Connection> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let (mut conn, _) = self.login().await?;
+                self.upload_pending(&mut conn, progress).await?;
+                Ok::<_, ClientError>(conn)
+            }
+            .await;
+            match result {
+                Ok(conn) => return Ok(conn),
+                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
+                    tracing::debug!("upload interrupted ({}); reconnecting", Report(&e));
+                    let wait = Duration::from_millis(100 * u64::from(attempt));
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Upload the files queued in this profile on `conn`.
+    pub(super) async fn upload_pending(
+        &mut self,
+        conn: &mut Connection,
+        progress: &mut Progress<'_>,
+    ) -> Result<()> {
+        for rec in self.store().files_in_state(FileState::Upload)? {
+            self.upload_one(conn, &rec, progress).await?;
+            if let Some(p) = &rec.path {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// `sync`/`listen`: finish uploads a previous process left; a failure
+    /// that a later connection may fix is a warning, not an error.
+    pub(super) async fn resume_uploads(
+        &mut self,
+        conn: &mut Connection,
+        events: &mut Display<'_>,
+    ) -> Result<()> {
+        if self.store().files_in_state(FileState::Upload)?.is_empty() {
+            return Ok(());
+        }
+        match self.upload_pending(conn, &mut |_, _| {}).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_fatal(&e) => Err(e),
+            Err(e @ (ClientError::Disconnected(_) | ClientError::Closed { .. })) => Err(e),
+            Err(e) => emit(
+                events,
+                Event::Warning(format!("a file upload did not finish: {}", Report(&e))),
+            ),
+        }
+    }
+
+    async fn upload_one(
+        &mut self,
+        conn: &mut Connection,
+        rec: &FileRecord,
+        progress: &mut Progress<'_>,
+    ) -> Result<()> {
+        let fd = &rec.descriptor;
+        let path = rec.path.as_deref().ok_or(ClientError::Corrupt(
+            "queued file without its encrypted copy",
+        ))?;
+        let mut file =
+            std::fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let size = crypto::ciphertext_len(fd.size);
+        let upload_id = Bytes::copy_from_slice(&fd.blob_id);
+        let create = client_frame::Body::UploadCreate(UploadCreate {
+            upload_id: upload_id.clone(),
+            size,
+            sha256: Bytes::copy_from_slice(&fd.sha256),
+            recipients: 1,
+        });
+        let mut state = upload_state(conn.request(create, REQUEST_TIMEOUT).await?, "UploadCreate")?;
+        let mut buf = vec![0u8; BLOB_CHUNK_MAX];
+        // Each round appends a chunk or re-reads the offset; bounded by the
+        // chunks of the file plus a few corrections.
+        let rounds = size / BLOB_CHUNK_MAX as u64 + 16;
+        for _ in 0..rounds {
+            progress(state.offset.min(size), size);
+            if state.finished {
+                self.store().file_uploaded(&rec.peer, &rec.id)?;
+                return Ok(());
+            }
+            let offset = state.offset.min(size);
+            let len = (size - offset).min(BLOB_CHUNK_MAX as u64) as usize;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(io_err("reading the encrypted file"))?;
+            file.read_exact(&mut buf[..len])
+                .map_err(io_err("reading the encrypted file"))?;
+            let append = client_frame::Body::UploadAppend(UploadAppend {
+                upload_id: upload_id.clone(),
+                offset,
+                chunk: Bytes::copy_from_slice(&buf[..len]),
+            });
+            state = match conn.request(append, REQUEST_TIMEOUT).await {
+                Ok(body) => upload_state(body, "UploadAppend")?,
+                Err(ClientError::Server {
+                    code: ServerCode::OffsetMismatch,
+                    ..
+                }) => {
+                    let ask = client_frame::Body::UploadOffset(UploadOffset {
+                        upload_id: upload_id.clone(),
+                    });
+                    upload_state(conn.request(ask, REQUEST_TIMEOUT).await?, "UploadOffset")?
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Err(ClientError::Protocol(
+            "the server's upload offsets do not advance".into(),
+        ))
+    }
+
+    /// `sync`/`listen`: fetch pending files up to the auto-download limit;
+    /// a failure is a warning (the file waits for the next try).
+    pub(super) async fn auto_fetch(
+        &mut self,
+        conn: &mut Connection,
+        events: &mut Display<'_>,
+    ) -> Result<()> {
+        if self.auto_download == 0 {
+            return Ok(());
+        }
+        for rec in self.store().files_in_state(FileState::Pending)? {
+            if rec.descriptor.size > self.auto_download || self.fetch_failed.contains(&rec.id) {
+                continue;
+            }
+            match self.download(conn, &rec, None, &mut |_, _| {}).await {
+                Ok(path) => emit(
+                    events,
+                    Event::FileFetched {
+                        peer: rec.peer.clone(),
+                        id: rec.id,
+                        path,
+                    },
+                )?,
+                Err(e @ (ClientError::Disconnected(_) | ClientError::Closed { .. })) => {
+                    return Err(e)
+                }
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => {
+                    // Tried once per process: `file get` tries again.
+                    self.fetch_failed.insert(rec.id);
+                    emit(
+                        events,
+                        Event::Warning(format!(
+                            "file {} from {} not fetched: {}",
+                            crypto::display_name(&rec.descriptor.name),
+                            rec.peer,
+                            Report(&e)
+                        )),
+                    )?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetch the file of message `id` (any size), to `out` or into the
+    /// files directory; returns where it is. A file fetched already is
+    /// copied to `out` if given. Reconnects (up to [`MAX_ATTEMPTS`]
+    /// connections) and resumes when a connection is lost.
+    pub async fn fetch_file(
+        &mut self,
+        id: &MessageId,
+        out: Option<&Path>,
+        progress: &mut Progress<'_>,
+    ) -> Result<PathBuf> {
+        let rec = self
+            .store()
+            .file_by_id(id)?
+            .filter(|r| !r.outgoing)
+            .ok_or_else(|| {
+                ClientError::Invalid(format!("no received file with message id {id}"))
+            })?;
+        if rec.state == FileState::Fetched {
+            if let (Some(have), Some(out)) = (&rec.path, out) {
+                std::fs::copy(have, out)
+                    .map_err(io_err(format!("copying to {}", out.display())))?;
+                return Ok(out.to_owned());
+            }
+            if let Some(have) = &rec.path {
+                if have.exists() {
+                    return Ok(have.clone());
+                }
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let (mut conn, _) = self.login().await?;
+                self.download(&mut conn, &rec, out, progress).await
+            }
+            .await;
+            match result {
+                Ok(p) => return Ok(p),
+                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Download (resuming a partial download), check and decrypt one file.
+    async fn download(
+        &mut self,
+        conn: &mut Connection,
+        rec: &FileRecord,
+        out: Option<&Path>,
+        progress: &mut Progress<'_>,
+    ) -> Result<PathBuf> {
+        let fd = &rec.descriptor;
+        let dir = self.files_dir();
+        ensure_dir(&dir)?;
+        let part = dir.join(format!("{}.part", rec.id.to_hex()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&part)
+            .map_err(io_err(format!("opening {}", part.display())))?;
+        let size = crypto::ciphertext_len(fd.size);
+        let mut offset = file
+            .metadata()
+            .map_err(io_err(format!("reading {}", part.display())))?
+            .len();
+        if offset > size {
+            file.set_len(0)
+                .map_err(io_err(format!("truncating {}", part.display())))?;
+            offset = 0;
+        }
+        let blob_id = Bytes::copy_from_slice(&fd.blob_id);
+        // The server sends up to 96 KiB per request; a bound that still
+        // lets it send less (4 KiB pieces) before giving up.
+        let rounds = size / 4096 + 16;
+        for _ in 0..rounds {
+            progress(offset, size);
+            if offset >= size {
+                break;
+            }
+            let ask = client_frame::Body::Download(Download {
+                blob_id: blob_id.clone(),
+                offset,
+                max_len: BLOB_CHUNK_MAX as u32,
+            });
+            let server_frame::Body::BlobChunk(chunk) = conn.request(ask, REQUEST_TIMEOUT).await?
+            else {
+                return Err(unexpected("Download"));
+            };
+            if chunk.offset != offset
+                || chunk.size != size
+                || chunk.chunk.is_empty()
+                || chunk.chunk.len() as u64 > size - offset
+            {
+                return Err(ClientError::Protocol(
+                    "the server's blob does not match the file's description".into(),
+                ));
+            }
+            file.write_all(&chunk.chunk)
+                .map_err(io_err(format!("writing {}", part.display())))?;
+            offset += chunk.chunk.len() as u64;
+        }
+        if offset < size {
+            return Err(ClientError::Protocol(
+                "the server sent the blob in too many pieces".into(),
+            ));
+        }
+        file.sync_all()
+            .map_err(io_err(format!("writing {}", part.display())))?;
+        drop(file);
+        let target = match out {
+            Some(p) => p.to_owned(),
+            None => unique_path(&dir, &crypto::sanitize_name(&fd.name)),
+        };
+        let tmp_dir = target.parent().unwrap_or(Path::new("."));
+        let tmp = tmp_dir.join(format!(".{}.tmp", rec.id.to_hex()));
+        let decrypted = (|| {
+            let input = std::fs::File::open(&part)
+                .map_err(io_err(format!("opening {}", part.display())))?;
+            let output = std::fs::File::create(&tmp)
+                .map_err(io_err(format!("creating {}", tmp.display())))?;
+            let writer = crypto::decrypt_from(
+                &fd.key,
+                std::io::BufReader::with_capacity(crypto::CHUNK_CIPHER, input),
+                fd.size,
+                &fd.sha256,
+                std::io::BufWriter::new(output),
+            )
+            .map_err(|e| file_err("checking the downloaded file", e))?;
+            let output = writer
+                .into_inner()
+                .map_err(|e| io_err("writing the file")(e.into_error()))?;
+            output.sync_all().map_err(io_err("writing the file"))?;
+            std::fs::rename(&tmp, &target)
+                .map_err(io_err(format!("moving the file to {}", target.display())))
+        })();
+        if let Err(e) = decrypted {
+            let _ = std::fs::remove_file(&tmp);
+            if matches!(e, ClientError::Protocol(_)) {
+                // Bad bytes: start over next time rather than resume them.
+                let _ = std::fs::remove_file(&part);
+            }
+            return Err(e);
+        }
+        let _ = std::fs::remove_file(&part);
+        self.store().file_fetched(&rec.peer, &rec.id, &target)?;
+        Ok(target)
+    }
+}

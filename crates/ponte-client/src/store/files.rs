@@ -1,0 +1,353 @@
+//! The `files` table: one row per file message, sent or received.
+//!
+//! An outgoing file is queued as its history row (the caption, status
+//! queued) and a `files` row in state [`FileState::Upload`] whose path is
+//! the encrypted copy in the profile's files directory; once the blob is
+//! uploaded, one transaction moves the row to [`FileState::Uploaded`] and
+//! puts the message (the descriptor) into the outbox. An incoming file
+//! arrives in state [`FileState::Pending`] and becomes
+//! [`FileState::Fetched`] with the path of the decrypted file. The
+//! descriptor (key included) and the path are sealed with the profile key.
+
+use super::messages::insert_outbox;
+use super::{aad, row_key, FileSummary, MessageView, OutboxKind, Status, Store, UnixMillis};
+use crate::atrest::ProfileKey;
+use crate::{ClientError, Result};
+use ponte_e2e::{FileDescriptor, MessageId};
+use rusqlite::{params, Transaction};
+use std::path::PathBuf;
+
+/// Where a file message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileState {
+    /// Outgoing: encrypted locally, the blob not (fully) uploaded yet.
+    Upload,
+    /// Outgoing: the blob is on the server, the message in the outbox or sent.
+    Uploaded,
+    /// Incoming: not downloaded yet.
+    Pending,
+    /// Incoming: downloaded, checked and decrypted to its path.
+    Fetched,
+}
+
+impl FileState {
+    fn to_i64(self) -> i64 {
+        match self {
+            FileState::Upload => 0,
+            FileState::Uploaded => 1,
+            FileState::Pending => 2,
+            FileState::Fetched => 3,
+        }
+    }
+
+    fn from_i64(v: i64) -> Result<Self> {
+        Ok(match v {
+            0 => FileState::Upload,
+            1 => FileState::Uploaded,
+            2 => FileState::Pending,
+            3 => FileState::Fetched,
+            _ => return Err(ClientError::Corrupt("file state")),
+        })
+    }
+}
+
+/// One file message.
+#[derive(Debug, Clone)]
+pub struct FileRecord {
+    /// The contact.
+    pub peer: String,
+    /// Whether we sent it.
+    pub outgoing: bool,
+    /// The message id.
+    pub id: MessageId,
+    /// Blob id, key, hash, name, size, type, caption.
+    pub descriptor: FileDescriptor,
+    /// Upload or download state.
+    pub state: FileState,
+    /// Outgoing and not uploaded: the encrypted copy. Incoming and
+    /// fetched: the decrypted file.
+    pub path: Option<PathBuf>,
+}
+
+/// Paths are stored as UTF-8 (the files directory's names are sanitised
+/// UTF-8; a non-UTF-8 directory is stored lossily).
+fn path_bytes(path: &std::path::Path) -> Vec<u8> {
+    path.to_string_lossy().into_owned().into_bytes()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn insert_file(
+    tx: &Transaction<'_>,
+    key: &ProfileKey,
+    peer: &str,
+    outgoing: bool,
+    id: &MessageId,
+    fd: &FileDescriptor,
+    state: FileState,
+    path: Option<&std::path::Path>,
+) -> Result<()> {
+    let row = row_key(peer, outgoing, id);
+    let descriptor = key.seal(&aad("files", "descriptor", &row), &fd.to_bytes()?);
+    let path = path.map(|p| key.seal(&aad("files", "path", &row), &path_bytes(p)));
+    tx.execute(
+        "INSERT OR IGNORE INTO files(peer, outgoing, id, descriptor, state, path, size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            peer,
+            i64::from(outgoing),
+            id.0.to_vec(),
+            descriptor,
+            state.to_i64(),
+            path,
+            i64::try_from(fd.size).unwrap_or(i64::MAX),
+        ],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Queue an outgoing file whose encrypted copy is at `encrypted`: its
+    /// history row (the caption, status queued) and its `files` row, in
+    /// one transaction. It enters the outbox once uploaded
+    /// ([`Store::file_uploaded`]).
+    pub fn queue_file(
+        &self,
+        peer: &str,
+        fd: &FileDescriptor,
+        encrypted: &std::path::Path,
+    ) -> Result<MessageId> {
+        let id = MessageId::random();
+        let now = UnixMillis::now();
+        let tx = self.conn.unchecked_transaction()?;
+        let body = self.key.seal(
+            &aad("messages", "body", &row_key(peer, true, &id)),
+            fd.caption.as_bytes(),
+        );
+        tx.execute(
+            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status)
+             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5)",
+            params![peer, id.0.to_vec(), body, now, Status::Queued.to_i64()],
+        )?;
+        insert_file(
+            &tx,
+            &self.key,
+            peer,
+            true,
+            &id,
+            fd,
+            FileState::Upload,
+            Some(encrypted),
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The blob of an outgoing file is on the server: the message goes
+    /// into the outbox (one transaction).
+    pub fn file_uploaded(&self, peer: &str, id: &MessageId) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        let Some(rec) = self.file_in(&tx, peer, true, id)? else {
+            return Err(ClientError::Corrupt("uploaded file vanished"));
+        };
+        if rec.state != FileState::Upload {
+            return Ok(());
+        }
+        tx.execute(
+            "UPDATE files SET state = ?4, path = NULL WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state = ?3",
+            params![
+                peer,
+                id.0.to_vec(),
+                FileState::Upload.to_i64(),
+                FileState::Uploaded.to_i64()
+            ],
+        )?;
+        let sent_at: UnixMillis = tx.query_row(
+            "SELECT sent_at_ms FROM messages WHERE peer = ?1 AND outgoing = 1 AND id = ?2",
+            params![peer, id.0.to_vec()],
+            |r| r.get(0),
+        )?;
+        insert_outbox(
+            &tx,
+            &self.key,
+            id,
+            peer,
+            &OutboxKind::File(rec.descriptor),
+            sent_at,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// An outgoing file the server refused: its row goes (the message is
+    /// marked failed by the caller).
+    pub fn file_abandoned(&self, peer: &str, id: &MessageId) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM files WHERE peer = ?1 AND outgoing = 1 AND id = ?2",
+            params![peer, id.0.to_vec()],
+        )?;
+        Ok(())
+    }
+
+    /// An incoming file was downloaded, checked and decrypted to `path`.
+    pub fn file_fetched(&self, peer: &str, id: &MessageId, path: &std::path::Path) -> Result<()> {
+        let row = row_key(peer, false, id);
+        let sealed = self
+            .key
+            .seal(&aad("files", "path", &row), &path_bytes(path));
+        self.conn.execute(
+            "UPDATE files SET state = ?3, path = ?4 WHERE peer = ?1 AND outgoing = 0 AND id = ?2",
+            params![peer, id.0.to_vec(), FileState::Fetched.to_i64(), sealed],
+        )?;
+        Ok(())
+    }
+
+    /// Files in `state`, oldest first.
+    pub fn files_in_state(&self, state: FileState) -> Result<Vec<FileRecord>> {
+        self.select_files("state = ?1", &[&state.to_i64()])
+    }
+
+    /// The file of a message (either direction), by message id.
+    pub fn file_by_id(&self, id: &MessageId) -> Result<Option<FileRecord>> {
+        let id = id.0.to_vec();
+        Ok(self.select_files("id = ?1", &[&id])?.pop())
+    }
+
+    /// The file a history message carries, if it is a file message.
+    pub fn file_of(&self, view: &MessageView) -> Result<Option<FileRecord>> {
+        self.file_in(&self.conn, &view.peer, view.outgoing, &view.id)
+    }
+
+    fn file_in(
+        &self,
+        conn: &rusqlite::Connection,
+        peer: &str,
+        outgoing: bool,
+        id: &MessageId,
+    ) -> Result<Option<FileRecord>> {
+        let out = i64::from(outgoing);
+        let id = id.0.to_vec();
+        Ok(select_files(
+            conn,
+            &self.key,
+            "peer = ?1 AND outgoing = ?2 AND id = ?3",
+            &[&peer, &out, &id],
+        )?
+        .pop())
+    }
+
+    fn select_files(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<FileRecord>> {
+        select_files(&self.conn, &self.key, filter, args)
+    }
+}
+
+/// The [`FileSummary`] of a history message, if it carries a file.
+pub(super) fn summary(
+    conn: &rusqlite::Connection,
+    key: &ProfileKey,
+    peer: &str,
+    outgoing: bool,
+    id: &MessageId,
+) -> Result<Option<FileSummary>> {
+    let out = i64::from(outgoing);
+    let id = id.0.to_vec();
+    let rec = select_files(
+        conn,
+        key,
+        "peer = ?1 AND outgoing = ?2 AND id = ?3",
+        &[&peer, &out, &id],
+    )?
+    .pop();
+    Ok(rec.map(|r| FileSummary {
+        sha256: r
+            .descriptor
+            .sha256
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        name: r.descriptor.name,
+        size: r.descriptor.size,
+        mime: r.descriptor.mime,
+        state: r.state,
+        path: if r.outgoing { None } else { r.path },
+    }))
+}
+
+fn select_files(
+    conn: &rusqlite::Connection,
+    key: &ProfileKey,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<FileRecord>> {
+    let sql = format!(
+        "SELECT peer, outgoing, id, descriptor, state, path FROM files WHERE {filter} ORDER BY rowid"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map(args, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? != 0,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<Vec<u8>>>(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (peer, outgoing, id, descriptor, state, path) in rows {
+        let id = MessageId::from_slice(&id).ok_or(ClientError::Corrupt("file message id"))?;
+        let row = row_key(&peer, outgoing, &id);
+        let plain = key
+            .open(&aad("files", "descriptor", &row), &descriptor)
+            .map_err(|_| ClientError::Corrupt("file descriptor"))?;
+        let descriptor = FileDescriptor::from_bytes(&plain)
+            .map_err(|_| ClientError::Corrupt("file descriptor"))?;
+        let path = match path {
+            Some(sealed) => {
+                let raw = key
+                    .open(&aad("files", "path", &row), &sealed)
+                    .map_err(|_| ClientError::Corrupt("file path"))?;
+                let s = String::from_utf8(raw).map_err(|_| ClientError::Corrupt("file path"))?;
+                Some(PathBuf::from(s))
+            }
+            None => None,
+        };
+        out.push(FileRecord {
+            peer,
+            outgoing,
+            id,
+            descriptor,
+            state: FileState::from_i64(state)?,
+            path,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::{meta_get, meta_set, open_connection};
+
+    #[test]
+    fn a_version_1_database_gains_the_files_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ponte.db");
+        {
+            let conn = open_connection(&path).unwrap();
+            conn.execute_batch("DROP TABLE files").unwrap();
+            meta_set(&conn, "schema", "1").unwrap();
+        }
+        let conn = open_connection(&path).unwrap();
+        assert_eq!(meta_get(&conn, "schema").unwrap().as_deref(), Some("2"));
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM files", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        meta_set(&conn, "schema", "3").unwrap();
+        drop(conn);
+        assert!(open_connection(&path).is_err());
+    }
+}

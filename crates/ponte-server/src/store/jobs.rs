@@ -400,7 +400,7 @@ fn do_send(
     st.add_pending(recipient);
     // A sender without an account row is not read back either (reads join
     // on it): nothing to hand over.
-    if let Some(sender) = handle_of(c, m.sender)? {
+    if let Some(sender) = st.handle_of(c, m.sender)? {
         handover.push(Committed::Item {
             owner: recipient,
             item: MailItem {
@@ -478,7 +478,7 @@ fn do_send_group(
     c.prepare_cached("INSERT INTO bodies (group_id, body, refs) VALUES (?1, ?2, ?3)")?
         .execute(params![&m.group_id[..], &m.body[..], entries])?;
     let body_id = c.last_insert_rowid();
-    let sender = handle_of(c, m.sender)?;
+    let sender = st.handle_of(c, m.sender)?;
     let message_id = Bytes::copy_from_slice(&m.message_id);
     let group_id = Bytes::copy_from_slice(&m.group_id);
     for recipient in accepted {
@@ -534,13 +534,6 @@ fn release_body(c: &Connection, body_id: Option<i64>) -> Result<(), rusqlite::Er
             .execute([id])?;
     }
     Ok(())
-}
-
-/// The handle of `account`, as its peers see it in items handed over.
-fn handle_of(c: &Connection, account: AccountId) -> Result<Option<String>, rusqlite::Error> {
-    c.prepare_cached("SELECT handle FROM accounts WHERE id = ?1")?
-        .query_row([account], |r| r.get(0))
-        .optional()
 }
 
 /// Stores a receipt or expired notice for `owner` and returns its seq.
@@ -627,7 +620,7 @@ fn do_ack(
         };
         let me = match &me {
             Some(me) => me,
-            None => me.insert(handle_of(c, account)?),
+            None => me.insert(st.handle_of(c, account)?),
         };
         if let Some(me) = me {
             handover.push(Committed::Item {

@@ -45,7 +45,15 @@ pub(super) struct WriterState {
     pending: HashMap<AccountId, u32>,
     /// This batch's changes to `pending`, to undo on rollback.
     undo: Vec<(AccountId, bool)>,
+    /// Handles of accounts that sent or acknowledged lately, for the items
+    /// handed over: a handle never changes for its account, and a lookup
+    /// per message is measurable on the one writer thread. Emptied when
+    /// full and on a rollback.
+    handles: HashMap<AccountId, String>,
 }
+
+/// Most handles [`WriterState`] keeps (about 5 MiB).
+const MAX_CACHED_HANDLES: usize = 65_536;
 
 impl WriterState {
     /// Reads the seq reservation and counts waiting messages.
@@ -73,6 +81,7 @@ impl WriterState {
             reserved,
             pending,
             undo: Vec::new(),
+            handles: HashMap::new(),
         })
     }
 
@@ -121,8 +130,33 @@ impl WriterState {
         self.undo.clear();
     }
 
+    /// The handle of `account`, as its peers see it in items handed over
+    /// (`None` for an account without a row).
+    pub(super) fn handle_of(
+        &mut self,
+        c: &Connection,
+        account: AccountId,
+    ) -> Result<Option<String>, rusqlite::Error> {
+        if let Some(h) = self.handles.get(&account) {
+            return Ok(Some(h.clone()));
+        }
+        let handle: Option<String> = c
+            .prepare_cached("SELECT handle FROM accounts WHERE id = ?1")?
+            .query_row([account], |r| r.get(0))
+            .optional()?;
+        if let Some(h) = &handle {
+            if self.handles.len() >= MAX_CACHED_HANDLES {
+                self.handles.clear();
+            }
+            self.handles.insert(account, h.clone());
+        }
+        Ok(handle)
+    }
+
     /// Reverts the batch's changes (it rolled back).
     pub(super) fn rollback(&mut self, c: &Connection) {
+        // A row read in the batch may be gone with it.
+        self.handles.clear();
         let undo = std::mem::take(&mut self.undo);
         for (account, added) in undo.into_iter().rev() {
             self.apply(account, !added);

@@ -284,31 +284,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        // As for a text: what concerns this contact is the note, the rest
-        // is about others.
-        let (about_this, warnings): (Vec<String>, Vec<String>) = warnings
-            .into_iter()
-            .partition(|w| super::outbound::concerns(w, peer));
-        let note = match (note, about_this.is_empty()) {
-            (n, true) => n,
-            (None, false) => Some(about_this.join("; ")),
-            (Some(n), false) => Some(format!("{n}; {}", about_this.join("; "))),
-        };
-        let message = self
-            .store()
-            .message(peer, true, &id)?
-            .ok_or(ClientError::Corrupt("sent message vanished"))?;
-        self.store().mark_status_shown(peer, &id)?;
-        let key_changed = self
-            .store()
-            .contact(peer)?
-            .is_some_and(|c| c.changed_identity.is_some());
-        Ok(SendOutcome {
-            message,
-            note,
-            warnings,
-            key_changed,
-        })
+        self.send_outcome(peer, &id, note, warnings)
     }
 
     /// Remove the encrypted copy of a refused upload and mark it uploaded

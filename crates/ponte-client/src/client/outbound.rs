@@ -422,8 +422,22 @@ impl Client {
         for handle in silenced {
             self.warned_held.remove(&handle);
         }
-        // What the flush said about this contact's messages is why this
-        // one is queued or failed: the note. The rest is about others.
+        self.send_outcome(peer, &id, note, warnings)
+    }
+
+    /// What a send of message `id` to `peer` reports: the message as
+    /// stored, why it is queued or failed (`note` and what the flush said
+    /// about this contact's messages), what the flush said about others,
+    /// and whether the contact's identity key has changed (queueing
+    /// refused a contact already flagged, so a flag now means this send's
+    /// directory check or key claim found the change).
+    pub(super) fn send_outcome(
+        &self,
+        peer: &str,
+        id: &MessageId,
+        note: Option<String>,
+        warnings: Vec<String>,
+    ) -> Result<SendOutcome> {
         let (about_this, warnings): (Vec<String>, Vec<String>) =
             warnings.into_iter().partition(|w| concerns(w, peer));
         let note = match (note, about_this.is_empty()) {
@@ -433,11 +447,9 @@ impl Client {
         };
         let message = self
             .store()
-            .message(peer, true, &id)?
+            .message(peer, true, id)?
             .ok_or(ClientError::Corrupt("sent message vanished"))?;
-        self.store().mark_status_shown(peer, &id)?;
-        // queue_text refused a contact already flagged, so a flag now means
-        // this send's directory check (or key claim) found the change.
+        self.store().mark_status_shown(peer, id)?;
         let key_changed = self
             .store()
             .contact(peer)?
@@ -468,7 +480,7 @@ impl Client {
 /// Whether the flush's warning `w` concerns the messages to `peer` (or the
 /// whole outbox, held back by a refusal for now), by the way each such
 /// warning in this module starts.
-pub(super) fn concerns(w: &str, peer: &str) -> bool {
+fn concerns(w: &str, peer: &str) -> bool {
     w.starts_with("kept in the outbox: ")
         || w.starts_with(&ClientError::KeyChanged(peer.to_owned()).to_string())
         || [

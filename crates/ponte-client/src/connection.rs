@@ -293,6 +293,25 @@ impl Connection {
         &mut self,
         timeout: Duration,
     ) -> Result<Option<(u64, Result<server_frame::Body>)>> {
+        Ok(self.next_answer(timeout).await?.map(|(id, body)| {
+            let answer = match body {
+                server_frame::Body::Error(e) => Err(ClientError::Server {
+                    code: ServerCode::from_wire(e.code),
+                    detail: e.detail,
+                }),
+                body => Ok(body),
+            };
+            (id, answer)
+        }))
+    }
+
+    /// Like [`Connection::next_response`], with an `Error` answer left as
+    /// the frame (for the fields a [`ClientError`] does not carry, such as
+    /// the offset of `OFFSET_MISMATCH`).
+    pub async fn next_answer(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(u64, server_frame::Body)>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -305,14 +324,7 @@ impl Connection {
                 body => body,
             };
             if frame.request_id != 0 {
-                let answer = match body {
-                    server_frame::Body::Error(e) => Err(ClientError::Server {
-                        code: ServerCode::from_wire(e.code),
-                        detail: e.detail,
-                    }),
-                    body => Ok(body),
-                };
-                return Ok(Some((frame.request_id, answer)));
+                return Ok(Some((frame.request_id, body)));
             }
             if self.pushes.len() >= MAX_QUEUED_PUSHES {
                 return Err(ClientError::Protocol(

@@ -7,15 +7,26 @@
 //!   <32 hex digits>           a finished blob, named by its id
 //! ```
 //!
-//! An append writes the chunk at its offset and `fdatasync`s the file
-//! before the store records the new offset, and only then is it answered:
-//! an acknowledged chunk survives a crash. A crash between the write and
-//! the record leaves the file longer than the recorded offset; the next
-//! append cuts it back first. The last append reads the file back through
-//! SHA-256 (streamed, 64 KiB at a time), renames it into place and syncs
-//! the directory before the store marks the blob finished, so a blob is
-//! never served before it is whole and checked. Every file operation runs
-//! on the blocking pool; nothing holds more than a chunk in memory.
+//! Appends to an upload go through its [`Tail`], which exists while
+//! appends to it are in flight: they write their chunks in the order their
+//! frames came (a FIFO lock), each at the offset the previous one ended,
+//! without waiting for the disk; then each waits for a flush that covers
+//! its chunk (one `fdatasync` of the file and one store record of the new
+//! offset, for every chunk written meanwhile), and only then is it
+//! answered: an acknowledged chunk survives a crash, and a client that
+//! keeps several appends in flight pays one flush per batch, not one per
+//! 96 KiB chunk. A crash between a write and its record leaves the file
+//! longer than the recorded offset; the next tail cuts it back first. A
+//! failed write is cut off again and answered `UNAVAILABLE`; a failed
+//! flush poisons the tail (the kernel may have dropped the pages it could
+//! not write, so a later flush proves nothing): every append in flight is
+//! refused, and the next tail starts again from the recorded offset.
+//!
+//! The last append reads the file back through SHA-256 (streamed, 64 KiB
+//! at a time), renames it into place and syncs the directory before the
+//! store marks the blob finished, so a blob is never served before it is
+//! whole and checked. Every file operation runs on the blocking pool;
+//! nothing holds more than the chunks in flight in memory.
 //!
 //! The metadata (owner, size, offset, expiry, who fetched it) is in the
 //! store (`store::blobs`); the expiry sweep ([`sweep`]) deletes the files
@@ -26,12 +37,14 @@ use crate::store::BlobId;
 use crate::Shared;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{self, Read as _};
+use std::ops::Deref;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The blob directory inside the data directory.
 pub const BLOB_DIR: &str = "blobs";
@@ -58,15 +71,204 @@ pub(crate) enum Finished {
     Mismatch,
 }
 
-/// The blob files of one data directory, and the uploads being appended
-/// to now (one append at a time per upload).
+/// The blob files of one data directory, the tails of the uploads being
+/// appended to now, and the uploads being finished.
 #[derive(Debug)]
 pub(crate) struct Blobs {
     dir: PathBuf,
     busy: Arc<Mutex<HashSet<BlobId>>>,
+    tails: Arc<Mutex<Tails>>,
 }
 
-/// An upload held for one append; released when dropped.
+type Tails = HashMap<BlobId, Arc<Tail>>;
+
+/// The appends in flight to one upload: they take turns to write in the
+/// order their frames came, then share flushes (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Tail {
+    path: PathBuf,
+    /// The turn to write: tokio's mutex is fair, so appends that asked for
+    /// it in frame order get it in frame order.
+    order: tokio::sync::Mutex<()>,
+    /// One flush at a time.
+    flush: tokio::sync::Mutex<()>,
+    state: Mutex<TailState>,
+}
+
+#[derive(Debug, Default)]
+struct TailState {
+    /// The partial file, open from this tail's first write.
+    file: Option<Arc<File>>,
+    /// Where the next chunk goes; `None` until the first append read the
+    /// store's offset.
+    next: Option<u64>,
+    /// Written, flushed and recorded up to here.
+    recorded: u64,
+    /// A flush failed: every append of this tail is refused.
+    poisoned: bool,
+}
+
+/// What a flush did for an append.
+#[derive(Debug)]
+pub(crate) enum Flushed {
+    /// Its chunk is on disk and its offset recorded.
+    Durable,
+    /// The upload's row went (the sweep deleted the expired upload).
+    Gone,
+    /// The disk or the store failed; nothing past the recorded offset counts.
+    Failed(String),
+}
+
+/// A hold on an upload's [`Tail`]; the tail goes with its last hold.
+#[derive(Debug)]
+pub(crate) struct TailHold {
+    id: BlobId,
+    tail: Arc<Tail>,
+    tails: Arc<Mutex<Tails>>,
+}
+
+impl Deref for TailHold {
+    type Target = Tail;
+
+    fn deref(&self) -> &Tail {
+        &self.tail
+    }
+}
+
+impl Drop for TailHold {
+    fn drop(&mut self) {
+        let mut tails = lock(&self.tails);
+        // New holds are only made under this lock: the map's and this one
+        // are the last.
+        if Arc::strong_count(&self.tail) == 2 {
+            tails.remove(&self.id);
+        }
+    }
+}
+
+/// A std mutex's guard, even after a panic elsewhere poisoned it (the
+/// state is plain data, valid at every step).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Tail {
+    /// Waits for this append's turn to write. Asked for before the
+    /// append's first other wait, so turns follow the frames' order.
+    pub(crate) async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.order.lock().await
+    }
+
+    /// Where the next chunk must start (with the turn held): the end of
+    /// this tail's last write, or `recorded` (the store's offset) before
+    /// its first. `None` once a flush failed.
+    pub(crate) fn next_offset(&self, recorded: u64) -> Option<u64> {
+        let mut st = lock(&self.state);
+        if st.poisoned {
+            return None;
+        }
+        Some(match st.next {
+            Some(n) => n,
+            None => {
+                st.next = Some(recorded);
+                st.recorded = recorded;
+                recorded
+            }
+        })
+    }
+
+    /// Writes `chunk` at `offset`, which [`Tail::next_offset`] gave (with
+    /// the turn held), without waiting for the disk. The tail's first
+    /// write cuts off whatever an interrupted append left past `offset`;
+    /// a failed write is cut off again.
+    pub(crate) async fn write(&self, offset: u64, chunk: Bytes) -> io::Result<()> {
+        let open = lock(&self.state).file.clone();
+        let path = self.path.clone();
+        let len = chunk.len() as u64;
+        let file = blocking(move || {
+            let file = match open {
+                Some(f) => f,
+                None => {
+                    let parent = path.parent().unwrap_or(Path::new("."));
+                    let f = match open_private(&path, false) {
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            create_private_dir(parent)?;
+                            let f = open_private(&path, false)?;
+                            // The partial file's name must survive a crash too.
+                            sync_dir(parent)?;
+                            f
+                        }
+                        r => r?,
+                    };
+                    if f.metadata()?.len() != offset {
+                        f.set_len(offset)?;
+                    }
+                    Arc::new(f)
+                }
+            };
+            if let Err(e) = file.write_all_at(&chunk, offset) {
+                // A full disk: give back what the chunk took, so the file
+                // ends where the last good write did.
+                let _ = file.set_len(offset);
+                return Err(e);
+            }
+            Ok(file)
+        })
+        .await?;
+        let mut st = lock(&self.state);
+        st.file = Some(file);
+        st.next = Some(offset + len);
+        Ok(())
+    }
+
+    /// Makes the chunk that ends at `end` durable: unless a flush already
+    /// covered it, `fdatasync`s everything written so far and records the
+    /// new offset with `record(from, to)` (false: the row went).
+    pub(crate) async fn flush<F, E>(&self, end: u64, record: impl FnOnce(u64, u64) -> F) -> Flushed
+    where
+        F: Future<Output = Result<bool, E>>,
+        E: std::error::Error + 'static,
+    {
+        let _one = self.flush.lock().await;
+        let (file, from, to) = {
+            let st = lock(&self.state);
+            if st.poisoned {
+                return Flushed::Failed("an earlier flush of this upload failed".into());
+            }
+            if st.recorded >= end {
+                return Flushed::Durable;
+            }
+            (
+                st.file.clone(),
+                st.recorded,
+                st.next.unwrap_or(end).max(end),
+            )
+        };
+        let poison = |why: String| {
+            lock(&self.state).poisoned = true;
+            Flushed::Failed(why)
+        };
+        let Some(file) = file else {
+            return poison("nothing written to flush".into());
+        };
+        if let Err(e) = blocking(move || file.sync_data()).await {
+            return poison(e.to_string());
+        }
+        match record(from, to).await {
+            Ok(true) => {
+                lock(&self.state).recorded = to;
+                Flushed::Durable
+            }
+            Ok(false) => {
+                lock(&self.state).poisoned = true;
+                Flushed::Gone
+            }
+            Err(e) => poison(crate::Chain(&e).to_string()),
+        }
+    }
+}
+
+/// An upload held while it is finished; released when dropped.
 #[derive(Debug)]
 pub(crate) struct Busy {
     id: BlobId,
@@ -138,6 +340,28 @@ impl Blobs {
         Self {
             dir: data_dir.join(BLOB_DIR),
             busy: Arc::default(),
+            tails: Arc::default(),
+        }
+    }
+
+    /// The tail of upload `id`, made if no append to it is in flight.
+    pub(crate) fn tail(&self, id: BlobId) -> TailHold {
+        let mut tails = lock(&self.tails);
+        let tail = tails
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Tail {
+                    path: self.partial(&id),
+                    order: tokio::sync::Mutex::new(()),
+                    flush: tokio::sync::Mutex::new(()),
+                    state: Mutex::new(TailState::default()),
+                })
+            })
+            .clone();
+        TailHold {
+            id,
+            tail,
+            tails: Arc::clone(&self.tails),
         }
     }
 
@@ -149,47 +373,14 @@ impl Blobs {
         self.dir.join(file_name(id))
     }
 
-    /// Holds upload `id` for one append; `None` while another append to
-    /// it runs.
+    /// Holds upload `id` while it is finished; `None` while that runs
+    /// already.
     pub(crate) fn hold(&self, id: BlobId) -> Option<Busy> {
         let mut b = self.busy.lock().ok()?;
         b.insert(id).then(|| Busy {
             id,
             busy: Arc::clone(&self.busy),
         })
-    }
-
-    /// Writes `chunk` at `offset` of upload `id` (cutting off whatever an
-    /// interrupted append left past `offset`) and flushes it to disk.
-    pub(crate) async fn append(&self, id: BlobId, offset: u64, chunk: Bytes) -> io::Result<()> {
-        let path = self.partial(&id);
-        blocking(move || {
-            let parent = path.parent().unwrap_or(Path::new("."));
-            let f = match open_private(&path, false) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    create_private_dir(parent)?;
-                    open_private(&path, false)?
-                }
-                r => r?,
-            };
-            let created = offset == 0;
-            if f.metadata()?.len() != offset {
-                f.set_len(offset)?;
-            }
-            let written = f.write_all_at(&chunk, offset).and_then(|()| f.sync_data());
-            if let Err(e) = written {
-                // A full disk: give back what the chunk took, so the
-                // partial file stays at the acknowledged offset.
-                let _ = f.set_len(offset);
-                return Err(e);
-            }
-            if created {
-                // The partial file's name must survive a crash too.
-                sync_dir(parent)?;
-            }
-            Ok(())
-        })
-        .await
     }
 
     /// Checks a complete upload against `sha256` and moves it into place

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub blob_bytes_in: Counter,
     /// Blob bytes sent in downloads.
     pub blob_bytes_out: Counter,
+    /// Flushes of uploads (one `fdatasync` and offset record each, for
+    /// every chunk written since the last).
+    pub blob_flushes: Counter,
     /// Uploads finished (hash checked).
     pub blobs_finished: Counter,
     /// Blobs (and unfinished uploads) deleted by the sweep.
@@ -95,6 +98,7 @@ impl Metrics {
             keys_claimed: Counter::default(),
             blob_bytes_in: Counter::default(),
             blob_bytes_out: Counter::default(),
+            blob_flushes: Counter::default(),
             blobs_finished: Counter::default(),
             blobs_deleted: Counter::default(),
             blobs_stored: Gauge::default(),
@@ -179,6 +183,11 @@ impl Metrics {
             "blob_bytes_sent",
             "Blob bytes sent in downloads",
             self.blob_bytes_out.clone(),
+        );
+        registry.register(
+            "blob_flushes",
+            "Upload flushes (one fdatasync and offset record for the chunks written since the last)",
+            self.blob_flushes.clone(),
         );
         registry.register(
             "blobs_finished",

@@ -313,6 +313,24 @@ impl Session {
         if too_large {
             return Err(CloseCause::FrameTooLarge);
         }
+        // A group message is capped by its recipients too before decoding
+        // (a frame of two bytes per entry holds over 1,024 only past 2 KiB):
+        // decoding then allocates at most 1,024 strings (24 KiB of them) and
+        // their bytes, which the frame holds.
+        if self.account.is_some()
+            && payload.len() > 2 * messages::MAX_GROUP_RECIPIENTS
+            && messages::client_body_field(payload) == Some(messages::SEND_GROUP_FIELD)
+        {
+            match messages::group_frame_head(payload) {
+                Some(head) if head.recipients > messages::MAX_GROUP_RECIPIENTS => {
+                    let r = Refusal::new(ErrorCode::LimitExceeded, "more than 1024 recipients")
+                        .about(head.message_id);
+                    return self.refuse(head.request_id, r).await;
+                }
+                Some(_) => {}
+                None => return Err(CloseCause::MalformedFrame),
+            }
+        }
         let frame: ClientFrame = match messages::decode_client_frame(payload) {
             Ok(f) => f,
             Err(MessageError::MissingBody) => {

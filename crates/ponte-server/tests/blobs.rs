@@ -340,6 +340,99 @@ async fn a_wrong_offset_is_refused_with_the_current_one() {
     server.stop().await;
 }
 
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Appends kept in flight are written in the order they came and share
+/// flushes; one at a wrong offset is refused with the offset the previous
+/// one ended at, and so is every append sent after it (the client sent
+/// them before it knew), after which the upload goes on from that offset.
+#[tokio::test]
+async fn appends_in_flight_share_flushes_and_a_wrong_one_rewinds_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with_admin(dir.path(), |_| {}, true).await;
+    let mut c = registered(&server, "alice").await;
+    const N: usize = 24;
+    let data = random(N * BLOB_CHUNK_MAX + 77);
+    let id = new_id();
+    upload_state(create(&mut c, id, data.len() as u64, sha(&data), 0).await);
+    let piece = |k: usize| {
+        let end = data.len().min((k + 1) * BLOB_CHUNK_MAX);
+        client_frame::Body::UploadAppend(messages::UploadAppend {
+            upload_id: Bytes::copy_from_slice(&id),
+            offset: (k * BLOB_CHUNK_MAX) as u64,
+            chunk: Bytes::copy_from_slice(&data[k * BLOB_CHUNK_MAX..end]),
+        })
+    };
+    // Chunks 0..10 in flight at once, then chunk 11 where 10 should be,
+    // then 12..16.
+    let first_rid = c.next_rid();
+    for k in (0..10).chain(11..16) {
+        c.fire(piece(k)).await;
+    }
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < 15 {
+        let f = c.recv().await.expect("an answer");
+        if f.request_id != 0 {
+            answers.insert(f.request_id - first_rid, f.body.unwrap());
+        }
+    }
+    for k in 0..10u64 {
+        let s = upload_state(answers.remove(&k).unwrap());
+        assert_eq!(s.offset, (k + 1) * BLOB_CHUNK_MAX as u64);
+    }
+    for (_, b) in answers {
+        let server_frame::Body::Error(e) = b else {
+            panic!("{b:?}")
+        };
+        assert_eq!(
+            ErrorCode::try_from(e.code).unwrap(),
+            ErrorCode::OffsetMismatch
+        );
+        assert_eq!(e.offset, 10 * BLOB_CHUNK_MAX as u64);
+    }
+    let text = http_get(server.admin.unwrap(), "/metrics").await;
+    let flushes = metric(&text, "ponte_server_blob_flushes_total");
+    assert!(
+        (1..10).contains(&flushes),
+        "{flushes} flushes for 10 appends in flight"
+    );
+    // From where the mismatch said, the rest in flight again.
+    let first_rid = c.next_rid();
+    for k in 10..=N {
+        c.fire(piece(k)).await;
+    }
+    let mut last = None;
+    let mut seen = 0;
+    while seen <= N - 10 {
+        let f = c.recv().await.expect("an answer");
+        if f.request_id == 0 {
+            continue;
+        }
+        seen += 1;
+        let s = upload_state(f.body.unwrap());
+        if f.request_id - first_rid == (N - 10) as u64 {
+            last = Some(s);
+        }
+    }
+    let last = last.unwrap();
+    assert!(last.finished);
+    assert_eq!(last.offset, data.len() as u64);
+    assert_eq!(download_all(&mut c, id, 0, 0).await, data);
+    let text = http_get(server.admin.unwrap(), "/metrics").await;
+    assert_eq!(
+        metric(&text, "ponte_server_blob_bytes_received_total"),
+        data.len() as u64
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_hash_mismatch_is_refused_and_nothing_is_served() {
     let dir = tempfile::tempdir().unwrap();

@@ -176,6 +176,72 @@ pub fn client_body_field(payload: &[u8]) -> Option<u32> {
     body
 }
 
+/// The parts of a `SendGroupMessage` frame a receiver needs to refuse
+/// one with too many recipients before decoding it: decoding allocates a
+/// string per entry, and a frame within the group cap
+/// ([`max_group_frame_len`]) holds ~50,000 empty ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFrameHead {
+    /// The frame's request id.
+    pub request_id: u64,
+    /// The message id as sent (the last one); empty when it is longer than
+    /// [`MESSAGE_ID_LEN`] (refused as malformed anyway).
+    pub message_id: bytes::Bytes,
+    /// Recipient entries in every `send_group` field of the frame.
+    pub recipients: usize,
+}
+
+/// Walks a client frame payload whose body is a `SendGroupMessage` (see
+/// [`client_body_field`]) without decoding it: its request id, message id
+/// and how many recipient entries it holds. Allocates nothing but the
+/// message id; `None` when the payload is not well-formed protobuf down to
+/// the group message's fields.
+pub fn group_frame_head(payload: &[u8]) -> Option<GroupFrameHead> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    let mut buf = payload;
+    let mut head = GroupFrameHead {
+        request_id: 0,
+        message_id: bytes::Bytes::new(),
+        recipients: 0,
+    };
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).ok()?;
+        match (tag, wire_type) {
+            (1, WireType::Varint) => head.request_id = decode_varint(&mut buf).ok()?,
+            (SEND_GROUP_FIELD, WireType::LengthDelimited) => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let mut inner = buf.get(..len)?;
+                buf = &buf[len..];
+                while !inner.is_empty() {
+                    let (tag, wire_type) = decode_key(&mut inner).ok()?;
+                    match (tag, wire_type) {
+                        (1, WireType::LengthDelimited) => {
+                            let len = usize::try_from(decode_varint(&mut inner).ok()?).ok()?;
+                            let id = inner.get(..len)?;
+                            head.message_id = if len <= MESSAGE_ID_LEN {
+                                bytes::Bytes::copy_from_slice(id)
+                            } else {
+                                bytes::Bytes::new()
+                            };
+                            inner = &inner[len..];
+                        }
+                        (3, WireType::LengthDelimited) => {
+                            head.recipients += 1;
+                            skip_field(wire_type, tag, &mut inner, DecodeContext::default())
+                                .ok()?;
+                        }
+                        _ => {
+                            skip_field(wire_type, tag, &mut inner, DecodeContext::default()).ok()?
+                        }
+                    }
+                }
+            }
+            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?,
+        }
+    }
+    Some(head)
+}
+
 /// Decodes a server frame payload (the bytes after the length prefix).
 pub fn decode_server_frame(payload: &[u8]) -> Result<ServerFrame, MessageError> {
     let frame = <ServerFrame as prost::Message>::decode(payload)
@@ -294,6 +360,10 @@ mod tests {
         // The cap covers the largest honest frame, and not much more.
         assert!(encoded.len() <= max_group_frame_len(65_536));
         assert!(max_group_frame_len(65_536) - encoded.len() < 64);
+        let head = group_frame_head(&encoded).unwrap();
+        assert_eq!(head.request_id, u64::MAX);
+        assert_eq!(head.message_id.as_ref(), [1; MESSAGE_ID_LEN]);
+        assert_eq!(head.recipients, MAX_GROUP_RECIPIENTS);
         // No body, or broken at the top level.
         let none = ClientFrame {
             request_id: 3,
@@ -303,5 +373,44 @@ mod tests {
         assert_eq!(client_body_field(&[0xff, 0xff, 0xff]), None);
         // A length that runs past the end.
         assert_eq!(client_body_field(&[0x7a, 0x05, 0x00]), None);
+    }
+
+    #[test]
+    fn a_group_frame_is_counted_without_decoding() {
+        // The hostile frame: ~50,000 empty recipients under the group cap.
+        let hostile = ClientFrame {
+            request_id: 7,
+            body: Some(client_frame::Body::SendGroup(SendGroupMessage {
+                message_id: vec![3; MESSAGE_ID_LEN].into(),
+                group_id: vec![4; GROUP_ID_LEN].into(),
+                recipients: vec![String::new(); 49_000],
+                body: vec![1; 1000].into(),
+            })),
+        };
+        let encoded = hostile.encode_to_vec();
+        assert!(encoded.len() <= max_group_frame_len(65_536));
+        let head = group_frame_head(&encoded).unwrap();
+        assert_eq!(head.recipients, 49_000);
+        assert_eq!(head.request_id, 7);
+        assert_eq!(head.message_id.as_ref(), [3; MESSAGE_ID_LEN]);
+        // Two group fields merge when decoded: both are counted.
+        let mut twice = encoded.clone();
+        twice.extend_from_slice(&encoded);
+        assert_eq!(group_frame_head(&twice).unwrap().recipients, 98_000);
+        // An overlong message id is not kept.
+        let long = ClientFrame {
+            request_id: 1,
+            body: Some(client_frame::Body::SendGroup(SendGroupMessage {
+                message_id: vec![3; 4096].into(),
+                ..SendGroupMessage::default()
+            })),
+        };
+        assert!(group_frame_head(&long.encode_to_vec())
+            .unwrap()
+            .message_id
+            .is_empty());
+        // Cut short inside the group message.
+        assert_eq!(group_frame_head(&encoded[..encoded.len() - 10]), None);
+        assert_eq!(group_frame_head(&[0x92, 0x01, 0x05, 0x1a]), None);
     }
 }

@@ -7,6 +7,8 @@
 //!   report.
 //! - `ponte-bench server client …` is one load-generator process
 //!   (`ponte_load.rs` speaks the ponte protocol, `nats.rs` the NATS one).
+//! - `ponte-bench server files …` sends a file through a TLS relay
+//!   (`files.rs`).
 //!
 //! Phases, per system: N idle logged-in clients (server RSS delta / N, the
 //! clients spread over processes of `--clients-per-proc` each), online
@@ -19,6 +21,7 @@
 //! See docs/BENCHMARKS-server.md.
 
 mod common;
+mod files;
 mod group;
 mod nats;
 mod ponte_load;
@@ -49,6 +52,10 @@ enum ServerCommand {
     Run(RunArgs),
     /// One load-generator process (started by `run`).
     Client(ClientArgs),
+    /// A file through a TLS relay on loopback, up and down, against the
+    /// relay's raw TLS throughput, and the server's memory meanwhile
+    /// (`files.rs`).
+    Files(files::FilesArgs),
 }
 
 /// Settings of a benchmark run.
@@ -179,6 +186,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
     match a.command {
         ServerCommand::Run(r) => rt.block_on(orchestrate(r)),
         ServerCommand::Client(c) => rt.block_on(client(c)),
+        ServerCommand::Files(f) => rt.block_on(files::run(f)),
     }
 }
 

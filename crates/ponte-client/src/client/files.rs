@@ -4,20 +4,23 @@
 //! ([`ponte_e2e::file`]) straight into `PROFILE/files/up-BLOBID.enc`
 //! (fsynced) and queued in the store ([`Store::queue_file`]) before any
 //! byte leaves, so a process that dies loses nothing; the blob is then
-//! uploaded with `UploadCreate` / `UploadAppend`, and after any lost
-//! connection the upload goes on from the offset the server reports
-//! (`UploadCreate` is idempotent and answers it; `OFFSET_MISMATCH` is
-//! answered by asking `UploadOffset`), over whatever route connects. Once
-//! the server has the whole blob, the message carrying the descriptor goes
-//! into the outbox and out like a text. `sync` and `listen` finish uploads
-//! a previous process left.
+//! uploaded with `UploadCreate` / `UploadAppend`, up to [`UPLOAD_WINDOW`]
+//! appends in flight (the server flushes the chunks that arrive meanwhile
+//! together). After any lost connection the upload goes on from the
+//! offset the server reports (`UploadCreate` is idempotent and answers
+//! it), over whatever route connects; an `OFFSET_MISMATCH` carries the
+//! server's offset, and the upload goes on from there once the appends in
+//! flight are answered. Once the server has the whole blob, the message
+//! carrying the descriptor goes into the outbox and out like a text.
+//! `sync` and `listen` finish uploads a previous process left.
 //!
 //! Receiving: a file message is stored as [`FileState::Pending`]. `sync`
 //! and `listen` fetch files up to the auto-download limit
 //! ([`DEFAULT_AUTO_DOWNLOAD`], [`Client::set_auto_download`]); larger ones
 //! wait for [`Client::fetch_file`] (`ponte file get`). The ciphertext is
-//! downloaded to `PROFILE/files/MSGID.part` (a partial download resumes
-//! from its length), its SHA-256 checked, then decrypted to
+//! downloaded ([`DOWNLOAD_WINDOW`] requests in flight) to
+//! `PROFILE/files/MSGID.part` (a partial download resumes from its
+//! length), its SHA-256 checked, then decrypted to
 //! `PROFILE/files/NAME` (the sender's name sanitised, made unique) through
 //! a temporary file renamed into place: a file under its final name is
 //! always complete and verified.
@@ -33,9 +36,10 @@ use bytes::Bytes;
 use ponte_e2e::file::{self as crypto, FileError, FileKey};
 use ponte_e2e::{FileDescriptor, MessageId};
 use ponte_wire::messages::{
-    client_frame, server_frame, Download, UploadAppend, UploadCreate, UploadOffset, UploadState,
-    BLOB_CHUNK_MAX,
+    client_frame, server_frame, BlobChunk, Download, ErrorFrame, UploadAppend, UploadCreate,
+    UploadState, BLOB_CHUNK_MAX,
 };
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,6 +49,14 @@ pub const DEFAULT_AUTO_DOWNLOAD: u64 = 16 * 1024 * 1024;
 /// Connections tried for one upload or download before giving up for now
 /// (it resumes at the next `sync`, `listen` or `file get`).
 const MAX_ATTEMPTS: u32 = 8;
+/// Appends of 96 KiB an upload keeps in flight (3 MiB): the server
+/// flushes the chunks written meanwhile with one `fdatasync`, so the more
+/// are in flight the fewer flushes per byte; it runs up to 32 of a
+/// connection's writes at once (`max_requests_in_flight`).
+pub const UPLOAD_WINDOW: usize = 32;
+/// `Download` requests a download keeps in flight, so a long route's
+/// round trip is paid once per window rather than once per chunk.
+pub const DOWNLOAD_WINDOW: usize = 16;
 /// Directory inside the profile for encrypted uploads, partial downloads
 /// and received files.
 pub const FILES_DIR: &str = "files";
@@ -148,6 +160,153 @@ fn retryable(e: &ClientError) -> bool {
                     ..
                 }
         )
+}
+
+/// A refusal as the error it is.
+fn refusal(e: ErrorFrame) -> ClientError {
+    ClientError::Server {
+        code: ServerCode::from_wire(e.code),
+        detail: e.detail,
+    }
+}
+
+/// What an upload does next ([`UploadWindow::step`]).
+#[derive(Debug)]
+enum Step {
+    /// Send an append of `len` bytes from `offset`.
+    Send { offset: u64, len: usize },
+    /// Wait for an answer.
+    Wait,
+    /// The server has the whole blob, checked.
+    Done,
+    /// Refused (returned once every append in flight was answered).
+    Fail(ClientError),
+}
+
+/// One upload's appends in flight and what their answers said: the
+/// decisions without the I/O. Appends go out up to [`UPLOAD_WINDOW`] at a
+/// time. An `OFFSET_MISMATCH` carries the offset the server expects: no
+/// more appends go out until those in flight are answered (they were sent
+/// before the server's offset was known), then the upload goes on from
+/// that offset (or from what the server acknowledged since, if more). Any
+/// other refusal is returned the same way, once the appends in flight are
+/// answered.
+#[derive(Debug)]
+struct UploadWindow {
+    size: u64,
+    /// The next offset to send from.
+    next: u64,
+    /// The server holds everything up to here, on disk.
+    acked: u64,
+    /// Appends in flight: request id → (offset, length).
+    inflight: HashMap<u64, (u64, u64)>,
+    /// Where an `OFFSET_MISMATCH` said the server's upload is.
+    rewind: Option<u64>,
+    /// The first refusal other than a mismatch.
+    failure: Option<ClientError>,
+    finished: bool,
+    /// Appends that may still go out: every chunk twice, and room for a
+    /// few rewinds of a whole window.
+    budget: u64,
+}
+
+impl UploadWindow {
+    fn new(size: u64, state: &UploadState) -> Result<Self> {
+        if state.offset > size || state.size != size {
+            return Err(ClientError::Protocol(
+                "the server's upload does not match the file".into(),
+            ));
+        }
+        Ok(Self {
+            size,
+            next: state.offset,
+            acked: state.offset,
+            inflight: HashMap::new(),
+            rewind: None,
+            failure: None,
+            finished: state.finished,
+            budget: 2 * (size / BLOB_CHUNK_MAX as u64 + 1) + 4 * UPLOAD_WINDOW as u64,
+        })
+    }
+
+    fn step(&mut self) -> Step {
+        if self.finished {
+            return Step::Done;
+        }
+        if self.inflight.is_empty() {
+            if let Some(e) = self.failure.take() {
+                return Step::Fail(e);
+            }
+            if let Some(at) = self.rewind.take() {
+                self.next = at.max(self.acked);
+            }
+        }
+        if self.failure.is_none() && self.rewind.is_none() {
+            if self.inflight.len() < UPLOAD_WINDOW && self.next < self.size {
+                let len = (self.size - self.next).min(BLOB_CHUNK_MAX as u64) as usize;
+                return Step::Send {
+                    offset: self.next,
+                    len,
+                };
+            }
+            if self.inflight.is_empty() {
+                // Everything sent and answered, and not finished (the
+                // server stopped while checking it): an empty append at
+                // the end finishes it.
+                return Step::Send {
+                    offset: self.size,
+                    len: 0,
+                };
+            }
+        }
+        Step::Wait
+    }
+
+    fn sent(&mut self, request_id: u64, offset: u64, len: usize) -> Result<()> {
+        if self.budget == 0 {
+            return Err(ClientError::Protocol(
+                "the server's upload offsets do not advance".into(),
+            ));
+        }
+        self.budget -= 1;
+        self.inflight.insert(request_id, (offset, len as u64));
+        self.next = offset + len as u64;
+        Ok(())
+    }
+
+    fn answer(&mut self, request_id: u64, body: server_frame::Body) -> Result<()> {
+        let Some((offset, len)) = self.inflight.remove(&request_id) else {
+            return Ok(()); // an abandoned request's answer
+        };
+        let beyond = || ClientError::Protocol("the server's upload offset is past its size".into());
+        match body {
+            server_frame::Body::UploadState(s) => {
+                if s.offset > self.size {
+                    return Err(beyond());
+                }
+                self.acked = self.acked.max(s.offset);
+                self.finished |= s.finished;
+                if len == 0 && !s.finished {
+                    // The empty append's answer: the server is at s.offset.
+                    self.next = s.offset.max(self.acked);
+                }
+            }
+            server_frame::Body::Error(e)
+                if ServerCode::from_wire(e.code) == ServerCode::OffsetMismatch =>
+            {
+                if e.offset > self.size {
+                    return Err(beyond());
+                }
+                tracing::debug!("append at {offset} refused: the server is at {}", e.offset);
+                self.rewind = Some(e.offset);
+            }
+            server_frame::Body::Error(e) => {
+                self.failure.get_or_insert(refusal(e));
+            }
+            _ => return Err(unexpected("UploadAppend")),
+        }
+        Ok(())
+    }
 }
 
 impl Client {
@@ -379,45 +538,44 @@ impl Client {
             sha256: Bytes::copy_from_slice(&fd.sha256),
             recipients: 1,
         });
-        let mut state = upload_state(conn.request(create, REQUEST_TIMEOUT).await?, "UploadCreate")?;
-        let mut buf = vec![0u8; BLOB_CHUNK_MAX];
-        // Each round appends a chunk or re-reads the offset; bounded by the
-        // chunks of the file plus a few corrections.
-        let rounds = size / BLOB_CHUNK_MAX as u64 + 16;
-        for _ in 0..rounds {
-            progress(state.offset.min(size), size);
-            if state.finished {
-                self.store().file_uploaded(&rec.peer, &rec.id)?;
-                return Ok(());
-            }
-            let offset = state.offset.min(size);
-            let len = (size - offset).min(BLOB_CHUNK_MAX as u64) as usize;
-            file.seek(SeekFrom::Start(offset))
-                .map_err(io_err("reading the encrypted file"))?;
-            file.read_exact(&mut buf[..len])
-                .map_err(io_err("reading the encrypted file"))?;
-            let append = client_frame::Body::UploadAppend(UploadAppend {
-                upload_id: upload_id.clone(),
-                offset,
-                chunk: Bytes::copy_from_slice(&buf[..len]),
-            });
-            state = match conn.request(append, REQUEST_TIMEOUT).await {
-                Ok(body) => upload_state(body, "UploadAppend")?,
-                Err(ClientError::Server {
-                    code: ServerCode::OffsetMismatch,
-                    ..
-                }) => {
-                    let ask = client_frame::Body::UploadOffset(UploadOffset {
-                        upload_id: upload_id.clone(),
-                    });
-                    upload_state(conn.request(ask, REQUEST_TIMEOUT).await?, "UploadOffset")?
+        let state = upload_state(conn.request(create, REQUEST_TIMEOUT).await?, "UploadCreate")?;
+        let mut window = UploadWindow::new(size, &state)?;
+        progress(window.acked, size);
+        loop {
+            match window.step() {
+                Step::Done => {
+                    self.store().file_uploaded(&rec.peer, &rec.id)?;
+                    return Ok(());
                 }
-                Err(e) => return Err(e),
-            };
+                Step::Fail(e) => return Err(e),
+                Step::Send { offset, len } => {
+                    let mut chunk = vec![0u8; len];
+                    file.seek(SeekFrom::Start(offset))
+                        .map_err(io_err("reading the encrypted file"))?;
+                    file.read_exact(&mut chunk)
+                        .map_err(io_err("reading the encrypted file"))?;
+                    let append = client_frame::Body::UploadAppend(UploadAppend {
+                        upload_id: upload_id.clone(),
+                        offset,
+                        chunk: Bytes::from(chunk),
+                    });
+                    let rid = conn.start(append).await?;
+                    window.sent(rid, offset, len)?;
+                }
+                Step::Wait => {
+                    let Some((rid, body)) = conn.next_answer(REQUEST_TIMEOUT).await? else {
+                        return Err(ClientError::Disconnected(format!(
+                            "no response within {REQUEST_TIMEOUT:?}"
+                        )));
+                    };
+                    let before = window.acked;
+                    window.answer(rid, body)?;
+                    if window.acked != before {
+                        progress(window.acked, size);
+                    }
+                }
+            }
         }
-        Err(ClientError::Protocol(
-            "the server's upload offsets do not advance".into(),
-        ))
     }
 
     /// `sync`/`listen`: fetch pending files up to the auto-download limit;
@@ -512,6 +670,29 @@ impl Client {
         }
     }
 
+    /// Sends one `Download` request (counted against `left`).
+    async fn ask_download(
+        &self,
+        conn: &mut Connection,
+        blob_id: &Bytes,
+        offset: u64,
+        len: u64,
+        left: &mut u64,
+    ) -> Result<u64> {
+        if *left == 0 {
+            return Err(ClientError::Protocol(
+                "the server sent the blob in too many pieces".into(),
+            ));
+        }
+        *left -= 1;
+        let ask = client_frame::Body::Download(Download {
+            blob_id: blob_id.clone(),
+            offset,
+            max_len: u32::try_from(len).unwrap_or(u32::MAX),
+        });
+        conn.start(ask).await
+    }
+
     /// Download (resuming a partial download), check and decrypt one file.
     async fn download(
         &mut self,
@@ -541,40 +722,58 @@ impl Client {
             offset = 0;
         }
         let blob_id = Bytes::copy_from_slice(&fd.blob_id);
+        let mismatch = || {
+            ClientError::Protocol("the server's blob does not match the file's description".into())
+        };
+        // Requests in flight (request id → offset and length asked), and
+        // answers that came before an earlier one (at most a window).
+        let mut inflight: HashMap<u64, (u64, u64)> = HashMap::new();
+        let mut early: BTreeMap<u64, Bytes> = BTreeMap::new();
+        let mut next = offset;
         // The server sends up to 96 KiB per request; a bound that still
         // lets it send less (4 KiB pieces) before giving up.
-        let rounds = size / 4096 + 16;
-        for _ in 0..rounds {
-            progress(offset, size);
-            if offset >= size {
-                break;
+        let mut requests_left = size / 4096 + 16 + DOWNLOAD_WINDOW as u64;
+        progress(offset, size);
+        while offset < size {
+            while inflight.len() < DOWNLOAD_WINDOW && next < size {
+                let len = (size - next).min(BLOB_CHUNK_MAX as u64);
+                let rid = self
+                    .ask_download(conn, &blob_id, next, len, &mut requests_left)
+                    .await?;
+                inflight.insert(rid, (next, len));
+                next += len;
             }
-            let ask = client_frame::Body::Download(Download {
-                blob_id: blob_id.clone(),
-                offset,
-                max_len: BLOB_CHUNK_MAX as u32,
-            });
-            let server_frame::Body::BlobChunk(chunk) = conn.request(ask, REQUEST_TIMEOUT).await?
-            else {
-                return Err(unexpected("Download"));
+            let Some((rid, body)) = conn.next_answer(REQUEST_TIMEOUT).await? else {
+                return Err(ClientError::Disconnected(format!(
+                    "no response within {REQUEST_TIMEOUT:?}"
+                )));
             };
-            if chunk.offset != offset
-                || chunk.size != size
-                || chunk.chunk.is_empty()
-                || chunk.chunk.len() as u64 > size - offset
-            {
-                return Err(ClientError::Protocol(
-                    "the server's blob does not match the file's description".into(),
-                ));
+            let Some((at, asked)) = inflight.remove(&rid) else {
+                continue; // an abandoned request's answer
+            };
+            let chunk: BlobChunk = match body {
+                server_frame::Body::BlobChunk(c) => c,
+                server_frame::Body::Error(e) => return Err(refusal(e)),
+                _ => return Err(unexpected("Download")),
+            };
+            let got = chunk.chunk.len() as u64;
+            if chunk.offset != at || chunk.size != size || got == 0 || got > asked {
+                return Err(mismatch());
             }
-            file.write_all(&chunk.chunk)
-                .map_err(io_err(format!("writing {}", part.display())))?;
-            offset += chunk.chunk.len() as u64;
-        }
-        if offset < size {
-            return Err(ClientError::Protocol(
-                "the server sent the blob in too many pieces".into(),
-            ));
+            if got < asked {
+                // Less than asked: ask for the rest of that piece.
+                let rid = self
+                    .ask_download(conn, &blob_id, at + got, asked - got, &mut requests_left)
+                    .await?;
+                inflight.insert(rid, (at + got, asked - got));
+            }
+            early.insert(at, chunk.chunk);
+            while let Some(piece) = early.remove(&offset) {
+                file.write_all(&piece)
+                    .map_err(io_err(format!("writing {}", part.display())))?;
+                offset += piece.len() as u64;
+            }
+            progress(offset, size);
         }
         file.sync_all()
             .map_err(io_err(format!("writing {}", part.display())))?;
@@ -616,5 +815,179 @@ impl Client {
         let _ = std::fs::remove_file(&part);
         self.store().file_fetched(&rec.peer, &rec.id, &target)?;
         Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ponte_wire::messages::ErrorCode;
+
+    const C: u64 = BLOB_CHUNK_MAX as u64;
+
+    fn state(offset: u64, size: u64, finished: bool) -> UploadState {
+        UploadState {
+            upload_id: Bytes::new(),
+            offset,
+            size,
+            finished,
+            expires_at_ms: 0,
+        }
+    }
+
+    fn answer_state(offset: u64, size: u64, finished: bool) -> server_frame::Body {
+        server_frame::Body::UploadState(state(offset, size, finished))
+    }
+
+    fn error(code: ErrorCode, offset: u64) -> server_frame::Body {
+        server_frame::Body::Error(ErrorFrame {
+            code: code as i32,
+            detail: String::new(),
+            message_id: Bytes::new(),
+            offset,
+        })
+    }
+
+    /// Sends while the window says so; returns (request id, offset, len).
+    fn fill(w: &mut UploadWindow, rid: &mut u64) -> Vec<(u64, u64, usize)> {
+        let mut out = Vec::new();
+        while let Step::Send { offset, len } = w.step() {
+            *rid += 1;
+            w.sent(*rid, offset, len).unwrap();
+            out.push((*rid, offset, len));
+            assert!(out.len() <= UPLOAD_WINDOW, "the window is bounded");
+        }
+        out
+    }
+
+    #[test]
+    fn a_window_of_appends_goes_out_and_is_acknowledged() {
+        let size = 40 * C + 5;
+        let mut w = UploadWindow::new(size, &state(0, size, false)).unwrap();
+        let mut rid = 0;
+        let first = fill(&mut w, &mut rid);
+        assert_eq!(first.len(), UPLOAD_WINDOW);
+        assert_eq!(first[1].1, C);
+        // Answers in any order; the window refills as they come.
+        let (r, o, l) = first[3];
+        w.answer(r, answer_state(o + l as u64, size, false))
+            .unwrap();
+        assert_eq!(w.acked, 4 * C);
+        let more = fill(&mut w, &mut rid);
+        assert_eq!(more.len(), 1);
+        assert_eq!(more[0].1, UPLOAD_WINDOW as u64 * C);
+    }
+
+    #[test]
+    fn an_offset_mismatch_rewinds_to_the_servers_offset_without_asking() {
+        let size = 10 * C;
+        let mut w = UploadWindow::new(size, &state(2 * C, size, false)).unwrap();
+        let mut rid = 0;
+        let sent = fill(&mut w, &mut rid);
+        assert_eq!(sent.len(), 8);
+        assert_eq!(sent[0].1, 2 * C);
+        // A dead connection's append moved the server to 3 C: the first
+        // append is refused with it; the others were sent after it.
+        w.answer(sent[0].0, error(ErrorCode::OffsetMismatch, 3 * C))
+            .unwrap();
+        assert!(matches!(w.step(), Step::Wait), "nothing goes out meanwhile");
+        w.answer(sent[1].0, answer_state(4 * C, size, false))
+            .unwrap();
+        for &(r, _, _) in &sent[2..] {
+            w.answer(r, error(ErrorCode::OffsetMismatch, 4 * C))
+                .unwrap();
+        }
+        // Resumes from the server's offset (4 C, what it acknowledged
+        // since), not from 0 and not after an UploadOffset.
+        let again = fill(&mut w, &mut rid);
+        assert_eq!(again[0].1, 4 * C);
+        assert_eq!(again.len(), 6);
+        for &(r, o, l) in &again {
+            w.answer(r, answer_state(o + l as u64, size, o + l as u64 == size))
+                .unwrap();
+        }
+        assert!(matches!(w.step(), Step::Done));
+        assert_eq!(w.acked, size);
+    }
+
+    #[test]
+    fn a_refusal_is_returned_once_the_appends_in_flight_are_answered() {
+        let size = 5 * C;
+        let mut w = UploadWindow::new(size, &state(0, size, false)).unwrap();
+        let mut rid = 0;
+        let sent = fill(&mut w, &mut rid);
+        w.answer(sent[0].0, answer_state(C, size, false)).unwrap();
+        w.answer(sent[1].0, error(ErrorCode::Unavailable, 0))
+            .unwrap();
+        w.answer(sent[2].0, error(ErrorCode::OffsetMismatch, C))
+            .unwrap();
+        assert!(matches!(w.step(), Step::Wait));
+        w.answer(sent[3].0, error(ErrorCode::OffsetMismatch, C))
+            .unwrap();
+        w.answer(sent[4].0, error(ErrorCode::OffsetMismatch, C))
+            .unwrap();
+        match w.step() {
+            Step::Fail(ClientError::Server { code, .. }) => {
+                assert_eq!(code, ServerCode::Unavailable)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_complete_unfinished_upload_is_finished_by_an_empty_append() {
+        let size = 3 * C;
+        let mut w = UploadWindow::new(size, &state(size, size, false)).unwrap();
+        let mut rid = 0;
+        let sent = fill(&mut w, &mut rid);
+        assert_eq!(sent, vec![(1, size, 0)]);
+        w.answer(1, answer_state(size, size, true)).unwrap();
+        assert!(matches!(w.step(), Step::Done));
+        // An empty blob is finished at create.
+        let w = UploadWindow::new(0, &state(0, 0, true)).unwrap();
+        assert!(w.finished);
+    }
+
+    #[test]
+    fn a_server_that_never_advances_is_given_up_on() {
+        let size = 2 * C;
+        let mut w = UploadWindow::new(size, &state(0, size, false)).unwrap();
+        let mut rid = 0;
+        let mut refused = 0;
+        for _ in 0..1000 {
+            match w.step() {
+                Step::Send { offset, len } => {
+                    rid += 1;
+                    if w.sent(rid, offset, len).is_err() {
+                        assert!(refused > 2);
+                        return;
+                    }
+                }
+                Step::Wait => {
+                    let r = *w.inflight.keys().next().unwrap();
+                    w.answer(r, error(ErrorCode::OffsetMismatch, 0)).unwrap();
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("never gave up");
+    }
+
+    #[test]
+    fn offsets_past_the_size_are_protocol_errors() {
+        let size = 2 * C;
+        assert!(UploadWindow::new(size, &state(size + 1, size, false)).is_err());
+        assert!(UploadWindow::new(size, &state(0, size + 1, false)).is_err());
+        let mut w = UploadWindow::new(size, &state(0, size, false)).unwrap();
+        let mut rid = 0;
+        let sent = fill(&mut w, &mut rid);
+        assert!(w
+            .answer(sent[0].0, error(ErrorCode::OffsetMismatch, size + 1))
+            .is_err());
+        assert!(w
+            .answer(sent[1].0, answer_state(size + 1, size, false))
+            .is_err());
     }
 }

@@ -1,15 +1,17 @@
 //! `UploadCreate`, `UploadOffset` and `UploadAppend`: resumable uploads of
 //! blobs (the tus model: create, ask the offset, append at it).
 //!
-//! All run in place: a session's appends are ordered, so it runs them one
-//! at a time, and each is answered only once its chunk is on disk and its
-//! offset recorded (see `crate::blobs`). An append at any offset but the
-//! current one is refused with the current one, as tus answers 409; the
-//! append that completes the upload checks the hash and makes the blob
-//! downloadable, or discards it.
+//! Create and offset run in place. Appends run alongside the session, so
+//! a client may keep several in flight: they take their turns to write in
+//! the order their frames came (the turn is asked for before any other
+//! wait), and each is answered only once a flush covers its chunk (on disk
+//! and its offset recorded; see `crate::blobs`). An append at any offset
+//! but the one the previous append ended at is refused with that offset,
+//! as tus answers 409; the append that completes the upload checks the
+//! hash and makes the blob downloadable, or discards it.
 
 use super::{arr, Context, Refusal, Reply, Request, Runs};
-use crate::blobs::Finished;
+use crate::blobs::{Finished, Flushed};
 use crate::store::{BlobCreateOutcome, BlobId, BlobInfo, NewBlob, UnixMillis};
 use ponte_wire::messages::{self, server_frame, ErrorCode, ErrorFrame};
 
@@ -145,37 +147,47 @@ impl Request for messages::UploadOffset {
 }
 
 impl Request for messages::UploadAppend {
-    const RUNS: Runs = Runs::InPlace;
+    const RUNS: Runs = Runs::Alongside;
 
     async fn run(self, cx: Context) -> Result<Reply, Refusal> {
         let id = blob_id(&self.upload_id)?;
         if self.chunk.len() > messages::BLOB_CHUNK_MAX {
             return Err(Refusal::new(ErrorCode::TooLarge, "chunk too large"));
         }
-        let Some(_busy) = cx.shared.blobs.hold(id) else {
-            return Err(Refusal::new(ErrorCode::Unavailable, "upload busy"));
-        };
+        let tail = cx.shared.blobs.tail(id);
+        // The first wait: the session polls this once as the frame comes,
+        // so the turns follow the frames' order.
+        let turn = tail.turn().await;
         let mut info = own_upload(&cx, id).await?;
-        if self.offset != info.offset || (info.finished && !self.chunk.is_empty()) {
-            return Ok(mismatch(&cx, info.offset));
+        let Some(expected) = tail.next_offset(info.offset) else {
+            return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
+        };
+        if self.offset != expected || (info.finished && !self.chunk.is_empty()) {
+            return Ok(mismatch(&cx, expected));
         }
         let len = self.chunk.len() as u64;
-        let Some(end) = info.offset.checked_add(len).filter(|&e| e <= info.size) else {
+        let Some(end) = expected.checked_add(len).filter(|&e| e <= info.size) else {
             return Err(Refusal::new(
                 ErrorCode::TooLarge,
                 "chunk past the declared size",
             ));
         };
         if len > 0 {
-            if let Err(e) = cx.shared.blobs.append(id, info.offset, self.chunk).await {
+            if let Err(e) = tail.write(expected, self.chunk).await {
                 // A full disk (or a failing one): nothing of this chunk
                 // counts, and what was acknowledged stays.
                 tracing::warn!("blob append failed: {e}");
                 return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
             }
-            match cx.shared.store.blob_advance(id, info.offset, end).await {
-                Ok(true) => {}
-                Ok(false) => {
+            drop(turn);
+            let shared = &cx.shared;
+            let record = |from, to| {
+                shared.metrics.blob_flushes.inc();
+                shared.store.blob_advance(id, from, to)
+            };
+            match tail.flush(end, record).await {
+                Flushed::Durable => {}
+                Flushed::Gone => {
                     // The row went meanwhile (the sweep deleted the expired
                     // upload): so does the file this append wrote.
                     if let Err(e) = cx.shared.blobs.delete(id).await {
@@ -183,12 +195,21 @@ impl Request for messages::UploadAppend {
                     }
                     return Err(unknown());
                 }
-                Err(e) => return Err(Refusal::unavailable("blob append", &e)),
+                Flushed::Failed(e) => {
+                    tracing::warn!("blob append failed: {e}");
+                    return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
+                }
             }
             cx.shared.metrics.blob_bytes_in.inc_by(len);
             info.offset = end;
+        } else {
+            drop(turn);
         }
+        drop(tail);
         if !info.finished && info.offset == info.size {
+            let Some(_busy) = cx.shared.blobs.hold(id) else {
+                return Err(Refusal::new(ErrorCode::Unavailable, "upload busy"));
+            };
             info = finish(&cx, info).await?;
         }
         Ok(state(&info))

@@ -162,6 +162,11 @@ impl Client {
         }
     }
 
+    /// The request id the next request gets.
+    pub fn next_rid(&self) -> u64 {
+        self.next_rid
+    }
+
     pub async fn recv(&mut self) -> Option<ServerFrame> {
         tokio::time::timeout(WAIT, self.ch.recv::<ServerFrame>())
             .await

@@ -262,6 +262,31 @@ pub fn migrate(address: &str) -> Result<(), PgError> {
     })
 }
 
+/// The service's address key (the Noise static public key every node
+/// serves with) as the database records it: `public` if none was recorded
+/// yet (this node is the first), else the one recorded by the first node.
+/// Creates or migrates the schema first. A node whose key differs must not
+/// serve (its clients would see another server).
+pub fn claim_address_key(address: &str, public: [u8; 32]) -> Result<[u8; 32], PgError> {
+    let cfg = parse_address(address)?;
+    let opts = PgOptions::default();
+    block_on_own_thread(async move {
+        let pool = make_pool(cfg, 1, &opts)?;
+        schema::migrate(&pool).await?;
+        let c = pool.get().await?;
+        c.execute(
+            "INSERT INTO service (key, value) VALUES ('address_key', $1) ON CONFLICT DO NOTHING",
+            &[&&public[..]],
+        )
+        .await?;
+        let stored: Vec<u8> = c
+            .query_one("SELECT value FROM service WHERE key = 'address_key'", &[])
+            .await?
+            .try_get(0)?;
+        Ok(<[u8; 32]>::try_from(stored.as_slice()).unwrap_or([0; 32]))
+    })
+}
+
 /// Creates a random one-use invite token in the database at `address`
 /// (works while nodes run on it).
 pub fn create_invite(address: &str, now: UnixMillis) -> Result<String, PgError> {

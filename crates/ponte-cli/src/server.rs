@@ -11,6 +11,10 @@
 //!   needed then).
 //! - `ponte server backup --data DIR DEST` copies the data directory while
 //!   the server runs (`ponte_server::backup`).
+//! - `ponte server init --store postgres://… --data DIR` prepares a service
+//!   on PostgreSQL: the schema, and the service's key in `DIR` (copied to
+//!   every other node), recorded in the database. `ponte server invite
+//!   --store postgres://…` makes an invite there.
 //!
 //! The first two refuse a host or port no client would accept in the
 //! printed address, and `--listen`/`--admin` take an IP address and port
@@ -49,6 +53,20 @@ enum ServerCommand {
     /// Copy the data directory into a new one, consistently, while the
     /// server runs (restore: start a server with --data on the copy).
     Backup(BackupArgs),
+    /// Prepare a service on PostgreSQL: create the schema, and the
+    /// service's key in --data (copy server.key to every other node).
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// The PostgreSQL database every node of the service shares:
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DATABASE.
+    #[arg(long, value_name = "ADDRESS", env = "PONTE_STORE", value_parser = check_store)]
+    store: String,
+    /// Data directory of this node: the service's key goes there.
+    #[arg(long, value_name = "DIR", env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
+    data: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +79,16 @@ struct RunArgs {
     /// [default: ponte-data].
     #[arg(long, value_name = "DIR", env = "PONTE_DATA")]
     data: Option<PathBuf>,
+    /// Keep accounts and mailboxes in this PostgreSQL database, shared by
+    /// every node of the service (postgres://USER@HOST:PORT/DATABASE;
+    /// prepare it with `ponte server init`) [default: SQLite, ponte.db in
+    /// the data directory].
+    #[arg(long, value_name = "ADDRESS", env = "PONTE_STORE", value_parser = check_store)]
+    store: Option<String>,
+    /// Directory of uploaded files; with PostgreSQL, one every node shares
+    /// [default: DATA_DIR/blobs].
+    #[arg(long, value_name = "DIR")]
+    blob_dir: Option<PathBuf>,
     /// IP address and port to listen on for clients and relays (port 0: any
     /// free port) [default: 0.0.0.0:5222].
     #[arg(long, value_name = "IP:PORT", value_parser = parse_listen)]
@@ -124,6 +152,10 @@ struct InviteArgs {
     /// Data directory of the server.
     #[arg(long, value_name = "DIR", env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
     data: PathBuf,
+    /// The service's PostgreSQL database (instead of the data directory's
+    /// SQLite one).
+    #[arg(long, value_name = "ADDRESS", env = "PONTE_STORE", value_parser = check_store)]
+    store: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -187,8 +219,12 @@ fn parse_host(s: &str) -> Result<String, String> {
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(ServerCommand::Address(a)) => address(&a),
-        Some(ServerCommand::Invite(i)) => invite(&i.data),
+        Some(ServerCommand::Invite(i)) => match &i.store {
+            Some(store) => invite_postgres(store),
+            None => invite(&i.data),
+        },
         Some(ServerCommand::Backup(b)) => backup(&b),
+        Some(ServerCommand::Init(i)) => init(&i),
         None => serve(args.run),
     }
 }
@@ -239,6 +275,39 @@ fn invite(data: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn check_store(s: &str) -> Result<String, String> {
+    ponte_server::config::check_store(s)
+}
+
+fn invite_postgres(store: &str) -> anyhow::Result<ExitCode> {
+    let token = ponte_server::create_invite_postgres(store)
+        .context("creating an invite in the PostgreSQL database")?;
+    crate::write_stdout(&format!("{token}\n"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(i: &InitArgs) -> anyhow::Result<ExitCode> {
+    let done = ponte_server::init_postgres(&i.data, &i.store).map_err(|e| match e {
+        ServerError::AddressKeyMismatch(_) => anyhow::anyhow!("{e}"),
+        e => anyhow::Error::new(e).context("preparing the PostgreSQL database"),
+    })?;
+    let key = ponte_server::keyfile::KEY_FILE;
+    let file = i.data.join(key);
+    eprintln!(
+        "the database is ready and records this service's key{}: {}\n\
+         start every node with --store and a data directory holding a copy of {} \
+         (keep it secret: whoever has it can pose as this service)",
+        if done.key_created {
+            " (created now)"
+        } else {
+            ""
+        },
+        file.display(),
+        key,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn backup(b: &BackupArgs) -> anyhow::Result<ExitCode> {
     use ponte_server::backup::BackupError;
     let summary = ponte_server::backup::backup(&b.data, &b.dest).map_err(|e| match e {
@@ -285,6 +354,12 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = a.listen {
         cfg.listen = v;
+    }
+    if let Some(v) = a.store {
+        cfg.store = Some(v);
+    }
+    if let Some(v) = a.blob_dir {
+        cfg.blob_dir = Some(v);
     }
     if a.invite_only {
         cfg.invite_only = true;
@@ -341,9 +416,9 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
             ServerError::Key(KeyFileError::NotADirectory(_)) => {
                 anyhow::anyhow!("{e}: check --data")
             }
-            ServerError::Key(KeyFileError::LostKey { .. }) | ServerError::DataDirInUse(_) => {
-                anyhow::anyhow!("{e}")
-            }
+            ServerError::Key(KeyFileError::LostKey { .. })
+            | ServerError::DataDirInUse(_)
+            | ServerError::AddressKeyMismatch(_) => anyhow::anyhow!("{e}"),
             ServerError::AdminBind { addr, error } => anyhow::anyhow!(
                 "cannot listen on {addr} for the admin endpoint: {error}; give it another address \
                  with --admin IP:PORT (config key admin), or turn it off with --no-admin"

@@ -337,8 +337,14 @@ impl Blobs {
     /// upload (the directories then, mode 0700): a server that never took
     /// a file has the data directory it always had.
     pub(crate) fn new(data_dir: &Path) -> Self {
+        Self::in_dir(data_dir.join(BLOB_DIR))
+    }
+
+    /// The blob files in `dir` (`blob_dir` in the config: a directory
+    /// every node of a PostgreSQL service shares).
+    pub(crate) fn in_dir(dir: PathBuf) -> Self {
         Self {
-            dir: data_dir.join(BLOB_DIR),
+            dir,
             busy: Arc::default(),
             tails: Arc::default(),
         }

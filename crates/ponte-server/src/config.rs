@@ -99,6 +99,14 @@ pub struct ServerConfig {
     /// How long a blob (or an unfinished upload) is kept; `None`: as long
     /// as `retention`.
     pub blob_retention: Option<Duration>,
+    /// Where accounts, keys and mailboxes live: `None` for SQLite in the
+    /// data directory (`ponte.db`), or a PostgreSQL address
+    /// (`postgres://USER@HOST:PORT/DB`) that every node of the service
+    /// shares (see `store::pg`).
+    pub store: Option<String>,
+    /// Where blob files live [default: `DATA_DIR/blobs`]; with several
+    /// nodes on one PostgreSQL database, a directory they all share.
+    pub blob_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -147,6 +155,8 @@ impl ServerConfig {
             max_blob_size: 100 * 1024 * 1024,
             blob_quota_per_account: 1024 * 1024 * 1024,
             blob_retention: None,
+            store: None,
+            blob_dir: None,
         }
     }
 }
@@ -302,6 +312,22 @@ pub fn check_host(s: &str) -> Result<String, String> {
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// Checks a `store` value: a PostgreSQL address (`postgres://…` or
+/// `postgresql://…`) that parses. The message never repeats the value (it
+/// may hold a password).
+pub fn check_store(s: &str) -> Result<String, String> {
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err(
+            "not a PostgreSQL address: give postgres://USER@HOST:PORT/DATABASE \
+             (leave store unset for SQLite in the data directory)"
+                .to_owned(),
+        );
+    }
+    crate::store::pg::parse_address(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{}", crate::Chain(&e)))
+}
 
 /// `retention`: long enough to outlast a short absence, at most ten years.
 pub const RETENTION: DurationBounds = DurationBounds {
@@ -508,6 +534,11 @@ mod bounded {
         Ok(Some(s))
     }
 
+    pub fn store<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::check_store(&s).map(Some).map_err(D::Error::custom)
+    }
+
     pub fn host<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         let s = String::deserialize(d)?;
         super::check_host(&s).map(Some).map_err(D::Error::custom)
@@ -551,6 +582,13 @@ pub struct FileConfig {
     /// Data directory (relative: from the config file's folder, see
     /// [`FileConfig::load`]).
     pub data: Option<PathBuf>,
+    /// PostgreSQL address shared by every node of the service (unset:
+    /// SQLite in the data directory).
+    #[serde(default, deserialize_with = "bounded::store")]
+    pub store: Option<String>,
+    /// Blob directory (relative: from the config file's folder) [default:
+    /// DATA_DIR/blobs].
+    pub blob_dir: Option<PathBuf>,
     /// Listen address (an IP address and port; host names are refused).
     #[serde(default, deserialize_with = "bounded::listen")]
     pub listen: Option<SocketAddr>,
@@ -671,13 +709,17 @@ impl FileConfig {
             error,
         })?;
         let mut file = Self::parse(&text, path)?;
-        if let Some(data) = file.data.as_mut().filter(|d| d.is_relative()) {
-            let folder = match path.parent() {
-                Some(f) if !f.as_os_str().is_empty() => f,
-                _ => Path::new("."),
-            };
-            let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_owned());
-            *data = folder.join(&*data);
+        let folder = match path.parent() {
+            Some(f) if !f.as_os_str().is_empty() => f,
+            _ => Path::new("."),
+        };
+        let folder = std::path::absolute(folder).unwrap_or_else(|_| folder.to_owned());
+        for dir in [file.data.as_mut(), file.blob_dir.as_mut()]
+            .into_iter()
+            .flatten()
+            .filter(|d| d.is_relative())
+        {
+            *dir = folder.join(&*dir);
         }
         Ok(file)
     }
@@ -718,6 +760,12 @@ impl FileConfig {
     pub fn apply(&self, cfg: &mut ServerConfig) {
         if let Some(v) = &self.data {
             cfg.data_dir = v.clone();
+        }
+        if let Some(v) = &self.store {
+            cfg.store = Some(v.clone());
+        }
+        if let Some(v) = &self.blob_dir {
+            cfg.blob_dir = Some(v.clone());
         }
         if let Some(v) = self.listen {
             cfg.listen = v;

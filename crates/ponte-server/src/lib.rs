@@ -12,7 +12,9 @@
 //! - `frames`: the server frames built from the store's types.
 //! - [`store`]: the storage seam ([`store::Store`]) and its SQLite
 //!   implementation (WAL, flushed before every answer) behind a group-commit
-//!   writer thread, its sync and checkpoint threads, and four reader threads.
+//!   writer thread, its sync and checkpoint threads, and four reader threads;
+//!   or, with `store = "postgres://…"`, the PostgreSQL one
+//!   ([`store::PgStore`]) shared by every node of a service.
 //! - `registry`: devices online now; the store's sink, which hands
 //!   committed items to them in commit order.
 //! - `blobs`: uploaded files (ciphertext) under `DATA_DIR/blobs/`, their
@@ -97,6 +99,16 @@ pub enum ServerError {
     /// there, or the path is mistyped).
     #[error("no server database in {} ({} does not exist)", .0.display(), .0.join(store::DB_FILE).display())]
     NoDatabase(PathBuf),
+    /// This node's key is not the one the service's PostgreSQL database
+    /// recorded (another node's, or the first node's): it would serve
+    /// under another address.
+    #[error(
+        "{}: this key is not the service's (the database records another node's key); \
+         copy server.key from a node of this service into this data directory, \
+         or give this node a database of its own",
+        .0.display()
+    )]
+    AddressKeyMismatch(PathBuf),
     /// Another server process runs on this data directory.
     #[error(
         "another ponte server is already running with the data directory {} \
@@ -287,15 +299,8 @@ impl Server {
         // The registry takes every committed item, in commit order.
         let registry = Arc::new(registry::Registry::default());
         let opened = lock_data_dir(&cfg.data_dir).and_then(|lock| {
-            let db = cfg.data_dir.join(store::DB_FILE);
-            if std::fs::symlink_metadata(&db).is_ok() && !db.is_file() {
-                return Err(ServerError::DatabaseNotAFile(db));
-            }
-            let store = SqliteStore::open_with(
-                &cfg.data_dir,
-                store::StoreOptions::with_commit_interval(cfg.commit_interval),
-                Arc::clone(&registry) as Arc<dyn store::Sink>,
-            )?;
+            let sink = Arc::clone(&registry) as Arc<dyn store::Sink>;
+            let store = open_store(&cfg, &keypair, sink)?;
             Ok((lock, store))
         });
         let (lock, store) = match opened {
@@ -309,7 +314,10 @@ impl Server {
                 return Err(e);
             }
         };
-        let blobs = blobs::Blobs::new(&cfg.data_dir);
+        let blobs = match &cfg.blob_dir {
+            Some(dir) => blobs::Blobs::in_dir(dir.clone()),
+            None => blobs::Blobs::new(&cfg.data_dir),
+        };
         let mut metrics = metrics::Metrics::new();
         metrics.register_store(store.stats());
         let shared = Arc::new(Shared {
@@ -321,7 +329,7 @@ impl Server {
             ),
             cfg,
             keypair,
-            store: Box::new(store),
+            store,
             blobs,
             metrics,
             registry,
@@ -436,6 +444,75 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || shared2.store.close()).await;
         Ok(())
     }
+}
+
+/// Opens the configured store: SQLite in the data directory, or the
+/// PostgreSQL database every node of the service shares (after checking
+/// that this node's key is the service's).
+fn open_store(
+    cfg: &ServerConfig,
+    keypair: &Keypair,
+    sink: Arc<dyn store::Sink>,
+) -> Result<Box<dyn Store>, ServerError> {
+    match &cfg.store {
+        None => {
+            let db = cfg.data_dir.join(store::DB_FILE);
+            if std::fs::symlink_metadata(&db).is_ok() && !db.is_file() {
+                return Err(ServerError::DatabaseNotAFile(db));
+            }
+            let opts = store::StoreOptions::with_commit_interval(cfg.commit_interval);
+            Ok(Box::new(SqliteStore::open_with(&cfg.data_dir, opts, sink)?))
+        }
+        Some(address) => {
+            let recorded = store::pg::claim_address_key(address, keypair.public())
+                .map_err(store::StoreError::Postgres)?;
+            if recorded != keypair.public() {
+                return Err(ServerError::AddressKeyMismatch(
+                    cfg.data_dir.join(keyfile::KEY_FILE),
+                ));
+            }
+            let opts = store::PgOptions::default();
+            let pg = store::PgStore::open_with(address, opts, sink)?;
+            tracing::info!("store: PostgreSQL (this node is one of the service's nodes)");
+            Ok(Box::new(pg))
+        }
+    }
+}
+
+/// What `ponte server init --store …` did.
+#[derive(Debug, Clone)]
+pub struct Init {
+    /// The service's address key.
+    pub key: [u8; 32],
+    /// Whether the key file was created now (else it was there).
+    pub key_created: bool,
+}
+
+/// `ponte server init --store ADDRESS --data DIR`: creates (or migrates)
+/// the schema in the PostgreSQL database and the service's key in `DIR`
+/// (if not there), and records the key's public half in the database.
+/// Every other node of the service gets a copy of `DIR/server.key`; a node
+/// with another key is refused at start.
+pub fn init_postgres(data_dir: &Path, address: &str) -> Result<Init, ServerError> {
+    let (keypair, key_created) = keyfile::load_or_create(data_dir)?;
+    let recorded = store::pg::claim_address_key(address, keypair.public())
+        .map_err(store::StoreError::Postgres)?;
+    if recorded != keypair.public() {
+        return Err(ServerError::AddressKeyMismatch(
+            data_dir.join(keyfile::KEY_FILE),
+        ));
+    }
+    Ok(Init {
+        key: keypair.public(),
+        key_created,
+    })
+}
+
+/// Creates a one-use invite token in the service's PostgreSQL database
+/// (any node accepts it, once).
+pub fn create_invite_postgres(address: &str) -> Result<String, ServerError> {
+    store::pg::create_invite(address, UnixMillis::now())
+        .map_err(|e| ServerError::Store(store::StoreError::Postgres(e)))
 }
 
 /// The periodic expiry sweep.

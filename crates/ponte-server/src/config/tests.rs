@@ -133,3 +133,43 @@ fn file_config_applies_and_refuses_unknown_keys() {
     assert_eq!(c.max_pre_login_per_address, 16);
     assert!(FileConfig::parse("admin = \"nowhere\"\n", p).is_err());
 }
+
+/// `store` takes a PostgreSQL address and nothing else, without repeating
+/// a refused value (it may hold a password); `blob_dir` is resolved from
+/// the file's folder like `data`, and both reach the server config.
+#[test]
+fn store_and_blob_dir() {
+    let path = Path::new("/etc/ponte/server.toml");
+    let f = FileConfig::parse(
+        "store = \"postgres://ponte@db.internal:5432/ponte\"\nblob_dir = \"/srv/blobs\"\n",
+        path,
+    )
+    .unwrap();
+    let mut cfg = ServerConfig::new("d", "127.0.0.1:0".parse().unwrap());
+    f.apply(&mut cfg);
+    assert_eq!(
+        cfg.store.as_deref(),
+        Some("postgres://ponte@db.internal:5432/ponte")
+    );
+    assert_eq!(cfg.blob_dir.as_deref(), Some(Path::new("/srv/blobs")));
+    for bad in [
+        "mysql://u:hunter2@h/db",
+        "postgres://u:hunter2@h:notaport/db",
+    ] {
+        let e = FileConfig::parse(&format!("store = \"{bad}\"\n"), path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+    assert!(check_store("postgresql://u@127.0.0.1/x").is_ok());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.toml");
+    std::fs::write(&file, "blob_dir = \"blobs\"\n").unwrap();
+    let f = FileConfig::load(&file).unwrap();
+    assert_eq!(
+        f.blob_dir.unwrap(),
+        std::path::absolute(dir.path()).unwrap().join("blobs")
+    );
+}

@@ -1,7 +1,9 @@
 //! Durable storage: accounts, public keys, mailboxes (with the shared
 //! bodies of group messages), the dedup log of sent message ids and invite
 //! tokens, behind the [`Store`] seam; SQLite (one
-//! file, `ponte.db` in the data directory) is its implementation.
+//! file, `ponte.db` in the data directory) is its embedded implementation,
+//! and [`PgStore`] (module [`pg`]) the one for a service whose nodes share
+//! a PostgreSQL database.
 //!
 //! - `seam`: [`Store`], the trait through which the server talks to its
 //!   store, and the guarantees every backend keeps; [`Sink`], where
@@ -53,6 +55,7 @@
 
 mod blobs;
 mod jobs;
+pub mod pg;
 mod read;
 mod schema;
 mod seam;
@@ -60,6 +63,7 @@ mod types;
 mod write;
 
 pub use blobs::{BlobCreateOutcome, BlobId, BlobInfo, BlobTotals, NewBlob};
+pub use pg::{PgOptions, PgStore};
 pub use seam::{Sink, Store, StoreFuture};
 pub use types::*;
 
@@ -100,6 +104,9 @@ pub enum StoreError {
     /// A blocking task panicked or was cancelled.
     #[error("storage task failed")]
     Task,
+    /// PostgreSQL reported an error, or could not be reached.
+    #[error("database error")]
+    Postgres(#[source] pg::PgError),
 }
 
 /// Why a batch of writes was not committed.
@@ -121,6 +128,11 @@ pub enum CommitError {
     /// The store is closing.
     #[error("store closing")]
     Closing,
+    /// PostgreSQL failed the transaction, its commit, or the connection
+    /// (nothing of the batch was stored, or the commit's outcome is
+    /// unknown: see `store::pg`).
+    #[error("the transaction failed")]
+    Postgres(#[source] pg::PgError),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -2,6 +2,8 @@
 //! minimal protocol client (Noise IK, Ed25519-signed registration and keys).
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod pg;
+
 use bytes::Bytes;
 use ed25519_dalek::{Signer as _, SigningKey};
 use ponte_server::store::{Sink, SqliteStore, Store, StoreOptions};
@@ -395,26 +397,79 @@ impl ponte_server::store::Sink for Recorder {
 /// same bodies.
 #[derive(Debug, Clone, Copy)]
 pub struct Backend {
-    /// Opens the store in `dir` (again after a close or drop: it sees what
-    /// was stored), its committed items handed to `sink`.
+    /// Whether the backend can run here (PostgreSQL reachable); when not,
+    /// it said why on stderr and the test passes without running.
+    pub ready: fn() -> bool,
+    /// A fresh place for one test's store: a temp directory, and for
+    /// PostgreSQL a fresh database dropped with it.
+    pub scratch: fn() -> Scratch,
+    /// Opens the store in the scratch at `dir` (again after a close or
+    /// drop: it sees what was stored), its committed items handed to
+    /// `sink`.
     pub open: fn(&Path, Arc<dyn Sink>) -> Arc<dyn Store>,
     /// The name of the thread that hands committed items to the sink.
     pub sink_thread: &'static str,
 }
 
+/// One test's store place: a temp directory, and the database the
+/// directory names (`pg-url` in it), dropped when this is (also when the
+/// test fails).
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    _db: Option<pg::TestDb>,
+}
+
+impl Scratch {
+    fn dir() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            _db: None,
+        }
+    }
+
+    fn postgres() -> Self {
+        let db = pg::TestDb::create();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(pg::URL_FILE), &db.url).unwrap();
+        Self { dir, _db: Some(db) }
+    }
+
+    /// The temp directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 /// SQLite with its default options.
 pub const SQLITE: Backend = Backend {
+    ready: || true,
+    scratch: Scratch::dir,
     open: |dir, sink| Arc::new(SqliteStore::open_with(dir, StoreOptions::default(), sink).unwrap()),
     sink_thread: "ponte-db-sync",
 };
 
 /// SQLite committing as soon as jobs come (no spacing between commits).
 pub const SQLITE_UNSPACED: Backend = Backend {
+    ready: || true,
+    scratch: Scratch::dir,
     open: |dir, sink| {
         let opts = StoreOptions::with_commit_interval(Duration::ZERO);
         Arc::new(SqliteStore::open_with(dir, opts, sink).unwrap())
     },
     sink_thread: "ponte-db-sync",
+};
+
+/// PostgreSQL (`PONTE_TEST_PG`, by default the local server's `test`
+/// database as `postgres`), a fresh database per test.
+pub const POSTGRES: Backend = Backend {
+    ready: pg::reachable,
+    scratch: Scratch::postgres,
+    open: |dir, sink| {
+        let url = std::fs::read_to_string(dir.join(pg::URL_FILE)).unwrap();
+        let opts = ponte_server::store::PgOptions::default();
+        Arc::new(ponte_server::store::PgStore::open_with(&url, opts, sink).unwrap())
+    },
+    sink_thread: "ponte-pg-writer",
 };
 
 /// A sink that drops everything.

@@ -3,8 +3,10 @@
 use crate::qr;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use ponte_proxy::acme::AcmeConfig;
 use ponte_proxy::config::{HostPort, ListenAddr};
 use ponte_proxy::link::ShareLink;
+use ponte_proxy::stealth::CoverSite;
 use ponte_proxy::{Config, Preset, Proxy};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,9 +41,13 @@ struct ConfigSource {
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_upstream)]
     upstream: Option<HostPort>,
     /// The HTTPS site that everyone without a link's secret is handed to
-    /// (preset `stealth`): HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    cover: Option<HostPort>,
+    /// (preset `stealth`): HOST:PORT, or `builtin` for the relay's own small
+    /// site (its certificate from --acme-directory).
+    #[arg(long, value_name = "HOST:PORT|builtin")]
+    cover: Option<CoverSite>,
+    /// The builtin cover site and its ACME certificate (boxed: rarely set).
+    #[command(flatten)]
+    builtin: Box<BuiltinArgs>,
     /// The DNS name the cover site answers to (preset `stealth`).
     #[arg(long, value_name = "NAME")]
     domain: Option<String>,
@@ -64,6 +70,32 @@ struct ConfigSource {
     /// Write client IP addresses into the logs (off by default: your users may be at risk).
     #[arg(long)]
     log_client_addresses: bool,
+}
+
+/// `--cover builtin`: the relay's own site and where its certificate
+/// comes from.
+#[derive(Debug, Args)]
+struct BuiltinArgs {
+    /// The builtin cover's folder of static files (with --cover builtin;
+    /// default: one plain page).
+    #[arg(long, value_name = "DIR")]
+    site: Option<PathBuf>,
+    /// An ACME CA's directory URL: the builtin cover's certificate for
+    /// --domain comes from it and is renewed before it expires (Let's
+    /// Encrypt: https://acme-v02.api.letsencrypt.org/directory).
+    #[arg(long, value_name = "URL")]
+    acme_directory: Option<String>,
+    /// Contact for the ACME account (mailto:you@example.org); repeatable.
+    #[arg(long, value_name = "URL", requires = "acme_directory")]
+    acme_contact: Vec<String>,
+    /// Folder for the ACME account and certificate (default `acme` in the
+    /// working directory).
+    #[arg(long, value_name = "DIR", requires = "acme_directory")]
+    acme_state: Option<PathBuf>,
+    /// A PEM root certificate to trust for the ACME CA's own HTTPS (a test
+    /// CA such as Pebble).
+    #[arg(long, value_name = "FILE", requires = "acme_directory")]
+    acme_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,20 +202,47 @@ impl ConfigSource {
                     );
                 }
                 if preset != Preset::Stealth
-                    && (self.cover.is_some() || self.domain.is_some() || self.secrets.is_some())
+                    && (self.cover.is_some()
+                        || self.domain.is_some()
+                        || self.secrets.is_some()
+                        || self.builtin.site.is_some()
+                        || self.builtin.acme_directory.is_some())
                 {
-                    bail!("--cover, --domain and --secrets go with --preset stealth");
+                    bail!("--cover, --domain, --secrets, --site and --acme-directory go with --preset stealth");
                 }
                 if preset == Preset::Stealth {
-                    match (&self.upstream, &self.cover, &self.domain) {
+                    let mut cfg = match (&self.upstream, &self.cover, &self.domain) {
                         (Some(up), Some(cover), Some(domain)) => Config::stealth_preset(
                             up.clone(),
                             cover.clone(),
                             domain,
                             self.secrets.clone(),
                         )?,
-                        _ => bail!("--preset stealth needs --upstream HOST:PORT, --cover HOST:PORT and --domain NAME"),
+                        _ => bail!("--preset stealth needs --upstream HOST:PORT, --cover HOST:PORT|builtin and --domain NAME"),
+                    };
+                    let builtin = self.cover == Some(CoverSite::Builtin);
+                    if !builtin
+                        && (self.builtin.site.is_some() || self.builtin.acme_directory.is_some())
+                    {
+                        bail!("--site and --acme-directory go with --cover builtin (the relay's own site)");
                     }
+                    if let Some(st) = cfg.listener[0].stealth.as_mut() {
+                        st.site = self.builtin.site.clone();
+                    }
+                    if let (Some(directory), Some(domain)) =
+                        (&self.builtin.acme_directory, &self.domain)
+                    {
+                        cfg.acme = Some(AcmeConfig {
+                            directory: directory.clone(),
+                            domains: vec![domain.clone()],
+                            contact: self.builtin.acme_contact.clone(),
+                            state: self.builtin.acme_state.clone(),
+                            directory_ca: self.builtin.acme_ca.clone(),
+                            renew_before: "30d".parse().map_err(anyhow::Error::msg)?,
+                            check_interval: "12h".parse().map_err(anyhow::Error::msg)?,
+                        });
+                    }
+                    cfg
                 } else {
                     Config::preset(preset, self.upstream.clone())?
                 }

@@ -87,6 +87,10 @@ pub struct Config {
     /// TLS settings shared by the listeners that terminate TLS.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Certificates from an ACME CA, for `tls = "acme"` listeners and the
+    /// builtin cover site (`crate::acme`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<crate::acme::AcmeConfig>,
     /// Named upstreams, the only places the relay ever forwards to.
     #[serde(default)]
     pub upstream: BTreeMap<String, UpstreamConfig>,
@@ -287,6 +291,8 @@ pub enum TlsMode {
     None,
     /// A certificate made at start.
     SelfSigned,
+    /// A certificate from the `[acme]` CA, renewed before it expires.
+    Acme,
     /// The operator's PEM files, reloaded on change.
     Files {
         /// Certificate chain, PEM.
@@ -308,6 +314,7 @@ impl Serialize for TlsMode {
         match self {
             TlsMode::None => s.serialize_str("none"),
             TlsMode::SelfSigned => s.serialize_str("self-signed"),
+            TlsMode::Acme => s.serialize_str("acme"),
             TlsMode::Files { cert, key } => TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -323,12 +330,13 @@ impl<'de> Deserialize<'de> for TlsMode {
         impl<'de> Visitor<'de> for V {
             type Value = TlsMode;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#""none", "self-signed" or { cert = "x.pem", key = "y.pem" }"#)
+                f.write_str(r#""none", "self-signed", "acme" or { cert = "x.pem", key = "y.pem" }"#)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<TlsMode, E> {
                 match v {
                     "none" => Ok(TlsMode::None),
                     "self-signed" => Ok(TlsMode::SelfSigned),
+                    "acme" => Ok(TlsMode::Acme),
                     other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
                 }
             }
@@ -424,6 +432,7 @@ impl Config {
             tuning: TuningConfig::default(),
             log: LogConfig::default(),
             tls: TlsConfig::default(),
+            acme: None,
             upstream: BTreeMap::new(),
             listener: Vec::new(),
         };
@@ -488,16 +497,17 @@ impl Config {
     /// directory when absent).
     pub fn stealth_preset(
         upstream: HostPort,
-        cover: HostPort,
+        cover: impl Into<crate::stealth::CoverSite>,
         domain: &str,
         secrets: Option<PathBuf>,
     ) -> Result<Config, ConfigError> {
         let mut cfg = Config::preset(Preset::Ponte, Some(upstream))?;
         let mut l = listener("stealth", 443, TlsMode::None, false, "server");
         l.stealth = Some(crate::stealth::StealthConfig {
-            cover,
+            cover: cover.into(),
             domain: domain.to_owned(),
             secrets,
+            site: None,
         });
         cfg.listener = vec![l];
         cfg.validate(None, None)?;
@@ -545,6 +555,20 @@ impl Config {
             if let Some(st) = &mut l.stealth {
                 let p = st.secrets_path(Some(path));
                 st.secrets = Some(std::path::absolute(&p).unwrap_or(p));
+                if let Some(site) = &mut st.site {
+                    if site.is_relative() {
+                        *site = folder.join(&*site);
+                    }
+                }
+            }
+        }
+        if let Some(a) = &mut cfg.acme {
+            let p = a.state_path(Some(path));
+            a.state = Some(std::path::absolute(&p).unwrap_or(p));
+            if let Some(ca) = &mut a.directory_ca {
+                if ca.is_relative() {
+                    *ca = folder.join(&*ca);
+                }
             }
         }
         Ok(cfg)
@@ -574,6 +598,19 @@ impl Config {
     /// by `--check-config`.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        for l in &self.listener {
+            let builtin = l
+                .stealth
+                .as_ref()
+                .is_some_and(|st| st.cover == crate::stealth::CoverSite::Builtin);
+            if builtin && self.acme.is_none() {
+                w.push(format!(
+                    "listener `{}`: the builtin cover site has a self-signed certificate \
+                     without [acme]; a prober sees a site no browser trusts",
+                    l.name.get_ref()
+                ));
+            }
+        }
         if let Some(a) = &self.admin {
             let addr = a.listen.get_ref().0;
             if !addr.ip().to_canonical().is_loopback() {
@@ -654,6 +691,26 @@ impl Config {
                 ));
             }
         }
+        if let Some(a) = &self.acme {
+            let problem = if !a.directory.starts_with("https://") {
+                Some(("acme.directory", "must be the CA's https:// directory URL"))
+            } else if a.domains.is_empty() {
+                Some(("acme.domains", "at least one DNS name is needed"))
+            } else if a
+                .domains
+                .iter()
+                .any(|d| !valid_hostname(d) || d.parse::<IpAddr>().is_ok())
+            {
+                Some(("acme.domains", "each must be a DNS name (no IP addresses)"))
+            } else if a.check_interval.0 < Duration::from_secs(1) {
+                Some(("acme.check_interval", "must be at least 1s"))
+            } else {
+                None
+            };
+            if let Some((key, message)) = problem {
+                return Err(err(0..0, key.into(), message.into()));
+            }
+        }
         let mut names = HashSet::new();
         // Each address bound so far, and the key that binds it.
         let mut addrs: Vec<(SocketAddr, String)> = Vec::new();
@@ -721,13 +778,20 @@ impl Config {
                     ),
                 ));
             }
+            if l.tls == TlsMode::Acme && self.acme.is_none() {
+                return Err(err(
+                    l.name.span(),
+                    format!("listener[{i}].tls"),
+                    "tls = \"acme\" needs an [acme] section (directory, domains)".into(),
+                ));
+            }
             if let Some(st) = &l.stealth {
                 let problem = if l.tls != TlsMode::None {
                     Some("a stealth listener takes no tls: the cover site's TLS is what probes see")
-                } else if l.accept_proxy {
-                    Some("a stealth listener does not take accept_proxy")
                 } else if !valid_hostname(&st.domain) || st.domain.parse::<IpAddr>().is_ok() {
                     Some("stealth.domain must be the DNS name the cover site answers to")
+                } else if st.site.is_some() && st.cover != crate::stealth::CoverSite::Builtin {
+                    Some("stealth.site is the builtin cover's folder: set cover = \"builtin\"")
                 } else {
                     None
                 };

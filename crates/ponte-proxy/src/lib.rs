@@ -20,6 +20,7 @@
 //!   per-link secrets and replay cache.
 //! - `sys`: the few raw system calls (`splice`, `pipe2`, `setrlimit`).
 
+pub mod acme;
 pub mod admin;
 pub mod config;
 pub mod limits;

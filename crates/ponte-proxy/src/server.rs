@@ -3,14 +3,16 @@
 //! (limits -> PROXY header in -> TLS or the stealth opening -> upstream ->
 //! PROXY header out -> data path) is [`connection`].
 
+use crate::acme::Acme;
 use crate::admin;
 use crate::config::{Config, SendProxy, TlsMode};
 use crate::limits::{Counter, Limits};
 use crate::metrics::{HandshakeFailure, ListenerMetrics, Metrics, Refusal, ResultLabel};
 use crate::relay::{self, ByteCounters, Outcome, RelayOptions};
 use crate::stealth::secrets::{Secrets, RELOAD_EVERY};
-use crate::stealth::{Accepted, StealthListener};
-use crate::tls::{CertStore, TlsError};
+use crate::stealth::site::Site;
+use crate::stealth::{Accepted, CoverSite, StealthListener};
+use crate::tls::{Acceptor, CertStore, TlsError};
 use crate::upstream::Upstream;
 use ponte_wire::proxy_header::{self, HeaderReader, ProxyHeader, ReadError, Received, Step};
 use std::collections::BTreeMap;
@@ -25,7 +27,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout_at, Instant};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -67,7 +68,7 @@ pub enum ProxyError {
 /// Shared, per-listener state.
 struct ListenerShared {
     name: String,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Acceptor>,
     accept_proxy: bool,
     upstream: Arc<Upstream>,
     metrics: ListenerMetrics,
@@ -111,6 +112,8 @@ pub struct Proxy {
     admin: Option<TcpListener>,
     certs: Vec<Arc<CertStore>>,
     secrets: Vec<Arc<Secrets>>,
+    acme: Option<Arc<Acme>>,
+    sites: Vec<BuiltinSite>,
     reload: Arc<tokio::sync::Notify>,
     reload_secrets: Arc<tokio::sync::Notify>,
 }
@@ -174,13 +177,36 @@ fn no_ipv6(addr: &SocketAddr, e: &io::Error) -> bool {
         )
 }
 
-/// What a start builds before binding anything.
+/// A builtin cover site: its loopback socket, TLS and files.
+#[derive(Debug)]
+struct BuiltinSite {
+    socket: std::net::TcpListener,
+    acceptor: Acceptor,
+    site: Arc<Site>,
+}
+
+/// What a start builds before binding the listeners (the builtin cover
+/// sites' loopback sockets excepted: the stealth listeners need their
+/// ports).
 struct Prepared {
     metrics: Arc<Metrics>,
     upstreams: BTreeMap<String, Arc<Upstream>>,
     listeners: Vec<Arc<ListenerShared>>,
     certs: Vec<Arc<CertStore>>,
     secrets: Vec<Arc<Secrets>>,
+    acme: Option<Arc<Acme>>,
+    sites: Vec<BuiltinSite>,
+}
+
+/// Whether anything in `config` serves the `[acme]` certificate.
+fn uses_acme(config: &Config) -> bool {
+    config.acme.is_some()
+        && config.listener.iter().any(|l| {
+            l.tls == TlsMode::Acme
+                || l.stealth
+                    .as_ref()
+                    .is_some_and(|st| st.cover == CoverSite::Builtin)
+        })
 }
 
 /// Everything a start does short of binding: no upstream that is the relay
@@ -205,6 +231,14 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
     let mut certs: Vec<Arc<CertStore>> = Vec::new();
     let mut secrets: Vec<Arc<Secrets>> = Vec::new();
     let mut listeners = Vec::new();
+    let mut sites = Vec::new();
+    let acme = match &config.acme {
+        Some(a) if uses_acme(config) => Some(Arc::new(
+            Acme::new(a, a.state_path(None))
+                .map_err(|e| ProxyError::Config(format!("[acme]: {e}")))?,
+        )),
+        _ => None,
+    };
     for (index, l) in config.listener.iter().enumerate() {
         let name = l.name.get_ref().clone();
         let tls_err = |error| ProxyError::Tls {
@@ -229,9 +263,24 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
                 certs.push(Arc::clone(&s));
                 Some(s)
             }
+            TlsMode::Acme => match &acme {
+                Some(a) => Some(Arc::clone(a.store())),
+                None => {
+                    return Err(ProxyError::Config(format!(
+                        "listener `{name}`: tls = \"acme\" needs an [acme] section"
+                    )))
+                }
+            },
+        };
+        let challenges = match (&l.tls, &acme) {
+            (TlsMode::Acme, Some(a)) => Some(Arc::clone(a.challenges())),
+            _ => None,
         };
         let tls = match store {
-            Some(s) => Some(TlsAcceptor::from(s.server_config().map_err(tls_err)?)),
+            Some(s) => Some(Acceptor::new(
+                s.server_config().map_err(tls_err)?,
+                challenges,
+            )),
             None => None,
         };
         let upstream = upstreams
@@ -254,9 +303,28 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
                         s
                     }
                 };
+                let cover = match &st.cover {
+                    CoverSite::Remote(h) => h.clone(),
+                    CoverSite::Builtin => {
+                        let site = builtin_site(st, acme.as_deref()).map_err(tls_err)?;
+                        let port = site
+                            .socket
+                            .local_addr()
+                            .map_err(|e| {
+                                ProxyError::Config(format!("listener `{name}`: builtin cover: {e}"))
+                            })?
+                            .port();
+                        sites.push(site);
+                        crate::config::HostPort {
+                            host: "127.0.0.1".into(),
+                            port,
+                        }
+                    }
+                };
                 Some(Arc::new(StealthListener::new(
                     &name,
                     st,
+                    cover,
                     s,
                     metrics.stealth.clone(),
                     config.timeouts.connect.0,
@@ -285,6 +353,39 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
         listeners,
         certs,
         secrets,
+        acme,
+        sites,
+    })
+}
+
+/// A builtin cover site: a loopback socket, and TLS with the ACME
+/// certificate (answering its validations) or a self-signed one for the
+/// domain.
+fn builtin_site(
+    st: &crate::stealth::StealthConfig,
+    acme: Option<&Acme>,
+) -> Result<BuiltinSite, TlsError> {
+    let socket = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| TlsError::File {
+        path: "builtin cover".into(),
+        message: format!("cannot bind a loopback port: {e}"),
+    })?;
+    socket.set_nonblocking(true).map_err(|e| TlsError::File {
+        path: "builtin cover".into(),
+        message: e.to_string(),
+    })?;
+    let (store, challenges) = match acme {
+        Some(a) => (Arc::clone(a.store()), Some(Arc::clone(a.challenges()))),
+        None => (
+            Arc::new(CertStore::self_signed(std::slice::from_ref(&st.domain))?),
+            None,
+        ),
+    };
+    let mut cfg = (*store.server_config()?).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(BuiltinSite {
+        socket,
+        acceptor: Acceptor::new(Arc::new(cfg), challenges),
+        site: Arc::new(Site::new(&st.domain, st.site.clone())),
     })
 }
 
@@ -307,6 +408,8 @@ impl Proxy {
             listeners: prepared,
             certs,
             secrets,
+            acme,
+            sites,
         } = prepare(&config)?;
         let mut listeners = Vec::new();
         for (shared, l) in prepared.into_iter().zip(&config.listener) {
@@ -377,6 +480,8 @@ impl Proxy {
             admin,
             certs,
             secrets,
+            acme,
+            sites,
             reload: Arc::new(tokio::sync::Notify::new()),
             reload_secrets: Arc::new(tokio::sync::Notify::new()),
         })
@@ -444,6 +549,22 @@ impl Proxy {
                     .collect(),
             };
             background.spawn(admin::serve(admin, state, stop.child_token()));
+        }
+        if let Some(acme) = &self.acme {
+            background.spawn(Arc::clone(acme).run(stop.child_token()));
+        }
+        for site in self.sites {
+            match TcpListener::from_std(site.socket) {
+                Ok(l) => {
+                    background.spawn(crate::stealth::site::serve(
+                        l,
+                        site.acceptor,
+                        site.site,
+                        stop.child_token(),
+                    ));
+                }
+                Err(e) => tracing::error!("builtin cover site: {e}"),
+            }
         }
         if !self.secrets.is_empty() {
             let secrets = self.secrets.clone();

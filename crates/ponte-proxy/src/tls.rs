@@ -1,5 +1,6 @@
-//! Inbound TLS: a self-signed certificate made at start, or the operator's
-//! PEM files reloaded without a restart.
+//! Inbound TLS: a self-signed certificate made at start, the operator's
+//! PEM files reloaded without a restart, or an ACME certificate
+//! ([`crate::acme`]) swapped in when it is issued or renewed.
 //!
 //! TLS here is camouflage (the relay should look like any HTTPS server), not
 //! the users' security: Ponte's Noise layer and WhatsApp's own encryption run
@@ -11,6 +12,7 @@
 //! inotify: it works the same on bind mounts, network file systems and the
 //! symlink swaps that certbot and Kubernetes secrets do.
 
+use crate::acme::{Challenges, ACME_TLS_ALPN};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
@@ -18,6 +20,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 /// A certificate could not be made or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +146,17 @@ impl CertStore {
         Ok(true)
     }
 
+    /// Serve the certificate in these files to new handshakes from now on
+    /// (an ACME order's result); connections already open keep theirs.
+    pub fn replace_from_files(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let certified = load_files(cert, key)?;
+        match self.current.write() {
+            Ok(mut g) => *g = Arc::new(certified),
+            Err(p) => *p.into_inner() = Arc::new(certified),
+        }
+        Ok(())
+    }
+
     /// True when backed by files (so reloading means something).
     pub fn is_file_backed(&self) -> bool {
         matches!(self.source, Source::Files { .. })
@@ -164,6 +180,74 @@ struct Resolver(Arc<CertStore>);
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.current())
+    }
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// A listener's TLS handshake: the store's certificate for everyone, and,
+/// with ACME on, the TLS-ALPN-01 answer (RFC 8737) for a CA validating a
+/// pending name.
+#[derive(Clone)]
+pub struct Acceptor {
+    config: Arc<rustls::ServerConfig>,
+    acme: Option<Arc<Challenges>>,
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("acme", &self.acme.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Acceptor {
+    /// Serves `config`; answers `acme` challenges when given.
+    pub fn new(config: Arc<rustls::ServerConfig>, acme: Option<Arc<Challenges>>) -> Self {
+        Acceptor { config, acme }
+    }
+
+    /// The handshake. `Ok(None)`: it was an ACME validation, answered with
+    /// the challenge certificate and closed.
+    pub async fn accept<IO>(&self, io: IO) -> std::io::Result<Option<TlsStream<IO>>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(challenges) = &self.acme else {
+            return TlsAcceptor::from(Arc::clone(&self.config))
+                .accept(io)
+                .await
+                .map(Some);
+        };
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let hello = start.client_hello();
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        let answer = hello
+            .server_name()
+            .filter(|_| validation)
+            .and_then(|name| challenges.get(name));
+        if let Some(ck) = answer {
+            let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(std::io::Error::other)?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(Fixed(ck)));
+            cfg.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+            let mut s = start.into_stream(Arc::new(cfg)).await?;
+            let _ = s.shutdown().await;
+            return Ok(None);
+        }
+        start.into_stream(Arc::clone(&self.config)).await.map(Some)
     }
 }
 

@@ -4,8 +4,8 @@
 
 mod common;
 
+use common::cover::*;
 use common::*;
-use ponte_proxy::config::HostPort;
 use ponte_proxy::stealth::secrets::{now_unix, SecretEntry, SecretsFile};
 use ponte_proxy::stealth::stream::RecordStream;
 use ponte_proxy::stealth::StealthConfig;
@@ -15,89 +15,12 @@ use ponte_wire::stealth::{reply, tag, template, Secret};
 use rand::RngCore as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-const DOMAIN: &str = "www.cover.example";
-/// How long the cover waits for a TLS handshake or a request.
-const COVER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the relay waits for a first flight.
 const RELAY_HANDSHAKE: &str = "500ms";
-
-/// A small HTTPS site: TLS with a self-signed certificate, one page, and a
-/// handshake/request timeout after which it closes.
-struct Cover {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Cover {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Cover {
-    async fn start() -> Cover {
-        Self::start_with(COVER_TIMEOUT).await
-    }
-
-    async fn start_with(timeout: Duration) -> Cover {
-        let ck = rcgen::generate_simple_self_signed(vec![DOMAIN.to_owned()]).unwrap();
-        let cert = rustls_pki_types::CertificateDer::from(ck.cert.der().to_vec());
-        let key = rustls_pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).unwrap();
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = l.accept().await else { return };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let deadline = tokio::time::Instant::now() + timeout;
-                    let Ok(Ok(mut t)) = tokio::time::timeout_at(deadline, acceptor.accept(s)).await
-                    else {
-                        return;
-                    };
-                    let mut req = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                        match tokio::time::timeout_at(deadline, t.read(&mut chunk)).await {
-                            Ok(Ok(n)) if n > 0 => req.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
-                    }
-                    let body = "<html>cover page</html>";
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = t.write_all(resp.as_bytes()).await;
-                    let _ = t.shutdown().await;
-                });
-            }
-        });
-        Cover { addr, task }
-    }
-
-    fn host_port(&self) -> HostPort {
-        HostPort {
-            host: "127.0.0.1".into(),
-            port: self.addr.port(),
-        }
-    }
-}
 
 fn write_secrets(path: &Path, entries: &[(&str, &Secret)]) {
     let file = SecretsFile {
@@ -140,6 +63,10 @@ async fn setup() -> Setup {
 }
 
 async fn setup_with(cover: Cover, handshake: &str) -> Setup {
+    setup_full(cover, handshake, false).await
+}
+
+async fn setup_full(cover: Cover, handshake: &str, accept_proxy: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let up = FakeUpstream::start("127.0.0.1:0", true).await;
     let secrets = dir.path().join("secrets.toml");
@@ -147,6 +74,7 @@ async fn setup_with(cover: Cover, handshake: &str) -> Setup {
     let mut cfg =
         Config::stealth_preset(up.host_port(), cover.host_port(), DOMAIN, Some(secrets)).unwrap();
     cfg.timeouts.handshake = handshake.parse().unwrap();
+    cfg.listener[0].accept_proxy = accept_proxy;
     loopback(&mut cfg);
     let relay = start(cfg).await;
     Setup {
@@ -175,8 +103,20 @@ async fn try_genuine(
     s: &Secret,
     hello: &[u8],
 ) -> Option<RecordStream<TcpStream>> {
+    try_genuine_after(addr, &[], s, hello).await
+}
+
+/// [`try_genuine`] after `prefix` (a load balancer's PROXY header).
+async fn try_genuine_after(
+    addr: SocketAddr,
+    prefix: &[u8],
+    s: &Secret,
+    hello: &[u8],
+) -> Option<RecordStream<TcpStream>> {
     let mut c = TcpStream::connect(addr).await.ok()?;
-    c.write_all(hello).await.ok()?;
+    let mut first = prefix.to_vec();
+    first.extend_from_slice(hello);
+    c.write_all(&first).await.ok()?;
     let sid: [u8; 32] = hello[44..76].try_into().ok()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -410,6 +350,42 @@ async fn first_flight_replayed_after_a_restart_sees_the_cover() {
     echo(&mut c, b"a fresh flight still works").await;
 }
 
+/// Behind a load balancer (`accept_proxy`): the PROXY header is read
+/// first; a genuine client's address from it reaches the upstream, and a
+/// probe's bytes after it reach the cover as if the probe had connected
+/// there directly (the header itself never does).
+#[tokio::test]
+async fn stealth_listener_behind_a_load_balancer() {
+    let s = setup_full(Cover::start().await, RELAY_HANDSHAKE, true).await;
+    let source: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let mut header = Vec::new();
+    ponte_wire::proxy_header::encode_v2(source, "203.0.113.1:443".parse().unwrap(), &mut header);
+    let hello = first_flight(&secret(1), now_unix());
+    let mut c = try_genuine_after(s.relay(), &header, &secret(1), &hello)
+        .await
+        .expect("a genuine client behind the load balancer gets in");
+    echo(&mut c, b"through the load balancer").await;
+    match &s.up.seen()[..] {
+        [Seen::Header(h)] => assert_eq!(h.tcp_source(), Some(source)),
+        other => panic!("expected one PROXY header, got {other:?}"),
+    }
+    let request = b"GET / HTTP/1.1\r\nHost: www.cover.example\r\n\r\n".to_vec();
+    let untagged = template::build(&template::CHROME, DOMAIN, &mut fill).unwrap();
+    for (name, after) in [
+        ("HTTP/1.1", request),
+        ("silent", Vec::new()),
+        ("ClientHello without a tag", untagged),
+    ] {
+        let mut sent = header.clone();
+        sent.extend_from_slice(&after);
+        let (via, direct) = tokio::join!(probe(s.relay(), &sent), probe(s.cover.addr, &after));
+        assert_same(name, &via, &direct);
+    }
+    // No header: the connection ends (the load balancer always sends one).
+    let no_header = probe(s.relay(), b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(no_header.bytes.is_empty(), "{no_header:?}");
+}
+
 #[tokio::test]
 async fn https_session_through_the_relay_gets_the_cover_page() {
     let s = setup().await;
@@ -470,6 +446,7 @@ async fn stealth_config_is_checked() {
             cover: "127.0.0.1:8443".parse().unwrap(),
             domain: "www.example.com".into(),
             secrets: None,
+            site: None,
         })
     );
     assert_eq!(Config::from_toml(&cfg.to_toml(), None).unwrap(), cfg);
@@ -477,7 +454,9 @@ async fn stealth_config_is_checked() {
     // endpoint on loopback, nothing else.
     let preset = Config::stealth_preset(
         "127.0.0.1:5222".parse().unwrap(),
-        "127.0.0.1:8443".parse().unwrap(),
+        "127.0.0.1:8443"
+            .parse::<ponte_proxy::config::HostPort>()
+            .unwrap(),
         "www.example.com",
         None,
     )

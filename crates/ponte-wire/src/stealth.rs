@@ -35,6 +35,7 @@ use base64::Engine as _;
 use std::fmt;
 
 pub mod hello;
+pub mod ja4;
 pub mod record;
 pub mod reply;
 #[cfg(feature = "io")]

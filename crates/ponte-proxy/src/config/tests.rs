@@ -347,13 +347,14 @@ fn durations_parse_and_print() {
         ("5s", Duration::from_secs(5)),
         ("3m", Duration::from_secs(180)),
         ("1h", Duration::from_secs(3600)),
+        ("30d", Duration::from_secs(30 * 86_400)),
     ] {
         assert_eq!(s.parse::<Dur>().unwrap().0, d);
     }
     assert_eq!(Dur(Duration::from_secs(180)).to_string(), "180s");
     assert!("5".parse::<Dur>().is_err());
     assert!("s".parse::<Dur>().is_err());
-    assert!("5d".parse::<Dur>().is_err());
+    assert!("5w".parse::<Dur>().is_err());
 }
 
 #[test]

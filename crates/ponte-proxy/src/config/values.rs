@@ -9,7 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A duration written as an integer and a unit: `250ms`, `5s`, `3m`, `1h`.
+/// A duration written as an integer and a unit: `250ms`, `5s`, `3m`, `1h`,
+/// `30d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
@@ -18,7 +19,7 @@ impl FromStr for Dur {
     fn from_str(s: &str) -> Result<Self, String> {
         let split = s
             .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("duration `{s}` needs a unit (ms, s, m, h)"))?;
+            .ok_or_else(|| format!("duration `{s}` needs a unit (ms, s, m, h, d)"))?;
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
@@ -28,9 +29,10 @@ impl FromStr for Dur {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
             _ => {
                 return Err(format!(
-                    "duration `{s}`: unknown unit `{unit}` (ms, s, m, h)"
+                    "duration `{s}`: unknown unit `{unit}` (ms, s, m, h, d)"
                 ))
             }
         };

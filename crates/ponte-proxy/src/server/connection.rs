@@ -210,7 +210,9 @@ async fn handshakes(
                 inner: stream,
             };
             match timeout_at(deadline, acceptor.accept(inner)).await {
-                Ok(Ok(t)) => Client::Tls(Box::new(t)),
+                Ok(Ok(Some(t))) => Client::Tls(Box::new(t)),
+                // An ACME validation, answered.
+                Ok(Ok(None)) => return None,
                 Ok(Err(e)) => {
                     let kind = match e.kind() {
                         io::ErrorKind::UnexpectedEof

@@ -23,6 +23,7 @@
 pub mod cover;
 pub mod replay;
 pub mod secrets;
+pub mod site;
 
 /// The record stream adapter, shared with the client.
 pub mod stream {
@@ -51,12 +52,63 @@ use tokio::time::Instant;
 /// The default secrets file name, beside the configuration file.
 pub const DEFAULT_SECRETS: &str = "secrets.toml";
 
+/// Where probes are handed: an HTTPS site at `HOST:PORT`, or `builtin`,
+/// the relay's own small site ([`site`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoverSite {
+    /// An existing HTTPS site.
+    Remote(HostPort),
+    /// The builtin static site, with the `[acme]` certificate when there is
+    /// one.
+    Builtin,
+}
+
+impl From<HostPort> for CoverSite {
+    fn from(h: HostPort) -> Self {
+        CoverSite::Remote(h)
+    }
+}
+
+impl std::str::FromStr for CoverSite {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "builtin" {
+            return Ok(CoverSite::Builtin);
+        }
+        s.parse::<HostPort>()
+            .map(CoverSite::Remote)
+            .map_err(|e| format!("{e} (or `builtin` for the relay's own site)"))
+    }
+}
+
+impl std::fmt::Display for CoverSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoverSite::Remote(h) => h.fmt(f),
+            CoverSite::Builtin => f.write_str("builtin"),
+        }
+    }
+}
+
+impl Serialize for CoverSite {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CoverSite {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `[listener.stealth]`: the listener is a stealth listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StealthConfig {
-    /// The HTTPS site probes are handed to.
-    pub cover: HostPort,
+    /// The HTTPS site probes are handed to (`HOST:PORT`), or `builtin`.
+    pub cover: CoverSite,
     /// The name the cover answers to; share links carry it and clients send
     /// it as their TLS server name.
     pub domain: String,
@@ -64,6 +116,10 @@ pub struct StealthConfig {
     /// file. Absent: `secrets.toml` beside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<PathBuf>,
+    /// The builtin cover's folder of static files; relative paths are
+    /// relative to the configuration file. Absent: one plain page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<PathBuf>,
 }
 
 impl StealthConfig {
@@ -203,17 +259,19 @@ async fn cover_readable(cover: &Option<std::io::Result<TcpStream>>) {
 
 impl StealthListener {
     /// A listener's stealth state; `secrets` is shared by listeners that
-    /// name the same file.
+    /// name the same file; `cover` is where probes go (the builtin site's
+    /// loopback address for `cover = "builtin"`).
     pub fn new(
         name: &str,
         cfg: &StealthConfig,
+        cover: HostPort,
         secrets: Arc<Secrets>,
         metrics: StealthMetrics,
         connect_timeout: Duration,
     ) -> Self {
         StealthListener {
             name: name.to_owned(),
-            cover: cfg.cover.clone(),
+            cover,
             domain: cfg.domain.clone(),
             secrets,
             replay: ReplayCache::new(),

@@ -2,6 +2,8 @@
 //! relay started on loopback ports, and a TLS client that accepts any cert.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod cover;
+
 use ponte_proxy::config::{HostPort, ListenAddr};
 use ponte_proxy::{Config, Proxy};
 use ponte_wire::proxy_header::{self, Parsed, ProxyHeader};

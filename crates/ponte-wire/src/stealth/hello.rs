@@ -53,6 +53,9 @@ pub mod ext {
     pub const PSK_KEY_EXCHANGE_MODES: u16 = 45;
     /// key_share.
     pub const KEY_SHARE: u16 = 51;
+    /// trust_anchors (Trust Anchor IDs, the code point Chrome uses while the
+    /// draft is experimental).
+    pub const TRUST_ANCHORS: u16 = 0xca34;
     /// application_settings (ALPS, the code point Chrome uses since 2025).
     pub const APPLICATION_SETTINGS: u16 = 17613;
     /// encrypted_client_hello.

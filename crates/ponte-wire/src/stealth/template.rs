@@ -3,9 +3,11 @@
 //! A [`Template`] lists the cipher suites, the extensions and their order
 //! rules, the groups and key shares with their real sizes, ALPN, signature
 //! algorithms, versions and the padding rule. [`CHROME`] is current Chrome
-//! (131 and later: X25519MLKEM768 key share, extension order shuffled per
-//! connection with GREASE first and last, GREASE ECH, ALPS on 17613); when
-//! browsers change, the template changes and nothing else.
+//! (checked against Debian's Chromium 156 by JA4 in the tests:
+//! X25519MLKEM768 key share, extension order shuffled per connection with
+//! GREASE first and last, GREASE ECH, ALPS on 17613, a GREASE signature
+//! algorithm and ML-DSA ones first, Trust Anchor IDs); when browsers change,
+//! the template changes and nothing else.
 //!
 //! The builder takes the randomness as a function that fills buffers (the
 //! caller passes its CSPRNG), so it stays free of I/O and deterministic
@@ -105,7 +107,7 @@ pub struct Template {
     pub key_shares: &'static [KeyShare],
     /// ALPN protocols.
     pub alpn: &'static [&'static [u8]],
-    /// signature_algorithms.
+    /// signature_algorithms; [`GREASE`] marks the GREASE algorithm.
     pub signature_algorithms: &'static [u16],
     /// supported_versions; [`GREASE`] marks the GREASE version.
     pub versions: &'static [u16],
@@ -115,9 +117,26 @@ pub struct Template {
     pub padding: Option<Padding>,
 }
 
-/// Current Chrome (131+ on desktop).
+/// The Trust Anchor IDs Chrome 156 sends (its root store's, as relative
+/// OIDs): fixed data, the same in every hello until the root store changes.
+const CHROME_TRUST_ANCHORS: &[u8] = &[
+    0x00, 0xb8, 0x05, 0x82, 0xdf, 0x13, 0x02, 0x01, 0x05, 0x82, 0xdf, 0x13, 0x02, 0x06, 0x05, 0x82,
+    0xdf, 0x13, 0x02, 0x0d, 0x05, 0x82, 0xdf, 0x13, 0x02, 0x0e, 0x05, 0x82, 0xdf, 0x13, 0x02, 0x0f,
+    0x05, 0x82, 0xdf, 0x13, 0x02, 0x12, 0x05, 0x82, 0xdf, 0x13, 0x02, 0x13, 0x05, 0x82, 0xdf, 0x13,
+    0x02, 0x14, 0x08, 0x83, 0x9a, 0x64, 0x8c, 0x9b, 0x2d, 0x01, 0x07, 0x08, 0x83, 0x9a, 0x64, 0x8c,
+    0x9b, 0x2d, 0x01, 0x08, 0x08, 0x83, 0x9a, 0x64, 0x8c, 0x9b, 0x2d, 0x01, 0x09, 0x08, 0x83, 0x9a,
+    0x64, 0x8c, 0x9b, 0x2d, 0x01, 0x0a, 0x08, 0x83, 0x9a, 0x64, 0x8c, 0x9b, 0x2d, 0x01, 0x0b, 0x08,
+    0x83, 0x9a, 0x64, 0x8c, 0x9b, 0x2d, 0x01, 0x0c, 0x08, 0x83, 0x9a, 0x64, 0x8c, 0x9b, 0x2d, 0x01,
+    0x0d, 0x08, 0x83, 0x9a, 0x64, 0x8c, 0x9b, 0x2d, 0x01, 0x12, 0x08, 0x83, 0x9a, 0x64, 0x8c, 0x9b,
+    0x2d, 0x01, 0x13, 0x04, 0xd6, 0x79, 0x09, 0x01, 0x04, 0xd6, 0x79, 0x09, 0x04, 0x04, 0xd6, 0x79,
+    0x09, 0x05, 0x04, 0xd6, 0x79, 0x09, 0x06, 0x04, 0xd6, 0x79, 0x09, 0x07, 0x04, 0xd6, 0x79, 0x09,
+    0x08, 0x04, 0xd6, 0x79, 0x09, 0x0a, 0x04, 0xd6, 0x79, 0x09, 0x0b, 0x04, 0xd6, 0x79, 0x09, 0x0c,
+    0x04, 0xd6, 0x79, 0x09, 0x0d, 0x04, 0xd6, 0x79, 0x09, 0x0f,
+];
+
+/// Current Chrome (156 on desktop; Debian's Chromium 156 has the same JA4).
 pub const CHROME: Template = Template {
-    name: "chrome-131",
+    name: "chrome-156",
     record_version: 0x0301,
     cipher_suites: &[
         GREASE, 0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013,
@@ -139,6 +158,7 @@ pub const CHROME: Template = Template {
         Extension::Fixed(ext::PSK_KEY_EXCHANGE_MODES, &[1, 1]),
         Extension::SupportedVersions,
         Extension::Fixed(ext::COMPRESS_CERTIFICATE, &[2, 0, 2]),
+        Extension::Fixed(ext::TRUST_ANCHORS, CHROME_TRUST_ANCHORS),
         Extension::ApplicationSettings(ext::APPLICATION_SETTINGS),
         Extension::EchGrease,
         Extension::Grease(1),
@@ -154,7 +174,8 @@ pub const CHROME: Template = Template {
     key_shares: &[KeyShare::Grease, KeyShare::X25519MlKem768, KeyShare::X25519],
     alpn: &[b"h2", b"http/1.1"],
     signature_algorithms: &[
-        0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601,
+        GREASE, 0x0904, 0x0905, 0x0906, 0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806,
+        0x0601,
     ],
     versions: &[GREASE, 0x0304, 0x0303],
     ech_payload_lens: &[144, 176, 208, 240],
@@ -268,6 +289,7 @@ pub fn build(
     let cs_grease = grease(fill, &[]);
     let group_grease = grease(fill, &[]);
     let version_grease = grease(fill, &[]);
+    let sigalg_grease = grease(fill, &[]);
     let ext_grease1 = grease(fill, &[]);
     let ext_grease2 = grease(fill, &[ext_grease1]);
 
@@ -377,7 +399,7 @@ pub fn build(
                 vec16(&mut out, |o| {
                     vec16(o, |o| {
                         for &s in template.signature_algorithms {
-                            put_u16(o, s);
+                            put_u16(o, if s == GREASE { sigalg_grease } else { s });
                         }
                     })
                 });

@@ -99,6 +99,7 @@ fn chrome_hello_has_chromes_shape() {
         ext::PSK_KEY_EXCHANGE_MODES,
         ext::SUPPORTED_VERSIONS,
         ext::COMPRESS_CERTIFICATE,
+        ext::TRUST_ANCHORS,
         ext::APPLICATION_SETTINGS,
         ext::ENCRYPTED_CLIENT_HELLO,
     ];

@@ -450,6 +450,10 @@ async fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
         |c| {
             c.outbound_queue = 4;
             c.slow_consumer_timeout = Duration::from_secs(1);
+            // The client never logs in; on a loaded machine filling the
+            // kernel's buffers with pongs can take longer than the default
+            // 30 s login deadline, which would close it for another reason.
+            c.unauthenticated_timeout = Duration::from_secs(600);
         },
         true,
     )

@@ -399,3 +399,78 @@ async fn the_latest_setting_wins_on_both_sides_whatever_the_order() {
     assert_eq!(sweep_at(&bob, later(100 * 86_400_000)).messages, 0);
     server.stop().await;
 }
+
+/// The raw row of message `id` in a profile: its sealed body and expiry.
+fn raw_row(profile: &Path, id: &MessageId) -> Option<(Vec<u8>, Option<i64>)> {
+    let conn = rusqlite::Connection::open_with_flags(
+        profile.join("ponte.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row(
+        "SELECT body, expires_at_ms FROM messages WHERE id = ?1",
+        [id.0.to_vec()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .ok()
+}
+
+#[tokio::test]
+async fn listen_deletes_a_message_once_its_time_is_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server")).await;
+    let bob_dir = tmp.path().join("bob");
+    let mut alice = register(&tmp.path().join("alice"), &server.address, "alice").await;
+    let mut bob = register(&bob_dir, &server.address, "bob").await;
+    alice.set_timer(&with_bob(), secs(5)).await.unwrap();
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = shown.clone();
+    let mut on_event = move |e: Event| {
+        if let Event::Update(Update::Message(m)) = e {
+            sink.lock().unwrap().push(m.text);
+        }
+    };
+    let listen = bob.listen(&mut on_event, async move {
+        let _ = stopped.await;
+    });
+    let dir = bob_dir.clone();
+    let driver = async move {
+        let sent = alice.send("bob", MARKER).await.unwrap().message;
+        assert_eq!(sent.timer, secs(5));
+        // Displayed by listen: the clock runs (bounded: 30 s).
+        let mut sealed = None;
+        for _ in 0..300 {
+            if let Some((body, Some(_))) = raw_row(&dir, &sent.id) {
+                sealed = Some(body);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let sealed = sealed.expect("listen displayed the message");
+        // Gone within a few seconds of its time, while listen runs.
+        let mut gone = false;
+        for _ in 0..300 {
+            if raw_row(&dir, &sent.id).is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(gone, "listen did not delete the message");
+        let _ = stop.send(());
+        sealed
+    };
+    let (r, sealed) = tokio::time::timeout(std::time::Duration::from_secs(90), async {
+        tokio::join!(listen, driver)
+    })
+    .await
+    .unwrap();
+    r.unwrap();
+    assert!(shown.lock().unwrap().contains(&MARKER.to_owned()));
+    // Bob's database is still open: the WAL is there, and clean.
+    assert_nowhere(&bob_dir, &[("the sealed text", sealed.as_slice())]);
+    drop(bob);
+    server.stop().await;
+}

@@ -1,13 +1,15 @@
 //! Fuzz target for the end-to-end decoders a client runs on what the server
 //! hands it: `Ciphertext::from_bytes` (and the pre-key sender it exposes),
-//! `GroupCiphertext::from_bytes` and `Envelope::decode` (every kind: text,
-//! read receipt, group text, sender key, group op). No panic; whatever
-//! decodes re-encodes to bytes that decode the same.
+//! `GroupCiphertext::from_bytes`, `Envelope::decode` (versions 1 and 2,
+//! the latter with a disappearing-message timer; every kind: text, read
+//! receipt, file, group text, sender key, group op, timer setting) and
+//! `TimerSetting::from_bytes`. No panic; whatever decodes re-encodes to
+//! bytes that decode the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ponte_e2e::group::GroupCiphertext;
-use ponte_e2e::{Ciphertext, Envelope, Identity};
+use ponte_e2e::{Ciphertext, Envelope, Identity, TimerSetting};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(c) = Ciphertext::from_bytes(data) {
@@ -25,6 +27,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(
             Envelope::decode(&bytes).expect("re-encoded envelope decodes"),
             env
+        );
+    }
+    if let Ok(setting) = TimerSetting::from_bytes(data) {
+        assert_eq!(
+            TimerSetting::from_bytes(&setting.to_bytes()).expect("re-encoded setting decodes"),
+            setting
         );
     }
 });

@@ -1,6 +1,6 @@
 //! The client commands: `register`, `send`, `sync`, `listen`, `history`,
-//! `contacts`, `verify`, `status` and `via add|list|remove|clear` (over
-//! `ponte-client`).
+//! `contacts`, `verify`, `status`, `timer` and `via add|list|remove|clear`
+//! (over `ponte-client`).
 //!
 //! Routes: every command reaches the server directly or through relays
 //! given with `--via URL` (repeatable; `tls://HOST:PORT`, `tcp://HOST:PORT`
@@ -36,6 +36,7 @@ use std::time::Duration;
 
 mod output;
 mod passphrase;
+mod timer;
 use output::*;
 use passphrase::*;
 
@@ -190,6 +191,16 @@ pub enum ClientCommand {
     /// Relays saved in the profile: add, list, remove, clear.
     #[command(subcommand)]
     Via(ViaCommand),
+    /// Disappearing messages: show or set a conversation's timer (5s to 90d, or off).
+    Timer {
+        /// Contact handle.
+        name: String,
+        /// How long messages live once read: 30s, 5m, 1h, 7d, 2w, or `off`
+        /// (omitted: show the current timer).
+        duration: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Show the safety number (and QR code) to compare with a contact.
     Verify {
         /// Contact handle.
@@ -400,6 +411,11 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             })
         }
         ClientCommand::Via(cmd) => via(cmd),
+        ClientCommand::Timer {
+            name,
+            duration,
+            common,
+        } => timer::run(name, duration, common),
         ClientCommand::File(FileCommand::Get {
             message_id,
             out: target,

@@ -36,7 +36,9 @@ pub use client::Client;
 pub use profile::Profile;
 
 pub use error::{ClientError, CloseCode, Report, ServerCode};
-pub use store::{Contact, FileSummary, MessageView, Status, UnixMillis, Update};
+pub use store::{
+    Contact, Conversation, FileSummary, MessageView, Notice, Status, UnixMillis, Update,
+};
 
 /// Result alias.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -5,6 +5,16 @@
 //! | version | kind | message id | sent_at ms  | body             | padding |
 //! |  0x01   | u8   | 16 bytes   | u64 BE      | see below        | 0x00 .. |
 //! +---------+------+------------+-------------+------------------+---------+
+//!
+//! version 2 (a message that disappears): the same, with the timer after
+//! sent_at:
+//! +---------+------+------------+-------------+-------------+------+-----+
+//! | 0x02    | kind | message id | sent_at ms  | timer s     | body | pad |
+//! |         | u8   | 16 bytes   | u64 BE      | u32 BE      |      |     |
+//! +---------+------+------------+-------------+-------------+------+-----+
+//! timer: MIN_TIMER_SECS..=MAX_TIMER_SECS (never 0: an envelope without a
+//! timer is written as version 1, so every envelope has one encoding)
+//!
 //! kind 1 (text):         u32 BE length, then that many bytes of UTF-8
 //! kind 2 (read receipt): u16 BE count (<= MAX_RECEIPT_IDS), then count ids
 //! kind 3 (file):         blob id (16) | key (32) | ciphertext SHA-256 (32) |
@@ -14,9 +24,17 @@
 //! kind 5 (sender key):   group id (16), u16 BE length (<= MAX_SENDER_KEY_BYTES),
 //!                        a vodozemac Megolm session key
 //! kind 6 (group op):     u16 BE length (<= MAX_OP_BYTES), a group::SignedOp
+//! kind 7 (timer set):    scope u8 (0: this pairwise conversation,
+//!                        1: a group, then its group id (16)) |
+//!                        timer u32 BE seconds (0: off, else
+//!                        MIN_TIMER_SECS..=MAX_TIMER_SECS)
 //! ```
 //!
-//! Kinds 1, 2, 3, 5 and 6 travel inside Olm (pairwise). Kind 4 is the Megolm
+//! A client that predates disappearing messages refuses version 2 ("unknown
+//! version") and kind 7 ("unknown kind") like any envelope it cannot read:
+//! it never shows a timed message as if it were permanent.
+//!
+//! Kinds 1, 2, 3, 5, 6 and 7 travel inside Olm (pairwise). Kind 4 is the Megolm
 //! plaintext of a group message (see [`crate::group::megolm`]): the group
 //! message body is a group-specific envelope inside Megolm, not an Olm
 //! envelope wrapping Megolm, so the server stores one body for every
@@ -50,7 +68,14 @@ pub const MAX_MIME_BYTES: usize = 127;
 /// Envelopes are padded to a multiple of this many bytes.
 pub const PADDING_BLOCK: usize = 64;
 
+/// Shortest disappearing-message timer, in seconds.
+pub const MIN_TIMER_SECS: u32 = 5;
+/// Longest disappearing-message timer, in seconds (90 days).
+pub const MAX_TIMER_SECS: u32 = 90 * 86_400;
+
 const VERSION: u8 = 1;
+const VERSION_TIMED: u8 = 2;
+const KIND_TIMER: u8 = 7;
 const KIND_TEXT: u8 = 1;
 const KIND_READ: u8 = 2;
 const KIND_GROUP_TEXT: u8 = 4;
@@ -116,6 +141,92 @@ impl std::fmt::Display for MessageId {
     }
 }
 
+/// How long a message lives once displayed (disappearing messages):
+/// between [`MIN_TIMER_SECS`] and [`MAX_TIMER_SECS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timer(u32);
+
+impl Timer {
+    /// A timer of `secs` seconds, if within the bounds.
+    pub fn from_secs(secs: u32) -> Option<Self> {
+        (MIN_TIMER_SECS..=MAX_TIMER_SECS)
+            .contains(&secs)
+            .then_some(Self(secs))
+    }
+
+    /// Its length in seconds.
+    pub fn secs(self) -> u32 {
+        self.0
+    }
+
+    /// Its length in milliseconds.
+    pub fn millis(self) -> u64 {
+        u64::from(self.0) * 1000
+    }
+
+    /// Its length.
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.0))
+    }
+}
+
+/// A disappearing-messages setting for a conversation (kind 7): the
+/// timer that applies from now on to messages either side sends there
+/// (`None`: off). The last setting by sent time wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerSetting {
+    /// The group it is for, or `None` for the pairwise conversation the
+    /// envelope travels in.
+    pub group: Option<GroupId>,
+    /// The new timer (`None`: messages no longer disappear).
+    pub timer: Option<Timer>,
+}
+
+impl TimerSetting {
+    /// The kind 7 body (also how a client stores a setting it queues).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 16 + 4);
+        match &self.group {
+            None => out.push(0),
+            Some(g) => {
+                out.push(1);
+                out.extend_from_slice(&g.0);
+            }
+        }
+        out.extend_from_slice(&self.timer.map_or(0, Timer::secs).to_be_bytes());
+        out
+    }
+
+    /// Parse [`TimerSetting::to_bytes`] output (nothing may follow).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (setting, used) = Self::decode(bytes)?;
+        if used != bytes.len() {
+            return Err(Error::MalformedEnvelope("bytes after timer setting"));
+        }
+        Ok(setting)
+    }
+
+    /// Decode from the start of `bytes` (hostile input); the bytes used.
+    fn decode(bytes: &[u8]) -> Result<(Self, usize)> {
+        let mut rest = bytes;
+        let scope = take_array::<1>(&mut rest, "truncated timer setting")?[0];
+        let group = match scope {
+            0 => None,
+            1 => Some(GroupId(take_array::<16>(
+                &mut rest,
+                "truncated timer setting",
+            )?)),
+            _ => return Err(Error::MalformedEnvelope("unknown timer scope")),
+        };
+        let secs = u32::from_be_bytes(take_array::<4>(&mut rest, "truncated timer setting")?);
+        let timer = match secs {
+            0 => None,
+            s => Some(Timer::from_secs(s).ok_or(Error::MalformedEnvelope("timer out of range"))?),
+        };
+        Ok((Self { group, timer }, bytes.len() - rest.len()))
+    }
+}
+
 /// What an envelope carries.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -137,6 +248,8 @@ pub enum Payload {
     GroupOp(Box<SignedOp>),
     /// A file: where its encrypted blob is and how to open it.
     File(FileDescriptor),
+    /// A disappearing-messages setting for the conversation (kind 7).
+    TimerSetting(TimerSetting),
 }
 
 /// Everything a recipient needs to fetch, check and decrypt a file, and to
@@ -288,6 +401,7 @@ impl std::fmt::Debug for Payload {
             Payload::SenderKey(key) => f.debug_tuple("SenderKey").field(key).finish(),
             Payload::GroupOp(op) => f.debug_tuple("GroupOp").field(op).finish(),
             Payload::File(fd) => f.debug_tuple("File").field(fd).finish(),
+            Payload::TimerSetting(t) => f.debug_tuple("TimerSetting").field(t).finish(),
         }
     }
 }
@@ -301,13 +415,20 @@ pub struct Envelope {
     pub sent_at_ms: u64,
     /// The content.
     pub payload: Payload,
+    /// How long the message lives once displayed (`None`: it stays).
+    /// Carried in a version 2 envelope.
+    pub timer: Option<Timer>,
 }
 
 impl Envelope {
     /// Encode, checking caps, and pad.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(HEADER + 64);
-        out.push(VERSION);
+        out.push(if self.timer.is_some() {
+            VERSION_TIMED
+        } else {
+            VERSION
+        });
         match &self.payload {
             Payload::Text(_) => out.push(KIND_TEXT),
             Payload::ReadReceipt(_) => out.push(KIND_READ),
@@ -315,9 +436,14 @@ impl Envelope {
             Payload::SenderKey(_) => out.push(KIND_SENDER_KEY),
             Payload::GroupOp(_) => out.push(KIND_GROUP_OP),
             Payload::File(_) => out.push(KIND_FILE),
+            Payload::TimerSetting(_) => out.push(KIND_TIMER),
         }
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
+        if let Some(timer) = self.timer {
+            // A Timer is within its bounds by construction.
+            out.extend_from_slice(&timer.secs().to_be_bytes());
+        }
         match &self.payload {
             Payload::Text(text) => {
                 if text.len() > MAX_TEXT_BYTES {
@@ -357,6 +483,7 @@ impl Envelope {
                 out.extend_from_slice(&bytes);
             }
             Payload::File(fd) => fd.encode_into(&mut out)?,
+            Payload::TimerSetting(t) => out.extend_from_slice(&t.to_bytes()),
         }
         let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
         out.resize(padded, 0);
@@ -368,16 +495,24 @@ impl Envelope {
         if bytes.len() < HEADER {
             return Err(Error::MalformedEnvelope("truncated header"));
         }
-        if bytes[0] != VERSION {
-            return Err(Error::MalformedEnvelope("unknown version"));
-        }
+        let timed = match bytes[0] {
+            VERSION => false,
+            VERSION_TIMED => true,
+            _ => return Err(Error::MalformedEnvelope("unknown version")),
+        };
         let kind = bytes[1];
         let id = MessageId::from_slice(&bytes[2..18])
             .ok_or(Error::MalformedEnvelope("bad message id"))?;
         let mut sent = [0u8; 8];
         sent.copy_from_slice(&bytes[18..26]);
         let sent_at_ms = u64::from_be_bytes(sent);
-        let rest = &bytes[HEADER..];
+        let mut rest = &bytes[HEADER..];
+        let timer = if timed {
+            let secs = u32::from_be_bytes(take_array::<4>(&mut rest, "truncated timer")?);
+            Some(Timer::from_secs(secs).ok_or(Error::MalformedEnvelope("timer out of range"))?)
+        } else {
+            None
+        };
         let (payload, used) = match kind {
             KIND_TEXT => {
                 let (text, used) = decode_text(rest)?;
@@ -431,6 +566,10 @@ impl Envelope {
                 let (fd, used) = FileDescriptor::decode(rest)?;
                 (Payload::File(fd), used)
             }
+            KIND_TIMER => {
+                let (setting, used) = TimerSetting::decode(rest)?;
+                (Payload::TimerSetting(setting), used)
+            }
             _ => return Err(Error::MalformedEnvelope("unknown kind")),
         };
         if rest[used..].iter().any(|&b| b != 0) {
@@ -440,6 +579,7 @@ impl Envelope {
             id,
             sent_at_ms,
             payload,
+            timer,
         })
     }
 }
@@ -508,6 +648,7 @@ mod tests {
     #[test]
     fn text_roundtrip_and_padding() {
         let env = Envelope {
+            timer: None,
             id: MessageId::random(),
             sent_at_ms: 1_700_000_000_123,
             payload: Payload::Text("olá, ponte".into()),
@@ -521,6 +662,7 @@ mod tests {
     fn receipt_roundtrip() {
         let ids: Vec<_> = (0..3).map(|_| MessageId::random()).collect();
         let env = Envelope {
+            timer: None,
             id: MessageId::random(),
             sent_at_ms: 5,
             payload: Payload::ReadReceipt(ids),
@@ -531,6 +673,7 @@ mod tests {
     #[test]
     fn rejects_hostile_input() {
         let env = Envelope {
+            timer: None,
             id: MessageId([1; 16]),
             sent_at_ms: 1,
             payload: Payload::Text("hi".into()),
@@ -568,6 +711,7 @@ mod tests {
 
     fn file_env() -> Envelope {
         Envelope {
+            timer: None,
             id: MessageId::random(),
             sent_at_ms: 9,
             payload: Payload::File(FileDescriptor {
@@ -644,6 +788,7 @@ mod tests {
             Payload::GroupOp(Box::new(op)),
         ] {
             let env = Envelope {
+                timer: None,
                 id: MessageId::random(),
                 sent_at_ms: 9,
                 payload,
@@ -694,6 +839,106 @@ mod tests {
         files[1] = 3;
         files.extend_from_slice(&[0; 38]);
         assert!(Envelope::decode(&files).is_err());
+    }
+
+    #[test]
+    fn a_timer_makes_a_version_2_envelope_that_roundtrips() {
+        let timer = Timer::from_secs(3600).unwrap();
+        for payload in [Payload::Text("gone soon".into()), file_env().payload] {
+            let env = Envelope {
+                timer: Some(timer),
+                id: MessageId::random(),
+                sent_at_ms: 1_700_000_000_000,
+                payload,
+            };
+            let bytes = env.encode().unwrap();
+            assert_eq!(bytes[0], VERSION_TIMED);
+            assert_eq!(bytes[HEADER..HEADER + 4], 3600u32.to_be_bytes());
+            assert_eq!(bytes.len() % PADDING_BLOCK, 0);
+            assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+            // Without the timer: version 1, as before timers existed.
+            let plain = Envelope { timer: None, ..env };
+            assert_eq!(plain.encode().unwrap()[0], VERSION);
+        }
+    }
+
+    #[test]
+    fn timers_outside_the_bounds_are_refused() {
+        assert_eq!(Timer::from_secs(0), None);
+        assert_eq!(Timer::from_secs(MIN_TIMER_SECS - 1), None);
+        assert_eq!(Timer::from_secs(MIN_TIMER_SECS).unwrap().secs(), 5);
+        assert_eq!(
+            Timer::from_secs(MAX_TIMER_SECS).unwrap().duration(),
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(Timer::from_secs(MAX_TIMER_SECS + 1), None);
+        let env = Envelope {
+            timer: Some(Timer::from_secs(60).unwrap()),
+            id: MessageId([3; 16]),
+            sent_at_ms: 1,
+            payload: Payload::Text("hi".into()),
+        };
+        let good = env.encode().unwrap();
+        for secs in [0, 1, MIN_TIMER_SECS - 1, MAX_TIMER_SECS + 1, u32::MAX] {
+            let mut bad = good.clone();
+            bad[HEADER..HEADER + 4].copy_from_slice(&secs.to_be_bytes());
+            assert!(
+                matches!(
+                    Envelope::decode(&bad),
+                    Err(Error::MalformedEnvelope("timer out of range"))
+                ),
+                "{secs}"
+            );
+        }
+        // Cut inside the timer or the text after it.
+        for len in 0..HEADER + 4 + 4 + 2 {
+            assert!(Envelope::decode(&good[..len]).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn timer_settings_roundtrip_and_refuse_hostile_bodies() {
+        let group = GroupId([9; 16]);
+        for setting in [
+            TimerSetting {
+                group: None,
+                timer: Timer::from_secs(30),
+            },
+            TimerSetting {
+                group: None,
+                timer: None,
+            },
+            TimerSetting {
+                group: Some(group),
+                timer: Timer::from_secs(MAX_TIMER_SECS),
+            },
+        ] {
+            let env = Envelope {
+                timer: None,
+                id: MessageId::random(),
+                sent_at_ms: 7,
+                payload: Payload::TimerSetting(setting),
+            };
+            let bytes = env.encode().unwrap();
+            assert_eq!((bytes[0], bytes[1]), (VERSION, KIND_TIMER));
+            assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+            let alone = setting.to_bytes();
+            assert_eq!(TimerSetting::from_bytes(&alone).unwrap(), setting);
+            assert!(TimerSetting::from_bytes(&[alone.as_slice(), &[0]].concat()).is_err());
+            for len in 0..alone.len() {
+                assert!(
+                    TimerSetting::from_bytes(&alone[..len]).is_err(),
+                    "len {len}"
+                );
+            }
+        }
+        let mut head = vec![VERSION, KIND_TIMER];
+        head.extend_from_slice(&[0; 16 + 8]);
+        // Unknown scope; a timer below the minimum; a truncated group id.
+        for body in [&[2u8, 0, 0, 0, 60][..], &[0, 0, 0, 0, 4], &[1, 9, 9]] {
+            let bytes = [head.as_slice(), body].concat();
+            assert!(Envelope::decode(&bytes).is_err(), "{body:?}");
+        }
     }
 
     #[test]

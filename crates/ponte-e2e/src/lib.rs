@@ -33,7 +33,9 @@ pub mod identity;
 pub mod safety;
 pub mod session;
 
-pub use envelope::{Envelope, FileDescriptor, MessageId, Payload, MAX_TEXT_BYTES};
+pub use envelope::{
+    Envelope, FileDescriptor, MessageId, Payload, Timer, TimerSetting, MAX_TEXT_BYTES,
+};
 pub use file::{FileError, FileKey};
 pub use identity::{Identity, PreKey, PublicIdentity};
 pub use safety::SafetyNumber;

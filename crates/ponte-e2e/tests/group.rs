@@ -54,6 +54,7 @@ fn olm(a: &Device, b: &mut Device) -> (Session, Session) {
 
 fn envelope(payload: Payload) -> Vec<u8> {
     Envelope {
+        timer: None,
         id: MessageId::random(),
         sent_at_ms: NOW,
         payload,
@@ -78,6 +79,7 @@ fn op_of(payload: Payload) -> SignedOp {
 
 fn group_text(state: &GroupState, text: &str) -> Envelope {
     Envelope {
+        timer: None,
         id: MessageId::random(),
         sent_at_ms: NOW,
         payload: Payload::GroupText {

@@ -10,6 +10,7 @@ fn roundtrip(c: &Ciphertext) -> Ciphertext {
 
 fn text(s: &str) -> Vec<u8> {
     Envelope {
+        timer: None,
         id: MessageId::random(),
         sent_at_ms: 1,
         payload: Payload::Text(s.into()),

@@ -227,6 +227,7 @@ pub(super) fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
             "path": f.path.as_ref().map(|p| p.display().to_string()),
         });
     }
+    super::timer::add_json(&mut v, m);
     v
 }
 
@@ -306,6 +307,9 @@ pub(super) fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::R
         // Raw text: JSON escapes control characters itself.
         return out(message_json(me, m));
     }
+    if let Some(n) = &m.notice {
+        return out(super::timer::notice_line(me, m, n));
+    }
     let when = rfc3339(m.sent_at.0);
     let peer = clean(&m.peer);
     let text = if m.unreadable {
@@ -318,9 +322,10 @@ pub(super) fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::R
         Some(f) => Cow::Owned(format!("{} {text}", file_label(f))),
         None => text,
     };
+    let tail = super::timer::suffix(m);
     if m.outgoing {
         out(format_args!(
-            "{when} {me} -> {peer}: {text} [{} {}]",
+            "{when} {me} -> {peer}: {text}{tail} [{} {}]",
             m.status.as_str(),
             ticks(m.status)
         ))
@@ -330,7 +335,7 @@ pub(super) fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::R
         } else {
             ""
         };
-        out(format_args!("{when} {warn}{peer} -> {me}: {text}"))
+        out(format_args!("{when} {warn}{peer} -> {me}: {text}{tail}"))
     }
 }
 

@@ -13,7 +13,9 @@
 //!   acknowledgements, reconnecting);
 //! - `status`: routes: the relays saved in the profile and `ponte status`;
 //! - `views`: local views (history, contacts, safety numbers);
-//! - `files`: sending files (encrypt, upload, resume) and fetching them.
+//! - `files`: sending files (encrypt, upload, resume) and fetching them;
+//! - `timers`: disappearing messages: a conversation's timer, and the
+//!   sweep that deletes what expired.
 //!
 //! The flow on every connection: connect over the routes, Noise handshake
 //! against the key in the server address, `Login`, top up one-time keys if
@@ -38,12 +40,14 @@ mod outbound;
 mod register;
 mod status;
 mod sync;
+mod timers;
 mod views;
 
 pub use files::{guess_mime, Progress, DEFAULT_AUTO_DOWNLOAD, FILES_DIR};
 pub use outbound::SendOutcome;
 pub use register::{RegisterOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use status::{last_route, save_vias, saved_vias, RouteProbe, RouteStatus, MAX_SAVED_VIAS};
+pub use timers::{format_timer, parse_timer};
 
 use crate::connection::{Connection, Handshake, REQUEST_TIMEOUT};
 use crate::profile::Profile;
@@ -198,7 +202,7 @@ impl Client {
         let identity = store.identity()?.ok_or_else(not_registered)?;
         let secret = store.secret("noise")?.ok_or_else(not_registered)?;
         let device = device_keypair(&secret)?;
-        Ok(Self {
+        let client = Self {
             profile,
             identity,
             device,
@@ -215,7 +219,10 @@ impl Client {
             remembered: None,
             auto_download: files::DEFAULT_AUTO_DOWNLOAD,
             fetch_failed: BTreeSet::new(),
-        })
+        };
+        // Whatever expired while no client ran goes before anything is read.
+        client.sweep_expired()?;
+        Ok(client)
     }
 
     /// Own handle.

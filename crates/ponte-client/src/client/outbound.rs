@@ -532,8 +532,10 @@ fn encrypt(
         OutboxKind::Text(t) => Payload::Text(t.clone()),
         OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
         OutboxKind::File(fd) => Payload::File(fd.clone()),
+        OutboxKind::TimerSetting(t) => Payload::TimerSetting(*t),
     };
     let envelope = Envelope {
+        timer: item.timer,
         id: item.id,
         sent_at_ms: item.sent_at.0,
         payload,

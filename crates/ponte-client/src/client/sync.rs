@@ -184,9 +184,10 @@ impl Client {
             Payload::Text(t) => IncomingContent::Text(t),
             Payload::ReadReceipt(ids) => IncomingContent::ReadReceipt(ids),
             Payload::File(fd) => IncomingContent::File(fd),
+            Payload::TimerSetting(t) => IncomingContent::TimerSetting(t),
             _ => IncomingContent::ReadReceipt(&[]),
         };
-        self.store().commit_incoming(&Incoming {
+        let incoming = Incoming {
             peer: sender,
             id: envelope.id,
             sent_at: UnixMillis(envelope.sent_at_ms),
@@ -194,7 +195,9 @@ impl Client {
             identity: opened.new_session.then_some(&self.identity),
             key_changed,
             content,
-        })?;
+        };
+        self.store()
+            .commit_incoming_with_timer(&incoming, envelope.timer)?;
         Ok(())
     }
 
@@ -317,6 +320,7 @@ impl Client {
             self.flush_outbox(&mut conn, events).await?;
             self.report_updates(events)?;
         }
+        self.sweep_expired()?;
         Ok(())
     }
 
@@ -458,6 +462,7 @@ impl Client {
                 last_flush = tokio::time::Instant::now();
             }
             last_outbox = self.store().outbox_len()?;
+            self.sweep_if_due()?;
             if last_ping.elapsed() >= PING_EVERY {
                 conn.request(client_frame::Body::Ping(Ping { nonce: 2 }), REQUEST_TIMEOUT)
                     .await?;

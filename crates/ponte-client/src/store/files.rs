@@ -139,6 +139,7 @@ impl Store {
             FileState::Upload,
             Some(encrypted),
         )?;
+        super::expiry::stamp_outgoing(&tx, peer, &id, now)?;
         tx.commit()?;
         Ok(id)
     }
@@ -336,17 +337,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("ponte.db");
         {
-            let conn = open_connection(&path).unwrap();
-            conn.execute_batch("DROP TABLE files").unwrap();
+            // What version 1 created.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(super::super::SCHEMA).unwrap();
             meta_set(&conn, "schema", "1").unwrap();
         }
         let conn = open_connection(&path).unwrap();
-        assert_eq!(meta_get(&conn, "schema").unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            meta_get(&conn, "schema").unwrap().as_deref(),
+            Some(super::super::SCHEMA_VERSION.to_string().as_str())
+        );
         let n: i64 = conn
             .query_row("SELECT COUNT(*) FROM files", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
-        meta_set(&conn, "schema", "3").unwrap();
+        meta_set(&conn, "schema", "99").unwrap();
         drop(conn);
         assert!(open_connection(&path).is_err());
     }

@@ -36,6 +36,7 @@ impl Store {
             &OutboxKind::Text(text.into()),
             now,
         )?;
+        super::expiry::stamp_outgoing(&tx, peer, &id, now)?;
         tx.commit()?;
         Ok(id)
     }
@@ -78,7 +79,10 @@ impl Store {
     /// Everything waiting in the outbox, oldest first.
     pub fn outbox(&self) -> Result<Vec<OutboxItem>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, peer, kind, payload, sent_at_ms, ciphertext FROM outbox ORDER BY seq",
+            "SELECT id, peer, kind, payload, sent_at_ms, ciphertext,
+             (SELECT timer_ms FROM messages m
+              WHERE m.peer = outbox.peer AND m.outgoing = 1 AND m.id = outbox.id)
+             FROM outbox ORDER BY seq",
         )?;
         let rows = stmt
             .query_map([], |r| {
@@ -89,11 +93,12 @@ impl Store {
                     r.get::<_, Vec<u8>>(3)?,
                     r.get::<_, UnixMillis>(4)?,
                     r.get::<_, Option<Vec<u8>>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (id, peer, kind, payload, sent_at, ciphertext) in rows {
+        for (id, peer, kind, payload, sent_at, ciphertext, timer_ms) in rows {
             let id = MessageId::from_slice(&id).ok_or(ClientError::Corrupt("outbox id"))?;
             let plain = self
                 .key
@@ -106,6 +111,10 @@ impl Store {
                 3 => OutboxKind::File(
                     ponte_e2e::FileDescriptor::from_bytes(&plain)
                         .map_err(|_| ClientError::Corrupt("outbox file"))?,
+                ),
+                4 => OutboxKind::TimerSetting(
+                    ponte_e2e::TimerSetting::from_bytes(&plain)
+                        .map_err(|_| ClientError::Corrupt("outbox timer setting"))?,
                 ),
                 _ => OutboxKind::ReadReceipt(
                     plain
@@ -120,6 +129,7 @@ impl Store {
                 kind,
                 sent_at,
                 ciphertext,
+                timer: super::expiry::timer_from_ms(timer_ms),
             });
         }
         Ok(out)
@@ -219,6 +229,17 @@ impl Store {
     /// marker, and its effect (a text into history, or read ticks). Returns
     /// false if it had already been processed (nothing changed).
     pub fn commit_incoming(&self, incoming: &Incoming<'_>) -> Result<bool> {
+        self.commit_incoming_with_timer(incoming, None)
+    }
+
+    /// [`Store::commit_incoming`] for a message that carries a
+    /// disappearing timer in its envelope: its clock starts when it is
+    /// first displayed.
+    pub fn commit_incoming_with_timer(
+        &self,
+        incoming: &Incoming<'_>,
+        timer: Option<ponte_e2e::Timer>,
+    ) -> Result<bool> {
         let tx = self.conn.unchecked_transaction()?;
         if let Some(identity) = incoming.identity {
             save_identity(&tx, &self.key, identity)?;
@@ -275,7 +296,11 @@ impl Store {
                         None,
                     )?;
                 }
+                IncomingContent::TimerSetting(setting) => {
+                    super::expiry::commit_setting(&tx, &self.key, incoming, setting)?;
+                }
             }
+            super::expiry::stamp_incoming(&tx, incoming, timer)?;
         }
         tx.commit()?;
         Ok(fresh)
@@ -304,6 +329,7 @@ impl Store {
             "UPDATE messages SET shown_status = status WHERE shown_status <> status",
             [],
         )?;
+        super::expiry::start_clocks(&tx, &displayed)?;
         queue_receipts(&tx, &self.key, &displayed)?;
         tx.commit()?;
         Ok(updates)
@@ -351,6 +377,7 @@ impl Store {
                 displayed.push((v.peer.clone(), v.id));
             }
         }
+        super::expiry::start_clocks(&tx, &displayed)?;
         queue_receipts(&tx, &self.key, &displayed)?;
         tx.commit()?;
         Ok(())
@@ -390,6 +417,7 @@ impl Store {
             "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 0",
             [peer],
         )?;
+        super::expiry::start_clocks(&tx, &unseen)?;
         queue_receipts(&tx, &self.key, &unseen)?;
         tx.commit()?;
         Ok(views)
@@ -443,6 +471,7 @@ pub(super) fn insert_outbox(
         OutboxKind::Text(t) => (1, t.as_bytes().to_vec()),
         OutboxKind::ReadReceipt(ids) => (2, ids.iter().flat_map(|i| i.0).collect::<Vec<u8>>()),
         OutboxKind::File(fd) => (3, fd.to_bytes()?),
+        OutboxKind::TimerSetting(t) => (4, t.to_bytes()),
     };
     let payload = key.seal(&aad("outbox", "payload", &id.0), &plain);
     tx.execute(
@@ -516,7 +545,8 @@ fn select_views(
     args: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<MessageView>> {
     let sql = format!(
-        "SELECT peer, outgoing, id, body, sent_at_ms, status, flags FROM messages WHERE {filter} ORDER BY seq"
+        "SELECT peer, outgoing, id, body, sent_at_ms, status, flags, timer_ms, expires_at_ms
+         FROM messages WHERE {filter} ORDER BY seq"
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt
@@ -529,11 +559,13 @@ fn select_views(
                 r.get::<_, UnixMillis>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+                r.get::<_, Option<UnixMillis>>(8)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(rows.len());
-    for (peer, outgoing, id, body, sent_at, status, flags) in rows {
+    for (peer, outgoing, id, body, sent_at, status, flags, timer_ms, expires_at) in rows {
         let id = MessageId::from_slice(&id).ok_or(ClientError::Corrupt("message id"))?;
         // A row whose text does not open stays closed (no text) and is
         // marked, so one damaged row does not hide the others.
@@ -544,6 +576,16 @@ fn select_views(
             )
             .ok()
             .and_then(|t| String::from_utf8(t).ok());
+        let (timer, notice) =
+            super::expiry::view_parts(flags, timer_ms, text.as_deref().unwrap_or(""));
+        // A notice's body is what it says, not text; one that does not
+        // parse is unreadable.
+        let unreadable_body = match notice {
+            Some(None) => text.is_none(),
+            Some(Some(_)) => false,
+            None => true,
+        };
+        let text = text.filter(|_| notice == Some(None));
         // A file row that does not open marks the message the same way.
         let (file, file_unreadable) = match super::files::summary(conn, key, &peer, outgoing, &id) {
             Ok(file) => (file, false),
@@ -554,12 +596,15 @@ fn select_views(
             id,
             peer,
             outgoing,
-            unreadable: text.is_none() || file_unreadable,
+            unreadable: unreadable_body || file_unreadable,
             text: text.unwrap_or_default(),
             sent_at,
             status: Status::from_i64(status),
             key_changed: flags & FLAG_UNVERIFIED_KEY_CHANGE != 0,
             file,
+            timer,
+            expires_at,
+            notice: notice.flatten(),
         });
     }
     Ok(out)

@@ -14,6 +14,7 @@
 //! | `outbox` | what waits to go out: texts and read receipts (S), with the ciphertext once encrypted |
 //! | `inbox_seen` | ids of every end-to-end message already processed (dedup) |
 //! | `files` | per file message: its descriptor (S: blob id, key, hash, name, size, type, caption), upload or download state, local path (S) |
+//! | `timers` | per conversation: the disappearing-messages timer in force and the setting that won (`expiry`) |
 //!
 //! Handles, times and statuses are stored in clear (the server knows them
 //! too); message text, receipts and private keys never are.
@@ -23,11 +24,16 @@
 //! state of each file sent or received.
 //!
 //! Schema versions: 1 had no `files` table; opening a version 1 database
-//! creates it and records version 2.
+//! creates it and records version 2. Version 4 adds disappearing messages
+//! (`expiry`: the `timers` table, and each message's timer and expiry).
+//! Each step of [`MIGRATIONS`] runs in one transaction with the version
+//! it reaches.
 
+mod expiry;
 mod files;
 mod messages;
 
+pub use expiry::{Conversation, Notice, Swept, FLAG_TIMER_NOTICE};
 pub use files::{FileRecord, FileState};
 
 use crate::atrest::ProfileKey;
@@ -37,7 +43,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use zeroize::Zeroizing;
 
 /// Current schema version.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 4;
 /// Most Olm sessions kept per contact (oldest dropped first).
 const MAX_SESSIONS_PER_CONTACT: i64 = 8;
 
@@ -108,6 +114,10 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_state ON files(state);
 ";
+
+/// Steps from an older schema, in order: the version each reaches and
+/// its SQL. A new database runs them all after [`SCHEMA`].
+const MIGRATIONS: &[(i64, &str)] = &[(2, SCHEMA_FILES), (4, expiry::SCHEMA_TIMERS)];
 
 /// Tick status of a message. Outgoing messages move forward only:
 /// queued -> sent -> delivered -> read (or expired if never delivered).
@@ -196,6 +206,13 @@ pub struct MessageView {
     pub unreadable: bool,
     /// The file it carries, for a file message (`text` is its caption).
     pub file: Option<FileSummary>,
+    /// How long it lives once displayed (disappearing messages).
+    pub timer: Option<ponte_e2e::Timer>,
+    /// When it disappears, once its clock runs (incoming: from its first
+    /// display; outgoing: from when it was written).
+    pub expires_at: Option<UnixMillis>,
+    /// Not a message but a notice (a timer setting); `text` is empty.
+    pub notice: Option<Notice>,
 }
 
 /// What a history view shows of a file message.
@@ -260,6 +277,8 @@ pub enum OutboxKind {
     ReadReceipt(Vec<MessageId>),
     /// A file whose blob is uploaded (its descriptor).
     File(ponte_e2e::FileDescriptor),
+    /// A disappearing-messages setting for the conversation.
+    TimerSetting(ponte_e2e::TimerSetting),
 }
 
 impl std::fmt::Debug for OutboxKind {
@@ -269,6 +288,7 @@ impl std::fmt::Debug for OutboxKind {
             OutboxKind::Text(t) => write!(f, "Text({} bytes)", t.len()),
             OutboxKind::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
             OutboxKind::File(fd) => f.debug_tuple("File").field(fd).finish(),
+            OutboxKind::TimerSetting(t) => f.debug_tuple("TimerSetting").field(t).finish(),
         }
     }
 }
@@ -286,6 +306,8 @@ pub struct OutboxItem {
     pub sent_at: UnixMillis,
     /// The Olm ciphertext, once encrypted (resent as is after a crash).
     pub ciphertext: Option<Vec<u8>>,
+    /// The message's disappearing timer (carried in its envelope).
+    pub timer: Option<ponte_e2e::Timer>,
 }
 
 /// Result of comparing an identity announced for a contact with what we know.
@@ -351,6 +373,8 @@ fn identity_from_row(curve: Vec<u8>, ed: Vec<u8>) -> Result<PublicIdentity> {
 pub struct Store {
     conn: Connection,
     key: ProfileKey,
+    /// A sweep deleted messages but could not empty the WAL yet.
+    scrub_owed: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -364,7 +388,11 @@ impl Store {
     /// already-derived key. Use [`crate::profile`] to get the key.
     pub fn open_with_key(path: &std::path::Path, key: ProfileKey) -> Result<Self> {
         let conn = open_connection(path)?;
-        Ok(Self { conn, key })
+        Ok(Self {
+            conn,
+            key,
+            scrub_owed: std::cell::Cell::new(false),
+        })
     }
 
     // ------------------------------------------------------------ meta
@@ -572,6 +600,8 @@ pub enum IncomingContent<'a> {
     ReadReceipt(&'a [MessageId]),
     /// A file (the caption goes to the history, the rest to `files`).
     File(&'a ponte_e2e::FileDescriptor),
+    /// A disappearing-messages setting (a notice in the history).
+    TimerSetting(&'a ponte_e2e::TimerSetting),
 }
 
 impl std::fmt::Debug for IncomingContent<'_> {
@@ -580,6 +610,7 @@ impl std::fmt::Debug for IncomingContent<'_> {
             IncomingContent::Text(t) => write!(f, "Text({} bytes)", t.len()),
             IncomingContent::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
             IncomingContent::File(fd) => f.debug_tuple("File").field(fd).finish(),
+            IncomingContent::TimerSetting(t) => f.debug_tuple("TimerSetting").field(t).finish(),
         }
     }
 }
@@ -604,14 +635,21 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection> {
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
-    let version: Option<String> = meta_get(&conn, "schema")?;
-    match version.as_deref() {
-        None | Some("1") => {
-            conn.execute_batch(SCHEMA_FILES)?;
-            meta_set(&conn, "schema", &SCHEMA_VERSION.to_string())?;
+    let version = match meta_get(&conn, "schema")?.as_deref() {
+        None => 1,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|v| (1..=SCHEMA_VERSION).contains(v))
+            .ok_or(ClientError::Corrupt("unsupported schema version"))?,
+    };
+    for &(reaches, sql) in MIGRATIONS {
+        if version < reaches {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            meta_set(&tx, "schema", &reaches.to_string())?;
+            tx.commit()?;
         }
-        Some(v) if v == SCHEMA_VERSION.to_string() => {}
-        Some(_) => return Err(ClientError::Corrupt("unsupported schema version")),
     }
     Ok(conn)
 }
@@ -719,7 +757,9 @@ mod tests {
             .into_iter()
             .flat_map(|i| match i.kind {
                 OutboxKind::ReadReceipt(ids) => ids,
-                OutboxKind::Text(_) | OutboxKind::File(_) => Vec::new(),
+                OutboxKind::Text(_) | OutboxKind::File(_) | OutboxKind::TimerSetting(_) => {
+                    Vec::new()
+                }
             })
             .collect()
     }

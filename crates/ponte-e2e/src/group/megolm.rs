@@ -474,6 +474,7 @@ mod tests {
 
     fn text(group: GroupId, text: &str) -> Envelope {
         Envelope {
+            timer: None,
             id: MessageId::random(),
             sent_at_ms: NOW,
             payload: Payload::GroupText {

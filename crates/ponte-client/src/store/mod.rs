@@ -13,6 +13,7 @@
 //! | `messages` | history: peer, direction, text (S), times, tick status, displayed flag |
 //! | `outbox` | what waits to go out: texts and read receipts (S), with the ciphertext once encrypted |
 //! | `inbox_seen` | ids of every end-to-end message already processed (dedup) |
+//! | `unread` | incoming messages reported to a chat window and not read yet (created on first use, see `chats`) |
 //! | `files` | per file message: its descriptor (S: blob id, key, hash, name, size, type, caption), upload or download state, local path (S) |
 //!
 //! Handles, times and statuses are stored in clear (the server knows them
@@ -25,9 +26,11 @@
 //! Schema versions: 1 had no `files` table; opening a version 1 database
 //! creates it and records version 2.
 
+mod chats;
 mod files;
 mod messages;
 
+pub use chats::{ChatSummary, ConversationPage, MAX_PAGE};
 pub use files::{FileRecord, FileState};
 
 use crate::atrest::ProfileKey;

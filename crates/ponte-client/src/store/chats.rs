@@ -131,7 +131,7 @@ impl Store {
             .filter_map(|i| MessageId::from_slice(i))
             .map(|i| (peer.to_owned(), i))
             .collect();
-        displayed.sort_by(|a, b| a.1 .0.cmp(&b.1 .0));
+        displayed.sort_by_key(|d| d.1 .0);
         displayed.dedup();
         queue_receipts(&tx, &self.key, &displayed)?;
         tx.commit()?;

@@ -84,6 +84,9 @@ pub struct App {
     local: Mutex<Option<Client>>,
     net: Mutex<Net>,
     live: broadcast::Sender<String>,
+    /// Bumped at each state change: the page drops a state older than the
+    /// one it shows (an answer and a live event can cross).
+    version: std::sync::atomic::AtomicU64,
     closing: watch::Sender<bool>,
     setup: mpsc::Sender<Setup>,
     commands: mpsc::Sender<Command>,
@@ -181,6 +184,7 @@ impl App {
                 ..Net::default()
             }),
             live,
+            version: std::sync::atomic::AtomicU64::new(0),
             closing: watch::channel(false).0,
             setup,
             commands,
@@ -239,6 +243,7 @@ impl App {
         };
         json!({
             "type": "state",
+            "version": self.version.load(std::sync::atomic::Ordering::SeqCst),
             "phase": name,
             "error": error,
             "handle": *lock(&self.handle),
@@ -251,6 +256,8 @@ impl App {
     }
 
     fn push_state(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.send_live(&self.state_json());
     }
 

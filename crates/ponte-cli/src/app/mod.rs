@@ -86,6 +86,7 @@ pub fn run(args: AppArgs) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
+    crate::init_logging();
     let dir = profile::resolve_dir(args.profile.clone())?;
     let lock = ProfileLock::exclusive(&dir, &format!("ponte app, pid {}", std::process::id()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -155,13 +155,17 @@ async fn register(
 }
 
 /// Wait for the first-run or unlock screen until the profile opens.
+/// The answer for the screen that opened the profile, sent once the app
+/// is ready (so it reports the open profile).
+type Opened = (Client, Client, Option<oneshot::Sender<Result<(), String>>>);
+
 async fn until_open(
     app: &App,
     setup: &mut mpsc::Receiver<Setup>,
     stop: &mut watch::Receiver<bool>,
-) -> Option<(Client, Client)> {
-    if let Some(pair) = open_at_start(app) {
-        return Some(pair);
+) -> Option<Opened> {
+    if let Some((net, local)) = open_at_start(app) {
+        return Some((net, local, None));
     }
     loop {
         let request = tokio::select! {
@@ -182,10 +186,7 @@ async fn until_open(
                     continue;
                 }
                 match register(app, server, handle, passphrase, invite, relay).await {
-                    Ok(pair) => {
-                        let _ = reply.send(Ok(()));
-                        return Some(pair);
-                    }
+                    Ok((net, local)) => return Some((net, local, Some(reply))),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
@@ -197,10 +198,7 @@ async fn until_open(
                     continue;
                 }
                 match open_pair(app.dir(), Some(&passphrase)) {
-                    Ok(pair) => {
-                        let _ = reply.send(Ok(()));
-                        return Some(pair);
-                    }
+                    Ok((net, local)) => return Some((net, local, Some(reply))),
                     Err(e) => {
                         let _ = reply.send(Err(err(&e)));
                     }
@@ -220,11 +218,14 @@ pub async fn control(
         mut setup,
         mut commands,
     } = control;
-    let Some((mut client, local)) = until_open(&app, &mut setup, &mut stop).await else {
+    let Some((mut client, local, reply)) = until_open(&app, &mut setup, &mut stop).await else {
         return Ok(());
     };
     client.set_read_when_opened(true);
     app.ready(local, client.handle());
+    if let Some(reply) = reply {
+        let _ = reply.send(Ok(()));
+    }
     // Later setup requests are answered: nothing to set up.
     tokio::spawn(async move {
         while let Some(r) = setup.recv().await {

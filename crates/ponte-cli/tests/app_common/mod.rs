@@ -38,6 +38,7 @@ impl App {
             .env_remove("DISPLAY")
             .env_remove("WAYLAND_DISPLAY")
             .env("NO_COLOR", "1")
+            .env("RUST_LOG", "ponte_client=debug,info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -162,9 +163,40 @@ pub fn raw(
     ));
     s.write_all(req.as_bytes()).unwrap();
     s.write_all(body).unwrap();
+    // Read until the answer is complete by its own framing (a server may
+    // keep the connection open whatever `Connection: close` asked).
     let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if complete(&all) {
+            break;
+        }
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
     parse(&all)
+}
+
+/// Whether `all` holds a whole response (head, and the body its
+/// Content-Length or chunked framing announces).
+fn complete(all: &[u8]) -> bool {
+    let Some(end) = all.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&all[..end]).to_ascii_lowercase();
+    let body = &all[end + 4..];
+    for line in head.split("\r\n") {
+        if let Some(v) = line.strip_prefix("content-length:") {
+            return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    false
 }
 
 fn parse(all: &[u8]) -> Reply {

@@ -72,7 +72,10 @@ impl Store {
         views: impl IntoIterator<Item = &'a MessageView>,
     ) -> Result<()> {
         ensure(&self.conn)?;
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
         for v in views {
             let changed = tx.execute(
                 "UPDATE messages SET shown_status = ?4
@@ -100,7 +103,13 @@ impl Store {
     /// per peer as for the CLI) and returns how many there were.
     pub fn mark_chat_read(&self, peer: &str) -> Result<usize> {
         ensure(&self.conn)?;
-        let tx = self.conn.unchecked_transaction()?;
+        // Immediate: it reads, then writes, while another connection (the
+        // one that receives) may commit in between; a deferred transaction
+        // would then fail with "database is locked" instead of waiting.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
         let mut ids: Vec<Vec<u8>> = {
             let mut stmt = tx.prepare("SELECT id FROM unread WHERE peer = ?1")?;
             let rows = stmt

@@ -16,6 +16,7 @@ if (location.hash.length > 1) {
 }
 
 const state = {
+  version: 0,
   me: null,
   phase: null,
   chats: [],
@@ -70,6 +71,9 @@ function show(screen) {
 // ------------------------------------------------------------------ state
 
 function applyState(s) {
+  // An answer and a live event can cross: never go back to an older state.
+  if (s.version < state.version) return;
+  state.version = s.version;
   const before = state.phase;
   state.phase = s.phase;
   state.me = s.handle;
@@ -103,9 +107,13 @@ function applyState(s) {
 
 // ------------------------------------------------------------------ chats
 
+let chatsAsked = 0;
 async function loadChats() {
+  // Answers can cross: only the newest request's answer is drawn.
+  const asked = ++chatsAsked;
   try {
     const { chats } = await getJson('/api/chats');
+    if (asked !== chatsAsked) return;
     state.chats = chats;
     renderChats();
   } catch (e) { toast(e.message); }
@@ -231,6 +239,10 @@ function imageBox(m) {
   const box = el('div', 'image');
   const img = el('img');
   img.alt = m.file.name;
+  img.addEventListener('load', () => {
+    const box = $('messages');
+    if (box.scrollHeight - box.scrollTop - box.clientHeight < img.height + 80) box.scrollTop = box.scrollHeight;
+  });
   img.setAttribute('data-testid', 'image');
   box.append(img);
   const local = state.localImages.get(m.id);
@@ -333,7 +345,7 @@ async function openChat(peer) {
     renderBanner(page.contact);
     await markRead();
   } catch (e) { $('conv-error').textContent = e.message; }
-  renderChats();
+  loadChats();
   $('composer').focus();
 }
 
@@ -368,10 +380,16 @@ function loadOlderButton(peer) {
 
 async function markRead() {
   if (!state.open || document.hidden) return;
-  try {
-    const { read } = await postJson(`/api/chat/${encodeURIComponent(state.open)}/read`);
-    if (read > 0) loadChats();
-  } catch (e) { toast(e.message); }
+  const peer = state.open;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      await postJson(`/api/chat/${encodeURIComponent(peer)}/read`);
+      return;
+    } catch (e) {
+      if (attempt === 2) toast(e.message);
+      await new Promise((res) => setTimeout(res, 300));
+    }
+  }
 }
 
 function closeChat() {
@@ -516,11 +534,11 @@ function onLive(ev) {
       const m = ev.message;
       if (m.peer === state.open) {
         appendMessage(m, true);
-        markRead();
-      } else if (document.hidden || m.peer !== state.open) {
+        markRead().then(loadChats);
+      } else {
         notify(m);
+        loadChats();
       }
-      loadChats();
       break;
     }
     case 'status':

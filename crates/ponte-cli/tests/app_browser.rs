@@ -476,7 +476,7 @@ fn two_people_chat_through_a_relay_in_real_browsers() {
     assert_eq!(b.js("return typeof window.pwned", json!([])), "undefined");
     assert_eq!(
         b.js(
-            "return [...document.querySelectorAll('.file-card img')].length",
+            "return [...document.querySelectorAll('.file-card img:not(.file-icon)')].length",
             json!([])
         ),
         0
@@ -508,6 +508,37 @@ fn two_people_chat_through_a_relay_in_real_browsers() {
     );
     a.screenshot("05-contact-info");
 
+    // The relays page: alice adds a second relay; the first one dies; her
+    // indicator moves to the second, bob's (who has only the first) says
+    // offline.
+    let relay2 = tls_relay(tmp.path(), "relay2", server.addr);
+    let relay2_url = format!("tls://{}", relay2.addr("tls"));
+    a.click("#panel-close");
+    a.click("[data-testid=route-status]");
+    a.type_into("[data-testid=relay-url]", &relay2_url);
+    a.click("[data-testid=relay-add]");
+    a.wait(
+        "two relays listed",
+        "return document.querySelectorAll('[data-testid=relay]').length === 2",
+        json!([]),
+    );
+    let mut relay = relay;
+    relay.child.kill();
+    let moved = a.wait(
+        "the route indicator on the second relay",
+        "const r = document.querySelector('[data-testid=route-status]'); \
+         return r.dataset.state === 'online' && r.dataset.route === 'relay ' + arguments[0] && r.textContent",
+        json!([relay2_url]),
+    );
+    assert!(moved.as_str().unwrap().contains(&relay2_url), "{moved}");
+    b.wait(
+        "bob offline",
+        "const r = document.querySelector('[data-testid=route-status]'); \
+         return r.dataset.state === 'offline' && r.textContent === 'offline'",
+        json!([]),
+    );
+    a.screenshot("06-relays");
+
     // A phone-sized window: the list, then the conversation, each fits.
     b.size(360, 740);
     b.click("#back");
@@ -523,7 +554,7 @@ fn two_people_chat_through_a_relay_in_real_browsers() {
         json!([]),
     );
     assert_eq!(overflow, true, "horizontal overflow at 360 px");
-    b.screenshot("06-phone-chat-list");
+    b.screenshot("07-phone-chat-list");
     b.click("[data-testid=chat-item][data-peer=alice]");
     b.wait(
         "the conversation",
@@ -537,8 +568,8 @@ fn two_people_chat_through_a_relay_in_real_browsers() {
         ),
         true
     );
-    b.screenshot("07-phone-conversation");
+    b.screenshot("08-phone-conversation");
 
     drop((a, b));
-    drop((app_a, app_b, relay, server));
+    drop((app_a, app_b, relay, relay2, server));
 }

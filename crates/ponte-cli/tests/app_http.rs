@@ -346,3 +346,43 @@ fn messages_stay_unread_until_the_chat_is_opened_and_the_cli_is_kept_out() {
     ok(&ponte(&alice, &["sync"]));
     drop(server);
 }
+
+#[test]
+fn a_passphrase_profile_opens_on_the_unlock_screen_or_with_ponte_passphrase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let alice = tmp.path().join("alice");
+    let mut cmd = common::command(
+        &alice,
+        &["register", "--server", &server.address(), "alice", "--json"],
+    );
+    cmd.env("PONTE_PASSPHRASE", "correct horse");
+    ok(&common::wait_output(cmd.spawn().unwrap(), WAIT));
+
+    let app = App::start(&alice);
+    app.wait_for("/api/state", "the unlock screen", |s| {
+        s["phase"] != "starting"
+    });
+    assert_eq!(app.json("GET", "/api/state", "")["phase"], "locked");
+    // Nothing readable before it is unlocked.
+    assert_eq!(app.call("GET", "/api/chats", "").status, 409);
+    let wrong = app.call("POST", "/api/unlock", r#"{"passphrase":"wrong horse"}"#);
+    assert_eq!(wrong.status, 403, "{}", wrong.text());
+    assert!(wrong.text().contains("passphrase"), "{}", wrong.text());
+    assert_eq!(app.json("GET", "/api/state", "")["phase"], "locked");
+    let right = app.json("POST", "/api/unlock", r#"{"passphrase":"correct horse"}"#);
+    assert_eq!(right["phase"], "ready");
+    assert_eq!(right["handle"], "alice");
+    app.wait_for("/api/state", "online", |s| s["connection"] == "online");
+    // Unlocking again is refused (it is open).
+    assert_eq!(
+        app.call("POST", "/api/unlock", r#"{"passphrase":"correct horse"}"#)
+            .status,
+        403
+    );
+    drop(app);
+
+    let app = App::start_with(&alice, &[("PONTE_PASSPHRASE", "correct horse")]);
+    app.wait_for("/api/state", "ready at start", |s| s["phase"] == "ready");
+    drop(server);
+}

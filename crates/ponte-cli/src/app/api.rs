@@ -802,6 +802,7 @@ const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
 const ICON: &str = include_str!("assets/icon.svg");
+const ATTACH: &str = include_str!("assets/attach.svg");
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     (
@@ -831,6 +832,10 @@ pub fn router(app: Arc<App>) -> Router {
             get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
         )
         .route("/icon.svg", get(|| async { asset(ICON, "image/svg+xml") }))
+        .route(
+            "/attach.svg",
+            get(|| async { asset(ATTACH, "image/svg+xml") }),
+        )
         .route("/api/state", get(state))
         .route("/api/register", post(register))
         .route("/api/unlock", post(unlock))

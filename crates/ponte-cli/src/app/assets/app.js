@@ -86,6 +86,7 @@ function applyState(s) {
     if (before !== 'ready') loadChats();
   }
   const r = $('route-status');
+  const routeChanged = (r.dataset.route || '') !== (s.route || '') || r.dataset.state !== s.connection;
   let label;
   if (s.connection === 'online') {
     label = s.route === 'direct' ? 'direct' : (s.route || 'online');
@@ -100,6 +101,7 @@ function applyState(s) {
   r.dataset.route = s.route || '';
   r.dataset.waiting = String(s.waiting || 0);
   r.title = s.detail || label;
+  if (routeChanged && !$('panel').hidden && !$('relays-panel').hidden) openRelays();
   $('route-detail').textContent = s.connection === 'online'
     ? `Connected: ${s.route === 'direct' ? 'directly to the server' : 'through ' + s.route}.`
     : (s.detail || 'Not connected.');
@@ -200,7 +202,10 @@ function fileCard(m) {
   const f = m.file;
   const card = el('div', 'file-card');
   card.setAttribute('data-testid', 'file-card');
-  card.append(el('span', 'file-icon', '📄'));
+  const icon = el('img', 'file-icon');
+  icon.src = '/attach.svg';
+  icon.alt = '';
+  card.append(icon);
   const meta = el('div', 'file-meta');
   const name = el('span', 'file-name', f.name);
   name.setAttribute('data-testid', 'file-name');

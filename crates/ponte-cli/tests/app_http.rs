@@ -276,6 +276,14 @@ fn messages_stay_unread_until_the_chat_is_opened_and_the_cli_is_kept_out() {
     let out = ponte(&alice, &["app", "--no-open"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by ponte app"));
+    // Only loopback is served, whatever the profile.
+    let out = ponte(&bob, &["app", "--no-open", "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("serves loopback only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // bob writes; the app reports it at once, unread.
     ok(&ponte(&bob, &["send", "alice", "are you there?"]));

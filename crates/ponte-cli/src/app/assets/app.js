@@ -539,6 +539,7 @@ function onLive(ev) {
       const m = ev.message;
       if (m.peer === state.open) {
         appendMessage(m, true);
+        notify(m);
         markRead().then(loadChats);
       } else {
         notify(m);
@@ -673,6 +674,14 @@ function wire() {
     } catch (e) { out.replaceChildren(el('li', 'bad', e.message)); }
   });
   $('retry').addEventListener('click', () => postJson('/api/retry').catch((e) => toast(e.message)));
+  // Browser notifications: only if the user asks for them.
+  if ('Notification' in window && Notification.permission === 'default') {
+    $('notify-row').hidden = false;
+    $('notify').addEventListener('click', async () => {
+      try { await Notification.requestPermission(); } catch (_) { /* refused */ }
+      $('notify-row').hidden = true;
+    });
+  }
   document.addEventListener('visibilitychange', () => { if (!document.hidden) markRead(); });
   document.addEventListener('keydown', (ev) => {
     if (ev.key === 'Escape') { if (!$('panel').hidden) closePanel(); else if (state.open) closeChat(); }

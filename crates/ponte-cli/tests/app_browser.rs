@@ -573,3 +573,120 @@ fn two_people_chat_through_a_relay_in_real_browsers() {
     drop((a, b));
     drop((app_a, app_b, relay, relay2, server));
 }
+
+/// A contact's key changes (bob's server lost its data and bob registered
+/// again from a new device): alice's app shows it where it cannot be
+/// missed, refuses to send, and lets her compare and mark the new key
+/// verified, after which messages flow again.
+#[test]
+fn a_changed_key_is_a_banner_and_holds_messages_until_verified() {
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        println!("SKIPPED: {CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)");
+        return;
+    }
+    use common::{json_lines, ok, ponte, register, Forwarder};
+    let tmp = tempfile::tempdir().unwrap();
+    let data1 = tmp.path().join("server1");
+    let server1 = Server::start(&data1);
+    let fwd = Forwarder::start(server1.addr);
+    let address = format!("ponte://{}#{}", fwd.addr, server1.key);
+    let alice = tmp.path().join("alice");
+    let (bob1, bob2) = (tmp.path().join("bob1"), tmp.path().join("bob2"));
+    register(&alice, &address, "alice");
+    register(&bob1, &address, "bobby");
+    ok(&ponte(&bob1, &["send", "alice", "before"]));
+    ok(&ponte(&alice, &["sync"]));
+
+    // The server starts over with its key and no accounts; alice's device
+    // registers again (same identity), bob's new device with a new one.
+    server1.kill();
+    let data2 = tmp.path().join("server2");
+    std::fs::create_dir_all(&data2).unwrap();
+    std::fs::copy(data1.join("server.key"), data2.join("server.key")).unwrap();
+    let server2 = Server::start(&data2);
+    fwd.retarget(server2.addr);
+    register(&alice, &address, "alice");
+    register(&bob2, &address, "bobby");
+    ok(&ponte(
+        &bob2,
+        &["send", "alice", "after, from my new phone"],
+    ));
+
+    let app = App::start(&alice);
+    let driver = Driver::start();
+    let mut a = driver.session("alice", &tmp.path().join("chrome-a"));
+    a.log = Some(app.log.clone());
+    a.goto(&app.url());
+    a.wait(
+        "bobby flagged in the chat list",
+        "const c = document.querySelector('[data-testid=chat-item][data-peer=bobby]'); \
+         return c && c.querySelector('.warn-dot') && c.textContent.includes('after, from my new phone')",
+        json!([]),
+    );
+    a.click("[data-testid=chat-item][data-peer=bobby]");
+    let banner = a.wait(
+        "the key-change banner",
+        "const b = document.querySelector('[data-testid=key-change-banner]'); return !b.hidden && b.textContent",
+        json!([]),
+    );
+    assert!(banner.as_str().unwrap().contains("CHANGED"), "{banner}");
+    assert_eq!(
+        a.js(
+            "return [...document.querySelectorAll('.bubble .warn')].some((w) => w.textContent.includes('new, unverified key'))",
+            json!([])
+        ),
+        true
+    );
+    // On the direct route here: the indicator says so in one word.
+    assert_eq!(
+        a.js(
+            "return document.querySelector('[data-testid=route-status]').textContent",
+            json!([])
+        ),
+        "direct"
+    );
+    a.screenshot("09-key-change");
+
+    // Sending is refused while the change is not verified.
+    a.type_into("[data-testid=composer]", "are you really bob?\u{E007}");
+    let refused = a.wait(
+        "the refusal",
+        "return document.getElementById('conv-error').textContent",
+        json!([]),
+    );
+    assert!(refused.as_str().unwrap().contains("bobby"), "{refused}");
+    assert_eq!(a.js(STATUS_OF, json!(["are you really bob?"])), Value::Null);
+
+    // Compare, mark verified: the banner goes, messages flow again.
+    a.click("#key-banner button");
+    a.wait(
+        "the new safety number",
+        "return !document.getElementById('panel-banner').hidden && document.querySelector('[data-testid=safety-number]').textContent",
+        json!([]),
+    );
+    a.click("[data-testid=verify]");
+    a.wait(
+        "verified",
+        "return document.getElementById('verified-state').textContent.includes('Verified') \
+         && document.querySelector('[data-testid=key-change-banner]').hidden",
+        json!([]),
+    );
+    a.click("#panel-close");
+    a.js(
+        "document.querySelector('[data-testid=composer]').value = ''",
+        json!([]),
+    );
+    a.type_into("[data-testid=composer]", "welcome back\u{E007}");
+    wait_status(&a, "welcome back", &["sent", "delivered", "read"]);
+    let start = Instant::now();
+    loop {
+        let got = json_lines(&ok(&ponte(&bob2, &["sync", "--json"])));
+        if got.iter().any(|m| m["text"] == "welcome back") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "bob's new device never got it");
+        thread::sleep(Duration::from_millis(200));
+    }
+    drop(a);
+    drop((app, server2));
+}

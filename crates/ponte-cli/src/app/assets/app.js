@@ -88,8 +88,9 @@ function applyState(s) {
   const r = $('route-status');
   const routeChanged = (r.dataset.route || '') !== (s.route || '') || r.dataset.state !== s.connection;
   let label;
+  const direct = (s.route || '').startsWith('direct');
   if (s.connection === 'online') {
-    label = s.route === 'direct' ? 'direct' : (s.route || 'online');
+    label = direct ? 'direct' : (s.route || 'online');
   } else if (s.connection === 'offline') {
     label = 'offline';
   } else {
@@ -103,7 +104,7 @@ function applyState(s) {
   r.title = s.detail || label;
   if (routeChanged && !$('panel').hidden && !$('relays-panel').hidden) openRelays();
   $('route-detail').textContent = s.connection === 'online'
-    ? `Connected: ${s.route === 'direct' ? 'directly to the server' : 'through ' + s.route}.`
+    ? `Connected: ${direct ? 'directly to the server' : 'through ' + s.route}.`
     : (s.detail || 'Not connected.');
 }
 

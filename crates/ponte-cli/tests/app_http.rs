@@ -394,3 +394,44 @@ fn a_passphrase_profile_opens_on_the_unlock_screen_or_with_ponte_passphrase() {
     app.wait_for("/api/state", "ready at start", |s| s["phase"] == "ready");
     drop(server);
 }
+
+#[test]
+fn offline_the_app_says_so_and_counts_what_waits_then_sends_it() {
+    use common::Forwarder;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start(&data);
+    let fwd = Forwarder::start(server.addr);
+    let address = format!("ponte://{}#{}", fwd.addr, server.key);
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    register(&alice, &address, "alice");
+    register(&bob, &address, "bobby");
+    let app = App::start(&alice);
+    app.wait_for("/api/state", "online", |s| s["connection"] == "online");
+
+    server.kill();
+    app.wait_for("/api/state", "offline", |s| {
+        s["connection"] == "offline" && s["route"].is_null()
+    });
+    let sent = app.json(
+        "POST",
+        "/api/send",
+        r#"{"peer":"bobby","text":"while offline"}"#,
+    );
+    assert_eq!(sent["message"]["status"], "queued");
+    let state = app.json("GET", "/api/state", "");
+    assert_eq!(state["waiting"], 1, "{state}");
+    // Not online (the send made it try again at once: "connecting").
+    assert_ne!(state["connection"], "online", "{state}");
+
+    // The server is back: the message goes, nothing waits.
+    let server = Server::start(&data);
+    fwd.retarget(server.addr);
+    app.wait_for("/api/state", "nothing waiting", |s| {
+        s["connection"] == "online" && s["waiting"] == 0
+    });
+    let got = bob_sync(&bob);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["text"], "while offline");
+    drop(server);
+}

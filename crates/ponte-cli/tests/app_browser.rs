@@ -184,7 +184,12 @@ impl Browser<'_> {
                 start.elapsed() < WAIT,
                 "{}: timed out waiting for {what}; page: {}\napp log:\n{}",
                 self.name,
-                self.js("return document.body.innerText.slice(0, 2000)", json!([])),
+                self.js(
+                    "return document.querySelector('[data-testid=route-status]').title + ' | ' \
+                     + document.getElementById('conv-error').textContent + ' | ' \
+                     + document.body.innerText.slice(0, 600)",
+                    json!([])
+                ),
                 self.log
                     .as_ref()
                     .map(|l| l.lock().unwrap().clone())
@@ -507,6 +512,35 @@ fn two_people_chat_through_a_relay_in_real_browsers() {
         1
     );
     a.screenshot("05-contact-info");
+
+    // A long conversation: 230 more messages; bob's chat opens on the
+    // newest 200 and scrolling to the top loads the rest.
+    for i in 0..230 {
+        let body = json!({ "peer": "bobby", "text": format!("bulk {i}") }).to_string();
+        app_a.json("POST", "/api/send", &body);
+    }
+    b.wait(
+        "the last bulk message",
+        "return document.body.innerText.includes('bulk 229')",
+        json!([]),
+    );
+    b.click("[data-testid=chat-item][data-peer=alice]");
+    b.wait(
+        "a page of 200",
+        "return document.querySelectorAll('[data-testid=message]').length === 200 && document.querySelector('.older')",
+        json!([]),
+    );
+    b.js(
+        "document.getElementById('messages').scrollTop = 0",
+        json!([]),
+    );
+    b.wait(
+        "the whole conversation after scrolling up",
+        "const ms = document.querySelectorAll('[data-testid=message]'); \
+         if (!document.querySelector('.older') && ms[0].textContent.includes('hello bobby')) return ms.length; \
+         document.getElementById('messages').scrollTop = 0; return null",
+        json!([]),
+    );
 
     // The relays page: alice adds a second relay; the first one dies; her
     // indicator moves to the second, bob's (who has only the first) says

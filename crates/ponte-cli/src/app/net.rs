@@ -252,12 +252,19 @@ pub async fn control(
             client.listen_to(&mut display, wake).await
         };
         if let Err(e) = &result {
-            // Retrying cannot fix it (the server does not know this
+            // Retrying at once cannot fix it (the server does not know this
             // account, the profile's files): said on the page; a command
-            // (the user's retry) tries again.
+            // (the user's retry) tries again, and so does the timer for the
+            // database (busy past its timeout: it frees up by itself).
             app.set_offline(&format!("stopped: {}", err(e)));
+            let retry_in = if matches!(e, ClientError::Db(_)) {
+                std::time::Duration::from_secs(5)
+            } else {
+                std::time::Duration::MAX
+            };
             got = tokio::select! {
                 c = commands.recv() => Some(c),
+                () = tokio::time::sleep(retry_in.min(std::time::Duration::from_secs(86_400 * 365))) => Some(Some(Command::Reconnect)),
                 _ = stop.wait_for(|s| *s) => None,
             };
         }

@@ -600,8 +600,13 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection> {
             .mode(0o600)
             .open(path);
     }
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every transaction here writes, and two connections may share the
+    // profile (`listen` and `send`; the app's connection and its API):
+    // take the write lock at BEGIN, where the busy timeout waits for it,
+    // rather than after a read, where SQLite can only answer "locked".
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "secure_delete", "ON")?;

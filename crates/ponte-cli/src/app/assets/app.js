@@ -359,6 +359,8 @@ function loadOlderButton(peer) {
   const b = el('button', 'older', 'Load earlier messages');
   b.type = 'button';
   b.addEventListener('click', async () => {
+    if (b.dataset.loading) return;
+    b.dataset.loading = '1';
     try {
       const page = await getJson(`/api/chat/${encodeURIComponent(peer)}?before=${state.older}`);
       if (state.open !== peer) return;
@@ -379,7 +381,7 @@ function loadOlderButton(peer) {
       state.older = page.older;
       if (page.older !== null) box.prepend(loadOlderButton(peer));
       box.scrollTop = box.scrollHeight - height;
-    } catch (e) { toast(e.message); }
+    } catch (e) { b.dataset.loading = ''; toast(e.message); }
   });
   return b;
 }
@@ -419,19 +421,40 @@ async function sendText() {
   } catch (e) { $('conv-error').textContent = e.message; }
 }
 
+// An upload with its progress (fetch cannot report it; XHR can).
+function upload(path, file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open('POST', path);
+    x.setRequestHeader('X-Ponte-Secret', secret || '');
+    x.upload.onprogress = (ev) => { if (ev.lengthComputable) onProgress(ev.loaded, ev.total); };
+    x.onload = () => {
+      let body = {};
+      try { body = JSON.parse(x.responseText); } catch (_) { /* not JSON */ }
+      if (x.status === 200) resolve(body); else reject(new Error(body.error || x.statusText));
+    };
+    x.onerror = () => reject(new Error('the upload failed'));
+    x.send(file);
+  });
+}
+
 async function sendFile(file) {
   if (!state.open || !file) return;
   const peer = state.open;
   const q = new URLSearchParams({ peer, name: file.name || 'file', caption: '' });
   $('conv-error').textContent = '';
-  toast(`Sending ${file.name}…`);
+  const bar = $('upload');
+  bar.hidden = false;
+  bar.querySelector('span').textContent = file.name;
+  const meter = bar.querySelector('progress');
+  meter.value = 0;
   try {
-    const r = await api('POST', `/api/send-file?${q}`, undefined, file);
-    const { message } = await r.json();
+    const { message } = await upload(`/api/send-file?${q}`, file, (done, total) => { meter.value = done / total; });
     if (message.file && isImage(message.file)) state.localImages.set(message.id, URL.createObjectURL(file));
     if (state.open === peer) appendMessage(message, true);
     loadChats();
   } catch (e) { $('conv-error').textContent = e.message; }
+  bar.hidden = true;
 }
 
 function autoGrow() {
@@ -655,6 +678,11 @@ function wire() {
     ev.preventDefault();
     $('drop-hint').hidden = true;
     for (const f of ev.dataTransfer.files) sendFile(f);
+  });
+  $('messages').addEventListener('scroll', () => {
+    const box = $('messages');
+    const older = box.querySelector('.older');
+    if (box.scrollTop < 80 && older && !older.dataset.loading) older.click();
   });
   $('back').addEventListener('click', closeChat);
   $('info').addEventListener('click', () => state.open && openContact(state.open));

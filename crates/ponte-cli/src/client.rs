@@ -220,8 +220,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Shares the profile lock for the rest of this process: refused while
+/// `ponte app` holds the profile (see `ponte_client::lock`).
+fn hold_profile(dir: &std::path::Path) -> anyhow::Result<()> {
+    static HELD: std::sync::Mutex<Vec<ponte_client::lock::ProfileLock>> =
+        std::sync::Mutex::new(Vec::new());
+    if let Some(lock) = ponte_client::lock::ProfileLock::shared(dir)? {
+        HELD.lock()
+            .map_err(|_| anyhow::anyhow!("profile lock poisoned"))?
+            .push(lock);
+    }
+    Ok(())
+}
+
 fn open_client(common: &Common) -> anyhow::Result<Client> {
     let dir = profile::resolve_dir(common.profile.clone())?;
+    hold_profile(&dir)?;
     let mut client = with_passphrase(|pass| Client::open(&dir, pass))?;
     client.set_connect_timeout(Duration::from_secs(common.connect_timeout));
     client.set_extra_vias(common.vias()?);
@@ -266,6 +280,7 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
         } => {
             check_handle(&name)?;
             let dir = profile::resolve_dir(common.profile.clone())?;
+            hold_profile(&dir)?;
             // An existing profile keeps its key: asking how to protect a
             // new one would only be ignored.
             let source = if profile::Profile::exists(&dir) {
@@ -546,6 +561,7 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
 
 fn open_profile(common: &Common) -> anyhow::Result<profile::Profile> {
     let dir = profile::resolve_dir(common.profile.clone())?;
+    hold_profile(&dir)?;
     if !profile::Profile::exists(&dir) {
         anyhow::bail!(
             "no profile in {} yet: run `ponte register --server ADDRESS [--via URL] NAME` first",

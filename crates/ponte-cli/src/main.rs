@@ -4,6 +4,7 @@
 //! - `ponte server …` — run the messaging service (see `server.rs`, over `ponte-server`).
 //! - `ponte register | send | sync | listen | file | history | contacts | timer | verify |
 //!   status | via` — the messaging client (see `client.rs`, over `ponte-client`).
+//! - `ponte app` — the messenger in the browser, served on loopback (see `app/`).
 //! - `ponte demo` — server, relay and two users on loopback (see `demo.rs`).
 //!
 //! Each role lives in its own module here and stays thin over its library
@@ -23,6 +24,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod app;
 mod client;
 mod demo;
 mod proxy;
@@ -42,6 +44,8 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Run the messaging service (`ponte server --data DIR`), print its address or an invite, or back it up.
     Server(server::ServerArgs),
+    /// The messenger in your browser: serves the app on 127.0.0.1 and opens it.
+    App(app::AppArgs),
     /// See it work: a server, a relay and two users chatting on this machine, then exit.
     Demo,
     /// Client commands: register, send, sync, listen, file, history, contacts, timer, verify, status, via.
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Proxy(args) => proxy::run(args),
         Command::Server(args) => server::run(args),
+        Command::App(args) => app::run(args),
         Command::Demo => demo::run(),
         Command::Client(cmd) => client::run(cmd),
     };

@@ -15,6 +15,7 @@
 //!   reasons as enums, and [`Report`] to print an error with its causes;
 //! - [`connection`]: one authenticated connection to a server over a route
 //!   (Noise transport, protobuf requests and pushes);
+//! - [`lock`]: the profile lock (`ponte app` holds the profile alone);
 //! - [`client`]: the operations the CLI exposes (register, send, sync,
 //!   listen, history, contacts, verify) on top of all the above.
 //!
@@ -27,6 +28,7 @@ pub mod atrest;
 pub mod client;
 pub mod connection;
 pub mod error;
+pub mod lock;
 pub mod profile;
 pub mod route;
 pub mod stealth;

@@ -13,6 +13,7 @@
 //!   acknowledgements, reconnecting);
 //! - `status`: routes: the relays saved in the profile and `ponte status`;
 //! - `views`: local views (history, contacts, safety numbers);
+//! - `chats`: the chat list, conversation pages, unread state;
 //! - `files`: sending files (encrypt, upload, resume) and fetching them;
 //! - `timers`: disappearing messages: a conversation's timer, and the
 //!   sweep that deletes what expired.
@@ -34,6 +35,7 @@
 //! `verify --confirm`. Messages that arrive under the new key are still shown,
 //! marked with a warning.
 
+mod chats;
 mod files;
 pub mod inbound;
 mod outbound;
@@ -144,6 +146,9 @@ pub struct Client {
     /// Files whose automatic fetch failed in this process (not retried
     /// until `file get` or the next process).
     fetch_failed: BTreeSet<ponte_e2e::MessageId>,
+    /// Reported incoming messages stay unread until the chat is opened
+    /// (see [`Client::set_read_when_opened`]).
+    read_when_opened: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -219,6 +224,7 @@ impl Client {
             remembered: None,
             auto_download: files::DEFAULT_AUTO_DOWNLOAD,
             fetch_failed: BTreeSet::new(),
+            read_when_opened: false,
         };
         // Whatever expired while no client ran goes before anything is read.
         client.sweep_expired()?;

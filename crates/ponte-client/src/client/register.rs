@@ -199,6 +199,7 @@ impl Client {
             remembered: None,
             auto_download: super::DEFAULT_AUTO_DOWNLOAD,
             fetch_failed: BTreeSet::new(),
+            read_when_opened: false,
         };
         let mut conn = client.open_connection().await?;
         let public = client.identity.public();

@@ -248,7 +248,11 @@ impl Client {
             }
             shown.push(view);
         }
-        self.store().mark_shown(&shown)?;
+        if self.read_when_opened {
+            self.store().mark_notified(&shown)?;
+        } else {
+            self.store().mark_shown(&shown)?;
+        }
         match failed {
             Some(e) => Err(display_failed(e)),
             None => Ok(()),

@@ -403,6 +403,10 @@ impl Store {
                     "DELETE FROM messages WHERE peer = ?1 AND outgoing = ?2 AND id = ?3",
                     args,
                 )?;
+                if !*outgoing {
+                    // A chat window's unread mark goes with the message.
+                    super::chats::forget_unread(&tx, peer, id)?;
+                }
             }
             tx.commit()?;
             swept.messages += gone.len();

@@ -483,7 +483,7 @@ pub(super) fn insert_outbox(
 
 /// Queue one read receipt per peer (chunked to the envelope's cap),
 /// merged with the peer's receipts still waiting unencrypted.
-fn queue_receipts(
+pub(super) fn queue_receipts(
     tx: &Transaction<'_>,
     key: &ProfileKey,
     displayed: &[(String, MessageId)],
@@ -538,7 +538,7 @@ fn advance(conn: &Connection, peer: &str, id: &MessageId, to: Status) -> Result<
     Ok(())
 }
 
-fn select_views(
+pub(super) fn select_views(
     conn: &Connection,
     key: &ProfileKey,
     filter: &str,

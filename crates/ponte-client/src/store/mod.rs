@@ -13,6 +13,7 @@
 //! | `messages` | history: peer, direction, text (S), times, tick status, displayed flag |
 //! | `outbox` | what waits to go out: texts and read receipts (S), with the ciphertext once encrypted |
 //! | `inbox_seen` | ids of every end-to-end message already processed (dedup) |
+//! | `unread` | incoming messages reported to a chat window and not read yet (created on first use, see `chats`) |
 //! | `files` | per file message: its descriptor (S: blob id, key, hash, name, size, type, caption), upload or download state, local path (S) |
 //! | `timers` | per conversation: the disappearing-messages timer in force and the setting that won (`expiry`) |
 //!
@@ -29,10 +30,12 @@
 //! Each step of [`MIGRATIONS`] runs in one transaction with the version
 //! it reaches.
 
+mod chats;
 mod expiry;
 mod files;
 mod messages;
 
+pub use chats::{ChatSummary, ConversationPage, MAX_PAGE};
 pub use expiry::{Conversation, Notice, Swept, FLAG_TIMER_NOTICE};
 pub use files::{FileRecord, FileState};
 
@@ -628,8 +631,13 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection> {
             .mode(0o600)
             .open(path);
     }
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every transaction here writes, and two connections may share the
+    // profile (`listen` and `send`; the app's connection and its API):
+    // take the write lock at BEGIN, where the busy timeout waits for it,
+    // rather than after a read, where SQLite can only answer "locked".
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "secure_delete", "ON")?;

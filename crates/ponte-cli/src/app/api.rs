@@ -1,0 +1,897 @@
+//! The JSON API over `ponte-client`, and the live channel.
+//!
+//! Every route here sits behind [`super::guard`]. Answers are JSON; an
+//! error is `{"error": "..."}` with a 4xx/5xx status. Text from others goes
+//! out as JSON strings: the page renders it as text, never as HTML.
+//!
+//! | method, path | what |
+//! |---|---|
+//! | `GET /api/state` | phase (setup, locked, ready), handle, connection, messages waiting |
+//! | `POST /api/register` | first run: `{server, handle, passphrase?, invite?, relay?}` |
+//! | `POST /api/unlock` | `{passphrase}` |
+//! | `GET /api/chats` | the chat list |
+//! | `GET /api/chat/{peer}?before=N` | a page of a conversation (200 messages) |
+//! | `POST /api/chat/{peer}/read` | the chat is open: its messages are read (read receipts) |
+//! | `POST /api/send` | `{peer, text}` |
+//! | `POST /api/send-file?peer=P&name=N&caption=C` | the file's bytes as the body |
+//! | `GET /api/file/{id}` | a received file (images inline, the rest as a download) |
+//! | `POST /api/file/{id}/fetch` | download a received file now |
+//! | `GET /api/contact/{peer}` | safety number, its QR code's modules, verified, key changed |
+//! | `POST /api/contact/{peer}/verify` | mark verified (accepts a changed key) |
+//! | `GET /api/relays`, `POST /api/relays`, `POST /api/relays/remove`, `POST /api/relays/check` | the saved relays |
+//! | `POST /api/events` | the live channel: server-sent events (a `POST`, so it carries `Origin`) |
+
+use super::guard::{self, Expect};
+use super::net::{Command, Control, Setup};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt as _;
+use ponte_client::client::{save_vias, saved_vias, Event};
+use ponte_client::route::RelayUrl;
+use ponte_client::store::{ChatSummary, FileState};
+use ponte_client::{Client, ClientError, MessageView, Report, Update};
+use ponte_e2e::MessageId;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// Messages per conversation page.
+const PAGE: usize = 200;
+/// Largest file the page may upload (the library's own cap is far higher;
+/// this bounds what a tab can write into the profile in one request).
+pub const MAX_UPLOAD: u64 = 2 << 30;
+/// Largest JSON body.
+const MAX_JSON: usize = 256 * 1024;
+/// Live events kept for a slow page before it is told to reload.
+const LIVE_BACKLOG: usize = 1024;
+
+/// Where the app is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Opening the profile.
+    Starting,
+    /// No profile: the first-run screen.
+    Setup,
+    /// A passphrase is needed.
+    Locked,
+    /// Open.
+    Ready,
+    /// The profile cannot be opened (said on the page).
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Net {
+    state: &'static str,
+    route: Option<String>,
+    detail: Option<String>,
+}
+
+/// The app's shared state.
+pub struct App {
+    dir: PathBuf,
+    expect: Arc<Expect>,
+    phase: Mutex<Phase>,
+    handle: Mutex<Option<String>>,
+    local: Mutex<Option<Client>>,
+    net: Mutex<Net>,
+    live: broadcast::Sender<String>,
+    /// Bumped at each state change: the page drops a state older than the
+    /// one it shows (an answer and a live event can cross).
+    version: std::sync::atomic::AtomicU64,
+    closing: watch::Sender<bool>,
+    setup: mpsc::Sender<Setup>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+type ApiResult = Result<Response, (StatusCode, Json<Value>)>;
+
+fn fail(status: StatusCode, text: impl Into<String>) -> (StatusCode, Json<Value>) {
+    (status, Json(json!({ "error": text.into() })))
+}
+
+fn client_fail(e: &ClientError) -> (StatusCode, Json<Value>) {
+    let status = match e {
+        ClientError::Invalid(_) | ClientError::KeyChanged(_) => StatusCode::BAD_REQUEST,
+        ClientError::UnknownContact(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    fail(status, Report(e).to_string())
+}
+
+fn ok(v: Value) -> ApiResult {
+    Ok(Json(v).into_response())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn file_state(s: FileState) -> &'static str {
+    match s {
+        FileState::Upload => "uploading",
+        FileState::Uploaded => "uploaded",
+        FileState::Pending => "pending",
+        FileState::Fetched => "fetched",
+        _ => "unknown",
+    }
+}
+
+/// A message as the page gets it.
+pub fn view_json(v: &MessageView) -> Value {
+    json!({
+        "id": v.id.to_hex(),
+        "peer": v.peer,
+        "outgoing": v.outgoing,
+        "text": v.text,
+        "sent_at": v.sent_at.0,
+        "status": v.status.as_str(),
+        "key_changed": v.key_changed,
+        "unreadable": v.unreadable,
+        "file": v.file.as_ref().map(|f| json!({
+            "name": f.name,
+            "size": f.size,
+            "mime": f.mime,
+            "state": file_state(f.state),
+        })),
+    })
+}
+
+fn chat_json(c: &ChatSummary) -> Value {
+    json!({
+        "peer": c.peer,
+        "last": c.last.as_ref().map(view_json),
+        "unread": c.unread,
+        "key_changed": c.key_changed,
+        "verified": c.verified,
+    })
+}
+
+impl App {
+    /// The state, and the receiving ends for the connection task.
+    pub fn new(dir: PathBuf, addr: SocketAddr, secret: String) -> (Self, Control) {
+        let (setup, setup_rx) = mpsc::channel(8);
+        let (commands, commands_rx) = mpsc::channel(64);
+        let (live, _) = broadcast::channel(LIVE_BACKLOG);
+        let app = Self {
+            dir,
+            expect: Arc::new(Expect {
+                host: addr.to_string(),
+                origin: format!("http://{addr}"),
+                secret,
+            }),
+            phase: Mutex::new(Phase::Starting),
+            handle: Mutex::new(None),
+            local: Mutex::new(None),
+            net: Mutex::new(Net {
+                state: "connecting",
+                ..Net::default()
+            }),
+            live,
+            version: std::sync::atomic::AtomicU64::new(0),
+            closing: watch::channel(false).0,
+            setup,
+            commands,
+        };
+        (
+            app,
+            Control {
+                setup: setup_rx,
+                commands: commands_rx,
+            },
+        )
+    }
+
+    pub fn dir(&self) -> &FsPath {
+        &self.dir
+    }
+
+    pub fn phase(&self) -> Phase {
+        lock(&self.phase).clone()
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        *lock(&self.phase) = phase;
+        self.push_state();
+    }
+
+    /// The profile is open: `local` serves the API.
+    pub fn ready(&self, local: Client, handle: &str) {
+        *lock(&self.local) = Some(local);
+        *lock(&self.handle) = Some(handle.to_owned());
+        self.set_phase(Phase::Ready);
+    }
+
+    /// End the live channels (shutting down).
+    pub fn close_live(&self) {
+        let _ = self.closing.send(true);
+    }
+
+    fn send_live(&self, v: &Value) {
+        let _ = self.live.send(v.to_string());
+    }
+
+    fn state_json(&self) -> Value {
+        let phase = self.phase();
+        let (name, error) = match &phase {
+            Phase::Starting => ("starting", None),
+            Phase::Setup => ("setup", None),
+            Phase::Locked => ("locked", None),
+            Phase::Ready => ("ready", None),
+            Phase::Failed(e) => ("failed", Some(e.clone())),
+        };
+        let net = lock(&self.net).clone();
+        let (waiting, server) = match lock(&self.local).as_ref() {
+            Some(c) => (c.waiting_out().unwrap_or(0), Some(c.server().to_string())),
+            None => (0, None),
+        };
+        json!({
+            "type": "state",
+            "version": self.version.load(std::sync::atomic::Ordering::SeqCst),
+            "phase": name,
+            "error": error,
+            "handle": *lock(&self.handle),
+            "server": server,
+            "connection": net.state,
+            "route": net.route,
+            "detail": net.detail,
+            "waiting": waiting,
+        })
+    }
+
+    fn push_state(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.send_live(&self.state_json());
+    }
+
+    pub fn set_offline(&self, why: &str) {
+        *lock(&self.net) = Net {
+            state: "offline",
+            route: None,
+            detail: Some(why.to_owned()),
+        };
+        self.push_state();
+    }
+
+    pub fn set_connecting(&self) {
+        lock(&self.net).state = "connecting";
+        self.push_state();
+    }
+
+    pub fn file_fetched(&self, id: &MessageId, _path: &FsPath) {
+        self.send_live(&json!({ "type": "file", "id": id.to_hex() }));
+    }
+
+    /// What the connection reports, turned into live events.
+    pub fn on_event(&self, event: Event) {
+        match event {
+            Event::Update(Update::Message(v)) => {
+                self.send_live(&json!({ "type": "message", "message": view_json(&v) }));
+            }
+            Event::Update(Update::Status(v)) => {
+                self.send_live(&json!({ "type": "status", "message": view_json(&v) }));
+                self.push_state();
+            }
+            Event::Connection(text) => {
+                let handle = lock(&self.handle).clone().unwrap_or_default();
+                *lock(&self.net) = parse_connection(&text, &handle);
+                self.push_state();
+            }
+            Event::Warning(text) => {
+                self.send_live(&json!({ "type": "warning", "text": text }));
+            }
+            Event::FileFetched { id, .. } => {
+                self.send_live(&json!({ "type": "file", "id": id.to_hex() }));
+            }
+            _ => {}
+        }
+    }
+
+    fn with_local<T>(
+        &self,
+        f: impl FnOnce(&Client) -> Result<T, ClientError>,
+    ) -> Result<T, (StatusCode, Json<Value>)> {
+        let guard = lock(&self.local);
+        let client = guard
+            .as_ref()
+            .ok_or_else(|| fail(StatusCode::CONFLICT, "the profile is not open yet"))?;
+        f(client).map_err(|e| client_fail(&e))
+    }
+
+    fn command(&self, c: Command) -> Result<(), (StatusCode, Json<Value>)> {
+        self.commands
+            .try_send(c)
+            .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "busy; try again"))
+    }
+
+    /// Reconnect unless connected (a message queued while offline goes
+    /// out now rather than at the next retry).
+    fn nudge(&self) {
+        if lock(&self.net).state != "online" {
+            let _ = self.commands.try_send(Command::Reconnect);
+        }
+    }
+}
+
+/// `connected to HOST:PORT as HANDLE (ROUTE)`, `disconnected (…); retrying
+/// in …`, `cannot connect (…); …` as the connection reports them.
+fn parse_connection(text: &str, handle: &str) -> Net {
+    if text.starts_with("connected to ") {
+        let marker = format!(" as {handle} (");
+        if let Some((_, rest)) = text.split_once(&marker) {
+            let route = rest.strip_suffix(')').unwrap_or(rest);
+            return Net {
+                state: "online",
+                route: Some(route.to_owned()),
+                detail: None,
+            };
+        }
+        return Net {
+            state: "online",
+            route: None,
+            detail: None,
+        };
+    }
+    if text.starts_with("disconnected") || text.starts_with("cannot connect") {
+        return Net {
+            state: "offline",
+            route: None,
+            detail: Some(text.to_owned()),
+        };
+    }
+    Net {
+        state: "connecting",
+        route: None,
+        detail: Some(text.to_owned()),
+    }
+}
+
+fn string_field(body: &Value, name: &str) -> Option<String> {
+    body.get(name)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn parse_id(hex: &str) -> Result<MessageId, (StatusCode, Json<Value>)> {
+    MessageId::from_hex(hex).ok_or_else(|| fail(StatusCode::BAD_REQUEST, "not a message id"))
+}
+
+// ---------------------------------------------------------------- handlers
+
+async fn state(State(app): State<Arc<App>>) -> ApiResult {
+    ok(app.state_json())
+}
+
+async fn register(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult {
+    let server = string_field(&body, "server")
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "the server's address is missing"))?;
+    let handle = string_field(&body, "handle")
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "choose a handle"))?;
+    // A passphrase is taken as typed (spaces count); empty means none.
+    let passphrase = body
+        .get("passphrase")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned);
+    let relay = match string_field(&body, "relay") {
+        Some(r) => Some(
+            r.parse::<RelayUrl>()
+                .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("relay link: {e}")))?,
+        ),
+        None => None,
+    };
+    let (reply, answer) = oneshot::channel();
+    app.setup
+        .send(Setup::Register {
+            server,
+            handle,
+            passphrase,
+            invite: string_field(&body, "invite"),
+            relay,
+            reply,
+        })
+        .await
+        .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    match answer.await {
+        Ok(Ok(())) => ok(app.state_json()),
+        Ok(Err(e)) => Err(fail(StatusCode::BAD_REQUEST, e)),
+        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+    }
+}
+
+async fn unlock(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult {
+    let passphrase = body
+        .get("passphrase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let (reply, answer) = oneshot::channel();
+    app.setup
+        .send(Setup::Unlock { passphrase, reply })
+        .await
+        .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    match answer.await {
+        Ok(Ok(())) => ok(app.state_json()),
+        Ok(Err(e)) => Err(fail(StatusCode::FORBIDDEN, e)),
+        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+    }
+}
+
+async fn chats(State(app): State<Arc<App>>) -> ApiResult {
+    let chats = app.with_local(Client::chats)?;
+    ok(json!({ "chats": chats.iter().map(chat_json).collect::<Vec<_>>() }))
+}
+
+async fn chat(
+    State(app): State<Arc<App>>,
+    Path(peer): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let before = match q.get("before") {
+        Some(b) => Some(
+            b.parse::<i64>()
+                .map_err(|_| fail(StatusCode::BAD_REQUEST, "before: not a number"))?,
+        ),
+        None => None,
+    };
+    let (page, contact) = app.with_local(|c| {
+        let page = c.conversation_page(&peer, before, PAGE)?;
+        Ok((page, c.store().contact(&peer)?))
+    })?;
+    ok(json!({
+        "peer": peer,
+        "messages": page.messages.iter().map(view_json).collect::<Vec<_>>(),
+        "older": page.older,
+        "contact": contact.map(|c| json!({
+            "verified": c.verified,
+            "key_changed": c.changed_identity.is_some(),
+        })),
+    }))
+}
+
+async fn read(State(app): State<Arc<App>>, Path(peer): Path<String>) -> ApiResult {
+    let n = app.with_local(|c| c.mark_chat_read(&peer))?;
+    ok(json!({ "read": n }))
+}
+
+async fn send(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult {
+    let peer =
+        string_field(&body, "peer").ok_or_else(|| fail(StatusCode::BAD_REQUEST, "no recipient"))?;
+    // The text as typed (leading spaces and new lines are the user's).
+    let text = body
+        .get("text")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let view = app.with_local(|c| {
+        let id = c.queue_text(&peer, &text)?;
+        c.message(&peer, true, &id)?
+            .ok_or(ClientError::Corrupt("queued message"))
+    })?;
+    app.push_state();
+    app.nudge();
+    ok(json!({ "message": view_json(&view) }))
+}
+
+/// A file name the page sent, made safe to create in a directory of our
+/// own (the library sanitises it again for the message).
+fn temp_name(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .take(200)
+        .collect();
+    let trimmed = cleaned.trim().trim_start_matches('.');
+    if trimmed.is_empty() {
+        "file".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+async fn send_file(
+    State(app): State<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Body,
+) -> ApiResult {
+    let peer = q
+        .get("peer")
+        .cloned()
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "no recipient"))?;
+    let name = temp_name(q.get("name").map(String::as_str).unwrap_or("file"));
+    let caption = q.get("caption").cloned().unwrap_or_default();
+    if app.phase() != Phase::Ready {
+        return Err(fail(StatusCode::CONFLICT, "the profile is not open yet"));
+    }
+    // Into a directory of its own in the profile (0700), then encrypted by
+    // the library into the files directory; the plain copy goes at once.
+    let staging = app
+        .dir
+        .join("app-uploads")
+        .join(MessageId::random().to_hex());
+    std::fs::create_dir_all(&staging).map_err(|e| {
+        fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("staging the file: {e}"),
+        )
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(
+            app.dir.join("app-uploads"),
+            std::fs::Permissions::from_mode(0o700),
+        );
+    }
+    let path = staging.join(&name);
+    let written = write_body(&path, body).await;
+    let queued = match written {
+        Ok(()) => {
+            let app2 = app.clone();
+            let (peer2, path2) = (peer.clone(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                app2.with_local(|c| {
+                    let id = c.queue_file(&peer2, &path2, &caption)?;
+                    c.message(&peer2, true, &id)?
+                        .ok_or(ClientError::Corrupt("queued file"))
+                })
+            })
+            .await
+            .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+            .and_then(|r| r)
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_dir_all(&staging);
+    let view = queued?;
+    // The upload starts with the next connection.
+    let _ = app.command(Command::Reconnect);
+    app.push_state();
+    ok(json!({ "message": view_json(&view) }))
+}
+
+async fn write_body(path: &FsPath, body: Body) -> Result<(), (StatusCode, Json<Value>)> {
+    use tokio::io::AsyncWriteExt as _;
+    let io = |e: std::io::Error| {
+        fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("staging the file: {e}"),
+        )
+    };
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| fail(StatusCode::BAD_REQUEST, format!("upload: {e}")))?;
+        total += chunk.len() as u64;
+        if total > MAX_UPLOAD {
+            return Err(fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "files up to {} MiB can be sent from the app",
+                    MAX_UPLOAD >> 20
+                ),
+            ));
+        }
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.sync_all().await.map_err(io)?;
+    Ok(())
+}
+
+/// Types shown inline; everything else is a download.
+const INLINE: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+async fn file(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let rec = app
+        .with_local(|c| c.store().file_by_id(&id))?
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such file"))?;
+    let path = match (rec.outgoing, rec.state, &rec.path) {
+        (false, FileState::Fetched, Some(p)) => p.clone(),
+        _ => return Err(fail(StatusCode::NOT_FOUND, "not downloaded")),
+    };
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| fail(StatusCode::NOT_FOUND, format!("the file is gone: {e}")))?;
+    let stream = futures::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let mime = rec.descriptor.mime.to_ascii_lowercase();
+    let inline = INLINE.contains(&mime.as_str());
+    let mut response = Body::from_stream(stream).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if inline {
+            INLINE
+                .iter()
+                .find(|m| **m == mime)
+                .copied()
+                .unwrap_or("application/octet-stream")
+        } else {
+            "application/octet-stream"
+        }),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static(if inline { "inline" } else { "attachment" }),
+    );
+    Ok(response)
+}
+
+async fn fetch(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let (reply, answer) = oneshot::channel();
+    app.command(Command::FetchFile { id, reply })?;
+    match answer.await {
+        Ok(Ok(_)) => ok(json!({ "fetched": id.to_hex() })),
+        Ok(Err(e)) => Err(fail(StatusCode::BAD_GATEWAY, e)),
+        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+    }
+}
+
+async fn contact(State(app): State<Arc<App>>, Path(peer): Path<String>) -> ApiResult {
+    let (number, contact) = app.with_local(|c| c.local_safety_number(&peer))?;
+    let qr = qrcode::QrCode::new(number.qr_payload().as_bytes())
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let modules: String = qr
+        .to_colors()
+        .iter()
+        .map(|c| if *c == qrcode::Color::Dark { '1' } else { '0' })
+        .collect();
+    ok(json!({
+        "peer": peer,
+        "safety_number": number.grouped(),
+        "qr": { "width": qr.width(), "modules": modules },
+        "verified": contact.verified,
+        "key_changed": contact.changed_identity.is_some(),
+    }))
+}
+
+async fn verify(State(app): State<Arc<App>>, Path(peer): Path<String>) -> ApiResult {
+    app.with_local(|c| c.confirm(&peer).map(|_| ()))?;
+    // Messages held by the key change go out with the next connection.
+    let _ = app.command(Command::Reconnect);
+    ok(json!({ "verified": peer }))
+}
+
+async fn relays(State(app): State<Arc<App>>) -> ApiResult {
+    let list = app.with_local(|c| saved_vias(c.store()))?;
+    let route = lock(&app.net).route.clone();
+    ok(json!({
+        "relays": list.iter().map(|u| {
+            let url = u.to_string();
+            let in_use = route.as_deref() == Some(format!("relay {url}").as_str());
+            json!({ "url": url, "in_use": in_use })
+        }).collect::<Vec<_>>(),
+        "route": route,
+    }))
+}
+
+async fn relay_add(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult {
+    let url: RelayUrl = string_field(&body, "url")
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "paste a relay link"))?
+        .parse()
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    app.with_local(|c| {
+        let mut list = saved_vias(c.store())?;
+        if !list.contains(&url) {
+            list.push(url.clone());
+            save_vias(c.store(), &list)?;
+        }
+        Ok(())
+    })?;
+    let _ = app.command(Command::Reconnect);
+    ok(json!({ "added": url.to_string() }))
+}
+
+async fn relay_remove(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult {
+    let url: RelayUrl = string_field(&body, "url")
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "which relay?"))?
+        .parse()
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("{e}")))?;
+    let removed = app.with_local(|c| {
+        let mut list = saved_vias(c.store())?;
+        let before = list.len();
+        list.retain(|u| *u != url);
+        save_vias(c.store(), &list)?;
+        Ok(before != list.len())
+    })?;
+    if !removed {
+        return Err(fail(StatusCode::NOT_FOUND, "not a saved relay"));
+    }
+    let _ = app.command(Command::Reconnect);
+    ok(json!({ "removed": url.to_string() }))
+}
+
+async fn relay_check(State(app): State<Arc<App>>) -> ApiResult {
+    let (reply, answer) = oneshot::channel();
+    app.command(Command::Routes { reply })?;
+    match answer.await {
+        Ok(Ok(s)) => ok(json!({
+            "in_use": s.in_use.as_ref().ok(),
+            "error": s.in_use.as_ref().err(),
+            "routes": s.probes.iter().map(|p| json!({
+                "route": p.route,
+                "ms": p.result.as_ref().ok(),
+                "error": p.result.as_ref().err(),
+            })).collect::<Vec<_>>(),
+        })),
+        Ok(Err(e)) => Err(fail(StatusCode::BAD_GATEWAY, e)),
+        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+    }
+}
+
+async fn retry(State(app): State<Arc<App>>) -> ApiResult {
+    app.command(Command::Reconnect)?;
+    ok(json!({}))
+}
+
+/// The live channel: the state first, then every event; ends when the app
+/// stops. A page that falls behind is told to reload.
+async fn events(State(app): State<Arc<App>>) -> Response {
+    let first = app.state_json().to_string();
+    let rx = app.live.subscribe();
+    let closing = app.closing.subscribe();
+    let stream = futures::stream::unfold(
+        (Some(first), rx, closing),
+        |(first, mut rx, mut closing)| async move {
+            if let Some(f) = first {
+                return Some((
+                    Ok::<_, std::convert::Infallible>(SseEvent::default().data(f)),
+                    (None, rx, closing),
+                ));
+            }
+            if *closing.borrow() {
+                return None;
+            }
+            let data = tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(d) => d,
+                    Err(broadcast::error::RecvError::Lagged(_)) => json!({ "type": "resync" }).to_string(),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = closing.wait_for(|c| *c) => return None,
+            };
+            Some((Ok(SseEvent::default().data(data)), (None, rx, closing)))
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+// ---------------------------------------------------------------- assets
+
+const INDEX: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/style.css");
+const ICON: &str = include_str!("assets/icon.svg");
+const ATTACH: &str = include_str!("assets/attach.svg");
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Every route, behind the guard.
+pub fn router(app: Arc<App>) -> Router {
+    let expect = app.expect.clone();
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+        )
+        .route("/icon.svg", get(|| async { asset(ICON, "image/svg+xml") }))
+        .route(
+            "/attach.svg",
+            get(|| async { asset(ATTACH, "image/svg+xml") }),
+        )
+        .route("/api/state", get(state))
+        .route("/api/register", post(register))
+        .route("/api/unlock", post(unlock))
+        .route("/api/chats", get(chats))
+        .route("/api/chat/{peer}", get(chat))
+        .route("/api/chat/{peer}/read", post(read))
+        .route("/api/send", post(send))
+        .route(
+            "/api/send-file",
+            post(send_file).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/file/{id}", get(file))
+        .route("/api/file/{id}/fetch", post(fetch))
+        .route("/api/contact/{peer}", get(contact))
+        .route("/api/contact/{peer}/verify", post(verify))
+        .route("/api/relays", get(relays).post(relay_add))
+        .route("/api/relays/remove", post(relay_remove))
+        .route("/api/relays/check", post(relay_check))
+        .route("/api/retry", post(retry))
+        .route("/api/events", post(events))
+        .layer(DefaultBodyLimit::max(MAX_JSON))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(expect, guard::layer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_lines_become_states() {
+        let n = parse_connection(
+            "connected to 127.0.0.1:5222 as alice (relay tls://127.0.0.1:4433)",
+            "alice",
+        );
+        assert_eq!(n.state, "online");
+        assert_eq!(n.route.as_deref(), Some("relay tls://127.0.0.1:4433"));
+        let n = parse_connection("connected to h:1 as alice (direct)", "alice");
+        assert_eq!(n.route.as_deref(), Some("direct"));
+        assert_eq!(
+            parse_connection("cannot connect (x); retrying in 1.0 s", "a").state,
+            "offline"
+        );
+        assert_eq!(
+            parse_connection("disconnected (x); retrying in 1.0 s", "a").state,
+            "offline"
+        );
+    }
+
+    #[test]
+    fn staged_names_stay_in_their_directory() {
+        assert_eq!(temp_name("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(temp_name(".."), "file");
+        assert_eq!(temp_name(""), "file");
+        assert_eq!(temp_name("a\nb/c"), "a_b_c");
+        assert_eq!(temp_name(&"x".repeat(500)).len(), 200);
+    }
+}

@@ -1,0 +1,437 @@
+//! `ponte app` over raw HTTP, with real processes: a `ponte server`, the
+//! app on one profile and the CLI on another. Each guard of a local web
+//! app is checked by a request that a hostile page or a DNS-rebound name
+//! could send (wrong Host, foreign Origin, missing secret), each refused
+//! with no effect; the headers (CSP, no CORS, nosniff, no-referrer); the
+//! JSON API end to end (send, ticks, unread, read receipts only once the
+//! chat is opened); the profile lock against the CLI; Ctrl-C.
+//!
+//! Every wait is bounded; nothing leaves 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{json_lines, ok, ponte, register, Server, WAIT};
+
+mod app_common;
+use app_common::{raw, App};
+
+/// Bob's messages as `ponte sync --json` prints them.
+fn bob_sync(bob: &std::path::Path) -> Vec<serde_json::Value> {
+    json_lines(&ok(&ponte(bob, &["sync", "--json"])))
+}
+
+/// How many queued-or-later messages alice's app holds for bob.
+fn messages_with(app: &App, peer: &str) -> usize {
+    app.json("GET", &format!("/api/chat/{peer}"), "")["messages"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// What a refused request is: its name, its headers, the status wanted.
+type Refused<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+
+#[test]
+fn only_the_apps_own_page_gets_in_and_every_refusal_has_no_effect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    register(&alice, &server.address(), "alice");
+    register(&bob, &server.address(), "bobby");
+    let app = App::start(&alice);
+    app.wait_for("/api/state", "the app to connect", |s| {
+        s["phase"] == "ready" && s["connection"] == "online"
+    });
+    let host = app.addr.to_string();
+    let origin = app.origin();
+    let secret = app.secret.clone();
+    let send = r#"{"peer":"bobby","text":"must not go"}"#;
+
+    // The page itself: strict headers, no inline script.
+    let page = raw(app.addr, "GET", "/", &[("Host", &host)], b"");
+    assert_eq!(page.status, 200);
+    let csp = &page.headers["content-security-policy"];
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self';"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe") && !csp.contains("http"), "{csp}");
+    assert_eq!(page.headers["x-content-type-options"], "nosniff");
+    assert_eq!(page.headers["referrer-policy"], "no-referrer");
+    let html = page.text();
+    for tag in html.split("<script").skip(1) {
+        let open = tag.split('>').next().unwrap();
+        assert!(
+            open.contains("src=\"/app.js\""),
+            "only the one script file: {open}"
+        );
+    }
+    assert!(!html.contains("<style") && !html.contains(" style=") && !html.contains("onclick"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external origin"
+    );
+
+    // Each refusal, on a request that would otherwise queue a message.
+    let refused: &[Refused<'_>] = &[
+        (
+            "DNS rebinding (another name)",
+            vec![
+                ("Host", "attacker.example"),
+                ("Origin", &origin),
+                ("X-Ponte-Secret", &secret),
+            ],
+            421,
+        ),
+        (
+            "localhost instead of the printed address",
+            vec![
+                ("Host", "localhost"),
+                ("Origin", &origin),
+                ("X-Ponte-Secret", &secret),
+            ],
+            421,
+        ),
+        (
+            "no Host",
+            vec![("Origin", &origin), ("X-Ponte-Secret", &secret)],
+            421,
+        ),
+        (
+            "a foreign Origin",
+            vec![
+                ("Host", &host),
+                ("Origin", "http://attacker.example"),
+                ("X-Ponte-Secret", &secret),
+            ],
+            403,
+        ),
+        (
+            "Origin null (sandboxed frame)",
+            vec![
+                ("Host", &host),
+                ("Origin", "null"),
+                ("X-Ponte-Secret", &secret),
+            ],
+            403,
+        ),
+        (
+            "no Origin",
+            vec![("Host", &host), ("X-Ponte-Secret", &secret)],
+            403,
+        ),
+        (
+            "cross-site fetch metadata",
+            vec![
+                ("Host", &host),
+                ("Origin", &origin),
+                ("X-Ponte-Secret", &secret),
+                ("Sec-Fetch-Site", "cross-site"),
+            ],
+            403,
+        ),
+        ("no secret", vec![("Host", &host), ("Origin", &origin)], 401),
+        (
+            "a wrong secret",
+            vec![
+                ("Host", &host),
+                ("Origin", &origin),
+                ("X-Ponte-Secret", "00"),
+            ],
+            401,
+        ),
+    ];
+    for (what, headers, want) in refused {
+        let mut h = headers.clone();
+        h.push(("Content-Type", "application/json"));
+        let r = raw(app.addr, "POST", "/api/send", &h, send.as_bytes());
+        assert_eq!(r.status, *want, "{what}: {}", r.text());
+        assert!(
+            !r.headers.keys().any(|k| k.starts_with("access-control-")),
+            "{what}: CORS headers {:?}",
+            r.headers
+        );
+        // Reads are refused the same way (no data leaves).
+        let h: Vec<_> = headers
+            .iter()
+            .filter(|(k, _)| *k != "Origin")
+            .copied()
+            .collect();
+        let r = raw(app.addr, "GET", "/api/chats", &h, b"");
+        if *what != "no Origin" && !what.contains("Origin") {
+            assert_eq!(r.status, *want, "GET, {what}");
+            assert!(!r.text().contains("chats"), "{what}");
+        }
+    }
+    // A CORS preflight from another origin gets nothing that allows it.
+    let pre = raw(
+        app.addr,
+        "OPTIONS",
+        "/api/send",
+        &[
+            ("Host", &host),
+            ("Origin", "http://attacker.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "x-ponte-secret"),
+        ],
+        b"",
+    );
+    assert!(pre.status >= 400, "{}", pre.status);
+    assert!(!pre.headers.keys().any(|k| k.starts_with("access-control-")));
+    // The live channel: foreign Origin refused, own page gets the state.
+    let r = raw(
+        app.addr,
+        "POST",
+        "/api/events",
+        &[
+            ("Host", &host),
+            ("Origin", "http://attacker.example"),
+            ("X-Ponte-Secret", &secret),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 403);
+    let first = first_event(&app);
+    assert!(first.contains("\"type\":\"state\""), "{first}");
+
+    // None of it had an effect: nothing queued, nothing reached bob.
+    assert_eq!(messages_with(&app, "bobby"), 0);
+    assert!(bob_sync(&bob).is_empty());
+
+    // The page's own request goes through, end to end.
+    let sent = app.json(
+        "POST",
+        "/api/send",
+        r#"{"peer":"bobby","text":"hello from the app"}"#,
+    );
+    let id = sent["message"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(sent["message"]["status"], "queued");
+    app.wait_for("/api/chat/bobby", "sent", |v| {
+        v["messages"][0]["status"] == "sent" || v["messages"][0]["status"] == "delivered"
+    });
+    let got = bob_sync(&bob);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["text"], "hello from the app");
+    assert_eq!(got[0]["id"], id.as_str());
+    // bob's sync displayed it: read by the CLI's rule, so alice sees read.
+    app.wait_for("/api/chat/bobby", "read", |v| {
+        v["messages"][0]["status"] == "read"
+    });
+    drop(server);
+}
+
+/// The first server-sent event of the live channel, as the page opens it.
+fn first_event(app: &App) -> String {
+    let mut s = TcpStream::connect(app.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let req = format!(
+        "POST /api/events HTTP/1.1\r\nHost: {}\r\nOrigin: {}\r\nX-Ponte-Secret: {}\r\nContent-Length: 0\r\n\r\n",
+        app.addr,
+        app.origin(),
+        app.secret
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the live channel closed");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(head.contains("text/event-stream"), "{head}");
+            if let Some(data) = body.split("data: ").nth(1) {
+                if data.contains('\n') {
+                    return data.lines().next().unwrap().to_owned();
+                }
+            }
+        }
+    }
+    panic!("no event within {WAIT:?}");
+}
+
+#[test]
+fn messages_stay_unread_until_the_chat_is_opened_and_the_cli_is_kept_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    register(&alice, &server.address(), "alice");
+    register(&bob, &server.address(), "bobby");
+    let mut app = App::start(&alice);
+    app.wait_for("/api/state", "online", |s| s["connection"] == "online");
+
+    // The app holds the profile: the CLI and a second app say so and
+    // change nothing.
+    let out = ponte(&alice, &["sync"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by ponte app, pid"), "{err}");
+    let out = ponte(&alice, &["app", "--no-open"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by ponte app"));
+    // Only loopback is served, whatever the profile.
+    let out = ponte(&bob, &["app", "--no-open", "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("serves loopback only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // bob writes; the app reports it at once, unread.
+    ok(&ponte(&bob, &["send", "alice", "are you there?"]));
+    let chats = app.wait_for("/api/chats", "bob's message", |v| {
+        v["chats"][0]["unread"] == 1
+    });
+    assert_eq!(chats["chats"][0]["peer"], "bobby");
+    assert_eq!(chats["chats"][0]["last"]["text"], "are you there?");
+    // Delivered to alice's device, not read: bob's tick stays delivered.
+    let start = Instant::now();
+    loop {
+        let out = ok(&ponte(&bob, &["sync", "--json"]));
+        let lines = json_lines(&out);
+        assert!(
+            !lines.iter().any(|l| l["status"] == "read"),
+            "read too early: {out}"
+        );
+        if lines.iter().any(|l| l["status"] == "delivered") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "never delivered");
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Give a wrong receipt every chance to arrive: it must not.
+    thread::sleep(Duration::from_secs(2));
+    let out = ok(&ponte(&bob, &["sync", "--json"]));
+    assert!(
+        !out.contains("\"read\""),
+        "read before the chat was opened: {out}"
+    );
+
+    // alice opens the chat: read, and bob's tick turns read.
+    let read = app.json("POST", "/api/chat/bobby/read", "");
+    assert_eq!(read["read"], 1);
+    assert_eq!(app.json("GET", "/api/chats", "")["chats"][0]["unread"], 0);
+    let start = Instant::now();
+    loop {
+        let out = ok(&ponte(&bob, &["sync", "--json"]));
+        if json_lines(&out).iter().any(|l| l["status"] == "read") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "bob never saw read");
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // Ctrl-C: a clean stop, and the profile is free again.
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &app.child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = app.child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the app did not stop"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{status:?}; log:\n{}",
+        app.log.lock().unwrap()
+    );
+    ok(&ponte(&alice, &["sync"]));
+    drop(server);
+}
+
+#[test]
+fn a_passphrase_profile_opens_on_the_unlock_screen_or_with_ponte_passphrase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let alice = tmp.path().join("alice");
+    let mut cmd = common::command(
+        &alice,
+        &["register", "--server", &server.address(), "alice", "--json"],
+    );
+    cmd.env("PONTE_PASSPHRASE", "correct horse");
+    ok(&common::wait_output(cmd.spawn().unwrap(), WAIT));
+
+    let app = App::start(&alice);
+    app.wait_for("/api/state", "the unlock screen", |s| {
+        s["phase"] != "starting"
+    });
+    assert_eq!(app.json("GET", "/api/state", "")["phase"], "locked");
+    // Nothing readable before it is unlocked.
+    assert_eq!(app.call("GET", "/api/chats", "").status, 409);
+    let wrong = app.call("POST", "/api/unlock", r#"{"passphrase":"wrong horse"}"#);
+    assert_eq!(wrong.status, 403, "{}", wrong.text());
+    assert!(wrong.text().contains("passphrase"), "{}", wrong.text());
+    assert_eq!(app.json("GET", "/api/state", "")["phase"], "locked");
+    let right = app.json("POST", "/api/unlock", r#"{"passphrase":"correct horse"}"#);
+    assert_eq!(right["phase"], "ready");
+    assert_eq!(right["handle"], "alice");
+    app.wait_for("/api/state", "online", |s| s["connection"] == "online");
+    // Unlocking again is refused (it is open).
+    assert_eq!(
+        app.call("POST", "/api/unlock", r#"{"passphrase":"correct horse"}"#)
+            .status,
+        403
+    );
+    drop(app);
+
+    let app = App::start_with(&alice, &[("PONTE_PASSPHRASE", "correct horse")]);
+    app.wait_for("/api/state", "ready at start", |s| s["phase"] == "ready");
+    drop(server);
+}
+
+#[test]
+fn offline_the_app_says_so_and_counts_what_waits_then_sends_it() {
+    use common::Forwarder;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start(&data);
+    let fwd = Forwarder::start(server.addr);
+    let address = format!("ponte://{}#{}", fwd.addr, server.key);
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    register(&alice, &address, "alice");
+    register(&bob, &address, "bobby");
+    let app = App::start(&alice);
+    app.wait_for("/api/state", "online", |s| s["connection"] == "online");
+
+    server.kill();
+    app.wait_for("/api/state", "offline", |s| {
+        s["connection"] == "offline" && s["route"].is_null()
+    });
+    let sent = app.json(
+        "POST",
+        "/api/send",
+        r#"{"peer":"bobby","text":"while offline"}"#,
+    );
+    assert_eq!(sent["message"]["status"], "queued");
+    let state = app.json("GET", "/api/state", "");
+    assert_eq!(state["waiting"], 1, "{state}");
+    // Not online (the send made it try again at once: "connecting").
+    assert_ne!(state["connection"], "online", "{state}");
+
+    // The server is back: the message goes, nothing waits.
+    let server = Server::start(&data);
+    fwd.retarget(server.addr);
+    app.wait_for("/api/state", "nothing waiting", |s| {
+        s["connection"] == "online" && s["waiting"] == 0
+    });
+    let got = bob_sync(&bob);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["text"], "while offline");
+    drop(server);
+}

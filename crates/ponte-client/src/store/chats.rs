@@ -1,0 +1,263 @@
+//! Chats as a chat window shows them: one summary per conversation (last
+//! message, unread count), a page of a conversation, and unread state kept
+//! apart from "reported".
+//!
+//! The CLI counts an incoming message as read once it printed it. A chat
+//! window reports a message as soon as it arrives (the chat list shows it)
+//! but the user reads it only when they open the chat: a client that runs
+//! with [`crate::Client::set_read_when_opened`] marks what it reported with
+//! [`Store::mark_notified`] (no read receipt, the message joins the
+//! `unread` table) and sends the read receipts when the chat is opened
+//! ([`Store::mark_chat_read`]).
+//!
+//! Table `unread` (created on first use): `(peer, id)` of incoming
+//! messages reported but not read yet. Handles and ids only, no text.
+
+use super::messages::{queue_receipts, select_views};
+use super::{MessageView, Store};
+use crate::{ClientError, Result};
+use ponte_e2e::MessageId;
+use rusqlite::{params, Connection};
+
+const SCHEMA_UNREAD: &str = "
+CREATE TABLE IF NOT EXISTS unread (
+    peer TEXT NOT NULL,
+    id BLOB NOT NULL,
+    PRIMARY KEY (peer, id)
+);
+";
+
+/// Most messages one page of a conversation holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// One conversation in the chat list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChatSummary {
+    /// The contact.
+    pub peer: String,
+    /// The newest message, if any.
+    pub last: Option<MessageView>,
+    /// Incoming messages not read yet.
+    pub unread: usize,
+    /// The contact's identity key changed and was not re-verified.
+    pub key_changed: bool,
+    /// The user compared safety numbers and confirmed.
+    pub verified: bool,
+}
+
+/// A page of a conversation, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConversationPage {
+    /// The messages.
+    pub messages: Vec<MessageView>,
+    /// Pass as `before` for the page of older messages (`None`: this page
+    /// starts the conversation).
+    pub older: Option<i64>,
+}
+
+fn ensure(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA_UNREAD)?;
+    Ok(())
+}
+
+/// Drops the unread mark of a message that is being deleted (disappearing
+/// messages); nothing when no chat window ever made the table.
+pub(super) fn forget_unread(conn: &Connection, peer: &str, id: &MessageId) -> Result<()> {
+    ensure(conn)?;
+    conn.execute(
+        "DELETE FROM unread WHERE peer = ?1 AND id = ?2",
+        rusqlite::params![peer, id.0.to_vec()],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Record that these updates were reported to a chat window: an
+    /// outgoing tick is no longer new; an incoming message is no longer new
+    /// either but stays unread (no read receipt) until
+    /// [`Store::mark_chat_read`].
+    pub fn mark_notified<'a>(
+        &self,
+        views: impl IntoIterator<Item = &'a MessageView>,
+    ) -> Result<()> {
+        ensure(&self.conn)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        for v in views {
+            let changed = tx.execute(
+                "UPDATE messages SET shown_status = ?4
+                 WHERE peer = ?1 AND outgoing = ?2 AND id = ?3 AND shown_status <> ?4",
+                params![
+                    v.peer,
+                    i64::from(v.outgoing),
+                    v.id.0.to_vec(),
+                    v.status.to_i64()
+                ],
+            )?;
+            if changed > 0 && !v.outgoing && !v.unreadable {
+                tx.execute(
+                    "INSERT OR IGNORE INTO unread(peer, id) VALUES (?1, ?2)",
+                    params![v.peer, v.id.0.to_vec()],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The user opened the chat with `peer`: every incoming message in it
+    /// is read. Queues one read receipt for those not read before (merged
+    /// per peer as for the CLI) and returns how many there were.
+    pub fn mark_chat_read(&self, peer: &str) -> Result<usize> {
+        ensure(&self.conn)?;
+        // Immediate: it reads, then writes, while another connection (the
+        // one that receives) may commit in between; a deferred transaction
+        // would then fail with "database is locked" instead of waiting.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        let mut ids: Vec<Vec<u8>> = {
+            let mut stmt = tx.prepare("SELECT id FROM unread WHERE peer = ?1")?;
+            let rows = stmt
+                .query_map([peer], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        // Reported to nobody yet (arrived a moment ago): read all the same.
+        let fresh = select_views(
+            &tx,
+            &self.key,
+            "peer = ?1 AND outgoing = 0 AND shown_status <> status",
+            &[&peer],
+        )?;
+        ids.extend(
+            fresh
+                .iter()
+                .filter(|v| !v.unreadable)
+                .map(|v| v.id.0.to_vec()),
+        );
+        tx.execute(
+            "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 0",
+            [peer],
+        )?;
+        tx.execute("DELETE FROM unread WHERE peer = ?1", [peer])?;
+        let mut displayed: Vec<(String, MessageId)> = ids
+            .iter()
+            .filter_map(|i| MessageId::from_slice(i))
+            .map(|i| (peer.to_owned(), i))
+            .collect();
+        displayed.sort_by_key(|d| d.1 .0);
+        displayed.dedup();
+        queue_receipts(&tx, &self.key, &displayed)?;
+        tx.commit()?;
+        Ok(displayed.len())
+    }
+
+    /// Every conversation (contacts, and peers with messages), the one
+    /// with the newest message first; contacts without messages last, by
+    /// name.
+    pub fn chat_summaries(&self) -> Result<Vec<ChatSummary>> {
+        ensure(&self.conn)?;
+        let peers: Vec<(String, Option<i64>)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT peer, MAX(seq) FROM (
+                     SELECT peer, seq FROM messages
+                     UNION ALL SELECT handle, NULL FROM contacts)
+                 GROUP BY peer",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        let mut out = Vec::with_capacity(peers.len());
+        let mut order = Vec::with_capacity(peers.len());
+        for (peer, last_seq) in peers {
+            let last = match last_seq {
+                Some(seq) => select_views(&self.conn, &self.key, "seq = ?1", &[&seq])?.pop(),
+                None => None,
+            };
+            let unread: i64 = self.conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM unread WHERE peer = ?1)
+                      + (SELECT COUNT(*) FROM messages
+                         WHERE peer = ?1 AND outgoing = 0 AND shown_status <> status)",
+                [&peer],
+                |r| r.get(0),
+            )?;
+            let contact = self.contact(&peer)?;
+            order.push(last_seq.unwrap_or(-1));
+            out.push(ChatSummary {
+                unread: usize::try_from(unread).unwrap_or(0),
+                key_changed: contact
+                    .as_ref()
+                    .is_some_and(|c| c.changed_identity.is_some()),
+                verified: contact.as_ref().is_some_and(|c| c.verified),
+                peer,
+                last,
+            });
+        }
+        let mut indexed: Vec<(i64, ChatSummary)> = order.into_iter().zip(out).collect();
+        indexed.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.peer.cmp(&b.1.peer)));
+        Ok(indexed.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// Up to `limit` (at most [`MAX_PAGE`]) messages with `peer` older than
+    /// the cursor `before` (from [`ConversationPage::older`]; `None`: the
+    /// newest), oldest first. Nothing is marked.
+    pub fn conversation_page(
+        &self,
+        peer: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<ConversationPage> {
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ClientError::Invalid(format!(
+                "a page holds 1 to {MAX_PAGE} messages"
+            )));
+        }
+        let before = before.unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(1);
+        let seqs: Vec<i64> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT seq FROM messages WHERE peer = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![peer, before, limit + 1], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        let more = seqs.len() > usize::try_from(limit).unwrap_or(0);
+        let page: &[i64] = if more { &seqs[..seqs.len() - 1] } else { &seqs };
+        let Some(&oldest) = page.last() else {
+            return Ok(ConversationPage {
+                messages: Vec::new(),
+                older: None,
+            });
+        };
+        let messages = select_views(
+            &self.conn,
+            &self.key,
+            "peer = ?1 AND seq >= ?2 AND seq < ?3",
+            &[&peer, &oldest, &before],
+        )?;
+        Ok(ConversationPage {
+            messages,
+            older: more.then_some(oldest),
+        })
+    }
+
+    /// Messages (texts and files, not receipts) waiting in the outbox.
+    pub fn waiting_out(&self) -> Result<usize> {
+        let n: i64 =
+            self.conn
+                .query_row("SELECT COUNT(*) FROM outbox WHERE kind <> 2", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}

@@ -8,6 +8,11 @@
 //! | `connrate` | loop: connect, [TLS handshake], send `C` + 1 byte, read it back, read EOF |
 //! | `latency` | send `E`, then ping-pong `--msg-size` bytes for the duration |
 //! | `idle` | send `H`, read `h`; report readiness, hold until stdin closes |
+//! | `ttfb` | loop: connect, send an untagged Chrome-shaped ClientHello (a prober's), time the first byte back, close |
+//!
+//! With `--stealth SECRET` every connection opens as a Ponte client does
+//! through a stealth listener (tagged ClientHello, the relay's flight
+//! checked, then TLS application-data records) before the test's bytes.
 
 use crate::stats::LatencySummary;
 use anyhow::{bail, Context, Result};
@@ -37,6 +42,8 @@ pub enum Test {
     Latency,
     /// Open and hold connections.
     Idle,
+    /// Time to the first byte answering a prober's ClientHello.
+    Ttfb,
 }
 
 /// Arguments of `ponte-bench client`.
@@ -63,6 +70,13 @@ pub struct ClientArgs {
     /// Connection attempts in flight while `idle` opens its connections.
     #[arg(long, default_value_t = 64)]
     pub open_parallel: usize,
+    /// Open each connection through a stealth listener with this link
+    /// secret (22 characters of base64url).
+    #[arg(long, value_name = "SECRET")]
+    pub stealth: Option<String>,
+    /// The TLS server name of stealth openings and `ttfb` probes.
+    #[arg(long, default_value = "bench.example")]
+    pub sni: String,
 }
 
 /// What one client process reports (one JSON line on stdout).
@@ -90,10 +104,12 @@ pub struct ClientReport {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Connects (and handshakes, if `tls`) to `target`.
+/// Connects (and handshakes, if `tls`, or opens the stealth layer) to
+/// `target`.
 pub struct Connector {
     target: SocketAddr,
     tls: Option<TlsConnector>,
+    stealth: Option<(ponte_wire::stealth::Secret, String)>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -113,7 +129,18 @@ impl Connector {
         } else {
             None
         };
-        Ok(Self { target, tls })
+        Ok(Self {
+            target,
+            tls,
+            stealth: None,
+        })
+    }
+
+    /// Connections open the stealth layer with `secret`, naming `sni`.
+    pub fn with_stealth(mut self, secret: &str, sni: &str) -> Result<Self> {
+        let secret = ponte_wire::stealth::Secret::from_text(secret)?;
+        self.stealth = Some((secret, sni.to_owned()));
+        Ok(self)
     }
 
     /// Opens one connection; returns the stream and the negotiated suite.
@@ -122,6 +149,10 @@ impl Connector {
             .await
             .with_context(|| format!("connect {}", self.target))?;
         tcp.set_nodelay(true)?;
+        if let Some((secret, sni)) = &self.stealth {
+            let s = crate::stealth::open(tcp, secret, sni).await?;
+            return Ok((Box::new(s), Some("stealth".to_owned())));
+        }
         match &self.tls {
             None => Ok((Box::new(tcp), None)),
             Some(c) => {
@@ -153,13 +184,18 @@ pub fn run(args: ClientArgs) -> Result<()> {
 }
 
 async fn run_test(args: &ClientArgs) -> Result<ClientReport> {
-    let conn = Arc::new(Connector::new(args.target, args.tls)?);
+    let mut conn = Connector::new(args.target, args.tls)?;
+    if let Some(secret) = &args.stealth {
+        conn = conn.with_stealth(secret, &args.sni)?;
+    }
+    let conn = Arc::new(conn);
     let duration = Duration::from_millis(args.duration_ms);
     match args.test {
         Test::Throughput => throughput(conn, args.conns, duration).await,
         Test::Connrate => connrate(conn, args.conns, duration).await,
         Test::Latency => latency(conn, args.conns, duration, args.msg_size).await,
         Test::Idle => idle(conn, args.conns, args.open_parallel).await,
+        Test::Ttfb => crate::stealth::ttfb(args.target, &args.sni, args.conns, duration).await,
     }
 }
 
@@ -398,7 +434,7 @@ async fn idle(conn: Arc<Connector>, n: usize, parallel: usize) -> Result<ClientR
     Ok(report)
 }
 
-fn merge(into: &mut ClientReport, from: ClientReport) {
+pub(crate) fn merge(into: &mut ClientReport, from: ClientReport) {
     into.ok += from.ok;
     into.errors += from.errors;
     if into.first_error.is_none() {
@@ -409,7 +445,7 @@ fn merge(into: &mut ClientReport, from: ClientReport) {
     }
 }
 
-fn micros(d: Duration) -> u32 {
+pub(crate) fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 

@@ -5,6 +5,7 @@
 //! - `ponte-bench upstream …` — the sink/echo/hold server relays forward to
 //!   (`upstream.rs`, PROXY header handling in `proxy_header.rs`).
 //! - `ponte-bench client …`   — one load-generator process (`client.rs`).
+//! - the stealth listener's figures, in the same `relay` run (`stealth.rs`).
 //!
 //! Systems under test are child processes (`systems.rs`); TLS material and
 //! client config live in `tls.rs`; percentiles in `stats.rs`.
@@ -18,6 +19,7 @@ mod relay;
 mod report;
 mod server;
 mod stats;
+mod stealth;
 mod systems;
 mod tls;
 mod upstream;

@@ -15,7 +15,7 @@ use crate::systems::{self, Env, Kind, Managed, Running, UpstreamAddrs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -181,12 +181,22 @@ async fn run_async(args: RelayArgs) -> Result<()> {
         haproxy: args.haproxy.clone(),
         ponte: args.ponte.clone(),
         upstream,
+        stealth_secret: Some(crate::stealth::write_secrets(&workdir)?),
     };
     let mut results = Results::new(plan.kinds.clone(), plan.idle.clone(), args.idle_tls);
     let load_before = loadavg();
     let machine0 = systems::machine_ticks();
     let own0 = systems::own_and_children_ticks();
-    let outcome = measure(&plan, &env, &exe, &mut results).await;
+    let mut outcome = measure(&plan, &env, &exe, &mut results).await;
+    let mut stealth_section = String::new();
+    if outcome.is_ok() && plan.kinds.contains(&Kind::Ponte) {
+        let ms = plan.duration.as_millis() as u64;
+        let idle = plan.idle.first().copied().unwrap_or(1000);
+        match crate::stealth::measure(&env, &exe, ms, idle).await {
+            Ok(section) => stealth_section = section,
+            Err(e) => outcome = Err(e),
+        }
+    }
     upstream_proc
         .close_stdin_and_wait(Duration::from_secs(5))
         .await?;
@@ -210,7 +220,7 @@ async fn run_async(args: RelayArgs) -> Result<()> {
 
     let header = machine_header(&args, &plan, &env, &background).await;
     let table = results.render();
-    let doc = format!("{header}\n{table}");
+    let doc = format!("{header}\n{table}{stealth_section}");
     println!("{doc}");
     if let Some(out) = &args.out {
         std::fs::write(out, &doc).with_context(|| format!("writing {}", out.display()))?;
@@ -219,7 +229,7 @@ async fn run_async(args: RelayArgs) -> Result<()> {
     Ok(())
 }
 
-async fn measure(plan: &Plan, env: &Env, exe: &PathBuf, results: &mut Results) -> Result<()> {
+async fn measure(plan: &Plan, env: &Env, exe: &Path, results: &mut Results) -> Result<()> {
     // Phase 1: every system up at once, tests interleaved.
     let mut running = Vec::new();
     for &k in &plan.kinds {
@@ -250,7 +260,8 @@ async fn measure(plan: &Plan, env: &Env, exe: &PathBuf, results: &mut Results) -
             }
             let tag = format!("idle{n}{}", if tls { "tls" } else { "" });
             let sys = systems::start(k, env, &tag).await?;
-            let r = idle_memory(exe, &sys, n, tls).await;
+            let target = if tls { sys.tls } else { sys.plain };
+            let r = idle_memory(exe, &sys, target, n, tls, &[]).await;
             sys.stop().await?;
             match r {
                 Ok((per_conn, note)) => {
@@ -272,7 +283,7 @@ async fn measure(plan: &Plan, env: &Env, exe: &PathBuf, results: &mut Results) -
 
 async fn timed_tests(
     plan: &Plan,
-    exe: &PathBuf,
+    exe: &Path,
     running: &mut [Running],
     results: &mut Results,
 ) -> Result<()> {
@@ -282,7 +293,7 @@ async fn timed_tests(
             for sys in running.iter_mut() {
                 let cpu0 = cpu_of(sys);
                 let target = if tls { sys.tls } else { sys.plain };
-                let rep = one_client(exe, target, tls, Test::Throughput, conns, ms).await;
+                let rep = one_client(exe, target, tls, Test::Throughput, conns, ms, &[]).await;
                 let cpu1 = cpu_of(sys);
                 let metric = Metric::Throughput { conns, tls };
                 match rep {
@@ -320,7 +331,7 @@ async fn timed_tests(
             let target = if tls { sys.tls } else { sys.plain };
             let metric = Metric::ConnRate { tls };
             let cpu0 = cpu_of(sys);
-            let rep = one_client(exe, target, tls, Test::Connrate, 32, ms).await;
+            let rep = one_client(exe, target, tls, Test::Connrate, 32, ms, &[]).await;
             let cpu1 = cpu_of(sys);
             match rep {
                 Ok(r) => {
@@ -351,7 +362,7 @@ async fn timed_tests(
             let target = if tls { sys.tls } else { sys.plain };
             let metric = Metric::RoundTrips { tls };
             let cpu0 = cpu_of(sys);
-            let rep = one_client(exe, target, tls, Test::Latency, 64, ms).await;
+            let rep = one_client(exe, target, tls, Test::Latency, 64, ms, &[]).await;
             let cpu1 = cpu_of(sys);
             match rep {
                 Ok(r) => {
@@ -409,12 +420,13 @@ fn note_errors(results: &mut Results, kind: Kind, metric: Metric, r: &ClientRepo
 }
 
 fn client_cmd(
-    exe: &PathBuf,
+    exe: &Path,
     target: SocketAddr,
     tls: bool,
     test: Test,
     conns: usize,
     ms: u64,
+    extra: &[String],
 ) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("client")
@@ -426,11 +438,13 @@ fn client_cmd(
             Test::Connrate => "connrate",
             Test::Latency => "latency",
             Test::Idle => "idle",
+            Test::Ttfb => "ttfb",
         })
         .arg("--conns")
         .arg(conns.to_string())
         .arg("--duration-ms")
         .arg(ms.to_string())
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
@@ -440,16 +454,18 @@ fn client_cmd(
     cmd
 }
 
-/// Runs one client process to completion and parses its report.
-async fn one_client(
-    exe: &PathBuf,
+/// Runs one client process to completion and parses its report; `extra`
+/// goes on its command line (`--stealth SECRET`).
+pub(crate) async fn one_client(
+    exe: &Path,
     target: SocketAddr,
     tls: bool,
     test: Test,
     conns: usize,
     ms: u64,
+    extra: &[String],
 ) -> Result<ClientReport> {
-    let child = client_cmd(exe, target, tls, test, conns, ms)
+    let child = client_cmd(exe, target, tls, test, conns, ms, extra)
         .stdin(Stdio::null())
         .spawn()?;
     let out = tokio::time::timeout(
@@ -466,13 +482,16 @@ async fn one_client(
     serde_json::from_str(line).context("parsing client report")
 }
 
-/// Opens `n` held connections through `sys` from several client processes;
-/// returns bytes of relay RSS per connection.
-async fn idle_memory(
-    exe: &PathBuf,
+/// Opens `n` held connections to `target` of `sys` from several client
+/// processes (`extra` on their command line); returns bytes of relay RSS per
+/// connection.
+pub(crate) async fn idle_memory(
+    exe: &Path,
     sys: &Running,
+    target: SocketAddr,
     n: usize,
     tls: bool,
+    extra: &[String],
 ) -> Result<(f64, Option<String>)> {
     let proc_ = sys
         .process
@@ -480,7 +499,6 @@ async fn idle_memory(
         .context("idle test needs a relay process")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = proc_.rss_bytes()?;
-    let target = if tls { sys.tls } else { sys.plain };
     let nprocs = n.div_ceil(IDLE_PER_PROCESS).max(1);
     let mut children: Vec<(
         Child,
@@ -488,7 +506,7 @@ async fn idle_memory(
     )> = Vec::new();
     for i in 0..nprocs {
         let share = n / nprocs + usize::from(i < n % nprocs);
-        let mut child = client_cmd(exe, target, tls, Test::Idle, share, 0)
+        let mut child = client_cmd(exe, target, tls, Test::Idle, share, 0, extra)
             .stdin(Stdio::piped())
             .spawn()?;
         let stdout = child.stdout.take().context("client stdout")?;

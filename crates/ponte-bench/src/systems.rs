@@ -303,6 +303,9 @@ pub struct Env {
     pub ponte: Option<PathBuf>,
     /// The bench upstream.
     pub upstream: UpstreamAddrs,
+    /// The link secret of ponte's stealth listener (in `secrets.toml` in the
+    /// workdir).
+    pub stealth_secret: Option<String>,
 }
 
 /// A started system: where clients connect, and its process (none for direct).
@@ -314,6 +317,8 @@ pub struct Running {
     pub plain: SocketAddr,
     /// TLS listener.
     pub tls: SocketAddr,
+    /// Stealth listener (ponte only), its cover the upstream's TLS listener.
+    pub stealth: Option<SocketAddr>,
     /// The relay process.
     pub process: Option<Managed>,
 }
@@ -335,17 +340,24 @@ pub async fn start(kind: Kind, env: &Env, tag: &str) -> Result<Running> {
             kind,
             plain: env.upstream.plain,
             tls: env.upstream.tls,
+            stealth: None,
             process: None,
         });
     }
-    let addrs = free_addrs(3)?;
-    let (plain, tls, stats) = (addrs[0], addrs[1], addrs[2]);
+    let addrs = free_addrs(4)?;
+    let (plain, tls, stats, stealth) = (addrs[0], addrs[1], addrs[2], addrs[3]);
     let vars = [
         ("PLAIN", plain.to_string()),
         ("TLS", tls.to_string()),
         ("STATS", stats.to_string()),
         ("UPSTREAM", env.upstream.proxy.to_string()),
         ("PEM", env.pem.display().to_string()),
+        ("STEALTH", stealth.to_string()),
+        ("COVER", env.upstream.tls.to_string()),
+        (
+            "SECRETS",
+            env.workdir.join("secrets.toml").display().to_string(),
+        ),
     ];
     let base = format!("{}-{tag}", kind.name());
     let log = env.workdir.join(format!("{base}.log"));
@@ -376,11 +388,15 @@ pub async fn start(kind: Kind, env: &Env, tag: &str) -> Result<Running> {
         }
         Kind::Direct => unreachable_direct()?,
     };
-    process.wait_ready(&[plain, tls]).await?;
+    let stealth = (kind == Kind::Ponte).then_some(stealth);
+    let mut ready = vec![plain, tls];
+    ready.extend(stealth);
+    process.wait_ready(&ready).await?;
     Ok(Running {
         kind,
         plain,
         tls,
+        stealth,
         process: Some(process),
     })
 }
@@ -415,6 +431,9 @@ mod tests {
             ("STATS", "127.0.0.1:3".to_owned()),
             ("UPSTREAM", "127.0.0.1:4".to_owned()),
             ("PEM", "/tmp/x.pem".to_owned()),
+            ("STEALTH", "127.0.0.1:5".to_owned()),
+            ("COVER", "127.0.0.1:6".to_owned()),
+            ("SECRETS", "/tmp/secrets.toml".to_owned()),
         ];
         for t in [HAPROXY_OFFICIAL, HAPROXY_TUNED, PONTE] {
             let out = render(t, &vars).unwrap();

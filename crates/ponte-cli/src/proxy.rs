@@ -4,7 +4,7 @@ use crate::qr;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ponte_proxy::acme::AcmeConfig;
-use ponte_proxy::config::{HostPort, ListenAddr};
+use ponte_proxy::config::{HostPort, ListenAddr, TlsMode};
 use ponte_proxy::link::ShareLink;
 use ponte_proxy::stealth::CoverSite;
 use ponte_proxy::{Config, Preset, Proxy};
@@ -48,7 +48,9 @@ struct ConfigSource {
     /// The builtin cover site and its ACME certificate (boxed: rarely set).
     #[command(flatten)]
     builtin: Box<BuiltinArgs>,
-    /// The DNS name the cover site answers to (preset `stealth`).
+    /// The DNS name the cover site answers to (preset `stealth`); preset
+    /// `whatsapp`: the relay's name, on an ACME certificate for its TLS
+    /// listeners (see --acme-directory, --no-acme).
     #[arg(long, value_name = "NAME")]
     domain: Option<String>,
     /// The link secrets file (preset `stealth`; default `secrets.toml` in the
@@ -72,25 +74,37 @@ struct ConfigSource {
     log_client_addresses: bool,
 }
 
-/// `--cover builtin`: the relay's own site and where its certificate
-/// comes from.
+/// The presets' less common options: the builtin cover site, ACME, the
+/// WhatsApp layouts and ports.
 #[derive(Debug, Args)]
 struct BuiltinArgs {
+    /// Preset `whatsapp`: one port for chat and media (443), told apart by
+    /// the TLS server name; the share link names 443 for both.
+    #[arg(long)]
+    single_port: bool,
+    /// A listener's port (repeatable): `https=8443`, or `media-alt=off` to
+    /// drop that listener. Names as in --print-config.
+    #[arg(long = "port", value_name = "NAME=PORT|off")]
+    ports: Vec<String>,
+    /// Serve a self-signed certificate for --domain instead of getting one
+    /// by ACME.
+    #[arg(long, conflicts_with = "acme_directory")]
+    no_acme: bool,
     /// The builtin cover's folder of static files (with --cover builtin;
     /// default: one plain page).
     #[arg(long, value_name = "DIR")]
     site: Option<PathBuf>,
-    /// An ACME CA's directory URL: the builtin cover's certificate for
-    /// --domain comes from it and is renewed before it expires (Let's
-    /// Encrypt: https://acme-v02.api.letsencrypt.org/directory).
+    /// The ACME CA's directory URL for the certificate for --domain (the
+    /// builtin cover's, or the whatsapp preset's TLS listeners'), renewed
+    /// before it expires; default Let's Encrypt.
     #[arg(long, value_name = "URL")]
     acme_directory: Option<String>,
     /// Contact for the ACME account (mailto:you@example.org); repeatable.
-    #[arg(long, value_name = "URL", requires = "acme_directory")]
+    #[arg(long, value_name = "URL")]
     acme_contact: Vec<String>,
     /// Folder for the ACME account and certificate (default `acme` in the
     /// working directory).
-    #[arg(long, value_name = "DIR", requires = "acme_directory")]
+    #[arg(long, value_name = "DIR")]
     acme_state: Option<PathBuf>,
     /// A PEM root certificate to trust for the ACME CA's own HTTPS (a test
     /// CA such as Pebble).
@@ -181,6 +195,40 @@ fn parse_upstream(s: &str) -> Result<HostPort, String> {
     }
 }
 
+/// Let's Encrypt's production directory, the ACME default.
+const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `--port NAME=PORT|off`: every address of listener NAME gets PORT, or the
+/// listener goes.
+fn set_port(cfg: &mut Config, spec: &str) -> anyhow::Result<()> {
+    let Some((name, port)) = spec.split_once('=') else {
+        bail!("--port {spec}: write NAME=PORT or NAME=off");
+    };
+    let Some(at) = cfg.listener.iter().position(|l| l.name.get_ref() == name) else {
+        let names: Vec<&str> = cfg
+            .listener
+            .iter()
+            .map(|l| l.name.get_ref().as_str())
+            .collect();
+        bail!(
+            "--port {spec}: no listener `{name}` (this layout has {})",
+            names.join(", ")
+        );
+    };
+    if port == "off" {
+        cfg.listener.remove(at);
+        return Ok(());
+    }
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => bail!("--port {spec}: the port must be 1 to 65535, or off"),
+    };
+    for a in cfg.listener[at].listen.get_mut() {
+        a.0.set_port(port);
+    }
+    Ok(())
+}
+
 impl ConfigSource {
     fn load(&self) -> anyhow::Result<Config> {
         let mut cfg = match (&self.config, self.preset) {
@@ -201,53 +249,91 @@ impl ConfigSource {
                         "--upstream is for --preset ponte; the whatsapp preset has fixed upstreams"
                     );
                 }
+                let b = &self.builtin;
                 if preset != Preset::Stealth
-                    && (self.cover.is_some()
-                        || self.domain.is_some()
-                        || self.secrets.is_some()
-                        || self.builtin.site.is_some()
-                        || self.builtin.acme_directory.is_some())
+                    && (self.cover.is_some() || self.secrets.is_some() || b.site.is_some())
                 {
-                    bail!("--cover, --domain, --secrets, --site and --acme-directory go with --preset stealth");
+                    bail!("--cover, --secrets and --site go with --preset stealth");
                 }
-                if preset == Preset::Stealth {
-                    let mut cfg = match (&self.upstream, &self.cover, &self.domain) {
-                        (Some(up), Some(cover), Some(domain)) => Config::stealth_preset(
-                            up.clone(),
-                            cover.clone(),
-                            domain,
-                            self.secrets.clone(),
-                        )?,
-                        _ => bail!("--preset stealth needs --upstream HOST:PORT, --cover HOST:PORT|builtin and --domain NAME"),
-                    };
-                    let builtin = self.cover == Some(CoverSite::Builtin);
-                    if !builtin
-                        && (self.builtin.site.is_some() || self.builtin.acme_directory.is_some())
-                    {
-                        bail!("--site and --acme-directory go with --cover builtin (the relay's own site)");
+                if preset == Preset::Ponte && self.domain.is_some() {
+                    bail!("--domain goes with --preset stealth or whatsapp");
+                }
+                if preset != Preset::Whatsapp && b.single_port {
+                    bail!("--single-port goes with --preset whatsapp");
+                }
+                // Whether the layout serves a certificate for --domain.
+                let mut wants_cert = false;
+                let mut cfg = match preset {
+                    Preset::Stealth => {
+                        let mut cfg = match (&self.upstream, &self.cover, &self.domain) {
+                            (Some(up), Some(cover), Some(domain)) => Config::stealth_preset(
+                                up.clone(),
+                                cover.clone(),
+                                domain,
+                                self.secrets.clone(),
+                            )?,
+                            _ => bail!("--preset stealth needs --upstream HOST:PORT, --cover HOST:PORT|builtin and --domain NAME"),
+                        };
+                        wants_cert = self.cover == Some(CoverSite::Builtin);
+                        if !wants_cert && b.site.is_some() {
+                            bail!("--site goes with --cover builtin (the relay's own site)");
+                        }
+                        if let Some(st) = cfg.listener[0].stealth.as_mut() {
+                            st.site = b.site.clone();
+                        }
+                        cfg
                     }
-                    if let Some(st) = cfg.listener[0].stealth.as_mut() {
-                        st.site = self.builtin.site.clone();
+                    Preset::Whatsapp => {
+                        let mut cfg = if b.single_port {
+                            Config::whatsapp_single_port()?
+                        } else {
+                            Config::preset(preset, None)?
+                        };
+                        if let Some(domain) = &self.domain {
+                            cfg.tls.self_signed_names = vec![domain.clone()];
+                            wants_cert = true;
+                        }
+                        cfg
                     }
-                    if let (Some(directory), Some(domain)) =
-                        (&self.builtin.acme_directory, &self.domain)
-                    {
+                    Preset::Ponte => Config::preset(preset, self.upstream.clone())?,
+                };
+                match (&self.domain, wants_cert && !b.no_acme) {
+                    (Some(domain), true) => {
                         cfg.acme = Some(AcmeConfig {
-                            directory: directory.clone(),
+                            directory: b
+                                .acme_directory
+                                .clone()
+                                .unwrap_or_else(|| LETS_ENCRYPT.to_owned()),
                             domains: vec![domain.clone()],
-                            contact: self.builtin.acme_contact.clone(),
-                            state: self.builtin.acme_state.clone(),
-                            directory_ca: self.builtin.acme_ca.clone(),
+                            contact: b.acme_contact.clone(),
+                            state: b.acme_state.clone(),
+                            directory_ca: b.acme_ca.clone(),
                             renew_before: "30d".parse().map_err(anyhow::Error::msg)?,
                             check_interval: "12h".parse().map_err(anyhow::Error::msg)?,
                         });
+                        if preset == Preset::Whatsapp {
+                            for l in &mut cfg.listener {
+                                if l.tls != TlsMode::None {
+                                    l.tls = TlsMode::Acme;
+                                }
+                            }
+                        }
                     }
-                    cfg
-                } else {
-                    Config::preset(preset, self.upstream.clone())?
+                    _ if b.acme_directory.is_some() => bail!(
+                        "--acme-directory needs a certificate to get: --cover builtin with \
+                         --preset stealth, or --domain with --preset whatsapp"
+                    ),
+                    _ => {}
                 }
+                for p in &b.ports {
+                    set_port(&mut cfg, p)?;
+                }
+                cfg
             }
         };
+        if self.config.is_some() && !self.builtin.ports.is_empty() {
+            bail!("--port goes with a preset; with --config, set the ports in the file");
+        }
         if let Some(a) = self.admin {
             cfg.admin = Some(ponte_proxy::config::AdminConfig::new(a.0));
         }

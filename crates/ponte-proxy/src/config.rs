@@ -281,6 +281,39 @@ pub struct ListenerConfig {
     /// A stealth listener: a probe sees the cover site (`crate::stealth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stealth: Option<crate::stealth::StealthConfig>,
+    /// TLS connections for other servers, told apart by their server name
+    /// before any byte is forwarded, go to another upstream untouched
+    /// (WhatsApp's media on the chat port in the single-port layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni_passthrough: Option<SniPassthrough>,
+}
+
+/// `[listener.sni_passthrough]`: a connection whose ClientHello names one
+/// of `names` (or a name under one: `whatsapp.net` covers
+/// `mmg.whatsapp.net`) is passed to `upstream` as it is, TLS and all; the
+/// listener terminates TLS for every other connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniPassthrough {
+    /// Server names (and the names under them) that are passed through.
+    pub names: Vec<String>,
+    /// The upstream they go to.
+    pub upstream: Spanned<String>,
+}
+
+impl SniPassthrough {
+    /// Whether `server_name` is one of the names or under one (ASCII case
+    /// ignored).
+    pub fn matches(&self, server_name: &str) -> bool {
+        let sni = server_name.trim_end_matches('.').to_ascii_lowercase();
+        self.names.iter().any(|n| {
+            let n = n.to_ascii_lowercase();
+            sni == n
+                || (sni.len() > n.len()
+                    && sni.ends_with(&n)
+                    && sni.as_bytes()[sni.len() - n.len() - 1] == b'.')
+        })
+    }
 }
 
 /// TLS mode of a listener.
@@ -400,6 +433,7 @@ fn listener(
         upstream: sp(upstream.to_owned()),
         max_connections: None,
         stealth: None,
+        sni_passthrough: None,
     }
 }
 
@@ -487,6 +521,23 @@ impl Config {
                 })
             }
         }
+        cfg.validate(None, None)?;
+        Ok(cfg)
+    }
+
+    /// WhatsApp's layout on one port: chat over TLS on 443, and WhatsApp's
+    /// media on the same port, told apart by the TLS server name (the
+    /// media servers' names, under `whatsapp.net`, pass through untouched to
+    /// `whatsapp.net:443`; everything else is chat, TLS terminated here).
+    pub fn whatsapp_single_port() -> Result<Config, ConfigError> {
+        let mut cfg = Config::preset(Preset::Whatsapp, None)?;
+        cfg.upstream.remove("web");
+        let mut https = listener("https", 443, TlsMode::SelfSigned, false, "chat");
+        https.sni_passthrough = Some(SniPassthrough {
+            names: vec!["whatsapp.net".into()],
+            upstream: sp("media".into()),
+        });
+        cfg.listener = vec![https];
         cfg.validate(None, None)?;
         Ok(cfg)
     }
@@ -777,6 +828,33 @@ impl Config {
                         }
                     ),
                 ));
+            }
+            if let Some(p) = &l.sni_passthrough {
+                let problem = if l.tls == TlsMode::None {
+                    Some("sni_passthrough needs a TLS listener (the server name is read from its ClientHello)".to_owned())
+                } else if l.stealth.is_some() {
+                    Some("a stealth listener takes no sni_passthrough".to_owned())
+                } else if p.names.is_empty()
+                    || p.names
+                        .iter()
+                        .any(|n| !valid_hostname(n) || n.parse::<IpAddr>().is_ok())
+                {
+                    Some("sni_passthrough.names must be DNS names".to_owned())
+                } else if !self.upstream.contains_key(p.upstream.get_ref()) {
+                    Some(format!(
+                        "sni_passthrough: no upstream named `{}`",
+                        p.upstream.get_ref()
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = problem {
+                    return Err(err(
+                        p.upstream.span(),
+                        format!("listener[{i}].sni_passthrough"),
+                        message,
+                    ));
+                }
             }
             if l.tls == TlsMode::Acme && self.acme.is_none() {
                 return Err(err(

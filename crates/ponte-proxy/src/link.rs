@@ -7,7 +7,9 @@
 //! - a layout with WhatsApp's media listener (an upstream that takes no
 //!   PROXY header, as in the preset `whatsapp`) gets the WhatsApp link, its
 //!   chat port the first client-facing TLS listener whose upstream is not
-//!   the media one (else the first plain one);
+//!   the media one (else the first plain one); in the single-port layout
+//!   the media port is the chat listener's own, whose `sni_passthrough`
+//!   sends WhatsApp's media servers' names to the media upstream;
 //! - any other layout (preset `ponte`) gets a Ponte relay link to the first
 //!   client-facing listener with TLS, else the first plain one.
 //!
@@ -73,12 +75,22 @@ fn port(l: &ListenerConfig) -> Option<u16> {
 /// media, when the layout has a media listener.
 fn whatsapp_ports(cfg: &Config) -> Option<(u16, u16, bool)> {
     let direct = || cfg.listener.iter().filter(|l| !l.accept_proxy);
-    let is_media = |l: &ListenerConfig| {
+    let media_upstream = |name: &str| {
         cfg.upstream
-            .get(l.upstream.get_ref())
+            .get(name)
             .is_some_and(|u| u.send_proxy == SendProxy::None)
     };
-    let media = direct().find(|l| is_media(l)).and_then(port)?;
+    let is_media = |l: &ListenerConfig| media_upstream(l.upstream.get_ref());
+    let media = match direct().find(|l| is_media(l)) {
+        Some(l) => port(l)?,
+        None => direct()
+            .find(|l| {
+                l.sni_passthrough
+                    .as_ref()
+                    .is_some_and(|p| media_upstream(p.upstream.get_ref()))
+            })
+            .and_then(port)?,
+    };
     let tls_chat = direct().find(|l| l.tls != TlsMode::None && !is_media(l));
     let (chat, tls) = match tls_chat {
         Some(l) => (port(l)?, true),
@@ -109,6 +121,19 @@ mod tests {
         let cfg = Config::preset(Preset::Ponte, Some("s.example:5222".parse().unwrap())).unwrap();
         assert_eq!(whatsapp_ports(&cfg), None);
         assert_eq!(ponte_port(&cfg), Some((443, true)));
+    }
+
+    #[test]
+    fn single_port_layout_gets_one_port_for_chat_and_media() {
+        let cfg = Config::whatsapp_single_port().unwrap();
+        assert_eq!(whatsapp_ports(&cfg), Some((443, 443, true)));
+        assert_eq!(
+            ShareLink::for_config(&cfg, "proxy.example.org"),
+            Ok(ShareLink::WhatsApp(
+                "https://wa.me/proxy?host=proxy.example.org&chatPort=443&mediaPort=443&chatTLS=true"
+                    .into()
+            ))
+        );
     }
 
     #[test]

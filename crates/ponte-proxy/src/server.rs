@@ -76,6 +76,8 @@ struct ListenerShared {
     open: Arc<Counter>,
     max: Option<u32>,
     stealth: Option<Arc<StealthListener>>,
+    /// Server names passed through untouched, and where to.
+    passthrough: Option<(crate::config::SniPassthrough, Arc<Upstream>)>,
 }
 
 impl std::fmt::Debug for ListenerShared {
@@ -331,7 +333,20 @@ fn prepare(config: &Config) -> Result<Prepared, ProxyError> {
                 )))
             }
         };
+        let passthrough = match &l.sni_passthrough {
+            None => None,
+            Some(p) => {
+                let up = upstreams
+                    .get(p.upstream.get_ref())
+                    .cloned()
+                    .ok_or_else(|| {
+                        ProxyError::Config(format!("no upstream `{}`", p.upstream.get_ref()))
+                    })?;
+                Some((p.clone(), up))
+            }
+        };
         let shared = Arc::new(ListenerShared {
+            passthrough,
             counters: ByteCounters {
                 up: lm.bytes_up.clone(),
                 down: lm.bytes_down.clone(),

@@ -54,9 +54,14 @@ pub enum TlsError {
 
 type Stamp = Option<(SystemTime, u64)>;
 
+/// How long a self-signed certificate is made valid for: a year, as
+/// `openssl req -x509 -days 365` and most small sites' certificates have;
+/// a running relay makes a new one when less than a month is left.
+pub const SELF_SIGNED_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
 #[derive(Debug)]
 enum Source {
-    SelfSigned,
+    SelfSigned(Vec<String>),
     Files {
         cert: PathBuf,
         key: PathBuf,
@@ -81,19 +86,14 @@ fn stamp(p: &Path) -> Stamp {
 }
 
 impl CertStore {
-    /// A fresh self-signed certificate for `names` (DNS names or IP addresses).
+    /// A fresh self-signed certificate for `names` (DNS names or IP
+    /// addresses), shaped like any small site's: the first name as its
+    /// subject, valid from an hour ago for [`SELF_SIGNED_VALIDITY`].
     pub fn self_signed(names: &[String]) -> Result<CertStore, TlsError> {
-        let ck = rcgen::generate_simple_self_signed(names.to_vec())
-            .map_err(|e| TlsError::Generate(e.to_string()))?;
-        let der = PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
-        let key = provider()
-            .key_provider
-            .load_private_key(der)
-            .map_err(|e| TlsError::Generate(e.to_string()))?;
-        let certified = CertifiedKey::new(vec![ck.cert.der().clone()], key);
+        let certified = make_self_signed(names)?;
         Ok(CertStore {
             current: RwLock::new(Arc::new(certified)),
-            source: Source::SelfSigned,
+            source: Source::SelfSigned(names.to_vec()),
         })
     }
 
@@ -124,8 +124,22 @@ impl CertStore {
     /// new file leaves the old certificate in place and is not tried again
     /// until it changes (or `force`), so it is reported once.
     pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
-        let Source::Files { cert, key, seen } = &self.source else {
-            return Ok(false);
+        let (cert, key, seen) = match &self.source {
+            Source::Files { cert, key, seen } => (cert, key, seen),
+            Source::SelfSigned(names) => {
+                let current = self.current();
+                let ends = current.cert.first().and_then(|c| crate::acme::not_after(c));
+                let month = std::time::Duration::from_secs(30 * 86_400);
+                if ends.is_some_and(|e| !crate::acme::due(e, SystemTime::now(), month)) {
+                    return Ok(false);
+                }
+                let fresh = make_self_signed(names)?;
+                match self.current.write() {
+                    Ok(mut g) => *g = Arc::new(fresh),
+                    Err(p) => *p.into_inner() = Arc::new(fresh),
+                }
+                return Ok(true);
+            }
         };
         let now = (stamp(cert), stamp(key));
         {
@@ -157,9 +171,10 @@ impl CertStore {
         Ok(())
     }
 
-    /// True when backed by files (so reloading means something).
+    /// True when backed by files, or self-signed (made anew before it
+    /// expires): reloading means something.
     pub fn is_file_backed(&self) -> bool {
-        matches!(self.source, Source::Files { .. })
+        matches!(self.source, Source::Files { .. } | Source::SelfSigned(_))
     }
 
     /// A rustls server config serving this store's certificate for any SNI.
@@ -249,6 +264,32 @@ impl Acceptor {
         }
         start.into_stream(Arc::clone(&self.config)).await.map(Some)
     }
+}
+
+fn make_self_signed(names: &[String]) -> Result<CertifiedKey, TlsError> {
+    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(gen)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(first) = names.first() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, first.as_str());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = params.not_before + SELF_SIGNED_VALIDITY;
+    let mut serial = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut serial);
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let key_pair = rcgen::KeyPair::generate().map_err(gen)?;
+    let cert = params.self_signed(&key_pair).map_err(gen)?;
+    let der = PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
+    let key = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], key))
 }
 
 fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
@@ -366,9 +407,25 @@ mod tests {
     }
 
     #[test]
-    fn self_signed_has_the_names() {
+    fn self_signed_looks_like_a_small_sites() {
         let s = CertStore::self_signed(&["relay.example".into(), "192.0.2.1".into()]).unwrap();
         assert_eq!(s.current().cert.len(), 1);
-        assert!(!s.is_file_backed());
+        let der = s.current().cert[0].to_vec();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let cn: Vec<&str> = cert
+            .subject()
+            .iter_common_name()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(cn, ["relay.example"]);
+        assert_eq!(cert.subject(), cert.issuer());
+        let v = cert.validity();
+        let life = v.not_after.timestamp() - v.not_before.timestamp();
+        assert_eq!(life, 365 * 86_400);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!((now - 7200..=now).contains(&v.not_before.timestamp()));
+        // Not due for a month and more: a reload keeps it.
+        assert!(!s.reload(false).unwrap());
+        assert_eq!(s.current().cert[0].to_vec(), der);
     }
 }

@@ -198,6 +198,41 @@ async fn handshakes(
             Accepted::Closed => None,
         };
     }
+    if let Some((names, media)) = &l.passthrough {
+        match timeout_at(deadline, read_first_record(&mut stream, &mut early)).await {
+            Ok(true) => {}
+            // Closed, or the deadline: nothing to relay.
+            _ => {
+                l.metrics.tls_failed(HandshakeFailure::Timeout);
+                return None;
+            }
+        }
+        let name = ponte_wire::stealth::hello::parse(&early)
+            .ok()
+            .and_then(|h| h.server_name.map(str::to_owned));
+        if name.is_some_and(|n| names.matches(&n)) {
+            // Not ours: the bytes read so far, then everything, untouched.
+            let mut up = match media.connect().await {
+                Ok(s) => s,
+                Err(e) => {
+                    l.metrics.refuse(Refusal::UpstreamUnavailable);
+                    tracing::debug!("{e}");
+                    return None;
+                }
+            };
+            let mut first = Vec::new();
+            match media.send_proxy {
+                SendProxy::None => {}
+                SendProxy::V1 => proxy_header::encode_v1(source, destination, &mut first),
+                SendProxy::V2 => proxy_header::encode_v2(source, destination, &mut first),
+            }
+            first.extend_from_slice(&early);
+            if up.write_all(&first).await.is_err() {
+                return None;
+            }
+            return Some((Client::Plain(stream), up));
+        }
+    }
     let client = match &l.tls {
         None => {
             header.extend_from_slice(&early);
@@ -235,6 +270,31 @@ async fn handshakes(
         return None;
     }
     Some((client, up))
+}
+
+/// Reads until `buf` holds the whole first TLS record (a ClientHello fits
+/// in one: at most 16 KiB), or shows it is not one. `false` when the client
+/// closed first.
+async fn read_first_record(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    use ponte_wire::stealth::hello::{peek, Peek, MAX_HELLO_RECORD, RECORD_HEADER_LEN};
+    let cap = RECORD_HEADER_LEN + MAX_HELLO_RECORD;
+    // Each round reads at least one byte or ends; the record is capped.
+    loop {
+        let want = match peek(buf) {
+            Peek::NotHello => return true,
+            Peek::Record(n) if buf.len() >= n => return true,
+            Peek::Record(n) | Peek::NeedMore(n) => n.min(cap).saturating_sub(buf.len()).max(1),
+        };
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        match stream.read(&mut buf[start..]).await {
+            Ok(n) if n > 0 => buf.truncate(start + n),
+            _ => {
+                buf.truncate(start);
+                return false;
+            }
+        }
+    }
 }
 
 async fn connect(l: &ListenerShared) -> Option<TcpStream> {

@@ -89,6 +89,10 @@ struct RunArgs {
     /// [default: DATA_DIR/blobs].
     #[arg(long, value_name = "DIR")]
     blob_dir: Option<PathBuf>,
+    /// NATS with JetStream carrying wake-ups and presence between the
+    /// nodes of a service on PostgreSQL: nats://HOST:PORT.
+    #[arg(long, value_name = "ADDRESS", env = "PONTE_BUS", value_parser = ponte_server::bus::check_address)]
+    bus: Option<String>,
     /// IP address and port to listen on for clients and relays (port 0: any
     /// free port) [default: 0.0.0.0:5222].
     #[arg(long, value_name = "IP:PORT", value_parser = parse_listen)]
@@ -360,6 +364,9 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = a.blob_dir {
         cfg.blob_dir = Some(v);
+    }
+    if let Some(v) = a.bus {
+        cfg.bus = Some(v);
     }
     if a.invite_only {
         cfg.invite_only = true;

@@ -56,6 +56,20 @@ enum ServerCommand {
     /// Prepare a service on PostgreSQL: create the schema, and the
     /// service's key in --data (copy server.key to every other node).
     Init(InitArgs),
+    /// Move a stopped SQLite server's data (accounts, keys, queued
+    /// messages, blob records) into an empty PostgreSQL database; the
+    /// server address stays the same.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// Data directory of the SQLite server (stopped).
+    #[arg(long, value_name = "DIR", env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
+    data: PathBuf,
+    /// The empty PostgreSQL database to move it into.
+    #[arg(long, value_name = "ADDRESS", value_parser = check_store)]
+    to: String,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +243,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         },
         Some(ServerCommand::Backup(b)) => backup(&b),
         Some(ServerCommand::Init(i)) => init(&i),
+        Some(ServerCommand::Migrate(m)) => migrate(&m),
         None => serve(args.run),
     }
 }
@@ -308,6 +323,29 @@ fn init(i: &InitArgs) -> anyhow::Result<ExitCode> {
         },
         file.display(),
         key,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn migrate(m: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let summary = ponte_server::migrate_to_postgres(&m.data, &m.to).map_err(|e| match e {
+        ServerError::DataDirInUse(_) | ServerError::AddressKeyMismatch(_) => {
+            anyhow::anyhow!("{e}")
+        }
+        e => explain_data_dir(e, &m.data, "migrating to PostgreSQL"),
+    })?;
+    let copied: Vec<String> = summary
+        .tables
+        .iter()
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect();
+    eprintln!(
+        "moved to PostgreSQL: {}\n\
+         {} is now {} (kept as a backup); start the server with --store and the same --data \
+         (same key, same address)",
+        copied.join(", "),
+        m.data.join("ponte.db").display(),
+        ponte_server::MIGRATED_DB_FILE,
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -310,3 +310,61 @@ fn two_nodes_on_one_database_and_nats_deliver_both_ways_once_in_order() {
     n1.kill();
     n2.kill();
 }
+
+/// A SQLite server with queued messages moves to PostgreSQL with `ponte
+/// server migrate`: a client that never registered again gets what waited
+/// for it, in order and once, through the same address (a forwarder stands
+/// for the unchanged host and port); the service carries on both ways; a
+/// second migrate into the same database is refused.
+#[test]
+fn a_sqlite_server_moves_to_postgres_and_clients_carry_on() {
+    if !pg::reachable() {
+        return;
+    }
+    let db = pg::TestDb::create();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let data_arg = data.to_str().unwrap();
+    let server = Server::start(&data);
+    let fwd = common::Forwarder::start(server.addr);
+    let address = server.address_at(fwd.addr.port());
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    common::register(&alice, &address, "alice");
+    common::register(&bob, &address, "bob");
+    let queued: Vec<String> = (0..3).map(|i| format!("queued {i}")).collect();
+    for t in &queued {
+        ok(&ponte(&alice, &["send", "bob", t]));
+    }
+    // Stopped hard: the WAL is still there.
+    server.kill();
+
+    let out = server_cmd(&["migrate", "--data", data_arg, "--to", &db.url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("mailbox 3"), "{}", stderr(&out));
+    assert!(!data.join("ponte.db").exists());
+    assert!(data.join("ponte.db.migrated").is_file());
+    assert_eq!(count(&db.url, "accounts"), 2);
+
+    let server = Server::start_with(&data, &["--store", &db.url]);
+    assert_eq!(server.key, address.rsplit_once('#').unwrap().1, "same key");
+    fwd.retarget(server.addr);
+    let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
+    let texts: Vec<&str> = got.iter().filter_map(|v| v["text"].as_str()).collect();
+    assert_eq!(texts, queued.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&ponte(&bob, &["send", "alice", "after the move"]));
+    let got = json_lines(&ok(&ponte(&alice, &["sync", "--json"])));
+    assert_eq!(with_text(&got, "after the move").len(), 1, "{got:?}");
+    let again = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
+    assert!(with_text(&again, "queued 0").is_empty(), "{again:?}");
+    server.kill();
+
+    // The database now holds a service: a second migrate is refused.
+    std::fs::rename(data.join("ponte.db.migrated"), data.join("ponte.db")).unwrap();
+    let out = server_cmd(&["migrate", "--data", data_arg, "--to", &db.url]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already holds accounts"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -117,6 +117,10 @@ pub enum ServerError {
     /// NATS could not be reached, or its bucket not opened.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
+    /// Copying a SQLite service into PostgreSQL failed (nothing was
+    /// written there).
+    #[error(transparent)]
+    Migrate(#[from] store::pg::migrate::MigrateError),
     /// Another server process runs on this data directory.
     #[error(
         "another ponte server is already running with the data directory {} \
@@ -541,6 +545,43 @@ pub fn init_postgres(data_dir: &Path, address: &str) -> Result<Init, ServerError
         key: keypair.public(),
         key_created,
     })
+}
+
+/// What the SQLite database is renamed to once migrated, so that a start
+/// without `--store` cannot serve the old copy.
+pub const MIGRATED_DB_FILE: &str = "ponte.db.migrated";
+
+/// `ponte server migrate --data DIR --to ADDRESS`: moves the SQLite service
+/// in `DIR` (no server may run there) into the empty PostgreSQL database
+/// at `address`, records the service's key there, and renames `ponte.db`
+/// to [`MIGRATED_DB_FILE`]. The key and the blob files stay in `DIR`; the
+/// server address does not change.
+pub fn migrate_to_postgres(
+    data_dir: &Path,
+    address: &str,
+) -> Result<store::pg::migrate::MigrateSummary, ServerError> {
+    let db = data_dir.join(store::DB_FILE);
+    if !keyfile::dir_exists(data_dir)? || std::fs::symlink_metadata(&db).is_err() {
+        return Err(ServerError::NoDatabase(data_dir.to_owned()));
+    }
+    let _lock = lock_data_dir(data_dir)?;
+    let keypair = keyfile::load(data_dir)?;
+    let recorded = store::pg::claim_address_key(address, keypair.public())
+        .map_err(store::StoreError::Postgres)?;
+    if recorded != keypair.public() {
+        return Err(ServerError::AddressKeyMismatch(
+            data_dir.join(keyfile::KEY_FILE),
+        ));
+    }
+    let summary = store::pg::migrate::migrate_sqlite(data_dir, address)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let from = data_dir.join(format!("{}{suffix}", store::DB_FILE));
+        if std::fs::symlink_metadata(&from).is_ok() {
+            let to = data_dir.join(format!("{MIGRATED_DB_FILE}{suffix}"));
+            std::fs::rename(&from, &to).map_err(|error| ServerError::Lock { path: from, error })?;
+        }
+    }
+    Ok(summary)
 }
 
 /// Creates a one-use invite token in the service's PostgreSQL database

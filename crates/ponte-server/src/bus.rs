@@ -80,6 +80,7 @@ enum Outgoing {
 pub(crate) struct Bus {
     node: String,
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
     kv: kv::Store,
     registry: Arc<Registry>,
     /// Where each account's newest connection is, as the bucket says.
@@ -103,6 +104,31 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// Makes the presence bucket's stream unless it exists: at start, and
+/// again after a failure (a NATS restart loses a memory stream). It is
+/// made here as a key-value bucket's is, because `create_key_value` first
+/// reads account details that NATS 2.9 answers in a form the client does
+/// not parse. Presence is soft state: memory storage, rebuilt by the
+/// refreshes.
+async fn ensure_bucket(js: &async_nats::jetstream::Context) {
+    let stream = async_nats::jetstream::stream::Config {
+        name: format!("KV_{PRESENCE_BUCKET}"),
+        subjects: vec![format!("$KV.{PRESENCE_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        max_age: PRESENCE_TTL,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    };
+    if let Err(e) = js.get_or_create_stream(stream).await {
+        tracing::debug!("bus: presence bucket not made: {e}");
+    }
+}
+
 fn wake_subject(node: &str) -> String {
     format!("ponte.wake.{node}")
 }
@@ -123,26 +149,7 @@ impl Bus {
             .await
             .map_err(BusError::Connect)?;
         let js = async_nats::jetstream::new(client.clone());
-        // The bucket's stream is made here, as a key-value bucket's is
-        // (`create_key_value` first reads account details that NATS 2.9
-        // answers in a form the client does not parse); made already by
-        // another node, it is simply used.
-        let stream = async_nats::jetstream::stream::Config {
-            name: format!("KV_{PRESENCE_BUCKET}"),
-            subjects: vec![format!("$KV.{PRESENCE_BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_age: PRESENCE_TTL,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            num_replicas: 1,
-            discard: async_nats::jetstream::stream::DiscardPolicy::New,
-            storage: async_nats::jetstream::stream::StorageType::Memory,
-            ..Default::default()
-        };
-        if let Err(e) = js.get_or_create_stream(stream).await {
-            tracing::debug!("bus: presence stream not created: {e}");
-        }
+        ensure_bucket(&js).await;
         let kv = js
             .get_key_value(PRESENCE_BUCKET)
             .await
@@ -151,6 +158,7 @@ impl Bus {
         Ok(Arc::new(Self {
             node,
             client,
+            js,
             kv,
             registry,
             presence: Mutex::default(),
@@ -225,6 +233,7 @@ impl Bus {
     /// node records a newer login of the same device.
     async fn watch_presence(self: Arc<Self>, stop: CancellationToken) {
         while !stop.is_cancelled() {
+            ensure_bucket(&self.js).await;
             match self.kv.watch_all().await {
                 Ok(mut watch) => {
                     while let Some(entry) = watch.next().await {
@@ -301,7 +310,7 @@ impl Bus {
                         if let Ok(mut mine) = self.mine.lock() {
                             mine.insert(account, at);
                         }
-                        self.put_presence(account, at).await;
+                        let _ = self.put_presence(account, at).await;
                     }
                     Outgoing::Wake(account) => {
                         if !woken.insert(account) {
@@ -333,10 +342,15 @@ impl Bus {
         }
     }
 
-    async fn put_presence(&self, account: AccountId, at: u64) {
+    /// Records `account` here; false if that failed.
+    async fn put_presence(&self, account: AccountId, at: u64) -> bool {
         let value = Bytes::from(format!("{} {at}", self.node));
-        if let Err(e) = self.kv.put(account.to_string(), value).await {
-            tracing::debug!("bus: presence not recorded: {e}");
+        match self.kv.put(account.to_string(), value).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!("bus: presence not recorded: {e}");
+                false
+            }
         }
     }
 
@@ -355,8 +369,14 @@ impl Bus {
                 }
                 Err(_) => continue,
             };
+            let mut failed = false;
             for (account, at) in here {
-                self.put_presence(account, at).await;
+                if !failed && !self.put_presence(account, at).await {
+                    // The bucket may be gone with a NATS restart: make it
+                    // again, and the next refresh fills it.
+                    failed = true;
+                    ensure_bucket(&self.js).await;
+                }
             }
         }
     }

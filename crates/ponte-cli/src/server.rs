@@ -56,6 +56,20 @@ enum ServerCommand {
     /// Prepare a service on PostgreSQL: create the schema, and the
     /// service's key in --data (copy server.key to every other node).
     Init(InitArgs),
+    /// Move a stopped SQLite server's data (accounts, keys, queued
+    /// messages, blob records) into an empty PostgreSQL database; the
+    /// server address stays the same.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// Data directory of the SQLite server (stopped).
+    #[arg(long, value_name = "DIR", env = "PONTE_DATA", default_value = DEFAULT_DATA_DIR)]
+    data: PathBuf,
+    /// The empty PostgreSQL database to move it into.
+    #[arg(long, value_name = "ADDRESS", value_parser = check_store)]
+    to: String,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +103,10 @@ struct RunArgs {
     /// [default: DATA_DIR/blobs].
     #[arg(long, value_name = "DIR")]
     blob_dir: Option<PathBuf>,
+    /// NATS with JetStream carrying wake-ups and presence between the
+    /// nodes of a service on PostgreSQL: nats://HOST:PORT.
+    #[arg(long, value_name = "ADDRESS", env = "PONTE_BUS", value_parser = ponte_server::bus::check_address)]
+    bus: Option<String>,
     /// IP address and port to listen on for clients and relays (port 0: any
     /// free port) [default: 0.0.0.0:5222].
     #[arg(long, value_name = "IP:PORT", value_parser = parse_listen)]
@@ -225,6 +243,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         },
         Some(ServerCommand::Backup(b)) => backup(&b),
         Some(ServerCommand::Init(i)) => init(&i),
+        Some(ServerCommand::Migrate(m)) => migrate(&m),
         None => serve(args.run),
     }
 }
@@ -308,6 +327,29 @@ fn init(i: &InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn migrate(m: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let summary = ponte_server::migrate_to_postgres(&m.data, &m.to).map_err(|e| match e {
+        ServerError::DataDirInUse(_) | ServerError::AddressKeyMismatch(_) => {
+            anyhow::anyhow!("{e}")
+        }
+        e => explain_data_dir(e, &m.data, "migrating to PostgreSQL"),
+    })?;
+    let copied: Vec<String> = summary
+        .tables
+        .iter()
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect();
+    eprintln!(
+        "moved to PostgreSQL: {}\n\
+         {} is now {} (kept as a backup); start the server with --store and the same --data \
+         (same key, same address)",
+        copied.join(", "),
+        m.data.join("ponte.db").display(),
+        ponte_server::MIGRATED_DB_FILE,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn backup(b: &BackupArgs) -> anyhow::Result<ExitCode> {
     use ponte_server::backup::BackupError;
     let summary = ponte_server::backup::backup(&b.data, &b.dest).map_err(|e| match e {
@@ -360,6 +402,9 @@ fn serve(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = a.blob_dir {
         cfg.blob_dir = Some(v);
+    }
+    if let Some(v) = a.bus {
+        cfg.bus = Some(v);
     }
     if a.invite_only {
         cfg.invite_only = true;

@@ -49,7 +49,16 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
             .into_response();
     }
     match s.store.mailbox_len(0).await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        // Without NATS a node keeps working, with catch-up reads only.
+        Ok(_) => match &s.bus {
+            Some(bus) if !bus.connected() => (
+                StatusCode::OK,
+                "ok\nbus: disconnected (other nodes' messages arrive at catch-up reads)\n",
+            )
+                .into_response(),
+            Some(_) => (StatusCode::OK, "ok\nbus: connected\n").into_response(),
+            None => (StatusCode::OK, "ok\n").into_response(),
+        },
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response(),
     }
 }

@@ -107,6 +107,13 @@ pub struct ServerConfig {
     /// Where blob files live [default: `DATA_DIR/blobs`]; with several
     /// nodes on one PostgreSQL database, a directory they all share.
     pub blob_dir: Option<PathBuf>,
+    /// NATS (`nats://HOST:PORT`, with JetStream) carrying wake-ups and
+    /// presence between the nodes of a service on PostgreSQL.
+    pub bus: Option<String>,
+    /// With PostgreSQL: how often every connected device's mailbox is read
+    /// anyway, bounding the delay of a lost wake-up (or of everything
+    /// stored by other nodes, without a bus).
+    pub catch_up_interval: Duration,
 }
 
 impl ServerConfig {
@@ -157,6 +164,8 @@ impl ServerConfig {
             blob_retention: None,
             store: None,
             blob_dir: None,
+            bus: None,
+            catch_up_interval: Duration::from_secs(10),
         }
     }
 }
@@ -329,6 +338,14 @@ pub fn check_store(s: &str) -> Result<String, String> {
         .map_err(|e| format!("{}", crate::Chain(&e)))
 }
 
+/// `catch_up_interval`: often enough to bound a lost wake-up, not so often
+/// that idle devices load the database.
+pub const CATCH_UP_INTERVAL: DurationBounds = DurationBounds {
+    key: "catch_up_interval",
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(3600),
+};
+
 /// `retention`: long enough to outlast a short absence, at most ten years.
 pub const RETENTION: DurationBounds = DurationBounds {
     key: "retention",
@@ -492,6 +509,7 @@ mod bounded {
         unauthenticated_timeout => UNAUTHENTICATED_TIMEOUT,
         idle_timeout => IDLE_TIMEOUT,
         commit_interval => COMMIT_INTERVAL,
+        catch_up_interval => CATCH_UP_INTERVAL,
         blob_retention => BLOB_RETENTION,
     );
 
@@ -532,6 +550,13 @@ mod bounded {
             )));
         }
         Ok(Some(s))
+    }
+
+    pub fn bus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::bus::check_address(&s)
+            .map(Some)
+            .map_err(D::Error::custom)
     }
 
     pub fn store<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -589,6 +614,12 @@ pub struct FileConfig {
     /// Blob directory (relative: from the config file's folder) [default:
     /// DATA_DIR/blobs].
     pub blob_dir: Option<PathBuf>,
+    /// NATS between the nodes of a PostgreSQL service.
+    #[serde(default, deserialize_with = "bounded::bus")]
+    pub bus: Option<String>,
+    /// Catch-up read interval (PostgreSQL only).
+    #[serde(default, deserialize_with = "bounded::catch_up_interval")]
+    pub catch_up_interval: Option<Duration>,
     /// Listen address (an IP address and port; host names are refused).
     #[serde(default, deserialize_with = "bounded::listen")]
     pub listen: Option<SocketAddr>,
@@ -766,6 +797,12 @@ impl FileConfig {
         }
         if let Some(v) = &self.blob_dir {
             cfg.blob_dir = Some(v.clone());
+        }
+        if let Some(v) = &self.bus {
+            cfg.bus = Some(v.clone());
+        }
+        if let Some(v) = self.catch_up_interval {
+            cfg.catch_up_interval = v;
         }
         if let Some(v) = self.listen {
             cfg.listen = v;

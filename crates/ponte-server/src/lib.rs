@@ -32,6 +32,7 @@
 mod admin;
 pub mod backup;
 pub mod blobs;
+pub mod bus;
 pub mod config;
 mod connection;
 mod frames;
@@ -109,6 +110,17 @@ pub enum ServerError {
         .0.display()
     )]
     AddressKeyMismatch(PathBuf),
+    /// A bus was given without PostgreSQL (one node on SQLite has no one
+    /// to talk to).
+    #[error("--bus (config bus) needs --store postgres://… (a service of several nodes)")]
+    BusWithoutPostgres,
+    /// NATS could not be reached, or its bucket not opened.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// Copying a SQLite service into PostgreSQL failed (nothing was
+    /// written there).
+    #[error(transparent)]
+    Migrate(#[from] store::pg::migrate::MigrateError),
     /// Another server process runs on this data directory.
     #[error(
         "another ponte server is already running with the data directory {} \
@@ -235,6 +247,8 @@ pub(crate) struct Shared {
     pub blobs: blobs::Blobs,
     pub metrics: metrics::Metrics,
     pub registry: Arc<registry::Registry>,
+    /// The bus between the nodes of a service on PostgreSQL.
+    pub bus: Option<Arc<bus::Bus>>,
     pub register_by_source: ratelimit::Limiter,
     pub register_by_peer: ratelimit::Limiter,
     /// Connections not logged in yet, per peer address.
@@ -293,13 +307,31 @@ impl Server {
             ),
             None => None,
         };
+        if cfg.bus.is_some() && cfg.store.is_none() {
+            return Err(ServerError::BusWithoutPostgres);
+        }
+        // The registry takes every committed item, in commit order.
+        let registry = Arc::new(registry::Registry::default());
+        let bus = match &cfg.bus {
+            Some(address) => {
+                let bus = bus::Bus::connect(address, Arc::clone(&registry)).await?;
+                registry.attach_bus(&bus);
+                Some(bus)
+            }
+            None => None,
+        };
         let missing = outermost_missing(&cfg.data_dir);
         let (keypair, key_created) = keyfile::load_or_create(&cfg.data_dir)?;
         let first_start = key_created.then(|| FirstStart::record(&cfg.data_dir, missing));
-        // The registry takes every committed item, in commit order.
-        let registry = Arc::new(registry::Registry::default());
         let opened = lock_data_dir(&cfg.data_dir).and_then(|lock| {
-            let sink = Arc::clone(&registry) as Arc<dyn store::Sink>;
+            let sink: Arc<dyn store::Sink> = match &cfg.store {
+                None => Arc::clone(&registry) as Arc<dyn store::Sink>,
+                // Several nodes: every item is a wake-up, here or elsewhere.
+                Some(_) => Arc::new(bus::ServiceSink {
+                    registry: Arc::clone(&registry),
+                    bus: bus.clone(),
+                }),
+            };
             let store = open_store(&cfg, &keypair, sink)?;
             Ok((lock, store))
         });
@@ -333,6 +365,7 @@ impl Server {
             blobs,
             metrics,
             registry,
+            bus,
             next_conn_id: AtomicU64::new(1),
             stop: CancellationToken::new(),
             _lock: lock,
@@ -390,6 +423,12 @@ impl Server {
             background.spawn(admin::serve(admin, Arc::clone(&shared), stop.clone()));
         }
         background.spawn(expiry_loop(Arc::clone(&shared)));
+        if shared.cfg.store.is_some() {
+            background.spawn(catch_up_loop(Arc::clone(&shared)));
+        }
+        if let Some(bus) = &shared.bus {
+            background.spawn(Arc::clone(bus).run(stop.clone()));
+        }
 
         let slots = Arc::new(Semaphore::new(shared.cfg.max_connections));
         let mut conns = JoinSet::new();
@@ -508,11 +547,62 @@ pub fn init_postgres(data_dir: &Path, address: &str) -> Result<Init, ServerError
     })
 }
 
+/// What the SQLite database is renamed to once migrated, so that a start
+/// without `--store` cannot serve the old copy.
+pub const MIGRATED_DB_FILE: &str = "ponte.db.migrated";
+
+/// `ponte server migrate --data DIR --to ADDRESS`: moves the SQLite service
+/// in `DIR` (no server may run there) into the empty PostgreSQL database
+/// at `address`, records the service's key there, and renames `ponte.db`
+/// to [`MIGRATED_DB_FILE`]. The key and the blob files stay in `DIR`; the
+/// server address does not change.
+pub fn migrate_to_postgres(
+    data_dir: &Path,
+    address: &str,
+) -> Result<store::pg::migrate::MigrateSummary, ServerError> {
+    let db = data_dir.join(store::DB_FILE);
+    if !keyfile::dir_exists(data_dir)? || std::fs::symlink_metadata(&db).is_err() {
+        return Err(ServerError::NoDatabase(data_dir.to_owned()));
+    }
+    let _lock = lock_data_dir(data_dir)?;
+    let keypair = keyfile::load(data_dir)?;
+    let recorded = store::pg::claim_address_key(address, keypair.public())
+        .map_err(store::StoreError::Postgres)?;
+    if recorded != keypair.public() {
+        return Err(ServerError::AddressKeyMismatch(
+            data_dir.join(keyfile::KEY_FILE),
+        ));
+    }
+    let summary = store::pg::migrate::migrate_sqlite(data_dir, address)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let from = data_dir.join(format!("{}{suffix}", store::DB_FILE));
+        if std::fs::symlink_metadata(&from).is_ok() {
+            let to = data_dir.join(format!("{MIGRATED_DB_FILE}{suffix}"));
+            std::fs::rename(&from, &to).map_err(|error| ServerError::Lock { path: from, error })?;
+        }
+    }
+    Ok(summary)
+}
+
 /// Creates a one-use invite token in the service's PostgreSQL database
 /// (any node accepts it, once).
 pub fn create_invite_postgres(address: &str) -> Result<String, ServerError> {
     store::pg::create_invite(address, UnixMillis::now())
         .map_err(|e| ServerError::Store(store::StoreError::Postgres(e)))
+}
+
+/// With PostgreSQL: every connected device reads its mailbox every
+/// `catch_up_interval`, so an item another node stored reaches it even
+/// when its wake-up was lost (or there is no bus).
+async fn catch_up_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.cfg.catch_up_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tick.tick() => shared.registry.wake_all(),
+        }
+    }
 }
 
 /// The periodic expiry sweep.

@@ -102,6 +102,8 @@ impl Online {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     map: Mutex<HashMap<AccountId, Arc<Online>>>,
+    /// The bus of a service on several nodes, told of every login.
+    bus: std::sync::OnceLock<std::sync::Weak<crate::bus::Bus>>,
 }
 
 impl Registry {
@@ -120,7 +122,40 @@ impl Registry {
                 old.kicked.notify_one();
             }
         }
+        if let Some(bus) = self.bus.get().and_then(std::sync::Weak::upgrade) {
+            bus.logged_in(account);
+        }
         online
+    }
+
+    /// Tells every login from now on to `bus` (once).
+    pub fn attach_bus(&self, bus: &Arc<crate::bus::Bus>) {
+        let _ = self.bus.set(Arc::downgrade(bus));
+    }
+
+    /// Whether `account` has a connection here.
+    pub fn is_online(&self, account: AccountId) -> bool {
+        self.map.lock().is_ok_and(|m| m.contains_key(&account))
+    }
+
+    /// Closes the connection of `account` here (a newer one is elsewhere).
+    pub fn kick(&self, account: AccountId) {
+        let old = self.map.lock().ok().and_then(|mut m| m.remove(&account));
+        if let Some(old) = old {
+            old.kicked.notify_one();
+        }
+    }
+
+    /// Tells every connection here to read its mailbox (the catch-up read
+    /// of a service on several nodes).
+    pub fn wake_all(&self) {
+        let all: Vec<Arc<Online>> = match self.map.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for o in all {
+            o.hand_over(None);
+        }
     }
 
     /// Removes the entry if it still belongs to `conn_id`.
@@ -145,7 +180,6 @@ impl Registry {
     }
 
     /// Tells the account's connection, if online, to read its mailbox.
-    #[cfg(test)]
     pub fn wake(&self, account: AccountId) {
         if let Some(o) = self.get(account) {
             o.hand_over(None);

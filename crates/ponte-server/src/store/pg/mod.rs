@@ -69,6 +69,7 @@
 //! another node took.
 
 mod jobs;
+pub mod migrate;
 mod read;
 mod schema;
 mod write;

@@ -15,7 +15,10 @@
 //! offset, for every chunk written meanwhile), and only then is it
 //! answered: an acknowledged chunk survives a crash, and a client that
 //! keeps several appends in flight pays one flush per batch, not one per
-//! 96 KiB chunk. A crash between a write and its record leaves the file
+//! 96 KiB chunk. Flushes are pipelined: one `fdatasync` at a time, each
+//! handing its record to the store (in order: each record moves the
+//! offset from where the previous one left it) before the next
+//! `fdatasync` starts, so a record's commit overlaps the next sync. A crash between a write and its record leaves the file
 //! longer than the recorded offset; the next tail cuts it back first. A
 //! failed write is cut off again and answered `UNAVAILABLE`; a failed
 //! flush poisons the tail (the kernel may have dropped the pages it could
@@ -90,9 +93,21 @@ pub(crate) struct Tail {
     /// The turn to write: tokio's mutex is fair, so appends that asked for
     /// it in frame order get it in frame order.
     order: tokio::sync::Mutex<()>,
-    /// One flush at a time.
-    flush: tokio::sync::Mutex<()>,
+    /// One `fdatasync` (and the submission of its record) at a time.
+    sync: tokio::sync::Mutex<()>,
     state: Mutex<TailState>,
+    /// Recorded up to here (or failed), for appends whose chunk another
+    /// append's flush covers.
+    durable: tokio::sync::watch::Sender<Durable>,
+}
+
+/// How far an upload's tail is durable.
+#[derive(Debug, Clone, Copy, Default)]
+struct Durable {
+    /// Synced and recorded up to here.
+    recorded: u64,
+    /// A flush failed.
+    failed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -102,8 +117,8 @@ struct TailState {
     /// Where the next chunk goes; `None` until the first append read the
     /// store's offset.
     next: Option<u64>,
-    /// Written, flushed and recorded up to here.
-    recorded: u64,
+    /// Synced up to here (its record may still be on its way).
+    synced: u64,
     /// A flush failed: every append of this tail is refused.
     poisoned: bool,
 }
@@ -171,7 +186,11 @@ impl Tail {
             Some(n) => n,
             None => {
                 st.next = Some(recorded);
-                st.recorded = recorded;
+                st.synced = recorded;
+                self.durable.send_replace(Durable {
+                    recorded,
+                    failed: false,
+                });
                 recorded
             }
         })
@@ -223,48 +242,63 @@ impl Tail {
 
     /// Makes the chunk that ends at `end` durable: unless a flush already
     /// covered it, `fdatasync`s everything written so far and records the
-    /// new offset with `record(from, to)` (false: the row went).
+    /// new offset with `record(from, to)` (false: the row went). The record
+    /// is handed to the store (polled once) before the next flush may
+    /// sync, so records reach the store in order.
     pub(crate) async fn flush<F, E>(&self, end: u64, record: impl FnOnce(u64, u64) -> F) -> Flushed
     where
         F: Future<Output = Result<bool, E>>,
         E: std::error::Error + 'static,
     {
-        let _one = self.flush.lock().await;
-        let (file, from, to) = {
+        let one = self.sync.lock().await;
+        let job = {
             let st = lock(&self.state);
             if st.poisoned {
                 return Flushed::Failed("an earlier flush of this upload failed".into());
             }
-            if st.recorded >= end {
-                return Flushed::Durable;
-            }
-            (
-                st.file.clone(),
-                st.recorded,
-                st.next.unwrap_or(end).max(end),
-            )
+            (st.synced < end).then(|| (st.file.clone(), st.synced, st.next.unwrap_or(end).max(end)))
         };
-        let poison = |why: String| {
-            lock(&self.state).poisoned = true;
-            Flushed::Failed(why)
+        let Some((file, from, to)) = job else {
+            // Synced by an earlier flush: wait for its record.
+            drop(one);
+            let mut rx = self.durable.subscribe();
+            return match rx.wait_for(|d| d.recorded >= end || d.failed).await {
+                Ok(d) if !d.failed => Flushed::Durable,
+                _ => Flushed::Failed("an earlier flush of this upload failed".into()),
+            };
         };
         let Some(file) = file else {
-            return poison("nothing written to flush".into());
+            return self.poison(Flushed::Failed("nothing written to flush".into()));
         };
         if let Err(e) = blocking(move || file.sync_data()).await {
-            return poison(e.to_string());
+            return self.poison(Flushed::Failed(e.to_string()));
         }
-        match record(from, to).await {
+        lock(&self.state).synced = to;
+        let mut recording = std::pin::pin!(record(from, to));
+        // Handed to the store now, in order; answered whenever it commits.
+        let first = futures::poll!(recording.as_mut());
+        drop(one);
+        let recorded = match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => recording.await,
+        };
+        match recorded {
             Ok(true) => {
-                lock(&self.state).recorded = to;
+                self.durable
+                    .send_modify(|d| d.recorded = d.recorded.max(to));
                 Flushed::Durable
             }
-            Ok(false) => {
-                lock(&self.state).poisoned = true;
-                Flushed::Gone
-            }
-            Err(e) => poison(crate::Chain(&e).to_string()),
+            Ok(false) => self.poison(Flushed::Gone),
+            Err(e) => self.poison(Flushed::Failed(crate::Chain(&e).to_string())),
         }
+    }
+
+    /// Refuses every later append of this tail, and every append waiting
+    /// for a flush; returns `outcome`.
+    fn poison(&self, outcome: Flushed) -> Flushed {
+        lock(&self.state).poisoned = true;
+        self.durable.send_modify(|d| d.failed = true);
+        outcome
     }
 }
 
@@ -359,8 +393,9 @@ impl Blobs {
                 Arc::new(Tail {
                     path: self.partial(&id),
                     order: tokio::sync::Mutex::new(()),
-                    flush: tokio::sync::Mutex::new(()),
+                    sync: tokio::sync::Mutex::new(()),
                     state: Mutex::new(TailState::default()),
+                    durable: tokio::sync::watch::Sender::new(Durable::default()),
                 })
             })
             .clone();

@@ -262,6 +262,19 @@ impl UploadWindow {
         Step::Wait
     }
 
+    /// How long to wait for the next answer: the request timeout, and
+    /// while the append that completes the upload is in flight, a second
+    /// more per 4 MiB of the blob (the server reads it all back through
+    /// SHA-256 before it answers, from a disk that may be slow).
+    fn answer_within(&self) -> Duration {
+        let finishing = self.inflight.values().any(|(o, l)| o + l == self.size);
+        if finishing {
+            REQUEST_TIMEOUT + Duration::from_secs(self.size / (4 * 1024 * 1024))
+        } else {
+            REQUEST_TIMEOUT
+        }
+    }
+
     fn sent(&mut self, request_id: u64, offset: u64, len: usize) -> Result<()> {
         if self.budget == 0 {
             return Err(ClientError::Protocol(
@@ -563,9 +576,10 @@ impl Client {
                     window.sent(rid, offset, len)?;
                 }
                 Step::Wait => {
-                    let Some((rid, body)) = conn.next_answer(REQUEST_TIMEOUT).await? else {
+                    let wait = window.answer_within();
+                    let Some((rid, body)) = conn.next_answer(wait).await? else {
                         return Err(ClientError::Disconnected(format!(
-                            "no response within {REQUEST_TIMEOUT:?}"
+                            "no response within {wait:?}"
                         )));
                     };
                     let before = window.acked;
@@ -933,6 +947,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_last_append_is_given_time_for_the_servers_check() {
+        let size = 100 * 1024 * 1024;
+        let mut w = UploadWindow::new(size, &state(size - C, size, false)).unwrap();
+        assert_eq!(w.answer_within(), REQUEST_TIMEOUT);
+        let mut rid = 0;
+        fill(&mut w, &mut rid);
+        assert_eq!(w.answer_within(), REQUEST_TIMEOUT + Duration::from_secs(25));
     }
 
     #[test]

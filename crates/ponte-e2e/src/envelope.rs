@@ -14,10 +14,11 @@
 //! kind 5 (sender key):   group id (16), u16 BE length (<= MAX_SENDER_KEY_BYTES),
 //!                        a vodozemac Megolm session key
 //! kind 6 (group op):     u16 BE length (<= MAX_OP_BYTES), a group::SignedOp
+//! kind 8 (group file):   group id (16), then a file descriptor as in kind 3
 //! ```
 //!
-//! Kinds 1, 2, 3, 5 and 6 travel inside Olm (pairwise). Kind 4 is the Megolm
-//! plaintext of a group message (see [`crate::group::megolm`]): the group
+//! Kinds 1, 2, 3, 5 and 6 travel inside Olm (pairwise). Kinds 4 and 8 are
+//! the Megolm plaintext of a group message (see [`crate::group::megolm`]): the group
 //! message body is a group-specific envelope inside Megolm, not an Olm
 //! envelope wrapping Megolm, so the server stores one body for every
 //! recipient; the group id inside it is authenticated by Megolm, so a
@@ -57,6 +58,7 @@ const KIND_GROUP_TEXT: u8 = 4;
 const KIND_SENDER_KEY: u8 = 5;
 const KIND_GROUP_OP: u8 = 6;
 const KIND_FILE: u8 = 3;
+const KIND_GROUP_FILE: u8 = 8;
 const HEADER: usize = 2 + 16 + 8;
 
 /// A 16-byte message id chosen by the sender; the key for deduplication
@@ -137,6 +139,25 @@ pub enum Payload {
     GroupOp(Box<SignedOp>),
     /// A file: where its encrypted blob is and how to open it.
     File(FileDescriptor),
+    /// A file sent to a group (the Megolm plaintext of a group message):
+    /// the descriptor, key included, travels only under Megolm.
+    GroupFile {
+        /// The group it was sent to.
+        group: GroupId,
+        /// Where its blob is and how to open it.
+        file: FileDescriptor,
+    },
+}
+
+impl Payload {
+    /// The group a Megolm payload (group text or group file) names; `None`
+    /// for the pairwise kinds.
+    pub fn group_message(&self) -> Option<GroupId> {
+        match self {
+            Payload::GroupText { group, .. } | Payload::GroupFile { group, .. } => Some(*group),
+            _ => None,
+        }
+    }
 }
 
 /// Everything a recipient needs to fetch, check and decrypt a file, and to
@@ -288,6 +309,9 @@ impl std::fmt::Debug for Payload {
             Payload::SenderKey(key) => f.debug_tuple("SenderKey").field(key).finish(),
             Payload::GroupOp(op) => f.debug_tuple("GroupOp").field(op).finish(),
             Payload::File(fd) => f.debug_tuple("File").field(fd).finish(),
+            Payload::GroupFile { group, file } => {
+                f.debug_tuple("GroupFile").field(group).field(file).finish()
+            }
         }
     }
 }
@@ -315,6 +339,7 @@ impl Envelope {
             Payload::SenderKey(_) => out.push(KIND_SENDER_KEY),
             Payload::GroupOp(_) => out.push(KIND_GROUP_OP),
             Payload::File(_) => out.push(KIND_FILE),
+            Payload::GroupFile { .. } => out.push(KIND_GROUP_FILE),
         }
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
@@ -357,6 +382,10 @@ impl Envelope {
                 out.extend_from_slice(&bytes);
             }
             Payload::File(fd) => fd.encode_into(&mut out)?,
+            Payload::GroupFile { group, file } => {
+                out.extend_from_slice(&group.0);
+                file.encode_into(&mut out)?;
+            }
         }
         let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
         out.resize(padded, 0);
@@ -430,6 +459,15 @@ impl Envelope {
             KIND_FILE => {
                 let (fd, used) = FileDescriptor::decode(rest)?;
                 (Payload::File(fd), used)
+            }
+            KIND_GROUP_FILE => {
+                let group = rest
+                    .get(..16)
+                    .and_then(|s| s.try_into().ok())
+                    .map(GroupId)
+                    .ok_or(Error::MalformedEnvelope("truncated group id"))?;
+                let (file, used) = FileDescriptor::decode(&rest[16..])?;
+                (Payload::GroupFile { group, file }, 16 + used)
             }
             _ => return Err(Error::MalformedEnvelope("unknown kind")),
         };
@@ -642,6 +680,13 @@ mod tests {
             },
             Payload::SenderKey(GroupSender::new(group, 1).sender_key()),
             Payload::GroupOp(Box::new(op)),
+            Payload::GroupFile {
+                group,
+                file: match file_env().payload {
+                    Payload::File(fd) => fd,
+                    _ => unreachable!(),
+                },
+            },
         ] {
             let env = Envelope {
                 id: MessageId::random(),
@@ -690,10 +735,22 @@ mod tests {
         text.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(Envelope::decode(&text).is_err());
         // Kind 3 is reserved and not decoded here.
-        let mut files = head;
+        let mut files = head.clone();
         files[1] = 3;
         files.extend_from_slice(&[0; 38]);
         assert!(Envelope::decode(&files).is_err());
+        // A group file: a truncated group id, then a descriptor whose name
+        // length is beyond the cap.
+        let mut group_file = head;
+        group_file[1] = KIND_GROUP_FILE;
+        group_file.extend_from_slice(&[0; 10]);
+        assert!(matches!(
+            Envelope::decode(&group_file),
+            Err(Error::MalformedEnvelope("truncated group id"))
+        ));
+        group_file.extend_from_slice(&[0; 6 + 16 + 32 + 32 + 8]);
+        group_file.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(Envelope::decode(&group_file).is_err());
     }
 
     #[test]

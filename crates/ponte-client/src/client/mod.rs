@@ -13,7 +13,9 @@
 //!   acknowledgements, reconnecting);
 //! - `status`: routes: the relays saved in the profile and `ponte status`;
 //! - `views`: local views (history, contacts, safety numbers);
-//! - `files`: sending files (encrypt, upload, resume) and fetching them.
+//! - `files`: sending files (encrypt, upload, resume) and fetching them;
+//! - `groups`: groups: signed changes sent pairwise, Megolm messages sent
+//!   once for every member, and what arrives for a group.
 //!
 //! The flow on every connection: connect over the routes, Noise handshake
 //! against the key in the server address, `Login`, top up one-time keys if
@@ -33,6 +35,7 @@
 //! marked with a warning.
 
 mod files;
+mod groups;
 pub mod inbound;
 mod outbound;
 mod register;
@@ -41,6 +44,7 @@ mod sync;
 mod views;
 
 pub use files::{guess_mime, Progress, DEFAULT_AUTO_DOWNLOAD, FILES_DIR};
+pub use groups::{GroupInfo, GroupMember, GroupOutcome, MIN_GROUP_PREFIX};
 pub use outbound::SendOutcome;
 pub use register::{RegisterOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use status::{last_route, save_vias, saved_vias, RouteProbe, RouteStatus, MAX_SAVED_VIAS};

@@ -32,7 +32,7 @@ pub enum FileState {
 }
 
 impl FileState {
-    fn to_i64(self) -> i64 {
+    pub(super) fn to_i64(self) -> i64 {
         match self {
             FileState::Upload => 0,
             FileState::Uploaded => 1,
@@ -341,12 +341,12 @@ mod tests {
             meta_set(&conn, "schema", "1").unwrap();
         }
         let conn = open_connection(&path).unwrap();
-        assert_eq!(meta_get(&conn, "schema").unwrap().as_deref(), Some("2"));
+        assert_eq!(meta_get(&conn, "schema").unwrap().as_deref(), Some("3"));
         let n: i64 = conn
             .query_row("SELECT COUNT(*) FROM files", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
-        meta_set(&conn, "schema", "3").unwrap();
+        meta_set(&conn, "schema", "99").unwrap();
         drop(conn);
         assert!(open_connection(&path).is_err());
     }

@@ -2,12 +2,14 @@
 //! messages; committing incoming ones (deduplicated, with their read
 //! receipts); what is new to show.
 
+use super::groups::{self, FLAG_GROUP_NOTICE};
 use super::{
     aad, row_key, save_identity, save_session, Incoming, IncomingContent, MessageView, OutboxItem,
     OutboxKind, Status, Store, UnixMillis, Update, FLAG_UNVERIFIED_KEY_CHANGE,
 };
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
+use ponte_e2e::group::{GroupId, SenderKey, SignedOp};
 use ponte_e2e::{MessageId, Session};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -106,6 +108,24 @@ impl Store {
                 3 => OutboxKind::File(
                     ponte_e2e::FileDescriptor::from_bytes(&plain)
                         .map_err(|_| ClientError::Corrupt("outbox file"))?,
+                ),
+                4 => OutboxKind::GroupOp(Box::new(
+                    SignedOp::decode(&plain)
+                        .map_err(|_| ClientError::Corrupt("outbox group op"))?,
+                )),
+                5 => {
+                    let (group, key) =
+                        split_group(&plain).ok_or(ClientError::Corrupt("outbox sender key"))?;
+                    OutboxKind::SenderKey(
+                        SenderKey::from_parts(group, key)
+                            .map_err(|_| ClientError::Corrupt("outbox sender key"))?,
+                    )
+                }
+                6 => OutboxKind::Group(
+                    split_group(&plain)
+                        .filter(|(_, rest)| rest.is_empty())
+                        .ok_or(ClientError::Corrupt("outbox group message"))?
+                        .0,
                 ),
                 _ => OutboxKind::ReadReceipt(
                     plain
@@ -261,7 +281,9 @@ impl Store {
                     for id in ids {
                         advance(&tx, incoming.peer, id, Status::Read)?;
                     }
+                    groups::group_read(&tx, incoming.peer, ids)?;
                 }
+                IncomingContent::Group(change) => groups::write_group(&tx, &self.key, change)?,
                 IncomingContent::File(fd) => {
                     insert_message(&tx, &self.key, incoming, &fd.caption)?;
                     super::files::insert_file(
@@ -346,8 +368,9 @@ impl Store {
                     v.status.to_i64()
                 ],
             )?;
-            // An unreadable message was not read: no read receipt.
-            if changed > 0 && !v.outgoing && !v.unreadable {
+            // An unreadable message was not read, and a group notice is
+            // not a message: no read receipt.
+            if changed > 0 && !v.outgoing && !v.unreadable && !v.notice {
                 displayed.push((v.peer.clone(), v.id));
             }
         }
@@ -357,9 +380,22 @@ impl Store {
     }
 
     /// The conversation with `peer`, oldest first, without marking anything
-    /// (see [`Store::history`] for the marking variant).
+    /// (see [`Store::history`] for the marking variant). Group messages
+    /// from `peer` are in the group's conversation, not here.
     pub fn conversation(&self, peer: &str) -> Result<Vec<MessageView>> {
-        select_views(&self.conn, &self.key, "peer = ?1", &[&peer])
+        select_views(
+            &self.conn,
+            &self.key,
+            "peer = ?1 AND group_id IS NULL",
+            &[&peer],
+        )
+    }
+
+    /// A group's conversation (messages both ways and changes to the
+    /// group), oldest first, without marking anything.
+    pub fn group_conversation(&self, group: &GroupId) -> Result<Vec<MessageView>> {
+        let id = group.0.to_vec();
+        select_views(&self.conn, &self.key, "group_id = ?1", &[&id])
     }
 
     /// The conversation with `peer`, oldest first. Printing it counts as
@@ -367,10 +403,11 @@ impl Store {
     /// receipts are queued for them.
     pub fn history(&self, peer: &str) -> Result<Vec<MessageView>> {
         let tx = self.conn.unchecked_transaction()?;
-        let views = select_views(&tx, &self.key, "peer = ?1", &[&peer])?;
+        let views = select_views(&tx, &self.key, "peer = ?1 AND group_id IS NULL", &[&peer])?;
         let unseen: Vec<(String, MessageId)> = {
             let mut stmt = tx.prepare(
-                "SELECT id FROM messages WHERE peer = ?1 AND outgoing = 0 AND shown_status <> status",
+                "SELECT id FROM messages WHERE peer = ?1 AND outgoing = 0 AND shown_status <> status
+                 AND group_id IS NULL",
             )?;
             let ids: Vec<Vec<u8>> = stmt
                 .query_map([peer], |r| r.get(0))?
@@ -387,7 +424,8 @@ impl Store {
                 .collect()
         };
         tx.execute(
-            "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 0",
+            "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 0
+             AND group_id IS NULL",
             [peer],
         )?;
         queue_receipts(&tx, &self.key, &unseen)?;
@@ -443,6 +481,9 @@ pub(super) fn insert_outbox(
         OutboxKind::Text(t) => (1, t.as_bytes().to_vec()),
         OutboxKind::ReadReceipt(ids) => (2, ids.iter().flat_map(|i| i.0).collect::<Vec<u8>>()),
         OutboxKind::File(fd) => (3, fd.to_bytes()?),
+        OutboxKind::GroupOp(op) => (4, op.encode().map_err(ponte_e2e::Error::GroupOp)?),
+        OutboxKind::SenderKey(k) => (5, [&k.group.0[..], k.key_bytes()].concat()),
+        OutboxKind::Group(g) => (6, g.0.to_vec()),
     };
     let payload = key.seal(&aad("outbox", "payload", &id.0), &plain);
     tx.execute(
@@ -450,6 +491,12 @@ pub(super) fn insert_outbox(
         params![id.0.to_vec(), peer, kind_code, payload, sent_at],
     )?;
     Ok(())
+}
+
+/// A group id (16 bytes) and what follows it.
+fn split_group(bytes: &[u8]) -> Option<(GroupId, &[u8])> {
+    let (id, rest) = bytes.split_at_checked(16)?;
+    Some((GroupId(id.try_into().ok()?), rest))
 }
 
 /// Queue one read receipt per peer (chunked to the envelope's cap),
@@ -516,7 +563,8 @@ fn select_views(
     args: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<MessageView>> {
     let sql = format!(
-        "SELECT peer, outgoing, id, body, sent_at_ms, status, flags FROM messages WHERE {filter} ORDER BY seq"
+        "SELECT peer, outgoing, id, body, sent_at_ms, status, flags, group_id FROM messages
+         WHERE {filter} ORDER BY seq"
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt
@@ -529,11 +577,17 @@ fn select_views(
                 r.get::<_, UnixMillis>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, Option<Vec<u8>>>(7)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(rows.len());
-    for (peer, outgoing, id, body, sent_at, status, flags) in rows {
+    let mut titles: std::collections::HashMap<GroupId, Option<String>> = Default::default();
+    for (peer, outgoing, id, body, sent_at, status, flags, group) in rows {
+        let group = group
+            .map(|g| g.try_into().map(GroupId))
+            .transpose()
+            .map_err(|_| ClientError::Corrupt("message group id"))?;
         let id = MessageId::from_slice(&id).ok_or(ClientError::Corrupt("message id"))?;
         // A row whose text does not open stays closed (no text) and is
         // marked, so one damaged row does not hide the others.
@@ -560,6 +614,23 @@ fn select_views(
             status: Status::from_i64(status),
             key_changed: flags & FLAG_UNVERIFIED_KEY_CHANGE != 0,
             file,
+            ticks: match group {
+                Some(_) if outgoing => Some(groups::ticks(conn, &id)?),
+                _ => None,
+            },
+            group_title: match group {
+                Some(g) => match titles.get(&g) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = groups::title(conn, key, &g)?;
+                        titles.insert(g, t.clone());
+                        t
+                    }
+                },
+                None => None,
+            },
+            group,
+            notice: flags & FLAG_GROUP_NOTICE != 0,
         });
     }
     Ok(out)

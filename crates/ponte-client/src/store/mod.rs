@@ -14,21 +14,30 @@
 //! | `outbox` | what waits to go out: texts and read receipts (S), with the ciphertext once encrypted |
 //! | `inbox_seen` | ids of every end-to-end message already processed (dedup) |
 //! | `files` | per file message: its descriptor (S: blob id, key, hash, name, size, type, caption), upload or download state, local path (S) |
+//! | `groups`, `group_ops`, `group_keys`, `group_receipts`, `group_pending` | groups: this device's standing, the signed ops (S), Megolm sessions (P), per-recipient ticks, what waits for an earlier op or key (S); see `groups` |
 //!
 //! Handles, times and statuses are stored in clear (the server knows them
 //! too); message text, receipts and private keys never are.
 //!
 //! This module opens the database and keeps meta, secrets, contacts and
 //! sessions; `messages` keeps the history and the outbox; `files` the
-//! state of each file sent or received.
+//! state of each file sent or received; `groups` the groups.
 //!
-//! Schema versions: 1 had no `files` table; opening a version 1 database
-//! creates it and records version 2.
+//! Schema versions: 1 had no `files` table; 2 no group tables (and no
+//! `messages.group_id`). Opening an older database runs the migrations
+//! after its version, in order, each in one transaction with the new
+//! version number ([`MIGRATIONS`]).
 
 mod files;
+mod groups;
 mod messages;
 
 pub use files::{FileRecord, FileState};
+pub use groups::{
+    group_key, group_of_key, Conversation, GroupIncoming, GroupNotice, GroupOutgoing, GroupRecord,
+    GroupStatus, GroupTicks, GroupWrite, PendingItem, PendingKind, FLAG_GROUP_NOTICE,
+    MAX_JOINING_GROUPS, MAX_OPS_PER_GROUP, MAX_PENDING_PER_GROUP,
+};
 
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
@@ -37,7 +46,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use zeroize::Zeroizing;
 
 /// Current schema version.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// Most Olm sessions kept per contact (oldest dropped first).
 const MAX_SESSIONS_PER_CONTACT: i64 = 8;
 
@@ -108,6 +117,9 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_state ON files(state);
 ";
+
+/// What takes a database from the version before each number to it.
+const MIGRATIONS: &[(i64, &str)] = &[(2, SCHEMA_FILES), (3, groups::SCHEMA_GROUPS)];
 
 /// Tick status of a message. Outgoing messages move forward only:
 /// queued -> sent -> delivered -> read (or expired if never delivered).
@@ -196,6 +208,15 @@ pub struct MessageView {
     pub unreadable: bool,
     /// The file it carries, for a file message (`text` is its caption).
     pub file: Option<FileSummary>,
+    /// The group it was sent to, for a group message (`peer` is then the
+    /// sender of an incoming one, the key `g:HEX` of an outgoing one).
+    pub group: Option<ponte_e2e::group::GroupId>,
+    /// The group's title, as this device last knew it.
+    pub group_title: Option<String>,
+    /// An outgoing group message's ticks, member by member.
+    pub ticks: Option<GroupTicks>,
+    /// A change to a group (`peer` made it, `text` says what), not a message.
+    pub notice: bool,
 }
 
 /// What a history view shows of a file message.
@@ -260,6 +281,13 @@ pub enum OutboxKind {
     ReadReceipt(Vec<MessageId>),
     /// A file whose blob is uploaded (its descriptor).
     File(ponte_e2e::FileDescriptor),
+    /// A signed group op for one member (pairwise).
+    GroupOp(Box<ponte_e2e::group::SignedOp>),
+    /// This device's Megolm sender key for one member (pairwise).
+    SenderKey(ponte_e2e::group::SenderKey),
+    /// A group message, encrypted when queued (Megolm): its ciphertext is
+    /// in the outbox row, its recipients in `group_receipts`.
+    Group(ponte_e2e::group::GroupId),
 }
 
 impl std::fmt::Debug for OutboxKind {
@@ -269,6 +297,9 @@ impl std::fmt::Debug for OutboxKind {
             OutboxKind::Text(t) => write!(f, "Text({} bytes)", t.len()),
             OutboxKind::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
             OutboxKind::File(fd) => f.debug_tuple("File").field(fd).finish(),
+            OutboxKind::GroupOp(op) => f.debug_tuple("GroupOp").field(op).finish(),
+            OutboxKind::SenderKey(k) => f.debug_tuple("SenderKey").field(k).finish(),
+            OutboxKind::Group(g) => f.debug_tuple("Group").field(g).finish(),
         }
     }
 }
@@ -572,6 +603,8 @@ pub enum IncomingContent<'a> {
     ReadReceipt(&'a [MessageId]),
     /// A file (the caption goes to the history, the rest to `files`).
     File(&'a ponte_e2e::FileDescriptor),
+    /// A group op or sender key, and what it changes.
+    Group(&'a GroupWrite),
 }
 
 impl std::fmt::Debug for IncomingContent<'_> {
@@ -580,6 +613,7 @@ impl std::fmt::Debug for IncomingContent<'_> {
             IncomingContent::Text(t) => write!(f, "Text({} bytes)", t.len()),
             IncomingContent::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
             IncomingContent::File(fd) => f.debug_tuple("File").field(fd).finish(),
+            IncomingContent::Group(w) => f.debug_tuple("Group").field(w).finish(),
         }
     }
 }
@@ -604,14 +638,21 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection> {
     conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
-    let version: Option<String> = meta_get(&conn, "schema")?;
-    match version.as_deref() {
-        None | Some("1") => {
-            conn.execute_batch(SCHEMA_FILES)?;
-            meta_set(&conn, "schema", &SCHEMA_VERSION.to_string())?;
-        }
-        Some(v) if v == SCHEMA_VERSION.to_string() => {}
-        Some(_) => return Err(ClientError::Corrupt("unsupported schema version")),
+    let version: i64 = match meta_get(&conn, "schema")? {
+        // A new database: SCHEMA is version 1.
+        None => 1,
+        Some(v) => v
+            .parse()
+            .map_err(|_| ClientError::Corrupt("unsupported schema version"))?,
+    };
+    if !(1..=SCHEMA_VERSION).contains(&version) {
+        return Err(ClientError::Corrupt("unsupported schema version"));
+    }
+    for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > version) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        meta_set(&tx, "schema", &to.to_string())?;
+        tx.commit()?;
     }
     Ok(conn)
 }
@@ -719,7 +760,7 @@ mod tests {
             .into_iter()
             .flat_map(|i| match i.kind {
                 OutboxKind::ReadReceipt(ids) => ids,
-                OutboxKind::Text(_) | OutboxKind::File(_) => Vec::new(),
+                _ => Vec::new(),
             })
             .collect()
     }

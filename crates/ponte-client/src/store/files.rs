@@ -329,15 +329,15 @@ fn select_files(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::super::{meta_get, meta_set, open_connection};
+    use super::super::{meta_get, meta_set, open_connection, SCHEMA};
 
     #[test]
     fn a_version_1_database_gains_the_files_table() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("ponte.db");
         {
-            let conn = open_connection(&path).unwrap();
-            conn.execute_batch("DROP TABLE files").unwrap();
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
             meta_set(&conn, "schema", "1").unwrap();
         }
         let conn = open_connection(&path).unwrap();

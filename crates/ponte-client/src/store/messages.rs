@@ -318,7 +318,10 @@ impl Store {
             if v.outgoing {
                 updates.push(Update::Status(v));
             } else {
-                displayed.push((v.peer.clone(), v.id));
+                // A group notice is not a message: no read receipt.
+                if !v.notice {
+                    displayed.push((v.peer.clone(), v.id));
+                }
                 updates.push(Update::Message(v));
             }
         }

@@ -36,7 +36,7 @@ pub use files::{FileRecord, FileState};
 pub use groups::{
     group_key, group_of_key, Conversation, GroupIncoming, GroupNotice, GroupOutgoing, GroupRecord,
     GroupStatus, GroupTicks, GroupWrite, PendingItem, PendingKind, FLAG_GROUP_NOTICE,
-    MAX_JOINING_GROUPS, MAX_OPS_PER_GROUP, MAX_PENDING_PER_GROUP,
+    MAX_JOINING_GROUPS, MAX_OPS_PER_GROUP, MAX_PENDING_PER_GROUP, MAX_PENDING_TOTAL,
 };
 
 use crate::atrest::ProfileKey;

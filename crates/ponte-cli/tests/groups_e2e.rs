@@ -67,10 +67,12 @@ impl People {
     }
 }
 
+/// The texts of the incoming messages among `lines` (not the tick
+/// changes of one's own, nor the notices of changes to a group).
 fn texts(lines: &[Value]) -> Vec<&str> {
     lines
         .iter()
-        .filter(|v| v["notice"] != true && v["text"].is_string())
+        .filter(|v| v["status"] == "received" && v["text"].is_string())
         .map(|v| v["text"].as_str().unwrap())
         .collect()
 }

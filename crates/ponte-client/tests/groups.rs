@@ -1,8 +1,9 @@
 //! Groups end to end against a real `ponte-server` on 127.0.0.1 (in
 //! process), each member a profile of its own: what a removed member keeps
 //! cannot open what is sent after the removal (checked on the ciphertext
-//! the server stores), forged ops are refused with a warning, and a file
-//! goes to a group and comes back out intact.
+//! the server stores), forged ops are refused with a warning, a file goes
+//! to a group and comes back out intact, sender keys rotate after 100
+//! messages, and an op that arrives before the one it follows waits.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -297,5 +298,109 @@ async fn a_file_to_a_group_arrives_intact() {
         assert_eq!(fetched.len(), 1);
         assert_eq!(std::fs::read(&fetched[0]).unwrap(), data);
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sender_keys_rotate_after_a_hundred_messages_and_everything_still_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server")).await;
+    let mut alice = register(&tmp.path().join("alice"), &server.address, "alice").await;
+    let mut bobby = register(&tmp.path().join("bobby"), &server.address, "bobby").await;
+    let group = alice
+        .group_create("busy", &["bobby".into()])
+        .await
+        .unwrap()
+        .info
+        .id;
+    sync(&mut bobby).await;
+    let first = alice
+        .store()
+        .group_sender(&group)
+        .unwrap()
+        .unwrap()
+        .sender_key();
+
+    // Queued offline: the 101st message starts a new session, whose key is
+    // queued for bobby ahead of it.
+    let n = ponte_e2e::group::MAX_SESSION_MESSAGES as usize + 1;
+    for i in 0..n {
+        alice.queue_group_text(&group, &format!("m{i}")).unwrap();
+    }
+    let keys: Vec<_> = alice
+        .store()
+        .outbox()
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(at, item)| match item.kind {
+            ponte_client::store::OutboxKind::SenderKey(k) => Some((at, item.peer, k)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys.len(), 1, "one new key");
+    let (at, peer, key) = &keys[0];
+    assert_eq!(
+        (*at, peer.as_str()),
+        (n - 1, "bobby"),
+        "right before the last message"
+    );
+    assert_ne!(key, &first);
+
+    sync(&mut alice).await;
+    let (texts, warnings) = sync(&mut bobby).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(texts.len(), n);
+    assert_eq!(texts[n - 1], format!("m{}", n - 1));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_op_that_arrives_before_the_one_it_follows_waits_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server")).await;
+    let mut alice = register(&tmp.path().join("alice"), &server.address, "alice").await;
+    let mut bobby = register(&tmp.path().join("bobby"), &server.address, "bobby").await;
+    let mut carol = register(&tmp.path().join("carol"), &server.address, "carol").await;
+    let group = alice
+        .group_create("order", &["bobby".into(), "carol".into()])
+        .await
+        .unwrap()
+        .info
+        .id;
+    sync(&mut bobby).await;
+    sync(&mut carol).await;
+
+    // Alice renames twice while she cannot reach the server: both wait in
+    // her outbox.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    alice.set_routes(common::direct(dead));
+    for title in ["one", "two"] {
+        let out = alice.group_rename(&group, title).await.unwrap();
+        assert!(out.note.unwrap().contains("unreachable"));
+    }
+    let ops = alice.store().group(&group).unwrap().unwrap().ops;
+    let (one, two) = (&ops[ops.len() - 2], &ops[ops.len() - 1]);
+
+    // Bobby hands carol the second before the first (ops carry their own
+    // signatures: anyone may forward them).
+    bobby.queue_group_op("carol", two).unwrap();
+    bobby.queue_group_op("carol", one).unwrap();
+    sync(&mut bobby).await;
+    let (_, warnings) = sync(&mut carol).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let state = state_of(&carol, &group);
+    assert_eq!((state.title(), state.version()), ("two", ops.len() as u64));
+    assert!(carol.store().pending(&group).unwrap().is_empty());
+
+    // Alice's own copies arrive later: already applied, nothing said.
+    alice.set_routes(common::direct(server.addr));
+    sync(&mut alice).await;
+    let (_, warnings) = sync(&mut carol).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(state_of(&carol, &group).title(), "two");
     server.stop().await;
 }

@@ -890,12 +890,6 @@ impl Client {
                 Ok(s) => s,
                 Err(e) => return Ok(refused("(new)", &e)),
             };
-            if self.store().joining_groups()? >= crate::store::MAX_JOINING_GROUPS {
-                return Ok(refused(
-                    state.title(),
-                    &"too many groups being joined at once",
-                ));
-            }
             write.group = Some((state.id(), GroupStatus::Joining));
             write.title = Some(state.title().to_owned());
             write.ops.push((1, op.clone()));

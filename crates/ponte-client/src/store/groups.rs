@@ -76,7 +76,8 @@ pub const MAX_PENDING_TOTAL: i64 = 4096;
 /// adds, renames and promotions need in practice).
 pub const MAX_OPS_PER_GROUP: u64 = 8192;
 /// Most groups this device is being added to (ops arrived, not a member
-/// yet) at once; a stranger cannot make it store more.
+/// yet) at once; beyond it the least recently changed is forgotten, so a
+/// stranger cannot make it store more.
 pub const MAX_JOINING_GROUPS: i64 = 64;
 
 const ROLE_SENDER: i64 = 0;
@@ -364,15 +365,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// Groups being joined (ops arrived, not a member yet).
-    pub fn joining_groups(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COUNT(*) FROM groups WHERE status = 0", [], |r| {
-                r.get(0)
-            })?)
     }
 
     /// This device's sender session for a group, if it has one.
@@ -859,6 +851,29 @@ pub(super) fn write_group(
          ON CONFLICT(id) DO UPDATE SET status = excluded.status, updated_ms = excluded.updated_ms",
         params![gid, status.to_i64(), now],
     )?;
+    if status == GroupStatus::Joining {
+        // Groups this device is being added to but is not in (yet): a
+        // stranger can start any number; the least recently changed go.
+        let stale: Vec<Vec<u8>> = {
+            let mut stmt = tx.prepare(
+                "SELECT id FROM groups WHERE status = ?1
+                 ORDER BY updated_ms DESC, rowid DESC LIMIT -1 OFFSET ?2",
+            )?;
+            let ids = stmt
+                .query_map(
+                    params![GroupStatus::Joining.to_i64(), MAX_JOINING_GROUPS],
+                    |r| r.get(0),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            ids
+        };
+        for id in stale {
+            for table in ["group_ops", "group_pending", "group_keys"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&id])?;
+            }
+            tx.execute("DELETE FROM groups WHERE id = ?1", [&id])?;
+        }
+    }
     if let Some(title) = &change.title {
         let sealed = key.seal(&aad("groups", "title", &group.0), title.as_bytes());
         tx.execute(
@@ -1077,5 +1092,33 @@ mod tests {
             .unwrap();
         assert_eq!(total, MAX_PENDING_TOTAL);
         assert!(store.pending(&group).unwrap().is_empty());
+    }
+
+    #[test]
+    fn groups_being_joined_are_capped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let profile = Profile::create(&tmp.path().join("p"), KeySource::KeyFile).unwrap();
+        let store = profile.store();
+        let first = GroupId::random();
+        for group in
+            std::iter::once(first).chain((0..MAX_JOINING_GROUPS).map(|_| GroupId::random()))
+        {
+            store
+                .write_group(&GroupWrite {
+                    group: Some((group, GroupStatus::Joining)),
+                    pending_add: vec![(group, "eve".into(), PendingKind::Op, vec![1])],
+                    ..GroupWrite::default()
+                })
+                .unwrap();
+        }
+        let joining: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM groups WHERE status = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(joining, MAX_JOINING_GROUPS);
+        // The oldest went, with what it held.
+        assert!(store.pending(&first).unwrap().is_empty());
     }
 }

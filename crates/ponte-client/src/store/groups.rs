@@ -339,10 +339,47 @@ fn pending_aad(group: &GroupId, sender: &str) -> Vec<u8> {
     aad("group_pending", "payload", &row)
 }
 
+/// Groups as last loaded, by id, with the standing and the number of ops
+/// they were loaded at. Ops are only ever appended, so a group whose
+/// stored standing and op count are the same is the same group: its ops
+/// are not decrypted and verified again for every message.
+#[derive(Default)]
+pub(super) struct GroupCache(
+    std::cell::RefCell<std::collections::HashMap<GroupId, (i64, i64, GroupRecord)>>,
+);
+
+/// Most groups kept in the cache (it is emptied when full).
+const GROUP_CACHE_MAX: usize = 256;
+
 impl Store {
     /// A group by id, its ops replayed and checked (`None` if unknown).
     pub fn group(&self, id: &GroupId) -> Result<Option<GroupRecord>> {
-        load_group(&self.conn, &self.key, id)
+        let now: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT status, (SELECT COUNT(*) FROM group_ops WHERE group_id = ?1)
+                 FROM groups WHERE id = ?1",
+                [id.0.to_vec()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((status, ops)) = now else {
+            return Ok(None);
+        };
+        if let Some((s, n, record)) = self.groups.0.borrow().get(id) {
+            if (*s, *n) == (status, ops) {
+                return Ok(Some(record.clone()));
+            }
+        }
+        let record = load_group(&self.conn, &self.key, id)?;
+        if let Some(r) = &record {
+            let mut cache = self.groups.0.borrow_mut();
+            if cache.len() >= GROUP_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(*id, (status, ops, r.clone()));
+        }
+        Ok(record)
     }
 
     /// Every group this device is or was a member of (not those it is
@@ -402,7 +439,15 @@ impl Store {
         let tx = self.conn.unchecked_transaction()?;
         write_group(&tx, &self.key, change)?;
         tx.commit()?;
+        self.forget_cached_groups();
         Ok(())
+    }
+
+    /// Empty the cache of loaded groups (after a write that may have
+    /// removed a group, so that one stored again under its id is loaded
+    /// afresh).
+    pub(super) fn forget_cached_groups(&self) {
+        self.groups.0.borrow_mut().clear();
     }
 
     /// Queue an outgoing group text: its history row, its recipients, the

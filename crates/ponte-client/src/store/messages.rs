@@ -300,6 +300,9 @@ impl Store {
             }
         }
         tx.commit()?;
+        if matches!(incoming.content, IncomingContent::Group(_)) {
+            self.forget_cached_groups();
+        }
         Ok(fresh)
     }
 

@@ -382,6 +382,8 @@ fn identity_from_row(curve: Vec<u8>, ed: Vec<u8>) -> Result<PublicIdentity> {
 pub struct Store {
     conn: Connection,
     key: ProfileKey,
+    /// Groups as last loaded, their ops checked (see `groups::GroupCache`).
+    groups: groups::GroupCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -395,7 +397,11 @@ impl Store {
     /// already-derived key. Use [`crate::profile`] to get the key.
     pub fn open_with_key(path: &std::path::Path, key: ProfileKey) -> Result<Self> {
         let conn = open_connection(path)?;
-        Ok(Self { conn, key })
+        Ok(Self {
+            conn,
+            key,
+            groups: Default::default(),
+        })
     }
 
     // ------------------------------------------------------------ meta

@@ -2,7 +2,8 @@
 //! (TLS) in front of it with the direct route refused, and five `ponte`
 //! profiles. A group is created, messages go both ways, a member is added,
 //! one removed, one leaves, the group is renamed; the removed member
-//! receives nothing sent afterwards; ticks add up over the members.
+//! receives nothing sent afterwards; ticks add up over the members; a file
+//! goes to the group.
 //!
 //! Every wait is bounded; nothing leaves 127.0.0.1.
 #![allow(clippy::unwrap_used)]
@@ -267,4 +268,28 @@ fn a_group_of_five_over_a_tls_relay() {
     // And carol, who left, got none of it.
     let got = people.sync("carol");
     assert!(!texts(&got).contains(&"final word 7c19"), "{got:?}");
+
+    // A file to the group: uploaded once, fetched by each member.
+    let file = tmp.path().join("plan.txt");
+    std::fs::write(&file, b"the plan, in full 40d2").unwrap();
+    let sent = people.json(
+        "alice",
+        &[
+            "send",
+            "g:crew",
+            "--file",
+            file.to_str().unwrap(),
+            "the plan",
+        ],
+    );
+    assert_eq!(sent[0]["status"], "sent", "{sent:?}");
+    assert_eq!(sent[0]["file"]["name"], "plan.txt");
+    for name in ["bobby", "erin"] {
+        let got = people.sync(name);
+        let m = got.iter().find(|v| v["text"] == "the plan").unwrap();
+        assert_eq!(m["group"], g.as_str());
+        let fetched = got.iter().find(|v| v["file_fetched"].is_string()).unwrap();
+        let path = fetched["file_fetched"].as_str().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"the plan, in full 40d2");
+    }
 }

@@ -1,7 +1,8 @@
 //! Fuzz target for the end-to-end decoders a client runs on what the server
 //! hands it: `Ciphertext::from_bytes` (and the pre-key sender it exposes),
 //! `GroupCiphertext::from_bytes` and `Envelope::decode` (every kind: text,
-//! read receipt, file, group text, sender key, group op, group file). No panic; whatever
+//! read receipt, file, group text, sender key, group op, group file, group
+//! log). No panic; whatever
 //! decodes re-encodes to bytes that decode the same.
 #![no_main]
 

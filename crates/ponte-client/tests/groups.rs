@@ -404,3 +404,47 @@ async fn an_op_that_arrives_before_the_one_it_follows_waits_for_it() {
     assert_eq!(state_of(&carol, &group).title(), "two");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_new_member_rebuilds_a_long_log_sent_in_pieces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server")).await;
+    let mut alice = register(&tmp.path().join("alice"), &server.address, "alice").await;
+    let mut bobby = register(&tmp.path().join("bobby"), &server.address, "bobby").await;
+    let mut carol = register(&tmp.path().join("carol"), &server.address, "carol").await;
+    let group = alice
+        .group_create("long", &["bobby".into()])
+        .await
+        .unwrap()
+        .info
+        .id;
+    // More changes than one log envelope holds, queued offline.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    alice.set_routes(common::direct(dead));
+    let renames = ponte_e2e::envelope::MAX_LOG_OPS + 6;
+    for i in 0..renames {
+        alice
+            .group_rename(&group, &format!("long {i}"))
+            .await
+            .unwrap();
+    }
+    alice.set_routes(common::direct(server.addr));
+    let added = alice.group_add(&group, &["carol".into()]).await.unwrap();
+    assert!(added.note.is_none(), "{:?}", added.note);
+    assert_eq!(added.info.version as usize, 2 + renames + 1);
+
+    let (_, warnings) = sync(&mut carol).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(state_of(&carol, &group), state_of(&alice, &group));
+    let (_, warnings) = sync(&mut bobby).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(state_of(&bobby, &group), state_of(&alice, &group));
+    // And messages flow to the new member.
+    alice.send_group(&group, "welcome carol").await.unwrap();
+    let (texts, _) = sync(&mut carol).await;
+    assert_eq!(texts, ["welcome carol"]);
+    server.stop().await;
+}

@@ -15,9 +15,11 @@
 //!                        a vodozemac Megolm session key
 //! kind 6 (group op):     u16 BE length (<= MAX_OP_BYTES), a group::SignedOp
 //! kind 8 (group file):   group id (16), then a file descriptor as in kind 3
+//! kind 9 (group log):    u16 BE count (1..=MAX_LOG_OPS), then count times a
+//!                        u16 BE length (<= MAX_OP_BYTES) and a group::SignedOp
 //! ```
 //!
-//! Kinds 1, 2, 3, 5 and 6 travel inside Olm (pairwise). Kinds 4 and 8 are
+//! Kinds 1, 2, 3, 5, 6 and 9 travel inside Olm (pairwise). Kinds 4 and 8 are
 //! the Megolm plaintext of a group message (see [`crate::group::megolm`]): the group
 //! message body is a group-specific envelope inside Megolm, not an Olm
 //! envelope wrapping Megolm, so the server stores one body for every
@@ -59,6 +61,9 @@ const KIND_SENDER_KEY: u8 = 5;
 const KIND_GROUP_OP: u8 = 6;
 const KIND_FILE: u8 = 3;
 const KIND_GROUP_FILE: u8 = 8;
+const KIND_GROUP_LOG: u8 = 9;
+/// Most ops in one group log envelope (kind 9): at most about 32 KiB.
+pub const MAX_LOG_OPS: usize = 64;
 const HEADER: usize = 2 + 16 + 8;
 
 /// A 16-byte message id chosen by the sender; the key for deduplication
@@ -139,6 +144,10 @@ pub enum Payload {
     GroupOp(Box<SignedOp>),
     /// A file: where its encrypted blob is and how to open it.
     File(FileDescriptor),
+    /// Several signed changes to one group, in chain order (sent pairwise:
+    /// a group's log for a member who joins, one envelope per
+    /// [`MAX_LOG_OPS`] ops).
+    GroupLog(Vec<SignedOp>),
     /// A file sent to a group (the Megolm plaintext of a group message):
     /// the descriptor, key included, travels only under Megolm.
     GroupFile {
@@ -312,6 +321,7 @@ impl std::fmt::Debug for Payload {
             Payload::GroupFile { group, file } => {
                 f.debug_tuple("GroupFile").field(group).field(file).finish()
             }
+            Payload::GroupLog(ops) => write!(f, "GroupLog({} ops)", ops.len()),
         }
     }
 }
@@ -340,6 +350,7 @@ impl Envelope {
             Payload::GroupOp(_) => out.push(KIND_GROUP_OP),
             Payload::File(_) => out.push(KIND_FILE),
             Payload::GroupFile { .. } => out.push(KIND_GROUP_FILE),
+            Payload::GroupLog(_) => out.push(KIND_GROUP_LOG),
         }
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
@@ -385,6 +396,19 @@ impl Envelope {
             Payload::GroupFile { group, file } => {
                 out.extend_from_slice(&group.0);
                 file.encode_into(&mut out)?;
+            }
+            Payload::GroupLog(ops) => {
+                if ops.is_empty() || ops.len() > MAX_LOG_OPS {
+                    return Err(Error::MalformedEnvelope("group log of 0 or too many ops"));
+                }
+                // Bounded by MAX_LOG_OPS above.
+                out.extend_from_slice(&(ops.len() as u16).to_be_bytes());
+                for op in ops {
+                    let bytes = op.encode().map_err(Error::GroupOp)?;
+                    // Bounded by MAX_OP_BYTES (every field of an encodable op is capped).
+                    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&bytes);
+                }
             }
         }
         let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
@@ -459,6 +483,27 @@ impl Envelope {
             KIND_FILE => {
                 let (fd, used) = FileDescriptor::decode(rest)?;
                 (Payload::File(fd), used)
+            }
+            KIND_GROUP_LOG => {
+                let count_bytes: [u8; 2] = rest
+                    .get(..2)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(Error::MalformedEnvelope("truncated group log"))?;
+                let count = u16::from_be_bytes(count_bytes) as usize;
+                if count == 0 || count > MAX_LOG_OPS {
+                    return Err(Error::MalformedEnvelope("group log of 0 or too many ops"));
+                }
+                let mut used = 2;
+                let mut ops = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let (op, n) = decode_u16_bytes(&rest[used..], MAX_OP_BYTES)?;
+                    ops.push(
+                        SignedOp::decode(op)
+                            .map_err(|_| Error::MalformedEnvelope("bad group op"))?,
+                    );
+                    used += n;
+                }
+                (Payload::GroupLog(ops), used)
             }
             KIND_GROUP_FILE => {
                 let group = rest
@@ -679,7 +724,8 @@ mod tests {
                 text: "hi all".into(),
             },
             Payload::SenderKey(GroupSender::new(group, 1).sender_key()),
-            Payload::GroupOp(Box::new(op)),
+            Payload::GroupOp(Box::new(op.clone())),
+            Payload::GroupLog(vec![op.clone(), op]),
             Payload::GroupFile {
                 group,
                 file: match file_env().payload {
@@ -751,6 +797,29 @@ mod tests {
         group_file.extend_from_slice(&[0; 6 + 16 + 32 + 32 + 8]);
         group_file.extend_from_slice(&u16::MAX.to_be_bytes());
         assert!(Envelope::decode(&group_file).is_err());
+        // A group log: no ops, too many, or an op length beyond the cap.
+        let mut log = vec![VERSION, KIND_GROUP_LOG];
+        log.extend_from_slice(&[0; 16 + 8]);
+        for count in [0u16, MAX_LOG_OPS as u16 + 1] {
+            let mut bad = log.clone();
+            bad.extend_from_slice(&count.to_be_bytes());
+            assert!(matches!(
+                Envelope::decode(&bad),
+                Err(Error::MalformedEnvelope("group log of 0 or too many ops"))
+            ));
+        }
+        log.extend_from_slice(&1u16.to_be_bytes());
+        log.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(
+            Envelope::decode(&log),
+            Err(Error::MalformedEnvelope("too long"))
+        ));
+        let too_many = Envelope {
+            id: MessageId([0; 16]),
+            sent_at_ms: 0,
+            payload: Payload::GroupLog(Vec::new()),
+        };
+        assert!(too_many.encode().is_err());
     }
 
     #[test]

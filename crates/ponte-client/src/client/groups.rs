@@ -30,6 +30,7 @@ use crate::store::{
     GroupWrite, OutboxKind, PendingKind, UnixMillis,
 };
 use crate::{ClientError, Report, Result, ServerCode};
+use ponte_e2e::envelope::MAX_LOG_OPS;
 use ponte_e2e::group::{
     GroupCiphertext, GroupId, GroupOp, GroupSender, GroupState, Member, OpError, Role, SenderKey,
     SignedOp, MAX_MEMBERS,
@@ -145,6 +146,17 @@ fn member<'a>(state: &'a GroupState, handle: &str) -> Result<&'a Member> {
         .ok_or_else(|| {
             ClientError::Invalid(format!("{handle} is not a member of {:?}", state.title()))
         })
+}
+
+/// The write of the ops of a log applied before one was refused (they
+/// checked; the group is where they took it), or nothing.
+fn write_if(applied: bool, mut write: GroupWrite, rec: &GroupRecord) -> GroupWrite {
+    if !applied {
+        return GroupWrite::default();
+    }
+    write.group = Some((rec.id(), rec.status));
+    write.title = Some(rec.state.title().to_owned());
+    write
 }
 
 fn handle_of(state: &GroupState, key: &[u8; 32]) -> Option<String> {
@@ -317,10 +329,10 @@ impl Client {
             ..GroupWrite::default()
         };
         for m in &members {
-            for op in &ops {
+            for chunk in ops.chunks(MAX_LOG_OPS) {
                 write
                     .outbox
-                    .push((m.handle.clone(), OutboxKind::GroupOp(Box::new(op.clone()))));
+                    .push((m.handle.clone(), OutboxKind::GroupLog(chunk.to_vec())));
             }
             write
                 .outbox
@@ -487,8 +499,8 @@ impl Client {
             if m.identity.ed25519 == me || before.role_of(&m.identity.ed25519).is_some() {
                 continue;
             }
-            for op in &log {
-                outbox.push((m.handle.clone(), OutboxKind::GroupOp(Box::new(op.clone()))));
+            for chunk in log.chunks(MAX_LOG_OPS) {
+                outbox.push((m.handle.clone(), OutboxKind::GroupLog(chunk.to_vec())));
             }
             if let Some(key) = &sender {
                 outbox.push((m.handle.clone(), OutboxKind::SenderKey(key.clone())));
@@ -845,6 +857,9 @@ impl Client {
         key_changed: bool,
     ) -> Result<(GroupWrite, Option<String>, Option<GroupId>)> {
         let mut write = GroupWrite::default();
+        if let Payload::GroupLog(ops) = payload {
+            return self.take_log(sender, ops);
+        }
         let (group, taken) = match payload {
             Payload::GroupOp(op) => (op.group, self.take_op(op, &mut write)?),
             Payload::SenderKey(key) => (
@@ -872,6 +887,111 @@ impl Client {
             Taken::Refused(why) => (GroupWrite::default(), Some(why), None),
             Taken::Duplicate | Taken::Dropped => (GroupWrite::default(), None, None),
         })
+    }
+
+    /// A group's log (or part of it) from `sender`: every op applied in
+    /// order in one write; from the first that does not follow yet, the
+    /// rest wait; one that does not check is refused with the rest.
+    fn take_log(
+        &self,
+        sender: &str,
+        ops: &[SignedOp],
+    ) -> Result<(GroupWrite, Option<String>, Option<GroupId>)> {
+        let mut write = GroupWrite::default();
+        let Some(group) = ops.first().map(|op| op.group) else {
+            return Ok((write, None, None));
+        };
+        if ops.iter().any(|op| op.group != group) {
+            return Ok((
+                write,
+                Some(format!(
+                    "refused a group log from {sender}: it mixes groups"
+                )),
+                None,
+            ));
+        }
+        let mut record = self.store().group(&group)?;
+        let mut applied = false;
+        for (at, op) in ops.iter().enumerate() {
+            let Some(rec) = &mut record else {
+                let state = match op.op {
+                    GroupOp::Create { .. } => GroupState::from_create(op),
+                    _ => Err(OpError::ChainMismatch),
+                };
+                match state {
+                    Ok(state) => {
+                        write.ops.push((1, op.clone()));
+                        record = Some(GroupRecord {
+                            status: GroupStatus::Joining,
+                            state,
+                            ops: vec![op.clone()],
+                        });
+                        applied = true;
+                        continue;
+                    }
+                    Err(OpError::ChainMismatch) => {
+                        self.hold(&mut write, sender, &ops[at..])?;
+                        break;
+                    }
+                    Err(e) => {
+                        return Ok((
+                            GroupWrite::default(),
+                            Some(format!(
+                                "refused a change to group g:{} from {sender}: {e}",
+                                group.to_hex()
+                            )),
+                            None,
+                        ))
+                    }
+                }
+            };
+            let hash = op.hash().map_err(ponte_e2e::Error::GroupOp)?;
+            if rec.has_op(&hash) {
+                continue;
+            }
+            match rec.state.apply(op) {
+                Ok(after) => {
+                    let mut status = rec.status;
+                    self.effects(&rec.state, &after, op, false, &mut status, &mut write)?;
+                    write.ops.push((after.version(), op.clone()));
+                    rec.status = status;
+                    rec.state = after;
+                    rec.ops.push(op.clone());
+                    applied = true;
+                }
+                Err(OpError::ChainMismatch) if !rec.has_op(&op.prev) => {
+                    self.hold(&mut write, sender, &ops[at..])?;
+                    break;
+                }
+                Err(e) => {
+                    let warning = format!(
+                        "refused a change to group {:?} (g:{}): {e}",
+                        rec.state.title(),
+                        group.to_hex()
+                    );
+                    return Ok((write_if(applied, write, rec), Some(warning), None));
+                }
+            }
+        }
+        Ok(match record {
+            Some(rec) if applied => {
+                write.group = Some((group, rec.status));
+                write.title = Some(rec.state.title().to_owned());
+                (write, None, Some(group))
+            }
+            _ => (write, None, None),
+        })
+    }
+
+    /// Hold `ops` until what they follow arrives.
+    fn hold(&self, write: &mut GroupWrite, sender: &str, ops: &[SignedOp]) -> Result<()> {
+        for op in ops {
+            let bytes = op.encode().map_err(ponte_e2e::Error::GroupOp)?;
+            write
+                .pending_add
+                .push((op.group, sender.to_owned(), PendingKind::Op, bytes));
+        }
+        Ok(())
     }
 
     /// Check `op` against the stored group and describe what it changes.

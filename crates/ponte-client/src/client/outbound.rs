@@ -572,6 +572,7 @@ fn encrypt(
         OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
         OutboxKind::File(fd) => Payload::File(fd.clone()),
         OutboxKind::GroupOp(op) => Payload::GroupOp(op.clone()),
+        OutboxKind::GroupLog(ops) => Payload::GroupLog(ops.clone()),
         OutboxKind::SenderKey(key) => Payload::SenderKey(key.clone()),
         // Encrypted (Megolm) when queued: without its ciphertext it is corrupt.
         OutboxKind::Group(_) => {

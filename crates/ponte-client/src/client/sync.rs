@@ -191,7 +191,7 @@ impl Client {
         // A group op or sender key: what it changes is committed with the
         // session that opened it.
         let (group_change, group_warning, retry) = match &envelope.payload {
-            Payload::GroupOp(_) | Payload::SenderKey(_) => {
+            Payload::GroupOp(_) | Payload::GroupLog(_) | Payload::SenderKey(_) => {
                 let (w, warning, retry) =
                     self.pairwise_group(sender, &envelope.payload, key_changed)?;
                 (Some(w), warning, retry)

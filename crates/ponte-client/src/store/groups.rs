@@ -339,20 +339,21 @@ fn pending_aad(group: &GroupId, sender: &str) -> Vec<u8> {
     aad("group_pending", "payload", &row)
 }
 
-/// Groups as last loaded, by id, with the standing and the number of ops
-/// they were loaded at. Ops are only ever appended, so a group whose
-/// stored standing and op count are the same is the same group: its ops
-/// are not decrypted and verified again for every message.
+/// Groups as last loaded, by id. Ops are only ever appended, so a group
+/// loaded before needs only the ops stored since: its ops are not
+/// decrypted and verified again for every message and every change. A
+/// group forgotten (one being joined, evicted) empties the cache, so one
+/// stored again under the same id is loaded afresh.
 #[derive(Default)]
-pub(super) struct GroupCache(
-    std::cell::RefCell<std::collections::HashMap<GroupId, (i64, i64, GroupRecord)>>,
-);
+pub(super) struct GroupCache(std::cell::RefCell<std::collections::HashMap<GroupId, GroupRecord>>);
 
 /// Most groups kept in the cache (it is emptied when full).
 const GROUP_CACHE_MAX: usize = 256;
 
 impl Store {
     /// A group by id, its ops replayed and checked (`None` if unknown).
+    /// A group loaded before is taken from the cache, the ops stored since
+    /// checked and applied on top (ops are only ever appended).
     pub fn group(&self, id: &GroupId) -> Result<Option<GroupRecord>> {
         let now: Option<(i64, i64)> = self
             .conn
@@ -363,21 +364,36 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some((status, ops)) = now else {
+        let Some((status, count)) = now else {
             return Ok(None);
         };
-        if let Some((s, n, record)) = self.groups.0.borrow().get(id) {
-            if (*s, *n) == (status, ops) {
-                return Ok(Some(record.clone()));
+        let status = GroupStatus::from_i64(status)?;
+        let cached = self.groups.0.borrow().get(id).cloned();
+        let record = match cached {
+            Some(mut rec) if count >= rec.ops.len() as i64 => {
+                let new = load_ops(&self.conn, &self.key, id, rec.ops.len() as u64)?;
+                let mut state = Some(rec.state.clone());
+                for op in &new {
+                    state = state.and_then(|s| s.apply(op).ok());
+                }
+                match state {
+                    Some(state) => {
+                        rec.state = state;
+                        rec.ops.extend(new);
+                        rec.status = status;
+                        Some(rec)
+                    }
+                    None => load_group(&self.conn, &self.key, id)?,
+                }
             }
-        }
-        let record = load_group(&self.conn, &self.key, id)?;
+            _ => load_group(&self.conn, &self.key, id)?,
+        };
         if let Some(r) = &record {
             let mut cache = self.groups.0.borrow_mut();
             if cache.len() >= GROUP_CACHE_MAX {
                 cache.clear();
             }
-            cache.insert(*id, (status, ops, r.clone()));
+            cache.insert(*id, r.clone());
         }
         Ok(record)
     }
@@ -437,15 +453,16 @@ impl Store {
     /// Write `change` in one transaction.
     pub fn write_group(&self, change: &GroupWrite) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
-        write_group(&tx, &self.key, change)?;
+        let evicted = write_group(&tx, &self.key, change)?;
         tx.commit()?;
-        self.forget_cached_groups();
+        if evicted {
+            self.forget_cached_groups();
+        }
         Ok(())
     }
 
-    /// Empty the cache of loaded groups (after a write that may have
-    /// removed a group, so that one stored again under its id is loaded
-    /// afresh).
+    /// Empty the cache of loaded groups (after a write that removed a
+    /// group, so that one stored again under its id is loaded afresh).
     pub(super) fn forget_cached_groups(&self) {
         self.groups.0.borrow_mut().clear();
     }
@@ -847,12 +864,13 @@ fn insert_group_send(
     Ok(())
 }
 
-/// Write `change` inside the caller's transaction.
+/// Write `change` inside the caller's transaction; true when it made
+/// room by forgetting groups being joined.
 pub(super) fn write_group(
     tx: &Transaction<'_>,
     key: &ProfileKey,
     change: &GroupWrite,
-) -> Result<()> {
+) -> Result<bool> {
     let now = UnixMillis::now();
     for (group, sender, kind, payload) in &change.pending_add {
         let sealed = key.seal(&pending_aad(group, sender), payload);
@@ -888,8 +906,9 @@ pub(super) fn write_group(
         insert_outbox(tx, key, &MessageId::random(), to, kind, now)?;
     }
     let Some((group, status)) = change.group else {
-        return Ok(());
+        return Ok(false);
     };
+    let mut evicted = false;
     let gid = group.0.to_vec();
     tx.execute(
         "INSERT INTO groups(id, status, updated_ms) VALUES (?1, ?2, ?3)
@@ -913,6 +932,7 @@ pub(super) fn write_group(
             ids
         };
         for id in stale {
+            evicted = true;
             for table in ["group_ops", "group_pending", "group_keys"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&id])?;
             }
@@ -1012,7 +1032,34 @@ pub(super) fn write_group(
         tx.execute("DELETE FROM group_pending WHERE group_id = ?1", [&gid])?;
         tx.execute("DELETE FROM group_keys WHERE group_id = ?1", [&gid])?;
     }
-    Ok(())
+    Ok(evicted)
+}
+
+/// A group's stored ops after version `after`, in order.
+fn load_ops(
+    conn: &Connection,
+    key: &ProfileKey,
+    id: &GroupId,
+    after: u64,
+) -> Result<Vec<SignedOp>> {
+    let mut stmt = conn.prepare(
+        "SELECT version, op FROM group_ops WHERE group_id = ?1 AND version > ?2 ORDER BY version",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![id.0.to_vec(), i64::try_from(after).unwrap_or(i64::MAX)],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut ops = Vec::with_capacity(rows.len());
+    for (version, sealed) in rows {
+        let version = u64::try_from(version).map_err(|_| ClientError::Corrupt("group op"))?;
+        let bytes = key
+            .open(&op_aad(id, version), &sealed)
+            .map_err(|_| ClientError::Corrupt("group op"))?;
+        ops.push(SignedOp::decode(&bytes).map_err(|_| ClientError::Corrupt("group op"))?);
+    }
+    Ok(ops)
 }
 
 fn load_group(conn: &Connection, key: &ProfileKey, id: &GroupId) -> Result<Option<GroupRecord>> {
@@ -1026,21 +1073,7 @@ fn load_group(conn: &Connection, key: &ProfileKey, id: &GroupId) -> Result<Optio
     let Some(status) = status else {
         return Ok(None);
     };
-    let mut stmt =
-        conn.prepare("SELECT version, op FROM group_ops WHERE group_id = ?1 ORDER BY version")?;
-    let rows = stmt
-        .query_map([id.0.to_vec()], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut ops = Vec::with_capacity(rows.len());
-    for (version, sealed) in rows {
-        let version = u64::try_from(version).map_err(|_| ClientError::Corrupt("group op"))?;
-        let bytes = key
-            .open(&op_aad(id, version), &sealed)
-            .map_err(|_| ClientError::Corrupt("group op"))?;
-        ops.push(SignedOp::decode(&bytes).map_err(|_| ClientError::Corrupt("group op"))?);
-    }
+    let ops = load_ops(conn, key, id, 0)?;
     let state = GroupState::replay(&ops).map_err(|_| ClientError::Corrupt("group ops"))?;
     if state.id() != *id {
         return Err(ClientError::Corrupt("group ops"));

@@ -121,6 +121,9 @@ impl Store {
                             .map_err(|_| ClientError::Corrupt("outbox sender key"))?,
                     )
                 }
+                7 => OutboxKind::GroupLog(
+                    decode_ops(&plain).ok_or(ClientError::Corrupt("outbox group log"))?,
+                ),
                 6 => OutboxKind::Group(
                     split_group(&plain)
                         .filter(|(_, rest)| rest.is_empty())
@@ -248,6 +251,7 @@ impl Store {
             "INSERT OR IGNORE INTO inbox_seen(peer, id) VALUES (?1, ?2)",
             params![incoming.peer, incoming.id.0.to_vec()],
         )? == 1;
+        let mut evicted = false;
         if fresh {
             match incoming.content {
                 IncomingContent::Text(text) => {
@@ -283,7 +287,9 @@ impl Store {
                     }
                     groups::group_read(&tx, incoming.peer, ids)?;
                 }
-                IncomingContent::Group(change) => groups::write_group(&tx, &self.key, change)?,
+                IncomingContent::Group(change) => {
+                    evicted = groups::write_group(&tx, &self.key, change)?;
+                }
                 IncomingContent::File(fd) => {
                     insert_message(&tx, &self.key, incoming, &fd.caption)?;
                     super::files::insert_file(
@@ -300,7 +306,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        if matches!(incoming.content, IncomingContent::Group(_)) {
+        if evicted {
             self.forget_cached_groups();
         }
         Ok(fresh)
@@ -490,6 +496,7 @@ pub(super) fn insert_outbox(
         OutboxKind::GroupOp(op) => (4, op.encode().map_err(ponte_e2e::Error::GroupOp)?),
         OutboxKind::SenderKey(k) => (5, [&k.group.0[..], k.key_bytes()].concat()),
         OutboxKind::Group(g) => (6, g.0.to_vec()),
+        OutboxKind::GroupLog(ops) => (7, encode_ops(ops)?),
     };
     let payload = key.seal(&aad("outbox", "payload", &id.0), &plain);
     tx.execute(
@@ -497,6 +504,30 @@ pub(super) fn insert_outbox(
         params![id.0.to_vec(), peer, kind_code, payload, sent_at],
     )?;
     Ok(())
+}
+
+/// Ops as a u16 length before each (how the outbox keeps a group log).
+fn encode_ops(ops: &[SignedOp]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for op in ops {
+        let bytes = op.encode().map_err(ponte_e2e::Error::GroupOp)?;
+        // Bounded by MAX_OP_BYTES (every field of an encodable op is capped).
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+fn decode_ops(mut bytes: &[u8]) -> Option<Vec<SignedOp>> {
+    let mut ops = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_at_checked(2)?;
+        let len = u16::from_be_bytes(len.try_into().ok()?) as usize;
+        let (op, rest) = rest.split_at_checked(len)?;
+        ops.push(SignedOp::decode(op).ok()?);
+        bytes = rest;
+    }
+    Some(ops)
 }
 
 /// A group id (16 bytes) and what follows it.

@@ -283,6 +283,9 @@ pub enum OutboxKind {
     File(ponte_e2e::FileDescriptor),
     /// A signed group op for one member (pairwise).
     GroupOp(Box<ponte_e2e::group::SignedOp>),
+    /// Several signed ops of one group, in order, for one member (pairwise;
+    /// at most [`ponte_e2e::envelope::MAX_LOG_OPS`]): a log for a new member.
+    GroupLog(Vec<ponte_e2e::group::SignedOp>),
     /// This device's Megolm sender key for one member (pairwise).
     SenderKey(ponte_e2e::group::SenderKey),
     /// A group message, encrypted when queued (Megolm): its ciphertext is
@@ -298,6 +301,7 @@ impl std::fmt::Debug for OutboxKind {
             OutboxKind::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
             OutboxKind::File(fd) => f.debug_tuple("File").field(fd).finish(),
             OutboxKind::GroupOp(op) => f.debug_tuple("GroupOp").field(op).finish(),
+            OutboxKind::GroupLog(ops) => write!(f, "GroupLog({} ops)", ops.len()),
             OutboxKind::SenderKey(k) => f.debug_tuple("SenderKey").field(k).finish(),
             OutboxKind::Group(g) => f.debug_tuple("Group").field(g).finish(),
         }

@@ -2,9 +2,9 @@
 //! hands it: `Ciphertext::from_bytes` (and the pre-key sender it exposes),
 //! `GroupCiphertext::from_bytes`, `Envelope::decode` (versions 1 and 2,
 //! the latter with a disappearing-message timer; every kind: text, read
-//! receipt, file, group text, sender key, group op, timer setting) and
-//! `TimerSetting::from_bytes`. No panic; whatever decodes re-encodes to
-//! bytes that decode the same.
+//! receipt, file, group text, sender key, group op, timer setting, group
+//! file, group log) and `TimerSetting::from_bytes`. No panic; whatever
+//! decodes re-encodes to bytes that decode the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

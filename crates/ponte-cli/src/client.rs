@@ -1,13 +1,17 @@
 //! The client commands: `register`, `send`, `sync`, `listen`, `history`,
-//! `contacts`, `verify`, `status`, `timer` and `via add|list|remove|clear`
-//! (over `ponte-client`).
+//! `contacts`, `verify`, `status`, `timer`, `via add|list|remove|clear` and
+//! `group create|add|remove|promote|rename|leave|list|info` (over
+//! `ponte-client`). Where a command takes a contact's NAME it also takes a
+//! group, `g:ID` or `g:TITLE`.
 //!
 //! Routes: every command reaches the server directly or through relays
 //! given with `--via URL` (repeatable; `tls://HOST:PORT`, `tcp://HOST:PORT`
 //! or a share link) and those saved with `ponte via add`.
 //!
 //! Output: one line per message or tick change on stdout (`--json`: one JSON
-//! object per line with `id`, `from`, `to`, `text`, `sent_at`, `status`);
+//! object per line with `id`, `from`, `to`, `text`, `sent_at`, `status`, and
+//! for a group message `group`, and `delivered_to`, `read_by`, `of` on an
+//! outgoing one);
 //! warnings and connection notices on stderr. Exit code 0 on success
 //! (including `send` leaving a message queued because the server is
 //! unreachable), 1 on errors, 2 on usage errors (clap).
@@ -27,6 +31,7 @@ use clap::{Args, Subcommand};
 use ponte_client::client::{Event, RegisterOptions, SendOutcome};
 use ponte_client::profile::{self, KeySource};
 use ponte_client::route::RelayUrl;
+use ponte_client::store::Conversation;
 use ponte_client::{Client, ClientError, Contact, MessageView, ServerCode, Status, Update};
 use std::borrow::Cow;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -34,9 +39,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod group;
 mod output;
 mod passphrase;
 mod timer;
+pub use group::GroupCommand;
 use output::*;
 use passphrase::*;
 
@@ -141,7 +148,7 @@ pub enum ClientCommand {
     },
     /// Send a message or, with --file, a file (works offline: it waits in the outbox).
     Send {
-        /// Recipient handle.
+        /// Recipient handle, or a group: g:ID or g:TITLE.
         name: String,
         /// The text (with --file: the caption, optional).
         #[arg(required_unless_present = "file")]
@@ -171,9 +178,12 @@ pub enum ClientCommand {
     /// Received files: fetch one that was not fetched automatically.
     #[command(subcommand)]
     File(FileCommand),
-    /// Show the conversation with a contact.
+    /// Groups: create, add, remove, promote, rename, leave, list, info.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Show the conversation with a contact or a group.
     History {
-        /// Contact handle.
+        /// Contact handle, or a group: g:ID or g:TITLE.
         name: String,
         #[command(flatten)]
         common: Common,
@@ -247,6 +257,15 @@ fn open_client(common: &Common) -> anyhow::Result<Client> {
 fn check_handle(name: &str) -> anyhow::Result<()> {
     ponte_wire::messages::validate_handle(name)
         .map_err(|e| anyhow::anyhow!("invalid handle {name:?}: {e}"))
+}
+
+/// A conversation argument: a handle (checked like [`check_handle`]) or
+/// a group, `g:…` (resolved against the profile later).
+fn check_conversation(name: &str) -> anyhow::Result<()> {
+    if name.starts_with("g:") {
+        return Ok(());
+    }
+    check_handle(name)
 }
 
 /// Run a client command.
@@ -325,8 +344,9 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             file,
             common,
         } => {
-            check_handle(&name)?;
+            check_conversation(&name)?;
             let mut client = open_client(&common)?;
+            let to = client.resolve(&name)?;
             let me = client.handle().to_owned();
             let rt = runtime()?;
             let outcome = match &file {
@@ -334,12 +354,12 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     let mut bar = ProgressBar::new(!common.json);
                     let caption = text.as_deref().unwrap_or("");
                     let r = rt.block_on(
-                        client.send_file(&name, path, caption, &mut |d, t| bar.update(d, t)),
+                        client.send_file_to(&to, path, caption, &mut |d, t| bar.update(d, t)),
                     );
                     bar.finish();
                     r?
                 }
-                None => rt.block_on(client.send(&name, text.as_deref().unwrap_or("")))?,
+                None => rt.block_on(client.send_to(&to, text.as_deref().unwrap_or("")))?,
             };
             let SendOutcome {
                 message,
@@ -431,6 +451,7 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             duration,
             common,
         } => timer::run(name, duration, common),
+        ClientCommand::Group(cmd) => group::run(cmd),
         ClientCommand::File(FileCommand::Get {
             message_id,
             out: target,
@@ -453,11 +474,12 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::History { name, common } => {
-            check_handle(&name)?;
+            check_conversation(&name)?;
             let client = open_client(&common)?;
+            let to = client.resolve(&name)?;
             let me = client.handle().to_owned();
             let (mut printed, mut unreadable) = (0usize, 0usize);
-            client.history_to(&name, &mut |m| {
+            client.history_of(&to, &mut |m| {
                 printed += 1;
                 unreadable += usize::from(m.unreadable);
                 print_message(&me, m, common.json)
@@ -472,7 +494,9 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             if printed == 0 {
                 // A mistyped name must not look like an empty conversation.
-                if client.store().contact(&name)?.is_none() {
+                if matches!(to, Conversation::Contact(_))
+                    && client.store().contact(&name)?.is_none()
+                {
                     anyhow::bail!(
                         "no conversation with {name}: not a contact of this profile \
                          (see `ponte contacts`; `ponte send {name} TEXT` starts one)"

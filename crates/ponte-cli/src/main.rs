@@ -3,7 +3,7 @@
 //! - `ponte proxy …`  — run a volunteer relay (see `proxy.rs`, over `ponte-proxy`).
 //! - `ponte server …` — run the messaging service (see `server.rs`, over `ponte-server`).
 //! - `ponte register | send | sync | listen | file | history | contacts | timer | verify |
-//!   status | via` — the messaging client (see `client.rs`, over `ponte-client`).
+//!   status | via | group` — the messaging client (see `client.rs`, over `ponte-client`).
 //! - `ponte app` — the messenger in the browser, served on loopback (see `app/`).
 //! - `ponte demo` — server, relay and two users on loopback (see `demo.rs`).
 //!
@@ -48,7 +48,7 @@ enum Command {
     App(app::AppArgs),
     /// See it work: a server, a relay and two users chatting on this machine, then exit.
     Demo,
-    /// Client commands: register, send, sync, listen, file, history, contacts, timer, verify, status, via.
+    /// Client commands: register, send, sync, listen, file, history, contacts, timer, verify, status, via, group.
     #[command(flatten)]
     Client(client::ClientCommand),
 }

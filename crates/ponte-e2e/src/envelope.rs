@@ -28,14 +28,17 @@
 //!                        1: a group, then its group id (16)) |
 //!                        timer u32 BE seconds (0: off, else
 //!                        MIN_TIMER_SECS..=MAX_TIMER_SECS)
+//! kind 8 (group file):   group id (16), then a file descriptor as in kind 3
+//! kind 9 (group log):    u16 BE count (1..=MAX_LOG_OPS), then count times a
+//!                        u16 BE length (<= MAX_OP_BYTES) and a group::SignedOp
 //! ```
 //!
 //! A client that predates disappearing messages refuses version 2 ("unknown
 //! version") and kind 7 ("unknown kind") like any envelope it cannot read:
 //! it never shows a timed message as if it were permanent.
 //!
-//! Kinds 1, 2, 3, 5, 6 and 7 travel inside Olm (pairwise). Kind 4 is the Megolm
-//! plaintext of a group message (see [`crate::group::megolm`]): the group
+//! Kinds 1, 2, 3, 5, 6, 7 and 9 travel inside Olm (pairwise). Kinds 4 and 8 are
+//! the Megolm plaintext of a group message (see [`crate::group::megolm`]): the group
 //! message body is a group-specific envelope inside Megolm, not an Olm
 //! envelope wrapping Megolm, so the server stores one body for every
 //! recipient; the group id inside it is authenticated by Megolm, so a
@@ -82,6 +85,10 @@ const KIND_GROUP_TEXT: u8 = 4;
 const KIND_SENDER_KEY: u8 = 5;
 const KIND_GROUP_OP: u8 = 6;
 const KIND_FILE: u8 = 3;
+const KIND_GROUP_FILE: u8 = 8;
+const KIND_GROUP_LOG: u8 = 9;
+/// Most ops in one group log envelope (kind 9): at most about 32 KiB.
+pub const MAX_LOG_OPS: usize = 64;
 const HEADER: usize = 2 + 16 + 8;
 
 /// A 16-byte message id chosen by the sender; the key for deduplication
@@ -250,6 +257,29 @@ pub enum Payload {
     File(FileDescriptor),
     /// A disappearing-messages setting for the conversation (kind 7).
     TimerSetting(TimerSetting),
+    /// Several signed changes to one group, in chain order (sent pairwise:
+    /// a group's log for a member who joins, one envelope per
+    /// [`MAX_LOG_OPS`] ops).
+    GroupLog(Vec<SignedOp>),
+    /// A file sent to a group (the Megolm plaintext of a group message):
+    /// the descriptor, key included, travels only under Megolm.
+    GroupFile {
+        /// The group it was sent to.
+        group: GroupId,
+        /// Where its blob is and how to open it.
+        file: FileDescriptor,
+    },
+}
+
+impl Payload {
+    /// The group a Megolm payload (group text or group file) names; `None`
+    /// for the pairwise kinds.
+    pub fn group_message(&self) -> Option<GroupId> {
+        match self {
+            Payload::GroupText { group, .. } | Payload::GroupFile { group, .. } => Some(*group),
+            _ => None,
+        }
+    }
 }
 
 /// Everything a recipient needs to fetch, check and decrypt a file, and to
@@ -402,6 +432,10 @@ impl std::fmt::Debug for Payload {
             Payload::GroupOp(op) => f.debug_tuple("GroupOp").field(op).finish(),
             Payload::File(fd) => f.debug_tuple("File").field(fd).finish(),
             Payload::TimerSetting(t) => f.debug_tuple("TimerSetting").field(t).finish(),
+            Payload::GroupFile { group, file } => {
+                f.debug_tuple("GroupFile").field(group).field(file).finish()
+            }
+            Payload::GroupLog(ops) => write!(f, "GroupLog({} ops)", ops.len()),
         }
     }
 }
@@ -437,6 +471,8 @@ impl Envelope {
             Payload::GroupOp(_) => out.push(KIND_GROUP_OP),
             Payload::File(_) => out.push(KIND_FILE),
             Payload::TimerSetting(_) => out.push(KIND_TIMER),
+            Payload::GroupFile { .. } => out.push(KIND_GROUP_FILE),
+            Payload::GroupLog(_) => out.push(KIND_GROUP_LOG),
         }
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
@@ -484,6 +520,23 @@ impl Envelope {
             }
             Payload::File(fd) => fd.encode_into(&mut out)?,
             Payload::TimerSetting(t) => out.extend_from_slice(&t.to_bytes()),
+            Payload::GroupFile { group, file } => {
+                out.extend_from_slice(&group.0);
+                file.encode_into(&mut out)?;
+            }
+            Payload::GroupLog(ops) => {
+                if ops.is_empty() || ops.len() > MAX_LOG_OPS {
+                    return Err(Error::MalformedEnvelope("group log of 0 or too many ops"));
+                }
+                // Bounded by MAX_LOG_OPS above.
+                out.extend_from_slice(&(ops.len() as u16).to_be_bytes());
+                for op in ops {
+                    let bytes = op.encode().map_err(Error::GroupOp)?;
+                    // Bounded by MAX_OP_BYTES (every field of an encodable op is capped).
+                    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&bytes);
+                }
+            }
         }
         let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
         out.resize(padded, 0);
@@ -569,6 +622,36 @@ impl Envelope {
             KIND_TIMER => {
                 let (setting, used) = TimerSetting::decode(rest)?;
                 (Payload::TimerSetting(setting), used)
+            }
+            KIND_GROUP_LOG => {
+                let count_bytes: [u8; 2] = rest
+                    .get(..2)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(Error::MalformedEnvelope("truncated group log"))?;
+                let count = u16::from_be_bytes(count_bytes) as usize;
+                if count == 0 || count > MAX_LOG_OPS {
+                    return Err(Error::MalformedEnvelope("group log of 0 or too many ops"));
+                }
+                let mut used = 2;
+                let mut ops = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let (op, n) = decode_u16_bytes(&rest[used..], MAX_OP_BYTES)?;
+                    ops.push(
+                        SignedOp::decode(op)
+                            .map_err(|_| Error::MalformedEnvelope("bad group op"))?,
+                    );
+                    used += n;
+                }
+                (Payload::GroupLog(ops), used)
+            }
+            KIND_GROUP_FILE => {
+                let group = rest
+                    .get(..16)
+                    .and_then(|s| s.try_into().ok())
+                    .map(GroupId)
+                    .ok_or(Error::MalformedEnvelope("truncated group id"))?;
+                let (file, used) = FileDescriptor::decode(&rest[16..])?;
+                (Payload::GroupFile { group, file }, 16 + used)
             }
             _ => return Err(Error::MalformedEnvelope("unknown kind")),
         };
@@ -785,7 +868,15 @@ mod tests {
                 text: "hi all".into(),
             },
             Payload::SenderKey(GroupSender::new(group, 1).sender_key()),
-            Payload::GroupOp(Box::new(op)),
+            Payload::GroupOp(Box::new(op.clone())),
+            Payload::GroupLog(vec![op.clone(), op]),
+            Payload::GroupFile {
+                group,
+                file: match file_env().payload {
+                    Payload::File(fd) => fd,
+                    _ => unreachable!(),
+                },
+            },
         ] {
             let env = Envelope {
                 timer: None,
@@ -835,10 +926,46 @@ mod tests {
         text.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(Envelope::decode(&text).is_err());
         // Kind 3 is reserved and not decoded here.
-        let mut files = head;
+        let mut files = head.clone();
         files[1] = 3;
         files.extend_from_slice(&[0; 38]);
         assert!(Envelope::decode(&files).is_err());
+        // A group file: a truncated group id, then a descriptor whose name
+        // length is beyond the cap.
+        let mut group_file = head;
+        group_file[1] = KIND_GROUP_FILE;
+        group_file.extend_from_slice(&[0; 10]);
+        assert!(matches!(
+            Envelope::decode(&group_file),
+            Err(Error::MalformedEnvelope("truncated group id"))
+        ));
+        group_file.extend_from_slice(&[0; 6 + 16 + 32 + 32 + 8]);
+        group_file.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(Envelope::decode(&group_file).is_err());
+        // A group log: no ops, too many, or an op length beyond the cap.
+        let mut log = vec![VERSION, KIND_GROUP_LOG];
+        log.extend_from_slice(&[0; 16 + 8]);
+        for count in [0u16, MAX_LOG_OPS as u16 + 1] {
+            let mut bad = log.clone();
+            bad.extend_from_slice(&count.to_be_bytes());
+            assert!(matches!(
+                Envelope::decode(&bad),
+                Err(Error::MalformedEnvelope("group log of 0 or too many ops"))
+            ));
+        }
+        log.extend_from_slice(&1u16.to_be_bytes());
+        log.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(
+            Envelope::decode(&log),
+            Err(Error::MalformedEnvelope("too long"))
+        ));
+        let too_many = Envelope {
+            timer: None,
+            id: MessageId([0; 16]),
+            sent_at_ms: 0,
+            payload: Payload::GroupLog(Vec::new()),
+        };
+        assert!(too_many.encode().is_err());
     }
 
     #[test]

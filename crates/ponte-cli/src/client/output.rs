@@ -198,10 +198,12 @@ pub(super) fn clean(text: &str) -> Cow<'_, str> {
 }
 
 pub(super) fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
-    let (from, to) = if m.outgoing {
-        (me, m.peer.as_str())
-    } else {
-        (m.peer.as_str(), me)
+    let group = m.group.map(|g| g.to_hex());
+    let (from, to) = match (&group, m.outgoing) {
+        // An outgoing group message goes to the group.
+        (Some(g), true) => (me, g.as_str()),
+        (_, true) => (me, m.peer.as_str()),
+        (_, false) => (m.peer.as_str(), me),
     };
     let mut v = serde_json::json!({
         "id": m.id.to_hex(),
@@ -211,6 +213,22 @@ pub(super) fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
         "sent_at": rfc3339(m.sent_at.0),
         "status": m.status.as_str(),
     });
+    if let Some(g) = group {
+        v["group"] = serde_json::Value::String(g);
+        if let Some(title) = &m.group_title {
+            v["group_title"] = serde_json::Value::String(title.clone());
+        }
+    }
+    if let Some(t) = &m.ticks {
+        v["delivered_to"] = t.delivered_to.into();
+        v["read_by"] = t.read_by.into();
+        v["of"] = t.of.into();
+    }
+    if m.group_notice {
+        // A change to the group (`from` made it), not a message.
+        v["notice"] = "group".into();
+        v.as_object_mut().map(|o| o.remove("status"));
+    }
     if m.key_changed {
         v["key_changed"] = serde_json::Value::Bool(true);
     }
@@ -323,6 +341,34 @@ pub(super) fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::R
         None => text,
     };
     let tail = super::timer::suffix(m);
+    if let Some(g) = &m.group {
+        let group = match &m.group_title {
+            Some(t) => format!("g:{}", clean(t)),
+            None => format!("g:{}", g.to_hex()),
+        };
+        if m.group_notice {
+            return out(format_args!("{when} [{group}] {text}"));
+        }
+        if m.outgoing {
+            let counts = match &m.ticks {
+                Some(t) if m.status == Status::Sent || m.status == Status::Delivered => {
+                    format!(" {}/{} delivered, {} read", t.delivered_to, t.of, t.read_by)
+                }
+                _ => String::new(),
+            };
+            return out(format_args!(
+                "{when} {me} -> {group}: {text} [{} {}{counts}]",
+                m.status.as_str(),
+                ticks(m.status)
+            ));
+        }
+        let warn = if m.key_changed {
+            "[UNVERIFIED NEW KEY] "
+        } else {
+            ""
+        };
+        return out(format_args!("{when} {warn}{peer} -> {group}: {text}"));
+    }
     if m.outgoing {
         out(format_args!(
             "{when} {me} -> {peer}: {text}{tail} [{} {}]",

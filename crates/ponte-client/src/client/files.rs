@@ -30,10 +30,11 @@
 use super::outbound::SendOutcome;
 use super::{emit, is_fatal, unexpected, Client, Display, Event};
 use crate::connection::{Connection, REQUEST_TIMEOUT};
-use crate::store::{FileRecord, FileState};
+use crate::store::{group_key, group_of_key, Conversation, FileRecord, FileState};
 use crate::{ClientError, Report, Result, ServerCode};
 use bytes::Bytes;
 use ponte_e2e::file::{self as crypto, FileError, FileKey};
+use ponte_e2e::group::GroupId;
 use ponte_e2e::{FileDescriptor, MessageId};
 use ponte_wire::messages::{
     client_frame, server_frame, BlobChunk, Download, ErrorFrame, UploadAppend, UploadCreate,
@@ -344,6 +345,27 @@ impl Client {
                 "you cannot send a file to yourself".into(),
             ));
         }
+        self.check_not_changed(peer)?;
+        let (fd, enc_path) = self.encrypt_file(path, caption)?;
+        self.store().queue_file(peer, &fd, &enc_path)
+    }
+
+    /// [`Client::queue_file`] for a group: the descriptor is encrypted for
+    /// the group (Megolm) once the blob is uploaded.
+    pub fn queue_group_file(
+        &self,
+        group: &GroupId,
+        path: &Path,
+        caption: &str,
+    ) -> Result<MessageId> {
+        self.group_file_recipients(group)?;
+        let (fd, enc_path) = self.encrypt_file(path, caption)?;
+        self.store().queue_group_file(group, &fd, &enc_path)
+    }
+
+    /// Encrypt the file at `path` into the profile's files directory
+    /// (fsynced): its descriptor and the encrypted copy.
+    fn encrypt_file(&self, path: &Path, caption: &str) -> Result<(FileDescriptor, PathBuf)> {
         if caption.len() > ponte_e2e::MAX_TEXT_BYTES {
             return Err(ClientError::Invalid(format!(
                 "caption too long ({} bytes, at most {})",
@@ -351,7 +373,6 @@ impl Client {
                 ponte_e2e::MAX_TEXT_BYTES
             )));
         }
-        self.check_not_changed(peer)?;
         let file =
             std::fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
         let meta = file
@@ -413,7 +434,7 @@ impl Client {
             name,
             caption: caption.to_owned(),
         };
-        self.store().queue_file(peer, &fd, &enc_path)
+        Ok((fd, enc_path))
     }
 
     /// Queue a file (see [`Client::queue_file`]), upload it (resuming
@@ -428,8 +449,32 @@ impl Client {
         caption: &str,
         progress: &mut Progress<'_>,
     ) -> Result<SendOutcome> {
+        self.send_file_to(
+            &Conversation::Contact(peer.to_owned()),
+            path,
+            caption,
+            progress,
+        )
+        .await
+    }
+
+    /// [`Client::send_file`] to a contact or a group.
+    pub async fn send_file_to(
+        &mut self,
+        to: &Conversation,
+        path: &Path,
+        caption: &str,
+        progress: &mut Progress<'_>,
+    ) -> Result<SendOutcome> {
         self.warned_full.clear();
-        let id = self.queue_file(peer, path, caption)?;
+        let (id, peer) = match to {
+            Conversation::Contact(peer) => (self.queue_file(peer, path, caption)?, peer.clone()),
+            Conversation::Group(group) => (
+                self.queue_group_file(group, path, caption)?,
+                group_key(group),
+            ),
+        };
+        let peer = peer.as_str();
         let mut warnings = Vec::new();
         let mut sink = |e: Event| {
             if let Event::Warning(w) = e {
@@ -549,7 +594,10 @@ impl Client {
             upload_id: upload_id.clone(),
             size,
             sha256: Bytes::copy_from_slice(&fd.sha256),
-            recipients: 1,
+            recipients: match group_of_key(&rec.peer) {
+                Some(group) => self.group_file_recipients(&group)?,
+                None => 1,
+            },
         });
         let state = upload_state(conn.request(create, REQUEST_TIMEOUT).await?, "UploadCreate")?;
         let mut window = UploadWindow::new(size, &state)?;
@@ -557,7 +605,10 @@ impl Client {
         loop {
             match window.step() {
                 Step::Done => {
-                    self.store().file_uploaded(&rec.peer, &rec.id)?;
+                    match group_of_key(&rec.peer) {
+                        Some(group) => self.group_file_uploaded(&group, &rec.id, fd)?,
+                        None => self.store().file_uploaded(&rec.peer, &rec.id)?,
+                    }
                     return Ok(());
                 }
                 Step::Fail(e) => return Err(e),

@@ -15,6 +15,8 @@
 //! - `views`: local views (history, contacts, safety numbers);
 //! - `chats`: the chat list, conversation pages, unread state;
 //! - `files`: sending files (encrypt, upload, resume) and fetching them;
+//! - `groups`: groups: signed changes sent pairwise, Megolm messages sent
+//!   once for every member, and what arrives for a group;
 //! - `timers`: disappearing messages: a conversation's timer, and the
 //!   sweep that deletes what expired.
 //!
@@ -37,6 +39,7 @@
 
 mod chats;
 mod files;
+mod groups;
 pub mod inbound;
 mod outbound;
 mod register;
@@ -46,6 +49,7 @@ mod timers;
 mod views;
 
 pub use files::{guess_mime, Progress, DEFAULT_AUTO_DOWNLOAD, FILES_DIR};
+pub use groups::{GroupInfo, GroupMember, GroupOutcome, MIN_GROUP_PREFIX};
 pub use outbound::SendOutcome;
 pub use register::{RegisterOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use status::{last_route, save_vias, saved_vias, RouteProbe, RouteStatus, MAX_SAVED_VIAS};
@@ -76,6 +80,10 @@ pub const LOW_WATER_MARK: u32 = 10;
 /// Something to show the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+// An event is made once per message shown and handed straight to the
+// caller; boxing the message view would cost an allocation for each to
+// save bytes on the rarer variants.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// A new incoming message or a tick change.
     Update(Update),

@@ -9,7 +9,8 @@ use crate::{ClientError, Report, Result, ServerCode};
 use bytes::Bytes;
 use ponte_e2e::{Envelope, MessageId, Payload, PublicIdentity, Session};
 use ponte_wire::messages::{
-    client_frame, key_signing_string, server_frame, validate_handle, ClaimKey, SendMessage,
+    client_frame, key_signing_string, server_frame, validate_handle, ClaimKey, SendGroupMessage,
+    SendMessage,
 };
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
@@ -196,11 +197,33 @@ impl Client {
             }
             for (index, ciphertext) in batch {
                 let item = &outbox[index];
-                let body = client_frame::Body::Send(SendMessage {
-                    message_id: Bytes::copy_from_slice(&item.id.0),
-                    recipient: item.peer.clone(),
-                    body: Bytes::from(ciphertext),
-                });
+                let body = match &item.kind {
+                    OutboxKind::Group(group) => {
+                        // To its recipients that are still members; not at
+                        // all once this device is out of the group.
+                        match self.store().group_recipients(group, &item.id)? {
+                            None => {
+                                self.store().mark_failed(&item.peer, &item.id)?;
+                                continue;
+                            }
+                            Some(r) if r.is_empty() => {
+                                self.store().mark_sent(&item.peer, &item.id)?;
+                                continue;
+                            }
+                            Some(recipients) => client_frame::Body::SendGroup(SendGroupMessage {
+                                message_id: Bytes::copy_from_slice(&item.id.0),
+                                group_id: Bytes::copy_from_slice(&group.0),
+                                recipients,
+                                body: Bytes::from(ciphertext),
+                            }),
+                        }
+                    }
+                    _ => client_frame::Body::Send(SendMessage {
+                        message_id: Bytes::copy_from_slice(&item.id.0),
+                        recipient: item.peer.clone(),
+                        body: Bytes::from(ciphertext),
+                    }),
+                };
                 in_flight.insert(conn.start(body).await?, index);
             }
             if in_flight.is_empty() {
@@ -224,6 +247,22 @@ impl Client {
                         // was found full says nothing about it now.
                         if !mailbox_full.contains(&item.peer) {
                             self.warned_full.remove(&item.peer);
+                        }
+                    }
+                    Ok(server_frame::Body::GroupSendAck(ack)) => {
+                        sent.push((item.peer.as_str(), &item.id));
+                        if !ack.refused.is_empty() {
+                            let handles: Vec<String> =
+                                ack.refused.iter().map(|r| r.handle.clone()).collect();
+                            self.store().group_refused(&item.id, &handles)?;
+                            emit(
+                                events,
+                                Event::Warning(format!(
+                                    "the server did not take a group message for {} (no such \
+                                     user, or a full mailbox)",
+                                    handles.join(", ")
+                                )),
+                            )?;
                         }
                     }
                     Ok(_) => return Err(unexpected("SendMessage")),
@@ -533,6 +572,13 @@ fn encrypt(
         OutboxKind::ReadReceipt(ids) => Payload::ReadReceipt(ids.clone()),
         OutboxKind::File(fd) => Payload::File(fd.clone()),
         OutboxKind::TimerSetting(t) => Payload::TimerSetting(*t),
+        OutboxKind::GroupOp(op) => Payload::GroupOp(op.clone()),
+        OutboxKind::GroupLog(ops) => Payload::GroupLog(ops.clone()),
+        OutboxKind::SenderKey(key) => Payload::SenderKey(key.clone()),
+        // Encrypted (Megolm) when queued: without its ciphertext it is corrupt.
+        OutboxKind::Group(_) => {
+            return Err(ClientError::Corrupt("group message without ciphertext"))
+        }
     };
     let envelope = Envelope {
         timer: item.timer,

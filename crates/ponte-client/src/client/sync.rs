@@ -35,13 +35,21 @@ impl Client {
     ) -> Result<Option<u64>> {
         match push {
             server_frame::Body::Deliver(d) => {
-                self.handle_deliver(conn, &d.sender, &d.message_id, &d.body, events)
-                    .await?;
+                match &d.group_id {
+                    Some(group) => {
+                        self.handle_group_deliver(&d.sender, &d.message_id, group, &d.body, events)?
+                    }
+                    None => {
+                        self.handle_deliver(conn, &d.sender, &d.message_id, &d.body, events)
+                            .await?
+                    }
+                }
                 Ok(Some(d.seq))
             }
             server_frame::Body::DeliveryReceipt(r) => {
                 if let Some(id) = MessageId::from_slice(&r.message_id) {
                     self.store().mark_delivered(&r.recipient, &id)?;
+                    self.store().group_delivered(&r.recipient, &id)?;
                 }
                 Ok(Some(r.seq))
             }
@@ -180,11 +188,22 @@ impl Client {
                 return Ok(());
             }
         };
-        let content = match &envelope.payload {
-            Payload::Text(t) => IncomingContent::Text(t),
-            Payload::ReadReceipt(ids) => IncomingContent::ReadReceipt(ids),
-            Payload::File(fd) => IncomingContent::File(fd),
-            Payload::TimerSetting(t) => IncomingContent::TimerSetting(t),
+        // A group op or sender key: what it changes is committed with the
+        // session that opened it.
+        let (group_change, group_warning, retry) = match &envelope.payload {
+            Payload::GroupOp(_) | Payload::GroupLog(_) | Payload::SenderKey(_) => {
+                let (w, warning, retry) =
+                    self.pairwise_group(sender, &envelope.payload, key_changed)?;
+                (Some(w), warning, retry)
+            }
+            _ => (None, None, None),
+        };
+        let content = match (&envelope.payload, &group_change) {
+            (_, Some(change)) => IncomingContent::Group(change),
+            (Payload::Text(t), _) => IncomingContent::Text(t),
+            (Payload::ReadReceipt(ids), _) => IncomingContent::ReadReceipt(ids),
+            (Payload::File(fd), _) => IncomingContent::File(fd),
+            (Payload::TimerSetting(t), _) => IncomingContent::TimerSetting(t),
             _ => IncomingContent::ReadReceipt(&[]),
         };
         let incoming = Incoming {
@@ -198,6 +217,12 @@ impl Client {
         };
         self.store()
             .commit_incoming_with_timer(&incoming, envelope.timer)?;
+        if let Some(w) = group_warning {
+            emit(events, Event::Warning(w))?;
+        }
+        if let Some(group) = retry {
+            self.retry_pending(group, events)?;
+        }
         Ok(())
     }
 

@@ -92,7 +92,11 @@ impl Client {
         conversation: &Conversation,
         timer: Option<Timer>,
     ) -> Result<SendOutcome> {
-        let Conversation::Contact(peer) = conversation;
+        let Conversation::Contact(peer) = conversation else {
+            return Err(ClientError::Invalid(
+                "disappearing messages in groups are not supported yet".into(),
+            ));
+        };
         validate_handle(peer)
             .map_err(|e| ClientError::Invalid(format!("contact {peer:?}: {e}")))?;
         if *peer == self.handle {

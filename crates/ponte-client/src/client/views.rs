@@ -1,7 +1,7 @@
 //! Local views: history, contacts, safety numbers and verification.
 
 use super::{display_failed, Client};
-use crate::store::{Contact, MessageView};
+use crate::store::{Contact, Conversation, MessageView};
 use crate::{ClientError, Result};
 use ponte_e2e::{PublicIdentity, SafetyNumber};
 use ponte_wire::messages::validate_handle;
@@ -23,9 +23,35 @@ impl Client {
     ) -> Result<()> {
         validate_handle(peer).map_err(|e| ClientError::Invalid(format!("{peer:?}: {e}")))?;
         let views = self.store().conversation(peer)?;
+        self.show_views(&views, show)
+    }
+
+    /// The conversation `with` (a contact or a group), as
+    /// [`Client::history_to`] shows it.
+    pub fn history_of(
+        &self,
+        with: &Conversation,
+        show: &mut dyn FnMut(&MessageView) -> std::io::Result<()>,
+    ) -> Result<()> {
+        match with {
+            Conversation::Contact(peer) => self.history_to(peer, show),
+            Conversation::Group(group) => {
+                let views = self.store().group_conversation(group)?;
+                self.show_views(&views, show)
+            }
+        }
+    }
+
+    /// Hand `views` to `show` in order; the incoming ones it took count as
+    /// displayed.
+    fn show_views(
+        &self,
+        views: &[MessageView],
+        show: &mut dyn FnMut(&MessageView) -> std::io::Result<()>,
+    ) -> Result<()> {
         let mut shown = Vec::new();
         let mut failed = None;
-        for v in &views {
+        for v in views {
             if let Err(e) = show(v) {
                 failed = Some(e);
                 break;

@@ -29,7 +29,7 @@
 //! Timers and expiry times are stored in clear (the sweep finds due rows
 //! by an index); the text they govern is sealed like any message.
 
-use super::{aad, row_key, Incoming, OutboxKind, Status, Store, UnixMillis};
+use super::{aad, row_key, Conversation, Incoming, OutboxKind, Status, Store, UnixMillis};
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
 use ponte_e2e::{MessageId, Timer, TimerSetting};
@@ -59,24 +59,17 @@ const SWEEP_BATCH: i64 = 256;
 /// Bound on the sweep's rounds in one call (256 × 4,096 rows).
 const SWEEP_ROUNDS: usize = 4096;
 
-/// A conversation: what one timer setting applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Conversation {
-    /// The pairwise conversation with a contact (their handle).
-    Contact(String),
-}
-
 impl Conversation {
     /// The pairwise conversation with `handle`.
     pub fn contact(handle: &str) -> Self {
         Self::Contact(handle.to_owned())
     }
 
-    /// Its key in the `timers` table: `contact:HANDLE`.
+    /// Its key in the `timers` table: `contact:HANDLE` or `group:HEX`.
     fn key(&self) -> String {
         match self {
             Self::Contact(h) => format!("contact:{h}"),
+            Self::Group(g) => format!("group:{}", g.to_hex()),
         }
     }
 
@@ -84,6 +77,10 @@ impl Conversation {
     fn setting(&self, timer: Option<Timer>) -> TimerSetting {
         match self {
             Self::Contact(_) => TimerSetting { group: None, timer },
+            Self::Group(g) => TimerSetting {
+                group: Some(*g),
+                timer,
+            },
         }
     }
 }
@@ -338,7 +335,11 @@ impl Store {
         conversation: &Conversation,
         timer: Option<Timer>,
     ) -> Result<MessageId> {
-        let Conversation::Contact(peer) = conversation;
+        let Conversation::Contact(peer) = conversation else {
+            return Err(ClientError::Invalid(
+                "disappearing messages in groups are not supported yet".into(),
+            ));
+        };
         let id = MessageId::random();
         let now = UnixMillis::now();
         let tx = self.conn.unchecked_transaction()?;

@@ -32,7 +32,7 @@ pub enum FileState {
 }
 
 impl FileState {
-    fn to_i64(self) -> i64 {
+    pub(super) fn to_i64(self) -> i64 {
         match self {
             FileState::Upload => 0,
             FileState::Uploaded => 1,

@@ -2,12 +2,14 @@
 //! messages; committing incoming ones (deduplicated, with their read
 //! receipts); what is new to show.
 
+use super::groups::{self, FLAG_GROUP_NOTICE};
 use super::{
     aad, row_key, save_identity, save_session, Incoming, IncomingContent, MessageView, OutboxItem,
     OutboxKind, Status, Store, UnixMillis, Update, FLAG_UNVERIFIED_KEY_CHANGE,
 };
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
+use ponte_e2e::group::{GroupId, SenderKey, SignedOp};
 use ponte_e2e::{MessageId, Session};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -112,7 +114,28 @@ impl Store {
                     ponte_e2e::FileDescriptor::from_bytes(&plain)
                         .map_err(|_| ClientError::Corrupt("outbox file"))?,
                 ),
-                4 => OutboxKind::TimerSetting(
+                4 => OutboxKind::GroupOp(Box::new(
+                    SignedOp::decode(&plain)
+                        .map_err(|_| ClientError::Corrupt("outbox group op"))?,
+                )),
+                5 => {
+                    let (group, key) =
+                        split_group(&plain).ok_or(ClientError::Corrupt("outbox sender key"))?;
+                    OutboxKind::SenderKey(
+                        SenderKey::from_parts(group, key)
+                            .map_err(|_| ClientError::Corrupt("outbox sender key"))?,
+                    )
+                }
+                7 => OutboxKind::GroupLog(
+                    decode_ops(&plain).ok_or(ClientError::Corrupt("outbox group log"))?,
+                ),
+                6 => OutboxKind::Group(
+                    split_group(&plain)
+                        .filter(|(_, rest)| rest.is_empty())
+                        .ok_or(ClientError::Corrupt("outbox group message"))?
+                        .0,
+                ),
+                8 => OutboxKind::TimerSetting(
                     ponte_e2e::TimerSetting::from_bytes(&plain)
                         .map_err(|_| ClientError::Corrupt("outbox timer setting"))?,
                 ),
@@ -249,6 +272,7 @@ impl Store {
             "INSERT OR IGNORE INTO inbox_seen(peer, id) VALUES (?1, ?2)",
             params![incoming.peer, incoming.id.0.to_vec()],
         )? == 1;
+        let mut evicted = false;
         if fresh {
             match incoming.content {
                 IncomingContent::Text(text) => {
@@ -282,6 +306,10 @@ impl Store {
                     for id in ids {
                         advance(&tx, incoming.peer, id, Status::Read)?;
                     }
+                    groups::group_read(&tx, incoming.peer, ids)?;
+                }
+                IncomingContent::Group(change) => {
+                    evicted = groups::write_group(&tx, &self.key, change)?;
                 }
                 IncomingContent::File(fd) => {
                     insert_message(&tx, &self.key, incoming, &fd.caption)?;
@@ -303,6 +331,9 @@ impl Store {
             super::expiry::stamp_incoming(&tx, incoming, timer)?;
         }
         tx.commit()?;
+        if evicted {
+            self.forget_cached_groups();
+        }
         Ok(fresh)
     }
 
@@ -321,7 +352,10 @@ impl Store {
             if v.outgoing {
                 updates.push(Update::Status(v));
             } else {
-                displayed.push((v.peer.clone(), v.id));
+                // A group notice is not a message: no read receipt.
+                if !v.group_notice {
+                    displayed.push((v.peer.clone(), v.id));
+                }
                 updates.push(Update::Message(v));
             }
         }
@@ -372,8 +406,9 @@ impl Store {
                     v.status.to_i64()
                 ],
             )?;
-            // An unreadable message was not read: no read receipt.
-            if changed > 0 && !v.outgoing && !v.unreadable {
+            // An unreadable message was not read, and a group notice is
+            // not a message: no read receipt.
+            if changed > 0 && !v.outgoing && !v.unreadable && !v.group_notice {
                 displayed.push((v.peer.clone(), v.id));
             }
         }
@@ -384,9 +419,22 @@ impl Store {
     }
 
     /// The conversation with `peer`, oldest first, without marking anything
-    /// (see [`Store::history`] for the marking variant).
+    /// (see [`Store::history`] for the marking variant). Group messages
+    /// from `peer` are in the group's conversation, not here.
     pub fn conversation(&self, peer: &str) -> Result<Vec<MessageView>> {
-        select_views(&self.conn, &self.key, "peer = ?1", &[&peer])
+        select_views(
+            &self.conn,
+            &self.key,
+            "peer = ?1 AND group_id IS NULL",
+            &[&peer],
+        )
+    }
+
+    /// A group's conversation (messages both ways and changes to the
+    /// group), oldest first, without marking anything.
+    pub fn group_conversation(&self, group: &GroupId) -> Result<Vec<MessageView>> {
+        let id = group.0.to_vec();
+        select_views(&self.conn, &self.key, "group_id = ?1", &[&id])
     }
 
     /// The conversation with `peer`, oldest first. Printing it counts as
@@ -394,10 +442,11 @@ impl Store {
     /// receipts are queued for them.
     pub fn history(&self, peer: &str) -> Result<Vec<MessageView>> {
         let tx = self.conn.unchecked_transaction()?;
-        let views = select_views(&tx, &self.key, "peer = ?1", &[&peer])?;
+        let views = select_views(&tx, &self.key, "peer = ?1 AND group_id IS NULL", &[&peer])?;
         let unseen: Vec<(String, MessageId)> = {
             let mut stmt = tx.prepare(
-                "SELECT id FROM messages WHERE peer = ?1 AND outgoing = 0 AND shown_status <> status",
+                "SELECT id FROM messages WHERE peer = ?1 AND outgoing = 0 AND shown_status <> status
+                 AND group_id IS NULL",
             )?;
             let ids: Vec<Vec<u8>> = stmt
                 .query_map([peer], |r| r.get(0))?
@@ -414,7 +463,8 @@ impl Store {
                 .collect()
         };
         tx.execute(
-            "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 0",
+            "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 0
+             AND group_id IS NULL",
             [peer],
         )?;
         super::expiry::start_clocks(&tx, &unseen)?;
@@ -471,7 +521,11 @@ pub(super) fn insert_outbox(
         OutboxKind::Text(t) => (1, t.as_bytes().to_vec()),
         OutboxKind::ReadReceipt(ids) => (2, ids.iter().flat_map(|i| i.0).collect::<Vec<u8>>()),
         OutboxKind::File(fd) => (3, fd.to_bytes()?),
-        OutboxKind::TimerSetting(t) => (4, t.to_bytes()),
+        OutboxKind::TimerSetting(t) => (8, t.to_bytes()),
+        OutboxKind::GroupOp(op) => (4, op.encode().map_err(ponte_e2e::Error::GroupOp)?),
+        OutboxKind::SenderKey(k) => (5, [&k.group.0[..], k.key_bytes()].concat()),
+        OutboxKind::Group(g) => (6, g.0.to_vec()),
+        OutboxKind::GroupLog(ops) => (7, encode_ops(ops)?),
     };
     let payload = key.seal(&aad("outbox", "payload", &id.0), &plain);
     tx.execute(
@@ -479,6 +533,36 @@ pub(super) fn insert_outbox(
         params![id.0.to_vec(), peer, kind_code, payload, sent_at],
     )?;
     Ok(())
+}
+
+/// Ops as a u16 length before each (how the outbox keeps a group log).
+fn encode_ops(ops: &[SignedOp]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for op in ops {
+        let bytes = op.encode().map_err(ponte_e2e::Error::GroupOp)?;
+        // Bounded by MAX_OP_BYTES (every field of an encodable op is capped).
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+fn decode_ops(mut bytes: &[u8]) -> Option<Vec<SignedOp>> {
+    let mut ops = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_at_checked(2)?;
+        let len = u16::from_be_bytes(len.try_into().ok()?) as usize;
+        let (op, rest) = rest.split_at_checked(len)?;
+        ops.push(SignedOp::decode(op).ok()?);
+        bytes = rest;
+    }
+    Some(ops)
+}
+
+/// A group id (16 bytes) and what follows it.
+fn split_group(bytes: &[u8]) -> Option<(GroupId, &[u8])> {
+    let (id, rest) = bytes.split_at_checked(16)?;
+    Some((GroupId(id.try_into().ok()?), rest))
 }
 
 /// Queue one read receipt per peer (chunked to the envelope's cap),
@@ -545,7 +629,8 @@ pub(super) fn select_views(
     args: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<MessageView>> {
     let sql = format!(
-        "SELECT peer, outgoing, id, body, sent_at_ms, status, flags, timer_ms, expires_at_ms
+        "SELECT peer, outgoing, id, body, sent_at_ms, status, flags, timer_ms, expires_at_ms,
+                group_id
          FROM messages WHERE {filter} ORDER BY seq"
     );
     let mut stmt = conn.prepare(&sql)?;
@@ -561,11 +646,17 @@ pub(super) fn select_views(
                 r.get::<_, i64>(6)?,
                 r.get::<_, Option<i64>>(7)?,
                 r.get::<_, Option<UnixMillis>>(8)?,
+                r.get::<_, Option<Vec<u8>>>(9)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(rows.len());
-    for (peer, outgoing, id, body, sent_at, status, flags, timer_ms, expires_at) in rows {
+    let mut titles: std::collections::HashMap<GroupId, Option<String>> = Default::default();
+    for (peer, outgoing, id, body, sent_at, status, flags, timer_ms, expires_at, group) in rows {
+        let group = group
+            .map(|g| g.try_into().map(GroupId))
+            .transpose()
+            .map_err(|_| ClientError::Corrupt("message group id"))?;
         let id = MessageId::from_slice(&id).ok_or(ClientError::Corrupt("message id"))?;
         // A row whose text does not open stays closed (no text) and is
         // marked, so one damaged row does not hide the others.
@@ -605,6 +696,23 @@ pub(super) fn select_views(
             timer,
             expires_at,
             notice: notice.flatten(),
+            ticks: match group {
+                Some(_) if outgoing => Some(groups::ticks(conn, &id)?),
+                _ => None,
+            },
+            group_title: match group {
+                Some(g) => match titles.get(&g) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = groups::title(conn, key, &g)?;
+                        titles.insert(g, t.clone());
+                        t
+                    }
+                },
+                None => None,
+            },
+            group,
+            group_notice: flags & FLAG_GROUP_NOTICE != 0,
         });
     }
     Ok(out)

@@ -16,28 +16,35 @@
 //! | `unread` | incoming messages reported to a chat window and not read yet (created on first use, see `chats`) |
 //! | `files` | per file message: its descriptor (S: blob id, key, hash, name, size, type, caption), upload or download state, local path (S) |
 //! | `timers` | per conversation: the disappearing-messages timer in force and the setting that won (`expiry`) |
+//! | `groups`, `group_ops`, `group_keys`, `group_receipts`, `group_pending` | groups: this device's standing, the signed ops (S), Megolm sessions (P), per-recipient ticks, what waits for an earlier op or key (S); see `groups` |
 //!
 //! Handles, times and statuses are stored in clear (the server knows them
 //! too); message text, receipts and private keys never are.
 //!
 //! This module opens the database and keeps meta, secrets, contacts and
 //! sessions; `messages` keeps the history and the outbox; `files` the
-//! state of each file sent or received.
+//! state of each file sent or received; `groups` the groups.
 //!
-//! Schema versions: 1 had no `files` table; opening a version 1 database
-//! creates it and records version 2. Version 4 adds disappearing messages
-//! (`expiry`: the `timers` table, and each message's timer and expiry).
-//! Each step of [`MIGRATIONS`] runs in one transaction with the version
-//! it reaches.
+//! Schema versions: 1 had no `files` table; 2 no group tables (and no
+//! `messages.group_id`); 3 no disappearing messages (`expiry`: the `timers`
+//! table, and each message's timer and expiry). Opening an older database
+//! runs the migrations after its version, in order, each in one transaction
+//! with the new version number ([`MIGRATIONS`]).
 
 mod chats;
 mod expiry;
 mod files;
+mod groups;
 mod messages;
 
 pub use chats::{ChatSummary, ConversationPage, MAX_PAGE};
-pub use expiry::{Conversation, Notice, Swept, FLAG_TIMER_NOTICE};
+pub use expiry::{Notice, Swept, FLAG_TIMER_NOTICE};
 pub use files::{FileRecord, FileState};
+pub use groups::{
+    group_key, group_of_key, Conversation, GroupIncoming, GroupNotice, GroupOutgoing, GroupRecord,
+    GroupStatus, GroupTicks, GroupWrite, PendingItem, PendingKind, FLAG_GROUP_NOTICE,
+    MAX_JOINING_GROUPS, MAX_OPS_PER_GROUP, MAX_PENDING_PER_GROUP, MAX_PENDING_TOTAL,
+};
 
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
@@ -120,7 +127,11 @@ CREATE INDEX IF NOT EXISTS files_by_state ON files(state);
 
 /// Steps from an older schema, in order: the version each reaches and
 /// its SQL. A new database runs them all after [`SCHEMA`].
-const MIGRATIONS: &[(i64, &str)] = &[(2, SCHEMA_FILES), (4, expiry::SCHEMA_TIMERS)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (2, SCHEMA_FILES),
+    (3, groups::SCHEMA_GROUPS),
+    (4, expiry::SCHEMA_TIMERS),
+];
 
 /// Tick status of a message. Outgoing messages move forward only:
 /// queued -> sent -> delivered -> read (or expired if never delivered).
@@ -216,6 +227,15 @@ pub struct MessageView {
     pub expires_at: Option<UnixMillis>,
     /// Not a message but a notice (a timer setting); `text` is empty.
     pub notice: Option<Notice>,
+    /// The group it was sent to, for a group message (`peer` is then the
+    /// sender of an incoming one, the key `g:HEX` of an outgoing one).
+    pub group: Option<ponte_e2e::group::GroupId>,
+    /// The group's title, as this device last knew it.
+    pub group_title: Option<String>,
+    /// An outgoing group message's ticks, member by member.
+    pub ticks: Option<GroupTicks>,
+    /// A change to a group (`peer` made it, `text` says what), not a message.
+    pub group_notice: bool,
 }
 
 /// What a history view shows of a file message.
@@ -282,6 +302,16 @@ pub enum OutboxKind {
     File(ponte_e2e::FileDescriptor),
     /// A disappearing-messages setting for the conversation.
     TimerSetting(ponte_e2e::TimerSetting),
+    /// A signed group op for one member (pairwise).
+    GroupOp(Box<ponte_e2e::group::SignedOp>),
+    /// Several signed ops of one group, in order, for one member (pairwise;
+    /// at most [`ponte_e2e::envelope::MAX_LOG_OPS`]): a log for a new member.
+    GroupLog(Vec<ponte_e2e::group::SignedOp>),
+    /// This device's Megolm sender key for one member (pairwise).
+    SenderKey(ponte_e2e::group::SenderKey),
+    /// A group message, encrypted when queued (Megolm): its ciphertext is
+    /// in the outbox row, its recipients in `group_receipts`.
+    Group(ponte_e2e::group::GroupId),
 }
 
 impl std::fmt::Debug for OutboxKind {
@@ -292,6 +322,10 @@ impl std::fmt::Debug for OutboxKind {
             OutboxKind::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
             OutboxKind::File(fd) => f.debug_tuple("File").field(fd).finish(),
             OutboxKind::TimerSetting(t) => f.debug_tuple("TimerSetting").field(t).finish(),
+            OutboxKind::GroupOp(op) => f.debug_tuple("GroupOp").field(op).finish(),
+            OutboxKind::GroupLog(ops) => write!(f, "GroupLog({} ops)", ops.len()),
+            OutboxKind::SenderKey(k) => f.debug_tuple("SenderKey").field(k).finish(),
+            OutboxKind::Group(g) => f.debug_tuple("Group").field(g).finish(),
         }
     }
 }
@@ -378,6 +412,8 @@ pub struct Store {
     key: ProfileKey,
     /// A sweep deleted messages but could not empty the WAL yet.
     scrub_owed: std::cell::Cell<bool>,
+    /// Groups as last loaded, their ops checked (see `groups::GroupCache`).
+    groups: groups::GroupCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -395,6 +431,7 @@ impl Store {
             conn,
             key,
             scrub_owed: std::cell::Cell::new(false),
+            groups: Default::default(),
         })
     }
 
@@ -605,6 +642,8 @@ pub enum IncomingContent<'a> {
     File(&'a ponte_e2e::FileDescriptor),
     /// A disappearing-messages setting (a notice in the history).
     TimerSetting(&'a ponte_e2e::TimerSetting),
+    /// A group op or sender key, and what it changes.
+    Group(&'a GroupWrite),
 }
 
 impl std::fmt::Debug for IncomingContent<'_> {
@@ -614,6 +653,7 @@ impl std::fmt::Debug for IncomingContent<'_> {
             IncomingContent::ReadReceipt(ids) => f.debug_tuple("ReadReceipt").field(ids).finish(),
             IncomingContent::File(fd) => f.debug_tuple("File").field(fd).finish(),
             IncomingContent::TimerSetting(t) => f.debug_tuple("TimerSetting").field(t).finish(),
+            IncomingContent::Group(w) => f.debug_tuple("Group").field(w).finish(),
         }
     }
 }
@@ -765,9 +805,7 @@ mod tests {
             .into_iter()
             .flat_map(|i| match i.kind {
                 OutboxKind::ReadReceipt(ids) => ids,
-                OutboxKind::Text(_) | OutboxKind::File(_) | OutboxKind::TimerSetting(_) => {
-                    Vec::new()
-                }
+                _ => Vec::new(),
             })
             .collect()
     }

@@ -33,7 +33,7 @@
 //! only ever decrypt messages attributed to the member who sent it pairwise.
 
 use super::{GroupId, GroupState};
-use crate::envelope::{Envelope, Payload};
+use crate::envelope::Envelope;
 use crate::session::MAX_CIPHERTEXT_BYTES;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -225,13 +225,13 @@ impl GroupSender {
         self.sender_key()
     }
 
-    /// Encrypt `text` as a kind-4 envelope, rotating first if the session
-    /// is due.
+    /// Encrypt a group envelope (kind 4, group text, or kind 8, group
+    /// file), rotating first if the session is due.
     pub fn encrypt(&mut self, envelope: &Envelope, now_ms: u64) -> Result<GroupOutbound> {
-        match &envelope.payload {
-            Payload::GroupText { group, .. } if *group == self.group => {}
-            Payload::GroupText { .. } => return Err(Error::WrongGroup),
-            _ => return Err(Error::MalformedGroupMessage("not a group message")),
+        match envelope.payload.group_message() {
+            Some(group) if group == self.group => {}
+            Some(_) => return Err(Error::WrongGroup),
+            None => return Err(Error::MalformedGroupMessage("not a group message")),
         }
         let plaintext = envelope.encode()?;
         let rotated = self.needs_rotation(now_ms).then(|| self.rotate(now_ms));
@@ -298,7 +298,7 @@ impl std::fmt::Debug for GroupReceiver {
 /// A decrypted group message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupPlaintext {
-    /// The envelope (kind 4, its group checked).
+    /// The envelope (kind 4 or 8, its group checked).
     pub envelope: Envelope,
     /// Megolm's message index within the sender's session.
     pub message_index: u32,
@@ -380,10 +380,10 @@ impl GroupReceiver {
             .map_err(|_| Error::MalformedGroupMessage("invalid Megolm message"))?;
         let decrypted = session.decrypt(&message).map_err(Error::GroupDecryption)?;
         let envelope = Envelope::decode(&decrypted.plaintext)?;
-        match &envelope.payload {
-            Payload::GroupText { group, .. } if *group == self.group => {}
-            Payload::GroupText { .. } => return Err(Error::WrongGroup),
-            _ => return Err(Error::MalformedGroupMessage("not a group message")),
+        match envelope.payload.group_message() {
+            Some(group) if group == self.group => {}
+            Some(_) => return Err(Error::WrongGroup),
+            None => return Err(Error::MalformedGroupMessage("not a group message")),
         }
         Ok(GroupPlaintext {
             envelope,
@@ -456,6 +456,7 @@ mod tests {
     use super::*;
     use crate::group::GroupOp;
     use crate::group::Member;
+    use crate::Payload;
     use crate::{Identity, MessageId};
 
     const NOW: u64 = 1_700_000_000_000;

@@ -183,6 +183,28 @@ struct LinkArgs {
     /// Print only the link, without the QR code.
     #[arg(long)]
     no_qr: bool,
+    /// Also print the link's https:// form on this base, a page you run
+    /// that tells people how to install Ponte (the relay's details stay
+    /// after `#`, which no web server receives). Without it only the
+    /// ponte:// form is printed: Ponte owns no web domain to point at.
+    #[arg(long, value_name = "URL")]
+    web_base: Option<String>,
+}
+
+/// The base of a link's https:// form: https, no fragment, at most
+/// [`ponte_wire::link::MAX_WEB_BASE_LEN`] bytes.
+fn check_web_base(base: &str) -> anyhow::Result<()> {
+    if !base.starts_with("https://") || base.contains('#') {
+        bail!("--web-base must be an https:// URL without #");
+    }
+    if base.len() > ponte_wire::link::MAX_WEB_BASE_LEN {
+        bail!(
+            "--web-base is {} bytes long, at most {} are allowed",
+            base.len(),
+            ponte_wire::link::MAX_WEB_BASE_LEN
+        );
+    }
+    Ok(())
 }
 
 /// `--upstream`: HOST:PORT, or the `ponte://HOST:PORT#KEY` address operators
@@ -508,11 +530,23 @@ fn print_link(args: LinkArgs) -> anyhow::Result<ExitCode> {
     };
     let out = match ShareLink::for_config(&cfg, &args.host)? {
         ShareLink::Ponte(relay) => {
-            let web = relay.web_link();
-            let mut out = format!("{}\n{web}\n", relay.app_link());
+            let app = relay.app_link();
+            let mut out = format!("{app}\n");
+            // The QR code holds the https:// form when there is one (a phone's
+            // camera opens it), else the ponte:// form.
+            let scanned = match &args.web_base {
+                Some(base) => {
+                    check_web_base(base)?;
+                    let web = relay.web_link_with_base(base);
+                    out.push_str(&web);
+                    out.push('\n');
+                    web
+                }
+                None => app,
+            };
             if !args.no_qr {
                 out.push('\n');
-                out.push_str(&qr(&web)?);
+                out.push_str(&qr(&scanned)?);
                 out.push_str(
                     "\nPonte users: `ponte via add 'LINK'` (either link), or scan the code.\n",
                 );
@@ -671,9 +705,7 @@ fn secret(args: SecretArgs, top_config: Option<PathBuf>) -> anyhow::Result<ExitC
             let base = a
                 .web_base
                 .unwrap_or_else(|| format!("https://{domain}/relay"));
-            if !base.starts_with("https://") || base.contains('#') {
-                bail!("--web-base must be an https:// URL without #");
-            }
+            check_web_base(&base)?;
             secrets.save(&file)?;
             let web = link.web_link_with_base(&base);
             let mut out = format!("{}\n{web}\n", link.app_link());

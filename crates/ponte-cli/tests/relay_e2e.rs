@@ -625,23 +625,45 @@ fn a_relay_that_cannot_reach_the_server_or_the_wrong_scheme_is_said_plainly() {
 }
 
 /// The share link `ponte proxy link` prints for the `ponte` preset is read
-/// back by `ponte via add`.
+/// back by `ponte via add`; its https:// form only on the operator's base.
 #[test]
 fn proxy_link_for_the_ponte_preset_round_trips_through_via_add() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(PONTE)
-        .args([
-            "proxy",
-            "link",
-            "--host",
-            "relay.example.org",
-            "--preset",
-            "ponte",
-            "--upstream",
-            "127.0.0.1:5222",
-        ])
-        .output()
-        .unwrap();
+    let link = |extra: &[&str]| {
+        Command::new(PONTE)
+            .args([
+                "proxy",
+                "link",
+                "--host",
+                "relay.example.org",
+                "--preset",
+                "ponte",
+                "--upstream",
+                "127.0.0.1:5222",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Without a base: the ponte:// form alone (no domain the project does
+    // not run), its QR code drawn.
+    let plain = ok(&link(&[]));
+    assert_eq!(
+        plain.lines().next(),
+        Some("ponte://relay?host=relay.example.org&port=443&tls=1")
+    );
+    assert!(!plain.contains("https://"), "{plain}");
+    assert!(plain.contains('█'), "QR code drawn");
+    // A base that is not https, or carries a fragment: refused.
+    for bad in ["http://relays.example.net/relay", "https://x.example/#a"] {
+        let out = link(&["--web-base", bad]);
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--web-base must be an https:// URL"),
+            "{out:?}"
+        );
+    }
+    let out = link(&["--web-base", "https://relays.example.net/ponte/relay"]);
     let text = ok(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
@@ -650,7 +672,7 @@ fn proxy_link_for_the_ponte_preset_round_trips_through_via_add() {
     );
     assert_eq!(
         lines[1],
-        "https://ponte.link/relay#host=relay.example.org&port=443&tls=1"
+        "https://relays.example.net/ponte/relay#host=relay.example.org&port=443&tls=1"
     );
     assert!(text.contains('█'), "QR code drawn");
 
@@ -753,4 +775,58 @@ async fn the_server_rate_limits_by_the_client_address_the_relay_reports() {
     );
     drop(relay);
     drop(server);
+}
+
+/// The tampering cases above through a stealth relay (`[listener.stealth]`,
+/// its link from `ponte proxy secret add`): whatever alters a byte on the
+/// relay's path to the server (here a forwarder that is the relay's
+/// upstream) is refused as tampering, exit 1, with no fallback.
+#[test]
+fn a_tampering_path_behind_a_stealth_relay_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let address = server.address_at(closed_port());
+    let alice = tmp.path().join("alice");
+    let honest = Forwarder::start(server.addr, Mode::Record);
+    let (_relay, link) = stealth_relay_to(&tmp.path().join("honest"), honest.addr);
+    register(&alice, &address, "alice", &[&link]);
+    ok(&ponte(&alice, &["via", "clear"]));
+    for (name, mode, says) in [
+        ("answer", Mode::Flip(10), "handshake"),
+        ("message", Mode::Flip(60), "altered"),
+    ] {
+        let f = Forwarder::start(server.addr, mode);
+        let (_relay, link) = stealth_relay_to(&tmp.path().join(name), f.addr);
+        let err = failed(&ponte(&alice, &["sync", "--via", &link]));
+        assert!(err.contains("TAMPERING") && err.contains(says), "{err}");
+        assert!(!err.contains("secret="), "no secret in errors: {err}");
+    }
+    // The honest stealth path still works.
+    ok(&ponte(&alice, &["sync", "--via", &link]));
+}
+
+/// A stealth relay in `dir` whose upstream is `upstream`, its cover its own
+/// self-signed TLS listener; returns it and its one link.
+fn stealth_relay_to(dir: &Path, upstream: SocketAddr) -> (Proxy, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cover_port, stealth_port) = (closed_port(), closed_port());
+    let cfg = dir.join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[upstream.server]\nservers = [\"{upstream}\"]\nhealth_check_interval = \"0s\"\n\n\
+             [[listener]]\nname = \"cover\"\nlisten = [\"127.0.0.1:{cover_port}\"]\ntls = \"self-signed\"\nupstream = \"server\"\n\n\
+             [[listener]]\nname = \"stealth\"\nlisten = [\"127.0.0.1:{stealth_port}\"]\nupstream = \"server\"\n\
+             [listener.stealth]\ncover = \"127.0.0.1:{cover_port}\"\ndomain = \"www.cover.example\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(PONTE)
+        .args(["proxy", "-c"])
+        .arg(&cfg)
+        .args(["secret", "add", "--host", "127.0.0.1", "--no-qr"])
+        .output()
+        .unwrap();
+    let link = ok(&out).lines().next().unwrap().to_owned();
+    (Proxy::start(&cfg, &["cover", "stealth"], WAIT), link)
 }

@@ -5,12 +5,13 @@
 //!
 //! ```text
 //! ponte://relay?host=HOST&port=443&tls=1
-//! https://ponte.link/relay#host=HOST&port=443&tls=1
+//! https://SITE/PATH/relay#host=HOST&port=443&tls=1
 //! ```
 //!
 //! The `https://` form is the one a messenger renders as a link; its relay
 //! details sit after `#`, which browsers never send to the web server, so the
-//! page behind [`WEB_LINK_BASE`] cannot learn or log which relay was shared.
+//! page behind the base (the operator's choice, see [`WEB_LINK_BASE`]) cannot
+//! learn or log which relay was shared.
 //! When reading, any `https://` host is accepted as long as the path ends in
 //! `/relay` and the parameters follow `#`; `ponte://relay` also takes them
 //! after `#`. Neither form carries the server's key: the user's server
@@ -79,9 +80,14 @@ pub const MAX_LINK_LEN: usize = 1600;
 /// The start of the app form of a Ponte relay link.
 pub const APP_LINK_BASE: &str = "ponte://relay";
 
-/// Where the `https://` form of a Ponte relay link points (a page that
-/// explains how to install Ponte and add the relay).
+/// The base [`RelayLink::web_link`] writes, as an example only: the project
+/// runs no web site, so the tools never print it; they take the base from
+/// the operator ([`RelayLink::web_link_with_base`]: `ponte proxy link
+/// --web-base`, or a stealth relay's own cover site).
 pub const WEB_LINK_BASE: &str = "https://ponte.link/relay";
+
+/// Longest base accepted for a link's `https://` form.
+pub const MAX_WEB_BASE_LEN: usize = 256;
 
 /// Why a host cannot be a relay's host ([`validate_host`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

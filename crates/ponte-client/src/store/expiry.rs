@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS timers (
 ";
 
 /// Message flag: the row is a timer-setting notice, not a message.
-pub const FLAG_TIMER_NOTICE: i64 = 2;
+/// (Each message flag is its own bit: see `message_flags_are_distinct_bits`.)
+pub const FLAG_TIMER_NOTICE: i64 = 4;
 
 /// Rows swept per transaction (the sweep loops until none is due).
 const SWEEP_BATCH: i64 = 256;

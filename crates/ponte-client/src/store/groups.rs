@@ -1109,7 +1109,10 @@ mod tests {
             .unwrap();
         }
         let conn = open_connection(&path).unwrap();
-        assert_eq!(meta_get(&conn, "schema").unwrap().as_deref(), Some("3"));
+        assert_eq!(
+            meta_get(&conn, "schema").unwrap().as_deref(),
+            Some(super::super::SCHEMA_VERSION.to_string().as_str())
+        );
         let (n, group): (i64, Option<Vec<u8>>) = conn
             .query_row("SELECT COUNT(*), MAX(group_id) FROM messages", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))

@@ -787,6 +787,23 @@ mod tests {
     use super::*;
     use crate::profile::{KeySource, Profile};
 
+    /// Groups and timers each added a flag in parallel and both took 2 at
+    /// first: a group notice then read as a timer setting.
+    #[test]
+    fn message_flags_are_distinct_bits() {
+        let flags = [
+            FLAG_UNVERIFIED_KEY_CHANGE,
+            FLAG_GROUP_NOTICE,
+            FLAG_TIMER_NOTICE,
+        ];
+        for (i, a) in flags.iter().enumerate() {
+            assert_eq!(a.count_ones(), 1, "{a} is one bit");
+            for b in &flags[i + 1..] {
+                assert_eq!(a & b, 0, "{a} and {b} share a bit");
+            }
+        }
+    }
+
     fn session() -> Session {
         let alice = Identity::generate();
         let mut bob = Identity::generate();

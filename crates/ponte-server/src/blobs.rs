@@ -150,6 +150,19 @@ impl Deref for TailHold {
     }
 }
 
+impl Clone for TailHold {
+    /// Another hold on the same tail, made under the map's lock like every
+    /// hold (see `Drop`).
+    fn clone(&self) -> Self {
+        let _tails = lock(&self.tails);
+        Self {
+            id: self.id,
+            tail: Arc::clone(&self.tail),
+            tails: Arc::clone(&self.tails),
+        }
+    }
+}
+
 impl Drop for TailHold {
     fn drop(&mut self) {
         let mut tails = lock(&self.tails);

@@ -14,6 +14,7 @@ use super::{arr, Context, Refusal, Reply, Request, Runs};
 use crate::blobs::{Finished, Flushed};
 use crate::store::{BlobCreateOutcome, BlobId, BlobInfo, NewBlob, UnixMillis};
 use ponte_wire::messages::{self, server_frame, ErrorCode, ErrorFrame};
+use std::sync::Arc;
 
 fn blob_id(b: &[u8]) -> Result<BlobId, Refusal> {
     arr::<16>(b).ok_or(Refusal::new(
@@ -180,12 +181,24 @@ impl Request for messages::UploadAppend {
                 return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
             }
             drop(turn);
-            let shared = &cx.shared;
-            let record = |from, to| {
-                shared.metrics.blob_flushes.inc();
-                shared.store.blob_advance(id, from, to)
-            };
-            match tail.flush(end, record).await {
+            // The flush runs to its end even if the connection drops
+            // meanwhile (the session then drops this request): its record
+            // may already be with the store, and until it is committed the
+            // tail must stay, so that the next append (on any connection)
+            // goes on from this tail's offsets instead of starting a new
+            // tail at a stored offset that is about to move.
+            let hold = tail.clone();
+            let shared = Arc::clone(&cx.shared);
+            let flushed = tokio::spawn(async move {
+                let record = |from, to| {
+                    shared.metrics.blob_flushes.inc();
+                    shared.store.blob_advance(id, from, to)
+                };
+                hold.flush(end, record).await
+            })
+            .await
+            .unwrap_or_else(|e| Flushed::Failed(format!("the flush task ended: {e}")));
+            match flushed {
                 Flushed::Durable => {}
                 Flushed::Gone => {
                     // The row went meanwhile (the sweep deleted the expired

@@ -9,19 +9,17 @@
 //! Every wait is bounded; nothing leaves 127.0.0.1.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    assert_registered, command, contains, json_lines, ok, pipe, ponte, Killed, Proxy, Server,
-    PONTE, WAIT,
+    assert_registered, contains, json_lines, ok, pipe, ponte, Proxy, Server, PONTE, WAIT,
 };
 
 // ---------------------------------------------------------------- forwarders
@@ -379,61 +377,22 @@ fn listen_moves_to_a_second_relay_when_the_first_dies() {
     register(&bobby, &address, "bobby", &[&first.plain_url()]);
     ok(&ponte(&bobby, &["via", "add", &second.plain_url()]));
 
-    let mut listen = command(&bobby, &["listen", "--json"]).spawn().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    let stdout = listen.stdout.take().unwrap();
-    let stderr = listen.stderr.take().unwrap();
-    let tx2 = tx.clone();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let notices = Arc::new(Mutex::new(String::new()));
-    let n2 = notices.clone();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            n2.lock().unwrap().push_str(&line);
-            n2.lock().unwrap().push('\n');
-        }
-        drop(tx2);
-    });
-    let listen = Killed(listen);
-    let mut seen: Vec<serde_json::Value> = Vec::new();
-    let wait_for = |text: &str, seen: &mut Vec<serde_json::Value>| {
-        let start = Instant::now();
-        while !seen.iter().any(|m| m["text"] == text) {
-            let left = WAIT.saturating_sub(start.elapsed());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("listen never showed {text:?}: {seen:?}"));
-            seen.push(serde_json::from_str(&line).unwrap());
-        }
-    };
+    let mut listen = common::Listen::start(&bobby);
 
     let texts = ["before the cut 1a", "after the cut 2b", "still here 3c"];
     ok(&ponte(&alice, &["send", "bobby", texts[0]]));
-    wait_for(texts[0], &mut seen);
+    listen.wait_for(texts[0]);
     let first_plain = first.plain_url();
     first.kill();
     ok(&ponte(&alice, &["send", "bobby", texts[1]]));
-    wait_for(texts[1], &mut seen);
+    listen.wait_for(texts[1]);
     ok(&ponte(&alice, &["send", "bobby", texts[2]]));
-    wait_for(texts[2], &mut seen);
-    // Give a duplicate a chance to show up, then stop listening.
-    thread::sleep(Duration::from_millis(700));
-    drop(listen);
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
-        seen.push(serde_json::from_str(&line).unwrap());
-    }
+    listen.wait_for(texts[2]);
+    let notices = listen.stop();
     for t in texts {
-        let n = seen
-            .iter()
-            .filter(|m| m["text"] == t && m["from"] == "alice")
-            .count();
-        assert_eq!(n, 1, "{t:?} shown {n} times: {seen:?}");
+        let n = listen.count(t, "alice");
+        assert_eq!(n, 1, "{t:?} shown {n} times: {:?}", listen.seen);
     }
-    let notices = notices.lock().unwrap().clone();
     assert!(
         notices.contains(&format!("relay {first_plain}")),
         "{notices}"

@@ -173,10 +173,6 @@ fn stealth_relay(dir: &Path, server: std::net::SocketAddr) -> (Proxy, String) {
 /// server's.
 #[test]
 fn listen_moves_to_a_second_stealth_relay_when_the_first_dies() {
-    use std::io::{BufRead as _, BufReader};
-    use std::sync::mpsc;
-    use std::time::{Duration, Instant};
-
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server"));
     let (mut first, first_link) = stealth_relay(&tmp.path().join("first"), server.addr);
@@ -187,61 +183,21 @@ fn listen_moves_to_a_second_stealth_relay_when_the_first_dies() {
     register(&bobby, &address, "bobby", &first_link);
     ok(&ponte(&bobby, &["via", "add", &second_link]));
 
-    let mut listen = common::command(&bobby, &["listen", "--json"])
-        .spawn()
-        .unwrap();
-    let stdout = listen.stdout.take().unwrap();
-    let stderr = listen.stderr.take().unwrap();
-    let listen = common::Killed(listen);
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let notices = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let n2 = notices.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut n = n2.lock().unwrap();
-            n.push_str(&line);
-            n.push('\n');
-        }
-    });
-    let mut seen: Vec<serde_json::Value> = Vec::new();
-    let wait_for = |text: &str, seen: &mut Vec<serde_json::Value>| {
-        let start = Instant::now();
-        while !seen.iter().any(|m| m["text"] == text) {
-            let left = WAIT.saturating_sub(start.elapsed());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("listen never showed {text:?}: {seen:?}"));
-            seen.push(serde_json::from_str(&line).unwrap());
-        }
-    };
+    let mut listen = common::Listen::start(&bobby);
 
     let texts = ["before the cut 7d", "after the cut 8e", "still here 9f"];
     ok(&ponte(&alice, &["send", "bobby", texts[0]]));
-    wait_for(texts[0], &mut seen);
+    listen.wait_for(texts[0]);
     first.child.kill();
     ok(&ponte(&alice, &["send", "bobby", texts[1]]));
-    wait_for(texts[1], &mut seen);
+    listen.wait_for(texts[1]);
     ok(&ponte(&alice, &["send", "bobby", texts[2]]));
-    wait_for(texts[2], &mut seen);
-    // Give a duplicate a chance to show up, then stop listening.
-    std::thread::sleep(Duration::from_millis(700));
-    drop(listen);
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
-        seen.push(serde_json::from_str(&line).unwrap());
-    }
+    listen.wait_for(texts[2]);
+    let notices = listen.stop();
     for t in texts {
-        let n = seen
-            .iter()
-            .filter(|m| m["text"] == t && m["from"] == "alice")
-            .count();
-        assert_eq!(n, 1, "{t:?} shown {n} times: {seen:?}");
+        let n = listen.count(t, "alice");
+        assert_eq!(n, 1, "{t:?} shown {n} times: {:?}", listen.seen);
     }
-    let notices = notices.lock().unwrap().clone();
     assert!(
         notices.contains("the relay closed the connection"),
         "{notices}"

@@ -395,3 +395,76 @@ fn listening(line: &str) -> Option<(String, SocketAddr)> {
     let name = rest.split("listener=").nth(1)?.split_whitespace().next()?;
     Some((name.to_owned(), addr.trim_end_matches(',').parse().ok()?))
 }
+
+// ---------------------------------------------------------------- listen
+
+/// `ponte listen --json` on a profile, its lines read as they come and its
+/// stderr kept (killed when dropped).
+pub struct Listen {
+    child: Option<Killed>,
+    lines: mpsc::Receiver<String>,
+    notices: Arc<Mutex<String>>,
+    /// Every JSON line read so far.
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl Listen {
+    pub fn start(profile: &Path) -> Self {
+        let mut child = command(profile, &["listen", "--json"]).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel::<String>();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let notices = Arc::new(Mutex::new(String::new()));
+        let n2 = notices.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut n = n2.lock().unwrap();
+                n.push_str(&line);
+                n.push('\n');
+            }
+        });
+        Self {
+            child: Some(Killed(child)),
+            lines,
+            notices,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one has `text` (at most [`WAIT`]).
+    pub fn wait_for(&mut self, text: &str) {
+        let start = Instant::now();
+        while !self.seen.iter().any(|m| m["text"] == text) {
+            let left = WAIT.saturating_sub(start.elapsed());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("listen never showed {text:?}: {:?}", self.seen));
+            self.seen.push(serde_json::from_str(&line).unwrap());
+        }
+    }
+
+    /// Gives a duplicate 700 ms to show up, stops listening, reads what is
+    /// left and returns the stderr notices.
+    pub fn stop(&mut self) -> String {
+        thread::sleep(Duration::from_millis(700));
+        self.child.take();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(serde_json::from_str(&line).unwrap());
+        }
+        self.notices.lock().unwrap().clone()
+    }
+
+    /// How many lines from `from` have `text`.
+    pub fn count(&self, text: &str, from: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|m| m["text"] == text && m["from"] == from)
+            .count()
+    }
+}

@@ -73,6 +73,17 @@ impl Driver {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|(status, v)| panic!("{method} {path}: {status} {v}"))
+    }
+
+    /// One WebDriver command; a non-200 answer is `Err((status, body))`.
+    fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (u16, Value)> {
         let host = self.addr.to_string();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut headers = vec![("Host", host.as_str())];
@@ -82,8 +93,11 @@ impl Driver {
         let r = raw(self.addr, method, path, &headers, body.as_bytes());
         let v: Value = serde_json::from_slice(&r.body)
             .unwrap_or_else(|_| panic!("{method} {path}: {}", r.text()));
-        assert!(r.status == 200, "{method} {path}: {} {v}", r.status);
-        v
+        if r.status == 200 {
+            Ok(v)
+        } else {
+            Err((r.status, v))
+        }
     }
 
     fn session(&self, name: &str, profile_dir: &Path) -> Browser<'_> {
@@ -150,17 +164,31 @@ impl Browser<'_> {
     }
 
     fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+        self.on_element(css, "click", json!({}));
     }
 
     fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.cmd(
-            "POST",
-            &format!("/element/{e}/value"),
-            Some(json!({ "text": text })),
-        );
+        self.on_element(css, "value", json!({ "text": text }));
+    }
+
+    /// Finds `css` and sends it `action`. The app re-renders lists as
+    /// events arrive (a tick, a new message), so the element found can be
+    /// replaced before the action reaches it: a stale element is found
+    /// again, a bounded number of times.
+    fn on_element(&self, css: &str, action: &str, body: Value) {
+        let mut tries = 0;
+        loop {
+            let e = self.find(css);
+            let path = format!("/session/{}/element/{e}/{action}", self.id);
+            match self.driver.try_call("POST", &path, Some(body.clone())) {
+                Ok(_) => return,
+                Err((_, v)) if v["value"]["error"] == "stale element reference" && tries < 20 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err((status, v)) => panic!("POST {path}: {status} {v}"),
+            }
+        }
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) in the page.

@@ -293,8 +293,9 @@ pub async fn tls_connect(
     tls_over(tcp, sni).await
 }
 
-pub async fn tls_over(tcp: TcpStream, sni: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+/// A TLS client configuration that takes any certificate, offering `alpn`.
+pub fn any_cert_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -302,7 +303,12 @@ pub async fn tls_over(tcp: TcpStream, sni: &str) -> tokio_rustls::client::TlsStr
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(AnyCert))
     .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
+}
+
+pub async fn tls_over(tcp: TcpStream, sni: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(any_cert_config(&[])));
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
     connector.connect(name, tcp).await.unwrap()
 }

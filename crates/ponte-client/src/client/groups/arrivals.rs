@@ -227,6 +227,108 @@ impl Client {
         Ok(Taken::Applied)
     }
 
+    /// A group's timer that came pairwise (handed over to a member who
+    /// joined, by the member who added them): `None` when it is to be
+    /// committed as a setting with the message that carried it; otherwise
+    /// the write to commit instead (holding it until the group arrives, or
+    /// nothing when refused or dropped) and a warning for the user.
+    pub(in crate::client) fn pairwise_group_timer(
+        &self,
+        sender: &str,
+        envelope: &Envelope,
+        key_changed: bool,
+    ) -> Result<(Option<GroupWrite>, Option<String>)> {
+        let Payload::TimerSetting(
+            setting @ ponte_e2e::TimerSetting {
+                group: Some(group), ..
+            },
+        ) = &envelope.payload
+        else {
+            return Ok((None, None));
+        };
+        Ok(match self.timer_from(group, sender, key_changed)? {
+            Taken::Applied => (None, None),
+            Taken::NotYet => {
+                let held = [
+                    &envelope.sent_at_ms.to_be_bytes()[..],
+                    &envelope.id.0,
+                    &setting.to_bytes(),
+                ]
+                .concat();
+                let write = GroupWrite {
+                    pending_add: vec![(*group, sender.to_owned(), PendingKind::Timer, held)],
+                    ..GroupWrite::default()
+                };
+                (Some(write), None)
+            }
+            Taken::Refused(why) => (Some(GroupWrite::default()), Some(why)),
+            Taken::Duplicate | Taken::Dropped => (Some(GroupWrite::default()), None),
+        })
+    }
+
+    /// Whether a group's timer setting from `sender` applies: only from a
+    /// current member, under the identity the group's admin added.
+    fn timer_from(&self, group: &GroupId, sender: &str, key_changed: bool) -> Result<Taken> {
+        let Some(record) = self.store().group(group)? else {
+            return Ok(Taken::NotYet);
+        };
+        match record.status {
+            GroupStatus::Joining => return Ok(Taken::NotYet),
+            GroupStatus::Removed | GroupStatus::Left => return Ok(Taken::Dropped),
+            GroupStatus::Member => {}
+        }
+        let title = record.state.title();
+        let Some((m, _)) = record.state.member_by_handle(sender) else {
+            tracing::warn!(%sender, "group timer setting from a non-member refused");
+            return Ok(Taken::Refused(format!(
+                "refused a disappearing-messages setting for group {title:?} from {sender}, \
+                 who is not a member"
+            )));
+        };
+        if key_changed || !self.identity_matches(sender, &m.identity)? {
+            tracing::warn!(%sender, "group timer setting under another key refused");
+            return Ok(Taken::Refused(format!(
+                "refused {sender}'s disappearing-messages setting for group {title:?}: it did \
+                 not come from the identity the group's admin added"
+            )));
+        }
+        Ok(Taken::Applied)
+    }
+
+    /// A held group timer (see [`Client::pairwise_group_timer`]), again.
+    fn retry_group_timer(
+        &self,
+        group: &GroupId,
+        item: &crate::store::PendingItem,
+    ) -> Result<Taken> {
+        let parts = item.payload.split_at_checked(8).and_then(|(at, rest)| {
+            let (id, setting) = rest.split_at_checked(16)?;
+            Some((
+                u64::from_be_bytes(at.try_into().ok()?),
+                MessageId::from_slice(id)?,
+                ponte_e2e::TimerSetting::from_bytes(setting).ok()?,
+            ))
+        });
+        let Some((sent_at, id, setting)) = parts else {
+            return Ok(Taken::Dropped);
+        };
+        if setting.group != Some(*group) {
+            return Ok(Taken::Dropped);
+        }
+        let taken = self.timer_from(group, &item.sender, false)?;
+        if matches!(taken, Taken::Applied) {
+            self.store().commit_pending_group_timer(
+                item.seq,
+                &item.sender,
+                &id,
+                UnixMillis(sent_at),
+                group,
+                setting.timer,
+            )?;
+        }
+        Ok(taken)
+    }
+
     /// A group message pushed by the server (`Deliver` with `group_id`):
     /// decrypted and committed, held until its key or group arrives, or
     /// dropped with a warning. An error means it must not be acknowledged.
@@ -306,6 +408,9 @@ impl Client {
         }
         let title = record.state.title();
         let Some((m, _)) = record.state.member_by_handle(sender) else {
+            // A removed member's client that does not know yet, or anyone
+            // else: whatever it is (a text, a timer setting), refused.
+            tracing::warn!(%sender, "group message from a non-member refused");
             return Ok(Taken::Refused(format!(
                 "dropped a message to group {title:?} from {sender}, who is not a member"
             )));
@@ -326,9 +431,14 @@ impl Client {
             // The same message again under another id (a replay): once is enough.
             return Ok(Taken::Duplicate);
         }
-        let (text, file) = match &envelope.payload {
-            Payload::GroupText { text, .. } => (text.as_str(), None),
-            Payload::GroupFile { file, .. } => (file.caption.as_str(), Some(file)),
+        let (text, file, timer_set) = match &envelope.payload {
+            Payload::GroupText { text, .. } => (text.as_str(), None, None),
+            Payload::GroupFile { file, .. } => (file.caption.as_str(), Some(file), None),
+            // A member set the group's timer (the sender is a member: checked above).
+            Payload::TimerSetting(ponte_e2e::TimerSetting {
+                group: Some(g),
+                timer,
+            }) if g == group => ("", None, Some(*timer)),
             _ => {
                 return Ok(Taken::Refused(format!(
                     "dropped a message to group {title:?} from {sender}: not a group message"
@@ -345,6 +455,8 @@ impl Client {
             file,
             receiver: &receiver,
             pending,
+            timer: envelope.timer,
+            timer_set,
         })?;
         Ok(Taken::Applied)
     }
@@ -385,6 +497,7 @@ impl Client {
                         }
                         Err(_) => Taken::Dropped,
                     },
+                    PendingKind::Timer => self.retry_group_timer(&group, &item)?,
                     PendingKind::Message => {
                         // The id it was delivered under, then its body.
                         let parts = item

@@ -250,6 +250,15 @@ impl Client {
                 .group_sender(&state.id())?
                 .map(|s| s.sender_key()),
         };
+        // The group's timer goes with the group to who joins (as set, at
+        // the time it was set); nothing when it was never set or is off.
+        let timer = match self
+            .store()
+            .timer_setting(&Conversation::Group(state.id()))?
+        {
+            Some((Some(t), at)) => Some((t, at)),
+            _ => None,
+        };
         let mut outbox = Vec::new();
         for (m, _) in state.members() {
             if m.identity.ed25519 == me || before.role_of(&m.identity.ed25519).is_some() {
@@ -260,6 +269,13 @@ impl Client {
             }
             if let Some(key) = &sender {
                 outbox.push((m.handle.clone(), OutboxKind::SenderKey(key.clone())));
+            }
+            if let Some((t, at)) = timer {
+                let setting = ponte_e2e::TimerSetting {
+                    group: Some(state.id()),
+                    timer: Some(t),
+                };
+                write.timers.push((m.handle.clone(), setting, at));
             }
         }
         for (m, _) in before.members() {

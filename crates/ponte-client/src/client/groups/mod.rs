@@ -52,6 +52,11 @@ pub struct GroupMember {
     pub handle: String,
     /// Whether they are an admin.
     pub admin: bool,
+    /// The identity key this profile has for them (a change waiting for
+    /// `verify --confirm`, or one confirmed since) is not the one the
+    /// admin-signed membership names: sending to the group is refused
+    /// while the change waits, and skips them once confirmed.
+    pub key_changed: bool,
 }
 
 /// What `group info` and `group list` show.
@@ -70,6 +75,8 @@ pub struct GroupInfo {
     pub role: Option<Role>,
     /// Number of changes since create (1 after create).
     pub version: u64,
+    /// The group's disappearing-messages timer (`None`: off).
+    pub timer: Option<ponte_e2e::Timer>,
 }
 
 impl GroupInfo {
@@ -84,10 +91,12 @@ impl GroupInfo {
                 .map(|(m, r)| GroupMember {
                     handle: m.handle.clone(),
                     admin: r == Role::Admin,
+                    key_changed: false,
                 })
                 .collect(),
             role: state.role_of(me),
             version: state.version(),
+            timer: None,
         }
     }
 
@@ -236,18 +245,49 @@ impl Client {
 
     /// Every group of this profile, oldest first.
     pub fn groups(&self) -> Result<Vec<GroupInfo>> {
-        let me = self.my_key();
-        Ok(self
-            .store()
+        self.store()
             .groups()?
             .iter()
-            .map(|g| GroupInfo::of(g, &me))
-            .collect())
+            .map(|g| self.info_of(g))
+            .collect()
     }
 
     /// One group.
     pub fn group_info(&self, group: &GroupId) -> Result<GroupInfo> {
-        Ok(GroupInfo::of(&self.known_group(group)?, &self.my_key()))
+        let record = self.known_group(group)?;
+        self.info_of(&record)
+    }
+
+    /// What `group info` shows of `record`: with the group's timer, and
+    /// each member's key checked against the one the membership names.
+    fn info_of(&self, record: &GroupRecord) -> Result<GroupInfo> {
+        let me = self.my_key();
+        let mut info = GroupInfo::of(record, &me);
+        info.timer = self.store().timer(&Conversation::Group(record.id()))?;
+        for (member, (m, _)) in info.members.iter_mut().zip(record.state.members()) {
+            member.key_changed =
+                m.identity.ed25519 != me && !self.identity_matches(&m.handle, &m.identity)?;
+        }
+        Ok(info)
+    }
+
+    /// A line for each group (of which this device is a member) that
+    /// `handle` is in, once `handle`'s identity key was seen to change.
+    pub(in crate::client) fn group_key_change_warnings(&self, handle: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store()
+            .groups()?
+            .iter()
+            .filter(|g| g.status == GroupStatus::Member)
+            .filter(|g| g.state.member_by_handle(handle).is_some())
+            .map(|g| {
+                format!(
+                    "{handle} is in the group {:?}: sending to it is held until you verify \
+                     {handle} (`ponte verify {handle}`)",
+                    g.state.title()
+                )
+            })
+            .collect())
     }
 
     /// Whether the identity this profile trusts for `handle` is `identity`

@@ -17,7 +17,7 @@ mod pending;
 mod traffic;
 mod write;
 
-pub(super) use traffic::{group_read, ticks};
+pub(super) use traffic::{group_read, insert_group_send, ticks};
 use traffic::{save_pickle, settle};
 pub(super) use write::write_group;
 
@@ -218,6 +218,9 @@ pub enum PendingKind {
     SenderKey,
     /// A group message (its `GroupCiphertext` bytes).
     Message,
+    /// A group's timer handed over pairwise (sent time u64 BE, message id,
+    /// then the kind 7 body).
+    Timer,
 }
 
 impl PendingKind {
@@ -226,6 +229,7 @@ impl PendingKind {
             PendingKind::Op => 1,
             PendingKind::SenderKey => 2,
             PendingKind::Message => 3,
+            PendingKind::Timer => 4,
         }
     }
 
@@ -234,6 +238,7 @@ impl PendingKind {
             1 => PendingKind::Op,
             2 => PendingKind::SenderKey,
             3 => PendingKind::Message,
+            4 => PendingKind::Timer,
             _ => return Err(ClientError::Corrupt("pending group item")),
         })
     }
@@ -272,6 +277,10 @@ pub struct GroupWrite {
     pub receiver: Option<Option<GroupReceiver>>,
     /// Pairwise items for the outbox, in order.
     pub outbox: Vec<(String, OutboxKind)>,
+    /// The group's timer handed to members who join (after the outbox
+    /// items: their log comes first), each with the time it was set, so
+    /// the latest setting still wins on their side.
+    pub timers: Vec<(String, ponte_e2e::TimerSetting, UnixMillis)>,
     /// History rows describing what changed.
     pub notices: Vec<GroupNotice>,
     /// Members first seen in a signed op: stored as contacts (trust on
@@ -316,6 +325,12 @@ pub struct GroupIncoming<'a> {
     pub receiver: &'a GroupReceiver,
     /// The pending row it came from, if any.
     pub pending: Option<i64>,
+    /// The timer in its envelope: it disappears that long after it is
+    /// first displayed.
+    pub timer: Option<ponte_e2e::Timer>,
+    /// Not a message but a member's setting of the group's timer (`Some(None)`:
+    /// off): a notice, and the group's timer if it is the latest.
+    pub timer_set: Option<Option<ponte_e2e::Timer>>,
 }
 
 /// An outgoing group message to write.

@@ -82,6 +82,35 @@ impl Store {
         Ok(out)
     }
 
+    /// A group's timer that waited in `group_pending` applies now (its
+    /// sender is a current member): its notice, the group's timer if it is
+    /// the latest setting, and the pending row gone (one transaction).
+    pub fn commit_pending_group_timer(
+        &self,
+        seq: i64,
+        sender: &str,
+        id: &MessageId,
+        sent_at: UnixMillis,
+        group: &GroupId,
+        timer: Option<ponte_e2e::Timer>,
+    ) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM group_pending WHERE seq = ?1", [seq])?;
+        crate::store::expiry::insert_notice(
+            &tx,
+            &self.key,
+            sender,
+            false,
+            id,
+            timer,
+            sent_at,
+            Some(group),
+        )?;
+        crate::store::expiry::apply_setting(&tx, &Conversation::Group(*group), timer, sent_at, id)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drop a pending item (refused, or it can never apply).
     pub fn drop_pending(&self, seq: i64) -> Result<()> {
         self.conn

@@ -21,6 +21,7 @@ impl Store {
             params![peer, out.id.0.to_vec(), body, now, Status::Queued.to_i64(), out.group.0.to_vec()],
         )?;
         insert_group_send(&tx, &self.key, out, now)?;
+        crate::store::expiry::stamp_outgoing(&tx, &peer, &out.id, now)?;
         tx.commit()?;
         Ok(())
     }
@@ -36,6 +37,7 @@ impl Store {
     ) -> Result<MessageId> {
         let id = MessageId::random();
         let peer = group_key(group);
+        let now = UnixMillis::now();
         let tx = self.conn.unchecked_transaction()?;
         let body = self.key.seal(
             &aad("messages", "body", &row_key(&peer, true, &id)),
@@ -44,7 +46,7 @@ impl Store {
         tx.execute(
             "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status, group_id)
              VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
-            params![peer, id.0.to_vec(), body, UnixMillis::now(), Status::Queued.to_i64(), group.0.to_vec()],
+            params![peer, id.0.to_vec(), body, now, Status::Queued.to_i64(), group.0.to_vec()],
         )?;
         insert_file(
             &tx,
@@ -56,6 +58,7 @@ impl Store {
             FileState::Upload,
             Some(encrypted),
         )?;
+        crate::store::expiry::stamp_outgoing(&tx, &peer, &id, now)?;
         tx.commit()?;
         Ok(id)
     }
@@ -158,14 +161,35 @@ impl Store {
             .optional()?
             .is_some();
         let stored = fresh && !exists;
-        if stored {
+        if let (true, Some(timer)) = (stored, m.timer_set) {
+            // A member set the group's timer: a notice, and the group's
+            // timer if it is the latest setting.
+            crate::store::expiry::insert_notice(
+                &tx,
+                &self.key,
+                m.sender,
+                false,
+                &m.id,
+                timer,
+                m.sent_at,
+                Some(&m.group),
+            )?;
+            crate::store::expiry::apply_setting(
+                &tx,
+                &Conversation::Group(m.group),
+                timer,
+                m.sent_at,
+                &m.id,
+            )?;
+        } else if stored {
             let body = self.key.seal(
                 &aad("messages", "body", &row_key(m.sender, false, &m.id)),
                 m.text.as_bytes(),
             );
             tx.execute(
                 "INSERT OR IGNORE INTO messages(peer, outgoing, id, body, sent_at_ms,
-                 received_at_ms, status, group_id) VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 received_at_ms, status, group_id, timer_ms)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     m.sender,
                     m.id.0.to_vec(),
@@ -173,7 +197,8 @@ impl Store {
                     m.sent_at,
                     UnixMillis::now(),
                     Status::Received.to_i64(),
-                    m.group.0.to_vec()
+                    m.group.0.to_vec(),
+                    crate::store::expiry::timer_ms(m.timer)
                 ],
             )?;
             if let Some(fd) = m.file {
@@ -275,7 +300,7 @@ pub(super) fn save_pickle(
     Ok(())
 }
 
-fn insert_group_send(
+pub(in crate::store) fn insert_group_send(
     tx: &Transaction<'_>,
     key: &ProfileKey,
     out: &GroupOutgoing<'_>,

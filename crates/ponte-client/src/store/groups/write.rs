@@ -43,6 +43,10 @@ pub(in crate::store) fn write_group(
     for (to, kind) in &change.outbox {
         insert_outbox(tx, key, &MessageId::random(), to, kind, now)?;
     }
+    for (to, setting, set_at) in &change.timers {
+        let kind = OutboxKind::TimerSetting(*setting);
+        insert_outbox(tx, key, &MessageId::random(), to, &kind, *set_at)?;
+    }
     let Some((group, status)) = change.group else {
         return Ok(false);
     };

@@ -13,7 +13,10 @@
 //!   before it was read.
 //! - A setting is itself a message: a history row flagged
 //!   [`FLAG_TIMER_NOTICE`] whose sealed body is the timer in seconds
-//!   (`0`: off), shown to both sides, and which never expires.
+//!   (`0`: off), shown to both sides, and which never expires. A group's
+//!   setting is such a row in the group's conversation (`group_id` set),
+//!   its timer under `group:HEX` in `timers`; the group's texts and files
+//!   are stamped from it like a contact's.
 //!
 //! [`Store::sweep_expired`] deletes what is due: the downloaded file of a
 //! file message (when it is inside the profile's files directory; a copy

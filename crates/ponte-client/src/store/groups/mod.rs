@@ -6,7 +6,7 @@
 //! | `group_ops` | the group's signed ops in chain order (S); the state is their replay, checked again at every load |
 //! | `group_keys` | this device's Megolm sender session and the other members' inbound sessions per group (P) |
 //! | `group_receipts` | per outgoing group message and recipient: sent to, delivered, read |
-//! | `group_pending` | ops, sender keys and group messages that arrived before what they depend on (S), retried as the group advances |
+//! | `group_pending` | ops, sender keys, group messages and a group's timer handed over pairwise that arrived before what they depend on (S), retried as the group advances |
 //!
 //! Group messages live in `messages` like any other, with `group_id` set:
 //! an incoming one has the sender's handle as `peer`, an outgoing one the

@@ -4,7 +4,9 @@
 //! setting applies to the other side's messages, and once the 5-second
 //! timer is up `history` no longer shows the message and no file in
 //! either profile directory holds its text, its sealed row or the
-//! received file's bytes.
+//! received file's bytes. In a group of three: a member's setting
+//! reaches the others, a message sent afterwards vanishes from all three,
+//! and a removed member's setting is refused.
 //!
 //! Every wait is bounded; nothing leaves 127.0.0.1.
 #![allow(clippy::unwrap_used)]
@@ -76,12 +78,13 @@ fn a_timer_set_by_one_side_makes_both_sides_messages_vanish_without_a_trace() {
     register(&alice, &server.address(), "alice");
     register(&bob, &server.address(), "bob");
 
-    // Refused before anything happens: out of bounds, a group, a typo.
+    // Refused before anything happens: out of bounds, a group this
+    // profile does not have, a typo.
     for (target, duration, says) in [
         ("bob", "4s", "between 5 s and 90 d"),
         ("bob", "91d", "between 5 s and 90 d"),
         ("bob", "1y", "unknown unit"),
-        ("g:team", "1h", "group"),
+        ("g:team", "1h", "no group \"g:team\" in this profile"),
     ] {
         let out = ponte(&alice, &["timer", target, duration]);
         assert_eq!(out.status.code(), Some(1), "{target} {duration}");
@@ -200,4 +203,108 @@ fn a_timer_set_by_one_side_makes_both_sides_messages_vanish_without_a_trace() {
             assert!(found.is_empty(), "{what} still in {found:?}");
         }
     }
+}
+
+/// A group's timer with three profiles: set by a member who is no admin,
+/// it reaches the other two (a notice with the group in `--json`, the
+/// timer in `group info`); a message sent afterwards vanishes from all
+/// three once its time is up; a removed member's setting is refused by
+/// the others, and then by her own client.
+#[test]
+fn a_group_timer_reaches_every_member_and_a_removed_members_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let (alice, bob, carol) = (
+        tmp.path().join("alice"),
+        tmp.path().join("bob"),
+        tmp.path().join("carol"),
+    );
+    for (p, name) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+        register(p, &server.address(), name);
+    }
+    let created = json_lines(&ok(&ponte(
+        &alice,
+        &["group", "create", "team", "bob", "carol", "--json"],
+    )));
+    let g = created[0]["group"].as_str().unwrap().to_owned();
+    for p in [&bob, &carol] {
+        ok(&ponte(p, &["sync"]));
+    }
+
+    // Bob (a member, not an admin) sets 5 s.
+    let set = json_lines(&ok(&ponte(&bob, &["timer", "g:team", "5s", "--json"])));
+    assert_eq!(set[0]["notice"], "timer", "{set:?}");
+    assert_eq!(set[0]["group"], g.as_str());
+    assert_eq!(set[0]["timer_set_secs"], 5);
+    for p in [&alice, &carol] {
+        let lines = json_lines(&ok(&ponte(p, &["sync", "--json"])));
+        let notice = lines
+            .iter()
+            .find(|v| v["notice"] == "timer")
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        assert_eq!(notice["from"], "bob");
+        assert_eq!(notice["group"], g.as_str());
+        assert_eq!(notice["timer_set"], "5 s");
+        let shown = ok(&ponte(p, &["timer", "g:team"]));
+        assert_eq!(shown.trim(), "disappearing messages in team: 5 s");
+        let info = json_lines(&ok(&ponte(p, &["group", "info", "g:team", "--json"])));
+        assert_eq!(info[0]["timer_secs"], 5, "{info:?}");
+    }
+    let info = ok(&ponte(&carol, &["group", "info", "g:team"]));
+    assert!(info.contains("disappearing messages: 5 s"), "{info}");
+
+    // Alice's message carries it; bob and carol display it.
+    let text = format!("{MARKER} group meeting moved");
+    let sent = json_lines(&ok(&ponte(&alice, &["send", "g:team", &text, "--json"])));
+    assert_eq!(sent[0]["timer_secs"], 5, "{sent:?}");
+    for p in [&bob, &carol] {
+        let lines = json_lines(&ok(&ponte(p, &["sync", "--json"])));
+        let got = lines
+            .iter()
+            .find(|v| v["text"] == text.as_str())
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        assert_eq!(got["timer_secs"], 5);
+        assert_eq!(got["group"], g.as_str());
+    }
+    // Gone from all three once the time is up (bounded: 5 s, then at
+    // most 60 tries half a second apart per profile).
+    std::thread::sleep(Duration::from_secs(5));
+    for p in [&alice, &bob, &carol] {
+        let mut history = String::new();
+        for _ in 0..60 {
+            history = ok(&ponte(p, &["history", "g:team"]));
+            if !history.contains(MARKER) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(!history.contains(MARKER), "{history}");
+        assert!(
+            history.contains("bob set disappearing messages to 5 s"),
+            "{history}"
+        );
+        assert!(holders(p, MARKER.as_bytes()).is_empty());
+    }
+
+    // Carol is removed; her client, not told yet, sends a setting: the
+    // others refuse it (a warning) and keep 5 s.
+    ok(&ponte(&alice, &["group", "remove", "g:team", "carol"]));
+    ok(&ponte(&bob, &["sync"]));
+    ok(&ponte(&carol, &["timer", "g:team", "1h"]));
+    for p in [&alice, &bob] {
+        let out = ponte(p, &["sync"]);
+        ok(&out);
+        assert!(
+            stderr(&out).contains("from carol, who is not a member"),
+            "{}",
+            stderr(&out)
+        );
+        let shown = ok(&ponte(p, &["timer", "g:team"]));
+        assert_eq!(shown.trim(), "disappearing messages in team: 5 s");
+    }
+    // Once she knows, her client refuses.
+    ok(&ponte(&carol, &["sync"]));
+    let refused = ponte(&carol, &["timer", "g:team", "1h"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("removed"), "{}", stderr(&refused));
 }

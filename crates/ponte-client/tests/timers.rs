@@ -3,7 +3,9 @@
 //! timer carried by each message, the sender's clock from sending and the
 //! recipient's from display, last writer wins, and after expiry nothing
 //! left in the profile directories (every file, raw bytes): neither the
-//! text, nor its sealed copy, nor the received file.
+//! text, nor its sealed copy, nor the received file. In a group: any
+//! member sets the timer, every member applies it, a member who joins
+//! later gets it, and a removed member's setting is refused.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -12,6 +14,7 @@ use common::{direct, register, start_server};
 use ponte_client::client::Event;
 use ponte_client::store::Swept;
 use ponte_client::{Client, Conversation, MessageView, Notice, Status, UnixMillis, Update};
+use ponte_e2e::group::GroupId;
 use ponte_e2e::{MessageId, Timer};
 use std::path::{Path, PathBuf};
 
@@ -472,5 +475,180 @@ async fn listen_deletes_a_message_once_its_time_is_up() {
     // Bob's database is still open: the WAL is there, and clean.
     assert_nowhere(&bob_dir, &[("the sealed text", sealed.as_slice())]);
     drop(bob);
+    server.stop().await;
+}
+
+/// Sync and return the warnings it reported.
+async fn sync_warnings(client: &mut Client) -> Vec<String> {
+    let mut events = Vec::new();
+    client.sync(&mut |e| events.push(e)).await.unwrap();
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Warning(w) => Some(w),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The group conversation as `client` shows it.
+fn group_history(client: &Client, group: &GroupId) -> Vec<MessageView> {
+    let mut out = Vec::new();
+    client
+        .history_of(&Conversation::Group(*group), &mut |m| {
+            out.push(m.clone());
+            Ok(())
+        })
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_group_timer_set_by_any_member_reaches_everyone_and_applies_to_what_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server")).await;
+    let dirs: Vec<PathBuf> = ["alice", "bobby", "carol", "dave"]
+        .iter()
+        .map(|n| tmp.path().join(n))
+        .collect();
+    let mut alice = register(&dirs[0], &server.address, "alice").await;
+    let mut bobby = register(&dirs[1], &server.address, "bobby").await;
+    let mut carol = register(&dirs[2], &server.address, "carol").await;
+    let mut dave = register(&dirs[3], &server.address, "dave").await;
+    let group = alice
+        .group_create("team", &["bobby".into(), "carol".into()])
+        .await
+        .unwrap()
+        .info
+        .id;
+    let team = Conversation::Group(group);
+    sync_views(&mut bobby).await;
+    sync_views(&mut carol).await;
+
+    // Bobby is no admin: any member sets the group's timer.
+    let set = bobby.set_timer(&team, secs(5)).await.unwrap();
+    assert_eq!(set.message.status, Status::Sent, "{:?}", set.note);
+    assert_eq!(set.message.notice, Some(Notice::TimerSet(secs(5))));
+    assert_eq!(set.message.group, Some(group));
+    assert_eq!(bobby.timer(&team).unwrap(), secs(5));
+    assert_eq!(bobby.group_info(&group).unwrap().timer, secs(5));
+    for client in [&mut alice, &mut carol] {
+        let got = sync_views(client).await;
+        let notice = got.iter().find(|v| v.notice.is_some()).unwrap();
+        assert_eq!(notice.notice, Some(Notice::TimerSet(secs(5))));
+        assert_eq!((notice.peer.as_str(), notice.group), ("bobby", Some(group)));
+        assert_eq!(client.timer(&team).unwrap(), secs(5));
+        // Not the 1:1 conversation with bobby.
+        assert_eq!(client.timer(&Conversation::contact("bobby")).unwrap(), None);
+    }
+
+    // What alice sends afterwards carries the timer, and goes everywhere.
+    let text = format!("{MARKER} group plans");
+    let sent = alice.send_group(&group, &text).await.unwrap().message;
+    assert_eq!(sent.status, Status::Sent, "sent");
+    assert_eq!(sent.timer, secs(5));
+    assert!(sent.expires_at.is_some());
+    for client in [&mut bobby, &mut carol] {
+        let got = sync_views(client).await;
+        let m = got.iter().find(|v| v.text == text).unwrap();
+        assert_eq!(m.timer, secs(5));
+        assert_eq!(m.group, Some(group));
+        // Displayed by this sync: its clock runs.
+        let stored = client.store().message("alice", false, &sent.id).unwrap();
+        assert!(stored.unwrap().expires_at.is_some());
+    }
+    // Not due yet; then due on all three: gone from each history, the
+    // notices stay.
+    for (client, dir) in [(&alice, &dirs[0]), (&bobby, &dirs[1]), (&carol, &dirs[2])] {
+        assert_eq!(sweep_at(client, UnixMillis::now()).messages, 0);
+        let swept = sweep_at(client, later(10_000));
+        assert_eq!(swept.messages, 1, "{swept:?}");
+        let left = group_history(client, &group);
+        assert!(!left.iter().any(|v| v.id == sent.id), "{left:?}");
+        assert!(left
+            .iter()
+            .any(|v| v.notice == Some(Notice::TimerSet(secs(5)))));
+        assert!(raw_row(dir, &sent.id).is_none());
+        assert_nowhere(dir, &[("the text", text.as_bytes())]);
+    }
+
+    // A member added later gets the timer with the group.
+    alice.group_add(&group, &["dave".into()]).await.unwrap();
+    sync_views(&mut dave).await;
+    assert_eq!(dave.timer(&team).unwrap(), secs(5));
+    assert_eq!(dave.group_info(&group).unwrap().timer, secs(5));
+    // Carol learns of dave (and hands him her sender key) first.
+    sync_views(&mut carol).await;
+    let later_text = "dave reads this, for five seconds";
+    let sent = carol.send_group(&group, later_text).await.unwrap().message;
+    assert_eq!(sent.timer, secs(5));
+    let got = sync_views(&mut dave).await;
+    let m = got.iter().find(|v| v.text == later_text).unwrap();
+    assert_eq!(m.timer, secs(5));
+
+    // Off, by alice: everyone's next messages stay.
+    let off = alice.set_timer(&team, None).await.unwrap();
+    assert_eq!(off.message.notice, Some(Notice::TimerSet(None)));
+    for client in [&mut bobby, &mut carol, &mut dave] {
+        sync_views(client).await;
+        assert_eq!(client.timer(&team).unwrap(), None);
+    }
+    let kept = dave
+        .send_group(&group, "this one stays")
+        .await
+        .unwrap()
+        .message;
+    assert_eq!(kept.timer, None);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_removed_members_group_timer_is_refused_by_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server")).await;
+    let mut alice = register(&tmp.path().join("alice"), &server.address, "alice").await;
+    let mut bobby = register(&tmp.path().join("bobby"), &server.address, "bobby").await;
+    let mut carol = register(&tmp.path().join("carol"), &server.address, "carol").await;
+    let group = alice
+        .group_create("team", &["bobby".into(), "carol".into()])
+        .await
+        .unwrap()
+        .info
+        .id;
+    let team = Conversation::Group(group);
+    sync_views(&mut bobby).await;
+    sync_views(&mut carol).await;
+    alice.set_timer(&team, secs(3600)).await.unwrap();
+    sync_views(&mut bobby).await;
+    sync_views(&mut carol).await;
+    assert_eq!(carol.timer(&team).unwrap(), secs(3600));
+
+    // Carol is removed; before she hears of it, her client still takes
+    // itself for a member and sends a setting to the others.
+    alice.group_remove(&group, &["carol".into()]).await.unwrap();
+    sync_views(&mut bobby).await;
+    let stale = carol.set_timer(&team, secs(5)).await.unwrap();
+    assert_eq!(stale.message.status, Status::Sent, "{:?}", stale.note);
+    for client in [&mut alice, &mut bobby] {
+        let warnings = sync_warnings(client).await;
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("carol") && w.contains("not a member")),
+            "{warnings:?}"
+        );
+        assert_eq!(client.timer(&team).unwrap(), secs(3600));
+        let history = group_history(client, &group);
+        assert!(
+            !history
+                .iter()
+                .any(|v| v.notice == Some(Notice::TimerSet(secs(5)))),
+            "{history:?}"
+        );
+    }
+    // Once she knows, her own client refuses.
+    sync_views(&mut carol).await;
+    let e = carol.set_timer(&team, secs(60)).await.unwrap_err();
+    assert!(e.to_string().contains("removed"), "{e}");
     server.stop().await;
 }

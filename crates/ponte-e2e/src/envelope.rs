@@ -272,11 +272,17 @@ pub enum Payload {
 }
 
 impl Payload {
-    /// The group a Megolm payload (group text or group file) names; `None`
-    /// for the pairwise kinds.
+    /// The group a Megolm payload (group text, group file, or a group's
+    /// timer setting) names; `None` for the pairwise kinds. A timer
+    /// setting with a group travels both ways: in the group's Megolm
+    /// channel when a member sets it, pairwise when handed to a member
+    /// who joins.
     pub fn group_message(&self) -> Option<GroupId> {
         match self {
             Payload::GroupText { group, .. } | Payload::GroupFile { group, .. } => Some(*group),
+            Payload::TimerSetting(TimerSetting {
+                group: Some(group), ..
+            }) => Some(*group),
             _ => None,
         }
     }

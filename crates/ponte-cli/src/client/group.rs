@@ -4,9 +4,10 @@
 //! profile has that title; here the `g:` may be left out.
 
 use super::*;
-use ponte_client::client::{GroupInfo, GroupOutcome};
+use ponte_client::client::{format_timer, GroupInfo, GroupOutcome};
 use ponte_client::store::Conversation;
 use ponte_e2e::group::{GroupId, Role};
+use ponte_e2e::Timer;
 
 /// `ponte group …`.
 #[derive(Debug, Subcommand)]
@@ -102,7 +103,9 @@ fn role_str(role: Option<Role>) -> Option<&'static str> {
 }
 
 /// A group as JSON: `group` (the id), `title`, `members`, `admins`,
-/// `role` (yours, null once out), `status`, `version`.
+/// `role` (yours, null once out), `status`, `version`, `timer` (`"1 h"`
+/// or `"off"`) and `timer_secs` (0: off), `key_changed` (the members
+/// whose identity key is not the one the membership names).
 pub(super) fn group_json(info: &GroupInfo) -> serde_json::Value {
     serde_json::json!({
         "group": info.id.to_hex(),
@@ -112,7 +115,18 @@ pub(super) fn group_json(info: &GroupInfo) -> serde_json::Value {
         "role": role_str(info.role),
         "status": info.status.as_str(),
         "version": info.version,
+        "timer": info.timer.map_or_else(|| "off".to_owned(), format_timer),
+        "timer_secs": info.timer.map_or(0, Timer::secs),
+        "key_changed": changed_keys(info).collect::<Vec<_>>(),
     })
+}
+
+/// The members whose identity key is not the one the membership names.
+fn changed_keys(info: &GroupInfo) -> impl Iterator<Item = &str> {
+    info.members
+        .iter()
+        .filter(|m| m.key_changed)
+        .map(|m| m.handle.as_str())
 }
 
 fn print_info(info: &GroupInfo, json: bool, long: bool) -> std::io::Result<()> {
@@ -144,6 +158,18 @@ fn print_info(info: &GroupInfo, json: bool, long: bool) -> std::io::Result<()> {
         out(format_args!("members: {}", members.join(", ")))?;
         let admins: Vec<&str> = info.admins().collect();
         out(format_args!("admins: {}", admins.join(", ")))?;
+        out(format_args!(
+            "disappearing messages: {}",
+            info.timer.map_or_else(|| "off".to_owned(), format_timer)
+        ))?;
+        for h in changed_keys(info) {
+            let h = clean(h);
+            out(format_args!(
+                "WARNING: {h}'s identity key is not the one in the group's membership: \
+                 sending to the group is held until you verify {h} (`ponte verify {h}`); \
+                 once confirmed, {h} is left out until an admin adds {h} again"
+            ))?;
+        }
     }
     Ok(())
 }

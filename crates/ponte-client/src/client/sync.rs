@@ -170,6 +170,9 @@ impl Client {
                         events,
                         Event::Warning(ClientError::KeyChanged(sender.to_owned()).to_string()),
                     )?;
+                    for warning in self.group_key_change_warnings(sender)? {
+                        emit(events, Event::Warning(warning))?;
+                    }
                 }
             }
         }
@@ -195,6 +198,12 @@ impl Client {
                 let (w, warning, retry) =
                     self.pairwise_group(sender, &envelope.payload, key_changed)?;
                 (Some(w), warning, retry)
+            }
+            // A group's timer handed over pairwise: a setting (below) only
+            // from a current member; else held, or nothing but a warning.
+            Payload::TimerSetting(ponte_e2e::TimerSetting { group: Some(_), .. }) => {
+                let (w, warning) = self.pairwise_group_timer(sender, &envelope, key_changed)?;
+                (w, warning, None)
             }
             _ => (None, None, None),
         };

@@ -12,6 +12,13 @@
 //! its read receipt is queued). The server deletes its copy on delivery,
 //! as for any message.
 //!
+//! In a group, any current member sets the timer: the setting goes in the
+//! group's Megolm channel to every member (a notice in each history), a
+//! member who joins later is handed it pairwise with the group, and every
+//! group text or file sent afterwards carries it. A setting from someone
+//! who is not a member (a removed member's client that does not know yet)
+//! is refused with a warning.
+//!
 //! The sweep ([`Client::sweep_expired`], see [`crate::store::Swept`]) runs
 //! when a client opens its profile, at the end of every `sync`, and in
 //! `listen`'s loop (at least every half second or so while idle).
@@ -92,10 +99,9 @@ impl Client {
         conversation: &Conversation,
         timer: Option<Timer>,
     ) -> Result<SendOutcome> {
-        let Conversation::Contact(peer) = conversation else {
-            return Err(ClientError::Invalid(
-                "disappearing messages in groups are not supported yet".into(),
-            ));
+        let peer = match conversation {
+            Conversation::Contact(peer) => peer,
+            Conversation::Group(group) => return self.set_group_timer(group, timer).await,
         };
         validate_handle(peer)
             .map_err(|e| ClientError::Invalid(format!("contact {peer:?}: {e}")))?;

@@ -13,7 +13,10 @@
 //!   before it was read.
 //! - A setting is itself a message: a history row flagged
 //!   [`FLAG_TIMER_NOTICE`] whose sealed body is the timer in seconds
-//!   (`0`: off), shown to both sides, and which never expires.
+//!   (`0`: off), shown to both sides, and which never expires. A group's
+//!   setting is such a row in the group's conversation (`group_id` set),
+//!   its timer under `group:HEX` in `timers`; the group's texts and files
+//!   are stamped from it like a contact's.
 //!
 //! [`Store::sweep_expired`] deletes what is due: the downloaded file of a
 //! file message (when it is inside the profile's files directory; a copy
@@ -29,9 +32,13 @@
 //! Timers and expiry times are stored in clear (the sweep finds due rows
 //! by an index); the text they govern is sealed like any message.
 
-use super::{aad, row_key, Conversation, Incoming, OutboxKind, Status, Store, UnixMillis};
+use super::{
+    aad, group_of_key, row_key, Conversation, GroupOutgoing, Incoming, OutboxKind, Status, Store,
+    UnixMillis,
+};
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
+use ponte_e2e::group::GroupId;
 use ponte_e2e::{MessageId, Timer, TimerSetting};
 use rusqlite::{params, OptionalExtension, Transaction};
 use std::path::{Path, PathBuf};
@@ -119,6 +126,11 @@ fn ms(timer: Timer) -> i64 {
     i64::from(timer.secs()) * 1000
 }
 
+/// A message's `timer_ms` column for `timer`.
+pub(super) fn timer_ms(timer: Option<Timer>) -> Option<i64> {
+    timer.map(ms)
+}
+
 fn expiry(from: UnixMillis, timer: Timer) -> UnixMillis {
     UnixMillis(from.0.saturating_add(timer.millis()))
 }
@@ -138,7 +150,7 @@ fn current(conn: &rusqlite::Connection, conversation: &Conversation) -> Result<O
 /// Record `setting` for `conversation` if it is newer than the one in
 /// force (by sent time, then id): last writer wins on both sides, whatever
 /// order the settings arrive in.
-fn apply_setting(
+pub(super) fn apply_setting(
     tx: &Transaction<'_>,
     conversation: &Conversation,
     timer: Option<Timer>,
@@ -161,8 +173,11 @@ fn apply_setting(
     Ok(())
 }
 
-/// The history row of a timer setting (never expires).
-fn insert_notice(
+/// The history row of a timer setting (never expires); in a group's
+/// conversation when `group` is set (`peer` is then the member who set it,
+/// or the group's key `g:HEX` for our own).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn insert_notice(
     tx: &Transaction<'_>,
     key: &ProfileKey,
     peer: &str,
@@ -170,6 +185,7 @@ fn insert_notice(
     id: &MessageId,
     timer: Option<Timer>,
     sent_at: UnixMillis,
+    group: Option<&GroupId>,
 ) -> Result<()> {
     let body = key.seal(
         &aad("messages", "body", &row_key(peer, outgoing, id)),
@@ -184,7 +200,7 @@ fn insert_notice(
     let shown = if outgoing { status.to_i64() } else { -1 };
     tx.execute(
         "INSERT OR IGNORE INTO messages(peer, outgoing, id, body, sent_at_ms, received_at_ms,
-         status, shown_status, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         status, shown_status, flags, group_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             peer,
             i64::from(outgoing),
@@ -194,21 +210,27 @@ fn insert_notice(
             received,
             status.to_i64(),
             shown,
-            FLAG_TIMER_NOTICE
+            FLAG_TIMER_NOTICE,
+            group.map(|g| g.0.to_vec())
         ],
     )?;
     Ok(())
 }
 
-/// A message we just wrote to `peer`: it takes the conversation's timer,
-/// its clock starting now (it is swept only once it left the outbox).
+/// A message we just wrote to `peer` (a handle, or a group's key `g:HEX`):
+/// it takes the conversation's timer, its clock starting now (it is swept
+/// only once it left the outbox).
 pub(super) fn stamp_outgoing(
     tx: &Transaction<'_>,
     peer: &str,
     id: &MessageId,
     now: UnixMillis,
 ) -> Result<()> {
-    if let Some(timer) = current(tx, &Conversation::contact(peer))? {
+    let conversation = match group_of_key(peer) {
+        Some(group) => Conversation::Group(group),
+        None => Conversation::contact(peer),
+    };
+    if let Some(timer) = current(tx, &conversation)? {
         tx.execute(
             "UPDATE messages SET timer_ms = ?3, expires_at_ms = ?4
              WHERE peer = ?1 AND outgoing = 1 AND id = ?2",
@@ -256,20 +278,20 @@ pub(super) fn start_clocks(tx: &Transaction<'_>, displayed: &[(String, MessageId
 }
 
 /// A timer setting received from `incoming.peer`: a notice in the
-/// history, and the conversation's timer if it is the latest.
+/// history, and the conversation's timer if it is the latest. A group's
+/// setting that came pairwise (handed to a member who joined) is for the
+/// group's conversation; the caller checked that its sender is a current
+/// member.
 pub(super) fn commit_setting(
     tx: &Transaction<'_>,
     key: &ProfileKey,
     incoming: &Incoming<'_>,
     setting: &TimerSetting,
 ) -> Result<()> {
-    if setting.group.is_some() {
-        // A group's setting is for the group's conversation; this build
-        // has none to apply it to.
-        tracing::debug!("ignored a group timer setting");
-        return Ok(());
-    }
-    let conversation = Conversation::contact(incoming.peer);
+    let conversation = match setting.group {
+        Some(group) => Conversation::Group(group),
+        None => Conversation::contact(incoming.peer),
+    };
     insert_notice(
         tx,
         key,
@@ -278,6 +300,7 @@ pub(super) fn commit_setting(
         &incoming.id,
         setting.timer,
         incoming.sent_at,
+        setting.group.as_ref(),
     )?;
     apply_setting(
         tx,
@@ -338,13 +361,13 @@ impl Store {
     ) -> Result<MessageId> {
         let Conversation::Contact(peer) = conversation else {
             return Err(ClientError::Invalid(
-                "disappearing messages in groups are not supported yet".into(),
+                "a group's timer goes out in the group's channel: use Client::set_timer".into(),
             ));
         };
         let id = MessageId::random();
         let now = UnixMillis::now();
         let tx = self.conn.unchecked_transaction()?;
-        insert_notice(&tx, &self.key, peer, true, &id, timer, now)?;
+        insert_notice(&tx, &self.key, peer, true, &id, timer, now, None)?;
         super::messages::insert_outbox(
             &tx,
             &self.key,
@@ -356,6 +379,58 @@ impl Store {
         apply_setting(&tx, conversation, timer, now, &id)?;
         tx.commit()?;
         Ok(id)
+    }
+
+    /// Set a group's timer: one transaction writes the setting, its notice
+    /// in the group's history (status queued) and the Megolm message that
+    /// tells the members (`out`, encrypted with this device's sender
+    /// session, with its recipients and any sender key to hand out first).
+    pub fn queue_group_timer(
+        &self,
+        out: &GroupOutgoing<'_>,
+        timer: Option<Timer>,
+        sent_at: UnixMillis,
+    ) -> Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        let peer = super::group_key(&out.group);
+        insert_notice(
+            &tx,
+            &self.key,
+            &peer,
+            true,
+            &out.id,
+            timer,
+            sent_at,
+            Some(&out.group),
+        )?;
+        super::groups::insert_group_send(&tx, &self.key, out, sent_at)?;
+        apply_setting(
+            &tx,
+            &Conversation::Group(out.group),
+            timer,
+            sent_at,
+            &out.id,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The setting in force for `conversation` and when it was set (the
+    /// sender's clock), if one was ever set: what a member who joins a
+    /// group is handed.
+    pub fn timer_setting(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<Option<(Option<Timer>, UnixMillis)>> {
+        let row: Option<(i64, UnixMillis)> = self
+            .conn
+            .query_row(
+                "SELECT timer_ms, set_at_ms FROM timers WHERE conversation = ?1",
+                [conversation.key()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(ms, at)| (timer_from_ms(Some(ms)), at)))
     }
 
     /// When the next message is due to disappear, if any has its clock

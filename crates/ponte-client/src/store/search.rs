@@ -228,6 +228,111 @@ fn index_batch(conn: &Connection, key: &ProfileKey) -> Result<usize> {
     Ok(seqs.len())
 }
 
+/// Rows read from the index per query of one term.
+const STREAM_CHUNK: i64 = 256;
+
+/// The `seq`s holding one term, newest first, read from the index in
+/// chunks (its primary key is `(term, seq)`: each chunk is a range scan,
+/// so a search reads only as far back as its hits need).
+struct TermStream {
+    term: [u8; 16],
+    /// Only rows below this are read next.
+    below: i64,
+    buf: std::collections::VecDeque<i64>,
+    done: bool,
+}
+
+impl TermStream {
+    fn new(term: [u8; 16]) -> Self {
+        Self {
+            term,
+            below: i64::MAX,
+            buf: Default::default(),
+            done: false,
+        }
+    }
+
+    /// The newest `seq` not taken yet, if any.
+    fn head(&mut self, conn: &Connection) -> Result<Option<i64>> {
+        if self.buf.is_empty() && !self.done {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq FROM search_terms WHERE term = ?1 AND seq < ?2
+                 ORDER BY seq DESC LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![self.term.to_vec(), self.below, STREAM_CHUNK], |r| {
+                    r.get::<_, i64>(0)
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            self.done = rows.len() < STREAM_CHUNK as usize;
+            if let Some(last) = rows.last() {
+                self.below = *last;
+            }
+            self.buf.extend(rows);
+        }
+        Ok(self.buf.front().copied())
+    }
+
+    /// Drop every `seq` at or above `at`.
+    fn skip_to_below(&mut self, conn: &Connection, at: i64) -> Result<()> {
+        while let Some(h) = self.head(conn)? {
+            if h < at {
+                break;
+            }
+            self.buf.pop_front();
+        }
+        Ok(())
+    }
+}
+
+/// The `seq`s holding any of a query word's terms, newest first.
+struct WordStream {
+    terms: Vec<TermStream>,
+}
+
+impl WordStream {
+    fn head(&mut self, conn: &Connection) -> Result<Option<i64>> {
+        let mut best = None;
+        for t in &mut self.terms {
+            if let Some(h) = t.head(conn)? {
+                best = Some(best.map_or(h, |b: i64| b.max(h)));
+            }
+        }
+        Ok(best)
+    }
+
+    fn skip_to_below(&mut self, conn: &Connection, at: i64) -> Result<()> {
+        for t in &mut self.terms {
+            t.skip_to_below(conn, at)?;
+        }
+        Ok(())
+    }
+}
+
+/// The next (newest) `seq` every word's stream holds, taken from all.
+fn next_in_all(conn: &Connection, words: &mut [WordStream]) -> Result<Option<i64>> {
+    loop {
+        let mut heads = Vec::with_capacity(words.len());
+        for w in words.iter_mut() {
+            match w.head(conn)? {
+                Some(h) => heads.push(h),
+                None => return Ok(None),
+            }
+        }
+        let low = heads.iter().copied().min().unwrap_or(i64::MIN);
+        if heads.iter().all(|h| *h == low) {
+            for w in words.iter_mut() {
+                w.skip_to_below(conn, low)?;
+            }
+            return Ok(Some(low));
+        }
+        // Whatever is newer than the oldest head cannot be in every stream.
+        for w in words.iter_mut() {
+            w.skip_to_below(conn, low + 1)?;
+        }
+    }
+}
+
 impl Store {
     /// Index the messages written or changed since the last call (all of
     /// them after the migration to version 5). Returns how many.
@@ -273,26 +378,18 @@ impl Store {
             )));
         }
         self.index_pending()?;
-        let mut sql = String::new();
-        let mut args: Vec<Vec<u8>> = Vec::new();
-        for (i, w) in q.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(" INTERSECT ");
-            }
-            let ts = query_terms(&self.key, w);
-            let marks = vec!["?"; ts.len()].join(", ");
-            sql.push_str(&format!(
-                "SELECT DISTINCT seq FROM search_terms WHERE term IN ({marks})"
-            ));
-            args.extend(ts.iter().map(|t| t.to_vec()));
-        }
-        sql.push_str(" ORDER BY seq DESC");
-        let mut stmt = self.conn.prepare(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+        let mut words: Vec<WordStream> = q
+            .iter()
+            .map(|w| WordStream {
+                terms: query_terms(&self.key, w)
+                    .into_iter()
+                    .map(TermStream::new)
+                    .collect(),
+            })
+            .collect();
         let mut hits = Vec::new();
         let mut checked = 0;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
+        while let Some(seq) = next_in_all(&self.conn, &mut words)? {
             checked += 1;
             if checked > MAX_CANDIDATES {
                 break;

@@ -6,6 +6,8 @@
 //!   (`upstream.rs`, PROXY header handling in `proxy_header.rs`).
 //! - `ponte-bench client …`   — one load-generator process (`client.rs`).
 //! - the stealth listener's figures, in the same `relay` run (`stealth.rs`).
+//! - `ponte-bench app …`      — `ponte app` with a long history: search
+//!   latency and opening a long chat through its HTTP API (`app.rs`).
 //!
 //! Systems under test are child processes (`systems.rs`); TLS material and
 //! client config live in `tls.rs`; percentiles in `stats.rs`.
@@ -13,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+mod app;
 mod client;
 mod proxy_header;
 mod relay;
@@ -48,6 +51,8 @@ enum Command {
     /// Messaging-server benchmark: `server run` (ponte server vs nats-server)
     /// and its load-generator processes (`server client`).
     Server(server::ServerArgs),
+    /// `ponte app` with a long history: search latency, opening a long chat.
+    App(app::AppArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         Command::Upstream(a) => upstream::run(a),
         Command::Client(a) => client::run(a),
         Command::Server(a) => server::run(a),
+        Command::App(a) => app::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -156,6 +156,10 @@ pub enum ClientCommand {
         /// Send this file (encrypted; the upload resumes after a lost connection).
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
+        /// Reply to (quote) this message of the conversation: its id, as
+        /// `--json` output shows it.
+        #[arg(long, value_name = "ID", conflicts_with = "file")]
+        reply_to: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -185,6 +189,18 @@ pub enum ClientCommand {
     History {
         /// Contact handle, or a group: g:ID or g:TITLE.
         name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Search the whole local history (every word must appear; a word of
+    /// 3 letters or more also matches longer words it starts), newest first.
+    Search {
+        /// The words to look for.
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        limit: usize,
         #[command(flatten)]
         common: Common,
     },
@@ -342,9 +358,18 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             name,
             text,
             file,
+            reply_to,
             common,
         } => {
             check_conversation(&name)?;
+            let reply_to = match &reply_to {
+                Some(id) => Some(ponte_e2e::MessageId::from_hex(id.trim()).ok_or_else(|| {
+                    ClientError::Invalid(format!(
+                        "--reply-to {id:?}: a message id is 32 hex digits (see --json output)"
+                    ))
+                })?),
+                None => None,
+            };
             let mut client = open_client(&common)?;
             let to = client.resolve(&name)?;
             let me = client.handle().to_owned();
@@ -359,7 +384,20 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     bar.finish();
                     r?
                 }
-                None => rt.block_on(client.send_to(&to, text.as_deref().unwrap_or("")))?,
+                None => match (&to, &reply_to) {
+                    (_, None) => rt.block_on(client.send_to(&to, text.as_deref().unwrap_or("")))?,
+                    (ponte_client::store::Conversation::Contact(peer), Some(r)) => rt.block_on(
+                        client.send_reply(peer, text.as_deref().unwrap_or(""), Some(r)),
+                    )?,
+                    (_, Some(_)) => {
+                        return Err(ClientError::Invalid(
+                            "--reply-to works in conversations with a contact; replies in \
+                             groups are not supported yet"
+                                .into(),
+                        )
+                        .into())
+                    }
+                },
             };
             let SendOutcome {
                 message,
@@ -503,6 +541,28 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
                 notice(&format!("no messages with {name} yet"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Search {
+            text,
+            limit,
+            common,
+        } => {
+            let client = open_client(&common)?;
+            let me = client.handle().to_owned();
+            let hits = client.search(&text.join(" "), limit)?;
+            if hits.is_empty() && !common.json {
+                notice("no message holds all of these words");
+            }
+            for h in &hits {
+                if common.json {
+                    let mut v = output::message_json(&me, &h.message);
+                    v["chat"] = h.chat.clone().into();
+                    out(v)?;
+                } else {
+                    print_message(&me, &h.message, false)?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

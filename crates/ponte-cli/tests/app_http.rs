@@ -64,12 +64,26 @@ fn only_the_apps_own_page_gets_in_and_every_refusal_has_no_effect() {
     assert_eq!(page.headers["x-content-type-options"], "nosniff");
     assert_eq!(page.headers["referrer-policy"], "no-referrer");
     let html = page.text();
+    let mut scripts = Vec::new();
     for tag in html.split("<script").skip(1) {
-        let open = tag.split('>').next().unwrap();
-        assert!(
-            open.contains("src=\"/app.js\""),
-            "only the one script file: {open}"
-        );
+        let (open, rest) = tag.split_once('>').unwrap();
+        // Each a file of this origin, nothing inline.
+        assert!(rest.starts_with("</script>"), "inline script: {tag}");
+        let src = open
+            .split("src=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert!(src.starts_with('/') && src.ends_with(".js"), "{open}");
+        scripts.push(src.to_owned());
+    }
+    assert_eq!(scripts, ["/app.js", "/groups.js", "/search.js"]);
+    for src in &scripts {
+        let js = raw(app.addr, "GET", src, &[("Host", &host)], b"");
+        assert_eq!(js.status, 200, "{src}");
+        assert!(js.headers["content-type"].starts_with("text/javascript"));
     }
     assert!(!html.contains("<style") && !html.contains(" style=") && !html.contains("onclick"));
     assert!(

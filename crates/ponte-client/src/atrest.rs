@@ -12,7 +12,9 @@
 //!   naming the table, column and row, so a sealed value cannot be moved to
 //!   another row unnoticed;
 //! - the *pickle key*: handed to vodozemac to encrypt account and session
-//!   pickles.
+//!   pickles;
+//! - the *search key*: HMAC-SHA256 key of the search index's terms (see
+//!   `store::search`): a word is indexed as a keyed hash, never as text.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -78,6 +80,7 @@ impl KdfParams {
 pub struct ProfileKey {
     field: [u8; 32],
     pickle: [u8; 32],
+    search: [u8; 32],
 }
 
 impl std::fmt::Debug for ProfileKey {
@@ -108,10 +111,12 @@ impl ProfileKey {
         let mut key = Self {
             field: [0; 32],
             pickle: [0; 32],
+            search: [0; 32],
         };
         // `expand` only fails above 8160 bytes of output; 32 cannot fail.
         let _ = hk.expand(b"fields", &mut key.field);
         let _ = hk.expand(b"pickles", &mut key.pickle);
+        let _ = hk.expand(b"search", &mut key.search);
         key
     }
 
@@ -144,6 +149,20 @@ impl ProfileKey {
     /// The key vodozemac encrypts pickles with.
     pub fn pickle_key(&self) -> &[u8; 32] {
         &self.pickle
+    }
+
+    /// The search index's name for `term`: HMAC-SHA256 under the search
+    /// key, truncated to 16 bytes. Equal terms get equal names (that is
+    /// what makes it an index); nothing else about the term shows.
+    pub fn search_term(&self, term: &[u8]) -> [u8; 16] {
+        // HKDF-Expand with the search key as PRK is HMAC-SHA256(key,
+        // term || 0x01): a keyed PRF, without another dependency.
+        let mut out = [0u8; 16];
+        if let Ok(hk) = Hkdf::<Sha256>::from_prk(&self.search) {
+            // 16 bytes of output cannot fail.
+            let _ = hk.expand(term, &mut out);
+        }
+        out
     }
 
     /// Encrypt `plaintext`; `aad` binds it to its place (table/column/row).

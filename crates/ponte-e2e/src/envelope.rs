@@ -33,6 +33,23 @@
 //!                        u16 BE length (<= MAX_OP_BYTES) and a group::SignedOp
 //! ```
 //!
+//! Extensions (from client schema 5 on) follow the body, before the
+//! padding: each is a tag (u8, never 0), a u16 BE length and that many
+//! bytes. A reader skips a tag it does not know (the padding starts at
+//! the first zero byte where a tag would be), so a later field needs no
+//! new version or kind:
+//!
+//! ```text
+//! | body | tag u8 | len u16 BE | value | tag | len | value | ... | 0x00 padding |
+//! tag 1 (reply to): len 16, the id of the message this one quotes
+//!                   (in the same conversation; text and file kinds)
+//! ```
+//!
+//! A client from before extensions reads the first tag as non-zero
+//! padding and refuses the envelope as malformed, as it refuses a
+//! version 2 envelope. At most [`MAX_EXTENSIONS`] per envelope; a known
+//! tag twice, or with the wrong length, is malformed.
+//!
 //! A client that predates disappearing messages refuses version 2 ("unknown
 //! version") and kind 7 ("unknown kind") like any envelope it cannot read:
 //! it never shows a timed message as if it were permanent.
@@ -90,6 +107,65 @@ const KIND_GROUP_LOG: u8 = 9;
 /// Most ops in one group log envelope (kind 9): at most about 32 KiB.
 pub const MAX_LOG_OPS: usize = 64;
 const HEADER: usize = 2 + 16 + 8;
+/// Most extensions one envelope may carry (known or not).
+pub const MAX_EXTENSIONS: usize = 16;
+const EXT_REPLY_TO: u8 = 1;
+
+/// The optional fields that follow an envelope's body (see the module
+/// documentation). Every field is optional; a reader ignores tags it
+/// does not know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Extensions {
+    /// The message this one replies to (quotes), by its id.
+    pub reply_to: Option<MessageId>,
+}
+
+impl Extensions {
+    /// Only a reply.
+    pub fn reply(to: MessageId) -> Self {
+        Self { reply_to: Some(to) }
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        if let Some(id) = &self.reply_to {
+            out.push(EXT_REPLY_TO);
+            out.extend_from_slice(&16u16.to_be_bytes());
+            out.extend_from_slice(&id.0);
+        }
+    }
+
+    /// Read extensions from `rest` up to the padding (hostile input); the
+    /// bytes used.
+    fn decode(rest: &[u8]) -> Result<(Self, usize)> {
+        let mut ext = Self::default();
+        let mut used = 0;
+        let mut count = 0;
+        while let Some(&tag) = rest.get(used) {
+            if tag == 0 {
+                break;
+            }
+            count += 1;
+            if count > MAX_EXTENSIONS {
+                return Err(Error::MalformedEnvelope("too many extensions"));
+            }
+            let (value, n) = decode_u16_bytes(&rest[used + 1..], u16::MAX as usize)
+                .map_err(|_| Error::MalformedEnvelope("truncated extension"))?;
+            // Any other tag is a later field: skipped.
+            if tag == EXT_REPLY_TO {
+                if ext.reply_to.is_some() {
+                    return Err(Error::MalformedEnvelope("reply-to twice"));
+                }
+                ext.reply_to = Some(
+                    MessageId::from_slice(value)
+                        .ok_or(Error::MalformedEnvelope("bad reply-to id"))?,
+                );
+            }
+            used += 1 + n;
+        }
+        Ok((ext, used))
+    }
+}
 
 /// A 16-byte message id chosen by the sender; the key for deduplication
 /// (exactly once on screen) and for receipts.
@@ -463,6 +539,11 @@ pub struct Envelope {
 impl Envelope {
     /// Encode, checking caps, and pad.
     pub fn encode(&self) -> Result<Vec<u8>> {
+        self.encode_with(&Extensions::default())
+    }
+
+    /// Encode with extensions after the body, checking caps, and pad.
+    pub fn encode_with(&self, extensions: &Extensions) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(HEADER + 64);
         out.push(if self.timer.is_some() {
             VERSION_TIMED
@@ -544,13 +625,19 @@ impl Envelope {
                 }
             }
         }
+        extensions.encode_into(&mut out);
         let padded = out.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK;
         out.resize(padded, 0);
         Ok(out)
     }
 
-    /// Decode (hostile input).
+    /// Decode (hostile input), skipping any extensions.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
+        Self::decode_with(bytes).map(|(e, _)| e)
+    }
+
+    /// Decode (hostile input) with the extensions that follow the body.
+    pub fn decode_with(bytes: &[u8]) -> Result<(Self, Extensions)> {
         if bytes.len() < HEADER {
             return Err(Error::MalformedEnvelope("truncated header"));
         }
@@ -661,15 +748,19 @@ impl Envelope {
             }
             _ => return Err(Error::MalformedEnvelope("unknown kind")),
         };
-        if rest[used..].iter().any(|&b| b != 0) {
+        let (extensions, ext_used) = Extensions::decode(&rest[used..])?;
+        if rest[used + ext_used..].iter().any(|&b| b != 0) {
             return Err(Error::MalformedEnvelope("non-zero padding"));
         }
-        Ok(Self {
-            id,
-            sent_at_ms,
-            payload,
-            timer,
-        })
+        Ok((
+            Self {
+                id,
+                sent_at_ms,
+                payload,
+                timer,
+            },
+            extensions,
+        ))
     }
 }
 

@@ -34,7 +34,7 @@ pub mod safety;
 pub mod session;
 
 pub use envelope::{
-    Envelope, FileDescriptor, MessageId, Payload, Timer, TimerSetting, MAX_TEXT_BYTES,
+    Envelope, Extensions, FileDescriptor, MessageId, Payload, Timer, TimerSetting, MAX_TEXT_BYTES,
 };
 pub use file::{FileError, FileKey};
 pub use identity::{Identity, PreKey, PublicIdentity};

@@ -25,7 +25,7 @@ mod files;
 mod group;
 mod nats;
 mod ponte_load;
-mod procs;
+pub(crate) mod procs;
 mod report;
 mod stats;
 

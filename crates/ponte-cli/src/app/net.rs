@@ -12,10 +12,12 @@
 //! thread of `block_on`, next to the HTTP server's tasks.
 
 use super::api::{App, Phase};
-use ponte_client::client::{Event, RegisterOptions, RouteStatus};
+use ponte_client::client::{Event, GroupInfo, RegisterOptions, RouteStatus};
 use ponte_client::profile::{KeySource, Profile};
 use ponte_client::route::RelayUrl;
+use ponte_client::store::Conversation;
 use ponte_client::{Client, ClientError, Report};
+use ponte_e2e::group::GroupId;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -53,6 +55,38 @@ pub enum Command {
     /// Check each route (the relays page).
     Routes {
         reply: oneshot::Sender<Result<RouteStatus, String>>,
+    },
+    /// Create or change a group (needs the server: members' keys come
+    /// from its directory, the changes go out at once).
+    Group {
+        call: GroupCall,
+        reply: oneshot::Sender<Result<GroupInfo, String>>,
+    },
+    /// Set a conversation's disappearing timer (`None`: off).
+    Timer {
+        with: Conversation,
+        timer: Option<ponte_e2e::Timer>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// A change to a group, as the page asks for it.
+#[derive(Debug)]
+pub enum GroupCall {
+    Create {
+        title: String,
+        members: Vec<String>,
+    },
+    Add {
+        group: GroupId,
+        members: Vec<String>,
+    },
+    Remove {
+        group: GroupId,
+        member: String,
+    },
+    Leave {
+        group: GroupId,
     },
 }
 
@@ -293,6 +327,24 @@ async fn run_command(app: &App, client: &mut Client, command: Command) {
         }
         Command::Routes { reply } => {
             let _ = reply.send(client.status().await.map_err(|e| err(&e)));
+        }
+        Command::Group { call, reply } => {
+            let r = match call {
+                GroupCall::Create { title, members } => client.group_create(&title, &members).await,
+                GroupCall::Add { group, members } => client.group_add(&group, &members).await,
+                GroupCall::Remove { group, member } => client.group_remove(&group, &[member]).await,
+                GroupCall::Leave { group } => client.group_leave(&group).await,
+            };
+            if let Ok(outcome) = &r {
+                for w in &outcome.warnings {
+                    app.on_event(Event::Warning(w.clone()));
+                }
+            }
+            let _ = reply.send(r.map(|o| o.info).map_err(|e| err(&e)));
+        }
+        Command::Timer { with, timer, reply } => {
+            let r = client.set_timer(&with, timer).await;
+            let _ = reply.send(r.map(|_| ()).map_err(|e| err(&e)));
         }
     }
 }

@@ -232,6 +232,9 @@ pub(super) fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
     if m.key_changed {
         v["key_changed"] = serde_json::Value::Bool(true);
     }
+    if let Some(r) = &m.reply_to {
+        v["reply_to"] = r.to_hex().into();
+    }
     if m.unreadable {
         v["text"] = serde_json::Value::Null;
         v["unreadable"] = serde_json::Value::Bool(true);
@@ -338,6 +341,10 @@ pub(super) fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::R
     let text = match &m.file {
         Some(f) if text.is_empty() => Cow::Owned(file_label(f)),
         Some(f) => Cow::Owned(format!("{} {text}", file_label(f))),
+        None => text,
+    };
+    let text = match &m.reply_to {
+        Some(r) => Cow::Owned(format!("[reply to {r}] {text}")),
         None => text,
     };
     let tail = super::timer::suffix(m);

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::common::{Killed, PONTE, WAIT};
 
+pub mod browser;
+
 /// A running `ponte app`, with the address and secret it printed.
 pub struct App {
     pub child: Killed,

@@ -38,6 +38,7 @@
 //! marked with a warning.
 
 mod chats;
+mod conversations;
 mod files;
 mod groups;
 pub mod inbound;

@@ -44,6 +44,17 @@ pub struct SendOutcome {
 impl Client {
     /// Write a message into the outbox (works offline).
     pub fn queue_text(&self, peer: &str, text: &str) -> Result<MessageId> {
+        self.queue_reply(peer, text, None)
+    }
+
+    /// [`Client::queue_text`] for a reply: the message quotes `reply_to`,
+    /// which must be a message of the conversation with `peer` here.
+    pub fn queue_reply(
+        &self,
+        peer: &str,
+        text: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<MessageId> {
         validate_handle(peer)
             .map_err(|e| ClientError::Invalid(format!("recipient {peer:?}: {e}")))?;
         if peer == self.handle {
@@ -62,7 +73,15 @@ impl Client {
             )));
         }
         self.check_not_changed(peer)?;
-        self.store().queue_text(peer, text)
+        if let Some(to) = reply_to {
+            let with = crate::store::Conversation::contact(peer);
+            if self.store().find_message(&with, to)?.is_none() {
+                return Err(ClientError::Invalid(format!(
+                    "no message {to} in your conversation with {peer} to reply to"
+                )));
+            }
+        }
+        self.store().queue_reply(peer, text, reply_to)
     }
 
     /// The session to encrypt to `peer` with: the most recent one, or a new
@@ -417,8 +436,18 @@ impl Client {
     /// the server cannot be reached, the message stays queued (not an
     /// error): the outcome says so.
     pub async fn send(&mut self, peer: &str, text: &str) -> Result<SendOutcome> {
+        self.send_reply(peer, text, None).await
+    }
+
+    /// [`Client::send`] for a reply to (a quote of) `reply_to`.
+    pub async fn send_reply(
+        &mut self,
+        peer: &str,
+        text: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<SendOutcome> {
         self.warned_full.clear();
-        let id = self.queue_text(peer, text)?;
+        let id = self.queue_reply(peer, text, reply_to)?;
         // Messages held for other contacts whose key changed stay held
         // without a word here: the warning belongs to those contacts.
         let mut silenced = Vec::new();
@@ -586,5 +615,13 @@ fn encrypt(
         sent_at_ms: item.sent_at.0,
         payload,
     };
-    Ok(Some(session.encrypt(&envelope.encode()?).to_bytes()))
+    let extensions = match item.reply_to {
+        Some(to) => ponte_e2e::Extensions::reply(to),
+        None => ponte_e2e::Extensions::default(),
+    };
+    Ok(Some(
+        session
+            .encrypt(&envelope.encode_with(&extensions)?)
+            .to_bytes(),
+    ))
 }

@@ -176,7 +176,7 @@ impl Client {
                 }
             }
         }
-        let envelope = match Envelope::decode(&opened.plaintext) {
+        let (envelope, extensions) = match Envelope::decode_with(&opened.plaintext) {
             Ok(e) => e,
             Err(e) => {
                 emit(
@@ -225,7 +225,7 @@ impl Client {
             content,
         };
         self.store()
-            .commit_incoming_with_timer(&incoming, envelope.timer)?;
+            .commit_incoming_with(&incoming, envelope.timer, extensions.reply_to)?;
         if let Some(w) = group_warning {
             emit(events, Event::Warning(w))?;
         }

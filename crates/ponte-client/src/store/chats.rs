@@ -34,8 +34,14 @@ pub const MAX_PAGE: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ChatSummary {
-    /// The contact.
+    /// The contact, or the group's conversation key `g:HEX`.
     pub peer: String,
+    /// For a group: its id.
+    pub group: Option<ponte_e2e::group::GroupId>,
+    /// For a group: its title, as this device last knew it.
+    pub title: Option<String>,
+    /// For a group: where this device stands in it.
+    pub group_status: Option<super::GroupStatus>,
     /// The newest message, if any.
     pub last: Option<MessageView>,
     /// Incoming messages not read yet.
@@ -57,7 +63,7 @@ pub struct ConversationPage {
     pub older: Option<i64>,
 }
 
-fn ensure(conn: &Connection) -> Result<()> {
+pub(super) fn ensure(conn: &Connection) -> Result<()> {
     conn.execute_batch(SCHEMA_UNREAD)?;
     Ok(())
 }
@@ -122,7 +128,12 @@ impl Store {
             rusqlite::TransactionBehavior::Immediate,
         )?;
         let mut ids: Vec<Vec<u8>> = {
-            let mut stmt = tx.prepare("SELECT id FROM unread WHERE peer = ?1")?;
+            // Group messages from `peer` are read in their group's chat.
+            let mut stmt = tx.prepare(
+                "SELECT u.id FROM unread u WHERE u.peer = ?1 AND NOT EXISTS
+                 (SELECT 1 FROM messages m WHERE m.peer = u.peer AND m.outgoing = 0
+                  AND m.id = u.id AND m.group_id IS NOT NULL)",
+            )?;
             let rows = stmt
                 .query_map([peer], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -132,7 +143,7 @@ impl Store {
         let fresh = select_views(
             &tx,
             &self.key,
-            "peer = ?1 AND outgoing = 0 AND shown_status <> status",
+            "peer = ?1 AND outgoing = 0 AND shown_status <> status AND group_id IS NULL",
             &[&peer],
         )?;
         ids.extend(
@@ -142,10 +153,16 @@ impl Store {
                 .map(|v| v.id.0.to_vec()),
         );
         tx.execute(
-            "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 0",
+            "UPDATE messages SET shown_status = status WHERE peer = ?1 AND outgoing = 0
+             AND group_id IS NULL",
             [peer],
         )?;
-        tx.execute("DELETE FROM unread WHERE peer = ?1", [peer])?;
+        for id in &ids {
+            tx.execute(
+                "DELETE FROM unread WHERE peer = ?1 AND id = ?2",
+                params![peer, id],
+            )?;
+        }
         let mut displayed: Vec<(String, MessageId)> = ids
             .iter()
             .filter_map(|i| MessageId::from_slice(i))
@@ -153,20 +170,21 @@ impl Store {
             .collect();
         displayed.sort_by_key(|d| d.1 .0);
         displayed.dedup();
+        super::expiry::start_clocks(&tx, &displayed)?;
         queue_receipts(&tx, &self.key, &displayed)?;
         tx.commit()?;
         Ok(displayed.len())
     }
 
-    /// Every conversation (contacts, and peers with messages), the one
-    /// with the newest message first; contacts without messages last, by
-    /// name.
+    /// Every conversation (contacts, peers with messages, and groups),
+    /// the one with the newest message first; contacts without messages
+    /// last, by name.
     pub fn chat_summaries(&self) -> Result<Vec<ChatSummary>> {
         ensure(&self.conn)?;
         let peers: Vec<(String, Option<i64>)> = {
             let mut stmt = self.conn.prepare(
                 "SELECT peer, MAX(seq) FROM (
-                     SELECT peer, seq FROM messages
+                     SELECT peer, seq FROM messages WHERE group_id IS NULL
                      UNION ALL SELECT handle, NULL FROM contacts)
                  GROUP BY peer",
             )?;
@@ -183,9 +201,11 @@ impl Store {
                 None => None,
             };
             let unread: i64 = self.conn.query_row(
-                "SELECT (SELECT COUNT(*) FROM unread WHERE peer = ?1)
-                      + (SELECT COUNT(*) FROM messages
-                         WHERE peer = ?1 AND outgoing = 0 AND shown_status <> status)",
+                "SELECT (SELECT COUNT(*) FROM unread u JOIN messages m
+                         ON m.peer = u.peer AND m.outgoing = 0 AND m.id = u.id
+                         WHERE u.peer = ?1 AND m.group_id IS NULL)
+                      + (SELECT COUNT(*) FROM messages WHERE peer = ?1 AND outgoing = 0
+                         AND shown_status <> status AND group_id IS NULL)",
                 [&peer],
                 |r| r.get(0),
             )?;
@@ -199,7 +219,14 @@ impl Store {
                 verified: contact.as_ref().is_some_and(|c| c.verified),
                 peer,
                 last,
+                group: None,
+                title: None,
+                group_status: None,
             });
+        }
+        for (last_seq, summary) in self.group_summaries()? {
+            order.push(last_seq.unwrap_or(-1));
+            out.push(summary);
         }
         let mut indexed: Vec<(i64, ChatSummary)> = order.into_iter().zip(out).collect();
         indexed.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.peer.cmp(&b.1.peer)));
@@ -224,7 +251,8 @@ impl Store {
         let limit = i64::try_from(limit).unwrap_or(1);
         let seqs: Vec<i64> = {
             let mut stmt = self.conn.prepare(
-                "SELECT seq FROM messages WHERE peer = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                "SELECT seq FROM messages WHERE peer = ?1 AND group_id IS NULL AND seq < ?2
+                 ORDER BY seq DESC LIMIT ?3",
             )?;
             let rows = stmt
                 .query_map(params![peer, before, limit + 1], |r| r.get(0))?
@@ -242,7 +270,7 @@ impl Store {
         let messages = select_views(
             &self.conn,
             &self.key,
-            "peer = ?1 AND seq >= ?2 AND seq < ?3",
+            "peer = ?1 AND group_id IS NULL AND seq >= ?2 AND seq < ?3",
             &[&peer, &oldest, &before],
         )?;
         Ok(ConversationPage {

@@ -584,7 +584,10 @@ mod tests {
             .unwrap();
         }
         let conn = open_connection(&path).unwrap();
-        assert_eq!(meta_get(&conn, "schema").unwrap().as_deref(), Some("4"));
+        assert_eq!(
+            meta_get(&conn, "schema").unwrap(),
+            Some(super::super::SCHEMA_VERSION.to_string())
+        );
         let row: (String, Option<i64>, Option<i64>) = conn
             .query_row(
                 "SELECT peer, timer_ms, expires_at_ms FROM messages",
@@ -600,6 +603,9 @@ mod tests {
         drop(conn);
         // Opening again changes nothing (the step ran once).
         let conn = open_connection(&path).unwrap();
-        assert_eq!(meta_get(&conn, "schema").unwrap().as_deref(), Some("4"));
+        assert_eq!(
+            meta_get(&conn, "schema").unwrap(),
+            Some(super::super::SCHEMA_VERSION.to_string())
+        );
     }
 }

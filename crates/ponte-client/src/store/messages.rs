@@ -18,6 +18,17 @@ impl Store {
 
     /// Write a text message: history (status queued) and outbox, atomically.
     pub fn queue_text(&self, peer: &str, text: &str) -> Result<MessageId> {
+        self.queue_reply(peer, text, None)
+    }
+
+    /// [`Store::queue_text`] for a message that replies to (quotes)
+    /// `reply_to` in the same conversation.
+    pub fn queue_reply(
+        &self,
+        peer: &str,
+        text: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<MessageId> {
         let id = MessageId::random();
         let now = UnixMillis::now();
         let tx = self.conn.unchecked_transaction()?;
@@ -26,9 +37,16 @@ impl Store {
             text.as_bytes(),
         );
         tx.execute(
-            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status)
-             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5)",
-            params![peer, id.0.to_vec(), body, now, Status::Queued.to_i64()],
+            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status,
+             reply_to) VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            params![
+                peer,
+                id.0.to_vec(),
+                body,
+                now,
+                Status::Queued.to_i64(),
+                reply_to.map(|r| r.0.to_vec())
+            ],
         )?;
         insert_outbox(
             &tx,
@@ -83,6 +101,8 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT id, peer, kind, payload, sent_at_ms, ciphertext,
              (SELECT timer_ms FROM messages m
+              WHERE m.peer = outbox.peer AND m.outgoing = 1 AND m.id = outbox.id),
+             (SELECT reply_to FROM messages m
               WHERE m.peer = outbox.peer AND m.outgoing = 1 AND m.id = outbox.id)
              FROM outbox ORDER BY seq",
         )?;
@@ -96,11 +116,12 @@ impl Store {
                     r.get::<_, UnixMillis>(4)?,
                     r.get::<_, Option<Vec<u8>>>(5)?,
                     r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<Vec<u8>>>(7)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (id, peer, kind, payload, sent_at, ciphertext, timer_ms) in rows {
+        for (id, peer, kind, payload, sent_at, ciphertext, timer_ms, reply_to) in rows {
             let id = MessageId::from_slice(&id).ok_or(ClientError::Corrupt("outbox id"))?;
             let plain = self
                 .key
@@ -153,6 +174,7 @@ impl Store {
                 sent_at,
                 ciphertext,
                 timer: super::expiry::timer_from_ms(timer_ms),
+                reply_to: reply_to.as_deref().and_then(MessageId::from_slice),
             });
         }
         Ok(out)
@@ -263,6 +285,18 @@ impl Store {
         incoming: &Incoming<'_>,
         timer: Option<ponte_e2e::Timer>,
     ) -> Result<bool> {
+        self.commit_incoming_with(incoming, timer, None)
+    }
+
+    /// [`Store::commit_incoming_with_timer`] for a message that may reply
+    /// to (quote) another of the same conversation: `reply_to`, kept for
+    /// a text or a file.
+    pub fn commit_incoming_with(
+        &self,
+        incoming: &Incoming<'_>,
+        timer: Option<ponte_e2e::Timer>,
+        reply_to: Option<MessageId>,
+    ) -> Result<bool> {
         let tx = self.conn.unchecked_transaction()?;
         if let Some(identity) = incoming.identity {
             save_identity(&tx, &self.key, identity)?;
@@ -329,6 +363,14 @@ impl Store {
                 }
             }
             super::expiry::stamp_incoming(&tx, incoming, timer)?;
+            if let (Some(to), IncomingContent::Text(_) | IncomingContent::File(_)) =
+                (reply_to, &incoming.content)
+            {
+                tx.execute(
+                    "UPDATE messages SET reply_to = ?3 WHERE peer = ?1 AND outgoing = 0 AND id = ?2",
+                    params![incoming.peer, incoming.id.0.to_vec(), to.0.to_vec()],
+                )?;
+            }
         }
         tx.commit()?;
         if evicted {
@@ -428,6 +470,45 @@ impl Store {
             "peer = ?1 AND group_id IS NULL",
             &[&peer],
         )
+    }
+
+    /// A message of `with` by id, either way (what a reply quotes).
+    pub fn find_message(
+        &self,
+        with: &super::Conversation,
+        id: &MessageId,
+    ) -> Result<Option<MessageView>> {
+        let id = id.0.to_vec();
+        let mut views = match with {
+            super::Conversation::Contact(peer) => select_views(
+                &self.conn,
+                &self.key,
+                "peer = ?1 AND group_id IS NULL AND id = ?2",
+                &[peer, &id],
+            )?,
+            super::Conversation::Group(g) => {
+                let gid = g.0.to_vec();
+                select_views(
+                    &self.conn,
+                    &self.key,
+                    "group_id = ?1 AND id = ?2",
+                    &[&gid, &id],
+                )?
+            }
+        };
+        Ok(views.pop())
+    }
+
+    /// The message `v` replies to, if it replies to one that is here.
+    pub fn quoted(&self, v: &MessageView) -> Result<Option<MessageView>> {
+        let Some(to) = &v.reply_to else {
+            return Ok(None);
+        };
+        let with = match &v.group {
+            Some(g) => super::Conversation::Group(*g),
+            None => super::Conversation::Contact(v.peer.clone()),
+        };
+        self.find_message(&with, to)
     }
 
     /// A group's conversation (messages both ways and changes to the
@@ -630,7 +711,7 @@ pub(super) fn select_views(
 ) -> Result<Vec<MessageView>> {
     let sql = format!(
         "SELECT peer, outgoing, id, body, sent_at_ms, status, flags, timer_ms, expires_at_ms,
-                group_id
+                group_id, reply_to
          FROM messages WHERE {filter} ORDER BY seq"
     );
     let mut stmt = conn.prepare(&sql)?;
@@ -647,12 +728,15 @@ pub(super) fn select_views(
                 r.get::<_, Option<i64>>(7)?,
                 r.get::<_, Option<UnixMillis>>(8)?,
                 r.get::<_, Option<Vec<u8>>>(9)?,
+                r.get::<_, Option<Vec<u8>>>(10)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(rows.len());
     let mut titles: std::collections::HashMap<GroupId, Option<String>> = Default::default();
-    for (peer, outgoing, id, body, sent_at, status, flags, timer_ms, expires_at, group) in rows {
+    for (peer, outgoing, id, body, sent_at, status, flags, timer_ms, expires_at, group, reply_to) in
+        rows
+    {
         let group = group
             .map(|g| g.try_into().map(GroupId))
             .transpose()
@@ -713,6 +797,7 @@ pub(super) fn select_views(
             },
             group,
             group_notice: flags & FLAG_GROUP_NOTICE != 0,
+            reply_to: reply_to.as_deref().and_then(MessageId::from_slice),
         });
     }
     Ok(out)

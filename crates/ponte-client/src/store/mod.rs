@@ -16,6 +16,7 @@
 //! | `unread` | incoming messages reported to a chat window and not read yet (created on first use, see `chats`) |
 //! | `files` | per file message: its descriptor (S: blob id, key, hash, name, size, type, caption), upload or download state, local path (S) |
 //! | `timers` | per conversation: the disappearing-messages timer in force and the setting that won (`expiry`) |
+//! | `search_terms`, `search_pending` | the blind search index: keyed hashes of words, never words (see `search`) |
 //! | `groups`, `group_ops`, `group_keys`, `group_receipts`, `group_pending` | groups: this device's standing, the signed ops (S), Megolm sessions (P), per-recipient ticks, what waits for an earlier op or key (S); see `groups` |
 //!
 //! Handles, times and statuses are stored in clear (the server knows them
@@ -27,15 +28,19 @@
 //!
 //! Schema versions: 1 had no `files` table; 2 no group tables (and no
 //! `messages.group_id`); 3 no disappearing messages (`expiry`: the `timers`
-//! table, and each message's timer and expiry). Opening an older database
+//! table, and each message's timer and expiry); 4 no search index and no
+//! replies (`search`: `search_terms`, `search_pending`, their triggers,
+//! and `messages.reply_to`). Opening an older database
 //! runs the migrations after its version, in order, each in one transaction
 //! with the new version number ([`MIGRATIONS`]).
 
 mod chats;
 mod expiry;
 mod files;
+mod group_chats;
 mod groups;
 mod messages;
+mod search;
 
 pub use chats::{ChatSummary, ConversationPage, MAX_PAGE};
 pub use expiry::{Notice, Swept, FLAG_TIMER_NOTICE};
@@ -45,6 +50,7 @@ pub use groups::{
     GroupStatus, GroupTicks, GroupWrite, PendingItem, PendingKind, FLAG_GROUP_NOTICE,
     MAX_JOINING_GROUPS, MAX_OPS_PER_GROUP, MAX_PENDING_PER_GROUP, MAX_PENDING_TOTAL,
 };
+pub use search::{words, SearchHit, MAX_HITS, MAX_QUERY_WORDS, MAX_WORD_CHARS};
 
 use crate::atrest::ProfileKey;
 use crate::{ClientError, Result};
@@ -53,7 +59,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use zeroize::Zeroizing;
 
 /// Current schema version.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 /// Most Olm sessions kept per contact (oldest dropped first).
 const MAX_SESSIONS_PER_CONTACT: i64 = 8;
 
@@ -131,6 +137,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, SCHEMA_FILES),
     (3, groups::SCHEMA_GROUPS),
     (4, expiry::SCHEMA_TIMERS),
+    (5, search::SCHEMA_SEARCH),
 ];
 
 /// Tick status of a message. Outgoing messages move forward only:
@@ -236,6 +243,9 @@ pub struct MessageView {
     pub ticks: Option<GroupTicks>,
     /// A change to a group (`peer` made it, `text` says what), not a message.
     pub group_notice: bool,
+    /// The message this one replies to (quotes), by id, in the same
+    /// conversation (it may be gone or not here yet).
+    pub reply_to: Option<MessageId>,
 }
 
 /// What a history view shows of a file message.
@@ -345,6 +355,8 @@ pub struct OutboxItem {
     pub ciphertext: Option<Vec<u8>>,
     /// The message's disappearing timer (carried in its envelope).
     pub timer: Option<ponte_e2e::Timer>,
+    /// The message it replies to (carried as an envelope extension).
+    pub reply_to: Option<MessageId>,
 }
 
 /// Result of comparing an identity announced for a contact with what we know.

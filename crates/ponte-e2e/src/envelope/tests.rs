@@ -368,3 +368,64 @@ fn message_id_hex() {
     assert_eq!(MessageId::from_hex("zz"), None);
     assert_eq!(MessageId::from_hex(&"é".repeat(16)), None);
 }
+
+#[test]
+fn a_reply_rides_as_an_extension_that_readers_may_skip() {
+    let quoted = MessageId::random();
+    let env = Envelope {
+        timer: Timer::from_secs(60),
+        id: MessageId::random(),
+        sent_at_ms: 1_700_000_000_000,
+        payload: Payload::Text("yes, that one".into()),
+    };
+    let bytes = env.encode_with(&Extensions::reply(quoted)).unwrap();
+    assert_eq!(bytes.len() % PADDING_BLOCK, 0);
+    let (back, ext) = Envelope::decode_with(&bytes).unwrap();
+    assert_eq!(back, env);
+    assert_eq!(ext.reply_to, Some(quoted));
+    // A reader that does not care about extensions gets the message.
+    assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+    // Without extensions: none, and the same bytes as before extensions.
+    let plain = env.encode().unwrap();
+    assert_eq!(
+        Envelope::decode_with(&plain).unwrap().1,
+        Extensions::default()
+    );
+    assert_eq!(env.encode_with(&Extensions::default()).unwrap(), plain);
+
+    // An unknown tag is skipped, the known one still read.
+    let body_end = plain.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let mut later = plain[..body_end].to_vec();
+    later.extend_from_slice(&[200, 0, 3, 7, 7, 7]);
+    later.extend_from_slice(&[1, 0, 16]);
+    later.extend_from_slice(&quoted.0);
+    later.resize(later.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK, 0);
+    assert_eq!(
+        Envelope::decode_with(&later).unwrap().1.reply_to,
+        Some(quoted)
+    );
+
+    // Malformed: a reply id of the wrong length, the reply twice, a
+    // truncated extension, too many extensions, bytes after the padding.
+    let with = |ext: &[u8]| {
+        let mut b = plain[..body_end].to_vec();
+        b.extend_from_slice(ext);
+        b.resize(
+            b.len().div_ceil(PADDING_BLOCK) * PADDING_BLOCK + PADDING_BLOCK,
+            0,
+        );
+        b
+    };
+    assert!(Envelope::decode_with(&with(&[1, 0, 4, 1, 2, 3, 4])).is_err());
+    let mut twice = vec![1, 0, 16];
+    twice.extend_from_slice(&quoted.0);
+    twice.extend_from_slice(&twice.clone());
+    assert!(Envelope::decode_with(&with(&twice)).is_err());
+    assert!(Envelope::decode_with(&with(&[9, 0, 200, 1])).is_err());
+    let many: Vec<u8> = (0..=MAX_EXTENSIONS).flat_map(|_| [9u8, 0, 0]).collect();
+    assert!(Envelope::decode_with(&with(&many)).is_err());
+    let mut after = with(&[9, 0, 0]);
+    let last = after.len() - 1;
+    after[last] = 5;
+    assert!(Envelope::decode_with(&after).is_err());
+}

@@ -132,6 +132,8 @@ function timeLabel(ms) {
 function preview(m) {
   if (!m) return '';
   if (m.unreadable) return 'unreadable message';
+  if (m.notice) return noticeText(m);
+  if (m.group && !m.outgoing) return `${m.peer}: ${m.file ? '📎 ' + m.file.name : m.text}`;
   if (m.file) return `📎 ${m.file.name}${m.text ? ' — ' + m.text : ''}`;
   return m.text;
 }
@@ -143,19 +145,25 @@ function renderChats() {
   let total = 0;
   for (const c of state.chats) {
     total += c.unread;
-    if (q && !c.peer.includes(q)) continue;
+    const name = chatName(c);
+    if (q && !name.toLowerCase().includes(q)) continue;
     const li = el('li', 'chat' + (c.peer === state.open ? ' active' : ''));
     li.dataset.testid = 'chat-item';
     li.setAttribute('data-testid', 'chat-item');
     li.dataset.peer = c.peer;
     li.tabIndex = 0;
     const top = el('div', 'row');
-    top.append(el('span', 'name', c.peer));
+    const n = el('span', 'name', name);
+    if (c.group) n.prepend(groupIcon());
+    top.append(n);
     if (c.key_changed) top.append(el('span', 'warn-dot', '⚠'));
     top.append(el('span', 'time', c.last ? timeLabel(c.last.sent_at) : ''));
     const bottom = el('div', 'row');
     const p = el('span', 'preview');
-    if (c.last && c.last.outgoing) p.append(el('span', 'tick ' + c.last.status, TICKS[c.last.status] || ''), ' ');
+    if (c.last && c.last.outgoing && !c.last.notice) {
+      const st = shownStatus(c.last);
+      p.append(el('span', 'tick ' + st, TICKS[st] || ''), ' ');
+    }
     p.append(preview(c.last));
     bottom.append(p);
     if (c.unread > 0) {
@@ -264,12 +272,21 @@ function imageBox(m) {
 }
 
 function messageNode(m) {
+  if (m.notice) return noticeNode(m);
   const row = el('div', 'msg ' + (m.outgoing ? 'out' : 'in'));
   row.setAttribute('data-testid', 'message');
   row.dataset.id = m.id;
-  row.dataset.status = m.status;
+  const status = shownStatus(m);
+  row.dataset.status = status;
   const bubble = el('div', 'bubble');
+  if (m.group && !m.outgoing) {
+    const who = el('div', 'sender', m.peer);
+    who.setAttribute('data-testid', 'sender');
+    who.style.color = senderColour(m.peer);
+    bubble.append(who);
+  }
   if (m.key_changed && !m.outgoing) bubble.append(el('div', 'warn', '⚠ sent under a new, unverified key'));
+  if (m.reply) bubble.append(quoteNode(m.reply));
   if (m.unreadable) {
     bubble.append(el('div', 'warn', 'This message could not be read: the stored data is damaged.'));
   }
@@ -282,13 +299,25 @@ function messageNode(m) {
   const meta = el('div', 'meta');
   meta.append(el('span', 'time', new Date(m.sent_at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })));
   if (m.outgoing) {
-    const tick = el('span', 'tick ' + m.status, TICKS[m.status] || m.status);
+    const tick = el('span', 'tick ' + status, TICKS[status] || status);
     tick.setAttribute('data-testid', 'tick');
-    tick.title = m.status;
+    tick.title = status;
     meta.append(tick);
+    if (m.ticks) {
+      const t = m.ticks;
+      const g = el('span', 'group-ticks', `${t.read_by}/${t.of} read`);
+      g.setAttribute('data-testid', 'group-ticks');
+      g.dataset.deliveredTo = String(t.delivered_to);
+      g.dataset.readBy = String(t.read_by);
+      g.dataset.of = String(t.of);
+      g.title = `delivered to ${t.delivered_to} of ${t.of}, read by ${t.read_by} of ${t.of}`;
+      tick.title = g.title;
+      meta.append(g);
+    }
   }
   bubble.append(meta);
   row.append(bubble);
+  if (!m.group && !m.unreadable) addReplyButton(row, m);
   return row;
 }
 
@@ -318,7 +347,7 @@ function updateMessage(m) {
 
 function renderBanner(contact) {
   const b = $('key-banner');
-  if (contact && contact.key_changed) {
+  if (contact && contact.key_changed && !isGroup(state.open)) {
     b.textContent = `${state.open}'s security key has CHANGED. Messages to them are held until you compare the new safety number with them and mark it verified.`;
     const btn = el('button', '', 'Compare safety numbers');
     btn.type = 'button';
@@ -330,25 +359,41 @@ function renderBanner(contact) {
   }
 }
 
-async function openChat(peer) {
+async function openChat(peer, at) {
   state.open = peer;
+  state.jumped = !!at;
+  cancelReply();
   state.messages.clear();
   state.lastDay = null;
   $('empty').hidden = true;
   $('conv-inner').hidden = false;
-  $('peer-name').textContent = peer;
+  $('peer-name').textContent = chatName(state.chats.find((c) => c.peer === peer) || { peer });
+  $('info').textContent = isGroup(peer) ? 'Group info' : 'Contact info';
+  renderTimer(null);
   $('conv-error').textContent = '';
   document.body.classList.add('in-chat');
   const box = $('messages');
   box.replaceChildren();
   try {
-    const page = await getJson(`/api/chat/${encodeURIComponent(peer)}`);
+    // Opened at a search hit: the page that ends a little after it.
+    const q = at ? `?before=${at.seq + 20}` : '';
+    const page = await getJson(`/api/chat/${encodeURIComponent(peer)}${q}`);
     if (state.open !== peer) return;
     state.older = page.older;
     if (page.older !== null) box.append(loadOlderButton(peer));
     for (const m of page.messages) appendMessage(m, false);
     box.scrollTop = box.scrollHeight;
+    if (at) { box.append(newestButton(peer)); highlight(at.id); }
     renderBanner(page.contact);
+    renderTimer(page.timer);
+    if (page.group) {
+      $('peer-name').textContent = page.group.title;
+      $('composer').disabled = page.group.status !== 'member';
+      $('composer').placeholder = page.group.status === 'member' ? 'Type a message' : `You are no longer in this group (${page.group.status})`;
+    } else {
+      $('composer').disabled = false;
+      $('composer').placeholder = 'Type a message';
+    }
     await markRead();
   } catch (e) { $('conv-error').textContent = e.message; }
   loadChats();
@@ -413,7 +458,10 @@ async function sendText() {
   const text = box.value;
   if (!text.trim() || !state.open) return;
   try {
-    const { message } = await postJson('/api/send', { peer: state.open, text });
+    const body = { peer: state.open, text };
+    if (state.replyTo) body.reply_to = state.replyTo.id;
+    const { message } = await postJson('/api/send', body);
+    cancelReply();
     box.value = '';
     autoGrow();
     appendMessage(message, true);
@@ -470,6 +518,7 @@ function openPanel(which, title) {
   $('panel-title').textContent = title;
   $('contact-panel').hidden = which !== 'contact';
   $('relays-panel').hidden = which !== 'relays';
+  $('group-panel').hidden = which !== 'group';
   document.body.classList.add('in-panel');
 }
 
@@ -515,6 +564,7 @@ async function openContact(peer) {
     pb.textContent = c.key_changed ? `${peer}'s security key has CHANGED: this number is for the new key. Compare it before marking it verified.` : '';
     $('verified-state').textContent = c.verified && !c.key_changed ? '✔ Verified' : 'Not verified';
     $('verify').hidden = c.verified && !c.key_changed;
+    showTimerChoice(peer);
     $('verify').onclick = async () => {
       try {
         await postJson(`/api/contact/${encodeURIComponent(peer)}/verify`);
@@ -561,7 +611,8 @@ function onLive(ev) {
     case 'state': applyState(ev); break;
     case 'message': {
       const m = ev.message;
-      if (m.peer === state.open) {
+      if (m.chat === state.open && !state.jumped) {
+        if (m.notice === 'group' && isGroup(m.chat)) refreshGroupHeader(m.chat);
         appendMessage(m, true);
         notify(m);
         markRead().then(loadChats);
@@ -572,7 +623,7 @@ function onLive(ev) {
       break;
     }
     case 'status':
-      if (ev.message.peer === state.open) updateMessage(ev.message);
+      if (ev.message.chat === state.open) updateMessage(ev.message);
       loadChats();
       break;
     case 'file':
@@ -589,7 +640,8 @@ function onLive(ev) {
 
 function notify(m) {
   if (!document.hidden || !('Notification' in window) || Notification.permission !== 'granted') return;
-  try { new Notification(`Ponte: ${m.peer}`, { body: m.file ? m.file.name : m.text.slice(0, 120) }); } catch (_) { /* not allowed */ }
+  const where = m.group ? `${m.peer} in ${m.group_title || 'a group'}` : m.peer;
+  try { new Notification(`Ponte: ${where}`, { body: m.file ? m.file.name : (m.text || '').slice(0, 120) }); } catch (_) { /* not allowed */ }
 }
 
 async function live() {
@@ -647,7 +699,8 @@ function wire() {
     $('unlock-error').textContent = '';
     try { applyState(await postJson('/api/unlock', Object.fromEntries(f.entries()))); } catch (e) { $('unlock-error').textContent = e.message; }
   });
-  $('search').addEventListener('input', renderChats);
+  $('search').addEventListener('input', () => { renderChats(); searchSoon(); });
+  wireReplies();
   $('new-chat').addEventListener('click', () => {
     const f = $('new-chat-form');
     f.hidden = !f.hidden;
@@ -685,7 +738,11 @@ function wire() {
     if (box.scrollTop < 80 && older && !older.dataset.loading) older.click();
   });
   $('back').addEventListener('click', closeChat);
-  $('info').addEventListener('click', () => state.open && openContact(state.open));
+  $('info').addEventListener('click', () => {
+    if (!state.open) return;
+    if (isGroup(state.open)) openGroup(state.open); else openContact(state.open);
+  });
+  wireGroups();
   $('route-status').addEventListener('click', openRelays);
   $('panel-close').addEventListener('click', closePanel);
   $('relay-form').addEventListener('submit', async (ev) => {
@@ -713,7 +770,11 @@ function wire() {
   }
   document.addEventListener('visibilitychange', () => { if (!document.hidden) markRead(); });
   document.addEventListener('keydown', (ev) => {
-    if (ev.key === 'Escape') { if (!$('panel').hidden) closePanel(); else if (state.open) closeChat(); }
+    if (ev.key === 'Escape') {
+      if (state.replyTo) cancelReply();
+      else if (!$('panel').hidden) closePanel();
+      else if (state.open) closeChat();
+    }
   });
 }
 
@@ -729,4 +790,6 @@ async function start() {
   live();
 }
 
-start();
+// The other scripts (groups.js, …) load after this one; all of them
+// have run by DOMContentLoaded.
+document.addEventListener('DOMContentLoaded', start);

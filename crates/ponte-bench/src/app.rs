@@ -1,0 +1,368 @@
+//! `ponte-bench app`: what a person waits for in `ponte app` with a long
+//! history. It registers a profile on a `ponte server` child, writes a
+//! history of `--messages` messages into it (one chat of `--chat`
+//! messages, the rest over 20 others), then measures:
+//!
+//! - indexing the whole history for search (what the first search after
+//!   the upgrade to schema 5 does: the backfill);
+//! - search latency through the library (`Client::search`, 50 hits), for
+//!   a rare word, a common word, two words, a prefix (target < 50 ms);
+//! - opening the long chat through the app's HTTP API (`ponte app` as a
+//!   child process, `GET /api/chat/PEER`: its newest page of 200, time to
+//!   the whole answer; target < 200 ms), and one search through the API.
+//!
+//! The profile lives under `/dev/shm` when it exists (building 100,000
+//! messages one transaction each is otherwise bound by fsync, which is not
+//! what is measured). Prints a Markdown report.
+
+use crate::server::procs;
+use crate::stats::LatencySummary;
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use ponte_client::client::RegisterOptions;
+use ponte_client::profile::KeySource;
+use ponte_client::Client;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+
+/// Arguments of `ponte-bench app`.
+#[derive(Debug, Clone, Args)]
+pub struct AppArgs {
+    /// The `ponte` binary (default: next to this one).
+    #[arg(long)]
+    pub ponte: Option<PathBuf>,
+    /// Messages in the history.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Messages in the long chat (part of `--messages`).
+    #[arg(long, default_value_t = 10_000)]
+    pub chat: usize,
+    /// Timed repetitions of each measurement.
+    #[arg(long, default_value_t = 30)]
+    pub runs: usize,
+    /// Where to put the profile (default: /dev/shm if present, else the
+    /// system's temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+const WORDS: &[&str] = &[
+    "hello",
+    "meet",
+    "tomorrow",
+    "lunch",
+    "project",
+    "quarterly",
+    "report",
+    "coffee",
+    "train",
+    "station",
+    "weather",
+    "photos",
+    "weekend",
+    "birthday",
+    "present",
+    "call",
+    "later",
+    "office",
+    "document",
+    "signed",
+    "thanks",
+    "great",
+    "see",
+    "you",
+    "soon",
+    "the",
+    "a",
+    "and",
+    "to",
+    "at",
+    "in",
+    "on",
+    "for",
+    "with",
+    "news",
+    "market",
+    "bread",
+    "milk",
+    "garden",
+    "river",
+    "bridge",
+    "relay",
+    "server",
+    "message",
+    "phone",
+    "ticket",
+    "flight",
+    "hotel",
+    "dinner",
+    "kids",
+];
+
+/// A history line: 4 to 15 words from [`WORDS`], and every 10,000th
+/// message the rare word `zanzibar`.
+fn line(i: usize, rng: &mut u64) -> String {
+    let mut next = || {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    };
+    let n = 4 + (next() % 12) as usize;
+    let mut words: Vec<&str> = (0..n)
+        .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
+        .collect();
+    if i % 10_000 == 7 {
+        words.push("zanzibar");
+    }
+    words.join(" ")
+}
+
+fn log(msg: &str) {
+    eprintln!("[app-bench] {msg}");
+}
+
+fn summary(samples: &[Duration]) -> LatencySummary {
+    let mut us: Vec<u32> = samples
+        .iter()
+        .map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX))
+        .collect();
+    LatencySummary::from_samples(&mut us)
+}
+
+/// Runs the app benchmark and prints its report.
+pub fn run(a: AppArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(a))
+}
+
+async fn run_async(a: AppArgs) -> Result<()> {
+    if a.chat > a.messages || a.messages == 0 || a.runs == 0 {
+        bail!("--chat must be at most --messages, and both and --runs above 0");
+    }
+    let exe = std::env::current_exe()?;
+    let ponte = match &a.ponte {
+        Some(p) => p.clone(),
+        None => exe.parent().context("executable directory")?.join("ponte"),
+    };
+    if !ponte.exists() {
+        bail!(
+            "{} not found: cargo build --release -p ponte-cli (or pass --ponte)",
+            ponte.display()
+        );
+    }
+    let base = a.dir.clone().unwrap_or_else(|| {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            shm.to_owned()
+        } else {
+            std::env::temp_dir()
+        }
+    });
+    let tmp = tempfile::tempdir_in(&base)?;
+    let dir = tmp.path();
+    let config = dir.join("server.toml");
+    std::fs::write(&config, "")?;
+    let (server, address) =
+        procs::start_ponte(&ponte, &dir.join("data"), &config, &dir.join("server.log")).await?;
+    let result = measure(&a, &ponte, dir, &address).await;
+    server.stop().await;
+    let report = result?;
+    print!("{report}");
+    Ok(())
+}
+
+async fn measure(a: &AppArgs, ponte: &Path, dir: &Path, address: &str) -> Result<String> {
+    let profile = dir.join("profile");
+    let client = Client::register(
+        &profile,
+        KeySource::KeyFile,
+        || Ok(String::new()),
+        RegisterOptions::new(address, "benchme"),
+    )
+    .await
+    .context("registering")?;
+
+    // The history: the long chat with "alice", the rest over 20 others.
+    log(&format!("writing {} messages", a.messages));
+    let started = Instant::now();
+    let store = client.store();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut sent = Vec::with_capacity(1000);
+    for i in 0..a.messages {
+        let peer = if i % (a.messages / a.chat.max(1)).max(1) == 0 {
+            "alice".to_owned()
+        } else {
+            format!("peer{:02}", i % 20)
+        };
+        let id = store.queue_text(&peer, &line(i, &mut rng))?;
+        sent.push((peer, id));
+        if sent.len() == 1000 {
+            let items: Vec<(&str, &_)> = sent.iter().map(|(p, id)| (p.as_str(), id)).collect();
+            store.mark_all_sent(&items)?;
+            sent.clear();
+        }
+    }
+    let items: Vec<(&str, &_)> = sent.iter().map(|(p, id)| (p.as_str(), id)).collect();
+    store.mark_all_sent(&items)?;
+    let build = started.elapsed();
+    let in_chat = client.conversation_page("alice", None, 1)?.older.is_some();
+    if !in_chat {
+        bail!("the long chat was not written");
+    }
+
+    // The backfill: everything is pending, as after the migration.
+    let started = Instant::now();
+    let indexed = store.index_pending()?;
+    let index = started.elapsed();
+    log(&format!("indexed {indexed} messages in {index:?}"));
+
+    let queries = [
+        ("a rare word", "zanzibar"),
+        ("a common word", "coffee"),
+        ("two words", "meet tomorrow"),
+        ("a prefix", "quart"),
+    ];
+    let mut search_rows = Vec::new();
+    for (what, q) in queries {
+        let hits = client.search(q, 50)?.len();
+        let mut samples = Vec::with_capacity(a.runs);
+        for _ in 0..a.runs {
+            let t = Instant::now();
+            let n = client.search(q, 50)?.len();
+            samples.push(t.elapsed());
+            if n != hits {
+                bail!("{q:?}: {n} hits, then {hits}");
+            }
+        }
+        search_rows.push((what, q, hits, summary(&samples)));
+    }
+    drop(client);
+
+    // The app, on the same profile.
+    log("starting ponte app");
+    let mut app = tokio::process::Command::new(ponte)
+        .args(["app", "--no-open", "--listen", "127.0.0.1:0", "--profile"])
+        .arg(&profile)
+        .env_remove("PONTE_PASSPHRASE")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting ponte app")?;
+    let stdout = app.stdout.take().context("app stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .context("ponte app printed no address within 60 s")??
+        .context("ponte app exited")?;
+    let (host, secret) = first
+        .strip_prefix("Open http://")
+        .and_then(|r| r.split_once("/#"))
+        .map(|(h, s)| (h.to_owned(), s.to_owned()))
+        .with_context(|| format!("unexpected first line: {first:?}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get(&host, &secret, "/api/state").await?;
+        if status == 200 && body.contains("\"phase\":\"ready\"") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the app did not open the profile within 60 s: {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut api_rows = Vec::new();
+    for (what, path) in [
+        (
+            "open the long chat (newest 200)",
+            "/api/chat/alice".to_owned(),
+        ),
+        ("search a rare word", "/api/search?q=zanzibar".to_owned()),
+        ("search a common word", "/api/search?q=coffee".to_owned()),
+    ] {
+        let (status, body) = get(&host, &secret, &path).await?;
+        if status != 200 {
+            bail!("GET {path}: {status} {body}");
+        }
+        let mut samples = Vec::with_capacity(a.runs);
+        let mut bytes = 0;
+        for _ in 0..a.runs {
+            let t = Instant::now();
+            let (status, body) = get(&host, &secret, &path).await?;
+            samples.push(t.elapsed());
+            if status != 200 {
+                bail!("GET {path}: {status}");
+            }
+            bytes = body.len();
+        }
+        api_rows.push((what, path, bytes, summary(&samples)));
+    }
+    let _ = app.kill().await;
+
+    let mut r = String::new();
+    r.push_str(&format!(
+        "### ponte app: {} messages, a chat of {}\n\n",
+        a.messages, a.chat
+    ));
+    r.push_str(&format!(
+        "History written in {:.1} s; indexed for search (the schema 5 backfill) in {:.1} s ({:.0} messages/s).\n\n",
+        build.as_secs_f64(),
+        index.as_secs_f64(),
+        indexed as f64 / index.as_secs_f64().max(1e-9)
+    ));
+    r.push_str("| search (library, 50 hits at most) | query | hits | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n");
+    for (what, q, hits, s) in &search_rows {
+        r.push_str(&format!(
+            "| {what} | `{q}` | {hits} | {:.1} | {:.1} | {:.1} |\n",
+            s.p50_us as f64 / 1000.0,
+            s.p99_us as f64 / 1000.0,
+            s.max_us as f64 / 1000.0
+        ));
+    }
+    r.push_str("\n| through the app's HTTP API | request | bytes | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n");
+    for (what, path, bytes, s) in &api_rows {
+        r.push_str(&format!(
+            "| {what} | `GET {path}` | {bytes} | {:.1} | {:.1} | {:.1} |\n",
+            s.p50_us as f64 / 1000.0,
+            s.p99_us as f64 / 1000.0,
+            s.max_us as f64 / 1000.0
+        ));
+    }
+    r.push_str(&format!("\n{} runs of each.\n", a.runs));
+    Ok(r)
+}
+
+/// One `GET` to the app as its page sends it; the status and the body.
+async fn get(host: &str, secret: &str, path: &str) -> Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Ponte-Secret: {secret}\r\n\
+             Sec-Fetch-Site: same-origin\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf))
+        .await
+        .context("no answer within 60 s")??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("not an HTTP answer")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

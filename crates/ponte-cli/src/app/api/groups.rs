@@ -1,0 +1,167 @@
+//! Groups and timers from the page. Reading a group is local (the API's
+//! client); creating or changing one needs the server (members' keys
+//! from its directory, the signed change sent at once), so it is handed
+//! to the connection's task like a file fetch, and answered when done.
+//!
+//! | method, path | what |
+//! |---|---|
+//! | `POST /api/groups` | `{title, members: [handle]}` → the new group's info |
+//! | `GET /api/group/{id}` | its info: title, members and admins, your role, status, timer |
+//! | `POST /api/group/{id}/add` | `{members: [handle]}` (admins) |
+//! | `POST /api/group/{id}/remove` | `{member}` (admins) |
+//! | `POST /api/group/{id}/leave` | leave it |
+//! | `POST /api/timer` | `{peer, timer}`: a conversation's disappearing timer (`"1h"`, `"off"`, as `ponte timer`) |
+
+use super::super::net::{Command, GroupCall};
+use super::{conversation, fail, ok, string_field, ApiResult, App};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use ponte_client::client::{format_timer, parse_timer, GroupInfo};
+use ponte_client::store::{group_key, group_of_key};
+use ponte_e2e::group::{GroupId, Role};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// A group as the page gets it.
+pub(super) fn info_json(g: &GroupInfo) -> Value {
+    json!({
+        "id": g.id.to_hex(),
+        "peer": group_key(&g.id),
+        "title": g.title,
+        "status": g.status.as_str(),
+        "role": match g.role {
+            Some(Role::Admin) => Some("admin"),
+            Some(_) => Some("member"),
+            None => None,
+        },
+        "members": g.members.iter().map(|m| json!({
+            "handle": m.handle,
+            "admin": m.admin,
+        })).collect::<Vec<_>>(),
+        "version": g.version,
+    })
+}
+
+fn group_id(raw: &str) -> Result<GroupId, (StatusCode, Json<Value>)> {
+    let key = if raw.starts_with("g:") {
+        raw.to_owned()
+    } else {
+        format!("g:{raw}")
+    };
+    group_of_key(&key).ok_or_else(|| fail(StatusCode::BAD_REQUEST, "not a group id"))
+}
+
+/// Handles from a JSON list (each trimmed, lower-cased; the library
+/// checks them).
+fn handles(body: &Value, name: &str) -> Result<Vec<String>, (StatusCode, Json<Value>)> {
+    let list = body.get(name).and_then(Value::as_array).ok_or_else(|| {
+        fail(
+            StatusCode::BAD_REQUEST,
+            format!("{name}: a list of handles"),
+        )
+    })?;
+    let mut out = Vec::with_capacity(list.len());
+    for v in list {
+        let h = v
+            .as_str()
+            .ok_or_else(|| {
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    format!("{name}: a list of handles"),
+                )
+            })?
+            .trim()
+            .to_lowercase();
+        if !h.is_empty() && !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// Hand `call` to the connection's task and wait for the group after it.
+async fn run(app: &App, call: GroupCall) -> ApiResult {
+    let (reply, answer) = oneshot::channel();
+    app.command(Command::Group { call, reply })?;
+    match answer.await {
+        Ok(Ok(info)) => {
+            app.push_state();
+            ok(json!({ "group": info_json(&info) }))
+        }
+        Ok(Err(e)) => Err(fail(StatusCode::BAD_REQUEST, e)),
+        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+    }
+}
+
+pub(super) async fn create(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult {
+    let title = string_field(&body, "title")
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "a group needs a title"))?;
+    let members = handles(&body, "members")?;
+    if members.is_empty() {
+        return Err(fail(StatusCode::BAD_REQUEST, "pick at least one member"));
+    }
+    run(&app, GroupCall::Create { title, members }).await
+}
+
+pub(super) async fn info(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    let group = group_id(&id)?;
+    let (info, timer) = app.with_local(|c| {
+        let info = c.group_info(&group)?;
+        let timer = c.timer(&ponte_client::store::Conversation::Group(group))?;
+        Ok((info, timer))
+    })?;
+    let mut v = info_json(&info);
+    v["timer"] = json!(timer.map(ponte_e2e::Timer::secs));
+    v["me"] = json!(app.handle());
+    ok(v)
+}
+
+pub(super) async fn add(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> ApiResult {
+    let group = group_id(&id)?;
+    let members = handles(&body, "members")?;
+    if members.is_empty() {
+        return Err(fail(StatusCode::BAD_REQUEST, "whom to add?"));
+    }
+    run(&app, GroupCall::Add { group, members }).await
+}
+
+pub(super) async fn remove(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> ApiResult {
+    let group = group_id(&id)?;
+    let member = string_field(&body, "member")
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "whom to remove?"))?;
+    run(&app, GroupCall::Remove { group, member }).await
+}
+
+pub(super) async fn leave(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    let group = group_id(&id)?;
+    run(&app, GroupCall::Leave { group }).await
+}
+
+pub(super) async fn set_timer(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult {
+    let peer =
+        string_field(&body, "peer").ok_or_else(|| fail(StatusCode::BAD_REQUEST, "which chat?"))?;
+    let with = conversation(&peer)?;
+    let text = string_field(&body, "timer").unwrap_or_else(|| "off".to_owned());
+    let timer = parse_timer(&text).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let (reply, answer) = oneshot::channel();
+    app.command(Command::Timer { with, timer, reply })?;
+    match answer.await {
+        Ok(Ok(())) => ok(json!({
+            "peer": peer,
+            "timer": timer.map(ponte_e2e::Timer::secs),
+            "label": timer.map_or_else(|| "off".to_owned(), format_timer),
+        })),
+        Ok(Err(e)) => Err(fail(StatusCode::BAD_REQUEST, e)),
+        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+    }
+}

@@ -1,0 +1,69 @@
+//! A chat window's calls that take a [`Conversation`] (a contact or a
+//! group): a page of it, reading it, writing to it. The contact-only
+//! calls are in `chats`; groups' own calls in `groups`.
+
+use super::Client;
+use crate::store::Conversation;
+use crate::store::{ConversationPage, GroupStatus};
+use crate::{ClientError, Result};
+use ponte_e2e::MessageId;
+
+impl Client {
+    /// Up to `limit` messages of `with` before the cursor `before`
+    /// (`None`: the newest), oldest first. Nothing is marked read.
+    pub fn page_of(
+        &self,
+        with: &Conversation,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<ConversationPage> {
+        match with {
+            Conversation::Contact(peer) => self.conversation_page(peer, before, limit),
+            Conversation::Group(group) => {
+                self.known_group_status(group)?;
+                self.store().group_page(group, before, limit)
+            }
+        }
+    }
+
+    /// The user opened the chat `with`: its incoming messages are read
+    /// (read receipts queued for those not read before). Returns how many.
+    pub fn mark_read_of(&self, with: &Conversation) -> Result<usize> {
+        match with {
+            Conversation::Contact(peer) => self.mark_chat_read(peer),
+            Conversation::Group(group) => {
+                self.known_group_status(group)?;
+                self.store().mark_group_read(group)
+            }
+        }
+    }
+
+    /// Queue a text to `with` (sent by the next flush); works offline.
+    pub fn queue_text_to(&self, with: &Conversation, text: &str) -> Result<MessageId> {
+        match with {
+            Conversation::Contact(peer) => self.queue_text(peer, text),
+            Conversation::Group(group) => self.queue_group_text(group, text),
+        }
+    }
+
+    /// Where this device stands in `group` (an error if the profile does
+    /// not know it).
+    fn known_group_status(&self, group: &ponte_e2e::group::GroupId) -> Result<GroupStatus> {
+        match self.store().group_status(group)? {
+            Some(GroupStatus::Joining) | None => Err(ClientError::Invalid(format!(
+                "no group g:{} in this profile",
+                group.to_hex()
+            ))),
+            Some(s) => Ok(s),
+        }
+    }
+}
+
+impl Client {
+    /// Messages of the whole local history holding every word of `query`,
+    /// newest first, at most `limit` (see [`crate::store::SearchHit`]).
+    /// No network; what arrived since the last search is indexed first.
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<crate::store::SearchHit>> {
+        self.store().search(query, limit)
+    }
+}

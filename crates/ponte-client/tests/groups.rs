@@ -491,10 +491,17 @@ async fn a_members_key_change_holds_sending_to_the_group_until_verified() {
     let server = start_server(&data_b).await;
     alice.set_routes(direct(server.addr));
     carol.set_routes(direct(server.addr));
-    register(&tmp.path().join("new-bobby"), &server.address, "bobby").await;
-    // Alice's client sees the new key (here through the directory, as a
-    // send to bobby or a message from the new device would show it).
-    alice.safety_number("bobby", true).await.unwrap();
+    let mut new_bobby = register(&tmp.path().join("new-bobby"), &server.address, "bobby").await;
+    // Alice's client sees the new key in the pairwise session: a message
+    // from the new device. Her sync says so, for the contact and the group.
+    new_bobby.send("alice", "new phone").await.unwrap();
+    let (_, warnings) = sync(&mut alice).await;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("bobby is in the group \"team\"") && w.contains("held")),
+        "{warnings:?}"
+    );
     let info = alice.group_info(&group).unwrap();
     let flagged: Vec<&str> = info
         .members
@@ -516,7 +523,13 @@ async fn a_members_key_change_holds_sending_to_the_group_until_verified() {
         matches!(&e, ClientError::KeyChanged(h) if h == "bobby"),
         "{e:?}"
     );
-    assert!(alice.store().outbox().unwrap().is_empty(), "nothing queued");
+    // Nothing queued for the group (the read receipt of "new phone" to
+    // bobby is held pairwise, as in 1:1).
+    let queued = alice.store().outbox().unwrap();
+    assert!(
+        queued.iter().all(|i| i.peer == "bobby"),
+        "nothing queued for the group: {queued:?}"
+    );
 
     // Confirmed: the group goes on without the key the admin did not sign.
     alice.confirm("bobby").unwrap();

@@ -523,6 +523,17 @@ async fn a_members_key_change_holds_sending_to_the_group_until_verified() {
         matches!(&e, ClientError::KeyChanged(h) if h == "bobby"),
         "{e:?}"
     );
+    // A file is refused when it is queued, before it is encrypted or
+    // uploaded.
+    let photo = tmp.path().join("photo.jpg");
+    std::fs::write(&photo, b"not really a photo").unwrap();
+    let e = alice
+        .queue_group_file(&group, &photo, "held too")
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::KeyChanged(h) if h == "bobby"),
+        "{e:?}"
+    );
     // Nothing queued for the group (the read receipt of "new phone" to
     // bobby is held pairwise, as in 1:1).
     let queued = alice.store().outbox().unwrap();

@@ -227,9 +227,23 @@ impl Client {
     }
 
     /// How many accounts a group file is for (the server deletes the blob
-    /// once that many fetched it).
+    /// once that many fetched it). Refused, as a group text is, while a
+    /// member's key change waits for `verify --confirm`: a file is checked
+    /// when it is queued, before it is encrypted and uploaded (one already
+    /// queued skips that member when it goes, see [`Self::encrypt_for_group`]).
     pub(in crate::client) fn group_file_recipients(&self, group: &GroupId) -> Result<u32> {
         let record = self.member_group(group)?;
+        let me = self.my_key();
+        for (m, _) in record.state.members() {
+            if m.identity.ed25519 == me {
+                continue;
+            }
+            if let Some(c) = self.store().contact(&m.handle)? {
+                if c.changed_identity.is_some() {
+                    return Err(ClientError::KeyChanged(m.handle.clone()));
+                }
+            }
+        }
         let n = record.state.members().count().saturating_sub(1);
         Ok(u32::try_from(n.max(1)).unwrap_or(u32::MAX))
     }

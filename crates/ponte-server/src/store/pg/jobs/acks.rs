@@ -1,6 +1,6 @@
 //! Taking messages out of mailboxes: acknowledgements (with their
-//! delivery receipts) and expiry (with its expired notices), and the group
-//! bodies they release.
+//! delivery receipts) and expiry (with its expired notices; it also
+//! clears full rate-limit buckets), and the group bodies they release.
 
 use super::super::PgError;
 use super::{i64_of, seq_of, Tx};
@@ -201,5 +201,8 @@ pub(super) async fn expire(
         &[&now.minus(retention).0],
     )
     .await?;
+    // Rate-limit buckets that are full again are the same as no row.
+    tx.exec(super::super::limits::DELETE_FULL, &[&EXPIRE_BATCH])
+        .await?;
     Ok(out)
 }

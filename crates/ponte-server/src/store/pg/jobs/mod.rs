@@ -29,6 +29,51 @@ fn seq_of(v: i64) -> Seq {
     Seq(u64::try_from(v).unwrap_or(0))
 }
 
+/// Locks, before any job runs, every account row the batch's jobs will
+/// lock, in id order and in one statement: the recipients of its sends,
+/// the acknowledging accounts with the senders their receipts go to, the
+/// owners of key uploads and new blobs. Locked one by one as the jobs came,
+/// two nodes' batches took the same rows in different orders (a send
+/// locks its recipient, that recipient's ack on the other node locks it
+/// and then the sender) and deadlocked; PostgreSQL broke each deadlock
+/// after `deadlock_timeout` and the batch ran again, which put seconds on
+/// cross-node delivery under load. (The expiry job still locks as it goes:
+/// it runs rarely and retries like any batch.)
+pub(super) async fn lock_all(tx: &mut Tx<'_>, works: &[&Work]) -> Result<(), PgError> {
+    let mut ids: Vec<AccountId> = Vec::new();
+    let mut handles: Vec<String> = Vec::new();
+    for w in works {
+        match w {
+            Work::Send(m) => handles.push(m.recipient.clone()),
+            Work::SendGroup(m) => handles.extend(m.recipients.iter().cloned()),
+            Work::Ack { account, seqs, .. } if !seqs.is_empty() => {
+                ids.push(*account);
+                let wanted: Vec<i64> = seqs.iter().map(|s| i64_of(s.0)).collect();
+                let rows = tx
+                    .query(
+                        "SELECT DISTINCT peer FROM mailbox WHERE owner = $1 AND seq = ANY($2)",
+                        &[account, &wanted],
+                    )
+                    .await?;
+                for r in &rows {
+                    ids.push(r.try_get(0)?);
+                }
+            }
+            Work::Upload { account, .. } => ids.push(*account),
+            Work::BlobCreate(b) => ids.push(b.owner),
+            _ => {}
+        }
+    }
+    if ids.is_empty() && handles.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    handles.sort_unstable();
+    handles.dedup();
+    tx.lock_many(&ids, &handles).await
+}
+
 /// Runs one job in the open transaction.
 pub(super) async fn run(tx: &mut Tx<'_>, work: &Work) -> Result<Done, PgError> {
     Ok(match work {

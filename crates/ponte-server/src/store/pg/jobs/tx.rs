@@ -101,6 +101,32 @@ impl<'a> Tx<'a> {
         Ok(Some((id, p.unwrap_or(stored))))
     }
 
+    /// Locks the rows of the accounts `ids` and those with `handles`, all
+    /// in one statement, in id order (see [`super::lock_all`]).
+    pub(super) async fn lock_many(
+        &mut self,
+        ids: &[AccountId],
+        handles: &[String],
+    ) -> Result<(), PgError> {
+        let rows = self
+            .query(
+                "SELECT id, pending FROM accounts WHERE id = ANY($1) OR handle = ANY($2)
+                 ORDER BY id FOR NO KEY UPDATE",
+                &[&ids, &handles],
+            )
+            .await?;
+        for r in &rows {
+            let id: AccountId = r.try_get(0)?;
+            let pending: i64 = r.try_get(1)?;
+            self.locked.entry(id).or_insert(Some(pending));
+        }
+        // An id without a row: no such account (as `lock` would find).
+        for id in ids {
+            self.locked.entry(*id).or_insert(None);
+        }
+        Ok(())
+    }
+
     /// Adds `d` to the waiting messages of a locked account.
     pub(super) fn add_pending(&mut self, account: AccountId, d: i64) {
         if let Some(Some(p)) = self.locked.get_mut(&account) {

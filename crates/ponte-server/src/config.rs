@@ -22,6 +22,16 @@ pub struct RateLimit {
     pub per_hour: u32,
 }
 
+impl RateLimit {
+    /// The bucket's rate in [`ponte_wire::limit`]'s terms.
+    pub fn rate(self) -> ponte_wire::limit::Rate {
+        ponte_wire::limit::Rate {
+            per_second: f64::from(self.per_hour) / 3600.0,
+            capacity: f64::from(self.burst),
+        }
+    }
+}
+
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

@@ -3,9 +3,14 @@
 //! addresses are refused rather than remembered. IPv6 addresses count per
 //! /64 (one host usually has a whole /64), IPv4-mapped ones as IPv4: the
 //! key and the buckets are [`ponte_wire::limit`]'s, shared with the relay.
+//!
+//! These count on one node. A service of several nodes counts in its
+//! store instead (`Store::shared_token`, a table in PostgreSQL), so that
+//! an address gets its burst once for the whole service, not once per
+//! node; the registration request asks the store first.
 
 use crate::config::RateLimit;
-use ponte_wire::limit::{Buckets, Rate, SourceKey};
+use ponte_wire::limit::{Buckets, SourceKey};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,13 +39,9 @@ pub struct Limiter {
 impl Limiter {
     /// A limiter with the given rate.
     pub fn new(limit: RateLimit) -> Self {
-        let rate = Rate {
-            per_second: f64::from(limit.per_hour) / 3600.0,
-            capacity: f64::from(limit.burst),
-        };
         Self {
             table: Mutex::new(Table {
-                buckets: Buckets::new(rate),
+                buckets: Buckets::new(limit.rate()),
                 full_since: None,
             }),
         }

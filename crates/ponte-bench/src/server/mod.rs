@@ -9,6 +9,8 @@
 //!   (`ponte_load.rs` speaks the ponte protocol, `nats.rs` the NATS one).
 //! - `ponte-bench server files …` sends a file through a TLS relay
 //!   (`files.rs`).
+//! - `ponte-bench server scale …` runs the traffic phases against one
+//!   SQLite node and one, two and three PostgreSQL nodes (`scale.rs`).
 //!
 //! Phases, per system: N idle logged-in clients (server RSS delta / N, the
 //! clients spread over processes of `--clients-per-proc` each), online
@@ -27,6 +29,7 @@ mod nats;
 mod ponte_load;
 pub(crate) mod procs;
 mod report;
+mod scale;
 mod stats;
 
 use anyhow::{bail, Context as _};
@@ -50,6 +53,10 @@ enum ServerCommand {
     /// Run the messaging benchmark (ponte server and nats-server) and print
     /// a Markdown report.
     Run(RunArgs),
+    /// The same workload against one SQLite node, one PostgreSQL node, and
+    /// two and three PostgreSQL+NATS nodes, with the CPU spent per message
+    /// in the nodes, PostgreSQL and NATS (`scale.rs`).
+    Scale(scale::ScaleArgs),
     /// One load-generator process (started by `run`).
     Client(ClientArgs),
     /// A file through a TLS relay on loopback, up and down, against the
@@ -140,6 +147,10 @@ pub struct ClientArgs {
     /// `ponte://HOST:PORT#KEY` or the NATS `HOST:PORT`.
     #[arg(long)]
     addr: String,
+    /// ponte online mode: the receivers log in here instead (another node
+    /// of the same service: cross-node delivery).
+    #[arg(long)]
+    recv_addr: Option<String>,
     #[arg(long, value_enum)]
     mode: Mode,
     #[arg(long, default_value_t = 1)]
@@ -187,6 +198,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
         ServerCommand::Run(r) => rt.block_on(orchestrate(r)),
         ServerCommand::Client(c) => rt.block_on(client(c)),
         ServerCommand::Files(f) => rt.block_on(files::run(f)),
+        ServerCommand::Scale(s) => rt.block_on(scale::run(s)),
     }
 }
 
@@ -233,8 +245,14 @@ async fn client(c: ClientArgs) -> anyhow::Result<()> {
                         size: c.size,
                         count_acks: durable,
                     };
+                    let recv_addr: Option<ponte_wire::address::ServerAddress> = c
+                        .recv_addr
+                        .as_deref()
+                        .map(str::parse)
+                        .transpose()
+                        .context("receivers' server address")?;
                     let r = ponte_load::traffic(
-                        &addr,
+                        (&addr, recv_addr.as_ref().unwrap_or(&addr)),
                         c.seed,
                         c.first,
                         c.count,

@@ -216,12 +216,13 @@ pub struct SendPlan {
 }
 
 /// Online pairs (`durable == false`): senders `first + 2p` send to receivers
-/// `first + 2p + 1`, which are logged in and acknowledge. Durable
+/// `first + 2p + 1`, which are logged in (at the second address: another
+/// node of the service, or the same) and acknowledge. Durable
 /// (`durable == true`): the senders send to the offline accounts
 /// `offline_first..+offline_count` and only `SendAck`s are counted.
 #[allow(clippy::too_many_arguments)]
 pub async fn traffic(
-    addr: &ServerAddress,
+    (addr, recv_addr): (&ServerAddress, &ServerAddress),
     seed: u32,
     first: u32,
     pairs: u32,
@@ -236,7 +237,7 @@ pub async fn traffic(
     for p in 0..pairs {
         senders.push(login(addr, seed, first + 2 * p).await?);
         if !durable {
-            receivers.push(login(addr, seed, first + 2 * p + 1).await?);
+            receivers.push(login(recv_addr, seed, first + 2 * p + 1).await?);
         }
     }
     common::ready_then_go(senders.len() + receivers.len()).await?;

@@ -77,6 +77,17 @@ pub async fn start_ponte(
     config: &Path,
     log: &Path,
 ) -> anyhow::Result<(System, String)> {
+    start_node(bin, data, config, log, &[]).await
+}
+
+/// [`start_ponte`] with more arguments (`--store URL`, `--bus URL`).
+pub async fn start_node(
+    bin: &Path,
+    data: &Path,
+    config: &Path,
+    log: &Path,
+    extra: &[String],
+) -> anyhow::Result<(System, String)> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -88,6 +99,7 @@ pub async fn start_ponte(
         .arg("--config")
         .arg(config)
         .args(["--listen", "127.0.0.1:0", "--no-admin"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -120,6 +132,37 @@ pub async fn start_nats(bin: &Path, log: &Path) -> anyhow::Result<(System, Strin
         .open(log)?;
     let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id().context("nats-server exited at once")?;
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return Ok((System { child, pid }, addr));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("nats-server did not accept connections on {addr} within 10 s")
+}
+
+/// Starts `nats-server -js` (its store under `dir`) on a free loopback
+/// port: the bus of a multi-node setup.
+pub async fn start_nats_js(bin: &Path, dir: &Path, log: &Path) -> anyhow::Result<(System, String)> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("nats-store"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -12,7 +12,9 @@
 
 use super::{arr, verify, Context, Online, Refusal, Reply, Request, Runs};
 use crate::store::{AccountInfo, NewAccount, RegisterOutcome, UnixMillis};
+use ponte_wire::limit::SourceKey;
 use ponte_wire::messages::{self, server_frame, ErrorCode};
+use std::net::IpAddr;
 use std::time::Instant;
 
 /// Longest invite token accepted.
@@ -78,15 +80,14 @@ impl Request for messages::Register {
         } else {
             // Rate limits first (checking takes no token): a flood of bad
             // signatures must not cost a signature verification each.
-            let may = shared.register_by_source.check(peer.source_ip, now)
-                && shared.register_by_peer.check(peer.peer_ip, now);
+            let may = tokens(&cx, now, false).await?;
             if may && !verify(&ed, &signed, &r.signature) {
                 return Err(Refusal::new(
                     ErrorCode::BadSignature,
                     "registration signature",
                 ));
             }
-            if !(may && take_tokens(&cx, now)) {
+            if !(may && tokens(&cx, now, true).await?) {
                 return Err(rate_limited(shared.cfg.invite_only));
             }
         }
@@ -106,7 +107,7 @@ impl Request for messages::Register {
         if with_invite {
             // Every attempt takes a token while there are any; only a
             // failure needs one.
-            let took = take_tokens(&cx, now);
+            let took = tokens(&cx, now, true).await?;
             let failed = matches!(&outcome, Ok(o) if !matches!(o, RegisterOutcome::Created(_)));
             if failed && !took {
                 return Err(rate_limited(true));
@@ -148,11 +149,54 @@ impl Request for messages::Register {
     }
 }
 
-/// Takes a registration token for the source and for the peer address.
-fn take_tokens(cx: &Context, now: Instant) -> bool {
+/// Takes (with `take` false: checks for) a registration token for the
+/// source and for the peer address. With a store shared by several nodes
+/// the buckets are the store's, counted across every node; else this
+/// node's own.
+async fn tokens(cx: &Context, now: Instant, take: bool) -> Result<bool, Refusal> {
     let (shared, peer) = (&cx.shared, &cx.peer);
-    shared.register_by_source.take(peer.source_ip, now)
-        && shared.register_by_peer.take(peer.peer_ip, now)
+    let limits = [
+        (
+            &shared.register_by_source,
+            shared.cfg.register_limit,
+            peer.source_ip,
+            b"register-source" as &[u8],
+        ),
+        (
+            &shared.register_by_peer,
+            shared.cfg.register_limit_per_peer,
+            peer.peer_ip,
+            b"register-peer",
+        ),
+    ];
+    for (local, limit, ip, name) in limits {
+        let shared_bucket = shared
+            .store
+            .shared_token(bucket_key(name, ip), limit.rate(), take)
+            .await
+            .map_err(|e| Refusal::unavailable("register", &e))?;
+        let ok = match shared_bucket {
+            Some(ok) => ok,
+            None if take => local.take(ip, now),
+            None => local.check(ip, now),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The key of an address's bucket of limit `name`: the name, then the
+/// address as the buckets count it (IPv4, or an IPv6 /64).
+fn bucket_key(name: &[u8], ip: IpAddr) -> Vec<u8> {
+    let mut key = name.to_vec();
+    key.push(b':');
+    match SourceKey::of(ip) {
+        SourceKey::V4(a) => key.extend_from_slice(&a.to_be_bytes()),
+        SourceKey::V6(p) => key.extend_from_slice(&p.to_be_bytes()),
+    }
+    key
 }
 
 /// The refusal once an address has no registration tokens left.

@@ -137,6 +137,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Finished blobs and stored bytes.
     fn blob_totals(&self) -> StoreFuture<'_, BlobTotals>;
 
+    /// Takes a token from the service-wide token bucket `key` (with `take`
+    /// false: only says whether one is there), for limits that count
+    /// across every node of a service (registrations per address). `None`:
+    /// this store keeps no such buckets, the node's own (in memory) count,
+    /// which is right for a store only one node opens.
+    fn shared_token(
+        &self,
+        key: Vec<u8>,
+        rate: ponte_wire::limit::Rate,
+        take: bool,
+    ) -> StoreFuture<'_, Option<bool>> {
+        let _ = (key, rate, take);
+        Box::pin(async { Ok(None) })
+    }
+
     /// Commit, write and flush figures (shared handles).
     fn stats(&self) -> &StoreStats;
 

@@ -7,6 +7,7 @@
 //!   queued job in one transaction, the hand-over to the [`Sink`], retries.
 //! - `jobs`: the SQL of every write job, run inside the writer's transaction.
 //! - `read`: the reads, on a pool of connections.
+//! - `limits`: token buckets shared by every node (registration limits).
 //!
 //! **Driver**: `tokio-postgres` with `deadpool-postgres` for the pool, not
 //! `sqlx`: the store writes its SQL by hand anyway (no query macros, which
@@ -69,6 +70,7 @@
 //! another node took.
 
 mod jobs;
+mod limits;
 pub mod migrate;
 mod read;
 mod schema;
@@ -531,6 +533,15 @@ impl Store for PgStore {
 
     fn key_counts(&self, account: AccountId) -> StoreFuture<'_, KeyCounts> {
         self.read(move |c| async move { read::key_counts(&c, account).await })
+    }
+
+    fn shared_token(
+        &self,
+        key: Vec<u8>,
+        rate: ponte_wire::limit::Rate,
+        take: bool,
+    ) -> StoreFuture<'_, Option<bool>> {
+        self.read(move |c| async move { limits::token(&c, &key, rate, take).await.map(Some) })
     }
 
     fn mailbox_len(&self, account: AccountId) -> StoreFuture<'_, u32> {

@@ -25,7 +25,7 @@ struct Migration {
 /// Every version, in order. A change to the schema is a new entry here,
 /// never an edit of an old one (nodes of a service may run different
 /// releases during an upgrade; an older node refuses a newer schema).
-const MIGRATIONS: &[Migration] = &[Migration { to: 1, sql: V1 }];
+const MIGRATIONS: &[Migration] = &[Migration { to: 1, sql: V1 }, Migration { to: 2, sql: V2 }];
 
 /// Version 1: accounts (with the count of waiting messages per recipient,
 /// `pending`, which also serves as the mailbox's lock row: see the module
@@ -121,6 +121,20 @@ CREATE TABLE service (
     key TEXT PRIMARY KEY,
     value BYTEA NOT NULL
 );
+";
+
+/// Version 2: token buckets shared by every node (`rate_limits`: the
+/// registration limits per address count across the service). `at` is
+/// the database's clock (Unix ms) when `tokens` was last computed;
+/// `full_at` when the bucket will be full again (the row can go then).
+const V2: &str = "
+CREATE TABLE rate_limits (
+    key BYTEA PRIMARY KEY,
+    tokens DOUBLE PRECISION NOT NULL,
+    at BIGINT NOT NULL,
+    full_at BIGINT NOT NULL
+);
+CREATE INDEX rate_limits_full ON rate_limits (full_at);
 ";
 
 /// The schema version this code writes.

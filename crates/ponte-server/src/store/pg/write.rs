@@ -218,6 +218,12 @@ impl Writer {
             .await
             .map_err(|e| classify_batch(e.into()))?;
         let mut tx = Tx::new(c, &mut self.handles);
+        let works: Vec<&Work> = jobs.iter().map(|q| &q.work).collect();
+        if let Err(e) = jobs::lock_all(&mut tx, &works).await {
+            drop(tx);
+            rollback(held).await;
+            return Err(classify_batch(e));
+        }
         let mut answers = Vec::with_capacity(jobs.len());
         for (i, q) in jobs.iter().enumerate() {
             match jobs::run(&mut tx, &q.work).await {

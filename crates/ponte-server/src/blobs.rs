@@ -584,3 +584,6 @@ pub(crate) async fn sweep(shared: &Shared) {
         Err(e) => tracing::warn!("blob totals failed: {}", crate::Chain(&e)),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -373,6 +373,12 @@ fn assert_stored(dir: &Path, id: &BlobId, data: &[u8]) {
     assert_eq!(Sha256::digest(&stored), Sha256::digest(data), "sha256");
 }
 
+fn partial(dir: &Path, id: &BlobId) -> std::path::PathBuf {
+    dir.join(super::BLOB_DIR)
+        .join(super::PARTIAL_DIR)
+        .join(super::file_name(id))
+}
+
 /// A connection drops while its append's offset record is at the store
 /// (held there): the next connection's append goes on from where that
 /// append ended (told so at once, while the record is still held), and
@@ -423,4 +429,63 @@ async fn a_dropped_connection_with_a_record_at_the_store_keeps_the_upload() {
     let s = upload_state(b.request(append(id, 2 * c as u64, &data[2 * c..])).await);
     assert_eq!((s.offset, s.finished), (3 * c as u64, true));
     assert_stored(tmp.path(), &id, &data);
+}
+
+/// The stored offset moves while an append's record is held (as another
+/// node's append to the same upload would move it): the record is refused,
+/// but the upload is there, so the append is answered `OFFSET_MISMATCH`
+/// with the stored offset and its file stays; the upload goes on from
+/// there and completes whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_moved_under_a_record_is_a_mismatch_and_keeps_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path()).await;
+    let c = BLOB_CHUNK_MAX;
+    let data = random_data(2 * c);
+    let (_device, mut a, id) = setup(&server, &data).await;
+
+    server.gate.hold();
+    let rid = a.fire(append(id, 0, &data[..c])).await;
+    assert_eq!(server.gate.held().await, (0, c as u64));
+    assert!(server
+        .gate
+        .inner
+        .blob_advance(id, 0, c as u64)
+        .await
+        .unwrap());
+    server.gate.release();
+    let (code, offset) = refusal(a.answer(rid).await);
+    assert_eq!((code, offset), (ErrorCode::OffsetMismatch, c as u64));
+    assert!(partial(tmp.path(), &id).is_file(), "the partial file stays");
+
+    let s = upload_state(a.request(append(id, c as u64, &data[c..])).await);
+    assert_eq!((s.offset, s.finished), (2 * c as u64, true));
+    assert_stored(tmp.path(), &id, &data);
+}
+
+/// The upload is deleted while an append's record is held (as the sweep
+/// deletes an expired one): the record is refused, the append is answered
+/// `UNKNOWN_BLOB`, and the partial file it wrote is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_deleted_under_a_record_loses_its_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path()).await;
+    let c = BLOB_CHUNK_MAX;
+    let data = random_data(2 * c);
+    let (_device, mut a, id) = setup(&server, &data).await;
+
+    server.gate.hold();
+    let rid = a.fire(append(id, 0, &data[..c])).await;
+    assert_eq!(server.gate.held().await, (0, c as u64));
+    assert!(
+        partial(tmp.path(), &id).is_file(),
+        "written before its flush"
+    );
+    assert_eq!(server.gate.inner.blob_delete(vec![id]).await.unwrap(), 1);
+    server.gate.release();
+    let (code, _) = refusal(a.answer(rid).await);
+    assert_eq!(code, ErrorCode::UnknownBlob);
+    assert!(!partial(tmp.path(), &id).exists(), "the partial file went");
+    let (code, _) = refusal(a.request(append(id, 0, &data[..c])).await);
+    assert_eq!(code, ErrorCode::UnknownBlob);
 }

@@ -128,8 +128,11 @@ struct TailState {
 pub(crate) enum Flushed {
     /// Its chunk is on disk and its offset recorded.
     Durable,
-    /// The upload's row went (the sweep deleted the expired upload).
-    Gone,
+    /// The store refused the record: the upload's row went (the sweep
+    /// deleted the expired upload), or its offset is not where this
+    /// tail's records left it (an append elsewhere recorded first). The
+    /// caller tells which (see `requests::upload`).
+    Refused,
     /// The disk or the store failed; nothing past the recorded offset counts.
     Failed(String),
 }
@@ -301,7 +304,7 @@ impl Tail {
                     .send_modify(|d| d.recorded = d.recorded.max(to));
                 Flushed::Durable
             }
-            Ok(false) => self.poison(Flushed::Gone),
+            Ok(false) => self.poison(Flushed::Refused),
             Err(e) => self.poison(Flushed::Failed(crate::Chain(&e).to_string())),
         }
     }
@@ -584,3 +587,6 @@ pub(crate) async fn sweep(shared: &Shared) {
         Err(e) => tracing::warn!("blob totals failed: {}", crate::Chain(&e)),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -279,6 +279,16 @@ impl Server {
     /// (so the next one creates the key again and says so). Logs a warning
     /// first when `admin` is not a loopback address.
     pub async fn bind(cfg: ServerConfig, admin: Option<SocketAddr>) -> Result<Self, ServerError> {
+        Self::bind_wrapping(cfg, admin, std::convert::identity).await
+    }
+
+    /// [`Server::bind`], with the opened store handed through `wrap` (the
+    /// identity but in tests, which wrap it to hold a call back).
+    async fn bind_wrapping(
+        cfg: ServerConfig,
+        admin: Option<SocketAddr>,
+        wrap: impl FnOnce(Box<dyn Store>) -> Box<dyn Store>,
+    ) -> Result<Self, ServerError> {
         if let Some(addr) = admin.filter(|a| !is_loopback(a.ip())) {
             // Allowed (a private network may be trusted), but metrics show
             // traffic volumes and connection counts to whoever reaches them.
@@ -333,7 +343,7 @@ impl Server {
                 }),
             };
             let store = open_store(&cfg, &keypair, sink)?;
-            Ok((lock, store))
+            Ok((lock, wrap(store)))
         });
         let (lock, store) = match opened {
             Ok(v) => v,

@@ -200,14 +200,7 @@ impl Request for messages::UploadAppend {
             .unwrap_or_else(|e| Flushed::Failed(format!("the flush task ended: {e}")));
             match flushed {
                 Flushed::Durable => {}
-                Flushed::Gone => {
-                    // The row went meanwhile (the sweep deleted the expired
-                    // upload): so does the file this append wrote.
-                    if let Err(e) = cx.shared.blobs.delete(id).await {
-                        tracing::warn!("deleting an expired upload failed: {e}");
-                    }
-                    return Err(unknown());
-                }
+                Flushed::Refused => return refused(&cx, id).await,
                 Flushed::Failed(e) => {
                     tracing::warn!("blob append failed: {e}");
                     return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
@@ -226,6 +219,25 @@ impl Request for messages::UploadAppend {
             info = finish(&cx, info).await?;
         }
         Ok(state(&info))
+    }
+}
+
+/// After the store refused an append's offset record: an upload that is
+/// gone (deleted, or expired: the sweep deletes it) loses its files and is
+/// answered `UNKNOWN_BLOB`; one whose offset moved meanwhile (an append
+/// elsewhere recorded first) keeps its file, whose next tail cuts it back
+/// to the recorded offset, and is answered `OFFSET_MISMATCH` with that
+/// offset, from which the client goes on.
+async fn refused(cx: &Context, id: BlobId) -> Result<Reply, Refusal> {
+    match cx.shared.store.blob(id).await {
+        Ok(Some(info)) if info.expires_at > UnixMillis::now() => Ok(mismatch(cx, info.offset)),
+        Ok(_) => {
+            if let Err(e) = cx.shared.blobs.delete(id).await {
+                tracing::warn!("deleting an expired upload failed: {e}");
+            }
+            Err(unknown())
+        }
+        Err(e) => Err(Refusal::unavailable("blob lookup", &e)),
     }
 }
 

@@ -49,7 +49,7 @@ mod sync;
 mod timers;
 mod views;
 
-pub use files::{guess_mime, Progress, DEFAULT_AUTO_DOWNLOAD, FILES_DIR};
+pub use files::{guess_mime, Progress, DEFAULT_AUTO_DOWNLOAD, FILES_DIR, UPLOAD_WINDOW};
 pub use groups::{GroupInfo, GroupMember, GroupOutcome, MIN_GROUP_PREFIX};
 pub use outbound::SendOutcome;
 pub use register::{RegisterOptions, DEFAULT_CONNECT_TIMEOUT};

@@ -282,6 +282,31 @@ impl App {
         self.set_phase(Phase::Ready);
     }
 
+    /// Index for search what waits (the whole history after the upgrade
+    /// to schema 5), one batch at a time with the API's client released in
+    /// between, so the page stays answered meanwhile. Runs on a blocking
+    /// thread until nothing waits or the app stops.
+    pub fn index_in_background(self: &Arc<Self>) {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || loop {
+            if *app.closing.borrow() {
+                return;
+            }
+            let n = match lock(&app.local).as_ref() {
+                Some(c) => c.store().index_some(),
+                None => return,
+            };
+            match n {
+                Ok(0) => return,
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) => {
+                    tracing::warn!(error = %Report(&e), "indexing for search stopped");
+                    return;
+                }
+            }
+        });
+    }
+
     /// End the live channels (shutting down).
     pub fn close_live(&self) {
         let _ = self.closing.send(true);

@@ -257,6 +257,7 @@ pub async fn control(
     };
     client.set_read_when_opened(true);
     app.ready(local, client.handle());
+    app.index_in_background();
     if let Some(reply) = reply {
         let _ = reply.send(Ok(()));
     }

@@ -347,6 +347,14 @@ impl Store {
         }
     }
 
+    /// Index at most one batch (512) of the messages waiting; returns how
+    /// many. A chat window calls it in the background, one short
+    /// transaction at a time, so the first search after the upgrade to
+    /// schema 5 finds the backfill done.
+    pub fn index_some(&self) -> Result<usize> {
+        index_batch(&self.conn, &self.key)
+    }
+
     /// Messages whose words are not indexed yet.
     pub fn search_backlog(&self) -> Result<usize> {
         let n: i64 = self

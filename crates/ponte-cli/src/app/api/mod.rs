@@ -9,10 +9,12 @@
 //! | `GET /api/state` | phase (setup, locked, ready), handle, connection, messages waiting |
 //! | `POST /api/register` | first run: `{server, handle, passphrase?, invite?, relay?}` |
 //! | `POST /api/unlock` | `{passphrase}` |
-//! | `GET /api/chats` | the chat list |
-//! | `GET /api/chat/{peer}?before=N` | a page of a conversation (200 messages) |
+//! | `GET /api/chats` | the chat list (contacts and groups) |
+//! | `GET /api/chat/{peer}?before=N` | a page of a conversation (200 messages); `peer` a handle or `g:HEX` |
 //! | `POST /api/chat/{peer}/read` | the chat is open: its messages are read (read receipts) |
-//! | `POST /api/send` | `{peer, text}` |
+//! | `POST /api/send` | `{peer, text, reply_to?}` |
+//! | `POST /api/groups`, `GET /api/group/{id}`, `POST /api/group/{id}/{add,remove,leave}`, `POST /api/timer` | groups and timers (`groups.rs`) |
+//! | `GET /api/search?q=WORDS` | search the history (`search.rs`) |
 //! | `POST /api/send-file?peer=P&name=N&caption=C` | the file's bytes as the body |
 //! | `GET /api/file/{id}` | a received file (images inline, the rest as a download) |
 //! | `POST /api/file/{id}/fetch` | download a received file now |
@@ -280,6 +282,31 @@ impl App {
         *lock(&self.local) = Some(local);
         *lock(&self.handle) = Some(handle.to_owned());
         self.set_phase(Phase::Ready);
+    }
+
+    /// Index for search what waits (the whole history after the upgrade
+    /// to schema 5), one batch at a time with the API's client released in
+    /// between, so the page stays answered meanwhile. Runs on a blocking
+    /// thread until nothing waits or the app stops.
+    pub fn index_in_background(self: &Arc<Self>) {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || loop {
+            if *app.closing.borrow() {
+                return;
+            }
+            let n = match lock(&app.local).as_ref() {
+                Some(c) => c.store().index_some(),
+                None => return,
+            };
+            match n {
+                Ok(0) => return,
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) => {
+                    tracing::warn!(error = %Report(&e), "indexing for search stopped");
+                    return;
+                }
+            }
+        });
     }
 
     /// End the live channels (shutting down).

@@ -170,6 +170,30 @@ fn a_group_of_three_replies_search_and_timers_in_a_real_browser() {
         json!(["alice"])
     );
     a.screenshot("11-group-info");
+    // Any member sets the group's timer in group info: the header shows
+    // it, and the others' apps have it.
+    a.wait(
+        "the group's timer choice",
+        "return !document.getElementById('group-timer-row').hidden \
+           && document.querySelector('[data-testid=group-timer-select]').value === 'off'",
+        json!([]),
+    );
+    a.click("[data-testid=group-timer-select] option[value='86400s']");
+    a.wait(
+        "the group's timer in the header and the panel",
+        "const t = document.querySelector('[data-testid=timer]'); \
+         return !t.hidden && t.dataset.secs === '86400' \
+           && document.querySelector('[data-testid=group-timer]').textContent.includes('1 d')",
+        json!([]),
+    );
+    let gid = key.strip_prefix("g:").unwrap();
+    for (app, who) in [(&app_b, "bobby"), (&app_c, "carol")] {
+        app.wait_for(
+            &format!("/api/group/{gid}"),
+            &format!("the group's timer at {who}'s"),
+            |v| v["timer"] == 86400,
+        );
+    }
     a.click("[data-testid=group-member][data-handle=carol] [data-testid=group-remove]");
     a.wait(
         "carol gone from the members",

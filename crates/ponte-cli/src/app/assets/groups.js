@@ -67,10 +67,11 @@ function renderTimer(secs) {
   t.dataset.secs = String(secs || 0);
 }
 
-// The timer choice in contact info (1:1 conversations).
-async function showTimerChoice(peer) {
-  const sel = $('timer-select');
-  $('timer-row').hidden = false;
+// The timer choice: in contact info for a 1:1 conversation, in group
+// info for a group (any member may set it, as with `ponte timer g:…`).
+async function showTimerChoice(peer, ids = { row: 'timer-row', select: 'timer-select', error: 'timer-error' }) {
+  const sel = $(ids.select);
+  $(ids.row).hidden = false;
   try {
     const page = await getJson(`/api/chat/${encodeURIComponent(peer)}?before=0`);
     const secs = page.timer || 0;
@@ -83,11 +84,12 @@ async function showTimerChoice(peer) {
     sel.value = value;
   } catch (_) { sel.value = 'off'; }
   sel.onchange = async () => {
-    $('timer-error').textContent = '';
+    $(ids.error).textContent = '';
     try {
       const r = await postJson('/api/timer', { peer, timer: sel.value });
+      if (peer.startsWith('g:')) $('group-timer').textContent = `Disappearing messages: ${timerLabel(r.timer)}`;
       if (state.open === peer) { renderTimer(r.timer); openChat(peer); }
-    } catch (e) { $('timer-error').textContent = e.message; }
+    } catch (e) { $(ids.error).textContent = e.message; }
   };
 }
 
@@ -135,6 +137,8 @@ async function openGroup(peer) {
     }
     list.append(li);
   }
+  $('group-timer-row').hidden = true;
+  if (g.status === 'member') showTimerChoice(peer, { row: 'group-timer-row', select: 'group-timer-select', error: 'group-error' });
   $('group-add-form').hidden = !admin;
   $('group-leave').hidden = g.status !== 'member';
   $('group-leave').onclick = () => groupChange(peer, 'leave', {}, $('group-leave'));

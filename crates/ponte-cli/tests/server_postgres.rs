@@ -12,17 +12,20 @@
 //! reachable (unless `PONTE_REQUIRE_PG=1`).
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 // The server crate's test helper for PostgreSQL (fresh database, skip).
 #[allow(dead_code)]
 #[path = "../../ponte-server/tests/common/pg.rs"]
 mod pg;
 
+use cluster::{nats_reachable, nats_url};
 use common::{
     command, json_lines, ok, ponte, stderr, wait_output, with_text, Killed, Server, PONTE, WAIT,
 };
@@ -143,41 +146,6 @@ fn two_clients_chat_through_a_server_on_postgres() {
         "the failed start left its key"
     );
     server.kill();
-}
-
-/// The NATS the tests use (`PONTE_TEST_NATS`, by default the local one).
-fn nats_url() -> String {
-    std::env::var("PONTE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-/// Whether NATS answers with its INFO line; as [`pg::reachable`] otherwise.
-fn nats_reachable() -> bool {
-    let url = nats_url();
-    let hostport = url.trim_start_matches("nats://").to_owned();
-    let probe = || -> Result<(), String> {
-        let addr: std::net::SocketAddr = hostport.parse().map_err(|e| format!("{e}"))?;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
-            .map_err(|e| format!("{e}"))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
-            .map_err(|e| format!("{e}"))?;
-        let mut head = [0u8; 4];
-        s.read_exact(&mut head).map_err(|e| format!("{e}"))?;
-        if &head == b"INFO" {
-            Ok(())
-        } else {
-            Err("not a NATS server".to_owned())
-        }
-    };
-    match probe() {
-        Ok(()) => true,
-        Err(e) if std::env::var("PONTE_REQUIRE_PG").as_deref() == Ok("1") => {
-            panic!("NATS at {url} is required (PONTE_REQUIRE_PG=1) but not reachable: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: NATS at {url} is not reachable ({e}); set PONTE_TEST_NATS");
-            false
-        }
-    }
 }
 
 /// `ponte listen --json` on a profile: its output lines as they come.

@@ -69,8 +69,15 @@ function renderTimer(secs) {
 
 // The timer choice: in contact info for a 1:1 conversation, in group
 // info for a group (any member may set it, as with `ponte timer g:…`).
+const TIMER_CHOICES = [0, 30, 300, 3600, 86400, 604800];
+
 async function showTimerChoice(peer, ids = { row: 'timer-row', select: 'timer-select', error: 'timer-error' }) {
   const sel = $(ids.select);
+  sel.replaceChildren(...TIMER_CHOICES.map((secs) => {
+    const o = el('option', '', timerLabel(secs));
+    o.value = secs ? `${secs}s` : 'off';
+    return o;
+  }));
   $(ids.row).hidden = false;
   try {
     const page = await getJson(`/api/chat/${encodeURIComponent(peer)}?before=0`);

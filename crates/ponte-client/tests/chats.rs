@@ -77,6 +77,25 @@ async fn read_receipts_wait_until_the_chat_is_opened() {
     assert_eq!(chats[0].peer, "bob");
     assert_eq!(chats[0].unread, 0);
     assert!(chats[0].last.as_ref().unwrap().outgoing);
+
+    // A timer setting is a line in the chat, not an unread message.
+    alice
+        .set_timer(
+            &ponte_client::store::Conversation::contact("bob"),
+            ponte_e2e::Timer::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    let mut notices = 0;
+    bob.sync(&mut |e| {
+        if let Event::Update(Update::Message(v)) = e {
+            notices += usize::from(v.notice.is_some());
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(notices, 1, "the setting is shown");
+    assert_eq!(bob.chats().unwrap()[0].unread, 0);
     server.stop().await;
 }
 

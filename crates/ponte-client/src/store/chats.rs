@@ -201,12 +201,13 @@ impl Store {
                 None => None,
             };
             let unread: i64 = self.conn.query_row(
+                // A timer setting is a line in the chat, not an unread message.
                 "SELECT (SELECT COUNT(*) FROM unread u JOIN messages m
                          ON m.peer = u.peer AND m.outgoing = 0 AND m.id = u.id
-                         WHERE u.peer = ?1 AND m.group_id IS NULL)
+                         WHERE u.peer = ?1 AND m.group_id IS NULL AND m.flags & ?2 = 0)
                       + (SELECT COUNT(*) FROM messages WHERE peer = ?1 AND outgoing = 0
-                         AND shown_status <> status AND group_id IS NULL)",
-                [&peer],
+                         AND shown_status <> status AND group_id IS NULL AND flags & ?2 = 0)",
+                params![peer, super::expiry::FLAG_TIMER_NOTICE],
                 |r| r.get(0),
             )?;
             let contact = self.contact(&peer)?;

@@ -36,14 +36,15 @@ impl Store {
                 Some(seq) => select_views(&self.conn, &self.key, "seq = ?1", &[&seq])?.pop(),
                 None => None,
             };
-            // Changes to the group are lines in it, not unread messages.
+            // Changes to the group and timer settings are lines in it, not
+            // unread messages.
             let unread: i64 = self.conn.query_row(
                 "SELECT (SELECT COUNT(*) FROM unread u JOIN messages m
                          ON m.peer = u.peer AND m.outgoing = 0 AND m.id = u.id
                          WHERE m.group_id = ?1 AND m.flags & ?2 = 0)
                       + (SELECT COUNT(*) FROM messages WHERE group_id = ?1 AND outgoing = 0
                          AND shown_status <> status AND flags & ?2 = 0)",
-                params![gid, FLAG_GROUP_NOTICE],
+                params![gid, FLAG_GROUP_NOTICE | super::expiry::FLAG_TIMER_NOTICE],
                 |r| r.get(0),
             )?;
             out.push((

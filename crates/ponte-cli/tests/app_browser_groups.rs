@@ -194,6 +194,31 @@ fn a_group_of_three_replies_search_and_timers_in_a_real_browser() {
             |v| v["timer"] == 86400,
         );
     }
+    // alice makes bobby an admin and renames the group; bobby's app has both.
+    a.click("[data-testid=group-member][data-handle=bobby] [data-testid=group-promote]");
+    a.wait(
+        "bobby an admin",
+        "return document.querySelector('[data-testid=group-member][data-handle=bobby]')?.dataset.admin === '1'",
+        json!([]),
+    );
+    a.type_into("[data-testid=group-rename-title]", "Porto in May");
+    a.click("[data-testid=group-rename]");
+    a.wait(
+        "the new title",
+        "return document.querySelector('[data-testid=group-title]').textContent === 'Porto in May'",
+        json!([]),
+    );
+    app_b.wait_for(
+        &format!("/api/group/{gid}"),
+        "bobby's app: admin, new title",
+        |v| {
+            v["title"] == "Porto in May"
+                && v["members"].as_array().is_some_and(|ms| {
+                    ms.iter()
+                        .any(|m| m["handle"] == "bobby" && m["admin"] == true)
+                })
+        },
+    );
     a.click("[data-testid=group-member][data-handle=carol] [data-testid=group-remove]");
     a.wait(
         "carol gone from the members",

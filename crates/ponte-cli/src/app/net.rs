@@ -88,6 +88,14 @@ pub enum GroupCall {
     Leave {
         group: GroupId,
     },
+    Promote {
+        group: GroupId,
+        member: String,
+    },
+    Rename {
+        group: GroupId,
+        title: String,
+    },
 }
 
 /// The receiving ends, for [`control`].
@@ -335,6 +343,10 @@ async fn run_command(app: &App, client: &mut Client, command: Command) {
                 GroupCall::Add { group, members } => client.group_add(&group, &members).await,
                 GroupCall::Remove { group, member } => client.group_remove(&group, &[member]).await,
                 GroupCall::Leave { group } => client.group_leave(&group).await,
+                GroupCall::Promote { group, member } => {
+                    client.group_promote(&group, &[member]).await
+                }
+                GroupCall::Rename { group, title } => client.group_rename(&group, &title).await,
             };
             if let Ok(outcome) = &r {
                 for w in &outcome.warnings {

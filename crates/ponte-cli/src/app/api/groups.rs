@@ -10,6 +10,8 @@
 //! | `POST /api/group/{id}/add` | `{members: [handle]}` (admins) |
 //! | `POST /api/group/{id}/remove` | `{member}` (admins) |
 //! | `POST /api/group/{id}/leave` | leave it |
+//! | `POST /api/group/{id}/promote` | `{member}`: make a member an admin (admins only) |
+//! | `POST /api/group/{id}/rename` | `{title}`: a new title (admins only) |
 //! | `POST /api/timer` | `{peer, timer}`: a conversation's disappearing timer (`"1h"`, `"off"`, as `ponte timer`) |
 
 use super::super::net::{Command, GroupCall};
@@ -140,6 +142,30 @@ pub(super) async fn remove(
     let member = string_field(&body, "member")
         .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "whom to remove?"))?;
     run(&app, GroupCall::Remove { group, member }).await
+}
+
+pub(super) async fn promote(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> ApiResult {
+    let group = group_id(&id)?;
+    let member = string_field(&body, "member")
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "whom to make an admin?"))?;
+    run(&app, GroupCall::Promote { group, member }).await
+}
+
+pub(super) async fn rename(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> ApiResult {
+    let group = group_id(&id)?;
+    let title = string_field(&body, "title")
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "a group needs a title"))?;
+    run(&app, GroupCall::Rename { group, title }).await
 }
 
 pub(super) async fn leave(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {

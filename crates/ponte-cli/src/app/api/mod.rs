@@ -13,7 +13,7 @@
 //! | `GET /api/chat/{peer}?before=N` | a page of a conversation (200 messages); `peer` a handle or `g:HEX` |
 //! | `POST /api/chat/{peer}/read` | the chat is open: its messages are read (read receipts) |
 //! | `POST /api/send` | `{peer, text, reply_to?}` |
-//! | `POST /api/groups`, `GET /api/group/{id}`, `POST /api/group/{id}/{add,remove,leave}`, `POST /api/timer` | groups and timers (`groups.rs`) |
+//! | `POST /api/groups`, `GET /api/group/{id}`, `POST /api/group/{id}/{add,remove,promote,rename,leave}`, `POST /api/timer` | groups and timers (`groups.rs`) |
 //! | `GET /api/search?q=WORDS` | search the history (`search.rs`) |
 //! | `POST /api/send-file?peer=P&name=N&caption=C` | the file's bytes as the body |
 //! | `GET /api/file/{id}` | a received file (images inline, the rest as a download) |
@@ -835,6 +835,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/group/{id}/add", post(groups::add))
         .route("/api/group/{id}/remove", post(groups::remove))
         .route("/api/group/{id}/leave", post(groups::leave))
+        .route("/api/group/{id}/promote", post(groups::promote))
+        .route("/api/group/{id}/rename", post(groups::rename))
         .route("/api/timer", post(groups::set_timer))
         .route("/api/search", get(search::search))
         .route("/api/contact/{peer}", get(contact))

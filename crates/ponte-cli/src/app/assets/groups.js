@@ -135,6 +135,13 @@ async function openGroup(peer) {
     li.dataset.admin = m.admin ? '1' : '';
     li.append(el('span', 'handle', m.handle === g.me ? `${m.handle} (you)` : m.handle));
     if (m.admin) li.append(el('span', 'admin', 'admin'));
+    if (admin && !m.admin) {
+      const up = el('button', '', 'Make admin');
+      up.type = 'button';
+      up.setAttribute('data-testid', 'group-promote');
+      up.addEventListener('click', () => groupChange(peer, 'promote', { member: m.handle }, up));
+      li.append(up);
+    }
     if (admin && m.handle !== g.me) {
       const rm = el('button', '', 'Remove');
       rm.type = 'button';
@@ -147,6 +154,12 @@ async function openGroup(peer) {
   $('group-timer-row').hidden = true;
   if (g.status === 'member') showTimerChoice(peer, { row: 'group-timer-row', select: 'group-timer-select', error: 'group-error' });
   $('group-add-form').hidden = !admin;
+  $('group-rename-form').hidden = !admin;
+  $('group-rename-form').onsubmit = (ev) => {
+    ev.preventDefault();
+    const title = ev.target.elements.title.value.trim();
+    if (title) groupChange(peer, 'rename', { title }, ev.target.querySelector('button'));
+  };
   $('group-leave').hidden = g.status !== 'member';
   $('group-leave').onclick = () => groupChange(peer, 'leave', {}, $('group-leave'));
   $('group-add-form').onsubmit = (ev) => {
@@ -162,6 +175,7 @@ async function groupChange(peer, what, body, button) {
   try {
     await postJson(`/api/group/${encodeURIComponent(peer.slice(2))}/${what}`, body);
     $('group-add-form').reset();
+    $('group-rename-form').reset();
     await openGroup(peer);
     if (state.open === peer) openChat(peer);
     loadChats();

@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Server, WAIT};
+use common::{closed_port, Server, WAIT};
 
 mod app_common;
 use app_common::browser::*;

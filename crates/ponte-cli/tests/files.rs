@@ -19,6 +19,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::closed_port;
 use common::{
     command, contains, json_lines, ok, register, wait_output, Forwarder, Proxy, Server, WAIT,
 };
@@ -273,15 +274,6 @@ fn assert_no_marker_under(dir: &Path) {
         let bytes = std::fs::read(&f).unwrap_or_default();
         assert!(!contains(&bytes, MARKER), "plaintext in {}", f.display());
     }
-}
-
-/// A loopback port with nothing listening.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A `ponte proxy` with one TLS listener, forwarding to `upstream`.

@@ -9,21 +9,13 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
+use common::closed_port;
 use common::{json_lines, ok, ponte, stderr, Proxy, Server, WAIT};
-
-/// A loopback port with nothing listening (the direct route, refused).
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `ponte proxy` relay with one TLS listener in front of `upstream`.
 fn relay(dir: &Path, upstream: SocketAddr) -> (Proxy, String) {

@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::closed_port;
 use common::{
     assert_registered, contains, json_lines, ok, pipe, ponte, Proxy, Server, PONTE, WAIT,
 };
@@ -134,15 +135,6 @@ impl BlackHole {
             addr,
         }
     }
-}
-
-/// A loopback port with nothing listening.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // ---------------------------------------------------------------- processes
@@ -764,11 +756,20 @@ fn a_tampering_path_behind_a_stealth_relay_is_refused() {
     ok(&ponte(&alice, &["sync", "--via", &link]));
 }
 
+/// A loopback port free now, for a listener to bind.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A stealth relay in `dir` whose upstream is `upstream`, its cover its own
 /// self-signed TLS listener; returns it and its one link.
 fn stealth_relay_to(dir: &Path, upstream: SocketAddr) -> (Proxy, String) {
     std::fs::create_dir_all(dir).unwrap();
-    let (cover_port, stealth_port) = (closed_port(), closed_port());
+    let (cover_port, stealth_port) = (free_port(), free_port());
     let cfg = dir.join("relay.toml");
     std::fs::write(
         &cfg,

@@ -12,6 +12,7 @@ use std::time::Instant;
 #[path = "common/cluster.rs"]
 mod cluster;
 mod common;
+use common::closed_port;
 // The server crate's test helper for PostgreSQL (fresh database, skip).
 #[allow(dead_code)]
 #[path = "../../ponte-server/tests/common/pg.rs"]
@@ -22,12 +23,6 @@ use cluster::{
     wait_until, Node, OwnNats, OwnPg, Sender,
 };
 use common::{json_lines, ok, ponte, Listen, WAIT};
-
-/// A port nothing listens on: a client registered with it as its server
-/// address only gets through its relays.
-fn closed_port() -> u16 {
-    cluster::free_port()
-}
 
 /// Waits until `listen` shows `PREFIX N` for every acknowledged N of `sent`.
 fn wait_all(listen: &mut Listen, sent: &[cluster::Sent]) {

@@ -254,15 +254,6 @@ pub fn tls_relay(dir: &Path, name: &str, upstream: SocketAddr) -> Proxy {
     Proxy::start(&cfg, &["tls"], WAIT)
 }
 
-/// A loopback port with nothing listening: the blocked direct route.
-pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub fn visible(b: &Browser<'_>, id: &str) -> bool {
     b.js(
         "return !document.getElementById(arguments[0]).hidden",

@@ -468,3 +468,20 @@ impl Listen {
             .count()
     }
 }
+
+/// A loopback port that refuses connections for the rest of the test
+/// process: a socket is bound to it and never listens, and stays open, so
+/// neither this process's other tests nor another process can be given the
+/// port meanwhile (a port merely bound and released could be handed to
+/// another test's server, and a client whose direct route is "closed"
+/// would then reach the wrong server).
+pub fn closed_port() -> u16 {
+    use socket2::{Domain, Socket, Type};
+    static HELD: std::sync::Mutex<Vec<Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    HELD.lock().unwrap().push(socket);
+    port
+}

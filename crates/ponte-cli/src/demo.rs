@@ -258,7 +258,11 @@ async fn demo() -> anyhow::Result<ExitCode> {
 
     // 3. The direct route is blocked: the users' server address points at a
     //    closed port (as if a censor dropped the server's address).
-    let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    //    A socket bound there and never listening keeps the port refused
+    //    (and nobody else's) for as long as the demo runs.
+    let closed_socket = tokio::net::TcpSocket::new_v4()?;
+    closed_socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let closed = closed_socket.local_addr()?;
     let address = ponte_wire::address::ServerAddress {
         host: "127.0.0.1".into(),
         port: closed.port(),

@@ -492,10 +492,10 @@ mod tests {
     async fn direct_route_connects_and_falls_through() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let good = listener.local_addr().unwrap();
-        // A port with nothing listening: bind, note, close.
-        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A port that refuses: bound, never listening, held for the test.
+        let dead = tokio::net::TcpSocket::new_v4().unwrap();
+        dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let dead_addr = dead.local_addr().unwrap();
-        drop(dead);
         let routes: Vec<Box<dyn Route>> = vec![
             Box::new(DirectRoute {
                 target: dead_addr.to_string(),

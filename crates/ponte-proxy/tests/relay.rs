@@ -364,11 +364,11 @@ async fn per_source_and_listener_caps() {
 
 #[tokio::test]
 async fn failover_and_unreachable_upstream() {
-    // A port with nothing listening: bind, note, drop.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port that refuses: bound, never listening, held for the test (a
+    // released port could be given to another test's listener).
+    let dead_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    dead_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = dead_socket.local_addr().unwrap();
     let live = FakeUpstream::start("127.0.0.1:0", true).await;
     let mut cfg = one_listener(&live, SendProxy::V1, TlsMode::None, false);
     set_upstream(

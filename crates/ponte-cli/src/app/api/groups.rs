@@ -120,52 +120,42 @@ pub(super) async fn info(State(app): State<Arc<App>>, Path(id): Path<String>) ->
     ok(v)
 }
 
-pub(super) async fn add(
+/// `POST /api/group/{id}/{add,remove,promote,rename}`: one change by an
+/// admin, its field checked here and the rest left to the library.
+pub(super) async fn change(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     Json(body): Json<Value>,
 ) -> ApiResult {
     let group = group_id(&id)?;
-    let members = handles(&body, "members")?;
-    if members.is_empty() {
-        return Err(fail(StatusCode::BAD_REQUEST, "whom to add?"));
-    }
-    run(&app, GroupCall::Add { group, members }).await
-}
-
-pub(super) async fn remove(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Json(body): Json<Value>,
-) -> ApiResult {
-    let group = group_id(&id)?;
-    let member = string_field(&body, "member")
-        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "whom to remove?"))?;
-    run(&app, GroupCall::Remove { group, member }).await
-}
-
-pub(super) async fn promote(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Json(body): Json<Value>,
-) -> ApiResult {
-    let group = group_id(&id)?;
-    let member = string_field(&body, "member")
-        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "whom to make an admin?"))?;
-    run(&app, GroupCall::Promote { group, member }).await
-}
-
-pub(super) async fn rename(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Json(body): Json<Value>,
-) -> ApiResult {
-    let group = group_id(&id)?;
-    let title = string_field(&body, "title")
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "a group needs a title"))?;
-    run(&app, GroupCall::Rename { group, title }).await
+    let bad = |what: &str| fail(StatusCode::BAD_REQUEST, what);
+    let member = |question: &str| string_field(&body, "member").ok_or_else(|| bad(question));
+    let call = match action.as_str() {
+        "add" => {
+            let members = handles(&body, "members")?;
+            if members.is_empty() {
+                return Err(bad("whom to add?"));
+            }
+            GroupCall::Add { group, members }
+        }
+        "remove" => GroupCall::Remove {
+            group,
+            member: member("whom to remove?")?,
+        },
+        "promote" => GroupCall::Promote {
+            group,
+            member: member("whom to make an admin?")?,
+        },
+        "rename" => GroupCall::Rename {
+            group,
+            title: string_field(&body, "title")
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| bad("a group needs a title"))?,
+        },
+        _ => return Err(fail(StatusCode::NOT_FOUND, "no such change to a group")),
+    };
+    run(&app, call).await
 }
 
 pub(super) async fn leave(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {

@@ -472,6 +472,84 @@ async fn undelivered_messages_expire_and_the_sender_learns_it() {
     server.stop().await;
 }
 
+/// A group message whose copy expires at the server for some members never
+/// shows delivered (they never had it) and says for how many it expired;
+/// once every member's copy expired, the message is expired.
+#[tokio::test]
+async fn group_copies_that_expire_undelivered_are_counted_and_never_shown_delivered() {
+    use ponte_client::store::Conversation;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    // The group is set up under the normal retention; the server then comes
+    // back at the same address with a short one for what is sent next.
+    let server = start_server(&data).await;
+    let port = server.addr.port();
+    let address = server.address.clone();
+    let mut alice = register(&tmp.path().join("alice"), &address, "alice").await;
+    let mut bobby = register(&tmp.path().join("bobby"), &address, "bobby").await;
+    let mut carol = register(&tmp.path().join("carol"), &address, "carol").await;
+    let group = alice
+        .group_create("team", &["bobby".into(), "carol".into()])
+        .await
+        .unwrap()
+        .info
+        .id;
+    sync(&mut bobby).await;
+    sync(&mut carol).await;
+    server.stop().await;
+    let retention = Duration::from_secs(4);
+    let server = start_server_on(&data, port, |cfg| {
+        cfg.retention = retention;
+        cfg.expiry_interval = Duration::from_millis(50);
+    })
+    .await;
+    let to = Conversation::Group(group);
+
+    // bobby fetches the first at once; nobody fetches the second.
+    let half = alice.send_to(&to, "only bobby").await.unwrap().message;
+    assert_eq!(half.status, Status::Sent);
+    sync(&mut bobby).await;
+    let lost = alice.send_to(&to, "nobody online").await.unwrap().message;
+
+    let find = |alice: &ponte_client::Client, id: ponte_e2e::MessageId| {
+        alice
+            .store()
+            .group_conversation(&group)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.id == id)
+            .unwrap()
+    };
+    // Bounded polling: the copies expire after 4 s, the sweep runs every
+    // 50 ms, the notices come with alice's next sync.
+    let mut settled = false;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sync(&mut alice).await;
+        let (l, h) = (find(&alice, lost.id), find(&alice, half.id));
+        if l.status == Status::Expired && h.ticks.is_some_and(|t| t.expired == 1) {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "alice learned of both expiries");
+    let lost = find(&alice, lost.id);
+    let t = lost.ticks.unwrap();
+    assert_eq!((t.delivered_to, t.expired, t.of), (0, 2, 2));
+    let half = find(&alice, half.id);
+    let t = half.ticks.unwrap();
+    assert_eq!((t.delivered_to, t.expired, t.of), (1, 1, 2));
+    assert_eq!(
+        half.status,
+        Status::Sent,
+        "carol never had it: not delivered"
+    );
+    // carol's copies are gone from the server: she gets neither.
+    let texts = common::sync_texts(&mut carol).await;
+    assert!(texts.is_empty(), "{texts:?}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn registration_interrupted_before_it_was_recorded_is_resumed() {
     let tmp = tempfile::tempdir().unwrap();

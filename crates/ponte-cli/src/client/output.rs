@@ -223,6 +223,7 @@ pub(super) fn message_json(me: &str, m: &MessageView) -> serde_json::Value {
         v["delivered_to"] = t.delivered_to.into();
         v["read_by"] = t.read_by.into();
         v["of"] = t.of.into();
+        v["expired_for"] = t.expired.into();
     }
     if m.group_notice {
         // A change to the group (`from` made it), not a message.
@@ -359,7 +360,14 @@ pub(super) fn print_message(me: &str, m: &MessageView, json: bool) -> std::io::R
         if m.outgoing {
             let counts = match &m.ticks {
                 Some(t) if m.status == Status::Sent || m.status == Status::Delivered => {
-                    format!(" {}/{} delivered, {} read", t.delivered_to, t.of, t.read_by)
+                    let expired = match t.expired {
+                        0 => String::new(),
+                        n => format!(", expired undelivered for {n}"),
+                    };
+                    format!(
+                        " {}/{} delivered, {} read{expired}",
+                        t.delivered_to, t.of, t.read_by
+                    )
                 }
                 _ => String::new(),
             };

@@ -56,6 +56,7 @@ impl Client {
             server_frame::Body::ExpiredNotice(n) => {
                 if let Some(id) = MessageId::from_slice(&n.message_id) {
                     self.store().mark_expired(&n.recipient, &id)?;
+                    self.store().group_expired(&n.recipient, &id)?;
                 }
                 Ok(Some(n.seq))
             }

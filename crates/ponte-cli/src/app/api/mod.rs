@@ -153,6 +153,7 @@ pub fn view_json(v: &MessageView) -> Value {
             "delivered_to": t.delivered_to,
             "read_by": t.read_by,
             "of": t.of,
+            "expired": t.expired,
         })),
         "notice": if v.group_notice {
             Some("group")

@@ -310,7 +310,9 @@ function messageNode(m) {
       g.dataset.deliveredTo = String(t.delivered_to);
       g.dataset.readBy = String(t.read_by);
       g.dataset.of = String(t.of);
-      g.title = `delivered to ${t.delivered_to} of ${t.of}, read by ${t.read_by} of ${t.of}`;
+      g.dataset.expired = String(t.expired || 0);
+      g.title = `delivered to ${t.delivered_to} of ${t.of}, read by ${t.read_by} of ${t.of}` +
+        (t.expired ? `; expired undelivered for ${t.expired}` : '');
       tick.title = g.title;
       meta.append(g);
     }

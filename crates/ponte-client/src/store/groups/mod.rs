@@ -95,6 +95,9 @@ const ROLE_RECEIVER: i64 = 1;
 const RECEIPT_SENT: i64 = 0;
 const RECEIPT_DELIVERED: i64 = 1;
 const RECEIPT_READ: i64 = 2;
+/// The server dropped this recipient's copy undelivered after its
+/// retention period (an expiry notice): it never reached them.
+const RECEIPT_EXPIRED: i64 = -1;
 
 /// The conversation key of a group in `messages.peer` and the outbox.
 pub fn group_key(group: &GroupId) -> String {
@@ -196,6 +199,9 @@ pub struct GroupTicks {
     pub read_by: u32,
     /// Recipients that count (sent to, still members).
     pub of: u32,
+    /// Recipients whose copy the server dropped undelivered after its
+    /// retention period: they will never have it (counted in `of`).
+    pub expired: u32,
 }
 
 /// A history row describing a change to a group.

@@ -129,6 +129,20 @@ impl Store {
         group_receipt(&self.conn, member, id, RECEIPT_DELIVERED)
     }
 
+    /// The server dropped a recipient's copy of an outgoing group message
+    /// undelivered (its retention ran out). Only a copy not yet delivered
+    /// can expire; once every recipient's copy did, the message is expired.
+    pub fn group_expired(&self, member: &str, id: &MessageId) -> Result<()> {
+        let changed = self.conn.execute(
+            "UPDATE group_receipts SET state = ?3 WHERE id = ?1 AND member = ?2 AND state = ?4",
+            params![id.0.to_vec(), member, RECEIPT_EXPIRED, RECEIPT_SENT],
+        )?;
+        if changed > 0 {
+            settle(&self.conn, id)?;
+        }
+        Ok(())
+    }
+
     /// Commit a decrypted group message: its history row (and file row),
     /// the inbound sessions, the dedup markers, and the pending row it came
     /// from (one transaction). False if it was already stored.
@@ -245,19 +259,18 @@ fn group_receipt(conn: &Connection, member: &str, id: &MessageId, to: i64) -> Re
 
 /// Move an outgoing group message's status to what its recipients' states
 /// add up to: delivered once every one has it, read once every one
-/// displayed it (never backwards; nothing before it is sent).
+/// displayed it, expired once every one's copy expired (never backwards;
+/// nothing before it is sent). A copy that expired for some recipients
+/// keeps the message from ever showing delivered: they never had it.
 pub(super) fn settle(conn: &Connection, id: &MessageId) -> Result<()> {
-    let (total, delivered, read): (i64, i64, i64) = conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(state >= ?2), 0), COALESCE(SUM(state >= ?3), 0)
-         FROM group_receipts WHERE id = ?1",
-        params![id.0.to_vec(), RECEIPT_DELIVERED, RECEIPT_READ],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let to = if total == 0 {
+    let t = ticks(conn, id)?;
+    let to = if t.of == 0 {
         return Ok(());
-    } else if read == total {
+    } else if t.expired == t.of {
+        Status::Expired
+    } else if t.read_by == t.of {
         Status::Read
-    } else if delivered == total {
+    } else if t.delivered_to == t.of {
         Status::Delivered
     } else {
         return Ok(());
@@ -272,17 +285,24 @@ pub(super) fn settle(conn: &Connection, id: &MessageId) -> Result<()> {
 
 /// The ticks of an outgoing group message.
 pub(in crate::store) fn ticks(conn: &Connection, id: &MessageId) -> Result<GroupTicks> {
-    let (total, delivered, read): (i64, i64, i64) = conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(state >= ?2), 0), COALESCE(SUM(state >= ?3), 0)
+    let (total, delivered, read, expired): (i64, i64, i64, i64) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(state >= ?2), 0), COALESCE(SUM(state >= ?3), 0),
+                COALESCE(SUM(state = ?4), 0)
          FROM group_receipts WHERE id = ?1",
-        params![id.0.to_vec(), RECEIPT_DELIVERED, RECEIPT_READ],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        params![
+            id.0.to_vec(),
+            RECEIPT_DELIVERED,
+            RECEIPT_READ,
+            RECEIPT_EXPIRED
+        ],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
     let n = |v: i64| u32::try_from(v).unwrap_or(0);
     Ok(GroupTicks {
         delivered_to: n(delivered),
         read_by: n(read),
         of: n(total),
+        expired: n(expired),
     })
 }
 

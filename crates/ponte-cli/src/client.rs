@@ -40,6 +40,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod group;
+mod handoff;
 mod output;
 mod passphrase;
 mod timer;
@@ -374,8 +375,22 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let to = client.resolve(&name)?;
             let me = client.handle().to_owned();
             let rt = runtime()?;
-            let outcome = match &file {
-                Some(path) => {
+            // `ponte listen` holds this profile's connection: it sends the
+            // text (a file still goes over a connection of its own).
+            let live = match &file {
+                None => handoff::holder(&common)?,
+                Some(_) => None,
+            };
+            let outcome = match (&file, live) {
+                (None, Some(holder)) => handoff::send(
+                    &client,
+                    &rt,
+                    &to,
+                    text.as_deref().unwrap_or(""),
+                    reply_to.as_ref(),
+                    &holder,
+                )?,
+                (Some(path), _) => {
                     let mut bar = ProgressBar::new(!common.json);
                     let caption = text.as_deref().unwrap_or("");
                     let r = rt.block_on(
@@ -384,7 +399,7 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     bar.finish();
                     r?
                 }
-                None => match (&to, &reply_to) {
+                (None, None) => match (&to, &reply_to) {
                     (_, None) => rt.block_on(client.send_to(&to, text.as_deref().unwrap_or("")))?,
                     (ponte_client::store::Conversation::Contact(peer), Some(r)) => rt.block_on(
                         client.send_reply(peer, text.as_deref().unwrap_or(""), Some(r)),
@@ -448,6 +463,7 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             common,
         } => {
             let mut client = open_client(&common)?;
+            let _live = handoff::claim(&common)?;
             if let Some(bytes) = auto_download {
                 client.set_auto_download(bytes);
             }

@@ -9,6 +9,13 @@
 //! ([`ProfileLock::shared`]). Either side that finds the other gets a clear
 //! [`ClientError::Invalid`] naming the holder. The kernel releases the lock
 //! when the process ends, however it ends, so a crash leaves nothing stale.
+//!
+//! `ponte listen` keeps the profile's connection too, but other CLI
+//! commands go on working beside it: it holds a second lock,
+//! [`LiveLock`] on `ponte.live`, and a `ponte send` that finds it held
+//! writes its message into the outbox and lets the listener send it (the
+//! listener flushes the outbox when another process changed it), instead
+//! of logging in as the same device and pushing the listener off.
 
 use crate::{ClientError, Result};
 use std::fs::{File, OpenOptions, TryLockError};
@@ -18,6 +25,9 @@ use std::path::Path;
 /// Lock file name inside the profile directory.
 pub const LOCK_FILE: &str = "ponte.lock";
 
+/// The file `ponte listen` locks while it holds the profile's connection.
+pub const LIVE_FILE: &str = "ponte.live";
+
 /// A held lock on a profile; released when dropped.
 #[derive(Debug)]
 pub struct ProfileLock {
@@ -25,6 +35,10 @@ pub struct ProfileLock {
 }
 
 fn open_lock(dir: &Path) -> std::io::Result<File> {
+    open_file(&dir.join(LOCK_FILE))
+}
+
+fn open_file(path: &Path) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
@@ -32,7 +46,7 @@ fn open_lock(dir: &Path) -> std::io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    options.open(dir.join(LOCK_FILE))
+    options.open(path)
 }
 
 fn holder(file: &mut File) -> String {
@@ -122,6 +136,67 @@ impl ProfileLock {
     }
 }
 
+/// `ponte listen`'s claim on a profile's connection; released when
+/// dropped (or when the process ends, however it ends).
+#[derive(Debug)]
+pub struct LiveLock {
+    _file: File,
+}
+
+impl LiveLock {
+    /// Claim the connection of the profile in `dir` for this process;
+    /// `who` names it to others ("ponte listen, pid 1234"). A second
+    /// claimant is refused, naming the first: two listeners would take the
+    /// device's connection from each other at every login.
+    pub fn claim(dir: &Path, who: &str) -> Result<Self> {
+        let path = dir.join(LIVE_FILE);
+        let io = |error| ClientError::Io {
+            context: format!("locking {}", path.display()),
+            error,
+        };
+        let mut file = open_file(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(ClientError::Invalid(format!(
+                "{} already holds the connection of the profile in {}: use it, or stop it first",
+                holder(&mut file),
+                dir.display()
+            ))),
+            Err(TryLockError::Error(error)) => return Err(io(error)),
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(who.as_bytes()))
+            .and_then(|()| file.flush())
+            .map_err(io)?;
+        Ok(Self { _file: file })
+    }
+
+    /// Who holds the connection of the profile in `dir` now, if another
+    /// process does (its own description). Nothing is left locked.
+    pub fn holder(dir: &Path) -> Result<Option<String>> {
+        let path = dir.join(LIVE_FILE);
+        let mut file = match OpenOptions::new().read(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => {
+                return Err(ClientError::Io {
+                    context: format!("opening {}", path.display()),
+                    error,
+                })
+            }
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(None),
+            Err(TryLockError::WouldBlock) => Ok(Some(holder(&mut file))),
+            Err(TryLockError::Error(error)) => Err(ClientError::Io {
+                context: format!("locking {}", path.display()),
+                error,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -149,5 +224,31 @@ mod tests {
         assert!(ProfileLock::exclusive(&dir, "app").is_err());
         drop((a, b));
         ProfileLock::exclusive(&dir, "app").unwrap();
+    }
+
+    #[test]
+    fn one_listener_holds_the_connection_and_others_see_who() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // Nobody yet (and asking creates nothing).
+        assert_eq!(LiveLock::holder(dir).unwrap(), None);
+        assert!(!dir.join(LIVE_FILE).exists());
+        let live = LiveLock::claim(dir, "ponte listen, pid 42").unwrap();
+        let e = LiveLock::claim(dir, "ponte listen, pid 43")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ponte listen, pid 42 already holds"), "{e}");
+        assert_eq!(
+            LiveLock::holder(dir).unwrap().as_deref(),
+            Some("ponte listen, pid 42")
+        );
+        // Asking leaves nothing locked.
+        assert_eq!(
+            LiveLock::holder(dir).unwrap().as_deref(),
+            Some("ponte listen, pid 42")
+        );
+        drop(live);
+        assert_eq!(LiveLock::holder(dir).unwrap(), None);
+        drop(LiveLock::claim(dir, "ponte listen, pid 44").unwrap());
     }
 }

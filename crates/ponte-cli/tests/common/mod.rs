@@ -460,6 +460,23 @@ impl Listen {
         self.notices.lock().unwrap().clone()
     }
 
+    /// Waits (at most [`WAIT`]) until its stderr has `text` (e.g.
+    /// "connected to"), and returns that stderr.
+    pub fn wait_notice(&self, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let notices = self.notices.lock().unwrap().clone();
+            if notices.contains(text) {
+                return notices;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "listen never said {text:?}: {notices}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// How many lines from `from` have `text`.
     pub fn count(&self, text: &str, from: &str) -> usize {
         self.seen

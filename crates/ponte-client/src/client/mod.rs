@@ -41,6 +41,7 @@ mod chats;
 mod conversations;
 mod files;
 mod groups;
+mod handoff;
 pub mod inbound;
 mod outbound;
 mod register;

@@ -1,0 +1,57 @@
+//! `ponte send` and `ponte listen` on one profile at once. `listen` holds
+//! the profile's connection and says so ([`LiveLock`]); a `send` that
+//! finds it held does not log in as the same device (which would push the
+//! listener off its connection at every send): it writes the message into
+//! the outbox, the listener sends it, and `send` reports the outcome it
+//! reads back from the profile.
+
+use super::Common;
+use ponte_client::client::SendOutcome;
+use ponte_client::lock::LiveLock;
+use ponte_client::profile;
+use ponte_client::store::Conversation;
+use ponte_client::{Client, ClientError};
+use ponte_e2e::MessageId;
+use std::time::Duration;
+
+/// How long `send` waits for the listener to send what it queued; after
+/// that it reports the message queued (the listener sends it later).
+const HANDOFF_WAIT: Duration = Duration::from_secs(15);
+
+/// Claims the connection of `common`'s profile for this `ponte listen`.
+pub(super) fn claim(common: &Common) -> anyhow::Result<LiveLock> {
+    let dir = profile::resolve_dir(common.profile.clone())?;
+    let who = format!("ponte listen, pid {}", std::process::id());
+    Ok(LiveLock::claim(&dir, &who)?)
+}
+
+/// Who holds the connection of `common`'s profile, if another process does.
+pub(super) fn holder(common: &Common) -> anyhow::Result<Option<String>> {
+    let dir = profile::resolve_dir(common.profile.clone())?;
+    Ok(LiveLock::holder(&dir)?)
+}
+
+/// Queues `text` (a reply to `reply_to`, if given) for `holder` to send,
+/// and waits for the outcome.
+pub(super) fn send(
+    client: &Client,
+    rt: &tokio::runtime::Runtime,
+    to: &Conversation,
+    text: &str,
+    reply_to: Option<&MessageId>,
+    holder: &str,
+) -> anyhow::Result<SendOutcome> {
+    let id = match (to, reply_to) {
+        (_, None) => client.queue_text_to(to, text)?,
+        (Conversation::Contact(peer), Some(r)) => client.queue_reply(peer, text, Some(r))?,
+        (_, Some(_)) => {
+            return Err(ClientError::Invalid(
+                "--reply-to works in conversations with a contact; replies in groups are not \
+                 supported yet"
+                    .into(),
+            )
+            .into())
+        }
+    };
+    Ok(rt.block_on(client.sent_by_holder(to, &id, holder, HANDOFF_WAIT))?)
+}

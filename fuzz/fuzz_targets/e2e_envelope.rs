@@ -3,7 +3,8 @@
 //! `GroupCiphertext::from_bytes`, `Envelope::decode` (versions 1 and 2,
 //! the latter with a disappearing-message timer; every kind: text, read
 //! receipt, file, group text, sender key, group op, timer setting, group
-//! file, group log) and `TimerSetting::from_bytes`. No panic; whatever
+//! file, group log; with the extensions after the body, such as a reply's
+//! quoted id, in 1:1 and group envelopes alike) and `TimerSetting::from_bytes`. No panic; whatever
 //! decodes re-encodes to bytes that decode the same.
 #![no_main]
 
@@ -22,12 +23,14 @@ fuzz_target!(|data: &[u8]| {
             .expect("re-encoded group ciphertext decodes");
         assert_eq!(again, c);
     }
-    if let Ok(env) = Envelope::decode(data) {
-        let bytes = env.encode().expect("a decoded envelope re-encodes");
+    if let Ok((env, ext)) = Envelope::decode_with(data) {
+        // Unknown extensions are skipped, so the known ones round-trip.
+        let bytes = env.encode_with(&ext).expect("a decoded envelope re-encodes");
         assert_eq!(
-            Envelope::decode(&bytes).expect("re-encoded envelope decodes"),
-            env
+            Envelope::decode_with(&bytes).expect("re-encoded envelope decodes"),
+            (env.clone(), ext)
         );
+        assert_eq!(Envelope::decode(data).expect("decodes without extensions"), env);
     }
     if let Ok(setting) = TimerSetting::from_bytes(data) {
         assert_eq!(

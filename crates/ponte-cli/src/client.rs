@@ -157,9 +157,10 @@ pub enum ClientCommand {
         /// Send this file (encrypted; the upload resumes after a lost connection).
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
-        /// Reply to (quote) this message of the conversation: its id, as
-        /// `--json` output shows it.
-        #[arg(long, value_name = "ID", conflicts_with = "file")]
+        /// Reply to (quote) this message of the conversation (a contact's
+        /// or a group's, whoever sent it): its id, as `--json` output shows
+        /// it. Works with --file too.
+        #[arg(long, value_name = "ID")]
         reply_to: Option<String>,
         #[command(flatten)]
         common: Common,
@@ -393,26 +394,21 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 (Some(path), _) => {
                     let mut bar = ProgressBar::new(!common.json);
                     let caption = text.as_deref().unwrap_or("");
-                    let r = rt.block_on(
-                        client.send_file_to(&to, path, caption, &mut |d, t| bar.update(d, t)),
-                    );
+                    let r = rt.block_on(client.send_file_reply_to(
+                        &to,
+                        path,
+                        caption,
+                        reply_to.as_ref(),
+                        &mut |d, t| bar.update(d, t),
+                    ));
                     bar.finish();
                     r?
                 }
-                (None, None) => match (&to, &reply_to) {
-                    (_, None) => rt.block_on(client.send_to(&to, text.as_deref().unwrap_or("")))?,
-                    (ponte_client::store::Conversation::Contact(peer), Some(r)) => rt.block_on(
-                        client.send_reply(peer, text.as_deref().unwrap_or(""), Some(r)),
-                    )?,
-                    (_, Some(_)) => {
-                        return Err(ClientError::Invalid(
-                            "--reply-to works in conversations with a contact; replies in \
-                             groups are not supported yet"
-                                .into(),
-                        )
-                        .into())
-                    }
-                },
+                (None, None) => rt.block_on(client.send_reply_to(
+                    &to,
+                    text.as_deref().unwrap_or(""),
+                    reply_to.as_ref(),
+                ))?,
             };
             let SendOutcome {
                 message,

@@ -5,7 +5,10 @@
 //! contacts, sees each member's messages under their name, her own
 //! message's ticks turn read once both opened the group, the group info
 //! panel shows members, admins and her role, and she removes carol (who
-//! learns it); she replies to bobby (R on a focused message), the quote
+//! learns it); in the group she replies to carol (R on a focused
+//! message: the quote names carol, in bobby's app too) and bobby replies
+//! to her (quoted as hers, a click finds it), a reply quoting a 1:1
+//! message refused; she replies to bobby (R on a focused message), the quote
 //! shows on both sides and clicking it finds the original; the search box
 //! finds messages of every chat and opens the chat at the one clicked;
 //! the disappearing timer set in contact info shows in the header on
@@ -316,5 +319,75 @@ fn a_group_of_three_replies_search_and_timers_in_a_real_browser() {
     app_b.wait_for("/api/chat/alice", "the timer at bobby's", |v| {
         v["timer"] == 3600
     });
+
+    // Back in the group (carol since removed, her message still there).
+    a.click("#panel-close");
+    a.click(&format!("[data-testid=chat-item][data-peer='{key}']"));
+    // A reply in the group: R on carol's message; the quote names her in
+    // alice's page and in bobby's app.
+    let carols = message_with(&a, "carol here, Porto is lovely");
+    a.on_element(&carols, "value", json!({ "text": "r" }));
+    a.wait(
+        "the reply bar naming carol",
+        "return !document.querySelector('[data-testid=reply-bar]').hidden \
+           && document.getElementById('reply-who').textContent === 'carol'",
+        json!([]),
+    );
+    a.type_into("[data-testid=composer]", "count me in, carol\u{E007}");
+    let answer = message_with(&a, "count me in, carol");
+    let quoted = a.js(
+        "const q = document.querySelector(arguments[0] + ' [data-testid=quote]'); \
+         return q && [q.dataset.replyTo, q.querySelector('.quote-who').textContent, q.textContent]",
+        json!([answer]),
+    );
+    let carols_id = a.js(
+        "return document.querySelector(arguments[0]).dataset.id",
+        json!([carols]),
+    );
+    assert_eq!(quoted[0], carols_id, "{quoted}");
+    assert_eq!(quoted[1], "carol", "{quoted}");
+    assert!(
+        quoted[2].as_str().unwrap().contains("Porto is lovely"),
+        "{quoted}"
+    );
+    app_b.wait_for(&group_path, "alice's group reply at bobby's", |v| {
+        v["messages"].as_array().is_some_and(|m| {
+            m.iter().any(|m| {
+                m["text"] == "count me in, carol"
+                    && m["peer"] == "alice"
+                    && m["reply"]["id"] == carols_id
+                    && m["reply"]["peer"] == "carol"
+                    && m["reply"]["text"] == "carol here, Porto is lovely"
+            })
+        })
+    });
+    // bobby replies to alice's message: her page quotes it as hers ("You")
+    // and a click on the quote finds it.
+    let mine_id = a.js(
+        "return document.querySelector(arguments[0]).dataset.id",
+        json!([mine]),
+    );
+    let body = json!({ "peer": key, "text": "bobby agrees", "reply_to": mine_id }).to_string();
+    app_b.json("POST", "/api/send", &body);
+    let agrees = message_with(&a, "bobby agrees");
+    a.wait(
+        "bobby's reply quoting alice's message",
+        "const q = document.querySelector(arguments[0] + ' [data-testid=quote]'); \
+         return q && q.dataset.replyTo === arguments[1] \
+           && q.querySelector('.quote-who').textContent === 'You'",
+        json!([agrees, mine_id]),
+    );
+    a.click(&format!("{agrees} [data-testid=quote]"));
+    a.wait(
+        "alice's original highlighted",
+        "return document.querySelector(arguments[0]).dataset.highlighted === '1'",
+        json!([mine]),
+    );
+    // A reply in the group to a message of a 1:1 chat is refused.
+    let body = json!({ "peer": key, "text": "sneaky", "reply_to": hello["id"] }).to_string();
+    let refused = app_b.call("POST", "/api/send", &body);
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.text().contains("to reply to"), "{}", refused.text());
+    a.screenshot("14-group-reply");
     server.kill();
 }

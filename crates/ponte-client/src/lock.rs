@@ -157,11 +157,13 @@ impl LiveLock {
         let mut file = open_file(&path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(ClientError::Invalid(format!(
+            Err(TryLockError::WouldBlock) => {
+                return Err(ClientError::Invalid(format!(
                 "{} already holds the connection of the profile in {}: use it, or stop it first",
                 holder(&mut file),
                 dir.display()
-            ))),
+            )))
+            }
             Err(TryLockError::Error(error)) => return Err(io(error)),
         }
         file.set_len(0)

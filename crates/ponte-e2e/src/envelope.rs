@@ -42,8 +42,13 @@
 //! ```text
 //! | body | tag u8 | len u16 BE | value | tag | len | value | ... | 0x00 padding |
 //! tag 1 (reply to): len 16, the id of the message this one quotes
-//!                   (in the same conversation; text and file kinds)
+//!                   (in the same conversation; text and file kinds,
+//!                   pairwise 1 and 3, group 4 and 8)
 //! ```
+//!
+//! A group message's envelope (kinds 4 and 8, the Megolm plaintext)
+//! carries extensions exactly so: [`crate::group::GroupSender::encrypt_with`]
+//! writes them and [`crate::group::GroupReceiver::decrypt`] reads them.
 //!
 //! A client from before extensions reads the first tag as non-zero
 //! padding and refuses the envelope as malformed, as it refuses a

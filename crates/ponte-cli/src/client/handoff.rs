@@ -10,7 +10,7 @@ use ponte_client::client::SendOutcome;
 use ponte_client::lock::LiveLock;
 use ponte_client::profile;
 use ponte_client::store::Conversation;
-use ponte_client::{Client, ClientError};
+use ponte_client::Client;
 use ponte_e2e::MessageId;
 use std::time::Duration;
 
@@ -41,17 +41,6 @@ pub(super) fn send(
     reply_to: Option<&MessageId>,
     holder: &str,
 ) -> anyhow::Result<SendOutcome> {
-    let id = match (to, reply_to) {
-        (_, None) => client.queue_text_to(to, text)?,
-        (Conversation::Contact(peer), Some(r)) => client.queue_reply(peer, text, Some(r))?,
-        (_, Some(_)) => {
-            return Err(ClientError::Invalid(
-                "--reply-to works in conversations with a contact; replies in groups are not \
-                 supported yet"
-                    .into(),
-            )
-            .into())
-        }
-    };
+    let id = client.queue_reply_to(to, text, reply_to)?;
     Ok(rt.block_on(client.sent_by_holder(to, &id, holder, HANDOFF_WAIT))?)
 }

@@ -46,6 +46,49 @@ impl Client {
         }
     }
 
+    /// [`Client::queue_reply`] to a contact or a group (see
+    /// [`Client::queue_group_reply`]).
+    pub fn queue_reply_to(
+        &self,
+        with: &Conversation,
+        text: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<MessageId> {
+        match with {
+            Conversation::Contact(peer) => self.queue_reply(peer, text, reply_to),
+            Conversation::Group(group) => self.queue_group_reply(group, text, reply_to),
+        }
+    }
+
+    /// A reply may quote only a message of the conversation it goes to,
+    /// as this profile has it: refused otherwise, before anything is
+    /// queued, so a quote never points elsewhere.
+    pub(in crate::client) fn check_reply(
+        &self,
+        with: &Conversation,
+        reply_to: Option<&MessageId>,
+    ) -> Result<()> {
+        let Some(to) = reply_to else {
+            return Ok(());
+        };
+        if self.store().find_message(with, to)?.is_some() {
+            return Ok(());
+        }
+        Err(ClientError::Invalid(match with {
+            Conversation::Contact(peer) => {
+                format!("no message {to} in your conversation with {peer} to reply to")
+            }
+            Conversation::Group(group) => {
+                let title = self
+                    .store()
+                    .group(group)?
+                    .map(|r| format!("{:?}", r.state.title()))
+                    .unwrap_or_else(|| format!("g:{}", group.to_hex()));
+                format!("no message {to} in group {title} to reply to")
+            }
+        }))
+    }
+
     /// Where this device stands in `group` (an error if the profile does
     /// not know it).
     fn known_group_status(&self, group: &ponte_e2e::group::GroupId) -> Result<GroupStatus> {

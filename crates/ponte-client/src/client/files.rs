@@ -338,6 +338,18 @@ impl Client {
     /// queue it for `peer` (works offline; [`Client::send_file`] also
     /// uploads and sends).
     pub fn queue_file(&self, peer: &str, path: &Path, caption: &str) -> Result<MessageId> {
+        self.queue_file_reply(peer, path, caption, None)
+    }
+
+    /// [`Client::queue_file`] for a reply to (a quote of) `reply_to`, a
+    /// message of the conversation with `peer`.
+    pub fn queue_file_reply(
+        &self,
+        peer: &str,
+        path: &Path,
+        caption: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<MessageId> {
         ponte_wire::messages::validate_handle(peer)
             .map_err(|e| ClientError::Invalid(format!("recipient {peer:?}: {e}")))?;
         if peer == self.handle {
@@ -346,8 +358,9 @@ impl Client {
             ));
         }
         self.check_not_changed(peer)?;
+        self.check_reply(&Conversation::contact(peer), reply_to)?;
         let (fd, enc_path) = self.encrypt_file(path, caption)?;
-        self.store().queue_file(peer, &fd, &enc_path)
+        self.store().queue_file(peer, &fd, &enc_path, reply_to)
     }
 
     /// [`Client::queue_file`] for a group: the descriptor is encrypted for
@@ -358,9 +371,23 @@ impl Client {
         path: &Path,
         caption: &str,
     ) -> Result<MessageId> {
+        self.queue_group_file_reply(group, path, caption, None)
+    }
+
+    /// [`Client::queue_group_file`] for a reply to (a quote of) `reply_to`,
+    /// a message of the group.
+    pub fn queue_group_file_reply(
+        &self,
+        group: &GroupId,
+        path: &Path,
+        caption: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<MessageId> {
         self.group_file_recipients(group)?;
+        self.check_reply(&Conversation::Group(*group), reply_to)?;
         let (fd, enc_path) = self.encrypt_file(path, caption)?;
-        self.store().queue_group_file(group, &fd, &enc_path)
+        self.store()
+            .queue_group_file(group, &fd, &enc_path, reply_to)
     }
 
     /// Encrypt the file at `path` into the profile's files directory
@@ -466,11 +493,28 @@ impl Client {
         caption: &str,
         progress: &mut Progress<'_>,
     ) -> Result<SendOutcome> {
+        self.send_file_reply_to(to, path, caption, None, progress)
+            .await
+    }
+
+    /// [`Client::send_file_to`] for a reply to (a quote of) `reply_to`, a
+    /// message of that conversation.
+    pub async fn send_file_reply_to(
+        &mut self,
+        to: &Conversation,
+        path: &Path,
+        caption: &str,
+        reply_to: Option<&MessageId>,
+        progress: &mut Progress<'_>,
+    ) -> Result<SendOutcome> {
         self.warned_full.clear();
         let (id, peer) = match to {
-            Conversation::Contact(peer) => (self.queue_file(peer, path, caption)?, peer.clone()),
+            Conversation::Contact(peer) => (
+                self.queue_file_reply(peer, path, caption, reply_to)?,
+                peer.clone(),
+            ),
             Conversation::Group(group) => (
-                self.queue_group_file(group, path, caption)?,
+                self.queue_group_file_reply(group, path, caption, reply_to)?,
                 group_key(group),
             ),
         };

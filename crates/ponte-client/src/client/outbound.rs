@@ -4,7 +4,7 @@
 
 use super::{emit, is_fatal, unexpected, Client, Display, Event};
 use crate::connection::{Connection, REQUEST_TIMEOUT};
-use crate::store::{IdentityCheck, MessageView, OutboxItem, OutboxKind, Store};
+use crate::store::{Conversation, IdentityCheck, MessageView, OutboxItem, OutboxKind, Store};
 use crate::{ClientError, Report, Result, ServerCode};
 use bytes::Bytes;
 use ponte_e2e::{Envelope, MessageId, Payload, PublicIdentity, Session};
@@ -73,14 +73,7 @@ impl Client {
             )));
         }
         self.check_not_changed(peer)?;
-        if let Some(to) = reply_to {
-            let with = crate::store::Conversation::contact(peer);
-            if self.store().find_message(&with, to)?.is_none() {
-                return Err(ClientError::Invalid(format!(
-                    "no message {to} in your conversation with {peer} to reply to"
-                )));
-            }
-        }
+        self.check_reply(&Conversation::contact(peer), reply_to)?;
         self.store().queue_reply(peer, text, reply_to)
     }
 

@@ -108,14 +108,15 @@ pub(super) fn insert_file(
 
 impl Store {
     /// Queue an outgoing file whose encrypted copy is at `encrypted`: its
-    /// history row (the caption, status queued) and its `files` row, in
-    /// one transaction. It enters the outbox once uploaded
-    /// ([`Store::file_uploaded`]).
+    /// history row (the caption, status queued, the message it replies to
+    /// if any) and its `files` row, in one transaction. It enters the
+    /// outbox once uploaded ([`Store::file_uploaded`]).
     pub fn queue_file(
         &self,
         peer: &str,
         fd: &FileDescriptor,
         encrypted: &std::path::Path,
+        reply_to: Option<&MessageId>,
     ) -> Result<MessageId> {
         let id = MessageId::random();
         let now = UnixMillis::now();
@@ -125,9 +126,16 @@ impl Store {
             fd.caption.as_bytes(),
         );
         tx.execute(
-            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status)
-             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5)",
-            params![peer, id.0.to_vec(), body, now, Status::Queued.to_i64()],
+            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status,
+             reply_to) VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            params![
+                peer,
+                id.0.to_vec(),
+                body,
+                now,
+                Status::Queued.to_i64(),
+                reply_to.map(|r| r.0.to_vec())
+            ],
         )?;
         insert_file(
             &tx,

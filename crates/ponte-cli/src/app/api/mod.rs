@@ -609,15 +609,7 @@ async fn send(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult
         None => None,
     };
     let view = app.with_local(|c| {
-        let id = match (&with, &reply_to) {
-            (_, None) => c.queue_text_to(&with, &text)?,
-            (Conversation::Contact(p), Some(r)) => c.queue_reply(p, &text, Some(r))?,
-            (_, Some(_)) => {
-                return Err(ClientError::Invalid(
-                    "replies in groups are not supported yet".into(),
-                ))
-            }
-        };
+        let id = c.queue_reply_to(&with, &text, reply_to.as_ref())?;
         let key = match &with {
             Conversation::Group(g) => ponte_client::store::group_key(g),
             _ => peer.clone(),

@@ -319,7 +319,7 @@ function messageNode(m) {
   }
   bubble.append(meta);
   row.append(bubble);
-  if (!m.group && !m.unreadable) addReplyButton(row, m);
+  if (!m.unreadable) addReplyButton(row, m);
   return row;
 }
 

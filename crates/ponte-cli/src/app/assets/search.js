@@ -55,6 +55,8 @@ function addReplyButton(row, m) {
 }
 
 function startReply(m) {
+  // Not in a group this device has left or was removed from.
+  if ($('composer').disabled) return;
   state.replyTo = m;
   const bar = $('reply-bar');
   bar.hidden = false;

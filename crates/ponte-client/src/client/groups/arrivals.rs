@@ -427,6 +427,7 @@ impl Client {
             }
         };
         let envelope = plain.envelope;
+        let reply_to = plain.extensions.reply_to;
         if envelope.id != delivered && self.store().seen(sender, &envelope.id)? {
             // The same message again under another id (a replay): once is enough.
             return Ok(Taken::Duplicate);
@@ -457,6 +458,8 @@ impl Client {
             pending,
             timer: envelope.timer,
             timer_set,
+            // A quote is kept for a text or a file, never for a setting.
+            reply_to: reply_to.filter(|_| timer_set.is_none()),
         })?;
         Ok(Taken::Applied)
     }

@@ -1,5 +1,6 @@
 //! Sending to a group: texts, files and timer settings encrypted with
-//! this device's Megolm sender session.
+//! this device's Megolm sender session. A reply's quoted id rides in the
+//! Megolm plaintext as an envelope extension, as it does pairwise.
 //!
 //! Before encrypting, every member's identity as this profile trusts it is
 //! compared with the one in the admin-signed membership: a change waiting
@@ -9,21 +10,44 @@
 //! admin adds that member again.
 
 use super::*;
+use ponte_e2e::Extensions;
 
 impl Client {
     /// Send to a conversation: a contact or a group.
     pub async fn send_to(&mut self, to: &Conversation, text: &str) -> Result<SendOutcome> {
+        self.send_reply_to(to, text, None).await
+    }
+
+    /// [`Client::send_to`] for a reply to (a quote of) `reply_to`, a
+    /// message of that conversation.
+    pub async fn send_reply_to(
+        &mut self,
+        to: &Conversation,
+        text: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<SendOutcome> {
         match to {
-            Conversation::Contact(peer) => self.send(peer, text).await,
-            Conversation::Group(group) => self.send_group(group, text).await,
+            Conversation::Contact(peer) => self.send_reply(peer, text, reply_to).await,
+            Conversation::Group(group) => self.send_group_reply(group, text, reply_to).await,
         }
     }
 
     /// Queue a group text and try to deliver it right away (an unreachable
     /// server leaves it queued, as for [`Client::send`]).
     pub async fn send_group(&mut self, group: &GroupId, text: &str) -> Result<SendOutcome> {
+        self.send_group_reply(group, text, None).await
+    }
+
+    /// [`Client::send_group`] for a reply to (a quote of) `reply_to`, a
+    /// message of the group from any member.
+    pub async fn send_group_reply(
+        &mut self,
+        group: &GroupId,
+        text: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<SendOutcome> {
         self.warned_full.clear();
-        let (id, skipped) = self.queue_group_text_skipping(group, text)?;
+        let (id, skipped) = self.queue_group_text_skipping(group, text, reply_to)?;
         let (note, mut warnings) = self.flush_on(None).await?;
         warnings.extend(skipped);
         self.send_outcome(&group_key(group), &id, note, warnings)
@@ -50,9 +74,13 @@ impl Client {
                 timer,
             }),
         };
-        let skipped = self.encrypt_for_group(group, &envelope, true, |store, out| {
-            store.queue_group_timer(out, timer, UnixMillis(sent_at))
-        })?;
+        let skipped = self.encrypt_for_group(
+            group,
+            &envelope,
+            &Extensions::default(),
+            true,
+            |store, out| store.queue_group_timer(out, timer, UnixMillis(sent_at)),
+        )?;
         let (note, mut warnings) = self.flush_on(None).await?;
         warnings.extend(skipped);
         self.send_outcome(&group_key(group), &id, note, warnings)
@@ -61,15 +89,28 @@ impl Client {
     /// Encrypt a group text with this device's sender session and queue it
     /// (works offline).
     pub fn queue_group_text(&self, group: &GroupId, text: &str) -> Result<MessageId> {
-        self.queue_group_text_skipping(group, text)
+        self.queue_group_reply(group, text, None)
+    }
+
+    /// [`Client::queue_group_text`] for a reply: the message quotes
+    /// `reply_to`, which must be a message of the group here (sent by
+    /// this device or received from any member).
+    pub fn queue_group_reply(
+        &self,
+        group: &GroupId,
+        text: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<MessageId> {
+        self.queue_group_text_skipping(group, text, reply_to)
             .map(|(id, _)| id)
     }
 
-    /// [`Client::queue_group_text`], and why members were skipped.
+    /// [`Client::queue_group_reply`], and why members were skipped.
     fn queue_group_text_skipping(
         &self,
         group: &GroupId,
         text: &str,
+        reply_to: Option<&MessageId>,
     ) -> Result<(MessageId, Vec<String>)> {
         if text.is_empty() {
             return Err(ClientError::Invalid("empty message".into()));
@@ -80,6 +121,11 @@ impl Client {
                 text.len(),
                 ponte_e2e::MAX_TEXT_BYTES
             )));
+        }
+        if reply_to.is_some() {
+            // Not a member: say that, rather than that the quote is not here.
+            self.member_group(group)?;
+            self.check_reply(&Conversation::Group(*group), reply_to)?;
         }
         let id = MessageId::random();
         let envelope = Envelope {
@@ -92,14 +138,17 @@ impl Client {
                 text: text.to_owned(),
             },
         };
-        let skipped = self.encrypt_for_group(group, &envelope, true, |store, out| {
-            store.queue_group_text(out, text)
-        })?;
+        let extensions = reply_extensions(reply_to.copied());
+        let skipped =
+            self.encrypt_for_group(group, &envelope, &extensions, true, |store, out| {
+                store.queue_group_text(out, text, reply_to)
+            })?;
         Ok((id, skipped))
     }
 
-    /// Encrypt `envelope` for the group's current members and write it with
-    /// `write` (one transaction in the store): the sender session (new or
+    /// Encrypt `envelope` (with `extensions` after its body) for the
+    /// group's current members and write it with `write` (one transaction
+    /// in the store): the sender session (new or
     /// rotated when due, its key queued pairwise for every recipient first).
     /// With `hold`, refused while a member's key change waits for
     /// verification (without: that member is skipped, for a file already
@@ -109,6 +158,7 @@ impl Client {
         &self,
         group: &GroupId,
         envelope: &Envelope,
+        extensions: &Extensions,
         hold: bool,
         write: impl FnOnce(&crate::store::Store, &GroupOutgoing<'_>) -> Result<()>,
     ) -> Result<Vec<String>> {
@@ -163,7 +213,7 @@ impl Client {
         if sender.needs_rotation(now) {
             new_key = Some(sender.rotate(now));
         }
-        let out = sender.encrypt(envelope, now)?;
+        let out = sender.encrypt_with(envelope, extensions, now)?;
         let key = out.rotated.or(new_key);
         let keys = key
             .map(|k| {
@@ -197,12 +247,12 @@ impl Client {
         fd: &FileDescriptor,
     ) -> Result<()> {
         let peer = group_key(group);
-        // Its time and timer as written when it was queued.
-        let (sent_at, timer) = self
+        // Its time, timer and quoted message as written when it was queued.
+        let (sent_at, timer, reply_to) = self
             .store()
             .message(&peer, true, id)?
-            .map(|m| (m.sent_at.0, m.timer))
-            .unwrap_or_else(|| (now_ms(), None));
+            .map(|m| (m.sent_at.0, m.timer, m.reply_to))
+            .unwrap_or_else(|| (now_ms(), None, None));
         let envelope = Envelope {
             timer,
             id: *id,
@@ -212,7 +262,8 @@ impl Client {
                 file: fd.clone(),
             },
         };
-        match self.encrypt_for_group(group, &envelope, false, |store, out| {
+        let extensions = reply_extensions(reply_to);
+        match self.encrypt_for_group(group, &envelope, &extensions, false, |store, out| {
             store.group_file_uploaded(out)
         }) {
             Ok(_skipped) => Ok(()),
@@ -247,4 +298,9 @@ impl Client {
         let n = record.state.members().count().saturating_sub(1);
         Ok(u32::try_from(n.max(1)).unwrap_or(u32::MAX))
     }
+}
+
+/// The extensions of a message that replies to `reply_to` (none if `None`).
+fn reply_extensions(reply_to: Option<MessageId>) -> Extensions {
+    reply_to.map(Extensions::reply).unwrap_or_default()
 }

@@ -337,6 +337,9 @@ pub struct GroupIncoming<'a> {
     /// Not a message but a member's setting of the group's timer (`Some(None)`:
     /// off): a notice, and the group's timer if it is the latest.
     pub timer_set: Option<Option<ponte_e2e::Timer>>,
+    /// The message it replies to (quotes), by id, as its envelope says;
+    /// shown only if that message is in this group here.
+    pub reply_to: Option<MessageId>,
 }
 
 /// An outgoing group message to write.

@@ -111,3 +111,97 @@ fn groups_being_joined_are_capped() {
     // The oldest went, with what it held.
     assert!(store.pending(&first).unwrap().is_empty());
 }
+
+/// An incoming group message from `sender` in `group`, replying to
+/// `reply_to`; its view as stored.
+fn group_message(
+    store: &Store,
+    group: GroupId,
+    sender: &str,
+    text: &str,
+    reply_to: Option<MessageId>,
+) -> crate::store::MessageView {
+    let id = MessageId::random();
+    let receiver = GroupReceiver::new(group);
+    let stored = store
+        .commit_group_incoming(&GroupIncoming {
+            group,
+            sender,
+            delivered_id: id,
+            id,
+            sent_at: UnixMillis(1_700_000_000_000),
+            text,
+            file: None,
+            receiver: &receiver,
+            pending: None,
+            timer: None,
+            timer_set: None,
+            reply_to,
+        })
+        .unwrap();
+    assert!(stored);
+    store.message(sender, false, &id).unwrap().unwrap()
+}
+
+#[test]
+fn a_group_reply_quotes_only_a_message_of_its_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = Profile::create(&tmp.path().join("p"), KeySource::KeyFile).unwrap();
+    let store = profile.store();
+    let (group, other) = (GroupId::random(), GroupId::random());
+    // A 1:1 message, a message of another group, and in the group one of
+    // bobby's and one of this device's own.
+    let pairwise = store.queue_text("bobby", "a private word").unwrap();
+    let elsewhere = group_message(store, other, "bobby", "in the other group", None);
+    let bobbys = group_message(store, group, "bobby", "who brings food?", None);
+    let mine = MessageId::random();
+    let sender = GroupSender::new(group, 0);
+    store
+        .queue_group_text(
+            &GroupOutgoing {
+                group,
+                id: mine,
+                ciphertext: b"sealed",
+                recipients: &["bobby".to_owned()],
+                sender: &sender,
+                keys: Vec::new(),
+            },
+            "I bring bread",
+            Some(&bobbys.id),
+        )
+        .unwrap();
+    let my_view = store
+        .message(&group_key(&group), true, &mine)
+        .unwrap()
+        .unwrap();
+    assert_eq!(my_view.reply_to, Some(bobbys.id));
+    assert_eq!(
+        store.quoted(&my_view).unwrap().unwrap().text,
+        "who brings food?"
+    );
+
+    // Carol's replies: to bobby's message and to ours, found whoever sent
+    // them; to the 1:1 message or the other group's, "not here".
+    let to_bobby = group_message(store, group, "carol", "cheese", Some(bobbys.id));
+    let q = store.quoted(&to_bobby).unwrap().unwrap();
+    assert_eq!(
+        (q.peer.as_str(), q.text.as_str()),
+        ("bobby", "who brings food?")
+    );
+    let to_me = group_message(store, group, "carol", "great", Some(mine));
+    let q = store.quoted(&to_me).unwrap().unwrap();
+    assert!(q.outgoing);
+    assert_eq!(q.text, "I bring bread");
+    for id in [pairwise, elsewhere.id, MessageId::random()] {
+        let v = group_message(store, group, "carol", "what was it?", Some(id));
+        assert_eq!(v.reply_to, Some(id));
+        assert!(store.quoted(&v).unwrap().is_none(), "{id}");
+    }
+    // Nor does a 1:1 reply find a group message, even one its sender
+    // wrote in a group.
+    let v = store
+        .queue_reply("bobby", "that one", Some(&bobbys.id))
+        .unwrap();
+    let v = store.message("bobby", true, &v).unwrap().unwrap();
+    assert!(store.quoted(&v).unwrap().is_none());
+}

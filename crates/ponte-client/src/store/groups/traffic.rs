@@ -4,10 +4,16 @@
 use super::*;
 
 impl Store {
-    /// Queue an outgoing group text: its history row, its recipients, the
-    /// sender keys to hand out first and the ciphertext in the outbox, with
-    /// the sender session that made it (one transaction).
-    pub fn queue_group_text(&self, out: &GroupOutgoing<'_>, text: &str) -> Result<()> {
+    /// Queue an outgoing group text: its history row (with the message it
+    /// replies to, if any), its recipients, the sender keys to hand out
+    /// first and the ciphertext in the outbox, with the sender session that
+    /// made it (one transaction).
+    pub fn queue_group_text(
+        &self,
+        out: &GroupOutgoing<'_>,
+        text: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         let peer = group_key(&out.group);
         let now = UnixMillis::now();
@@ -16,9 +22,17 @@ impl Store {
             text.as_bytes(),
         );
         tx.execute(
-            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status, group_id)
-             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
-            params![peer, out.id.0.to_vec(), body, now, Status::Queued.to_i64(), out.group.0.to_vec()],
+            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status, group_id,
+             reply_to) VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
+            params![
+                peer,
+                out.id.0.to_vec(),
+                body,
+                now,
+                Status::Queued.to_i64(),
+                out.group.0.to_vec(),
+                reply_to.map(|r| r.0.to_vec())
+            ],
         )?;
         insert_group_send(&tx, &self.key, out, now)?;
         crate::store::expiry::stamp_outgoing(&tx, &peer, &out.id, now)?;
@@ -27,13 +41,14 @@ impl Store {
     }
 
     /// Queue an outgoing group file whose encrypted copy is at `encrypted`
-    /// (its history row and `files` row); it goes out once uploaded
-    /// ([`Store::group_file_uploaded`]).
+    /// (its history row, with the message it replies to if any, and `files`
+    /// row); it goes out once uploaded ([`Store::group_file_uploaded`]).
     pub fn queue_group_file(
         &self,
         group: &GroupId,
         fd: &FileDescriptor,
         encrypted: &std::path::Path,
+        reply_to: Option<&MessageId>,
     ) -> Result<MessageId> {
         let id = MessageId::random();
         let peer = group_key(group);
@@ -44,9 +59,17 @@ impl Store {
             fd.caption.as_bytes(),
         );
         tx.execute(
-            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status, group_id)
-             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
-            params![peer, id.0.to_vec(), body, now, Status::Queued.to_i64(), group.0.to_vec()],
+            "INSERT INTO messages(peer, outgoing, id, body, sent_at_ms, status, shown_status, group_id,
+             reply_to) VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
+            params![
+                peer,
+                id.0.to_vec(),
+                body,
+                now,
+                Status::Queued.to_i64(),
+                group.0.to_vec(),
+                reply_to.map(|r| r.0.to_vec())
+            ],
         )?;
         insert_file(
             &tx,
@@ -202,8 +225,8 @@ impl Store {
             );
             tx.execute(
                 "INSERT OR IGNORE INTO messages(peer, outgoing, id, body, sent_at_ms,
-                 received_at_ms, status, group_id, timer_ms)
-                 VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 received_at_ms, status, group_id, timer_ms, reply_to)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     m.sender,
                     m.id.0.to_vec(),
@@ -212,7 +235,8 @@ impl Store {
                     UnixMillis::now(),
                     Status::Received.to_i64(),
                     m.group.0.to_vec(),
-                    crate::store::expiry::timer_ms(m.timer)
+                    crate::store::expiry::timer_ms(m.timer),
+                    m.reply_to.map(|r| r.0.to_vec())
                 ],
             )?;
             if let Some(fd) = m.file {

@@ -12,24 +12,19 @@ use std::time::Instant;
 #[path = "common/cluster.rs"]
 mod cluster;
 mod common;
-use common::closed_port;
+#[path = "common/own_pg.rs"]
+mod own_pg;
 // The server crate's test helper for PostgreSQL (fresh database, skip).
 #[allow(dead_code)]
 #[path = "../../ponte-server/tests/common/pg.rs"]
 mod pg;
 
 use cluster::{
-    assert_once_in_order, init_service, nats_reachable, nats_url, register_via, shown, tls_relay,
-    wait_until, Node, OwnNats, OwnPg, Sender,
+    assert_once_in_order, init_service, nats_reachable, nats_url, register_via, shown, wait_all,
+    wait_until, Cluster, Node, OwnNats, Sender,
 };
 use common::{json_lines, ok, ponte, Listen, WAIT};
-
-/// Waits until `listen` shows `PREFIX N` for every acknowledged N of `sent`.
-fn wait_all(listen: &mut Listen, sent: &[cluster::Sent]) {
-    for s in sent.iter().filter(|s| s.acknowledged()) {
-        listen.wait_for(&s.text);
-    }
-}
+use own_pg::OwnPg;
 
 #[test]
 fn three_nodes_lose_each_node_in_turn_and_no_acknowledged_message_is_lost() {
@@ -38,36 +33,16 @@ fn three_nodes_lose_each_node_in_turn_and_no_acknowledged_message_is_lost() {
     }
     let db = pg::TestDb::create();
     let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<_> = (1..=3)
-        .map(|i| tmp.path().join(format!("node{i}")))
-        .collect();
-    init_service(&db.url, &dirs);
-    let nats = nats_url();
-    // Six registrations from 127.0.0.1: more than the default limit, which
-    // counts across the nodes.
-    let config = tmp.path().join("server.toml");
-    std::fs::write(&config, "[register_limit]\nburst = 50\nper_hour = 50\n").unwrap();
-    let args = [
-        "--store",
-        db.url.as_str(),
-        "--bus",
-        nats.as_str(),
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    let mut nodes: Vec<Node> = dirs.iter().map(|d| Node::start(d, &args)).collect();
-    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let mut cluster = Cluster::start(tmp.path(), &db.url, &nats_url(), "");
     // Relay A prefers node 1, relay B node 3; carol and erin go to node 2
     // directly (the relays are their fallback): every node has clients.
-    let (_relay_a, a) = tls_relay(tmp.path(), "a", &[addrs[0], addrs[1], addrs[2]]);
-    let (_relay_b, b) = tls_relay(tmp.path(), "b", &[addrs[2], addrs[1], addrs[0]]);
-    let nowhere = format!("ponte://127.0.0.1:{}#{}", closed_port(), nodes[0].key);
+    let (a, b) = (cluster.vias[0].clone(), cluster.vias[1].clone());
     let p = |n: &str| tmp.path().join(n);
     for (name, vias) in [("alice", &a), ("frank", &a), ("bob", &b), ("dave", &b)] {
-        register_via(&p(name), &nowhere, name, &[vias]);
+        register_via(&p(name), &cluster.nowhere, name, &[vias]);
     }
     for name in ["carol", "erin"] {
-        register_via(&p(name), &nodes[1].address(), name, &[&a, &b]);
+        register_via(&p(name), &cluster.nodes[1].address(), name, &[&a, &b]);
     }
 
     // Three conversations, each from one node to another: alice (1) → dave
@@ -83,7 +58,7 @@ fn three_nodes_lose_each_node_in_turn_and_no_acknowledged_message_is_lost() {
     for s in &senders {
         s.wait_more(2, long);
     }
-    for (i, node) in nodes.iter_mut().enumerate() {
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
         let t = Instant::now();
         node.kill();
         for s in &senders {
@@ -115,9 +90,7 @@ fn three_nodes_lose_each_node_in_turn_and_no_acknowledged_message_is_lost() {
         );
         assert_once_in_order(sent, &got, prefix);
     }
-    for n in &mut nodes {
-        n.kill();
-    }
+    cluster.kill_all();
 }
 
 /// Sends `PREFIX N` for N in `range` from alice to bob, each acknowledged.

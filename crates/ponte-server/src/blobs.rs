@@ -18,12 +18,23 @@
 //! 96 KiB chunk. Flushes are pipelined: one `fdatasync` at a time, each
 //! handing its record to the store (in order: each record moves the
 //! offset from where the previous one left it) before the next
-//! `fdatasync` starts, so a record's commit overlaps the next sync. A crash between a write and its record leaves the file
-//! longer than the recorded offset; the next tail cuts it back first. A
-//! failed write is cut off again and answered `UNAVAILABLE`; a failed
-//! flush poisons the tail (the kernel may have dropped the pages it could
-//! not write, so a later flush proves nothing): every append in flight is
-//! refused, and the next tail starts again from the recorded offset.
+//! `fdatasync` starts, so a record's commit overlaps the next sync.
+//!
+//! Bytes past the recorded offset (a crash between a write and its
+//! record, or another node's append whose record is on its way, when the
+//! nodes of a PostgreSQL service share the blob directory) are left in
+//! place: they are the same upload's bytes at the same offsets, and every
+//! byte from the recorded offset on is written again before the upload
+//! finishes. Cutting them would cut under the other node's append, which
+//! then records an offset the file no longer reaches. A file shorter than
+//! the recorded offset (a blob directory that is not shared, or lost
+//! bytes) is never filled up: the append is refused, the recorded offset
+//! moved back to what the file holds, and the client goes on from there
+//! at its next connection. A failed write is cut off again and answered
+//! `UNAVAILABLE`; a failed flush poisons the tail (the kernel may have
+//! dropped the pages it could not write, so a later flush proves
+//! nothing): every append in flight is refused, and the next tail starts
+//! again from the recorded offset.
 //!
 //! The last append reads the file back through SHA-256 (streamed, 64 KiB
 //! at a time), renames it into place and syncs the directory before the
@@ -214,8 +225,9 @@ impl Tail {
 
     /// Writes `chunk` at `offset`, which [`Tail::next_offset`] gave (with
     /// the turn held), without waiting for the disk. The tail's first
-    /// write cuts off whatever an interrupted append left past `offset`;
-    /// a failed write is cut off again.
+    /// write leaves what an interrupted append (or another node's) left
+    /// past `offset`, and refuses a file that ends before `offset`
+    /// ([`Short`], see the module docs); a failed write is cut off again.
     pub(crate) async fn write(&self, offset: u64, chunk: Bytes) -> io::Result<()> {
         let open = lock(&self.state).file.clone();
         let path = self.path.clone();
@@ -235,8 +247,9 @@ impl Tail {
                         }
                         r => r?,
                     };
-                    if f.metadata()?.len() != offset {
-                        f.set_len(offset)?;
+                    let held = f.metadata()?.len();
+                    if held < offset {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, Short(held)));
                     }
                     Arc::new(f)
                 }
@@ -315,6 +328,31 @@ impl Tail {
         lock(&self.state).poisoned = true;
         self.durable.send_modify(|d| d.failed = true);
         outcome
+    }
+}
+
+/// The error of a tail's first write when the upload's file holds fewer
+/// bytes than the store recorded: how many it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Short(pub u64);
+
+impl std::fmt::Display for Short {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the upload's file holds {} bytes, fewer than recorded (is the blob directory \
+             shared by every node?)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Short {}
+
+impl Short {
+    /// The [`Short`] inside `e`, if that is what it is.
+    pub(crate) fn of(e: &io::Error) -> Option<Self> {
+        e.get_ref()?.downcast_ref::<Self>().copied()
     }
 }
 
@@ -590,3 +628,5 @@ pub(crate) async fn sweep(shared: &Shared) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod two_nodes;

@@ -1,17 +1,18 @@
-//! Helpers for the multi-node tests (`scale_out.rs`): server nodes that
+//! Helpers for the multi-node tests (`scale_*.rs`): server nodes that
 //! can be SIGKILLed and restarted on the same ports, TLS relays in front of
-//! several nodes, a test-owned `nats-server` and a test-owned PostgreSQL
-//! (both restartable on their port), `/healthz` over plain HTTP, and
-//! senders that send numbered messages in a loop and remember which ones
-//! the server acknowledged. Included with `#[path]` by the tests that use
-//! it, beside `mod common`.
+//! several nodes, a cluster of three nodes behind two relays, a
+//! test-owned `nats-server` (restartable on its port; a test-owned
+//! PostgreSQL is in `own_pg.rs`), `/healthz` and `/metrics` over plain HTTP, and senders
+//! that send numbered messages in a loop and remember which ones the
+//! server acknowledged. Included with `#[path]` by the tests that use it,
+//! beside `mod common`.
 #![allow(dead_code)]
 
-use crate::common::{command, stderr, wait_output, Killed, Proxy, PONTE, WAIT};
+use crate::common::{command, stderr, wait_output, Killed, Listen, Proxy, PONTE, WAIT};
 use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -39,7 +40,7 @@ pub fn free_port() -> u16 {
 
 /// Lines of a child's pipe kept in a shared string (drained for the
 /// child's whole life), each also offered to `tx`.
-fn drain_into(
+pub fn drain_into(
     pipe: impl Read + Send + 'static,
     log: Arc<Mutex<String>>,
     tx: Option<mpsc::Sender<String>>,
@@ -206,6 +207,90 @@ pub fn tls_relay(dir: &Path, name: &str, servers: &[SocketAddr]) -> (Proxy, Stri
     (proxy, url)
 }
 
+// ---------------------------------------------------------------- a cluster
+
+/// Three nodes on one PostgreSQL database and one NATS, sharing one blob
+/// directory, behind two TLS relays whose upstream lists hold all three:
+/// relay A prefers node 1, relay B node 3, node 2 is second in both.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    /// Relay A and relay B (kept running).
+    pub relays: Vec<Proxy>,
+    /// Their `tls://` URLs.
+    pub vias: Vec<String>,
+    /// The service's address with a refused direct route: a profile
+    /// registered with it reaches the service through its relays only.
+    pub nowhere: String,
+    /// The blob directory every node shares (`--blob-dir`).
+    pub blob_dir: PathBuf,
+}
+
+impl Cluster {
+    /// Initialises the service in `store` and starts it in `dir`, on the
+    /// bus `bus`; `config` is added to the nodes' config file (top-level
+    /// keys). Registrations from 127.0.0.1 are allowed well beyond the
+    /// default limit (which counts across the nodes).
+    pub fn start(dir: &Path, store: &str, bus: &str, config: &str) -> Self {
+        let dirs: Vec<_> = (1..=3).map(|i| dir.join(format!("node{i}"))).collect();
+        init_service(store, &dirs);
+        let blob_dir = dir.join("blobs");
+        let cfg = dir.join("server.toml");
+        std::fs::write(
+            &cfg,
+            format!("{config}\n[register_limit]\nburst = 50\nper_hour = 50\n"),
+        )
+        .unwrap();
+        let args = [
+            "--store",
+            store,
+            "--bus",
+            bus,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--blob-dir",
+            blob_dir.to_str().unwrap(),
+        ];
+        let nodes: Vec<Node> = dirs.iter().map(|d| Node::start(d, &args)).collect();
+        let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+        let (relay_a, a) = tls_relay(dir, "a", &[addrs[0], addrs[1], addrs[2]]);
+        let (relay_b, b) = tls_relay(dir, "b", &[addrs[2], addrs[1], addrs[0]]);
+        let nowhere = format!(
+            "ponte://127.0.0.1:{}#{}",
+            crate::common::closed_port(),
+            nodes[0].key
+        );
+        Self {
+            nodes,
+            relays: vec![relay_a, relay_b],
+            vias: vec![a, b],
+            nowhere,
+            blob_dir,
+        }
+    }
+
+    /// SIGKILLs every node.
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+}
+
+/// A counter of a node's `/metrics` (the sum of the lines whose name
+/// contains `name`); 0 when the node does not answer.
+pub fn metric(node: &Node, name: &str) -> u64 {
+    let Some((200, body)) = http_get(node.admin, "/metrics") else {
+        return 0;
+    };
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(k, _)| k.split('{').next().is_some_and(|k| k.contains(name)))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// `ponte register --server ADDRESS NAME --via URL…`, checked.
 pub fn register_via(profile: &Path, address: &str, name: &str, vias: &[&str]) {
     let mut args = vec!["register", "--server", address, name, "--json"];
@@ -329,178 +414,6 @@ impl OwnNats {
     }
 }
 
-// ---------------------------------------------------------------- PostgreSQL
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// A PostgreSQL cluster of the test's own in a temp directory (initdb, then
-/// `postgres -D`), restartable on the same port. Run as the `postgres` user
-/// (with `setpriv`) when the test runs as root, which initdb refuses.
-pub struct OwnPg {
-    dir: PathBuf,
-    pub port: u16,
-    /// uid and gid to run as, when the tests run as root.
-    user: Option<(u32, u32)>,
-    child: Option<Child>,
-    pub log: Arc<Mutex<String>>,
-}
-
-/// The uid and gid of `name`, from `id`.
-fn ids_of(name: &str) -> Result<(u32, u32), String> {
-    let id = |flag: &str| -> Result<u32, String> {
-        let out = Command::new("id")
-            .args([flag, name])
-            .output()
-            .map_err(|e| format!("id: {e}"))?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .map_err(|_| format!("no user {name}"))
-    };
-    Ok((id("-u")?, id("-g")?))
-}
-
-impl OwnPg {
-    /// initdb into `dir` (which it owns) and starts it; `Err` with the
-    /// reason when that cannot work here (the caller skips).
-    pub fn start(dir: &Path) -> Result<Self, String> {
-        if !Path::new(PG_BIN).join("initdb").is_file() {
-            return Err(format!("{PG_BIN}/initdb is not installed"));
-        }
-        let me = Command::new("id")
-            .arg("-u")
-            .output()
-            .map_err(|e| format!("id -u: {e}"))?;
-        let root = String::from_utf8_lossy(&me.stdout).trim() == "0";
-        let user = if root {
-            Some(ids_of("postgres").map_err(|e| format!("running as root, and {e}"))?)
-        } else {
-            None
-        };
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-                .map_err(|e| format!("chown {}: {e}", dir.display()))?;
-        }
-        let mut pg = Self {
-            dir: dir.to_owned(),
-            port: free_port(),
-            user,
-            child: None,
-            log: Arc::new(Mutex::new(String::new())),
-        };
-        let data = dir.join("data");
-        let mut initdb = pg.command("initdb");
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]);
-        let out = wait_output(
-            initdb
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("initdb: {e}"))?,
-            WAIT,
-        );
-        if !out.status.success() {
-            return Err(format!("initdb failed: {}", stderr(&out)));
-        }
-        pg.spawn()?;
-        Ok(pg)
-    }
-
-    /// A command running `PG_BIN/prog` as the cluster's user.
-    fn command(&self, prog: &str) -> Command {
-        let bin = Path::new(PG_BIN).join(prog);
-        match self.user {
-            Some((uid, gid)) => {
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={gid}"))
-                    .arg("--clear-groups")
-                    .arg("--")
-                    .arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        }
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let mut cmd = self.command("postgres");
-        cmd.arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-p", &self.port.to_string(), "-k"])
-            .arg(&self.dir)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("postgres: {e}"))?;
-        let (tx, rx) = mpsc::channel();
-        drain_into(child.stderr.take().unwrap(), self.log.clone(), Some(tx));
-        self.child = Some(child);
-        let start = Instant::now();
-        loop {
-            let left = WAIT.saturating_sub(start.elapsed());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains("ready to accept connections") => return Ok(()),
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(format!(
-                        "postgres did not start:\n{}",
-                        self.log.lock().unwrap()
-                    ))
-                }
-            }
-        }
-    }
-
-    /// The address of its `postgres` database.
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Stops it as a crash would (SIGQUIT: immediate shutdown, crash
-    /// recovery at the next start) and waits until it is gone.
-    pub fn crash(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-QUIT", &c.id().to_string()])
-                .status();
-            let start = Instant::now();
-            while c.try_wait().unwrap().is_none() {
-                if start.elapsed() > WAIT {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// Starts it again on the same port.
-    pub fn restart(&mut self) {
-        self.crash();
-        self.spawn().unwrap();
-    }
-}
-
-impl Drop for OwnPg {
-    fn drop(&mut self) {
-        self.crash();
-    }
-}
-
 // ---------------------------------------------------------------- traffic
 
 /// What one `ponte send` of a sender loop got.
@@ -596,6 +509,14 @@ impl Sender {
 impl Drop for Sender {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits until `listen` shows the text of every acknowledged send of
+/// `sent`.
+pub fn wait_all(listen: &mut Listen, sent: &[Sent]) {
+    for s in sent.iter().filter(|s| s.acknowledged()) {
+        listen.wait_for(&s.text);
     }
 }
 

@@ -489,3 +489,32 @@ async fn an_upload_deleted_under_a_record_loses_its_file() {
     let (code, _) = refusal(a.request(append(id, 0, &data[..c])).await);
     assert_eq!(code, ErrorCode::UnknownBlob);
 }
+
+/// The upload's file lacks bytes the store counts (as on a node whose
+/// blob directory is not the other nodes'): the append is refused
+/// `UNAVAILABLE` and the recorded offset moves back to what the file
+/// holds, nothing filled in; the upload goes on from there and completes
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_shorter_than_its_recorded_offset_moves_the_offset_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path()).await;
+    let c = BLOB_CHUNK_MAX;
+    let data = random_data(2 * c);
+    let (_device, mut a, id) = setup(&server, &data).await;
+    let s = upload_state(a.request(append(id, 0, &data[..c])).await);
+    assert_eq!(s.offset, c as u64);
+    std::fs::remove_file(partial(tmp.path(), &id)).unwrap();
+
+    let (code, _) = refusal(a.request(append(id, c as u64, &data[c..])).await);
+    assert_eq!(code, ErrorCode::Unavailable);
+    let offset = client_frame::Body::UploadOffset(messages::UploadOffset {
+        upload_id: Bytes::copy_from_slice(&id),
+    });
+    assert_eq!(upload_state(a.request(offset).await).offset, 0);
+    let s = upload_state(a.request(append(id, 0, &data[..c])).await);
+    assert_eq!((s.offset, s.finished), (c as u64, false));
+    let s = upload_state(a.request(append(id, c as u64, &data[c..])).await);
+    assert_eq!((s.offset, s.finished), (2 * c as u64, true));
+    assert_stored(tmp.path(), &id, &data);
+}

@@ -11,7 +11,7 @@
 //! hash and makes the blob downloadable, or discards it.
 
 use super::{arr, Context, Refusal, Reply, Request, Runs};
-use crate::blobs::{Finished, Flushed};
+use crate::blobs::{Finished, Flushed, Short};
 use crate::store::{BlobCreateOutcome, BlobId, BlobInfo, NewBlob, UnixMillis};
 use ponte_wire::messages::{self, server_frame, ErrorCode, ErrorFrame};
 use std::sync::Arc;
@@ -178,6 +178,17 @@ impl Request for messages::UploadAppend {
                 // A full disk (or a failing one): nothing of this chunk
                 // counts, and what was acknowledged stays.
                 tracing::warn!("blob append failed: {e}");
+                if let Some(Short(held)) = Short::of(&e) {
+                    // The file ends before the recorded offset: move the
+                    // offset back to it; the client's next connection asks
+                    // for the offset and goes on from there.
+                    if let Err(e) = cx.shared.store.blob_advance(id, expected, held).await {
+                        tracing::warn!(
+                            "moving an upload's offset back failed: {}",
+                            crate::Chain(&e)
+                        );
+                    }
+                }
                 return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
             }
             drop(turn);

@@ -423,14 +423,28 @@ async fn sender(
     // Send times by counter, for the ack latency (paced runs only).
     let mut pending: HashMap<u64, Instant> = HashMap::new();
     let track = plan.rate > 0.0;
+    // Paced senders start spread over one interval (by the golden ratio of
+    // their number, so also across load processes): in step, every sender
+    // of a run would send at the same instants, a burst the size of the
+    // run at every tick instead of the even rate asked for.
+    let start = if plan.rate > 0.0 {
+        let spread = (f64::from(plan.sender / 2) * 0.618_033_988_7).fract();
+        phase.go + Duration::from_secs_f64(spread / plan.rate)
+    } else {
+        phase.go
+    };
     loop {
         let now = Instant::now();
         if now >= phase.win_end {
             break;
         }
         let allowed = if plan.rate > 0.0 {
-            let due = (plan.rate * (now - phase.go).as_secs_f64()) as u64 + 1;
-            due.saturating_sub(sent)
+            if now < start {
+                0
+            } else {
+                let due = (plan.rate * (now - start).as_secs_f64()) as u64 + 1;
+                due.saturating_sub(sent)
+            }
         } else {
             u64::MAX
         };
@@ -471,7 +485,7 @@ async fn sender(
             }
         }
         let next_due = (plan.rate > 0.0 && inflight < window)
-            .then(|| phase.go + Duration::from_secs_f64(sent as f64 / plan.rate));
+            .then(|| start + Duration::from_secs_f64(sent as f64 / plan.rate));
         let r = tokio::select! {
             r = reader.recv_frame() => r?,
             _ = async { if let Some(t) = next_due { sleep_until(t).await } }, if next_due.is_some() => continue,

@@ -6,10 +6,13 @@
 //! Phases per setup: registration (through the first node), idle clients
 //! spread over the nodes (RSS growth of all nodes per client), online
 //! pairs at full speed (delivered msg/s), the same pairs paced at half that
-//! rate (delivery p50/p99), and durable sends to offline recipients (acked
-//! msg/s). With several nodes every pair's sender and receiver are on
-//! different nodes, so the half-rate latency is the cross-node delivery
-//! latency (commit, NATS wake-up, mailbox read on the receiver's node).
+//! rate (delivery p50/p99), paced at a fixed modest rate (`--modest-rate`,
+//! the traffic a node sees from a few busy conversations: delivery p50/p99
+//! without the queueing of a near-full writer), and durable sends to
+//! offline recipients (acked msg/s). With several nodes every pair's
+//! sender and receiver are on different nodes, so both latencies are
+//! cross-node delivery latencies (commit, NATS wake-up, mailbox read on the
+//! receiver's node).
 //!
 //! CPU: before and after each traffic phase the harness reads utime+stime
 //! (/proc/PID/stat) of every node, of the PostgreSQL backends serving the
@@ -57,6 +60,9 @@ pub struct ScaleArgs {
     /// Message body bytes.
     #[arg(long, default_value_t = 256)]
     size: usize,
+    /// Messages per second of the modest-rate phase, all pairs together.
+    #[arg(long, default_value_t = 100.0)]
+    modest_rate: f64,
     /// Sends a sender keeps unacknowledged.
     #[arg(long, default_value_t = 128)]
     window: usize,
@@ -134,6 +140,8 @@ struct Row {
     durable: Costed,
     p50_us: Option<f64>,
     p99_us: Option<f64>,
+    modest_p50_us: Option<f64>,
+    modest_p99_us: Option<f64>,
     idle_bytes: Option<f64>,
     errors: u64,
     db_bytes: Option<i64>,
@@ -384,9 +392,13 @@ async fn measure(setup: Setup, a: &ScaleArgs, p: &Plan, bin: &Path) -> anyhow::R
 async fn measure_running(run: &Running, a: &ScaleArgs, p: &Plan) -> anyhow::Result<Row> {
     let mut row = Row::default();
     let singles = p.idle.max(p.offline);
-    let (online_base, half_base, durable_base) =
-        (singles, singles + 2 * p.pairs, singles + 4 * p.pairs);
-    let total = singles + 6 * p.pairs;
+    let (online_base, half_base, durable_base, modest_base) = (
+        singles,
+        singles + 2 * p.pairs,
+        singles + 4 * p.pairs,
+        singles + 6 * p.pairs,
+    );
+    let total = singles + 8 * p.pairs;
     let t = Instant::now();
     let mut loaders = Vec::new();
     for (first, n) in split(total, a.load_procs) {
@@ -458,6 +470,16 @@ async fn measure_running(run: &Running, a: &ScaleArgs, p: &Plan) -> anyhow::Resu
     log(&format!(
         "half rate p50 {:?} us p99 {:?} us",
         row.p50_us, row.p99_us
+    ));
+    let per_sender = a.modest_rate.max(0.001) / f64::from(p.pairs.max(1));
+    let (mut r, _) = phase(run, sets(run, a, p, "online", modest_base, per_sender), p).await?;
+    r.lat_us.sort_unstable();
+    row.modest_p50_us = stats::percentile(&r.lat_us, 50.0).map(f64::from);
+    row.modest_p99_us = stats::percentile(&r.lat_us, 99.0).map(f64::from);
+    row.errors += r.errors;
+    log(&format!(
+        "{} msg/s p50 {:?} us p99 {:?} us",
+        a.modest_rate, row.modest_p50_us, row.modest_p99_us
     ));
     let (r, cpu) = phase(run, sets(run, a, p, "durable", durable_base, 0.0), p).await?;
     row.durable = Costed {
@@ -550,13 +572,14 @@ fn report(a: &ScaleArgs, p: &Plan, rows: &[(Setup, Row)], load_before: &str) -> 
     );
     let _ = writeln!(
         s,
-        "| setup | online msg/s | half rate p50 / p99 ms | durable msg/s | KiB per idle client | errors |"
+        "| setup | online msg/s | half rate p50 / p99 ms | {:.0} msg/s p50 / p99 ms | durable msg/s | KiB per idle client | errors |",
+        a.modest_rate
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for (setup, r) in rows {
         let _ = writeln!(
             s,
-            "| {}{} | {:.0} | {} / {} | {:.0} | {} | {} |",
+            "| {}{} | {:.0} | {} / {} | {} / {} | {:.0} | {} | {} |",
             setup.name(),
             if setup.nodes() > 1 {
                 " (cross-node)"
@@ -566,6 +589,8 @@ fn report(a: &ScaleArgs, p: &Plan, rows: &[(Setup, Row)], load_before: &str) -> 
             r.online.per_sec,
             num(r.p50_us, 1000.0, 2),
             num(r.p99_us, 1000.0, 2),
+            num(r.modest_p50_us, 1000.0, 2),
+            num(r.modest_p99_us, 1000.0, 2),
             r.durable.per_sec,
             num(r.idle_bytes, 1024.0, 1),
             r.errors
@@ -617,7 +642,7 @@ fn report(a: &ScaleArgs, p: &Plan, rows: &[(Setup, Row)], load_before: &str) -> 
             s,
             "\nPostgreSQL database size at the end ({} accounts, the durable phase's messages \
              still queued): {}.",
-            p.idle.max(p.offline) + 6 * p.pairs,
+            p.idle.max(p.offline) + 8 * p.pairs,
             sizes.join("; ")
         );
     }

@@ -214,12 +214,17 @@ impl Writer {
         let Some(c) = held.0.as_ref() else {
             return Err(Failure::Batch(PgError::Timeout(Duration::ZERO)));
         };
-        c.batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL lock_timeout = '5s'")
-            .await
-            .map_err(|e| classify_batch(e.into()))?;
+        // `BEGIN` and the batch's locks in one round trip: both are sent
+        // before either answer is read (the driver writes a request when
+        // its future is first polled, and `join` polls in order), and
+        // PostgreSQL runs them in the order sent.
+        let begin = c.batch_execute(
+            "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL lock_timeout = '5s'",
+        );
         let mut tx = Tx::new(c, &mut self.handles);
         let works: Vec<&Work> = jobs.iter().map(|q| &q.work).collect();
-        if let Err(e) = jobs::lock_all(&mut tx, &works).await {
+        let (began, locked) = futures::future::join(begin, jobs::lock_all(&mut tx, &works)).await;
+        if let Err(e) = began.map_err(PgError::from).and(locked) {
             drop(tx);
             rollback(held).await;
             return Err(classify_batch(e));
@@ -241,16 +246,35 @@ impl Writer {
                 }
             }
         }
-        if let Err(e) = tx.flush_pending().await {
-            drop(tx);
-            rollback(held).await;
-            return Err(classify_batch(e));
-        }
+        let counts = tx.pending_counts();
         let handover = tx.into_handover();
+        let flush = match &counts {
+            Some(_) => match c.prepare_cached(jobs::FLUSH_PENDING).await {
+                Ok(st) => Some(st),
+                Err(e) => {
+                    rollback(held).await;
+                    return Err(classify_batch(e.into()));
+                }
+            },
+            None => None,
+        };
         let started = Instant::now();
-        c.batch_execute("COMMIT")
-            .await
-            .map_err(|e| classify_batch(e.into()))?;
+        // The counts' `UPDATE` and the `COMMIT` in one round trip (the
+        // statement is prepared above, so that nothing of the `UPDATE` can
+        // be sent after the `COMMIT`). If the `UPDATE` fails, PostgreSQL
+        // ends the transaction at the `COMMIT` with a rollback, and the
+        // error is the `UPDATE`'s: nothing of the batch is stored, and the
+        // connection is dropped with `held`.
+        let commit = c.batch_execute("COMMIT");
+        let done = match (&flush, &counts) {
+            (Some(st), Some((ids, n))) => {
+                futures::future::try_join(c.execute(st, &[ids, n]), commit)
+                    .await
+                    .map(|_| ())
+            }
+            _ => commit.await,
+        };
+        done.map_err(|e| classify_batch(e.into()))?;
         self.stats
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());

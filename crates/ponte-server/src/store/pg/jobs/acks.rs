@@ -55,6 +55,50 @@ pub(super) async fn insert_notice(
 /// message id, group body).
 type AckedRow = (usize, i64, AccountId, Vec<u8>, Option<i64>);
 
+/// Stores the receipts from `from` for `messages` (their senders locked
+/// first) in one statement; their seqs, in the order of `messages`.
+async fn insert_receipts(
+    tx: &Tx<'_>,
+    from: AccountId,
+    messages: &[AckedRow],
+    (at, expires_at): (UnixMillis, UnixMillis),
+) -> Result<Vec<Seq>, PgError> {
+    let peers: Vec<AccountId> = messages.iter().map(|m| m.2).collect();
+    let ids: Vec<&[u8]> = messages.iter().map(|m| m.3.as_slice()).collect();
+    // The seqs are taken once (a materialized CTE) and returned with the
+    // place of each receipt, so that each is matched to its message
+    // whatever order the rows are inserted in.
+    let rows = tx
+        .query(
+            "WITH r AS MATERIALIZED (
+                 SELECT t.peer, t.message_id, t.n, nextval('mailbox_seq') AS seq
+                 FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS t(peer, message_id, n)
+             ), stored AS (
+                 INSERT INTO notices (owner, seq, kind, peer, message_id, at, expires_at)
+                 SELECT r.peer, r.seq, $3, $4, r.message_id, $5, $6 FROM r
+             )
+             SELECT n, seq FROM r",
+            &[
+                &peers,
+                &ids,
+                &ItemKind::Receipt.code(),
+                &from,
+                &at.0,
+                &expires_at.0,
+            ],
+        )
+        .await?;
+    let mut seqs = vec![Seq(0); messages.len()];
+    for r in &rows {
+        let n: i64 = r.try_get(0)?;
+        let place = usize::try_from(n - 1).unwrap_or(usize::MAX);
+        if let Some(slot) = seqs.get_mut(place) {
+            *slot = seq_of(r.try_get(1)?);
+        }
+    }
+    Ok(seqs)
+}
+
 pub(super) async fn ack(
     tx: &mut Tx<'_>,
     account: AccountId,
@@ -68,51 +112,48 @@ pub(super) async fn ack(
     }
     tx.lock(account).await?;
     let wanted: Vec<i64> = seqs.iter().map(|s| i64_of(s.0)).collect();
+    // Messages and notices in one statement (one round trip): a seq is
+    // either, never both (one sequence numbers them all). A notice's row
+    // comes back with a null sender.
     let rows = tx
         .query(
-            "DELETE FROM mailbox WHERE owner = $1 AND seq = ANY($2)
-             RETURNING seq, peer, message_id, body_id",
+            "WITH m AS (
+                 DELETE FROM mailbox WHERE owner = $1 AND seq = ANY($2)
+                 RETURNING seq, peer, message_id, body_id
+             ), n AS (
+                 DELETE FROM notices WHERE owner = $1 AND seq = ANY($2) RETURNING seq
+             )
+             SELECT seq, peer, message_id, body_id FROM m
+             UNION ALL
+             SELECT seq, NULL, NULL, NULL FROM n",
             &[&account, &wanted],
         )
         .await?;
     let mut messages: Vec<AckedRow> = Vec::with_capacity(rows.len());
     for r in &rows {
         let seq: i64 = r.try_get(0)?;
+        let Some(peer) = r.try_get::<_, Option<AccountId>>(1)? else {
+            out.notices += 1;
+            continue;
+        };
         let at = wanted.iter().position(|s| *s == seq).unwrap_or(usize::MAX);
-        messages.push((at, seq, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+        messages.push((at, seq, peer, r.try_get(2)?, r.try_get(3)?));
     }
     // Receipts in the order the seqs were acknowledged.
     messages.sort_unstable_by_key(|m| m.0);
-    let rest: Vec<i64> = wanted
-        .iter()
-        .copied()
-        .filter(|s| !messages.iter().any(|m| m.1 == *s))
-        .collect();
-    if !rest.is_empty() {
-        out.notices = tx
-            .exec(
-                "DELETE FROM notices WHERE owner = $1 AND seq = ANY($2)",
-                &[&account, &rest],
-            )
-            .await?;
-    }
     let me = if messages.is_empty() {
         None
     } else {
         tx.handle_of(account).await?
     };
-    for (_, _, peer, message_id, body_id) in messages {
+    for (_, _, peer, _, body_id) in &messages {
         tx.add_pending(account, -1);
-        release_body(tx, body_id).await?;
-        let seq = insert_notice(
-            tx,
-            peer,
-            ItemKind::Receipt,
-            account,
-            &message_id,
-            (now, notice_expires_at),
-        )
-        .await?;
+        release_body(tx, *body_id).await?;
+        // Locked already with the batch (`lock_all`): no statement.
+        tx.lock(*peer).await?;
+    }
+    let receipt_seqs = insert_receipts(tx, account, &messages, (now, notice_expires_at)).await?;
+    for ((_, _, peer, message_id, _), seq) in messages.into_iter().zip(receipt_seqs) {
         out.messages += 1;
         let receipt = StoredReceipt {
             owner: peer,

@@ -19,7 +19,7 @@ mod tx;
 use super::write::{Done, Work};
 use super::PgError;
 use crate::store::types::*;
-pub(super) use tx::Tx;
+pub(super) use tx::{Tx, FLUSH_PENDING};
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -38,25 +38,22 @@ fn seq_of(v: i64) -> Seq {
 /// and then the sender) and deadlocked; PostgreSQL broke each deadlock
 /// after `deadlock_timeout` and the batch ran again, which put seconds on
 /// cross-node delivery under load. (The expiry job still locks as it goes:
-/// it runs rarely and retries like any batch.)
+/// it runs rarely and retries like any batch.) The senders the acked
+/// messages came from are found by the same statement: one round trip for
+/// the whole batch, however many acks it holds.
 pub(super) async fn lock_all(tx: &mut Tx<'_>, works: &[&Work]) -> Result<(), PgError> {
     let mut ids: Vec<AccountId> = Vec::new();
     let mut handles: Vec<String> = Vec::new();
+    let mut acked = Acked::default();
     for w in works {
         match w {
             Work::Send(m) => handles.push(m.recipient.clone()),
             Work::SendGroup(m) => handles.extend(m.recipients.iter().cloned()),
             Work::Ack { account, seqs, .. } if !seqs.is_empty() => {
                 ids.push(*account);
-                let wanted: Vec<i64> = seqs.iter().map(|s| i64_of(s.0)).collect();
-                let rows = tx
-                    .query(
-                        "SELECT DISTINCT peer FROM mailbox WHERE owner = $1 AND seq = ANY($2)",
-                        &[account, &wanted],
-                    )
-                    .await?;
-                for r in &rows {
-                    ids.push(r.try_get(0)?);
+                for s in seqs {
+                    acked.owners.push(*account);
+                    acked.seqs.push(i64_of(s.0));
                 }
             }
             Work::Upload { account, .. } => ids.push(*account),
@@ -71,7 +68,15 @@ pub(super) async fn lock_all(tx: &mut Tx<'_>, works: &[&Work]) -> Result<(), PgE
     ids.dedup();
     handles.sort_unstable();
     handles.dedup();
-    tx.lock_many(&ids, &handles).await
+    tx.lock_many(&ids, &handles, &acked).await
+}
+
+/// Mailbox items being acknowledged (owner and seq, pairwise), whose
+/// senders [`Tx::lock_many`] locks too.
+#[derive(Debug, Default)]
+pub(super) struct Acked {
+    pub owners: Vec<AccountId>,
+    pub seqs: Vec<i64>,
 }
 
 /// Runs one job in the open transaction.

@@ -60,14 +60,18 @@ pub(super) async fn send(tx: &mut Tx<'_>, m: &NewMessage) -> Result<SendOutcome,
     let Some((recipient, _)) = recipient else {
         return Ok(SendOutcome::UnknownRecipient);
     };
-    if !log_sent(tx, m.sender, &m.message_id, m.now).await? {
-        let accepted_at = seen(tx, m.sender, &m.message_id).await?.unwrap_or(m.now);
-        return Ok(SendOutcome::Duplicate { accepted_at });
-    }
+    // The dedup log's entry and the mailbox row in one statement (one
+    // round trip): the mailbox row, and its seq, only if the entry is new.
     let row = tx
-        .one(
-            "INSERT INTO mailbox (owner, seq, peer, message_id, body, created_at, expires_at)
-             VALUES ($1, nextval('mailbox_seq'), $2, $3, $4, $5, $6) RETURNING seq",
+        .opt(
+            "WITH logged AS (
+                 INSERT INTO sent (sender, message_id, accepted_at) VALUES ($2, $3, $5)
+                 ON CONFLICT DO NOTHING RETURNING 1
+             )
+             INSERT INTO mailbox (owner, seq, peer, message_id, body, created_at, expires_at)
+             SELECT $1::bigint, nextval('mailbox_seq'), $2::bigint, $3::bytea, $4::bytea,
+                    $5::bigint, $6::bigint
+             FROM logged RETURNING seq",
             &[
                 &recipient,
                 &m.sender,
@@ -78,6 +82,10 @@ pub(super) async fn send(tx: &mut Tx<'_>, m: &NewMessage) -> Result<SendOutcome,
             ],
         )
         .await?;
+    let Some(row) = row else {
+        let accepted_at = seen(tx, m.sender, &m.message_id).await?.unwrap_or(m.now);
+        return Ok(SendOutcome::Duplicate { accepted_at });
+    };
     let seq = seq_of(row.try_get(0)?);
     tx.add_pending(recipient, 1);
     // A sender without an account row is not read back either (reads join

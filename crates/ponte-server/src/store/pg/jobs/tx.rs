@@ -12,6 +12,11 @@ use tokio_postgres::Row;
 
 type Params<'a> = [&'a (dyn ToSql + Sync)];
 
+/// Writes the waiting-message counts of a batch back (one statement, sent
+/// with the `COMMIT`): `$1` ids, `$2` counts.
+pub(in crate::store::pg) const FLUSH_PENDING: &str = "UPDATE accounts AS a SET pending = v.p
+     FROM unnest($1::bigint[], $2::bigint[]) AS v(id, p) WHERE a.id = v.id";
+
 /// The open transaction of a batch.
 pub(in crate::store::pg) struct Tx<'a> {
     pub(super) c: &'a ClientWrapper,
@@ -20,6 +25,11 @@ pub(in crate::store::pg) struct Tx<'a> {
     pub(super) locked: HashMap<AccountId, Option<i64>>,
     /// Locked accounts whose count changed.
     pub(super) dirty: HashSet<AccountId>,
+    /// The ids of the handles locked by [`Tx::lock_many`], so that a send
+    /// to one of them needs no statement of its own to find and lock its
+    /// recipient. Only handles found: one not found is looked up again (a
+    /// registration earlier in the batch may have made it).
+    pub(super) by_handle: HashMap<String, AccountId>,
     pub(super) handover: Vec<Committed>,
     pub(super) handles: &'a mut HashMap<AccountId, String>,
 }
@@ -33,6 +43,7 @@ impl<'a> Tx<'a> {
             c,
             locked: HashMap::new(),
             dirty: HashSet::new(),
+            by_handle: HashMap::new(),
             handover: Vec::new(),
             handles,
         }
@@ -86,6 +97,11 @@ impl<'a> Tx<'a> {
         &mut self,
         handle: &str,
     ) -> Result<Option<(AccountId, i64)>, PgError> {
+        if let Some(id) = self.by_handle.get(handle) {
+            if let Some(Some(p)) = self.locked.get(id) {
+                return Ok(Some((*id, *p)));
+            }
+        }
         let row = self
             .opt(
                 "SELECT id, pending FROM accounts WHERE handle = $1 FOR NO KEY UPDATE",
@@ -101,24 +117,34 @@ impl<'a> Tx<'a> {
         Ok(Some((id, p.unwrap_or(stored))))
     }
 
-    /// Locks the rows of the accounts `ids` and those with `handles`, all
-    /// in one statement, in id order (see [`super::lock_all`]).
+    /// Locks the rows of the accounts `ids`, those with `handles` and the
+    /// senders of the `acked` items, all in one statement, in id order (see
+    /// [`super::lock_all`]). The senders are gathered into the id array
+    /// first (an init plan, run once), so that every condition stays an
+    /// index lookup.
     pub(super) async fn lock_many(
         &mut self,
         ids: &[AccountId],
         handles: &[String],
+        acked: &super::Acked,
     ) -> Result<(), PgError> {
         let rows = self
             .query(
-                "SELECT id, pending FROM accounts WHERE id = ANY($1) OR handle = ANY($2)
+                "SELECT id, pending, handle FROM accounts
+                 WHERE id = ANY($1::bigint[] || ARRAY(
+                           SELECT m.peer FROM unnest($3::bigint[], $4::bigint[]) AS w(o, s)
+                           JOIN mailbox m ON m.owner = w.o AND m.seq = w.s))
+                    OR handle = ANY($2)
                  ORDER BY id FOR NO KEY UPDATE",
-                &[&ids, &handles],
+                &[&ids, &handles, &acked.owners, &acked.seqs],
             )
             .await?;
         for r in &rows {
             let id: AccountId = r.try_get(0)?;
             let pending: i64 = r.try_get(1)?;
+            let handle: String = r.try_get(2)?;
             self.locked.entry(id).or_insert(Some(pending));
+            self.by_handle.insert(handle, id);
         }
         // An id without a row: no such account (as `lock` would find).
         for id in ids {
@@ -135,24 +161,18 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// Writes the changed counts back (one statement).
-    pub(in crate::store::pg) async fn flush_pending(&mut self) -> Result<(), PgError> {
+    /// The changed counts to write back before the commit (ids and
+    /// counts, pairwise, for [`FLUSH_PENDING`]); `None` if none changed.
+    pub(in crate::store::pg) fn pending_counts(&self) -> Option<(Vec<i64>, Vec<i64>)> {
         if self.dirty.is_empty() {
-            return Ok(());
+            return None;
         }
-        let (ids, counts): (Vec<i64>, Vec<i64>) = self
-            .dirty
-            .iter()
-            .filter_map(|id| self.locked.get(id).copied().flatten().map(|p| (*id, p)))
-            .unzip();
-        self.exec(
-            "UPDATE accounts AS a SET pending = v.p
-             FROM unnest($1::bigint[], $2::bigint[]) AS v(id, p) WHERE a.id = v.id",
-            &[&ids, &counts],
+        Some(
+            self.dirty
+                .iter()
+                .filter_map(|id| self.locked.get(id).copied().flatten().map(|p| (*id, p)))
+                .unzip(),
         )
-        .await?;
-        self.dirty.clear();
-        Ok(())
     }
 
     pub(in crate::store::pg) fn into_handover(self) -> Vec<Committed> {

@@ -449,3 +449,100 @@ fn offline_the_app_says_so_and_counts_what_waits_then_sends_it() {
     assert_eq!(got[0]["text"], "while offline");
     drop(server);
 }
+
+#[test]
+fn a_file_goes_to_a_group_from_the_app_quoting_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|p| tmp.path().join(p));
+    register(&alice, &server.address(), "alice");
+    register(&bob, &server.address(), "bobby");
+    register(&carol, &server.address(), "carol");
+    // The group is made with the CLI before the app holds the profile.
+    let created = json_lines(&ok(&ponte(
+        &alice,
+        &["group", "create", "team", "bobby", "carol", "--json"],
+    )));
+    let gid = created[0]["group"].as_str().unwrap().to_owned();
+    let key = format!("g:{gid}");
+    ok(&ponte(&bob, &["sync"]));
+    ok(&ponte(&carol, &["sync"]));
+    ok(&ponte(&bob, &["send", &key, "a photo please"]));
+
+    let app = App::start(&alice);
+    let chat = app.wait_for(&format!("/api/chat/{key}"), "bobby's message", |v| {
+        v["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["text"] == "a photo please"))
+    });
+    let asked = chat["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["text"] == "a photo please")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A reply quoting a message this group does not hold: refused, nothing
+    // queued.
+    let stranger = "00".repeat(16);
+    let r = app.call(
+        "POST",
+        &format!("/api/send-file?peer={key}&name=x.txt&reply_to={stranger}"),
+        "bytes",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("to reply to"), "{}", r.text());
+
+    let bytes = "the beach at noon, as bytes";
+    let r = app.call(
+        "POST",
+        &format!("/api/send-file?peer={key}&name=beach.txt&caption=here&reply_to={asked}"),
+        bytes,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(sent["message"]["group"], gid.as_str());
+    assert_eq!(sent["message"]["reply"]["id"], asked.as_str());
+    assert_eq!(sent["message"]["file"]["name"], "beach.txt");
+
+    // Both members get it, in the group, quoting bobby's message, with the
+    // bytes sent.
+    for member in [&bob, &carol] {
+        let start = Instant::now();
+        let (got, lines) = loop {
+            let lines = json_lines(&ok(&ponte(member, &["sync", "--json"])));
+            if let Some(m) = lines.iter().find(|l| l["file"]["name"] == "beach.txt") {
+                break (m.clone(), lines.clone());
+            }
+            assert!(start.elapsed() < WAIT, "the file never reached {member:?}");
+            thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(got["group"], gid.as_str(), "{got}");
+        assert_eq!(got["reply_to"], asked.as_str(), "{got}");
+        assert_eq!(got["text"], "here", "{got}");
+        // Fetched by that sync: on the message, or said on a line of its own.
+        let path = got["file"]["path"]
+            .as_str()
+            .or_else(|| {
+                lines
+                    .iter()
+                    .find(|l| l["id"] == got["id"] && l["file_fetched"].is_string())
+                    .and_then(|l| l["file_fetched"].as_str())
+            })
+            .unwrap_or_else(|| panic!("not fetched: {lines:?}"));
+        assert_eq!(std::fs::read_to_string(path).unwrap(), bytes);
+    }
+    // Only the refused file was not kept: the group holds one file.
+    let chat = app.json("GET", &format!("/api/chat/{key}"), "");
+    let files = chat["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| !m["file"].is_null())
+        .count();
+    assert_eq!(files, 1, "{chat}");
+    drop(server);
+}

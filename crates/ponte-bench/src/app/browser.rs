@@ -176,7 +176,22 @@ async fn measure(
         != Value::Bool(true)
     {
         if Instant::now() > deadline {
-            bail!("the page did not list {chat} and {other} within 60 s");
+            let page = s
+                .command(
+                    "execute/sync",
+                    json!({ "script": "return location.href + ' | ' + document.body.innerText.slice(0, 400)", "args": [] }),
+                )
+                .await?;
+            let probe = s
+                .command(
+                    "execute/async",
+                    json!({ "script": "const done = arguments[0]; const t = performance.now(); \
+                        fetch('/api/chats', { headers: { 'X-Ponte-Secret': sessionStorage.getItem('ponte-secret') || '' } }) \
+                          .then(async (r) => done([r.status, performance.now() - t, (await r.text()).slice(0, 300)])) \
+                          .catch((e) => done(['error', performance.now() - t, String(e)]));", "args": [] }),
+                )
+                .await?;
+            bail!("the page did not list {chat} and {other} within 60 s: {page}; GET /api/chats from the page: {probe}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -214,11 +214,19 @@ async fn measure(a: &AppArgs, ponte: &Path, dir: &Path, address: &str) -> Result
         if sent.len() == 1000 {
             let items: Vec<(&str, &_)> = sent.iter().map(|(p, id)| (p.as_str(), id)).collect();
             store.mark_all_sent(&items)?;
+            // Seen as they came, as in a real history (else the app's
+            // first connection reports every status change to the page).
+            for (peer, id) in &items {
+                store.mark_status_shown(peer, id)?;
+            }
             sent.clear();
         }
     }
     let items: Vec<(&str, &_)> = sent.iter().map(|(p, id)| (p.as_str(), id)).collect();
     store.mark_all_sent(&items)?;
+    for (peer, id) in &items {
+        store.mark_status_shown(peer, id)?;
+    }
     let build = started.elapsed();
     let in_chat = client.conversation_page("alice", None, 1)?.older.is_some();
     if !in_chat {
@@ -263,7 +271,7 @@ async fn measure(a: &AppArgs, ponte: &Path, dir: &Path, address: &str) -> Result
         .env_remove("WAYLAND_DISPLAY")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("app.log"))?)
         .kill_on_drop(true)
         .spawn()
         .context("starting ponte app")?;
@@ -291,6 +299,7 @@ async fn measure(a: &AppArgs, ponte: &Path, dir: &Path, address: &str) -> Result
     }
     let mut api_rows = Vec::new();
     for (what, path) in [
+        ("the chat list", "/api/chats".to_owned()),
         (
             "open the long chat (newest 200)",
             "/api/chat/alice".to_owned(),
@@ -336,7 +345,15 @@ async fn measure(a: &AppArgs, ponte: &Path, dir: &Path, address: &str) -> Result
             &dir.join("chromium"),
         )
         .await;
-        Ok(opened?)
+        match opened {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                let log = std::fs::read_to_string(dir.join("app.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!("{e:#}\nthe app's log ends:\n{}", tail.join("\n"));
+            }
+        }
     };
     let _ = app.kill().await;
 

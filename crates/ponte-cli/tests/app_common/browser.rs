@@ -173,6 +173,53 @@ impl Browser<'_> {
         }
     }
 
+    /// Picks the `<option>` `option` (CSS) once its select is enabled, and
+    /// waits until `done` (a script) is truthy. A choice lost to a redraw
+    /// (a live event rebuilt the panel, and its select, as it was clicked)
+    /// is made again, as a person would, a bounded number of times; then
+    /// it fails as [`Browser::wait`] does.
+    pub fn choose(&self, option: &str, what: &str, done: &str) {
+        let truthy = |v: &Value| !(v.is_null() || *v == false || *v == "" || *v == 0);
+        for _ in 0..5 {
+            let start = Instant::now();
+            while start.elapsed() < WAIT {
+                let ready = self.js(
+                    "const o = document.querySelector(arguments[0]); \
+                     return !!o && !o.parentElement.disabled",
+                    json!([option]),
+                );
+                if ready == true {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            let found = self.driver.try_call(
+                "POST",
+                &format!("/session/{}/element", self.id),
+                Some(json!({ "using": "css selector", "value": option })),
+            );
+            if let Some(e) = found
+                .ok()
+                .and_then(|v| v["value"][ELEMENT].as_str().map(str::to_owned))
+            {
+                // A stale or no longer clickable option: chosen again below.
+                let _ = self.driver.try_call(
+                    "POST",
+                    &format!("/session/{}/element/{e}/click", self.id),
+                    Some(json!({})),
+                );
+            }
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                if truthy(&self.js(done, json!([]))) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.wait(what, done, json!([]));
+    }
+
     /// Runs `script` (a function body; `arguments` are `args`) in the page.
     pub fn js(&self, script: &str, args: Value) -> Value {
         self.cmd(

@@ -3,14 +3,14 @@
 //! the rest as a download); fetching one now.
 
 use super::super::net::Command;
-use super::{fail, ok, parse_id, view_json, ApiResult, App, Phase};
+use super::{conversation, fail, ok, parse_id, views_json, ApiResult, App, Phase};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use futures::StreamExt as _;
-use ponte_client::store::FileState;
+use ponte_client::store::{group_key, Conversation, FileState};
 use ponte_client::ClientError;
 use ponte_e2e::MessageId;
 use serde_json::{json, Value};
@@ -54,6 +54,11 @@ pub(super) async fn send_file(
         .get("peer")
         .cloned()
         .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "no recipient"))?;
+    let with = conversation(&peer)?;
+    let reply_to = match q.get("reply_to").map(String::as_str) {
+        Some(id) if !id.is_empty() => Some(parse_id(id)?),
+        _ => None,
+    };
     let name = temp_name(q.get("name").map(String::as_str).unwrap_or("file"));
     let caption = q.get("caption").cloned().unwrap_or_default();
     if app.phase() != Phase::Ready {
@@ -84,12 +89,21 @@ pub(super) async fn send_file(
     let queued = match written {
         Ok(()) => {
             let app2 = app.clone();
-            let (peer2, path2) = (peer.clone(), path.clone());
+            let path2 = path.clone();
             tokio::task::spawn_blocking(move || {
                 app2.with_local(|c| {
-                    let id = c.queue_file(&peer2, &path2, &caption)?;
-                    c.message(&peer2, true, &id)?
-                        .ok_or(ClientError::Corrupt("queued file"))
+                    let r = reply_to.as_ref();
+                    let (id, key) = match &with {
+                        Conversation::Group(g) => (
+                            c.queue_group_file_reply(g, &path2, &caption, r)?,
+                            group_key(g),
+                        ),
+                        _ => (c.queue_file_reply(&peer, &path2, &caption, r)?, peer),
+                    };
+                    let view = c
+                        .message(&key, true, &id)?
+                        .ok_or(ClientError::Corrupt("queued file"))?;
+                    views_json(c, &[view])
                 })
             })
             .await
@@ -99,11 +113,11 @@ pub(super) async fn send_file(
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_dir_all(&staging);
-    let view = queued?;
+    let views = queued?;
     // The upload starts with the next connection.
     let _ = app.command(Command::Reconnect);
     app.push_state();
-    ok(json!({ "message": view_json(&view) }))
+    ok(json!({ "message": views.first() }))
 }
 
 async fn write_body(path: &FsPath, body: Body) -> Result<(), (StatusCode, Json<Value>)> {

@@ -15,7 +15,7 @@
 //! | `POST /api/send` | `{peer, text, reply_to?}` |
 //! | `POST /api/groups`, `GET /api/group/{id}`, `POST /api/group/{id}/{add,remove,promote,rename,leave}`, `POST /api/timer` | groups and timers (`groups.rs`) |
 //! | `GET /api/search?q=WORDS` | search the history (`search.rs`) |
-//! | `POST /api/send-file?peer=P&name=N&caption=C` | the file's bytes as the body |
+//! | `POST /api/send-file?peer=P&name=N&caption=C&reply_to=ID` | the file's bytes as the body (P a contact or `g:ID`; `reply_to` optional) |
 //! | `GET /api/file/{id}` | a received file (images inline, the rest as a download) |
 //! | `POST /api/file/{id}/fetch` | download a received file now |
 //! | `GET /api/contact/{peer}` | safety number, its QR code's modules, verified, key changed |

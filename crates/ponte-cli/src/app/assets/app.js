@@ -122,11 +122,17 @@ async function loadChats() {
   } catch (e) { toast(e.message); }
 }
 
+// Formatters made once: each toLocale…String call with options builds a
+// new one, which costs more than the rest of a message's rendering.
+const CLOCK = new Intl.DateTimeFormat([], { hour: '2-digit', minute: '2-digit' });
+const DAY = new Intl.DateTimeFormat([], { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+const DATE = new Intl.DateTimeFormat([]);
+
 function timeLabel(ms) {
   const d = new Date(ms);
   const now = new Date();
-  if (d.toDateString() === now.toDateString()) return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-  return d.toLocaleDateString();
+  if (d.toDateString() === now.toDateString()) return CLOCK.format(d);
+  return DATE.format(d);
 }
 
 function preview(m) {
@@ -188,7 +194,7 @@ function dayLabel(ms) {
   const yesterday = new Date(Date.now() - 86400000);
   if (d.toDateString() === today.toDateString()) return 'Today';
   if (d.toDateString() === yesterday.toDateString()) return 'Yesterday';
-  return d.toLocaleDateString([], { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+  return DAY.format(d);
 }
 
 function humanSize(n) {
@@ -297,7 +303,7 @@ function messageNode(m) {
     bubble.append(t);
   }
   const meta = el('div', 'meta');
-  meta.append(el('span', 'time', new Date(m.sent_at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })));
+  meta.append(el('span', 'time', CLOCK.format(new Date(m.sent_at))));
   if (m.outgoing) {
     const tick = el('span', 'tick ' + status, TICKS[status] || status);
     tick.setAttribute('data-testid', 'tick');
@@ -492,6 +498,8 @@ async function sendFile(file) {
   if (!state.open || !file) return;
   const peer = state.open;
   const q = new URLSearchParams({ peer, name: file.name || 'file', caption: '' });
+  // A file sent while replying quotes the message, as a text would.
+  if (state.replyTo) { q.set('reply_to', state.replyTo.id); cancelReply(); }
   $('conv-error').textContent = '';
   const bar = $('upload');
   bar.hidden = false;

@@ -78,6 +78,10 @@ async function showTimerChoice(peer, ids = { row: 'timer-row', select: 'timer-se
     o.value = secs ? `${secs}s` : 'off';
     return o;
   }));
+  // Not choosable until it shows the conversation's timer and its change
+  // handler is set: a choice made before would be lost.
+  sel.disabled = true;
+  sel.onchange = null;
   $(ids.row).hidden = false;
   try {
     const page = await getJson(`/api/chat/${encodeURIComponent(peer)}?before=0`);
@@ -98,6 +102,7 @@ async function showTimerChoice(peer, ids = { row: 'timer-row', select: 'timer-se
       if (state.open === peer) { renderTimer(r.timer); openChat(peer); }
     } catch (e) { $(ids.error).textContent = e.message; }
   };
+  sel.disabled = false;
 }
 
 async function refreshGroupHeader(peer) {
@@ -174,8 +179,9 @@ async function groupChange(peer, what, body, button) {
   if (button) button.disabled = true;
   try {
     await postJson(`/api/group/${encodeURIComponent(peer.slice(2))}/${what}`, body);
-    $('group-add-form').reset();
-    $('group-rename-form').reset();
+    // Only the form that was used: what is being typed in the other stays.
+    if (what === 'add') $('group-add-form').reset();
+    if (what === 'rename') $('group-rename-form').reset();
     await openGroup(peer);
     if (state.open === peer) openChat(peer);
     loadChats();

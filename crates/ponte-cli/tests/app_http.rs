@@ -470,6 +470,9 @@ fn a_file_goes_to_a_group_from_the_app_quoting_a_message() {
     ok(&ponte(&bob, &["send", &key, "a photo please"]));
 
     let app = App::start(&alice);
+    app.wait_for("/api/state", "the app to connect", |s| {
+        s["phase"] == "ready" && s["connection"] == "online"
+    });
     let chat = app.wait_for(&format!("/api/chat/{key}"), "bobby's message", |v| {
         v["messages"]
             .as_array()
@@ -544,5 +547,142 @@ fn a_file_goes_to_a_group_from_the_app_quoting_a_message() {
         .filter(|m| !m["file"].is_null())
         .count();
     assert_eq!(files, 1, "{chat}");
+    drop(server);
+}
+
+/// The live channel as the page reads it: every event, in order.
+struct Live {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Live {
+    fn open(app: &App) -> Self {
+        let mut stream = TcpStream::connect(app.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let req = format!(
+            "POST /api/events HTTP/1.1\r\nHost: {}\r\nOrigin: {}\r\nX-Ponte-Secret: {}\r\nContent-Length: 0\r\n\r\n",
+            app.addr,
+            app.origin(),
+            app.secret
+        );
+        stream.write_all(req.as_bytes()).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The events that came until `done` holds for one of them (at most
+    /// [`WAIT`]); that one is the last.
+    fn until(
+        &mut self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut got = Vec::new();
+        let start = Instant::now();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            // Whole lines only; an event is one `data: {...}` line.
+            while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                    let v: serde_json::Value = serde_json::from_str(data).unwrap();
+                    let last = done(&v);
+                    got.push(v);
+                    if last {
+                        return got;
+                    }
+                }
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "timed out waiting for {what}; got {} events, the last {:?}",
+                got.len(),
+                got.last()
+            );
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the live channel closed"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("reading the live channel: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_tick_changes_reaches_the_page_as_one_resync_and_single_ones_as_they_come() {
+    use common::Forwarder;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let fwd = Forwarder::start(server.addr);
+    let address = format!("ponte://{}#{}", fwd.addr, server.key);
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    register(&alice, &address, "alice");
+    register(&bob, &address, "bobby");
+
+    // A history whose "sent" ticks were never shown (written by another
+    // client, or a long time offline): 600 tick changes wait.
+    const OLD: usize = 600;
+    {
+        let client = ponte_client::Client::open(&alice, || Ok(String::new())).unwrap();
+        let store = client.store();
+        let ids: Vec<ponte_e2e::MessageId> = (0..OLD)
+            .map(|i| store.queue_text("bobby", &format!("old {i}")).unwrap())
+            .collect();
+        let items: Vec<(&str, &ponte_e2e::MessageId)> =
+            ids.iter().map(|id| ("bobby", id)).collect();
+        store.mark_all_sent(&items).unwrap();
+    }
+
+    // The app opens the profile while the server cannot be reached, so the
+    // page's live channel is open before the changes are reported.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    fwd.retarget(gone);
+    let app = App::start(&alice);
+    app.wait_for("/api/state", "the profile open", |s| s["phase"] == "ready");
+    let mut live = Live::open(&app);
+    let first = live.until("the first state", |v| v["type"] == "state");
+    assert_eq!(first.len(), 1, "{first:?}");
+    fwd.retarget(server.addr);
+
+    let burst = live.until("the resync", |v| v["type"] == "resync");
+    let ticks = burst.iter().filter(|v| v["type"] == "status").count();
+    assert_eq!(ticks, 0, "{burst:?}");
+    // A handful of states (connecting, online, the ticks), not one per tick.
+    let states = burst.iter().filter(|v| v["type"] == "state").count();
+    assert!(states <= 8, "{states} states: {burst:?}");
+    // What the page reloads on resync shows them all sent.
+    let chat = app.json("GET", "/api/chat/bobby", "");
+    let shown = chat["messages"].as_array().unwrap();
+    assert!(!shown.is_empty(), "{chat}");
+    assert!(shown.iter().all(|m| m["status"] == "sent"), "{chat}");
+    app.wait_for("/api/state", "online", |s| s["connection"] == "online");
+
+    // One message later: its tick comes as its own event.
+    let sent = app.json(
+        "POST",
+        "/api/send",
+        r#"{"peer":"bobby","text":"after the burst"}"#,
+    );
+    let id = sent["message"]["id"].as_str().unwrap().to_owned();
+    let later = live.until("the new message's tick", |v| {
+        v["type"] == "status"
+            && v["message"]["id"] == id.as_str()
+            && v["message"]["status"] == "sent"
+    });
+    assert!(later.iter().all(|v| v["type"] != "resync"), "{later:?}");
     drop(server);
 }

@@ -427,6 +427,8 @@ pub(super) fn print_event(me: &str, event: Event, json: bool) -> std::io::Result
                 ))
             }
         }
+        // Each update was printed as it came.
+        Event::UpdatesEnd => Ok(()),
         other => {
             notice(&format!("{other:?}"));
             Ok(())

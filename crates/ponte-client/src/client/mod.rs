@@ -103,6 +103,11 @@ pub enum Event {
         /// Where it is.
         path: std::path::PathBuf,
     },
+    /// The [`Event::Update`]s just before this one were all that was new:
+    /// a display that gathers updates (the app, which sends a long run of
+    /// tick changes to its page as one reload) shows them now. Nothing to
+    /// show by itself.
+    UpdatesEnd,
 }
 
 /// Where [`Client::sync_to`], [`Client::listen_to`] show what happens. It

@@ -290,7 +290,7 @@ impl Client {
         }
         match failed {
             Some(e) => Err(display_failed(e)),
-            None => Ok(()),
+            None => emit(events, Event::UpdatesEnd),
         }
     }
 

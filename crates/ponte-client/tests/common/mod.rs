@@ -116,6 +116,16 @@ pub async fn register(dir: &Path, address: &str, handle: &str) -> Client {
 pub async fn sync_report(client: &mut Client) -> (Vec<String>, Vec<String>) {
     let mut events = Vec::new();
     client.sync(&mut |e| events.push(e)).await.unwrap();
+    // Every run of updates is closed by its end marker.
+    for (i, e) in events.iter().enumerate() {
+        if matches!(e, Event::Update(_)) {
+            let next = events.get(i + 1);
+            assert!(
+                matches!(next, Some(Event::Update(_) | Event::UpdatesEnd)),
+                "an update not followed by another or by its end: {events:?}"
+            );
+        }
+    }
     let (mut texts, mut warnings) = (Vec::new(), Vec::new());
     for e in events {
         match e {

@@ -100,7 +100,9 @@ pub(super) async fn send_file(
                         ),
                         _ => (c.queue_file_reply(&peer, &path2, &caption, r)?, peer),
                     };
+                    // The store's lookup: `key` is a handle or `g:HEX`.
                     let view = c
+                        .store()
                         .message(&key, true, &id)?
                         .ok_or(ClientError::Corrupt("queued file"))?;
                     views_json(c, &[view])

@@ -56,6 +56,13 @@ const QUOTE_CHARS: usize = 200;
 /// Live events kept for a slow page before it is told to reload.
 const LIVE_BACKLOG: usize = 1024;
 
+/// Message and tick changes reported together go to the page as one event
+/// each up to this many; past it, as one `resync` (the page reloads the
+/// chat list and the open chat). A first connection after a long time
+/// offline can report tens of thousands of tick changes at once: one event
+/// each would make the page reload its chat list as often.
+const LIVE_BATCH: usize = 256;
+
 /// Where the app is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
@@ -87,6 +94,9 @@ pub struct App {
     local: Mutex<Option<Client>>,
     net: Mutex<Net>,
     live: broadcast::Sender<String>,
+    /// Message and tick changes reported and not yet sent to the page
+    /// ([`App::send_gathered`]).
+    gathered: Mutex<Vec<Update>>,
     /// Bumped at each state change: the page drops a state older than the
     /// one it shows (an answer and a live event can cross).
     version: std::sync::atomic::AtomicU64,
@@ -246,6 +256,7 @@ impl App {
                 ..Net::default()
             }),
             live,
+            gathered: Mutex::new(Vec::new()),
             version: std::sync::atomic::AtomicU64::new(0),
             closing: watch::channel(false).0,
             setup,
@@ -312,6 +323,7 @@ impl App {
 
     /// End the live channels (shutting down).
     pub fn close_live(&self) {
+        self.send_gathered();
         let _ = self.closing.send(true);
     }
 
@@ -371,25 +383,19 @@ impl App {
         self.send_live(&json!({ "type": "file", "id": id.to_hex() }));
     }
 
-    /// A message for a live event, with its quote if it is a reply.
-    fn live_view(&self, v: &MessageView) -> Value {
-        let quoted = lock(&self.local)
-            .as_ref()
-            .and_then(|c| views_json(c, std::slice::from_ref(v)).ok())
-            .and_then(|mut l| l.pop());
-        quoted.unwrap_or_else(|| view_json(v))
-    }
-
-    /// What the connection reports, turned into live events.
+    /// What the connection reports, turned into live events. Message and
+    /// tick changes are gathered until the end of their run
+    /// ([`Event::UpdatesEnd`]) and sent by [`App::send_gathered`]; any other
+    /// event sends what was gathered first, so the page sees events in the
+    /// order they happened.
     pub fn on_event(&self, event: Event) {
+        if let Event::Update(u) = event {
+            lock(&self.gathered).push(u);
+            return;
+        }
+        self.send_gathered();
         match event {
-            Event::Update(Update::Message(v)) => {
-                self.send_live(&json!({ "type": "message", "message": self.live_view(&v) }));
-            }
-            Event::Update(Update::Status(v)) => {
-                self.send_live(&json!({ "type": "status", "message": self.live_view(&v) }));
-                self.push_state();
-            }
+            Event::Update(_) | Event::UpdatesEnd => {}
             Event::Connection(text) => {
                 let handle = lock(&self.handle).clone().unwrap_or_default();
                 *lock(&self.net) = parse_connection(&text, &handle);
@@ -402,6 +408,42 @@ impl App {
                 self.send_live(&json!({ "type": "file", "id": id.to_hex() }));
             }
             _ => {}
+        }
+    }
+
+    /// Send the gathered message and tick changes: one event each, with one
+    /// state after them when a tick changed (what waits to go out may have
+    /// changed), or a single `resync` when there are more than
+    /// [`LIVE_BATCH`].
+    fn send_gathered(&self) {
+        let updates = std::mem::take(&mut *lock(&self.gathered));
+        // Each with its event's name (a kind of update this app does not
+        // know is left out).
+        let (kinds, views): (Vec<&str>, Vec<MessageView>) = updates
+            .into_iter()
+            .filter_map(|u| match u {
+                Update::Message(v) => Some(("message", v)),
+                Update::Status(v) => Some(("status", v)),
+                _ => None,
+            })
+            .unzip();
+        if views.is_empty() {
+            return;
+        }
+        if views.len() > LIVE_BATCH {
+            self.send_live(&json!({ "type": "resync" }));
+        } else {
+            // With their quotes; without, if the profile cannot say.
+            let shown = lock(&self.local)
+                .as_ref()
+                .and_then(|c| views_json(c, &views).ok())
+                .unwrap_or_else(|| views.iter().map(view_json).collect());
+            for (kind, message) in kinds.iter().zip(shown) {
+                self.send_live(&json!({ "type": kind, "message": message }));
+            }
+        }
+        if kinds.contains(&"status") {
+            self.push_state();
         }
     }
 

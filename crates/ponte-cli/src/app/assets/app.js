@@ -111,7 +111,7 @@ function applyState(s) {
 // ------------------------------------------------------------------ chats
 
 let chatsAsked = 0;
-async function loadChats() {
+async function fetchChats() {
   // Answers can cross: only the newest request's answer is drawn.
   const asked = ++chatsAsked;
   try {
@@ -120,6 +120,23 @@ async function loadChats() {
     state.chats = chats;
     renderChats();
   } catch (e) { toast(e.message); }
+}
+
+// The chat list, read again. Calls that come while a read is under way
+// share one more read after it: a burst of live events (ticks of many
+// messages) costs two reads, not one each. The promise settles once a read
+// that started after the call is drawn.
+let chatsLoading = null;
+let chatsNext = null;
+function loadChats() {
+  if (!chatsLoading) {
+    chatsLoading = fetchChats().finally(() => { chatsLoading = null; });
+    return chatsLoading;
+  }
+  if (!chatsNext) {
+    chatsNext = chatsLoading.then(() => { chatsNext = null; return loadChats(); });
+  }
+  return chatsNext;
 }
 
 // Formatters made once: each toLocale…String call with options builds a

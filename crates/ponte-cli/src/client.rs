@@ -377,11 +377,8 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             let me = client.handle().to_owned();
             let rt = runtime()?;
             // `ponte listen` holds this profile's connection: it sends the
-            // text (a file still goes over a connection of its own).
-            let live = match &file {
-                None => handoff::holder(&common)?,
-                Some(_) => None,
-            };
+            // text, or uploads the file and sends it.
+            let live = handoff::holder(&common)?;
             let outcome = match (&file, live) {
                 (None, Some(holder)) => handoff::send(
                     &client,
@@ -391,7 +388,16 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                     reply_to.as_ref(),
                     &holder,
                 )?,
-                (Some(path), _) => {
+                (Some(path), Some(holder)) => handoff::send_file(
+                    &client,
+                    &rt,
+                    &to,
+                    path,
+                    text.as_deref().unwrap_or(""),
+                    reply_to.as_ref(),
+                    &holder,
+                )?,
+                (Some(path), None) => {
                     let mut bar = ProgressBar::new(!common.json);
                     let caption = text.as_deref().unwrap_or("");
                     let r = rt.block_on(client.send_file_reply_to(

@@ -56,3 +56,90 @@ fn send_beside_listen_goes_through_the_listener_which_keeps_its_connection() {
     assert!(!notices.contains("disconnected"), "{notices}");
     assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
 }
+
+#[test]
+fn a_file_sent_beside_listen_is_uploaded_by_the_listener_to_a_contact_and_a_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let address = server.address();
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|p| tmp.path().join(p));
+    register(&alice, &address, "alice");
+    register(&bob, &address, "bob");
+    register(&carol, &address, "carol");
+    let created = json_lines(&ok(&ponte(
+        &alice,
+        &["group", "create", "trip", "bob", "carol", "--json"],
+    )));
+    let group = format!("g:{}", created[0]["group"].as_str().unwrap());
+
+    let mut listen = Listen::start(&alice);
+    listen.wait_notice("connected to");
+
+    // Larger than one upload chunk, so the listener's upload takes several
+    // requests on its connection.
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let photo: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let photo_path = src.join("photo.jpg");
+    std::fs::write(&photo_path, &photo).unwrap();
+    let note_path = src.join("plan.txt");
+    std::fs::write(&note_path, b"the plan, for the group").unwrap();
+
+    for (to, path, caption) in [
+        ("bob", &photo_path, "the view"),
+        (group.as_str(), &note_path, "read this"),
+    ] {
+        let out = ponte(
+            &alice,
+            &[
+                "send",
+                to,
+                "--file",
+                path.to_str().unwrap(),
+                caption,
+                "--json",
+            ],
+        );
+        let v = &json_lines(&ok(&out))[0];
+        assert_eq!(v["text"], caption, "{v}");
+        assert!(
+            ["sent", "delivered", "read"].contains(&v["status"].as_str().unwrap()),
+            "{v} {}",
+            stderr(&out)
+        );
+    }
+
+    // Each arrives once, with its bytes (fetched by the sync).
+    let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
+    for (name, bytes) in [
+        ("photo.jpg", &photo[..]),
+        ("plan.txt", b"the plan, for the group"),
+    ] {
+        let msgs: Vec<_> = got.iter().filter(|v| v["file"]["name"] == name).collect();
+        assert_eq!(msgs.len(), 1, "{name}: {got:?}");
+        let id = msgs[0]["id"].as_str().unwrap();
+        let path = msgs[0]["file"]["path"]
+            .as_str()
+            .or_else(|| {
+                got.iter()
+                    .find(|l| l["id"] == id && l["file_fetched"].is_string())
+                    .and_then(|l| l["file_fetched"].as_str())
+            })
+            .unwrap_or_else(|| panic!("{name} not fetched: {got:?}"));
+        assert_eq!(std::fs::read(path).unwrap(), bytes, "{name}");
+    }
+    let carol_got = json_lines(&ok(&ponte(&carol, &["sync", "--json"])));
+    assert_eq!(
+        carol_got
+            .iter()
+            .filter(|v| v["file"]["name"] == "plan.txt")
+            .count(),
+        1,
+        "{carol_got:?}"
+    );
+
+    // The listener kept its one connection throughout.
+    let notices = listen.stop();
+    assert!(!notices.contains("disconnected"), "{notices}");
+    assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
+}

@@ -1,9 +1,10 @@
 //! `ponte send` and `ponte listen` on one profile at once. `listen` holds
 //! the profile's connection and says so ([`LiveLock`]); a `send` that
 //! finds it held does not log in as the same device (which would push the
-//! listener off its connection at every send): it writes the message into
-//! the outbox, the listener sends it, and `send` reports the outcome it
-//! reads back from the profile.
+//! listener off its connection at every send): it writes the message (or
+//! the encrypted file) into the profile, the listener sends it (uploading
+//! the file first), and `send` reports the outcome it reads back from the
+//! profile.
 
 use super::Common;
 use ponte_client::client::SendOutcome;
@@ -17,6 +18,12 @@ use std::time::Duration;
 /// How long `send` waits for the listener to send what it queued; after
 /// that it reports the message queued (the listener sends it later).
 const HANDOFF_WAIT: Duration = Duration::from_secs(15);
+
+/// The same for a file, which the listener uploads first: the wait grows
+/// by a second per MiB over [`HANDOFF_WAIT`].
+fn file_wait(bytes: u64) -> Duration {
+    HANDOFF_WAIT + Duration::from_secs(bytes / (1 << 20))
+}
 
 /// Claims the connection of `common`'s profile for this `ponte listen`.
 pub(super) fn claim(common: &Common) -> anyhow::Result<LiveLock> {
@@ -43,4 +50,20 @@ pub(super) fn send(
 ) -> anyhow::Result<SendOutcome> {
     let id = client.queue_reply_to(to, text, reply_to)?;
     Ok(rt.block_on(client.sent_by_holder(to, &id, holder, HANDOFF_WAIT))?)
+}
+
+/// Queues the file at `path` (a reply to `reply_to`, if given) for
+/// `holder` to upload and send, and waits for the outcome.
+pub(super) fn send_file(
+    client: &Client,
+    rt: &tokio::runtime::Runtime,
+    to: &Conversation,
+    path: &std::path::Path,
+    caption: &str,
+    reply_to: Option<&MessageId>,
+    holder: &str,
+) -> anyhow::Result<SendOutcome> {
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let id = client.queue_file_to(to, path, caption, reply_to)?;
+    Ok(rt.block_on(client.sent_by_holder(to, &id, holder, file_wait(bytes)))?)
 }

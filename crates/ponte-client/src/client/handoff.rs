@@ -1,20 +1,46 @@
-//! A message sent from one process while another holds the profile's
-//! connection (`ponte send` beside `ponte listen`, see
+//! A message or a file sent from one process while another holds the
+//! profile's connection (`ponte send` beside `ponte listen`, see
 //! [`crate::lock::LiveLock`]): this process only writes it into the outbox
 //! (nothing is encrypted here, so the two never use a session at once),
 //! the holder sees the outbox change and sends it, and this process reads
 //! the outcome from the profile.
 
 use super::{Client, SendOutcome};
-use crate::store::{group_key, Conversation, Status};
+use crate::store::{group_key, Conversation, FileState, Status};
 use crate::{ClientError, Result};
 use ponte_e2e::MessageId;
+use std::path::Path;
 use std::time::Duration;
 
 /// How often the outcome is read from the profile while waiting.
 const POLL: Duration = Duration::from_millis(100);
 
 impl Client {
+    /// Queue the file at `path` for `to` (a contact or a group), quoting
+    /// `reply_to` if given: it is encrypted into the profile now, and the
+    /// process holding the connection ([`Client::listen_to`], here or in
+    /// another process) uploads it and sends its message. Follow it with
+    /// [`Client::sent_by_holder`].
+    pub fn queue_file_to(
+        &self,
+        to: &Conversation,
+        path: &Path,
+        caption: &str,
+        reply_to: Option<&MessageId>,
+    ) -> Result<MessageId> {
+        match to {
+            Conversation::Contact(peer) => self.queue_file_reply(peer, path, caption, reply_to),
+            Conversation::Group(group) => {
+                self.queue_group_file_reply(group, path, caption, reply_to)
+            }
+        }
+    }
+
+    /// How many queued files wait for their upload.
+    pub(super) fn uploads_waiting(&self) -> Result<usize> {
+        Ok(self.store().files_in_state(FileState::Upload)?.len())
+    }
+
     /// The outcome of message `id` to `to`, queued here (e.g. with
     /// [`Client::queue_text_to`]) while `holder` (another process, such as
     /// `ponte listen`) holds this profile's connection: waits until the

@@ -484,10 +484,23 @@ impl Client {
         let mut last_ping = tokio::time::Instant::now();
         let mut last_flush = tokio::time::Instant::now();
         let mut last_outbox = self.store().outbox_len()?;
+        let mut last_upload = tokio::time::Instant::now();
+        let mut last_uploads = self.uploads_waiting()?;
         loop {
             self.drain(&mut conn, Duration::from_millis(500), 64, events)
                 .await?;
             self.auto_fetch(&mut conn, events).await?;
+            // Upload when a file was queued (by the app, or by `ponte send
+            // --file` in another process) or every 30 s for one that did
+            // not finish; its message then joins the outbox.
+            let uploads = self.uploads_waiting()?;
+            if uploads > 0
+                && (uploads != last_uploads || last_upload.elapsed() >= Duration::from_secs(30))
+            {
+                self.resume_uploads(&mut conn, events).await?;
+                last_upload = tokio::time::Instant::now();
+            }
+            last_uploads = self.uploads_waiting()?;
             self.report_updates(events)?;
             // Flush when the outbox changed (receipts just queued, or a
             // message written by another process) or every 30 s for what

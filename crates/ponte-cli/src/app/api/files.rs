@@ -116,9 +116,10 @@ pub(super) async fn send_file(
     };
     let _ = std::fs::remove_dir_all(&staging);
     let views = queued?;
-    // The upload starts with the next connection.
-    let _ = app.command(Command::Reconnect);
+    // The connection uploads it (at once when online, else when it
+    // connects).
     app.push_state();
+    app.nudge();
     ok(json!({ "message": views.first() }))
 }
 

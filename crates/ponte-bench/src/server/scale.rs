@@ -200,12 +200,11 @@ fn cpu_between(
     }
 }
 
+/// A connection through the server's own connector (the same `sslmode`,
+/// `sslrootcert`, … handling as the nodes'). The error never repeats the
+/// URL (it may hold a password); it names the host and what failed.
 async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
-    tokio::spawn(conn);
-    Ok(c)
+    Ok(ponte_server::store::pg::connect(url).await?)
 }
 
 async fn backend_pids(admin: &str, db: &str) -> anyhow::Result<Vec<i32>> {

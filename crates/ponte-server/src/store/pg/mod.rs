@@ -69,7 +69,9 @@
 //! **Blobs**: metadata here; the bytes are files under the blob directory
 //! (`blob_dir` in the server config), which every node of a service must
 //! share (a network file system), so that any node can serve an upload
-//! another node took.
+//! another node took. The `service` row `blob_dir` records the id in the
+//! first node's blob directory's marker file ([`claim_blob_dir`]): a node
+//! whose directory holds another says so at start.
 
 mod jobs;
 mod limits;
@@ -342,6 +344,29 @@ pub fn claim_address_key(address: &str, public: [u8; 32]) -> Result<[u8; 32], Pg
             .await?
             .try_get(0)?;
         Ok(<[u8; 32]>::try_from(stored.as_slice()).unwrap_or([0; 32]))
+    })
+}
+
+/// The id of the blob directory the service's nodes use, as the database
+/// records it: `marker` (this node's directory's) if none was recorded yet,
+/// else the one the first node recorded. A node that gets another id has a
+/// blob directory the other nodes do not share.
+pub fn claim_blob_dir(address: &str, marker: [u8; 16]) -> Result<[u8; 16], PgError> {
+    let cfg = parse_address(address)?;
+    let opts = PgOptions::default();
+    block_on_own_thread(async move {
+        let pool = open_pool(&cfg, 1, &opts).await?;
+        let c = pool.get().await?;
+        c.execute(
+            "INSERT INTO service (key, value) VALUES ('blob_dir', $1) ON CONFLICT DO NOTHING",
+            &[&&marker[..]],
+        )
+        .await?;
+        let stored: Vec<u8> = c
+            .query_one("SELECT value FROM service WHERE key = 'blob_dir'", &[])
+            .await?
+            .try_get(0)?;
+        Ok(<[u8; 16]>::try_from(stored.as_slice()).unwrap_or([0; 16]))
     })
 }
 

@@ -218,12 +218,20 @@ async fn backend_pids(admin: &str, db: &str) -> anyhow::Result<Vec<i32>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The address `admin` points at, with database `db` instead.
+/// The address `admin` points at, with database `db` instead (its
+/// parameters, such as `sslmode` and `sslrootcert=/a/path`, kept).
 fn url_with_db(admin: &str, db: &str) -> anyhow::Result<String> {
-    let (prefix, _) = admin
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (admin, None),
+    };
+    let (prefix, _) = base
         .rsplit_once('/')
         .context("PostgreSQL URL without a database")?;
-    Ok(format!("{prefix}/{db}"))
+    Ok(match query {
+        Some(q) => format!("{prefix}/{db}?{q}"),
+        None => format!("{prefix}/{db}"),
+    })
 }
 
 /// Starts the nodes (and NATS) of `setup` in `dir`.
@@ -668,6 +676,14 @@ mod tests {
         assert_eq!(
             url_with_db("postgres://postgres@127.0.0.1:5432/test", "x").unwrap(),
             "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            url_with_db(
+                "postgres://p@db:5432/test?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+                "x"
+            )
+            .unwrap(),
+            "postgres://p@db:5432/x?sslmode=verify-full&sslrootcert=/etc/ca.pem"
         );
     }
 }

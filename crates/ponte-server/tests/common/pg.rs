@@ -93,9 +93,13 @@ impl TestDb {
             let c = connect(&admin).await.unwrap();
             c.batch_execute(&stmt).await.unwrap();
         });
+        // The admin address with this database, its parameters (sslmode,
+        // sslrootcert=/a/path) kept.
         let base = admin_url();
+        let (base, query) = base.split_once('?').unwrap_or((&base, ""));
         let (prefix, _) = base.rsplit_once('/').unwrap();
-        let url = format!("{prefix}/{name}");
+        let q = if query.is_empty() { "" } else { "?" };
+        let url = format!("{prefix}/{name}{q}{query}");
         Self { name, url }
     }
 }

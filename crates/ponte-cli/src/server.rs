@@ -94,9 +94,10 @@ struct RunArgs {
     #[arg(long, value_name = "DIR", env = "PONTE_DATA")]
     data: Option<PathBuf>,
     /// Keep accounts and mailboxes in this PostgreSQL database, shared by
-    /// every node of the service (postgres://USER@HOST:PORT/DATABASE;
-    /// prepare it with `ponte server init`) [default: SQLite, ponte.db in
-    /// the data directory].
+    /// every node of the service (postgres://USER@HOST:PORT/DATABASE, with
+    /// ?sslmode=verify-full&sslrootcert=CA.pem for TLS with the database's
+    /// certificate checked; prepare it with `ponte server init`)
+    /// [default: SQLite, ponte.db in the data directory].
     #[arg(long, value_name = "ADDRESS", env = "PONTE_STORE", value_parser = check_store)]
     store: Option<String>,
     /// Directory of uploaded files; with PostgreSQL, one every node shares

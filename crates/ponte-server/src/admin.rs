@@ -49,16 +49,22 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
             .into_response();
     }
     match s.store.mailbox_len(0).await {
-        // Without NATS a node keeps working, with catch-up reads only.
-        Ok(_) => match &s.bus {
-            Some(bus) if !bus.connected() => (
-                StatusCode::OK,
-                "ok\nbus: disconnected (other nodes' messages arrive at catch-up reads)\n",
-            )
-                .into_response(),
-            Some(_) => (StatusCode::OK, "ok\nbus: connected\n").into_response(),
-            None => (StatusCode::OK, "ok\n").into_response(),
-        },
+        Ok(_) => {
+            let mut body = String::from("ok\n");
+            // Without NATS a node keeps working, with catch-up reads only.
+            match &s.bus {
+                Some(bus) if !bus.connected() => body.push_str(
+                    "bus: disconnected (other nodes' messages arrive at catch-up reads)\n",
+                ),
+                Some(_) => body.push_str("bus: connected\n"),
+                None => {}
+            }
+            // Messages are unaffected: a warning, not a failure.
+            if let Some(w) = &s.blob_dir_warning {
+                body.push_str(&format!("blob_dir: not shared: {w}\n"));
+            }
+            (StatusCode::OK, body).into_response()
+        }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response(),
     }
 }

@@ -66,6 +66,11 @@ pub const BLOB_DIR: &str = "blobs";
 const PARTIAL_DIR: &str = "partial";
 /// Rows handled per sweep round.
 const SWEEP_BATCH: usize = 256;
+/// The blob directory's marker on PostgreSQL: a random id written by the
+/// first node that used the directory, which the database records for the
+/// service (see [`Blobs::marker`]). Not 32 hex digits: never taken for a
+/// blob.
+pub const MARKER_FILE: &str = "ponte-blob-dir";
 
 /// The file name of blob `id`: its 32 lowercase hex digits.
 pub fn file_name(id: &BlobId) -> String {
@@ -371,6 +376,34 @@ impl Drop for Busy {
     }
 }
 
+/// The id in a marker file; `None` if there is no such file.
+fn read_marker(path: &Path) -> io::Result<Option<[u8; 16]>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let hex = text.trim();
+    let mut id = [0u8; 16];
+    let ok = hex.len() == 32
+        && id.iter_mut().enumerate().all(|(i, b)| {
+            hex.get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .map(|v| *b = v)
+                .is_some()
+        });
+    if !ok {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} does not hold a blob directory id (32 hex digits)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(id))
+}
+
 fn create_private_dir(dir: &Path) -> io::Result<()> {
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);
@@ -436,6 +469,46 @@ impl Blobs {
             busy: Arc::default(),
             tails: Arc::default(),
         }
+    }
+
+    /// The directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The id in the directory's [`MARKER_FILE`], written now (a random
+    /// one) if there is none. The nodes of a PostgreSQL service compare it
+    /// with the one the database recorded: a node that finds another has
+    /// a blob directory the others do not see. Two nodes writing it at
+    /// once (one shared directory) agree: it is written aside and linked
+    /// into place, which fails for the second, who reads the first's.
+    pub(crate) fn marker(&self) -> io::Result<[u8; 16]> {
+        let path = self.dir.join(MARKER_FILE);
+        if let Some(id) = read_marker(&path)? {
+            return Ok(id);
+        }
+        create_private_dir(&self.dir)?;
+        let id: [u8; 16] = rand::random();
+        let aside = self
+            .dir
+            .join(format!(".{MARKER_FILE}.{}", file_name(&rand::random())));
+        let written = (|| {
+            let mut f = open_private(&aside, true)?;
+            std::io::Write::write_all(&mut f, format!("{}\n", file_name(&id)).as_bytes())?;
+            f.sync_all()?;
+            match std::fs::hard_link(&aside, &path) {
+                Ok(()) => sync_dir(&self.dir).map(|()| true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        })();
+        let _ = std::fs::remove_file(&aside);
+        if written? {
+            return Ok(id);
+        }
+        read_marker(&path)?.ok_or_else(|| {
+            io::Error::other(format!("{} vanished while being read", path.display()))
+        })
     }
 
     /// The tail of upload `id`, made if no append to it is in flight.

@@ -245,6 +245,9 @@ pub(crate) struct Shared {
     pub keypair: Keypair,
     pub store: Box<dyn Store>,
     pub blobs: blobs::Blobs,
+    /// Why files may be lost between nodes (this node's blob directory is
+    /// not the one the service's first node recorded), for `/healthz`.
+    pub blob_dir_warning: Option<String>,
     pub metrics: metrics::Metrics,
     pub registry: Arc<registry::Registry>,
     /// The bus between the nodes of a service on PostgreSQL.
@@ -360,6 +363,10 @@ impl Server {
             Some(dir) => blobs::Blobs::in_dir(dir.clone()),
             None => blobs::Blobs::new(&cfg.data_dir),
         };
+        let blob_dir_warning = match &cfg.store {
+            Some(address) => blob_dir_shared(address, &blobs, cfg.blob_dir.is_some())?,
+            None => None,
+        };
         let mut metrics = metrics::Metrics::new();
         metrics.register_store(store.stats());
         let shared = Arc::new(Shared {
@@ -373,6 +380,7 @@ impl Server {
             keypair,
             store,
             blobs,
+            blob_dir_warning,
             metrics,
             registry,
             bus,
@@ -526,6 +534,49 @@ fn open_store(
             Ok(Box::new(pg))
         }
     }
+}
+
+/// On PostgreSQL: whether this node's blob directory is the one the
+/// service's nodes share (its marker's id is the one the database recorded
+/// from the first node that started). When it is not, a file uploaded
+/// through one node cannot be downloaded through another: said with a
+/// warning now, and returned for `/healthz`. A directory that cannot be
+/// used for the check is warned about and not held against the start
+/// (uploads would fail on it and say so).
+fn blob_dir_shared(
+    address: &str,
+    blobs: &blobs::Blobs,
+    configured: bool,
+) -> Result<Option<String>, ServerError> {
+    let dir = blobs.dir().display().to_string();
+    let marker = match blobs.marker() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(
+                "cannot check whether the blob directory {dir} is shared with the other nodes: {e}"
+            );
+            return Ok(None);
+        }
+    };
+    let recorded =
+        store::pg::claim_blob_dir(address, marker).map_err(store::StoreError::Postgres)?;
+    if recorded == marker {
+        return Ok(None);
+    }
+    let why = if configured {
+        "blob_dir is not the directory the service's other nodes use"
+    } else {
+        "blob_dir is not set, so files go to this node's own data directory"
+    };
+    let warning = format!(
+        "the blob directory {dir} is not shared with the service's other nodes ({why}; its \
+         {} differs from the one the database recorded): a file uploaded through one node \
+         cannot be downloaded through another. Set blob_dir (--blob-dir) on every node to \
+         one shared directory (a network file system)",
+        blobs::MARKER_FILE
+    );
+    tracing::warn!("{warning}");
+    Ok(Some(warning))
 }
 
 /// What `ponte server init --store …` did.

@@ -200,12 +200,11 @@ fn cpu_between(
     }
 }
 
+/// A connection through the server's own connector (the same `sslmode`,
+/// `sslrootcert`, … handling as the nodes'). The error never repeats the
+/// URL (it may hold a password); it names the host and what failed.
 async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
-    tokio::spawn(conn);
-    Ok(c)
+    Ok(ponte_server::store::pg::connect(url).await?)
 }
 
 async fn backend_pids(admin: &str, db: &str) -> anyhow::Result<Vec<i32>> {
@@ -219,12 +218,20 @@ async fn backend_pids(admin: &str, db: &str) -> anyhow::Result<Vec<i32>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The address `admin` points at, with database `db` instead.
+/// The address `admin` points at, with database `db` instead (its
+/// parameters, such as `sslmode` and `sslrootcert=/a/path`, kept).
 fn url_with_db(admin: &str, db: &str) -> anyhow::Result<String> {
-    let (prefix, _) = admin
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (admin, None),
+    };
+    let (prefix, _) = base
         .rsplit_once('/')
         .context("PostgreSQL URL without a database")?;
-    Ok(format!("{prefix}/{db}"))
+    Ok(match query {
+        Some(q) => format!("{prefix}/{db}?{q}"),
+        None => format!("{prefix}/{db}"),
+    })
 }
 
 /// Starts the nodes (and NATS) of `setup` in `dir`.
@@ -669,6 +676,14 @@ mod tests {
         assert_eq!(
             url_with_db("postgres://postgres@127.0.0.1:5432/test", "x").unwrap(),
             "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            url_with_db(
+                "postgres://p@db:5432/test?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+                "x"
+            )
+            .unwrap(),
+            "postgres://p@db:5432/x?sslmode=verify-full&sslrootcert=/etc/ca.pem"
         );
     }
 }

@@ -2,6 +2,7 @@
 //! minimal protocol client (Noise IK, Ed25519-signed registration and keys).
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod own_pg;
 pub mod pg;
 
 use bytes::Bytes;

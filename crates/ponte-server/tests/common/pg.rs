@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
-use std::time::Duration;
 
 /// The file in a scratch directory that holds its database's address.
 pub const URL_FILE: &str = "pg-url";
@@ -43,16 +42,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A connection to `url` (its driver task spawned on the current runtime).
+/// A connection to `url` (its driver task spawned on the current runtime),
+/// through the store's TLS settings (`sslmode` and the rest in the URL).
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
-    let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| chain(&e))?;
-    cfg.connect_timeout(Duration::from_secs(3));
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
+    ponte_server::store::pg::connect(url)
         .await
-        .map_err(|e| chain(&e))?;
-    tokio::spawn(conn);
-    Ok(client)
+        .map_err(|e| chain(&e))
 }
 
 /// Whether PostgreSQL is there. When it is not: with `PONTE_REQUIRE_PG=1`
@@ -98,9 +93,13 @@ impl TestDb {
             let c = connect(&admin).await.unwrap();
             c.batch_execute(&stmt).await.unwrap();
         });
+        // The admin address with this database, its parameters (sslmode,
+        // sslrootcert=/a/path) kept.
         let base = admin_url();
+        let (base, query) = base.split_once('?').unwrap_or((&base, ""));
         let (prefix, _) = base.rsplit_once('/').unwrap();
-        let url = format!("{prefix}/{name}");
+        let q = if query.is_empty() { "" } else { "?" };
+        let url = format!("{prefix}/{name}{q}{query}");
         Self { name, url }
     }
 }

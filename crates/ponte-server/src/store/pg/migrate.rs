@@ -6,7 +6,7 @@
 //! sequences are set past everything copied (the mailbox seq past the
 //! SQLite reservation, so no seq is ever handed out twice).
 
-use super::{block_on_own_thread, make_pool, parse_address, schema, PgError, PgOptions};
+use super::{block_on_own_thread, open_pool, parse_address, schema, PgError, PgOptions};
 use crate::store::schema::{init_schema, open_conn};
 use crate::store::DB_FILE;
 use rusqlite::types::Value;
@@ -197,7 +197,7 @@ pub fn migrate_sqlite(data_dir: &Path, address: &str) -> Result<MigrateSummary, 
     let cfg = parse_address(address)?;
     let opts = PgOptions::default();
     let summary = block_on_own_thread(async move {
-        let pool = make_pool(cfg, 1, &opts)?;
+        let pool = open_pool(&cfg, 1, &opts).await?;
         schema::migrate(&pool).await?;
         let mut c = pool.get().await?;
         let tx = c.transaction().await?;

@@ -8,6 +8,8 @@
 //! - `jobs`: the SQL of every write job, run inside the writer's transaction.
 //! - `read`: the reads, on a pool of connections.
 //! - `limits`: token buckets shared by every node (registration limits).
+//! - `tls`: libpq's `sslmode`/`sslrootcert`/`sslcert`/`sslkey` and the
+//!   rustls connector every connection to PostgreSQL goes through.
 //!
 //! **Driver**: `tokio-postgres` with `deadpool-postgres` for the pool, not
 //! `sqlx`: the store writes its SQL by hand anyway (no query macros, which
@@ -67,13 +69,16 @@
 //! **Blobs**: metadata here; the bytes are files under the blob directory
 //! (`blob_dir` in the server config), which every node of a service must
 //! share (a network file system), so that any node can serve an upload
-//! another node took.
+//! another node took. The `service` row `blob_dir` records the id in the
+//! first node's blob directory's marker file ([`claim_blob_dir`]): a node
+//! whose directory holds another says so at start.
 
 mod jobs;
 mod limits;
 pub mod migrate;
 mod read;
 mod schema;
+mod tls;
 mod write;
 
 use super::seam::{Sink, Store, StoreFuture};
@@ -86,9 +91,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::NoTls;
 use write::{Done, Queued, Work};
 
+pub use tls::{ConnectFailure, SslMode, Target};
 pub use write::MAX_RETRIES;
 
 /// What went wrong talking to PostgreSQL.
@@ -105,6 +110,35 @@ pub enum PgError {
     /// The store address is not a PostgreSQL connection string.
     #[error("not a PostgreSQL address (postgres://USER@HOST:PORT/DATABASE)")]
     Address(#[source] tokio_postgres::Error),
+    /// A setting of the store address is wrong (`sslmode`, `sslrootcert`,
+    /// …); the message names it.
+    #[error("{0}")]
+    Setting(String),
+    /// A file named by a TLS setting cannot be used.
+    #[error("{setting}={}: {what}", path.display())]
+    TlsFile {
+        /// `sslrootcert`, `sslcert` or `sslkey`.
+        setting: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The first connection to PostgreSQL failed: where, with which
+    /// `sslmode`, and what failed as far as can be told (the cause has
+    /// the rest).
+    #[error("PostgreSQL at {at} {failure} (sslmode={mode})")]
+    Connect {
+        /// `HOST:PORT` (every host of the address).
+        at: String,
+        /// The `sslmode` given.
+        mode: SslMode,
+        /// What failed.
+        failure: ConnectFailure,
+        /// The driver's (or the pool's) error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The database's schema is newer than this server knows.
     #[error("the database schema is version {found}, newer than this server's {known}: upgrade this server")]
     SchemaTooNew {
@@ -200,21 +234,20 @@ impl std::fmt::Debug for PgStore {
 }
 
 /// Parses a store address (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, or
-/// PostgreSQL's `key=value` form).
-pub fn parse_address(address: &str) -> Result<tokio_postgres::Config, PgError> {
-    address.parse().map_err(PgError::Address)
+/// PostgreSQL's `key=value` form), with libpq's TLS settings (`sslmode`,
+/// `sslrootcert`, `sslcert`, `sslkey`: see `tls`).
+pub fn parse_address(address: &str) -> Result<Target, PgError> {
+    Target::parse(address)
 }
 
-/// A pool of at most `size` connections to `cfg`.
-fn make_pool(
-    mut cfg: tokio_postgres::Config,
-    size: usize,
-    opts: &PgOptions,
-) -> Result<Pool, PgError> {
+/// A pool of at most `size` connections to `target`, through its TLS
+/// connector (which reads the certificate files now).
+fn make_pool(target: &Target, size: usize, opts: &PgOptions) -> Result<Pool, PgError> {
+    let mut cfg = target.cfg.clone();
     cfg.connect_timeout(opts.connect_timeout);
     let mgr = Manager::from_config(
         cfg,
-        NoTls,
+        target.connector()?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -228,6 +261,30 @@ fn make_pool(
         .recycle_timeout(t)
         .build()
         .map_err(|e| PgError::Start(std::io::Error::other(e.to_string())))
+}
+
+/// [`make_pool`], and its first connection made now: a failure says where
+/// and what failed (TLS refused, certificate not trusted, …).
+async fn open_pool(target: &Target, size: usize, opts: &PgOptions) -> Result<Pool, PgError> {
+    let pool = make_pool(target, size, opts)?;
+    // The connection goes back to the pool for the caller's first use.
+    drop(pool.get().await.map_err(|e| target.connect_error(e))?);
+    Ok(pool)
+}
+
+/// One connection to the database at `address`, through the same TLS
+/// settings as the store's (for tools: the bench, tests). Its driver runs
+/// on the current runtime.
+pub async fn connect(address: &str) -> Result<tokio_postgres::Client, PgError> {
+    let target = parse_address(address)?;
+    let mut cfg = target.cfg.clone();
+    cfg.connect_timeout(PgOptions::default().connect_timeout);
+    let (client, conn) = cfg
+        .connect(target.connector()?)
+        .await
+        .map_err(|e| target.connect_error(e))?;
+    tokio::spawn(conn);
+    Ok(client)
 }
 
 /// Runs `f` on a fresh single-threaded runtime on a thread of its own and
@@ -260,7 +317,7 @@ pub fn migrate(address: &str) -> Result<(), PgError> {
     let cfg = parse_address(address)?;
     let opts = PgOptions::default();
     block_on_own_thread(async move {
-        let pool = make_pool(cfg, 1, &opts)?;
+        let pool = open_pool(&cfg, 1, &opts).await?;
         schema::migrate(&pool).await
     })
 }
@@ -274,7 +331,7 @@ pub fn claim_address_key(address: &str, public: [u8; 32]) -> Result<[u8; 32], Pg
     let cfg = parse_address(address)?;
     let opts = PgOptions::default();
     block_on_own_thread(async move {
-        let pool = make_pool(cfg, 1, &opts)?;
+        let pool = open_pool(&cfg, 1, &opts).await?;
         schema::migrate(&pool).await?;
         let c = pool.get().await?;
         c.execute(
@@ -290,13 +347,36 @@ pub fn claim_address_key(address: &str, public: [u8; 32]) -> Result<[u8; 32], Pg
     })
 }
 
+/// The id of the blob directory the service's nodes use, as the database
+/// records it: `marker` (this node's directory's) if none was recorded yet,
+/// else the one the first node recorded. A node that gets another id has a
+/// blob directory the other nodes do not share.
+pub fn claim_blob_dir(address: &str, marker: [u8; 16]) -> Result<[u8; 16], PgError> {
+    let cfg = parse_address(address)?;
+    let opts = PgOptions::default();
+    block_on_own_thread(async move {
+        let pool = open_pool(&cfg, 1, &opts).await?;
+        let c = pool.get().await?;
+        c.execute(
+            "INSERT INTO service (key, value) VALUES ('blob_dir', $1) ON CONFLICT DO NOTHING",
+            &[&&marker[..]],
+        )
+        .await?;
+        let stored: Vec<u8> = c
+            .query_one("SELECT value FROM service WHERE key = 'blob_dir'", &[])
+            .await?
+            .try_get(0)?;
+        Ok(<[u8; 16]>::try_from(stored.as_slice()).unwrap_or([0; 16]))
+    })
+}
+
 /// Creates a random one-use invite token in the database at `address`
 /// (works while nodes run on it).
 pub fn create_invite(address: &str, now: UnixMillis) -> Result<String, PgError> {
     let cfg = parse_address(address)?;
     let opts = PgOptions::default();
     block_on_own_thread(async move {
-        let pool = make_pool(cfg, 1, &opts)?;
+        let pool = open_pool(&cfg, 1, &opts).await?;
         schema::migrate(&pool).await?;
         let token = super::jobs::new_invite_token();
         let hash = super::jobs::invite_hash(&token);
@@ -334,19 +414,26 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Postgres(PgError::Start(e)))?;
-        let pool = make_pool(cfg.clone(), opts.readers, &opts).map_err(StoreError::Postgres)?;
+        let pool = make_pool(&cfg, opts.readers, &opts).map_err(StoreError::Postgres)?;
         let (tx, rx) = std::sync::mpsc::channel();
         {
-            let pool = pool.clone();
+            let (pool, cfg) = (pool.clone(), cfg.clone());
             runtime.spawn(async move {
-                let _ = tx.send(schema::migrate(&pool).await);
+                let first = pool.get().await.map_err(|e| cfg.connect_error(e));
+                let _ = tx.send(match first {
+                    Ok(c) => {
+                        drop(c);
+                        schema::migrate(&pool).await
+                    }
+                    Err(e) => Err(e),
+                });
             });
         }
         match rx.recv() {
             Ok(r) => r.map_err(StoreError::Postgres)?,
             Err(_) => return Err(StoreError::Task),
         }
-        let write_pool = make_pool(cfg, 1, &opts).map_err(StoreError::Postgres)?;
+        let write_pool = make_pool(&cfg, 1, &opts).map_err(StoreError::Postgres)?;
         let stats = StoreStats::new();
         let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
         let writer = write::Writer::new(write_pool, sink, stats.clone(), opts);

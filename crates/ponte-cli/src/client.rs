@@ -452,6 +452,16 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
             common,
         } => {
             let mut client = open_client(&common)?;
+            // `ponte listen` holds this profile's connection: it sends what
+            // waits and receives and shows what comes, so this sync has
+            // nothing to do (logging in would push the listener off).
+            if let Some(holder) = handoff::holder(&common)? {
+                notice(&format!(
+                    "{holder} holds this profile's connection: it sends, receives and shows \
+                     messages; nothing to sync"
+                ));
+                return Ok(ExitCode::SUCCESS);
+            }
             if let Some(bytes) = auto_download {
                 client.set_auto_download(bytes);
             }

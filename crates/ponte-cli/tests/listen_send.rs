@@ -43,6 +43,17 @@ fn send_beside_listen_goes_through_the_listener_which_keeps_its_connection() {
         );
     }
 
+    // A sync beside the listener has nothing to do and says why, without
+    // logging in.
+    let out = ponte(&alice, &["sync", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json_lines(&ok(&out)).is_empty());
+    assert!(
+        stderr(&out).contains("holds this profile's connection"),
+        "{}",
+        stderr(&out)
+    );
+
     // bob has each once, in order, and his answer reaches alice's listener.
     let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
     let texts: Vec<_> = got.iter().filter_map(|v| v["text"].as_str()).collect();

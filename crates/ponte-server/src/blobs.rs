@@ -36,11 +36,18 @@
 //! nothing): every append in flight is refused, and the next tail starts
 //! again from the recorded offset.
 //!
-//! The last append reads the file back through SHA-256 (streamed, 64 KiB
-//! at a time), renames it into place and syncs the directory before the
-//! store marks the blob finished, so a blob is never served before it is
-//! whole and checked. Every file operation runs on the blocking pool;
-//! nothing holds more than the chunks in flight in memory.
+//! The last append checks the file against the declared SHA-256, renames
+//! it into place and syncs the directory before the store marks the blob
+//! finished, so a blob is never served before it is whole and checked.
+//! When this process wrote every byte of the file, in order from offset 0
+//! (the usual upload, in one or several tails), the hash was fed as the
+//! chunks were written (a [`Running`] hash per upload) and the check costs
+//! nothing at the end; otherwise (an upload resumed after a restart, a
+//! tail that started where an interrupted one left off, or a blob
+//! directory shared by several nodes, whose other writers this process
+//! cannot see) the file is read back through SHA-256, 64 KiB at a time.
+//! Every file operation runs on the blocking pool; nothing holds more
+//! than the chunks in flight in memory.
 //!
 //! The metadata (owner, size, offset, expiry, who fetched it) is in the
 //! store (`store::blobs`); the expiry sweep ([`sweep`]) deletes the files
@@ -71,6 +78,9 @@ const SWEEP_BATCH: usize = 256;
 /// service (see [`Blobs::marker`]). Not 32 hex digits: never taken for a
 /// blob.
 pub const MARKER_FILE: &str = "ponte-blob-dir";
+/// Uploads whose hash is fed as they are written, at most (about 120
+/// bytes each); an upload past it is read back when it finishes.
+const MAX_RUNNING_HASHES: usize = 4096;
 
 /// The file name of blob `id`: its 32 lowercase hex digits.
 pub fn file_name(id: &BlobId) -> String {
@@ -97,15 +107,33 @@ pub(crate) struct Blobs {
     dir: PathBuf,
     busy: Arc<Mutex<HashSet<BlobId>>>,
     tails: Arc<Mutex<Tails>>,
+    /// The running hashes of uploads this process wrote from offset 0;
+    /// `None` when the directory is shared with other nodes (see the
+    /// module docs).
+    hashes: Option<Arc<Mutex<Hashes>>>,
 }
 
 type Tails = HashMap<BlobId, Arc<Tail>>;
+type Hashes = HashMap<BlobId, Running>;
+
+/// The SHA-256 of an upload's bytes `0..upto`, fed by this process's
+/// writes as they succeeded, in order. Kept across tails (a client that
+/// waits for its appends' answers lets the tail go between them) and
+/// dropped when a write does not start at `upto`.
+#[derive(Debug, Clone)]
+pub(crate) struct Running {
+    upto: u64,
+    sha: Sha256,
+}
 
 /// The appends in flight to one upload: they take turns to write in the
 /// order their frames came, then share flushes (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Tail {
+    id: BlobId,
     path: PathBuf,
+    /// The blob directory's running hashes (see [`Blobs`]).
+    hashes: Option<Arc<Mutex<Hashes>>>,
     /// The turn to write: tokio's mutex is fair, so appends that asked for
     /// it in frame order get it in frame order.
     order: tokio::sync::Mutex<()>,
@@ -233,11 +261,29 @@ impl Tail {
     /// write leaves what an interrupted append (or another node's) left
     /// past `offset`, and refuses a file that ends before `offset`
     /// ([`Short`], see the module docs); a failed write is cut off again.
+    ///
+    /// The upload's running hash, if it reaches exactly `offset`, is fed
+    /// with the chunk once it is written (a write at offset 0 starts one);
+    /// any other write drops it, and the upload is read back when it
+    /// finishes.
     pub(crate) async fn write(&self, offset: u64, chunk: Bytes) -> io::Result<()> {
         let open = lock(&self.state).file.clone();
         let path = self.path.clone();
         let len = chunk.len() as u64;
-        let file = blocking(move || {
+        // Taken out for the write (the turn is held, so no other write of
+        // this upload runs) and put back once the chunk is in it.
+        let running = self.hashes.as_ref().and_then(|h| {
+            let mut hashes = lock(h);
+            match hashes.remove(&self.id) {
+                Some(r) if r.upto == offset => Some(r),
+                _ if offset == 0 && hashes.len() < MAX_RUNNING_HASHES => Some(Running {
+                    upto: 0,
+                    sha: Sha256::new(),
+                }),
+                _ => None,
+            }
+        });
+        let (file, running) = blocking(move || {
             let file = match open {
                 Some(f) => f,
                 None => {
@@ -265,9 +311,17 @@ impl Tail {
                 let _ = file.set_len(offset);
                 return Err(e);
             }
-            Ok(file)
+            let running = running.map(|mut r| {
+                r.sha.update(&chunk);
+                r.upto += len;
+                r
+            });
+            Ok((file, running))
         })
         .await?;
+        if let (Some(h), Some(r)) = (&self.hashes, running) {
+            lock(h).insert(self.id, r);
+        }
         let mut st = lock(&self.state);
         st.file = Some(file);
         st.next = Some(offset + len);
@@ -457,17 +511,24 @@ impl Blobs {
     /// The blob files of `data_dir`. Nothing is created until the first
     /// upload (the directories then, mode 0700): a server that never took
     /// a file has the data directory it always had.
+    /// The data directory is this process's alone (it holds its lock), so
+    /// uploads are hashed as they are written.
     pub(crate) fn new(data_dir: &Path) -> Self {
-        Self::in_dir(data_dir.join(BLOB_DIR))
+        Self {
+            hashes: Some(Arc::default()),
+            ..Self::in_dir(data_dir.join(BLOB_DIR))
+        }
     }
 
     /// The blob files in `dir` (`blob_dir` in the config: a directory
-    /// every node of a PostgreSQL service shares).
+    /// every node of a PostgreSQL service shares). Another node may write
+    /// to an upload meanwhile, so each is read back when it finishes.
     pub(crate) fn in_dir(dir: PathBuf) -> Self {
         Self {
             dir,
             busy: Arc::default(),
             tails: Arc::default(),
+            hashes: None,
         }
     }
 
@@ -511,6 +572,17 @@ impl Blobs {
         })
     }
 
+    /// How far upload `id`'s running hash reaches, if it has one (tests).
+    #[cfg(test)]
+    pub(crate) fn hashed(&self, id: &BlobId) -> Option<u64> {
+        lock(self.hashes.as_ref()?).get(id).map(|r| r.upto)
+    }
+
+    /// Takes upload `id`'s running hash out, if it has one.
+    fn take_running(&self, id: &BlobId) -> Option<Running> {
+        lock(self.hashes.as_ref()?).remove(id)
+    }
+
     /// The tail of upload `id`, made if no append to it is in flight.
     pub(crate) fn tail(&self, id: BlobId) -> TailHold {
         let mut tails = lock(&self.tails);
@@ -518,7 +590,9 @@ impl Blobs {
             .entry(id)
             .or_insert_with(|| {
                 Arc::new(Tail {
+                    id,
                     path: self.partial(&id),
+                    hashes: self.hashes.clone(),
                     order: tokio::sync::Mutex::new(()),
                     sync: tokio::sync::Mutex::new(()),
                     state: Mutex::new(TailState::default()),
@@ -552,8 +626,10 @@ impl Blobs {
     }
 
     /// Checks a complete upload against `sha256` and moves it into place
-    /// (a mismatch deletes it). A crash after the move and before the store
-    /// recorded it leaves the blob in place: checked there again.
+    /// (a mismatch deletes it). The check is the running hash when it
+    /// covers the whole size, else a read of the file. A crash after the
+    /// move and before the store recorded it leaves the blob in place:
+    /// checked there again.
     pub(crate) async fn finish(
         &self,
         id: BlobId,
@@ -563,6 +639,10 @@ impl Blobs {
         let partial = self.partial(&id);
         let finished = self.finished(&id);
         let dir = self.dir.clone();
+        let streamed = self
+            .take_running(&id)
+            .filter(|r| r.upto == size)
+            .map(|r| <[u8; 32]>::from(r.sha.finalize()));
         blocking(move || {
             if size == 0 {
                 if Sha256::digest([]).as_slice() != sha256 {
@@ -573,17 +653,20 @@ impl Blobs {
                 sync_dir(&dir)?;
                 return Ok(Finished::Stored);
             }
-            let source = if partial.is_file() {
-                &partial
-            } else {
-                &finished
-            };
+            let in_partial = partial.is_file();
+            let source = if in_partial { &partial } else { &finished };
             let len = match std::fs::metadata(source) {
                 Ok(m) => m.len(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Finished::Mismatch),
                 Err(e) => return Err(e),
             };
-            if len != size || hash_file(source)? != sha256 {
+            // The running hash is of what was written to the partial file.
+            let matches = len == size
+                && match streamed {
+                    Some(h) if in_partial => h == sha256,
+                    _ => hash_file(source)? == sha256,
+                };
+            if !matches {
                 let _ = std::fs::remove_file(source);
                 return Ok(Finished::Mismatch);
             }
@@ -629,6 +712,7 @@ impl Blobs {
 
     /// Deletes both files of `id` (either may be missing).
     pub(crate) async fn delete(&self, id: BlobId) -> io::Result<()> {
+        self.take_running(&id);
         let paths = [self.partial(&id), self.finished(&id)];
         blocking(move || {
             for p in paths {
@@ -699,6 +783,8 @@ pub(crate) async fn sweep(shared: &Shared) {
     }
 }
 
+#[cfg(test)]
+mod streamed;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

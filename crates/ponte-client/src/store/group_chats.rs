@@ -39,11 +39,12 @@ impl Store {
             // Changes to the group and timer settings are lines in it, not
             // unread messages.
             let unread: i64 = self.conn.query_row(
-                "SELECT (SELECT COUNT(*) FROM unread u JOIN messages m
+                "SELECT (SELECT COUNT(*) FROM unread u CROSS JOIN messages m
                          ON m.peer = u.peer AND m.outgoing = 0 AND m.id = u.id
                          WHERE m.group_id = ?1 AND m.flags & ?2 = 0)
-                      + (SELECT COUNT(*) FROM messages WHERE group_id = ?1 AND outgoing = 0
-                         AND shown_status <> status AND flags & ?2 = 0)",
+                      + (SELECT COUNT(*) FROM messages INDEXED BY messages_unshown
+                         WHERE group_id = ?1 AND outgoing = 0 AND shown_status <> status
+                         AND flags & ?2 = 0)",
                 params![gid, FLAG_GROUP_NOTICE | super::expiry::FLAG_TIMER_NOTICE],
                 |r| r.get(0),
             )?;

@@ -46,10 +46,14 @@ fn content(len: usize) -> Vec<u8> {
 
 /// The sizes of the files in `dir` itself (not below).
 fn file_sizes(dir: &Path) -> Vec<u64> {
+    // Blobs only: a blob's file is named by its id, 32 hex digits (the
+    // directory also holds the service's marker, `ponte-blob-dir`).
+    let is_blob = |name: &str| name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit());
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| is_blob(&e.file_name().to_string_lossy()))
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
         .map(|m| m.len())

@@ -43,6 +43,15 @@ fn send_beside_listen_goes_through_the_listener_which_keeps_its_connection() {
         );
     }
 
+    // A contact's timer set beside the listener goes through it too.
+    let out = ponte(&alice, &["timer", "bob", "1h", "--json"]);
+    let v = &json_lines(&ok(&out))[0];
+    assert!(
+        ["sent", "delivered", "read"].contains(&v["status"].as_str().unwrap()),
+        "{v} {}",
+        stderr(&out)
+    );
+
     // A sync beside the listener has nothing to do and says why, without
     // logging in.
     let out = ponte(&alice, &["sync", "--json"]);
@@ -56,8 +65,15 @@ fn send_beside_listen_goes_through_the_listener_which_keeps_its_connection() {
 
     // bob has each once, in order, and his answer reaches alice's listener.
     let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
-    let texts: Vec<_> = got.iter().filter_map(|v| v["text"].as_str()).collect();
+    let texts: Vec<_> = got
+        .iter()
+        .filter(|v| v["notice"].is_null())
+        .filter_map(|v| v["text"].as_str())
+        .collect();
     assert_eq!(texts, ["one", "two", "three"]);
+    // The timer's setting reached bob and applies to the conversation.
+    let timer = json_lines(&ok(&ponte(&bob, &["timer", "alice", "--json"])));
+    assert_eq!(timer[0]["timer_secs"], 3600, "{timer:?} {got:?}");
     ok(&ponte(&bob, &["send", "alice", "got them", "--json"]));
     listen.wait_for("got them");
     assert_eq!(with_text(&listen.seen, "got them").len(), 1);

@@ -67,3 +67,18 @@ pub(super) fn send_file(
     let id = client.queue_file_to(to, path, caption, reply_to)?;
     Ok(rt.block_on(client.sent_by_holder(to, &id, holder, file_wait(bytes)))?)
 }
+
+/// Queues the setting of the timer with contact `peer` for `holder` to
+/// send, and waits for the outcome. (A group's timer is encrypted for the
+/// group by the process that sets it, so it is not handed over.)
+pub(super) fn timer(
+    client: &Client,
+    rt: &tokio::runtime::Runtime,
+    peer: &str,
+    timer: Option<ponte_e2e::Timer>,
+    holder: &str,
+) -> anyhow::Result<SendOutcome> {
+    let id = client.queue_contact_timer(peer, timer)?;
+    let to = Conversation::contact(peer);
+    Ok(rt.block_on(client.sent_by_holder(&to, &id, holder, HANDOFF_WAIT))?)
+}

@@ -65,7 +65,15 @@ pub(super) fn run(
         note,
         warnings,
         key_changed,
-    } = runtime()?.block_on(client.set_timer(&conversation, timer))?;
+    } = match &conversation {
+        // `ponte listen` holds this profile's connection: it sends the
+        // setting (a contact's; a group's is encrypted here, see handoff).
+        Conversation::Contact(peer) => match super::handoff::holder(&common)? {
+            Some(holder) => super::handoff::timer(&client, &runtime()?, peer, timer, &holder)?,
+            None => runtime()?.block_on(client.set_timer(&conversation, timer))?,
+        },
+        _ => runtime()?.block_on(client.set_timer(&conversation, timer))?,
+    };
     if key_changed {
         // As for `send`: held until `verify --confirm`.
         return Err(ClientError::KeyChanged(name).into());

@@ -28,7 +28,7 @@ use super::{is_fatal, Client, Event};
 use crate::store::{Conversation, Swept, UnixMillis};
 use crate::{ClientError, Report, Result};
 use ponte_e2e::envelope::{MAX_TIMER_SECS, MIN_TIMER_SECS};
-use ponte_e2e::Timer;
+use ponte_e2e::{MessageId, Timer};
 use ponte_wire::messages::validate_handle;
 
 /// Parse a timer as the command line takes it: a whole number and a unit
@@ -90,6 +90,23 @@ impl Client {
         self.store().timer(conversation)
     }
 
+    /// Write the setting of the timer with contact `peer` into the outbox
+    /// (it goes out as a message, like a text), without sending it: the
+    /// process holding the connection sends it ([`Client::sent_by_holder`]
+    /// reads the outcome).
+    pub fn queue_contact_timer(&self, peer: &str, timer: Option<Timer>) -> Result<MessageId> {
+        validate_handle(peer)
+            .map_err(|e| ClientError::Invalid(format!("contact {peer:?}: {e}")))?;
+        if peer == self.handle {
+            return Err(ClientError::Invalid(
+                "a conversation with yourself has no timer".into(),
+            ));
+        }
+        self.check_not_changed(peer)?;
+        self.store()
+            .queue_timer_setting(&Conversation::contact(peer), timer)
+    }
+
     /// Set the timer of `conversation` (`None`: off) and tell the other
     /// side right away if the server can be reached; otherwise the setting
     /// waits in the outbox (not an error: the outcome's note says so). It
@@ -103,16 +120,8 @@ impl Client {
             Conversation::Contact(peer) => peer,
             Conversation::Group(group) => return self.set_group_timer(group, timer).await,
         };
-        validate_handle(peer)
-            .map_err(|e| ClientError::Invalid(format!("contact {peer:?}: {e}")))?;
-        if *peer == self.handle {
-            return Err(ClientError::Invalid(
-                "a conversation with yourself has no timer".into(),
-            ));
-        }
-        self.check_not_changed(peer)?;
         self.warned_full.clear();
-        let id = self.store().queue_timer_setting(conversation, timer)?;
+        let id = self.queue_contact_timer(peer, timer)?;
         let mut warnings = Vec::new();
         let note = match self.login().await {
             Ok((mut conn, _)) => {

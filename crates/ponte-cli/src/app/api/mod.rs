@@ -25,13 +25,13 @@
 
 mod files;
 mod groups;
+mod live;
 mod search;
 
 use super::guard::{self, Expect};
 use super::net::{Command, Control, Setup};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -55,13 +55,6 @@ const MAX_JSON: usize = 256 * 1024;
 const QUOTE_CHARS: usize = 200;
 /// Live events kept for a slow page before it is told to reload.
 const LIVE_BACKLOG: usize = 1024;
-
-/// Message and tick changes reported together go to the page as one event
-/// each up to this many; past it, as one `resync` (the page reloads the
-/// chat list and the open chat). A first connection after a long time
-/// offline can report tens of thousands of tick changes at once: one event
-/// each would make the page reload its chat list as often.
-const LIVE_BATCH: usize = 256;
 
 /// Where the app is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,42 +404,6 @@ impl App {
         }
     }
 
-    /// Send the gathered message and tick changes: one event each, with one
-    /// state after them when a tick changed (what waits to go out may have
-    /// changed), or a single `resync` when there are more than
-    /// [`LIVE_BATCH`].
-    fn send_gathered(&self) {
-        let updates = std::mem::take(&mut *lock(&self.gathered));
-        // Each with its event's name (a kind of update this app does not
-        // know is left out).
-        let (kinds, views): (Vec<&str>, Vec<MessageView>) = updates
-            .into_iter()
-            .filter_map(|u| match u {
-                Update::Message(v) => Some(("message", v)),
-                Update::Status(v) => Some(("status", v)),
-                _ => None,
-            })
-            .unzip();
-        if views.is_empty() {
-            return;
-        }
-        if views.len() > LIVE_BATCH {
-            self.send_live(&json!({ "type": "resync" }));
-        } else {
-            // With their quotes; without, if the profile cannot say.
-            let shown = lock(&self.local)
-                .as_ref()
-                .and_then(|c| views_json(c, &views).ok())
-                .unwrap_or_else(|| views.iter().map(view_json).collect());
-            for (kind, message) in kinds.iter().zip(shown) {
-                self.send_live(&json!({ "type": kind, "message": message }));
-            }
-        }
-        if kinds.contains(&"status") {
-            self.push_state();
-        }
-    }
-
     fn with_local<T>(
         &self,
         f: impl FnOnce(&Client) -> Result<T, ClientError>,
@@ -763,40 +720,6 @@ async fn retry(State(app): State<Arc<App>>) -> ApiResult {
     ok(json!({}))
 }
 
-/// The live channel: the state first, then every event; ends when the app
-/// stops. A page that falls behind is told to reload.
-async fn events(State(app): State<Arc<App>>) -> Response {
-    let first = app.state_json().to_string();
-    let rx = app.live.subscribe();
-    let closing = app.closing.subscribe();
-    let stream = futures::stream::unfold(
-        (Some(first), rx, closing),
-        |(first, mut rx, mut closing)| async move {
-            if let Some(f) = first {
-                return Some((
-                    Ok::<_, std::convert::Infallible>(SseEvent::default().data(f)),
-                    (None, rx, closing),
-                ));
-            }
-            if *closing.borrow() {
-                return None;
-            }
-            let data = tokio::select! {
-                r = rx.recv() => match r {
-                    Ok(d) => d,
-                    Err(broadcast::error::RecvError::Lagged(_)) => json!({ "type": "resync" }).to_string(),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-                _ = closing.wait_for(|c| *c) => return None,
-            };
-            Some((Ok(SseEvent::default().data(data)), (None, rx, closing)))
-        },
-    );
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
 // ---------------------------------------------------------------- assets
 
 const INDEX: &str = include_str!("../assets/index.html");
@@ -877,7 +800,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/relays/remove", post(relay_remove))
         .route("/api/relays/check", post(relay_check))
         .route("/api/retry", post(retry))
-        .route("/api/events", post(events))
+        .route("/api/events", post(live::events))
         .layer(DefaultBodyLimit::max(MAX_JSON))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(app)

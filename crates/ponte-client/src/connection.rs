@@ -22,7 +22,7 @@
 
 use crate::route::{race, BoxStream, Route, HEAD_START};
 use crate::{ClientError, CloseCode, Result, ServerCode};
-use ponte_transport::{Channel, ClientConfig, Keypair, Pattern, TransportError};
+use ponte_transport::{Channel, Cipher, ClientConfig, Keypair, Pattern, TransportError};
 use ponte_wire::messages::{client_frame, server_frame, ClientFrame, ServerFrame};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -182,7 +182,23 @@ impl Connection {
         let (i, chan) = race(routes, head_start, connect_timeout, |route| {
             Box::pin(async move {
                 let stream = route.connect().await.map_err(crate::route::connect_error)?;
-                ponte_transport::connect(stream, cfg).await.map_err(|e| {
+                let chan = match ponte_transport::connect(stream, cfg).await {
+                    // A server from before the cipher choice knows only the
+                    // ChaCha20-Poly1305 preamble and closes on the other
+                    // without a word: try that one on a new stream.
+                    Err(e) if cfg.cipher != Cipher::ChaChaPoly && closed_by_peer(&e) => {
+                        tracing::debug!(
+                            route = %route.describe(),
+                            "closed on the AES-GCM preamble; trying ChaCha20-Poly1305"
+                        );
+                        let mut legacy = cfg.clone();
+                        legacy.cipher = Cipher::ChaChaPoly;
+                        let stream = route.connect().await.map_err(crate::route::connect_error)?;
+                        ponte_transport::connect(stream, &legacy).await
+                    }
+                    other => other,
+                };
+                chan.map_err(|e| {
                     if closed_by_peer(&e) {
                         return ClientError::Unreachable(closed_text(route.is_direct(), true));
                     }
@@ -203,6 +219,12 @@ impl Connection {
             next_id: 1,
             pushes: VecDeque::new(),
         })
+    }
+
+    /// The cipher of the Noise channel: AES-256-GCM where this CPU has AES
+    /// instructions and the server knows it, else ChaCha20-Poly1305.
+    pub fn cipher(&self) -> Cipher {
+        self.chan.cipher()
     }
 
     /// The route this connection runs over ([`Route::describe`]).

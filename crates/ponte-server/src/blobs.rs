@@ -54,7 +54,7 @@
 //! of blobs that expired or were fetched by every recipient, then their
 //! rows.
 
-use crate::store::BlobId;
+use crate::store::{AccountId, BlobId, BlobInfo};
 use crate::Shared;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -111,7 +111,14 @@ pub(crate) struct Blobs {
     /// `None` when the directory is shared with other nodes (see the
     /// module docs).
     hashes: Option<Arc<Mutex<Hashes>>>,
+    /// Rows of finished blobs being downloaded, so each `Download` of a
+    /// large blob does not read the store again (see [`Blobs::finished_row`]).
+    rows: Mutex<HashMap<BlobId, BlobInfo>>,
 }
+
+/// Finished blobs' rows kept for downloads, at most (about 150 bytes
+/// each); the set is emptied when it is full.
+const MAX_FINISHED_ROWS: usize = 1024;
 
 type Tails = HashMap<BlobId, Arc<Tail>>;
 type Hashes = HashMap<BlobId, Running>;
@@ -143,6 +150,11 @@ pub(crate) struct Tail {
     /// Recorded up to here (or failed), for appends whose chunk another
     /// append's flush covers.
     durable: tokio::sync::watch::Sender<Durable>,
+    /// The upload's row as an append of this tail read it, and the account
+    /// that read it: the appends in the middle of the upload take it from
+    /// here instead of reading the store once per chunk (see
+    /// [`Tail::row_for`]).
+    row: Mutex<Option<(AccountId, BlobInfo)>>,
 }
 
 /// How far an upload's tail is durable.
@@ -228,6 +240,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Tail {
+    /// The upload's row for an append of `account` (with the turn held)
+    /// whose chunk ends at `end`, if an earlier append of the same account
+    /// read it for this tail and the tail has written since: the row's
+    /// owner, size and hash do not change, the tail knows the offset
+    /// better than the row, and the rest is checked where it matters (an
+    /// append that reaches the end, or an empty one, reads the store; a
+    /// row that went meanwhile refuses the flush's record). `None`: read
+    /// the store.
+    pub(crate) fn row_for(&self, account: AccountId, end: u64) -> Option<BlobInfo> {
+        let st = lock(&self.state);
+        if st.poisoned || st.next.is_none() {
+            return None;
+        }
+        drop(st);
+        let row = lock(&self.row);
+        let (who, info) = row.as_ref()?;
+        let now = crate::store::UnixMillis::now();
+        (*who == account && end < info.size && !info.finished && info.expires_at > now)
+            .then(|| info.clone())
+    }
+
+    /// Keeps the row an append of `account` read, for [`Tail::row_for`].
+    pub(crate) fn remember_row(&self, account: AccountId, info: &BlobInfo) {
+        *lock(&self.row) = Some((account, info.clone()));
+    }
+
     /// Waits for this append's turn to write. Asked for before the
     /// append's first other wait, so turns follow the frames' order.
     pub(crate) async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
@@ -529,7 +567,33 @@ impl Blobs {
             busy: Arc::default(),
             tails: Arc::default(),
             hashes: None,
+            rows: Mutex::default(),
         }
+    }
+
+    /// Finished blob `id`'s row as a download read it, unless it expired
+    /// since. A finished blob's row does not change until it is deleted;
+    /// a deleted blob's file is gone, which [`Blobs::read`] reports.
+    pub(crate) fn finished_row(&self, id: &BlobId) -> Option<BlobInfo> {
+        let mut rows = lock(&self.rows);
+        let info = rows.get(id)?;
+        if info.expires_at > crate::store::UnixMillis::now() {
+            return Some(info.clone());
+        }
+        rows.remove(id);
+        None
+    }
+
+    /// Keeps a finished blob's row for [`Blobs::finished_row`].
+    pub(crate) fn keep_finished_row(&self, info: &BlobInfo) {
+        if !info.finished {
+            return;
+        }
+        let mut rows = lock(&self.rows);
+        if rows.len() >= MAX_FINISHED_ROWS && !rows.contains_key(&info.id) {
+            rows.clear();
+        }
+        rows.insert(info.id, info.clone());
     }
 
     /// The directory.
@@ -597,6 +661,7 @@ impl Blobs {
                     sync: tokio::sync::Mutex::new(()),
                     state: Mutex::new(TailState::default()),
                     durable: tokio::sync::watch::Sender::new(Durable::default()),
+                    row: Mutex::new(None),
                 })
             })
             .clone();
@@ -713,6 +778,7 @@ impl Blobs {
     /// Deletes both files of `id` (either may be missing).
     pub(crate) async fn delete(&self, id: BlobId) -> io::Result<()> {
         self.take_running(&id);
+        lock(&self.rows).remove(&id);
         let paths = [self.partial(&id), self.finished(&id)];
         blocking(move || {
             for p in paths {

@@ -2,7 +2,7 @@
 //! of application frames, whole or split into a reader and a writer half.
 
 use crate::handshake::fill;
-use crate::{Pattern, TransportError, MAX_NOISE_PLAINTEXT, TAG_LEN};
+use crate::{Cipher, Pattern, TransportError, MAX_NOISE_PLAINTEXT, TAG_LEN};
 use bytes::{Buf, Bytes, BytesMut};
 use ponte_wire::frame::{self, Decoded};
 use snow::StatelessTransportState;
@@ -25,6 +25,12 @@ struct RecvState {
     rbuf: BytesMut,
     /// Decrypted bytes not yet returned as frames.
     pbuf: BytesMut,
+    /// Bytes the frame at the front of `pbuf` still lacks (0 between
+    /// frames, and before its length prefix is whole).
+    lacking: usize,
+    /// `rbuf` was enlarged for a frame spanning Noise messages; it goes
+    /// back to a small one once that frame is whole and nothing waits in it.
+    rbuf_big: bool,
     max_frame_len: usize,
 }
 
@@ -33,6 +39,7 @@ impl RecvState {
     fn take_frame(&mut self) -> Result<Option<Bytes>, TransportError> {
         match frame::decode(&self.pbuf, self.max_frame_len)? {
             Decoded::Complete { consumed, .. } => {
+                self.lacking = 0;
                 let mut f = self.pbuf.split_to(consumed);
                 f.advance(frame::LEN_PREFIX);
                 // (`capacity()` after a split or an advance counts only what
@@ -43,9 +50,18 @@ impl RecvState {
                     // only as long as the caller holds it.
                     self.pbuf = BytesMut::new();
                 }
+                if self.rbuf_big && self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::with_capacity(256);
+                    self.rbuf_big = false;
+                }
                 Ok(Some(f.freeze()))
             }
-            Decoded::Incomplete { .. } => Ok(None),
+            Decoded::Incomplete { needed } => {
+                // Exact once the length prefix is whole (a lower bound
+                // before, of at most 4 bytes).
+                self.lacking = needed;
+                Ok(None)
+            }
         }
     }
 
@@ -57,7 +73,13 @@ impl RecvState {
             if let Some(f) = self.take_frame()? {
                 return Ok(Some(f));
             }
-            // Need another Noise message.
+            // Need another Noise message. In the middle of a frame that
+            // spans several, read whole messages (and what follows) per
+            // call rather than a small prefix first.
+            if self.lacking > frame::LEN_PREFIX && !self.rbuf_big {
+                self.rbuf.reserve(2 + crate::MAX_NOISE_MSG);
+                self.rbuf_big = true;
+            }
             if !fill(io, &mut self.rbuf, 2).await? {
                 if self.rbuf.is_empty() && self.pbuf.is_empty() {
                     return Ok(None);
@@ -72,6 +94,9 @@ impl RecvState {
                 return Err(TransportError::UnexpectedEof);
             }
             let start = self.pbuf.len();
+            // Room for the rest of the frame at once, so a frame spanning
+            // messages is not copied each time the buffer grows.
+            self.pbuf.reserve(len.max(self.lacking));
             self.pbuf.resize(start + len, 0);
             let n = self
                 .noise
@@ -80,7 +105,8 @@ impl RecvState {
             self.pbuf.truncate(start + n);
             self.nonce = self.nonce.wrapping_add(1);
             self.rbuf.advance(2 + len);
-            if self.rbuf.is_empty()
+            if !self.rbuf_big
+                && self.rbuf.is_empty()
                 && (2 + len > SHRINK_ABOVE || self.rbuf.capacity() > SHRINK_ABOVE)
             {
                 self.rbuf = BytesMut::with_capacity(256);
@@ -161,12 +187,14 @@ pub struct Channel<S> {
     send: SendState,
     remote_static: [u8; 32],
     pattern: Pattern,
+    cipher: Cipher,
 }
 
 impl<S> fmt::Debug for Channel<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
             .field("pattern", &self.pattern)
+            .field("cipher", &self.cipher)
             .field(
                 "remote_static",
                 &ponte_wire::address::encode_key(&self.remote_static),
@@ -180,7 +208,7 @@ impl<S> Channel<S> {
         io: S,
         transport: StatelessTransportState,
         remote_static: [u8; 32],
-        pattern: Pattern,
+        (pattern, cipher): (Pattern, Cipher),
         leftover: BytesMut,
         max_frame_len: usize,
     ) -> Self {
@@ -192,6 +220,8 @@ impl<S> Channel<S> {
                 nonce: 0,
                 rbuf: leftover,
                 pbuf: BytesMut::new(),
+                lacking: 0,
+                rbuf_big: false,
                 max_frame_len,
             },
             send: SendState {
@@ -201,6 +231,7 @@ impl<S> Channel<S> {
             },
             remote_static,
             pattern,
+            cipher,
         }
     }
 
@@ -213,6 +244,11 @@ impl<S> Channel<S> {
     /// The handshake pattern used.
     pub fn pattern(&self) -> Pattern {
         self.pattern
+    }
+
+    /// The cipher the client chose.
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
     }
 
     /// The underlying stream.

@@ -1,6 +1,7 @@
 //! The handshake: the preamble, XX and IK as client and server, each
 //! under the configured timeout, ending in a [`Channel`].
 
+use crate::keys::{builder, from_suite_byte, suite_byte};
 use crate::{
     Channel, ClientConfig, Keypair, Pattern, ServerConfig, TransportError, MAX_HANDSHAKE_MSG,
     PROLOGUE, PROTOCOL_VERSION,
@@ -9,10 +10,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-fn prologue(pattern: Pattern) -> Vec<u8> {
+fn prologue(suite: u8) -> Vec<u8> {
     let mut p = PROLOGUE.to_vec();
     p.push(PROTOCOL_VERSION);
-    p.push(pattern.byte());
+    p.push(suite);
     p
 }
 
@@ -152,9 +153,10 @@ async fn client_handshake<S>(mut io: S, cfg: &ClientConfig) -> Result<Channel<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let pattern = cfg.pattern;
-    let prologue = prologue(pattern);
-    let builder = snow::Builder::new(pattern.params())
+    let (pattern, cipher) = (cfg.pattern, cfg.cipher);
+    let suite = suite_byte(pattern, cipher);
+    let prologue = prologue(suite);
+    let builder = builder(pattern, cipher)
         .local_private_key(&cfg.keypair.secret[..])
         .prologue(&prologue);
     let builder = match pattern {
@@ -164,7 +166,7 @@ where
     let mut hs = builder
         .build_initiator()
         .map_err(TransportError::Handshake)?;
-    let mut out = vec![PROTOCOL_VERSION, pattern.byte()];
+    let mut out = vec![PROTOCOL_VERSION, suite];
     push_handshake_msg(&mut hs, &mut out)?;
     io.write_all(&out).await?;
     io.flush().await?;
@@ -201,7 +203,7 @@ where
         io,
         transport,
         cfg.server_key,
-        pattern,
+        (pattern, cipher),
         rbuf,
         cfg.max_frame_len,
     ))
@@ -223,10 +225,11 @@ where
     if rbuf[0] != PROTOCOL_VERSION {
         return Err(TransportError::UnsupportedVersion(rbuf[0]));
     }
-    let pattern = Pattern::from_byte(rbuf[1]).ok_or(TransportError::UnknownPattern(rbuf[1]))?;
+    let suite = rbuf[1];
+    let (pattern, cipher) = from_suite_byte(suite).ok_or(TransportError::UnknownPattern(suite))?;
     rbuf.advance(2);
-    let prologue = prologue(pattern);
-    let mut hs = snow::Builder::new(pattern.params())
+    let prologue = prologue(suite);
+    let mut hs = builder(pattern, cipher)
         .local_private_key(&cfg.keypair.secret[..])
         .prologue(&prologue)
         .build_responder()
@@ -259,7 +262,7 @@ where
         io,
         transport,
         remote,
-        pattern,
+        (pattern, cipher),
         rbuf,
         cfg.max_frame_len,
     ))

@@ -15,13 +15,20 @@
 //! ```text
 //! client                                                   server
 //!   │  [PROXY header]  (only when a relay added one)          │
-//!   │  preamble: version=0x01 (1 byte), pattern (1 byte)      │
-//!   │            0x01 = XX, 0x02 = IK                         │
+//!   │  preamble: version=0x01 (1 byte), suite (1 byte)        │
+//!   │            0x01 = XX, 0x02 = IK (ChaChaPoly)            │
+//!   │            0x11 = XX, 0x12 = IK (AESGCM)                │
 //!   │  u16 len ‖ handshake message 1        ───────────────►  │
 //!   │  ◄──────────────────────────  u16 len ‖ handshake msg 2 │
 //!   │  (XX only) u16 len ‖ handshake msg 3  ───────────────►  │
 //!   │  u16 len ‖ transport message (ciphertext) …   ◄──────►  │
 //! ```
+//!
+//! The Noise protocol names are `Noise_{XX,IK}_25519_{ChaChaPoly,AESGCM}_BLAKE2s`;
+//! the client picks the cipher ([`Cipher::preferred`]: AES-256-GCM where
+//! the CPU has AES instructions), the server accepts both. A server from
+//! before the choice knows only `0x01` and `0x02` and closes on the others
+//! without answering; the Ponte client then tries again with ChaChaPoly.
 //!
 //! All lengths are big-endian. The Noise prologue is `"ponte-noise-v1"`
 //! followed by the two preamble bytes, so tampering with them fails the
@@ -49,17 +56,13 @@ pub use ponte_wire::frame::MAX_FRAME_LEN;
 
 /// Protocol version byte sent first by the client.
 pub const PROTOCOL_VERSION: u8 = 1;
-/// Noise protocol name for first contact.
-pub const NOISE_XX: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
-/// Noise protocol name when the client knows the server key.
-pub const NOISE_IK: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 /// Prologue prefix mixed into the handshake hash (followed by the preamble).
 pub const PROLOGUE: &[u8] = b"ponte-noise-v1";
 /// Largest handshake message accepted (the real ones are under 100 bytes).
 pub const MAX_HANDSHAKE_MSG: usize = 1024;
 /// Largest Noise message on the wire.
 pub const MAX_NOISE_MSG: usize = 65535;
-/// Authentication tag length of ChaChaPoly.
+/// Authentication tag length of both ciphers.
 pub const TAG_LEN: usize = 16;
 /// Largest plaintext carried by one Noise transport message.
 pub const MAX_NOISE_PLAINTEXT: usize = MAX_NOISE_MSG - TAG_LEN;
@@ -125,4 +128,4 @@ mod keys;
 
 pub use channel::{Channel, ChannelReader, ChannelWriter};
 pub use handshake::{accept, accept_with_prefix, connect, connect_tcp};
-pub use keys::{ClientConfig, Keypair, Pattern, ServerConfig};
+pub use keys::{Cipher, ClientConfig, Keypair, Pattern, ServerConfig};

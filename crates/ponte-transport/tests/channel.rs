@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use ponte_transport::{
-    accept, connect, ClientConfig, Keypair, Pattern, ServerConfig, TransportError,
+    accept, connect, Cipher, ClientConfig, Keypair, Pattern, ServerConfig, TransportError,
 };
 use ponte_wire::messages::{client_frame, ClientFrame, Ping};
 use std::time::Duration;
@@ -12,6 +12,16 @@ use tokio::net::{TcpListener, TcpStream};
 
 async fn pair(
     pattern: Pattern,
+) -> (
+    ponte_transport::Channel<TcpStream>,
+    ponte_transport::Channel<TcpStream>,
+) {
+    pair_with(pattern, Cipher::preferred()).await
+}
+
+async fn pair_with(
+    pattern: Pattern,
+    cipher: Cipher,
 ) -> (
     ponte_transport::Channel<TcpStream>,
     ponte_transport::Channel<TcpStream>,
@@ -27,18 +37,24 @@ async fn pair(
     });
     let mut ccfg = ClientConfig::new(client_kp.clone(), server_kp.public());
     ccfg.pattern = pattern;
+    ccfg.cipher = cipher;
     let sock = TcpStream::connect(addr).await.unwrap();
     let client = connect(sock, &ccfg).await.unwrap();
     let server = server.await.unwrap().unwrap();
+    assert_eq!((client.cipher(), server.cipher()), (cipher, cipher));
+    assert_eq!((client.pattern(), server.pattern()), (pattern, pattern));
     assert_eq!(server.remote_static(), client_kp.public());
     assert_eq!(client.remote_static(), server_kp.public());
     (client, server)
 }
 
 #[tokio::test]
-async fn ik_and_xx_carry_frames_both_ways() {
-    for pattern in [Pattern::Ik, Pattern::Xx] {
-        let (mut c, mut s) = pair(pattern).await;
+async fn ik_and_xx_carry_frames_both_ways_with_either_cipher() {
+    let suites = [Pattern::Ik, Pattern::Xx]
+        .into_iter()
+        .flat_map(|p| [(p, Cipher::ChaChaPoly), (p, Cipher::AesGcm)]);
+    for (pattern, cipher) in suites {
+        let (mut c, mut s) = pair_with(pattern, cipher).await;
         let ping = ClientFrame {
             request_id: 5,
             body: Some(client_frame::Body::Ping(Ping { nonce: 42 })),
@@ -155,13 +171,16 @@ async fn garbage_and_half_handshakes_are_refused() {
         accept(a, &cfg).await.unwrap_err(),
         TransportError::UnsupportedVersion(b'G')
     ));
-    // Unknown pattern.
-    let (a, mut b) = tokio::io::duplex(4096);
-    b.write_all(&[1, 9]).await.unwrap();
-    assert!(matches!(
-        accept(a, &cfg).await.unwrap_err(),
-        TransportError::UnknownPattern(9)
-    ));
+    // Unknown pattern, with either cipher bit.
+    for suite in [9, 0x19, 0x10, 0x20, 0x22] {
+        let (a, mut b) = tokio::io::duplex(4096);
+        b.write_all(&[1, suite]).await.unwrap();
+        let err = accept(a, &cfg).await.unwrap_err();
+        assert!(
+            matches!(err, TransportError::UnknownPattern(s) if s == suite),
+            "{suite:#x}: {err:?}"
+        );
+    }
     // Oversized handshake message length: refused before reading it.
     let (a, mut b) = tokio::io::duplex(4096);
     b.write_all(&[1, 2, 0xff, 0xff]).await.unwrap();
@@ -339,4 +358,72 @@ async fn another_protocol_answering_is_named() {
         assert!(err.to_string().contains(want), "{err}");
         drop(server.await.unwrap());
     }
+}
+
+/// A relay that rewrites the preamble's cipher (to push both ends onto the
+/// other cipher, or the older one) breaks the handshake: the preamble is
+/// in the prologue, so the two sides' transcripts differ.
+#[tokio::test]
+async fn a_rewritten_cipher_byte_fails_the_handshake() {
+    for (cipher, forged) in [(Cipher::AesGcm, 0x02u8), (Cipher::ChaChaPoly, 0x12)] {
+        let server_kp = Keypair::generate();
+        let (a, mut mitm_server_side) = tokio::io::duplex(1 << 16);
+        let (mut mitm_client_side, b) = tokio::io::duplex(1 << 16);
+        let scfg = ServerConfig::new(server_kp.clone());
+        let server = tokio::spawn(async move { accept(a, &scfg).await.map(|_| ()) });
+        let relay = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut back = vec![0u8; 4096];
+            let mut first = true;
+            loop {
+                tokio::select! {
+                    n = mitm_client_side.read(&mut buf) => {
+                        let n = n.unwrap_or(0);
+                        if n == 0 { break; }
+                        if first {
+                            buf[1] = forged;
+                            first = false;
+                        }
+                        if mitm_server_side.write_all(&buf[..n]).await.is_err() { break; }
+                    }
+                    n = mitm_server_side.read(&mut back) => {
+                        let n = n.unwrap_or(0);
+                        if n == 0 { break; }
+                        if mitm_client_side.write_all(&back[..n]).await.is_err() { break; }
+                    }
+                }
+            }
+        });
+        let mut ccfg = ClientConfig::new(Keypair::generate(), server_kp.public());
+        ccfg.cipher = cipher;
+        let client = connect(b, &ccfg).await;
+        let server_err = server.await.unwrap().unwrap_err();
+        assert!(
+            matches!(server_err, TransportError::Handshake(_)),
+            "{cipher:?}: {server_err:?}"
+        );
+        assert!(client.is_err(), "{cipher:?}: the client connected");
+        relay.abort();
+    }
+}
+
+/// The preferred cipher is AES-256-GCM exactly where the CPU has AES and
+/// carry-less multiply instructions.
+#[test]
+fn preferred_cipher_follows_the_cpu() {
+    #[cfg(target_arch = "x86_64")]
+    let hw = std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    let hw = std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let hw = false;
+    let want = if hw {
+        Cipher::AesGcm
+    } else {
+        Cipher::ChaChaPoly
+    };
+    assert_eq!(Cipher::preferred(), want);
+    assert_eq!(ClientConfig::new(Keypair::generate(), [0; 32]).cipher, want);
 }

@@ -3,7 +3,10 @@
 //! read it (the 128-bit random id is the capability); an account other
 //! than the uploader that is sent the last byte counts as having fetched
 //! it, and the sweep deletes a blob once as many accounts as it was
-//! created for did.
+//! created for did. A finished blob's row is read from the store once and
+//! kept in memory while it is downloaded (it does not change until the
+//! blob is deleted, and then its file is gone), so the chunks of a large
+//! download do not each wait for a store read.
 
 use super::{arr, Context, Refusal, Reply, Request, Runs};
 use crate::store::UnixMillis;
@@ -20,10 +23,16 @@ impl Request for messages::Download {
         ))?;
         let unknown = || Refusal::new(ErrorCode::UnknownBlob, "no such blob");
         let shared = &cx.shared;
-        let info = match shared.store.blob(id).await {
-            Ok(Some(i)) if i.finished && i.expires_at > UnixMillis::now() => i,
-            Ok(_) => return Err(unknown()),
-            Err(e) => return Err(Refusal::unavailable("blob lookup", &e)),
+        let info = match shared.blobs.finished_row(&id) {
+            Some(i) => i,
+            None => match shared.store.blob(id).await {
+                Ok(Some(i)) if i.finished && i.expires_at > UnixMillis::now() => {
+                    shared.blobs.keep_finished_row(&i);
+                    i
+                }
+                Ok(_) => return Err(unknown()),
+                Err(e) => return Err(Refusal::unavailable("blob lookup", &e)),
+            },
         };
         if self.offset > info.size {
             return Err(Refusal::new(

@@ -5,7 +5,10 @@
 //! a client may keep several in flight: they take their turns to write in
 //! the order their frames came (the turn is asked for before any other
 //! wait), and each is answered only once a flush covers its chunk (on disk
-//! and its offset recorded; see `crate::blobs`). An append at any offset
+//! and its offset recorded; see `crate::blobs`). The upload's row is read
+//! from the store by a tail's first append, the last and empty ones; the
+//! appends in between take it from the tail (one store read less per
+//! chunk, on the path every chunk of the upload waits behind). An append at any offset
 //! but the one the previous append ended at is refused with that offset,
 //! as tus answers 409; the append that completes the upload checks the
 //! hash and makes the blob downloadable, or discards it.
@@ -159,7 +162,19 @@ impl Request for messages::UploadAppend {
         // The first wait: the session polls this once as the frame comes,
         // so the turns follow the frames' order.
         let turn = tail.turn().await;
-        let mut info = own_upload(&cx, id).await?;
+        let account = cx.account()?.id;
+        let chunk_end = self.offset.saturating_add(self.chunk.len() as u64);
+        let known = (!self.chunk.is_empty())
+            .then(|| tail.row_for(account, chunk_end))
+            .flatten();
+        let mut info = match known {
+            Some(info) => info,
+            None => {
+                let info = own_upload(&cx, id).await?;
+                tail.remember_row(account, &info);
+                info
+            }
+        };
         let Some(expected) = tail.next_offset(info.offset) else {
             return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
         };

@@ -56,6 +56,7 @@
 
 use crate::store::{AccountId, BlobId, BlobInfo};
 use crate::Shared;
+use ahead::{ReadAhead, READ_AHEAD_CHUNKS};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -114,6 +115,8 @@ pub(crate) struct Blobs {
     /// Rows of finished blobs being downloaded, so each `Download` of a
     /// large blob does not read the store again (see [`Blobs::finished_row`]).
     rows: Mutex<HashMap<BlobId, BlobInfo>>,
+    /// Chunks of finished blobs read ahead for downloads ([`Blobs::read`]).
+    ahead: Mutex<ReadAhead>,
 }
 
 /// Finished blobs' rows kept for downloads, at most (about 150 bytes
@@ -568,6 +571,7 @@ impl Blobs {
             tails: Arc::default(),
             hashes: None,
             rows: Mutex::default(),
+            ahead: Mutex::default(),
         }
     }
 
@@ -747,38 +751,66 @@ impl Blobs {
 
     /// Up to `max_len` bytes of finished blob `id` from `offset`; `None`
     /// when its file is gone (deleted meanwhile).
+    ///
+    /// A download keeps several requests in flight, each for the chunk
+    /// after the last, and the session answers them one at a time: so a
+    /// read that is not answered from what an earlier one read ahead
+    /// reads [`READ_AHEAD_CHUNKS`] chunks of `max_len` in one trip to the
+    /// blocking pool, and keeps the ones after the first for the requests
+    /// to come (16 MiB at most for all downloads, each chunk for 10 s at
+    /// most: see `blobs/ahead.rs`).
     pub(crate) async fn read(
         &self,
         id: BlobId,
         offset: u64,
         max_len: usize,
     ) -> io::Result<Option<Bytes>> {
+        if max_len == 0 {
+            return Ok(Some(Bytes::new()));
+        }
+        if let Some(chunk) = lock(&self.ahead).take(&id, offset, max_len) {
+            return Ok(Some(chunk));
+        }
+        let chunks = if lock(&self.ahead).has_room(max_len * (READ_AHEAD_CHUNKS - 1)) {
+            READ_AHEAD_CHUNKS
+        } else {
+            1
+        };
+        let want = max_len * chunks;
         let path = self.finished(&id);
-        blocking(move || {
-            let f = match File::open(&path) {
+        let read = blocking(move || {
+            use std::io::Seek as _;
+            let mut f = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let mut buf = vec![0u8; max_len];
-            let mut got = 0;
-            while got < max_len {
-                let n = f.read_at(&mut buf[got..], offset + got as u64)?;
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
-            buf.truncate(got);
+            f.seek(io::SeekFrom::Start(offset))?;
+            // Into spare capacity: nothing is zeroed first.
+            let mut buf = Vec::with_capacity(want);
+            (&mut f).take(want as u64).read_to_end(&mut buf)?;
             Ok(Some(Bytes::from(buf)))
         })
-        .await
+        .await?;
+        let Some(all) = read else { return Ok(None) };
+        let first = all.slice(..all.len().min(max_len));
+        if all.len() > max_len {
+            let mut ahead = lock(&self.ahead);
+            let mut at = max_len;
+            while at < all.len() {
+                let end = all.len().min(at + max_len);
+                ahead.keep(id, offset + at as u64, all.slice(at..end));
+                at = end;
+            }
+        }
+        Ok(Some(first))
     }
 
     /// Deletes both files of `id` (either may be missing).
     pub(crate) async fn delete(&self, id: BlobId) -> io::Result<()> {
         self.take_running(&id);
         lock(&self.rows).remove(&id);
+        lock(&self.ahead).forget(&id);
         let paths = [self.partial(&id), self.finished(&id)];
         blocking(move || {
             for p in paths {
@@ -849,6 +881,7 @@ pub(crate) async fn sweep(shared: &Shared) {
     }
 }
 
+mod ahead;
 #[cfg(test)]
 mod streamed;
 #[cfg(test)]

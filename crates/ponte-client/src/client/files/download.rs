@@ -1,0 +1,297 @@
+//! Receiving files: fetching a file message's blob (resuming a partial
+//! download), checking it and decrypting it into place (see the parent
+//! module's docs).
+
+use super::*;
+
+impl Client {
+    /// `sync`/`listen`: fetch pending files up to the auto-download limit;
+    /// a failure is a warning (the file waits for the next try).
+    pub(in crate::client) async fn auto_fetch(
+        &mut self,
+        conn: &mut Connection,
+        events: &mut Display<'_>,
+    ) -> Result<()> {
+        if self.auto_download == 0 {
+            return Ok(());
+        }
+        for rec in self.store().files_in_state(FileState::Pending)? {
+            if rec.descriptor.size > self.auto_download || self.fetch_failed.contains(&rec.id) {
+                continue;
+            }
+            match self.download(conn, &rec, None, &mut |_, _| {}).await {
+                Ok(path) => emit(
+                    events,
+                    Event::FileFetched {
+                        peer: rec.peer.clone(),
+                        id: rec.id,
+                        path,
+                    },
+                )?,
+                Err(e @ (ClientError::Disconnected(_) | ClientError::Closed { .. })) => {
+                    return Err(e)
+                }
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => {
+                    // Tried once per process: `file get` tries again.
+                    self.fetch_failed.insert(rec.id);
+                    emit(
+                        events,
+                        Event::Warning(format!(
+                            "file {} from {} not fetched: {}",
+                            crypto::display_name(&rec.descriptor.name),
+                            rec.peer,
+                            Report(&e)
+                        )),
+                    )?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetch the file of message `id` (any size), to `out` or into the
+    /// files directory; returns where it is. A file fetched already is
+    /// copied to `out` if given. Reconnects (up to [`MAX_ATTEMPTS`]
+    /// connections) and resumes when a connection is lost.
+    pub async fn fetch_file(
+        &mut self,
+        id: &MessageId,
+        out: Option<&Path>,
+        progress: &mut Progress<'_>,
+    ) -> Result<PathBuf> {
+        let rec = self
+            .store()
+            .file_by_id(id)?
+            .filter(|r| !r.outgoing)
+            .ok_or_else(|| {
+                ClientError::Invalid(format!("no received file with message id {id}"))
+            })?;
+        if rec.state == FileState::Fetched {
+            if let (Some(have), Some(out)) = (&rec.path, out) {
+                std::fs::copy(have, out)
+                    .map_err(io_err(format!("copying to {}", out.display())))?;
+                return Ok(out.to_owned());
+            }
+            if let Some(have) = &rec.path {
+                if have.exists() {
+                    return Ok(have.clone());
+                }
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let (mut conn, _) = self.login().await?;
+                self.download(&mut conn, &rec, out, progress).await
+            }
+            .await;
+            match result {
+                Ok(p) => return Ok(p),
+                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends one `Download` request (counted against `left`).
+    async fn ask_download(
+        &self,
+        conn: &mut Connection,
+        blob_id: &Bytes,
+        offset: u64,
+        len: u64,
+        left: &mut u64,
+    ) -> Result<u64> {
+        if *left == 0 {
+            return Err(ClientError::Protocol(
+                "the server sent the blob in too many pieces".into(),
+            ));
+        }
+        *left -= 1;
+        let ask = client_frame::Body::Download(Download {
+            blob_id: blob_id.clone(),
+            offset,
+            max_len: u32::try_from(len).unwrap_or(u32::MAX),
+        });
+        conn.start(ask).await
+    }
+
+    /// Receives blob `fd` from `offset` to `size` ([`DOWNLOAD_WINDOW`]
+    /// requests in flight) and hands each piece, in order, to the writer
+    /// (`tx`); returns early, without an error, if the writer went (its
+    /// error is the one to report).
+    async fn receive(
+        &self,
+        conn: &mut Connection,
+        fd: &FileDescriptor,
+        size: u64,
+        mut offset: u64,
+        tx: tokio::sync::mpsc::Sender<(u64, Bytes)>,
+        progress: &mut Progress<'_>,
+    ) -> Result<()> {
+        let blob_id = Bytes::copy_from_slice(&fd.blob_id);
+        let mismatch = || {
+            ClientError::Protocol("the server's blob does not match the file's description".into())
+        };
+        // Requests in flight (request id → offset and length asked), and
+        // answers that came before an earlier one (at most a window).
+        let mut inflight: HashMap<u64, (u64, u64)> = HashMap::new();
+        let mut early: BTreeMap<u64, Bytes> = BTreeMap::new();
+        let mut next = offset;
+        // The server sends up to 96 KiB per request; a bound that still
+        // lets it send less (4 KiB pieces) before giving up.
+        let mut requests_left = size / 4096 + 16 + DOWNLOAD_WINDOW as u64;
+        progress(offset, size);
+        while offset < size {
+            while inflight.len() < DOWNLOAD_WINDOW && next < size {
+                let len = (size - next).min(BLOB_CHUNK_MAX as u64);
+                let rid = self
+                    .ask_download(conn, &blob_id, next, len, &mut requests_left)
+                    .await?;
+                inflight.insert(rid, (next, len));
+                next += len;
+            }
+            let Some((rid, body)) = conn.next_answer(REQUEST_TIMEOUT).await? else {
+                return Err(ClientError::Disconnected(format!(
+                    "no response within {REQUEST_TIMEOUT:?}"
+                )));
+            };
+            let Some((at, asked)) = inflight.remove(&rid) else {
+                continue; // an abandoned request's answer
+            };
+            let chunk: BlobChunk = match body {
+                server_frame::Body::BlobChunk(c) => c,
+                server_frame::Body::Error(e) => return Err(refusal(e)),
+                _ => return Err(unexpected("Download")),
+            };
+            let got = chunk.chunk.len() as u64;
+            if chunk.offset != at || chunk.size != size || got == 0 || got > asked {
+                return Err(mismatch());
+            }
+            if got < asked {
+                // Less than asked: ask for the rest of that piece.
+                let rid = self
+                    .ask_download(conn, &blob_id, at + got, asked - got, &mut requests_left)
+                    .await?;
+                inflight.insert(rid, (at + got, asked - got));
+            }
+            early.insert(at, chunk.chunk);
+            while let Some(piece) = early.remove(&offset) {
+                let len = piece.len() as u64;
+                if tx.send((offset, piece)).await.is_err() {
+                    // The writer failed; its error is the one to report.
+                    return Ok(());
+                }
+                offset += len;
+            }
+            if offset < size {
+                // (The end is reported once the writer has it all.)
+                progress(offset, size);
+            }
+        }
+        Ok(())
+    }
+
+    /// Download (resuming a partial download), check and decrypt one file.
+    async fn download(
+        &mut self,
+        conn: &mut Connection,
+        rec: &FileRecord,
+        out: Option<&Path>,
+        progress: &mut Progress<'_>,
+    ) -> Result<PathBuf> {
+        let fd = &rec.descriptor;
+        let dir = self.files_dir();
+        ensure_dir(&dir)?;
+        let part = dir.join(format!("{}.part", rec.id.to_hex()));
+        // Written at positions, not appended: a writer left from a
+        // download that was given up writes the same bytes at the same
+        // places as the next one, so the two cannot interleave wrongly.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .read(true)
+            .open(&part)
+            .map_err(io_err(format!("opening {}", part.display())))?;
+        let size = crypto::ciphertext_len(fd.size);
+        let mut offset = file
+            .metadata()
+            .map_err(io_err(format!("reading {}", part.display())))?
+            .len();
+        if offset > size {
+            file.set_len(0)
+                .map_err(io_err(format!("truncating {}", part.display())))?;
+            offset = 0;
+        }
+        // The pieces are written by a thread of their own, in order, while
+        // the next ones arrive: receiving (TLS, the Noise channel) and
+        // writing each take a core's share of a fast download.
+        let (tx, rx) = tokio::sync::mpsc::channel(DOWNLOAD_WINDOW);
+        let writer = tokio::task::spawn_blocking(move || write_in_order(file, rx));
+        let received = self.receive(conn, fd, size, offset, tx, progress).await;
+        let file = writer
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("the writer failed: {e}"))))
+            .map_err(io_err(format!("writing {}", part.display())))?;
+        received?;
+        progress(size, size);
+        file.sync_all()
+            .map_err(io_err(format!("writing {}", part.display())))?;
+        drop(file);
+        let target = match out {
+            Some(p) => p.to_owned(),
+            None => unique_path(&dir, &crypto::sanitize_name(&fd.name)),
+        };
+        let tmp_dir = target.parent().unwrap_or(Path::new("."));
+        let tmp = tmp_dir.join(format!(".{}.tmp", rec.id.to_hex()));
+        let decrypted = (|| {
+            let input = std::fs::File::open(&part)
+                .map_err(io_err(format!("opening {}", part.display())))?;
+            let output = std::fs::File::create(&tmp)
+                .map_err(io_err(format!("creating {}", tmp.display())))?;
+            let writer = crypto::decrypt_from(
+                &fd.key,
+                std::io::BufReader::with_capacity(crypto::CHUNK_CIPHER, input),
+                fd.size,
+                &fd.sha256,
+                std::io::BufWriter::new(output),
+            )
+            .map_err(|e| file_err("checking the downloaded file", e))?;
+            let output = writer
+                .into_inner()
+                .map_err(|e| io_err("writing the file")(e.into_error()))?;
+            output.sync_all().map_err(io_err("writing the file"))?;
+            std::fs::rename(&tmp, &target)
+                .map_err(io_err(format!("moving the file to {}", target.display())))
+        })();
+        if let Err(e) = decrypted {
+            let _ = std::fs::remove_file(&tmp);
+            if matches!(e, ClientError::Protocol(_)) {
+                // Bad bytes: start over next time rather than resume them.
+                let _ = std::fs::remove_file(&part);
+            }
+            return Err(e);
+        }
+        let _ = std::fs::remove_file(&part);
+        self.store().file_fetched(&rec.peer, &rec.id, &target)?;
+        Ok(target)
+    }
+}
+
+/// Writes each piece at its offset, in the order they come, until the
+/// sender goes; gives the file back for its final sync.
+fn write_in_order(
+    file: std::fs::File,
+    mut rx: tokio::sync::mpsc::Receiver<(u64, Bytes)>,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::FileExt as _;
+    while let Some((at, piece)) = rx.blocking_recv() {
+        file.write_all_at(&piece, at)?;
+    }
+    Ok(file)
+}

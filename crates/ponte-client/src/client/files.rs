@@ -41,7 +41,7 @@ use ponte_wire::messages::{
     UploadState, BLOB_CHUNK_MAX,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

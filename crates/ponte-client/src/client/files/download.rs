@@ -120,19 +120,34 @@ impl Client {
         conn.start(ask).await
     }
 
-    /// Receives blob `fd` from `offset` to `size` ([`DOWNLOAD_WINDOW`]
-    /// requests in flight) and hands each piece, in order, to the writer
-    /// (`tx`); returns early, without an error, if the writer went (its
-    /// error is the one to report).
-    async fn receive(
-        &self,
+    /// Download (resuming a partial download), check and decrypt one file.
+    async fn download(
+        &mut self,
         conn: &mut Connection,
-        fd: &FileDescriptor,
-        size: u64,
-        mut offset: u64,
-        tx: tokio::sync::mpsc::Sender<(u64, Bytes)>,
+        rec: &FileRecord,
+        out: Option<&Path>,
         progress: &mut Progress<'_>,
-    ) -> Result<()> {
+    ) -> Result<PathBuf> {
+        let fd = &rec.descriptor;
+        let dir = self.files_dir();
+        ensure_dir(&dir)?;
+        let part = dir.join(format!("{}.part", rec.id.to_hex()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&part)
+            .map_err(io_err(format!("opening {}", part.display())))?;
+        let size = crypto::ciphertext_len(fd.size);
+        let mut offset = file
+            .metadata()
+            .map_err(io_err(format!("reading {}", part.display())))?
+            .len();
+        if offset > size {
+            file.set_len(0)
+                .map_err(io_err(format!("truncating {}", part.display())))?;
+            offset = 0;
+        }
         let blob_id = Bytes::copy_from_slice(&fd.blob_id);
         let mismatch = || {
             ClientError::Protocol("the server's blob does not match the file's description".into())
@@ -181,65 +196,12 @@ impl Client {
             }
             early.insert(at, chunk.chunk);
             while let Some(piece) = early.remove(&offset) {
-                let len = piece.len() as u64;
-                if tx.send((offset, piece)).await.is_err() {
-                    // The writer failed; its error is the one to report.
-                    return Ok(());
-                }
-                offset += len;
+                file.write_all(&piece)
+                    .map_err(io_err(format!("writing {}", part.display())))?;
+                offset += piece.len() as u64;
             }
-            if offset < size {
-                // (The end is reported once the writer has it all.)
-                progress(offset, size);
-            }
+            progress(offset, size);
         }
-        Ok(())
-    }
-
-    /// Download (resuming a partial download), check and decrypt one file.
-    async fn download(
-        &mut self,
-        conn: &mut Connection,
-        rec: &FileRecord,
-        out: Option<&Path>,
-        progress: &mut Progress<'_>,
-    ) -> Result<PathBuf> {
-        let fd = &rec.descriptor;
-        let dir = self.files_dir();
-        ensure_dir(&dir)?;
-        let part = dir.join(format!("{}.part", rec.id.to_hex()));
-        // Written at positions, not appended: a writer left from a
-        // download that was given up writes the same bytes at the same
-        // places as the next one, so the two cannot interleave wrongly.
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .read(true)
-            .open(&part)
-            .map_err(io_err(format!("opening {}", part.display())))?;
-        let size = crypto::ciphertext_len(fd.size);
-        let mut offset = file
-            .metadata()
-            .map_err(io_err(format!("reading {}", part.display())))?
-            .len();
-        if offset > size {
-            file.set_len(0)
-                .map_err(io_err(format!("truncating {}", part.display())))?;
-            offset = 0;
-        }
-        // The pieces are written by a thread of their own, in order, while
-        // the next ones arrive: receiving (TLS, the Noise channel) and
-        // writing each take a core's share of a fast download.
-        let (tx, rx) = tokio::sync::mpsc::channel(DOWNLOAD_WINDOW);
-        let writer = tokio::task::spawn_blocking(move || write_in_order(file, rx));
-        let received = self.receive(conn, fd, size, offset, tx, progress).await;
-        let file = writer
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(format!("the writer failed: {e}"))))
-            .map_err(io_err(format!("writing {}", part.display())))?;
-        received?;
-        progress(size, size);
         file.sync_all()
             .map_err(io_err(format!("writing {}", part.display())))?;
         drop(file);
@@ -281,17 +243,4 @@ impl Client {
         self.store().file_fetched(&rec.peer, &rec.id, &target)?;
         Ok(target)
     }
-}
-
-/// Writes each piece at its offset, in the order they come, until the
-/// sender goes; gives the file back for its final sync.
-fn write_in_order(
-    file: std::fs::File,
-    mut rx: tokio::sync::mpsc::Receiver<(u64, Bytes)>,
-) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::FileExt as _;
-    while let Some((at, piece)) = rx.blocking_recv() {
-        file.write_all_at(&piece, at)?;
-    }
-    Ok(file)
 }

@@ -167,6 +167,7 @@ async fn run(
         Err(cause) => return cause,
     };
     shared.metrics.sessions_open.inc();
+    shared.metrics.handshake(channel.cipher());
     let device_key = channel.remote_static();
     let (reader, writer) = channel.split();
     let (out, rx) = outbox::outbox(shared.cfg.outbound_queue.max(1));

@@ -18,6 +18,11 @@ struct CodeLabel {
     code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CipherLabel {
+    cipher: &'static str,
+}
+
 /// All counters of one server.
 #[derive(Debug)]
 pub struct Metrics {
@@ -32,6 +37,7 @@ pub struct Metrics {
     pub online_devices: Gauge,
     closed: Family<ReasonLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
+    handshakes: Family<CipherLabel, Counter>,
     /// Frames received inside Noise.
     pub frames_in: Counter,
     /// Accounts created.
@@ -86,6 +92,7 @@ impl Metrics {
             online_devices: Gauge::default(),
             closed: Family::default(),
             errors: Family::default(),
+            handshakes: Family::default(),
             frames_in: Counter::default(),
             registrations: Counter::default(),
             messages_accepted: Counter::default(),
@@ -131,6 +138,11 @@ impl Metrics {
             m.closed.clone(),
         );
         registry.register("errors", "Error responses, by code", m.errors.clone());
+        registry.register(
+            "handshakes",
+            "Noise handshakes completed, by the cipher the client chose",
+            m.handshakes.clone(),
+        );
         registry.register("frames_received", "Frames received", m.frames_in.clone());
         registry.register("registrations", "Accounts created", m.registrations.clone());
         registry.register(
@@ -252,6 +264,16 @@ impl Metrics {
     }
 
     /// Counts an error response.
+    /// Counts a completed handshake under the cipher the client chose.
+    pub(crate) fn handshake(&self, cipher: ponte_transport::Cipher) {
+        let cipher = match cipher {
+            ponte_transport::Cipher::AesGcm => "aes256gcm",
+            ponte_transport::Cipher::ChaChaPoly => "chacha20poly1305",
+            _ => "other",
+        };
+        self.handshakes.get_or_create(&CipherLabel { cipher }).inc();
+    }
+
     pub(crate) fn error(&self, code: ErrorCode) {
         let code = code_label(code);
         self.errors.get_or_create(&CodeLabel { code }).inc();

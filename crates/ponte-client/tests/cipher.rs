@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{direct, start_server};
+use common::{direct, preamble_forwarder, start_server};
 use ponte_client::connection::Connection;
 use ponte_transport::{Cipher, Keypair};
 use ponte_wire::messages::{client_frame, server_frame, Ping};
@@ -14,37 +14,19 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// A front for `target` that behaves like a server from before the cipher
 /// choice: it closes a connection whose preamble has the AES-GCM bit
 /// (counting it in `refused`) and forwards the others.
 async fn old_server_front(target: SocketAddr, refused: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let refused = Arc::clone(&refused);
-            tokio::spawn(async move {
-                let mut preamble = [0u8; 2];
-                if inbound.read_exact(&mut preamble).await.is_err() {
-                    return;
-                }
-                if preamble[1] & 0x10 != 0 {
-                    refused.fetch_add(1, Ordering::SeqCst);
-                    return; // dropped: closed without an answer
-                }
-                let Ok(mut outbound) = TcpStream::connect(target).await else {
-                    return;
-                };
-                if outbound.write_all(&preamble).await.is_ok() {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
+    preamble_forwarder(target, move |[_, suite]| {
+        let aes = suite & 0x10 != 0;
+        if aes {
+            refused.fetch_add(1, Ordering::SeqCst);
         }
-    });
-    addr
+        !aes
+    })
+    .await
 }
 
 async fn ping(conn: &mut Connection) {

@@ -7,12 +7,10 @@
 
 mod common;
 
-use common::{start_server, try_register};
+use common::{preamble_forwarder, start_server, try_register};
 use ponte_client::{Client, ClientError};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
 
 const XX: [u8; 2] = [0x01, 0x01];
 const IK: [u8; 2] = [0x01, 0x02];
@@ -36,28 +34,13 @@ fn patterns(seen: &Mutex<Vec<[u8; 2]>>) -> Vec<[u8; 2]> {
 
 /// Forwards every connection to `upstream` and records its first two bytes.
 async fn recording_forwarder(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<[u8; 2]>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let record = Arc::clone(&record);
-            tokio::spawn(async move {
-                let mut preamble = [0u8; 2];
-                if client.read_exact(&mut preamble).await.is_err() {
-                    return;
-                }
-                record.lock().unwrap().push(preamble);
-                let Ok(mut server) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                if server.write_all(&preamble).await.is_ok() {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    });
+    let addr = preamble_forwarder(upstream, move |preamble| {
+        record.lock().unwrap().push(preamble);
+        true
+    })
+    .await;
     (addr, seen)
 }
 

@@ -765,9 +765,6 @@ impl Blobs {
         offset: u64,
         max_len: usize,
     ) -> io::Result<Option<Bytes>> {
-        if max_len == 0 {
-            return Ok(Some(Bytes::new()));
-        }
         if let Some(chunk) = lock(&self.ahead).take(&id, offset, max_len) {
             return Ok(Some(chunk));
         }

@@ -181,6 +181,37 @@ pub async fn forward(listener: TcpListener, target: SocketAddr) {
     }
 }
 
+/// A forwarder on 127.0.0.1:0 to `upstream` that reads each connection's
+/// two preamble bytes first and shows them to `admit`: forwarded (the
+/// preamble included) when it says so, else closed without an answer, as
+/// a server closes on a preamble it does not know.
+pub async fn preamble_forwarder(
+    upstream: SocketAddr,
+    admit: impl Fn([u8; 2]) -> bool + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admit = std::sync::Arc::new(admit);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let admit = std::sync::Arc::clone(&admit);
+            tokio::spawn(async move {
+                let mut preamble = [0u8; 2];
+                if client.read_exact(&mut preamble).await.is_err() || !admit(preamble) {
+                    return;
+                }
+                let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                if server.write_all(&preamble).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// Chunks read but not yet written, per direction of a delaying forwarder
 /// (the reader waits when that many are pending).
 const DELAYED_CHUNKS: usize = 4096;

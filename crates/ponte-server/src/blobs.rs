@@ -7,18 +7,15 @@
 //!   <32 hex digits>           a finished blob, named by its id
 //! ```
 //!
-//! Appends to an upload go through its [`Tail`], which exists while
-//! appends to it are in flight: they write their chunks in the order their
-//! frames came (a FIFO lock), each at the offset the previous one ended,
-//! without waiting for the disk; then each waits for a flush that covers
-//! its chunk (one `fdatasync` of the file and one store record of the new
-//! offset, for every chunk written meanwhile), and only then is it
-//! answered: an acknowledged chunk survives a crash, and a client that
-//! keeps several appends in flight pays one flush per batch, not one per
-//! 96 KiB chunk. Flushes are pipelined: one `fdatasync` at a time, each
-//! handing its record to the store (in order: each record moves the
-//! offset from where the previous one left it) before the next
-//! `fdatasync` starts, so a record's commit overlaps the next sync.
+//! Appends to an upload go through its [`Tail`] (`blobs/tail.rs`), which
+//! exists while appends to it are in flight: they queue their chunks in
+//! the order their frames came (a FIFO lock), each at the offset the
+//! previous one ended, for the tail's writer, one task on the blocking
+//! pool that writes every chunk queued so far, makes them durable with one
+//! `fdatasync` and one store record of the new offset, and only then
+//! answers their appends: an acknowledged chunk survives a crash, and a
+//! client that keeps several appends in flight pays one flush per batch,
+//! not one per 96 KiB chunk.
 //!
 //! Bytes past the recorded offset (a crash between a write and its
 //! record, or another node's append whose record is on its way, when the
@@ -31,7 +28,8 @@
 //! bytes) is never filled up: the append is refused, the recorded offset
 //! moved back to what the file holds, and the client goes on from there
 //! at its next connection. A failed write is cut off again and answered
-//! `UNAVAILABLE`; a failed flush poisons the tail (the kernel may have
+//! `UNAVAILABLE` (the appends queued behind it are told to go on from its
+//! offset); a failed flush poisons the tail (the kernel may have
 //! dropped the pages it could not write, so a later flush proves
 //! nothing): every append in flight is refused, and the next tail starts
 //! again from the recorded offset.
@@ -54,19 +52,18 @@
 //! of blobs that expired or were fetched by every recipient, then their
 //! rows.
 
-use crate::store::{AccountId, BlobId, BlobInfo};
+use crate::store::{BlobId, BlobInfo};
 use crate::Shared;
 use ahead::{ReadAhead, READ_AHEAD_CHUNKS};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::future::Future;
 use std::io::{self, Read as _};
-use std::ops::Deref;
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use tail::{Flushed, Record, TailHold};
+use tail::{Hashes, Running, Tail, Tails};
 
 /// The blob directory inside the data directory.
 pub const BLOB_DIR: &str = "blobs";
@@ -123,337 +120,10 @@ pub(crate) struct Blobs {
 /// each); the set is emptied when it is full.
 const MAX_FINISHED_ROWS: usize = 1024;
 
-type Tails = HashMap<BlobId, Arc<Tail>>;
-type Hashes = HashMap<BlobId, Running>;
-
-/// The SHA-256 of an upload's bytes `0..upto`, fed by this process's
-/// writes as they succeeded, in order. Kept across tails (a client that
-/// waits for its appends' answers lets the tail go between them) and
-/// dropped when a write does not start at `upto`.
-#[derive(Debug, Clone)]
-pub(crate) struct Running {
-    upto: u64,
-    sha: Sha256,
-}
-
-/// The appends in flight to one upload: they take turns to write in the
-/// order their frames came, then share flushes (see the module docs).
-#[derive(Debug)]
-pub(crate) struct Tail {
-    id: BlobId,
-    path: PathBuf,
-    /// The blob directory's running hashes (see [`Blobs`]).
-    hashes: Option<Arc<Mutex<Hashes>>>,
-    /// The turn to write: tokio's mutex is fair, so appends that asked for
-    /// it in frame order get it in frame order.
-    order: tokio::sync::Mutex<()>,
-    /// One `fdatasync` (and the submission of its record) at a time.
-    sync: tokio::sync::Mutex<()>,
-    state: Mutex<TailState>,
-    /// Recorded up to here (or failed), for appends whose chunk another
-    /// append's flush covers.
-    durable: tokio::sync::watch::Sender<Durable>,
-    /// The upload's row as an append of this tail read it, and the account
-    /// that read it: the appends in the middle of the upload take it from
-    /// here instead of reading the store once per chunk (see
-    /// [`Tail::row_for`]).
-    row: Mutex<Option<(AccountId, BlobInfo)>>,
-}
-
-/// How far an upload's tail is durable.
-#[derive(Debug, Clone, Copy, Default)]
-struct Durable {
-    /// Synced and recorded up to here.
-    recorded: u64,
-    /// A flush failed.
-    failed: bool,
-}
-
-#[derive(Debug, Default)]
-struct TailState {
-    /// The partial file, open from this tail's first write.
-    file: Option<Arc<File>>,
-    /// Where the next chunk goes; `None` until the first append read the
-    /// store's offset.
-    next: Option<u64>,
-    /// Synced up to here (its record may still be on its way).
-    synced: u64,
-    /// A flush failed: every append of this tail is refused.
-    poisoned: bool,
-}
-
-/// What a flush did for an append.
-#[derive(Debug)]
-pub(crate) enum Flushed {
-    /// Its chunk is on disk and its offset recorded.
-    Durable,
-    /// The store refused the record: the upload's row went (the sweep
-    /// deleted the expired upload), or its offset is not where this
-    /// tail's records left it (an append elsewhere recorded first). The
-    /// caller tells which (see `requests::upload`).
-    Refused,
-    /// The disk or the store failed; nothing past the recorded offset counts.
-    Failed(String),
-}
-
-/// A hold on an upload's [`Tail`]; the tail goes with its last hold.
-#[derive(Debug)]
-pub(crate) struct TailHold {
-    id: BlobId,
-    tail: Arc<Tail>,
-    tails: Arc<Mutex<Tails>>,
-}
-
-impl Deref for TailHold {
-    type Target = Tail;
-
-    fn deref(&self) -> &Tail {
-        &self.tail
-    }
-}
-
-impl Clone for TailHold {
-    /// Another hold on the same tail, made under the map's lock like every
-    /// hold (see `Drop`).
-    fn clone(&self) -> Self {
-        let _tails = lock(&self.tails);
-        Self {
-            id: self.id,
-            tail: Arc::clone(&self.tail),
-            tails: Arc::clone(&self.tails),
-        }
-    }
-}
-
-impl Drop for TailHold {
-    fn drop(&mut self) {
-        let mut tails = lock(&self.tails);
-        // New holds are only made under this lock: the map's and this one
-        // are the last.
-        if Arc::strong_count(&self.tail) == 2 {
-            tails.remove(&self.id);
-        }
-    }
-}
-
 /// A std mutex's guard, even after a panic elsewhere poisoned it (the
 /// state is plain data, valid at every step).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Tail {
-    /// The upload's row for an append of `account` (with the turn held)
-    /// whose chunk ends at `end`, if an earlier append of the same account
-    /// read it for this tail and the tail has written since: the row's
-    /// owner, size and hash do not change, the tail knows the offset
-    /// better than the row, and the rest is checked where it matters (an
-    /// append that reaches the end, or an empty one, reads the store; a
-    /// row that went meanwhile refuses the flush's record). `None`: read
-    /// the store.
-    pub(crate) fn row_for(&self, account: AccountId, end: u64) -> Option<BlobInfo> {
-        let st = lock(&self.state);
-        if st.poisoned || st.next.is_none() {
-            return None;
-        }
-        drop(st);
-        let row = lock(&self.row);
-        let (who, info) = row.as_ref()?;
-        let now = crate::store::UnixMillis::now();
-        (*who == account && end < info.size && !info.finished && info.expires_at > now)
-            .then(|| info.clone())
-    }
-
-    /// Keeps the row an append of `account` read, for [`Tail::row_for`].
-    pub(crate) fn remember_row(&self, account: AccountId, info: &BlobInfo) {
-        *lock(&self.row) = Some((account, info.clone()));
-    }
-
-    /// Waits for this append's turn to write. Asked for before the
-    /// append's first other wait, so turns follow the frames' order.
-    pub(crate) async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.order.lock().await
-    }
-
-    /// Where the next chunk must start (with the turn held): the end of
-    /// this tail's last write, or `recorded` (the store's offset) before
-    /// its first. `None` once a flush failed.
-    pub(crate) fn next_offset(&self, recorded: u64) -> Option<u64> {
-        let mut st = lock(&self.state);
-        if st.poisoned {
-            return None;
-        }
-        Some(match st.next {
-            Some(n) => n,
-            None => {
-                st.next = Some(recorded);
-                st.synced = recorded;
-                self.durable.send_replace(Durable {
-                    recorded,
-                    failed: false,
-                });
-                recorded
-            }
-        })
-    }
-
-    /// Writes `chunk` at `offset`, which [`Tail::next_offset`] gave (with
-    /// the turn held), without waiting for the disk. The tail's first
-    /// write leaves what an interrupted append (or another node's) left
-    /// past `offset`, and refuses a file that ends before `offset`
-    /// ([`Short`], see the module docs); a failed write is cut off again.
-    ///
-    /// The upload's running hash, if it reaches exactly `offset`, is fed
-    /// with the chunk once it is written (a write at offset 0 starts one);
-    /// any other write drops it, and the upload is read back when it
-    /// finishes.
-    pub(crate) async fn write(&self, offset: u64, chunk: Bytes) -> io::Result<()> {
-        let open = lock(&self.state).file.clone();
-        let path = self.path.clone();
-        let len = chunk.len() as u64;
-        // Taken out for the write (the turn is held, so no other write of
-        // this upload runs) and put back once the chunk is in it.
-        let running = self.hashes.as_ref().and_then(|h| {
-            let mut hashes = lock(h);
-            match hashes.remove(&self.id) {
-                Some(r) if r.upto == offset => Some(r),
-                _ if offset == 0 && hashes.len() < MAX_RUNNING_HASHES => Some(Running {
-                    upto: 0,
-                    sha: Sha256::new(),
-                }),
-                _ => None,
-            }
-        });
-        let (file, running) = blocking(move || {
-            let file = match open {
-                Some(f) => f,
-                None => {
-                    let parent = path.parent().unwrap_or(Path::new("."));
-                    let f = match open_private(&path, false) {
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                            create_private_dir(parent)?;
-                            let f = open_private(&path, false)?;
-                            // The partial file's name must survive a crash too.
-                            sync_dir(parent)?;
-                            f
-                        }
-                        r => r?,
-                    };
-                    let held = f.metadata()?.len();
-                    if held < offset {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, Short(held)));
-                    }
-                    Arc::new(f)
-                }
-            };
-            if let Err(e) = file.write_all_at(&chunk, offset) {
-                // A full disk: give back what the chunk took, so the file
-                // ends where the last good write did.
-                let _ = file.set_len(offset);
-                return Err(e);
-            }
-            let running = running.map(|mut r| {
-                r.sha.update(&chunk);
-                r.upto += len;
-                r
-            });
-            Ok((file, running))
-        })
-        .await?;
-        if let (Some(h), Some(r)) = (&self.hashes, running) {
-            lock(h).insert(self.id, r);
-        }
-        let mut st = lock(&self.state);
-        st.file = Some(file);
-        st.next = Some(offset + len);
-        Ok(())
-    }
-
-    /// Makes the chunk that ends at `end` durable: unless a flush already
-    /// covered it, `fdatasync`s everything written so far and records the
-    /// new offset with `record(from, to)` (false: the row went). The record
-    /// is handed to the store (polled once) before the next flush may
-    /// sync, so records reach the store in order.
-    pub(crate) async fn flush<F, E>(&self, end: u64, record: impl FnOnce(u64, u64) -> F) -> Flushed
-    where
-        F: Future<Output = Result<bool, E>>,
-        E: std::error::Error + 'static,
-    {
-        let one = self.sync.lock().await;
-        let job = {
-            let st = lock(&self.state);
-            if st.poisoned {
-                return Flushed::Failed("an earlier flush of this upload failed".into());
-            }
-            (st.synced < end).then(|| (st.file.clone(), st.synced, st.next.unwrap_or(end).max(end)))
-        };
-        let Some((file, from, to)) = job else {
-            // Synced by an earlier flush: wait for its record.
-            drop(one);
-            let mut rx = self.durable.subscribe();
-            return match rx.wait_for(|d| d.recorded >= end || d.failed).await {
-                Ok(d) if !d.failed => Flushed::Durable,
-                _ => Flushed::Failed("an earlier flush of this upload failed".into()),
-            };
-        };
-        let Some(file) = file else {
-            return self.poison(Flushed::Failed("nothing written to flush".into()));
-        };
-        if let Err(e) = blocking(move || file.sync_data()).await {
-            return self.poison(Flushed::Failed(e.to_string()));
-        }
-        lock(&self.state).synced = to;
-        let mut recording = std::pin::pin!(record(from, to));
-        // Handed to the store now, in order; answered whenever it commits.
-        let first = futures::poll!(recording.as_mut());
-        drop(one);
-        let recorded = match first {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => recording.await,
-        };
-        match recorded {
-            Ok(true) => {
-                self.durable
-                    .send_modify(|d| d.recorded = d.recorded.max(to));
-                Flushed::Durable
-            }
-            Ok(false) => self.poison(Flushed::Refused),
-            Err(e) => self.poison(Flushed::Failed(crate::Chain(&e).to_string())),
-        }
-    }
-
-    /// Refuses every later append of this tail, and every append waiting
-    /// for a flush; returns `outcome`.
-    fn poison(&self, outcome: Flushed) -> Flushed {
-        lock(&self.state).poisoned = true;
-        self.durable.send_modify(|d| d.failed = true);
-        outcome
-    }
-}
-
-/// The error of a tail's first write when the upload's file holds fewer
-/// bytes than the store recorded: how many it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Short(pub u64);
-
-impl std::fmt::Display for Short {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the upload's file holds {} bytes, fewer than recorded (is the blob directory \
-             shared by every node?)",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for Short {}
-
-impl Short {
-    /// The [`Short`] inside `e`, if that is what it is.
-    pub(crate) fn of(e: &io::Error) -> Option<Self> {
-        e.get_ref()?.downcast_ref::<Self>().copied()
-    }
 }
 
 /// An upload held while it is finished; released when dropped.
@@ -656,18 +326,7 @@ impl Blobs {
         let mut tails = lock(&self.tails);
         let tail = tails
             .entry(id)
-            .or_insert_with(|| {
-                Arc::new(Tail {
-                    id,
-                    path: self.partial(&id),
-                    hashes: self.hashes.clone(),
-                    order: tokio::sync::Mutex::new(()),
-                    sync: tokio::sync::Mutex::new(()),
-                    state: Mutex::new(TailState::default()),
-                    durable: tokio::sync::watch::Sender::new(Durable::default()),
-                    row: Mutex::new(None),
-                })
-            })
+            .or_insert_with(|| Arc::new(Tail::new(id, self.partial(&id), self.hashes.clone())))
             .clone();
         TailHold {
             id,
@@ -880,7 +539,10 @@ pub(crate) async fn sweep(shared: &Shared) {
 
 mod ahead;
 #[cfg(test)]
+mod recorded;
+#[cfg(test)]
 mod streamed;
+mod tail;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

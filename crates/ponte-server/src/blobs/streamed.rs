@@ -5,28 +5,9 @@
 //! refused either way.
 #![allow(clippy::unwrap_used)]
 
+use super::recorded::{self, answer, Gate, Recorded};
 use super::*;
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use std::future::{ready, Ready};
-
-/// The store's recorded offset, as a compare and set (`blob_advance`).
-struct Recorded(Mutex<u64>);
-
-impl Recorded {
-    fn get(&self) -> u64 {
-        *lock(&self.0)
-    }
-
-    fn advance(&self, from: u64, to: u64) -> Ready<Result<bool, io::Error>> {
-        let mut at = lock(&self.0);
-        let moved = *at == from;
-        if moved {
-            *at = to;
-        }
-        ready(Ok(moved))
-    }
-}
 
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 13 + i / 253) as u8).collect()
@@ -34,15 +15,11 @@ fn data(len: usize) -> Vec<u8> {
 
 /// Appends `bytes[recorded..end]` as one append would, each on a tail of
 /// its own (the previous one let go, as between a client's appends that
-/// wait for their answers), and flushes it.
-async fn append(blobs: &Blobs, id: BlobId, store: &Recorded, bytes: &[u8], end: usize) {
+/// wait for their answers), and waits until it is durable.
+async fn append(blobs: &Blobs, id: BlobId, store: &Arc<Recorded>, bytes: &[u8], end: usize) {
     let tail = blobs.tail(id);
-    let turn = tail.turn().await;
-    let at = tail.next_offset(store.get()).unwrap();
-    let chunk = Bytes::copy_from_slice(&bytes[at as usize..end]);
-    tail.write(at, chunk).await.unwrap();
-    drop(turn);
-    let flushed = tail.flush(end as u64, |f, t| store.advance(f, t)).await;
+    let flushed = recorded::append(&tail, store.get(), bytes, end, store.record()).await;
+    let flushed = answer(flushed).await;
     assert!(matches!(flushed, Flushed::Durable), "{flushed:?}");
 }
 
@@ -57,7 +34,7 @@ async fn an_upload_written_in_order_is_checked_by_its_running_hash() {
     let id: BlobId = [1; 16];
     let c = 4096;
     let bytes = data(3 * c + 100);
-    let store = Recorded(Mutex::new(0));
+    let store = Recorded::new();
     for end in [c, 2 * c, 3 * c, bytes.len()] {
         append(&blobs, id, &store, &bytes, end).await;
         assert_eq!(
@@ -89,7 +66,7 @@ async fn a_hash_mismatch_is_caught_by_the_running_hash() {
     // One byte of the second chunk differs from what the hash declares.
     let mut sent = declared.clone();
     sent[c + 7] ^= 0x40;
-    let store = Recorded(Mutex::new(0));
+    let store = Recorded::new();
     append(&blobs, id, &store, &sent, c).await;
     append(&blobs, id, &store, &sent, 2 * c).await;
     assert_eq!(blobs.hashed(&id), Some(2 * c as u64));
@@ -116,7 +93,7 @@ async fn an_upload_resumed_after_a_restart_is_read_back() {
         ([3; 16], &good, Finished::Stored),
         ([4; 16], &bad, Finished::Mismatch),
     ] {
-        let store = Recorded(Mutex::new(0));
+        let store = Recorded::new();
         {
             let before = Blobs::new(tmp.path());
             append(&before, id, &store, first, c).await;
@@ -141,17 +118,18 @@ async fn a_write_that_does_not_continue_the_running_hash_drops_it() {
     let id: BlobId = [5; 16];
     let c = 4096;
     let bytes = data(2 * c);
-    let store = Recorded(Mutex::new(0));
+    let store = Recorded::new();
     append(&blobs, id, &store, &bytes, c).await;
     {
-        // Written past the record, never recorded (the flush "failed").
+        // Written past the record, never recorded (the store failed, so
+        // the tail is poisoned and goes with its append).
         let tail = blobs.tail(id);
-        let _turn = tail.turn().await;
-        let at = tail.next_offset(store.get()).unwrap();
-        let chunk = Bytes::copy_from_slice(&bytes[at as usize..2 * c]);
-        tail.write(at, chunk).await.unwrap();
+        let flushed =
+            recorded::append(&tail, store.get(), &bytes, 2 * c, Recorded::failing()).await;
+        assert!(matches!(answer(flushed).await, Flushed::Failed(_)));
         assert_eq!(blobs.hashed(&id), Some(2 * c as u64));
     }
+    recorded::gone(&blobs, id).await;
     // The next tail goes on from the recorded offset, behind the hash.
     append(&blobs, id, &store, &bytes, 2 * c).await;
     assert_eq!(blobs.hashed(&id), None);
@@ -174,25 +152,24 @@ async fn a_shared_directory_is_read_back_and_sees_another_nodes_bytes() {
     let id: BlobId = [6; 16];
     let c = 4096;
     let bytes = data(3 * c);
-    let store = Recorded(Mutex::new(0));
+    let store = Recorded::new();
     append(&one, id, &store, &bytes, c).await;
+    // Node one's chunk is written, its record held; node two (whose
+    // tail started from the same recorded offset) writes other bytes over
+    // it, and its record is held too.
+    let (g1, g2) = (Gate::closed(), Gate::closed());
     let t1 = one.tail(id);
     let t2 = two.tail(id);
-    {
-        let _turn = t1.turn().await;
-        let at = t1.next_offset(store.get()).unwrap();
-        t1.write(at, Bytes::copy_from_slice(&bytes[c..2 * c]))
-            .await
-            .unwrap();
-    }
-    {
-        let _turn = t2.turn().await;
-        let at = t2.next_offset(store.get()).unwrap();
-        t2.write(at, Bytes::from(vec![0xee; c])).await.unwrap();
-    }
-    let flushed = t1.flush(2 * c as u64, |f, t| store.advance(f, t)).await;
+    let f1 = recorded::append(&t1, store.get(), &bytes, 2 * c, store.through(&g1)).await;
+    g1.reached().await;
+    let other = vec![0xee; 2 * c];
+    let f2 = recorded::append(&t2, store.get(), &other, 2 * c, store.through(&g2)).await;
+    g2.reached().await;
+    g1.open();
+    let flushed = answer(f1).await;
     assert!(matches!(flushed, Flushed::Durable), "{flushed:?}");
-    let flushed = t2.flush(2 * c as u64, |f, t| store.advance(f, t)).await;
+    g2.open();
+    let flushed = answer(f2).await;
     assert!(matches!(flushed, Flushed::Refused), "{flushed:?}");
     drop((t1, t2));
     append(&one, id, &store, &bytes, 3 * c).await;

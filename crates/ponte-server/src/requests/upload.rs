@@ -2,19 +2,20 @@
 //! blobs (the tus model: create, ask the offset, append at it).
 //!
 //! Create and offset run in place. Appends run alongside the session, so
-//! a client may keep several in flight: they take their turns to write in
-//! the order their frames came (the turn is asked for before any other
-//! wait), and each is answered only once a flush covers its chunk (on disk
-//! and its offset recorded; see `crate::blobs`). The upload's row is read
-//! from the store by a tail's first append, the last and empty ones; the
-//! appends in between take it from the tail (one store read less per
-//! chunk, on the path every chunk of the upload waits behind). An append at any offset
-//! but the one the previous append ended at is refused with that offset,
-//! as tus answers 409; the append that completes the upload checks the
-//! hash and makes the blob downloadable, or discards it.
+//! a client may keep several in flight: they take their turns to queue
+//! their chunks for the upload's writer in the order their frames came
+//! (the turn is asked for before any other wait), and each is answered
+//! only once a flush covers its chunk (on disk and its offset recorded;
+//! see `crate::blobs`). The upload's row is read from the store by a
+//! tail's first append, the last and empty ones; the appends in between
+//! take it from the tail (one store read less per chunk, on the path every
+//! chunk of the upload waits behind). An append at any offset but the one
+//! the previous append ended at is refused with that offset, as tus
+//! answers 409; the append that completes the upload checks the hash and
+//! makes the blob downloadable, or discards it.
 
 use super::{arr, Context, Refusal, Reply, Request, Runs};
-use crate::blobs::{Finished, Flushed, Short};
+use crate::blobs::{Finished, Flushed, Record};
 use crate::store::{BlobCreateOutcome, BlobId, BlobInfo, NewBlob, UnixMillis};
 use ponte_wire::messages::{self, server_frame, ErrorCode, ErrorFrame};
 use std::sync::Arc;
@@ -189,44 +190,50 @@ impl Request for messages::UploadAppend {
             ));
         };
         if len > 0 {
-            if let Err(e) = tail.write(expected, self.chunk).await {
-                // A full disk (or a failing one): nothing of this chunk
-                // counts, and what was acknowledged stays.
-                tracing::warn!("blob append failed: {e}");
-                if let Some(Short(held)) = Short::of(&e) {
-                    // The file ends before the recorded offset: move the
-                    // offset back to it; the client's next connection asks
-                    // for the offset and goes on from there.
-                    if let Err(e) = cx.shared.store.blob_advance(id, expected, held).await {
-                        tracing::warn!(
-                            "moving an upload's offset back failed: {}",
-                            crate::Chain(&e)
-                        );
-                    }
-                }
-                return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
-            }
-            drop(turn);
-            // The flush runs to its end even if the connection drops
-            // meanwhile (the session then drops this request): its record
-            // may already be with the store, and until it is committed the
-            // tail must stay, so that the next append (on any connection)
-            // goes on from this tail's offsets instead of starting a new
-            // tail at a stored offset that is about to move.
-            let hold = tail.clone();
             let shared = Arc::clone(&cx.shared);
-            let flushed = tokio::spawn(async move {
-                let record = |from, to| {
+            let record: Record = Arc::new(move |from, to| {
+                let shared = Arc::clone(&shared);
+                Box::pin(async move {
                     shared.metrics.blob_flushes.inc();
-                    shared.store.blob_advance(id, from, to)
-                };
-                hold.flush(end, record).await
-            })
-            .await
-            .unwrap_or_else(|e| Flushed::Failed(format!("the flush task ended: {e}")));
+                    shared
+                        .store
+                        .blob_advance(id, from, to)
+                        .await
+                        .map_err(|e| crate::Chain(&e).to_string())
+                })
+            });
+            // Queued for the tail's writer, which holds the tail until the
+            // chunk's record is committed, even if the connection drops
+            // meanwhile (the session then drops this request): until then
+            // the next append (on any connection) must go on from this
+            // tail's offsets, not start a new tail at a stored offset that
+            // is about to move.
+            let flushed = tail.append(expected, self.chunk, record);
+            drop(turn);
+            // The tail stays while an append waits for its answer.
+            let flushed = flushed.await;
+            drop(tail);
             match flushed {
                 Flushed::Durable => {}
                 Flushed::Refused => return refused(&cx, id).await,
+                Flushed::Behind(at) => return Ok(mismatch(&cx, at)),
+                Flushed::NotWritten { error, short } => {
+                    // A full disk (or a failing one): nothing of this chunk
+                    // counts, and what was acknowledged stays.
+                    tracing::warn!("blob append failed: {error}");
+                    if let Some(held) = short {
+                        // The file ends before the recorded offset: move the
+                        // offset back to it; the client's next connection
+                        // asks for the offset and goes on from there.
+                        if let Err(e) = cx.shared.store.blob_advance(id, expected, held).await {
+                            tracing::warn!(
+                                "moving an upload's offset back failed: {}",
+                                crate::Chain(&e)
+                            );
+                        }
+                    }
+                    return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
+                }
                 Flushed::Failed(e) => {
                     tracing::warn!("blob append failed: {e}");
                     return Err(Refusal::new(ErrorCode::Unavailable, "try again later"));
@@ -236,8 +243,8 @@ impl Request for messages::UploadAppend {
             info.offset = end;
         } else {
             drop(turn);
+            drop(tail);
         }
-        drop(tail);
         if !info.finished && info.offset == info.size {
             let Some(_busy) = cx.shared.blobs.hold(id) else {
                 return Err(Refusal::new(ErrorCode::Unavailable, "upload busy"));

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         encode(payload, CAP, &mut again).unwrap();
         assert_eq!(&again[..], &rest[..consumed]);
         if let Ok(f) = decode_client_frame(payload) {
-            assert_eq!(decode_client_frame(&f.encode_to_vec()[..]).unwrap(), f);
+            assert_eq!(decode_client_frame(&f.encode_to_vec()).unwrap(), f);
         }
         if let Ok(f) = decode_server_frame(payload) {
             assert_eq!(decode_server_frame(&f.encode_to_vec()).unwrap(), f);

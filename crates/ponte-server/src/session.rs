@@ -215,7 +215,7 @@ impl Session {
                 r = reader.recv_frame(), if can_read => match r {
                     Ok(Some(payload)) => {
                         last_activity = tokio::time::Instant::now();
-                        Box::pin(self.on_frame(payload)).await
+                        Box::pin(self.on_frame(&payload)).await
                     }
                     Ok(None) => Err(CloseCause::ClientClosed),
                     Err(TransportError::Frame(_)) => Err(CloseCause::FrameTooLarge),
@@ -282,7 +282,7 @@ impl Session {
         self.send(refusal_frame(&self.shared, request_id, r)).await
     }
 
-    async fn on_frame(&mut self, payload: bytes::Bytes) -> Result<(), CloseCause> {
+    async fn on_frame(&mut self, payload: &[u8]) -> Result<(), CloseCause> {
         self.shared.metrics.frames_in.inc();
         // Decoding allocates for every repeated entry (an upload of 65,000
         // empty keys fits in 128 KiB and decodes to ~6 MiB), so each kind
@@ -302,7 +302,7 @@ impl Session {
             // cap (a chunk is further capped once decoded); a group
             // message's is its body cap plus 1,024 recipients.
             payload.len() > small
-                && match messages::client_body_field(&payload) {
+                && match messages::client_body_field(payload) {
                     Some(messages::SEND_FIELD | messages::UPLOAD_APPEND_FIELD) => false,
                     Some(messages::SEND_GROUP_FIELD) => {
                         payload.len() > messages::max_group_frame_len(self.shared.cfg.max_body_len)
@@ -319,9 +319,9 @@ impl Session {
         // their bytes, which the frame holds.
         if self.account.is_some()
             && payload.len() > 2 * messages::MAX_GROUP_RECIPIENTS
-            && messages::client_body_field(&payload) == Some(messages::SEND_GROUP_FIELD)
+            && messages::client_body_field(payload) == Some(messages::SEND_GROUP_FIELD)
         {
-            match messages::group_frame_head(&payload) {
+            match messages::group_frame_head(payload) {
                 Some(head) if head.recipients > messages::MAX_GROUP_RECIPIENTS => {
                     let r = Refusal::new(ErrorCode::LimitExceeded, "more than 1024 recipients")
                         .about(head.message_id);
@@ -331,9 +331,7 @@ impl Session {
                 None => return Err(CloseCause::MalformedFrame),
             }
         }
-        // Decoded from the frame's buffer: a chunk or a body is a slice of
-        // it, not a copy.
-        let frame: ClientFrame = match messages::decode_client_frame(payload.clone()) {
+        let frame: ClientFrame = match messages::decode_client_frame(payload) {
             Ok(f) => f,
             Err(MessageError::MissingBody) => {
                 // An empty frame, or a request type this server does not know.

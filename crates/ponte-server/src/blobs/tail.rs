@@ -618,3 +618,6 @@ impl Short {
         e.get_ref()?.downcast_ref::<Self>().copied()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -548,7 +548,17 @@ fn flush_batch(tail: &TailHold) -> Vec<Answer> {
         tail.poison(&failed);
         return answers(written, &failed);
     }
-    lock(&tail.state).handed = to;
+    {
+        let mut st = lock(&tail.state);
+        if st.poisoned {
+            // An earlier record failed meanwhile: this one would move the
+            // offset from where that one did not.
+            drop(st);
+            let failed = Flushed::Failed("an earlier flush of this upload failed".into());
+            return answers(written, &failed);
+        }
+        st.handed = to;
+    }
     let mut record = (last.record)(from, to);
     let waker = futures::task::noop_waker();
     match record

@@ -35,6 +35,11 @@ impl Recorded {
         *lock(&self.at)
     }
 
+    /// Records handed over so far.
+    pub(super) fn handed(&self) -> u64 {
+        *lock(&self.handed)
+    }
+
     /// `blob_advance`: moves the offset from `from` to `to`, after the
     /// records handed over before it and once `gate` (if any) opens;
     /// false if the offset was not at `from`.

@@ -85,8 +85,6 @@ pub(crate) struct Tail {
 
 #[derive(Debug, Default)]
 struct TailState {
-    /// The partial file, open from the writer's first chunk.
-    file: Option<Arc<File>>,
     /// Where the next chunk goes; `None` until the first append read the
     /// store's offset.
     next: Option<u64>,
@@ -112,6 +110,9 @@ struct Written {
     end: u64,
     record: Record,
     done: oneshot::Sender<Flushed>,
+    /// The file it was written to (opened by the first chunk of its
+    /// batch).
+    file: Arc<File>,
 }
 
 impl std::fmt::Debug for Written {
@@ -283,17 +284,23 @@ impl Tail {
         }
     }
 
-    /// Writes one chunk at `offset` (the writer's, in order). The tail's
-    /// first write leaves what an interrupted append (or another node's)
-    /// left past `offset`, and refuses a file that ends before `offset`
-    /// ([`Short`], see the module docs of `blobs`); a failed write is cut
-    /// off again.
+    /// Writes one chunk at `offset` (the writer's, in order). The first
+    /// write of a batch opens the file (`file` is `None`): it leaves what
+    /// an interrupted append (or another node's) left past `offset`, and
+    /// refuses a file that ends before `offset` ([`Short`], see the module
+    /// docs of `blobs`), so a file that lost bytes (or went) since the
+    /// last batch is noticed at the next; a failed write is cut off again.
     ///
     /// The upload's running hash, if it reaches exactly `offset`, is fed
     /// with the chunk once it is written (a write at offset 0 starts one);
     /// any other write drops it, and the upload is read back when it
     /// finishes.
-    fn write_one(&self, file: &mut Option<Arc<File>>, offset: u64, chunk: &[u8]) -> io::Result<()> {
+    fn write_one(
+        &self,
+        file: &mut Option<Arc<File>>,
+        offset: u64,
+        chunk: &[u8],
+    ) -> io::Result<Arc<File>> {
         let f = match file {
             Some(f) => Arc::clone(f),
             None => {
@@ -341,7 +348,7 @@ impl Tail {
             r.upto += chunk.len() as u64;
             lock(h).insert(self.id, r);
         }
-        Ok(())
+        Ok(f)
     }
 }
 
@@ -474,10 +481,8 @@ impl Drop for Worker {
 /// Writes the chunks queued now, in order, and hands them to the flusher
 /// (started if it does not run); answers for chunks that were not written.
 fn write_batch(tail: &TailHold) -> Vec<Answer> {
-    let (batch, mut file) = {
-        let mut st = lock(&tail.state);
-        (std::mem::take(&mut st.queue), st.file.clone())
-    };
+    let batch = std::mem::take(&mut lock(&tail.state).queue);
+    let mut file = None;
     let mut answers = Vec::new();
     let mut written = Vec::with_capacity(batch.len());
     let mut failed: Option<u64> = None;
@@ -488,10 +493,11 @@ fn write_batch(tail: &TailHold) -> Vec<Answer> {
         }
         let end = q.offset + q.chunk.len() as u64;
         match tail.write_one(&mut file, q.offset, &q.chunk) {
-            Ok(()) => written.push(Written {
+            Ok(f) => written.push(Written {
                 end,
                 record: q.record,
                 done: q.done,
+                file: f,
             }),
             Err(e) => {
                 failed = Some(q.offset);
@@ -503,7 +509,6 @@ fn write_batch(tail: &TailHold) -> Vec<Answer> {
     }
     let start = {
         let mut st = lock(&tail.state);
-        st.file = file;
         if let Some(at) = failed {
             // Nothing queued after the failed chunk can be written: those
             // appends go on from its offset, as the next ones do.
@@ -535,15 +540,23 @@ fn write_batch(tail: &TailHold) -> Vec<Answer> {
 /// that its commit overlaps the next batch's sync. The answers for their
 /// appends, when the record was answered at once (else the task answers).
 fn flush_batch(tail: &TailHold) -> Vec<Answer> {
-    let (written, file, from) = {
+    let (written, from) = {
         let mut st = lock(&tail.state);
-        (std::mem::take(&mut st.written), st.file.clone(), st.handed)
+        (std::mem::take(&mut st.written), st.handed)
     };
-    let (Some(last), Some(file)) = (written.last(), file) else {
+    let Some(last) = written.last() else {
         return Vec::new();
     };
     let to = last.end;
-    if let Err(e) = file.sync_data() {
+    // Each file the chunks went to: one, unless the file was replaced
+    // between two batches.
+    let mut files: Vec<&Arc<File>> = Vec::with_capacity(1);
+    for w in &written {
+        if !files.iter().any(|f| Arc::ptr_eq(f, &w.file)) {
+            files.push(&w.file);
+        }
+    }
+    if let Err(e) = files.iter().try_for_each(|f| f.sync_data()) {
         let failed = Flushed::Failed(e.to_string());
         tail.poison(&failed);
         return answers(written, &failed);

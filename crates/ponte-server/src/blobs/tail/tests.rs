@@ -105,7 +105,8 @@ async fn a_batch_is_flushed_and_recorded_once() {
     for w in waits {
         assert!(matches!(answer(w).await, Flushed::Durable));
     }
-    assert_eq!(store.get(), 40, "one record of the whole batch");
+    assert_eq!(store.get(), 40);
+    assert_eq!(store.handed(), 1, "one record of the whole batch");
     let bytes: Vec<u8> = (0..4u8).flat_map(|i| [i; 10]).collect();
     assert_eq!(std::fs::read(&tail.path).unwrap(), bytes);
 }

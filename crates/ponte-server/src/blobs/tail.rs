@@ -1,26 +1,29 @@
-//! An upload's [`Tail`]: the appends in flight to it, and the writer that
-//! puts their chunks on disk.
+//! An upload's [`Tail`]: the appends in flight to it, and the two
+//! workers that put their chunks on disk.
 //!
 //! An append takes its turn (a FIFO lock, so turns follow the frames'
 //! order), learns where its chunk must start ([`Tail::next_offset`]) and
-//! hands the chunk to the tail's writer ([`TailHold::append`]); then it
-//! lets the turn go and waits for the writer's answer. The writer is one
-//! task on the blocking pool that runs while chunks are queued: it takes
-//! every chunk queued so far, writes them in order (feeding the upload's
-//! running hash), makes them durable with one `fdatasync`, records the
-//! new offset in the store, and only then answers each of their appends.
-//! Chunks that come while it works are the next batch. So a client that
-//! keeps several appends in flight pays one flush and one store record
-//! per batch, not per 96 KiB chunk, and a chunk crosses threads twice
-//! (to the writer and back with its answer), however many steps it takes
-//! there: each hop between threads is a wake-up on the path every chunk
-//! of the upload waits behind.
+//! queues the chunk ([`TailHold::append`]); then it lets the turn go and
+//! waits for one answer. Two workers run on the blocking pool while they
+//! have work: the writer takes every chunk queued so far and writes them
+//! in order (feeding the upload's running hash), then hands them to the
+//! flusher, which makes everything written so far durable with one
+//! `fdatasync` and hands one record of the new offset to the store; the
+//! appends are answered once that record is committed. Chunks that come
+//! while a worker is busy are its next batch. So a client that keeps
+//! several appends in flight pays one flush and one store record per
+//! batch, not per 96 KiB chunk, and a chunk crosses threads a few times
+//! per batch rather than eight or nine times of its own: each hop between
+//! threads is a wake-up on the path every chunk of the upload waits
+//! behind.
 //!
-//! Records reach the store in order (one writer per tail). The writer
-//! holds the tail until its record is committed, even if the connection
-//! drops meanwhile: the next append (on any connection) goes on from this
-//! tail's offsets instead of starting a new tail at a stored offset that
-//! is about to move.
+//! Records reach the store in order: the flusher polls each once, which
+//! queues it at the store, before it syncs the next batch; a task of its
+//! own awaits the commit (which so overlaps the next sync) and answers.
+//! The workers and that task hold the tail until the record is
+//! committed, even if the connection drops meanwhile: the next append (on
+//! any connection) goes on from this tail's offsets instead of starting a
+//! new tail at a stored offset that is about to move.
 //!
 //! A chunk that cannot be written (a full disk, or a file shorter than
 //! the recorded offset: [`Short`]) is cut off again; the chunks queued
@@ -88,8 +91,6 @@ struct TailState {
     /// Where the next chunk goes; `None` until the first append read the
     /// store's offset.
     next: Option<u64>,
-    /// Durable and recorded up to here.
-    recorded: u64,
     /// Durable, and its record handed to the store, up to here: where the
     /// next record moves the offset from.
     handed: u64,
@@ -160,6 +161,13 @@ pub(crate) enum Flushed {
     /// A chunk before this one could not be written, so this one was not
     /// either: the upload goes on from this offset.
     Behind(u64),
+}
+
+impl Flushed {
+    /// The answer of every append of a poisoned tail.
+    fn earlier_failure() -> Self {
+        Self::Failed("an earlier flush of this upload failed".into())
+    }
 }
 
 /// A hold on an upload's [`Tail`]; the tail goes with its last hold.
@@ -257,7 +265,6 @@ impl Tail {
             Some(n) => n,
             None => {
                 st.next = Some(recorded);
-                st.recorded = recorded;
                 st.handed = recorded;
                 recorded
             }
@@ -367,9 +374,7 @@ impl TailHold {
         let start = {
             let mut st = lock(&self.state);
             if st.poisoned {
-                let _ = done.send(Flushed::Failed(
-                    "an earlier flush of this upload failed".into(),
-                ));
+                let _ = done.send(Flushed::earlier_failure());
                 false
             } else {
                 st.next = Some(offset + chunk.len() as u64);
@@ -518,7 +523,7 @@ fn write_batch(tail: &TailHold) -> Vec<Answer> {
         }
         if st.poisoned {
             // The flusher failed meanwhile: these chunks prove nothing.
-            let failed = Flushed::Failed("an earlier flush of this upload failed".into());
+            let failed = Flushed::earlier_failure();
             answers.extend(written.into_iter().map(|w| (w.done, failed.clone())));
             false
         } else if written.is_empty() {
@@ -567,7 +572,7 @@ fn flush_batch(tail: &TailHold) -> Vec<Answer> {
             // An earlier record failed meanwhile: this one would move the
             // offset from where that one did not.
             drop(st);
-            let failed = Flushed::Failed("an earlier flush of this upload failed".into());
+            let failed = Flushed::earlier_failure();
             return answers(written, &failed);
         }
         st.handed = to;
@@ -578,12 +583,12 @@ fn flush_batch(tail: &TailHold) -> Vec<Answer> {
         .as_mut()
         .poll(&mut std::task::Context::from_waker(&waker))
     {
-        Poll::Ready(r) => answers(written, &recorded(tail, to, r)),
+        Poll::Ready(r) => answers(written, &recorded(tail, r)),
         Poll::Pending => {
             // Holds the tail until the record is committed.
             let hold = tail.clone();
             tokio::spawn(async move {
-                let outcome = recorded(&hold, to, record.await);
+                let outcome = recorded(&hold, record.await);
                 drop(hold);
                 for (done, outcome) in answers(written, &outcome) {
                     let _ = done.send(outcome);
@@ -594,15 +599,11 @@ fn flush_batch(tail: &TailHold) -> Vec<Answer> {
     }
 }
 
-/// What the store's answer to the record of offset `to` makes of the
+/// What the store's answer to a record makes of the
 /// chunks it covers (a failure poisons the tail).
-fn recorded(tail: &Tail, to: u64, r: Result<bool, String>) -> Flushed {
+fn recorded(tail: &Tail, r: Result<bool, String>) -> Flushed {
     let outcome = match r {
-        Ok(true) => {
-            let mut st = lock(&tail.state);
-            st.recorded = st.recorded.max(to);
-            return Flushed::Durable;
-        }
+        Ok(true) => return Flushed::Durable,
         Ok(false) => Flushed::Refused,
         Err(e) => Flushed::Failed(e),
     };

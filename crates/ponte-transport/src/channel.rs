@@ -1,13 +1,12 @@
 //! An established channel: Noise transport messages carrying a byte stream
 //! of application frames, whole or split into a reader and a writer half.
 
+use crate::cipher::{seal_all, CipherState, Sealing, MSG_LEN_PREFIX};
 use crate::handshake::fill;
-use crate::{Cipher, Pattern, TransportError, MAX_NOISE_PLAINTEXT, TAG_LEN};
+use crate::{Cipher, Pattern, TransportError, TAG_LEN};
 use bytes::{Buf, Bytes, BytesMut};
 use ponte_wire::frame::{self, Decoded};
-use snow::StatelessTransportState;
 use std::fmt;
-use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 /// A receive buffer that grew past this (a large frame went through) is
@@ -19,8 +18,7 @@ const SHRINK_ABOVE: usize = 16 * 1024;
 /// Receiving state of a channel (cancel-safe: nothing is consumed until a
 /// whole Noise message is buffered).
 struct RecvState {
-    noise: Arc<StatelessTransportState>,
-    nonce: u64,
+    cipher: CipherState,
     /// Ciphertext bytes read but not yet decrypted.
     rbuf: BytesMut,
     /// Decrypted bytes not yet returned as frames.
@@ -80,7 +78,7 @@ impl RecvState {
                 self.rbuf.reserve(2 + crate::MAX_NOISE_MSG);
                 self.rbuf_big = true;
             }
-            if !fill(io, &mut self.rbuf, 2).await? {
+            if !fill(io, &mut self.rbuf, MSG_LEN_PREFIX).await? {
                 if self.rbuf.is_empty() && self.pbuf.is_empty() {
                     return Ok(None);
                 }
@@ -90,24 +88,24 @@ impl RecvState {
             if len < TAG_LEN {
                 return Err(TransportError::Decrypt);
             }
-            if !fill(io, &mut self.rbuf, 2 + len).await? {
+            let wire = MSG_LEN_PREFIX + len;
+            if !fill(io, &mut self.rbuf, wire).await? {
                 return Err(TransportError::UnexpectedEof);
             }
             let start = self.pbuf.len();
             // Room for the rest of the frame at once, so a frame spanning
             // messages is not copied each time the buffer grows.
             self.pbuf.reserve(len.max(self.lacking));
-            self.pbuf.resize(start + len, 0);
-            let n = self
-                .noise
-                .read_message(self.nonce, &self.rbuf[2..2 + len], &mut self.pbuf[start..])
-                .map_err(|_| TransportError::Decrypt)?;
+            // The one copy: the ciphertext goes after the plaintext so far
+            // and is opened there.
+            self.pbuf
+                .extend_from_slice(&self.rbuf[MSG_LEN_PREFIX..wire]);
+            let n = self.cipher.open_in_place(&mut self.pbuf[start..])?;
             self.pbuf.truncate(start + n);
-            self.nonce = self.nonce.wrapping_add(1);
-            self.rbuf.advance(2 + len);
+            self.rbuf.advance(wire);
             if !self.rbuf_big
                 && self.rbuf.is_empty()
-                && (2 + len > SHRINK_ABOVE || self.rbuf.capacity() > SHRINK_ABOVE)
+                && (wire > SHRINK_ABOVE || self.rbuf.capacity() > SHRINK_ABOVE)
             {
                 self.rbuf = BytesMut::with_capacity(256);
             }
@@ -121,42 +119,23 @@ impl RecvState {
 
 /// Sending state of a channel.
 struct SendState {
-    noise: Arc<StatelessTransportState>,
-    nonce: u64,
+    cipher: CipherState,
     max_frame_len: usize,
 }
 
 impl SendState {
-    fn seal(&mut self, plain: &[u8]) -> Result<Vec<u8>, TransportError> {
-        let chunks = plain.len().div_ceil(MAX_NOISE_PLAINTEXT).max(1);
-        let mut out = vec![0u8; plain.len() + chunks * (2 + TAG_LEN)];
-        let mut at = 0;
-        // Encrypt straight into the output: no scratch buffer per message.
-        for chunk in plain.chunks(MAX_NOISE_PLAINTEXT) {
-            let room = &mut out[at + 2..at + 2 + chunk.len() + TAG_LEN];
-            let n = self
-                .noise
-                .write_message(self.nonce, chunk, room)
-                .map_err(TransportError::Encrypt)?;
-            self.nonce = self.nonce.wrapping_add(1);
-            let len = u16::try_from(n).map_err(|_| TransportError::HandshakeLength(n))?;
-            out[at..at + 2].copy_from_slice(&len.to_be_bytes());
-            at += 2 + n;
-        }
-        out.truncate(at);
-        Ok(out)
-    }
-
     async fn send_frames<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
         payloads: &[&[u8]],
     ) -> Result<(), TransportError> {
-        let mut plain = Vec::new();
+        let plain_len = payloads.iter().map(|p| frame::LEN_PREFIX + p.len()).sum();
+        let mut sealing = Sealing::new(&mut self.cipher, plain_len);
         for p in payloads {
-            frame::encode(p, self.max_frame_len, &mut plain)?;
+            sealing.write(&frame::prefix(p.len(), self.max_frame_len)?)?;
+            sealing.write(p)?;
         }
-        let sealed = self.seal(&plain)?;
+        let sealed = sealing.finish()?;
         io.write_all(&sealed).await?;
         io.flush().await?;
         Ok(())
@@ -167,9 +146,12 @@ impl SendState {
         io: &mut W,
         msg: &M,
     ) -> Result<(), TransportError> {
-        let mut plain = Vec::new();
+        // Encoded after room for the first message's length, and sealed
+        // where it is.
+        let mut plain = Vec::with_capacity(MSG_LEN_PREFIX + frame::LEN_PREFIX + msg.encoded_len());
+        plain.extend_from_slice(&[0; MSG_LEN_PREFIX]);
         frame::encode_message(msg, self.max_frame_len, &mut plain)?;
-        let sealed = self.seal(&plain)?;
+        let sealed = seal_all(&mut self.cipher, plain)?;
         io.write_all(&sealed).await?;
         io.flush().await?;
         Ok(())
@@ -204,20 +186,20 @@ impl<S> fmt::Debug for Channel<S> {
 }
 
 impl<S> Channel<S> {
+    /// `(send, recv)`: this side's two cipher states from the handshake's
+    /// split.
     pub(crate) fn new(
         io: S,
-        transport: StatelessTransportState,
+        (send, recv): (CipherState, CipherState),
         remote_static: [u8; 32],
         (pattern, cipher): (Pattern, Cipher),
         leftover: BytesMut,
         max_frame_len: usize,
     ) -> Self {
-        let noise = Arc::new(transport);
         Self {
             io,
             recv: RecvState {
-                noise: Arc::clone(&noise),
-                nonce: 0,
+                cipher: recv,
                 rbuf: leftover,
                 pbuf: BytesMut::new(),
                 lacking: 0,
@@ -225,8 +207,7 @@ impl<S> Channel<S> {
                 max_frame_len,
             },
             send: SendState {
-                noise,
-                nonce: 0,
+                cipher: send,
                 max_frame_len,
             },
             remote_static,

@@ -1,14 +1,16 @@
 //! The handshake: the preamble, XX and IK as client and server, each
 //! under the configured timeout, ending in a [`Channel`].
 
+use crate::cipher::CipherState;
 use crate::keys::{builder, from_suite_byte, suite_byte};
 use crate::{
-    Channel, ClientConfig, Keypair, Pattern, ServerConfig, TransportError, MAX_HANDSHAKE_MSG,
-    PROLOGUE, PROTOCOL_VERSION,
+    Channel, Cipher, ClientConfig, Keypair, Pattern, ServerConfig, TransportError,
+    MAX_HANDSHAKE_MSG, PROLOGUE, PROTOCOL_VERSION,
 };
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::Zeroizing;
 
 fn prologue(suite: u8) -> Vec<u8> {
     let mut p = PROLOGUE.to_vec();
@@ -196,12 +198,10 @@ where
         io.write_all(&out).await?;
         io.flush().await?;
     }
-    let transport = hs
-        .into_stateless_transport_mode()
-        .map_err(TransportError::Handshake)?;
+    let ciphers = split(&mut hs, cipher, Side::Initiator)?;
     Ok(Channel::new(
         io,
-        transport,
+        ciphers,
         cfg.server_key,
         (pattern, cipher),
         rbuf,
@@ -255,15 +255,45 @@ where
             .map_err(TransportError::Handshake)?;
     }
     let remote = remote_key(&hs).ok_or(TransportError::HandshakeLength(0))?;
-    let transport = hs
-        .into_stateless_transport_mode()
-        .map_err(TransportError::Handshake)?;
+    let ciphers = split(&mut hs, cipher, Side::Responder)?;
     Ok(Channel::new(
         io,
-        transport,
+        ciphers,
         remote,
         (pattern, cipher),
         rbuf,
         cfg.max_frame_len,
+    ))
+}
+
+/// Which end of the handshake this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Initiator,
+    Responder,
+}
+
+/// The finished handshake's split: this side's `(send, recv)` cipher
+/// states (Noise's first key is the initiator's to send with, the second
+/// the responder's). The raw keys are wiped once the states hold them.
+pub(crate) fn split(
+    hs: &mut snow::HandshakeState,
+    cipher: Cipher,
+    side: Side,
+) -> Result<(CipherState, CipherState), TransportError> {
+    if !hs.is_handshake_finished() {
+        return Err(TransportError::Handshake(snow::Error::State(
+            snow::error::StateProblem::HandshakeNotFinished,
+        )));
+    }
+    let (first, second) = hs.dangerously_get_raw_split();
+    let (first, second) = (Zeroizing::new(first), Zeroizing::new(second));
+    let (send, recv) = match side {
+        Side::Initiator => (&first, &second),
+        Side::Responder => (&second, &first),
+    };
+    Ok((
+        CipherState::new(cipher, send)?,
+        CipherState::new(cipher, recv)?,
     ))
 }

@@ -123,6 +123,7 @@ pub enum TransportError {
 }
 
 mod channel;
+mod cipher;
 mod handshake;
 mod keys;
 

@@ -90,18 +90,25 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Decoded<'_>, FrameError> {
     }
 }
 
-/// Appends a frame carrying `payload` to `out`.
-pub fn encode(payload: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
+/// The length prefix of a frame carrying `len` bytes of payload, unless
+/// that exceeds `max_len`.
+pub fn prefix(len: usize, max_len: usize) -> Result<[u8; LEN_PREFIX], FrameError> {
     let too_large = || FrameError::TooLarge {
-        len: payload.len() as u64,
+        len: len as u64,
         max: max_len,
     };
-    if payload.len() > max_len {
+    if len > max_len {
         return Err(too_large());
     }
-    let len = u32::try_from(payload.len()).map_err(|_| too_large())?;
+    let len = u32::try_from(len).map_err(|_| too_large())?;
+    Ok(len.to_be_bytes())
+}
+
+/// Appends a frame carrying `payload` to `out`.
+pub fn encode(payload: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let prefix = prefix(payload.len(), max_len)?;
     out.reserve(LEN_PREFIX + payload.len());
-    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&prefix);
     out.extend_from_slice(payload);
     Ok(())
 }
@@ -113,18 +120,9 @@ pub fn encode_message<M: prost::Message>(
     out: &mut Vec<u8>,
 ) -> Result<(), FrameError> {
     let len = msg.encoded_len();
-    if len > max_len {
-        return Err(FrameError::TooLarge {
-            len: len as u64,
-            max: max_len,
-        });
-    }
-    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge {
-        len: len as u64,
-        max: max_len,
-    })?;
+    let prefix = prefix(len, max_len)?;
     out.reserve(LEN_PREFIX + len);
-    out.extend_from_slice(&len32.to_be_bytes());
+    out.extend_from_slice(&prefix);
     // Cannot fail: `out` has room (Vec grows) and `len` was computed above.
     msg.encode_raw(out);
     Ok(())

@@ -657,11 +657,19 @@ impl Client {
                 }
                 Step::Fail(e) => return Err(e),
                 Step::Send { offset, len } => {
-                    let mut chunk = vec![0u8; len];
                     file.seek(SeekFrom::Start(offset))
                         .map_err(io_err("reading the encrypted file"))?;
-                    file.read_exact(&mut chunk)
+                    // Into spare capacity: nothing is zeroed first.
+                    let mut chunk = Vec::with_capacity(len);
+                    (&mut file)
+                        .take(len as u64)
+                        .read_to_end(&mut chunk)
                         .map_err(io_err("reading the encrypted file"))?;
+                    if chunk.len() != len {
+                        return Err(ClientError::Corrupt(
+                            "the encrypted copy of a queued file is shorter than its size",
+                        ));
+                    }
                     let append = client_frame::Body::UploadAppend(UploadAppend {
                         upload_id: upload_id.clone(),
                         offset,

@@ -222,6 +222,16 @@ fn a_group_of_three_replies_search_and_timers_in_a_real_browser() {
         }
     }
     a.wait("the new title", renamed, json!([]));
+    // The group's chat was loaded again under the typing (a live event):
+    // that never moves the keystrokes into the message composer.
+    assert_eq!(
+        a.js(
+            "return document.querySelector('[data-testid=composer]').value",
+            json!([])
+        ),
+        "",
+        "keystrokes for the title went into the composer"
+    );
     app_b.wait_for(
         &format!("/api/group/{gid}"),
         "bobby's app: admin, new title",
@@ -286,6 +296,25 @@ fn a_group_of_three_replies_search_and_timers_in_a_real_browser() {
         json!([his]),
     );
     a.screenshot("12-reply");
+
+    // A draft stays with its chat: typed for bobby and not sent, it is not
+    // in carol's composer, and it is back in bobby's.
+    let composer = "return document.querySelector('[data-testid=composer]').value";
+    a.type_into("[data-testid=composer]", "a draft for bobby");
+    a.click("[data-testid=chat-item][data-peer=carol]");
+    message_with(&a, "carol says hi");
+    assert_eq!(
+        a.js(composer, json!([])),
+        "",
+        "bobby's draft in carol's chat"
+    );
+    a.click("[data-testid=chat-item][data-peer=bobby]");
+    message_with(&a, "hello alice, bobby here");
+    assert_eq!(a.js(composer, json!([])), "a draft for bobby");
+    a.js(
+        "document.querySelector('[data-testid=composer]').value = ''",
+        json!([]),
+    );
 
     // Search: messages of every chat; a click opens the chat at the message.
     a.type_into("[data-testid=search]", "porto");

@@ -21,6 +21,7 @@ const state = {
   phase: null,
   chats: [],
   open: null,          // the peer whose chat is open
+  drafts: new Map(),   // peer -> what was typed in its chat and not sent
   messages: new Map(), // id -> element, in the open chat
   older: null,
   lastDay: null,
@@ -384,10 +385,29 @@ function renderBanner(contact) {
   }
 }
 
-async function openChat(peer, at) {
+// Keeps what is typed in the open chat's composer as that chat's draft.
+function keepDraft() {
+  if (!state.open) return;
+  const text = $('composer').value;
+  if (text) state.drafts.set(state.open, text); else state.drafts.delete(state.open);
+}
+
+// Opens `peer`'s chat (at the search hit `at`, if given). With `refresh`,
+// loads the open chat again instead (after a change to it, or a resync):
+// what is being typed, the reply being written and the focus stay as
+// they are, so a live event never moves keystrokes elsewhere.
+async function openChat(peer, at, refresh = false) {
+  const again = refresh && state.open === peer;
+  if (!again) {
+    // Each chat keeps its own draft: text typed for one is never sent
+    // to another.
+    keepDraft();
+    cancelReply();
+    $('composer').value = state.drafts.get(peer) || '';
+    autoGrow();
+  }
   state.open = peer;
   state.jumped = !!at;
-  cancelReply();
   state.messages.clear();
   state.lastDay = null;
   $('empty').hidden = true;
@@ -422,7 +442,7 @@ async function openChat(peer, at) {
     await markRead();
   } catch (e) { $('conv-error').textContent = e.message; }
   loadChats();
-  $('composer').focus();
+  if (!again && state.open === peer) $('composer').focus();
 }
 
 function loadOlderButton(peer) {
@@ -471,6 +491,7 @@ async function markRead() {
 }
 
 function closeChat() {
+  keepDraft();
   state.open = null;
   document.body.classList.remove('in-chat');
   $('conv-inner').hidden = true;
@@ -481,15 +502,20 @@ function closeChat() {
 async function sendText() {
   const box = $('composer');
   const text = box.value;
-  if (!text.trim() || !state.open) return;
+  const peer = state.open;
+  if (!text.trim() || !peer) return;
   try {
-    const body = { peer: state.open, text };
+    const body = { peer, text };
     if (state.replyTo) body.reply_to = state.replyTo.id;
     const { message } = await postJson('/api/send', body);
-    cancelReply();
-    box.value = '';
-    autoGrow();
-    appendMessage(message, true);
+    state.drafts.delete(peer);
+    // (Another chat may be open by now: it keeps its own composer.)
+    if (state.open === peer) {
+      cancelReply();
+      if (box.value === text) box.value = '';
+      autoGrow();
+      appendMessage(message, true);
+    }
     loadChats();
   } catch (e) { $('conv-error').textContent = e.message; }
 }
@@ -596,7 +622,7 @@ async function openContact(peer) {
       try {
         await postJson(`/api/contact/${encodeURIComponent(peer)}/verify`);
         await openContact(peer);
-        if (state.open === peer) openChat(peer);
+        if (state.open === peer) openChat(peer, undefined, true);
       } catch (e) { toast(e.message); }
     };
   } catch (e) {
@@ -656,11 +682,11 @@ function onLive(ev) {
     case 'file':
       if (state.open) {
         const node = state.messages.get(ev.id);
-        if (node) openChat(state.open);
+        if (node) openChat(state.open, undefined, true);
       }
       break;
     case 'warning': toast(ev.text); break;
-    case 'resync': if (state.open) openChat(state.open); loadChats(); break;
+    case 'resync': if (state.open) openChat(state.open, undefined, true); loadChats(); break;
     default: break;
   }
 }

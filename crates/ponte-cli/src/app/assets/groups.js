@@ -99,7 +99,7 @@ async function showTimerChoice(peer, ids = { row: 'timer-row', select: 'timer-se
     try {
       const r = await postJson('/api/timer', { peer, timer: sel.value });
       if (peer.startsWith('g:')) $('group-timer').textContent = `Disappearing messages: ${timerLabel(r.timer)}`;
-      if (state.open === peer) { renderTimer(r.timer); openChat(peer); }
+      if (state.open === peer) { renderTimer(r.timer); openChat(peer, undefined, true); }
     } catch (e) { $(ids.error).textContent = e.message; }
   };
   sel.disabled = false;
@@ -183,7 +183,7 @@ async function groupChange(peer, what, body, button) {
     if (what === 'add') $('group-add-form').reset();
     if (what === 'rename') $('group-rename-form').reset();
     await openGroup(peer);
-    if (state.open === peer) openChat(peer);
+    if (state.open === peer) openChat(peer, undefined, true);
     loadChats();
   } catch (e) { $('group-error').textContent = e.message; }
   if (button) button.disabled = false;

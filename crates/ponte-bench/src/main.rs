@@ -56,6 +56,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // As `ponte` does, so the bench's clients copy as the real ones do.
+    ponte_proxy::restart_with_fast_memcpy();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Relay(a) => relay::run(a),

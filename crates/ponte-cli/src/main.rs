@@ -79,6 +79,8 @@ pub(crate) fn write_stdout(text: &str) -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Before anything else (no thread exists yet): see its docs.
+    ponte_proxy::restart_with_fast_memcpy();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Proxy(args) => proxy::run(args),

@@ -940,3 +940,55 @@ fn a_taken_admin_address_is_named_as_the_admin_endpoint() {
     assert!(!stderr(&out).contains("admin"), "{}", stderr(&out));
     drop(taken);
 }
+
+/// `GLIBC_TUNABLES` of a running process, from `/proc/PID/environ`.
+fn tunables_of(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    env.split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix("GLIBC_TUNABLES=").map(str::to_owned))
+}
+
+/// On glibc and an AMD Zen 3 or later CPU, `ponte` starts itself again
+/// with the tunable that keeps glibc's copies fast (see
+/// `ponte_proxy::restart_with_fast_memcpy`): the same process, still
+/// serving; elsewhere, and when the operator set `GLIBC_TUNABLES`, the
+/// environment is left as it was.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_runs_with_the_memcpy_tunable_where_glibc_needs_it() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_owned())
+        })
+    };
+    let affected = cfg!(all(target_arch = "x86_64", target_env = "gnu"))
+        && field("vendor_id").as_deref() == Some("AuthenticAMD")
+        && field("cpu family")
+            .and_then(|f| f.parse::<u32>().ok())
+            .is_some_and(|f| f >= 0x19);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Server::command(&tmp.path().join("a"), &[]);
+    cmd.env_remove("GLIBC_TUNABLES");
+    let server = Server::spawn(&mut cmd);
+    let want = affected.then(|| ponte_proxy::FAST_MEMCPY_TUNABLE.to_owned());
+    assert_eq!(
+        tunables_of(server.child.0.id()),
+        want,
+        "affected: {affected}"
+    );
+    // The restarted process is the one serving: a client gets through.
+    assert!(std::net::TcpStream::connect(server.addr).is_ok());
+    drop(server);
+
+    // The operator's own setting is kept as it is.
+    let mut cmd = Server::command(&tmp.path().join("b"), &[]);
+    cmd.env("GLIBC_TUNABLES", "glibc.malloc.check=0");
+    let server = Server::spawn(&mut cmd);
+    assert_eq!(
+        tunables_of(server.child.0.id()).as_deref(),
+        Some("glibc.malloc.check=0")
+    );
+}

@@ -35,4 +35,4 @@ pub mod upstream;
 
 pub use config::{Config, ConfigError, Preset};
 pub use server::{Proxy, ProxyError, ReloadHandle};
-pub use sys::raise_nofile_limit;
+pub use sys::{raise_nofile_limit, restart_with_fast_memcpy, FAST_MEMCPY_TUNABLE};

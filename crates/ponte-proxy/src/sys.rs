@@ -100,3 +100,119 @@ mod linux {
         f.as_raw_fd()
     }
 }
+
+/// The `GLIBC_TUNABLES` setting [`restart_with_fast_memcpy`] adds: glibc
+/// copies of up to 4 MiB take its vector loops instead of `rep movsb`.
+pub const FAST_MEMCPY_TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold=4194304";
+
+/// Starts this program again, once, with [`FAST_MEMCPY_TUNABLE`] when it
+/// runs on glibc on an AMD Zen 3 or later CPU and `GLIBC_TUNABLES` is not
+/// set; else returns at once. Call it first thing in `main`, before any
+/// thread exists.
+///
+/// Why: glibc before 2.39 copies 2 KiB and more with `rep movsb`, and on
+/// these CPUs that instruction runs about twelve times slower when the
+/// destination is a few bytes past the source, counted modulo 4 KiB
+/// (glibc bug 30994, fixed in 2.39). A network stack does exactly that
+/// whenever it copies a page-aligned buffer behind a 2-, 4- or 5-byte
+/// header: the Noise channel's, a frame's, and rustls's for every TLS
+/// record the relay sends. On a Debian 12 AMD EPYC VM such a copy moved
+/// 3.4 GB/s against 40 GB/s, and a file download through the relay cost
+/// the relay and the server half the CPU once it was avoided (see
+/// docs/BENCHMARKS-server.md). Tunables are read only when a program
+/// starts, hence the restart: the same process (`execve` keeps the pid and
+/// open files), arguments and environment, plus the tunable. An operator
+/// who sets `GLIBC_TUNABLES` (to anything) keeps exactly that.
+pub fn restart_with_fast_memcpy() {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
+    restart::run();
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))]
+mod restart {
+    use std::os::unix::process::CommandExt as _;
+
+    pub(super) fn run() {
+        if std::env::var_os("GLIBC_TUNABLES").is_some() || secure_execution() {
+            return;
+        }
+        if !affected_cpu(cpu_id()) {
+            return;
+        }
+        let mut args = std::env::args_os();
+        let Some(arg0) = args.next() else { return };
+        // Returns only if the exec failed: then this process goes on as it
+        // is (slower copies, nothing else).
+        let _ = std::process::Command::new("/proc/self/exe")
+            .arg0(arg0)
+            .args(args)
+            .env("GLIBC_TUNABLES", super::FAST_MEMCPY_TUNABLE)
+            .exec();
+    }
+
+    /// A set-user-ID start: glibc would drop the tunable, and the program
+    /// would start itself again and again.
+    fn secure_execution() -> bool {
+        // SAFETY: getauxval only reads the process's auxiliary vector.
+        unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+    }
+
+    /// The CPU's vendor (CPUID leaf 0) and family (leaf 1, base plus
+    /// extended). From the instruction, not `/proc/cpuinfo`, which a
+    /// hardened unit hides (`ProcSubset=pid`).
+    fn cpu_id() -> ([u8; 12], u32) {
+        use std::arch::x86_64::__cpuid;
+        // SAFETY: CPUID exists on every x86-64 CPU. (A safe function since
+        // Rust 1.87, an unsafe one for the 1.85 this workspace supports.)
+        #[allow(unused_unsafe)]
+        let (leaf0, leaf1) = unsafe { (__cpuid(0), __cpuid(1)) };
+        let mut vendor = [0u8; 12];
+        vendor[..4].copy_from_slice(&leaf0.ebx.to_le_bytes());
+        vendor[4..8].copy_from_slice(&leaf0.edx.to_le_bytes());
+        vendor[8..].copy_from_slice(&leaf0.ecx.to_le_bytes());
+        let eax = leaf1.eax;
+        let base = (eax >> 8) & 0xf;
+        let family = if base == 0xf {
+            base + ((eax >> 20) & 0xff)
+        } else {
+            base
+        };
+        (vendor, family)
+    }
+
+    /// AMD, CPU family 0x19 (Zen 3, Zen 4) or later.
+    pub(super) fn affected_cpu((vendor, family): ([u8; 12], u32)) -> bool {
+        &vendor == b"AuthenticAMD" && family >= 0x19
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #![allow(clippy::unwrap_used)]
+        use super::affected_cpu;
+
+        #[test]
+        fn zen_3_and_later_are_affected_and_nothing_else() {
+            assert!(affected_cpu((*b"AuthenticAMD", 0x19)));
+            assert!(affected_cpu((*b"AuthenticAMD", 0x1a)));
+            assert!(!affected_cpu((*b"AuthenticAMD", 0x17)), "Zen 2");
+            assert!(!affected_cpu((*b"GenuineIntel", 6)));
+        }
+
+        /// This machine's CPU as `/proc/cpuinfo` describes it.
+        #[test]
+        fn the_instruction_agrees_with_proc_cpuinfo() {
+            let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+                return;
+            };
+            let field = |name: &str| {
+                info.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    (k.trim() == name).then(|| v.trim().to_owned())
+                })
+            };
+            let (vendor, family) = super::cpu_id();
+            assert_eq!(field("vendor_id").unwrap().as_bytes(), vendor);
+            assert_eq!(field("cpu family").unwrap().parse::<u32>().unwrap(), family);
+        }
+    }
+}

@@ -129,6 +129,11 @@ impl SendState {
         io: &mut W,
         payloads: &[&[u8]],
     ) -> Result<(), TransportError> {
+        // Every frame is checked before any is sealed: a refused batch
+        // uses no nonce, and the channel goes on.
+        for p in payloads {
+            frame::prefix(p.len(), self.max_frame_len)?;
+        }
         let plain_len = payloads.iter().map(|p| frame::LEN_PREFIX + p.len()).sum();
         let mut sealing = Sealing::new(&mut self.cipher, plain_len);
         for p in payloads {

@@ -253,6 +253,16 @@ async fn oversize_frame_is_refused_by_sender_and_receiver() {
         c.send_frame(&too_big).await.unwrap_err(),
         TransportError::Frame(_)
     ));
+    // Nor a batch holding one, even after a frame that fills a whole Noise
+    // message: nothing of it goes out, and the channel goes on (the
+    // server's first frame is the next one, and it opens).
+    let (_r, mut c) = c.split();
+    assert!(matches!(
+        c.send_frames(&[&[2u8; 70_000], &too_big])
+            .await
+            .unwrap_err(),
+        TransportError::Frame(_)
+    ));
     c.send_frame(&[1u8; 1000]).await.unwrap();
     c.send_frame(&[1u8; 1001]).await.unwrap();
     let err = server.await.unwrap();

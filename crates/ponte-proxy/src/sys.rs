@@ -118,7 +118,7 @@ pub const FAST_MEMCPY_TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold=4194304
 /// header: the Noise channel's, a frame's, and rustls's for every TLS
 /// record the relay sends. On a Debian 12 AMD EPYC VM such a copy moved
 /// 3.4 GB/s against 40 GB/s, and a file download through the relay cost
-/// the relay and the server half the CPU once it was avoided (see
+/// the relay a third less CPU once it was avoided (see
 /// docs/BENCHMARKS-server.md). Tunables are read only when a program
 /// starts, hence the restart: the same process (`execve` keeps the pid and
 /// open files), arguments and environment, plus the tunable. An operator
@@ -150,8 +150,8 @@ mod restart {
             .exec();
     }
 
-    /// A set-user-ID start: glibc would drop the tunable, and the program
-    /// would start itself again and again.
+    /// A set-user-ID start: glibc may drop the tunable there, and the
+    /// program would then start itself again and again.
     fn secure_execution() -> bool {
         // SAFETY: getauxval only reads the process's auxiliary vector.
         unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
@@ -162,8 +162,8 @@ mod restart {
     /// hardened unit hides (`ProcSubset=pid`).
     fn cpu_id() -> ([u8; 12], u32) {
         use std::arch::x86_64::__cpuid;
-        // SAFETY: CPUID exists on every x86-64 CPU. (A safe function since
-        // Rust 1.87, an unsafe one for the 1.85 this workspace supports.)
+        // SAFETY: CPUID exists on every x86-64 CPU. (Safe to call in recent
+        // Rust; unsafe in the 1.85 this workspace supports.)
         #[allow(unused_unsafe)]
         let (leaf0, leaf1) = unsafe { (__cpuid(0), __cpuid(1)) };
         let mut vendor = [0u8; 12];

@@ -1,7 +1,7 @@
 //! An established channel: Noise transport messages carrying a byte stream
 //! of application frames, whole or split into a reader and a writer half.
 
-use crate::cipher::{seal_all, CipherState, Sealing, MSG_LEN_PREFIX};
+use crate::cipher::{CipherState, Sealing, MSG_LEN_PREFIX};
 use crate::handshake::fill;
 use crate::{Cipher, Pattern, TransportError, TAG_LEN};
 use bytes::{Buf, Bytes, BytesMut};
@@ -151,15 +151,7 @@ impl SendState {
         io: &mut W,
         msg: &M,
     ) -> Result<(), TransportError> {
-        // Encoded after room for the first message's length, and sealed
-        // where it is.
-        let mut plain = Vec::with_capacity(MSG_LEN_PREFIX + frame::LEN_PREFIX + msg.encoded_len());
-        plain.extend_from_slice(&[0; MSG_LEN_PREFIX]);
-        frame::encode_message(msg, self.max_frame_len, &mut plain)?;
-        let sealed = seal_all(&mut self.cipher, plain)?;
-        io.write_all(&sealed).await?;
-        io.flush().await?;
-        Ok(())
+        self.send_frames(io, &[&msg.encode_to_vec()]).await
     }
 }
 

@@ -174,40 +174,5 @@ impl<'c> Sealing<'c> {
     }
 }
 
-/// Seals `buf` in place into the Noise messages of its plaintext, which
-/// starts after [`MSG_LEN_PREFIX`] bytes of room for the first message's
-/// length (so a message encoded straight into `buf` is not copied again:
-/// only the plaintext past the first message moves, to make room for the
-/// tags and lengths between messages).
-pub(crate) fn seal_all(
-    cipher: &mut CipherState,
-    mut buf: Vec<u8>,
-) -> Result<Vec<u8>, TransportError> {
-    let plain_len = buf.len().saturating_sub(MSG_LEN_PREFIX);
-    if plain_len == 0 {
-        return Ok(Vec::new());
-    }
-    let messages = plain_len.div_ceil(MAX_NOISE_PLAINTEXT);
-    let step = MSG_LEN_PREFIX + MAX_NOISE_PLAINTEXT + TAG_LEN;
-    buf.resize(plain_len + messages * (MSG_LEN_PREFIX + TAG_LEN), 0);
-    // From the last message back, each moves to its place on the wire
-    // (right of where it was, over room the one after it left).
-    for k in (1..messages).rev() {
-        let from = MSG_LEN_PREFIX + k * MAX_NOISE_PLAINTEXT;
-        let len = MAX_NOISE_PLAINTEXT.min(plain_len - k * MAX_NOISE_PLAINTEXT);
-        buf.copy_within(from..from + len, k * step + MSG_LEN_PREFIX);
-    }
-    for k in 0..messages {
-        let start = k * step + MSG_LEN_PREFIX;
-        let len = MAX_NOISE_PLAINTEXT.min(plain_len - k * MAX_NOISE_PLAINTEXT);
-        let tag = cipher.seal_in_place(&mut buf[start..start + len])?;
-        buf[start + len..start + len + TAG_LEN].copy_from_slice(&tag);
-        let wire =
-            u16::try_from(len + TAG_LEN).map_err(|_| TransportError::HandshakeLength(len))?;
-        buf[start - MSG_LEN_PREFIX..start].copy_from_slice(&wire.to_be_bytes());
-    }
-    Ok(buf)
-}
-
 #[cfg(test)]
 mod tests;

@@ -198,7 +198,7 @@ where
         io.write_all(&out).await?;
         io.flush().await?;
     }
-    let ciphers = split(&mut hs, cipher, Side::Initiator)?;
+    let ciphers = split(&mut hs, cipher)?;
     Ok(Channel::new(
         io,
         ciphers,
@@ -255,7 +255,7 @@ where
             .map_err(TransportError::Handshake)?;
     }
     let remote = remote_key(&hs).ok_or(TransportError::HandshakeLength(0))?;
-    let ciphers = split(&mut hs, cipher, Side::Responder)?;
+    let ciphers = split(&mut hs, cipher)?;
     Ok(Channel::new(
         io,
         ciphers,
@@ -266,20 +266,12 @@ where
     ))
 }
 
-/// Which end of the handshake this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Initiator,
-    Responder,
-}
-
 /// The finished handshake's split: this side's `(send, recv)` cipher
 /// states (Noise's first key is the initiator's to send with, the second
 /// the responder's). The raw keys are wiped once the states hold them.
 pub(crate) fn split(
     hs: &mut snow::HandshakeState,
     cipher: Cipher,
-    side: Side,
 ) -> Result<(CipherState, CipherState), TransportError> {
     if !hs.is_handshake_finished() {
         return Err(TransportError::Handshake(snow::Error::State(
@@ -288,9 +280,10 @@ pub(crate) fn split(
     }
     let (first, second) = hs.dangerously_get_raw_split();
     let (first, second) = (Zeroizing::new(first), Zeroizing::new(second));
-    let (send, recv) = match side {
-        Side::Initiator => (&first, &second),
-        Side::Responder => (&second, &first),
+    let (send, recv) = if hs.is_initiator() {
+        (&first, &second)
+    } else {
+        (&second, &first)
     };
     Ok((
         CipherState::new(cipher, send)?,

@@ -952,8 +952,8 @@ fn tunables_of(pid: u32) -> Option<String> {
 /// On glibc and an AMD Zen 3 or later CPU, `ponte` starts itself again
 /// with the tunable that keeps glibc's copies fast (see
 /// `ponte_proxy::restart_with_fast_memcpy`): the same process, still
-/// serving; elsewhere, and when the operator set `GLIBC_TUNABLES`, the
-/// environment is left as it was.
+/// serving, under its own name; elsewhere, and when the operator set
+/// `GLIBC_TUNABLES`, the environment is left as it was.
 #[cfg(target_os = "linux")]
 #[test]
 fn the_server_runs_with_the_memcpy_tunable_where_glibc_needs_it() {
@@ -979,6 +979,10 @@ fn the_server_runs_with_the_memcpy_tunable_where_glibc_needs_it() {
         want,
         "affected: {affected}"
     );
+    // It keeps its name for `ps` and `pkill` (the kernel named it `exe`,
+    // after `/proc/self/exe`, until it took its name back).
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm(server.child.0.id()), "ponte\n");
     // The restarted process is the one serving: a client gets through.
     assert!(std::net::TcpStream::connect(server.addr).is_ok());
     drop(server);

@@ -133,7 +133,13 @@ mod restart {
     use std::os::unix::process::CommandExt as _;
 
     pub(super) fn run() {
-        if std::env::var_os("GLIBC_TUNABLES").is_some() || secure_execution() {
+        if let Some(tunables) = std::env::var_os("GLIBC_TUNABLES") {
+            if tunables == super::FAST_MEMCPY_TUNABLE {
+                restore_name();
+            }
+            return;
+        }
+        if secure_execution() {
             return;
         }
         if !affected_cpu(cpu_id()) {
@@ -148,6 +154,43 @@ mod restart {
             .args(args)
             .env("GLIBC_TUNABLES", super::FAST_MEMCPY_TUNABLE)
             .exec();
+    }
+
+    /// Gives the process back the name `ps`, `top`, `pgrep` and `pkill`
+    /// know it by. The kernel names a process after the file it executes,
+    /// and the restart executes `/proc/self/exe`: without this a `ponte`
+    /// started by hand shows as `exe`, and `pkill ponte` misses it. The
+    /// name is `argv[0]`'s last component, which is what the kernel took
+    /// for the first start (the shell and systemd execute the path they
+    /// pass as `argv[0]`), cut to the kernel's 15 bytes. Only a process
+    /// still called `exe` is renamed, so a program really named so, or one
+    /// started by a parent that already had the tunable, keeps its name.
+    fn restore_name() {
+        let Ok(comm) = std::fs::read("/proc/self/comm") else {
+            return;
+        };
+        if comm.strip_suffix(b"\n").unwrap_or(&comm) != b"exe" {
+            return;
+        }
+        let Some(name) = std::env::args_os()
+            .next()
+            .and_then(|arg0| process_name(&arg0))
+        else {
+            return;
+        };
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+        // bytes, which `name` is; it renames only the calling thread, the
+        // main one, whose name is the process's.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+
+    /// The kernel's name for a program started as `arg0`: its last path
+    /// component, at most 15 bytes, NUL-terminated. `None` for an empty
+    /// one or one holding a NUL.
+    pub(super) fn process_name(arg0: &std::ffi::OsStr) -> Option<std::ffi::CString> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let base = std::path::Path::new(arg0).file_name()?.as_bytes();
+        std::ffi::CString::new(&base[..base.len().min(15)]).ok()
     }
 
     /// A set-user-ID start: glibc may drop the tunable there, and the
@@ -188,7 +231,26 @@ mod restart {
     #[cfg(test)]
     mod tests {
         #![allow(clippy::unwrap_used)]
-        use super::affected_cpu;
+        use super::{affected_cpu, process_name};
+        use std::ffi::OsStr;
+
+        #[test]
+        fn the_name_is_argv0s_last_component_cut_as_the_kernel_cuts_it() {
+            let name = |s: &str| process_name(OsStr::new(s)).map(|c| c.into_bytes());
+            assert_eq!(name("/usr/local/bin/ponte"), Some(b"ponte".to_vec()));
+            assert_eq!(name("ponte"), Some(b"ponte".to_vec()));
+            assert_eq!(
+                name("./target/release/ponte-bench"),
+                Some(b"ponte-bench".to_vec())
+            );
+            assert_eq!(
+                name("/opt/a-very-long-program-name"),
+                Some(b"a-very-long-pro".to_vec()),
+                "15 bytes, as the kernel keeps"
+            );
+            assert_eq!(name(""), None);
+            assert_eq!(name("/"), None);
+        }
 
         #[test]
         fn zen_3_and_later_are_affected_and_nothing_else() {

@@ -16,11 +16,24 @@
 //! writes its message into the outbox and lets the listener send it (the
 //! listener flushes the outbox when another process changed it), instead
 //! of logging in as the same device and pushing the listener off.
+//!
+//! Both processes then keep using the profile's keys: the device's Olm
+//! account, the pairwise sessions, the group sender sessions. Each of
+//! those is read, advanced and written back, and two processes that did
+//! that at once would each write back a state the other never saw: one
+//! ratchet step lost (a message key used twice, a message the recipient
+//! cannot open), one-time keys whose private halves are gone, a group's
+//! new sender key (after a removal) replaced by the old one. So every use
+//! of the keys, from reading them to writing them back, holds [`Keys`]: an
+//! exclusive `flock` on `ponte.keys`, taken for one flush of the outbox,
+//! one message received, one group change, and let go at once.
 
 use crate::{ClientError, Result};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Lock file name inside the profile directory.
 pub const LOCK_FILE: &str = "ponte.lock";
@@ -252,5 +265,222 @@ mod tests {
         drop(live);
         assert_eq!(LiveLock::holder(dir).unwrap(), None);
         drop(LiveLock::claim(dir, "ponte listen, pid 44").unwrap());
+    }
+}
+
+/// The file a process locks while it uses the profile's keys ([`Keys`]).
+pub const KEYS_FILE: &str = "ponte.keys";
+
+/// How long a process waits for another one's use of the keys (a flush
+/// of a long outbox over a slow route can take a while) before it gives
+/// up with an error; nothing is lost then (it was not begun).
+pub const KEYS_WAIT: Duration = Duration::from_secs(120);
+
+/// How often a waiting process tries the lock again.
+const KEYS_POLL: Duration = Duration::from_millis(5);
+
+/// The lock on a profile's keys (see the module docs), between
+/// processes. The clients of one profile in one process share it (the
+/// app's two run on one thread, where a synchronous use of the keys cannot
+/// interleave with another; waiting there for the other client would never
+/// end), and it is re-entrant: an operation that holds the keys may call
+/// another that takes them (a group change flushes the outbox).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    path: PathBuf,
+    state: Arc<Mutex<KeysState>>,
+}
+
+#[derive(Debug, Default)]
+struct KeysState {
+    /// Opened at the first use and kept open; locked while `depth > 0`.
+    file: Option<File>,
+    depth: usize,
+}
+
+/// A hold on [`Keys`]; the lock goes with the last hold.
+#[derive(Debug)]
+#[must_use = "the keys are let go when the hold is dropped"]
+pub struct KeysHold {
+    state: Arc<Mutex<KeysState>>,
+    /// The hold took the lock (no other hold of this client had it), so
+    /// another process may have changed the keys since this client last
+    /// used them.
+    first: bool,
+}
+
+impl KeysHold {
+    /// Whether this hold took the lock, rather than joining a hold this
+    /// client already had.
+    pub fn first(&self) -> bool {
+        self.first
+    }
+}
+
+impl Drop for KeysHold {
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.depth = st.depth.saturating_sub(1);
+        if st.depth == 0 {
+            if let Some(file) = &st.file {
+                // Closing the file would release it too; the file stays
+                // open for the next hold. An unlock that fails leaves the
+                // lock until the process ends: the other process then
+                // waits and gives up with a clear error.
+                let _ = file.unlock();
+            }
+        }
+    }
+}
+
+impl Keys {
+    /// The keys of the profile in `dir` (nothing is opened yet), shared
+    /// with the other clients of that profile in this process.
+    pub fn new(dir: &Path) -> Self {
+        static SHARED: Mutex<Vec<(PathBuf, std::sync::Weak<Mutex<KeysState>>)>> =
+            Mutex::new(Vec::new());
+        let path = dir.join(KEYS_FILE);
+        let path = std::path::absolute(&path).unwrap_or(path);
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        shared.retain(|(_, state)| state.strong_count() > 0);
+        let state = shared
+            .iter()
+            .find(|(p, _)| *p == path)
+            .and_then(|(_, state)| state.upgrade())
+            .unwrap_or_else(|| {
+                let state = Arc::default();
+                shared.push((path.clone(), Arc::downgrade(&state)));
+                state
+            });
+        Self { path, state }
+    }
+
+    /// Takes the keys if nobody else has them: `None` while another
+    /// process (or another client of this one) holds them.
+    fn try_take(&self) -> Result<Option<KeysHold>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.depth > 0 {
+            st.depth += 1;
+            return Ok(Some(KeysHold {
+                state: Arc::clone(&self.state),
+                first: false,
+            }));
+        }
+        let io = |error| ClientError::Io {
+            context: format!("locking {}", self.path.display()),
+            error,
+        };
+        if st.file.is_none() {
+            st.file = Some(open_file(&self.path).map_err(io)?);
+        }
+        let Some(file) = &st.file else {
+            return Ok(None);
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                st.depth = 1;
+                Ok(Some(KeysHold {
+                    state: Arc::clone(&self.state),
+                    first: true,
+                }))
+            }
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(error)) => Err(io(error)),
+        }
+    }
+
+    fn busy(&self) -> ClientError {
+        ClientError::Invalid(format!(
+            "another ponte process kept this profile's keys ({}) busy for {} s; nothing was \
+             done, try again",
+            self.path.display(),
+            KEYS_WAIT.as_secs()
+        ))
+    }
+
+    /// Takes the keys, waiting (at most [`KEYS_WAIT`]) while another
+    /// process uses them.
+    pub async fn take(&self) -> Result<KeysHold> {
+        let deadline = Instant::now() + KEYS_WAIT;
+        loop {
+            if let Some(hold) = self.try_take()? {
+                return Ok(hold);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.busy());
+            }
+            tokio::time::sleep(KEYS_POLL).await;
+        }
+    }
+
+    /// [`Keys::take`] for code that cannot wait asynchronously: the thread
+    /// sleeps while it waits.
+    pub fn take_blocking(&self) -> Result<KeysHold> {
+        let deadline = Instant::now() + KEYS_WAIT;
+        loop {
+            if let Some(hold) = self.try_take()? {
+                return Ok(hold);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.busy());
+            }
+            std::thread::sleep(KEYS_POLL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod keys_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::{open_file, Keys, KEYS_FILE};
+
+    /// Another process's hold on the keys: its own open file, locked.
+    fn other_process(dir: &std::path::Path) -> std::fs::File {
+        let file = open_file(&dir.join(KEYS_FILE)).unwrap();
+        file.try_lock().unwrap();
+        file
+    }
+
+    /// The keys are held by one process at a time; a client's nested holds,
+    /// and those of another client of the same profile in this process,
+    /// share its lock, which goes with the last of them.
+    #[test]
+    fn the_keys_are_held_by_one_process_at_a_time_and_nest_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Keys::new(dir.path()), Keys::new(dir.path()));
+        let outer = a.try_take().unwrap().unwrap();
+        assert!(outer.first());
+        let inner = a.try_take().unwrap().unwrap();
+        assert!(!inner.first(), "a nested hold joins the client's lock");
+        let sibling = b.try_take().unwrap().unwrap();
+        assert!(!sibling.first(), "so does another client of this process");
+        let probe = open_file(&dir.path().join(KEYS_FILE)).unwrap();
+        assert!(probe.try_lock().is_err(), "another process waits");
+        drop((outer, sibling));
+        assert!(probe.try_lock().is_err(), "the nested hold still has it");
+        drop(inner);
+        probe.try_lock().unwrap();
+        assert!(a.try_take().unwrap().is_none(), "this process now waits");
+        drop(probe);
+        assert!(a.try_take().unwrap().unwrap().first());
+    }
+
+    /// A waiting client gets the keys as soon as the other process lets
+    /// them go.
+    #[tokio::test]
+    async fn a_waiting_client_takes_the_keys_once_they_are_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = other_process(dir.path());
+        let keys = Keys::new(dir.path());
+        let waiter = tokio::spawn(async move { keys.take().await.map(|h| h.first()) });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "it waits while the keys are held");
+        drop(held);
+        let took = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(took);
     }
 }

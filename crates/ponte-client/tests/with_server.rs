@@ -244,6 +244,91 @@ async fn one_time_keys_are_replenished() {
     server.stop().await;
 }
 
+/// Two processes of one profile (`ponte listen` and another command):
+/// one-time keys one of them makes are not lost to the other, which holds
+/// an older identity in memory. It reads the identity again before it
+/// uses it (`lock::Keys`), so it opens a first message sent to such a key,
+/// and what it saves then keeps the other's keys.
+#[tokio::test]
+async fn one_time_keys_made_by_another_process_of_the_profile_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server")).await;
+    let address = server.address.clone();
+    let dir = tmp.path().join("alice");
+    // The listener, open since before the other process made keys.
+    let mut listener = register(&dir, &address, "alice").await;
+    let mut other = Client::open(&dir, || panic!("no passphrase")).unwrap();
+    let mut claimer = raw_claimer(&address, "claimer").await;
+    for i in 0..45 {
+        assert!(!raw_claim(&mut claimer, "alice", 10 + i).await);
+    }
+    // The other process logs in, hears the count is low and makes 45 keys.
+    sync(&mut other).await;
+    // The last 5 of the first keys go (the server hands out the oldest
+    // first): a new sender now gets one the other process made.
+    for i in 0..5 {
+        assert!(!raw_claim(&mut claimer, "alice", 100 + i).await);
+    }
+    let mut late = register(&tmp.path().join("late"), &address, "late").await;
+    late.send("alice", "to a key made elsewhere").await.unwrap();
+    let updates = sync(&mut listener).await;
+    assert!(
+        updates
+            .iter()
+            .any(|u| matches!(u, Update::Message(m) if m.text == "to a key made elsewhere")),
+        "{updates:?}"
+    );
+    // The identity the listener saved then still has the other's keys.
+    let mut later = register(&tmp.path().join("later"), &address, "later").await;
+    later.send("alice", "to another one").await.unwrap();
+    let updates = sync(&mut other).await;
+    assert!(
+        updates
+            .iter()
+            .any(|u| matches!(u, Update::Message(m) if m.text == "to another one")),
+        "{updates:?}"
+    );
+    server.stop().await;
+}
+
+/// A send waits while another process of the profile uses its keys (here
+/// a bare lock on the file stands for that process), and goes out once
+/// they are let go: the two never advance one session at once.
+#[tokio::test]
+async fn a_send_waits_for_another_process_using_the_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("server")).await;
+    let address = server.address.clone();
+    let dir = tmp.path().join("alice");
+    let mut alice = register(&dir, &address, "alice").await;
+    let mut bob = register(&tmp.path().join("bob"), &address, "bob").await;
+    let other = std::fs::File::open(dir.join(ponte_client::lock::KEYS_FILE)).unwrap();
+    other.try_lock().unwrap();
+    let released = std::cell::Cell::new(None);
+    let (sent, ()) = tokio::join!(
+        async {
+            let outcome = alice.send("bob", "after the other process").await.unwrap();
+            (outcome, std::time::Instant::now())
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            released.set(Some(std::time::Instant::now()));
+            other.unlock().unwrap();
+        }
+    );
+    let (outcome, at) = sent;
+    assert_eq!(outcome.message.status, Status::Sent);
+    assert!(
+        at > released.get().unwrap(),
+        "sent before the keys were let go"
+    );
+    assert!(sync(&mut bob)
+        .await
+        .iter()
+        .any(|u| matches!(u, Update::Message(m) if m.text == "after the other process")));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn identity_key_change_is_flagged_and_blocks_sending_until_confirmed() {
     let tmp = tempfile::tempdir().unwrap();

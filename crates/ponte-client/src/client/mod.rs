@@ -58,6 +58,7 @@ pub use status::{last_route, save_vias, saved_vias, RouteProbe, RouteStatus, MAX
 pub use timers::{format_timer, parse_timer};
 
 use crate::connection::{Connection, Handshake, REQUEST_TIMEOUT};
+use crate::lock::{Keys, KeysHold};
 use crate::profile::Profile;
 use crate::route::{DirectRoute, RelayRoute, RelayUrl, Route, HEAD_START};
 use crate::store::{Contact, Store, Update};
@@ -164,6 +165,11 @@ pub struct Client {
     /// Reported incoming messages stay unread until the chat is opened
     /// (see [`Client::set_read_when_opened`]).
     read_when_opened: bool,
+    /// The lock every use of the profile's keys holds (see
+    /// [`crate::lock`]), and the identity's version when `identity` was
+    /// read or saved by this client.
+    keys: Keys,
+    identity_version: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -219,6 +225,7 @@ impl Client {
         let not_registered = || ClientError::NotRegistered(dir.display().to_string());
         let handle = store.meta("handle")?.ok_or_else(not_registered)?;
         let server = parse_address(&store.meta("server")?.ok_or_else(not_registered)?)?;
+        let identity_version = store.identity_version()?;
         let identity = store.identity()?.ok_or_else(not_registered)?;
         let secret = store.secret("noise")?.ok_or_else(not_registered)?;
         let device = device_keypair(&secret)?;
@@ -240,10 +247,42 @@ impl Client {
             auto_download: files::DEFAULT_AUTO_DOWNLOAD,
             fetch_failed: BTreeSet::new(),
             read_when_opened: false,
+            keys: Keys::new(dir),
+            identity_version,
         };
         // Whatever expired while no client ran goes before anything is read.
         client.sweep_expired()?;
         Ok(client)
+    }
+
+    /// Takes the profile's keys for one use (see [`crate::lock`]): waits
+    /// while another process uses them, and then reads the identity again
+    /// if that process saved it meanwhile (made one-time keys, or used one
+    /// for a new session), so this client neither misses its keys nor
+    /// writes an older identity over them.
+    pub(crate) async fn hold_keys(&mut self) -> Result<KeysHold> {
+        let hold = self.keys.take().await?;
+        if hold.first() {
+            self.reload_identity_if_changed()?;
+        }
+        Ok(hold)
+    }
+
+    /// [`Client::hold_keys`] for code that cannot wait asynchronously and
+    /// does not change the identity (it is not read again here).
+    pub(crate) fn hold_keys_blocking(&self) -> Result<KeysHold> {
+        self.keys.take_blocking()
+    }
+
+    fn reload_identity_if_changed(&mut self) -> Result<()> {
+        let version = self.store().identity_version()?;
+        if version != self.identity_version {
+            if let Some(identity) = self.store().identity()? {
+                self.identity = identity;
+            }
+            self.identity_version = version;
+        }
+        Ok(())
     }
 
     /// Own handle.
@@ -434,6 +473,7 @@ impl Client {
         on_server: u32,
         has_fallback: bool,
     ) -> Result<()> {
+        let _keys = self.hold_keys().await?;
         let want = TARGET_ONE_TIME_KEYS.saturating_sub(on_server) as usize;
         let pending = self.identity.unpublished_one_time_keys().len();
         let mut keys = self

@@ -143,6 +143,8 @@ impl Client {
         conn: &mut Connection,
         events: &mut Display<'_>,
     ) -> Result<Flush> {
+        // The sessions are read, advanced and written back in this flush.
+        let _keys = self.hold_keys().await?;
         let outbox = self.store().outbox()?;
         let mut blocked = match self.prepare_sessions(conn, &outbox, events).await? {
             Some(blocked) => blocked,

@@ -182,6 +182,7 @@ impl Client {
             saved.extend(vias.iter().cloned());
             save_vias(store, &saved)?;
         }
+        let identity_version = store.identity_version()?;
         let mut client = Self {
             profile,
             identity,
@@ -200,6 +201,8 @@ impl Client {
             auto_download: super::DEFAULT_AUTO_DOWNLOAD,
             fetch_failed: BTreeSet::new(),
             read_when_opened: false,
+            keys: crate::lock::Keys::new(dir),
+            identity_version,
         };
         let mut conn = client.open_connection().await?;
         let public = client.identity.public();

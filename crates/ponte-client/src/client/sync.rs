@@ -35,6 +35,9 @@ impl Client {
     ) -> Result<Option<u64>> {
         match push {
             server_frame::Body::Deliver(d) => {
+                // Opening it reads, advances and writes back a session (and
+                // the identity, for a new one).
+                let _keys = self.hold_keys().await?;
                 match &d.group_id {
                     Some(group) => {
                         self.handle_group_deliver(&d.sender, &d.message_id, group, &d.body, events)?

@@ -118,6 +118,9 @@ impl Client {
     /// Mark `peer` verified (after comparing safety numbers); a waiting
     /// changed identity becomes the trusted one.
     pub fn confirm(&self, peer: &str) -> Result<PublicIdentity> {
+        // It drops the sessions with an old identity: not while another
+        // process holds them in memory, to write them back after.
+        let _keys = self.hold_keys_blocking()?;
         self.store().confirm_contact(peer)
     }
 

@@ -53,6 +53,8 @@ impl Client {
     /// Needs the server (the members' identities come from its directory);
     /// the ops and keys then go out like messages.
     pub async fn group_create(&mut self, title: &str, handles: &[String]) -> Result<GroupOutcome> {
+        // The group's state and keys, from reading them to writing them back.
+        let _keys = self.hold_keys().await?;
         if title.trim().is_empty() {
             return Err(ClientError::Invalid("a group needs a title".into()));
         }
@@ -126,6 +128,8 @@ impl Client {
     /// Add `handles` to a group (admins only). Needs the server for their
     /// identities.
     pub async fn group_add(&mut self, group: &GroupId, handles: &[String]) -> Result<GroupOutcome> {
+        // The group's state and keys, from reading them to writing them back.
+        let _keys = self.hold_keys().await?;
         let record = self.member_group(group)?;
         let title = record.state.title().to_owned();
         if record.state.role_of(&self.my_key()) != Some(Role::Admin) {
@@ -163,6 +167,8 @@ impl Client {
         group: &GroupId,
         handles: &[String],
     ) -> Result<GroupOutcome> {
+        // The group's state and keys, from reading them to writing them back.
+        let _keys = self.hold_keys().await?;
         let record = self.member_group(group)?;
         let mut ops = Vec::new();
         for h in handles {
@@ -182,6 +188,8 @@ impl Client {
         group: &GroupId,
         handles: &[String],
     ) -> Result<GroupOutcome> {
+        // The group's state and keys, from reading them to writing them back.
+        let _keys = self.hold_keys().await?;
         let record = self.member_group(group)?;
         let mut ops = Vec::new();
         for h in handles {
@@ -192,6 +200,8 @@ impl Client {
 
     /// Rename a group (admins only).
     pub async fn group_rename(&mut self, group: &GroupId, title: &str) -> Result<GroupOutcome> {
+        // The group's state and keys, from reading them to writing them back.
+        let _keys = self.hold_keys().await?;
         if title.trim().is_empty() {
             return Err(ClientError::Invalid("a group needs a title".into()));
         }
@@ -202,6 +212,8 @@ impl Client {
 
     /// Leave a group (the last admin must promote someone first).
     pub async fn group_leave(&mut self, group: &GroupId) -> Result<GroupOutcome> {
+        // The group's state and keys, from reading them to writing them back.
+        let _keys = self.hold_keys().await?;
         let record = self.member_group(group)?;
         self.change(&record, vec![GroupOp::Leave]).await
     }

@@ -162,6 +162,8 @@ impl Client {
         hold: bool,
         write: impl FnOnce(&crate::store::Store, &GroupOutgoing<'_>) -> Result<()>,
     ) -> Result<Vec<String>> {
+        // The sender session is read, advanced and written back.
+        let _keys = self.hold_keys_blocking()?;
         let record = self.member_group(group)?;
         let me = self.my_key();
         let now = now_ms();

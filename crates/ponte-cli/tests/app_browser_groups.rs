@@ -257,7 +257,7 @@ fn a_group_of_three_replies_search_and_timers_in_a_real_browser() {
     a.click("#panel-close");
 
     // A reply to bobby: R on his message, the quote on both sides.
-    a.click("[data-testid=chat-item][data-peer=bobby]");
+    a.open_chat("bobby");
     let his = message_with(&a, "hello alice, bobby here");
     a.on_element(&his, "value", json!({ "text": "r" }));
     a.wait(
@@ -301,14 +301,14 @@ fn a_group_of_three_replies_search_and_timers_in_a_real_browser() {
     // in carol's composer, and it is back in bobby's.
     let composer = "return document.querySelector('[data-testid=composer]').value";
     a.type_into("[data-testid=composer]", "a draft for bobby");
-    a.click("[data-testid=chat-item][data-peer=carol]");
+    a.open_chat("carol");
     message_with(&a, "carol says hi");
     assert_eq!(
         a.js(composer, json!([])),
         "",
         "bobby's draft in carol's chat"
     );
-    a.click("[data-testid=chat-item][data-peer=bobby]");
+    a.open_chat("bobby");
     message_with(&a, "hello alice, bobby here");
     assert_eq!(a.js(composer, json!([])), "a draft for bobby");
     a.js(
@@ -341,7 +341,7 @@ fn a_group_of_three_replies_search_and_timers_in_a_real_browser() {
     );
 
     // The timer, set in bobby's contact info: in the header on both sides.
-    a.click("[data-testid=chat-item][data-peer=bobby]");
+    a.open_chat("bobby");
     a.click("[data-testid=contact-info]");
     a.wait(
         "the timer choice in contact info",
@@ -362,7 +362,7 @@ fn a_group_of_three_replies_search_and_timers_in_a_real_browser() {
 
     // Back in the group (carol since removed, her message still there).
     a.click("#panel-close");
-    a.click(&format!("[data-testid=chat-item][data-peer='{key}']"));
+    a.open_chat(&key);
     // A reply in the group: R on carol's message; the quote names her in
     // alice's page and in bobby's app.
     let carols = message_with(&a, "carol here, Porto is lovely");

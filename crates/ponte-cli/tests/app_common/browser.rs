@@ -220,6 +220,27 @@ impl Browser<'_> {
         self.wait(what, done, json!([]));
     }
 
+    /// Opens the chat with `peer` from the chat list, and waits until it
+    /// is the open one. A click lands where the item was found, and the
+    /// list re-sorts as events arrive (a tick, a group change), so the
+    /// click can open the item that moved there instead: clicked again,
+    /// a bounded number of times.
+    pub fn open_chat(&self, peer: &str) {
+        let item = format!("[data-testid=chat-item][data-peer='{peer}']");
+        let open = "return state.open === arguments[0]";
+        for _ in 0..5 {
+            self.click(&item);
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                if self.js(open, json!([peer])) == true {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.wait(&format!("the chat with {peer} open"), open, json!([peer]));
+    }
+
     /// Runs `script` (a function body; `arguments` are `args`) in the page.
     pub fn js(&self, script: &str, args: Value) -> Value {
         self.cmd(

@@ -279,22 +279,33 @@ pub const KEYS_WAIT: Duration = Duration::from_secs(120);
 /// How often a waiting process tries the lock again.
 const KEYS_POLL: Duration = Duration::from_millis(5);
 
-/// The lock on a profile's keys (see the module docs), between
-/// processes. The clients of one profile in one process share it (the
-/// app's two run on one thread, where a synchronous use of the keys cannot
-/// interleave with another; waiting there for the other client would never
-/// end), and it is re-entrant: an operation that holds the keys may call
-/// another that takes them (a group change flushes the outbox).
-#[derive(Debug, Clone)]
+/// The lock on a profile's keys (see the module docs), one per open
+/// client. It excludes the other processes of the profile (`flock`) and
+/// the other clients of the profile in this process (the app has two,
+/// whose uses of the keys run on different threads), and it is
+/// re-entrant within its client: an operation that holds the keys may
+/// call another that takes them (a group change flushes the outbox).
+///
+/// A client waits for another of the same process with
+/// [`Keys::take_blocking`] only from a thread the holder does not need:
+/// in the app the holder (the connection's client) runs on the runtime's
+/// own thread and the waiter (the API's) on a worker.
+#[derive(Debug)]
 pub struct Keys {
     path: PathBuf,
+    /// This client, among those of the profile in this process.
+    client: u64,
+    /// Shared by the clients of the profile in this process.
     state: Arc<Mutex<KeysState>>,
 }
 
 #[derive(Debug, Default)]
 struct KeysState {
-    /// Opened at the first use and kept open; locked while `depth > 0`.
+    /// Opened at the first use and kept open (one per process, as `flock`
+    /// locks are per open file); locked while `depth > 0`.
     file: Option<File>,
+    /// The client that holds the keys, and how many of its holds are open.
+    owner: u64,
     depth: usize,
 }
 
@@ -341,6 +352,8 @@ impl Keys {
             Mutex::new(Vec::new());
         let path = dir.join(KEYS_FILE);
         let path = std::path::absolute(&path).unwrap_or(path);
+        static CLIENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let client = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
         shared.retain(|(_, state)| state.strong_count() > 0);
         let state = shared
@@ -352,7 +365,11 @@ impl Keys {
                 shared.push((path.clone(), Arc::downgrade(&state)));
                 state
             });
-        Self { path, state }
+        Self {
+            path,
+            client,
+            state,
+        }
     }
 
     /// Takes the keys if nobody else has them: `None` while another
@@ -360,6 +377,9 @@ impl Keys {
     fn try_take(&self) -> Result<Option<KeysHold>> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.depth > 0 {
+            if st.owner != self.client {
+                return Ok(None);
+            }
             st.depth += 1;
             return Ok(Some(KeysHold {
                 state: Arc::clone(&self.state),
@@ -378,6 +398,7 @@ impl Keys {
         };
         match file.try_lock() {
             Ok(()) => {
+                st.owner = self.client;
                 st.depth = 1;
                 Ok(Some(KeysHold {
                     state: Arc::clone(&self.state),
@@ -441,28 +462,46 @@ mod keys_tests {
         file
     }
 
-    /// The keys are held by one process at a time; a client's nested holds,
-    /// and those of another client of the same profile in this process,
-    /// share its lock, which goes with the last of them.
+    /// The keys are held by one client at a time, of this process or
+    /// another; a client's nested holds share its lock, which goes with
+    /// the last of them.
     #[test]
-    fn the_keys_are_held_by_one_process_at_a_time_and_nest_within_it() {
+    fn the_keys_are_held_by_one_client_at_a_time_and_nest_within_it() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (Keys::new(dir.path()), Keys::new(dir.path()));
         let outer = a.try_take().unwrap().unwrap();
         assert!(outer.first());
         let inner = a.try_take().unwrap().unwrap();
         assert!(!inner.first(), "a nested hold joins the client's lock");
-        let sibling = b.try_take().unwrap().unwrap();
-        assert!(!sibling.first(), "so does another client of this process");
+        assert!(b.try_take().unwrap().is_none(), "another client waits");
         let probe = open_file(&dir.path().join(KEYS_FILE)).unwrap();
         assert!(probe.try_lock().is_err(), "another process waits");
-        drop((outer, sibling));
+        drop(outer);
         assert!(probe.try_lock().is_err(), "the nested hold still has it");
+        assert!(b.try_take().unwrap().is_none());
         drop(inner);
+        let theirs = b.try_take().unwrap().unwrap();
+        assert!(theirs.first());
+        assert!(a.try_take().unwrap().is_none());
+        drop(theirs);
         probe.try_lock().unwrap();
         assert!(a.try_take().unwrap().is_none(), "this process now waits");
         drop(probe);
         assert!(a.try_take().unwrap().unwrap().first());
+    }
+
+    /// A client of this process waiting on another thread gets the keys
+    /// once the holder lets them go.
+    #[test]
+    fn a_client_on_another_thread_waits_for_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Keys::new(dir.path()), Keys::new(dir.path()));
+        let held = a.try_take().unwrap().unwrap();
+        let waiter = std::thread::spawn(move || b.take_blocking().map(|h| h.first()));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "it waits while the keys are held");
+        drop(held);
+        assert!(waiter.join().unwrap().unwrap());
     }
 
     /// A waiting client gets the keys as soon as the other process lets

@@ -1,7 +1,8 @@
 //! `ponte send` beside `ponte listen` on the same profile (real processes):
 //! the send hands its message to the listener, which holds the profile's
 //! connection, instead of logging in as the same device and pushing the
-//! listener off; a second listener is refused, naming the first.
+//! listener off; a second listener is refused, naming the first; the
+//! listener takes turns with other processes for the profile's keys.
 //!
 //! Every wait is bounded; nothing leaves 127.0.0.1.
 #![allow(clippy::unwrap_used)]
@@ -169,4 +170,47 @@ fn a_file_sent_beside_listen_is_uploaded_by_the_listener_to_a_contact_and_a_grou
     let notices = listen.stop();
     assert!(!notices.contains("disconnected"), "{notices}");
     assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
+}
+
+/// The listener and the other processes of its profile take turns with
+/// the profile's keys (`ponte.keys`): while another process holds them
+/// (here the test, with a bare lock on the file), the listener encrypts
+/// nothing: a message handed to it waits, and goes out once they are let
+/// go.
+#[test]
+fn the_listener_waits_while_another_process_uses_the_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let address = server.address();
+    let alice = tmp.path().join("alice");
+    let bob = tmp.path().join("bob");
+    register(&alice, &address, "alice");
+    register(&bob, &address, "bob");
+    let mut listen = Listen::start(&alice);
+    listen.wait_notice("connected to");
+
+    let keys = std::fs::File::open(alice.join(ponte_client::lock::KEYS_FILE)).unwrap();
+    keys.try_lock().unwrap();
+    let send = common::command(&alice, &["send", "bob", "after the keys", "--json"])
+        .spawn()
+        .unwrap();
+    // The send hands the message over at once; the listener polls the
+    // outbox every half second. Two seconds on, nothing went out.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
+    assert!(
+        got.iter().all(|v| v["text"] != "after the keys"),
+        "sent while another process held the keys: {got:?}"
+    );
+    keys.unlock().unwrap();
+    let out = common::wait_output(send, common::WAIT);
+    let v = &json_lines(&ok(&out))[0];
+    assert!(
+        ["sent", "delivered", "read"].contains(&v["status"].as_str().unwrap()),
+        "{v} {}",
+        stderr(&out)
+    );
+    let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
+    assert_eq!(with_text(&got, "after the keys").len(), 1, "{got:?}");
+    listen.stop();
 }

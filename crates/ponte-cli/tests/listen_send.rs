@@ -10,8 +10,9 @@
 mod common;
 use common::{json_lines, ok, ponte, register, stderr, with_text, Listen, Server};
 
-#[test]
-fn send_beside_listen_goes_through_the_listener_which_keeps_its_connection() {
+/// A server, alice and bob registered, and alice's `ponte listen`
+/// connected (the profiles are `alice` and `bob` in the directory).
+fn alice_listening_and_bob() -> (tempfile::TempDir, Server, Listen) {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server"));
     let address = server.address();
@@ -19,9 +20,15 @@ fn send_beside_listen_goes_through_the_listener_which_keeps_its_connection() {
     let bob = tmp.path().join("bob");
     register(&alice, &address, "alice");
     register(&bob, &address, "bob");
-
-    let mut listen = Listen::start(&alice);
+    let listen = Listen::start(&alice);
     listen.wait_notice("connected to");
+    (tmp, server, listen)
+}
+
+#[test]
+fn send_beside_listen_goes_through_the_listener_which_keeps_its_connection() {
+    let (tmp, _server, mut listen) = alice_listening_and_bob();
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
 
     // A second listener on the profile is refused, naming the first.
     let second = ponte(&alice, &["listen", "--json"]);
@@ -179,15 +186,8 @@ fn a_file_sent_beside_listen_is_uploaded_by_the_listener_to_a_contact_and_a_grou
 /// go.
 #[test]
 fn the_listener_waits_while_another_process_uses_the_keys() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
-    let address = server.address();
-    let alice = tmp.path().join("alice");
-    let bob = tmp.path().join("bob");
-    register(&alice, &address, "alice");
-    register(&bob, &address, "bob");
-    let mut listen = Listen::start(&alice);
-    listen.wait_notice("connected to");
+    let (tmp, _server, mut listen) = alice_listening_and_bob();
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
 
     let keys = std::fs::File::open(alice.join(ponte_client::lock::KEYS_FILE)).unwrap();
     keys.try_lock().unwrap();

@@ -212,62 +212,6 @@ impl LiveLock {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn the_app_and_the_cli_exclude_each_other_and_name_the_holder() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("p");
-        // No profile yet: the CLI takes nothing and creates nothing.
-        assert!(ProfileLock::shared(&dir).unwrap().is_none());
-        assert!(!dir.exists());
-        let app = ProfileLock::exclusive(&dir, "ponte app, pid 42").unwrap();
-        // A second app is refused.
-        let e = ProfileLock::exclusive(&dir, "x").unwrap_err().to_string();
-        assert!(e.contains("in use by ponte app, pid 42"), "{e}");
-        // A profile database makes the CLI look: refused while the app runs.
-        std::fs::write(dir.join(crate::profile::DB_FILE), b"").unwrap();
-        let e = ProfileLock::shared(&dir).unwrap_err().to_string();
-        assert!(e.contains("in use by ponte app, pid 42"), "{e}");
-        drop(app);
-        // Released: CLI commands share it, and keep the app out meanwhile.
-        let a = ProfileLock::shared(&dir).unwrap().unwrap();
-        let b = ProfileLock::shared(&dir).unwrap().unwrap();
-        assert!(ProfileLock::exclusive(&dir, "app").is_err());
-        drop((a, b));
-        ProfileLock::exclusive(&dir, "app").unwrap();
-    }
-
-    #[test]
-    fn one_listener_holds_the_connection_and_others_see_who() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        // Nobody yet (and asking creates nothing).
-        assert_eq!(LiveLock::holder(dir).unwrap(), None);
-        assert!(!dir.join(LIVE_FILE).exists());
-        let live = LiveLock::claim(dir, "ponte listen, pid 42").unwrap();
-        let e = LiveLock::claim(dir, "ponte listen, pid 43")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("ponte listen, pid 42 already holds"), "{e}");
-        assert_eq!(
-            LiveLock::holder(dir).unwrap().as_deref(),
-            Some("ponte listen, pid 42")
-        );
-        // Asking leaves nothing locked.
-        assert_eq!(
-            LiveLock::holder(dir).unwrap().as_deref(),
-            Some("ponte listen, pid 42")
-        );
-        drop(live);
-        assert_eq!(LiveLock::holder(dir).unwrap(), None);
-        drop(LiveLock::claim(dir, "ponte listen, pid 44").unwrap());
-    }
-}
-
 /// The file a process locks while it uses the profile's keys ([`Keys`]).
 pub const KEYS_FILE: &str = "ponte.keys";
 
@@ -447,6 +391,62 @@ impl Keys {
             }
             std::thread::sleep(KEYS_POLL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_app_and_the_cli_exclude_each_other_and_name_the_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        // No profile yet: the CLI takes nothing and creates nothing.
+        assert!(ProfileLock::shared(&dir).unwrap().is_none());
+        assert!(!dir.exists());
+        let app = ProfileLock::exclusive(&dir, "ponte app, pid 42").unwrap();
+        // A second app is refused.
+        let e = ProfileLock::exclusive(&dir, "x").unwrap_err().to_string();
+        assert!(e.contains("in use by ponte app, pid 42"), "{e}");
+        // A profile database makes the CLI look: refused while the app runs.
+        std::fs::write(dir.join(crate::profile::DB_FILE), b"").unwrap();
+        let e = ProfileLock::shared(&dir).unwrap_err().to_string();
+        assert!(e.contains("in use by ponte app, pid 42"), "{e}");
+        drop(app);
+        // Released: CLI commands share it, and keep the app out meanwhile.
+        let a = ProfileLock::shared(&dir).unwrap().unwrap();
+        let b = ProfileLock::shared(&dir).unwrap().unwrap();
+        assert!(ProfileLock::exclusive(&dir, "app").is_err());
+        drop((a, b));
+        ProfileLock::exclusive(&dir, "app").unwrap();
+    }
+
+    #[test]
+    fn one_listener_holds_the_connection_and_others_see_who() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // Nobody yet (and asking creates nothing).
+        assert_eq!(LiveLock::holder(dir).unwrap(), None);
+        assert!(!dir.join(LIVE_FILE).exists());
+        let live = LiveLock::claim(dir, "ponte listen, pid 42").unwrap();
+        let e = LiveLock::claim(dir, "ponte listen, pid 43")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ponte listen, pid 42 already holds"), "{e}");
+        assert_eq!(
+            LiveLock::holder(dir).unwrap().as_deref(),
+            Some("ponte listen, pid 42")
+        );
+        // Asking leaves nothing locked.
+        assert_eq!(
+            LiveLock::holder(dir).unwrap().as_deref(),
+            Some("ponte listen, pid 42")
+        );
+        drop(live);
+        assert_eq!(LiveLock::holder(dir).unwrap(), None);
+        drop(LiveLock::claim(dir, "ponte listen, pid 44").unwrap());
     }
 }
 

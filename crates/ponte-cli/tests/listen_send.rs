@@ -214,3 +214,102 @@ fn the_listener_waits_while_another_process_uses_the_keys() {
     assert_eq!(with_text(&got, "after the keys").len(), 1, "{got:?}");
     listen.stop();
 }
+
+/// `ponte group` and a group's `ponte timer` beside `ponte listen`: each
+/// change is written into the profile and the listener sends it on its
+/// own connection, which it keeps; only a new member who is not a contact
+/// yet (whose key must come from the server's directory) makes the
+/// command log in itself, and it says so.
+#[test]
+fn group_changes_and_a_groups_timer_beside_listen_go_through_the_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let address = server.address();
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|p| tmp.path().join(p));
+    for (profile, handle) in [
+        (&alice, "alice"),
+        (&bob, "bob"),
+        (&carol, "carol"),
+        (&dave, "dave"),
+    ] {
+        register(profile, &address, handle);
+    }
+    let mut listen = Listen::start(&alice);
+    listen.wait_notice("connected to");
+    // bob and carol become alice's contacts: her listener fetches their
+    // keys to send to them.
+    for to in ["bob", "carol"] {
+        ok(&ponte(&alice, &["send", to, "hello", "--json"]));
+    }
+
+    // Each command answers once the listener sent what it queued (no
+    // "queued" note), with the group as it now is.
+    let run = |args: &[&str]| {
+        let out = ponte(&alice, args);
+        let e = stderr(&out);
+        assert!(!e.contains("queued"), "{args:?}: {e}");
+        json_lines(&ok(&out)).remove(0)
+    };
+    let created = run(&["group", "create", "team", "bob", "carol", "--json"]);
+    assert_eq!(
+        created["members"],
+        serde_json::json!(["alice", "bob", "carol"])
+    );
+    let group = format!("g:{}", created["group"].as_str().unwrap());
+    assert_eq!(
+        run(&["group", "rename", &group, "crew", "--json"])["title"],
+        "crew"
+    );
+    let promoted = run(&["group", "promote", &group, "bob", "--json"]);
+    assert_eq!(promoted["admins"], serde_json::json!(["alice", "bob"]));
+    let timer = run(&["timer", &group, "1h", "--json"]);
+    assert!(
+        ["sent", "delivered", "read"].contains(&timer["status"].as_str().unwrap()),
+        "{timer}"
+    );
+    let removed = run(&["group", "remove", &group, "carol", "--json"]);
+    assert_eq!(removed["members"], serde_json::json!(["alice", "bob"]));
+
+    // bob has every change, carol learns she was removed.
+    ok(&ponte(&bob, &["sync", "--json"]));
+    let info = &json_lines(&ok(&ponte(&bob, &["group", "info", &group, "--json"])))[0];
+    assert_eq!(info["title"], "crew", "{info}");
+    assert_eq!(
+        info["members"],
+        serde_json::json!(["alice", "bob"]),
+        "{info}"
+    );
+    assert_eq!(
+        info["admins"],
+        serde_json::json!(["alice", "bob"]),
+        "{info}"
+    );
+    assert_eq!(info["timer_secs"], 3600, "{info}");
+    ok(&ponte(&carol, &["sync", "--json"]));
+    let info = &json_lines(&ok(&ponte(&carol, &["group", "info", &group, "--json"])))[0];
+    assert_eq!(info["status"], "removed", "{info}");
+    assert!(info["role"].is_null(), "{info}");
+
+    // The listener kept its one connection throughout.
+    let notices = listen.wait_notice("connected to");
+    assert!(!notices.contains("disconnected"), "{notices}");
+    assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
+
+    // dave is no contact of alice's: his key comes from the directory, on
+    // the command's own connection, and the command says so.
+    let out = ponte(&alice, &["group", "add", &group, "dave", "--json"]);
+    assert!(
+        stderr(&out).contains("not a contact of this profile yet"),
+        "{}",
+        stderr(&out)
+    );
+    let added = &json_lines(&ok(&out))[0];
+    assert_eq!(
+        added["members"],
+        serde_json::json!(["alice", "bob", "dave"])
+    );
+    ok(&ponte(&dave, &["sync", "--json"]));
+    let info = &json_lines(&ok(&ponte(&dave, &["group", "info", &group, "--json"])))[0];
+    assert_eq!(info["title"], "crew", "{info}");
+    listen.stop();
+}

@@ -4,7 +4,7 @@
 //! profile has that title; here the `g:` may be left out.
 
 use super::*;
-use ponte_client::client::{format_timer, GroupInfo, GroupOutcome};
+use ponte_client::client::{format_timer, GroupChange, GroupInfo, GroupOutcome};
 use ponte_client::store::Conversation;
 use ponte_e2e::group::{GroupId, Role};
 use ponte_e2e::Timer;
@@ -185,6 +185,24 @@ fn report(outcome: GroupOutcome, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Make `change` to `group` (`None`: create it): on a connection of this
+/// command's own, or, while `ponte listen` holds the profile's connection,
+/// through the listener (unless a new member needs the server's
+/// directory).
+fn change(common: &Common, group: Option<&str>, change: GroupChange) -> anyhow::Result<ExitCode> {
+    let mut client = open_client(common)?;
+    let g = group.map(|g| resolve_group(&client, g)).transpose()?;
+    let rt = runtime()?;
+    if let Some(holder) = super::handoff::holder(common)? {
+        if !super::handoff::group_needs_login(&client, &change, &holder)? {
+            let outcome = super::handoff::group(&mut client, &rt, g.as_ref(), &change, &holder)?;
+            return report(outcome, common.json);
+        }
+    }
+    let outcome = rt.block_on(client.group_change(g.as_ref(), &change))?;
+    report(outcome, common.json)
+}
+
 /// Run `ponte group …`.
 pub(super) fn run(cmd: GroupCommand) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -196,9 +214,7 @@ pub(super) fn run(cmd: GroupCommand) -> anyhow::Result<ExitCode> {
             for m in &members {
                 check_handle(m)?;
             }
-            let mut client = open_client(&common)?;
-            let outcome = runtime()?.block_on(client.group_create(&title, &members))?;
-            report(outcome, common.json)
+            change(&common, None, GroupChange::Create { title, members })
         }
         GroupCommand::Add {
             group,
@@ -208,47 +224,24 @@ pub(super) fn run(cmd: GroupCommand) -> anyhow::Result<ExitCode> {
             for h in &handles {
                 check_handle(h)?;
             }
-            let mut client = open_client(&common)?;
-            let g = resolve_group(&client, &group)?;
-            let outcome = runtime()?.block_on(client.group_add(&g, &handles))?;
-            report(outcome, common.json)
+            change(&common, Some(&group), GroupChange::Add(handles))
         }
         GroupCommand::Remove {
             group,
             handles,
             common,
-        } => {
-            let mut client = open_client(&common)?;
-            let g = resolve_group(&client, &group)?;
-            let outcome = runtime()?.block_on(client.group_remove(&g, &handles))?;
-            report(outcome, common.json)
-        }
+        } => change(&common, Some(&group), GroupChange::Remove(handles)),
         GroupCommand::Promote {
             group,
             handles,
             common,
-        } => {
-            let mut client = open_client(&common)?;
-            let g = resolve_group(&client, &group)?;
-            let outcome = runtime()?.block_on(client.group_promote(&g, &handles))?;
-            report(outcome, common.json)
-        }
+        } => change(&common, Some(&group), GroupChange::Promote(handles)),
         GroupCommand::Rename {
             group,
             title,
             common,
-        } => {
-            let mut client = open_client(&common)?;
-            let g = resolve_group(&client, &group)?;
-            let outcome = runtime()?.block_on(client.group_rename(&g, &title))?;
-            report(outcome, common.json)
-        }
-        GroupCommand::Leave { group, common } => {
-            let mut client = open_client(&common)?;
-            let g = resolve_group(&client, &group)?;
-            let outcome = runtime()?.block_on(client.group_leave(&g))?;
-            report(outcome, common.json)
-        }
+        } => change(&common, Some(&group), GroupChange::Rename(title)),
+        GroupCommand::Leave { group, common } => change(&common, Some(&group), GroupChange::Leave),
         GroupCommand::List { common } => {
             let client = open_client(&common)?;
             let groups = client.groups()?;

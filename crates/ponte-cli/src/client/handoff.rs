@@ -7,11 +7,12 @@
 //! profile.
 
 use super::Common;
-use ponte_client::client::SendOutcome;
+use ponte_client::client::{GroupChange, GroupOutcome, SendOutcome};
 use ponte_client::lock::LiveLock;
 use ponte_client::profile;
 use ponte_client::store::Conversation;
 use ponte_client::Client;
+use ponte_e2e::group::GroupId;
 use ponte_e2e::MessageId;
 use std::time::Duration;
 
@@ -68,17 +69,48 @@ pub(super) fn send_file(
     Ok(rt.block_on(client.sent_by_holder(to, &id, holder, file_wait(bytes)))?)
 }
 
-/// Queues the setting of the timer with contact `peer` for `holder` to
-/// send, and waits for the outcome. (A group's timer is encrypted for the
-/// group by the process that sets it, so it is not handed over.)
+/// Queues the setting of the timer of `to` (a contact's, or a group's,
+/// encrypted for the group here) for `holder` to send, and waits for the
+/// outcome.
 pub(super) fn timer(
     client: &Client,
     rt: &tokio::runtime::Runtime,
-    peer: &str,
+    to: &Conversation,
     timer: Option<ponte_e2e::Timer>,
     holder: &str,
 ) -> anyhow::Result<SendOutcome> {
-    let id = client.queue_contact_timer(peer, timer)?;
-    let to = Conversation::contact(peer);
-    Ok(rt.block_on(client.sent_by_holder(&to, &id, holder, HANDOFF_WAIT))?)
+    let id = client.queue_timer(to, timer)?;
+    Ok(rt.block_on(client.sent_by_holder(to, &id, holder, HANDOFF_WAIT))?)
+}
+
+/// Writes a group change (to `group`; `None` creates one) into the profile
+/// for `holder` to send, and waits for the outcome. New members must be
+/// contacts already (see [`group_needs_login`]).
+pub(super) fn group(
+    client: &mut Client,
+    rt: &tokio::runtime::Runtime,
+    group: Option<&GroupId>,
+    change: &GroupChange,
+    holder: &str,
+) -> anyhow::Result<GroupOutcome> {
+    let queued = rt.block_on(client.queue_group_change(group, change))?;
+    Ok(rt.block_on(client.group_change_by_holder(&queued, holder, HANDOFF_WAIT))?)
+}
+
+/// Whether `change` needs the server's directory (a new member who is not a
+/// contact yet), so that it cannot be handed to the listener: the command
+/// then logs in itself, and says what that does to the listener.
+pub(super) fn group_needs_login(
+    client: &Client,
+    change: &GroupChange,
+    holder: &str,
+) -> anyhow::Result<bool> {
+    if client.knows_all(change.new_members())? {
+        return Ok(false);
+    }
+    super::notice(&format!(
+        "a new member is not a contact of this profile yet: asking the server's directory \
+         on a connection of this command's own ({holder} reconnects after it)"
+    ));
+    Ok(true)
 }

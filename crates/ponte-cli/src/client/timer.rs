@@ -65,14 +65,11 @@ pub(super) fn run(
         note,
         warnings,
         key_changed,
-    } = match &conversation {
+    } = match super::handoff::holder(&common)? {
         // `ponte listen` holds this profile's connection: it sends the
-        // setting (a contact's; a group's is encrypted here, see handoff).
-        Conversation::Contact(peer) => match super::handoff::holder(&common)? {
-            Some(holder) => super::handoff::timer(&client, &runtime()?, peer, timer, &holder)?,
-            None => runtime()?.block_on(client.set_timer(&conversation, timer))?,
-        },
-        _ => runtime()?.block_on(client.set_timer(&conversation, timer))?,
+        // setting (a group's is encrypted for the group here).
+        Some(holder) => super::handoff::timer(&client, &runtime()?, &conversation, timer, &holder)?,
+        None => runtime()?.block_on(client.set_timer(&conversation, timer))?,
     };
     if key_changed {
         // As for `send`: held until `verify --confirm`.

@@ -5,7 +5,7 @@
 //! the holder sees the outbox change and sends it, and this process reads
 //! the outcome from the profile.
 
-use super::{Client, SendOutcome};
+use super::{Client, GroupOutcome, QueuedChange, SendOutcome};
 use crate::store::{group_key, Conversation, FileState, Status};
 use crate::{ClientError, Result};
 use ponte_e2e::MessageId;
@@ -76,5 +76,39 @@ impl Client {
             tokio::time::sleep(POLL).await;
         };
         self.send_outcome(&key, id, note, Vec::new())
+    }
+
+    /// The outcome of a group change queued here
+    /// ([`Client::queue_group_change`]) while `holder` holds this profile's
+    /// connection: waits until the holder sent everything the change
+    /// queued, at most `wait`; after that it is still queued, with a note
+    /// saying who sends it. (What the holder's flush warns about, it shows
+    /// itself.)
+    pub async fn group_change_by_holder(
+        &self,
+        change: &QueuedChange,
+        holder: &str,
+        wait: Duration,
+    ) -> Result<GroupOutcome> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let note = loop {
+            let waiting = self.store().outbox_waiting(&change.queued)?;
+            if waiting == 0 {
+                break None;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break Some(format!(
+                    "queued ({waiting} of {} messages of the change): {holder} holds this \
+                     profile's connection and sends them as soon as it can",
+                    change.queued.len()
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        Ok(GroupOutcome {
+            info: self.group_info(&change.group)?,
+            note,
+            warnings: Vec::new(),
+        })
     }
 }

@@ -51,7 +51,9 @@ mod timers;
 mod views;
 
 pub use files::{guess_mime, Progress, DEFAULT_AUTO_DOWNLOAD, FILES_DIR, UPLOAD_WINDOW};
-pub use groups::{GroupInfo, GroupMember, GroupOutcome, MIN_GROUP_PREFIX};
+pub use groups::{
+    GroupChange, GroupInfo, GroupMember, GroupOutcome, QueuedChange, MIN_GROUP_PREFIX,
+};
 pub use outbound::SendOutcome;
 pub use register::{RegisterOptions, DEFAULT_CONNECT_TIMEOUT};
 pub use status::{last_route, save_vias, saved_vias, RouteProbe, RouteStatus, MAX_SAVED_VIAS};

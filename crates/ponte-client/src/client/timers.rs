@@ -107,6 +107,21 @@ impl Client {
             .queue_timer_setting(&Conversation::contact(peer), timer)
     }
 
+    /// Write the setting of `conversation`'s timer (`None`: off) into the
+    /// outbox without sending it (a group's is encrypted for the group
+    /// here): the process holding the connection sends it
+    /// ([`Client::sent_by_holder`] reads the outcome).
+    pub fn queue_timer(
+        &self,
+        conversation: &Conversation,
+        timer: Option<Timer>,
+    ) -> Result<MessageId> {
+        match conversation {
+            Conversation::Contact(peer) => self.queue_contact_timer(peer, timer),
+            Conversation::Group(group) => self.queue_group_timer(group, timer),
+        }
+    }
+
     /// Set the timer of `conversation` (`None`: off) and tell the other
     /// side right away if the server can be reached; otherwise the setting
     /// waits in the outbox (not an error: the outcome's note says so). It

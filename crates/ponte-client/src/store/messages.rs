@@ -96,6 +96,20 @@ impl Store {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
+    /// How many of the outbox entries `ids` are still waiting (not sent,
+    /// and not given up).
+    pub fn outbox_waiting(&self, ids: &[MessageId]) -> Result<usize> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM outbox WHERE id = ?1")?;
+        let mut n = 0;
+        for id in ids {
+            let found: i64 = stmt.query_row([id.0.to_vec()], |r| r.get(0))?;
+            n += usize::from(found > 0);
+        }
+        Ok(n)
+    }
+
     /// Everything waiting in the outbox, oldest first.
     pub fn outbox(&self) -> Result<Vec<OutboxItem>> {
         let mut stmt = self.conn.prepare(
@@ -343,7 +357,7 @@ impl Store {
                     groups::group_read(&tx, incoming.peer, ids)?;
                 }
                 IncomingContent::Group(change) => {
-                    evicted = groups::write_group(&tx, &self.key, change)?;
+                    evicted = groups::write_group(&tx, &self.key, change)?.0;
                 }
                 IncomingContent::File(fd) => {
                     insert_message(&tx, &self.key, incoming, &fd.caption)?;

@@ -1,14 +1,77 @@
 //! Changes to a group: create, add, remove, promote, rename, leave, each
 //! signed, checked against the stored state and queued pairwise.
+//!
+//! Each change is made in two steps: it is written into the profile (the
+//! ops, the notice, the outbox items: [`Client::queue_group_change`]), and
+//! the outbox is flushed. The methods named after the changes
+//! ([`Client::group_add`] …) do both on a connection of their own; a
+//! process beside the one holding the profile's connection (`ponte group`
+//! beside `ponte listen`) does only the first and lets the holder send
+//! ([`Client::group_change_by_holder`]), as `send` does.
 
 use super::*;
 
+/// A change to a group, for [`Client::queue_group_change`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupChange {
+    /// Create a group with this title (this device its admin) and these
+    /// members.
+    Create {
+        /// The group's title.
+        title: String,
+        /// The members' handles (not this device's).
+        members: Vec<String>,
+    },
+    /// Add these handles (admins only).
+    Add(Vec<String>),
+    /// Remove these members (admins only).
+    Remove(Vec<String>),
+    /// Make these members admins (admins only).
+    Promote(Vec<String>),
+    /// Change the title (admins only).
+    Rename(String),
+    /// Leave the group (the last admin promotes someone first).
+    Leave,
+}
+
+impl GroupChange {
+    /// The handles whose identities the change needs (new members).
+    pub fn new_members(&self) -> &[String] {
+        match self {
+            Self::Create { members, .. } => members,
+            Self::Add(handles) => handles,
+            _ => &[],
+        }
+    }
+}
+
+/// A group change written into the profile, waiting in the outbox for
+/// the process that holds the connection ([`Client::group_change_by_holder`]).
+#[derive(Debug, Clone)]
+pub struct QueuedChange {
+    /// The group changed (or created).
+    pub group: GroupId,
+    /// Its outbox entries.
+    pub(in crate::client) queued: Vec<MessageId>,
+}
+
+/// Where the identities of new members come from.
+enum Directory<'a> {
+    /// The server's directory (each checked against what the profile
+    /// trusts), on this connection, opened when first needed.
+    Server(&'a mut Option<Connection>),
+    /// The profile's contacts only (no server at hand).
+    Contacts,
+}
+
 impl Client {
-    /// The identities of `handles` from the directory, each checked against
-    /// what this profile trusts (a changed key is refused).
-    async fn members_from_directory(
+    /// The identities of `handles`, from the server's directory or from the
+    /// profile's contacts, each checked against what this profile trusts
+    /// (a changed key is refused).
+    async fn new_members(
         &mut self,
-        conn: &mut Connection,
+        from: &mut Directory<'_>,
         handles: &[String],
     ) -> Result<Vec<Member>> {
         let mut out: Vec<Member> = Vec::with_capacity(handles.len());
@@ -24,23 +87,41 @@ impl Client {
                 continue;
             }
             self.check_not_changed(handle)?;
-            let identity = match self.lookup_identity(conn, handle).await {
-                Ok(i) => i,
-                Err(ClientError::Server {
-                    code: ServerCode::UnknownHandle,
-                    ..
-                }) => {
-                    return Err(ClientError::Invalid(format!(
-                        "{handle}: no such user on the server"
-                    )))
+            let identity = match from {
+                Directory::Server(conn) => {
+                    let conn = match conn {
+                        Some(conn) => conn,
+                        None => conn.insert(self.login().await?.0),
+                    };
+                    let identity = match self.lookup_identity(conn, handle).await {
+                        Ok(i) => i,
+                        Err(ClientError::Server {
+                            code: ServerCode::UnknownHandle,
+                            ..
+                        }) => {
+                            return Err(ClientError::Invalid(format!(
+                                "{handle}: no such user on the server"
+                            )))
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if self.store().observe_identity(handle, &identity)?
+                        == crate::store::IdentityCheck::Changed
+                    {
+                        return Err(ClientError::KeyChanged(handle.clone()));
+                    }
+                    identity
                 }
-                Err(e) => return Err(e),
+                Directory::Contacts => match self.store().contact(handle)? {
+                    Some(contact) => contact.identity,
+                    None => {
+                        return Err(ClientError::Invalid(format!(
+                            "{handle} is not a contact of this profile yet (their key \
+                             comes from the server's directory)"
+                        )))
+                    }
+                },
             };
-            if self.store().observe_identity(handle, &identity)?
-                == crate::store::IdentityCheck::Changed
-            {
-                return Err(ClientError::KeyChanged(handle.clone()));
-            }
             out.push(Member {
                 handle: handle.clone(),
                 identity,
@@ -49,27 +130,193 @@ impl Client {
         Ok(out)
     }
 
+    /// Whether every one of `handles` is a contact whose key this profile
+    /// holds, so that a group change adding them needs no server (see
+    /// [`Client::queue_group_change`]).
+    pub fn knows_all(&self, handles: &[String]) -> Result<bool> {
+        for handle in handles {
+            if self.store().contact(handle)?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Create a group titled `title` with this device (admin) and `handles`.
     /// Needs the server (the members' identities come from its directory);
     /// the ops and keys then go out like messages.
     pub async fn group_create(&mut self, title: &str, handles: &[String]) -> Result<GroupOutcome> {
-        // The group's state and keys, from reading them to writing them back.
+        let change = GroupChange::Create {
+            title: title.to_owned(),
+            members: handles.to_vec(),
+        };
+        self.group_change(None, &change).await
+    }
+
+    /// Add `handles` to a group (admins only). Needs the server for their
+    /// identities.
+    pub async fn group_add(&mut self, group: &GroupId, handles: &[String]) -> Result<GroupOutcome> {
+        self.group_change(Some(group), &GroupChange::Add(handles.to_vec()))
+            .await
+    }
+
+    /// Remove members (admins only).
+    pub async fn group_remove(
+        &mut self,
+        group: &GroupId,
+        handles: &[String],
+    ) -> Result<GroupOutcome> {
+        self.group_change(Some(group), &GroupChange::Remove(handles.to_vec()))
+            .await
+    }
+
+    /// Make members admins (admins only).
+    pub async fn group_promote(
+        &mut self,
+        group: &GroupId,
+        handles: &[String],
+    ) -> Result<GroupOutcome> {
+        self.group_change(Some(group), &GroupChange::Promote(handles.to_vec()))
+            .await
+    }
+
+    /// Rename a group (admins only).
+    pub async fn group_rename(&mut self, group: &GroupId, title: &str) -> Result<GroupOutcome> {
+        self.group_change(Some(group), &GroupChange::Rename(title.to_owned()))
+            .await
+    }
+
+    /// Leave a group (the last admin must promote someone first).
+    pub async fn group_leave(&mut self, group: &GroupId) -> Result<GroupOutcome> {
+        self.group_change(Some(group), &GroupChange::Leave).await
+    }
+
+    /// Write `change` to `group` (`None` for a create) into the profile
+    /// without the server, for the process holding the connection to send
+    /// (follow it with [`Client::group_change_by_holder`]). New members'
+    /// keys come from the profile's contacts: a handle that is not a
+    /// contact is refused ([`Client::knows_all`] tells beforehand).
+    pub async fn queue_group_change(
+        &mut self,
+        group: Option<&GroupId>,
+        change: &GroupChange,
+    ) -> Result<QueuedChange> {
+        self.write_change(&mut Directory::Contacts, group, change)
+            .await
+    }
+
+    /// Make `change` to `group` (`None` for a create) and send it on a
+    /// connection of this client's own (new members' keys come from the
+    /// server's directory).
+    pub async fn group_change(
+        &mut self,
+        group: Option<&GroupId>,
+        change: &GroupChange,
+    ) -> Result<GroupOutcome> {
+        let mut conn = None;
+        let queued = self
+            .write_change(&mut Directory::Server(&mut conn), group, change)
+            .await?;
+        let (note, warnings) = self.flush_on(conn).await?;
+        Ok(GroupOutcome {
+            info: self.group_info(&queued.group)?,
+            note,
+            warnings,
+        })
+    }
+
+    /// Check, sign and write `change`, holding the profile's keys from
+    /// reading the group's state to writing it back; new members' keys
+    /// come from `directory`.
+    async fn write_change(
+        &mut self,
+        directory: &mut Directory<'_>,
+        group: Option<&GroupId>,
+        change: &GroupChange,
+    ) -> Result<QueuedChange> {
         let _keys = self.hold_keys().await?;
-        if title.trim().is_empty() {
-            return Err(ClientError::Invalid("a group needs a title".into()));
-        }
-        if handles.len() >= MAX_MEMBERS {
-            return Err(ClientError::Invalid(format!(
-                "a group has at most {MAX_MEMBERS} members"
-            )));
-        }
-        let (mut conn, _) = self.login().await?;
-        let members = self.members_from_directory(&mut conn, handles).await?;
+        let record = match (group, change) {
+            (None, GroupChange::Create { title, members }) => {
+                if title.trim().is_empty() {
+                    return Err(ClientError::Invalid("a group needs a title".into()));
+                }
+                if members.len() >= MAX_MEMBERS {
+                    return Err(ClientError::Invalid(format!(
+                        "a group has at most {MAX_MEMBERS} members"
+                    )));
+                }
+                let members = self.new_members(directory, members).await?;
+                let (group, write) = self.create_write(title, &members)?;
+                let queued = self.store().write_group(&write)?;
+                return Ok(QueuedChange { group, queued });
+            }
+            (Some(group), change) if !matches!(change, GroupChange::Create { .. }) => {
+                self.member_group(group)?
+            }
+            _ => {
+                return Err(ClientError::Invalid(
+                    "a group is created without an id, and changed with one".into(),
+                ))
+            }
+        };
+        let ops = match change {
+            GroupChange::Add(handles) => {
+                let title = record.state.title();
+                if record.state.role_of(&self.my_key()) != Some(Role::Admin) {
+                    return Err(op_refused(title, OpError::NotAdmin));
+                }
+                if let Some(already) = handles
+                    .iter()
+                    .find(|h| record.state.member_by_handle(h).is_some())
+                {
+                    return Err(ClientError::Invalid(format!(
+                        "{already} is already a member of {title:?}"
+                    )));
+                }
+                let members = self.new_members(directory, handles).await?;
+                members.into_iter().map(GroupOp::Add).collect()
+            }
+            GroupChange::Remove(handles) => {
+                let mut ops = Vec::new();
+                for h in handles {
+                    if *h == self.handle {
+                        return Err(ClientError::Invalid(
+                            "to leave a group, use `ponte group leave`".into(),
+                        ));
+                    }
+                    ops.push(GroupOp::Remove(member(&record.state, h)?.identity.ed25519));
+                }
+                ops
+            }
+            GroupChange::Promote(handles) => handles
+                .iter()
+                .map(|h| Ok(GroupOp::Promote(member(&record.state, h)?.identity.ed25519)))
+                .collect::<Result<_>>()?,
+            GroupChange::Rename(title) => {
+                if title.trim().is_empty() {
+                    return Err(ClientError::Invalid("a group needs a title".into()));
+                }
+                vec![GroupOp::Rename(title.clone())]
+            }
+            GroupChange::Leave => vec![GroupOp::Leave],
+            GroupChange::Create { .. } => unreachable!("a create was handled above"),
+        };
+        let write = self.local_change(&record, ops)?;
+        let queued = self.store().write_group(&write)?;
+        Ok(QueuedChange {
+            group: record.id(),
+            queued,
+        })
+    }
+
+    /// The write that creates a group titled `title` with this device
+    /// (admin) and `members`.
+    fn create_write(&self, title: &str, members: &[Member]) -> Result<(GroupId, GroupWrite)> {
         let now = now_ms();
         let (mut state, create) = GroupState::create(&self.identity, &self.handle, title, now)
             .map_err(|e| op_refused(title, e))?;
         let mut ops = vec![create];
-        for m in &members {
+        for m in members {
             let op = state
                 .propose(&self.identity, now, GroupOp::Add(m.clone()))
                 .and_then(|op| {
@@ -86,7 +333,7 @@ impl Client {
             title: Some(title.to_owned()),
             ..GroupWrite::default()
         };
-        for m in &members {
+        for m in members {
             for chunk in ops.chunks(MAX_LOG_OPS) {
                 write
                     .outbox
@@ -116,118 +363,7 @@ impl Client {
             },
             shown: true,
         });
-        self.store().write_group(&write)?;
-        let (note, warnings) = self.flush_on(Some(conn)).await?;
-        Ok(GroupOutcome {
-            info: self.group_info(&id)?,
-            note,
-            warnings,
-        })
-    }
-
-    /// Add `handles` to a group (admins only). Needs the server for their
-    /// identities.
-    pub async fn group_add(&mut self, group: &GroupId, handles: &[String]) -> Result<GroupOutcome> {
-        // The group's state and keys, from reading them to writing them back.
-        let _keys = self.hold_keys().await?;
-        let record = self.member_group(group)?;
-        let title = record.state.title().to_owned();
-        if record.state.role_of(&self.my_key()) != Some(Role::Admin) {
-            return Err(op_refused(&title, OpError::NotAdmin));
-        }
-        let fresh: Vec<String> = handles
-            .iter()
-            .filter(|h| record.state.member_by_handle(h).is_none())
-            .cloned()
-            .collect();
-        if let Some(already) = handles
-            .iter()
-            .find(|h| record.state.member_by_handle(h).is_some())
-        {
-            return Err(ClientError::Invalid(format!(
-                "{already} is already a member of {title:?}"
-            )));
-        }
-        let (mut conn, _) = self.login().await?;
-        let members = self.members_from_directory(&mut conn, &fresh).await?;
-        let ops: Vec<GroupOp> = members.iter().cloned().map(GroupOp::Add).collect();
-        let write = self.local_change(&record, ops)?;
-        self.store().write_group(&write)?;
-        let (note, warnings) = self.flush_on(Some(conn)).await?;
-        Ok(GroupOutcome {
-            info: self.group_info(group)?,
-            note,
-            warnings,
-        })
-    }
-
-    /// Remove members (admins only).
-    pub async fn group_remove(
-        &mut self,
-        group: &GroupId,
-        handles: &[String],
-    ) -> Result<GroupOutcome> {
-        // The group's state and keys, from reading them to writing them back.
-        let _keys = self.hold_keys().await?;
-        let record = self.member_group(group)?;
-        let mut ops = Vec::new();
-        for h in handles {
-            if *h == self.handle {
-                return Err(ClientError::Invalid(
-                    "to leave a group, use `ponte group leave`".into(),
-                ));
-            }
-            ops.push(GroupOp::Remove(member(&record.state, h)?.identity.ed25519));
-        }
-        self.change(&record, ops).await
-    }
-
-    /// Make members admins (admins only).
-    pub async fn group_promote(
-        &mut self,
-        group: &GroupId,
-        handles: &[String],
-    ) -> Result<GroupOutcome> {
-        // The group's state and keys, from reading them to writing them back.
-        let _keys = self.hold_keys().await?;
-        let record = self.member_group(group)?;
-        let mut ops = Vec::new();
-        for h in handles {
-            ops.push(GroupOp::Promote(member(&record.state, h)?.identity.ed25519));
-        }
-        self.change(&record, ops).await
-    }
-
-    /// Rename a group (admins only).
-    pub async fn group_rename(&mut self, group: &GroupId, title: &str) -> Result<GroupOutcome> {
-        // The group's state and keys, from reading them to writing them back.
-        let _keys = self.hold_keys().await?;
-        if title.trim().is_empty() {
-            return Err(ClientError::Invalid("a group needs a title".into()));
-        }
-        let record = self.member_group(group)?;
-        self.change(&record, vec![GroupOp::Rename(title.to_owned())])
-            .await
-    }
-
-    /// Leave a group (the last admin must promote someone first).
-    pub async fn group_leave(&mut self, group: &GroupId) -> Result<GroupOutcome> {
-        // The group's state and keys, from reading them to writing them back.
-        let _keys = self.hold_keys().await?;
-        let record = self.member_group(group)?;
-        self.change(&record, vec![GroupOp::Leave]).await
-    }
-
-    /// Sign, check, store and send changes that need no directory look-up.
-    async fn change(&mut self, record: &GroupRecord, ops: Vec<GroupOp>) -> Result<GroupOutcome> {
-        let write = self.local_change(record, ops)?;
-        self.store().write_group(&write)?;
-        let (note, warnings) = self.flush_on(None).await?;
-        Ok(GroupOutcome {
-            info: self.group_info(&record.id())?,
-            note,
-            warnings,
-        })
+        Ok((id, write))
     }
 
     /// The write for ops this device signs on `record`: each applied to the
@@ -416,6 +552,7 @@ impl Client {
         self.store().write_group(&GroupWrite {
             outbox: vec![(peer.to_owned(), OutboxKind::GroupOp(Box::new(op.clone())))],
             ..GroupWrite::default()
-        })
+        })?;
+        Ok(())
     }
 }

@@ -24,6 +24,7 @@
 
 mod arrivals;
 mod changes;
+pub use changes::{GroupChange, QueuedChange};
 mod send;
 
 use super::outbound::SendOutcome;

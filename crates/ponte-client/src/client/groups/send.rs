@@ -63,6 +63,31 @@ impl Client {
         timer: Option<ponte_e2e::Timer>,
     ) -> Result<SendOutcome> {
         self.warned_full.clear();
+        let (id, skipped) = self.queue_group_timer_skipping(group, timer)?;
+        let (note, mut warnings) = self.flush_on(None).await?;
+        warnings.extend(skipped);
+        self.send_outcome(&group_key(group), &id, note, warnings)
+    }
+
+    /// Encrypt the setting of `group`'s timer (`None`: off) for the group
+    /// and queue it, without sending it: it applies here at once, and the
+    /// process holding the connection sends it ([`Client::sent_by_holder`]
+    /// reads the outcome).
+    pub fn queue_group_timer(
+        &self,
+        group: &GroupId,
+        timer: Option<ponte_e2e::Timer>,
+    ) -> Result<MessageId> {
+        self.queue_group_timer_skipping(group, timer)
+            .map(|(id, _)| id)
+    }
+
+    /// [`Client::queue_group_timer`], and why members were skipped.
+    fn queue_group_timer_skipping(
+        &self,
+        group: &GroupId,
+        timer: Option<ponte_e2e::Timer>,
+    ) -> Result<(MessageId, Vec<String>)> {
         let id = MessageId::random();
         let sent_at = now_ms();
         let envelope = Envelope {
@@ -81,9 +106,7 @@ impl Client {
             true,
             |store, out| store.queue_group_timer(out, timer, UnixMillis(sent_at)),
         )?;
-        let (note, mut warnings) = self.flush_on(None).await?;
-        warnings.extend(skipped);
-        self.send_outcome(&group_key(group), &id, note, warnings)
+        Ok((id, skipped))
     }
 
     /// Encrypt a group text with this device's sender session and queue it

@@ -482,15 +482,16 @@ impl Store {
             .optional()?)
     }
 
-    /// Write `change` in one transaction.
-    pub fn write_group(&self, change: &GroupWrite) -> Result<()> {
+    /// Write `change` in one transaction; the ids of the outbox entries
+    /// it wrote.
+    pub fn write_group(&self, change: &GroupWrite) -> Result<Vec<MessageId>> {
         let tx = self.conn.unchecked_transaction()?;
-        let evicted = write_group(&tx, &self.key, change)?;
+        let (evicted, queued) = write_group(&tx, &self.key, change)?;
         tx.commit()?;
         if evicted {
             self.forget_cached_groups();
         }
-        Ok(())
+        Ok(queued)
     }
 
     /// Empty the cache of loaded groups (after a write that removed a

@@ -2,13 +2,14 @@
 
 use super::*;
 
-/// Write `change` inside the caller's transaction; true when it made
-/// room by forgetting groups being joined.
+/// Write `change` inside the caller's transaction: true when it made
+/// room by forgetting groups being joined, and the ids of the outbox
+/// entries it wrote.
 pub(in crate::store) fn write_group(
     tx: &Transaction<'_>,
     key: &ProfileKey,
     change: &GroupWrite,
-) -> Result<bool> {
+) -> Result<(bool, Vec<MessageId>)> {
     let now = UnixMillis::now();
     for (group, sender, kind, payload) in &change.pending_add {
         let sealed = key.seal(&pending_aad(group, sender), payload);
@@ -40,15 +41,20 @@ pub(in crate::store) fn write_group(
             ],
         )?;
     }
+    let mut queued = Vec::with_capacity(change.outbox.len() + change.timers.len());
     for (to, kind) in &change.outbox {
-        insert_outbox(tx, key, &MessageId::random(), to, kind, now)?;
+        let id = MessageId::random();
+        insert_outbox(tx, key, &id, to, kind, now)?;
+        queued.push(id);
     }
     for (to, setting, set_at) in &change.timers {
         let kind = OutboxKind::TimerSetting(*setting);
-        insert_outbox(tx, key, &MessageId::random(), to, &kind, *set_at)?;
+        let id = MessageId::random();
+        insert_outbox(tx, key, &id, to, &kind, *set_at)?;
+        queued.push(id);
     }
     let Some((group, status)) = change.group else {
-        return Ok(false);
+        return Ok((false, queued));
     };
     let mut evicted = false;
     let gid = group.0.to_vec();
@@ -174,5 +180,5 @@ pub(in crate::store) fn write_group(
         tx.execute("DELETE FROM group_pending WHERE group_id = ?1", [&gid])?;
         tx.execute("DELETE FROM group_keys WHERE group_id = ?1", [&gid])?;
     }
-    Ok(evicted)
+    Ok((evicted, queued))
 }

@@ -527,11 +527,23 @@ fn run_command(cmd: ClientCommand) -> anyhow::Result<ExitCode> {
                 anyhow::anyhow!("{:?} is not a message id (32 hex digits)", message_id)
             })?;
             let mut client = open_client(&common)?;
-            let mut bar = ProgressBar::new(!common.json);
-            let r = runtime()?
-                .block_on(client.fetch_file(&id, target.as_deref(), &mut |d, t| bar.update(d, t)));
-            bar.finish();
-            let path = r?;
+            let path = match handoff::holder(&common)? {
+                // `ponte listen` holds this profile's connection: it
+                // fetches the file (no progress bar here then).
+                Some(holder) => {
+                    handoff::file_get(&mut client, &runtime()?, &id, target.as_deref(), &holder)?
+                }
+                None => {
+                    let mut bar = ProgressBar::new(!common.json);
+                    let r = runtime()?.block_on(client.fetch_file(
+                        &id,
+                        target.as_deref(),
+                        &mut |d, t| bar.update(d, t),
+                    ));
+                    bar.finish();
+                    r?
+                }
+            };
             if common.json {
                 out(serde_json::json!({ "id": id.to_hex(), "path": path.display().to_string() }))?;
             } else {

@@ -313,3 +313,110 @@ fn group_changes_and_a_groups_timer_beside_listen_go_through_the_listener() {
     assert_eq!(info["title"], "crew", "{info}");
     listen.stop();
 }
+
+/// `ponte file get` beside `ponte listen`: the listener (which fetches
+/// nothing by itself here, `--auto-download 0`) fetches the file on its
+/// own connection, which it keeps, and the command prints where it is.
+#[test]
+fn file_get_beside_listen_is_fetched_by_the_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let address = server.address();
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    register(&alice, &address, "alice");
+    register(&bob, &address, "bob");
+    let mut listen = Listen::start_with(&alice, &["--auto-download", "0"]);
+    listen.wait_notice("connected to");
+
+    let photo: Vec<u8> = (0..400_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let photo_path = tmp.path().join("photo.jpg");
+    std::fs::write(&photo_path, &photo).unwrap();
+    let path = photo_path.to_str().unwrap();
+    ok(&ponte(
+        &bob,
+        &["send", "alice", "--file", path, "the view", "--json"],
+    ));
+    listen.wait_for("the view");
+    let shown = with_text(&listen.seen, "the view");
+    assert!(shown[0]["file"]["path"].is_null(), "{shown:?}");
+    let id = shown[0]["id"].as_str().unwrap().to_owned();
+
+    // Asked for, fetched by the listener, copied where the command says.
+    let target = tmp.path().join("out.jpg");
+    let out = ponte(
+        &alice,
+        &[
+            "file",
+            "get",
+            &id,
+            "--out",
+            target.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let v = &json_lines(&ok(&out))[0];
+    assert_eq!(v["path"], target.to_str().unwrap(), "{v}");
+    assert_eq!(std::fs::read(&target).unwrap(), photo);
+    // Asked again: it is here already.
+    let v = &json_lines(&ok(&ponte(&alice, &["file", "get", &id, "--json"])))[0];
+    assert_eq!(std::fs::read(v["path"].as_str().unwrap()).unwrap(), photo);
+    // A message that is no file of this profile is refused, with nothing
+    // asked of the listener.
+    let out = ponte(&alice, &["file", "get", &"ab".repeat(16)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no received file"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The listener kept its one connection throughout.
+    let notices = listen.stop();
+    assert!(!notices.contains("disconnected"), "{notices}");
+    assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
+}
+
+/// A file the listener cannot fetch (here its blob is gone from the
+/// server's disk): `file get` beside it fails with the listener's reason,
+/// and the listener stays connected.
+#[test]
+fn file_get_beside_listen_reports_why_the_listener_could_not_fetch_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = Server::start(&data);
+    let address = server.address();
+    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
+    register(&alice, &address, "alice");
+    register(&bob, &address, "bob");
+    let mut listen = Listen::start_with(&alice, &["--auto-download", "0"]);
+    listen.wait_notice("connected to");
+    let path = tmp.path().join("notes.txt");
+    std::fs::write(&path, b"lost on the way").unwrap();
+    let path = path.to_str().unwrap();
+    ok(&ponte(
+        &bob,
+        &["send", "alice", "--file", path, "notes", "--json"],
+    ));
+    listen.wait_for("notes");
+    let id = with_text(&listen.seen, "notes")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(data.join("blobs")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().len() == 32 && entry.file_type().unwrap().is_file() {
+            std::fs::remove_file(entry.path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 1);
+
+    let out = ponte(&alice, &["file", "get", &id]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("could not fetch it"), "{e}");
+    let notices = listen.stop();
+    assert!(notices.contains("not fetched"), "{notices}");
+    assert!(!notices.contains("disconnected"), "{notices}");
+}

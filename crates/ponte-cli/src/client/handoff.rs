@@ -69,6 +69,23 @@ pub(super) fn send_file(
     Ok(rt.block_on(client.sent_by_holder(to, &id, holder, file_wait(bytes)))?)
 }
 
+/// Asks `holder` to fetch the file of message `id` and waits until it is
+/// here (copied to `out` if given): where it is.
+pub(super) fn file_get(
+    client: &mut Client,
+    rt: &tokio::runtime::Runtime,
+    id: &MessageId,
+    out: Option<&std::path::Path>,
+    holder: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let size = client
+        .store()
+        .file_by_id(id)?
+        .map_or(0, |rec| rec.descriptor.size);
+    client.queue_fetch(id)?;
+    Ok(rt.block_on(client.fetched_by_holder(id, out, holder, file_wait(size)))?)
+}
+
 /// Queues the setting of the timer of `to` (a contact's, or a group's,
 /// encrypted for the group here) for `holder` to send, and waits for the
 /// outcome.

@@ -410,7 +410,13 @@ pub struct Listen {
 
 impl Listen {
     pub fn start(profile: &Path) -> Self {
-        let mut child = command(profile, &["listen", "--json"]).spawn().unwrap();
+        Self::start_with(profile, &[])
+    }
+
+    /// [`Listen::start`] with more arguments for `ponte listen`.
+    pub fn start_with(profile: &Path, args: &[&str]) -> Self {
+        let args: Vec<&str> = ["listen", "--json"].iter().chain(args).copied().collect();
+        let mut child = command(profile, &args).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel::<String>();

@@ -6,10 +6,10 @@
 //! the outcome from the profile.
 
 use super::{Client, GroupOutcome, QueuedChange, SendOutcome};
-use crate::store::{group_key, Conversation, FileState, Status};
+use crate::store::{group_key, Conversation, FetchAsked, FileState, Status};
 use crate::{ClientError, Result};
 use ponte_e2e::MessageId;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How often the outcome is read from the profile while waiting.
@@ -110,5 +110,52 @@ impl Client {
             note,
             warnings: Vec::new(),
         })
+    }
+
+    /// Ask the process holding the connection to fetch the file of message
+    /// `id` (any size): follow it with [`Client::fetched_by_holder`].
+    pub fn queue_fetch(&self, id: &MessageId) -> Result<()> {
+        self.received_file(id)?;
+        self.store().want_fetch(id)
+    }
+
+    /// Where the file of message `id`, asked for with
+    /// [`Client::queue_fetch`] while `holder` holds this profile's
+    /// connection, is once the holder fetched it (copied to `out` if
+    /// given), waiting at most `wait`; an error says why the holder could
+    /// not fetch it, or that it is still fetching it.
+    pub async fn fetched_by_holder(
+        &mut self,
+        id: &MessageId,
+        out: Option<&Path>,
+        holder: &str,
+        wait: Duration,
+    ) -> Result<PathBuf> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.received_file(id)?.state == FileState::Fetched {
+                // Copied (with `out`) or found in place: no connection.
+                return self.fetch_file(id, out, &mut |_, _| {}).await;
+            }
+            match self.store().fetch_want(id)? {
+                Some(FetchAsked::Failed(why)) => {
+                    self.store().fetch_want_done(id, None)?;
+                    return Err(ClientError::Invalid(format!(
+                        "{holder}, which holds this profile's connection, could not fetch \
+                         it: {why}"
+                    )));
+                }
+                // Given up by the holder with nothing said: ask again.
+                None => self.store().want_fetch(id)?,
+                Some(FetchAsked::Waiting) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Invalid(format!(
+                    "not fetched yet: {holder} holds this profile's connection and is still \
+                     fetching it (the same command prints its path once it is here)"
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 }

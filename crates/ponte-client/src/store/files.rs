@@ -17,6 +17,24 @@ use ponte_e2e::{FileDescriptor, MessageId};
 use rusqlite::{params, Transaction};
 use std::path::PathBuf;
 
+/// Where a fetch asked of the process holding the connection stands
+/// ([`Store::fetch_want`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchAsked {
+    /// Not tried yet.
+    Waiting,
+    /// Tried, and it failed: why.
+    Failed(String),
+}
+
+/// Prefix of the `meta` keys of fetches asked for ([`Store::want_fetch`]),
+/// and of the sealed reasons of those that failed.
+const WANT_PREFIX: &str = "fetch_wanted:";
+
+fn want_key(id: &MessageId) -> String {
+    format!("{WANT_PREFIX}{}", id.to_hex())
+}
+
 /// Where a file message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -216,6 +234,63 @@ impl Store {
         self.select_files("state = ?1", &[&state.to_i64()])
     }
 
+    /// Ask the process holding the connection to fetch the file of message
+    /// `id` (`ponte file get` beside `ponte listen`), whatever its size.
+    pub fn want_fetch(&self, id: &MessageId) -> Result<()> {
+        let key = want_key(id);
+        self.conn
+            .execute("DELETE FROM secrets WHERE name = ?1", [&key])?;
+        super::meta_set(&self.conn, &key, "")
+    }
+
+    /// The files asked for with [`Store::want_fetch`] and not tried yet.
+    pub fn fetches_wanted(&self) -> Result<Vec<MessageId>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM meta WHERE key LIKE 'fetch_wanted:%' AND value = ''")?;
+        let keys = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| MessageId::from_hex(k.strip_prefix(WANT_PREFIX)?))
+            .collect())
+    }
+
+    /// Where the fetch asked for with [`Store::want_fetch`] stands (`None`
+    /// when nobody asks, or not any more).
+    pub fn fetch_want(&self, id: &MessageId) -> Result<Option<FetchAsked>> {
+        Ok(match super::meta_get(&self.conn, &want_key(id))? {
+            None => None,
+            Some(v) if v.is_empty() => Some(FetchAsked::Waiting),
+            Some(_) => {
+                let why = self.secret(&want_key(id))?;
+                let why = why.map(|w| String::from_utf8_lossy(&w).into_owned());
+                Some(FetchAsked::Failed(why.unwrap_or_default()))
+            }
+        })
+    }
+
+    /// The fetch asked for is over: done (`failed: None`; the file's state
+    /// says so), or failed and why (sealed, like every secret: the reason
+    /// may name the file).
+    pub fn fetch_want_done(&self, id: &MessageId, failed: Option<&str>) -> Result<()> {
+        let key = want_key(id);
+        match failed {
+            Some(why) => {
+                self.set_secret(&key, why.as_bytes())?;
+                super::meta_set(&self.conn, &key, "failed")
+            }
+            None => {
+                self.conn
+                    .execute("DELETE FROM meta WHERE key = ?1", [&key])?;
+                self.conn
+                    .execute("DELETE FROM secrets WHERE name = ?1", [&key])?;
+                Ok(())
+            }
+        }
+    }
+
     /// The file of a message (either direction), by message id.
     pub fn file_by_id(&self, id: &MessageId) -> Result<Option<FileRecord>> {
         let id = id.0.to_vec();
@@ -362,5 +437,54 @@ mod tests {
         meta_set(&conn, "schema", "99").unwrap();
         drop(conn);
         assert!(open_connection(&path).is_err());
+    }
+
+    #[test]
+    fn a_fetch_asked_for_waits_then_reads_as_failed_or_goes() {
+        use super::super::Store;
+        use super::FetchAsked;
+        use crate::atrest::ProfileKey;
+        use ponte_e2e::MessageId;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_with_key(
+            &tmp.path().join("ponte.db"),
+            ProfileKey::from_master(&[3; 32]),
+        )
+        .unwrap();
+        let (a, b) = (MessageId::random(), MessageId::random());
+        assert!(store.fetches_wanted().unwrap().is_empty());
+        store.want_fetch(&a).unwrap();
+        store.want_fetch(&b).unwrap();
+        let mut wanted = store.fetches_wanted().unwrap();
+        wanted.sort_by_key(|id| id.0);
+        let mut both = vec![a, b];
+        both.sort_by_key(|id| id.0);
+        assert_eq!(wanted, both);
+        assert_eq!(store.fetch_want(&a).unwrap(), Some(FetchAsked::Waiting));
+        // A failure is kept for who asked (its reason sealed), and is not
+        // tried again.
+        store
+            .fetch_want_done(&a, Some("no such blob: photo.jpg"))
+            .unwrap();
+        assert_eq!(
+            store.fetch_want(&a).unwrap(),
+            Some(FetchAsked::Failed("no such blob: photo.jpg".into()))
+        );
+        assert_eq!(store.fetches_wanted().unwrap(), vec![b]);
+        let clear: Vec<u8> = store
+            .conn
+            .query_row("SELECT value FROM secrets", [], |r| r.get(0))
+            .unwrap();
+        assert!(!clear.windows(5).any(|w| w == b"photo"));
+        // Done: nothing is left of it.
+        store.fetch_want_done(&a, None).unwrap();
+        store.fetch_want_done(&b, None).unwrap();
+        assert_eq!(store.fetch_want(&a).unwrap(), None);
+        assert_eq!(store.fetch_want(&b).unwrap(), None);
+        let left: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM secrets", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

@@ -45,7 +45,7 @@ mod search;
 
 pub use chats::{ChatSummary, ConversationPage, MAX_PAGE};
 pub use expiry::{Notice, Swept, FLAG_TIMER_NOTICE};
-pub use files::{FileRecord, FileState};
+pub use files::{FetchAsked, FileRecord, FileState};
 pub use groups::{
     group_key, group_of_key, Conversation, GroupIncoming, GroupNotice, GroupOutgoing, GroupRecord,
     GroupStatus, GroupTicks, GroupWrite, PendingItem, PendingKind, FLAG_GROUP_NOTICE,

@@ -5,13 +5,28 @@
 use super::*;
 
 impl Client {
-    /// `sync`/`listen`: fetch pending files up to the auto-download limit;
-    /// a failure is a warning (the file waits for the next try).
+    /// `sync`/`listen`: fetch the files another process asked for (`ponte
+    /// file get` beside `ponte listen`, see [`Client::queue_fetch`]), then
+    /// pending files up to the auto-download limit; a failure is a warning
+    /// (the file waits for the next try) and, for a file asked for, the
+    /// answer to the process that asked.
     pub(in crate::client) async fn auto_fetch(
         &mut self,
         conn: &mut Connection,
         events: &mut Display<'_>,
     ) -> Result<()> {
+        for id in self.store().fetches_wanted()? {
+            let rec = match self.store().file_by_id(&id)? {
+                Some(rec) if !rec.outgoing && rec.state == FileState::Pending => rec,
+                // Fetched meanwhile, or gone (its time was up): nothing to do.
+                _ => {
+                    self.store().fetch_want_done(&id, None)?;
+                    continue;
+                }
+            };
+            let failed = self.fetch_one(conn, &rec, events).await?;
+            self.store().fetch_want_done(&id, failed.as_deref())?;
+        }
         if self.auto_download == 0 {
             return Ok(());
         }
@@ -19,35 +34,56 @@ impl Client {
             if rec.descriptor.size > self.auto_download || self.fetch_failed.contains(&rec.id) {
                 continue;
             }
-            match self.download(conn, &rec, None, &mut |_, _| {}).await {
-                Ok(path) => emit(
+            self.fetch_one(conn, &rec, events).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetch `rec`'s file for [`Client::auto_fetch`]: why it failed, if it
+    /// did (said as a warning too); an error for a lost connection.
+    async fn fetch_one(
+        &mut self,
+        conn: &mut Connection,
+        rec: &FileRecord,
+        events: &mut Display<'_>,
+    ) -> Result<Option<String>> {
+        match self.download(conn, rec, None, &mut |_, _| {}).await {
+            Ok(path) => {
+                emit(
                     events,
                     Event::FileFetched {
                         peer: rec.peer.clone(),
                         id: rec.id,
                         path,
                     },
-                )?,
-                Err(e @ (ClientError::Disconnected(_) | ClientError::Closed { .. })) => {
-                    return Err(e)
-                }
-                Err(e) if is_fatal(&e) => return Err(e),
-                Err(e) => {
-                    // Tried once per process: `file get` tries again.
-                    self.fetch_failed.insert(rec.id);
-                    emit(
-                        events,
-                        Event::Warning(format!(
-                            "file {} from {} not fetched: {}",
-                            crypto::display_name(&rec.descriptor.name),
-                            rec.peer,
-                            Report(&e)
-                        )),
-                    )?
-                }
+                )?;
+                Ok(None)
+            }
+            Err(e @ (ClientError::Disconnected(_) | ClientError::Closed { .. })) => Err(e),
+            Err(e) if is_fatal(&e) => Err(e),
+            Err(e) => {
+                // Tried once per process: `file get` tries again.
+                self.fetch_failed.insert(rec.id);
+                let why = Report(&e).to_string();
+                emit(
+                    events,
+                    Event::Warning(format!(
+                        "file {} from {} not fetched: {why}",
+                        crypto::display_name(&rec.descriptor.name),
+                        rec.peer,
+                    )),
+                )?;
+                Ok(Some(why))
             }
         }
-        Ok(())
+    }
+
+    /// The file of received message `id`.
+    pub(in crate::client) fn received_file(&self, id: &MessageId) -> Result<FileRecord> {
+        self.store()
+            .file_by_id(id)?
+            .filter(|r| !r.outgoing)
+            .ok_or_else(|| ClientError::Invalid(format!("no received file with message id {id}")))
     }
 
     /// Fetch the file of message `id` (any size), to `out` or into the
@@ -60,13 +96,7 @@ impl Client {
         out: Option<&Path>,
         progress: &mut Progress<'_>,
     ) -> Result<PathBuf> {
-        let rec = self
-            .store()
-            .file_by_id(id)?
-            .filter(|r| !r.outgoing)
-            .ok_or_else(|| {
-                ClientError::Invalid(format!("no received file with message id {id}"))
-            })?;
+        let rec = self.received_file(id)?;
         if rec.state == FileState::Fetched {
             if let (Some(have), Some(out)) = (&rec.path, out) {
                 std::fs::copy(have, out)

@@ -11,8 +11,14 @@ mod common;
 use common::{json_lines, ok, ponte, register, stderr, with_text, Listen, Server};
 
 /// A server, alice and bob registered, and alice's `ponte listen`
-/// connected (the profiles are `alice` and `bob` in the directory).
+/// connected (the profiles are `alice` and `bob` in the directory, the
+/// server's data `server`).
 fn alice_listening_and_bob() -> (tempfile::TempDir, Server, Listen) {
+    alice_listening_with_and_bob(&[])
+}
+
+/// [`alice_listening_and_bob`] with more arguments for alice's `listen`.
+fn alice_listening_with_and_bob(args: &[&str]) -> (tempfile::TempDir, Server, Listen) {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server"));
     let address = server.address();
@@ -20,9 +26,16 @@ fn alice_listening_and_bob() -> (tempfile::TempDir, Server, Listen) {
     let bob = tmp.path().join("bob");
     register(&alice, &address, "alice");
     register(&bob, &address, "bob");
-    let listen = Listen::start(&alice);
+    let listen = Listen::start_with(&alice, args);
     listen.wait_notice("connected to");
     (tmp, server, listen)
+}
+
+/// The listener's stderr `notices` show one connection, never lost or
+/// replaced.
+fn assert_one_connection(notices: &str) {
+    assert!(!notices.contains("disconnected"), "{notices}");
+    assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
 }
 
 #[test]
@@ -87,9 +100,7 @@ fn send_beside_listen_goes_through_the_listener_which_keeps_its_connection() {
     assert_eq!(with_text(&listen.seen, "got them").len(), 1);
 
     // The listener was never pushed off its connection.
-    let notices = listen.stop();
-    assert!(!notices.contains("disconnected"), "{notices}");
-    assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
+    assert_one_connection(&listen.stop());
 }
 
 #[test]
@@ -174,9 +185,7 @@ fn a_file_sent_beside_listen_is_uploaded_by_the_listener_to_a_contact_and_a_grou
     );
 
     // The listener kept its one connection throughout.
-    let notices = listen.stop();
-    assert!(!notices.contains("disconnected"), "{notices}");
-    assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
+    assert_one_connection(&listen.stop());
 }
 
 /// The listener and the other processes of its profile take turns with
@@ -291,9 +300,7 @@ fn group_changes_and_a_groups_timer_beside_listen_go_through_the_listener() {
     assert!(info["role"].is_null(), "{info}");
 
     // The listener kept its one connection throughout.
-    let notices = listen.wait_notice("connected to");
-    assert!(!notices.contains("disconnected"), "{notices}");
-    assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
+    assert_one_connection(&listen.wait_notice("connected to"));
 
     // dave is no contact of alice's: his key comes from the directory, on
     // the command's own connection, and the command says so.
@@ -319,14 +326,8 @@ fn group_changes_and_a_groups_timer_beside_listen_go_through_the_listener() {
 /// own connection, which it keeps, and the command prints where it is.
 #[test]
 fn file_get_beside_listen_is_fetched_by_the_listener() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
-    let address = server.address();
+    let (tmp, _server, mut listen) = alice_listening_with_and_bob(&["--auto-download", "0"]);
     let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    register(&alice, &address, "alice");
-    register(&bob, &address, "bob");
-    let mut listen = Listen::start_with(&alice, &["--auto-download", "0"]);
-    listen.wait_notice("connected to");
 
     let photo: Vec<u8> = (0..400_000u32).map(|i| (i * 13 % 253) as u8).collect();
     let photo_path = tmp.path().join("photo.jpg");
@@ -371,9 +372,7 @@ fn file_get_beside_listen_is_fetched_by_the_listener() {
     );
 
     // The listener kept its one connection throughout.
-    let notices = listen.stop();
-    assert!(!notices.contains("disconnected"), "{notices}");
-    assert_eq!(notices.matches("connected to").count(), 1, "{notices}");
+    assert_one_connection(&listen.stop());
 }
 
 /// A file the listener cannot fetch (here its blob is gone from the
@@ -381,15 +380,8 @@ fn file_get_beside_listen_is_fetched_by_the_listener() {
 /// and the listener stays connected.
 #[test]
 fn file_get_beside_listen_reports_why_the_listener_could_not_fetch_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("server");
-    let server = Server::start(&data);
-    let address = server.address();
-    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    register(&alice, &address, "alice");
-    register(&bob, &address, "bob");
-    let mut listen = Listen::start_with(&alice, &["--auto-download", "0"]);
-    listen.wait_notice("connected to");
+    let (tmp, _server, mut listen) = alice_listening_with_and_bob(&["--auto-download", "0"]);
+    let [alice, bob, data] = ["alice", "bob", "server"].map(|p| tmp.path().join(p));
     let path = tmp.path().join("notes.txt");
     std::fs::write(&path, b"lost on the way").unwrap();
     let path = path.to_str().unwrap();
@@ -418,5 +410,5 @@ fn file_get_beside_listen_reports_why_the_listener_could_not_fetch_it() {
     assert!(e.contains("could not fetch it"), "{e}");
     let notices = listen.stop();
     assert!(notices.contains("not fetched"), "{notices}");
-    assert!(!notices.contains("disconnected"), "{notices}");
+    assert_one_connection(&notices);
 }

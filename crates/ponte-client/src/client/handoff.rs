@@ -92,11 +92,11 @@ impl Client {
     ) -> Result<GroupOutcome> {
         let deadline = tokio::time::Instant::now() + wait;
         let note = loop {
-            let waiting = self.store().outbox_waiting(&change.queued)?;
-            if waiting == 0 {
+            if self.store().outbox_waiting(&change.queued, 1)? == 0 {
                 break None;
             }
             if tokio::time::Instant::now() >= deadline {
+                let waiting = self.store().outbox_waiting(&change.queued, usize::MAX)?;
                 break Some(format!(
                     "queued ({waiting} of {} messages of the change): {holder} holds this \
                      profile's connection and sends them as soon as it can",

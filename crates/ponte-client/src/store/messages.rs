@@ -97,13 +97,17 @@ impl Store {
     }
 
     /// How many of the outbox entries `ids` are still waiting (not sent,
-    /// and not given up).
-    pub fn outbox_waiting(&self, ids: &[MessageId]) -> Result<usize> {
+    /// and not given up), counting no further than `up_to`. The entries
+    /// are looked at from the last: those go out last.
+    pub fn outbox_waiting(&self, ids: &[MessageId], up_to: usize) -> Result<usize> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT COUNT(*) FROM outbox WHERE id = ?1")?;
         let mut n = 0;
-        for id in ids {
+        for id in ids.iter().rev() {
+            if n >= up_to {
+                break;
+            }
             let found: i64 = stmt.query_row([id.0.to_vec()], |r| r.get(0))?;
             n += usize::from(found > 0);
         }

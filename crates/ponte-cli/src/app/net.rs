@@ -15,7 +15,6 @@ use super::api::{App, Phase};
 use ponte_client::client::{Event, GroupInfo, RegisterOptions, RouteStatus};
 use ponte_client::profile::{KeySource, Profile};
 use ponte_client::route::RelayUrl;
-use ponte_client::store::Conversation;
 use ponte_client::{Client, ClientError, Report};
 use ponte_e2e::group::GroupId;
 use std::path::PathBuf;
@@ -61,12 +60,6 @@ pub enum Command {
     Group {
         call: GroupCall,
         reply: oneshot::Sender<Result<GroupInfo, String>>,
-    },
-    /// Set a conversation's disappearing timer (`None`: off).
-    Timer {
-        with: Conversation,
-        timer: Option<ponte_e2e::Timer>,
-        reply: oneshot::Sender<Result<(), String>>,
     },
 }
 
@@ -354,10 +347,6 @@ async fn run_command(app: &App, client: &mut Client, command: Command) {
                 }
             }
             let _ = reply.send(r.map(|o| o.info).map_err(|e| err(&e)));
-        }
-        Command::Timer { with, timer, reply } => {
-            let r = client.set_timer(&with, timer).await;
-            let _ = reply.send(r.map(|_| ()).map_err(|e| err(&e)));
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Groups and timers from the page. Reading a group is local (the API's
 //! client); creating or changing one needs the server (members' keys
 //! from its directory, the signed change sent at once), so it is handed
-//! to the connection's task like a file fetch, and answered when done.
+//! to the connection's task like a file fetch, and answered when done. A
+//! timer is set locally and queued like a text: the connection's task
+//! sends it without leaving its connection.
 //!
 //! | method, path | what |
 //! |---|---|
@@ -169,15 +171,15 @@ pub(super) async fn set_timer(State(app): State<Arc<App>>, Json(body): Json<Valu
     let with = conversation(&peer)?;
     let text = string_field(&body, "timer").unwrap_or_else(|| "off".to_owned());
     let timer = parse_timer(&text).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let (reply, answer) = oneshot::channel();
-    app.command(Command::Timer { with, timer, reply })?;
-    match answer.await {
-        Ok(Ok(())) => ok(json!({
-            "peer": peer,
-            "timer": timer.map(ponte_e2e::Timer::secs),
-            "label": timer.map_or_else(|| "off".to_owned(), format_timer),
-        })),
-        Ok(Err(e)) => Err(fail(StatusCode::BAD_REQUEST, e)),
-        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
-    }
+    // Applied here at once and written into the outbox (a group's setting
+    // encrypted for the group); the connection's task sends it like a
+    // text, without leaving its connection.
+    app.with_local(|c| c.queue_timer(&with, timer))?;
+    app.push_state();
+    app.nudge();
+    ok(json!({
+        "peer": peer,
+        "timer": timer.map(ponte_e2e::Timer::secs),
+        "label": timer.map_or_else(|| "off".to_owned(), format_timer),
+    }))
 }

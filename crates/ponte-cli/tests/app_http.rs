@@ -4,7 +4,8 @@
 //! could send (wrong Host, foreign Origin, missing secret), each refused
 //! with no effect; the headers (CSP, no CORS, nosniff, no-referrer); the
 //! JSON API end to end (send, ticks, unread, read receipts only once the
-//! chat is opened); the profile lock against the CLI; Ctrl-C.
+//! chat is opened); group changes and timers sent on the app's one
+//! connection; the profile lock against the CLI; Ctrl-C.
 //!
 //! Every wait is bounded; nothing leaves 127.0.0.1.
 #![allow(clippy::unwrap_used)]
@@ -31,6 +32,17 @@ fn messages_with(app: &App, peer: &str) -> usize {
         .as_array()
         .unwrap()
         .len()
+}
+
+/// A server, and alice, bobby and carol registered on it (profiles
+/// `alice`, `bob` and `carol`).
+fn alice_bobby_carol() -> (tempfile::TempDir, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    for (profile, handle) in [("alice", "alice"), ("bob", "bobby"), ("carol", "carol")] {
+        register(&tmp.path().join(profile), &server.address(), handle);
+    }
+    (tmp, server)
 }
 
 /// What a refused request is: its name, its headers, the status wanted.
@@ -452,12 +464,8 @@ fn offline_the_app_says_so_and_counts_what_waits_then_sends_it() {
 
 #[test]
 fn a_file_goes_to_a_group_from_the_app_quoting_a_message() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let (tmp, server) = alice_bobby_carol();
     let [alice, bob, carol] = ["alice", "bob", "carol"].map(|p| tmp.path().join(p));
-    register(&alice, &server.address(), "alice");
-    register(&bob, &server.address(), "bobby");
-    register(&carol, &server.address(), "carol");
     // The group is made with the CLI before the app holds the profile.
     let created = json_lines(&ok(&ponte(
         &alice,
@@ -684,5 +692,87 @@ fn a_burst_of_tick_changes_reaches_the_page_as_one_resync_and_single_ones_as_the
             && v["message"]["status"] == "sent"
     });
     assert!(later.iter().all(|v| v["type"] != "resync"), "{later:?}");
+    drop(server);
+}
+
+/// Group changes and timers from the page, for members who are contacts
+/// already: written by the app and sent by its connection, which it keeps
+/// (its log shows one connection throughout); each member's client has
+/// them.
+#[test]
+fn group_changes_and_timers_from_the_app_keep_its_connection() {
+    let (tmp, server) = alice_bobby_carol();
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|p| tmp.path().join(p));
+    // bobby and carol become alice's contacts before the app starts.
+    for to in ["bobby", "carol"] {
+        ok(&ponte(&alice, &["send", to, "hello"]));
+    }
+    let app = App::start(&alice);
+    app.wait_for("/api/state", "the app to connect", |s| {
+        s["phase"] == "ready" && s["connection"] == "online"
+    });
+    let connections = |app: &App| {
+        let log = app.log.lock().unwrap().clone();
+        log.lines()
+            .filter(|l| l.contains("ponte_client::connection") && l.contains(" connected"))
+            .count()
+    };
+    assert_eq!(connections(&app), 1, "{}", app.log.lock().unwrap());
+
+    let created = app.json(
+        "POST",
+        "/api/groups",
+        r#"{"title":"trip","members":["bobby","carol"]}"#,
+    );
+    let id = created["group"]["id"].as_str().unwrap().to_owned();
+    let renamed = app.json(
+        "POST",
+        &format!("/api/group/{id}/rename"),
+        r#"{"title":"trip to Porto"}"#,
+    );
+    assert_eq!(renamed["group"]["title"], "trip to Porto");
+    let removed = app.json(
+        "POST",
+        &format!("/api/group/{id}/remove"),
+        r#"{"member":"carol"}"#,
+    );
+    let members: Vec<_> = removed["group"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["handle"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(members, ["alice", "bobby"]);
+    let timer = app.json(
+        "POST",
+        "/api/timer",
+        &format!(r#"{{"peer":"g:{id}","timer":"1h"}}"#),
+    );
+    assert_eq!(timer["timer"], 3600, "{timer}");
+    app.wait_for("/api/state", "everything sent", |s| s["waiting"] == 0);
+
+    // bobby has the group as it is now, carol knows she was removed.
+    let group = format!("g:{id}");
+    let start = Instant::now();
+    loop {
+        ok(&ponte(&bob, &["sync"]));
+        let info = &json_lines(&ok(&ponte(&bob, &["group", "info", &group, "--json"])))[0];
+        if info["title"] == "trip to Porto" && info["timer_secs"] == 3600 {
+            assert_eq!(
+                info["members"],
+                serde_json::json!(["alice", "bobby"]),
+                "{info}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "bobby's group: {info}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    ok(&ponte(&carol, &["sync"]));
+    let info = &json_lines(&ok(&ponte(&carol, &["group", "info", &group, "--json"])))[0];
+    assert_eq!(info["status"], "removed", "{info}");
+
+    // One connection throughout.
+    assert_eq!(connections(&app), 1, "{}", app.log.lock().unwrap());
     drop(server);
 }

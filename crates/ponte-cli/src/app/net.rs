@@ -12,7 +12,7 @@
 //! thread of `block_on`, next to the HTTP server's tasks.
 
 use super::api::{App, Phase};
-use ponte_client::client::{Event, GroupInfo, RegisterOptions, RouteStatus};
+use ponte_client::client::{Event, GroupChange, GroupInfo, RegisterOptions, RouteStatus};
 use ponte_client::profile::{KeySource, Profile};
 use ponte_client::route::RelayUrl;
 use ponte_client::{Client, ClientError, Report};
@@ -58,36 +58,10 @@ pub enum Command {
     /// Create or change a group (needs the server: members' keys come
     /// from its directory, the changes go out at once).
     Group {
-        call: GroupCall,
+        /// The group (`None`: create one).
+        group: Option<GroupId>,
+        change: GroupChange,
         reply: oneshot::Sender<Result<GroupInfo, String>>,
-    },
-}
-
-/// A change to a group, as the page asks for it.
-#[derive(Debug)]
-pub enum GroupCall {
-    Create {
-        title: String,
-        members: Vec<String>,
-    },
-    Add {
-        group: GroupId,
-        members: Vec<String>,
-    },
-    Remove {
-        group: GroupId,
-        member: String,
-    },
-    Leave {
-        group: GroupId,
-    },
-    Promote {
-        group: GroupId,
-        member: String,
-    },
-    Rename {
-        group: GroupId,
-        title: String,
     },
 }
 
@@ -330,17 +304,12 @@ async fn run_command(app: &App, client: &mut Client, command: Command) {
         Command::Routes { reply } => {
             let _ = reply.send(client.status().await.map_err(|e| err(&e)));
         }
-        Command::Group { call, reply } => {
-            let r = match call {
-                GroupCall::Create { title, members } => client.group_create(&title, &members).await,
-                GroupCall::Add { group, members } => client.group_add(&group, &members).await,
-                GroupCall::Remove { group, member } => client.group_remove(&group, &[member]).await,
-                GroupCall::Leave { group } => client.group_leave(&group).await,
-                GroupCall::Promote { group, member } => {
-                    client.group_promote(&group, &[member]).await
-                }
-                GroupCall::Rename { group, title } => client.group_rename(&group, &title).await,
-            };
+        Command::Group {
+            group,
+            change,
+            reply,
+        } => {
+            let r = client.group_change(group.as_ref(), &change).await;
             if let Ok(outcome) = &r {
                 for w in &outcome.warnings {
                     app.on_event(Event::Warning(w.clone()));

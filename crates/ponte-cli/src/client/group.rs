@@ -195,7 +195,7 @@ fn change(common: &Common, group: Option<&str>, change: GroupChange) -> anyhow::
     let rt = runtime()?;
     if let Some(holder) = super::handoff::holder(common)? {
         if !super::handoff::group_needs_login(&client, &change, &holder)? {
-            let outcome = super::handoff::group(&mut client, &rt, g.as_ref(), &change, &holder)?;
+            let outcome = super::handoff::group(&client, &rt, g.as_ref(), &change, &holder)?;
             return report(outcome, common.json);
         }
     }

@@ -104,13 +104,13 @@ pub(super) fn timer(
 /// for `holder` to send, and waits for the outcome. New members must be
 /// contacts already (see [`group_needs_login`]).
 pub(super) fn group(
-    client: &mut Client,
+    client: &Client,
     rt: &tokio::runtime::Runtime,
     group: Option<&GroupId>,
     change: &GroupChange,
     holder: &str,
 ) -> anyhow::Result<GroupOutcome> {
-    let queued = rt.block_on(client.queue_group_change(group, change))?;
+    let queued = client.queue_group_change(group, change)?;
     Ok(rt.block_on(client.group_change_by_holder(&queued, holder, HANDOFF_WAIT))?)
 }
 

@@ -1,9 +1,10 @@
 //! Groups and timers from the page. Reading a group is local (the API's
-//! client); creating or changing one needs the server (members' keys
-//! from its directory, the signed change sent at once), so it is handed
-//! to the connection's task like a file fetch, and answered when done. A
-//! timer is set locally and queued like a text: the connection's task
-//! sends it without leaving its connection.
+//! client). A change to a group, and a timer, are written locally and
+//! queued like a text: the connection's task sends them without leaving
+//! its connection. Only a change that adds someone who is not a contact
+//! yet needs the server first (their key from its directory): it is
+//! handed to the connection's task like a file fetch, and answered when
+//! done.
 //!
 //! | method, path | what |
 //! |---|---|
@@ -16,12 +17,12 @@
 //! | `POST /api/group/{id}/rename` | `{title}`: a new title (admins only) |
 //! | `POST /api/timer` | `{peer, timer}`: a conversation's disappearing timer (`"1h"`, `"off"`, as `ponte timer`) |
 
-use super::super::net::{Command, GroupCall};
+use super::super::net::Command;
 use super::{conversation, fail, ok, string_field, ApiResult, App};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ponte_client::client::{format_timer, parse_timer, GroupInfo};
+use ponte_client::client::{format_timer, parse_timer, GroupChange, GroupInfo};
 use ponte_client::store::{group_key, group_of_key};
 use ponte_e2e::group::{GroupId, Role};
 use serde_json::{json, Value};
@@ -85,10 +86,31 @@ fn handles(body: &Value, name: &str) -> Result<Vec<String>, (StatusCode, Json<Va
     Ok(out)
 }
 
-/// Hand `call` to the connection's task and wait for the group after it.
-async fn run(app: &App, call: GroupCall) -> ApiResult {
+/// Make `change` to `group` (`None`: create one). When every new member
+/// is a contact already, the change is written here and the connection's
+/// task sends it like a text, without leaving its connection; otherwise
+/// (new members' keys come from the server's directory) it is handed to
+/// that task, which makes it on a connection of its own, and answered when
+/// done.
+async fn run(app: &App, group: Option<GroupId>, change: GroupChange) -> ApiResult {
+    let local = app.with_local(|c| {
+        if !c.knows_all(change.new_members())? {
+            return Ok(None);
+        }
+        let queued = c.queue_group_change(group.as_ref(), &change)?;
+        c.group_info(&queued.group).map(Some)
+    })?;
+    if let Some(info) = local {
+        app.push_state();
+        app.nudge();
+        return ok(json!({ "group": info_json(&info) }));
+    }
     let (reply, answer) = oneshot::channel();
-    app.command(Command::Group { call, reply })?;
+    app.command(Command::Group {
+        group,
+        change,
+        reply,
+    })?;
     match answer.await {
         Ok(Ok(info)) => {
             app.push_state();
@@ -106,7 +128,7 @@ pub(super) async fn create(State(app): State<Arc<App>>, Json(body): Json<Value>)
     if members.is_empty() {
         return Err(fail(StatusCode::BAD_REQUEST, "pick at least one member"));
     }
-    run(&app, GroupCall::Create { title, members }).await
+    run(&app, None, GroupChange::Create { title, members }).await
 }
 
 pub(super) async fn info(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
@@ -132,37 +154,30 @@ pub(super) async fn change(
     let group = group_id(&id)?;
     let bad = |what: &str| fail(StatusCode::BAD_REQUEST, what);
     let member = |question: &str| string_field(&body, "member").ok_or_else(|| bad(question));
-    let call = match action.as_str() {
+    let change = match action.as_str() {
         "add" => {
             let members = handles(&body, "members")?;
             if members.is_empty() {
                 return Err(bad("whom to add?"));
             }
-            GroupCall::Add { group, members }
+            GroupChange::Add(members)
         }
-        "remove" => GroupCall::Remove {
-            group,
-            member: member("whom to remove?")?,
-        },
-        "promote" => GroupCall::Promote {
-            group,
-            member: member("whom to make an admin?")?,
-        },
-        "rename" => GroupCall::Rename {
-            group,
-            title: string_field(&body, "title")
+        "remove" => GroupChange::Remove(vec![member("whom to remove?")?]),
+        "promote" => GroupChange::Promote(vec![member("whom to make an admin?")?]),
+        "rename" => GroupChange::Rename(
+            string_field(&body, "title")
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| bad("a group needs a title"))?,
-        },
+        ),
         _ => return Err(fail(StatusCode::NOT_FOUND, "no such change to a group")),
     };
-    run(&app, call).await
+    run(&app, Some(group), change).await
 }
 
 pub(super) async fn leave(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
     let group = group_id(&id)?;
-    run(&app, GroupCall::Leave { group }).await
+    run(&app, Some(group), GroupChange::Leave).await
 }
 
 pub(super) async fn set_timer(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult {

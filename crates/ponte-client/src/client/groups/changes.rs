@@ -56,75 +56,83 @@ pub struct QueuedChange {
     pub(in crate::client) queued: Vec<MessageId>,
 }
 
-/// Where the identities of new members come from.
-enum Directory<'a> {
-    /// The server's directory (each checked against what the profile
-    /// trusts), on this connection, opened when first needed.
-    Server(&'a mut Option<Connection>),
-    /// The profile's contacts only (no server at hand).
-    Contacts,
-}
-
 impl Client {
-    /// The identities of `handles`, from the server's directory or from the
-    /// profile's contacts, each checked against what this profile trusts
-    /// (a changed key is refused).
-    async fn new_members(
+    /// Whether `handle` may be a new member of a group (a valid handle, not
+    /// this device's, no key change waiting for verification); `false`
+    /// when `so_far` has it already.
+    fn new_member_ok(&self, handle: &str, so_far: &[Member]) -> Result<bool> {
+        validate_handle(handle).map_err(|e| ClientError::Invalid(format!("{handle:?}: {e}")))?;
+        if handle == self.handle {
+            return Err(ClientError::Invalid(
+                "you are in the group already; name the others".into(),
+            ));
+        }
+        if so_far.iter().any(|m| m.handle == handle) {
+            return Ok(false);
+        }
+        self.check_not_changed(handle)?;
+        Ok(true)
+    }
+
+    /// The identities of `handles` from the server's directory, on `conn`
+    /// (opened here when first needed), each checked against what this
+    /// profile trusts (a changed key is refused).
+    async fn members_from_directory(
         &mut self,
-        from: &mut Directory<'_>,
+        conn: &mut Option<Connection>,
         handles: &[String],
     ) -> Result<Vec<Member>> {
         let mut out: Vec<Member> = Vec::with_capacity(handles.len());
         for handle in handles {
-            validate_handle(handle)
-                .map_err(|e| ClientError::Invalid(format!("{handle:?}: {e}")))?;
-            if *handle == self.handle {
-                return Err(ClientError::Invalid(
-                    "you are in the group already; name the others".into(),
-                ));
-            }
-            if out.iter().any(|m| m.handle == *handle) {
+            if !self.new_member_ok(handle, &out)? {
                 continue;
             }
-            self.check_not_changed(handle)?;
-            let identity = match from {
-                Directory::Server(conn) => {
-                    let conn = match conn {
-                        Some(conn) => conn,
-                        None => conn.insert(self.login().await?.0),
-                    };
-                    let identity = match self.lookup_identity(conn, handle).await {
-                        Ok(i) => i,
-                        Err(ClientError::Server {
-                            code: ServerCode::UnknownHandle,
-                            ..
-                        }) => {
-                            return Err(ClientError::Invalid(format!(
-                                "{handle}: no such user on the server"
-                            )))
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    if self.store().observe_identity(handle, &identity)?
-                        == crate::store::IdentityCheck::Changed
-                    {
-                        return Err(ClientError::KeyChanged(handle.clone()));
-                    }
-                    identity
-                }
-                Directory::Contacts => match self.store().contact(handle)? {
-                    Some(contact) => contact.identity,
-                    None => {
-                        return Err(ClientError::Invalid(format!(
-                            "{handle} is not a contact of this profile yet (their key \
-                             comes from the server's directory)"
-                        )))
-                    }
-                },
+            let conn = match conn {
+                Some(conn) => conn,
+                None => conn.insert(self.login().await?.0),
             };
+            let identity = match self.lookup_identity(conn, handle).await {
+                Ok(i) => i,
+                Err(ClientError::Server {
+                    code: ServerCode::UnknownHandle,
+                    ..
+                }) => {
+                    return Err(ClientError::Invalid(format!(
+                        "{handle}: no such user on the server"
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
+            if self.store().observe_identity(handle, &identity)?
+                == crate::store::IdentityCheck::Changed
+            {
+                return Err(ClientError::KeyChanged(handle.clone()));
+            }
             out.push(Member {
                 handle: handle.clone(),
                 identity,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The identities of `handles` as the profile's contacts have them (no
+    /// server): a handle that is not a contact yet is refused.
+    fn members_from_contacts(&self, handles: &[String]) -> Result<Vec<Member>> {
+        let mut out: Vec<Member> = Vec::with_capacity(handles.len());
+        for handle in handles {
+            if !self.new_member_ok(handle, &out)? {
+                continue;
+            }
+            let Some(contact) = self.store().contact(handle)? else {
+                return Err(ClientError::Invalid(format!(
+                    "{handle} is not a contact of this profile yet (their key comes from \
+                     the server's directory)"
+                )));
+            };
+            out.push(Member {
+                handle: handle.clone(),
+                identity: contact.identity,
             });
         }
         Ok(out)
@@ -193,16 +201,21 @@ impl Client {
 
     /// Write `change` to `group` (`None` for a create) into the profile
     /// without the server, for the process holding the connection to send
-    /// (follow it with [`Client::group_change_by_holder`]). New members'
-    /// keys come from the profile's contacts: a handle that is not a
-    /// contact is refused ([`Client::knows_all`] tells beforehand).
-    pub async fn queue_group_change(
-        &mut self,
+    /// (follow it with [`Client::group_change_by_holder`]; in the process
+    /// holding it, its connection sends the change). New members' keys
+    /// come from the profile's contacts: a handle that is not a contact is
+    /// refused ([`Client::knows_all`] tells beforehand). Waits for the
+    /// profile's keys without an executor (as [`Client::queue_group_text`]
+    /// does).
+    pub fn queue_group_change(
+        &self,
         group: Option<&GroupId>,
         change: &GroupChange,
     ) -> Result<QueuedChange> {
-        self.write_change(&mut Directory::Contacts, group, change)
-            .await
+        self.check_change(group, change)?;
+        let members = self.members_from_contacts(change.new_members())?;
+        let _keys = self.hold_keys_blocking()?;
+        self.write_change(group, change, members)
     }
 
     /// Make `change` to `group` (`None` for a create) and send it on a
@@ -213,10 +226,15 @@ impl Client {
         group: Option<&GroupId>,
         change: &GroupChange,
     ) -> Result<GroupOutcome> {
+        self.check_change(group, change)?;
         let mut conn = None;
-        let queued = self
-            .write_change(&mut Directory::Server(&mut conn), group, change)
+        let members = self
+            .members_from_directory(&mut conn, change.new_members())
             .await?;
+        let queued = {
+            let _keys = self.hold_keys().await?;
+            self.write_change(group, change, members)?
+        };
         let (note, warnings) = self.flush_on(conn).await?;
         Ok(GroupOutcome {
             info: self.group_info(&queued.group)?,
@@ -225,17 +243,10 @@ impl Client {
         })
     }
 
-    /// Check, sign and write `change`, holding the profile's keys from
-    /// reading the group's state to writing it back; new members' keys
-    /// come from `directory`.
-    async fn write_change(
-        &mut self,
-        directory: &mut Directory<'_>,
-        group: Option<&GroupId>,
-        change: &GroupChange,
-    ) -> Result<QueuedChange> {
-        let _keys = self.hold_keys().await?;
-        let record = match (group, change) {
+    /// What can be refused about `change` before anything is asked of
+    /// the server (it is checked again when it is written).
+    fn check_change(&self, group: Option<&GroupId>, change: &GroupChange) -> Result<()> {
+        match (group, change) {
             (None, GroupChange::Create { title, members }) => {
                 if title.trim().is_empty() {
                     return Err(ClientError::Invalid("a group needs a title".into()));
@@ -245,22 +256,10 @@ impl Client {
                         "a group has at most {MAX_MEMBERS} members"
                     )));
                 }
-                let members = self.new_members(directory, members).await?;
-                let (group, write) = self.create_write(title, &members)?;
-                let queued = self.store().write_group(&write)?;
-                return Ok(QueuedChange { group, queued });
+                Ok(())
             }
-            (Some(group), change) if !matches!(change, GroupChange::Create { .. }) => {
-                self.member_group(group)?
-            }
-            _ => {
-                return Err(ClientError::Invalid(
-                    "a group is created without an id, and changed with one".into(),
-                ))
-            }
-        };
-        let ops = match change {
-            GroupChange::Add(handles) => {
+            (Some(group), GroupChange::Add(handles)) => {
+                let record = self.member_group(group)?;
                 let title = record.state.title();
                 if record.state.role_of(&self.my_key()) != Some(Role::Admin) {
                     return Err(op_refused(title, OpError::NotAdmin));
@@ -273,33 +272,68 @@ impl Client {
                         "{already} is already a member of {title:?}"
                     )));
                 }
-                let members = self.new_members(directory, handles).await?;
-                members.into_iter().map(GroupOp::Add).collect()
+                Ok(())
             }
-            GroupChange::Remove(handles) => {
-                let mut ops = Vec::new();
-                for h in handles {
-                    if *h == self.handle {
-                        return Err(ClientError::Invalid(
-                            "to leave a group, use `ponte group leave`".into(),
-                        ));
+            (Some(_), GroupChange::Rename(title)) if title.trim().is_empty() => {
+                Err(ClientError::Invalid("a group needs a title".into()))
+            }
+            (Some(_), GroupChange::Create { .. }) | (None, _) => Err(ClientError::Invalid(
+                "a group is created without an id, and changed with one".into(),
+            )),
+            (Some(_), _) => Ok(()),
+        }
+    }
+
+    /// Check, sign and write `change`, with its new members' identities
+    /// (`members`), while the caller holds the profile's keys: the group's
+    /// state is read here, so the change applies to the state as it is.
+    fn write_change(
+        &self,
+        group: Option<&GroupId>,
+        change: &GroupChange,
+        members: Vec<Member>,
+    ) -> Result<QueuedChange> {
+        let (record, ops) = match (group, change) {
+            (None, GroupChange::Create { title, .. }) => {
+                let (group, write) = self.create_write(title, &members)?;
+                let queued = self.store().write_group(&write)?;
+                return Ok(QueuedChange { group, queued });
+            }
+            (Some(group), change) => {
+                let record = self.member_group(group)?;
+                let ops = match change {
+                    GroupChange::Add(_) => members.into_iter().map(GroupOp::Add).collect(),
+                    GroupChange::Remove(handles) => {
+                        let mut ops = Vec::new();
+                        for h in handles {
+                            if *h == self.handle {
+                                return Err(ClientError::Invalid(
+                                    "to leave a group, use `ponte group leave`".into(),
+                                ));
+                            }
+                            ops.push(GroupOp::Remove(member(&record.state, h)?.identity.ed25519));
+                        }
+                        ops
                     }
-                    ops.push(GroupOp::Remove(member(&record.state, h)?.identity.ed25519));
-                }
-                ops
+                    GroupChange::Promote(handles) => handles
+                        .iter()
+                        .map(|h| Ok(GroupOp::Promote(member(&record.state, h)?.identity.ed25519)))
+                        .collect::<Result<_>>()?,
+                    GroupChange::Rename(title) => vec![GroupOp::Rename(title.clone())],
+                    GroupChange::Leave => vec![GroupOp::Leave],
+                    GroupChange::Create { .. } => {
+                        return Err(ClientError::Invalid(
+                            "a group is created without an id, and changed with one".into(),
+                        ))
+                    }
+                };
+                (record, ops)
             }
-            GroupChange::Promote(handles) => handles
-                .iter()
-                .map(|h| Ok(GroupOp::Promote(member(&record.state, h)?.identity.ed25519)))
-                .collect::<Result<_>>()?,
-            GroupChange::Rename(title) => {
-                if title.trim().is_empty() {
-                    return Err(ClientError::Invalid("a group needs a title".into()));
-                }
-                vec![GroupOp::Rename(title.clone())]
+            (None, _) => {
+                return Err(ClientError::Invalid(
+                    "a group is created without an id, and changed with one".into(),
+                ))
             }
-            GroupChange::Leave => vec![GroupOp::Leave],
-            GroupChange::Create { .. } => unreachable!("a create was handled above"),
         };
         let write = self.local_change(&record, ops)?;
         let queued = self.store().write_group(&write)?;

@@ -45,6 +45,14 @@ fn alice_bobby_carol() -> (tempfile::TempDir, Server) {
     (tmp, server)
 }
 
+/// How many connections the app's log shows it made to the server.
+fn connections(app: &App) -> usize {
+    let log = app.log.lock().unwrap();
+    log.lines()
+        .filter(|l| l.contains("ponte_client::connection") && l.contains(" connected"))
+        .count()
+}
+
 /// What a refused request is: its name, its headers, the status wanted.
 type Refused<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
 
@@ -711,12 +719,6 @@ fn group_changes_and_timers_from_the_app_keep_its_connection() {
     app.wait_for("/api/state", "the app to connect", |s| {
         s["phase"] == "ready" && s["connection"] == "online"
     });
-    let connections = |app: &App| {
-        let log = app.log.lock().unwrap().clone();
-        log.lines()
-            .filter(|l| l.contains("ponte_client::connection") && l.contains(" connected"))
-            .count()
-    };
     assert_eq!(connections(&app), 1, "{}", app.log.lock().unwrap());
 
     let created = app.json(
@@ -775,4 +777,55 @@ fn group_changes_and_timers_from_the_app_keep_its_connection() {
     // One connection throughout.
     assert_eq!(connections(&app), 1, "{}", app.log.lock().unwrap());
     drop(server);
+}
+
+/// A file over the automatic download's size (16 MiB) waits until the page
+/// asks for it; the app's connection then fetches it, without leaving its
+/// connection, and serves it back.
+#[test]
+fn a_large_file_is_fetched_on_the_apps_connection_when_the_page_asks() {
+    let (tmp, _server) = alice_bobby_carol();
+    let [alice, bob] = ["alice", "bob"].map(|p| tmp.path().join(p));
+    let app = App::start(&alice);
+    app.wait_for("/api/state", "the app to connect", |s| {
+        s["phase"] == "ready" && s["connection"] == "online"
+    });
+    let big: Vec<u8> = (0..17u32 << 20).map(|i| (i % 251) as u8).collect();
+    let path = tmp.path().join("video.bin");
+    std::fs::write(&path, &big).unwrap();
+    ok(&ponte(
+        &bob,
+        &[
+            "send",
+            "alice",
+            "--file",
+            path.to_str().unwrap(),
+            "the video",
+        ],
+    ));
+    let chat = app.wait_for("/api/chat/bobby", "bobby's file", |v| {
+        v["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["text"] == "the video"))
+    });
+    let message = chat["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["text"] == "the video")
+        .unwrap()
+        .clone();
+    assert_ne!(message["file"]["state"], "fetched", "{message}");
+    let id = message["id"].as_str().unwrap();
+
+    let fetched = app.json("POST", &format!("/api/file/{id}/fetch"), "");
+    assert_eq!(fetched["fetched"], id, "{fetched}");
+    let got = app.call("GET", &format!("/api/file/{id}"), "");
+    assert_eq!(got.status, 200);
+    assert!(got.body == big, "{} bytes served", got.body.len());
+    // A message that is no file here is refused, and nothing is asked.
+    let r = app.call("POST", &format!("/api/file/{}/fetch", "ab".repeat(16)), "");
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    assert_eq!(connections(&app), 1, "{}", app.log.lock().unwrap());
 }

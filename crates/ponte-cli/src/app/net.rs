@@ -17,7 +17,6 @@ use ponte_client::profile::{KeySource, Profile};
 use ponte_client::route::RelayUrl;
 use ponte_client::{Client, ClientError, Report};
 use ponte_e2e::group::GroupId;
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -46,11 +45,6 @@ pub enum Command {
     /// Reconnect now (a file waits to be uploaded, the relays changed, the
     /// user asked to retry).
     Reconnect,
-    /// Fetch the file of a message.
-    FetchFile {
-        id: ponte_e2e::MessageId,
-        reply: oneshot::Sender<Result<PathBuf, String>>,
-    },
     /// Check each route (the relays page).
     Routes {
         reply: oneshot::Sender<Result<RouteStatus, String>>,
@@ -294,13 +288,6 @@ pub async fn control(
 async fn run_command(app: &App, client: &mut Client, command: Command) {
     match command {
         Command::Reconnect => {}
-        Command::FetchFile { id, reply } => {
-            let r = client.fetch_file(&id, None, &mut |_, _| {}).await;
-            if let Ok(path) = &r {
-                app.file_fetched(&id, path);
-            }
-            let _ = reply.send(r.map_err(|e| err(&e)));
-        }
         Command::Routes { reply } => {
             let _ = reply.send(client.status().await.map_err(|e| err(&e)));
         }

@@ -1,8 +1,8 @@
 //! Files from the page and to it: an upload staged in the profile and
 //! queued by the library; a received file served back (pictures inline,
-//! the rest as a download); fetching one now.
+//! the rest as a download); fetching one now (by the connection, which
+//! keeps its connection).
 
-use super::super::net::Command;
 use super::{conversation, fail, ok, parse_id, views_json, ApiResult, App, Phase};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -10,14 +10,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use futures::StreamExt as _;
-use ponte_client::store::{group_key, Conversation, FileState};
+use ponte_client::store::{group_key, Conversation, FetchAsked, FileState};
 use ponte_client::ClientError;
 use ponte_e2e::MessageId;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path as FsPath;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// Largest file the page may upload (the library's own cap is far higher;
 /// this bounds what a tab can write into the profile in one request).
@@ -202,14 +201,38 @@ pub(super) async fn file(State(app): State<Arc<App>>, Path(id): Path<String>) ->
     Ok(response)
 }
 
+/// `POST /api/file/{id}/fetch`: the connection fetches the file (any
+/// size) on its own connection, as `ponte file get` beside `ponte listen`
+/// asks it to; answered once it is here, with why it failed, or after 15 s
+/// plus a second per MiB with "still fetching" (the connection goes on).
 pub(super) async fn fetch(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
     let id = parse_id(&id)?;
-    let (reply, answer) = oneshot::channel();
-    app.command(Command::FetchFile { id, reply })?;
-    match answer.await {
-        Ok(Ok(_)) => ok(json!({ "fetched": id.to_hex() })),
-        Ok(Err(e)) => Err(fail(StatusCode::BAD_GATEWAY, e)),
-        Err(_) => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+    let size = app.with_local(|c| {
+        c.queue_fetch(&id)?;
+        Ok(c.store().file_by_id(&id)?.map_or(0, |r| r.descriptor.size))
+    })?;
+    app.nudge();
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(15 + size / (1 << 20));
+    loop {
+        let (state, asked) = app.with_local(|c| {
+            let state = c.store().file_by_id(&id)?.map(|r| r.state);
+            Ok((state, c.store().fetch_want(&id)?))
+        })?;
+        if state == Some(FileState::Fetched) {
+            return ok(json!({ "fetched": id.to_hex() }));
+        }
+        if let Some(FetchAsked::Failed(why)) = asked {
+            app.with_local(|c| c.store().fetch_want_done(&id, None))?;
+            return Err(fail(StatusCode::BAD_GATEWAY, format!("not fetched: {why}")));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(fail(
+                StatusCode::GATEWAY_TIMEOUT,
+                "still fetching: it shows here once it is done",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

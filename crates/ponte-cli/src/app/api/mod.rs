@@ -372,10 +372,6 @@ impl App {
         self.push_state();
     }
 
-    pub fn file_fetched(&self, id: &MessageId, _path: &FsPath) {
-        self.send_live(&json!({ "type": "file", "id": id.to_hex() }));
-    }
-
     /// What the connection reports, turned into live events. Message and
     /// tick changes are gathered until the end of their run
     /// ([`Event::UpdatesEnd`]) and sent by [`App::send_gathered`]; any other

@@ -829,3 +829,65 @@ fn a_large_file_is_fetched_on_the_apps_connection_when_the_page_asks() {
 
     assert_eq!(connections(&app), 1, "{}", app.log.lock().unwrap());
 }
+
+/// Group messages from the page wait for the profile's keys while another
+/// process holds them (here the test, with a bare lock on `ponte.keys`),
+/// and the app still answers meanwhile: the waits are not on the runtime's
+/// two threads. Once the keys are let go, each message goes out.
+#[test]
+fn the_app_answers_while_group_messages_wait_for_the_keys() {
+    let (tmp, _server) = alice_bobby_carol();
+    let [alice, bob] = ["alice", "bob"].map(|p| tmp.path().join(p));
+    let created = json_lines(&ok(&ponte(
+        &alice,
+        &["group", "create", "team", "bobby", "carol", "--json"],
+    )));
+    let key = format!("g:{}", created[0]["group"].as_str().unwrap());
+    let app = std::sync::Arc::new(App::start(&alice));
+    app.wait_for("/api/state", "the app to connect", |s| {
+        s["phase"] == "ready" && s["connection"] == "online"
+    });
+
+    let keys = std::fs::File::open(alice.join(ponte_client::lock::KEYS_FILE)).unwrap();
+    keys.try_lock().unwrap();
+    let sends: Vec<_> = (0..3)
+        .map(|i| {
+            let (app, key) = (app.clone(), key.clone());
+            thread::spawn(move || {
+                let body = format!(r#"{{"peer":"{key}","text":"held {i}"}}"#);
+                app.call("POST", "/api/send", &body)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    // Three sends wait for the keys; the app answers anyway.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe = app.clone();
+    thread::spawn(move || {
+        let _ = tx.send(probe.call("GET", "/api/state", "").status);
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(10));
+    keys.unlock().unwrap();
+    assert_eq!(
+        answered,
+        Ok(200),
+        "the app did not answer while the keys were held"
+    );
+    for send in sends {
+        let r = send.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let start = Instant::now();
+    loop {
+        let got = json_lines(&ok(&ponte(&bob, &["sync", "--json"])));
+        let held = got
+            .iter()
+            .filter(|v| v["text"].as_str().is_some_and(|t| t.starts_with("held ")))
+            .count();
+        if held == 3 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "bobby got {held} of 3: {got:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}

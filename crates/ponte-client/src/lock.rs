@@ -234,7 +234,13 @@ const KEYS_POLL: Duration = Duration::from_millis(5);
 /// [`Keys::take_blocking`] only from a thread the holder does not need:
 /// in the app the holder (the connection's client) runs on the runtime's
 /// own thread and the waiter (the API's) on a worker.
-#[derive(Debug)]
+///
+/// A clone is the same client's handle ([`crate::Client::keys`]): its
+/// holds nest with the client's, so a caller may wait for the keys before
+/// it takes whatever guards the client (the app waits before it locks
+/// its API's client, so that a wait does not hold up the API's other
+/// requests).
+#[derive(Debug, Clone)]
 pub struct Keys {
     path: PathBuf,
     /// This client, among those of the profile in this process.

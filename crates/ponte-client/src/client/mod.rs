@@ -270,6 +270,12 @@ impl Client {
         Ok(hold)
     }
 
+    /// This client's handle on the profile's keys: a hold taken with it
+    /// nests with the client's own (see [`Keys`]).
+    pub fn keys(&self) -> Keys {
+        self.keys.clone()
+    }
+
     /// [`Client::hold_keys`] for code that cannot wait asynchronously and
     /// does not change the identity (it is not read again here).
     pub(crate) fn hold_keys_blocking(&self) -> Result<KeysHold> {

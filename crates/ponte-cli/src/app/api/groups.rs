@@ -92,14 +92,17 @@ fn handles(body: &Value, name: &str) -> Result<Vec<String>, (StatusCode, Json<Va
 /// (new members' keys come from the server's directory) it is handed to
 /// that task, which makes it on a connection of its own, and answered when
 /// done.
-async fn run(app: &App, group: Option<GroupId>, change: GroupChange) -> ApiResult {
-    let local = app.with_local(|c| {
-        if !c.knows_all(change.new_members())? {
-            return Ok(None);
-        }
-        let queued = c.queue_group_change(group.as_ref(), &change)?;
-        c.group_info(&queued.group).map(Some)
-    })?;
+async fn run(app: &Arc<App>, group: Option<GroupId>, change: GroupChange) -> ApiResult {
+    let (g, ch) = (group, change.clone());
+    let local = app
+        .with_keys(move |c| {
+            if !c.knows_all(ch.new_members())? {
+                return Ok(None);
+            }
+            let queued = c.queue_group_change(g.as_ref(), &ch)?;
+            c.group_info(&queued.group).map(Some)
+        })
+        .await?;
     if let Some(info) = local {
         app.push_state();
         app.nudge();
@@ -189,7 +192,7 @@ pub(super) async fn set_timer(State(app): State<Arc<App>>, Json(body): Json<Valu
     // Applied here at once and written into the outbox (a group's setting
     // encrypted for the group); the connection's task sends it like a
     // text, without leaving its connection.
-    app.with_local(|c| c.queue_timer(&with, timer))?;
+    app.with_keys(move |c| c.queue_timer(&with, timer)).await?;
     app.push_state();
     app.nudge();
     ok(json!({

@@ -411,6 +411,30 @@ impl App {
         f(client).map_err(|e| client_fail(&e))
     }
 
+    /// [`App::with_local`] for what takes the profile's keys (a group's
+    /// message, timer or change is encrypted or signed under them;
+    /// confirming a key drops sessions), which the connection may hold
+    /// across a network round: on the blocking pool, so that no runtime
+    /// thread waits (the runtime has two), and the keys taken before the
+    /// API's client is locked, so that its other requests (the chat list,
+    /// the state) do not wait behind the keys.
+    async fn with_keys<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Client) -> Result<T, ClientError> + Send + 'static,
+    ) -> Result<T, (StatusCode, Json<Value>)> {
+        let keys = lock(&self.local)
+            .as_ref()
+            .map(Client::keys)
+            .ok_or_else(|| fail(StatusCode::CONFLICT, "the profile is not open yet"))?;
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _hold = keys.take_blocking().map_err(|e| client_fail(&e))?;
+            app.with_local(f)
+        })
+        .await
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    }
+
     fn command(&self, c: Command) -> Result<(), (StatusCode, Json<Value>)> {
         self.commands
             .try_send(c)
@@ -603,7 +627,8 @@ async fn send(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult
         Some(id) => Some(parse_id(&id)?),
         None => None,
     };
-    let view = app.with_local(|c| {
+    let for_group = matches!(with, Conversation::Group(_));
+    let queue = move |c: &Client| {
         let id = c.queue_reply_to(&with, &text, reply_to.as_ref())?;
         let key = match &with {
             Conversation::Group(g) => ponte_client::store::group_key(g),
@@ -613,7 +638,13 @@ async fn send(State(app): State<Arc<App>>, Json(body): Json<Value>) -> ApiResult
             .message(&key, true, &id)?
             .ok_or(ClientError::Corrupt("queued message"))
             .and_then(|v| views_json(c, &[v]))
-    })?;
+    };
+    // A group's message is encrypted under the profile's keys.
+    let view = if for_group {
+        app.with_keys(queue).await?
+    } else {
+        app.with_local(queue)?
+    };
     app.push_state();
     app.nudge();
     ok(json!({ "message": view.first() }))
@@ -638,7 +669,8 @@ async fn contact(State(app): State<Arc<App>>, Path(peer): Path<String>) -> ApiRe
 }
 
 async fn verify(State(app): State<Arc<App>>, Path(peer): Path<String>) -> ApiResult {
-    app.with_local(|c| c.confirm(&peer).map(|_| ()))?;
+    let who = peer.clone();
+    app.with_keys(move |c| c.confirm(&who).map(|_| ())).await?;
     // Messages held by the key change go out with the next connection.
     let _ = app.command(Command::Reconnect);
     ok(json!({ "verified": peer }))

@@ -4,9 +4,11 @@
 //! Each change is made in two steps: it is written into the profile (the
 //! ops, the notice, the outbox items: [`Client::queue_group_change`]), and
 //! the outbox is flushed. The methods named after the changes
-//! ([`Client::group_add`] …) do both on a connection of their own; a
-//! process beside the one holding the profile's connection (`ponte group`
-//! beside `ponte listen`) does only the first and lets the holder send
+//! ([`Client::group_add`] …) do both on a connection of their own, new
+//! members' keys from the server's directory; a process beside the one
+//! holding the profile's connection (`ponte group` beside `ponte listen`),
+//! or the app's page beside the app's connection, does only the first,
+//! new members' keys from the contacts, and lets the holder send
 //! ([`Client::group_change_by_holder`]), as `send` does.
 
 use super::*;

@@ -49,8 +49,9 @@ pub enum Command {
     Routes {
         reply: oneshot::Sender<Result<RouteStatus, String>>,
     },
-    /// Create or change a group (needs the server: members' keys come
-    /// from its directory, the changes go out at once).
+    /// Create or change a group on a connection of its own: a change
+    /// adding someone who is not a contact yet, whose key comes from the
+    /// server's directory (the API writes the others itself).
     Group {
         /// The group (`None`: create one).
         group: Option<GroupId>,

@@ -7,7 +7,7 @@
 //! profile.
 
 use super::Common;
-use ponte_client::client::{GroupChange, GroupOutcome, SendOutcome};
+use ponte_client::client::{transfer_wait, GroupChange, GroupOutcome, SendOutcome};
 use ponte_client::lock::LiveLock;
 use ponte_client::profile;
 use ponte_client::store::Conversation;
@@ -19,12 +19,6 @@ use std::time::Duration;
 /// How long `send` waits for the listener to send what it queued; after
 /// that it reports the message queued (the listener sends it later).
 const HANDOFF_WAIT: Duration = Duration::from_secs(15);
-
-/// The same for a file, which the listener uploads first: the wait grows
-/// by a second per MiB over [`HANDOFF_WAIT`].
-fn file_wait(bytes: u64) -> Duration {
-    HANDOFF_WAIT + Duration::from_secs(bytes / (1 << 20))
-}
 
 /// Claims the connection of `common`'s profile for this `ponte listen`.
 pub(super) fn claim(common: &Common) -> anyhow::Result<LiveLock> {
@@ -66,7 +60,7 @@ pub(super) fn send_file(
 ) -> anyhow::Result<SendOutcome> {
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let id = client.queue_file_to(to, path, caption, reply_to)?;
-    Ok(rt.block_on(client.sent_by_holder(to, &id, holder, file_wait(bytes)))?)
+    Ok(rt.block_on(client.sent_by_holder(to, &id, holder, transfer_wait(bytes)))?)
 }
 
 /// Asks `holder` to fetch the file of message `id` and waits until it is
@@ -83,7 +77,7 @@ pub(super) fn file_get(
         .file_by_id(id)?
         .map_or(0, |rec| rec.descriptor.size);
     client.queue_fetch(id)?;
-    Ok(rt.block_on(client.fetched_by_holder(id, out, holder, file_wait(size)))?)
+    Ok(rt.block_on(client.fetched_by_holder(id, out, holder, transfer_wait(size)))?)
 }
 
 /// Queues the setting of the timer of `to` (a contact's, or a group's,

@@ -57,24 +57,20 @@ impl Client {
             Conversation::Contact(peer) => peer.clone(),
             Conversation::Group(group) => group_key(group),
         };
-        let deadline = tokio::time::Instant::now() + wait;
-        let note = loop {
+        let sent = until_answered(wait, || {
             let status = self
                 .store()
                 .message(&key, true, id)?
                 .ok_or(ClientError::Corrupt("queued message vanished"))?
                 .status;
-            if status != Status::Queued {
-                break None;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break Some(format!(
-                    "queued: {holder} holds this profile's connection and sends it as soon \
-                     as it can"
-                ));
-            }
-            tokio::time::sleep(POLL).await;
-        };
+            Ok((status != Status::Queued).then_some(()))
+        })
+        .await?;
+        let note = sent.is_none().then(|| {
+            format!(
+                "queued: {holder} holds this profile's connection and sends it as soon as it can"
+            )
+        });
         self.send_outcome(&key, id, note, Vec::new())
     }
 
@@ -90,20 +86,20 @@ impl Client {
         holder: &str,
         wait: Duration,
     ) -> Result<GroupOutcome> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let note = loop {
-            if self.store().outbox_waiting(&change.queued, 1)? == 0 {
-                break None;
-            }
-            if tokio::time::Instant::now() >= deadline {
+        let sent = until_answered(wait, || {
+            Ok((self.store().outbox_waiting(&change.queued, 1)? == 0).then_some(()))
+        })
+        .await?;
+        let note = match sent {
+            Some(()) => None,
+            None => {
                 let waiting = self.store().outbox_waiting(&change.queued, usize::MAX)?;
-                break Some(format!(
+                Some(format!(
                     "queued ({waiting} of {} messages of the change): {holder} holds this \
                      profile's connection and sends them as soon as it can",
                     change.queued.len()
-                ));
+                ))
             }
-            tokio::time::sleep(POLL).await;
         };
         Ok(GroupOutcome {
             info: self.group_info(&change.group)?,
@@ -113,10 +109,33 @@ impl Client {
     }
 
     /// Ask the process holding the connection to fetch the file of message
-    /// `id` (any size): follow it with [`Client::fetched_by_holder`].
+    /// `id` (any size): follow it with [`Client::fetched_by_holder`], or
+    /// poll [`Client::fetch_asked`].
     pub fn queue_fetch(&self, id: &MessageId) -> Result<()> {
         self.received_file(id)?;
         self.store().want_fetch(id)
+    }
+
+    /// Where the fetch of message `id`'s file asked for with
+    /// [`Client::queue_fetch`] stands: `Some(Ok(()))` once the file is
+    /// here, `Some(Err(why))` when the holder could not fetch it (the
+    /// request is then forgotten), `None` while it waits (asked again if
+    /// the holder dropped the request without a word).
+    pub fn fetch_asked(&self, id: &MessageId) -> Result<Option<std::result::Result<(), String>>> {
+        if self.received_file(id)?.state == FileState::Fetched {
+            return Ok(Some(Ok(())));
+        }
+        match self.store().fetch_want(id)? {
+            Some(FetchAsked::Failed(why)) => {
+                self.store().fetch_want_done(id, None)?;
+                Ok(Some(Err(why)))
+            }
+            None => {
+                self.store().want_fetch(id)?;
+                Ok(None)
+            }
+            Some(FetchAsked::Waiting) => Ok(None),
+        }
     }
 
     /// Where the file of message `id`, asked for with
@@ -131,31 +150,40 @@ impl Client {
         holder: &str,
         wait: Duration,
     ) -> Result<PathBuf> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if self.received_file(id)?.state == FileState::Fetched {
-                // Copied (with `out`) or found in place: no connection.
-                return self.fetch_file(id, out, &mut |_, _| {}).await;
-            }
-            match self.store().fetch_want(id)? {
-                Some(FetchAsked::Failed(why)) => {
-                    self.store().fetch_want_done(id, None)?;
-                    return Err(ClientError::Invalid(format!(
-                        "{holder}, which holds this profile's connection, could not fetch \
-                         it: {why}"
-                    )));
-                }
-                // Given up by the holder with nothing said: ask again.
-                None => self.store().want_fetch(id)?,
-                Some(FetchAsked::Waiting) => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ClientError::Invalid(format!(
-                    "not fetched yet: {holder} holds this profile's connection and is still \
-                     fetching it (the same command prints its path once it is here)"
-                )));
-            }
-            tokio::time::sleep(POLL).await;
+        match until_answered(wait, || self.fetch_asked(id)).await? {
+            // Copied (with `out`) or found in place: no connection.
+            Some(Ok(())) => self.fetch_file(id, out, &mut |_, _| {}).await,
+            Some(Err(why)) => Err(ClientError::Invalid(format!(
+                "{holder}, which holds this profile's connection, could not fetch it: {why}"
+            ))),
+            None => Err(ClientError::Invalid(format!(
+                "not fetched yet: {holder} holds this profile's connection and is still \
+                 fetching it (the same command prints its path once it is here)"
+            ))),
         }
+    }
+}
+
+/// How long a process waits for the holder of the connection to move a
+/// file of `bytes` (upload or download): 15 s, and a second per MiB.
+pub fn transfer_wait(bytes: u64) -> Duration {
+    Duration::from_secs(15 + bytes / (1 << 20))
+}
+
+/// Asks `step` every [`POLL`] until it has an answer, for at most `wait`:
+/// `None` when the time is up first.
+async fn until_answered<T>(
+    wait: Duration,
+    mut step: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(answer) = step()? {
+            return Ok(Some(answer));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(POLL).await;
     }
 }

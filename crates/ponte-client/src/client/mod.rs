@@ -42,6 +42,7 @@ mod conversations;
 mod files;
 mod groups;
 mod handoff;
+pub use handoff::transfer_wait;
 pub mod inbound;
 mod outbound;
 mod register;

@@ -10,7 +10,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use futures::StreamExt as _;
-use ponte_client::store::{group_key, Conversation, FetchAsked, FileState};
+use ponte_client::client::transfer_wait;
+use ponte_client::store::{group_key, Conversation, FileState};
 use ponte_client::ClientError;
 use ponte_e2e::MessageId;
 use serde_json::{json, Value};
@@ -212,27 +213,23 @@ pub(super) async fn fetch(State(app): State<Arc<App>>, Path(id): Path<String>) -
         Ok(c.store().file_by_id(&id)?.map_or(0, |r| r.descriptor.size))
     })?;
     app.nudge();
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_secs(15 + size / (1 << 20));
+    // The wait of `ponte file get` beside `ponte listen`; polled here with
+    // the API's client let go in between.
+    let deadline = tokio::time::Instant::now() + transfer_wait(size);
     loop {
-        let (state, asked) = app.with_local(|c| {
-            let state = c.store().file_by_id(&id)?.map(|r| r.state);
-            Ok((state, c.store().fetch_want(&id)?))
-        })?;
-        if state == Some(FileState::Fetched) {
-            return ok(json!({ "fetched": id.to_hex() }));
+        match app.with_local(|c| c.fetch_asked(&id))? {
+            Some(Ok(())) => return ok(json!({ "fetched": id.to_hex() })),
+            Some(Err(why)) => {
+                return Err(fail(StatusCode::BAD_GATEWAY, format!("not fetched: {why}")))
+            }
+            None if tokio::time::Instant::now() >= deadline => {
+                return Err(fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "still fetching: it shows here once it is done",
+                ))
+            }
+            None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }
-        if let Some(FetchAsked::Failed(why)) = asked {
-            app.with_local(|c| c.store().fetch_want_done(&id, None))?;
-            return Err(fail(StatusCode::BAD_GATEWAY, format!("not fetched: {why}")));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(fail(
-                StatusCode::GATEWAY_TIMEOUT,
-                "still fetching: it shows here once it is done",
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

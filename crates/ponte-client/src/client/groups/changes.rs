@@ -48,6 +48,11 @@ impl GroupChange {
     }
 }
 
+/// A create named with a group, or a change without one.
+fn wrong_target() -> ClientError {
+    ClientError::Invalid("a group is created without an id, and changed with one".into())
+}
+
 /// A group change written into the profile, waiting in the outbox for
 /// the process that holds the connection ([`Client::group_change_by_holder`]).
 #[derive(Debug, Clone)]
@@ -279,9 +284,7 @@ impl Client {
             (Some(_), GroupChange::Rename(title)) if title.trim().is_empty() => {
                 Err(ClientError::Invalid("a group needs a title".into()))
             }
-            (Some(_), GroupChange::Create { .. }) | (None, _) => Err(ClientError::Invalid(
-                "a group is created without an id, and changed with one".into(),
-            )),
+            (Some(_), GroupChange::Create { .. }) | (None, _) => Err(wrong_target()),
             (Some(_), _) => Ok(()),
         }
     }
@@ -295,47 +298,37 @@ impl Client {
         change: &GroupChange,
         members: Vec<Member>,
     ) -> Result<QueuedChange> {
-        let (record, ops) = match (group, change) {
+        let group = match (group, change) {
             (None, GroupChange::Create { title, .. }) => {
                 let (group, write) = self.create_write(title, &members)?;
                 let queued = self.store().write_group(&write)?;
                 return Ok(QueuedChange { group, queued });
             }
-            (Some(group), change) => {
-                let record = self.member_group(group)?;
-                let ops = match change {
-                    GroupChange::Add(_) => members.into_iter().map(GroupOp::Add).collect(),
-                    GroupChange::Remove(handles) => {
-                        let mut ops = Vec::new();
-                        for h in handles {
-                            if *h == self.handle {
-                                return Err(ClientError::Invalid(
-                                    "to leave a group, use `ponte group leave`".into(),
-                                ));
-                            }
-                            ops.push(GroupOp::Remove(member(&record.state, h)?.identity.ed25519));
-                        }
-                        ops
-                    }
-                    GroupChange::Promote(handles) => handles
-                        .iter()
-                        .map(|h| Ok(GroupOp::Promote(member(&record.state, h)?.identity.ed25519)))
-                        .collect::<Result<_>>()?,
-                    GroupChange::Rename(title) => vec![GroupOp::Rename(title.clone())],
-                    GroupChange::Leave => vec![GroupOp::Leave],
-                    GroupChange::Create { .. } => {
+            (Some(_), GroupChange::Create { .. }) | (None, _) => return Err(wrong_target()),
+            (Some(group), _) => group,
+        };
+        let record = self.member_group(group)?;
+        let ops = match change {
+            GroupChange::Add(_) => members.into_iter().map(GroupOp::Add).collect(),
+            GroupChange::Remove(handles) => {
+                let mut ops = Vec::new();
+                for h in handles {
+                    if *h == self.handle {
                         return Err(ClientError::Invalid(
-                            "a group is created without an id, and changed with one".into(),
-                        ))
+                            "to leave a group, use `ponte group leave`".into(),
+                        ));
                     }
-                };
-                (record, ops)
+                    ops.push(GroupOp::Remove(member(&record.state, h)?.identity.ed25519));
+                }
+                ops
             }
-            (None, _) => {
-                return Err(ClientError::Invalid(
-                    "a group is created without an id, and changed with one".into(),
-                ))
-            }
+            GroupChange::Promote(handles) => handles
+                .iter()
+                .map(|h| Ok(GroupOp::Promote(member(&record.state, h)?.identity.ed25519)))
+                .collect::<Result<_>>()?,
+            GroupChange::Rename(title) => vec![GroupOp::Rename(title.clone())],
+            GroupChange::Leave => vec![GroupOp::Leave],
+            GroupChange::Create { .. } => return Err(wrong_target()),
         };
         let write = self.local_change(&record, ops)?;
         let queued = self.store().write_group(&write)?;
